@@ -1,0 +1,2 @@
+//! The zeroservices examples live beside this file as example targets; run one from the
+//! repository root with `cargo run --release --example NAME`.

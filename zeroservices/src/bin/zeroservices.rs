@@ -1,0 +1,203 @@
+//! The `zeroservices` command: look at a running cluster.
+//!
+//! ```text
+//! zeroservices sniff [TOPIC_PREFIX]   print every event of the cluster, one line each
+//! zeroservices nodes                  print the directory: nodes, kinds, resources, endpoints
+//! ```
+//!
+//! Both find the cluster the way a node does (UDP multicast, or `ZS_PEERS`) and read the same
+//! `ZS_*` settings.
+
+use std::io::Write;
+use std::process::ExitCode;
+use std::time::{Duration, SystemTime};
+
+use clap::{Args, Parser, Subcommand};
+use futures::StreamExt;
+use zeroservices::config::NetworkConfig;
+use zeroservices::{Node, NodeKind};
+
+#[derive(Parser)]
+#[command(name = "zeroservices", version, about = "Look at a running zeroservices cluster")]
+struct Cli {
+    #[command(flatten)]
+    net: NetArgs,
+    #[command(subcommand)]
+    command: Command,
+}
+
+/// Network settings; each also reads its `ZS_*` variable.
+#[derive(Args)]
+struct NetArgs {
+    /// Interface address for multicast discovery (tests use 127.0.0.1).
+    #[arg(long, env = "ZS_DISCOVERY_INTERFACE", global = true)]
+    interface: Option<String>,
+    /// Multicast group:port.
+    #[arg(long, env = "ZS_MULTICAST_GROUP", global = true)]
+    multicast_group: Option<String>,
+    /// Static seed peers' discovery addresses, host:port,...
+    #[arg(long, env = "ZS_PEERS", global = true)]
+    peers: Option<String>,
+    /// The cluster key, when the cluster uses one.
+    #[arg(long, env = "ZS_CLUSTER_KEY", global = true, hide_env_values = true)]
+    cluster_key: Option<String>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Print every event of the cluster as it happens: `<topic> <json>`, one line each.
+    Sniff {
+        /// Only events whose topic falls under this dot-segment prefix (`power`, `power.patch`).
+        #[arg(default_value = "*")]
+        prefix: String,
+        /// Exit after this many events.
+        #[arg(long)]
+        count: Option<u64>,
+    },
+    /// Print the nodes of the cluster: id, name, kind, resources, endpoints, last seen.
+    Nodes {
+        /// How long to listen for announcements before printing, in milliseconds.
+        #[arg(long, default_value_t = 1500)]
+        wait_ms: u64,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+fn config(net: &NetArgs) -> zeroservices::Result<NetworkConfig> {
+    // Flags win over the environment.
+    let mut config = NetworkConfig::from_env()?;
+    if let Some(v) = &net.interface {
+        config.interface = v.parse().map_err(|_| {
+            zeroservices::Error::bad_request(format!("--interface {v:?}: expected an IPv4 address"))
+        })?;
+    }
+    if let Some(v) = &net.multicast_group {
+        config.multicast_group = zeroservices::config::parse_group(v)?;
+    }
+    if let Some(v) = &net.peers {
+        config.peers = zeroservices::config::parse_peers(v)?;
+    }
+    if let Some(v) = &net.cluster_key {
+        config.cluster_key = Some(zeroservices::security::ClusterKey::new(v));
+    }
+    Ok(config)
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
+        )
+        .init();
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: Cli) -> zeroservices::Result<()> {
+    let config = config(&cli.net)?;
+    match cli.command {
+        Command::Sniff { prefix, count } => sniff(config, prefix, count).await,
+        Command::Nodes { wait_ms, json } => nodes(config, Duration::from_millis(wait_ms), json).await,
+    }
+}
+
+async fn sniff(config: NetworkConfig, prefix: String, count: Option<u64>) -> zeroservices::Result<()> {
+    let subscriptions = if prefix == "*" { vec![String::new()] } else { vec![prefix.clone()] };
+    let node = Node::builder("zeroservices-sniff")
+        .network_with(config, subscriptions)
+        .start()
+        .await?;
+    let mut events = node.subscribe(prefix);
+    let mut seen = 0u64;
+    let stdout = std::io::stdout();
+    loop {
+        tokio::select! {
+            event = events.next() => {
+                let Some(event) = event else { break };
+                let mut out = stdout.lock();
+                // A closed stdout (piped into `head`) ends the sniffer quietly.
+                if writeln!(out, "{} {}", event.topic, event.data).and_then(|()| out.flush()).is_err() {
+                    break;
+                }
+                seen += 1;
+                if count.is_some_and(|c| seen >= c) {
+                    break;
+                }
+            }
+            _ = tokio::signal::ctrl_c() => break,
+        }
+    }
+    node.stop().await;
+    Ok(())
+}
+
+async fn nodes(config: NetworkConfig, wait: Duration, json: bool) -> zeroservices::Result<()> {
+    let node = Node::builder("zeroservices-nodes").network(config).start().await?;
+    tokio::time::sleep(wait).await; // listening for announcements is the point of this wait
+    let peers = node.peers();
+    node.stop().await;
+    if json {
+        let list: Vec<_> = peers
+            .iter()
+            .map(|p| {
+                serde_json::json!({
+                    "id": p.info.id,
+                    "name": p.info.name,
+                    "kind": p.info.kind,
+                    "resources": p.info.resources.iter().map(|r| &r.name).collect::<Vec<_>>(),
+                    "watches": p.info.watches,
+                    "endpoints": p.info.endpoints,
+                    "last_seen_ms_ago": age(p.last_seen).as_millis() as u64,
+                })
+            })
+            .collect();
+        println!("{}", serde_json::Value::Array(list));
+        return Ok(());
+    }
+    println!(
+        "{:<36} {:<20} {:<7} {:<24} {:<50} LAST SEEN",
+        "ID", "NAME", "KIND", "RESOURCES", "ENDPOINTS"
+    );
+    for p in &peers {
+        let kind = match p.info.kind {
+            NodeKind::Node => "node",
+            NodeKind::Worker => "worker",
+        };
+        let mut resources: Vec<String> = p.info.resources.iter().map(|r| r.name.clone()).collect();
+        resources.extend(p.info.watches.iter().map(|w| format!("watches:{w}")));
+        let endpoints: Vec<String> = p.info.endpoints.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        println!(
+            "{:<36} {:<20} {:<7} {:<24} {:<50} {} ms ago",
+            p.info.id,
+            p.info.name,
+            kind,
+            if resources.is_empty() { "-".to_owned() } else { resources.join(",") },
+            endpoints.join(" "),
+            age(p.last_seen).as_millis()
+        );
+    }
+    if peers.is_empty() {
+        eprintln!("no node answered within {} ms", wait.as_millis());
+    }
+    Ok(())
+}
+
+fn age(t: SystemTime) -> Duration {
+    SystemTime::now().duration_since(t).unwrap_or_default()
+}

@@ -1,0 +1,164 @@
+//! [`Collection`]: the typed client of one collection, the same on every node of the cluster.
+
+use std::marker::PhantomData;
+use std::pin::Pin;
+use std::task::{Context as TaskContext, Poll};
+
+use futures::Stream;
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use serde_json::{Value, json};
+
+use crate::__private::from_value;
+use crate::medium::Request;
+use crate::{Change, Document, Error, EventStream, Node, Patch, Query, Resource, Result};
+
+/// The typed client of collection `R`: every call goes to the node that owns `R`, here or on a
+/// peer, and behaves the same either way.
+///
+/// Get one with [`Node::collection`] or [`crate::Context::collection`].
+pub struct Collection<R> {
+    node: Node,
+    _resource: PhantomData<fn() -> R>,
+}
+
+impl<R> Clone for Collection<R> {
+    fn clone(&self) -> Self {
+        Self {
+            node: self.node.clone(),
+            _resource: PhantomData,
+        }
+    }
+}
+
+impl<R: Resource> Collection<R> {
+    pub(crate) fn new(node: Node) -> Self {
+        Self {
+            node,
+            _resource: PhantomData,
+        }
+    }
+
+    /// The collection name.
+    pub fn name(&self) -> &'static str {
+        R::COLLECTION
+    }
+
+    async fn request(&self, request: Request) -> Result<Value> {
+        self.node.request(request).await
+    }
+
+    fn req(&self, action: &str) -> Request {
+        Request::new(R::COLLECTION, action)
+    }
+
+    /// Creates a resource with a fresh id; returns the id.
+    pub async fn create(&self, resource: R) -> Result<String> {
+        self.create_inner(None, &resource).await
+    }
+
+    /// Creates a resource with the given id; [`Error::DuplicateId`] if it is taken.
+    pub async fn create_with_id(&self, id: &str, resource: R) -> Result<String> {
+        self.create_inner(Some(id), &resource).await
+    }
+
+    async fn create_inner(&self, id: Option<&str>, resource: &R) -> Result<String> {
+        let data = serde_json::to_value(resource).map_err(|e| Error::internal(e.to_string()))?;
+        let mut request = self.req("create").args(json!({ "resource_data": data }));
+        request.resource_id = id.map(str::to_owned);
+        let reply = self.request(request).await?;
+        reply
+            .get("resource_id")
+            .and_then(Value::as_str)
+            .map(str::to_owned)
+            .ok_or_else(|| Error::internal("create reply without resource_id"))
+    }
+
+    /// Reads a resource.
+    pub async fn get(&self, id: &str) -> Result<R> {
+        let reply = self.request(self.req("get").id(id)).await?;
+        Ok(from_value::<Document<R>>(reply)?.resource_data)
+    }
+
+    /// Applies an update document (`patch!({"$set": {...}})`) and returns the updated resource.
+    pub async fn patch(&self, id: &str, patch: Patch) -> Result<R> {
+        let request = self.req("patch").id(id).args(json!({ "patch": patch }));
+        let reply = self.request(request).await?;
+        Ok(from_value::<Document<R>>(reply)?.resource_data)
+    }
+
+    /// Deletes a resource.
+    pub async fn delete(&self, id: &str) -> Result<()> {
+        self.request(self.req("delete").id(id)).await.map(drop)
+    }
+
+    /// Lists the resources matching a query (`query!({...})`, or `Query::all()`).
+    pub async fn list(&self, query: Query) -> Result<Vec<Document<R>>> {
+        let args = json!({
+            "where": query.filter,
+            "sort": query.sort,
+            "limit": query.limit,
+            "skip": query.skip,
+            "text": query.text,
+        });
+        let reply = self.request(self.req("list").args(args)).await?;
+        from_value(reply)
+    }
+
+    /// Calls a custom action on one resource (`#[action] async fn square(&mut self)`).
+    pub async fn call<T: DeserializeOwned>(
+        &self,
+        id: &str,
+        action: &str,
+        args: impl Serialize,
+    ) -> Result<T> {
+        let args = serde_json::to_value(args).map_err(|e| Error::bad_request(e.to_string()))?;
+        let reply = self.request(self.req(action).id(id).args(args)).await?;
+        from_value(reply)
+    }
+
+    /// Calls a custom action on the whole collection (`#[action(collection)]`).
+    pub async fn call_collection<T: DeserializeOwned>(
+        &self,
+        action: &str,
+        args: impl Serialize,
+    ) -> Result<T> {
+        let args = serde_json::to_value(args).map_err(|e| Error::bad_request(e.to_string()))?;
+        let reply = self.request(self.req(action).args(args)).await?;
+        from_value(reply)
+    }
+
+    /// Every change to this collection anywhere in the cluster, typed.
+    pub fn subscribe(&self) -> ChangeStream<R> {
+        ChangeStream {
+            events: self.node.subscribe(R::COLLECTION),
+            _resource: PhantomData,
+        }
+    }
+}
+
+/// A stream of typed changes; see [`Collection::subscribe`]. Events whose document does not fit
+/// `R` (a peer with another version of the type) are logged and skipped.
+pub struct ChangeStream<R> {
+    events: EventStream,
+    _resource: PhantomData<fn() -> R>,
+}
+
+impl<R: DeserializeOwned> Stream for ChangeStream<R> {
+    type Item = Change<R>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<Option<Change<R>>> {
+        loop {
+            match Pin::new(&mut self.events).poll_next(cx) {
+                Poll::Ready(Some(event)) => match Change::from_event(&event) {
+                    Ok(change) => return Poll::Ready(Some(change)),
+                    Err(e) => {
+                        tracing::warn!(topic = %event.topic, error = %e, "event skipped: does not fit the resource type");
+                    }
+                },
+                Poll::Ready(None) => return Poll::Ready(None),
+                Poll::Pending => return Poll::Pending,
+            }
+        }
+    }
+}

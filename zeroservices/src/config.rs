@@ -1,0 +1,173 @@
+//! One configuration for a node, read from the environment (`ZS_*`); `#[service]` mains accept
+//! the same settings as command-line flags.
+
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, ToSocketAddrs};
+use std::time::Duration;
+
+use crate::security::ClusterKey;
+use crate::{Error, Result};
+
+/// The original framework's multicast group and port.
+pub const DEFAULT_MULTICAST_GROUP: SocketAddrV4 =
+    SocketAddrV4::new(Ipv4Addr::new(237, 252, 249, 227), 32000);
+
+/// Network settings of a node.
+#[derive(Debug, Clone)]
+pub struct NetworkConfig {
+    /// `ZS_DISCOVERY_INTERFACE`: the interface address multicast is sent and received on, and
+    /// that the node's sockets bind to; tests use `127.0.0.1` (default `0.0.0.0`: every
+    /// interface, announcing the first non-loopback address).
+    pub interface: Ipv4Addr,
+    /// `ZS_MULTICAST_GROUP`: `group:port` (default `237.252.249.227:32000`).
+    pub multicast_group: SocketAddrV4,
+    /// `ZS_MULTICAST=off` disables multicast (use `ZS_PEERS`).
+    pub multicast: bool,
+    /// `ZS_PEERS`: static seed peers' discovery addresses, `host:port,...`.
+    pub peers: Vec<SocketAddr>,
+    /// `ZS_DISCOVERY_PORT`: the unicast port this node's discovery listens on for seed peers
+    /// (default: the multicast port when multicast is on, else any free port).
+    pub discovery_port: Option<u16>,
+    /// `ZS_CLUSTER_KEY`: sign and check every envelope and announcement.
+    pub cluster_key: Option<ClusterKey>,
+    /// `ZS_REQUEST_TIMEOUT_MS` (default 5000).
+    pub request_timeout: Duration,
+    /// `ZS_HEARTBEAT_MS`: how often a node re-announces itself (default 1000).
+    pub heartbeat: Duration,
+    /// `ZS_PEER_TIMEOUT_MS`: a peer silent this long is dropped (default 5000).
+    pub peer_timeout: Duration,
+    /// `ZS_MAX_MESSAGE_BYTES`: larger messages are dropped (default 16 MiB).
+    pub max_message_bytes: usize,
+}
+
+impl Default for NetworkConfig {
+    fn default() -> Self {
+        Self {
+            interface: Ipv4Addr::UNSPECIFIED,
+            multicast_group: DEFAULT_MULTICAST_GROUP,
+            multicast: true,
+            peers: Vec::new(),
+            discovery_port: None,
+            cluster_key: None,
+            request_timeout: Duration::from_secs(5),
+            heartbeat: Duration::from_secs(1),
+            peer_timeout: Duration::from_secs(5),
+            max_message_bytes: 16 * 1024 * 1024,
+        }
+    }
+}
+
+fn var(name: &str) -> Option<String> {
+    std::env::var(name).ok().filter(|v| !v.trim().is_empty())
+}
+
+fn bad(name: &str, value: &str, expected: &str) -> Error {
+    Error::bad_request(format!("{name}={value:?}: expected {expected}"))
+}
+
+fn millis(name: &str, default: Duration) -> Result<Duration> {
+    match var(name) {
+        None => Ok(default),
+        Some(v) => v
+            .trim()
+            .parse::<u64>()
+            .ok()
+            .filter(|ms| *ms > 0)
+            .map(Duration::from_millis)
+            .ok_or_else(|| bad(name, &v, "a positive number of milliseconds")),
+    }
+}
+
+impl NetworkConfig {
+    /// Reads the `ZS_*` variables; a malformed value is an error that names it.
+    pub fn from_env() -> Result<Self> {
+        let d = Self::default();
+        let interface = match var("ZS_DISCOVERY_INTERFACE") {
+            None => d.interface,
+            Some(v) => v
+                .trim()
+                .parse()
+                .map_err(|_| bad("ZS_DISCOVERY_INTERFACE", &v, "an IPv4 address like 127.0.0.1"))?,
+        };
+        let multicast_group = match var("ZS_MULTICAST_GROUP") {
+            None => d.multicast_group,
+            Some(v) => parse_group(&v)?,
+        };
+        let multicast = match var("ZS_MULTICAST").as_deref().map(str::trim) {
+            None | Some("on") | Some("1") | Some("true") => true,
+            Some("off") | Some("0") | Some("false") => false,
+            Some(v) => return Err(bad("ZS_MULTICAST", v, "on or off")),
+        };
+        let peers = match var("ZS_PEERS") {
+            None => Vec::new(),
+            Some(v) => parse_peers(&v)?,
+        };
+        let discovery_port = match var("ZS_DISCOVERY_PORT") {
+            None => None,
+            Some(v) => Some(v.trim().parse().map_err(|_| bad("ZS_DISCOVERY_PORT", &v, "a port number"))?),
+        };
+        let max_message_bytes = match var("ZS_MAX_MESSAGE_BYTES") {
+            None => d.max_message_bytes,
+            Some(v) => v
+                .trim()
+                .parse()
+                .ok()
+                .filter(|n| *n >= 1024)
+                .ok_or_else(|| bad("ZS_MAX_MESSAGE_BYTES", &v, "a number of bytes, at least 1024"))?,
+        };
+        Ok(Self {
+            interface,
+            multicast_group,
+            multicast,
+            peers,
+            discovery_port,
+            cluster_key: var("ZS_CLUSTER_KEY").map(ClusterKey::new),
+            request_timeout: millis("ZS_REQUEST_TIMEOUT_MS", d.request_timeout)?,
+            heartbeat: millis("ZS_HEARTBEAT_MS", d.heartbeat)?,
+            peer_timeout: millis("ZS_PEER_TIMEOUT_MS", d.peer_timeout)?,
+            max_message_bytes,
+        })
+    }
+}
+
+/// Parses `237.252.249.227:32000` (the port defaults to 32000).
+pub fn parse_group(v: &str) -> Result<SocketAddrV4> {
+    let v = v.trim();
+    let addr = if v.contains(':') {
+        v.parse::<SocketAddrV4>().ok()
+    } else {
+        v.parse::<Ipv4Addr>().ok().map(|ip| SocketAddrV4::new(ip, DEFAULT_MULTICAST_GROUP.port()))
+    };
+    addr.filter(|a| a.ip().is_multicast())
+        .ok_or_else(|| bad("ZS_MULTICAST_GROUP", v, "a multicast address like 237.252.249.227:32000"))
+}
+
+/// Parses `host:port,host:port`.
+pub fn parse_peers(v: &str) -> Result<Vec<SocketAddr>> {
+    let mut peers = Vec::new();
+    for part in v.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        let addrs = part
+            .to_socket_addrs()
+            .map_err(|e| bad("ZS_PEERS", part, &format!("host:port ({e})")))?;
+        let addr = addrs
+            .into_iter()
+            .find(SocketAddr::is_ipv4)
+            .ok_or_else(|| bad("ZS_PEERS", part, "a host with an IPv4 address"))?;
+        peers.push(addr);
+    }
+    Ok(peers)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn groups_and_peers_parse() {
+        assert_eq!(parse_group("237.252.249.227").unwrap(), DEFAULT_MULTICAST_GROUP);
+        assert_eq!(parse_group("239.1.2.3:4000").unwrap().port(), 4000);
+        assert!(parse_group("127.0.0.1:4000").is_err());
+        let peers = parse_peers("127.0.0.1:4000, localhost:4001").unwrap();
+        assert_eq!(peers.len(), 2);
+        assert!(parse_peers("nonsense").is_err());
+    }
+}

@@ -1,0 +1,55 @@
+//! How nodes find each other: the [`Discovery`] trait. A discovery announces this node and
+//! tells the node about peers that appear, change and leave.
+//!
+//! The in-process implementation is [`crate::medium::MemoryCluster::discovery`].
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+
+use crate::{NodeInfo, Result};
+
+pub use crate::medium::MemoryDiscovery;
+
+/// Why a peer left the directory.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LeaveReason {
+    /// It said goodbye.
+    Goodbye,
+    /// It fell silent past the heartbeat timeout.
+    Timeout,
+}
+
+/// What a discovery reports to its node.
+#[derive(Debug, Clone, PartialEq)]
+pub enum PeerEvent {
+    /// A peer announced itself (first time, or again with possibly new information).
+    Seen(NodeInfo),
+    /// A peer left.
+    Left {
+        /// Its node id.
+        id: String,
+        /// Why.
+        reason: LeaveReason,
+    },
+}
+
+/// Receives peer events; the node implements it. Calls must return quickly.
+pub trait PeerSink: Send + Sync + 'static {
+    /// Takes one peer event.
+    fn peer_event(&self, event: PeerEvent);
+}
+
+/// Announces this node and hears the others.
+#[async_trait]
+pub trait Discovery: Send + Sync + 'static {
+    /// Announces `me` and starts reporting peers to `sink`. Peers already known to the
+    /// discovery are reported before this returns when the discovery can know them at once.
+    async fn start(&self, me: NodeInfo, sink: Arc<dyn PeerSink>) -> Result<()>;
+
+    /// Announces changed information about this node (new resources, new endpoints).
+    async fn announce(&self, me: NodeInfo) -> Result<()>;
+
+    /// Says goodbye and stops.
+    async fn stop(&self);
+}

@@ -1,0 +1,116 @@
+#![doc = include_str!("../docs/lib.md")]
+#![warn(missing_docs, unreachable_pub)]
+
+pub mod collection;
+pub mod config;
+pub mod discovery;
+mod error;
+pub mod event;
+pub mod medium;
+pub mod node;
+pub mod patch;
+pub mod query;
+pub mod resource;
+pub mod security;
+mod service;
+pub mod store;
+
+pub use collection::Collection;
+pub use error::{Error, Result};
+pub use event::{Event, EventStream};
+pub use node::{Context, Node, NodeBuilder, NodeInfo, NodeKind};
+pub use patch::Patch;
+pub use query::{Order, Query};
+pub use resource::{
+    ActionInfo, ActionKind, Change, ChangeKind, Document, Resource, ResourceInfo,
+};
+pub use zeroservices_macros::{action, actions, resource};
+
+/// Everything a service needs, in one `use`.
+pub mod prelude {
+    pub use crate::{
+        Change, ChangeKind, Collection, Context, Document, Error, Event, Node, Order, Patch,
+        Query, Resource, Result, action, actions, patch, query, resource,
+    };
+}
+
+/// Builds a [`Query`] from a JSON filter: `query!({"status": "pending", "value": {"$gt": 2}})`.
+///
+/// ```
+/// use zeroservices::prelude::*;
+/// let q = query!({"value": {"$gte": 2}}).sort("value", Order::Desc).limit(10);
+/// assert_eq!(q.limit, Some(10));
+/// ```
+#[macro_export]
+macro_rules! query {
+    ($($json:tt)+) => {
+        $crate::Query::new($crate::__private::serde_json::json!($($json)+))
+    };
+}
+
+/// Builds a [`Patch`] (an update document): `patch!({"$set": {"status": "done"}, "$inc": {"n": 1}})`.
+///
+/// ```
+/// use zeroservices::prelude::*;
+/// let p = patch!({"$set": {"status": "done"}});
+/// assert!(p.compile().is_ok());
+/// ```
+#[macro_export]
+macro_rules! patch {
+    ($($json:tt)+) => {
+        $crate::Patch::new($crate::__private::serde_json::json!($($json)+))
+    };
+}
+
+/// What the macros' generated code calls. Not a public API: it changes without notice.
+#[doc(hidden)]
+pub mod __private {
+    pub use futures::future::BoxFuture;
+    pub use schemars;
+    pub use serde;
+    pub use serde_json;
+    pub use serde_json::Value;
+
+    pub use crate::resource::{
+        ActionArgs, ActionCall, ActionDef, ActionKind, ActionOutput, NoActions, Resource,
+        schema_value,
+    };
+    pub use crate::{Context, Error, Result};
+
+    /// Deserialises `value` into `T`, naming the offending field on failure.
+    pub fn from_value<T: serde::de::DeserializeOwned>(value: Value) -> Result<T> {
+        serde_path_to_error::deserialize(value).map_err(Error::from)
+    }
+
+    /// Parses the argument of an action.
+    pub fn parse_args<T: ActionArgs>(args: Value) -> Result<T> {
+        from_value(args)
+    }
+
+    /// Checks that an action that takes no argument got none (`null` or `{}`).
+    pub fn no_args(args: Value) -> Result<()> {
+        match &args {
+            Value::Null => Ok(()),
+            Value::Object(map) if map.is_empty() => Ok(()),
+            _ => Err(Error::validation("", "this action takes no arguments")),
+        }
+    }
+
+    /// The schema of an action's argument type.
+    pub fn args_schema<T: ActionArgs>() -> Value {
+        schema_value::<T>()
+    }
+
+    /// The schema of an action's success type.
+    pub fn result_schema<O: ActionOutput>() -> Value {
+        schema_value::<O::Ok>()
+    }
+
+    /// Converts an action's return value into its JSON reply.
+    pub fn into_reply<O: ActionOutput>(output: O) -> Result<Value> {
+        output.into_reply()
+    }
+
+    /// Compile-time check that `T` is a `#[resource]`.
+    pub const fn assert_resource<T: Resource>() {}
+}

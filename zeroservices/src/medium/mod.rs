@@ -1,0 +1,106 @@
+//! How nodes talk: request/response to one node and events to all, behind the [`Medium`] trait.
+//!
+//! The in-process [`MemoryMedium`] serves tests and single-process apps; it passes the same JSON
+//! values a network medium would, so code behaves the same on both.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::{Event, NodeInfo, Result};
+
+mod memory;
+
+pub use memory::{MemoryCluster, MemoryDiscovery, MemoryMedium};
+
+/// The version of the node-to-node protocol, carried by every envelope and announcement.
+pub const PROTOCOL_VERSION: u32 = 1;
+
+/// The collection name a unicast message to a node's `on_message` hook is addressed to.
+pub const NODE_MESSAGE: &str = "$node";
+
+/// A request to the node that owns `collection`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Request {
+    /// The collection (or [`NODE_MESSAGE`] for a message to the node itself).
+    pub collection: String,
+    /// `create`, `get`, `patch`, `delete`, `list`, or a custom action.
+    pub action: String,
+    /// The resource, for resource-level actions.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resource_id: Option<String>,
+    /// The arguments: `{"resource_data"}` for create, `{"patch"}` for patch, `{"where", "sort",
+    /// "limit", "skip", "text"}` for list, the action's argument for custom actions.
+    #[serde(default)]
+    pub args: Value,
+}
+
+impl Request {
+    /// A request without arguments.
+    pub fn new(collection: impl Into<String>, action: impl Into<String>) -> Self {
+        Self {
+            collection: collection.into(),
+            action: action.into(),
+            resource_id: None,
+            args: Value::Null,
+        }
+    }
+
+    /// Sets the resource id.
+    pub fn id(mut self, id: impl Into<String>) -> Self {
+        self.resource_id = Some(id.into());
+        self
+    }
+
+    /// Sets the arguments.
+    pub fn args(mut self, args: Value) -> Self {
+        self.args = args;
+        self
+    }
+}
+
+/// Addresses a node can be reached at, announced by discovery (`router`, `pub`, ...).
+pub type Endpoints = BTreeMap<String, String>;
+
+/// What a medium delivers to its node.
+#[async_trait]
+pub trait Inbound: Send + Sync + 'static {
+    /// Serves a request that arrived for this node; `from` is the caller's node id when known.
+    async fn request(&self, from: Option<String>, request: Request) -> Result<Value>;
+    /// Takes an event published by another node.
+    fn event(&self, event: Event);
+}
+
+/// Request/response to one node, and events to every node.
+#[async_trait]
+pub trait Medium: Send + Sync + 'static {
+    /// Starts serving `node_id`: requests and events from peers go to `inbound`. Returns the
+    /// endpoints peers reach this node at, which discovery announces.
+    async fn start(&self, node_id: &str, inbound: Arc<dyn Inbound>) -> Result<Endpoints>;
+
+    /// Sends a request to `peer` and waits for its reply. The node applies the request timeout
+    /// around this call; a medium must not hang past a peer's death if it can tell.
+    async fn call(&self, peer: &NodeInfo, request: Request) -> Result<Value>;
+
+    /// Publishes an event to every peer (not to this node's own subscribers: the node does that).
+    async fn publish(&self, event: &Event) -> Result<()>;
+
+    /// A peer joined or announced new endpoints: connect to it (subscribe to its events).
+    async fn peer_joined(&self, peer: &NodeInfo) {
+        let _ = peer;
+    }
+
+    /// A peer left: drop its connections.
+    async fn peer_left(&self, peer_id: &str) {
+        let _ = peer_id;
+    }
+
+    /// Stops serving and closes every connection.
+    async fn stop(&self);
+
+    /// A short name for logs.
+    fn describe(&self) -> String;
+}

@@ -1,0 +1,744 @@
+//! [`Node`]: a member of a cluster. It owns some collections, knows which peer owns the others,
+//! routes each request to the right node, and publishes and receives events.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock, Weak};
+use std::time::{Duration, SystemTime};
+
+use async_trait::async_trait;
+use futures::future::BoxFuture;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::config::NetworkConfig;
+use crate::discovery::udp::UdpDiscovery;
+use crate::medium::zeromq::ZmqMedium;
+use crate::discovery::{Discovery, LeaveReason, PeerEvent, PeerSink};
+use crate::event::EventBus;
+use crate::medium::{Endpoints, Inbound, MemoryCluster, Medium, NODE_MESSAGE, PROTOCOL_VERSION, Request};
+use crate::resource::ResourceInfo;
+use crate::service::{ResourceService, Service};
+use crate::store::{MemoryStore, Store};
+use crate::{Collection, Error, Event, EventStream, Resource, Result};
+
+/// The default time a request waits for the owner's reply.
+pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// What kind of member a node is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum NodeKind {
+    /// A node: owns resources, or serves HTTP, or both.
+    #[default]
+    Node,
+    /// A worker: owns nothing, reacts to changes of the resources it watches.
+    Worker,
+}
+
+/// Everything a node announces about itself.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct NodeInfo {
+    /// Unique per process start.
+    pub id: String,
+    /// The service name (`power_service`).
+    pub name: String,
+    /// Node or worker.
+    #[serde(default)]
+    pub kind: NodeKind,
+    /// Protocol version.
+    #[serde(default = "default_protocol")]
+    pub protocol: u32,
+    /// Where to reach it.
+    #[serde(default)]
+    pub endpoints: Endpoints,
+    /// The collections it owns, with their schemas and actions.
+    #[serde(default)]
+    pub resources: Vec<ResourceInfo>,
+    /// The collections a worker watches.
+    #[serde(default)]
+    pub watches: Vec<String>,
+}
+
+fn default_protocol() -> u32 {
+    PROTOCOL_VERSION
+}
+
+/// A peer as the directory knows it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Peer {
+    /// What it announced.
+    pub info: NodeInfo,
+    /// When it was last heard from.
+    pub last_seen: SystemTime,
+}
+
+/// Counters of a node, for logs and tests.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct NodeStats {
+    /// Requests served for peers.
+    pub requests_served: u64,
+    /// Requests sent to peers.
+    pub requests_sent: u64,
+    /// Requests to peers that timed out.
+    pub requests_timed_out: u64,
+    /// Events lost by subscribers that fell behind.
+    pub events_lagged: u64,
+}
+
+type PeerHook = Arc<dyn Fn(&NodeInfo) + Send + Sync>;
+type LeaveHook = Arc<dyn Fn(&NodeInfo, LeaveReason) + Send + Sync>;
+type MessageHook = Arc<dyn Fn(Option<String>, Value) -> BoxFuture<'static, Result<Value>> + Send + Sync>;
+type EventHook = Arc<dyn Fn(&Event) + Send + Sync>;
+
+#[derive(Default, Clone)]
+struct Hooks {
+    join: Vec<PeerHook>,
+    leave: Vec<LeaveHook>,
+    message: Option<MessageHook>,
+    event: Vec<EventHook>,
+}
+
+#[derive(Default)]
+struct Directory {
+    peers: HashMap<String, Peer>,
+    /// Every collection ever owned by someone: tells "owner gone" from "unknown".
+    known: HashSet<String>,
+    /// Round-robin cursor per collection.
+    cursor: HashMap<String, usize>,
+}
+
+impl Directory {
+    fn owners(&self, collection: &str) -> Vec<&NodeInfo> {
+        let mut owners: Vec<&NodeInfo> = self
+            .peers
+            .values()
+            .filter(|p| p.info.resources.iter().any(|r| r.name == collection))
+            .map(|p| &p.info)
+            .collect();
+        owners.sort_by(|a, b| a.id.cmp(&b.id));
+        owners
+    }
+
+    /// The owners of `collection` in round-robin order, starting with the next one's turn.
+    fn pick(&mut self, collection: &str) -> Vec<NodeInfo> {
+        let owners: Vec<NodeInfo> = self.owners(collection).into_iter().cloned().collect();
+        if owners.is_empty() {
+            return owners;
+        }
+        let cursor = self.cursor.entry(collection.to_owned()).or_default();
+        let start = *cursor % owners.len();
+        *cursor = cursor.wrapping_add(1);
+        owners[start..].iter().chain(&owners[..start]).cloned().collect()
+    }
+}
+
+pub(crate) struct NodeInner {
+    id: String,
+    name: String,
+    kind: NodeKind,
+    medium: Arc<dyn Medium>,
+    discovery: Arc<dyn Discovery>,
+    store: Arc<dyn Store>,
+    services: RwLock<BTreeMap<String, Arc<dyn Service>>>,
+    directory: Mutex<Directory>,
+    endpoints: Mutex<Endpoints>,
+    watches: Vec<String>,
+    bus: EventBus,
+    hooks: Hooks,
+    request_timeout: Duration,
+    started: AtomicBool,
+    stopped: AtomicBool,
+    requests_served: AtomicU64,
+    requests_sent: AtomicU64,
+    requests_timed_out: AtomicU64,
+}
+
+/// A member of a cluster; cheap to clone (a handle).
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")] async fn main() -> zeroservices::Result<()> {
+/// use zeroservices::prelude::*;
+/// use zeroservices::medium::MemoryCluster;
+///
+/// #[resource(collection = "power")]
+/// pub struct Power { pub value: i64 }
+///
+/// let cluster = MemoryCluster::new();
+/// let owner = Node::builder("power_service").memory(&cluster).resource::<Power>().start().await?;
+/// let client = Node::builder("client").memory(&cluster).start().await?;
+/// let id = client.collection::<Power>().create(Power { value: 3 }).await?;
+/// assert_eq!(owner.collection::<Power>().get(&id).await?.value, 3);
+/// # client.stop().await; owner.stop().await; Ok(()) }
+/// ```
+#[derive(Clone)]
+pub struct Node {
+    inner: Arc<NodeInner>,
+}
+
+impl std::fmt::Debug for Node {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Node")
+            .field("id", &self.inner.id)
+            .field("name", &self.inner.name)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Builds and starts a [`Node`].
+pub struct NodeBuilder {
+    name: String,
+    kind: NodeKind,
+    medium: Option<Arc<dyn Medium>>,
+    discovery: Option<Arc<dyn Discovery>>,
+    store: Option<Arc<dyn Store>>,
+    registrations: Vec<Box<dyn FnOnce(&Arc<dyn Store>) -> Arc<dyn Service> + Send>>,
+    watches: Vec<String>,
+    hooks: Hooks,
+    request_timeout: Duration,
+}
+
+impl NodeBuilder {
+    fn new(name: impl Into<String>) -> Self {
+        let request_timeout = std::env::var("ZS_REQUEST_TIMEOUT_MS")
+            .ok()
+            .and_then(|v| v.parse::<u64>().ok())
+            .map(Duration::from_millis)
+            .unwrap_or(DEFAULT_REQUEST_TIMEOUT);
+        Self {
+            name: name.into(),
+            kind: NodeKind::Node,
+            medium: None,
+            discovery: None,
+            store: None,
+            registrations: Vec::new(),
+            watches: Vec::new(),
+            hooks: Hooks::default(),
+            request_timeout,
+        }
+    }
+
+    /// Joins an in-process cluster (medium and discovery).
+    pub fn memory(self, cluster: &MemoryCluster) -> Self {
+        self.medium(cluster.medium()).discovery(cluster.discovery())
+    }
+
+    /// Joins the network cluster: the ZeroMQ medium and UDP discovery (multicast, or the static
+    /// `peers`), with this configuration's timeouts and cluster key.
+    pub fn network(self, config: NetworkConfig) -> Self {
+        self.network_with(config, vec![String::new()])
+    }
+
+    /// Like [`NodeBuilder::network`], receiving only the events whose topics start with one of
+    /// `subscriptions` (the sniffer uses it); `""` is every event.
+    pub fn network_with(mut self, config: NetworkConfig, subscriptions: Vec<String>) -> Self {
+        self.request_timeout = config.request_timeout;
+        let medium = ZmqMedium::new(config.clone()).with_subscriptions(subscriptions);
+        self.medium(medium).discovery(UdpDiscovery::new(config))
+    }
+
+    /// Joins the network cluster configured by the `ZS_*` environment variables.
+    pub fn network_from_env(self) -> Result<Self> {
+        Ok(self.network(NetworkConfig::from_env()?))
+    }
+
+    /// Uses this medium.
+    pub fn medium(mut self, medium: impl Medium) -> Self {
+        self.medium = Some(Arc::new(medium));
+        self
+    }
+
+    /// Uses this discovery.
+    pub fn discovery(mut self, discovery: impl Discovery) -> Self {
+        self.discovery = Some(Arc::new(discovery));
+        self
+    }
+
+    /// Stores the node's resources here (default: in memory).
+    pub fn store(mut self, store: impl Store) -> Self {
+        self.store = Some(Arc::new(store));
+        self
+    }
+
+    /// Stores the node's resources here (default: in memory), shared.
+    pub fn shared_store(mut self, store: Arc<dyn Store>) -> Self {
+        self.store = Some(store);
+        self
+    }
+
+    /// Owns collection `R` on this node, in the node's store.
+    pub fn resource<R: Resource>(mut self) -> Self {
+        self.registrations
+            .push(Box::new(|store| Arc::new(ResourceService::<R>::new(store.clone()))));
+        self
+    }
+
+    /// Owns collection `R` on this node, in its own store.
+    pub fn resource_in<R: Resource>(mut self, store: Arc<dyn Store>) -> Self {
+        self.registrations
+            .push(Box::new(move |_| Arc::new(ResourceService::<R>::new(store))));
+        self
+    }
+
+    /// Announces this node as a worker.
+    pub fn kind(mut self, kind: NodeKind) -> Self {
+        self.kind = kind;
+        self
+    }
+
+    /// Announces that this node watches collection `name` (workers).
+    pub fn watch(mut self, name: impl Into<String>) -> Self {
+        self.watches.push(name.into());
+        self
+    }
+
+    /// How long a request waits for the owner (default 5 s, or `ZS_REQUEST_TIMEOUT_MS`).
+    pub fn request_timeout(mut self, timeout: Duration) -> Self {
+        self.request_timeout = timeout;
+        self
+    }
+
+    /// Called when a peer joins (the original's `on_peer_join`).
+    pub fn on_peer_join(mut self, hook: impl Fn(&NodeInfo) + Send + Sync + 'static) -> Self {
+        self.hooks.join.push(Arc::new(hook));
+        self
+    }
+
+    /// Called when a peer leaves, with the reason (the original's `on_peer_leave`).
+    pub fn on_peer_leave(
+        mut self,
+        hook: impl Fn(&NodeInfo, LeaveReason) + Send + Sync + 'static,
+    ) -> Self {
+        self.hooks.leave.push(Arc::new(hook));
+        self
+    }
+
+    /// Answers unicast messages sent with [`Node::send`] (the original's `on_message`).
+    pub fn on_message<F, Fut>(mut self, hook: F) -> Self
+    where
+        F: Fn(Option<String>, Value) -> Fut + Send + Sync + 'static,
+        Fut: std::future::Future<Output = Result<Value>> + Send + 'static,
+    {
+        self.hooks.message = Some(Arc::new(move |from, body| Box::pin(hook(from, body))));
+        self
+    }
+
+    /// Called for every event this node sees, its own included (the original's `on_event`).
+    pub fn on_event(mut self, hook: impl Fn(&Event) + Send + Sync + 'static) -> Self {
+        self.hooks.event.push(Arc::new(hook));
+        self
+    }
+
+    /// Starts the medium, registers the resources, and announces the node.
+    pub async fn start(self) -> Result<Node> {
+        let (Some(medium), Some(discovery)) = (self.medium, self.discovery) else {
+            return Err(Error::internal(
+                "a node needs a medium and a discovery: call .memory(&cluster) or .medium(..).discovery(..)",
+            ));
+        };
+        let store = self.store.unwrap_or_else(|| Arc::new(MemoryStore::new()));
+        let id = format!("{}-{}", self.name, &crate::store::new_id()[..12]);
+        let mut services = BTreeMap::new();
+        for register in self.registrations {
+            let service = register(&store);
+            let info = service.info();
+            service.prepare().await?;
+            if services.insert(info.name.clone(), service).is_some() {
+                return Err(Error::internal(format!(
+                    "collection {} registered twice on one node",
+                    info.name
+                )));
+            }
+        }
+        let inner = Arc::new(NodeInner {
+            id,
+            name: self.name,
+            kind: self.kind,
+            medium,
+            discovery,
+            store,
+            services: RwLock::new(services),
+            directory: Mutex::new(Directory::default()),
+            endpoints: Mutex::new(Endpoints::new()),
+            watches: self.watches,
+            bus: EventBus::new(4096),
+            hooks: self.hooks,
+            request_timeout: self.request_timeout,
+            started: AtomicBool::new(false),
+            stopped: AtomicBool::new(false),
+            requests_served: AtomicU64::new(0),
+            requests_sent: AtomicU64::new(0),
+            requests_timed_out: AtomicU64::new(0),
+        });
+        let node = Node { inner };
+        let handle = Arc::new(Handle(Arc::downgrade(&node.inner)));
+        let endpoints = node.inner.medium.start(&node.inner.id, handle.clone()).await?;
+        *lock(&node.inner.endpoints) = endpoints;
+        node.inner.discovery.start(node.info(), handle).await?;
+        node.inner.started.store(true, Ordering::SeqCst);
+        tracing::info!(
+            node = %node.inner.id,
+            medium = %node.inner.medium.describe(),
+            store = %node.inner.store.describe(),
+            resources = ?node.local_collections(),
+            "node started"
+        );
+        Ok(node)
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+fn read<T>(m: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
+    m.read().unwrap_or_else(|e| e.into_inner())
+}
+
+impl Node {
+    /// Starts building a node named `name`.
+    pub fn builder(name: impl Into<String>) -> NodeBuilder {
+        NodeBuilder::new(name)
+    }
+
+    /// This node's unique id.
+    pub fn id(&self) -> &str {
+        &self.inner.id
+    }
+
+    /// This node's service name.
+    pub fn name(&self) -> &str {
+        &self.inner.name
+    }
+
+    /// The store this node's resources live in.
+    pub fn store(&self) -> Arc<dyn Store> {
+        self.inner.store.clone()
+    }
+
+    /// What this node announces.
+    pub fn info(&self) -> NodeInfo {
+        NodeInfo {
+            id: self.inner.id.clone(),
+            name: self.inner.name.clone(),
+            kind: self.inner.kind,
+            protocol: PROTOCOL_VERSION,
+            endpoints: lock(&self.inner.endpoints).clone(),
+            resources: read(&self.inner.services).values().map(|s| s.info()).collect(),
+            watches: self.inner.watches.clone(),
+        }
+    }
+
+    /// The collections this node owns.
+    pub fn local_collections(&self) -> Vec<String> {
+        read(&self.inner.services).keys().cloned().collect()
+    }
+
+    /// Every collection owned by this node or a peer, sorted.
+    pub fn collections(&self) -> Vec<String> {
+        let mut names: Vec<String> = self.local_collections();
+        let dir = lock(&self.inner.directory);
+        for peer in dir.peers.values() {
+            names.extend(peer.info.resources.iter().map(|r| r.name.clone()));
+        }
+        names.sort();
+        names.dedup();
+        names
+    }
+
+    /// The schema and actions of every collection known in the cluster.
+    pub fn resource_infos(&self) -> Vec<ResourceInfo> {
+        let mut infos: BTreeMap<String, ResourceInfo> = BTreeMap::new();
+        for peer in lock(&self.inner.directory).peers.values() {
+            for r in &peer.info.resources {
+                infos.insert(r.name.clone(), r.clone());
+            }
+        }
+        for s in read(&self.inner.services).values() {
+            let info = s.info();
+            infos.insert(info.name.clone(), info);
+        }
+        infos.into_values().collect()
+    }
+
+    /// The peers this node knows, sorted by id.
+    pub fn peers(&self) -> Vec<Peer> {
+        let mut peers: Vec<Peer> = lock(&self.inner.directory).peers.values().cloned().collect();
+        peers.sort_by(|a, b| a.info.id.cmp(&b.info.id));
+        peers
+    }
+
+    /// The node's counters.
+    pub fn stats(&self) -> NodeStats {
+        NodeStats {
+            requests_served: self.inner.requests_served.load(Ordering::Relaxed),
+            requests_sent: self.inner.requests_sent.load(Ordering::Relaxed),
+            requests_timed_out: self.inner.requests_timed_out.load(Ordering::Relaxed),
+            events_lagged: self.inner.bus.lagged(),
+        }
+    }
+
+    /// The typed client of collection `R`, wherever it lives in the cluster.
+    pub fn collection<R: Resource>(&self) -> Collection<R> {
+        Collection::new(self.clone())
+    }
+
+    /// Owns collection `R` from now on, in the node's store, and tells the cluster.
+    pub async fn register<R: Resource>(&self) -> Result<()> {
+        let service: Arc<dyn Service> = Arc::new(ResourceService::<R>::new(self.store()));
+        service.prepare().await?;
+        {
+            let mut services = self.inner.services.write().unwrap_or_else(|e| e.into_inner());
+            if services.contains_key(R::COLLECTION) {
+                return Err(Error::internal(format!(
+                    "collection {} registered twice on one node",
+                    R::COLLECTION
+                )));
+            }
+            services.insert(R::COLLECTION.to_owned(), service);
+        }
+        self.inner.discovery.announce(self.info()).await
+    }
+
+    /// Events whose topic falls under `prefix` (`power`, `power.patch`, `power.patch.42`, or
+    /// `*` for all), from every node of the cluster, this one included.
+    pub fn subscribe(&self, prefix: impl Into<String>) -> EventStream {
+        self.inner.bus.subscribe(prefix)
+    }
+
+    /// Publishes an event to this node's subscribers and to the whole cluster.
+    pub async fn publish(&self, event: Event) {
+        self.inner.deliver_local(&event);
+        if let Err(e) = self.inner.medium.publish(&event).await {
+            tracing::warn!(topic = %event.topic, error = %e, "event not published to peers");
+        }
+    }
+
+    /// Sends a unicast message to peer `node_id`'s `on_message` hook and waits for its reply.
+    pub async fn send(&self, node_id: &str, body: Value) -> Result<Value> {
+        let peer = lock(&self.inner.directory).peers.get(node_id).map(|p| p.info.clone());
+        let Some(peer) = peer else {
+            return Err(Error::unavailable(format!("unknown peer {node_id}")));
+        };
+        let request = Request::new(NODE_MESSAGE, "message").args(body);
+        self.call_peer(&peer, request).await
+    }
+
+    /// Sends a request to the node that owns its collection (this one, or a peer) and waits
+    /// for the reply, at most the request timeout.
+    pub async fn request(&self, request: Request) -> Result<Value> {
+        let local = read(&self.inner.services).get(&request.collection).cloned();
+        if let Some(service) = local {
+            return service.handle(self, request).await;
+        }
+        let owners = lock(&self.inner.directory).pick(&request.collection);
+        if owners.is_empty() {
+            return Err(self.no_owner(&request.collection));
+        }
+        let mut last = None;
+        for owner in &owners {
+            match self.call_peer(owner, request.clone()).await {
+                // The owner cannot be reached: try the next one, if any.
+                Err(e @ Error::Unavailable { .. }) => {
+                    tracing::debug!(peer = %owner.id, error = %e, "owner unreachable, trying next");
+                    last = Some(e);
+                }
+                other => return other,
+            }
+        }
+        // Every owner was unreachable; if they have all left meanwhile, say so.
+        if lock(&self.inner.directory).owners(&request.collection).is_empty() {
+            return Err(self.no_owner(&request.collection));
+        }
+        Err(last.unwrap_or_else(|| self.no_owner(&request.collection)))
+    }
+
+    fn no_owner(&self, collection: &str) -> Error {
+        if lock(&self.inner.directory).known.contains(collection) {
+            Error::OwnerGone {
+                collection: collection.to_owned(),
+            }
+        } else {
+            Error::unknown_collection(collection)
+        }
+    }
+
+    async fn call_peer(&self, peer: &NodeInfo, request: Request) -> Result<Value> {
+        let collection = request.collection.clone();
+        self.inner.requests_sent.fetch_add(1, Ordering::Relaxed);
+        let timeout = self.inner.request_timeout;
+        match tokio::time::timeout(timeout, self.inner.medium.call(peer, request)).await {
+            Ok(reply) => reply,
+            Err(_) => {
+                self.inner.requests_timed_out.fetch_add(1, Ordering::Relaxed);
+                Err(Error::Timeout {
+                    collection,
+                    after_ms: timeout.as_millis() as u64,
+                })
+            }
+        }
+    }
+
+    /// Waits until some node of the cluster owns `collection`, at most `timeout`.
+    pub async fn wait_for_collection(&self, collection: &str, timeout: Duration) -> Result<()> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            if self.collections().iter().any(|c| c == collection) {
+                return Ok(());
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Err(Error::unknown_collection(collection));
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    /// Says goodbye to the cluster and stops serving. Idempotent.
+    pub async fn stop(&self) {
+        if self.inner.stopped.swap(true, Ordering::SeqCst) {
+            return;
+        }
+        self.inner.discovery.stop().await;
+        self.inner.medium.stop().await;
+        tracing::info!(node = %self.inner.id, "node stopped");
+    }
+}
+
+impl NodeInner {
+    fn deliver_local(&self, event: &Event) {
+        for hook in &self.hooks.event {
+            hook(event);
+        }
+        self.bus.send(event.clone());
+    }
+}
+
+/// What the medium and discovery hold: a weak handle, so a dropped node is freed.
+struct Handle(Weak<NodeInner>);
+
+impl Handle {
+    fn node(&self) -> Option<Node> {
+        self.0.upgrade().map(|inner| Node { inner })
+    }
+}
+
+#[async_trait]
+impl Inbound for Handle {
+    async fn request(&self, from: Option<String>, request: Request) -> Result<Value> {
+        let Some(node) = self.node() else {
+            return Err(Error::unavailable("node is stopping"));
+        };
+        node.inner.requests_served.fetch_add(1, Ordering::Relaxed);
+        if request.collection == NODE_MESSAGE {
+            return match node.inner.hooks.message.clone() {
+                Some(hook) => hook(from, request.args).await,
+                None => Err(Error::bad_request("this node takes no messages")),
+            };
+        }
+        let local = read(&node.inner.services).get(&request.collection).cloned();
+        match local {
+            Some(service) => service.handle(&node, request).await,
+            None => Err(Error::unknown_collection(request.collection)),
+        }
+    }
+
+    fn event(&self, event: Event) {
+        if let Some(node) = self.node() {
+            node.inner.deliver_local(&event);
+        }
+    }
+}
+
+impl PeerSink for Handle {
+    fn peer_event(&self, event: PeerEvent) {
+        let Some(node) = self.node() else { return };
+        let inner = &node.inner;
+        match event {
+            PeerEvent::Seen(info) => {
+                if info.id == inner.id {
+                    return;
+                }
+                let joined = {
+                    let mut dir = lock(&inner.directory);
+                    dir.known.extend(info.resources.iter().map(|r| r.name.clone()));
+                    let previous = dir.peers.insert(
+                        info.id.clone(),
+                        Peer {
+                            info: info.clone(),
+                            last_seen: SystemTime::now(),
+                        },
+                    );
+                    match previous {
+                        None => true,
+                        Some(p) => p.info != info,
+                    }
+                };
+                if joined {
+                    tracing::info!(node = %inner.id, peer = %info.id, name = %info.name, "peer joined");
+                    for hook in &inner.hooks.join {
+                        hook(&info);
+                    }
+                    let medium = inner.medium.clone();
+                    spawn_or_skip(async move { medium.peer_joined(&info).await });
+                }
+            }
+            PeerEvent::Left { id, reason } => {
+                let removed = lock(&inner.directory).peers.remove(&id);
+                if let Some(peer) = removed {
+                    tracing::info!(node = %inner.id, peer = %id, ?reason, "peer left");
+                    for hook in &inner.hooks.leave {
+                        hook(&peer.info, reason);
+                    }
+                    let medium = inner.medium.clone();
+                    spawn_or_skip(async move { medium.peer_left(&id).await });
+                }
+            }
+        }
+    }
+}
+
+/// Runs `fut` on the current tokio runtime; outside one (a node dropped after its runtime)
+/// there is nothing left to connect, so it is skipped.
+fn spawn_or_skip(fut: impl std::future::Future<Output = ()> + Send + 'static) {
+    if let Ok(rt) = tokio::runtime::Handle::try_current() {
+        rt.spawn(fut);
+    }
+}
+
+/// What an action and a hook get: the node they run on, and the resource they act on.
+#[derive(Clone, Debug)]
+pub struct Context {
+    node: Node,
+    collection: String,
+    resource_id: Option<String>,
+}
+
+impl Context {
+    pub(crate) fn new(node: Node, collection: &str, resource_id: Option<String>) -> Self {
+        Self {
+            node,
+            collection: collection.to_owned(),
+            resource_id,
+        }
+    }
+
+    /// The node the action runs on.
+    pub fn node(&self) -> &Node {
+        &self.node
+    }
+
+    /// The typed client of any collection of the cluster.
+    pub fn collection<R: Resource>(&self) -> Collection<R> {
+        self.node.collection::<R>()
+    }
+
+    /// The collection the action belongs to.
+    pub fn collection_name(&self) -> &str {
+        &self.collection
+    }
+
+    /// The resource a resource action acts on.
+    pub fn resource_id(&self) -> Option<&str> {
+        self.resource_id.as_deref()
+    }
+}

@@ -1,0 +1,266 @@
+//! The owner's side of a collection: turns requests into typed, validated store calls and
+//! publishes an event for every change.
+
+use std::collections::HashMap;
+use std::marker::PhantomData;
+use std::sync::{Arc, Mutex};
+
+use async_trait::async_trait;
+use serde::Deserialize;
+use serde_json::{Map, Value, json};
+
+use crate::__private::from_value;
+use crate::medium::Request;
+use crate::query::SortKey;
+use crate::resource::{ActionCall, ResourceInfo};
+use crate::store::Store;
+use crate::{Context, Error, Event, Node, Patch, Query, Resource, Result};
+
+/// A collection served by this node, with its type erased.
+#[async_trait]
+pub(crate) trait Service: Send + Sync + 'static {
+    fn info(&self) -> ResourceInfo;
+    /// Prepares the store (indexes).
+    async fn prepare(&self) -> Result<()>;
+    async fn handle(&self, node: &Node, request: Request) -> Result<Value>;
+}
+
+/// The arguments of `list`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ListArgs {
+    #[serde(default, rename = "where")]
+    filter: Option<Value>,
+    #[serde(default)]
+    sort: Option<Vec<SortKey>>,
+    #[serde(default)]
+    limit: Option<u64>,
+    #[serde(default)]
+    skip: Option<u64>,
+    #[serde(default)]
+    text: Option<String>,
+}
+
+pub(crate) struct ResourceService<R> {
+    store: Arc<dyn Store>,
+    /// One lock per resource id being changed, so read-modify-write is atomic on this node.
+    locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    _resource: PhantomData<fn() -> R>,
+}
+
+impl<R: Resource> ResourceService<R> {
+    pub(crate) fn new(store: Arc<dyn Store>) -> Self {
+        Self {
+            store,
+            locks: Mutex::new(HashMap::new()),
+            _resource: PhantomData,
+        }
+    }
+
+    fn collection(&self) -> &'static str {
+        R::COLLECTION
+    }
+
+    async fn lock_id(&self, id: &str) -> IdGuard<'_, R> {
+        let lock = {
+            let mut locks = self.locks.lock().unwrap_or_else(|e| e.into_inner());
+            locks.entry(id.to_owned()).or_default().clone()
+        };
+        let guard = lock.clone().lock_owned().await;
+        IdGuard {
+            service: self,
+            id: id.to_owned(),
+            _guard: guard,
+            lock,
+        }
+    }
+
+    fn require_id(&self, request: &Request) -> Result<String> {
+        request.resource_id.clone().ok_or_else(|| {
+            Error::bad_request(format!(
+                "{} on {} needs a resource id",
+                request.action,
+                self.collection()
+            ))
+        })
+    }
+
+    async fn load(&self, id: &str) -> Result<Value> {
+        self.store
+            .get(self.collection(), id)
+            .await?
+            .ok_or_else(|| Error::not_found(self.collection(), id))
+    }
+
+    /// Checks a document against the resource type and returns it as the type serialises it.
+    fn validate(&self, doc: Value) -> Result<(R, Value)> {
+        let typed: R = from_value(doc)?;
+        let normal = serde_json::to_value(&typed).map_err(|e| Error::internal(e.to_string()))?;
+        Ok((typed, normal))
+    }
+
+    async fn create(&self, node: &Node, request: Request) -> Result<Value> {
+        let mut args = match request.args {
+            Value::Object(map) => map,
+            Value::Null => Map::new(),
+            _ => return Err(Error::bad_request("create takes {\"resource_data\": {...}}")),
+        };
+        let data = args
+            .remove("resource_data")
+            .ok_or_else(|| Error::validation("resource_data", "missing field `resource_data`"))?;
+        let (_, doc) = self.validate(data)?;
+        let id = self
+            .store
+            .insert(self.collection(), request.resource_id.as_deref(), doc.clone())
+            .await?;
+        let mut extra = Map::new();
+        extra.insert("resource_data".into(), doc);
+        node.publish(Event::resource(self.collection(), "create", &id, extra))
+            .await;
+        Ok(json!({ "resource_id": id }))
+    }
+
+    async fn get(&self, request: Request) -> Result<Value> {
+        let id = self.require_id(&request)?;
+        let doc = self.load(&id).await?;
+        Ok(json!({ "resource_id": id, "resource_data": doc }))
+    }
+
+    async fn patch(&self, node: &Node, request: Request) -> Result<Value> {
+        let id = self.require_id(&request)?;
+        let patch = match request.args {
+            Value::Object(mut map) => map
+                .remove("patch")
+                .ok_or_else(|| Error::bad_request("patch takes {\"patch\": {...}}"))?,
+            _ => return Err(Error::bad_request("patch takes {\"patch\": {...}}")),
+        };
+        let patch = Patch::new(patch);
+        let update = patch.compile()?;
+        let _guard = self.lock_id(&id).await;
+        // Apply to a copy first: a patch that breaks the schema is refused and changes nothing.
+        let mut preview = self.load(&id).await?;
+        update.apply(&mut preview)?;
+        self.validate(preview)?;
+        let doc = self.store.patch(self.collection(), &id, &patch).await?;
+        let mut extra = Map::new();
+        extra.insert("patch".into(), patch.as_value().clone());
+        extra.insert("resource_data".into(), doc.clone());
+        node.publish(Event::resource(self.collection(), "patch", &id, extra))
+            .await;
+        Ok(json!({ "resource_id": id, "resource_data": doc }))
+    }
+
+    async fn delete(&self, node: &Node, request: Request) -> Result<Value> {
+        let id = self.require_id(&request)?;
+        let _guard = self.lock_id(&id).await;
+        self.store.delete(self.collection(), &id).await?;
+        node.publish(Event::resource(self.collection(), "delete", &id, Map::new()))
+            .await;
+        Ok(Value::Null)
+    }
+
+    async fn list(&self, request: Request) -> Result<Value> {
+        let args: ListArgs = match request.args {
+            Value::Null => ListArgs::default(),
+            args => from_value(args).map_err(|e| Error::bad_request(e.to_string()))?,
+        };
+        let query = Query {
+            filter: args.filter.unwrap_or_else(|| json!({})),
+            sort: args.sort.unwrap_or_default(),
+            limit: args.limit,
+            skip: args.skip,
+            text: args.text,
+        };
+        query.filter()?; // a malformed filter is a bad request on every backend
+        let docs = self.store.list(self.collection(), &query).await?;
+        Ok(Value::Array(
+            docs.into_iter()
+                .map(|(id, doc)| json!({ "resource_id": id, "resource_data": doc }))
+                .collect(),
+        ))
+    }
+
+    async fn action(&self, node: &Node, request: Request) -> Result<Value> {
+        let Some(def) = R::actions().iter().find(|a| a.name == request.action) else {
+            return Err(Error::UnknownAction {
+                collection: self.collection().to_owned(),
+                action: request.action,
+            });
+        };
+        let ctx = Context::new(node.clone(), self.collection(), request.resource_id.clone());
+        match &def.call {
+            ActionCall::Collection(call) => {
+                if request.resource_id.is_some() {
+                    return Err(Error::bad_request(format!(
+                        "{} is a collection action: call it without a resource id",
+                        def.name
+                    )));
+                }
+                call(ctx, request.args).await
+            }
+            ActionCall::Read(call) => {
+                let id = self.require_id(&request)?;
+                let (resource, _) = self.validate(self.load(&id).await?)?;
+                call(&resource, ctx, request.args).await
+            }
+            ActionCall::Mutate(call) => {
+                let id = self.require_id(&request)?;
+                let _guard = self.lock_id(&id).await;
+                let (mut resource, before) = self.validate(self.load(&id).await?)?;
+                let result = call(&mut resource, ctx, request.args).await?;
+                let after =
+                    serde_json::to_value(&resource).map_err(|e| Error::internal(e.to_string()))?;
+                if after != before {
+                    self.store.replace(self.collection(), &id, after.clone()).await?;
+                }
+                let mut extra = Map::new();
+                extra.insert("resource_data".into(), after);
+                extra.insert("result".into(), result.clone());
+                node.publish(Event::resource(self.collection(), def.name, &id, extra))
+                    .await;
+                Ok(result)
+            }
+        }
+    }
+}
+
+#[async_trait]
+impl<R: Resource> Service for ResourceService<R> {
+    fn info(&self) -> ResourceInfo {
+        R::info()
+    }
+
+    async fn prepare(&self) -> Result<()> {
+        let text: Vec<String> = R::text_index().iter().map(|s| (*s).to_owned()).collect();
+        self.store.ensure_collection(self.collection(), &text).await
+    }
+
+    async fn handle(&self, node: &Node, request: Request) -> Result<Value> {
+        match request.action.as_str() {
+            "create" => self.create(node, request).await,
+            "get" => self.get(request).await,
+            "patch" => self.patch(node, request).await,
+            "delete" => self.delete(node, request).await,
+            "list" => self.list(request).await,
+            _ => self.action(node, request).await,
+        }
+    }
+}
+
+/// Holds a resource's lock; forgets the lock when nobody else waits for it.
+struct IdGuard<'a, R> {
+    service: &'a ResourceService<R>,
+    id: String,
+    _guard: tokio::sync::OwnedMutexGuard<()>,
+    lock: Arc<tokio::sync::Mutex<()>>,
+}
+
+impl<R> Drop for IdGuard<'_, R> {
+    fn drop(&mut self) {
+        let mut locks = self.service.locks.lock().unwrap_or_else(|e| e.into_inner());
+        // Three references: the map, this guard, and the mutex guard. More means a waiter.
+        if Arc::strong_count(&self.lock) <= 3 {
+            locks.remove(&self.id);
+        }
+    }
+}

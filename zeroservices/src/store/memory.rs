@@ -1,0 +1,92 @@
+//! The in-memory store: a map per collection, behind one lock. For tests and throwaway nodes.
+
+use std::collections::{BTreeMap, HashMap};
+
+use async_trait::async_trait;
+use serde_json::Value;
+use tokio::sync::RwLock;
+
+use super::{Store, new_id};
+use crate::{Error, Patch, Query, Result};
+
+/// Resources kept in memory; gone when the process ends.
+#[derive(Default)]
+pub struct MemoryStore {
+    collections: RwLock<HashMap<String, BTreeMap<String, Value>>>,
+}
+
+impl MemoryStore {
+    /// An empty store.
+    pub fn new() -> Self {
+        Self::default()
+    }
+}
+
+#[async_trait]
+impl Store for MemoryStore {
+    async fn insert(&self, collection: &str, id: Option<&str>, doc: Value) -> Result<String> {
+        let mut all = self.collections.write().await;
+        let docs = all.entry(collection.to_owned()).or_default();
+        let id = match id {
+            Some(id) => id.to_owned(),
+            None => new_id(),
+        };
+        if docs.contains_key(&id) {
+            return Err(Error::DuplicateId {
+                collection: collection.to_owned(),
+                id,
+            });
+        }
+        docs.insert(id.clone(), doc);
+        Ok(id)
+    }
+
+    async fn get(&self, collection: &str, id: &str) -> Result<Option<Value>> {
+        let all = self.collections.read().await;
+        Ok(all.get(collection).and_then(|docs| docs.get(id)).cloned())
+    }
+
+    async fn replace(&self, collection: &str, id: &str, doc: Value) -> Result<()> {
+        let mut all = self.collections.write().await;
+        match all.get_mut(collection).and_then(|docs| docs.get_mut(id)) {
+            Some(slot) => {
+                *slot = doc;
+                Ok(())
+            }
+            None => Err(Error::not_found(collection, id)),
+        }
+    }
+
+    async fn patch(&self, collection: &str, id: &str, patch: &Patch) -> Result<Value> {
+        let update = patch.compile()?;
+        let mut all = self.collections.write().await;
+        match all.get_mut(collection).and_then(|docs| docs.get_mut(id)) {
+            Some(slot) => {
+                update.apply(slot)?;
+                Ok(slot.clone())
+            }
+            None => Err(Error::not_found(collection, id)),
+        }
+    }
+
+    async fn delete(&self, collection: &str, id: &str) -> Result<()> {
+        let mut all = self.collections.write().await;
+        match all.get_mut(collection).and_then(|docs| docs.remove(id)) {
+            Some(_) => Ok(()),
+            None => Err(Error::not_found(collection, id)),
+        }
+    }
+
+    async fn list(&self, collection: &str, query: &Query) -> Result<Vec<(String, Value)>> {
+        let all = self.collections.read().await;
+        let docs = all
+            .get(collection)
+            .into_iter()
+            .flat_map(|docs| docs.iter().map(|(k, v)| (k.clone(), v.clone())));
+        query.apply(docs)
+    }
+
+    fn describe(&self) -> String {
+        "memory".to_owned()
+    }
+}

@@ -1,0 +1,400 @@
+//! Multi-process clusters over real ZeroMQ sockets and real UDP multicast, bound to 127.0.0.1.
+//!
+//! The test binary re-executes itself as the child nodes: `child_node` below does nothing in a
+//! normal run, and runs a node when `ZS_TEST_CHILD` is set. A child exits when its stdin closes,
+//! so no child outlives a failed test.
+
+use std::io::{BufRead, BufReader};
+use std::net::UdpSocket;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use zeroservices::config::NetworkConfig;
+use zeroservices::prelude::*;
+use zeroservices::security::ClusterKey;
+
+/// A number to square.
+#[resource(collection = "power")]
+#[derive(Debug, Clone, PartialEq)]
+pub struct Power {
+    /// The number.
+    pub value: i64,
+    /// Its square, once computed.
+    pub result: Option<i64>,
+}
+
+#[actions]
+impl Power {
+    /// The id of the node that served this call.
+    #[action(collection)]
+    async fn whoami(ctx: &Context) -> Result<String> {
+        Ok(ctx.node().id().to_owned())
+    }
+}
+
+fn power(value: i64) -> Power {
+    Power { value, result: None }
+}
+
+/// A free UDP port on loopback, for a multicast group of this test's own.
+fn free_udp_port() -> u16 {
+    UdpSocket::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// The settings of one test's cluster: its own group port, loopback only, short timers.
+#[derive(Clone)]
+struct Net {
+    port: u16,
+    key: Option<String>,
+    multicast: bool,
+    peers: Vec<String>,
+    discovery_port: Option<u16>,
+}
+
+impl Net {
+    fn new() -> Self {
+        Self {
+            port: free_udp_port(),
+            key: None,
+            multicast: true,
+            peers: Vec::new(),
+            discovery_port: None,
+        }
+    }
+
+    fn env(&self) -> Vec<(String, String)> {
+        let mut env = vec![
+            ("ZS_DISCOVERY_INTERFACE".into(), "127.0.0.1".into()),
+            ("ZS_MULTICAST_GROUP".into(), format!("237.252.249.227:{}", self.port)),
+            ("ZS_HEARTBEAT_MS".into(), "200".into()),
+            ("ZS_PEER_TIMEOUT_MS".into(), "1500".into()),
+            ("ZS_REQUEST_TIMEOUT_MS".into(), "1000".into()),
+            ("ZS_MULTICAST".into(), if self.multicast { "on" } else { "off" }.into()),
+            ("RUST_LOG".into(), "warn".into()),
+        ];
+        if let Some(key) = &self.key {
+            env.push(("ZS_CLUSTER_KEY".into(), key.clone()));
+        }
+        if !self.peers.is_empty() {
+            env.push(("ZS_PEERS".into(), self.peers.join(",")));
+        }
+        if let Some(port) = self.discovery_port {
+            env.push(("ZS_DISCOVERY_PORT".into(), port.to_string()));
+        }
+        env
+    }
+
+    fn config(&self) -> NetworkConfig {
+        NetworkConfig {
+            interface: "127.0.0.1".parse().unwrap(),
+            multicast_group: format!("237.252.249.227:{}", self.port).parse().unwrap(),
+            multicast: self.multicast,
+            peers: self.peers.iter().map(|p| p.parse().unwrap()).collect(),
+            discovery_port: self.discovery_port,
+            cluster_key: self.key.as_ref().map(ClusterKey::new),
+            request_timeout: Duration::from_millis(1000),
+            heartbeat: Duration::from_millis(200),
+            peer_timeout: Duration::from_millis(1500),
+            ..NetworkConfig::default()
+        }
+    }
+
+    async fn node(&self, name: &str) -> Node {
+        Node::builder(name).network(self.config()).start().await.unwrap()
+    }
+}
+
+/// A child process running a node; killed (SIGKILL) when dropped.
+struct ChildNode {
+    child: Child,
+    id: String,
+}
+
+impl ChildNode {
+    fn spawn(role: &str, net: &Net) -> Self {
+        let mut cmd = Command::new(std::env::current_exe().unwrap());
+        cmd.args(["--exact", "child_node", "--nocapture", "--test-threads=1"])
+            .env("ZS_TEST_CHILD", role)
+            .envs(net.env())
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit());
+        let mut child = cmd.spawn().unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(|l| l.ok()) {
+                if let Some(id) = line.strip_prefix("READY ") {
+                    let _ = tx.send(id.to_owned());
+                }
+            }
+        });
+        let id = rx
+            .recv_timeout(Duration::from_secs(20))
+            .expect("child node did not start within 20 s");
+        Self { child, id }
+    }
+
+    /// `kill -9`: no goodbye.
+    fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for ChildNode {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// Not a test: the body of the child processes.
+#[test]
+fn child_node() {
+    let Ok(role) = std::env::var("ZS_TEST_CHILD") else {
+        return;
+    };
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async move {
+        let config = NetworkConfig::from_env().unwrap();
+        let builder = Node::builder(format!("child_{role}")).network(config);
+        let builder = match role.as_str() {
+            "power" => builder.resource::<Power>(),
+            _ => builder,
+        };
+        let node = builder.start().await.unwrap();
+        println!("READY {}", node.id());
+        // Serve until the parent closes our stdin (or kills us).
+        tokio::task::spawn_blocking(|| {
+            let mut line = String::new();
+            while std::io::stdin().read_line(&mut line).map(|n| n > 0).unwrap_or(false) {
+                line.clear();
+            }
+        })
+        .await
+        .unwrap();
+        node.stop().await;
+    });
+    std::process::exit(0);
+}
+
+async fn eventually<F: FnMut() -> bool>(within: Duration, what: &str, mut f: F) {
+    let deadline = Instant::now() + within;
+    while !f() {
+        assert!(Instant::now() < deadline, "{what}: not within {within:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn two_processes_find_each_other_and_exchange_requests_and_events() {
+    let net = Net::new();
+    let child = ChildNode::spawn("power", &net);
+    let started = Instant::now();
+    let client = net.node("client").await;
+    client.wait_for_collection("power", Duration::from_secs(2)).await.unwrap();
+    println!("discovered the owner in {:?}", started.elapsed());
+    assert!(client.peers().iter().any(|p| p.info.id == child.id));
+
+    let powers = client.collection::<Power>();
+    let mut events = client.subscribe("power.create");
+    // The first events after a SUB connects can be lost while the subscription propagates:
+    // create until one arrives, then check that every later one does.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let first = loop {
+        let id = powers.create(power(2)).await.unwrap();
+        if let Ok(Some(ev)) = tokio::time::timeout(Duration::from_millis(200), events.next()).await {
+            break (id, ev);
+        }
+        assert!(Instant::now() < deadline, "no event crossed within 5 s");
+    };
+    assert!(first.1.topic.starts_with("power.create."));
+    for v in 0..20 {
+        let id = powers.create(power(v)).await.unwrap();
+        let ev = loop {
+            let ev = tokio::time::timeout(Duration::from_secs(5), events.next()).await.unwrap().unwrap();
+            if ev.topic == format!("power.create.{id}") {
+                break ev;
+            }
+        };
+        assert_eq!(ev.data["resource_data"]["value"], v);
+        assert_eq!(powers.get(&id).await.unwrap(), power(v));
+    }
+    let owner: String = powers.call_collection("whoami", ()).await.unwrap();
+    assert_eq!(owner, child.id);
+    client.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn three_nodes_converge() {
+    let net = Net::new();
+    let a = ChildNode::spawn("power", &net);
+    let b = ChildNode::spawn("bare", &net);
+    let client = net.node("client").await;
+    eventually(Duration::from_secs(3), "client sees both children", || {
+        let ids: Vec<String> = client.peers().into_iter().map(|p| p.info.id).collect();
+        ids.contains(&a.id) && ids.contains(&b.id)
+    })
+    .await;
+    // The directory as another process sees it, through the CLI.
+    let out = Command::new(env!("CARGO_BIN_EXE_zeroservices"))
+        .args(["nodes", "--json", "--wait-ms", "1200"])
+        .envs(net.env())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let listed: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let ids: Vec<&str> = listed.as_array().unwrap().iter().map(|n| n["id"].as_str().unwrap()).collect();
+    for id in [a.id.as_str(), b.id.as_str(), client.id()] {
+        assert!(ids.contains(&id), "{id} missing from {ids:?}");
+    }
+    let power_node = listed.as_array().unwrap().iter().find(|n| n["id"] == a.id.as_str()).unwrap();
+    assert_eq!(power_node["resources"], serde_json::json!(["power"]));
+    assert!(power_node["endpoints"]["router"].as_str().unwrap().starts_with("tcp://127.0.0.1:"));
+    client.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_killed_owner_fails_fast_is_dropped_and_is_used_again_once_restarted() {
+    let net = Net::new();
+    let mut child = ChildNode::spawn("power", &net);
+    let client = net.node("client").await;
+    client.wait_for_collection("power", Duration::from_secs(2)).await.unwrap();
+    let powers = client.collection::<Power>();
+    powers.create(power(1)).await.unwrap();
+
+    child.kill();
+    let started = Instant::now();
+    let err = powers.create(power(2)).await.unwrap_err();
+    // Within the request timeout (1 s) plus scheduling slack; never a hang.
+    assert!(started.elapsed() < Duration::from_secs(3), "took {:?}", started.elapsed());
+    assert!(
+        matches!(err, Error::Timeout { .. } | Error::Unavailable { .. } | Error::OwnerGone { .. }),
+        "{err:?}"
+    );
+    let dead = child.id.clone();
+    eventually(Duration::from_secs(4), "dead peer dropped after the heartbeat timeout", || {
+        client.peers().iter().all(|p| p.info.id != dead)
+    })
+    .await;
+    assert!(matches!(powers.get("x").await, Err(Error::OwnerGone { .. })));
+
+    let restarted = ChildNode::spawn("power", &net);
+    client.wait_for_collection("power", Duration::from_secs(3)).await.unwrap();
+    let id = powers.create(power(3)).await.unwrap();
+    assert_eq!(powers.get(&id).await.unwrap(), power(3));
+    let owner: String = powers.call_collection("whoami", ()).await.unwrap();
+    assert_eq!(owner, restarted.id);
+    client.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn two_owners_share_the_load_and_survive_one_being_killed() {
+    let net = Net::new();
+    let mut a = ChildNode::spawn("power", &net);
+    let b = ChildNode::spawn("power", &net);
+    let client = net.node("client").await;
+    eventually(Duration::from_secs(3), "both owners known", || {
+        client.peers().iter().filter(|p| !p.info.resources.is_empty()).count() == 2
+    })
+    .await;
+    let powers = client.collection::<Power>();
+    let mut served = std::collections::HashMap::<String, u32>::new();
+    for _ in 0..20 {
+        let who: String = powers.call_collection("whoami", ()).await.unwrap();
+        *served.entry(who).or_default() += 1;
+    }
+    assert_eq!(served.get(&a.id), Some(&10), "{served:?}");
+    assert_eq!(served.get(&b.id), Some(&10), "{served:?}");
+
+    a.kill();
+    // Every call succeeds: the dead owner's calls fail over to the live one, or time out only
+    // until the directory drops it; after that, all go to b.
+    let dead = a.id.clone();
+    eventually(Duration::from_secs(4), "dead owner dropped", || {
+        client.peers().iter().all(|p| p.info.id != dead)
+    })
+    .await;
+    for _ in 0..10 {
+        let who: String = powers.call_collection("whoami", ()).await.unwrap();
+        assert_eq!(who, b.id);
+    }
+    client.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_node_with_another_cluster_key_is_never_joined() {
+    let mut net = Net::new();
+    net.key = Some("blue".into());
+    let _blue = ChildNode::spawn("power", &net);
+    let mut red = net.clone();
+    red.key = Some("red".into());
+    let stranger = red.node("stranger").await;
+    let friend = net.node("friend").await;
+    friend.wait_for_collection("power", Duration::from_secs(2)).await.unwrap();
+    // The friend, with the same key, found the owner; the stranger, in the same time and on
+    // the same group, sees nobody.
+    assert!(stranger.peers().is_empty(), "{:?}", stranger.peers());
+    assert!(friend.peers().iter().all(|p| p.info.id != stranger.id()));
+    let err = stranger.collection::<Power>().list(Query::all()).await.unwrap_err();
+    assert_eq!(err, Error::unknown_collection("power"));
+    stranger.stop().await;
+    friend.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn static_peers_work_without_multicast() {
+    let mut seed = Net::new();
+    seed.multicast = false;
+    seed.discovery_port = Some(free_udp_port());
+    let child = ChildNode::spawn("power", &seed);
+    let mut net = seed.clone();
+    net.discovery_port = None;
+    net.peers = vec![format!("127.0.0.1:{}", seed.discovery_port.unwrap())];
+    let client = net.node("client").await;
+    client.wait_for_collection("power", Duration::from_secs(2)).await.unwrap();
+    let id = client.collection::<Power>().create(power(5)).await.unwrap();
+    assert_eq!(client.collection::<Power>().get(&id).await.unwrap(), power(5));
+    assert!(client.peers().iter().any(|p| p.info.id == child.id));
+    client.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_sniffer_prints_events_of_the_cluster() {
+    let net = Net::new();
+    let _owner = ChildNode::spawn("power", &net);
+    let client = net.node("client").await;
+    client.wait_for_collection("power", Duration::from_secs(2)).await.unwrap();
+    let mut sniff = Command::new(env!("CARGO_BIN_EXE_zeroservices"))
+        .args(["sniff", "power.create", "--count", "1"])
+        .envs(net.env())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap();
+    let stdout = sniff.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(|l| l.ok()) {
+            let _ = tx.send(line);
+        }
+    });
+    // Keep creating until the sniffer has found the owner and printed one.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let line = loop {
+        client.collection::<Power>().create(power(7)).await.unwrap();
+        if let Ok(line) = rx.recv_timeout(Duration::from_millis(200)) {
+            break line;
+        }
+        assert!(Instant::now() < deadline, "the sniffer printed nothing within 10 s");
+    };
+    let (topic, json) = line.split_once(' ').unwrap();
+    assert!(topic.starts_with("power.create."), "{line}");
+    let data: serde_json::Value = serde_json::from_str(json).unwrap();
+    assert_eq!(data["resource_data"]["value"], 7);
+    assert_eq!(data["action"], "create");
+    let status = sniff.wait().unwrap();
+    assert!(status.success());
+    client.stop().await;
+}
