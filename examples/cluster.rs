@@ -39,8 +39,7 @@ impl Power {
 async fn main() -> Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "warn".into()),
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
         )
         .init();
 
@@ -63,7 +62,12 @@ async fn main() -> Result<()> {
     });
 
     let powers = client.collection::<Power>();
-    let id = powers.create(Power { value: 12, result: None }).await?;
+    let id = powers
+        .create(Power {
+            value: 12,
+            result: None,
+        })
+        .await?;
     println!("created {id}");
     let squared: i64 = powers.call(&id, "square", ()).await?;
     println!("square -> {squared}");

@@ -23,7 +23,11 @@ fn path_string(path: &Path) -> String {
     if path.leading_colon.is_some() {
         s.push_str("::");
     }
-    let segments: Vec<String> = path.segments.iter().map(|seg| seg.ident.to_string()).collect();
+    let segments: Vec<String> = path
+        .segments
+        .iter()
+        .map(|seg| seg.ident.to_string())
+        .collect();
     s.push_str(&segments.join("::"));
     s
 }
@@ -32,11 +36,14 @@ fn path_string(path: &Path) -> String {
 pub(crate) fn reject_own_derives(attrs: &[Attribute], macro_name: &str) -> Vec<syn::Error> {
     let mut errors = Vec::new();
     for attr in attrs.iter().filter(|a| a.path().is_ident("derive")) {
-        let Ok(paths) = attr.parse_args_with(Punctuated::<Path, Token![,]>::parse_terminated) else {
+        let Ok(paths) = attr.parse_args_with(Punctuated::<Path, Token![,]>::parse_terminated)
+        else {
             continue;
         };
         for path in paths {
-            let Some(last) = path.segments.last() else { continue };
+            let Some(last) = path.segments.last() else {
+                continue;
+            };
             let name = last.ident.to_string();
             if matches!(name.as_str(), "Serialize" | "Deserialize" | "JsonSchema") {
                 errors.push(syn::Error::new_spanned(

@@ -4,13 +4,15 @@
 //! Use them through `zeroservices` (`use zeroservices::prelude::*;`), which documents them
 //! with runnable examples; this crate is an implementation detail. Each macro is split by
 //! phase: `attr.rs`/`ast.rs` parse, `valid.rs` checks (collecting every error in a
-//! [`Ctxt`](ctxt::Ctxt)), `expand.rs` generates code that only calls into
+//! serde-style `Ctxt`), `expand.rs` generates code that only calls into
 //! `zeroservices::__private`.
 
 mod actions;
 mod attr;
 mod ctxt;
+mod derives;
 mod item;
+mod model;
 mod resource;
 mod symbol;
 
@@ -78,4 +80,21 @@ pub fn actions(args: TokenStream, input: TokenStream) -> TokenStream {
 #[proc_macro_attribute]
 pub fn action(_args: TokenStream, input: TokenStream) -> TokenStream {
     actions::misplaced_action(input.into()).into()
+}
+
+/// The serde and schemars derives for a type used inside a resource (an enum, a nested
+/// struct) or as an action's argument, through zeroservices' re-exports: the crate needs no
+/// serde or schemars dependency.
+///
+/// ```ignore
+/// #[model]
+/// #[derive(Debug, Clone, Copy, PartialEq, Default)]
+/// #[serde(rename_all = "lowercase")]
+/// pub enum Status { #[default] Pending, Done }
+/// ```
+///
+/// Key: `crate = "..."` (the path of zeroservices, default `::zeroservices`).
+#[proc_macro_attribute]
+pub fn model(args: TokenStream, input: TokenStream) -> TokenStream {
+    model::expand(args.into(), input.into()).into()
 }

@@ -19,7 +19,10 @@ pub(crate) fn expand(attr: TokenStream, item: TokenStream) -> TokenStream {
             }
             match lit.parse::<Path>() {
                 Ok(path) => krate = Some(path),
-                Err(_) => errors.push(syn::Error::new_spanned(&lit, "`crate` must be a path, like \"::zeroservices\"")),
+                Err(_) => errors.push(syn::Error::new_spanned(
+                    &lit,
+                    "`crate` must be a path, like \"::zeroservices\"",
+                )),
             }
             Ok(())
         } else {

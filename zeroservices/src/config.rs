@@ -24,8 +24,9 @@ pub struct NetworkConfig {
     pub multicast: bool,
     /// `ZS_PEERS`: static seed peers' discovery addresses, `host:port,...`.
     pub peers: Vec<SocketAddr>,
-    /// `ZS_DISCOVERY_PORT`: the unicast port this node's discovery listens on for seed peers
-    /// (default: the multicast port when multicast is on, else any free port).
+    /// `ZS_DISCOVERY_PORT`: the unicast port this node's discovery listens on for direct
+    /// replies and seed peers (default: a free port; a node that others list in `ZS_PEERS`
+    /// needs a fixed one).
     pub discovery_port: Option<u16>,
     /// `ZS_CLUSTER_KEY`: sign and check every envelope and announcement.
     pub cluster_key: Option<ClusterKey>,
@@ -35,7 +36,8 @@ pub struct NetworkConfig {
     pub heartbeat: Duration,
     /// `ZS_PEER_TIMEOUT_MS`: a peer silent this long is dropped (default 5000).
     pub peer_timeout: Duration,
-    /// `ZS_MAX_MESSAGE_BYTES`: larger messages are dropped (default 16 MiB).
+    /// `ZS_MAX_MESSAGE_BYTES`: larger messages are dropped (default 16 MiB; discovery datagrams
+    /// are capped at the smaller of this and 60 KiB).
     pub max_message_bytes: usize,
 }
 
@@ -83,10 +85,13 @@ impl NetworkConfig {
         let d = Self::default();
         let interface = match var("ZS_DISCOVERY_INTERFACE") {
             None => d.interface,
-            Some(v) => v
-                .trim()
-                .parse()
-                .map_err(|_| bad("ZS_DISCOVERY_INTERFACE", &v, "an IPv4 address like 127.0.0.1"))?,
+            Some(v) => v.trim().parse().map_err(|_| {
+                bad(
+                    "ZS_DISCOVERY_INTERFACE",
+                    &v,
+                    "an IPv4 address like 127.0.0.1",
+                )
+            })?,
         };
         let multicast_group = match var("ZS_MULTICAST_GROUP") {
             None => d.multicast_group,
@@ -103,7 +108,11 @@ impl NetworkConfig {
         };
         let discovery_port = match var("ZS_DISCOVERY_PORT") {
             None => None,
-            Some(v) => Some(v.trim().parse().map_err(|_| bad("ZS_DISCOVERY_PORT", &v, "a port number"))?),
+            Some(v) => Some(
+                v.trim()
+                    .parse()
+                    .map_err(|_| bad("ZS_DISCOVERY_PORT", &v, "a port number"))?,
+            ),
         };
         let max_message_bytes = match var("ZS_MAX_MESSAGE_BYTES") {
             None => d.max_message_bytes,
@@ -112,7 +121,13 @@ impl NetworkConfig {
                 .parse()
                 .ok()
                 .filter(|n| *n >= 1024)
-                .ok_or_else(|| bad("ZS_MAX_MESSAGE_BYTES", &v, "a number of bytes, at least 1024"))?,
+                .ok_or_else(|| {
+                    bad(
+                        "ZS_MAX_MESSAGE_BYTES",
+                        &v,
+                        "a number of bytes, at least 1024",
+                    )
+                })?,
         };
         Ok(Self {
             interface,
@@ -135,10 +150,17 @@ pub fn parse_group(v: &str) -> Result<SocketAddrV4> {
     let addr = if v.contains(':') {
         v.parse::<SocketAddrV4>().ok()
     } else {
-        v.parse::<Ipv4Addr>().ok().map(|ip| SocketAddrV4::new(ip, DEFAULT_MULTICAST_GROUP.port()))
+        v.parse::<Ipv4Addr>()
+            .ok()
+            .map(|ip| SocketAddrV4::new(ip, DEFAULT_MULTICAST_GROUP.port()))
     };
-    addr.filter(|a| a.ip().is_multicast())
-        .ok_or_else(|| bad("ZS_MULTICAST_GROUP", v, "a multicast address like 237.252.249.227:32000"))
+    addr.filter(|a| a.ip().is_multicast()).ok_or_else(|| {
+        bad(
+            "ZS_MULTICAST_GROUP",
+            v,
+            "a multicast address like 237.252.249.227:32000",
+        )
+    })
 }
 
 /// Parses `host:port,host:port`.
@@ -163,7 +185,10 @@ mod tests {
 
     #[test]
     fn groups_and_peers_parse() {
-        assert_eq!(parse_group("237.252.249.227").unwrap(), DEFAULT_MULTICAST_GROUP);
+        assert_eq!(
+            parse_group("237.252.249.227").unwrap(),
+            DEFAULT_MULTICAST_GROUP
+        );
         assert_eq!(parse_group("239.1.2.3:4000").unwrap().port(), 4000);
         assert!(parse_group("127.0.0.1:4000").is_err());
         let peers = parse_peers("127.0.0.1:4000, localhost:4001").unwrap();

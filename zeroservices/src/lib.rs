@@ -21,16 +21,14 @@ pub use event::{Event, EventStream};
 pub use node::{Context, Node, NodeBuilder, NodeInfo, NodeKind};
 pub use patch::Patch;
 pub use query::{Order, Query};
-pub use resource::{
-    ActionInfo, ActionKind, Change, ChangeKind, Document, Resource, ResourceInfo,
-};
-pub use zeroservices_macros::{action, actions, resource};
+pub use resource::{ActionInfo, ActionKind, Change, ChangeKind, Document, Resource, ResourceInfo};
+pub use zeroservices_macros::{action, actions, model, resource};
 
 /// Everything a service needs, in one `use`.
 pub mod prelude {
     pub use crate::{
-        Change, ChangeKind, Collection, Context, Document, Error, Event, Node, Order, Patch,
-        Query, Resource, Result, action, actions, patch, query, resource,
+        Change, ChangeKind, Collection, Context, Document, Error, Event, Node, Order, Patch, Query,
+        Resource, Result, action, actions, model, patch, query, resource,
     };
 }
 

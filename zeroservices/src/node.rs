@@ -13,10 +13,12 @@ use serde_json::Value;
 
 use crate::config::NetworkConfig;
 use crate::discovery::udp::UdpDiscovery;
-use crate::medium::zeromq::ZmqMedium;
 use crate::discovery::{Discovery, LeaveReason, PeerEvent, PeerSink};
 use crate::event::EventBus;
-use crate::medium::{Endpoints, Inbound, MemoryCluster, Medium, NODE_MESSAGE, PROTOCOL_VERSION, Request};
+use crate::medium::zeromq::ZmqMedium;
+use crate::medium::{
+    Endpoints, Inbound, Medium, MemoryCluster, NODE_MESSAGE, PROTOCOL_VERSION, Request,
+};
 use crate::resource::ResourceInfo;
 use crate::service::{ResourceService, Service};
 use crate::store::{MemoryStore, Store};
@@ -88,7 +90,8 @@ pub struct NodeStats {
 
 type PeerHook = Arc<dyn Fn(&NodeInfo) + Send + Sync>;
 type LeaveHook = Arc<dyn Fn(&NodeInfo, LeaveReason) + Send + Sync>;
-type MessageHook = Arc<dyn Fn(Option<String>, Value) -> BoxFuture<'static, Result<Value>> + Send + Sync>;
+type MessageHook =
+    Arc<dyn Fn(Option<String>, Value) -> BoxFuture<'static, Result<Value>> + Send + Sync>;
 type EventHook = Arc<dyn Fn(&Event) + Send + Sync>;
 
 #[derive(Default, Clone)]
@@ -129,7 +132,11 @@ impl Directory {
         let cursor = self.cursor.entry(collection.to_owned()).or_default();
         let start = *cursor % owners.len();
         *cursor = cursor.wrapping_add(1);
-        owners[start..].iter().chain(&owners[..start]).cloned().collect()
+        owners[start..]
+            .iter()
+            .chain(&owners[..start])
+            .cloned()
+            .collect()
     }
 }
 
@@ -185,6 +192,9 @@ impl std::fmt::Debug for Node {
     }
 }
 
+/// Makes the service of one collection, given the node's store.
+type Registration = Box<dyn FnOnce(&Arc<dyn Store>) -> Arc<dyn Service> + Send>;
+
 /// Builds and starts a [`Node`].
 pub struct NodeBuilder {
     name: String,
@@ -192,7 +202,7 @@ pub struct NodeBuilder {
     medium: Option<Arc<dyn Medium>>,
     discovery: Option<Arc<dyn Discovery>>,
     store: Option<Arc<dyn Store>>,
-    registrations: Vec<Box<dyn FnOnce(&Arc<dyn Store>) -> Arc<dyn Service> + Send>>,
+    registrations: Vec<Registration>,
     watches: Vec<String>,
     hooks: Hooks,
     request_timeout: Duration,
@@ -268,15 +278,17 @@ impl NodeBuilder {
 
     /// Owns collection `R` on this node, in the node's store.
     pub fn resource<R: Resource>(mut self) -> Self {
-        self.registrations
-            .push(Box::new(|store| Arc::new(ResourceService::<R>::new(store.clone()))));
+        self.registrations.push(Box::new(|store| {
+            Arc::new(ResourceService::<R>::new(store.clone()))
+        }));
         self
     }
 
     /// Owns collection `R` on this node, in its own store.
     pub fn resource_in<R: Resource>(mut self, store: Arc<dyn Store>) -> Self {
-        self.registrations
-            .push(Box::new(move |_| Arc::new(ResourceService::<R>::new(store))));
+        self.registrations.push(Box::new(move |_| {
+            Arc::new(ResourceService::<R>::new(store))
+        }));
         self
     }
 
@@ -372,7 +384,11 @@ impl NodeBuilder {
         });
         let node = Node { inner };
         let handle = Arc::new(Handle(Arc::downgrade(&node.inner)));
-        let endpoints = node.inner.medium.start(&node.inner.id, handle.clone()).await?;
+        let endpoints = node
+            .inner
+            .medium
+            .start(&node.inner.id, handle.clone())
+            .await?;
         *lock(&node.inner.endpoints) = endpoints;
         node.inner.discovery.start(node.info(), handle).await?;
         node.inner.started.store(true, Ordering::SeqCst);
@@ -424,7 +440,10 @@ impl Node {
             kind: self.inner.kind,
             protocol: PROTOCOL_VERSION,
             endpoints: lock(&self.inner.endpoints).clone(),
-            resources: read(&self.inner.services).values().map(|s| s.info()).collect(),
+            resources: read(&self.inner.services)
+                .values()
+                .map(|s| s.info())
+                .collect(),
             watches: self.inner.watches.clone(),
         }
     }
@@ -463,7 +482,11 @@ impl Node {
 
     /// The peers this node knows, sorted by id.
     pub fn peers(&self) -> Vec<Peer> {
-        let mut peers: Vec<Peer> = lock(&self.inner.directory).peers.values().cloned().collect();
+        let mut peers: Vec<Peer> = lock(&self.inner.directory)
+            .peers
+            .values()
+            .cloned()
+            .collect();
         peers.sort_by(|a, b| a.info.id.cmp(&b.info.id));
         peers
     }
@@ -488,7 +511,11 @@ impl Node {
         let service: Arc<dyn Service> = Arc::new(ResourceService::<R>::new(self.store()));
         service.prepare().await?;
         {
-            let mut services = self.inner.services.write().unwrap_or_else(|e| e.into_inner());
+            let mut services = self
+                .inner
+                .services
+                .write()
+                .unwrap_or_else(|e| e.into_inner());
             if services.contains_key(R::COLLECTION) {
                 return Err(Error::internal(format!(
                     "collection {} registered twice on one node",
@@ -516,7 +543,10 @@ impl Node {
 
     /// Sends a unicast message to peer `node_id`'s `on_message` hook and waits for its reply.
     pub async fn send(&self, node_id: &str, body: Value) -> Result<Value> {
-        let peer = lock(&self.inner.directory).peers.get(node_id).map(|p| p.info.clone());
+        let peer = lock(&self.inner.directory)
+            .peers
+            .get(node_id)
+            .map(|p| p.info.clone());
         let Some(peer) = peer else {
             return Err(Error::unavailable(format!("unknown peer {node_id}")));
         };
@@ -547,7 +577,10 @@ impl Node {
             }
         }
         // Every owner was unreachable; if they have all left meanwhile, say so.
-        if lock(&self.inner.directory).owners(&request.collection).is_empty() {
+        if lock(&self.inner.directory)
+            .owners(&request.collection)
+            .is_empty()
+        {
             return Err(self.no_owner(&request.collection));
         }
         Err(last.unwrap_or_else(|| self.no_owner(&request.collection)))
@@ -570,7 +603,9 @@ impl Node {
         match tokio::time::timeout(timeout, self.inner.medium.call(peer, request)).await {
             Ok(reply) => reply,
             Err(_) => {
-                self.inner.requests_timed_out.fetch_add(1, Ordering::Relaxed);
+                self.inner
+                    .requests_timed_out
+                    .fetch_add(1, Ordering::Relaxed);
                 Err(Error::Timeout {
                     collection,
                     after_ms: timeout.as_millis() as u64,
@@ -660,7 +695,8 @@ impl PeerSink for Handle {
                 }
                 let joined = {
                     let mut dir = lock(&inner.directory);
-                    dir.known.extend(info.resources.iter().map(|r| r.name.clone()));
+                    dir.known
+                        .extend(info.resources.iter().map(|r| r.name.clone()));
                     let previous = dir.peers.insert(
                         info.id.clone(),
                         Peer {

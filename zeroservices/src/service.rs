@@ -103,7 +103,11 @@ impl<R: Resource> ResourceService<R> {
         let mut args = match request.args {
             Value::Object(map) => map,
             Value::Null => Map::new(),
-            _ => return Err(Error::bad_request("create takes {\"resource_data\": {...}}")),
+            _ => {
+                return Err(Error::bad_request(
+                    "create takes {\"resource_data\": {...}}",
+                ));
+            }
         };
         let data = args
             .remove("resource_data")
@@ -111,7 +115,11 @@ impl<R: Resource> ResourceService<R> {
         let (_, doc) = self.validate(data)?;
         let id = self
             .store
-            .insert(self.collection(), request.resource_id.as_deref(), doc.clone())
+            .insert(
+                self.collection(),
+                request.resource_id.as_deref(),
+                doc.clone(),
+            )
             .await?;
         let mut extra = Map::new();
         extra.insert("resource_data".into(), doc);
@@ -154,8 +162,13 @@ impl<R: Resource> ResourceService<R> {
         let id = self.require_id(&request)?;
         let _guard = self.lock_id(&id).await;
         self.store.delete(self.collection(), &id).await?;
-        node.publish(Event::resource(self.collection(), "delete", &id, Map::new()))
-            .await;
+        node.publish(Event::resource(
+            self.collection(),
+            "delete",
+            &id,
+            Map::new(),
+        ))
+        .await;
         Ok(Value::Null)
     }
 
@@ -211,7 +224,9 @@ impl<R: Resource> ResourceService<R> {
                 let after =
                     serde_json::to_value(&resource).map_err(|e| Error::internal(e.to_string()))?;
                 if after != before {
-                    self.store.replace(self.collection(), &id, after.clone()).await?;
+                    self.store
+                        .replace(self.collection(), &id, after.clone())
+                        .await?;
                 }
                 let mut extra = Map::new();
                 extra.insert("resource_data".into(), after);

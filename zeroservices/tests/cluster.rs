@@ -132,7 +132,11 @@ async fn cluster() -> Cluster {
         .start()
         .await
         .unwrap();
-    let b = Node::builder("client").memory(&cluster).start().await.unwrap();
+    let b = Node::builder("client")
+        .memory(&cluster)
+        .start()
+        .await
+        .unwrap();
     Cluster { a, b }
 }
 
@@ -177,32 +181,53 @@ async fn node_without_resources_uses_a_remote_collection() {
 
     // patch: every update operator, one after the other, each with its event
     let p = powers
-        .patch(&id, patch!({"$set": {"description": "three", "meta.owner": "ann"}}))
+        .patch(
+            &id,
+            patch!({"$set": {"description": "three", "meta.owner": "ann"}}),
+        )
         .await
         .unwrap();
     assert_eq!(p.description.as_deref(), Some("three"));
     assert_eq!(p.meta.owner.as_deref(), Some("ann"));
     let ev = next_event(&mut events).await;
     assert_eq!(ev.topic, format!("power.patch.{id}"));
-    assert_eq!(ev.data["patch"], json!({"$set": {"description": "three", "meta.owner": "ann"}}));
+    assert_eq!(
+        ev.data["patch"],
+        json!({"$set": {"description": "three", "meta.owner": "ann"}})
+    );
     assert_eq!(ev.data["resource_data"]["description"], "three");
 
-    let p = powers.patch(&id, patch!({"$inc": {"value": 2, "meta.hits": 1}})).await.unwrap();
+    let p = powers
+        .patch(&id, patch!({"$inc": {"value": 2, "meta.hits": 1}}))
+        .await
+        .unwrap();
     assert_eq!((p.value, p.meta.hits), (5, 1));
     next_event(&mut events).await;
 
-    let p = powers.patch(&id, patch!({"$push": {"tags": "odd"}})).await.unwrap();
-    let p2 = powers.patch(&id, patch!({"$push": {"tags": "prime"}})).await.unwrap();
+    let p = powers
+        .patch(&id, patch!({"$push": {"tags": "odd"}}))
+        .await
+        .unwrap();
+    let p2 = powers
+        .patch(&id, patch!({"$push": {"tags": "prime"}}))
+        .await
+        .unwrap();
     assert_eq!(p.tags, vec!["odd"]);
     assert_eq!(p2.tags, vec!["odd", "prime"]);
     next_event(&mut events).await;
     next_event(&mut events).await;
 
-    let p = powers.patch(&id, patch!({"$pull": {"tags": "odd"}})).await.unwrap();
+    let p = powers
+        .patch(&id, patch!({"$pull": {"tags": "odd"}}))
+        .await
+        .unwrap();
     assert_eq!(p.tags, vec!["prime"]);
     next_event(&mut events).await;
 
-    let p = powers.patch(&id, patch!({"$unset": {"description": ""}})).await.unwrap();
+    let p = powers
+        .patch(&id, patch!({"$unset": {"description": ""}}))
+        .await
+        .unwrap();
     assert_eq!(p.description, None);
     let ev = next_event(&mut events).await;
     assert_eq!(ev.data["patch"], json!({"$unset": {"description": ""}}));
@@ -212,18 +237,33 @@ async fn node_without_resources_uses_a_remote_collection() {
         powers.create(power(v)).await.unwrap();
         next_event(&mut events).await;
     }
-    let values = |docs: Vec<Document<Power>>| docs.into_iter().map(|d| d.resource_data.value).collect::<Vec<_>>();
-    let all = powers.list(Query::all().sort("value", Order::Asc)).await.unwrap();
+    let values = |docs: Vec<Document<Power>>| {
+        docs.into_iter()
+            .map(|d| d.resource_data.value)
+            .collect::<Vec<_>>()
+    };
+    let all = powers
+        .list(Query::all().sort("value", Order::Asc))
+        .await
+        .unwrap();
     assert_eq!(values(all), vec![4, 5, 10, 20, 30]);
     let big = powers
-        .list(query!({"value": {"$gte": 10}}).sort("value", Order::Desc).skip(1).limit(1))
+        .list(
+            query!({"value": {"$gte": 10}})
+                .sort("value", Order::Desc)
+                .skip(1)
+                .limit(1),
+        )
         .await
         .unwrap();
     assert_eq!(values(big), vec![20]);
     let tagged = powers.list(query!({"tags": "prime"})).await.unwrap();
     assert_eq!(tagged.len(), 1);
     assert_eq!(tagged[0].resource_id, id);
-    let dotted = powers.list(query!({"meta.owner": {"$in": ["ann", "bob"]}})).await.unwrap();
+    let dotted = powers
+        .list(query!({"meta.owner": {"$in": ["ann", "bob"]}}))
+        .await
+        .unwrap();
     assert_eq!(values(dotted), vec![5]);
     let either = powers
         .list(query!({"$or": [{"value": 4}, {"value": {"$gt": 25}}]}).sort("value", Order::Asc))
@@ -235,9 +275,18 @@ async fn node_without_resources_uses_a_remote_collection() {
     powers.delete(&fixed).await.unwrap();
     let ev = next_event(&mut events).await;
     assert_eq!(ev.topic, "power.delete.p/42 x");
-    assert_eq!(ev.data, json!({"action": "delete", "resource_name": "power", "resource_id": "p/42 x"}));
-    assert!(matches!(powers.get(&fixed).await, Err(Error::NotFound { .. })));
-    assert!(matches!(powers.delete(&fixed).await, Err(Error::NotFound { .. })));
+    assert_eq!(
+        ev.data,
+        json!({"action": "delete", "resource_name": "power", "resource_id": "p/42 x"})
+    );
+    assert!(matches!(
+        powers.get(&fixed).await,
+        Err(Error::NotFound { .. })
+    ));
+    assert!(matches!(
+        powers.delete(&fixed).await,
+        Err(Error::NotFound { .. })
+    ));
 
     a.stop().await;
     b.stop().await;
@@ -249,7 +298,10 @@ async fn custom_actions_run_on_the_owner() {
     let powers = b.collection::<Power>();
     let mut changes = powers.subscribe();
     let id = powers.create(power(12)).await.unwrap();
-    let created = tokio::time::timeout(Duration::from_secs(5), changes.next()).await.unwrap().unwrap();
+    let created = tokio::time::timeout(Duration::from_secs(5), changes.next())
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(created.kind, ChangeKind::Create);
     assert_eq!(created.data.as_ref().map(|p| p.value), Some(12));
 
@@ -258,7 +310,10 @@ async fn custom_actions_run_on_the_owner() {
     assert_eq!(r, 144);
     let stored = a.collection::<Power>().get(&id).await.unwrap();
     assert_eq!((stored.result, stored.status), (Some(144), Status::Done));
-    let change = tokio::time::timeout(Duration::from_secs(5), changes.next()).await.unwrap().unwrap();
+    let change = tokio::time::timeout(Duration::from_secs(5), changes.next())
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(change.topic, format!("power.square.{id}"));
     assert_eq!(change.kind, ChangeKind::Action("square".into()));
     assert_eq!(change.data.unwrap().result, Some(144));
@@ -266,10 +321,19 @@ async fn custom_actions_run_on_the_owner() {
     // with an argument struct; a user error comes back as it was raised
     let v: i64 = powers.call(&id, "add", json!({"amount": 3})).await.unwrap();
     assert_eq!(v, 15);
-    let err = powers.call::<i64>(&id, "add", json!({"amount": -1})).await.unwrap_err();
+    let err = powers
+        .call::<i64>(&id, "add", json!({"amount": -1}))
+        .await
+        .unwrap_err();
     assert_eq!(err, Error::failed("amount must not be negative"));
-    let err = powers.call::<i64>(&id, "add", json!({"amount": "x"})).await.unwrap_err();
-    assert!(matches!(&err, Error::Validation { path, .. } if path == "amount"), "{err:?}");
+    let err = powers
+        .call::<i64>(&id, "add", json!({"amount": "x"}))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&err, Error::Validation { path, .. } if path == "amount"),
+        "{err:?}"
+    );
 
     // &self: nothing stored, no event
     let d: i64 = powers.call(&id, "double", ()).await.unwrap();
@@ -277,10 +341,15 @@ async fn custom_actions_run_on_the_owner() {
 
     // a collection action
     powers.create(power(2)).await.unwrap();
-    let n: u64 = powers.call_collection("reset", json!({"value": 7})).await.unwrap();
+    let n: u64 = powers
+        .call_collection("reset", json!({"value": 7}))
+        .await
+        .unwrap();
     assert_eq!(n, 2);
     let all = powers.list(Query::all()).await.unwrap();
-    assert!(all.iter().all(|d| d.resource_data.value == 7 && d.resource_data.status == Status::Pending && d.resource_data.result.is_none()));
+    assert!(all.iter().all(|d| d.resource_data.value == 7
+        && d.resource_data.status == Status::Pending
+        && d.resource_data.result.is_none()));
 
     // unknown action
     let err = powers.call::<i64>(&id, "cube", ()).await.unwrap_err();
@@ -298,28 +367,65 @@ async fn invalid_input_is_refused_and_changes_nothing() {
     // a create whose document breaks the schema, sent raw
     let bad = Request::new("power", "create").args(json!({"resource_data": {"value": "three"}}));
     let err = b.request(bad).await.unwrap_err();
-    assert!(matches!(&err, Error::Validation { path, .. } if path == "value"), "{err:?}");
-    let missing = Request::new("power", "create").args(json!({"resource_data": {"status": "done"}}));
+    assert!(
+        matches!(&err, Error::Validation { path, .. } if path == "value"),
+        "{err:?}"
+    );
+    let missing =
+        Request::new("power", "create").args(json!({"resource_data": {"status": "done"}}));
     let err = b.request(missing).await.unwrap_err();
-    assert!(matches!(&err, Error::Validation { message, .. } if message.contains("value")), "{err:?}");
+    assert!(
+        matches!(&err, Error::Validation { message, .. } if message.contains("value")),
+        "{err:?}"
+    );
 
     // a patch that would break the schema
-    let err = b.collection::<Power>().patch(&id, patch!({"$set": {"status": "lost"}})).await.unwrap_err();
-    assert!(matches!(&err, Error::Validation { path, .. } if path == "status"), "{err:?}");
-    let err = b.collection::<Power>().patch(&id, patch!({"$set": {"meta.hits": "many"}})).await.unwrap_err();
-    assert!(matches!(&err, Error::Validation { path, .. } if path == "meta.hits"), "{err:?}");
+    let err = b
+        .collection::<Power>()
+        .patch(&id, patch!({"$set": {"status": "lost"}}))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&err, Error::Validation { path, .. } if path == "status"),
+        "{err:?}"
+    );
+    let err = b
+        .collection::<Power>()
+        .patch(&id, patch!({"$set": {"meta.hits": "many"}}))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&err, Error::Validation { path, .. } if path == "meta.hits"),
+        "{err:?}"
+    );
     // a malformed patch and a malformed filter
-    let err = b.collection::<Power>().patch(&id, patch!({"value": 4})).await.unwrap_err();
+    let err = b
+        .collection::<Power>()
+        .patch(&id, patch!({"value": 4}))
+        .await
+        .unwrap_err();
     assert!(matches!(err, Error::BadRequest { .. }), "{err:?}");
-    let err = b.collection::<Power>().list(query!({"value": {"$near": 4}})).await.unwrap_err();
+    let err = b
+        .collection::<Power>()
+        .list(query!({"value": {"$near": 4}}))
+        .await
+        .unwrap_err();
     assert!(matches!(err, Error::BadRequest { .. }), "{err:?}");
     // nothing changed
     assert_eq!(b.collection::<Power>().get(&id).await.unwrap(), power(3));
 
     // duplicate id, missing id
-    let err = b.collection::<Power>().create_with_id(&id, power(1)).await.unwrap_err();
+    let err = b
+        .collection::<Power>()
+        .create_with_id(&id, power(1))
+        .await
+        .unwrap_err();
     assert!(matches!(err, Error::DuplicateId { .. }), "{err:?}");
-    let err = b.collection::<Power>().patch("nope", patch!({"$set": {"value": 1}})).await.unwrap_err();
+    let err = b
+        .collection::<Power>()
+        .patch("nope", patch!({"$set": {"value": 1}}))
+        .await
+        .unwrap_err();
     assert!(matches!(err, Error::NotFound { .. }), "{err:?}");
 
     // an unknown collection
@@ -342,12 +448,21 @@ async fn events_arrive_in_order_on_every_node() {
     let powers = b.collection::<Power>();
     let id = powers.create(power(0)).await.unwrap();
     for i in 1..=50 {
-        powers.patch(&id, patch!({"$set": {"value": i}})).await.unwrap();
+        powers
+            .patch(&id, patch!({"$set": {"value": i}}))
+            .await
+            .unwrap();
     }
     // A (the owner) sees its own events; B sees only patches
-    assert_eq!(next_event(&mut on_a).await.topic, format!("power.create.{id}"));
+    assert_eq!(
+        next_event(&mut on_a).await.topic,
+        format!("power.create.{id}")
+    );
     for i in 1..=50 {
-        assert_eq!(next_event(&mut on_a).await.data["resource_data"]["value"], i);
+        assert_eq!(
+            next_event(&mut on_a).await.data["resource_data"]["value"],
+            i
+        );
         let ev = next_event(&mut on_b).await;
         assert_eq!(ev.topic, format!("power.patch.{id}"));
         assert_eq!(ev.data["resource_data"]["value"], i);
@@ -375,7 +490,10 @@ async fn a_slow_owner_yields_a_timeout() {
         .await
         .unwrap();
     let err = b.send(a.id(), json!({"hello": 1})).await.unwrap_err();
-    assert!(matches!(err, Error::Timeout { after_ms: 100, .. }), "{err:?}");
+    assert!(
+        matches!(err, Error::Timeout { after_ms: 100, .. }),
+        "{err:?}"
+    );
     assert_eq!(b.stats().requests_timed_out, 1);
     a.stop().await;
     b.stop().await;

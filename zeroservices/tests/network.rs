@@ -34,12 +34,19 @@ impl Power {
 }
 
 fn power(value: i64) -> Power {
-    Power { value, result: None }
+    Power {
+        value,
+        result: None,
+    }
 }
 
 /// A free UDP port on loopback, for a multicast group of this test's own.
 fn free_udp_port() -> u16 {
-    UdpSocket::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    UdpSocket::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 /// The settings of one test's cluster: its own group port, loopback only, short timers.
@@ -66,11 +73,17 @@ impl Net {
     fn env(&self) -> Vec<(String, String)> {
         let mut env = vec![
             ("ZS_DISCOVERY_INTERFACE".into(), "127.0.0.1".into()),
-            ("ZS_MULTICAST_GROUP".into(), format!("237.252.249.227:{}", self.port)),
+            (
+                "ZS_MULTICAST_GROUP".into(),
+                format!("237.252.249.227:{}", self.port),
+            ),
             ("ZS_HEARTBEAT_MS".into(), "200".into()),
             ("ZS_PEER_TIMEOUT_MS".into(), "1500".into()),
             ("ZS_REQUEST_TIMEOUT_MS".into(), "1000".into()),
-            ("ZS_MULTICAST".into(), if self.multicast { "on" } else { "off" }.into()),
+            (
+                "ZS_MULTICAST".into(),
+                if self.multicast { "on" } else { "off" }.into(),
+            ),
             ("RUST_LOG".into(), "warn".into()),
         ];
         if let Some(key) = &self.key {
@@ -101,7 +114,11 @@ impl Net {
     }
 
     async fn node(&self, name: &str) -> Node {
-        Node::builder(name).network(self.config()).start().await.unwrap()
+        Node::builder(name)
+            .network(self.config())
+            .start()
+            .await
+            .unwrap()
     }
 }
 
@@ -125,8 +142,9 @@ impl ChildNode {
         let (tx, rx) = std::sync::mpsc::channel();
         std::thread::spawn(move || {
             for line in BufReader::new(stdout).lines().map_while(|l| l.ok()) {
-                if let Some(id) = line.strip_prefix("READY ") {
-                    let _ = tx.send(id.to_owned());
+                // libtest prints "test child_node ... " before the child's own output.
+                if let Some((_, id)) = line.split_once("READY ") {
+                    let _ = tx.send(id.trim().to_owned());
                 }
             }
         });
@@ -168,7 +186,11 @@ fn child_node() {
         // Serve until the parent closes our stdin (or kills us).
         tokio::task::spawn_blocking(|| {
             let mut line = String::new();
-            while std::io::stdin().read_line(&mut line).map(|n| n > 0).unwrap_or(false) {
+            while std::io::stdin()
+                .read_line(&mut line)
+                .map(|n| n > 0)
+                .unwrap_or(false)
+            {
                 line.clear();
             }
         })
@@ -193,7 +215,10 @@ async fn two_processes_find_each_other_and_exchange_requests_and_events() {
     let child = ChildNode::spawn("power", &net);
     let started = Instant::now();
     let client = net.node("client").await;
-    client.wait_for_collection("power", Duration::from_secs(2)).await.unwrap();
+    client
+        .wait_for_collection("power", Duration::from_secs(2))
+        .await
+        .unwrap();
     println!("discovered the owner in {:?}", started.elapsed());
     assert!(client.peers().iter().any(|p| p.info.id == child.id));
 
@@ -204,7 +229,8 @@ async fn two_processes_find_each_other_and_exchange_requests_and_events() {
     let deadline = Instant::now() + Duration::from_secs(5);
     let first = loop {
         let id = powers.create(power(2)).await.unwrap();
-        if let Ok(Some(ev)) = tokio::time::timeout(Duration::from_millis(200), events.next()).await {
+        if let Ok(Some(ev)) = tokio::time::timeout(Duration::from_millis(200), events.next()).await
+        {
             break (id, ev);
         }
         assert!(Instant::now() < deadline, "no event crossed within 5 s");
@@ -213,7 +239,10 @@ async fn two_processes_find_each_other_and_exchange_requests_and_events() {
     for v in 0..20 {
         let id = powers.create(power(v)).await.unwrap();
         let ev = loop {
-            let ev = tokio::time::timeout(Duration::from_secs(5), events.next()).await.unwrap().unwrap();
+            let ev = tokio::time::timeout(Duration::from_secs(5), events.next())
+                .await
+                .unwrap()
+                .unwrap();
             if ev.topic == format!("power.create.{id}") {
                 break ev;
             }
@@ -243,15 +272,34 @@ async fn three_nodes_converge() {
         .envs(net.env())
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let listed: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    let ids: Vec<&str> = listed.as_array().unwrap().iter().map(|n| n["id"].as_str().unwrap()).collect();
+    let ids: Vec<&str> = listed
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| n["id"].as_str().unwrap())
+        .collect();
     for id in [a.id.as_str(), b.id.as_str(), client.id()] {
         assert!(ids.contains(&id), "{id} missing from {ids:?}");
     }
-    let power_node = listed.as_array().unwrap().iter().find(|n| n["id"] == a.id.as_str()).unwrap();
+    let power_node = listed
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|n| n["id"] == a.id.as_str())
+        .unwrap();
     assert_eq!(power_node["resources"], serde_json::json!(["power"]));
-    assert!(power_node["endpoints"]["router"].as_str().unwrap().starts_with("tcp://127.0.0.1:"));
+    assert!(
+        power_node["endpoints"]["router"]
+            .as_str()
+            .unwrap()
+            .starts_with("tcp://127.0.0.1:")
+    );
     client.stop().await;
 }
 
@@ -260,7 +308,10 @@ async fn a_killed_owner_fails_fast_is_dropped_and_is_used_again_once_restarted()
     let net = Net::new();
     let mut child = ChildNode::spawn("power", &net);
     let client = net.node("client").await;
-    client.wait_for_collection("power", Duration::from_secs(2)).await.unwrap();
+    client
+        .wait_for_collection("power", Duration::from_secs(2))
+        .await
+        .unwrap();
     let powers = client.collection::<Power>();
     powers.create(power(1)).await.unwrap();
 
@@ -268,20 +319,35 @@ async fn a_killed_owner_fails_fast_is_dropped_and_is_used_again_once_restarted()
     let started = Instant::now();
     let err = powers.create(power(2)).await.unwrap_err();
     // Within the request timeout (1 s) plus scheduling slack; never a hang.
-    assert!(started.elapsed() < Duration::from_secs(3), "took {:?}", started.elapsed());
     assert!(
-        matches!(err, Error::Timeout { .. } | Error::Unavailable { .. } | Error::OwnerGone { .. }),
+        started.elapsed() < Duration::from_secs(3),
+        "took {:?}",
+        started.elapsed()
+    );
+    assert!(
+        matches!(
+            err,
+            Error::Timeout { .. } | Error::Unavailable { .. } | Error::OwnerGone { .. }
+        ),
         "{err:?}"
     );
     let dead = child.id.clone();
-    eventually(Duration::from_secs(4), "dead peer dropped after the heartbeat timeout", || {
-        client.peers().iter().all(|p| p.info.id != dead)
-    })
+    eventually(
+        Duration::from_secs(4),
+        "dead peer dropped after the heartbeat timeout",
+        || client.peers().iter().all(|p| p.info.id != dead),
+    )
     .await;
-    assert!(matches!(powers.get("x").await, Err(Error::OwnerGone { .. })));
+    assert!(matches!(
+        powers.get("x").await,
+        Err(Error::OwnerGone { .. })
+    ));
 
     let restarted = ChildNode::spawn("power", &net);
-    client.wait_for_collection("power", Duration::from_secs(3)).await.unwrap();
+    client
+        .wait_for_collection("power", Duration::from_secs(3))
+        .await
+        .unwrap();
     let id = powers.create(power(3)).await.unwrap();
     assert_eq!(powers.get(&id).await.unwrap(), power(3));
     let owner: String = powers.call_collection("whoami", ()).await.unwrap();
@@ -296,7 +362,12 @@ async fn two_owners_share_the_load_and_survive_one_being_killed() {
     let b = ChildNode::spawn("power", &net);
     let client = net.node("client").await;
     eventually(Duration::from_secs(3), "both owners known", || {
-        client.peers().iter().filter(|p| !p.info.resources.is_empty()).count() == 2
+        client
+            .peers()
+            .iter()
+            .filter(|p| !p.info.resources.is_empty())
+            .count()
+            == 2
     })
     .await;
     let powers = client.collection::<Power>();
@@ -332,12 +403,19 @@ async fn a_node_with_another_cluster_key_is_never_joined() {
     red.key = Some("red".into());
     let stranger = red.node("stranger").await;
     let friend = net.node("friend").await;
-    friend.wait_for_collection("power", Duration::from_secs(2)).await.unwrap();
+    friend
+        .wait_for_collection("power", Duration::from_secs(2))
+        .await
+        .unwrap();
     // The friend, with the same key, found the owner; the stranger, in the same time and on
     // the same group, sees nobody.
     assert!(stranger.peers().is_empty(), "{:?}", stranger.peers());
     assert!(friend.peers().iter().all(|p| p.info.id != stranger.id()));
-    let err = stranger.collection::<Power>().list(Query::all()).await.unwrap_err();
+    let err = stranger
+        .collection::<Power>()
+        .list(Query::all())
+        .await
+        .unwrap_err();
     assert_eq!(err, Error::unknown_collection("power"));
     stranger.stop().await;
     friend.stop().await;
@@ -353,9 +431,15 @@ async fn static_peers_work_without_multicast() {
     net.discovery_port = None;
     net.peers = vec![format!("127.0.0.1:{}", seed.discovery_port.unwrap())];
     let client = net.node("client").await;
-    client.wait_for_collection("power", Duration::from_secs(2)).await.unwrap();
+    client
+        .wait_for_collection("power", Duration::from_secs(2))
+        .await
+        .unwrap();
     let id = client.collection::<Power>().create(power(5)).await.unwrap();
-    assert_eq!(client.collection::<Power>().get(&id).await.unwrap(), power(5));
+    assert_eq!(
+        client.collection::<Power>().get(&id).await.unwrap(),
+        power(5)
+    );
     assert!(client.peers().iter().any(|p| p.info.id == child.id));
     client.stop().await;
 }
@@ -365,7 +449,10 @@ async fn the_sniffer_prints_events_of_the_cluster() {
     let net = Net::new();
     let _owner = ChildNode::spawn("power", &net);
     let client = net.node("client").await;
-    client.wait_for_collection("power", Duration::from_secs(2)).await.unwrap();
+    client
+        .wait_for_collection("power", Duration::from_secs(2))
+        .await
+        .unwrap();
     let mut sniff = Command::new(env!("CARGO_BIN_EXE_zeroservices"))
         .args(["sniff", "power.create", "--count", "1"])
         .envs(net.env())
@@ -387,7 +474,10 @@ async fn the_sniffer_prints_events_of_the_cluster() {
         if let Ok(line) = rx.recv_timeout(Duration::from_millis(200)) {
             break line;
         }
-        assert!(Instant::now() < deadline, "the sniffer printed nothing within 10 s");
+        assert!(
+            Instant::now() < deadline,
+            "the sniffer printed nothing within 10 s"
+        );
     };
     let (topic, json) = line.split_once(' ').unwrap();
     assert!(topic.starts_with("power.create."), "{line}");

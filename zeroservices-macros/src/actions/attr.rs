@@ -51,10 +51,15 @@ pub(crate) struct ActionAttr {
     pub(crate) collection: Option<Ident>,
     /// `name = "..."`: the action name, instead of the method name.
     pub(crate) name: Option<LitStr>,
+    /// Whether the attribute parsed without error. When it did not, the method's signature is
+    /// not checked: it would be checked against what the user did not manage to say (a
+    /// misspelt `collection` would add "takes `&self`" to "unknown key").
+    pub(crate) ok: bool,
 }
 
 impl ActionAttr {
     pub(crate) fn from_attr(cx: &Ctxt, attr: &Attribute) -> Self {
+        let errors_before = cx.error_count();
         let mut collection = Attr::none(cx, ACTION, COLLECTION);
         let mut name = Attr::none(cx, ACTION, NAME);
         match &attr.meta {
@@ -100,9 +105,12 @@ impl ActionAttr {
                 );
             }
         }
+        let collection = collection.get();
+        let name = name.get();
         ActionAttr {
-            collection: collection.get(),
-            name: name.get(),
+            collection,
+            name,
+            ok: cx.error_count() == errors_before,
         }
     }
 }

@@ -4,12 +4,12 @@
 //! Every method is checked (all errors are reported together); the actions with an error are
 //! left out of the table, which is still generated so that the resource keeps compiling.
 
-use std::collections::HashMap;
+use std::collections::HashSet;
 
-use proc_macro2::{Span, TokenStream};
+use proc_macro2::TokenStream;
 use quote::ToTokens;
 use syn::ext::IdentExt;
-use syn::{FnArg, ImplItemFn, Path, Receiver, ReturnType, Type};
+use syn::{FnArg, ImplItemFn, Path, Receiver, ReturnType, Signature, Type};
 
 use super::ast::{Input, Method};
 use super::attr::ActionsAttrs;
@@ -56,13 +56,16 @@ pub(crate) struct Action<'a> {
 }
 
 pub(crate) fn validate<'a>(cx: &Ctxt, attrs: ActionsAttrs, input: &'a Input<'a>) -> Actions<'a> {
-    let mut names: HashMap<String, ()> = HashMap::new();
+    let mut names = HashSet::new();
     let mut actions = Vec::new();
     for method in &input.methods {
+        if !method.attr.ok {
+            continue;
+        }
         let errors_before = cx.error_count();
         let name = name(cx, method);
         if let Some((name, span)) = &name
-            && names.insert(name.clone(), ()).is_some()
+            && !names.insert(name.clone())
         {
             cx.error_spanned_by(
                 span,
@@ -117,29 +120,12 @@ fn name(cx: &Ctxt, method: &Method<'_>) -> Option<(String, TokenStream)> {
     Some((name, tokens))
 }
 
-/// Checks the signature; `None` when it has an error (already recorded).
+/// Checks the signature; `None` when it has an error (already recorded). Every part is
+/// checked, so that all the mistakes of a method are reported together.
 fn signature<'a>(cx: &Ctxt, method: &Method<'a>) -> Option<Action<'a>> {
+    let errors_before = cx.error_count();
     let sig = &method.original.sig;
-    let mut ok = true;
-    let mut error = |tokens: &dyn ToTokens, msg: &str| {
-        cx.error_spanned_by(tokens.to_token_stream(), msg);
-        ok = false;
-    };
-
-    if sig.asyncness.is_none() {
-        error(&sig.fn_token, "an action must be an `async fn`");
-    }
-    if let Some(unsafety) = &sig.unsafety {
-        error(unsafety, "an action cannot be `unsafe`");
-    }
-    if !sig.generics.params.is_empty() || sig.generics.where_clause.is_some() {
-        let (generics, where_clause) = (&sig.generics, &sig.generics.where_clause);
-        error(
-            &quote::quote!(#generics #where_clause),
-            "an action cannot be generic: its argument and result types must be concrete",
-        );
-    }
-
+    check_header(cx, sig);
     let mut inputs = sig.inputs.iter().peekable();
     let receiver = match inputs.peek() {
         Some(FnArg::Receiver(receiver)) => {
@@ -148,10 +134,46 @@ fn signature<'a>(cx: &Ctxt, method: &Method<'a>) -> Option<Action<'a>> {
         }
         _ => None,
     };
-    let kind = match (&method.attr.collection, receiver) {
+    let kind = kind(cx, method, receiver);
+    let (context, arg) = params(cx, inputs);
+    let output = output(cx, method.original);
+    if cx.error_count() != errors_before {
+        return None;
+    }
+    Some(Action {
+        method: method.original,
+        name: String::new(),
+        kind,
+        context,
+        arg,
+        output: output?,
+        doc: doc(method.original),
+    })
+}
+
+/// `async`, not `unsafe`, not generic.
+fn check_header(cx: &Ctxt, sig: &Signature) {
+    if sig.asyncness.is_none() {
+        cx.error_spanned_by(sig.fn_token, "an action must be an `async fn`");
+    }
+    if let Some(unsafety) = &sig.unsafety {
+        cx.error_spanned_by(unsafety, "an action cannot be `unsafe`");
+    }
+    if !sig.generics.params.is_empty() || sig.generics.where_clause.is_some() {
+        let (generics, where_clause) = (&sig.generics, &sig.generics.where_clause);
+        cx.error_spanned_by(
+            quote::quote!(#generics #where_clause),
+            "an action cannot be generic: its argument and result types must be concrete",
+        );
+    }
+}
+
+/// The kind of action, from `#[action(collection)]` and the receiver.
+fn kind(cx: &Ctxt, method: &Method<'_>, receiver: Option<&Receiver>) -> Kind {
+    match (&method.attr.collection, receiver) {
         (Some(_), None) => Kind::Collection,
         (Some(_), Some(receiver)) => {
-            error(
+            cx.error_spanned_by(
                 receiver,
                 "a collection action takes no `self`: remove the receiver, or remove \
                  `collection` to make it an action on one resource (`&self` or `&mut self`)",
@@ -169,16 +191,20 @@ fn signature<'a>(cx: &Ctxt, method: &Method<'a>) -> Option<Action<'a>> {
             let msg = "a resource action takes `&self` or `&mut self`; for an action on the \
                        whole collection write `#[action(collection)]`";
             match receiver {
-                Some(receiver) => error(receiver, msg),
-                None => {
-                    cx.error_at(sig.paren_token.span.join(), msg);
-                    ok = false;
-                }
+                Some(receiver) => cx.error_spanned_by(receiver, msg),
+                // No receiver: point at the parameter list.
+                None => cx.error_at(method.original.sig.paren_token.span.join(), msg),
             }
             Kind::Read
         }
-    };
+    }
+}
 
+/// The parameters after the receiver: an optional context, then at most one argument.
+fn params<'a>(
+    cx: &Ctxt,
+    inputs: impl Iterator<Item = &'a FnArg>,
+) -> (Option<ContextParam<'a>>, Option<&'a Type>) {
     let mut context = None;
     let mut arg: Option<&Type> = None;
     for input in inputs {
@@ -186,77 +212,63 @@ fn signature<'a>(cx: &Ctxt, method: &Method<'a>) -> Option<Action<'a>> {
             FnArg::Typed(typed) => typed,
             FnArg::Receiver(receiver) => {
                 cx.error_spanned_by(receiver, "`self` must be the first parameter");
-                ok = false;
                 continue;
             }
         };
         let ty = &*typed.ty;
         if let Some(param) = context_param(ty) {
-            let msg = if arg.is_some() {
-                Some("the `Context` parameter comes before the argument: `ctx: &Context, args: Args`")
+            if arg.is_some() {
+                cx.error_spanned_by(
+                    typed,
+                    "the `Context` parameter comes before the argument: \
+                     `ctx: &Context, args: Args`",
+                );
             } else if context.is_some() {
-                Some("an action takes at most one `Context` parameter")
+                cx.error_spanned_by(typed, "an action takes at most one `Context` parameter");
             } else if matches!(ty, Type::Reference(r) if r.mutability.is_some()) {
-                Some("take the context as `&Context` or `Context`")
+                cx.error_spanned_by(typed, "take the context as `&Context` or `Context`");
             } else {
-                None
-            };
-            match msg {
-                Some(msg) => {
-                    cx.error_spanned_by(typed, msg);
-                    ok = false;
-                }
-                None => context = Some(param),
+                context = Some(param);
             }
         } else if arg.is_some() {
             cx.error_spanned_by(
                 typed,
                 "an action takes at most one argument; group them in a struct",
             );
-            ok = false;
         } else if let Type::Reference(reference) = ty {
             cx.error_spanned_by(
                 reference,
                 "take the action argument by value (it is deserialised from the request), \
                  like `args: Args`",
             );
-            ok = false;
         } else if let Type::ImplTrait(impl_trait) = ty {
             cx.error_spanned_by(
                 impl_trait,
                 "an action cannot be generic: its argument type must be concrete",
             );
-            ok = false;
         } else {
             arg = Some(ty);
         }
     }
+    (context, arg)
+}
 
-    let output = match &sig.output {
+/// The return type, which must be written (`Result<T>`; its trait is checked by rustc).
+fn output<'a>(cx: &Ctxt, method: &'a ImplItemFn) -> Option<&'a Type> {
+    match &method.sig.output {
         ReturnType::Type(_, ty) if matches!(**ty, Type::ImplTrait(_)) => {
             cx.error_spanned_by(ty, "an action must return `Result<T>`, not `impl Trait`");
-            ok = false;
             None
         }
         ReturnType::Type(_, ty) => Some(&**ty),
         ReturnType::Default => {
-            cx.error_at(return_type_span(method.original), "an action must return `Result<T>`");
-            ok = false;
+            // Where the missing return type belongs: right after the parameter list.
+            cx.error_at(
+                method.sig.paren_token.span.close(),
+                "an action must return `Result<T>`",
+            );
             None
         }
-    };
-
-    match (ok, output) {
-        (true, Some(output)) => Some(Action {
-            method: method.original,
-            name: String::new(),
-            kind,
-            context,
-            arg,
-            output,
-            doc: doc(method.original),
-        }),
-        _ => None,
     }
 }
 
@@ -269,29 +281,24 @@ fn is_ref_receiver(receiver: &Receiver) -> bool {
 fn context_param(ty: &Type) -> Option<ContextParam<'_>> {
     fn is_context(ty: &Type) -> bool {
         match ty {
-            Type::Path(path) => path.qself.is_none()
-                && path
-                    .path
-                    .segments
-                    .last()
-                    .is_some_and(|last| last.ident == CONTEXT && last.arguments.is_empty()),
+            Type::Path(path) => {
+                path.qself.is_none()
+                    && path
+                        .path
+                        .segments
+                        .last()
+                        .is_some_and(|last| last.ident == CONTEXT && last.arguments.is_empty())
+            }
             Type::Group(group) => is_context(&group.elem),
             Type::Paren(paren) => is_context(&paren.elem),
             _ => false,
         }
     }
     match ty {
-        Type::Reference(reference) if is_context(&reference.elem) => {
-            Some(ContextParam::ByRef(ty))
-        }
+        Type::Reference(reference) if is_context(&reference.elem) => Some(ContextParam::ByRef(ty)),
         _ if is_context(ty) => Some(ContextParam::ByValue(ty)),
         _ => None,
     }
-}
-
-/// Where a missing return type belongs: right after the parameter list.
-fn return_type_span(method: &ImplItemFn) -> Span {
-    method.sig.paren_token.span.close()
 }
 
 /// The doc comment, as the action's description.

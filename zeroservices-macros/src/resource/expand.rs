@@ -29,6 +29,11 @@ pub(crate) fn expand(resource: &Resource<'_>) -> TokenStream {
         #[schemars(crate = #schemars_crate)]
         #item
 
+        // The schemars derive expands to `serde_json::json!`, which calls `.into()`: bring
+        // `Into` into scope (anonymously) so that it also compiles under `no_implicit_prelude`.
+        #[allow(unused_imports)]
+        use ::core::convert::Into as _;
+
         const _: () = {
             #[automatically_derived]
             impl #krate::__private::Resource for #ident {

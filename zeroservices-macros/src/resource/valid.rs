@@ -110,7 +110,10 @@ fn text_index(cx: &Ctxt, attrs: &ResourceAttrs, input: &Input<'_>) -> Vec<String
                 ),
             );
         } else if !seen.insert(name.clone()) {
-            cx.error_spanned_by(ident, format_args!("`{name}` is listed twice in `text_index`"));
+            cx.error_spanned_by(
+                ident,
+                format_args!("`{name}` is listed twice in `text_index`"),
+            );
         } else {
             out.push(name);
         }

@@ -18,7 +18,11 @@ use zeroservices::config::NetworkConfig;
 use zeroservices::{Node, NodeKind};
 
 #[derive(Parser)]
-#[command(name = "zeroservices", version, about = "Look at a running zeroservices cluster")]
+#[command(
+    name = "zeroservices",
+    version,
+    about = "Look at a running zeroservices cluster"
+)]
 struct Cli {
     #[command(flatten)]
     net: NetArgs,
@@ -93,7 +97,10 @@ fn main() -> ExitCode {
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
         )
         .init();
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("error: cannot start the runtime: {e}");
@@ -113,12 +120,22 @@ async fn run(cli: Cli) -> zeroservices::Result<()> {
     let config = config(&cli.net)?;
     match cli.command {
         Command::Sniff { prefix, count } => sniff(config, prefix, count).await,
-        Command::Nodes { wait_ms, json } => nodes(config, Duration::from_millis(wait_ms), json).await,
+        Command::Nodes { wait_ms, json } => {
+            nodes(config, Duration::from_millis(wait_ms), json).await
+        }
     }
 }
 
-async fn sniff(config: NetworkConfig, prefix: String, count: Option<u64>) -> zeroservices::Result<()> {
-    let subscriptions = if prefix == "*" { vec![String::new()] } else { vec![prefix.clone()] };
+async fn sniff(
+    config: NetworkConfig,
+    prefix: String,
+    count: Option<u64>,
+) -> zeroservices::Result<()> {
+    let subscriptions = if prefix == "*" {
+        vec![String::new()]
+    } else {
+        vec![prefix.clone()]
+    };
     let node = Node::builder("zeroservices-sniff")
         .network_with(config, subscriptions)
         .start()
@@ -148,7 +165,10 @@ async fn sniff(config: NetworkConfig, prefix: String, count: Option<u64>) -> zer
 }
 
 async fn nodes(config: NetworkConfig, wait: Duration, json: bool) -> zeroservices::Result<()> {
-    let node = Node::builder("zeroservices-nodes").network(config).start().await?;
+    let node = Node::builder("zeroservices-nodes")
+        .network(config)
+        .start()
+        .await?;
     tokio::time::sleep(wait).await; // listening for announcements is the point of this wait
     let peers = node.peers();
     node.stop().await;
@@ -181,13 +201,22 @@ async fn nodes(config: NetworkConfig, wait: Duration, json: bool) -> zeroservice
         };
         let mut resources: Vec<String> = p.info.resources.iter().map(|r| r.name.clone()).collect();
         resources.extend(p.info.watches.iter().map(|w| format!("watches:{w}")));
-        let endpoints: Vec<String> = p.info.endpoints.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        let endpoints: Vec<String> = p
+            .info
+            .endpoints
+            .iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect();
         println!(
             "{:<36} {:<20} {:<7} {:<24} {:<50} {} ms ago",
             p.info.id,
             p.info.name,
             kind,
-            if resources.is_empty() { "-".to_owned() } else { resources.join(",") },
+            if resources.is_empty() {
+                "-".to_owned()
+            } else {
+                resources.join(",")
+            },
             endpoints.join(" "),
             age(p.last_seen).as_millis()
         );

@@ -1,7 +1,8 @@
 //! How nodes find each other: the [`Discovery`] trait. A discovery announces this node and
 //! tells the node about peers that appear, change and leave.
 //!
-//! The in-process implementation is [`crate::medium::MemoryCluster::discovery`].
+//! The in-process implementation is [`crate::medium::MemoryCluster::discovery`]; across
+//! processes and machines, [`UdpDiscovery`] (UDP multicast, or static seed peers).
 
 use std::sync::Arc;
 
@@ -10,6 +11,9 @@ use async_trait::async_trait;
 use crate::{NodeInfo, Result};
 
 pub use crate::medium::MemoryDiscovery;
+
+pub mod udp;
+pub use udp::{DiscoveryStats, UdpDiscovery};
 
 /// Why a peer left the directory.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -91,17 +91,19 @@ impl Medium for MemoryMedium {
     async fn call(&self, peer: &NodeInfo, request: Request) -> Result<Value> {
         let target = lock(&self.hub).inbound.get(&peer.id).cloned();
         let Some(target) = target else {
-            return Err(Error::unavailable(format!("node {} is not reachable", peer.id)));
+            return Err(Error::unavailable(format!(
+                "node {} is not reachable",
+                peer.id
+            )));
         };
         // The same bytes a network medium would carry: a serialised request and reply.
         let request: Request = serde_json::from_value(serde_json::to_value(request)?)?;
         let from = self.id.get().cloned();
         // Run the handler on its own task, as a network peer would, so a handler that panics
         // fails this call instead of the caller.
-        let reply = tokio::spawn(async move { target.request(from, request).await })
+        tokio::spawn(async move { target.request(from, request).await })
             .await
-            .map_err(|e| Error::internal(format!("request handler failed: {e}")))?;
-        reply
+            .map_err(|e| Error::internal(format!("request handler failed: {e}")))?
     }
 
     async fn publish(&self, event: &Event) -> Result<()> {
@@ -144,7 +146,8 @@ impl Discovery for MemoryDiscovery {
         let others: Vec<_> = {
             let mut hub = lock(&self.hub);
             let others = hub.members.values().cloned().collect();
-            hub.members.insert(me.id.clone(), (me.clone(), sink.clone()));
+            hub.members
+                .insert(me.id.clone(), (me.clone(), sink.clone()));
             others
         };
         for (info, other_sink) in others {

@@ -13,7 +13,9 @@ use serde_json::Value;
 use crate::{Event, NodeInfo, Result};
 
 mod memory;
+pub mod zeromq;
 
+pub use self::zeromq::{ZmqMedium, ZmqStats};
 pub use memory::{MemoryCluster, MemoryDiscovery, MemoryMedium};
 
 /// The version of the node-to-node protocol, carried by every envelope and announcement.

@@ -1,16 +1,34 @@
 //! Where resources live: the [`Store`] trait over JSON documents, and its backends.
 //!
 //! Every backend speaks the same filter language ([`crate::query`]) and update language
-//! ([`crate::patch`]); the memory backend evaluates them with the shared implementation.
+//! ([`crate::patch`]); the memory and embedded backends evaluate them with the shared
+//! implementation, the MongoDB backend passes them to the server natively.
+//!
+//! | `ZS_STORE`                     | backend                                              |
+//! |--------------------------------|------------------------------------------------------|
+//! | unset, empty or `embedded`     | [`EmbeddedStore`] in `./data/<node name>` (default)  |
+//! | `embedded:<dir>`               | [`EmbeddedStore`] in `<dir>`                         |
+//! | `memory`                       | [`MemoryStore`]: gone when the process ends          |
+//! | `mongodb://host:port/db?opts`  | [`MongoStore`] (database from the path, default `zeroservices`) |
+//!
+//! [`StoreConfig`] parses these; [`open`] opens one.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
 
 use async_trait::async_trait;
 use serde_json::Value;
 
-use crate::{Patch, Query, Result};
+use crate::{Error, Patch, Query, Result};
 
+pub mod embedded;
 mod memory;
+pub mod mongo;
 
+pub use embedded::EmbeddedStore;
 pub use memory::MemoryStore;
+pub use mongo::MongoStore;
 
 /// A document store: one namespace of collections, each a map from resource id to a JSON
 /// document (the resource's fields, without its id).
@@ -52,4 +70,184 @@ pub trait Store: Send + Sync + 'static {
 /// A fresh resource id: 32 lowercase hex digits.
 pub fn new_id() -> String {
     uuid::Uuid::new_v4().simple().to_string()
+}
+
+/// The default request timeout, as `ZS_REQUEST_TIMEOUT_MS` defaults.
+const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// `ZS_REQUEST_TIMEOUT_MS`, or 5 s.
+pub(crate) fn request_timeout_from_env() -> Result<Duration> {
+    match std::env::var("ZS_REQUEST_TIMEOUT_MS") {
+        Ok(v) if !v.trim().is_empty() => v
+            .trim()
+            .parse::<u64>()
+            .ok()
+            .filter(|ms| *ms > 0)
+            .map(Duration::from_millis)
+            .ok_or_else(|| {
+                Error::bad_request(format!(
+                    "ZS_REQUEST_TIMEOUT_MS={v:?}: expected a positive number of milliseconds"
+                ))
+            }),
+        _ => Ok(DEFAULT_REQUEST_TIMEOUT),
+    }
+}
+
+/// Which store a node uses: the parsed form of `ZS_STORE`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StoreConfig {
+    /// `memory`: a [`MemoryStore`].
+    Memory,
+    /// `embedded:<dir>`: an [`EmbeddedStore`] in this data dir.
+    Embedded(PathBuf),
+    /// `mongodb://...` or `mongodb+srv://...`: a [`MongoStore`] at this URI.
+    MongoDb(String),
+}
+
+impl StoreConfig {
+    /// Parses a store spec: `memory`, `embedded:<dir>`, or a `mongodb://` / `mongodb+srv://`
+    /// URI.
+    ///
+    /// # Errors
+    /// [`Error::BadRequest`] naming the spec and the accepted forms.
+    pub fn parse(spec: &str) -> Result<Self> {
+        let spec = spec.trim();
+        let bad = || {
+            Error::bad_request(format!(
+                "ZS_STORE={spec:?}: expected `memory`, `embedded:<dir>` or a `mongodb://` URI"
+            ))
+        };
+        if spec == "memory" {
+            Ok(Self::Memory)
+        } else if let Some(dir) = spec.strip_prefix("embedded:") {
+            if dir.trim().is_empty() {
+                return Err(bad());
+            }
+            Ok(Self::Embedded(PathBuf::from(dir.trim())))
+        } else if spec.starts_with("mongodb://") || spec.starts_with("mongodb+srv://") {
+            Ok(Self::MongoDb(spec.to_owned()))
+        } else {
+            Err(bad())
+        }
+    }
+
+    /// The default for a node: the embedded store in `./data/<node name>` (relative to the
+    /// working directory; characters other than letters, digits, `-`, `_` and `.` in the name
+    /// become `_`).
+    pub fn default_for(node_name: &str) -> Self {
+        let safe: String = node_name
+            .chars()
+            .map(|c| {
+                if c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.') {
+                    c
+                } else {
+                    '_'
+                }
+            })
+            .collect();
+        let safe = match safe.trim_matches('.') {
+            "" => "node".to_owned(),
+            _ => safe,
+        };
+        Self::Embedded(PathBuf::from("data").join(safe))
+    }
+
+    /// `ZS_STORE` for a node named `node_name`: unset, empty or `embedded` gives
+    /// [`StoreConfig::default_for`], anything else is [parsed](StoreConfig::parse).
+    ///
+    /// # Errors
+    /// [`Error::BadRequest`] for a malformed `ZS_STORE`.
+    pub fn from_env(node_name: &str) -> Result<Self> {
+        match std::env::var("ZS_STORE") {
+            Ok(v) if !v.trim().is_empty() && v.trim() != "embedded" => Self::parse(&v),
+            _ => Ok(Self::default_for(node_name)),
+        }
+    }
+
+    /// Opens the store.
+    ///
+    /// # Errors
+    /// What [`EmbeddedStore::open`] and [`MongoStore::connect`] return.
+    pub async fn open(&self) -> Result<Arc<dyn Store>> {
+        Ok(match self {
+            Self::Memory => Arc::new(MemoryStore::new()),
+            Self::Embedded(dir) => {
+                let dir = dir.clone();
+                let store = tokio::task::spawn_blocking(move || EmbeddedStore::open(dir))
+                    .await
+                    .map_err(|e| Error::internal(format!("opening the embedded store: {e}")))??;
+                Arc::new(store)
+            }
+            Self::MongoDb(uri) => Arc::new(MongoStore::connect(uri).await?),
+        })
+    }
+}
+
+impl std::fmt::Display for StoreConfig {
+    /// The spec, as `ZS_STORE` writes it (a MongoDB URI without its credentials).
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Memory => f.write_str("memory"),
+            Self::Embedded(dir) => write!(f, "embedded:{}", dir.display()),
+            Self::MongoDb(uri) => match uri.split_once("://") {
+                Some((scheme, rest)) => {
+                    let rest = rest.rsplit_once('@').map_or(rest, |(_, host)| host);
+                    write!(f, "{scheme}://{rest}")
+                }
+                None => f.write_str(uri),
+            },
+        }
+    }
+}
+
+/// Opens the store a spec names (see [`StoreConfig::parse`]).
+///
+/// # Errors
+/// A malformed spec, or what opening the store returns.
+pub async fn open(spec: &str) -> Result<Arc<dyn Store>> {
+    StoreConfig::parse(spec)?.open().await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn specs_parse() {
+        assert_eq!(StoreConfig::parse("memory").unwrap(), StoreConfig::Memory);
+        assert_eq!(
+            StoreConfig::parse(" embedded:/var/zs ").unwrap(),
+            StoreConfig::Embedded("/var/zs".into())
+        );
+        assert_eq!(
+            StoreConfig::parse("mongodb://u:p@h:27017/db").unwrap(),
+            StoreConfig::MongoDb("mongodb://u:p@h:27017/db".into())
+        );
+        assert_eq!(
+            StoreConfig::parse("mongodb://u:p@h:27017/db")
+                .unwrap()
+                .to_string(),
+            "mongodb://h:27017/db"
+        );
+        for bad in ["", "embedded:", "embedded", "redis://x", "mem"] {
+            let e = StoreConfig::parse(bad).unwrap_err();
+            assert!(e.to_string().contains("ZS_STORE"), "{e}");
+        }
+    }
+
+    #[test]
+    fn default_is_embedded_under_data() {
+        assert_eq!(
+            StoreConfig::default_for("power"),
+            StoreConfig::Embedded(PathBuf::from("data/power"))
+        );
+        assert_eq!(
+            StoreConfig::default_for("a b/../c"),
+            StoreConfig::Embedded(PathBuf::from("data/a_b_.._c"))
+        );
+        assert_eq!(
+            StoreConfig::default_for(".."),
+            StoreConfig::Embedded(PathBuf::from("data/node"))
+        );
+    }
 }

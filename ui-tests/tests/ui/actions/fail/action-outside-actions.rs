@@ -1,0 +1,15 @@
+use zeroservices::prelude::*;
+
+#[resource(collection = "power")]
+pub struct Power {
+    pub value: i64,
+}
+
+impl Power {
+    #[action]
+    async fn square(&self) -> Result<i64> {
+        Ok(self.value * self.value)
+    }
+}
+
+fn main() {}

@@ -1,0 +1,16 @@
+use zeroservices::prelude::*;
+
+#[resource(collection = "power")]
+pub struct Power {
+    pub value: i64,
+}
+
+#[actions(collection = "power")]
+impl Power {
+    #[action]
+    async fn square(&self) -> Result<i64> {
+        Ok(self.value)
+    }
+}
+
+fn main() {}

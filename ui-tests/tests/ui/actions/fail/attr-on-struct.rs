@@ -1,0 +1,8 @@
+use zeroservices::prelude::*;
+
+#[actions]
+pub struct Power {
+    pub value: i64,
+}
+
+fn main() {}

@@ -1,0 +1,21 @@
+use zeroservices::prelude::*;
+
+#[resource(collection = "power")]
+pub struct Power {
+    pub value: i64,
+}
+
+#[actions]
+impl Power {
+    #[action]
+    async fn square(&mut self) -> Result<i64> {
+        Ok(self.value * self.value)
+    }
+
+    #[action(name = "square")]
+    async fn square_again(&mut self) -> Result<i64> {
+        Ok(self.value * self.value)
+    }
+}
+
+fn main() {}

@@ -1,0 +1,16 @@
+use zeroservices::prelude::*;
+
+#[resource(collection = "power")]
+pub struct Power {
+    pub value: i64,
+}
+
+#[actions]
+impl Power {
+    #[action(name = "Square It")]
+    async fn square(&mut self) -> Result<i64> {
+        Ok(self.value * self.value)
+    }
+}
+
+fn main() {}

@@ -1,0 +1,8 @@
+use zeroservices::prelude::*;
+
+#[resource(collection = "power", colection = "power")]
+pub struct Power {
+    pub value: i64,
+}
+
+fn main() {}

@@ -1,0 +1,8 @@
+use zeroservices::prelude::*;
+
+#[resource(collection = "power")]
+pub fn power() -> i64 {
+    2
+}
+
+fn main() {}

@@ -1,0 +1,1275 @@
+//! The ZeroMQ medium: nodes in separate processes (and machines) talk over TCP with the pure-Rust
+//! `zeromq` crate.
+//!
+//! Each node binds a ROUTER (requests in, replies out) and a PUB (events out) on ephemeral ports
+//! and announces them as the endpoints `router` and `pub`. Towards each peer it keeps ONE
+//! long-lived DEALER (calls out, many in flight, told apart by request id) and one SUB (events
+//! in).
+//!
+//! # Wire (a contract: other implementations must speak exactly this)
+//!
+//! Every body frame is UTF-8 JSON carrying `"v": 1` ([`PROTOCOL_VERSION`](super::PROTOCOL_VERSION)).
+//!
+//! * **Request**, DEALER -> ROUTER, multipart `[body, mac]` (the ROUTER sees
+//!   `[identity, body, mac]`):
+//!   `{"v":1,"kind":"request","id":<u64>,"from":"<node id>","request":{"collection":..,
+//!   "action":..,"resource_id":..?,"args":..}}`.
+//! * **Response**, ROUTER -> DEALER, `[body, mac]`, the same `id`:
+//!   `{"v":1,"kind":"response","id":<u64>,"ok":<value>}` or
+//!   `{"v":1,"kind":"response","id":<u64>,"error":<crate::Error, tagged by "kind">}`.
+//! * **Event**, PUB -> SUB, `[topic, body, mac]` (the topic frame first, so SUB prefix filtering
+//!   works): `{"v":1,"kind":"event","from":"<node id>","topic":"<topic>","data":<value>}`.
+//!
+//! `mac` is [`ClusterKey::sign`] of `[body]` (events: `[topic, body]`) as 64 lowercase hex
+//! digits, or an empty frame when no cluster key is configured. With a key configured, a missing
+//! or wrong mac is dropped, counted and logged once per sender. A wrong frame count, invalid
+//! JSON, an unknown `v`, or a message larger than `max_message_bytes` is dropped, counted and
+//! logged once per sender; nothing a peer sends can panic the medium. A well-formed request whose
+//! `request` object is not a valid [`Request`] gets a `bad_request` error reply; a request the
+//! node cannot serve gets the node's typed error.
+//!
+//! # Connections
+//!
+//! One supervised task per peer owns its DEALER: it keeps a `recv()` pending at all times, writes
+//! queued requests, watches the socket monitor, and on a disconnect, a failed write or a failed
+//! connect fails that peer's pending calls at once with [`Error::Unavailable`] and rebuilds the
+//! socket with backoff (the `zeromq` DEALER does not reconnect by itself). Connects are bounded
+//! by a timeout. A call whose future is dropped (the node's timeout) removes its pending entry.
+
+use std::collections::HashMap;
+use std::net::{Ipv4Addr, UdpSocket};
+use std::panic::AssertUnwindSafe;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+use ::zeromq::{
+    DealerSocket, Endpoint, PubSocket, RouterSocket, Socket, SocketEvent, SocketOptions,
+    SocketRecv, SocketSend, SubSocket, ZmqMessage,
+};
+use async_trait::async_trait;
+use futures::{FutureExt, StreamExt};
+use serde::{Deserialize, Deserializer, Serialize};
+use serde_json::Value;
+use tokio::sync::{Semaphore, mpsc, oneshot, watch};
+use tokio::task::JoinHandle;
+
+use super::{Endpoints, Inbound, Medium, PROTOCOL_VERSION, Request};
+use crate::config::NetworkConfig;
+use crate::event::topic_matches;
+use crate::security::{ClusterKey, DropLog};
+use crate::{Error, Event, NodeInfo, Result};
+
+/// Events waiting for the PUB task; beyond this, [`Medium::publish`] drops and counts.
+const PUBLISH_QUEUE: usize = 10_000;
+/// Requests waiting to be written on one peer's DEALER.
+const CALL_QUEUE: usize = 1024;
+/// Requests served at once; beyond this a request gets an `unavailable` reply at once.
+const MAX_SERVING: usize = 4096;
+/// The PUB task yields to the runtime after this many sends.
+const PUBLISH_YIELD_EVERY: u64 = 256;
+/// Reconnect backoff bounds.
+const BACKOFF_MIN: Duration = Duration::from_millis(50);
+const BACKOFF_MAX: Duration = Duration::from_secs(2);
+
+/// Counters of a [`ZmqMedium`], over its life.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ZmqStats {
+    /// Well-formed requests handed to the node.
+    pub requests_served: u64,
+    /// Replies written on the ROUTER.
+    pub replies_sent: u64,
+    /// Replies the ROUTER could not deliver (the caller's connection is gone).
+    pub replies_undeliverable: u64,
+    /// Requests refused at once because [`MAX_SERVING`](self) requests were already being
+    /// served.
+    pub requests_refused_busy: u64,
+    /// Calls sent to peers.
+    pub calls_sent: u64,
+    /// Replies to our calls received.
+    pub replies_received: u64,
+    /// Calls failed with `unavailable` because the peer's connection was lost or not made.
+    pub calls_failed_unavailable: u64,
+    /// Messages dropped for a wrong frame count, invalid JSON or an unexpected shape.
+    pub dropped_malformed: u64,
+    /// Messages dropped for a missing or wrong HMAC (a cluster key is configured).
+    pub dropped_unsigned: u64,
+    /// Messages dropped for exceeding `max_message_bytes`.
+    pub dropped_oversized: u64,
+    /// Messages dropped for an unknown protocol version.
+    pub dropped_version: u64,
+    /// Events written on the PUB socket.
+    pub events_published: u64,
+    /// Events dropped because the publish queue was full.
+    pub events_dropped: u64,
+    /// Events received from peers and handed to the node.
+    pub events_received: u64,
+}
+
+#[derive(Default)]
+struct Counters {
+    requests_served: AtomicU64,
+    replies_sent: AtomicU64,
+    replies_undeliverable: AtomicU64,
+    requests_refused_busy: AtomicU64,
+    calls_sent: AtomicU64,
+    replies_received: AtomicU64,
+    calls_failed_unavailable: AtomicU64,
+    events_published: AtomicU64,
+    events_dropped: AtomicU64,
+    events_received: AtomicU64,
+}
+
+fn bump(counter: &AtomicU64) {
+    counter.fetch_add(1, Ordering::Relaxed);
+}
+
+/// What every task of one medium shares.
+struct Core {
+    config: NetworkConfig,
+    /// Topic prefixes the SUBs subscribe to (`""`: everything).
+    subscriptions: Vec<String>,
+    /// Unique per medium instance: DEALER identities are `zs-<instance>-<n>`.
+    instance: String,
+    node_id: OnceLock<String>,
+    inbound: OnceLock<Arc<dyn Inbound>>,
+    next_request: AtomicU64,
+    next_connection: AtomicU64,
+    counters: Counters,
+    malformed: DropLog,
+    unsigned: DropLog,
+    oversized: DropLog,
+    version: DropLog,
+    publish_drop_log: Mutex<Option<Instant>>,
+}
+
+impl Core {
+    fn key(&self) -> Option<&ClusterKey> {
+        self.config.cluster_key.as_ref()
+    }
+
+    fn sign(&self, parts: &[&[u8]]) -> Vec<u8> {
+        match self.key() {
+            Some(key) => key.sign(parts).into_bytes(),
+            None => Vec::new(),
+        }
+    }
+
+    /// Whether `mac` authenticates `parts`; counts and logs the drop when not.
+    fn verified(&self, sender: &str, what: &str, parts: &[&[u8]], mac: &[u8]) -> bool {
+        match self.key() {
+            None => true,
+            Some(key) if key.verify(parts, mac) => true,
+            Some(_) => {
+                let reason = if mac.is_empty() {
+                    "unsigned"
+                } else {
+                    "wrong mac"
+                };
+                self.unsigned.drop_from(sender, what, reason);
+                false
+            }
+        }
+    }
+
+    fn connect_timeout(&self) -> Duration {
+        (self.config.request_timeout / 2).clamp(Duration::from_millis(100), Duration::from_secs(2))
+    }
+
+    fn stats(&self) -> ZmqStats {
+        let c = &self.counters;
+        let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        ZmqStats {
+            requests_served: get(&c.requests_served),
+            replies_sent: get(&c.replies_sent),
+            replies_undeliverable: get(&c.replies_undeliverable),
+            requests_refused_busy: get(&c.requests_refused_busy),
+            calls_sent: get(&c.calls_sent),
+            replies_received: get(&c.replies_received),
+            calls_failed_unavailable: get(&c.calls_failed_unavailable),
+            dropped_malformed: self.malformed.count(),
+            dropped_unsigned: self.unsigned.count(),
+            dropped_oversized: self.oversized.count(),
+            dropped_version: self.version.count(),
+            events_published: get(&c.events_published),
+            events_dropped: get(&c.events_dropped),
+            events_received: get(&c.events_received),
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Envelopes
+
+#[derive(Serialize)]
+struct RequestOut<'a> {
+    v: u32,
+    kind: &'static str,
+    id: u64,
+    from: &'a str,
+    request: &'a Request,
+}
+
+#[derive(Deserialize)]
+struct RequestIn {
+    v: u32,
+    kind: String,
+    id: u64,
+    #[serde(default)]
+    from: Option<String>,
+    request: Request,
+}
+
+#[derive(Serialize)]
+struct ResponseOut<'a> {
+    v: u32,
+    kind: &'static str,
+    id: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    ok: Option<&'a Value>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    error: Option<&'a Error>,
+}
+
+/// Present-but-null must read as `Some(Value::Null)`, not `None`.
+fn present<'de, D: Deserializer<'de>>(d: D) -> std::result::Result<Option<Value>, D::Error> {
+    Value::deserialize(d).map(Some)
+}
+
+#[derive(Deserialize)]
+struct ResponseIn {
+    v: u32,
+    kind: String,
+    id: u64,
+    #[serde(default, deserialize_with = "present")]
+    ok: Option<Value>,
+    #[serde(default)]
+    error: Option<Error>,
+}
+
+#[derive(Serialize)]
+struct EventOut<'a> {
+    v: u32,
+    kind: &'static str,
+    from: &'a str,
+    topic: &'a str,
+    data: &'a Value,
+}
+
+#[derive(Deserialize)]
+struct EventIn {
+    v: u32,
+    kind: String,
+    topic: String,
+    #[serde(default)]
+    data: Value,
+}
+
+/// The fields needed to classify an envelope that did not parse.
+#[derive(Deserialize)]
+struct Probe {
+    #[serde(default)]
+    v: Option<Value>,
+    #[serde(default)]
+    kind: Option<String>,
+    #[serde(default)]
+    id: Option<u64>,
+}
+
+fn multipart(frames: Vec<Vec<u8>>) -> ZmqMessage {
+    let mut frames = frames.into_iter();
+    let mut message = ZmqMessage::from(frames.next().unwrap_or_default());
+    for frame in frames {
+        message.push_back(frame.into());
+    }
+    message
+}
+
+fn encode_response(core: &Core, id: u64, reply: &Result<Value>) -> Vec<u8> {
+    let envelope = match reply {
+        Ok(value) => ResponseOut {
+            v: PROTOCOL_VERSION,
+            kind: "response",
+            id,
+            ok: Some(value),
+            error: None,
+        },
+        Err(error) => ResponseOut {
+            v: PROTOCOL_VERSION,
+            kind: "response",
+            id,
+            ok: None,
+            error: Some(error),
+        },
+    };
+    let body = serde_json::to_vec(&envelope).unwrap_or_default();
+    if body.len() > core.config.max_message_bytes {
+        let error = Error::internal(format!(
+            "reply of {} bytes exceeds the {} byte message limit",
+            body.len(),
+            core.config.max_message_bytes
+        ));
+        return encode_response(core, id, &Err(error));
+    }
+    body
+}
+
+fn sender_name(identity: &[u8]) -> String {
+    let mut name = String::from_utf8_lossy(identity).into_owned();
+    if name.len() > 64 || name.chars().any(char::is_control) {
+        name = hex::encode(&identity[..identity.len().min(32)]);
+    }
+    name
+}
+
+/// Classifies a body that did not parse as the expected envelope, counting and logging the drop
+/// (unknown version or malformed), except for a request of this version with a usable id: its id
+/// is returned so that it gets a `bad_request` reply.
+fn classify_failure(core: &Core, sender: &str, what: &str, body: &[u8]) -> Option<u64> {
+    match serde_json::from_slice::<Probe>(body) {
+        Ok(probe) => {
+            let version_ok =
+                probe.v.as_ref().and_then(Value::as_u64) == Some(PROTOCOL_VERSION as u64);
+            if probe.v.is_some() && !version_ok {
+                core.version
+                    .drop_from(sender, what, "unknown protocol version");
+                None
+            } else if version_ok && what == "request" && probe.kind.as_deref() == Some("request") {
+                probe.id
+            } else {
+                core.malformed
+                    .drop_from(sender, what, "unexpected envelope");
+                None
+            }
+        }
+        Err(_) => {
+            core.malformed.drop_from(sender, what, "invalid JSON");
+            None
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The medium
+
+/// A [`Medium`] over ZeroMQ (ROUTER/DEALER for requests, PUB/SUB for events); see the
+/// [module documentation](self) for the wire format.
+///
+/// ```no_run
+/// # #[tokio::main] async fn main() -> zeroservices::Result<()> {
+/// use zeroservices::{Node, config::NetworkConfig, medium::ZmqMedium};
+/// let config = NetworkConfig::from_env()?;
+/// let node = Node::builder("power").medium(ZmqMedium::new(config)).start().await?;
+/// # node.stop().await; Ok(()) }
+/// ```
+pub struct ZmqMedium {
+    core: Arc<Core>,
+    state: Mutex<State>,
+}
+
+#[derive(Default)]
+struct State {
+    started: bool,
+    stopped: bool,
+    endpoints: Endpoints,
+    shutdown: Option<watch::Sender<bool>>,
+    publisher: Option<mpsc::Sender<ZmqMessage>>,
+    tasks: Vec<JoinHandle<()>>,
+    dealers: HashMap<String, Arc<Dealer>>,
+    subs: HashMap<String, Sub>,
+}
+
+type PendingMap = Mutex<HashMap<u64, oneshot::Sender<Result<Value>>>>;
+
+fn fail_all(core: &Core, pending: &PendingMap, message: &str) {
+    let drained: Vec<_> = lock(pending).drain().collect();
+    for (_, tx) in drained {
+        bump(&core.counters.calls_failed_unavailable);
+        let _ = tx.send(Err(Error::unavailable(message.to_owned())));
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    // Every critical section is a single map operation: a poisoned lock is still consistent.
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// One peer's DEALER connection: the queue its task drains and the calls awaiting replies.
+struct Dealer {
+    endpoint: String,
+    queue: mpsc::Sender<(u64, ZmqMessage)>,
+    pending: Arc<PendingMap>,
+    task: JoinHandle<()>,
+}
+
+impl Dealer {
+    fn close(&self, core: &Core, why: &str) {
+        self.task.abort();
+        fail_all(core, &self.pending, why);
+    }
+}
+
+/// One peer's SUB connection.
+struct Sub {
+    endpoint: String,
+    task: JoinHandle<()>,
+}
+
+/// Removes a call's pending entry when the call ends, however it ends (dropped by a timeout).
+struct PendingGuard<'a> {
+    pending: &'a PendingMap,
+    id: u64,
+}
+
+impl Drop for PendingGuard<'_> {
+    fn drop(&mut self) {
+        lock(self.pending).remove(&self.id);
+    }
+}
+
+impl ZmqMedium {
+    /// A medium with these settings (`interface`, `cluster_key`, `request_timeout`,
+    /// `max_message_bytes`, and `multicast_group` to pick the announced address are used).
+    pub fn new(config: NetworkConfig) -> Self {
+        Self {
+            core: Arc::new(Core {
+                config,
+                subscriptions: vec![String::new()],
+                instance: uuid::Uuid::new_v4().simple().to_string(),
+                node_id: OnceLock::new(),
+                inbound: OnceLock::new(),
+                next_request: AtomicU64::new(1),
+                next_connection: AtomicU64::new(1),
+                counters: Counters::default(),
+                malformed: DropLog::new(),
+                unsigned: DropLog::new(),
+                oversized: DropLog::new(),
+                version: DropLog::new(),
+                publish_drop_log: Mutex::new(None),
+            }),
+            state: Mutex::new(State::default()),
+        }
+    }
+
+    /// Subscribes to events under these topic prefixes only (dot segments, as
+    /// [`Event::matches`]; `""` or `"*"` is everything, the default). The sniffer uses it.
+    pub fn with_subscriptions(mut self, prefixes: Vec<String>) -> Self {
+        let mut prefixes: Vec<String> = prefixes
+            .into_iter()
+            .map(|p| if p == "*" { String::new() } else { p })
+            .collect();
+        if prefixes.iter().any(String::is_empty) {
+            prefixes = vec![String::new()];
+        }
+        if let Some(core) = Arc::get_mut(&mut self.core) {
+            core.subscriptions = prefixes;
+        }
+        self
+    }
+
+    /// The counters so far.
+    pub fn stats(&self) -> ZmqStats {
+        self.core.stats()
+    }
+
+    /// The endpoints returned by `start` (empty before).
+    pub fn endpoints(&self) -> Endpoints {
+        lock(&self.state).endpoints.clone()
+    }
+
+    fn dealer_for(&self, peer: &NodeInfo) -> Result<Arc<Dealer>> {
+        let Some(endpoint) = peer.endpoints.get("router") else {
+            return Err(Error::unavailable(format!(
+                "node {} announced no router endpoint",
+                peer.id
+            )));
+        };
+        let mut state = lock(&self.state);
+        if !state.started || state.stopped {
+            return Err(Error::unavailable("the zeromq medium is not running"));
+        }
+        if let Some(dealer) = state.dealers.get(&peer.id)
+            && dealer.endpoint == *endpoint
+            && !dealer.task.is_finished()
+        {
+            return Ok(dealer.clone());
+        }
+        if let Some(old) = state.dealers.remove(&peer.id) {
+            old.close(
+                &self.core,
+                &format!("node {} moved to another endpoint", peer.id),
+            );
+        }
+        let (tx, rx) = mpsc::channel(CALL_QUEUE);
+        let pending = Arc::new(PendingMap::default());
+        let task = tokio::spawn(run_dealer(
+            self.core.clone(),
+            peer.id.clone(),
+            endpoint.clone(),
+            pending.clone(),
+            rx,
+        ));
+        let dealer = Arc::new(Dealer {
+            endpoint: endpoint.clone(),
+            queue: tx,
+            pending,
+            task,
+        });
+        state.dealers.insert(peer.id.clone(), dealer.clone());
+        Ok(dealer)
+    }
+
+    fn close_all(&self) {
+        let mut state = lock(&self.state);
+        state.stopped = true;
+        if let Some(shutdown) = &state.shutdown {
+            let _ = shutdown.send(true);
+        }
+        state.publisher = None;
+        for (_, dealer) in state.dealers.drain() {
+            dealer.close(&self.core, "the zeromq medium stopped");
+        }
+        for (_, sub) in state.subs.drain() {
+            sub.task.abort();
+        }
+    }
+}
+
+impl Drop for ZmqMedium {
+    fn drop(&mut self) {
+        self.close_all();
+        for task in lock(&self.state).tasks.drain(..) {
+            task.abort();
+        }
+    }
+}
+
+/// The address peers should use: the configured interface, or when that is `0.0.0.0` the local
+/// address the OS would route to the multicast group through (a connected UDP socket sends
+/// nothing), falling back to loopback.
+fn announced_ip(config: &NetworkConfig) -> Ipv4Addr {
+    if !config.interface.is_unspecified() {
+        return config.interface;
+    }
+    let routed = UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 0)).and_then(|s| {
+        s.connect(config.multicast_group)?;
+        s.local_addr()
+    });
+    match routed {
+        Ok(std::net::SocketAddr::V4(addr)) if !addr.ip().is_unspecified() => *addr.ip(),
+        _ => Ipv4Addr::LOCALHOST,
+    }
+}
+
+fn port_of(endpoint: &Endpoint) -> Result<u16> {
+    match endpoint {
+        Endpoint::Tcp(_, port) => Ok(*port),
+        other => Err(Error::internal(format!(
+            "unexpected bound endpoint {other}"
+        ))),
+    }
+}
+
+#[async_trait]
+impl Medium for ZmqMedium {
+    async fn start(&self, node_id: &str, inbound: Arc<dyn Inbound>) -> Result<Endpoints> {
+        {
+            let mut state = lock(&self.state);
+            if state.started {
+                return Err(Error::internal("zeromq medium started twice"));
+            }
+            state.started = true;
+        }
+        let _ = self.core.node_id.set(node_id.to_owned());
+        let _ = self.core.inbound.set(inbound);
+
+        let bind_to = format!("tcp://{}:0", self.core.config.interface);
+        let unavailable = |what: &str, e: ::zeromq::ZmqError| {
+            Error::unavailable(format!("cannot bind the {what} socket on {bind_to}: {e}"))
+        };
+        let mut router = RouterSocket::new();
+        let router_at = router
+            .bind(&bind_to)
+            .await
+            .map_err(|e| unavailable("ROUTER", e))?;
+        let mut publisher = PubSocket::new();
+        let pub_at = publisher
+            .bind(&bind_to)
+            .await
+            .map_err(|e| unavailable("PUB", e))?;
+        let ip = announced_ip(&self.core.config);
+        let endpoints = Endpoints::from([
+            (
+                "router".to_owned(),
+                format!("tcp://{ip}:{}", port_of(&router_at)?),
+            ),
+            (
+                "pub".to_owned(),
+                format!("tcp://{ip}:{}", port_of(&pub_at)?),
+            ),
+        ]);
+
+        let (shutdown, shutdown_rx) = watch::channel(false);
+        let (pub_tx, pub_rx) = mpsc::channel(PUBLISH_QUEUE);
+        let mut state = lock(&self.state);
+        if state.stopped {
+            return Err(Error::unavailable(
+                "the zeromq medium was stopped while starting",
+            ));
+        }
+        state.tasks.push(tokio::spawn(run_router(
+            self.core.clone(),
+            router,
+            shutdown_rx.clone(),
+        )));
+        state.tasks.push(tokio::spawn(run_publisher(
+            self.core.clone(),
+            publisher,
+            pub_rx,
+            shutdown_rx,
+        )));
+        state.shutdown = Some(shutdown);
+        state.publisher = Some(pub_tx);
+        state.endpoints = endpoints.clone();
+        tracing::debug!(node = %node_id, ?endpoints, "zeromq medium listening");
+        Ok(endpoints)
+    }
+
+    async fn call(&self, peer: &NodeInfo, request: Request) -> Result<Value> {
+        let core = &self.core;
+        let from = core.node_id.get().map(String::as_str).unwrap_or("");
+        let id = core.next_request.fetch_add(1, Ordering::Relaxed);
+        let body = serde_json::to_vec(&RequestOut {
+            v: PROTOCOL_VERSION,
+            kind: "request",
+            id,
+            from,
+            request: &request,
+        })?;
+        if body.len() > core.config.max_message_bytes {
+            return Err(Error::bad_request(format!(
+                "request of {} bytes exceeds the {} byte message limit",
+                body.len(),
+                core.config.max_message_bytes
+            )));
+        }
+        let mac = core.sign(&[&body]);
+        let dealer = self.dealer_for(peer)?;
+        let (tx, rx) = oneshot::channel();
+        lock(&dealer.pending).insert(id, tx);
+        let _guard = PendingGuard {
+            pending: &dealer.pending,
+            id,
+        };
+        if dealer
+            .queue
+            .send((id, multipart(vec![body, mac])))
+            .await
+            .is_err()
+        {
+            bump(&core.counters.calls_failed_unavailable);
+            return Err(Error::unavailable(format!(
+                "connection to node {} is closed",
+                peer.id
+            )));
+        }
+        match rx.await {
+            Ok(reply) => reply,
+            Err(_) => Err(Error::unavailable(format!(
+                "connection to node {} is closed",
+                peer.id
+            ))),
+        }
+    }
+
+    async fn publish(&self, event: &Event) -> Result<()> {
+        let Some(publisher) = lock(&self.state).publisher.clone() else {
+            return Err(Error::unavailable("the zeromq medium is not running"));
+        };
+        let core = &self.core;
+        let from = core.node_id.get().map(String::as_str).unwrap_or("");
+        let body = serde_json::to_vec(&EventOut {
+            v: PROTOCOL_VERSION,
+            kind: "event",
+            from,
+            topic: &event.topic,
+            data: &event.data,
+        })?;
+        if body.len() + event.topic.len() > core.config.max_message_bytes {
+            return Err(Error::bad_request(format!(
+                "event {} of {} bytes exceeds the {} byte message limit",
+                event.topic,
+                body.len(),
+                core.config.max_message_bytes
+            )));
+        }
+        let topic = event.topic.as_bytes().to_vec();
+        let mac = core.sign(&[&topic, &body]);
+        match publisher.try_send(multipart(vec![topic, body, mac])) {
+            Ok(()) => Ok(()),
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                let dropped = core.counters.events_dropped.fetch_add(1, Ordering::Relaxed) + 1;
+                let mut last = lock(&core.publish_drop_log);
+                if last.is_none_or(|t| t.elapsed() >= Duration::from_secs(5)) {
+                    *last = Some(Instant::now());
+                    tracing::warn!(
+                        topic = %event.topic,
+                        dropped_so_far = dropped,
+                        "zeromq publish queue full ({PUBLISH_QUEUE} events); event dropped"
+                    );
+                }
+                Ok(())
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => {
+                Err(Error::unavailable("the zeromq medium is stopping"))
+            }
+        }
+    }
+
+    async fn peer_joined(&self, peer: &NodeInfo) {
+        if self.core.node_id.get() == Some(&peer.id) {
+            return;
+        }
+        let mut state = lock(&self.state);
+        if !state.started || state.stopped {
+            return;
+        }
+        // A DEALER to an endpoint the peer no longer announces is useless: close it now so its
+        // calls fail over instead of waiting.
+        let moved = state
+            .dealers
+            .get(&peer.id)
+            .is_some_and(|d| peer.endpoints.get("router") != Some(&d.endpoint));
+        if moved && let Some(old) = state.dealers.remove(&peer.id) {
+            old.close(
+                &self.core,
+                &format!("node {} moved to another endpoint", peer.id),
+            );
+        }
+        let Some(endpoint) = peer.endpoints.get("pub") else {
+            return;
+        };
+        if let Some(sub) = state.subs.get(&peer.id)
+            && sub.endpoint == *endpoint
+            && !sub.task.is_finished()
+        {
+            return;
+        }
+        if let Some(old) = state.subs.remove(&peer.id) {
+            old.task.abort();
+        }
+        let task = tokio::spawn(run_sub(
+            self.core.clone(),
+            peer.id.clone(),
+            endpoint.clone(),
+        ));
+        state.subs.insert(
+            peer.id.clone(),
+            Sub {
+                endpoint: endpoint.clone(),
+                task,
+            },
+        );
+    }
+
+    async fn peer_left(&self, peer_id: &str) {
+        let (dealer, sub) = {
+            let mut state = lock(&self.state);
+            (state.dealers.remove(peer_id), state.subs.remove(peer_id))
+        };
+        if let Some(dealer) = dealer {
+            dealer.close(&self.core, &format!("node {peer_id} left"));
+        }
+        if let Some(sub) = sub {
+            sub.task.abort();
+        }
+    }
+
+    async fn stop(&self) {
+        self.close_all();
+        let tasks: Vec<_> = lock(&self.state).tasks.drain(..).collect();
+        for mut task in tasks {
+            // The ROUTER and PUB tasks close their sockets (unbinding the ports) on shutdown.
+            if tokio::time::timeout(Duration::from_secs(2), &mut task)
+                .await
+                .is_err()
+            {
+                task.abort();
+            }
+        }
+    }
+
+    fn describe(&self) -> String {
+        match lock(&self.state).endpoints.get("router") {
+            Some(router) => format!("zeromq {router}"),
+            None => "zeromq".to_owned(),
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Tasks
+
+/// Serves the ROUTER: this task reads, each request is served on its own task, and a writer
+/// task sends the replies.
+async fn run_router(core: Arc<Core>, router: RouterSocket, mut shutdown: watch::Receiver<bool>) {
+    let (mut writer, mut reader) = router.split();
+    let (reply_tx, mut reply_rx) = mpsc::channel::<ZmqMessage>(1024);
+    let writer_core = core.clone();
+    let writer = tokio::spawn(async move {
+        while let Some(reply) = reply_rx.recv().await {
+            match writer.send(reply).await {
+                Ok(()) => bump(&writer_core.counters.replies_sent),
+                Err(e) => {
+                    // An identity that is gone (the caller disconnected): never fatal.
+                    bump(&writer_core.counters.replies_undeliverable);
+                    tracing::debug!(error = %e, "reply dropped: the caller is gone");
+                }
+            }
+        }
+    });
+    let permits = Arc::new(Semaphore::new(MAX_SERVING));
+    let serving = async {
+        loop {
+            match reader.recv().await {
+                Ok(message) => {
+                    if let Some(reply) = accept_request(&core, message, &reply_tx, &permits) {
+                        let _ = reply_tx.try_send(reply);
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "zeromq ROUTER receive failed");
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+            }
+        }
+    };
+    tokio::select! {
+        _ = shutdown.changed() => {}
+        _ = serving => {}
+    }
+    // Dropping both halves closes the socket and its listener.
+    writer.abort();
+    let _ = writer.await;
+}
+
+/// Checks a request's frames and hands it to a serving task. Returns a reply to send at once
+/// (busy) if any.
+fn accept_request(
+    core: &Arc<Core>,
+    message: ZmqMessage,
+    reply_tx: &mpsc::Sender<ZmqMessage>,
+    permits: &Arc<Semaphore>,
+) -> Option<ZmqMessage> {
+    let mut frames = message.into_vec();
+    let identity = frames.first().cloned().unwrap_or_default();
+    if frames.len() != 3 {
+        let sender = sender_name(&identity);
+        let reason = format!(
+            "{} frames, expected [body, mac]",
+            frames.len().saturating_sub(1)
+        );
+        core.malformed.drop_from(&sender, "request", &reason);
+        return None;
+    }
+    let mac = frames.pop().unwrap_or_default();
+    let body = frames.pop().unwrap_or_default();
+    if body.len() + mac.len() > core.config.max_message_bytes {
+        let reason = format!("{} bytes over the limit", body.len());
+        core.oversized
+            .drop_from(&sender_name(&identity), "request", &reason);
+        return None;
+    }
+    let Ok(permit) = permits.clone().try_acquire_owned() else {
+        bump(&core.counters.requests_refused_busy);
+        // Refuse it at once with `unavailable`, if it is authentic and carries an id.
+        let id = serde_json::from_slice::<Probe>(&body).ok()?.id?;
+        if !core.verified(&sender_name(&identity), "request", &[&body], &mac) {
+            return None;
+        }
+        let reply = encode_response(core, id, &Err(Error::unavailable("node too busy")));
+        let mac = core.sign(&[&reply]);
+        return Some(multipart(vec![identity.to_vec(), reply, mac]));
+    };
+    let core = core.clone();
+    let reply_tx = reply_tx.clone();
+    tokio::spawn(async move {
+        let _permit = permit;
+        if let Some(reply) = serve(&core, &identity, &body, &mac).await {
+            let _ = reply_tx.send(reply).await;
+        }
+    });
+    None
+}
+
+/// Verifies, parses and serves one request; returns the reply to send, if any.
+async fn serve(core: &Core, identity: &[u8], body: &[u8], mac: &[u8]) -> Option<ZmqMessage> {
+    let sender = || sender_name(identity);
+    if !core.verified(&sender(), "request", &[body], mac) {
+        return None;
+    }
+    let (id, reply) = match serde_json::from_slice::<RequestIn>(body) {
+        Ok(envelope) if envelope.v != PROTOCOL_VERSION => {
+            core.version
+                .drop_from(&sender(), "request", "unknown protocol version");
+            return None;
+        }
+        Ok(envelope) if envelope.kind != "request" => {
+            core.malformed
+                .drop_from(&sender(), "request", "not a request envelope");
+            return None;
+        }
+        Ok(envelope) => {
+            let inbound = core.inbound.get()?.clone();
+            bump(&core.counters.requests_served);
+            let served = AssertUnwindSafe(inbound.request(envelope.from, envelope.request))
+                .catch_unwind()
+                .await;
+            let reply = served.unwrap_or_else(|_| Err(Error::internal("request handler panicked")));
+            (envelope.id, reply)
+        }
+        Err(e) => {
+            let id = classify_failure(core, &sender(), "request", body)?;
+            core.malformed
+                .drop_from(&sender(), "request", "invalid request object");
+            (
+                id,
+                Err(Error::bad_request(format!("malformed request: {e}"))),
+            )
+        }
+    };
+    let body = encode_response(core, id, &reply);
+    let mac = core.sign(&[&body]);
+    Some(multipart(vec![identity.to_vec(), body, mac]))
+}
+
+/// Drains the publish queue onto the PUB socket.
+async fn run_publisher(
+    core: Arc<Core>,
+    mut socket: PubSocket,
+    mut queue: mpsc::Receiver<ZmqMessage>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let mut sent: u64 = 0;
+    loop {
+        tokio::select! {
+            biased;
+            _ = shutdown.changed() => break,
+            message = queue.recv() => {
+                let Some(message) = message else { break };
+                match socket.send(message).await {
+                    Ok(()) => bump(&core.counters.events_published),
+                    Err(e) => tracing::debug!(error = %e, "event not published"),
+                }
+                sent += 1;
+                if sent.is_multiple_of(PUBLISH_YIELD_EVERY) {
+                    // Let the crate's fan-out task run.
+                    tokio::task::yield_now().await;
+                }
+            }
+        }
+    }
+    let _ = socket.close().await;
+}
+
+/// Why a DEALER session ended.
+enum SessionEnd {
+    /// The connection is lost: fail pending calls and reconnect.
+    Lost(String),
+    /// Every sender is gone: the medium dropped this connection.
+    Closed,
+}
+
+/// Owns one peer's DEALER: connects (bounded), runs a session, and after any failure fails the
+/// pending calls and reconnects with backoff. Calls queued before the first connect wait for it;
+/// once a connection has failed, calls fail at once with `unavailable` until a reconnect
+/// succeeds, so the node can fail over instead of waiting.
+async fn run_dealer(
+    core: Arc<Core>,
+    peer: String,
+    endpoint: String,
+    pending: Arc<PendingMap>,
+    mut queue: mpsc::Receiver<(u64, ZmqMessage)>,
+) {
+    let mut backoff = BACKOFF_MIN;
+    // Why the peer is unreachable, once a connection failed.
+    let mut down: Option<String> = None;
+    loop {
+        let n = core.next_connection.fetch_add(1, Ordering::Relaxed);
+        let identity = format!("zs-{}-{n}", core.instance);
+        let timeout = core.connect_timeout();
+        let mut options = SocketOptions::default();
+        options.connect_timeout(timeout);
+        if let Ok(id) = identity.parse() {
+            options.peer_identity(id);
+        }
+        let mut socket = DealerSocket::with_options(options);
+        let monitor = socket.monitor();
+        let connected = {
+            let connect = tokio::time::timeout(
+                timeout + Duration::from_millis(200),
+                socket.connect(&endpoint),
+            );
+            tokio::pin!(connect);
+            match &down {
+                None => connect.await,
+                Some(why) => loop {
+                    tokio::select! {
+                        connected = &mut connect => break connected,
+                        next = queue.recv() => match next {
+                            Some((id, _)) => fail_one(&core, &pending, id, why),
+                            None => return,
+                        },
+                    }
+                },
+            }
+        };
+        let why = match connected {
+            Ok(Ok(())) => {
+                tracing::debug!(%peer, %endpoint, "DEALER connected");
+                backoff = BACKOFF_MIN;
+                match session(&core, &peer, &pending, &mut queue, socket, monitor).await {
+                    SessionEnd::Closed => return,
+                    SessionEnd::Lost(why) => why,
+                }
+            }
+            Ok(Err(e)) => format!("cannot connect to {endpoint}: {e}"),
+            Err(_) => format!(
+                "cannot connect to {endpoint} within {} ms",
+                timeout.as_millis()
+            ),
+        };
+        tracing::debug!(%peer, %endpoint, reason = %why, "DEALER connection failed");
+        let why = format!("node {peer}: {why}");
+        fail_all(&core, &pending, &why);
+        // Requests queued before the failure target the dead connection: fail them rather than
+        // send them late.
+        while let Ok((id, _)) = queue.try_recv() {
+            fail_one(&core, &pending, id, &why);
+        }
+        // Back off; calls arriving meanwhile fail at once.
+        let sleep = tokio::time::sleep(backoff);
+        tokio::pin!(sleep);
+        loop {
+            tokio::select! {
+                _ = &mut sleep => break,
+                next = queue.recv() => match next {
+                    Some((id, _)) => fail_one(&core, &pending, id, &why),
+                    None => return,
+                },
+            }
+        }
+        down = Some(why);
+        backoff = (backoff * 2).min(BACKOFF_MAX);
+    }
+}
+
+fn fail_one(core: &Core, pending: &PendingMap, id: u64, why: &str) {
+    if let Some(tx) = lock(pending).remove(&id) {
+        bump(&core.counters.calls_failed_unavailable);
+        let _ = tx.send(Err(Error::unavailable(why.to_owned())));
+    }
+}
+
+async fn session(
+    core: &Core,
+    peer: &str,
+    pending: &PendingMap,
+    queue: &mut mpsc::Receiver<(u64, ZmqMessage)>,
+    socket: DealerSocket,
+    mut monitor: futures::channel::mpsc::Receiver<SocketEvent>,
+) -> SessionEnd {
+    let (mut sender, mut receiver) = socket.split();
+    // Three long-lived futures: a receive is always pending (the crate notices a disconnect
+    // only while one is), and none is cancelled until the session ends.
+    let reader = async {
+        loop {
+            match receiver.recv().await {
+                Ok(message) => take_response(core, peer, pending, message),
+                Err(e) => return SessionEnd::Lost(format!("receive failed: {e}")),
+            }
+        }
+    };
+    let writer = async {
+        loop {
+            let Some((id, message)) = queue.recv().await else {
+                return SessionEnd::Closed;
+            };
+            if let Err(e) = sender.send(message).await {
+                fail_one(core, pending, id, &format!("node {peer}: send failed: {e}"));
+                return SessionEnd::Lost(format!("send failed: {e}"));
+            }
+            bump(&core.counters.calls_sent);
+        }
+    };
+    let watcher = async {
+        loop {
+            match monitor.next().await {
+                Some(SocketEvent::Disconnected(_)) | None => {
+                    return SessionEnd::Lost("disconnected".to_owned());
+                }
+                Some(_) => {}
+            }
+        }
+    };
+    tokio::select! {
+        end = reader => end,
+        end = writer => end,
+        end = watcher => end,
+    }
+}
+
+fn take_response(core: &Core, peer: &str, pending: &PendingMap, message: ZmqMessage) {
+    let frames = message.into_vec();
+    if frames.len() != 2 {
+        core.malformed.drop_from(
+            peer,
+            "response",
+            &format!("{} frames, expected [body, mac]", frames.len()),
+        );
+        return;
+    }
+    let (body, mac) = (&frames[0], &frames[1]);
+    if body.len() + mac.len() > core.config.max_message_bytes {
+        core.oversized.drop_from(
+            peer,
+            "response",
+            &format!("{} bytes over the limit", body.len()),
+        );
+        return;
+    }
+    if !core.verified(peer, "response", &[body], mac) {
+        return;
+    }
+    let envelope = match serde_json::from_slice::<ResponseIn>(body) {
+        Ok(envelope) => envelope,
+        Err(_) => {
+            classify_failure(core, peer, "response", body);
+            return;
+        }
+    };
+    if envelope.v != PROTOCOL_VERSION {
+        core.version
+            .drop_from(peer, "response", "unknown protocol version");
+        return;
+    }
+    let reply = match (envelope.kind.as_str(), envelope.ok, envelope.error) {
+        ("response", Some(value), None) => Ok(value),
+        ("response", None, Some(error)) => Err(error),
+        _ => {
+            core.malformed
+                .drop_from(peer, "response", "not a response envelope");
+            return;
+        }
+    };
+    bump(&core.counters.replies_received);
+    // No entry: the call timed out and went away; the late reply is dropped.
+    if let Some(tx) = lock(pending).remove(&envelope.id) {
+        let _ = tx.send(reply);
+    }
+}
+
+/// Owns one peer's SUB: connects (retrying with backoff) and hands verified events to the node.
+/// The SUB reconnects by itself after a connection is lost (same endpoint).
+async fn run_sub(core: Arc<Core>, peer: String, endpoint: String) {
+    let mut backoff = BACKOFF_MIN;
+    loop {
+        let timeout = core.connect_timeout();
+        let mut options = SocketOptions::default();
+        options.connect_timeout(timeout);
+        let mut socket = SubSocket::with_options(options);
+        let mut subscribed = true;
+        for prefix in &core.subscriptions {
+            if let Err(e) = socket.subscribe(prefix).await {
+                tracing::debug!(%peer, error = %e, "SUB subscribe failed");
+                subscribed = false;
+            }
+        }
+        let connected = tokio::time::timeout(
+            timeout + Duration::from_millis(200),
+            socket.connect(&endpoint),
+        )
+        .await;
+        match connected {
+            Ok(Ok(())) if subscribed => {
+                tracing::debug!(%peer, %endpoint, "SUB connected");
+                backoff = BACKOFF_MIN;
+                loop {
+                    match socket.recv().await {
+                        Ok(message) => take_event(&core, &peer, message),
+                        Err(e) => {
+                            tracing::debug!(%peer, error = %e, "SUB receive failed; reconnecting");
+                            break;
+                        }
+                    }
+                }
+            }
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::debug!(%peer, %endpoint, error = %e, "SUB connect failed"),
+            Err(_) => tracing::debug!(%peer, %endpoint, "SUB connect timed out"),
+        }
+        drop(socket);
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(BACKOFF_MAX);
+    }
+}
+
+fn take_event(core: &Core, peer: &str, message: ZmqMessage) {
+    let frames = message.into_vec();
+    if frames.len() != 3 {
+        core.malformed.drop_from(
+            peer,
+            "event",
+            &format!("{} frames, expected [topic, body, mac]", frames.len()),
+        );
+        return;
+    }
+    let (topic, body, mac) = (&frames[0], &frames[1], &frames[2]);
+    if topic.len() + body.len() + mac.len() > core.config.max_message_bytes {
+        core.oversized.drop_from(
+            peer,
+            "event",
+            &format!("{} bytes over the limit", body.len()),
+        );
+        return;
+    }
+    if !core.verified(peer, "event", &[topic, body], mac) {
+        return;
+    }
+    let envelope = match serde_json::from_slice::<EventIn>(body) {
+        Ok(envelope) => envelope,
+        Err(_) => {
+            classify_failure(core, peer, "event", body);
+            return;
+        }
+    };
+    if envelope.v != PROTOCOL_VERSION {
+        core.version
+            .drop_from(peer, "event", "unknown protocol version");
+        return;
+    }
+    if envelope.kind != "event" || envelope.topic.as_bytes() != &topic[..] {
+        core.malformed.drop_from(
+            peer,
+            "event",
+            "not an event envelope, or its topic differs from the topic frame",
+        );
+        return;
+    }
+    // SUB filtering is by bytes; subscriptions are by dot segments (`power` is not `powers`).
+    if !core
+        .subscriptions
+        .iter()
+        .any(|p| topic_matches(p, &envelope.topic))
+    {
+        return;
+    }
+    let Some(inbound) = core.inbound.get() else {
+        return;
+    };
+    bump(&core.counters.events_received);
+    inbound.event(Event {
+        topic: envelope.topic,
+        data: envelope.data,
+    });
+}

@@ -1,0 +1,399 @@
+//! The embedded store: one [`redb`] file per node data dir, the default backend.
+//!
+//! * The file is `<dir>/zeroservices.redb`; each collection is a table (`collection:<name>`)
+//!   mapping the resource id to its document as JSON bytes.
+//! * Every write is its own transaction, committed with [`Durability::Immediate`] (an `fsync`)
+//!   before the call returns: an acknowledged write survives `kill -9` and power loss.
+//! * redb is synchronous: every call runs on [`tokio::task::spawn_blocking`].
+//! * Filters, sort, skip, limit and text search use the shared [`crate::query`] language; rows
+//!   stream through the filter, only matching documents are kept.
+//! * Opening a data dir that is locked by another process, corrupted or unwritable gives an
+//!   error naming the file and what to do, never a panic.
+
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use redb::{
+    Database, DatabaseError, Durability, ReadableDatabase, ReadableTable, StorageError,
+    TableDefinition, TableError, WriteTransaction,
+};
+use serde_json::{Value, json};
+
+use super::{Store, new_id};
+use crate::query::Filter;
+use crate::{Error, Patch, Query, Result};
+
+/// The name of the database file inside the data dir.
+pub const FILE_NAME: &str = "zeroservices.redb";
+
+/// Resources kept in a redb file under a data dir; see the [module docs](self).
+///
+/// Cloning is cheap: clones share the open database.
+#[derive(Clone)]
+pub struct EmbeddedStore {
+    db: Arc<Database>,
+    path: Arc<PathBuf>,
+}
+
+impl std::fmt::Debug for EmbeddedStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EmbeddedStore")
+            .field("path", &self.path)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The table holding `collection`'s documents.
+fn table_name(collection: &str) -> String {
+    format!("collection:{collection}")
+}
+
+type Table<'a> = TableDefinition<'a, &'static str, &'static [u8]>;
+
+impl EmbeddedStore {
+    /// Opens (creating if needed) the store in `dir`: the directory and its
+    /// `zeroservices.redb` file.
+    ///
+    /// Blocks while the file is opened and its integrity checked (every page is read, so the
+    /// open takes time proportional to the file's size); from async code, call it
+    /// through [`tokio::task::spawn_blocking`] (as [`super::StoreConfig::open`] does).
+    ///
+    /// # Errors
+    /// [`Error::Unavailable`], with a message naming the path and what to do, when the dir
+    /// cannot be created or written, when another process has the store open, or when the file
+    /// is corrupted or not a redb file.
+    pub fn open(dir: impl AsRef<Path>) -> Result<Self> {
+        let dir = dir.as_ref();
+        std::fs::create_dir_all(dir).map_err(|e| {
+            Error::unavailable(format!(
+                "embedded store: cannot create the data dir {}: {e}; check the path and its \
+                 permissions, or choose another dir with ZS_STORE=embedded:<dir>",
+                dir.display()
+            ))
+        })?;
+        let path = dir.join(FILE_NAME);
+        // A file damaged outside redb may make it panic rather than fail: the open and the
+        // integrity check run under `catch_unwind`, and a panic is reported as corruption.
+        let opened = catch_unwind(AssertUnwindSafe(|| {
+            let mut db = Database::create(&path)?;
+            // Verifies every page's checksum (and repairs what can be): a damaged file is
+            // reported now, at start-up, rather than by a later request.
+            let clean = db.check_integrity()?;
+            Ok::<_, DatabaseError>((db, clean))
+        }));
+        let db = match opened {
+            Ok(Ok((db, clean))) => {
+                if !clean {
+                    tracing::warn!(path = %path.display(), "embedded store repaired at open");
+                }
+                db
+            }
+            Ok(Err(e)) => return Err(open_error(&path, e)),
+            Err(_) => return Err(corrupted(&path, "redb could not read it")),
+        };
+        Ok(Self {
+            db: Arc::new(db),
+            path: Arc::new(path),
+        })
+    }
+
+    /// The database file (`<dir>/zeroservices.redb`).
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Runs `f` on the blocking pool with the database.
+    async fn blocking<T, F>(&self, f: F) -> Result<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Database, &Path) -> Result<T> + Send + 'static,
+    {
+        let db = self.db.clone();
+        let path = self.path.clone();
+        tokio::task::spawn_blocking(move || f(&db, &path))
+            .await
+            .map_err(|e| Error::internal(format!("embedded store task failed: {e}")))?
+    }
+}
+
+/// The error for a failed open of `path`.
+fn open_error(path: &Path, e: DatabaseError) -> Error {
+    let shown = path.display();
+    match e {
+        DatabaseError::DatabaseAlreadyOpen => Error::unavailable(format!(
+            "embedded store: {shown} is already open in another process (another node with \
+                 the same data dir?); stop that process, or give this node its own data dir with \
+                 ZS_STORE=embedded:<dir>"
+        )),
+        DatabaseError::Storage(StorageError::Corrupted(why)) => corrupted(path, &why),
+        DatabaseError::RepairAborted => corrupted(path, "its repair was aborted"),
+        DatabaseError::UpgradeRequired(version) => Error::unavailable(format!(
+            "embedded store: {shown} uses the old redb file format {version}; upgrade it with \
+             redb's upgrade tool or move it aside to start with an empty store"
+        )),
+        DatabaseError::Storage(StorageError::Io(io)) => Error::unavailable(format!(
+            "embedded store: cannot open {shown}: {io}; check that the data dir is writable by \
+             this user, or choose another dir with ZS_STORE=embedded:<dir>"
+        )),
+        other => Error::unavailable(format!(
+            "embedded store: cannot open {shown}: {other}; move the file aside to start with an \
+             empty store, or choose another dir with ZS_STORE=embedded:<dir>"
+        )),
+    }
+}
+
+fn corrupted(path: &Path, why: &str) -> Error {
+    Error::unavailable(format!(
+        "embedded store: {} is corrupted ({why}); restore it from a backup, or move it aside to \
+         start with an empty store",
+        path.display()
+    ))
+}
+
+/// Converts a redb error met while serving a request.
+fn storage_error(path: &Path, e: impl Into<redb::Error>) -> Error {
+    let e: redb::Error = e.into();
+    let shown = path.display();
+    match e {
+        redb::Error::Io(io) => {
+            Error::unavailable(format!("embedded store {shown}: I/O error: {io}"))
+        }
+        redb::Error::ValueTooLarge(n) => Error::bad_request(format!(
+            "the document is too large for the embedded store ({n} bytes)"
+        )),
+        redb::Error::Corrupted(why) => corrupted(path, &why),
+        other => Error::internal(format!("embedded store {shown}: {other}")),
+    }
+}
+
+fn decode(path: &Path, bytes: &[u8]) -> Result<Value> {
+    serde_json::from_slice(bytes).map_err(|e| {
+        Error::internal(format!(
+            "embedded store {}: a stored document is not valid JSON: {e}",
+            path.display()
+        ))
+    })
+}
+
+fn encode(doc: &Value) -> Result<Vec<u8>> {
+    if !doc.is_object() {
+        return Err(Error::bad_request(format!(
+            "a document must be a JSON object, got {doc}"
+        )));
+    }
+    serde_json::to_vec(doc).map_err(|e| Error::internal(format!("cannot encode document: {e}")))
+}
+
+/// Runs `f` in a durable write transaction: commits if it returns `Ok`, aborts otherwise.
+fn write<T>(
+    db: &Database,
+    path: &Path,
+    f: impl FnOnce(&WriteTransaction) -> Result<T>,
+) -> Result<T> {
+    let mut txn = db.begin_write().map_err(|e| storage_error(path, e))?;
+    txn.set_durability(Durability::Immediate)
+        .map_err(|e| Error::internal(format!("embedded store: {e}")))?;
+    match f(&txn) {
+        Ok(out) => {
+            txn.commit().map_err(|e| storage_error(path, e))?;
+            Ok(out)
+        }
+        Err(e) => {
+            // Dropping would abort too; aborting explicitly reports nothing we could act on.
+            let _ = txn.abort();
+            Err(e)
+        }
+    }
+}
+
+#[async_trait]
+impl Store for EmbeddedStore {
+    async fn ensure_collection(&self, collection: &str, _text_index: &[String]) -> Result<()> {
+        let name = table_name(collection);
+        self.blocking(move |db, path| {
+            write(db, path, |txn| {
+                txn.open_table(Table::new(&name))
+                    .map_err(|e| storage_error(path, e))?;
+                Ok(())
+            })
+        })
+        .await
+    }
+
+    async fn insert(&self, collection: &str, id: Option<&str>, doc: Value) -> Result<String> {
+        let bytes = encode(&doc)?;
+        let name = table_name(collection);
+        let collection = collection.to_owned();
+        let id = id.map_or_else(new_id, str::to_owned);
+        self.blocking(move |db, path| {
+            write(db, path, |txn| {
+                let mut table = txn
+                    .open_table(Table::new(&name))
+                    .map_err(|e| storage_error(path, e))?;
+                let taken = table
+                    .get(id.as_str())
+                    .map_err(|e| storage_error(path, e))?
+                    .is_some();
+                if taken {
+                    return Err(Error::DuplicateId {
+                        collection,
+                        id: id.clone(),
+                    });
+                }
+                table
+                    .insert(id.as_str(), bytes.as_slice())
+                    .map_err(|e| storage_error(path, e))?;
+                Ok(())
+            })?;
+            Ok(id)
+        })
+        .await
+    }
+
+    async fn get(&self, collection: &str, id: &str) -> Result<Option<Value>> {
+        let name = table_name(collection);
+        let id = id.to_owned();
+        self.blocking(move |db, path| {
+            let txn = db.begin_read().map_err(|e| storage_error(path, e))?;
+            let table = match txn.open_table(Table::new(&name)) {
+                Ok(table) => table,
+                Err(TableError::TableDoesNotExist(_)) => return Ok(None),
+                Err(e) => return Err(storage_error(path, e)),
+            };
+            let found = table.get(id.as_str()).map_err(|e| storage_error(path, e))?;
+            found.map(|v| decode(path, v.value())).transpose()
+        })
+        .await
+    }
+
+    async fn replace(&self, collection: &str, id: &str, doc: Value) -> Result<()> {
+        let bytes = encode(&doc)?;
+        let name = table_name(collection);
+        let collection = collection.to_owned();
+        let id = id.to_owned();
+        self.blocking(move |db, path| {
+            write(db, path, |txn| {
+                let mut table = txn
+                    .open_table(Table::new(&name))
+                    .map_err(|e| storage_error(path, e))?;
+                let old = table
+                    .insert(id.as_str(), bytes.as_slice())
+                    .map_err(|e| storage_error(path, e))?;
+                match old {
+                    Some(_) => Ok(()),
+                    // Aborted by `write`: the document stays absent.
+                    None => Err(Error::not_found(collection, id)),
+                }
+            })
+        })
+        .await
+    }
+
+    async fn patch(&self, collection: &str, id: &str, patch: &Patch) -> Result<Value> {
+        let update = patch.compile()?;
+        let name = table_name(collection);
+        let collection = collection.to_owned();
+        let id = id.to_owned();
+        self.blocking(move |db, path| {
+            write(db, path, |txn| {
+                let mut table = txn
+                    .open_table(Table::new(&name))
+                    .map_err(|e| storage_error(path, e))?;
+                let current = table
+                    .get(id.as_str())
+                    .map_err(|e| storage_error(path, e))?
+                    .map(|v| decode(path, v.value()))
+                    .transpose()?;
+                let mut doc = current.ok_or_else(|| Error::not_found(&collection, &id))?;
+                // On error the transaction is aborted: the stored document is unchanged.
+                update.apply(&mut doc)?;
+                let bytes = encode(&doc)?;
+                table
+                    .insert(id.as_str(), bytes.as_slice())
+                    .map_err(|e| storage_error(path, e))?;
+                Ok(doc)
+            })
+        })
+        .await
+    }
+
+    async fn delete(&self, collection: &str, id: &str) -> Result<()> {
+        let name = table_name(collection);
+        let collection = collection.to_owned();
+        let id = id.to_owned();
+        self.blocking(move |db, path| {
+            write(db, path, |txn| {
+                let mut table = txn
+                    .open_table(Table::new(&name))
+                    .map_err(|e| storage_error(path, e))?;
+                let old = table
+                    .remove(id.as_str())
+                    .map_err(|e| storage_error(path, e))?;
+                match old {
+                    Some(_) => Ok(()),
+                    None => Err(Error::not_found(collection, id)),
+                }
+            })
+        })
+        .await
+    }
+
+    async fn list(&self, collection: &str, query: &Query) -> Result<Vec<(String, Value)>> {
+        // The filter and the text search are applied while streaming the rows; sort, skip and
+        // limit by the shared implementation over the matches.
+        let filter = match &query.text {
+            None => query.filter()?,
+            Some(text) => {
+                let base = if query.filter.is_null() {
+                    json!({})
+                } else {
+                    query.filter.clone()
+                };
+                Filter::parse(&json!({"$and": [base, {"$text": {"$search": text}}]}))?
+            }
+        };
+        let rest = Query {
+            filter: json!({}),
+            text: None,
+            ..query.clone()
+        };
+        // Rows come in id order, the order of an unsorted result: stop once enough matched.
+        let enough = match (query.sort.is_empty(), query.limit) {
+            (true, Some(limit)) if limit > 0 => {
+                let n = query.skip.unwrap_or(0).saturating_add(limit);
+                Some(usize::try_from(n).unwrap_or(usize::MAX))
+            }
+            _ => None,
+        };
+        let name = table_name(collection);
+        let matches = self
+            .blocking(move |db, path| {
+                let txn = db.begin_read().map_err(|e| storage_error(path, e))?;
+                let table = match txn.open_table(Table::new(&name)) {
+                    Ok(table) => table,
+                    Err(TableError::TableDoesNotExist(_)) => return Ok(Vec::new()),
+                    Err(e) => return Err(storage_error(path, e)),
+                };
+                let mut out = Vec::new();
+                for row in table.iter().map_err(|e| storage_error(path, e))? {
+                    if enough.is_some_and(|n| out.len() >= n) {
+                        break;
+                    }
+                    let (key, value) = row.map_err(|e| storage_error(path, e))?;
+                    let doc = decode(path, value.value())?;
+                    if filter.matches(&doc) {
+                        out.push((key.value().to_owned(), doc));
+                    }
+                }
+                Ok(out)
+            })
+            .await?;
+        rest.apply(matches)
+    }
+
+    fn describe(&self) -> String {
+        format!("embedded:{}", self.path.display())
+    }
+}

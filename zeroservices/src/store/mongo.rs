@@ -1,0 +1,467 @@
+//! The MongoDB store, on the official `mongodb` driver.
+//!
+//! * A collection is a MongoDB collection of the database named in the URI (default
+//!   `zeroservices`); a document's `_id` is the resource id, a string. Documents that already
+//!   exist with an ObjectId `_id` are served under its 24-hex-digit string: a get, patch,
+//!   replace or delete by such a string finds the document whichever of the two it holds.
+//! * Filters, updates, sort, skip and limit are passed to MongoDB natively (after the same
+//!   validation the other stores apply, so a malformed request is refused identically
+//!   everywhere); [`Query::text`] becomes `$text`, which needs the text index declared on the
+//!   resource (`ensure_collection`). Sort ties are broken by `_id` ascending, as the other
+//!   stores break them by id.
+//! * JSON integers are stored as 64-bit integers and floats as doubles, so both come back as
+//!   they went in.
+//! * A server that is down, or goes away, gives [`Error::Unavailable`] within the request
+//!   timeout (the driver's server selection and connect timeouts are set a bit under it, and
+//!   every call has a deadline); the driver reconnects by itself when the server is back.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use futures::TryStreamExt;
+use mongodb::bson::{Bson, Document, doc, oid::ObjectId};
+use mongodb::error::{ErrorKind, WriteFailure};
+use mongodb::options::{ClientOptions, ReturnDocument};
+use mongodb::{Client, Collection, Database, IndexModel};
+use serde_json::{Map, Number, Value};
+
+use super::{Store, new_id};
+use crate::{Error, Patch, Query, Result};
+
+/// The database used when the URI names none.
+pub const DEFAULT_DATABASE: &str = "zeroservices";
+
+/// Server error codes that mean the request itself is wrong (a bad filter or update, an update
+/// that does not apply to the document), not the server.
+const BAD_REQUEST_CODES: &[i32] = &[
+    2,     // BadValue
+    9,     // FailedToParse
+    14,    // TypeMismatch
+    28,    // PathNotViable
+    40,    // ConflictingUpdateOperators
+    52,    // DollarPrefixedFieldName
+    56,    // EmptyFieldName
+    57,    // DottedFieldName
+    66,    // ImmutableField
+    10334, // BSONObjectTooLarge
+    16837, // legacy "cannot use the part ... to traverse the element"
+    17419, // document too large after update
+];
+
+/// Server error codes that mean the server cannot serve now (shutting down, stepping down).
+const UNAVAILABLE_CODES: &[i32] = &[
+    6,     // HostUnreachable
+    7,     // HostNotFound
+    89,    // NetworkTimeout
+    91,    // ShutdownInProgress
+    189,   // PrimarySteppedDown
+    262,   // ExceededTimeLimit
+    9001,  // SocketException
+    10107, // NotWritablePrimary
+    11600, // InterruptedAtShutdown
+    11602, // InterruptedDueToReplStateChange
+    13435, // NotPrimaryNoSecondaryOk
+    13436, // NotPrimaryOrSecondary
+];
+
+/// Resources kept in a MongoDB database; see the [module docs](self).
+pub struct MongoStore {
+    db: Database,
+    /// The deadline of every call.
+    deadline: Duration,
+    /// Text indexes that could not be created yet (server down at start-up): retried later.
+    pending_text: Mutex<HashMap<String, Vec<String>>>,
+    describe: String,
+}
+
+impl std::fmt::Debug for MongoStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MongoStore")
+            .field("db", &self.describe)
+            .finish_non_exhaustive()
+    }
+}
+
+impl MongoStore {
+    /// Connects to the MongoDB server at `uri` (`mongodb://host:port/database?options`),
+    /// with the request timeout of `ZS_REQUEST_TIMEOUT_MS` (default 5 s).
+    ///
+    /// Does not wait for the server: a server that is down now is reported by the calls, as
+    /// [`Error::Unavailable`], until it is up.
+    ///
+    /// # Errors
+    /// [`Error::BadRequest`] for a malformed URI or a malformed `ZS_REQUEST_TIMEOUT_MS`.
+    pub async fn connect(uri: &str) -> Result<Self> {
+        Self::connect_with_timeout(uri, super::request_timeout_from_env()?).await
+    }
+
+    /// As [`MongoStore::connect`], with an explicit request timeout: every call answers within
+    /// it. Server selection and connection time out at 80% of it, unless the URI sets
+    /// `serverSelectionTimeoutMS` / `connectTimeoutMS`.
+    ///
+    /// # Errors
+    /// [`Error::BadRequest`] for a malformed URI.
+    pub async fn connect_with_timeout(uri: &str, request_timeout: Duration) -> Result<Self> {
+        let mut options = ClientOptions::parse(uri)
+            .await
+            .map_err(|e| Error::bad_request(format!("invalid MongoDB URI: {e}")))?;
+        let budget = request_timeout.mul_f64(0.8).max(Duration::from_millis(100));
+        options.server_selection_timeout.get_or_insert(budget);
+        options.connect_timeout.get_or_insert(budget);
+        // Notice a server that came back quickly (the driver's default is 10 s).
+        options
+            .heartbeat_freq
+            .get_or_insert(Duration::from_millis(500).max(budget / 4));
+        options
+            .app_name
+            .get_or_insert_with(|| "zeroservices".to_owned());
+        let name = options
+            .default_database
+            .clone()
+            .unwrap_or_else(|| DEFAULT_DATABASE.to_owned());
+        let hosts: Vec<String> = options.hosts.iter().map(ToString::to_string).collect();
+        let client = Client::with_options(options)
+            .map_err(|e| Error::bad_request(format!("invalid MongoDB options: {e}")))?;
+        Ok(Self {
+            db: client.database(&name),
+            deadline: request_timeout.mul_f64(0.9),
+            pending_text: Mutex::new(HashMap::new()),
+            describe: format!("mongodb://{}/{name}", hosts.join(",")),
+        })
+    }
+
+    /// The database this store uses.
+    pub fn database(&self) -> &Database {
+        &self.db
+    }
+
+    fn collection(&self, name: &str) -> Collection<Document> {
+        self.db.collection(name)
+    }
+
+    /// Awaits `fut` within the deadline, converting its error.
+    async fn run<T>(
+        &self,
+        fut: impl IntoFuture<Output = mongodb::error::Result<T>>,
+        context: impl FnOnce(mongodb::error::Error) -> Error,
+    ) -> Result<T> {
+        match tokio::time::timeout(self.deadline, fut.into_future()).await {
+            Ok(Ok(out)) => Ok(out),
+            Ok(Err(e)) => Err(context(e)),
+            Err(_) => Err(Error::unavailable(format!(
+                "MongoDB ({}) did not answer within {} ms",
+                self.describe,
+                self.deadline.as_millis()
+            ))),
+        }
+    }
+
+    async fn create_text_index(&self, collection: &str, fields: &[String]) -> Result<()> {
+        let mut keys = Document::new();
+        for field in fields {
+            keys.insert(field.clone(), "text");
+        }
+        let model = IndexModel::builder().keys(keys).build();
+        let coll = self.collection(collection);
+        self.run(coll.create_index(model), |e| match convert(e) {
+            Error::Unavailable { message } => Error::Unavailable { message },
+            other => Error::internal(format!(
+                "cannot create the text index on {fields:?} of {collection}: {other}; MongoDB \
+                 allows one text index per collection: drop an existing one over other fields"
+            )),
+        })
+        .await
+        .map(drop)
+    }
+
+    /// Creates the text indexes that could not be created at start-up.
+    async fn retry_pending(&self, collection: &str) -> Result<()> {
+        let fields = {
+            let pending = self.pending_text.lock().unwrap_or_else(|e| e.into_inner());
+            match pending.get(collection) {
+                None => return Ok(()),
+                Some(fields) => fields.clone(),
+            }
+        };
+        self.create_text_index(collection, &fields).await?;
+        self.pending_text
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(collection);
+        Ok(())
+    }
+}
+
+/// The filter selecting resource `id`: its string, or the ObjectId it spells.
+fn id_filter(id: &str) -> Document {
+    match ObjectId::parse_str(id) {
+        Ok(oid) if id.len() == 24 => doc! {"_id": {"$in": [id, oid]}},
+        _ => doc! {"_id": id},
+    }
+}
+
+/// A JSON value as BSON: integers as Int64, other numbers as doubles; strings stay strings.
+pub(crate) fn to_bson(v: &Value) -> Bson {
+    match v {
+        Value::Null => Bson::Null,
+        Value::Bool(b) => Bson::Boolean(*b),
+        Value::Number(n) => match n.as_i64() {
+            Some(i) => Bson::Int64(i),
+            None => Bson::Double(n.as_f64().unwrap_or(f64::NAN)),
+        },
+        Value::String(s) => Bson::String(s.clone()),
+        Value::Array(items) => Bson::Array(items.iter().map(to_bson).collect()),
+        Value::Object(map) => Bson::Document(to_document(map)),
+    }
+}
+
+fn to_document(map: &Map<String, Value>) -> Document {
+    map.iter().map(|(k, v)| (k.clone(), to_bson(v))).collect()
+}
+
+/// A BSON value as JSON: numbers as numbers (integers stay integers), ObjectIds as their hex
+/// string, dates as RFC 3339 strings, decimals as strings, anything else as relaxed
+/// extended JSON.
+pub(crate) fn to_json(b: Bson) -> Value {
+    match b {
+        Bson::Null | Bson::Undefined => Value::Null,
+        Bson::Boolean(b) => Value::Bool(b),
+        Bson::Int32(i) => Value::from(i),
+        Bson::Int64(i) => Value::from(i),
+        Bson::Double(f) => Number::from_f64(f).map_or(Value::Null, Value::Number),
+        Bson::String(s) | Bson::Symbol(s) => Value::String(s),
+        Bson::Array(items) => Value::Array(items.into_iter().map(to_json).collect()),
+        Bson::Document(d) => Value::Object(d.into_iter().map(|(k, v)| (k, to_json(v))).collect()),
+        Bson::ObjectId(oid) => Value::String(oid.to_hex()),
+        Bson::DateTime(t) => t
+            .try_to_rfc3339_string()
+            .map_or_else(|_| Value::from(t.timestamp_millis()), Value::String),
+        Bson::Decimal128(d) => Value::String(d.to_string()),
+        other => other.into_relaxed_extjson(),
+    }
+}
+
+/// A stored document as `(resource id, fields without _id)`.
+fn split_id(mut doc: Document) -> (String, Value) {
+    let id = match doc.remove("_id") {
+        Some(Bson::String(s)) => s,
+        Some(Bson::ObjectId(oid)) => oid.to_hex(),
+        Some(other) => match to_json(other) {
+            Value::String(s) => s,
+            v => v.to_string(),
+        },
+        None => String::new(),
+    };
+    (id, to_json(Bson::Document(doc)))
+}
+
+fn object(doc: &Value) -> Result<&Map<String, Value>> {
+    doc.as_object()
+        .ok_or_else(|| Error::bad_request(format!("a document must be a JSON object, got {doc}")))
+}
+
+/// The fields of `doc`, with `_id` set to `id`.
+fn with_id(id: Option<&str>, doc: &Value) -> Result<Document> {
+    let mut out = Document::new();
+    if let Some(id) = id {
+        out.insert("_id", id);
+    }
+    for (k, v) in object(doc)? {
+        if k != "_id" {
+            out.insert(k.clone(), to_bson(v));
+        }
+    }
+    Ok(out)
+}
+
+/// Converts a driver error.
+fn convert(e: mongodb::error::Error) -> Error {
+    let unavailable =
+        |e: &mongodb::error::Error| Error::unavailable(format!("MongoDB is unreachable: {e}"));
+    let code = match e.kind.as_ref() {
+        ErrorKind::ServerSelection { .. }
+        | ErrorKind::Io(_)
+        | ErrorKind::ConnectionPoolCleared { .. }
+        | ErrorKind::DnsResolve { .. } => return unavailable(&e),
+        ErrorKind::Command(c) => Some((c.code, c.message.clone())),
+        ErrorKind::Write(WriteFailure::WriteError(w)) => Some((w.code, w.message.clone())),
+        _ => None,
+    };
+    match code {
+        Some((code, message)) if BAD_REQUEST_CODES.contains(&code) => {
+            Error::bad_request(format!("MongoDB refused the request: {message}"))
+        }
+        Some((27, message)) => Error::bad_request(format!(
+            "{message}: a text search needs the resource to declare a text index \
+             (#[resource(text_index(...))])"
+        )),
+        Some((code, _)) if UNAVAILABLE_CODES.contains(&code) => unavailable(&e),
+        _ if e.contains_label("RetryableWriteError")
+            || e.contains_label("TransientTransactionError") =>
+        {
+            unavailable(&e)
+        }
+        _ => Error::internal(format!("MongoDB: {e}")),
+    }
+}
+
+fn is_duplicate_key(e: &mongodb::error::Error) -> bool {
+    match e.kind.as_ref() {
+        ErrorKind::Write(WriteFailure::WriteError(w)) => w.code == 11000,
+        ErrorKind::Command(c) => c.code == 11000,
+        _ => false,
+    }
+}
+
+#[async_trait]
+impl Store for MongoStore {
+    async fn ensure_collection(&self, collection: &str, text_index: &[String]) -> Result<()> {
+        if text_index.is_empty() {
+            return Ok(());
+        }
+        match self.create_text_index(collection, text_index).await {
+            Err(Error::Unavailable { message }) => {
+                tracing::warn!(
+                    collection,
+                    "MongoDB unavailable, text index creation postponed: {message}"
+                );
+                self.pending_text
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .insert(collection.to_owned(), text_index.to_vec());
+                Ok(())
+            }
+            other => other,
+        }
+    }
+
+    async fn insert(&self, collection: &str, id: Option<&str>, doc: Value) -> Result<String> {
+        let id = id.map_or_else(new_id, str::to_owned);
+        let document = with_id(Some(&id), &doc)?;
+        let coll = self.collection(collection);
+        self.run(coll.insert_one(document), |e| {
+            if is_duplicate_key(&e) {
+                Error::DuplicateId {
+                    collection: collection.to_owned(),
+                    id: id.clone(),
+                }
+            } else {
+                convert(e)
+            }
+        })
+        .await?;
+        Ok(id)
+    }
+
+    async fn get(&self, collection: &str, id: &str) -> Result<Option<Value>> {
+        let coll = self.collection(collection);
+        let found = self.run(coll.find_one(id_filter(id)), convert).await?;
+        Ok(found.map(|d| split_id(d).1))
+    }
+
+    async fn replace(&self, collection: &str, id: &str, doc: Value) -> Result<()> {
+        let document = with_id(None, &doc)?;
+        let coll = self.collection(collection);
+        let result = self
+            .run(coll.replace_one(id_filter(id), document), convert)
+            .await?;
+        if result.matched_count == 0 {
+            return Err(Error::not_found(collection, id));
+        }
+        Ok(())
+    }
+
+    async fn patch(&self, collection: &str, id: &str, patch: &Patch) -> Result<Value> {
+        // Validated as the other stores do (operators, conflicts, `_id`), then sent as is.
+        patch.compile()?;
+        let update = match to_bson(patch.as_value()) {
+            Bson::Document(d) => d,
+            _ => return Err(Error::internal("a compiled patch is always an object")),
+        };
+        let coll = self.collection(collection);
+        let after = self
+            .run(
+                coll.find_one_and_update(id_filter(id), update)
+                    .return_document(ReturnDocument::After),
+                convert,
+            )
+            .await?;
+        match after {
+            Some(doc) => Ok(split_id(doc).1),
+            None => {
+                // No document, or (on servers that report failed updates as "no match") an
+                // update that does not apply to it.
+                let exists = self
+                    .run(
+                        coll.find_one(id_filter(id)).projection(doc! {"_id": 1}),
+                        convert,
+                    )
+                    .await?
+                    .is_some();
+                if exists {
+                    Err(Error::bad_request(format!(
+                        "the update cannot be applied to {collection} {id}"
+                    )))
+                } else {
+                    Err(Error::not_found(collection, id))
+                }
+            }
+        }
+    }
+
+    async fn delete(&self, collection: &str, id: &str) -> Result<()> {
+        let coll = self.collection(collection);
+        let result = self.run(coll.delete_one(id_filter(id)), convert).await?;
+        if result.deleted_count == 0 {
+            return Err(Error::not_found(collection, id));
+        }
+        Ok(())
+    }
+
+    async fn list(&self, collection: &str, query: &Query) -> Result<Vec<(String, Value)>> {
+        // The same validation as the other stores: filter, text search and sort keys.
+        query.apply(std::iter::empty())?;
+        self.retry_pending(collection).await?;
+        let mut filter = match &query.filter {
+            Value::Object(map) => to_document(map),
+            _ => Document::new(),
+        };
+        if let Some(text) = &query.text {
+            if filter.contains_key("$text") {
+                return Err(Error::bad_request(
+                    "give the text search either as `text` or as `$text` in the filter, not both",
+                ));
+            }
+            filter.insert("$text", doc! {"$search": text.as_str()});
+        }
+        let mut sort = Document::new();
+        for key in &query.sort {
+            let dir = match key.order {
+                crate::Order::Asc => 1,
+                crate::Order::Desc => -1,
+            };
+            sort.insert(key.field.clone(), dir);
+        }
+        if !sort.contains_key("_id") {
+            sort.insert("_id", 1);
+        }
+        let coll = self.collection(collection);
+        let mut find = coll.find(filter).sort(sort);
+        if let Some(skip) = query.skip.filter(|s| *s > 0) {
+            find = find.skip(skip.min(i64::MAX as u64));
+        }
+        if let Some(limit) = query.limit.filter(|l| *l > 0) {
+            find = find.limit(i64::try_from(limit).unwrap_or(i64::MAX));
+        }
+        let docs: Vec<Document> = self
+            .run(async move { find.await?.try_collect().await }, convert)
+            .await?;
+        Ok(docs.into_iter().map(split_id).collect())
+    }
+
+    fn describe(&self) -> String {
+        self.describe.clone()
+    }
+}

@@ -1,0 +1,1174 @@
+//! One conformance suite for every store: the same cases run against the memory store, the
+//! embedded store (in a temp dir) and MongoDB (when `ZS_TEST_MONGODB_URI` is set; otherwise the
+//! MongoDB tests print that they were skipped and pass).
+//!
+//! The expected results are MongoDB's: where our query/patch languages differ from MongoDB on an
+//! edge, ours change to match it.
+//!
+//! The test server of `scripts/test.sh`, nx-27017 (MongoDB's wire protocol over SQLite), falls
+//! short of MongoDB on some edges (listed in [`NX_GAPS`] and at each use); on that server those
+//! assertions are skipped with a message, and they run against a real `mongod`.
+
+use std::sync::Arc;
+
+use serde_json::{Value, json};
+use zeroservices::store::{EmbeddedStore, MemoryStore, MongoStore, Store};
+use zeroservices::{Error, Order, Patch, Query};
+
+/// What nx-27017 0.8.1 gets wrong, and the cases that skip those assertions on it.
+#[allow(dead_code)]
+const NX_GAPS: &[&str] = &[
+    "$text: several words match all of them (MongoDB: any), `-word` exclusion is ignored",
+    "equality with a whole array or sub-document (`{tags: [..]}`, `{n: {k: 2}}`): server error",
+    "$in on a path into an array of objects (`items.name: {$in: [..]}`)",
+    "$exists: false and $ne: null match a field holding null / a missing field wrongly",
+    "$set of a boolean stores 1; $push of an object stores its JSON text",
+    "$set through a string (`s.x` where s is a string) succeeds silently",
+    "dotted paths into arrays of objects with comparison operators (`items.q: {$gt: 5}`)",
+    "numeric path segments (`items.1.name`, `$set: {items.0.q: ...}`)",
+    "$gt/$lt/$ne on array fields, several bounds matched by different elements",
+    "type brackets: `{$gt: 1}` matches strings",
+    "$exists: true on a field holding null",
+    "sort on an array field (MongoDB: smallest element ascending, largest descending)",
+    "$push with $sort / $slice",
+    "failed updates ($inc on a string) report no match instead of an error (handled: the store
+     then checks the document exists and reports a bad request, as for mongod)",
+];
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Memory,
+    Embedded,
+    Mongo,
+}
+
+/// One backend under test, with a collection prefix unique to the test.
+struct Backend {
+    store: Arc<dyn Store>,
+    kind: Kind,
+    /// MongoDB only: whether the server is nx-27017.
+    nx: bool,
+    prefix: String,
+    _dir: Option<tempfile::TempDir>,
+    mongo: Option<mongodb::Database>,
+}
+
+impl Backend {
+    async fn new(kind: Kind, test: &str) -> Option<Backend> {
+        let prefix = format!("{test}_{}", &zeroservices::store::new_id()[..8]);
+        match kind {
+            Kind::Memory => Some(Backend {
+                store: Arc::new(MemoryStore::new()),
+                kind,
+                nx: false,
+                prefix,
+                _dir: None,
+                mongo: None,
+            }),
+            Kind::Embedded => {
+                let dir = tempfile::tempdir().unwrap();
+                let store = EmbeddedStore::open(dir.path()).unwrap();
+                Some(Backend {
+                    store: Arc::new(store),
+                    kind,
+                    nx: false,
+                    prefix,
+                    _dir: Some(dir),
+                    mongo: None,
+                })
+            }
+            Kind::Mongo => {
+                let Some(uri) = std::env::var("ZS_TEST_MONGODB_URI")
+                    .ok()
+                    .filter(|u| !u.is_empty())
+                else {
+                    eprintln!(
+                        "SKIPPED: MongoDB case `{test}`: ZS_TEST_MONGODB_URI is not set \
+                         (scripts/test.sh sets it)"
+                    );
+                    return None;
+                };
+                let store = MongoStore::connect(&uri).await.unwrap();
+                let db = store.database().clone();
+                let info = db
+                    .client()
+                    .database("admin")
+                    .run_command(mongodb::bson::doc! {"buildInfo": 1})
+                    .await
+                    .expect("the MongoDB server of ZS_TEST_MONGODB_URI answers");
+                let nx = info
+                    .get_str("process")
+                    .is_ok_and(|p| p.contains("nx_27017"));
+                Some(Backend {
+                    store: Arc::new(store),
+                    kind,
+                    nx,
+                    prefix,
+                    _dir: None,
+                    mongo: Some(db),
+                })
+            }
+        }
+    }
+
+    /// A collection name unique to this test.
+    fn coll(&self, name: &str) -> String {
+        format!("{}_{name}", self.prefix)
+    }
+
+    /// Whether to skip an assertion nx-27017 cannot pass; says so when skipping.
+    fn nx_gap(&self, what: &str) -> bool {
+        if self.nx {
+            eprintln!("SKIPPED on nx-27017 (passes on mongod): {what}");
+        }
+        self.nx
+    }
+
+    async fn cleanup(&self) {
+        if let Some(db) = &self.mongo {
+            if let Ok(names) = db.list_collection_names().await {
+                for name in names.iter().filter(|n| n.starts_with(&self.prefix)) {
+                    let _ = db.collection::<mongodb::bson::Document>(name).drop().await;
+                }
+            }
+        }
+    }
+
+    async fn insert(&self, coll: &str, id: &str, doc: Value) {
+        let got = self.store.insert(coll, Some(id), doc).await.unwrap();
+        assert_eq!(got, id);
+    }
+
+    async fn get(&self, coll: &str, id: &str) -> Value {
+        self.store
+            .get(coll, id)
+            .await
+            .unwrap()
+            .unwrap_or_else(|| panic!("{id} not found"))
+    }
+
+    async fn patch(&self, coll: &str, id: &str, patch: Value) -> Value {
+        let doc = self
+            .store
+            .patch(coll, id, &Patch::new(patch))
+            .await
+            .unwrap();
+        assert_eq!(
+            doc,
+            self.get(coll, id).await,
+            "patch returns the new document"
+        );
+        doc
+    }
+
+    async fn ids(&self, coll: &str, query: Query) -> Vec<String> {
+        self.store
+            .list(coll, &query)
+            .await
+            .unwrap_or_else(|e| panic!("{query:?}: {e}"))
+            .into_iter()
+            .map(|(id, _)| id)
+            .collect()
+    }
+
+    async fn filter(&self, coll: &str, filter: Value) -> Vec<String> {
+        self.ids(coll, Query::new(filter)).await
+    }
+}
+
+/// Generates one `#[tokio::test]` per backend and case.
+macro_rules! conformance {
+    ($($case:ident),* $(,)?) => {
+        mod memory {
+            $(
+                #[tokio::test]
+                async fn $case() {
+                    super::run(super::Kind::Memory, stringify!($case), |b| Box::pin(super::$case(b))).await;
+                }
+            )*
+        }
+        mod embedded {
+            $(
+                #[tokio::test]
+                async fn $case() {
+                    super::run(super::Kind::Embedded, stringify!($case), |b| Box::pin(super::$case(b))).await;
+                }
+            )*
+        }
+        mod mongo {
+            $(
+                #[tokio::test]
+                async fn $case() {
+                    super::run(super::Kind::Mongo, stringify!($case), |b| Box::pin(super::$case(b))).await;
+                }
+            )*
+        }
+    };
+}
+
+type Case = for<'a> fn(&'a Backend) -> futures::future::BoxFuture<'a, ()>;
+
+async fn run(kind: Kind, name: &str, case: Case) {
+    let Some(backend) = Backend::new(kind, name).await else {
+        return;
+    };
+    case(&backend).await;
+    backend.cleanup().await;
+}
+
+conformance!(
+    crud,
+    insert_without_id_picks_a_fresh_id,
+    numbers_keep_their_type,
+    nested_documents_round_trip,
+    duplicate_id,
+    missing_id,
+    set,
+    set_into_array_element,
+    unset,
+    inc,
+    push,
+    push_modifiers,
+    pull,
+    failing_patch_leaves_the_document_unchanged,
+    malformed_patches_are_refused,
+    comparison_operators,
+    comparison_type_brackets,
+    in_nin,
+    exists,
+    exists_on_null,
+    null_matches_missing,
+    dotted_paths,
+    arrays,
+    arrays_of_objects,
+    arrays_edge_cases,
+    and_or,
+    sort_skip_limit,
+    sort_missing_and_arrays,
+    text_search,
+    text_search_words_and_exclusions,
+    bad_filters_are_refused,
+    list_of_an_unknown_collection,
+    ensure_collection_is_idempotent,
+);
+
+// ---------------------------------------------------------------- CRUD
+
+async fn crud(b: &Backend) {
+    let c = b.coll("crud");
+    b.insert(&c, "a", json!({"name": "alpha", "v": 1})).await;
+    b.insert(&c, "b", json!({"name": "beta", "v": 2})).await;
+    assert_eq!(b.get(&c, "a").await, json!({"name": "alpha", "v": 1}));
+    assert_eq!(b.ids(&c, Query::all()).await, ["a", "b"]);
+
+    b.store
+        .replace(&c, "a", json!({"name": "alpha2"}))
+        .await
+        .unwrap();
+    assert_eq!(b.get(&c, "a").await, json!({"name": "alpha2"}));
+
+    let listed = b.store.list(&c, &Query::all()).await.unwrap();
+    assert_eq!(
+        listed,
+        vec![
+            ("a".to_owned(), json!({"name": "alpha2"})),
+            ("b".to_owned(), json!({"name": "beta", "v": 2})),
+        ],
+        "documents are listed without any _id"
+    );
+
+    b.store.delete(&c, "a").await.unwrap();
+    assert_eq!(b.store.get(&c, "a").await.unwrap(), None);
+    assert_eq!(b.ids(&c, Query::all()).await, ["b"]);
+    // A deleted id can be used again.
+    b.insert(&c, "a", json!({"again": true})).await;
+    assert_eq!(b.get(&c, "a").await, json!({"again": true}));
+}
+
+async fn insert_without_id_picks_a_fresh_id(b: &Backend) {
+    let c = b.coll("fresh");
+    let x = b.store.insert(&c, None, json!({"n": 1})).await.unwrap();
+    let y = b.store.insert(&c, None, json!({"n": 2})).await.unwrap();
+    assert_ne!(x, y);
+    assert_eq!(x.len(), 32);
+    assert!(x.bytes().all(|c| c.is_ascii_hexdigit()));
+    assert_eq!(b.get(&c, &x).await, json!({"n": 1}));
+    assert_eq!(b.get(&c, &y).await, json!({"n": 2}));
+}
+
+async fn numbers_keep_their_type(b: &Backend) {
+    let c = b.coll("numbers");
+    let doc = json!({
+        "int": 5, "neg": -3, "zero": 0, "big": 9_007_199_254_740_993_i64,
+        "max": i64::MAX, "min": i64::MIN,
+        "float": 2.5, "whole_float": 2.0, "tiny": 1e-300, "list": [1, 1.5]
+    });
+    b.insert(&c, "n", doc.clone()).await;
+    let got = b.get(&c, "n").await;
+    assert_eq!(got, doc);
+    for key in ["int", "neg", "zero", "big", "max", "min"] {
+        assert!(got[key].is_i64(), "{key} stays an integer: {}", got[key]);
+    }
+    for key in ["float", "whole_float", "tiny"] {
+        assert!(got[key].is_f64(), "{key} stays a float: {}", got[key]);
+    }
+    assert!(got["list"][0].is_i64() && got["list"][1].is_f64());
+    // And through an update.
+    let after = b
+        .patch(&c, "n", json!({"$inc": {"int": 1, "float": 1}}))
+        .await;
+    assert_eq!(after["int"], json!(6));
+    assert!(after["int"].is_i64());
+    assert_eq!(after["float"], json!(3.5));
+}
+
+async fn nested_documents_round_trip(b: &Backend) {
+    let c = b.coll("nested");
+    let doc = json!({
+        "s": "héllo wörld ✓", "t": true, "f": false, "nothing": null, "empty": {}, "none": [],
+        "deep": {"a": {"b": [{"c": [1, {"d": "x"}]}, [2, 3]]}}
+    });
+    b.insert(&c, "x", doc.clone()).await;
+    assert_eq!(b.get(&c, "x").await, doc);
+}
+
+async fn duplicate_id(b: &Backend) {
+    let c = b.coll("dup");
+    b.insert(&c, "a", json!({"v": 1})).await;
+    let err = b
+        .store
+        .insert(&c, Some("a"), json!({"v": 2}))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&err, Error::DuplicateId { collection, id } if *collection == c && id == "a"),
+        "{err:?}"
+    );
+    assert_eq!(
+        b.get(&c, "a").await,
+        json!({"v": 1}),
+        "the first one is kept"
+    );
+}
+
+async fn missing_id(b: &Backend) {
+    let c = b.coll("missing");
+    // In a collection that does not exist yet...
+    assert_eq!(b.store.get(&c, "nope").await.unwrap(), None);
+    let not_found = |r: Result<(), Error>| match r {
+        Err(Error::NotFound { collection, id }) => {
+            assert_eq!((collection.as_str(), id.as_str()), (c.as_str(), "nope"))
+        }
+        other => panic!("expected NotFound, got {other:?}"),
+    };
+    not_found(b.store.delete(&c, "nope").await);
+    not_found(
+        b.store
+            .patch(&c, "nope", &Patch::new(json!({"$set": {"a": 1}})))
+            .await
+            .map(drop),
+    );
+    not_found(b.store.replace(&c, "nope", json!({"a": 1})).await);
+    // ... and in one that does.
+    b.insert(&c, "there", json!({"a": 0})).await;
+    assert_eq!(b.store.get(&c, "nope").await.unwrap(), None);
+    not_found(b.store.delete(&c, "nope").await);
+    not_found(
+        b.store
+            .patch(&c, "nope", &Patch::new(json!({"$set": {"a": 1}})))
+            .await
+            .map(drop),
+    );
+    not_found(b.store.replace(&c, "nope", json!({"a": 1})).await);
+    // A 24-hex id that is no ObjectId in the collection either.
+    assert_eq!(
+        b.store.get(&c, "0123456789abcdef01234567").await.unwrap(),
+        None
+    );
+    assert_eq!(
+        b.ids(&c, Query::all()).await,
+        ["there"],
+        "nothing was created"
+    );
+}
+
+// ---------------------------------------------------------------- updates
+
+async fn set(b: &Backend) {
+    let c = b.coll("set");
+    b.insert(&c, "a", json!({"v": 1, "n": {"k": 1}})).await;
+    let doc = b
+        .patch(
+            &c,
+            "a",
+            json!({"$set": {"v": 2, "s": "new", "n.k": 5, "n.extra": [1], "deep.x.y": "z"}}),
+        )
+        .await;
+    assert_eq!(
+        doc,
+        json!({"v": 2, "s": "new", "n": {"k": 5, "extra": [1]}, "deep": {"x": {"y": "z"}}})
+    );
+    // Setting a whole object replaces it.
+    let doc = b.patch(&c, "a", json!({"$set": {"n": {"z": 0}}})).await;
+    assert_eq!(doc["n"], json!({"z": 0}));
+    if b.nx_gap("$set of a boolean") {
+        return;
+    }
+    let doc = b
+        .patch(&c, "a", json!({"$set": {"t": true, "f": false}}))
+        .await;
+    assert_eq!((&doc["t"], &doc["f"]), (&json!(true), &json!(false)));
+}
+
+async fn set_into_array_element(b: &Backend) {
+    let c = b.coll("set_array");
+    b.insert(&c, "a", json!({"items": [{"q": 1}, {"q": 2}]}))
+        .await;
+    if b.nx_gap("$set on `items.0.q` (numeric path segment)") {
+        return;
+    }
+    let doc = b.patch(&c, "a", json!({"$set": {"items.0.q": 9}})).await;
+    assert_eq!(doc, json!({"items": [{"q": 9}, {"q": 2}]}));
+}
+
+async fn unset(b: &Backend) {
+    let c = b.coll("unset");
+    b.insert(&c, "a", json!({"a": 1, "b": 2, "n": {"x": 1, "y": 2}}))
+        .await;
+    let doc = b
+        .patch(
+            &c,
+            "a",
+            json!({"$unset": {"a": "", "n.x": "", "missing": "", "n.nope": 1}}),
+        )
+        .await;
+    assert_eq!(doc, json!({"b": 2, "n": {"y": 2}}));
+}
+
+async fn inc(b: &Backend) {
+    let c = b.coll("inc");
+    b.insert(&c, "a", json!({"i": 1, "f": 1.5, "n": {"i": 10}}))
+        .await;
+    let doc = b
+        .patch(
+            &c,
+            "a",
+            json!({"$inc": {"i": 2, "f": 0.25, "n.i": -11, "fresh": 3, "n.fresh": 1.5}}),
+        )
+        .await;
+    assert_eq!(
+        doc,
+        json!({"i": 3, "f": 1.75, "n": {"i": -1, "fresh": 1.5}, "fresh": 3})
+    );
+    assert!(doc["i"].is_i64() && doc["fresh"].is_i64());
+    // An integer incremented by a float becomes a float.
+    let doc = b.patch(&c, "a", json!({"$inc": {"i": 0.5}})).await;
+    assert_eq!(doc["i"], json!(3.5));
+}
+
+async fn push(b: &Backend) {
+    let c = b.coll("push");
+    b.insert(&c, "a", json!({"tags": ["x"], "n": {"l": []}}))
+        .await;
+    let doc = b
+        .patch(
+            &c,
+            "a",
+            json!({"$push": {"tags": "y", "n.l": 1, "fresh": 1}}),
+        )
+        .await;
+    assert_eq!(
+        doc,
+        json!({"tags": ["x", "y"], "n": {"l": [1]}, "fresh": [1]})
+    );
+    let doc = b
+        .patch(&c, "a", json!({"$push": {"tags": {"$each": ["z", "x"]}}}))
+        .await;
+    assert_eq!(doc["tags"], json!(["x", "y", "z", "x"]));
+    // Pushing an array pushes one element.
+    if b.nx_gap("$push of an object or an array") {
+        return;
+    }
+    let doc = b
+        .patch(
+            &c,
+            "a",
+            json!({"$push": {"fresh": [2, 3], "n.l": {"k": 1}}}),
+        )
+        .await;
+    assert_eq!(doc["fresh"], json!([1, [2, 3]]));
+    assert_eq!(doc["n"]["l"], json!([1, {"k": 1}]));
+}
+
+async fn push_modifiers(b: &Backend) {
+    let c = b.coll("push_mods");
+    b.insert(&c, "a", json!({"v": [5, 6]})).await;
+    let doc = b
+        .patch(
+            &c,
+            "a",
+            json!({"$push": {"v": {"$each": [0], "$position": 0}}}),
+        )
+        .await;
+    assert_eq!(doc["v"], json!([0, 5, 6]));
+    if b.nx_gap("$push with $sort and $slice") {
+        return;
+    }
+    let doc = b
+        .patch(
+            &c,
+            "a",
+            json!({"$push": {"v": {"$each": [9, 1], "$sort": -1, "$slice": 3}}}),
+        )
+        .await;
+    assert_eq!(doc["v"], json!([9, 6, 5]));
+}
+
+async fn pull(b: &Backend) {
+    let c = b.coll("pull");
+    b.insert(
+        &c,
+        "a",
+        json!({
+            "tags": ["x", "y", "x"], "nums": [1, 5, 9, 5],
+            "items": [{"name": "bolt", "q": 1}, {"name": "nut", "q": 2}]
+        }),
+    )
+    .await;
+    let doc = b
+        .patch(
+            &c,
+            "a",
+            json!({"$pull": {"tags": "x", "nums": {"$gte": 5}, "items": {"name": "bolt"}, "nope": 1}}),
+        )
+        .await;
+    assert_eq!(
+        doc,
+        json!({"tags": ["y"], "nums": [1], "items": [{"name": "nut", "q": 2}]})
+    );
+}
+
+async fn failing_patch_leaves_the_document_unchanged(b: &Backend) {
+    let c = b.coll("failing");
+    let before = json!({"s": "text", "v": 1, "arr": [1]});
+    b.insert(&c, "a", before.clone()).await;
+    // The $set would apply; the $inc on a string does not: nothing is applied.
+    let err = b
+        .store
+        .patch(
+            &c,
+            "a",
+            &Patch::new(json!({"$set": {"v": 2}, "$inc": {"s": 1}})),
+        )
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::BadRequest { .. }), "{err:?}");
+    assert_eq!(b.get(&c, "a").await, before);
+    let err = b
+        .store
+        .patch(&c, "a", &Patch::new(json!({"$push": {"s": 1}})))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::BadRequest { .. }), "{err:?}");
+    assert_eq!(b.get(&c, "a").await, before);
+    if b.nx_gap("$set through a string must fail") {
+        return;
+    }
+    let err = b
+        .store
+        .patch(&c, "a", &Patch::new(json!({"$set": {"s.x": 1}})))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::BadRequest { .. }), "{err:?}");
+    assert_eq!(b.get(&c, "a").await, before);
+}
+
+async fn malformed_patches_are_refused(b: &Backend) {
+    let c = b.coll("malformed");
+    b.insert(&c, "a", json!({"v": 1})).await;
+    for patch in [
+        json!({}),
+        json!({"v": 2}),
+        json!({"$bogus": {"v": 2}}),
+        json!({"$set": {"a": 1, "a.b": 2}}),
+        json!({"$set": {"_id": "other"}}),
+        json!({"$inc": {"v": "one"}}),
+        json!({"$set": 3}),
+    ] {
+        let err = b
+            .store
+            .patch(&c, "a", &Patch::new(patch.clone()))
+            .await
+            .unwrap_err();
+        assert!(matches!(err, Error::BadRequest { .. }), "{patch}: {err:?}");
+    }
+    assert_eq!(b.get(&c, "a").await, json!({"v": 1}));
+    assert_eq!(
+        b.ids(&c, Query::all()).await,
+        ["a"],
+        "the id did not change"
+    );
+}
+
+// ---------------------------------------------------------------- filters
+
+async fn numbers_fixture(b: &Backend, c: &str) {
+    b.insert(c, "a", json!({"v": 1, "s": "apple", "f": 1.5}))
+        .await;
+    b.insert(c, "b", json!({"v": 2, "s": "banana"})).await;
+    b.insert(c, "c", json!({"v": 3, "s": "cherry", "f": 3.0}))
+        .await;
+    b.insert(c, "d", json!({"s": "date"})).await;
+}
+
+async fn comparison_operators(b: &Backend) {
+    let c = b.coll("cmp");
+    numbers_fixture(b, &c).await;
+    assert_eq!(b.filter(&c, json!({"v": 2})).await, ["b"]);
+    assert_eq!(b.filter(&c, json!({"v": {"$eq": 2}})).await, ["b"]);
+    assert_eq!(b.filter(&c, json!({"v": 2.0})).await, ["b"], "2 == 2.0");
+    assert_eq!(
+        b.filter(&c, json!({"v": {"$ne": 2}})).await,
+        ["a", "c", "d"]
+    );
+    assert_eq!(b.filter(&c, json!({"v": {"$gt": 1}})).await, ["b", "c"]);
+    assert_eq!(b.filter(&c, json!({"v": {"$gte": 2}})).await, ["b", "c"]);
+    assert_eq!(b.filter(&c, json!({"v": {"$lt": 2}})).await, ["a"]);
+    assert_eq!(b.filter(&c, json!({"v": {"$lte": 2}})).await, ["a", "b"]);
+    assert_eq!(
+        b.filter(&c, json!({"v": {"$gt": 1, "$lt": 3}})).await,
+        ["b"]
+    );
+    assert_eq!(b.filter(&c, json!({"f": {"$gt": 1}})).await, ["a", "c"]);
+    assert_eq!(b.filter(&c, json!({"f": {"$lt": 2}})).await, ["a"]);
+    assert_eq!(b.filter(&c, json!({"v": {"$gt": 1.5}})).await, ["b", "c"]);
+    assert_eq!(
+        b.filter(&c, json!({"s": {"$gte": "b", "$lt": "d"}})).await,
+        ["b", "c"]
+    );
+    assert_eq!(b.filter(&c, json!({"s": "apple", "v": 1})).await, ["a"]);
+    assert!(b.filter(&c, json!({"s": "apple", "v": 2})).await.is_empty());
+}
+
+async fn comparison_type_brackets(b: &Backend) {
+    let c = b.coll("brackets");
+    numbers_fixture(b, &c).await;
+    if b.nx_gap("`{$gt: 1}` must not match strings (type brackets)") {
+        return;
+    }
+    assert_eq!(
+        b.filter(&c, json!({"s": {"$gt": 1}})).await,
+        Vec::<String>::new()
+    );
+    assert_eq!(
+        b.filter(&c, json!({"v": {"$lt": "z"}})).await,
+        Vec::<String>::new()
+    );
+}
+
+async fn in_nin(b: &Backend) {
+    let c = b.coll("in");
+    numbers_fixture(b, &c).await;
+    assert_eq!(
+        b.filter(&c, json!({"v": {"$in": [1, 3, 7]}})).await,
+        ["a", "c"]
+    );
+    assert_eq!(
+        b.filter(&c, json!({"v": {"$nin": [1, 3]}})).await,
+        ["b", "d"]
+    );
+    assert_eq!(
+        b.filter(&c, json!({"s": {"$in": ["date", "fig"]}})).await,
+        ["d"]
+    );
+    assert!(b.filter(&c, json!({"v": {"$in": []}})).await.is_empty());
+    assert_eq!(b.filter(&c, json!({"v": {"$nin": []}})).await.len(), 4);
+    assert_eq!(
+        b.filter(&c, json!({"v": {"$in": [null, 2]}})).await,
+        ["b", "d"],
+        "null matches missing"
+    );
+}
+
+async fn exists(b: &Backend) {
+    let c = b.coll("exists");
+    numbers_fixture(b, &c).await;
+    assert_eq!(
+        b.filter(&c, json!({"f": {"$exists": true}})).await,
+        ["a", "c"]
+    );
+    assert_eq!(
+        b.filter(&c, json!({"f": {"$exists": false}})).await,
+        ["b", "d"]
+    );
+    assert_eq!(b.filter(&c, json!({"v": {"$exists": false}})).await, ["d"]);
+}
+
+async fn exists_on_null(b: &Backend) {
+    let c = b.coll("exists_null");
+    b.insert(&c, "a", json!({"x": null})).await;
+    b.insert(&c, "b", json!({})).await;
+    if b.nx_gap("$exists on a field holding null") {
+        return;
+    }
+    assert_eq!(b.filter(&c, json!({"x": {"$exists": false}})).await, ["b"]);
+    assert_eq!(b.filter(&c, json!({"x": {"$exists": true}})).await, ["a"]);
+}
+
+async fn null_matches_missing(b: &Backend) {
+    let c = b.coll("null");
+    b.insert(&c, "a", json!({"x": null})).await;
+    b.insert(&c, "b", json!({})).await;
+    b.insert(&c, "c", json!({"x": 1})).await;
+    assert_eq!(b.filter(&c, json!({"x": null})).await, ["a", "b"]);
+    if b.nx_gap("$ne: null must not match a missing field") {
+        return;
+    }
+    assert_eq!(b.filter(&c, json!({"x": {"$ne": null}})).await, ["c"]);
+}
+
+async fn dotted_paths(b: &Backend) {
+    let c = b.coll("dotted");
+    b.insert(&c, "a", json!({"n": {"k": 1, "m": {"z": "deep"}}}))
+        .await;
+    b.insert(&c, "b", json!({"n": {"k": 2}})).await;
+    b.insert(&c, "c", json!({"n": 5})).await;
+    assert_eq!(b.filter(&c, json!({"n.k": 1})).await, ["a"]);
+    assert_eq!(b.filter(&c, json!({"n.k": {"$gte": 1}})).await, ["a", "b"]);
+    assert_eq!(b.filter(&c, json!({"n.m.z": "deep"})).await, ["a"]);
+    assert_eq!(b.filter(&c, json!({"n.m": {"$exists": true}})).await, ["a"]);
+    assert_eq!(
+        b.filter(&c, json!({"n.k": {"$exists": false}})).await,
+        ["c"]
+    );
+    if b.nx_gap("equality with a whole sub-document") {
+        return;
+    }
+    assert_eq!(
+        b.filter(&c, json!({"n": {"k": 2}})).await,
+        ["b"],
+        "whole sub-document"
+    );
+}
+
+async fn arrays(b: &Backend) {
+    let c = b.coll("arrays");
+    b.insert(&c, "a", json!({"tags": ["x", "y"], "v": [5, 6]}))
+        .await;
+    b.insert(&c, "b", json!({"tags": ["y"], "v": 7})).await;
+    b.insert(&c, "c", json!({"tags": [], "v": [1]})).await;
+    assert_eq!(
+        b.filter(&c, json!({"tags": "y"})).await,
+        ["a", "b"],
+        "any element"
+    );
+    assert_eq!(
+        b.filter(&c, json!({"tags": {"$in": ["x", "z"]}})).await,
+        ["a"]
+    );
+    assert_eq!(
+        b.filter(&c, json!({"tags": {"$nin": ["x"]}})).await,
+        ["b", "c"]
+    );
+    assert_eq!(b.filter(&c, json!({"v": 5})).await, ["a"]);
+    if b.nx_gap("comparisons on array fields; equality with a whole array") {
+        return;
+    }
+    assert_eq!(b.filter(&c, json!({"v": {"$lt": 2}})).await, ["c"]);
+    assert_eq!(
+        b.filter(&c, json!({"tags": ["x", "y"]})).await,
+        ["a"],
+        "whole array"
+    );
+    assert!(b.filter(&c, json!({"tags": ["y", "x"]})).await.is_empty());
+    assert_eq!(b.filter(&c, json!({"tags": []})).await, ["c"]);
+}
+
+async fn arrays_of_objects(b: &Backend) {
+    let c = b.coll("arr_obj");
+    b.insert(
+        &c,
+        "a",
+        json!({"items": [{"name": "bolt", "q": 3}, {"name": "nut", "q": 10}]}),
+    )
+    .await;
+    b.insert(&c, "b", json!({"items": [{"name": "screw", "q": 1}]}))
+        .await;
+    b.insert(&c, "c", json!({"items": []})).await;
+    assert_eq!(b.filter(&c, json!({"items.name": "nut"})).await, ["a"]);
+    if b.nx_gap("operators and numeric segments on paths into arrays of objects") {
+        return;
+    }
+    assert_eq!(
+        b.filter(&c, json!({"items.name": {"$in": ["screw", "nut"]}}))
+            .await,
+        ["a", "b"]
+    );
+    assert_eq!(b.filter(&c, json!({"items.q": {"$gt": 5}})).await, ["a"]);
+    assert_eq!(
+        b.filter(&c, json!({"items.q": {"$lte": 3}})).await,
+        ["a", "b"]
+    );
+    assert_eq!(b.filter(&c, json!({"items.1.name": "nut"})).await, ["a"]);
+    assert_eq!(
+        b.filter(&c, json!({"items.name": {"$ne": "nut"}})).await,
+        ["b", "c"]
+    );
+}
+
+async fn arrays_edge_cases(b: &Backend) {
+    let c = b.coll("arr_edge");
+    b.insert(&c, "a", json!({"v": [5, 6]})).await;
+    b.insert(&c, "b", json!({"v": 7})).await;
+    if b.nx_gap("$gt/$ne on arrays; bounds matched by different elements") {
+        return;
+    }
+    assert_eq!(b.filter(&c, json!({"v": {"$gt": 6}})).await, ["b"]);
+    assert_eq!(b.filter(&c, json!({"v": {"$gte": 6}})).await, ["a", "b"]);
+    // Each bound may be satisfied by a different element, as in MongoDB.
+    assert_eq!(
+        b.filter(&c, json!({"v": {"$gt": 5, "$lt": 6}})).await,
+        ["a"]
+    );
+    assert_eq!(b.filter(&c, json!({"v": {"$ne": 5}})).await, ["b"]);
+}
+
+async fn and_or(b: &Backend) {
+    let c = b.coll("logic");
+    numbers_fixture(b, &c).await;
+    assert_eq!(
+        b.filter(&c, json!({"$or": [{"v": 1}, {"s": "date"}]}))
+            .await,
+        ["a", "d"]
+    );
+    assert_eq!(
+        b.filter(&c, json!({"$and": [{"v": {"$gt": 1}}, {"v": {"$lt": 3}}]}))
+            .await,
+        ["b"]
+    );
+    assert_eq!(
+        b.filter(
+            &c,
+            json!({"s": {"$ne": "cherry"}, "$or": [{"v": {"$gte": 2}}, {"f": 1.5}]})
+        )
+        .await,
+        ["a", "b"]
+    );
+    assert_eq!(
+        b.filter(
+            &c,
+            json!({"$or": [{"$and": [{"v": 3}, {"f": 3}]}, {"$and": [{"v": 1}, {"f": 2}]}]})
+        )
+        .await,
+        ["c"]
+    );
+    assert!(
+        b.filter(&c, json!({"$and": [{"v": 1}, {"v": 2}]}))
+            .await
+            .is_empty()
+    );
+}
+
+// ---------------------------------------------------------------- sort, skip, limit
+
+async fn sort_skip_limit(b: &Backend) {
+    let c = b.coll("sort");
+    b.insert(&c, "e", json!({"group": "x", "v": 2})).await;
+    b.insert(&c, "a", json!({"group": "y", "v": 1})).await;
+    b.insert(&c, "c", json!({"group": "x", "v": 3})).await;
+    b.insert(&c, "b", json!({"group": "y", "v": 3})).await;
+    b.insert(&c, "d", json!({"group": "x", "v": 2})).await;
+    assert_eq!(
+        b.ids(&c, Query::all()).await,
+        ["a", "b", "c", "d", "e"],
+        "by id"
+    );
+    let asc = Query::all().sort("v", Order::Asc);
+    assert_eq!(
+        b.ids(&c, asc.clone()).await,
+        ["a", "d", "e", "b", "c"],
+        "ties by id"
+    );
+    let desc = Query::all().sort("v", Order::Desc);
+    assert_eq!(
+        b.ids(&c, desc).await,
+        ["b", "c", "d", "e", "a"],
+        "ties by id ascending"
+    );
+    let two = Query::all()
+        .sort("group", Order::Asc)
+        .sort("v", Order::Desc);
+    assert_eq!(b.ids(&c, two.clone()).await, ["c", "d", "e", "b", "a"]);
+    let two_rev = Query::all()
+        .sort("group", Order::Desc)
+        .sort("v", Order::Asc);
+    assert_eq!(b.ids(&c, two_rev).await, ["a", "b", "d", "e", "c"]);
+    assert_eq!(b.ids(&c, asc.clone().skip(1)).await, ["d", "e", "b", "c"]);
+    assert_eq!(b.ids(&c, asc.clone().limit(2)).await, ["a", "d"]);
+    assert_eq!(b.ids(&c, asc.clone().skip(1).limit(2)).await, ["d", "e"]);
+    assert_eq!(b.ids(&c, asc.clone().skip(4).limit(2)).await, ["c"]);
+    assert!(b.ids(&c, asc.clone().skip(10)).await.is_empty());
+    assert_eq!(
+        b.ids(&c, asc.clone().limit(0)).await.len(),
+        5,
+        "limit 0: no limit"
+    );
+    assert_eq!(
+        b.ids(&c, Query::all().skip(2).limit(2)).await,
+        ["c", "d"],
+        "unsorted: by id"
+    );
+    let filtered = Query::new(json!({"group": "x"}))
+        .sort("v", Order::Desc)
+        .limit(2);
+    assert_eq!(b.ids(&c, filtered).await, ["c", "d"]);
+    let err = b
+        .store
+        .list(&c, &Query::all().sort("", Order::Asc))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::BadRequest { .. }), "{err:?}");
+}
+
+async fn sort_missing_and_arrays(b: &Backend) {
+    let c = b.coll("sort_missing");
+    b.insert(&c, "a", json!({"v": 2})).await;
+    b.insert(&c, "b", json!({})).await;
+    b.insert(&c, "c", json!({"v": 1})).await;
+    b.insert(&c, "d", json!({"v": null})).await;
+    assert_eq!(
+        b.ids(&c, Query::all().sort("v", Order::Asc)).await,
+        ["b", "d", "c", "a"],
+        "missing and null first"
+    );
+    assert_eq!(
+        b.ids(&c, Query::all().sort("v", Order::Desc)).await,
+        ["a", "c", "b", "d"]
+    );
+    let c = b.coll("sort_arrays");
+    b.insert(&c, "x", json!({"v": [1, 10]})).await;
+    b.insert(&c, "y", json!({"v": 5})).await;
+    if b.nx_gap("sort on an array field") {
+        return;
+    }
+    assert_eq!(
+        b.ids(&c, Query::all().sort("v", Order::Asc)).await,
+        ["x", "y"],
+        "by smallest"
+    );
+    assert_eq!(
+        b.ids(&c, Query::all().sort("v", Order::Desc)).await,
+        ["x", "y"],
+        "by largest"
+    );
+}
+
+// ---------------------------------------------------------------- text search
+
+async fn text_fixture(b: &Backend, c: &str) {
+    // MongoDB searches the fields of the text index only; the other stores every string field:
+    // the fixture keeps the words searched for in the indexed fields.
+    b.store
+        .ensure_collection(c, &["title".to_owned(), "body".to_owned()])
+        .await
+        .unwrap();
+    b.insert(
+        c,
+        "1",
+        json!({"title": "The Quick brown fox", "body": "jumps", "n": 1, "code": "k1"}),
+    )
+    .await;
+    b.insert(
+        c,
+        "2",
+        json!({"title": "lazy dog", "body": "sleeps all day", "n": 2, "code": "k2"}),
+    )
+    .await;
+    b.insert(
+        c,
+        "3",
+        json!({"title": "coffee shop", "body": "Quick service", "n": 3, "code": "k3"}),
+    )
+    .await;
+    b.insert(
+        c,
+        "4",
+        json!({"title": "nothing", "body": "here", "n": 4, "code": "k4"}),
+    )
+    .await;
+}
+
+async fn text_search(b: &Backend) {
+    let c = b.coll("text");
+    text_fixture(b, &c).await;
+    assert_eq!(b.ids(&c, Query::all().text("fox")).await, ["1"]);
+    assert_eq!(
+        b.ids(&c, Query::all().text("FOX")).await,
+        ["1"],
+        "case-insensitive"
+    );
+    assert_eq!(b.ids(&c, Query::all().text("quick")).await, ["1", "3"]);
+    assert_eq!(
+        b.ids(&c, Query::all().text("sleeps")).await,
+        ["2"],
+        "second field"
+    );
+    assert!(
+        b.ids(&c, Query::all().text("qui")).await.is_empty(),
+        "whole words"
+    );
+    assert!(b.ids(&c, Query::all().text("zebra")).await.is_empty());
+    assert_eq!(
+        b.ids(&c, Query::all().text("\"brown fox\"")).await,
+        ["1"],
+        "phrase"
+    );
+    assert!(
+        b.ids(&c, Query::all().text("\"fox brown\""))
+            .await
+            .is_empty()
+    );
+    // With a filter, a sort, and as `$text` in the filter.
+    let q = Query::new(json!({"n": {"$gt": 1}})).text("quick");
+    assert_eq!(b.ids(&c, q).await, ["3"]);
+    let q = Query::all().text("quick").sort("n", Order::Desc);
+    assert_eq!(b.ids(&c, q).await, ["3", "1"]);
+    let q = Query::new(json!({"$text": {"$search": "quick"}, "n": 1}));
+    assert_eq!(b.ids(&c, q).await, ["1"]);
+}
+
+async fn text_search_words_and_exclusions(b: &Backend) {
+    let c = b.coll("text_words");
+    text_fixture(b, &c).await;
+    if b.nx_gap("$text: several words match any of them; `-word` excludes") {
+        return;
+    }
+    assert_eq!(
+        b.ids(&c, Query::all().text("fox dog")).await,
+        ["1", "2"],
+        "any word"
+    );
+    assert_eq!(b.ids(&c, Query::all().text("quick -coffee")).await, ["1"]);
+    assert!(
+        b.ids(&c, Query::all().text("coffee -shop"))
+            .await
+            .is_empty()
+    );
+}
+
+// ---------------------------------------------------------------- refusals and edges
+
+async fn bad_filters_are_refused(b: &Backend) {
+    let c = b.coll("bad_filter");
+    b.insert(&c, "a", json!({"v": 1})).await;
+    for filter in [
+        json!({"v": {"$bogus": 1}}),
+        json!({"$bogus": [{"v": 1}]}),
+        json!({"v": {"$in": 1}}),
+        json!({"$or": []}),
+        json!({"$and": {"v": 1}}),
+        json!({"v": {"$gt": 1, "plain": 2}}),
+        json!([1, 2]),
+    ] {
+        let err = b
+            .store
+            .list(&c, &Query::new(filter.clone()))
+            .await
+            .unwrap_err();
+        assert!(matches!(err, Error::BadRequest { .. }), "{filter}: {err:?}");
+    }
+}
+
+async fn list_of_an_unknown_collection(b: &Backend) {
+    let c = b.coll("never");
+    assert!(b.ids(&c, Query::all()).await.is_empty());
+    assert!(b.filter(&c, json!({"v": 1})).await.is_empty());
+}
+
+async fn ensure_collection_is_idempotent(b: &Backend) {
+    let c = b.coll("ensure");
+    let fields = ["title".to_owned()];
+    b.store.ensure_collection(&c, &fields).await.unwrap();
+    b.store.ensure_collection(&c, &fields).await.unwrap();
+    b.store.ensure_collection(&c, &[]).await.unwrap();
+    b.insert(&c, "a", json!({"title": "hello"})).await;
+    assert_eq!(b.ids(&c, Query::all().text("hello")).await, ["a"]);
+}
+
+// ---------------------------------------------------------------- MongoDB only
+
+/// Documents written by others with ObjectId `_id`s (as the original framework's last version
+/// did) are listed, read, patched, replaced and deleted under their 24-hex-digit string.
+#[tokio::test]
+async fn mongodb_object_ids_round_trip_as_hex_strings() {
+    let Some(b) = Backend::new(Kind::Mongo, "object_ids").await else {
+        return;
+    };
+    assert_eq!(b.kind, Kind::Mongo);
+    let c = b.coll("oid");
+    let db = b.mongo.as_ref().unwrap();
+    let oid = mongodb::bson::oid::ObjectId::new();
+    db.collection::<mongodb::bson::Document>(&c)
+        .insert_one(mongodb::bson::doc! {"_id": oid, "v": 1_i32, "s": "legacy"})
+        .await
+        .unwrap();
+    b.insert(&c, "plain", json!({"v": 2})).await;
+    let hex = oid.to_hex();
+    let listed = b
+        .store
+        .list(&c, &Query::all().sort("v", Order::Asc))
+        .await
+        .unwrap();
+    assert_eq!(
+        listed,
+        vec![
+            (hex.clone(), json!({"v": 1, "s": "legacy"})),
+            ("plain".to_owned(), json!({"v": 2})),
+        ]
+    );
+    assert_eq!(b.get(&c, &hex).await, json!({"v": 1, "s": "legacy"}));
+    let doc = b.patch(&c, &hex, json!({"$inc": {"v": 10}})).await;
+    assert_eq!(doc, json!({"v": 11, "s": "legacy"}));
+    b.store.replace(&c, &hex, json!({"v": 0})).await.unwrap();
+    assert_eq!(b.get(&c, &hex).await, json!({"v": 0}));
+    // Still the same ObjectId document, not a new string-keyed one.
+    let raw = db
+        .collection::<mongodb::bson::Document>(&c)
+        .find_one(mongodb::bson::doc! {"_id": oid})
+        .await
+        .unwrap();
+    assert!(raw.is_some());
+    b.store.delete(&c, &hex).await.unwrap();
+    assert_eq!(b.store.get(&c, &hex).await.unwrap(), None);
+    assert_eq!(b.ids(&c, Query::all()).await, ["plain"]);
+    b.cleanup().await;
+}
+
+/// `ZS_STORE`-style specs open each backend.
+#[tokio::test]
+async fn open_by_spec() {
+    let store = zeroservices::store::open("memory").await.unwrap();
+    assert_eq!(store.describe(), "memory");
+    let dir = tempfile::tempdir().unwrap();
+    let spec = format!("embedded:{}", dir.path().display());
+    let store = zeroservices::store::open(&spec).await.unwrap();
+    assert!(
+        store.describe().starts_with("embedded:"),
+        "{}",
+        store.describe()
+    );
+    store.insert("c", Some("a"), json!({"v": 1})).await.unwrap();
+    drop(store);
+    let store = zeroservices::store::open(&spec).await.unwrap();
+    assert_eq!(store.get("c", "a").await.unwrap(), Some(json!({"v": 1})));
+    assert!(matches!(
+        zeroservices::store::open("nonsense").await.err(),
+        Some(Error::BadRequest { .. })
+    ));
+    if let Ok(uri) = std::env::var("ZS_TEST_MONGODB_URI") {
+        let store = zeroservices::store::open(&uri).await.unwrap();
+        assert!(store.describe().starts_with("mongodb://"));
+    } else {
+        eprintln!("SKIPPED: the MongoDB part of open_by_spec: ZS_TEST_MONGODB_URI is not set");
+    }
+}

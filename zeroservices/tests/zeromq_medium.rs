@@ -1,0 +1,548 @@
+//! The ZeroMQ medium over real sockets on 127.0.0.1, driven directly (no node).
+
+use std::net::Ipv4Addr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use serde_json::{Value, json};
+use zeromq::{DealerSocket, Socket, SocketRecv, SocketSend, ZmqMessage};
+use zeroservices::config::NetworkConfig;
+use zeroservices::medium::{Endpoints, Inbound, Medium, Request, ZmqMedium};
+use zeroservices::security::ClusterKey;
+use zeroservices::{Error, Event, NodeInfo, NodeKind, Result};
+
+/// Echoes `args`, fails on `fail`, sleeps on `sleep`, and records events.
+#[derive(Default)]
+struct TestInbound {
+    events: Mutex<Vec<Event>>,
+}
+
+impl TestInbound {
+    fn events(&self) -> Vec<Event> {
+        self.events.lock().unwrap().clone()
+    }
+}
+
+#[async_trait]
+impl Inbound for TestInbound {
+    async fn request(&self, from: Option<String>, request: Request) -> Result<Value> {
+        match request.action.as_str() {
+            "echo" => Ok(json!({"from": from, "id": request.resource_id, "args": request.args})),
+            "null" => Ok(Value::Null),
+            "fail" => Err(Error::not_found(request.collection, "42")),
+            "sleep" => {
+                let ms = request.args.as_u64().unwrap_or(10_000);
+                tokio::time::sleep(Duration::from_millis(ms)).await;
+                Ok(json!("slept"))
+            }
+            other => Err(Error::bad_request(format!("no action {other}"))),
+        }
+    }
+
+    fn event(&self, event: Event) {
+        self.events.lock().unwrap().push(event);
+    }
+}
+
+fn config(key: Option<&str>) -> NetworkConfig {
+    NetworkConfig {
+        interface: Ipv4Addr::LOCALHOST,
+        cluster_key: key.map(ClusterKey::new),
+        request_timeout: Duration::from_secs(2),
+        ..NetworkConfig::default()
+    }
+}
+
+fn info(id: &str, endpoints: Endpoints) -> NodeInfo {
+    NodeInfo {
+        id: id.to_owned(),
+        name: "test".to_owned(),
+        kind: NodeKind::Node,
+        protocol: zeroservices::medium::PROTOCOL_VERSION,
+        endpoints,
+        resources: Vec::new(),
+        watches: Vec::new(),
+    }
+}
+
+struct Started {
+    medium: ZmqMedium,
+    inbound: Arc<TestInbound>,
+    info: NodeInfo,
+}
+
+async fn start(id: &str, medium: ZmqMedium) -> Started {
+    let inbound = Arc::new(TestInbound::default());
+    let endpoints = medium.start(id, inbound.clone()).await.expect("start");
+    assert!(
+        endpoints["router"].starts_with("tcp://127.0.0.1:"),
+        "{endpoints:?}"
+    );
+    assert!(
+        endpoints["pub"].starts_with("tcp://127.0.0.1:"),
+        "{endpoints:?}"
+    );
+    Started {
+        medium,
+        inbound,
+        info: info(id, endpoints),
+    }
+}
+
+async fn node(id: &str, key: Option<&str>) -> Started {
+    start(id, ZmqMedium::new(config(key))).await
+}
+
+/// Polls `cond` until it holds or `within` passes; returns whether it held.
+async fn eventually(within: Duration, mut cond: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + within;
+    while Instant::now() < deadline {
+        if cond() {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    cond()
+}
+
+fn echo(n: u64) -> Request {
+    Request::new("things", "echo")
+        .id(n.to_string())
+        .args(json!({"n": n}))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn request_response_round_trip() {
+    let a = node("a", None).await;
+    let b = node("b", None).await;
+
+    let reply = a.medium.call(&b.info, echo(7)).await.unwrap();
+    assert_eq!(reply, json!({"from": "a", "id": "7", "args": {"n": 7}}));
+
+    // A typed error crosses as it is; a null value is a value, not a missing one.
+    let err = a
+        .medium
+        .call(&b.info, Request::new("power", "fail"))
+        .await
+        .unwrap_err();
+    assert_eq!(err, Error::not_found("power", "42"));
+    let null = a
+        .medium
+        .call(&b.info, Request::new("x", "null"))
+        .await
+        .unwrap();
+    assert_eq!(null, Value::Null);
+
+    let (sa, sb) = (a.medium.stats(), b.medium.stats());
+    assert_eq!(sa.calls_sent, 3);
+    assert_eq!(sa.replies_received, 3);
+    assert_eq!(sb.requests_served, 3);
+    assert!(
+        eventually(Duration::from_secs(2), || b.medium.stats().replies_sent
+            == 3)
+        .await
+    );
+    a.medium.stop().await;
+    b.medium.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_hundred_concurrent_requests_on_one_connection() {
+    let a = node("a", None).await;
+    let b = node("b", None).await;
+    let calls = (0..200u64).map(|n| {
+        let (medium, peer) = (&a.medium, &b.info);
+        async move { (n, medium.call(peer, echo(n)).await) }
+    });
+    let replies = futures::future::join_all(calls).await;
+    for (n, reply) in replies {
+        assert_eq!(reply.unwrap()["args"]["n"], json!(n));
+    }
+    assert_eq!(a.medium.stats().replies_received, 200);
+    assert_eq!(b.medium.stats().requests_served, 200);
+    a.medium.stop().await;
+    b.medium.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_cross_pub_to_sub_with_prefix_subscriptions() {
+    let a = node("a", None).await;
+    let b = node("b", None).await;
+    let sniffer = start(
+        "sniffer",
+        ZmqMedium::new(config(None)).with_subscriptions(vec!["power".into()]),
+    )
+    .await;
+    a.medium.peer_joined(&b.info).await;
+    sniffer.medium.peer_joined(&b.info).await;
+
+    // Slow joiner: publish until the first event arrives.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while a.inbound.events().is_empty() || sniffer.inbound.events().is_empty() {
+        assert!(Instant::now() < deadline, "no event crossed within 5 s");
+        b.medium
+            .publish(&Event::resource("power", "create", "0", Default::default()))
+            .await
+            .unwrap();
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    // Once subscribed, nothing is lost and the sniffer sees only `power` (not `powers`).
+    b.medium
+        .publish(&Event {
+            topic: "powers.create.1".into(),
+            data: json!(1),
+        })
+        .await
+        .unwrap();
+    b.medium
+        .publish(&Event {
+            topic: "chat.message".into(),
+            data: json!({"text": "hi"}),
+        })
+        .await
+        .unwrap();
+    b.medium
+        .publish(&Event::resource(
+            "power",
+            "delete",
+            "last",
+            Default::default(),
+        ))
+        .await
+        .unwrap();
+    assert!(
+        eventually(Duration::from_secs(5), || {
+            a.inbound
+                .events()
+                .iter()
+                .any(|e| e.topic == "power.delete.last")
+                && sniffer
+                    .inbound
+                    .events()
+                    .iter()
+                    .any(|e| e.topic == "power.delete.last")
+        })
+        .await
+    );
+    let at_a: Vec<_> = a.inbound.events().into_iter().map(|e| e.topic).collect();
+    assert!(at_a.contains(&"chat.message".to_owned()));
+    assert!(at_a.contains(&"powers.create.1".to_owned()));
+    let chat = a
+        .inbound
+        .events()
+        .into_iter()
+        .find(|e| e.topic == "chat.message")
+        .unwrap();
+    assert_eq!(chat.data, json!({"text": "hi"}));
+    for e in sniffer.inbound.events() {
+        assert!(e.topic.starts_with("power."), "sniffer got {}", e.topic);
+    }
+    assert!(b.medium.stats().events_published >= 3);
+    assert!(a.medium.stats().events_received >= 3);
+    for n in [a, b, sniffer] {
+        n.medium.stop().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_with_another_cluster_key_gets_nothing() {
+    let a = node("a", Some("key-one")).await;
+    let friend = node("friend", Some("key-one")).await;
+    let stranger = node("stranger", Some("key-two")).await;
+
+    // Same key: served.
+    assert!(a.medium.call(&friend.info, echo(1)).await.is_ok());
+
+    // Another key: the stranger drops our request; we get no answer.
+    let call = a.medium.call(&stranger.info, echo(2));
+    assert!(
+        tokio::time::timeout(Duration::from_millis(500), call)
+            .await
+            .is_err()
+    );
+    assert!(
+        eventually(Duration::from_secs(2), || stranger
+            .medium
+            .stats()
+            .dropped_unsigned
+            >= 1)
+        .await
+    );
+    assert_eq!(stranger.medium.stats().requests_served, 0);
+
+    // Its events are dropped and counted.
+    a.medium.peer_joined(&stranger.info).await;
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while a.medium.stats().dropped_unsigned == 0 {
+        assert!(
+            Instant::now() < deadline,
+            "the stranger's events were never seen"
+        );
+        stranger
+            .medium
+            .publish(&Event {
+                topic: "chat.message".into(),
+                data: json!("forged"),
+            })
+            .await
+            .unwrap();
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(a.inbound.events().is_empty());
+    assert_eq!(a.medium.stats().events_received, 0);
+    for n in [a, friend, stranger] {
+        n.medium.stop().await;
+    }
+}
+
+fn frames(parts: Vec<Vec<u8>>) -> ZmqMessage {
+    let mut parts = parts.into_iter();
+    let mut message = ZmqMessage::from(parts.next().unwrap());
+    for part in parts {
+        message.push_back(part.into());
+    }
+    message
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn garbage_at_the_router_is_dropped_and_counted() {
+    let key = ClusterKey::new("secret");
+    let mut cfg = config(Some("secret"));
+    cfg.max_message_bytes = 4096;
+    let b = start("b", ZmqMedium::new(cfg)).await;
+
+    let mut raw = DealerSocket::new();
+    raw.connect(&b.info.endpoints["router"]).await.unwrap();
+    let signed =
+        |body: &[u8]| -> ZmqMessage { frames(vec![body.to_vec(), key.sign(&[body]).into_bytes()]) };
+    let good = |id: u64| {
+        json!({"v": 1, "kind": "request", "id": id, "from": "raw",
+               "request": {"collection": "c", "action": "echo", "args": id}})
+        .to_string()
+        .into_bytes()
+    };
+
+    // Wrong frame counts.
+    raw.send(frames(vec![good(1)])).await.unwrap();
+    raw.send(frames(vec![good(2), b"x".to_vec(), b"y".to_vec()]))
+        .await
+        .unwrap();
+    // Truncated JSON, binary noise, a JSON that is no envelope.
+    let truncated = good(3);
+    raw.send(signed(&truncated[..truncated.len() / 2]))
+        .await
+        .unwrap();
+    raw.send(signed(&[0xff, 0x00, 0x13, 0x37])).await.unwrap();
+    raw.send(signed(b"[1, 2, 3]")).await.unwrap();
+    // An unknown protocol version, well signed and well formed otherwise.
+    let future = json!({"v": 99, "kind": "request", "id": 4, "from": "raw",
+                        "request": {"collection": "c", "action": "echo"}});
+    raw.send(signed(future.to_string().as_bytes()))
+        .await
+        .unwrap();
+    // Oversized.
+    let huge = json!({"v": 1, "kind": "request", "id": 5, "from": "raw",
+                      "request": {"collection": "c", "action": "echo", "args": "x".repeat(10_000)}});
+    raw.send(signed(huge.to_string().as_bytes())).await.unwrap();
+    // Unsigned and wrongly signed.
+    raw.send(frames(vec![good(6), Vec::new()])).await.unwrap();
+    raw.send(frames(vec![
+        good(7),
+        ClusterKey::new("guess").sign(&[&good(7)]).into_bytes(),
+    ]))
+    .await
+    .unwrap();
+    raw.send(frames(vec![good(8), b"not hex at all".to_vec()]))
+        .await
+        .unwrap();
+
+    assert!(
+        eventually(Duration::from_secs(5), || {
+            let s = b.medium.stats();
+            s.dropped_malformed >= 5
+                && s.dropped_version >= 1
+                && s.dropped_oversized >= 1
+                && s.dropped_unsigned >= 3
+        })
+        .await,
+        "{:?}",
+        b.medium.stats()
+    );
+    let s = b.medium.stats();
+    assert_eq!(s.dropped_malformed, 5, "{s:?}");
+    assert_eq!(s.dropped_version, 1, "{s:?}");
+    assert_eq!(s.dropped_oversized, 1, "{s:?}");
+    assert_eq!(s.dropped_unsigned, 3, "{s:?}");
+    assert_eq!(s.requests_served, 0, "{s:?}");
+
+    // A well-formed envelope with a bad request object gets a typed error reply.
+    let bad = json!({"v": 1, "kind": "request", "id": 9, "from": "raw", "request": {"nope": true}});
+    raw.send(signed(bad.to_string().as_bytes())).await.unwrap();
+    let reply = tokio::time::timeout(Duration::from_secs(5), raw.recv())
+        .await
+        .unwrap()
+        .unwrap();
+    let reply: Value = serde_json::from_slice(reply.get(0).unwrap()).unwrap();
+    assert_eq!(reply["id"], json!(9));
+    assert_eq!(reply["error"]["kind"], json!("bad_request"));
+
+    // The raw socket still gets served when it speaks properly...
+    raw.send(signed(&good(10))).await.unwrap();
+    let reply = tokio::time::timeout(Duration::from_secs(5), raw.recv())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(reply.len(), 2);
+    assert!(key.verify(&[reply.get(0).unwrap()], reply.get(1).unwrap()));
+    let reply: Value = serde_json::from_slice(reply.get(0).unwrap()).unwrap();
+    assert_eq!(
+        reply,
+        json!({"v": 1, "kind": "response", "id": 10, "ok": {"from": "raw", "id": null, "args": 10}})
+    );
+
+    // ...and so does a proper medium.
+    let a = node("a", Some("secret")).await;
+    assert_eq!(
+        a.medium.call(&b.info, echo(11)).await.unwrap()["args"]["n"],
+        json!(11)
+    );
+    a.medium.stop().await;
+    b.medium.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_peer_fails_calls_instead_of_hanging() {
+    let a = node("a", None).await;
+    let b = node("b", None).await;
+    assert!(a.medium.call(&b.info, echo(1)).await.is_ok());
+
+    // A call in flight when the peer dies fails at once with `unavailable`.
+    let in_flight = a
+        .medium
+        .call(&b.info, Request::new("c", "sleep").args(json!(30_000)));
+    let kill = async {
+        assert!(
+            eventually(Duration::from_secs(2), || b.medium.stats().requests_served
+                == 2)
+            .await
+        );
+        b.medium.stop().await;
+    };
+    let started = Instant::now();
+    let (reply, ()) = tokio::join!(
+        tokio::time::timeout(Duration::from_secs(3), in_flight),
+        kill
+    );
+    let reply = reply.expect("the in-flight call hung past the peer's death");
+    assert!(matches!(reply, Err(Error::Unavailable { .. })), "{reply:?}");
+    assert!(started.elapsed() < Duration::from_secs(3));
+
+    // Later calls fail at once (the connection is known to be down), not after a connect
+    // timeout (1 s here).
+    for n in 0..5 {
+        let started = Instant::now();
+        let reply =
+            tokio::time::timeout(Duration::from_secs(3), a.medium.call(&b.info, echo(n))).await;
+        match reply {
+            Ok(Err(Error::Unavailable { .. })) => {}
+            Ok(other) => panic!("a call to a dead peer returned {other:?}"),
+            Err(_) => panic!("a call to a dead peer hung for {:?}", started.elapsed()),
+        }
+        assert!(
+            started.elapsed() < Duration::from_millis(500),
+            "{:?}",
+            started.elapsed()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    a.medium.peer_left("b").await;
+    a.medium.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_peer_on_a_new_port_is_reached_again() {
+    let a = node("a", None).await;
+    let b = node("b", None).await;
+    a.medium.peer_joined(&b.info).await;
+    assert!(a.medium.call(&b.info, echo(1)).await.is_ok());
+    let old_router = b.info.endpoints["router"].clone();
+    b.medium.stop().await;
+
+    let b2 = node("b", None).await;
+    assert_ne!(b2.info.endpoints["router"], old_router);
+    a.medium.peer_joined(&b2.info).await;
+    let reply = tokio::time::timeout(Duration::from_secs(3), a.medium.call(&b2.info, echo(2)))
+        .await
+        .expect("the restarted peer was not reached in time");
+    assert_eq!(reply.unwrap()["args"]["n"], json!(2));
+
+    // Its events arrive on the new SUB.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while a.inbound.events().is_empty() {
+        assert!(
+            Instant::now() < deadline,
+            "no event from the restarted peer"
+        );
+        b2.medium
+            .publish(&Event {
+                topic: "hello".into(),
+                data: json!("again"),
+            })
+            .await
+            .unwrap();
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    a.medium.stop().await;
+    b2.medium.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dropped_call_leaves_nothing_pending_and_the_late_reply_is_ignored() {
+    let a = node("a", None).await;
+    let b = node("b", None).await;
+    let slow = a
+        .medium
+        .call(&b.info, Request::new("c", "sleep").args(json!(300)));
+    assert!(
+        tokio::time::timeout(Duration::from_millis(50), slow)
+            .await
+            .is_err()
+    );
+    // The late reply arrives and is dropped quietly; the connection keeps working.
+    assert!(
+        eventually(Duration::from_secs(3), || a.medium.stats().replies_received
+            == 1)
+        .await
+    );
+    assert_eq!(
+        a.medium.call(&b.info, echo(3)).await.unwrap()["args"]["n"],
+        json!(3)
+    );
+    a.medium.stop().await;
+    b.medium.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_that_never_listened_fails_fast() {
+    let a = node("a", None).await;
+    // A port nobody listens on.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let ghost = info(
+        "ghost",
+        Endpoints::from([("router".to_owned(), format!("tcp://127.0.0.1:{port}"))]),
+    );
+    let started = Instant::now();
+    let reply = tokio::time::timeout(Duration::from_secs(3), a.medium.call(&ghost, echo(1))).await;
+    assert!(
+        matches!(reply, Ok(Err(Error::Unavailable { .. }))),
+        "{reply:?}"
+    );
+    assert!(started.elapsed() < Duration::from_secs(3));
+    a.medium.stop().await;
+}
