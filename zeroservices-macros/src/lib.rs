@@ -14,6 +14,7 @@ mod derives;
 mod item;
 mod model;
 mod resource;
+mod service;
 mod symbol;
 
 use proc_macro::TokenStream;
@@ -97,4 +98,34 @@ pub fn action(_args: TokenStream, input: TokenStream) -> TokenStream {
 #[proc_macro_attribute]
 pub fn model(args: TokenStream, input: TokenStream) -> TokenStream {
     model::expand(args.into(), input.into()).into()
+}
+
+/// Turns `async fn main` into a complete service: a node with resources, discovery, HTTP and
+/// a clean goodbye on Ctrl-C / SIGTERM.
+///
+/// ```ignore
+/// use zeroservices::prelude::*;
+///
+/// /// Squares numbers (this doc comment is the `--help` description).
+/// #[service(name = "power_service", resources(Power), http(port = 5001, allowed_origins = "*"))]
+/// async fn main(node: Node) -> Result<()> {
+///     // optional set-up; the node then serves until Ctrl-C / SIGTERM
+///     Ok(())
+/// }
+/// ```
+///
+/// Expands to a plain `fn main() -> std::process::ExitCode` that runs `zeroservices::App`:
+/// it reads the `ZS_*` environment and the same settings as flags (`--help` lists them; a flag
+/// wins over its variable, which wins over the attribute), builds the tokio runtime, opens the
+/// store, starts the node and HTTP, runs the body, then serves until a signal.
+///
+/// Keys: `name = "..."` (required: the service's name in the cluster), `resources(Type, ...)`
+/// (the `#[resource]` types this node owns), `http` or `http(port = 5001, host = "127.0.0.1",
+/// allowed_origins = "...")` (serve HTTP; default port 5001 on loopback), `crate = "..."`.
+///
+/// The function is `async fn main()` or `async fn main(node: Node)`, returning `()` or
+/// `Result<()>` (any `Result<(), E>` with a displayable `E`).
+#[proc_macro_attribute]
+pub fn service(args: TokenStream, input: TokenStream) -> TokenStream {
+    service::expand(args.into(), input.into()).into()
 }

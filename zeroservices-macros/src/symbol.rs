@@ -30,8 +30,16 @@ pub(crate) const DERIVED_BY_RESOURCE: [Symbol; 3] = [
 ];
 
 /// Actions every resource has built in; custom actions cannot take these names.
-pub(crate) const BUILT_IN_ACTIONS: [&str; 6] =
-    ["create", "get", "patch", "delete", "list", "add_link"];
+pub(crate) const BUILT_IN_ACTIONS: [&str; 8] = [
+    "create",
+    "get",
+    "patch",
+    "delete",
+    "list",
+    "add_link",
+    "follow_links",
+    "incoming_links",
+];
 
 impl PartialEq<Symbol> for Ident {
     fn eq(&self, word: &Symbol) -> bool {

@@ -128,6 +128,59 @@ impl<R: Resource> Collection<R> {
         from_value(reply)
     }
 
+    /// Links resource `id` to `target` (`(collection, id)`) under `relation`, as the original's
+    /// `add_link`; publishes `<collection>.add_link.<id>`.
+    pub async fn add_link(
+        &self,
+        id: &str,
+        relation: &str,
+        target: (&str, &str),
+        title: Option<&str>,
+    ) -> Result<()> {
+        let args = json!({"relation": relation, "target_id": [target.0, target.1], "title": title});
+        self.request(self.req(crate::links::ADD_LINK).id(id).args(args))
+            .await
+            .map(drop)
+    }
+
+    /// The resources that resource `id` links to under `relation`, typed as `T` (skipping links
+    /// to other collections and to deleted resources).
+    pub async fn follow_links<T: Resource>(
+        &self,
+        id: &str,
+        relation: &str,
+    ) -> Result<Vec<Document<T>>> {
+        let args = json!({ "relation": relation });
+        let reply = self
+            .request(self.req(crate::links::FOLLOW_LINKS).id(id).args(args))
+            .await?;
+        let linked: Vec<crate::links::LinkedResource> = from_value(reply)?;
+        linked
+            .into_iter()
+            .filter(|l| l.resource_name == T::COLLECTION)
+            .map(|l| {
+                Ok(Document {
+                    resource_id: l.resource_id,
+                    resource_data: from_value(l.resource_data)?,
+                })
+            })
+            .collect()
+    }
+
+    /// The resources of this collection that link to `target` (`(collection, id)`) under
+    /// `relation`.
+    pub async fn incoming_links(
+        &self,
+        relation: &str,
+        target: (&str, &str),
+    ) -> Result<Vec<Document<R>>> {
+        let args = json!({"relation": relation, "target_id": [target.0, target.1]});
+        let reply = self
+            .request(self.req(crate::links::INCOMING_LINKS).args(args))
+            .await?;
+        from_value(reply)
+    }
+
     /// Every change to this collection anywhere in the cluster, typed.
     pub fn subscribe(&self) -> ChangeStream<R> {
         ChangeStream {

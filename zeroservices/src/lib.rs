@@ -6,6 +6,8 @@ pub mod config;
 pub mod discovery;
 mod error;
 pub mod event;
+pub mod http;
+pub mod links;
 pub mod medium;
 pub mod node;
 pub mod patch;
@@ -13,7 +15,9 @@ pub mod query;
 pub mod resource;
 pub mod security;
 mod service;
+pub mod signal;
 pub mod store;
+pub mod worker;
 
 pub use collection::Collection;
 pub use error::{Error, Result};
@@ -27,8 +31,8 @@ pub use zeroservices_macros::{action, actions, model, resource};
 /// Everything a service needs, in one `use`.
 pub mod prelude {
     pub use crate::{
-        Change, ChangeKind, Collection, Context, Document, Error, Event, Node, Order, Patch, Query,
-        Resource, Result, action, actions, model, patch, query, resource,
+        Change, ChangeKind, Collection, Context, Document, Error, Event, Node, NodeKind, Order,
+        Patch, Query, Resource, Result, action, actions, model, patch, query, resource,
     };
 }
 

@@ -480,6 +480,18 @@ impl Node {
         infos.into_values().collect()
     }
 
+    /// The workers of the cluster that watch `collection`.
+    pub fn watchers(&self, collection: &str) -> Vec<NodeInfo> {
+        let mut watchers: Vec<NodeInfo> = lock(&self.inner.directory)
+            .peers
+            .values()
+            .filter(|p| p.info.watches.iter().any(|w| w == collection))
+            .map(|p| p.info.clone())
+            .collect();
+        watchers.sort_by(|a, b| a.id.cmp(&b.id));
+        watchers
+    }
+
     /// The peers this node knows, sorted by id.
     pub fn peers(&self) -> Vec<Peer> {
         let mut peers: Vec<Peer> = lock(&self.inner.directory)

@@ -54,7 +54,11 @@ pub trait Resource: Serialize + DeserializeOwned + JsonSchema + Send + Sync + 's
         ResourceInfo {
             name: Self::COLLECTION.to_owned(),
             schema: Self::schema(),
-            actions: Self::actions().iter().map(ActionDef::info).collect(),
+            actions: Self::actions()
+                .iter()
+                .map(ActionDef::info)
+                .chain(crate::links::action_infos())
+                .collect(),
             text_index: Self::text_index().iter().map(|s| (*s).to_owned()).collect(),
         }
     }
@@ -188,16 +192,19 @@ pub enum ChangeKind {
     Patch,
     /// Deleted.
     Delete,
+    /// Found matching by a worker's periodic re-check (no change event).
+    Poll,
     /// Changed by a custom `&mut self` action, or any other event (named).
     Action(String),
 }
 
 impl ChangeKind {
-    fn from_action(action: &str) -> Self {
+    pub(crate) fn from_action(action: &str) -> Self {
         match action {
             "create" => Self::Create,
             "patch" => Self::Patch,
             "delete" => Self::Delete,
+            "poll" => Self::Poll,
             other => Self::Action(other.to_owned()),
         }
     }
@@ -208,6 +215,7 @@ impl ChangeKind {
             Self::Create => "create",
             Self::Patch => "patch",
             Self::Delete => "delete",
+            Self::Poll => "poll",
             Self::Action(name) => name,
         }
     }

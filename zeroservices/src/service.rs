@@ -10,6 +10,7 @@ use serde::Deserialize;
 use serde_json::{Map, Value, json};
 
 use crate::__private::from_value;
+use crate::links;
 use crate::medium::Request;
 use crate::query::SortKey;
 use crate::resource::{ActionCall, ResourceInfo};
@@ -193,6 +194,67 @@ impl<R: Resource> ResourceService<R> {
         ))
     }
 
+    async fn add_link(&self, node: &Node, request: Request) -> Result<Value> {
+        let id = self.require_id(&request)?;
+        let link: links::AddLink = from_value(request.args)?;
+        links::check_relation(&link.relation)?;
+        let patch = Patch::new(links::add_link_patch(&link));
+        let _guard = self.lock_id(&id).await;
+        self.store.patch(self.collection(), &id, &patch).await?;
+        let mut extra = Map::new();
+        extra.insert("relation".into(), Value::from(link.relation));
+        extra.insert(
+            "target_id".into(),
+            json!([link.target_id.0, link.target_id.1]),
+        );
+        extra.insert("title".into(), json!(link.title));
+        node.publish(Event::resource(
+            self.collection(),
+            links::ADD_LINK,
+            &id,
+            extra,
+        ))
+        .await;
+        Ok(Value::Null)
+    }
+
+    async fn follow_links(&self, node: &Node, request: Request) -> Result<Value> {
+        let id = self.require_id(&request)?;
+        let args: links::FollowLinks = from_value(request.args)?;
+        links::check_relation(&args.relation)?;
+        let doc = self.load(&id).await?;
+        let mut found = Vec::new();
+        for (collection, target, title) in links::targets(&doc, &args.relation) {
+            let get = Request::new(collection.clone(), "get").id(target.clone());
+            match node.request(get).await {
+                Ok(reply) => found.push(links::LinkedResource {
+                    resource_name: collection,
+                    resource_id: target,
+                    resource_data: reply.get("resource_data").cloned().unwrap_or(Value::Null),
+                    title,
+                }),
+                // A link to a deleted resource is skipped, not an error of the whole call.
+                Err(Error::NotFound { .. }) => {
+                    tracing::debug!(%collection, %target, "link target gone; skipped");
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        serde_json::to_value(found).map_err(|e| Error::internal(e.to_string()))
+    }
+
+    async fn incoming_links(&self, request: Request) -> Result<Value> {
+        let args: links::IncomingLinks = from_value(request.args)?;
+        links::check_relation(&args.relation)?;
+        let query = Query::new(links::incoming_filter(&args));
+        let docs = self.store.list(self.collection(), &query).await?;
+        Ok(Value::Array(
+            docs.into_iter()
+                .map(|(id, doc)| json!({ "resource_id": id, "resource_data": doc }))
+                .collect(),
+        ))
+    }
+
     async fn action(&self, node: &Node, request: Request) -> Result<Value> {
         let Some(def) = R::actions().iter().find(|a| a.name == request.action) else {
             return Err(Error::UnknownAction {
@@ -219,11 +281,16 @@ impl<R: Resource> ResourceService<R> {
             ActionCall::Mutate(call) => {
                 let id = self.require_id(&request)?;
                 let _guard = self.lock_id(&id).await;
-                let (mut resource, before) = self.validate(self.load(&id).await?)?;
+                let stored = self.load(&id).await?;
+                let (mut resource, _) = self.validate(stored.clone())?;
                 let result = call(&mut resource, ctx, request.args).await?;
-                let after =
+                let mut after =
                     serde_json::to_value(&resource).map_err(|e| Error::internal(e.to_string()))?;
-                if after != before {
+                // Fields the type does not know (links) survive the action.
+                if let (Some(links), Value::Object(map)) = (stored.get("_links"), &mut after) {
+                    map.insert("_links".into(), links.clone());
+                }
+                if after != stored {
                     self.store
                         .replace(self.collection(), &id, after.clone())
                         .await?;
@@ -257,6 +324,9 @@ impl<R: Resource> Service for ResourceService<R> {
             "patch" => self.patch(node, request).await,
             "delete" => self.delete(node, request).await,
             "list" => self.list(request).await,
+            links::ADD_LINK => self.add_link(node, request).await,
+            links::FOLLOW_LINKS => self.follow_links(node, request).await,
+            links::INCOMING_LINKS => self.incoming_links(request).await,
             _ => self.action(node, request).await,
         }
     }

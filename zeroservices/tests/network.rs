@@ -488,3 +488,73 @@ async fn the_sniffer_prints_events_of_the_cluster() {
     assert!(status.success());
     client.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn garbage_at_a_node_leaves_it_serving() {
+    use zeromq::{DealerSocket, Socket, SocketSend, ZmqMessage};
+    let mut net = Net::new();
+    net.key = Some("k".into());
+    let child = ChildNode::spawn("power", &net);
+    let client = net.node("client").await;
+    client
+        .wait_for_collection("power", Duration::from_secs(2))
+        .await
+        .unwrap();
+    let router = client
+        .peers()
+        .into_iter()
+        .find(|p| p.info.id == child.id)
+        .unwrap()
+        .info
+        .endpoints["router"]
+        .clone();
+
+    // At the ROUTER: wrong frame counts, noise, truncated JSON, an unknown version, a huge
+    // message, unsigned and forged envelopes.
+    let mut raw = DealerSocket::new();
+    raw.connect(&router).await.unwrap();
+    let frames = |parts: Vec<Vec<u8>>| -> ZmqMessage {
+        let mut parts = parts.into_iter();
+        let mut msg = ZmqMessage::from(parts.next().unwrap());
+        for p in parts {
+            msg.push_back(p.into());
+        }
+        msg
+    };
+    let good = br#"{"v":1,"kind":"request","id":1,"from":"x","request":{"collection":"power","action":"list"}}"#.to_vec();
+    let garbage: Vec<Vec<Vec<u8>>> = vec![
+        vec![good.clone()],
+        vec![good.clone(), b"a".to_vec(), b"b".to_vec(), b"c".to_vec()],
+        vec![vec![0xff, 0, 1, 2], Vec::new()],
+        vec![good[..good.len() / 2].to_vec(), b"00".repeat(32)],
+        vec![br#"{"v":99,"kind":"request","id":2}"#.to_vec(), Vec::new()],
+        vec![vec![b'x'; 20 * 1024 * 1024], Vec::new()],
+        vec![good.clone(), Vec::new()],
+        vec![good.clone(), b"ab".repeat(32)],
+    ];
+    for parts in garbage {
+        raw.send(frames(parts)).await.unwrap();
+    }
+    // At the discovery group: noise, truncated and forged announcements.
+    let udp = UdpSocket::bind("127.0.0.1:0").unwrap();
+    udp.set_multicast_ttl_v4(1).unwrap();
+    let group = format!("237.252.249.227:{}", net.port);
+    for datagram in [
+        b"\x00\x01garbage".to_vec(),
+        br#"{"v":1,"type":"announce","node":{"id":"#.to_vec(),
+        br#"{"v":1,"type":"announce","reply_to":"127.0.0.1:9","node":{"id":"forged","name":"f"}}"#
+            .to_vec(),
+        vec![b'{'; 65_000],
+    ] {
+        let _ = udp.send_to(&datagram, &group);
+    }
+
+    // The node still serves, and nobody forged joined.
+    let powers = client.collection::<Power>();
+    for v in 0..10 {
+        let id = powers.create(power(v)).await.unwrap();
+        assert_eq!(powers.get(&id).await.unwrap().value, v);
+    }
+    assert!(client.peers().iter().all(|p| p.info.id != "forged"));
+    client.stop().await;
+}

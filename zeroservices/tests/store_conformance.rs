@@ -15,6 +15,12 @@ use serde_json::{Value, json};
 use zeroservices::store::{EmbeddedStore, MemoryStore, MongoStore, Store};
 use zeroservices::{Error, Order, Patch, Query};
 
+/// Prints a note past libtest's output capture, so that skips show in a plain `cargo test`.
+fn note(message: &str) {
+    use std::io::Write as _;
+    let _ = writeln!(std::io::stderr(), "{message}");
+}
+
 /// What nx-27017 0.8.1 gets wrong, and the cases that skip those assertions on it.
 #[allow(dead_code)]
 const NX_GAPS: &[&str] = &[
@@ -82,10 +88,10 @@ impl Backend {
                     .ok()
                     .filter(|u| !u.is_empty())
                 else {
-                    eprintln!(
+                    note(&format!(
                         "SKIPPED: MongoDB case `{test}`: ZS_TEST_MONGODB_URI is not set \
                          (scripts/test.sh sets it)"
-                    );
+                    ));
                     return None;
                 };
                 let store = MongoStore::connect(&uri).await.unwrap();
@@ -119,17 +125,17 @@ impl Backend {
     /// Whether to skip an assertion nx-27017 cannot pass; says so when skipping.
     fn nx_gap(&self, what: &str) -> bool {
         if self.nx {
-            eprintln!("SKIPPED on nx-27017 (passes on mongod): {what}");
+            note(&format!("SKIPPED on nx-27017 (passes on mongod): {what}"));
         }
         self.nx
     }
 
     async fn cleanup(&self) {
-        if let Some(db) = &self.mongo {
-            if let Ok(names) = db.list_collection_names().await {
-                for name in names.iter().filter(|n| n.starts_with(&self.prefix)) {
-                    let _ = db.collection::<mongodb::bson::Document>(name).drop().await;
-                }
+        if let Some(db) = &self.mongo
+            && let Ok(names) = db.list_collection_names().await
+        {
+            for name in names.iter().filter(|n| n.starts_with(&self.prefix)) {
+                let _ = db.collection::<mongodb::bson::Document>(name).drop().await;
             }
         }
     }
@@ -1169,6 +1175,6 @@ async fn open_by_spec() {
         let store = zeroservices::store::open(&uri).await.unwrap();
         assert!(store.describe().starts_with("mongodb://"));
     } else {
-        eprintln!("SKIPPED: the MongoDB part of open_by_spec: ZS_TEST_MONGODB_URI is not set");
+        note("SKIPPED: the MongoDB part of open_by_spec: ZS_TEST_MONGODB_URI is not set");
     }
 }

@@ -15,6 +15,12 @@ use serde_json::json;
 use zeroservices::store::{EmbeddedStore, Store};
 use zeroservices::{Error, Patch, Query};
 
+/// Prints a note past libtest's output capture, so that skips show in a plain `cargo test`.
+fn note(message: &str) {
+    use std::io::Write as _;
+    let _ = writeln!(std::io::stderr(), "{message}");
+}
+
 const COLLECTION: &str = "crash";
 
 /// The entry point of the child processes; a no-op in a normal test run.
@@ -32,6 +38,8 @@ fn crash_child() {
     });
     let store = EmbeddedStore::open(&dir).expect("child opens the store");
     let mut out = std::io::stdout().lock();
+    // libtest's "test crash_child ... " has no newline yet: start our lines on a fresh one.
+    writeln!(out).unwrap();
     match role.as_str() {
         "holder" => {
             writeln!(out, "OPEN").unwrap();
@@ -311,7 +319,7 @@ fn an_unusable_dir_is_refused_clearly() {
         std::fs::set_permissions(&ro, std::fs::Permissions::from_mode(0o500)).unwrap();
         let probe = ro.join("probe");
         if std::fs::write(&probe, b"x").is_ok() {
-            eprintln!("SKIPPED: the read-only dir case (running as root)");
+            note("SKIPPED: the read-only dir case (running as root)");
         } else {
             let message = unavailable_message(EmbeddedStore::open(&ro));
             eprintln!("{message}");

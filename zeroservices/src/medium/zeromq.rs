@@ -8,7 +8,7 @@
 //!
 //! # Wire (a contract: other implementations must speak exactly this)
 //!
-//! Every body frame is UTF-8 JSON carrying `"v": 1` ([`PROTOCOL_VERSION`](super::PROTOCOL_VERSION)).
+//! Every body frame is UTF-8 JSON carrying `"v": 1` ([`PROTOCOL_VERSION`]).
 //!
 //! * **Request**, DEALER -> ROUTER, multipart `[body, mac]` (the ROUTER sees
 //!   `[identity, body, mac]`):
@@ -44,8 +44,8 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use ::zeromq::{
-    DealerSocket, Endpoint, PubSocket, RouterSocket, Socket, SocketEvent, SocketOptions,
-    SocketRecv, SocketSend, SubSocket, ZmqMessage,
+    DealerSocket, Endpoint, PubSocket, RouterSendHalf, RouterSocket, Socket, SocketEvent,
+    SocketOptions, SocketRecv, SocketSend, SubSocket, ZmqMessage,
 };
 use async_trait::async_trait;
 use futures::{FutureExt, StreamExt};
@@ -81,7 +81,7 @@ pub struct ZmqStats {
     pub replies_sent: u64,
     /// Replies the ROUTER could not deliver (the caller's connection is gone).
     pub replies_undeliverable: u64,
-    /// Requests refused at once because [`MAX_SERVING`](self) requests were already being
+    /// Requests refused at once with `unavailable` because 4096 requests were already being
     /// served.
     pub requests_refused_busy: u64,
     /// Calls sent to peers.
@@ -810,31 +810,19 @@ impl Medium for ZmqMedium {
 // ---------------------------------------------------------------------------------------------
 // Tasks
 
-/// Serves the ROUTER: this task reads, each request is served on its own task, and a writer
-/// task sends the replies.
-async fn run_router(core: Arc<Core>, router: RouterSocket, mut shutdown: watch::Receiver<bool>) {
+/// Serves the ROUTER: this task reads; each request is served on its own task, which sends its
+/// reply on its own handle of the socket. On shutdown every handle is dropped (serving tasks
+/// watch the shutdown too), which closes the socket and its listener.
+async fn run_router(core: Arc<Core>, router: RouterSocket, shutdown: watch::Receiver<bool>) {
     let (mut writer, mut reader) = router.split();
-    let (reply_tx, mut reply_rx) = mpsc::channel::<ZmqMessage>(1024);
-    let writer_core = core.clone();
-    let writer = tokio::spawn(async move {
-        while let Some(reply) = reply_rx.recv().await {
-            match writer.send(reply).await {
-                Ok(()) => bump(&writer_core.counters.replies_sent),
-                Err(e) => {
-                    // An identity that is gone (the caller disconnected): never fatal.
-                    bump(&writer_core.counters.replies_undeliverable);
-                    tracing::debug!(error = %e, "reply dropped: the caller is gone");
-                }
-            }
-        }
-    });
     let permits = Arc::new(Semaphore::new(MAX_SERVING));
     let serving = async {
         loop {
             match reader.recv().await {
                 Ok(message) => {
-                    if let Some(reply) = accept_request(&core, message, &reply_tx, &permits) {
-                        let _ = reply_tx.try_send(reply);
+                    let busy = accept_request(&core, message, &writer, &shutdown, &permits);
+                    if let Some(reply) = busy {
+                        send_reply(&core, &mut writer, reply).await;
                     }
                 }
                 Err(e) => {
@@ -844,13 +832,22 @@ async fn run_router(core: Arc<Core>, router: RouterSocket, mut shutdown: watch::
             }
         }
     };
+    let mut stop = shutdown.clone();
     tokio::select! {
-        _ = shutdown.changed() => {}
+        _ = stop.changed() => {}
         _ = serving => {}
     }
-    // Dropping both halves closes the socket and its listener.
-    writer.abort();
-    let _ = writer.await;
+}
+
+async fn send_reply(core: &Core, writer: &mut RouterSendHalf, reply: ZmqMessage) {
+    match writer.send(reply).await {
+        Ok(()) => bump(&core.counters.replies_sent),
+        Err(e) => {
+            // An identity that is gone (the caller disconnected): never fatal.
+            bump(&core.counters.replies_undeliverable);
+            tracing::debug!(error = %e, "reply dropped: the caller is gone");
+        }
+    }
 }
 
 /// Checks a request's frames and hands it to a serving task. Returns a reply to send at once
@@ -858,7 +855,8 @@ async fn run_router(core: Arc<Core>, router: RouterSocket, mut shutdown: watch::
 fn accept_request(
     core: &Arc<Core>,
     message: ZmqMessage,
-    reply_tx: &mpsc::Sender<ZmqMessage>,
+    writer: &RouterSendHalf,
+    shutdown: &watch::Receiver<bool>,
     permits: &Arc<Semaphore>,
 ) -> Option<ZmqMessage> {
     let mut frames = message.into_vec();
@@ -892,11 +890,19 @@ fn accept_request(
         return Some(multipart(vec![identity.to_vec(), reply, mac]));
     };
     let core = core.clone();
-    let reply_tx = reply_tx.clone();
+    let mut writer = writer.clone();
+    let mut shutdown = shutdown.clone();
     tokio::spawn(async move {
         let _permit = permit;
-        if let Some(reply) = serve(&core, &identity, &body, &mac).await {
-            let _ = reply_tx.send(reply).await;
+        let work = async {
+            if let Some(reply) = serve(&core, &identity, &body, &mac).await {
+                send_reply(&core, &mut writer, reply).await;
+            }
+        };
+        // On shutdown, stop serving and let go of the socket.
+        tokio::select! {
+            _ = shutdown.changed() => {}
+            () = work => {}
         }
     });
     None

@@ -133,10 +133,21 @@ fn open_error(path: &Path, e: DatabaseError) -> Error {
             "embedded store: {shown} uses the old redb file format {version}; upgrade it with \
              redb's upgrade tool or move it aside to start with an empty store"
         )),
-        DatabaseError::Storage(StorageError::Io(io)) => Error::unavailable(format!(
-            "embedded store: cannot open {shown}: {io}; check that the data dir is writable by \
-             this user, or choose another dir with ZS_STORE=embedded:<dir>"
-        )),
+        DatabaseError::Storage(StorageError::Io(io)) => match io.kind() {
+            std::io::ErrorKind::InvalidData | std::io::ErrorKind::UnexpectedEof => {
+                corrupted(path, &format!("not a readable redb file: {io}"))
+            }
+            std::io::ErrorKind::PermissionDenied | std::io::ErrorKind::ReadOnlyFilesystem => {
+                Error::unavailable(format!(
+                    "embedded store: cannot open {shown}: {io}; make the data dir and the file \
+                     writable by this user, or choose another dir with ZS_STORE=embedded:<dir>"
+                ))
+            }
+            _ => Error::unavailable(format!(
+                "embedded store: cannot open {shown}: {io}; check the data dir (writable, space \
+                 left), or choose another dir with ZS_STORE=embedded:<dir>"
+            )),
+        },
         other => Error::unavailable(format!(
             "embedded store: cannot open {shown}: {other}; move the file aside to start with an \
              empty store, or choose another dir with ZS_STORE=embedded:<dir>"

@@ -465,3 +465,51 @@ impl Store for MongoStore {
         self.describe.clone()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn json_round_trips_through_bson_keeping_number_types() {
+        let v = json!({
+            "i": 5, "big": i64::MAX, "f": 2.0, "s": "x", "b": true, "n": null,
+            "a": [1, 1.5, {"k": []}], "o": {"p": {"q": -1}}
+        });
+        let b = to_bson(&v);
+        let Bson::Document(d) = &b else {
+            panic!("not a document")
+        };
+        assert_eq!(d.get("i"), Some(&Bson::Int64(5)));
+        assert_eq!(d.get("f"), Some(&Bson::Double(2.0)));
+        let back = to_json(b);
+        assert_eq!(back, v);
+        assert!(back["f"].is_f64() && back["i"].is_i64());
+    }
+
+    #[test]
+    fn object_ids_read_as_hex_and_are_found_by_it() {
+        let oid = ObjectId::new();
+        let (id, doc) = split_id(doc! {"_id": oid, "v": 1_i32});
+        assert_eq!(id, oid.to_hex());
+        assert_eq!(doc, json!({"v": 1}));
+        assert_eq!(
+            id_filter(&id),
+            doc! {"_id": {"$in": [Bson::String(id.clone()), Bson::ObjectId(oid)]}}
+        );
+        assert_eq!(id_filter("plain"), doc! {"_id": "plain"});
+        // 24 characters that are not hex: a plain string id.
+        assert_eq!(
+            id_filter("zzzzzzzzzzzzzzzzzzzzzzzz"),
+            doc! {"_id": "zzzzzzzzzzzzzzzzzzzzzzzz"}
+        );
+    }
+
+    #[test]
+    fn documents_get_the_resource_id() {
+        let d = with_id(Some("a"), &json!({"_id": "ignored", "v": 1})).unwrap();
+        assert_eq!(d, doc! {"_id": "a", "v": 1_i64});
+        assert!(with_id(None, &json!([1])).is_err());
+    }
+}

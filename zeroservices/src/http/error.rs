@@ -1,0 +1,181 @@
+//! The one error shape of the HTTP layer, `{"error": "<message>"}`, and the status of every
+//! [`Error`] variant.
+
+use axum::body::{Body, to_bytes};
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde_json::json;
+
+use crate::Error;
+
+/// The HTTP status of an [`Error`]:
+///
+/// | variant | status |
+/// |---|---|
+/// | `BadRequest` | 400 |
+/// | `Failed` (an action refused, with its own message) | 400 |
+/// | `UnknownCollection`, `UnknownAction`, `NotFound` | 404 |
+/// | `DuplicateId` | 409 |
+/// | `Validation` | 422 |
+/// | `OwnerGone`, `Unavailable` | 503 |
+/// | `Timeout` | 504 |
+/// | `Internal` and anything else | 500 |
+pub fn status_for(error: &Error) -> StatusCode {
+    match error {
+        Error::BadRequest { .. } | Error::Failed { .. } => StatusCode::BAD_REQUEST,
+        Error::UnknownCollection { .. } | Error::UnknownAction { .. } | Error::NotFound { .. } => {
+            StatusCode::NOT_FOUND
+        }
+        Error::DuplicateId { .. } => StatusCode::CONFLICT,
+        Error::Validation { .. } => StatusCode::UNPROCESSABLE_ENTITY,
+        Error::OwnerGone { .. } | Error::Unavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
+        Error::Timeout { .. } => StatusCode::GATEWAY_TIMEOUT,
+        _ => StatusCode::INTERNAL_SERVER_ERROR,
+    }
+}
+
+/// The message of an error response, kept in the response's extensions for the access log.
+#[derive(Clone, Debug)]
+pub(crate) struct ErrorMessage(pub(crate) String);
+
+/// An error response.
+#[derive(Debug)]
+pub(crate) struct ApiError {
+    status: StatusCode,
+    message: String,
+    challenge: bool,
+}
+
+impl ApiError {
+    pub(crate) fn new(status: StatusCode, message: impl Into<String>) -> Self {
+        Self {
+            status,
+            message: message.into(),
+            challenge: false,
+        }
+    }
+
+    pub(crate) fn bad_request(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, message)
+    }
+
+    pub(crate) fn validation(path: &str, message: &str) -> Self {
+        Error::validation(path, message).into()
+    }
+
+    /// A 401 with `WWW-Authenticate: Basic realm="zeroservices"`.
+    pub(crate) fn unauthorized(message: impl Into<String>) -> Self {
+        Self {
+            status: StatusCode::UNAUTHORIZED,
+            message: message.into(),
+            challenge: true,
+        }
+    }
+
+    pub(crate) fn forbidden(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::FORBIDDEN, message)
+    }
+}
+
+impl From<Error> for ApiError {
+    fn from(e: Error) -> Self {
+        Self::new(status_for(&e), e.to_string())
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let body = json!({ "error": self.message }).to_string();
+        let mut response = (self.status, [super::JSON], body).into_response();
+        if self.challenge {
+            response.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                HeaderValue::from_static("Basic realm=\"zeroservices\""),
+            );
+        }
+        response.extensions_mut().insert(ErrorMessage(self.message));
+        response
+    }
+}
+
+/// The safety net: any error response that is not JSON yet (axum's own rejections, 405 from the
+/// router, ...) is rewritten as `{"error": "<its text>"}` with the same status and headers.
+pub(crate) async fn json_errors(response: Response) -> Response {
+    let status = response.status();
+    if !(status.is_client_error() || status.is_server_error()) {
+        return response;
+    }
+    let is_json = response
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/json"));
+    if is_json {
+        return response;
+    }
+    let (mut parts, body) = response.into_parts();
+    let bytes = to_bytes(body, 64 * 1024).await.unwrap_or_default();
+    let text = String::from_utf8_lossy(&bytes);
+    let text = text.trim();
+    let message = if text.is_empty() {
+        status.canonical_reason().unwrap_or("error").to_owned()
+    } else {
+        text.to_owned()
+    };
+    parts.headers.remove(header::CONTENT_LENGTH);
+    parts.headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    parts.extensions.insert(ErrorMessage(message.clone()));
+    let body = json!({ "error": message }).to_string();
+    Response::from_parts(parts, Body::from(body))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_variant_has_its_status() {
+        let cases = [
+            (Error::unknown_collection("power"), 404),
+            (
+                Error::UnknownAction {
+                    collection: "power".into(),
+                    action: "x".into(),
+                },
+                404,
+            ),
+            (Error::not_found("power", "1"), 404),
+            (Error::validation("value", "bad"), 422),
+            (
+                Error::DuplicateId {
+                    collection: "power".into(),
+                    id: "1".into(),
+                },
+                409,
+            ),
+            (Error::bad_request("x"), 400),
+            (
+                Error::Timeout {
+                    collection: "power".into(),
+                    after_ms: 1,
+                },
+                504,
+            ),
+            (
+                Error::OwnerGone {
+                    collection: "power".into(),
+                },
+                503,
+            ),
+            (Error::unavailable("x"), 503),
+            (Error::failed("x"), 400),
+            (Error::internal("x"), 500),
+        ];
+        for (error, status) in cases {
+            assert_eq!(status_for(&error).as_u16(), status, "{error:?}");
+        }
+    }
+}

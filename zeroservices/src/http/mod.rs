@@ -1,0 +1,472 @@
+//! HTTP for a node: the REST routes of every collection known in the cluster, an OpenAPI 3.1
+//! document built from the schemas discovery carries, a realtime websocket of change events,
+//! Basic auth, an [`Authorizer`] hook and CORS.
+//!
+//! Any node can serve HTTP, one that owns nothing included: every REST call goes through
+//! [`Node::request`], which routes it to the owner of the collection.
+//!
+//! ```no_run
+//! # async fn run(node: zeroservices::Node) -> zeroservices::Result<()> {
+//! use zeroservices::http::{HttpConfig, serve};
+//!
+//! let server = serve(node, HttpConfig::new(5001).allowed_origins("*")).await?;
+//! println!("listening on http://{}", server.local_addr());
+//! // ... later
+//! server.shutdown().await;
+//! # Ok(()) }
+//! ```
+//!
+//! See `docs/http.md` for the routes, the status of every error and the websocket protocol.
+
+use std::fmt;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::Router;
+use axum::extract::{DefaultBodyLimit, Request as HttpRequest};
+use axum::http::{HeaderValue, Method, header};
+use axum::middleware::{self, Next};
+use axum::response::Response;
+use axum::routing::{get, post};
+use tokio::sync::{mpsc, watch};
+use tower_http::cors::{AllowHeaders, AllowOrigin, CorsLayer};
+
+use crate::{Error, Node, Result};
+
+mod auth;
+mod error;
+mod openapi;
+mod realtime;
+mod rest;
+
+pub use auth::{Authorizer, BasicAuth, Operation};
+pub use error::status_for;
+pub use openapi::document as openapi_document;
+
+/// The default largest request body: 1 MiB.
+pub const DEFAULT_MAX_BODY_BYTES: usize = 1024 * 1024;
+/// The default number of messages queued for one websocket client before it is disconnected.
+pub const DEFAULT_WS_BUFFER: usize = 1024;
+/// The default time [`HttpServer::shutdown`] waits for requests and websockets to finish.
+pub const DEFAULT_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Settings of the HTTP server of a node.
+#[derive(Clone)]
+pub struct HttpConfig {
+    /// The address to listen on (default `127.0.0.1`; `0.0.0.0` for every interface).
+    pub host: IpAddr,
+    /// The port (`0` = any free port; see [`HttpServer::local_addr`]).
+    pub port: u16,
+    /// Origins allowed by CORS (`ZS_ALLOWED_ORIGINS`): empty = no CORS headers, `"*"` = any.
+    pub allowed_origins: Vec<String>,
+    /// Basic auth required on every route when set (`ZS_BASIC_AUTH=user:password`).
+    pub basic_auth: Option<BasicAuth>,
+    /// Decides, per user, collection and operation, what a client may do.
+    pub authorizer: Option<Arc<dyn Authorizer>>,
+    /// Largest accepted request body (default 1 MiB); larger ones get a 413.
+    pub max_body_bytes: usize,
+    /// Messages queued per websocket client (default 1024); a client that falls further behind
+    /// is told so and disconnected.
+    pub ws_buffer: usize,
+    /// How long [`HttpServer::shutdown`] waits for in-flight requests and websockets (default
+    /// 5 s).
+    pub shutdown_timeout: Duration,
+}
+
+impl fmt::Debug for HttpConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("HttpConfig")
+            .field("host", &self.host)
+            .field("port", &self.port)
+            .field("allowed_origins", &self.allowed_origins)
+            .field("basic_auth", &self.basic_auth)
+            .field("authorizer", &self.authorizer.as_ref().map(|_| "..."))
+            .field("max_body_bytes", &self.max_body_bytes)
+            .field("ws_buffer", &self.ws_buffer)
+            .field("shutdown_timeout", &self.shutdown_timeout)
+            .finish()
+    }
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        Self::new(0)
+    }
+}
+
+impl HttpConfig {
+    /// Listens on `127.0.0.1:port`, no CORS, no auth, default limits.
+    pub fn new(port: u16) -> Self {
+        Self {
+            host: IpAddr::V4(Ipv4Addr::LOCALHOST),
+            port,
+            allowed_origins: Vec::new(),
+            basic_auth: None,
+            authorizer: None,
+            max_body_bytes: DEFAULT_MAX_BODY_BYTES,
+            ws_buffer: DEFAULT_WS_BUFFER,
+            shutdown_timeout: DEFAULT_SHUTDOWN_TIMEOUT,
+        }
+    }
+
+    /// Reads `ZS_HTTP_PORT` (else `default_port`), `ZS_HTTP_HOST`, `ZS_ALLOWED_ORIGINS` and
+    /// `ZS_BASIC_AUTH`; a malformed value is an error naming the variable.
+    pub fn from_env(default_port: u16) -> Result<Self> {
+        Self::from_lookup(default_port, |name| std::env::var(name).ok())
+    }
+
+    fn from_lookup(default_port: u16, var: impl Fn(&str) -> Option<String>) -> Result<Self> {
+        let var = |name: &str| var(name).filter(|v| !v.trim().is_empty());
+        let mut config = Self::new(default_port);
+        if let Some(port) = var("ZS_HTTP_PORT") {
+            config.port = port.trim().parse().map_err(|_| {
+                Error::bad_request(format!("ZS_HTTP_PORT={port:?}: expected a port number"))
+            })?;
+        }
+        if let Some(host) = var("ZS_HTTP_HOST") {
+            config.host = host.trim().parse().map_err(|_| {
+                Error::bad_request(format!("ZS_HTTP_HOST={host:?}: expected an IP address"))
+            })?;
+        }
+        if let Some(origins) = var("ZS_ALLOWED_ORIGINS") {
+            config = config.allowed_origins(&origins);
+        }
+        if let Some(auth) = var("ZS_BASIC_AUTH") {
+            config.basic_auth = Some(BasicAuth::parse(&auth).map_err(|_| {
+                Error::bad_request("ZS_BASIC_AUTH: expected `user:password` with a non-empty user")
+            })?);
+        }
+        Ok(config)
+    }
+
+    /// Listens on this address.
+    pub fn host(mut self, host: IpAddr) -> Self {
+        self.host = host;
+        self
+    }
+
+    /// Listens on this port (`0` = any free port).
+    pub fn port(mut self, port: u16) -> Self {
+        self.port = port;
+        self
+    }
+
+    /// Allows these origins, comma-separated (`"*"` = any; empty = no CORS).
+    pub fn allowed_origins(mut self, origins: &str) -> Self {
+        self.allowed_origins = origins
+            .split(',')
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .map(str::to_owned)
+            .collect();
+        self
+    }
+
+    /// Requires Basic auth with these credentials.
+    pub fn basic_auth(mut self, auth: BasicAuth) -> Self {
+        self.basic_auth = Some(auth);
+        self
+    }
+
+    /// Asks `authorizer` before every operation and every websocket event.
+    pub fn authorizer(mut self, authorizer: impl Authorizer) -> Self {
+        self.authorizer = Some(Arc::new(authorizer));
+        self
+    }
+
+    /// Refuses request bodies larger than `bytes` with a 413.
+    pub fn max_body_bytes(mut self, bytes: usize) -> Self {
+        self.max_body_bytes = bytes;
+        self
+    }
+
+    /// Queues at most `messages` per websocket client (at least 1).
+    pub fn ws_buffer(mut self, messages: usize) -> Self {
+        self.ws_buffer = messages.max(1);
+        self
+    }
+
+    /// Waits at most this long for requests and websockets on shutdown.
+    pub fn shutdown_timeout(mut self, timeout: Duration) -> Self {
+        self.shutdown_timeout = timeout;
+        self
+    }
+}
+
+/// What every handler shares.
+#[derive(Clone)]
+pub(crate) struct AppState {
+    pub(crate) node: Node,
+    pub(crate) config: Arc<HttpConfig>,
+    /// Turns `true` when the server shuts down (closed sender: shut down too).
+    pub(crate) shutdown: watch::Receiver<bool>,
+    /// Held by every websocket task: the server waits until every clone is dropped.
+    pub(crate) drain: mpsc::Sender<()>,
+    /// Keeps the shutdown channel open for a router built without [`serve`].
+    _keep: Option<Arc<watch::Sender<bool>>>,
+}
+
+/// The user Basic auth let in (`None` without Basic auth), for the [`Authorizer`].
+#[derive(Clone, Debug, Default)]
+pub(crate) struct AuthUser(pub(crate) Option<String>);
+
+/// The router of every HTTP route, to serve yourself or to merge into a bigger axum app.
+///
+/// Websockets of a router served this way are not closed on shutdown: use [`serve`] for that.
+pub fn router(node: Node, config: HttpConfig) -> Router {
+    let (tx, rx) = watch::channel(false);
+    let (drain, _) = mpsc::channel(1);
+    build(AppState {
+        node,
+        config: Arc::new(config),
+        shutdown: rx,
+        drain,
+        _keep: Some(Arc::new(tx)),
+    })
+}
+
+fn build(state: AppState) -> Router {
+    let config = state.config.clone();
+    let mut app = Router::new()
+        .route("/", get(rest::index))
+        .route("/openapi.json", get(openapi::handler))
+        .route("/realtime", get(realtime::handler))
+        .route("/{collection}", get(rest::list).post(rest::create))
+        .route(
+            "/{collection}/{id}",
+            get(rest::get)
+                .patch(rest::patch)
+                .delete(rest::delete)
+                .post(rest::collection_action),
+        )
+        .route("/{collection}/{id}/{action}", post(rest::resource_action))
+        .fallback(rest::no_route)
+        .layer(DefaultBodyLimit::max(config.max_body_bytes))
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            auth::basic_auth,
+        ))
+        .layer(middleware::map_response(error::json_errors))
+        .layer(middleware::from_fn(log_request))
+        .with_state(state);
+    if let Some(cors) = cors_layer(&config.allowed_origins) {
+        app = app.layer(cors);
+    }
+    app
+}
+
+fn cors_layer(origins: &[String]) -> Option<CorsLayer> {
+    if origins.is_empty() {
+        return None;
+    }
+    let layer = CorsLayer::new()
+        .allow_methods([
+            Method::GET,
+            Method::POST,
+            Method::PATCH,
+            Method::DELETE,
+            Method::OPTIONS,
+        ])
+        .allow_headers(AllowHeaders::mirror_request())
+        .max_age(Duration::from_secs(3600));
+    if origins.iter().any(|o| o == "*") {
+        return Some(layer.allow_origin(AllowOrigin::any()));
+    }
+    let list: Vec<HeaderValue> = origins
+        .iter()
+        .filter_map(|o| match HeaderValue::from_str(o) {
+            Ok(v) => Some(v),
+            Err(_) => {
+                tracing::warn!(origin = %o, "ignoring an allowed origin that is not a header value");
+                None
+            }
+        })
+        .collect();
+    // Listed origins may send credentials (Basic auth from a browser); `*` may not, by the
+    // CORS rules.
+    Some(
+        layer
+            .allow_origin(AllowOrigin::list(list))
+            .allow_credentials(true),
+    )
+}
+
+/// One log line per request: debug, or warn for a server-side failure (5xx).
+async fn log_request(request: HttpRequest, next: Next) -> Response {
+    let method = request.method().clone();
+    let path = request.uri().path().to_owned();
+    let start = Instant::now();
+    let response = next.run(request).await;
+    let status = response.status();
+    let elapsed_ms = start.elapsed().as_secs_f64() * 1000.0;
+    let message = response
+        .extensions()
+        .get::<error::ErrorMessage>()
+        .map(|m| m.0.as_str())
+        .unwrap_or("");
+    if status.is_server_error() {
+        tracing::warn!(%method, %path, status = status.as_u16(), elapsed_ms, error = message, "http request failed");
+    } else {
+        tracing::debug!(%method, %path, status = status.as_u16(), elapsed_ms, error = message, "http request");
+    }
+    response
+}
+
+/// A running HTTP server; see [`serve`].
+///
+/// Dropping it without [`HttpServer::shutdown`] also stops the server, in the background.
+#[must_use = "dropping the HttpServer stops it"]
+pub struct HttpServer {
+    addr: SocketAddr,
+    shutdown: watch::Sender<bool>,
+    drained: mpsc::Receiver<()>,
+    task: Option<tokio::task::JoinHandle<()>>,
+    timeout: Duration,
+}
+
+impl fmt::Debug for HttpServer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("HttpServer")
+            .field("addr", &self.addr)
+            .finish_non_exhaustive()
+    }
+}
+
+impl HttpServer {
+    /// The address the server listens on (the real port when configured with port 0).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// `http://<local_addr>`.
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// Stops gracefully: stops accepting connections, lets in-flight requests finish, closes
+    /// every websocket (close code 1001), all within the configured shutdown timeout, after
+    /// which whatever is left is dropped.
+    pub async fn shutdown(mut self) {
+        let _ = self.shutdown.send(true);
+        let Some(mut task) = self.task.take() else {
+            return;
+        };
+        let drained = &mut self.drained;
+        let graceful = async {
+            let _ = (&mut task).await;
+            // Every websocket task holds a sender: `None` once the last one has ended.
+            while drained.recv().await.is_some() {}
+        };
+        if tokio::time::timeout(self.timeout, graceful).await.is_err() {
+            tracing::warn!(addr = %self.addr, "http shutdown timed out; dropping what is left");
+            task.abort();
+        }
+        tracing::info!(addr = %self.addr, "http server stopped");
+    }
+}
+
+impl Drop for HttpServer {
+    fn drop(&mut self) {
+        let _ = self.shutdown.send(true);
+    }
+}
+
+/// Binds `config.host:config.port`, serves [`router`] in a background task, and returns at once.
+pub async fn serve(node: Node, config: HttpConfig) -> Result<HttpServer> {
+    let bind = SocketAddr::new(config.host, config.port);
+    let listener = tokio::net::TcpListener::bind(bind)
+        .await
+        .map_err(|e| Error::unavailable(format!("cannot listen on {bind}: {e}")))?;
+    let addr = listener
+        .local_addr()
+        .map_err(|e| Error::internal(e.to_string()))?;
+    let (shutdown, rx) = watch::channel(false);
+    let (drain, drained) = mpsc::channel(1);
+    let timeout = config.shutdown_timeout;
+    let app = build(AppState {
+        node,
+        config: Arc::new(config),
+        shutdown: rx.clone(),
+        drain,
+        _keep: None,
+    });
+    let mut signal = rx;
+    let task = tokio::spawn(async move {
+        let stop = async move {
+            let _ = signal.wait_for(|stop| *stop).await;
+        };
+        if let Err(e) = axum::serve(listener, app)
+            .with_graceful_shutdown(stop)
+            .await
+        {
+            tracing::warn!(%addr, error = %e, "http server failed");
+        }
+    });
+    tracing::info!(%addr, "http server listening");
+    Ok(HttpServer {
+        addr,
+        shutdown,
+        drained,
+        task: Some(task),
+        timeout,
+    })
+}
+
+/// `Content-Type: application/json`.
+pub(crate) const JSON: (header::HeaderName, &str) = (header::CONTENT_TYPE, "application/json");
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn lookup(pairs: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> {
+        let pairs: Vec<(String, String)> = pairs
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect();
+        move |name| {
+            pairs
+                .iter()
+                .find(|(k, _)| k == name)
+                .map(|(_, v)| v.clone())
+        }
+    }
+
+    #[test]
+    fn configuration_from_the_environment() {
+        let config = HttpConfig::from_lookup(5001, lookup(&[])).unwrap();
+        assert_eq!(config.port, 5001);
+        assert_eq!(config.host, IpAddr::V4(Ipv4Addr::LOCALHOST));
+        assert!(config.allowed_origins.is_empty() && config.basic_auth.is_none());
+        assert_eq!(config.max_body_bytes, DEFAULT_MAX_BODY_BYTES);
+        assert_eq!(config.ws_buffer, DEFAULT_WS_BUFFER);
+
+        let config = HttpConfig::from_lookup(
+            5001,
+            lookup(&[
+                ("ZS_HTTP_PORT", "6001"),
+                ("ZS_HTTP_HOST", "0.0.0.0"),
+                ("ZS_ALLOWED_ORIGINS", "http://a.example, http://b.example,"),
+                ("ZS_BASIC_AUTH", "ann:pw"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(config.port, 6001);
+        assert_eq!(config.host, IpAddr::V4(Ipv4Addr::UNSPECIFIED));
+        assert_eq!(
+            config.allowed_origins,
+            ["http://a.example", "http://b.example"]
+        );
+        assert_eq!(config.basic_auth, Some(BasicAuth::new("ann", "pw")));
+
+        for bad in [
+            ("ZS_HTTP_PORT", "70000"),
+            ("ZS_HTTP_HOST", "localhost"),
+            ("ZS_BASIC_AUTH", "nocolon"),
+        ] {
+            let e = HttpConfig::from_lookup(5001, lookup(&[bad])).unwrap_err();
+            assert!(e.to_string().contains(bad.0), "{e}");
+        }
+    }
+}

@@ -1,0 +1,317 @@
+//! `GET /realtime`: the websocket that streams change events.
+//!
+//! Each client gets its own subscription to the node's event bus and a bounded queue of
+//! outgoing messages (`ws_buffer`). Three tasks serve a client: the reader (client messages:
+//! subscribe, unsubscribe), the forwarder (node events that match the client's prefixes and that
+//! the [`Authorizer`](super::Authorizer) lets it see) and the writer (the queue to the socket).
+//! The reader and the forwarder never wait: when the queue is full the client is too slow, it is
+//! told so (best effort) and disconnected, and neither the node nor the other clients notice.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::extract::ws::rejection::WebSocketUpgradeRejection;
+use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgrade, close_code};
+use axum::extract::{Extension, State};
+use axum::response::{IntoResponse, Response};
+use futures::{SinkExt, StreamExt};
+use serde::Serialize;
+use serde_json::{Value, json};
+use tokio::sync::{mpsc, watch};
+
+use super::auth::Operation;
+use super::error::ApiError;
+use super::{AppState, AuthUser};
+use crate::Event;
+use crate::event::topic_matches;
+
+/// The largest message a client may send.
+const MAX_CLIENT_MESSAGE: usize = 64 * 1024;
+/// How long the goodbye message and close frame may take before the socket is dropped.
+const GOODBYE_TIMEOUT: Duration = Duration::from_millis(500);
+
+/// Why a connection ends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Stop {
+    /// The client fell `ws_buffer` messages behind.
+    TooSlow,
+    /// The client closed, or the connection broke.
+    ClientGone,
+    /// The server shuts down.
+    Shutdown,
+}
+
+/// `GET /realtime`: upgrades to the websocket.
+pub(crate) async fn handler(
+    State(state): State<AppState>,
+    user: Option<Extension<AuthUser>>,
+    upgrade: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
+) -> Response {
+    let upgrade = match upgrade {
+        Ok(upgrade) => upgrade,
+        Err(rejection) => {
+            return ApiError::new(rejection.status(), rejection.body_text()).into_response();
+        }
+    };
+    let user = user.map(|Extension(u)| u).unwrap_or_default();
+    upgrade
+        .max_message_size(MAX_CLIENT_MESSAGE)
+        .on_upgrade(move |socket| serve_client(state, user, socket))
+}
+
+/// The outgoing queue of one client, with the switch that ends the connection.
+#[derive(Clone)]
+struct Outbox {
+    queue: mpsc::Sender<Message>,
+    stop: Arc<watch::Sender<Option<Stop>>>,
+}
+
+impl Outbox {
+    /// Queues `message` without waiting; `false` (and the connection stops) when the queue is
+    /// full or closed.
+    fn push(&self, message: Message) -> bool {
+        match self.queue.try_send(message) {
+            Ok(()) => true,
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                self.stop(Stop::TooSlow);
+                false
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => false,
+        }
+    }
+
+    fn push_json(&self, value: &impl Serialize) -> bool {
+        match serde_json::to_string(value) {
+            Ok(text) => self.push(Message::Text(Utf8Bytes::from(text))),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot serialise a websocket message");
+                true
+            }
+        }
+    }
+
+    fn stop(&self, reason: Stop) {
+        self.stop.send_if_modified(|current| {
+            if current.is_none() {
+                *current = Some(reason);
+                true
+            } else {
+                false
+            }
+        });
+    }
+}
+
+/// A server message.
+#[derive(Serialize)]
+struct EventMessage<'a> {
+    r#type: &'static str,
+    topic: &'a str,
+    data: &'a Value,
+}
+
+fn error_message(error: &str) -> Value {
+    json!({ "type": "error", "error": error })
+}
+
+async fn serve_client(state: AppState, user: AuthUser, socket: WebSocket) {
+    // Held until this function returns: graceful shutdown waits for it.
+    let _drain = state.drain.clone();
+    let buffer = state.config.ws_buffer.max(1);
+    let (queue, mut outgoing) = mpsc::channel::<Message>(buffer);
+    let (stop_tx, mut stop_rx) = watch::channel(None);
+    let outbox = Outbox {
+        queue,
+        stop: Arc::new(stop_tx),
+    };
+    let subscriptions: Arc<Mutex<Vec<String>>> = Arc::default();
+    // Subscribe to the node before reading the client's first message, so no event published
+    // after a "subscribed" acknowledgement can be missed.
+    let events = state.node.subscribe("*");
+    let (mut sink, mut stream) = socket.split();
+    tracing::debug!(user = ?user.0, "websocket client connected");
+
+    let reader = tokio::spawn({
+        let outbox = outbox.clone();
+        let subscriptions = subscriptions.clone();
+        async move {
+            while let Some(message) = stream.next().await {
+                let reply = match message {
+                    Ok(Message::Text(text)) => handle_client_message(text.as_str(), &subscriptions),
+                    Ok(Message::Binary(_)) => {
+                        error_message("binary messages are not supported: send JSON text")
+                    }
+                    Ok(Message::Ping(_) | Message::Pong(_)) => continue,
+                    Ok(Message::Close(_)) | Err(_) => break,
+                };
+                if !outbox.push_json(&reply) {
+                    return;
+                }
+            }
+            outbox.stop(Stop::ClientGone);
+        }
+    });
+
+    let forwarder = tokio::spawn({
+        let outbox = outbox.clone();
+        let authorizer = state.config.authorizer.clone();
+        let user = user.0.clone();
+        let mut events = events;
+        async move {
+            while let Some(event) = events.next().await {
+                if !wanted(&event, &subscriptions) {
+                    continue;
+                }
+                if let Some(authorizer) = &authorizer {
+                    let collection = event.topic.split('.').next().unwrap_or("");
+                    if !authorizer.authorize(user.as_deref(), collection, &Operation::Subscribe) {
+                        continue;
+                    }
+                }
+                let message = EventMessage {
+                    r#type: "event",
+                    topic: &event.topic,
+                    data: &event.data,
+                };
+                if !outbox.push_json(&message) {
+                    return;
+                }
+            }
+        }
+    });
+
+    let mut shutdown = state.shutdown.clone();
+    let server_stopping = async move {
+        let _ = shutdown.wait_for(|stop| *stop).await;
+    };
+    tokio::pin!(server_stopping);
+    let stopped = async {
+        let _ = stop_rx.wait_for(Option::is_some).await;
+    };
+    tokio::pin!(stopped);
+
+    // The writer: the queue to the socket, until something stops the connection.
+    let reason = loop {
+        let message = tokio::select! {
+            biased;
+            _ = &mut stopped => break outbox.stop.borrow().unwrap_or(Stop::ClientGone),
+            _ = &mut server_stopping => break Stop::Shutdown,
+            message = outgoing.recv() => message,
+        };
+        let Some(message) = message else {
+            break Stop::ClientGone;
+        };
+        tokio::select! {
+            biased;
+            _ = &mut stopped => break outbox.stop.borrow().unwrap_or(Stop::ClientGone),
+            _ = &mut server_stopping => break Stop::Shutdown,
+            sent = sink.send(message) => if sent.is_err() { break Stop::ClientGone },
+        }
+    };
+    reader.abort();
+    forwarder.abort();
+    drop(outgoing);
+
+    let goodbye = match reason {
+        Stop::TooSlow => {
+            tracing::warn!(user = ?user.0, buffer, "websocket client too slow; disconnected");
+            let text = error_message(&format!(
+                "too slow: more than {buffer} messages queued, disconnected"
+            ))
+            .to_string();
+            Some((
+                Some(Message::Text(Utf8Bytes::from(text))),
+                close_code::POLICY,
+                "too slow",
+            ))
+        }
+        Stop::Shutdown => Some((None, close_code::AWAY, "server shutting down")),
+        Stop::ClientGone => None,
+    };
+    if let Some((text, code, reason)) = goodbye {
+        let _ = tokio::time::timeout(GOODBYE_TIMEOUT, async {
+            if let Some(text) = text {
+                sink.send(text).await?;
+            }
+            sink.send(Message::Close(Some(CloseFrame {
+                code,
+                reason: Utf8Bytes::from_static(reason),
+            })))
+            .await
+        })
+        .await;
+    }
+    tracing::debug!(user = ?user.0, ?reason, "websocket client disconnected");
+}
+
+fn wanted(event: &Event, subscriptions: &Mutex<Vec<String>>) -> bool {
+    let subscriptions = subscriptions.lock().unwrap_or_else(|e| e.into_inner());
+    subscriptions.iter().any(|p| topic_matches(p, &event.topic))
+}
+
+/// Applies one client message to the subscriptions and returns the reply.
+fn handle_client_message(text: &str, subscriptions: &Mutex<Vec<String>>) -> Value {
+    let message: Value = match serde_json::from_str(text) {
+        Ok(v) => v,
+        Err(e) => return error_message(&format!("invalid JSON: {e}")),
+    };
+    let Some(kind) = message.get("type").and_then(Value::as_str) else {
+        return error_message(
+            "expected {\"type\": \"subscribe\" | \"unsubscribe\", \"topics\": [...]}",
+        );
+    };
+    let subscribe = match kind {
+        "subscribe" | "join" => true,
+        "unsubscribe" | "leave" => false,
+        other => return error_message(&format!("unknown message type {other:?}")),
+    };
+    let topics: Option<Vec<String>> = message
+        .get("topics")
+        .and_then(Value::as_array)
+        .and_then(|list| list.iter().map(|t| t.as_str().map(str::to_owned)).collect());
+    let Some(topics) = topics else {
+        return error_message("`topics` must be a list of strings");
+    };
+    let mut subs = subscriptions.lock().unwrap_or_else(|e| e.into_inner());
+    if subscribe {
+        for topic in &topics {
+            if !subs.contains(topic) {
+                subs.push(topic.clone());
+            }
+        }
+        json!({ "type": "subscribed", "topics": topics })
+    } else {
+        subs.retain(|s| !topics.contains(s));
+        json!({ "type": "unsubscribed", "topics": topics })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn client_messages() {
+        let subs = Mutex::new(Vec::new());
+        let reply = handle_client_message(r#"{"type":"subscribe","topics":["power"]}"#, &subs);
+        assert_eq!(reply, json!({"type": "subscribed", "topics": ["power"]}));
+        let reply = handle_client_message(r#"{"type":"join","topics":["chat", "power"]}"#, &subs);
+        assert_eq!(reply["type"], "subscribed");
+        assert_eq!(*subs.lock().unwrap(), ["power", "chat"]);
+        let reply = handle_client_message(r#"{"type":"unsubscribe","topics":["power"]}"#, &subs);
+        assert_eq!(reply["type"], "unsubscribed");
+        assert_eq!(*subs.lock().unwrap(), ["chat"]);
+        for bad in [
+            "not json",
+            "[]",
+            r#"{"topics": ["a"]}"#,
+            r#"{"type": "dance", "topics": ["a"]}"#,
+            r#"{"type": "subscribe"}"#,
+            r#"{"type": "subscribe", "topics": "power"}"#,
+            r#"{"type": "subscribe", "topics": [1]}"#,
+        ] {
+            assert_eq!(handle_client_message(bad, &subs)["type"], "error", "{bad}");
+        }
+        assert_eq!(*subs.lock().unwrap(), ["chat"]);
+    }
+}

@@ -1,0 +1,293 @@
+//! The REST routes: every call becomes a [`Request`] to [`crate::Node::request`], which routes
+//! it to the collection's owner.
+
+use axum::Json;
+use axum::body::Bytes;
+use axum::extract::rejection::{BytesRejection, QueryRejection};
+use axum::extract::{Extension, Path, Query, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use serde_json::{Map, Value, json};
+
+use super::auth::{Operation, authorize};
+use super::error::ApiError;
+use super::{AppState, AuthUser};
+use crate::Error;
+use crate::medium::Request;
+
+type ApiResult<T = Response> = Result<T, ApiError>;
+
+/// Action names that are the built-in operations: never reachable as custom actions.
+const BUILT_IN: [&str; 5] = ["create", "get", "patch", "delete", "list"];
+
+fn user(ext: Option<Extension<AuthUser>>) -> AuthUser {
+    ext.map(|Extension(u)| u).unwrap_or_default()
+}
+
+/// The body as bytes, with 413 for a body over the limit and 400 for anything else unreadable.
+fn body_bytes(body: Result<Bytes, BytesRejection>) -> ApiResult<Bytes> {
+    body.map_err(|rejection| {
+        let status = rejection.status();
+        if status == StatusCode::PAYLOAD_TOO_LARGE {
+            ApiError::new(status, "request body is too large")
+        } else {
+            ApiError::bad_request(format!("cannot read the request body: {rejection}"))
+        }
+    })
+}
+
+/// The body as JSON; `None` when it is empty (or only whitespace).
+fn json_body(body: Result<Bytes, BytesRejection>) -> ApiResult<Option<Value>> {
+    let bytes = body_bytes(body)?;
+    if bytes.iter().all(u8::is_ascii_whitespace) {
+        return Ok(None);
+    }
+    serde_json::from_slice(&bytes)
+        .map(Some)
+        .map_err(|e| ApiError::bad_request(format!("malformed JSON: {e}")))
+}
+
+/// The body as a JSON object, required.
+fn object_body(body: Result<Bytes, BytesRejection>, shape: &str) -> ApiResult<Map<String, Value>> {
+    match json_body(body)? {
+        Some(Value::Object(map)) => Ok(map),
+        Some(_) => Err(ApiError::bad_request(format!(
+            "the request body must be a JSON object {shape}"
+        ))),
+        None => Err(ApiError::bad_request(format!(
+            "a JSON request body is required: {shape}"
+        ))),
+    }
+}
+
+async fn call(state: &AppState, request: Request) -> ApiResult<Value> {
+    Ok(state.node.request(request).await?)
+}
+
+/// `GET /`: the collections known in the cluster.
+pub(crate) async fn index(State(state): State<AppState>) -> Json<Value> {
+    Json(json!({ "resources": state.node.collections() }))
+}
+
+/// Any path no route matches.
+pub(crate) async fn no_route() -> ApiError {
+    ApiError::new(StatusCode::NOT_FOUND, "no such route")
+}
+
+/// `GET /{collection}?where=&sort=&limit=&skip=&text=`.
+pub(crate) async fn list(
+    State(state): State<AppState>,
+    user_ext: Option<Extension<AuthUser>>,
+    Path(collection): Path<String>,
+    query: Result<Query<Vec<(String, String)>>, QueryRejection>,
+) -> ApiResult {
+    authorize(&state, &user(user_ext), &collection, Operation::List)?;
+    let Query(params) = query.map_err(|e| ApiError::bad_request(e.body_text()))?;
+    let args = list_args(&params)?;
+    let docs = call(&state, Request::new(collection, "list").args(args)).await?;
+    Ok(Json(docs).into_response())
+}
+
+/// Turns the query string of a list into the `list` arguments; unknown parameters are ignored.
+fn list_args(params: &[(String, String)]) -> ApiResult<Value> {
+    let mut args = Map::new();
+    for (key, value) in params {
+        match key.as_str() {
+            "where" => {
+                let filter: Value = serde_json::from_str(value).map_err(|e| {
+                    ApiError::bad_request(format!("`where` is not valid JSON: {e}"))
+                })?;
+                if !filter.is_object() {
+                    return Err(ApiError::bad_request("`where` must be a JSON object"));
+                }
+                args.insert("where".into(), filter);
+            }
+            "sort" => {
+                let keys = crate::Query::parse_sort(value)?;
+                let keys =
+                    serde_json::to_value(keys).map_err(|e| Error::internal(e.to_string()))?;
+                args.insert("sort".into(), keys);
+            }
+            "limit" | "skip" => {
+                let n: u64 = value.trim().parse().map_err(|_| {
+                    ApiError::bad_request(format!(
+                        "`{key}` must be a non-negative integer, got {value:?}"
+                    ))
+                })?;
+                args.insert(key.clone(), Value::from(n));
+            }
+            "text" => {
+                args.insert("text".into(), Value::from(value.as_str()));
+            }
+            _ => {}
+        }
+    }
+    Ok(Value::Object(args))
+}
+
+/// `POST /{collection}` with `{"resource_id"?: str, "resource_data": {...}}`: 201
+/// `{"resource_id"}`.
+pub(crate) async fn create(
+    State(state): State<AppState>,
+    user_ext: Option<Extension<AuthUser>>,
+    Path(collection): Path<String>,
+    body: Result<Bytes, BytesRejection>,
+) -> ApiResult {
+    authorize(&state, &user(user_ext), &collection, Operation::Create)?;
+    let shape = "{\"resource_id\"?: string, \"resource_data\": {...}}";
+    let mut body = object_body(body, shape)?;
+    let id = match body.remove("resource_id") {
+        None | Some(Value::Null) => None,
+        Some(Value::String(id)) => Some(id),
+        Some(_) => {
+            return Err(ApiError::validation(
+                "resource_id",
+                "resource_id must be a string",
+            ));
+        }
+    };
+    let Some(data) = body.remove("resource_data") else {
+        return Err(ApiError::validation(
+            "resource_data",
+            "missing field `resource_data`",
+        ));
+    };
+    let mut request = Request::new(collection, "create").args(json!({ "resource_data": data }));
+    request.resource_id = id;
+    let created = call(&state, request).await?;
+    Ok((StatusCode::CREATED, Json(created)).into_response())
+}
+
+/// `GET /{collection}/{id}`.
+pub(crate) async fn get(
+    State(state): State<AppState>,
+    user_ext: Option<Extension<AuthUser>>,
+    Path((collection, id)): Path<(String, String)>,
+) -> ApiResult {
+    authorize(&state, &user(user_ext), &collection, Operation::Get)?;
+    let doc = call(&state, Request::new(collection, "get").id(id)).await?;
+    Ok(Json(doc).into_response())
+}
+
+/// `PATCH /{collection}/{id}` with `{"patch": {...}}`: 200 the updated document.
+pub(crate) async fn patch(
+    State(state): State<AppState>,
+    user_ext: Option<Extension<AuthUser>>,
+    Path((collection, id)): Path<(String, String)>,
+    body: Result<Bytes, BytesRejection>,
+) -> ApiResult {
+    authorize(&state, &user(user_ext), &collection, Operation::Patch)?;
+    let shape = "{\"patch\": {\"$set\": {...}, ...}}";
+    let mut body = object_body(body, shape)?;
+    let Some(patch) = body.remove("patch") else {
+        return Err(ApiError::bad_request(format!(
+            "the request body must be {shape}"
+        )));
+    };
+    let request = Request::new(collection, "patch")
+        .id(id)
+        .args(json!({ "patch": patch }));
+    let doc = call(&state, request).await?;
+    Ok(Json(doc).into_response())
+}
+
+/// `DELETE /{collection}/{id}`: 204.
+pub(crate) async fn delete(
+    State(state): State<AppState>,
+    user_ext: Option<Extension<AuthUser>>,
+    Path((collection, id)): Path<(String, String)>,
+) -> ApiResult {
+    authorize(&state, &user(user_ext), &collection, Operation::Delete)?;
+    call(&state, Request::new(collection, "delete").id(id)).await?;
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+/// `POST /{collection}/{action}`: a collection action; the body is its argument.
+pub(crate) async fn collection_action(
+    State(state): State<AppState>,
+    user_ext: Option<Extension<AuthUser>>,
+    Path((collection, action)): Path<(String, String)>,
+    body: Result<Bytes, BytesRejection>,
+) -> ApiResult {
+    run_action(&state, user(user_ext), collection, None, action, body).await
+}
+
+/// `POST /{collection}/{id}/{action}`: a resource action; the body is its argument.
+pub(crate) async fn resource_action(
+    State(state): State<AppState>,
+    user_ext: Option<Extension<AuthUser>>,
+    Path((collection, id, action)): Path<(String, String, String)>,
+    body: Result<Bytes, BytesRejection>,
+) -> ApiResult {
+    run_action(&state, user(user_ext), collection, Some(id), action, body).await
+}
+
+async fn run_action(
+    state: &AppState,
+    user: AuthUser,
+    collection: String,
+    id: Option<String>,
+    action: String,
+    body: Result<Bytes, BytesRejection>,
+) -> ApiResult {
+    authorize(state, &user, &collection, Operation::Action(action.clone()))?;
+    if BUILT_IN.contains(&action.as_str()) {
+        return Err(Error::UnknownAction { collection, action }.into());
+    }
+    let args = json_body(body)?.unwrap_or(Value::Null);
+    let mut request = Request::new(collection, action).args(args);
+    request.resource_id = id;
+    let result = call(state, request).await?;
+    Ok(Json(result).into_response())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn params(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect()
+    }
+
+    #[test]
+    fn list_arguments_from_the_query_string() {
+        let args = list_args(&params(&[
+            ("where", r#"{"status": "done"}"#),
+            ("sort", "value,-status"),
+            ("limit", "10"),
+            ("skip", "2"),
+            ("text", "hello"),
+            ("unknown", "ignored"),
+        ]))
+        .unwrap();
+        assert_eq!(
+            args,
+            json!({
+                "where": {"status": "done"},
+                "sort": [{"field": "value", "order": "asc"}, {"field": "status", "order": "desc"}],
+                "limit": 10, "skip": 2, "text": "hello"
+            })
+        );
+        let json_sort = list_args(&params(&[("sort", r#"{"value": -1}"#)])).unwrap();
+        assert_eq!(
+            json_sort["sort"],
+            json!([{"field": "value", "order": "desc"}])
+        );
+    }
+
+    #[test]
+    fn bad_list_arguments_are_refused() {
+        for bad in [
+            ("where", "{not json"),
+            ("where", "[1]"),
+            ("limit", "-1"),
+            ("skip", "x"),
+            ("sort", r#"{"value": 3}"#),
+        ] {
+            assert!(list_args(&params(&[bad])).is_err(), "{bad:?}");
+        }
+    }
+}

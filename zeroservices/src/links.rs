@@ -1,0 +1,194 @@
+//! Links between resources, as the original framework had them: `add_link(relation, target,
+//! title)` pushes `{"target_id": [collection, id], "title"}` onto the document's
+//! `_links.<relation>` and sets `_links.latest.<collection>` to the target; `follow_links`
+//! reads the targets; `incoming_links` finds the resources that link to a target.
+//!
+//! All three are built-in actions of every resource, so they work over the wire and REST too:
+//! `POST /power/42/add_link {"relation": "source", "target_id": ["user", "7"], "title": "..."}`.
+
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+
+use crate::resource::{ActionInfo, ActionKind, schema_value};
+use crate::{Error, Result};
+
+/// The built-in action that adds a link.
+pub const ADD_LINK: &str = "add_link";
+/// The built-in action that reads the targets of a relation.
+pub const FOLLOW_LINKS: &str = "follow_links";
+/// The built-in collection action that finds the resources linking to a target.
+pub const INCOMING_LINKS: &str = "incoming_links";
+
+/// The arguments of `add_link`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AddLink {
+    /// The relation name (`source`, `children`): letters, digits, `_`, `-`; not `latest`.
+    pub relation: String,
+    /// The target as `[collection, id]`.
+    pub target_id: (String, String),
+    /// A human title for the link.
+    #[serde(default)]
+    pub title: Option<String>,
+}
+
+/// The arguments of `follow_links`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct FollowLinks {
+    /// The relation to follow.
+    pub relation: String,
+}
+
+/// The arguments of `incoming_links`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct IncomingLinks {
+    /// The relation to look for.
+    pub relation: String,
+    /// The target as `[collection, id]`.
+    pub target_id: (String, String),
+}
+
+/// One followed link: the target resource with where it lives.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct LinkedResource {
+    /// The target's collection.
+    pub resource_name: String,
+    /// The target's id.
+    pub resource_id: String,
+    /// The target document.
+    pub resource_data: Value,
+    /// The link's title.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub title: Option<String>,
+}
+
+/// Checks a relation name: it becomes a field path segment.
+pub fn check_relation(relation: &str) -> Result<()> {
+    let valid = !relation.is_empty()
+        && relation != "latest"
+        && relation
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-');
+    if valid {
+        Ok(())
+    } else {
+        Err(Error::validation(
+            "relation",
+            format!(
+                "invalid relation {relation:?}: use letters, digits, `_` or `-` (not `latest`)"
+            ),
+        ))
+    }
+}
+
+/// The update document `add_link` applies.
+pub fn add_link_patch(link: &AddLink) -> Value {
+    let (collection, id) = &link.target_id;
+    let mut entry = json!({ "target_id": [collection, id] });
+    if let Some(title) = &link.title {
+        entry["title"] = Value::from(title.as_str());
+    }
+    json!({
+        "$push": { format!("_links.{}", link.relation): entry },
+        "$set": { format!("_links.latest.{collection}"): [collection, id] },
+    })
+}
+
+/// The filter `incoming_links` lists with.
+pub fn incoming_filter(args: &IncomingLinks) -> Value {
+    let (collection, id) = &args.target_id;
+    json!({ format!("_links.{}.target_id", args.relation): [collection, id] })
+}
+
+/// The targets `(collection, id, title)` of `relation` in a stored document.
+pub fn targets(doc: &Value, relation: &str) -> Vec<(String, String, Option<String>)> {
+    let Some(links) = doc
+        .get("_links")
+        .and_then(|l| l.get(relation))
+        .and_then(Value::as_array)
+    else {
+        return Vec::new();
+    };
+    links
+        .iter()
+        .filter_map(|link| {
+            let target = link.get("target_id")?.as_array()?;
+            let collection = target.first()?.as_str()?.to_owned();
+            let id = target.get(1)?.as_str()?.to_owned();
+            let title = link.get("title").and_then(Value::as_str).map(str::to_owned);
+            Some((collection, id, title))
+        })
+        .collect()
+}
+
+/// The announced description of the built-in link actions.
+pub fn action_infos() -> Vec<ActionInfo> {
+    vec![
+        ActionInfo {
+            name: ADD_LINK.into(),
+            kind: ActionKind::Mutate,
+            doc: Some(
+                "Links this resource to another: pushes {target_id, title} onto _links.<relation>."
+                    .into(),
+            ),
+            args_schema: Some(schema_value::<AddLink>()),
+            result_schema: schema_value::<()>(),
+        },
+        ActionInfo {
+            name: FOLLOW_LINKS.into(),
+            kind: ActionKind::Read,
+            doc: Some("The resources this one links to under a relation.".into()),
+            args_schema: Some(schema_value::<FollowLinks>()),
+            result_schema: schema_value::<Vec<LinkedResource>>(),
+        },
+        ActionInfo {
+            name: INCOMING_LINKS.into(),
+            kind: ActionKind::Collection,
+            doc: Some(
+                "The resources of this collection that link to a target under a relation.".into(),
+            ),
+            args_schema: Some(schema_value::<IncomingLinks>()),
+            result_schema: schema_value::<Vec<Value>>(),
+        },
+    ]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::Patch;
+
+    #[test]
+    fn add_link_stores_as_the_original() {
+        let link = AddLink {
+            relation: "source".into(),
+            target_id: ("user".into(), "7".into()),
+            title: Some("Ann".into()),
+        };
+        let mut doc = json!({"value": 1});
+        Patch::new(add_link_patch(&link)).apply(&mut doc).unwrap();
+        Patch::new(add_link_patch(&link)).apply(&mut doc).unwrap();
+        assert_eq!(
+            doc["_links"]["source"],
+            json!([{"target_id": ["user", "7"], "title": "Ann"}, {"target_id": ["user", "7"], "title": "Ann"}])
+        );
+        assert_eq!(doc["_links"]["latest"]["user"], json!(["user", "7"]));
+        assert_eq!(targets(&doc, "source").len(), 2);
+        let q = crate::Query::new(incoming_filter(&IncomingLinks {
+            relation: "source".into(),
+            target_id: ("user".into(), "7".into()),
+        }));
+        assert!(q.filter().unwrap().matches(&doc));
+    }
+
+    #[test]
+    fn relations_are_checked() {
+        assert!(check_relation("source").is_ok());
+        assert!(check_relation("latest").is_err());
+        assert!(check_relation("a.b").is_err());
+        assert!(check_relation("").is_err());
+    }
+}

@@ -1,0 +1,336 @@
+//! Workers: react to changes of resources anywhere in the cluster, as the original's
+//! `ResourceWorker`.
+//!
+//! A worker is a node of kind `worker` that watches collections. Each rule pairs a filter with a
+//! handler: the handler runs for every created, patched or action-changed resource that matches
+//! (fetching the current document when the event carries none), and again, every poll interval,
+//! for every resource that still matches (the original's "poll check"), so a change missed while
+//! the worker was down is caught up. Handler errors are logged and retried with backoff; a
+//! semaphore bounds how many handlers run at once; a resource is never handled twice at once.
+//!
+//! ```no_run
+//! use zeroservices::prelude::*;
+//! use zeroservices::worker::Worker;
+//!
+//! #[model]
+//! #[derive(Debug, Clone, Copy, PartialEq, Default)]
+//! #[serde(rename_all = "lowercase")]
+//! pub enum Status { #[default] Pending, Done }
+//!
+//! #[resource(collection = "power")]
+//! pub struct Power { pub value: i64, #[serde(default)] pub status: Status, pub result: Option<i64> }
+//!
+//! async fn build(ctx: Context, change: Change<Power>) -> Result<()> {
+//!     let Some(power) = change.data else { return Ok(()) };
+//!     let result = power.value * power.value;
+//!     ctx.collection::<Power>()
+//!         .patch(&change.resource_id, patch!({"$set": {"result": result, "status": "done"}}))
+//!         .await?;
+//!     Ok(())
+//! }
+//!
+//! # async fn run() -> Result<()> {
+//! Worker::new("power_worker")
+//!     .on::<Power, _, _>(query!({"status": "pending"}), build)
+//!     .run(zeroservices::Node::builder("power_worker").network_from_env()?)
+//!     .await
+//! # }
+//! ```
+
+use std::collections::HashSet;
+use std::future::Future;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures::StreamExt;
+use futures::future::BoxFuture;
+use tokio::sync::Semaphore;
+use tokio::task::JoinSet;
+
+use crate::query::Filter;
+use crate::resource::ChangeKind;
+use crate::{Change, Context, Error, Event, Node, NodeBuilder, NodeKind, Query, Resource, Result};
+
+/// The default poll-check interval (the original's 10 s); `ZS_WORKER_POLL_MS` overrides it.
+pub const DEFAULT_POLL_INTERVAL: Duration = Duration::from_secs(10);
+
+type Handler = Arc<
+    dyn Fn(Node, Event, Option<serde_json::Value>) -> BoxFuture<'static, Result<()>> + Send + Sync,
+>;
+
+struct Rule {
+    collection: &'static str,
+    query: Query,
+    filter: Filter,
+    /// Runs the user's handler on an event (or a poll hit), given the current document.
+    handler: Handler,
+}
+
+/// A worker: rules that react to changes of resources; see the module docs.
+pub struct Worker {
+    name: String,
+    rules: Vec<Rule>,
+    errors: Vec<Error>,
+    poll_interval: Duration,
+    concurrency: usize,
+    max_attempts: u32,
+    backoff: Duration,
+}
+
+impl Worker {
+    /// A worker named `name` with no rules yet.
+    pub fn new(name: impl Into<String>) -> Self {
+        let poll_interval = std::env::var("ZS_WORKER_POLL_MS")
+            .ok()
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .filter(|ms| *ms > 0)
+            .map(Duration::from_millis)
+            .unwrap_or(DEFAULT_POLL_INTERVAL);
+        Self {
+            name: name.into(),
+            rules: Vec::new(),
+            errors: Vec::new(),
+            poll_interval,
+            concurrency: 8,
+            max_attempts: 5,
+            backoff: Duration::from_millis(100),
+        }
+    }
+
+    /// Runs `handler` for every resource of `R` that matches `filter` when it changes, and on
+    /// every poll check while it still matches.
+    pub fn on<R, F, Fut>(mut self, filter: Query, handler: F) -> Self
+    where
+        R: Resource,
+        F: Fn(Context, Change<R>) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<()>> + Send + 'static,
+    {
+        let parsed = match filter.filter() {
+            Ok(parsed) => parsed,
+            Err(e) => {
+                self.errors.push(e);
+                Filter::match_all()
+            }
+        };
+        let handler = Arc::new(handler);
+        self.rules.push(Rule {
+            collection: R::COLLECTION,
+            query: filter,
+            filter: parsed,
+            handler: Arc::new(move |node, event, doc| {
+                let handler = handler.clone();
+                Box::pin(async move {
+                    let mut event = event;
+                    if let (Some(doc), serde_json::Value::Object(map)) = (doc, &mut event.data) {
+                        map.insert("resource_data".into(), doc);
+                    }
+                    let change = Change::<R>::from_event(&event)?;
+                    let ctx = Context::new(node, R::COLLECTION, Some(change.resource_id.clone()));
+                    handler(ctx, change).await
+                })
+            }),
+        });
+        self
+    }
+
+    /// How often matching resources are re-checked (default 10 s, or `ZS_WORKER_POLL_MS`).
+    pub fn poll_interval(mut self, interval: Duration) -> Self {
+        self.poll_interval = interval;
+        self
+    }
+
+    /// How many handlers run at once (default 8).
+    pub fn concurrency(mut self, n: usize) -> Self {
+        self.concurrency = n.max(1);
+        self
+    }
+
+    /// How many times a failing handler is tried per change (default 5), and the first retry
+    /// delay, doubled at each attempt (default 100 ms).
+    pub fn retries(mut self, max_attempts: u32, backoff: Duration) -> Self {
+        self.max_attempts = max_attempts.max(1);
+        self.backoff = backoff;
+        self
+    }
+
+    /// Starts the worker's node (built from `builder`, announced as a worker watching the
+    /// rules' collections) and its rules; returns a handle that stops it.
+    pub async fn start(self, builder: NodeBuilder) -> Result<RunningWorker> {
+        if let Some(e) = self.errors.into_iter().next() {
+            return Err(e);
+        }
+        let mut builder = builder.kind(NodeKind::Worker);
+        let mut watched = HashSet::new();
+        for rule in &self.rules {
+            if watched.insert(rule.collection) {
+                builder = builder.watch(rule.collection);
+            }
+        }
+        let node = builder.start().await?;
+        let shared = Arc::new(Shared {
+            node: node.clone(),
+            semaphore: Arc::new(Semaphore::new(self.concurrency)),
+            in_flight: Mutex::new(HashSet::new()),
+            max_attempts: self.max_attempts,
+            backoff: self.backoff,
+        });
+        let mut tasks = JoinSet::new();
+        for rule in self.rules.into_iter().map(Arc::new) {
+            let events = node.subscribe(rule.collection);
+            tasks.spawn(watch_events(shared.clone(), rule.clone(), events));
+            tasks.spawn(poll(shared.clone(), rule, self.poll_interval));
+        }
+        tracing::info!(worker = %self.name, node = %node.id(), "worker started");
+        Ok(RunningWorker { node, tasks })
+    }
+
+    /// Starts the worker and runs it until SIGINT or SIGTERM, then leaves the cluster.
+    pub async fn run(self, builder: NodeBuilder) -> Result<()> {
+        let worker = self.start(builder).await?;
+        crate::signal::shutdown_signal().await;
+        worker.stop().await;
+        Ok(())
+    }
+}
+
+/// A started worker.
+pub struct RunningWorker {
+    node: Node,
+    tasks: JoinSet<()>,
+}
+
+impl RunningWorker {
+    /// The worker's node (to call collections, or look at peers).
+    pub fn node(&self) -> &Node {
+        &self.node
+    }
+
+    /// Stops the rules and leaves the cluster.
+    pub async fn stop(mut self) {
+        self.tasks.abort_all();
+        while self.tasks.join_next().await.is_some() {}
+        self.node.stop().await;
+    }
+}
+
+struct Shared {
+    node: Node,
+    semaphore: Arc<Semaphore>,
+    in_flight: Mutex<HashSet<(String, String)>>,
+    max_attempts: u32,
+    backoff: Duration,
+}
+
+impl Shared {
+    /// Runs the rule's handler on one resource, unless it is being handled already.
+    async fn dispatch(self: &Arc<Self>, rule: Arc<Rule>, event: Event, doc: serde_json::Value) {
+        let Some(id) = event.data.get("resource_id").and_then(|v| v.as_str()) else {
+            return;
+        };
+        let key = (rule.collection.to_owned(), id.to_owned());
+        if !self
+            .in_flight
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(key.clone())
+        {
+            // Being handled right now: the running handler sees the latest state anyway, and
+            // the next poll check catches whatever it missed.
+            return;
+        }
+        let Ok(permit) = self.semaphore.clone().acquire_owned().await else {
+            return;
+        };
+        let shared = self.clone();
+        tokio::spawn(async move {
+            let _permit = permit;
+            let mut delay = shared.backoff;
+            for attempt in 1..=shared.max_attempts {
+                let run = (rule.handler)(shared.node.clone(), event.clone(), Some(doc.clone()));
+                match run.await {
+                    Ok(()) => break,
+                    Err(e) if attempt < shared.max_attempts => {
+                        tracing::warn!(topic = %event.topic, attempt, error = %e, "worker handler failed; retrying");
+                        tokio::time::sleep(delay).await;
+                        delay = (delay * 2).min(Duration::from_secs(30));
+                    }
+                    Err(e) => {
+                        tracing::error!(topic = %event.topic, attempts = attempt, error = %e, "worker handler failed; giving up until the next poll check");
+                    }
+                }
+            }
+            shared
+                .in_flight
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .remove(&key);
+        });
+    }
+}
+
+async fn watch_events(shared: Arc<Shared>, rule: Arc<Rule>, mut events: crate::EventStream) {
+    while let Some(event) = events.next().await {
+        let action = event
+            .data
+            .get("action")
+            .and_then(|a| a.as_str())
+            .unwrap_or("");
+        if matches!(ChangeKind::from_action(action), ChangeKind::Delete)
+            || action == crate::links::ADD_LINK
+        {
+            continue;
+        }
+        let doc = match event.data.get("resource_data") {
+            Some(doc) if !doc.is_null() => doc.clone(),
+            _ => {
+                // No document in the event: fetch the current one.
+                let Some(id) = event.data.get("resource_id").and_then(|v| v.as_str()) else {
+                    continue;
+                };
+                let get = crate::medium::Request::new(rule.collection, "get").id(id);
+                match shared.node.request(get).await {
+                    Ok(reply) => reply
+                        .get("resource_data")
+                        .cloned()
+                        .unwrap_or(serde_json::Value::Null),
+                    Err(e) => {
+                        tracing::debug!(topic = %event.topic, error = %e, "could not fetch the changed resource");
+                        continue;
+                    }
+                }
+            }
+        };
+        if rule.filter.matches(&doc) {
+            shared.dispatch(rule.clone(), event, doc).await;
+        }
+    }
+}
+
+async fn poll(shared: Arc<Shared>, rule: Arc<Rule>, interval: Duration) {
+    let mut ticker = tokio::time::interval(interval);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        ticker.tick().await;
+        let list = crate::medium::Request::new(rule.collection, "list")
+            .args(serde_json::json!({ "where": rule.query.filter }));
+        let docs = match shared.node.request(list).await {
+            Ok(serde_json::Value::Array(docs)) => docs,
+            Ok(_) => continue,
+            Err(Error::UnknownCollection { .. } | Error::OwnerGone { .. }) => continue,
+            Err(e) => {
+                tracing::warn!(collection = rule.collection, error = %e, "poll check failed");
+                continue;
+            }
+        };
+        for doc in docs {
+            let (Some(id), Some(data)) = (
+                doc.get("resource_id").and_then(|v| v.as_str()),
+                doc.get("resource_data"),
+            ) else {
+                continue;
+            };
+            let event = Event::resource(rule.collection, "poll", id, Default::default());
+            shared.dispatch(rule.clone(), event, data.clone()).await;
+        }
+    }
+}
