@@ -10,4 +10,6 @@ fn ui() {
     t.compile_fail("tests/ui/resource/fail/*.rs");
     t.pass("tests/ui/actions/pass/*.rs");
     t.compile_fail("tests/ui/actions/fail/*.rs");
+    t.pass("tests/ui/service/pass/*.rs");
+    t.compile_fail("tests/ui/service/fail/*.rs");
 }

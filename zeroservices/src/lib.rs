@@ -1,6 +1,7 @@
 #![doc = include_str!("../docs/lib.md")]
 #![warn(missing_docs, unreachable_pub)]
 
+pub mod app;
 pub mod collection;
 pub mod config;
 pub mod discovery;
@@ -19,6 +20,7 @@ pub mod signal;
 pub mod store;
 pub mod worker;
 
+pub use app::App;
 pub use collection::Collection;
 pub use error::{Error, Result};
 pub use event::{Event, EventStream};
@@ -27,6 +29,7 @@ pub use patch::Patch;
 pub use query::{Order, Query};
 pub use resource::{ActionInfo, ActionKind, Change, ChangeKind, Document, Resource, ResourceInfo};
 pub use zeroservices_macros::{action, actions, model, resource};
+pub use zeroservices_macros::service;
 
 /// Everything a service needs, in one `use`.
 pub mod prelude {
@@ -34,6 +37,8 @@ pub mod prelude {
         Change, ChangeKind, Collection, Context, Document, Error, Event, Node, NodeKind, Order,
         Patch, Query, Resource, Result, action, actions, model, patch, query, resource,
     };
+    pub use crate::App;
+    pub use zeroservices_macros::service;
 }
 
 /// Builds a [`Query`] from a JSON filter: `query!({"status": "pending", "value": {"$gt": 2}})`.
@@ -115,4 +120,30 @@ pub mod __private {
 
     /// Compile-time check that `T` is a `#[resource]`.
     pub const fn assert_resource<T: Resource>() {}
+
+    pub use crate::app::ServiceOutput;
+
+    /// Checks that a `#[service]` main returns `()` or `Result<()>` (the error lands on the
+    /// user's return type), and converts what it returned.
+    pub fn service_output<O: ServiceOutput>(output: O) -> ::core::result::Result<(), String> {
+        output.into_result()
+    }
+
+    /// The HTTP defaults written in `#[service(http(...))]` (the host was checked by the
+    /// macro; a bad one falls back to loopback).
+    pub fn service_http(
+        port: Option<u16>,
+        host: Option<&str>,
+        allowed_origins: Option<&str>,
+    ) -> crate::http::HttpConfig {
+        let port = port.unwrap_or(crate::app::DEFAULT_HTTP_PORT);
+        let mut config = crate::http::HttpConfig::new(port);
+        if let Some(host) = host.and_then(|host| host.parse().ok()) {
+            config.host = host;
+        }
+        if let Some(origins) = allowed_origins {
+            config = config.allowed_origins(origins);
+        }
+        config
+    }
 }

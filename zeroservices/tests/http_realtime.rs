@@ -6,7 +6,7 @@ mod http_common;
 
 use std::time::{Duration, Instant};
 
-use futures::StreamExt;
+use futures::{SinkExt, StreamExt};
 use http_common::*;
 use serde_json::json;
 use tokio_tungstenite::tungstenite::Message as WsMessage;
@@ -163,7 +163,6 @@ async fn bad_messages_get_an_error_and_the_socket_stays_open() {
         assert_eq!(reply["type"], "error", "{bad}: {reply}");
         assert!(reply["error"].as_str().is_some_and(|e| !e.is_empty()));
     }
-    use futures::SinkExt;
     ws.send(WsMessage::binary(vec![1, 2, 3])).await.unwrap();
     assert_eq!(ws_next(&mut ws).await["type"], "error");
     // still open, and still working
@@ -363,5 +362,32 @@ async fn shutdown_closes_websockets() {
     assert!(started.elapsed() < Duration::from_secs(5));
     // no longer listening
     assert!(ws_connect(&base, None).await.is_err());
+    node.stop().await;
+}
+
+#[tokio::test]
+async fn a_client_close_is_answered() {
+    let cluster = MemoryCluster::new();
+    let node = owner(&cluster).await;
+    let (server, base) = start(&node, HttpConfig::new(0)).await;
+    let mut ws = ws_connect(&base, None).await.unwrap();
+    ws_subscribe(&mut ws, &["*"]).await;
+    ws.close(None).await.unwrap();
+    let reply = tokio::time::timeout(Duration::from_secs(5), async {
+        loop {
+            match ws.next().await {
+                Some(Ok(WsMessage::Close(_))) => return true,
+                Some(Ok(_)) => {}
+                None | Some(Err(_)) => return false,
+            }
+        }
+    })
+    .await
+    .expect("no answer to the close");
+    assert!(
+        reply,
+        "the server dropped the connection without a close frame"
+    );
+    server.shutdown().await;
     node.stop().await;
 }

@@ -129,12 +129,15 @@ impl ServiceAttrs {
 }
 
 impl HttpAttrs {
-    /// Reads the `(...)` after `http`.
+    /// Reads the `(...)` after `http` (which may be empty).
     fn from_meta(cx: &Ctxt, meta: &ParseNestedMeta<'_>) -> syn::Result<Self> {
+        let content;
+        syn::parenthesized!(content in meta.input);
+        let content: TokenStream = content.parse()?;
         let mut port = Attr::none(cx, HTTP_OWNER, PORT);
         let mut host = Attr::none(cx, HTTP_OWNER, HOST);
         let mut allowed_origins = Attr::none(cx, HTTP_OWNER, ALLOWED_ORIGINS);
-        meta.parse_nested_meta(|meta| {
+        let parser = syn::meta::parser(|meta| {
             if meta.path == PORT {
                 if let Some(lit) = parse_port(cx, &meta)? {
                     port.set(&meta.path, lit);
@@ -166,7 +169,10 @@ impl HttpAttrs {
                 skip_value(&meta)?;
             }
             Ok(())
-        })?;
+        });
+        if let Err(err) = parser.parse2(content) {
+            cx.syn_error(err);
+        }
         Ok(HttpAttrs {
             port: port.get(),
             host: host.get(),

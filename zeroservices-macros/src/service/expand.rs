@@ -49,7 +49,9 @@ fn entry_point(service: &Service<'_>) -> TokenStream {
     let output_span = service
         .output
         .map_or_else(|| ident.span(), |output| output.span());
-    let output = quote_spanned!(output_span=> #krate::__private::service_output(#call.await));
+    // The argument carries the return type's span, so that is where a trait error lands.
+    let returned = Ident::new("returned", Span::mixed_site().located_at(output_span));
+    let check = quote_spanned!(output_span=> #krate::__private::service_output(#returned));
 
     quote! {
         #(#attrs)*
@@ -61,16 +63,22 @@ fn entry_point(service: &Service<'_>) -> TokenStream {
                 #about
                 #(#resources)*
                 #http
-                .run(|#param| async move { #output })
+                .run(|#param| async move {
+                    let #returned = #call.await;
+                    #check
+                })
         }
     }
 }
 
 /// `.http(HttpConfig)` with the attribute's values (the flags and environment override them).
 fn http_config(krate: &syn::Path, http: &Http) -> TokenStream {
-    let port = http.port.unwrap_or(5001);
     let option = |value: &Option<String>| match value {
         Some(value) => quote!(::core::option::Option::Some(#value)),
+        None => quote!(::core::option::Option::None),
+    };
+    let port = match http.port {
+        Some(port) => quote!(::core::option::Option::Some(#port)),
         None => quote!(::core::option::Option::None),
     };
     let host = option(&http.host);
@@ -94,9 +102,10 @@ fn inner_fn(service: &Service<'_>) -> TokenStream {
 fn fallback(service: &Service<'_>) -> TokenStream {
     let krate = &service.krate;
     let original = service.original;
-    let checks = service.resources.iter().map(|ty| {
-        quote_spanned!(ty.span()=> #krate::__private::assert_resource::<#ty>();)
-    });
+    let checks = service
+        .resources
+        .iter()
+        .map(|ty| quote_spanned!(ty.span()=> #krate::__private::assert_resource::<#ty>();));
     if original.sig.ident != "main" {
         return quote! {
             #original

@@ -231,7 +231,10 @@ fn params(cx: &Ctxt, sig: &Signature) -> bool {
             }
         }
         FnArg::Receiver(receiver) => {
-            cx.error_spanned_by(receiver, "#[service] main is a free function: remove `self`");
+            cx.error_spanned_by(
+                receiver,
+                "#[service] main is a free function: remove `self`",
+            );
         }
     }
     true

@@ -240,6 +240,9 @@ async fn serve_client(state: AppState, user: AuthUser, socket: WebSocket) {
             .await
         })
         .await;
+    } else {
+        // The client closed: complete the closing handshake (flushes the close reply).
+        let _ = tokio::time::timeout(GOODBYE_TIMEOUT, sink.close()).await;
     }
     tracing::debug!(user = ?user.0, ?reason, "websocket client disconnected");
 }

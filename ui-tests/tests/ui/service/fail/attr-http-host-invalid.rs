@@ -1,0 +1,4 @@
+use zeroservices::prelude::*;
+
+#[service(name = "rest_api", http(host = "localhost"))]
+async fn main() {}

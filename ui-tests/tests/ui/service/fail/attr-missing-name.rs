@@ -1,0 +1,4 @@
+use zeroservices::prelude::*;
+
+#[service]
+async fn main() {}

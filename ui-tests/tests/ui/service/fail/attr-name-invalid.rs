@@ -1,0 +1,4 @@
+use zeroservices::prelude::*;
+
+#[service(name = "power service")]
+async fn main() {}

@@ -1,0 +1,6 @@
+use zeroservices::prelude::*;
+
+#[service(name = "power_service")]
+async fn main() -> i32 {
+    0
+}

@@ -1,0 +1,6 @@
+use zeroservices::prelude::*;
+
+#[service(name = "power_service")]
+struct Main;
+
+fn main() {}

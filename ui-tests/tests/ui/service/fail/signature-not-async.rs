@@ -1,0 +1,4 @@
+use zeroservices::prelude::*;
+
+#[service(name = "power_service")]
+fn main() {}
