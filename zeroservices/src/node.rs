@@ -553,6 +553,12 @@ impl Node {
         }
     }
 
+    /// Delivers an event to this node's own subscribers only (its websocket clients, its
+    /// `subscribe` streams); peers do not see it.
+    pub fn emit_local(&self, event: Event) {
+        self.inner.deliver_local(&event);
+    }
+
     /// Sends a unicast message to peer `node_id`'s `on_message` hook and waits for its reply.
     pub async fn send(&self, node_id: &str, body: Value) -> Result<Value> {
         let peer = lock(&self.inner.directory)

@@ -37,6 +37,7 @@ use crate::{Error, Node, Result};
 mod auth;
 mod error;
 mod openapi;
+mod page;
 mod realtime;
 mod rest;
 
@@ -217,20 +218,24 @@ pub(crate) struct AuthUser(pub(crate) Option<String>);
 pub fn router(node: Node, config: HttpConfig) -> Router {
     let (tx, rx) = watch::channel(false);
     let (drain, _) = mpsc::channel(1);
-    build(AppState {
-        node,
-        config: Arc::new(config),
-        shutdown: rx,
-        drain,
-        _keep: Some(Arc::new(tx)),
-    })
+    build(
+        AppState {
+            node,
+            config: Arc::new(config),
+            shutdown: rx,
+            drain,
+            _keep: Some(Arc::new(tx)),
+        },
+        None,
+    )
 }
 
-fn build(state: AppState) -> Router {
+fn build(state: AppState, extra: Option<Router>) -> Router {
     let config = state.config.clone();
-    let mut app = Router::new()
+    let routes = Router::new()
         .route("/", get(rest::index))
         .route("/openapi.json", get(openapi::handler))
+        .route("/live", get(page::live))
         .route("/realtime", get(realtime::handler))
         .route("/{collection}", get(rest::list).post(rest::create))
         .route(
@@ -241,15 +246,19 @@ fn build(state: AppState) -> Router {
                 .post(rest::collection_action),
         )
         .route("/{collection}/{id}/{action}", post(rest::resource_action))
-        .fallback(rest::no_route)
+        .fallback(rest::no_route);
+    let routes = match extra {
+        Some(extra) => routes.with_state(state.clone()).merge(extra),
+        None => routes.with_state(state.clone()),
+    };
+    let mut app = routes
         .layer(DefaultBodyLimit::max(config.max_body_bytes))
         .layer(middleware::from_fn_with_state(
             state.clone(),
             auth::basic_auth,
         ))
         .layer(middleware::map_response(error::json_errors))
-        .layer(middleware::from_fn(log_request))
-        .with_state(state);
+        .layer(middleware::from_fn(log_request));
     if let Some(cors) = cors_layer(&config.allowed_origins) {
         app = app.layer(cors);
     }
@@ -374,6 +383,16 @@ impl Drop for HttpServer {
 
 /// Binds `config.host:config.port`, serves [`router`] in a background task, and returns at once.
 pub async fn serve(node: Node, config: HttpConfig) -> Result<HttpServer> {
+    serve_inner(node, config, None).await
+}
+
+/// Like [`serve`], with routes of your own next to the node's (they get the same auth, CORS,
+/// body limit and JSON errors; fixed paths like `/chat` win over `/{collection}`).
+pub async fn serve_with(node: Node, config: HttpConfig, extra: Router) -> Result<HttpServer> {
+    serve_inner(node, config, Some(extra)).await
+}
+
+async fn serve_inner(node: Node, config: HttpConfig, extra: Option<Router>) -> Result<HttpServer> {
     let bind = SocketAddr::new(config.host, config.port);
     let listener = tokio::net::TcpListener::bind(bind)
         .await
@@ -384,13 +403,16 @@ pub async fn serve(node: Node, config: HttpConfig) -> Result<HttpServer> {
     let (shutdown, rx) = watch::channel(false);
     let (drain, drained) = mpsc::channel(1);
     let timeout = config.shutdown_timeout;
-    let app = build(AppState {
-        node,
-        config: Arc::new(config),
-        shutdown: rx.clone(),
-        drain,
-        _keep: None,
-    });
+    let app = build(
+        AppState {
+            node,
+            config: Arc::new(config),
+            shutdown: rx.clone(),
+            drain,
+            _keep: None,
+        },
+        extra,
+    );
     let mut signal = rx;
     let task = tokio::spawn(async move {
         let stop = async move {

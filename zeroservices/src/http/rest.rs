@@ -5,7 +5,7 @@ use axum::Json;
 use axum::body::Bytes;
 use axum::extract::rejection::{BytesRejection, QueryRejection};
 use axum::extract::{Extension, Path, Query, State};
-use axum::http::StatusCode;
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde_json::{Map, Value, json};
 
@@ -64,9 +64,17 @@ async fn call(state: &AppState, request: Request) -> ApiResult<Value> {
     Ok(state.node.request(request).await?)
 }
 
-/// `GET /`: the collections known in the cluster.
-pub(crate) async fn index(State(state): State<AppState>) -> Json<Value> {
-    Json(json!({ "resources": state.node.collections() }))
+/// `GET /`: the collections known in the cluster, or the live page for a browser (an `Accept`
+/// that prefers `text/html`).
+pub(crate) async fn index(State(state): State<AppState>, headers: HeaderMap) -> Response {
+    if super::page::wants_html(&headers) {
+        return super::page::response();
+    }
+    let mut response = Json(json!({ "resources": state.node.collections() })).into_response();
+    response
+        .headers_mut()
+        .insert(header::VARY, HeaderValue::from_static("Accept"));
+    response
 }
 
 /// Any path no route matches.

@@ -5,7 +5,7 @@
 //! * Every write is its own transaction, committed with [`Durability::Immediate`] (an `fsync`)
 //!   before the call returns: an acknowledged write survives `kill -9` and power loss.
 //! * redb is synchronous: every call runs on [`tokio::task::spawn_blocking`].
-//! * Filters, sort, skip, limit and text search use the shared [`crate::query`] language; rows
+//! * Filters, sort, skip, limit and text search use the shared [`crate::query`](mod@crate::query) language; rows
 //!   stream through the filter, only matching documents are kept.
 //! * Opening a data dir that is locked by another process, corrupted or unwritable gives an
 //!   error naming the file and what to do, never a panic.

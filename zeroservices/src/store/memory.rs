@@ -78,11 +78,15 @@ impl Store for MemoryStore {
     }
 
     async fn list(&self, collection: &str, query: &Query) -> Result<Vec<(String, Value)>> {
+        let filter = query.filter()?;
         let all = self.collections.read().await;
+        // Filter on references first: only the matching documents are cloned.
         let docs = all
             .get(collection)
             .into_iter()
-            .flat_map(|docs| docs.iter().map(|(k, v)| (k.clone(), v.clone())));
+            .flat_map(|docs| docs.iter())
+            .filter(|(_, doc)| filter.matches(doc))
+            .map(|(k, v)| (k.clone(), v.clone()));
         query.apply(docs)
     }
 

@@ -1,7 +1,7 @@
 //! Where resources live: the [`Store`] trait over JSON documents, and its backends.
 //!
-//! Every backend speaks the same filter language ([`crate::query`]) and update language
-//! ([`crate::patch`]); the memory and embedded backends evaluate them with the shared
+//! Every backend speaks the same filter language ([`crate::query`](mod@crate::query)) and update language
+//! ([`crate::patch`](mod@crate::patch)); the memory and embedded backends evaluate them with the shared
 //! implementation, the MongoDB backend passes them to the server natively.
 //!
 //! | `ZS_STORE`                     | backend                                              |

@@ -95,7 +95,9 @@ fn main() {
     assert_eq!(actions[3].doc, "");
 
     let info = Power::info();
-    assert_eq!(info.actions.len(), 7);
+    // The 7 custom actions, then the 3 built-in link actions every resource has.
+    assert_eq!(info.actions.len(), 10);
+    assert_eq!(info.actions[7].name, "add_link");
     let square = &info.actions[0];
     assert_eq!(square.kind, ActionKind::Mutate);
     assert_eq!(
