@@ -3,3 +3,5 @@
 
 #[path = "shared/power.rs"]
 pub mod power;
+
+pub mod chat_node;

@@ -13,11 +13,13 @@
 mod http_common;
 
 use std::net::TcpListener;
+use std::panic::AssertUnwindSafe;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use fantoccini::{Client, ClientBuilder, Locator};
+use futures::FutureExt;
 use http_common::*;
 use hyper_util::client::legacy::connect::HttpConnector;
 use serde_json::{Value, json};
@@ -98,7 +100,23 @@ async fn the_live_page_follows_changes_in_headless_chromium() {
 
     let cluster = MemoryCluster::new();
     let node = owner(&cluster).await;
-    let (server, base) = start(&node, HttpConfig::new(0)).await;
+    let driver = ChromeDriver::start(&driver_path);
+    let browser = driver.session().await;
+    // The session is closed (and Chromium with it) whether the checks pass or panic.
+    let checks = AssertUnwindSafe(follow_changes(&browser, &node)).catch_unwind();
+    let outcome = checks.await;
+    let closed = browser.close().await;
+    drop(driver);
+    node.stop().await;
+    if let Err(panic) = outcome {
+        std::panic::resume_unwind(panic);
+    }
+    closed.unwrap();
+}
+
+/// The checks of the browser test, on a fresh WebDriver session.
+async fn follow_changes(browser: &Client, node: &zeroservices::Node) {
+    let (server, base) = start(node, HttpConfig::new(0)).await;
     let addr = server.local_addr();
     let http = client();
     let create = async |id: &str, data: Value| {
@@ -118,13 +136,11 @@ async fn the_live_page_follows_changes_in_headless_chromium() {
     )
     .await;
 
-    let driver = ChromeDriver::start(&driver_path);
-    let browser = driver.session().await;
     browser.set_window_size(1100, 560).await.unwrap();
     browser.goto(&format!("{base}/")).await.unwrap();
 
     // The two powers show, and the websocket is live.
-    let first = wait_for(&browser, "the two powers and a live socket", |s| {
+    let first = wait_for(browser, "the two powers and a live socket", |s| {
         s.ids() == ["alpha", "beta"] && s.state == "live"
     })
     .await;
@@ -172,8 +188,9 @@ async fn the_live_page_follows_changes_in_headless_chromium() {
         .unwrap();
     assert_eq!(deleted.status().as_u16(), 204);
 
-    let after = wait_for(&browser, "the new row, the new value, beta gone", |s| {
+    let after = wait_for(browser, "the new row, the new value, beta gone", |s| {
         s.ids() == ["alpha", "gamma"]
+            && s.raw["present"] == json!(["alpha", "gamma"])
             && s.cell("alpha", "value") == "12"
             && s.cell("gamma", "result") == "16"
             && s.cell("gamma", "status") == "done"
@@ -201,7 +218,7 @@ async fn the_live_page_follows_changes_in_headless_chromium() {
     // The server goes away: the page says so, and comes back to life with the server, catching
     // up with what changed meanwhile.
     server.shutdown().await;
-    wait_for(&browser, "the page to notice the server left", |s| {
+    wait_for(browser, "the page to notice the server left", |s| {
         s.state == "reconnecting"
     })
     .await;
@@ -209,8 +226,8 @@ async fn the_live_page_follows_changes_in_headless_chromium() {
         .patch("alpha", zeroservices::patch!({"$set": {"value": 5}}))
         .await
         .unwrap();
-    let server = restart(&node, addr).await;
-    let caught_up = wait_for(&browser, "the page to reconnect and catch up", |s| {
+    let server = restart(node, addr).await;
+    let caught_up = wait_for(browser, "the page to reconnect and catch up", |s| {
         s.state == "live" && s.cell("alpha", "value") == "5"
     })
     .await;
@@ -220,17 +237,14 @@ async fn the_live_page_follows_changes_in_headless_chromium() {
     );
     let lists_now = caught_up.raw["lists"].as_u64().unwrap();
     create("delta", json!({"value": 7})).await;
-    let live_again = wait_for(&browser, "events after the reconnection", |s| {
+    let live_again = wait_for(browser, "events after the reconnection", |s| {
         s.ids() == ["alpha", "gamma", "delta"]
     })
     .await;
     assert_eq!(live_again.raw["lists"].as_u64().unwrap(), lists_now);
     assert_eq!(live_again.cell("delta", "description"), "—");
 
-    browser.close().await.unwrap();
-    drop(driver);
     server.shutdown().await;
-    node.stop().await;
 }
 
 /// Serves `node` again on `addr`, retrying while the port is still being released.
@@ -409,6 +423,7 @@ const lists = performance.getEntriesByType("resource")
   .filter(e => new URL(e.name).pathname === "/power").length;
 return {
   loadedAt: window.__loadedAt || null,
+  present: Array.from(document.querySelectorAll("#rows tr[data-id]")).map(tr => tr.dataset.id),
   state: document.getElementById("status").dataset.state,
   columns: Array.from(document.querySelectorAll("#head th")).map(th => th.textContent),
   count: document.getElementById("count").textContent,

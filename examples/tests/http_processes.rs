@@ -1,0 +1,521 @@
+//! `power` and `api` as two real processes (the example binaries), in a cluster of their own:
+//! multicast on 127.0.0.1 with a private group port, the memory store, short heartbeats.
+//!
+//! - REST through `api` (a gateway with no resources) reaches `power`'s store: create, read,
+//!   the `square` action, patch, list, delete; and a websocket client on `api`'s `/realtime`
+//!   receives the create, action, patch and delete events with their topics and payloads.
+//! - SIGTERM to `power`: it says goodbye, and a request through `api` gets 503 within the peer
+//!   timeout plus the request timeout.
+//!
+//! The binaries are those `cargo test -p zeroservices-examples` builds beside the tests
+//! (`target/<profile>/examples/`); with only `--test http_processes`, cargo does not rebuild
+//! them: run `cargo build --examples -p zeroservices-examples` first. Every child is killed
+//! (SIGKILL) when its handle drops, and its log is printed if the test failed.
+//!
+//! Run: `cargo test -p zeroservices-examples --test http_processes`.
+
+use std::io::{BufRead, BufReader, Read};
+use std::net::{Ipv4Addr, TcpListener, UdpSocket};
+use std::path::PathBuf;
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use futures::{SinkExt, StreamExt};
+use serde_json::{Value, json};
+use tokio_tungstenite::tungstenite::Message;
+
+const HEARTBEAT_MS: u64 = 200;
+const PEER_TIMEOUT_MS: u64 = 1500;
+const REQUEST_TIMEOUT_MS: u64 = 1000;
+
+/// One test's cluster: a multicast group of its own on loopback.
+struct Cluster {
+    group_port: u16,
+}
+
+impl Cluster {
+    fn new() -> Self {
+        let socket = UdpSocket::bind((Ipv4Addr::LOCALHOST, 0)).unwrap();
+        Self {
+            group_port: socket.local_addr().unwrap().port(),
+        }
+    }
+
+    /// Starts the example `name` as a member of this cluster.
+    fn spawn(&self, name: &str, env: &[(&str, String)], args: &[&str]) -> Proc {
+        let mut command = Command::new(example_binary(name));
+        for (var, _) in std::env::vars() {
+            if var.starts_with("ZS_") || var == "RUST_LOG" {
+                command.env_remove(var);
+            }
+        }
+        command
+            .env("ZS_DISCOVERY_INTERFACE", "127.0.0.1")
+            .env(
+                "ZS_MULTICAST_GROUP",
+                format!("237.252.249.227:{}", self.group_port),
+            )
+            .env("ZS_STORE", "memory")
+            .env("ZS_HEARTBEAT_MS", HEARTBEAT_MS.to_string())
+            .env("ZS_PEER_TIMEOUT_MS", PEER_TIMEOUT_MS.to_string())
+            .env("ZS_REQUEST_TIMEOUT_MS", REQUEST_TIMEOUT_MS.to_string())
+            .env("RUST_LOG", "warn")
+            .args(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        for (var, value) in env {
+            command.env(var, value);
+        }
+        Proc::spawn(name, command)
+    }
+
+    /// Starts `api` on a free port and waits until it lists `power`: its base URL.
+    async fn api(&self) -> (Proc, String) {
+        let port = free_tcp_port();
+        let api = self.spawn("api", &[("ZS_HTTP_PORT", port.to_string())], &[]);
+        let base = format!("http://127.0.0.1:{port}");
+        wait_for_power(&base, &api).await;
+        (api, base)
+    }
+}
+
+/// `target/<profile>/examples/<name>`, beside this test's `target/<profile>/deps/`.
+fn example_binary(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    let profile_dir = exe
+        .parent()
+        .and_then(|deps| deps.parent())
+        .expect("the test binary is in target/<profile>/deps/");
+    let path = profile_dir
+        .join("examples")
+        .join(format!("{name}{}", std::env::consts::EXE_SUFFIX));
+    assert!(
+        path.is_file(),
+        "the example binary {} is missing: run `cargo build --examples -p zeroservices-examples` \
+         (or `cargo test -p zeroservices-examples`, which builds the examples) first",
+        path.display()
+    );
+    path
+}
+
+fn free_tcp_port() -> u16 {
+    let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).unwrap();
+    listener.local_addr().unwrap().port()
+}
+
+/// A child process: its output is collected, it is SIGKILLed when dropped, and its output is
+/// printed when the test is failing.
+struct Proc {
+    name: String,
+    child: Child,
+    log: Arc<Mutex<Vec<String>>>,
+}
+
+impl Proc {
+    fn spawn(name: &str, mut command: Command) -> Self {
+        let mut child = command
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {name}: {e}"));
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let stdout = child.stdout.take().unwrap();
+        let stderr = child.stderr.take().unwrap();
+        collect(stdout, log.clone());
+        collect(stderr, log.clone());
+        Self {
+            name: name.to_owned(),
+            child,
+            log,
+        }
+    }
+
+    fn log(&self) -> String {
+        self.log.lock().unwrap().join("\n")
+    }
+
+    /// The exit status if it has exited.
+    fn exited(&mut self) -> Option<ExitStatus> {
+        self.child.try_wait().unwrap()
+    }
+
+    /// Waits for the exit, at most `within`.
+    fn wait(&mut self, within: Duration) -> ExitStatus {
+        let deadline = Instant::now() + within;
+        loop {
+            if let Some(status) = self.exited() {
+                return status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{} did not exit within {within:?}; its output:\n{}",
+                self.name,
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    fn sigterm(&self) {
+        let status = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success(), "kill -TERM {} failed", self.child.id());
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        if std::thread::panicking() {
+            eprintln!("---- output of {} ----\n{}", self.name, self.log());
+        }
+    }
+}
+
+/// Reads `from` line by line into `log`, on a thread of its own.
+fn collect(from: impl Read + Send + 'static, log: Arc<Mutex<Vec<String>>>) {
+    std::thread::spawn(move || {
+        for line in BufReader::new(from).lines().map_while(|l| l.ok()) {
+            log.lock().unwrap().push(line);
+        }
+    });
+}
+
+fn client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .timeout(Duration::from_secs(10))
+        .build()
+        .unwrap()
+}
+
+/// A response's status and JSON body (`Null` when empty).
+async fn json(response: reqwest::Response) -> (u16, Value) {
+    let status = response.status().as_u16();
+    let text = response.text().await.unwrap();
+    let body = if text.is_empty() {
+        Value::Null
+    } else {
+        serde_json::from_str(&text).unwrap_or_else(|e| panic!("not JSON ({e}): {text:?}"))
+    };
+    (status, body)
+}
+
+/// Polls `GET /` until the gateway lists `power` (it has discovered the owner).
+async fn wait_for_power(base: &str, api: &Proc) {
+    let http = client();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut last = String::from("no answer");
+    loop {
+        let answer = http
+            .get(format!("{base}/"))
+            .header("accept", "application/json")
+            .timeout(Duration::from_secs(2))
+            .send()
+            .await;
+        match answer {
+            Ok(response) => {
+                let (status, body) = json(response).await;
+                if status == 200
+                    && body["resources"]
+                        .as_array()
+                        .is_some_and(|r| r.iter().any(|c| c == "power"))
+                {
+                    return;
+                }
+                last = format!("{status} {body}");
+            }
+            Err(e) => last = e.to_string(),
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{base}/ did not list power within 20 s (last: {last}); api's output:\n{}",
+            api.log()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+type Ws = tokio_tungstenite::WebSocketStream<
+    tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>,
+>;
+
+async fn ws_connect(base: &str) -> Ws {
+    let url = format!("{}/realtime", base.replace("http://", "ws://"));
+    let (ws, _) = tokio::time::timeout(
+        Duration::from_secs(5),
+        tokio_tungstenite::connect_async(url),
+    )
+    .await
+    .expect("websocket connect timed out")
+    .expect("websocket connect failed");
+    ws
+}
+
+/// The next text message as JSON, or `None` if none comes within `within`.
+async fn ws_next_within(ws: &mut Ws, within: Duration) -> Option<Value> {
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        let message = match tokio::time::timeout_at(deadline, ws.next()).await {
+            Err(_) => return None,
+            Ok(message) => message
+                .expect("websocket closed")
+                .expect("websocket error"),
+        };
+        match message {
+            Message::Text(text) => return Some(serde_json::from_str(text.as_str()).unwrap()),
+            Message::Ping(_) | Message::Pong(_) => continue,
+            other => panic!("unexpected websocket message {other:?}"),
+        }
+    }
+}
+
+/// Subscribes to `topics` and waits for the acknowledgement.
+async fn ws_subscribe(ws: &mut Ws, topics: &[&str]) {
+    let subscribe = json!({"type": "subscribe", "topics": topics});
+    ws.send(Message::text(subscribe.to_string())).await.unwrap();
+    let ack = ws_next_within(ws, Duration::from_secs(5))
+        .await
+        .expect("no subscribe acknowledgement within 5 s");
+    assert_eq!(ack["type"], "subscribed", "{ack}");
+    assert_eq!(ack["topics"], json!(topics));
+}
+
+/// The next event about `power` `id` (events about other resources are skipped).
+async fn next_event_for(ws: &mut Ws, id: &str) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let message = ws_next_within(ws, left)
+            .await
+            .unwrap_or_else(|| panic!("no event about power {id} within 5 s"));
+        assert_eq!(message["type"], "event", "{message}");
+        if message["data"]["resource_id"] == id {
+            return message;
+        }
+    }
+}
+
+async fn create(http: &reqwest::Client, base: &str, body: Value) -> String {
+    let (status, reply) = json(
+        http.post(format!("{base}/power"))
+            .json(&body)
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(status, 201, "create {body}: {reply}");
+    reply["resource_id"].as_str().unwrap().to_owned()
+}
+
+async fn get(http: &reqwest::Client, base: &str, id: &str) -> (u16, Value) {
+    json(
+        http.get(format!("{base}/power/{id}"))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await
+}
+
+/// Events from `power` reach `api` once `api`'s subscriber has connected to `power`'s
+/// publisher, which can lag the discovery a little: creates throw-away powers until one event
+/// arrives on `ws`, so that every later event is delivered.
+async fn wait_for_event_flow(http: &reqwest::Client, base: &str, ws: &mut Ws) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    for n in 0.. {
+        create(
+            http,
+            base,
+            json!({"resource_id": format!("warm-up-{n}"), "resource_data": {"value": n}}),
+        )
+        .await;
+        if let Some(message) = ws_next_within(ws, Duration::from_millis(250)).await {
+            assert_eq!(message["type"], "event", "{message}");
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no event from power reached api's websocket within 10 s"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rest_and_realtime_through_api_reach_power() {
+    let cluster = Cluster::new();
+    let _power = cluster.spawn("power", &[], &[]);
+    let (_api, base) = cluster.api().await;
+    let http = client();
+
+    let mut ws = ws_connect(&base).await;
+    ws_subscribe(&mut ws, &["power"]).await;
+    wait_for_event_flow(&http, &base, &mut ws).await;
+
+    // Create: with an id, and without one (the owner makes one up).
+    let id = create(
+        &http,
+        &base,
+        json!({"resource_id": "p1", "resource_data": {"value": 7, "description": "seven"}}),
+    )
+    .await;
+    assert_eq!(id, "p1");
+    let other = create(&http, &base, json!({"resource_data": {"value": 3}})).await;
+    assert!(!other.is_empty());
+    let (status, body) = get(&http, &base, &other).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["resource_data"]["value"], 3);
+
+    // Read: the defaults were filled in by power's schema.
+    let (status, body) = get(&http, &base, "p1").await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["resource_id"], "p1");
+    assert_eq!(body["resource_data"]["value"], 7);
+    assert_eq!(body["resource_data"]["status"], "pending");
+    assert_eq!(body["resource_data"]["description"], "seven");
+    assert!(body["resource_data"]["result"].is_null(), "{body}");
+
+    // A resource action runs on power's node and is stored there.
+    let (status, body) = json(
+        http.post(format!("{base}/power/p1/square"))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!((status, body), (200, json!(49)));
+    let (_, body) = get(&http, &base, "p1").await;
+    assert_eq!(body["resource_data"]["result"], 49);
+    assert_eq!(body["resource_data"]["status"], "done");
+
+    // Patch, then read it back, and square the new value.
+    let patch = json!({"$set": {"value": 12, "status": "pending"}, "$unset": {"result": ""}});
+    let (status, body) = json(
+        http.patch(format!("{base}/power/p1"))
+            .json(&json!({ "patch": patch }))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["resource_data"]["value"], 12, "{body}");
+    let (status, body) = get(&http, &base, "p1").await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["resource_data"]["value"], 12);
+    assert_eq!(body["resource_data"]["status"], "pending");
+    assert!(body["resource_data"]["result"].is_null(), "{body}");
+    let (status, body) = json(
+        http.post(format!("{base}/power/p1/square"))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!((status, body), (200, json!(144)));
+
+    // List with a filter, through the gateway.
+    let (status, body) = json(
+        http.get(format!("{base}/power"))
+            .query(&[("where", r#"{"value": {"$gte": 12}}"#)])
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    let ids: Vec<&str> = body
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|d| d["resource_id"].as_str())
+        .collect();
+    assert_eq!(ids, ["p1"], "{body}");
+
+    // Delete: 204, then 404 for the id, and 404 for a collection nobody owns.
+    let response = http
+        .delete(format!("{base}/power/p1"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status().as_u16(), 204);
+    let (status, body) = get(&http, &base, "p1").await;
+    assert_eq!(status, 404, "{body}");
+    assert!(body["error"].is_string(), "{body}");
+    let (status, body) = json(http.get(format!("{base}/nope")).send().await.unwrap()).await;
+    assert_eq!(
+        (status, body),
+        (404, json!({"error": "Unknown service nope"}))
+    );
+
+    // The websocket saw every change of p1, in order, with the original payloads.
+    let e = next_event_for(&mut ws, "p1").await;
+    assert_eq!(e["topic"], "power.create.p1", "{e}");
+    assert_eq!(e["data"]["action"], "create");
+    assert_eq!(e["data"]["resource_name"], "power");
+    assert_eq!(e["data"]["resource_data"]["value"], 7);
+    assert_eq!(e["data"]["resource_data"]["description"], "seven");
+    let e = next_event_for(&mut ws, "p1").await;
+    assert_eq!(e["topic"], "power.square.p1", "{e}");
+    assert_eq!(e["data"]["action"], "square");
+    assert_eq!(e["data"]["resource_data"]["result"], 49);
+    assert_eq!(e["data"]["resource_data"]["status"], "done");
+    let e = next_event_for(&mut ws, "p1").await;
+    assert_eq!(e["topic"], "power.patch.p1", "{e}");
+    assert_eq!(e["data"]["action"], "patch");
+    assert_eq!(e["data"]["patch"], patch);
+    assert_eq!(e["data"]["resource_data"]["value"], 12);
+    assert_eq!(e["data"]["resource_data"]["status"], "pending");
+    let e = next_event_for(&mut ws, "p1").await;
+    assert_eq!(e["topic"], "power.square.p1", "{e}");
+    assert_eq!(e["data"]["resource_data"]["result"], 144);
+    let e = next_event_for(&mut ws, "p1").await;
+    assert_eq!(e["topic"], "power.delete.p1", "{e}");
+    assert_eq!(e["data"]["action"], "delete");
+    assert_eq!(e["data"]["resource_id"], "p1");
+    assert!(e["data"].get("resource_data").is_none(), "{e}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_to_power_gives_503_through_api() {
+    let cluster = Cluster::new();
+    let mut power = cluster.spawn("power", &[], &[]);
+    let (_api, base) = cluster.api().await;
+    let http = client();
+    create(
+        &http,
+        &base,
+        json!({"resource_id": "p1", "resource_data": {"value": 2}}),
+    )
+    .await;
+    assert_eq!(get(&http, &base, "p1").await.0, 200);
+
+    power.sigterm();
+    let signalled = Instant::now();
+    let bound = Duration::from_millis(PEER_TIMEOUT_MS + REQUEST_TIMEOUT_MS);
+    let mut seen = Vec::new();
+    let (status, body) = loop {
+        let (status, body) = get(&http, &base, "p1").await;
+        if status == 503 {
+            break (status, body);
+        }
+        seen.push(status);
+        assert!(
+            signalled.elapsed() < bound,
+            "no 503 within {bound:?} of SIGTERM (answers: {seen:?}, last: {body})"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let took = signalled.elapsed();
+    assert_eq!(status, 503);
+    assert!(body["error"].is_string(), "{body}");
+    println!("503 {body} {took:?} after SIGTERM (answers before: {seen:?})");
+    assert!(
+        power.wait(Duration::from_secs(10)).success(),
+        "power did not exit 0 on SIGTERM; its output:\n{}",
+        power.log()
+    );
+}
