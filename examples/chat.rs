@@ -22,8 +22,7 @@ use zeroservices_examples::chat_node::ChatNode;
 async fn main() -> zeroservices::Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "warn".into()),
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
         )
         .init();
     let mut args = std::env::args().skip(1);
@@ -44,7 +43,10 @@ async fn main() -> zeroservices::Result<()> {
     let network = NetworkConfig::from_env()?;
     let chat = ChatNode::start(&user, |name| Node::builder(name).network(network)).await?;
     let server = chat.serve(HttpConfig::new(port)).await?;
-    println!("{user} is in the chat: open http://{}/chat", server.local_addr());
+    println!(
+        "{user} is in the chat: open http://{}/chat",
+        server.local_addr()
+    );
     zeroservices::signal::shutdown_signal().await;
     server.shutdown().await;
     chat.node().stop().await;

@@ -37,7 +37,10 @@ impl ChatNode {
     /// Starts the chat node of `user` on `builder`'s cluster.
     pub async fn start(user: &str, builder: impl FnOnce(String) -> NodeBuilder) -> Result<Self> {
         if user.is_empty() || user.contains(char::is_whitespace) || user.contains('.') {
-            return Err(Error::validation("user", "a user name has no spaces or dots"));
+            return Err(Error::validation(
+                "user",
+                "a user name has no spaces or dots",
+            ));
         }
         // The hooks need the node to emit local events; it exists only after start, so they
         // reach it through a cell filled right after.
@@ -79,7 +82,10 @@ impl ChatNode {
             .start()
             .await?;
         let _ = cell.set(node.clone());
-        Ok(Self { node, user: user.to_owned() })
+        Ok(Self {
+            node,
+            user: user.to_owned(),
+        })
     }
 
     /// The node.
@@ -153,12 +159,27 @@ async fn users(State(chat): State<ChatNode>) -> Json<Value> {
     Json(json!({ "me": chat.user, "users": chat.users() }))
 }
 
-async fn say(State(chat): State<ChatNode>, Json(body): Json<Value>) -> (axum::http::StatusCode, Json<Value>) {
-    let text = body.get("text").and_then(Value::as_str).unwrap_or("").trim().to_owned();
+async fn say(
+    State(chat): State<ChatNode>,
+    Json(body): Json<Value>,
+) -> (axum::http::StatusCode, Json<Value>) {
+    let text = body
+        .get("text")
+        .and_then(Value::as_str)
+        .unwrap_or("")
+        .trim()
+        .to_owned();
     if text.is_empty() {
-        return (axum::http::StatusCode::BAD_REQUEST, Json(json!({ "error": "empty message" })));
+        return (
+            axum::http::StatusCode::BAD_REQUEST,
+            Json(json!({ "error": "empty message" })),
+        );
     }
-    let result = match body.get("to").and_then(Value::as_str).filter(|t| !t.is_empty()) {
+    let result = match body
+        .get("to")
+        .and_then(Value::as_str)
+        .filter(|t| !t.is_empty())
+    {
         Some(to) => chat.tell(to, &text).await,
         None => {
             chat.say(&text).await;
@@ -167,6 +188,9 @@ async fn say(State(chat): State<ChatNode>, Json(body): Json<Value>) -> (axum::ht
     };
     match result {
         Ok(()) => (axum::http::StatusCode::OK, Json(json!({ "ok": true }))),
-        Err(e) => (zeroservices::http::status_for(&e), Json(json!({ "error": e.to_string() }))),
+        Err(e) => (
+            zeroservices::http::status_for(&e),
+            Json(json!({ "error": e.to_string() })),
+        ),
     }
 }

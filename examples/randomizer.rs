@@ -56,7 +56,9 @@ fn args() -> Args {
                 out.host = host.to_owned();
                 out.port = port.parse().unwrap_or_else(|_| usage());
             }
-            "--interval-ms" => out.interval = Duration::from_millis(value().parse().unwrap_or_else(|_| usage())),
+            "--interval-ms" => {
+                out.interval = Duration::from_millis(value().parse().unwrap_or_else(|_| usage()))
+            }
             "--rounds" => out.rounds = Some(value().parse().unwrap_or_else(|_| usage())),
             "--count" => out.count = value().parse().unwrap_or_else(|_| usage()),
             "-h" | "--help" => {
@@ -76,7 +78,12 @@ fn args() -> Args {
 }
 
 /// One HTTP/1.1 request with a JSON body; returns the status and the JSON answer.
-async fn call(args: &Args, method: &str, path: &str, body: &Value) -> std::io::Result<(u16, Value)> {
+async fn call(
+    args: &Args,
+    method: &str,
+    path: &str,
+    body: &Value,
+) -> std::io::Result<(u16, Value)> {
     let payload = body.to_string();
     let mut stream = tokio::time::timeout(
         Duration::from_secs(5),
@@ -102,7 +109,10 @@ async fn call(args: &Args, method: &str, path: &str, body: &Value) -> std::io::R
         .and_then(|s| s.parse().ok())
         .unwrap_or(0);
     let body = text.split_once("\r\n\r\n").map(|(_, b)| b).unwrap_or("");
-    Ok((status, serde_json::from_str(body.trim()).unwrap_or(Value::Null)))
+    Ok((
+        status,
+        serde_json::from_str(body.trim()).unwrap_or(Value::Null),
+    ))
 }
 
 /// A small xorshift generator: random enough for a demo, no dependency.

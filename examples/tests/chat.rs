@@ -27,7 +27,11 @@ async fn three_users_chat_and_one_leaves() {
     let cluster = MemoryCluster::new();
     let start = |user: &'static str| {
         let cluster = cluster.clone();
-        async move { ChatNode::start(user, |name| Node::builder(name).memory(&cluster)).await.unwrap() }
+        async move {
+            ChatNode::start(user, |name| Node::builder(name).memory(&cluster))
+                .await
+                .unwrap()
+        }
     };
     let ann = start("ann").await;
     let mut ann_events = ann.node().subscribe("chat");
@@ -55,7 +59,10 @@ async fn three_users_chat_and_one_leaves() {
     ann.tell("bob", "psst").await.unwrap();
     let e = next(&mut bob_events).await;
     assert_eq!(e.topic, "chat.direct.ann");
-    assert_eq!((e.data["to"].as_str(), e.data["text"].as_str()), (Some("bob"), Some("psst")));
+    assert_eq!(
+        (e.data["to"].as_str(), e.data["text"].as_str()),
+        (Some("bob"), Some("psst"))
+    );
     let mine = next(&mut ann_events).await;
     assert_eq!(mine.topic, "chat.direct.ann");
     nothing(&mut cid_events).await;

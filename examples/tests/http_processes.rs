@@ -8,18 +8,19 @@
 //!   timeout plus the request timeout.
 //!
 //! The binaries are those `cargo test -p zeroservices-examples` builds beside the tests
-//! (`target/<profile>/examples/`); with only `--test http_processes`, cargo does not rebuild
-//! them: run `cargo build --examples -p zeroservices-examples` first. Every child is killed
-//! (SIGKILL) when its handle drops, and its log is printed if the test failed.
+//! (`target/<profile>/examples/`). `cargo test --test http_processes` alone does not rebuild
+//! them: a missing binary, or one older than the sources, fails the test with the command to
+//! run (`cargo build --examples -p zeroservices-examples`). Every child is killed (SIGKILL)
+//! when its handle drops, and its output is printed if the test failed.
 //!
 //! Run: `cargo test -p zeroservices-examples --test http_processes`.
 
 use std::io::{BufRead, BufReader, Read};
 use std::net::{Ipv4Addr, TcpListener, UdpSocket};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use futures::{SinkExt, StreamExt};
 use serde_json::{Value, json};
@@ -71,13 +72,23 @@ impl Cluster {
         Proc::spawn(name, command)
     }
 
-    /// Starts `api` on a free port and waits until it lists `power`: its base URL.
+    /// Starts `api` on a free port and waits until it lists `power`: its base URL. The port
+    /// was free when probed but may be taken before `api` binds it: then `api` exits, and
+    /// another port is tried.
     async fn api(&self) -> (Proc, String) {
-        let port = free_tcp_port();
-        let api = self.spawn("api", &[("ZS_HTTP_PORT", port.to_string())], &[]);
-        let base = format!("http://127.0.0.1:{port}");
-        wait_for_power(&base, &api).await;
-        (api, base)
+        for _ in 0..5 {
+            let port = free_tcp_port();
+            let mut api = self.spawn("api", &[("ZS_HTTP_PORT", port.to_string())], &[]);
+            let base = format!("http://127.0.0.1:{port}");
+            match wait_for_power(&base, &mut api).await {
+                Ok(()) => return (api, base),
+                Err(status) if api.log().contains("Address already in use") => {
+                    eprintln!("api on port {port}: {status}, port taken; another port");
+                }
+                Err(status) => panic!("api exited early: {status}; its output:\n{}", api.log()),
+            }
+        }
+        panic!("api could not bind a free port in 5 attempts");
     }
 }
 
@@ -97,7 +108,44 @@ fn example_binary(name: &str) -> PathBuf {
          (or `cargo test -p zeroservices-examples`, which builds the examples) first",
         path.display()
     );
+    // `cargo test --test NAME` does not rebuild the examples: refuse to test an old binary.
+    let built = std::fs::metadata(&path).and_then(|m| m.modified()).unwrap();
+    let examples = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    let root = examples.parent().unwrap();
+    let sources = [
+        examples.clone(),
+        examples.join("shared"),
+        root.join("zeroservices/src"),
+        root.join("zeroservices-macros/src"),
+    ];
+    if let Some(newer) = sources.iter().find_map(|dir| newer_than(dir, built)) {
+        panic!(
+            "the example binary {} is older than {}: run `cargo build --examples -p \
+             zeroservices-examples` (or `cargo test -p zeroservices-examples`, which builds the \
+             examples) first",
+            path.display(),
+            newer.display()
+        );
+    }
     path
+}
+
+/// A source file under `dir` modified after `time` (`examples/` itself: its files only, not
+/// its `tests/`).
+fn newer_than(dir: &Path, time: SystemTime) -> Option<PathBuf> {
+    let recursive = !dir.ends_with("examples");
+    for entry in std::fs::read_dir(dir).ok()?.flatten() {
+        let path = entry.path();
+        let Ok(meta) = entry.metadata() else { continue };
+        if meta.is_dir() {
+            if recursive && let Some(found) = newer_than(&path, time) {
+                return Some(found);
+            }
+        } else if meta.modified().is_ok_and(|m| m > time) {
+            return Some(path);
+        }
+    }
+    None
 }
 
 fn free_tcp_port() -> u16 {
@@ -111,6 +159,7 @@ struct Proc {
     name: String,
     child: Child,
     log: Arc<Mutex<Vec<String>>>,
+    readers: Vec<std::thread::JoinHandle<()>>,
 }
 
 impl Proc {
@@ -121,12 +170,12 @@ impl Proc {
         let log = Arc::new(Mutex::new(Vec::new()));
         let stdout = child.stdout.take().unwrap();
         let stderr = child.stderr.take().unwrap();
-        collect(stdout, log.clone());
-        collect(stderr, log.clone());
+        let readers = vec![collect(stdout, log.clone()), collect(stderr, log.clone())];
         Self {
             name: name.to_owned(),
             child,
             log,
+            readers,
         }
     }
 
@@ -134,13 +183,17 @@ impl Proc {
         self.log.lock().unwrap().join("\n")
     }
 
-    /// The exit status if it has exited.
+    /// The exit status if it has exited (its output then read to the end).
     fn exited(&mut self) -> Option<ExitStatus> {
-        self.child.try_wait().unwrap()
+        let status = self.child.try_wait().unwrap()?;
+        for reader in self.readers.drain(..) {
+            let _ = reader.join();
+        }
+        Some(status)
     }
 
     /// Waits for the exit, at most `within`.
-    fn wait(&mut self, within: Duration) -> ExitStatus {
+    async fn wait(&mut self, within: Duration) -> ExitStatus {
         let deadline = Instant::now() + within;
         loop {
             if let Some(status) = self.exited() {
@@ -152,7 +205,7 @@ impl Proc {
                 self.name,
                 self.log()
             );
-            std::thread::sleep(Duration::from_millis(20));
+            tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
 
@@ -176,12 +229,15 @@ impl Drop for Proc {
 }
 
 /// Reads `from` line by line into `log`, on a thread of its own.
-fn collect(from: impl Read + Send + 'static, log: Arc<Mutex<Vec<String>>>) {
+fn collect(
+    from: impl Read + Send + 'static,
+    log: Arc<Mutex<Vec<String>>>,
+) -> std::thread::JoinHandle<()> {
     std::thread::spawn(move || {
         for line in BufReader::new(from).lines().map_while(|l| l.ok()) {
             log.lock().unwrap().push(line);
         }
-    });
+    })
 }
 
 fn client() -> reqwest::Client {
@@ -203,11 +259,11 @@ async fn json(response: reqwest::Response) -> (u16, Value) {
     (status, body)
 }
 
-/// Polls `GET /` until the gateway lists `power` (it has discovered the owner).
-async fn wait_for_power(base: &str, api: &Proc) {
+/// Polls `GET /` until the gateway lists `power` (it has discovered the owner); `Err` with
+/// its exit status if `api` exits meanwhile.
+async fn wait_for_power(base: &str, api: &mut Proc) -> Result<(), ExitStatus> {
     let http = client();
     let deadline = Instant::now() + Duration::from_secs(20);
-    let mut last = String::from("no answer");
     loop {
         let answer = http
             .get(format!("{base}/"))
@@ -215,7 +271,7 @@ async fn wait_for_power(base: &str, api: &Proc) {
             .timeout(Duration::from_secs(2))
             .send()
             .await;
-        match answer {
+        let last = match answer {
             Ok(response) => {
                 let (status, body) = json(response).await;
                 if status == 200
@@ -223,11 +279,14 @@ async fn wait_for_power(base: &str, api: &Proc) {
                         .as_array()
                         .is_some_and(|r| r.iter().any(|c| c == "power"))
                 {
-                    return;
+                    return Ok(());
                 }
-                last = format!("{status} {body}");
+                format!("{status} {body}")
             }
-            Err(e) => last = e.to_string(),
+            Err(e) => e.to_string(),
+        };
+        if let Some(status) = api.exited() {
+            return Err(status);
         }
         assert!(
             Instant::now() < deadline,
@@ -238,9 +297,8 @@ async fn wait_for_power(base: &str, api: &Proc) {
     }
 }
 
-type Ws = tokio_tungstenite::WebSocketStream<
-    tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>,
->;
+type Ws =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
 
 async fn ws_connect(base: &str) -> Ws {
     let url = format!("{}/realtime", base.replace("http://", "ws://"));
@@ -260,9 +318,7 @@ async fn ws_next_within(ws: &mut Ws, within: Duration) -> Option<Value> {
     loop {
         let message = match tokio::time::timeout_at(deadline, ws.next()).await {
             Err(_) => return None,
-            Ok(message) => message
-                .expect("websocket closed")
-                .expect("websocket error"),
+            Ok(message) => message.expect("websocket closed").expect("websocket error"),
         };
         match message {
             Message::Text(text) => return Some(serde_json::from_str(text.as_str()).unwrap()),
@@ -312,13 +368,7 @@ async fn create(http: &reqwest::Client, base: &str, body: Value) -> String {
 }
 
 async fn get(http: &reqwest::Client, base: &str, id: &str) -> (u16, Value) {
-    json(
-        http.get(format!("{base}/power/{id}"))
-            .send()
-            .await
-            .unwrap(),
-    )
-    .await
+    json(http.get(format!("{base}/power/{id}")).send().await.unwrap()).await
 }
 
 /// Events from `power` reach `api` once `api`'s subscriber has connected to `power`'s
@@ -514,7 +564,7 @@ async fn sigterm_to_power_gives_503_through_api() {
     assert!(body["error"].is_string(), "{body}");
     println!("503 {body} {took:?} after SIGTERM (answers before: {seen:?})");
     assert!(
-        power.wait(Duration::from_secs(10)).success(),
+        power.wait(Duration::from_secs(10)).await.success(),
         "power did not exit 0 on SIGTERM; its output:\n{}",
         power.log()
     );

@@ -28,16 +28,16 @@ pub use node::{Context, Node, NodeBuilder, NodeInfo, NodeKind};
 pub use patch::Patch;
 pub use query::{Order, Query};
 pub use resource::{ActionInfo, ActionKind, Change, ChangeKind, Document, Resource, ResourceInfo};
-pub use zeroservices_macros::{action, actions, model, resource};
 pub use zeroservices_macros::service;
+pub use zeroservices_macros::{action, actions, model, resource};
 
 /// Everything a service needs, in one `use`.
 pub mod prelude {
+    pub use crate::App;
     pub use crate::{
         Change, ChangeKind, Collection, Context, Document, Error, Event, Node, NodeKind, Order,
         Patch, Query, Resource, Result, action, actions, model, patch, query, resource,
     };
-    pub use crate::App;
     pub use zeroservices_macros::service;
 }
 

@@ -6,7 +6,8 @@
 //! (fetching the current document when the event carries none), and again, every poll interval,
 //! for every resource that still matches (the original's "poll check"), so a change missed while
 //! the worker was down is caught up. Handler errors are logged and retried with backoff; a
-//! semaphore bounds how many handlers run at once; a resource is never handled twice at once.
+//! semaphore bounds how many handlers run at once; a resource is never handled twice at once, and
+//! a change that arrives while its resource is being handled runs right after.
 //!
 //! ```no_run
 //! use zeroservices::prelude::*;
@@ -37,7 +38,7 @@
 //! # }
 //! ```
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -170,7 +171,7 @@ impl Worker {
         let shared = Arc::new(Shared {
             node: node.clone(),
             semaphore: Arc::new(Semaphore::new(self.concurrency)),
-            in_flight: Mutex::new(HashSet::new()),
+            in_flight: Mutex::new(HashMap::new()),
             max_attempts: self.max_attempts,
             backoff: self.backoff,
         });
@@ -216,27 +217,28 @@ impl RunningWorker {
 struct Shared {
     node: Node,
     semaphore: Arc<Semaphore>,
-    in_flight: Mutex<HashSet<(String, String)>>,
+    /// Resources being handled, each with the newest change that arrived meanwhile (run next).
+    in_flight: Mutex<HashMap<(String, String), Option<(Event, serde_json::Value)>>>,
     max_attempts: u32,
     backoff: Duration,
 }
 
 impl Shared {
-    /// Runs the rule's handler on one resource, unless it is being handled already.
+    /// Runs the rule's handler on one resource. When it is being handled already, the change is
+    /// kept and run right after (only the newest one), so no change is lost to a handler that
+    /// was working on an older copy.
     async fn dispatch(self: &Arc<Self>, rule: Arc<Rule>, event: Event, doc: serde_json::Value) {
         let Some(id) = event.data.get("resource_id").and_then(|v| v.as_str()) else {
             return;
         };
         let key = (rule.collection.to_owned(), id.to_owned());
-        if !self
-            .in_flight
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(key.clone())
         {
-            // Being handled right now: the running handler sees the latest state anyway, and
-            // the next poll check catches whatever it missed.
-            return;
+            let mut in_flight = self.in_flight.lock().unwrap_or_else(|e| e.into_inner());
+            if let Some(next) = in_flight.get_mut(&key) {
+                *next = Some((event, doc));
+                return;
+            }
+            in_flight.insert(key.clone(), None);
         }
         let Ok(permit) = self.semaphore.clone().acquire_owned().await else {
             return;
@@ -244,27 +246,49 @@ impl Shared {
         let shared = self.clone();
         tokio::spawn(async move {
             let _permit = permit;
-            let mut delay = shared.backoff;
-            for attempt in 1..=shared.max_attempts {
-                let run = (rule.handler)(shared.node.clone(), event.clone(), Some(doc.clone()));
-                match run.await {
-                    Ok(()) => break,
-                    Err(e) if attempt < shared.max_attempts => {
-                        tracing::warn!(topic = %event.topic, attempt, error = %e, "worker handler failed; retrying");
-                        tokio::time::sleep(delay).await;
-                        delay = (delay * 2).min(Duration::from_secs(30));
+            let (mut event, mut doc) = (event, doc);
+            loop {
+                shared.run_with_retries(&rule, &event, &doc).await;
+                let mut in_flight = shared.in_flight.lock().unwrap_or_else(|e| e.into_inner());
+                match in_flight.get_mut(&key).and_then(Option::take) {
+                    Some((next_event, next_doc)) => {
+                        drop(in_flight);
+                        // The newest change, if it still matches the rule.
+                        if !rule.filter.matches(&next_doc) {
+                            shared
+                                .in_flight
+                                .lock()
+                                .unwrap_or_else(|e| e.into_inner())
+                                .remove(&key);
+                            break;
+                        }
+                        (event, doc) = (next_event, next_doc);
                     }
-                    Err(e) => {
-                        tracing::error!(topic = %event.topic, attempts = attempt, error = %e, "worker handler failed; giving up until the next poll check");
+                    None => {
+                        in_flight.remove(&key);
+                        break;
                     }
                 }
             }
-            shared
-                .in_flight
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .remove(&key);
         });
+    }
+
+    async fn run_with_retries(&self, rule: &Rule, event: &Event, doc: &serde_json::Value) {
+        let mut delay = self.backoff;
+        for attempt in 1..=self.max_attempts {
+            let run = (rule.handler)(self.node.clone(), event.clone(), Some(doc.clone()));
+            match run.await {
+                Ok(()) => return,
+                Err(e) if attempt < self.max_attempts => {
+                    tracing::warn!(topic = %event.topic, attempt, error = %e, "worker handler failed; retrying");
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(Duration::from_secs(30));
+                }
+                Err(e) => {
+                    tracing::error!(topic = %event.topic, attempts = attempt, error = %e, "worker handler failed; giving up until the next poll check");
+                }
+            }
+        }
     }
 }
 

@@ -340,3 +340,58 @@ async fn links_can_be_added_followed_and_found_incoming() {
     client.stop().await;
     owner.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_change_during_a_running_handler_is_handled_after_it() {
+    let cluster = MemoryCluster::new();
+    let owner = Node::builder("power_service")
+        .memory(&cluster)
+        .resource::<Power>()
+        .start()
+        .await
+        .unwrap();
+    let started = Arc::new(tokio::sync::Notify::new());
+    let s = started.clone();
+    let worker = Worker::new("slow")
+        .on::<Power, _, _>(
+            query!({"status": "pending"}),
+            move |ctx: Context, change: Change<Power>| {
+                let s = s.clone();
+                async move {
+                    s.notify_one();
+                    // Slow: the value changes while this runs on the old copy.
+                    tokio::time::sleep(Duration::from_millis(300)).await;
+                    build(ctx, change).await
+                }
+            },
+        )
+        .poll_interval(Duration::from_secs(3600))
+        .start(Node::builder("slow").memory(&cluster))
+        .await
+        .unwrap();
+    let powers = owner.collection::<Power>();
+    let id = powers.create(pending(2)).await.unwrap();
+    tokio::time::timeout(Duration::from_secs(5), started.notified())
+        .await
+        .unwrap();
+    powers
+        .patch(&id, patch!({"$set": {"value": 5, "status": "pending"}}))
+        .await
+        .unwrap();
+    // The first run writes 4 (stale), the second, run right after, writes 25.
+    eventually(
+        Duration::from_secs(5),
+        "the newer value is computed",
+        || {
+            let powers = powers.clone();
+            let id = id.clone();
+            async move {
+                let p = powers.get(&id).await.unwrap();
+                p.result == Some(25) && p.status == Status::Done
+            }
+        },
+    )
+    .await;
+    worker.stop().await;
+    owner.stop().await;
+}
