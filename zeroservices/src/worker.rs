@@ -214,11 +214,14 @@ impl RunningWorker {
     }
 }
 
+/// A change waiting for its resource's running handler: the event and the document.
+type Pending = (Event, serde_json::Value);
+
 struct Shared {
     node: Node,
     semaphore: Arc<Semaphore>,
     /// Resources being handled, each with the newest change that arrived meanwhile (run next).
-    in_flight: Mutex<HashMap<(String, String), Option<(Event, serde_json::Value)>>>,
+    in_flight: Mutex<HashMap<(String, String), Option<Pending>>>,
     max_attempts: u32,
     backoff: Duration,
 }
