@@ -85,9 +85,12 @@ impl EventBus {
         }
     }
 
-    pub(crate) fn send(&self, event: Event) {
+    /// Hands `event` to every subscriber; copies it only when somebody listens.
+    pub(crate) fn send(&self, event: &Event) {
         // No receiver is not an error: nobody listens.
-        let _ = self.tx.send(event);
+        if self.tx.receiver_count() > 0 {
+            let _ = self.tx.send(event.clone());
+        }
     }
 
     pub(crate) fn subscribe(&self, prefix: impl Into<String>) -> EventStream {
@@ -183,8 +186,8 @@ mod tests {
         use futures::StreamExt;
         let bus = EventBus::new(16);
         let mut s = bus.subscribe("power.patch");
-        bus.send(Event::resource("power", "create", "1", Default::default()));
-        bus.send(Event::resource("power", "patch", "1", Default::default()));
+        bus.send(&Event::resource("power", "create", "1", Default::default()));
+        bus.send(&Event::resource("power", "patch", "1", Default::default()));
         let e = s.next().await.unwrap();
         assert_eq!(e.topic, "power.patch.1");
     }

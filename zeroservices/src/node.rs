@@ -662,7 +662,7 @@ impl NodeInner {
         for hook in &self.hooks.event {
             hook(event);
         }
-        self.bus.send(event.clone());
+        self.bus.send(event);
     }
 }
 

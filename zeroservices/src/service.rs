@@ -95,7 +95,12 @@ impl<R: Resource> ResourceService<R> {
 
     /// Checks a document against the resource type and returns it as the type serialises it.
     fn validate(&self, doc: Value) -> Result<(R, Value)> {
-        let typed: R = from_value(doc)?;
+        // The plain deserialiser first (from a reference: no copy); only a document that fails
+        // goes through the slower path-tracking one, for the error's field path.
+        let typed: R = match R::deserialize(&doc) {
+            Ok(typed) => typed,
+            Err(_) => from_value(doc)?,
+        };
         let normal = serde_json::to_value(&typed).map_err(|e| Error::internal(e.to_string()))?;
         Ok((typed, normal))
     }

