@@ -19,7 +19,7 @@ use serde_json::{Value, json};
 use zeroservices::http::{HttpConfig, serve};
 use zeroservices::medium::MemoryCluster;
 use zeroservices::prelude::*;
-use zeroservices::store::{MemoryStore, Store};
+use zeroservices::store::Store;
 
 /// A number to square.
 #[resource(collection = "power")]

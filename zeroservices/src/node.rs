@@ -109,6 +109,8 @@ struct Directory {
     known: HashSet<String>,
     /// Round-robin cursor per collection.
     cursor: HashMap<String, usize>,
+    /// The peers' infos, shared: routing hands these out instead of copying the schemas.
+    shared: HashMap<String, Arc<NodeInfo>>,
 }
 
 impl Directory {
@@ -124,19 +126,22 @@ impl Directory {
     }
 
     /// The owners of `collection` in round-robin order, starting with the next one's turn.
-    fn pick(&mut self, collection: &str) -> Vec<NodeInfo> {
-        let owners: Vec<NodeInfo> = self.owners(collection).into_iter().cloned().collect();
+    fn pick(&mut self, collection: &str) -> Vec<Arc<NodeInfo>> {
+        let mut owners: Vec<Arc<NodeInfo>> = self
+            .shared
+            .values()
+            .filter(|info| info.resources.iter().any(|r| r.name == collection))
+            .cloned()
+            .collect();
         if owners.is_empty() {
             return owners;
         }
+        owners.sort_by(|a, b| a.id.cmp(&b.id));
         let cursor = self.cursor.entry(collection.to_owned()).or_default();
         let start = *cursor % owners.len();
         *cursor = cursor.wrapping_add(1);
-        owners[start..]
-            .iter()
-            .chain(&owners[..start])
-            .cloned()
-            .collect()
+        owners.rotate_left(start);
+        owners
     }
 }
 
@@ -579,13 +584,23 @@ impl Node {
         if let Some(service) = local {
             return service.handle(self, request).await;
         }
-        let owners = lock(&self.inner.directory).pick(&request.collection);
+        let collection = request.collection.clone();
+        let owners = lock(&self.inner.directory).pick(&collection);
         if owners.is_empty() {
-            return Err(self.no_owner(&request.collection));
+            return Err(self.no_owner(&collection));
         }
         let mut last = None;
-        for owner in &owners {
-            match self.call_peer(owner, request.clone()).await {
+        let mut request = Some(request);
+        for (i, owner) in owners.iter().enumerate() {
+            // Only a fail-over needs a copy of the request.
+            let Some(this) = (if i + 1 < owners.len() {
+                request.clone()
+            } else {
+                request.take()
+            }) else {
+                break;
+            };
+            match self.call_peer(owner, this).await {
                 // The owner cannot be reached: try the next one, if any.
                 Err(e @ Error::Unavailable { .. }) => {
                     tracing::debug!(peer = %owner.id, error = %e, "owner unreachable, trying next");
@@ -595,13 +610,10 @@ impl Node {
             }
         }
         // Every owner was unreachable; if they have all left meanwhile, say so.
-        if lock(&self.inner.directory)
-            .owners(&request.collection)
-            .is_empty()
-        {
-            return Err(self.no_owner(&request.collection));
+        if lock(&self.inner.directory).owners(&collection).is_empty() {
+            return Err(self.no_owner(&collection));
         }
-        Err(last.unwrap_or_else(|| self.no_owner(&request.collection)))
+        Err(last.unwrap_or_else(|| self.no_owner(&collection)))
     }
 
     fn no_owner(&self, collection: &str) -> Error {
@@ -715,6 +727,7 @@ impl PeerSink for Handle {
                     let mut dir = lock(&inner.directory);
                     dir.known
                         .extend(info.resources.iter().map(|r| r.name.clone()));
+                    dir.shared.insert(info.id.clone(), Arc::new(info.clone()));
                     let previous = dir.peers.insert(
                         info.id.clone(),
                         Peer {
@@ -737,7 +750,11 @@ impl PeerSink for Handle {
                 }
             }
             PeerEvent::Left { id, reason } => {
-                let removed = lock(&inner.directory).peers.remove(&id);
+                let removed = {
+                    let mut dir = lock(&inner.directory);
+                    dir.shared.remove(&id);
+                    dir.peers.remove(&id)
+                };
                 if let Some(peer) = removed {
                     tracing::info!(node = %inner.id, peer = %id, ?reason, "peer left");
                     for hook in &inner.hooks.leave {

@@ -368,7 +368,9 @@ async fn poll(shared: Arc<Shared>, rule: Arc<Rule>, interval: Duration) {
                 continue;
             };
             let event = Event::resource(rule.collection, "poll", id, Default::default());
-            shared.dispatch(rule.clone(), event, data.clone(), true).await;
+            shared
+                .dispatch(rule.clone(), event, data.clone(), true)
+                .await;
         }
     }
 }

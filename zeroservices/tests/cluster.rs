@@ -520,8 +520,16 @@ async fn a_resource_can_pin_its_own_store() {
         .start()
         .await
         .unwrap();
-    let b = Node::builder("client").memory(&cluster).start().await.unwrap();
-    let uid = b.collection::<User>().create(User { name: "ann".into() }).await.unwrap();
+    let b = Node::builder("client")
+        .memory(&cluster)
+        .start()
+        .await
+        .unwrap();
+    let uid = b
+        .collection::<User>()
+        .create(User { name: "ann".into() })
+        .await
+        .unwrap();
     let pid = b.collection::<Power>().create(power(1)).await.unwrap();
     assert!(users_store.get("user", &uid).await.unwrap().is_some());
     assert!(a.store().get("user", &uid).await.unwrap().is_none());
