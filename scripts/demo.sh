@@ -22,7 +22,7 @@ stop() {
 }
 trap stop INT TERM EXIT
 
-"$BIN/power" & PIDS+=($!)
+env -u ZS_HTTP_PORT "$BIN/power" --no-http & PIDS+=($!)
 ZS_HTTP_PORT="$PORT" ZS_STORE=memory "$BIN/api" & PIDS+=($!)
 ZS_STORE=memory "$BIN/worker" & PIDS+=($!)
 
