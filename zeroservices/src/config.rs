@@ -50,7 +50,7 @@ impl Default for NetworkConfig {
             peers: Vec::new(),
             discovery_port: None,
             cluster_key: None,
-            request_timeout: Duration::from_secs(5),
+            request_timeout: DEFAULT_REQUEST_TIMEOUT,
             heartbeat: Duration::from_secs(1),
             peer_timeout: Duration::from_secs(5),
             max_message_bytes: 16 * 1024 * 1024,
@@ -77,6 +77,15 @@ fn millis(name: &str, default: Duration) -> Result<Duration> {
             .map(Duration::from_millis)
             .ok_or_else(|| bad(name, &v, "a positive number of milliseconds")),
     }
+}
+
+/// The default time a request waits for the owner's reply.
+pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// `ZS_REQUEST_TIMEOUT_MS`, or [`DEFAULT_REQUEST_TIMEOUT`]; a malformed value is an error that
+/// names it.
+pub fn request_timeout_from_env() -> Result<Duration> {
+    millis("ZS_REQUEST_TIMEOUT_MS", DEFAULT_REQUEST_TIMEOUT)
 }
 
 impl NetworkConfig {
@@ -136,7 +145,7 @@ impl NetworkConfig {
             peers,
             discovery_port,
             cluster_key: var("ZS_CLUSTER_KEY").map(ClusterKey::new),
-            request_timeout: millis("ZS_REQUEST_TIMEOUT_MS", d.request_timeout)?,
+            request_timeout: request_timeout_from_env()?,
             heartbeat: millis("ZS_HEARTBEAT_MS", d.heartbeat)?,
             peer_timeout: millis("ZS_PEER_TIMEOUT_MS", d.peer_timeout)?,
             max_message_bytes,

@@ -24,8 +24,7 @@ use crate::service::{ResourceService, Service};
 use crate::store::{MemoryStore, Store};
 use crate::{Collection, Error, Event, EventStream, Resource, Result};
 
-/// The default time a request waits for the owner's reply.
-pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
+pub use crate::config::DEFAULT_REQUEST_TIMEOUT;
 
 /// What kind of member a node is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, Default)]
@@ -215,11 +214,10 @@ pub struct NodeBuilder {
 
 impl NodeBuilder {
     fn new(name: impl Into<String>) -> Self {
-        let request_timeout = std::env::var("ZS_REQUEST_TIMEOUT_MS")
-            .ok()
-            .and_then(|v| v.parse::<u64>().ok())
-            .map(Duration::from_millis)
-            .unwrap_or(DEFAULT_REQUEST_TIMEOUT);
+        // A malformed value is reported where configuration is read (`NetworkConfig`, the
+        // `#[service]` flags); a bare builder falls back to the default.
+        let request_timeout =
+            crate::config::request_timeout_from_env().unwrap_or(DEFAULT_REQUEST_TIMEOUT);
         Self {
             name: name.into(),
             kind: NodeKind::Node,

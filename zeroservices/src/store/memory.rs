@@ -87,15 +87,20 @@ impl Store for MemoryStore {
 
     async fn list(&self, collection: &str, query: &Query) -> Result<Vec<(String, Value)>> {
         let filter = query.filter()?;
+        // The filter runs here, on references, so that only matching documents are cloned;
+        // `apply` then does the rest (text, sort, skip, limit) without filtering again.
+        let rest = Query {
+            filter: Value::Object(Default::default()),
+            ..query.clone()
+        };
         let all = self.collections.read().await;
-        // Filter on references first: only the matching documents are cloned.
         let docs = all
             .get(collection)
             .into_iter()
             .flat_map(|docs| docs.iter())
             .filter(|(_, doc)| filter.matches(doc))
             .map(|(k, v)| (k.clone(), v.clone()));
-        query.apply(docs)
+        rest.apply(docs)
     }
 
     fn describe(&self) -> String {

@@ -15,7 +15,6 @@
 
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::Duration;
 
 use async_trait::async_trait;
 use serde_json::Value;
@@ -72,26 +71,7 @@ pub fn new_id() -> String {
     uuid::Uuid::new_v4().simple().to_string()
 }
 
-/// The default request timeout, as `ZS_REQUEST_TIMEOUT_MS` defaults.
-const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
-
-/// `ZS_REQUEST_TIMEOUT_MS`, or 5 s.
-pub(crate) fn request_timeout_from_env() -> Result<Duration> {
-    match std::env::var("ZS_REQUEST_TIMEOUT_MS") {
-        Ok(v) if !v.trim().is_empty() => v
-            .trim()
-            .parse::<u64>()
-            .ok()
-            .filter(|ms| *ms > 0)
-            .map(Duration::from_millis)
-            .ok_or_else(|| {
-                Error::bad_request(format!(
-                    "ZS_REQUEST_TIMEOUT_MS={v:?}: expected a positive number of milliseconds"
-                ))
-            }),
-        _ => Ok(DEFAULT_REQUEST_TIMEOUT),
-    }
-}
+pub(crate) use crate::config::request_timeout_from_env;
 
 /// Which store a node uses: the parsed form of `ZS_STORE`.
 #[derive(Debug, Clone, PartialEq, Eq)]
