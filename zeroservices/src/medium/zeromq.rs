@@ -59,7 +59,7 @@ use async_trait::async_trait;
 use futures::{FutureExt, StreamExt};
 use serde::{Deserialize, Deserializer, Serialize};
 use serde_json::Value;
-use tokio::sync::{Notify, Semaphore, mpsc, oneshot, watch};
+use tokio::sync::{Notify, Semaphore, oneshot, watch};
 use tokio::task::JoinHandle;
 
 use super::{Endpoints, Inbound, Medium, PROTOCOL_VERSION, Request};
@@ -68,12 +68,8 @@ use crate::event::topic_matches;
 use crate::security::{ClusterKey, DropLog};
 use crate::{Error, Event, NodeInfo, Result};
 
-/// Events waiting for the PUB task; beyond this, [`Medium::publish`] drops and counts.
-const PUBLISH_QUEUE: usize = 10_000;
 /// Requests served at once; beyond this a request gets an `unavailable` reply at once.
 const MAX_SERVING: usize = 4096;
-/// The PUB task yields to the runtime after this many sends.
-const PUBLISH_YIELD_EVERY: u64 = 256;
 /// Reconnect backoff bounds.
 const BACKOFF_MIN: Duration = Duration::from_millis(50);
 const BACKOFF_MAX: Duration = Duration::from_secs(2);
@@ -106,7 +102,8 @@ pub struct ZmqStats {
     pub dropped_version: u64,
     /// Events written on the PUB socket.
     pub events_published: u64,
-    /// Events dropped because the publish queue was full.
+    /// Events the PUB socket did not take (it was closing). A subscriber too slow to drain its
+    /// own queue loses events inside the `zeromq` crate (PUB semantics), which counts nothing.
     pub events_dropped: u64,
     /// Events received from peers and handed to the node.
     pub events_received: u64,
@@ -379,7 +376,9 @@ struct State {
     stopped: bool,
     endpoints: Endpoints,
     shutdown: Option<watch::Sender<bool>>,
-    publisher: Option<mpsc::Sender<ZmqMessage>>,
+    /// The PUB socket. `send` on it only pushes onto the crate's lock-free fan-out queue (it
+    /// never waits), so publishers call it directly under this lock: no hop through a task.
+    publisher: Option<Arc<Mutex<PubSocket>>>,
     tasks: Vec<JoinHandle<()>>,
     dealers: HashMap<String, Arc<Dealer>>,
     subs: HashMap<String, Sub>,
@@ -671,7 +670,6 @@ impl Medium for ZmqMedium {
         ]);
 
         let (shutdown, shutdown_rx) = watch::channel(false);
-        let (pub_tx, pub_rx) = mpsc::channel(PUBLISH_QUEUE);
         let mut state = lock(&self.state);
         if state.stopped {
             return Err(Error::unavailable(
@@ -683,14 +681,8 @@ impl Medium for ZmqMedium {
             router,
             shutdown_rx.clone(),
         )));
-        state.tasks.push(tokio::spawn(run_publisher(
-            self.core.clone(),
-            publisher,
-            pub_rx,
-            shutdown_rx,
-        )));
         state.shutdown = Some(shutdown);
-        state.publisher = Some(pub_tx);
+        state.publisher = Some(Arc::new(Mutex::new(publisher)));
         state.endpoints = endpoints.clone();
         tracing::debug!(node = %node_id, ?endpoints, "zeromq medium listening");
         Ok(endpoints)
@@ -776,9 +768,19 @@ impl Medium for ZmqMedium {
         }
         let topic = event.topic.as_bytes().to_vec();
         let mac = core.sign(&[&topic, &body]);
-        match publisher.try_send(multipart(vec![topic, body, mac])) {
-            Ok(()) => Ok(()),
-            Err(mpsc::error::TrySendError::Full(_)) => {
+        let message = multipart(vec![topic, body, mac]);
+        let sent = lock(&publisher).send(message).now_or_never();
+        match sent {
+            Some(Ok(())) => {
+                bump(&core.counters.events_published);
+                Ok(())
+            }
+            Some(Err(e)) => {
+                bump(&core.counters.events_dropped);
+                tracing::debug!(topic = %event.topic, error = %e, "event not published");
+                Ok(())
+            }
+            None => {
                 let dropped = core.counters.events_dropped.fetch_add(1, Ordering::Relaxed) + 1;
                 let mut last = lock(&core.publish_drop_log);
                 if last.is_none_or(|t| t.elapsed() >= Duration::from_secs(5)) {
@@ -786,13 +788,10 @@ impl Medium for ZmqMedium {
                     tracing::warn!(
                         topic = %event.topic,
                         dropped_so_far = dropped,
-                        "zeromq publish queue full ({PUBLISH_QUEUE} events); event dropped"
+                        "the PUB socket did not take the event at once; event dropped"
                     );
                 }
                 Ok(())
-            }
-            Err(mpsc::error::TrySendError::Closed(_)) => {
-                Err(Error::unavailable("the zeromq medium is stopping"))
             }
         }
     }
@@ -857,10 +856,18 @@ impl Medium for ZmqMedium {
     }
 
     async fn stop(&self) {
+        let publisher = lock(&self.state).publisher.take();
         self.close_all();
+        // Close the PUB socket (unbinding its port) unless a publish still holds it.
+        if let Some(socket) = publisher
+            .and_then(|p| Arc::try_unwrap(p).ok())
+            .map(|m| m.into_inner().unwrap_or_else(|e| e.into_inner()))
+        {
+            let _ = socket.close().await;
+        }
         let tasks: Vec<_> = lock(&self.state).tasks.drain(..).collect();
         for mut task in tasks {
-            // The ROUTER and PUB tasks close their sockets (unbinding the ports) on shutdown.
+            // The ROUTER task closes its socket (unbinding the port) on shutdown.
             if tokio::time::timeout(Duration::from_secs(2), &mut task)
                 .await
                 .is_err()
@@ -1027,35 +1034,6 @@ async fn serve(core: &Core, identity: &[u8], body: &[u8], mac: &[u8]) -> Option<
     let body = encode_response(core, id, &reply);
     let mac = core.sign(&[&body]);
     Some(multipart(vec![identity.to_vec(), body, mac]))
-}
-
-/// Drains the publish queue onto the PUB socket.
-async fn run_publisher(
-    core: Arc<Core>,
-    mut socket: PubSocket,
-    mut queue: mpsc::Receiver<ZmqMessage>,
-    mut shutdown: watch::Receiver<bool>,
-) {
-    let mut sent: u64 = 0;
-    loop {
-        tokio::select! {
-            biased;
-            _ = shutdown.changed() => break,
-            message = queue.recv() => {
-                let Some(message) = message else { break };
-                match socket.send(message).await {
-                    Ok(()) => bump(&core.counters.events_published),
-                    Err(e) => tracing::debug!(error = %e, "event not published"),
-                }
-                sent += 1;
-                if sent.is_multiple_of(PUBLISH_YIELD_EVERY) {
-                    // Let the crate's fan-out task run.
-                    tokio::task::yield_now().await;
-                }
-            }
-        }
-    }
-    let _ = socket.close().await;
 }
 
 /// Owns one peer's DEALER: connects (bounded), runs a session, and after any failure marks the
