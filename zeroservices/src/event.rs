@@ -1,9 +1,10 @@
 //! Change events: topics `<collection>.<action>.<resource_id>`, dot-segment prefix
 //! subscriptions, and the node-local bus that feeds subscribers.
 
+use std::collections::BTreeMap;
 use std::pin::Pin;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::task::{Context as TaskContext, Poll};
 
 use futures::Stream;
@@ -69,11 +70,98 @@ pub fn topic_prefixes(topic: &str) -> impl Iterator<Item = &str> {
         .chain(std::iter::once(topic))
 }
 
+/// The prefix a subscription asks the medium for: `*` is everything (`""`).
+fn wire_prefix(prefix: &str) -> String {
+    if prefix == "*" {
+        String::new()
+    } else {
+        prefix.to_owned()
+    }
+}
+
+/// Callback told the node's new set of wanted prefixes.
+type InterestSink = Box<dyn Fn(Vec<String>) + Send + Sync>;
+
+/// What a node's subscribers want: each topic prefix with how many streams hold it. When the
+/// set changes, the medium is told (`Medium::set_interest`), so that peers send this node only
+/// the events somebody here listens to.
+#[derive(Default)]
+pub(crate) struct Interest {
+    counts: Mutex<BTreeMap<String, usize>>,
+    sink: OnceLock<InterestSink>,
+}
+
+impl Interest {
+    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, usize>> {
+        self.counts.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The wanted prefixes: `[""]` when anything wants everything.
+    pub(crate) fn prefixes(&self) -> Vec<String> {
+        collapse(&self.lock())
+    }
+
+    /// Tells `sink` every later change (once; later calls are ignored).
+    pub(crate) fn on_change(&self, sink: impl Fn(Vec<String>) + Send + Sync + 'static) {
+        let _ = self.sink.set(Box::new(sink));
+    }
+
+    pub(crate) fn add(&self, prefix: &str) {
+        let mut counts = self.lock();
+        let count = counts.entry(wire_prefix(prefix)).or_insert(0);
+        *count += 1;
+        if *count == 1 {
+            self.changed(&counts);
+        }
+    }
+
+    fn remove(&self, prefix: &str) {
+        let mut counts = self.lock();
+        let key = wire_prefix(prefix);
+        let Some(count) = counts.get_mut(&key) else {
+            return;
+        };
+        *count -= 1;
+        if *count == 0 {
+            counts.remove(&key);
+            self.changed(&counts);
+        }
+    }
+
+    /// Called under the lock, so the medium sees the changes in order.
+    fn changed(&self, counts: &BTreeMap<String, usize>) {
+        if let Some(sink) = self.sink.get() {
+            sink(collapse(counts));
+        }
+    }
+}
+
+fn collapse(counts: &BTreeMap<String, usize>) -> Vec<String> {
+    if counts.contains_key("") {
+        vec![String::new()]
+    } else {
+        counts.keys().cloned().collect()
+    }
+}
+
+/// Drops its prefix from the node's interest when the stream holding it is dropped.
+struct InterestGuard {
+    interest: Arc<Interest>,
+    prefix: String,
+}
+
+impl Drop for InterestGuard {
+    fn drop(&mut self) {
+        self.interest.remove(&self.prefix);
+    }
+}
+
 /// The node-local event bus: every event this node publishes or receives goes through it.
 #[derive(Clone)]
 pub(crate) struct EventBus {
     tx: broadcast::Sender<Event>,
     lagged: Arc<AtomicU64>,
+    interest: Arc<Interest>,
 }
 
 impl EventBus {
@@ -82,7 +170,13 @@ impl EventBus {
         Self {
             tx,
             lagged: Arc::new(AtomicU64::new(0)),
+            interest: Arc::default(),
         }
+    }
+
+    /// What the subscribers want, for the medium.
+    pub(crate) fn interest(&self) -> &Arc<Interest> {
+        &self.interest
     }
 
     /// Hands `event` to every subscriber; copies it only when somebody listens.
@@ -94,9 +188,15 @@ impl EventBus {
     }
 
     pub(crate) fn subscribe(&self, prefix: impl Into<String>) -> EventStream {
+        let prefix = prefix.into();
+        self.interest.add(&prefix);
         EventStream {
             inner: BroadcastStream::new(self.tx.subscribe()),
-            prefix: prefix.into(),
+            _interest: InterestGuard {
+                interest: self.interest.clone(),
+                prefix: prefix.clone(),
+            },
+            prefix,
             lagged: self.lagged.clone(),
         }
     }
@@ -115,6 +215,7 @@ pub struct EventStream {
     inner: BroadcastStream<Event>,
     prefix: String,
     lagged: Arc<AtomicU64>,
+    _interest: InterestGuard,
 }
 
 impl EventStream {
@@ -190,5 +291,36 @@ mod tests {
         bus.send(&Event::resource("power", "patch", "1", Default::default()));
         let e = s.next().await.unwrap();
         assert_eq!(e.topic, "power.patch.1");
+    }
+
+    #[test]
+    fn interest_follows_the_streams() {
+        let bus = EventBus::new(16);
+        let told = Arc::new(Mutex::new(Vec::new()));
+        let sink = told.clone();
+        bus.interest()
+            .on_change(move |p| sink.lock().unwrap().push(p));
+        let a = bus.subscribe("power");
+        let b = bus.subscribe("power");
+        let c = bus.subscribe("tick.create");
+        assert_eq!(bus.interest().prefixes(), ["power", "tick.create"]);
+        drop(a);
+        assert_eq!(bus.interest().prefixes(), ["power", "tick.create"]);
+        let all = bus.subscribe("*");
+        assert_eq!(bus.interest().prefixes(), [""]);
+        drop(all);
+        drop(b);
+        drop(c);
+        assert!(bus.interest().prefixes().is_empty());
+        let told = told.lock().unwrap().clone();
+        let expect: Vec<Vec<String>> = vec![
+            vec!["power".into()],
+            vec!["power".into(), "tick.create".into()],
+            vec!["".into()],
+            vec!["power".into(), "tick.create".into()],
+            vec!["tick.create".into()],
+            vec![],
+        ];
+        assert_eq!(told, expect);
     }
 }

@@ -239,11 +239,12 @@ impl NodeBuilder {
     /// Joins the network cluster: the ZeroMQ medium and UDP discovery (multicast, or the static
     /// `peers`), with this configuration's timeouts and cluster key.
     pub fn network(self, config: NetworkConfig) -> Self {
-        self.network_with(config, vec![String::new()])
+        self.network_with(config, Vec::new())
     }
 
-    /// Like [`NodeBuilder::network`], receiving only the events whose topics start with one of
-    /// `subscriptions` (the sniffer uses it); `""` is every event.
+    /// Like [`NodeBuilder::network`], also receiving the events under `subscriptions` whether or
+    /// not anything on this node subscribes to them (`""` is every event). A node otherwise
+    /// receives from its peers only the events its subscribers want (see [`Node::subscribe`]).
     pub fn network_with(mut self, config: NetworkConfig, subscriptions: Vec<String>) -> Self {
         self.request_timeout = config.request_timeout;
         let medium = ZmqMedium::new(config.clone()).with_subscriptions(subscriptions);
@@ -386,6 +387,15 @@ impl NodeBuilder {
             requests_timed_out: AtomicU64::new(0),
         });
         let node = Node { inner };
+        // Peers send this node only the events its subscribers want: the medium follows the
+        // bus's interest from now on. An `on_event` hook wants everything, always.
+        let interest = node.inner.bus.interest().clone();
+        if !node.inner.hooks.event.is_empty() {
+            interest.add("*");
+        }
+        let medium = node.inner.medium.clone();
+        medium.set_interest(interest.prefixes());
+        interest.on_change(move |prefixes| medium.set_interest(prefixes));
         let handle = Arc::new(Handle(Arc::downgrade(&node.inner)));
         let endpoints = node
             .inner
@@ -544,8 +554,43 @@ impl Node {
 
     /// Events whose topic falls under `prefix` (`power`, `power.patch`, `power.patch.42`, or
     /// `*` for all), from every node of the cluster, this one included.
+    ///
+    /// Peers send a node only the events its subscribers want: the subscription travels to
+    /// every peer (a round trip on the network medium). Events a peer publishes before it got
+    /// there are not seen; when that matters (subscribe, then act), call
+    /// [`Node::sync_subscriptions`] or use [`Node::subscribe_synced`]. Dropping the stream
+    /// withdraws the subscription.
     pub fn subscribe(&self, prefix: impl Into<String>) -> EventStream {
         self.inner.bus.subscribe(prefix)
+    }
+
+    /// Waits until every subscription made so far is in effect at every peer connected now:
+    /// any event those peers publish from then on reaches this node's streams. Bounded by the
+    /// request timeout (at most 2 s); a peer that cannot confirm in time is logged at debug and
+    /// skipped. Returns at once on the in-process medium, where nothing needs to travel.
+    pub async fn sync_subscriptions(&self) {
+        self.inner.medium.sync_interest().await;
+    }
+
+    /// [`Node::subscribe`], then [`Node::sync_subscriptions`].
+    ///
+    /// ```
+    /// # #[tokio::main] async fn main() {
+    /// use futures::StreamExt;
+    /// use zeroservices::{Event, Node, medium::MemoryCluster};
+    /// let cluster = MemoryCluster::new();
+    /// let a = Node::builder("a").memory(&cluster).start().await.unwrap();
+    /// let b = Node::builder("b").memory(&cluster).start().await.unwrap();
+    /// let mut events = b.subscribe_synced("chat").await;
+    /// let hi = Event { topic: "chat.message".into(), data: serde_json::json!("hi") };
+    /// a.publish(hi).await;
+    /// assert_eq!(events.next().await.unwrap().topic, "chat.message");
+    /// # }
+    /// ```
+    pub async fn subscribe_synced(&self, prefix: impl Into<String>) -> EventStream {
+        let events = self.subscribe(prefix);
+        self.sync_subscriptions().await;
+        events
     }
 
     /// Publishes an event to this node's subscribers and to the whole cluster.

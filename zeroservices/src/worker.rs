@@ -176,8 +176,14 @@ impl Worker {
             backoff: self.backoff,
         });
         let mut tasks = JoinSet::new();
-        for rule in self.rules.into_iter().map(Arc::new) {
-            let events = node.subscribe(rule.collection);
+        let rules: Vec<_> = self
+            .rules
+            .into_iter()
+            .map(|rule| (node.subscribe(rule.collection), Arc::new(rule)))
+            .collect();
+        // Peers known already send the watched events before the first check runs.
+        node.sync_subscriptions().await;
+        for (events, rule) in rules {
             tasks.spawn(watch_events(shared.clone(), rule.clone(), events));
             tasks.spawn(poll(shared.clone(), rule, self.poll_interval));
         }

@@ -165,6 +165,67 @@ async fn two_hundred_concurrent_requests_on_one_connection() {
     b.medium.stop().await;
 }
 
+/// Topics `medium` received so far, in order.
+fn topics(started: &Started) -> Vec<String> {
+    started
+        .inbound
+        .events()
+        .into_iter()
+        .map(|e| e.topic)
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_synced_interest_gets_every_event_it_wants_and_nothing_else() {
+    let a = node("a", None).await;
+    let b = node("b", None).await;
+    b.medium.set_interest(vec!["power".into()]);
+    b.medium.peer_joined(&a.info).await;
+    // No slow-joiner loop: once synced, the very first event published arrives.
+    b.medium.sync_interest().await;
+    let publish = |topic: &str| {
+        let event = Event {
+            topic: topic.to_owned(),
+            data: json!(topic),
+        };
+        let medium = &a.medium;
+        async move { medium.publish(&event).await.unwrap() }
+    };
+    publish("tick.create.1").await;
+    publish("powers.create.1").await;
+    publish("power.create.1").await;
+    assert!(eventually(Duration::from_secs(5), || !topics(&b).is_empty()).await);
+    // One PUB -> SUB connection keeps order: anything wanted before would be here already.
+    assert_eq!(topics(&b), ["power.create.1"]);
+
+    // Changing the interest moves the filter at the source; the sync markers never show.
+    b.medium.set_interest(vec!["tick".into()]);
+    b.medium.sync_interest().await;
+    publish("power.create.2").await;
+    publish("tick.create.2").await;
+    assert!(eventually(Duration::from_secs(5), || topics(&b).len() == 2).await);
+    assert_eq!(topics(&b), ["power.create.1", "tick.create.2"]);
+
+    // No interest: a (synced) peer sends nothing at all.
+    b.medium.set_interest(Vec::new());
+    b.medium.sync_interest().await;
+    let published = a.medium.stats().events_published;
+    publish("tick.create.3").await;
+    b.medium.set_interest(vec!["tick".into()]);
+    b.medium.sync_interest().await;
+    publish("tick.create.4").await;
+    assert!(eventually(Duration::from_secs(5), || topics(&b).len() == 3).await);
+    assert_eq!(
+        topics(&b),
+        ["power.create.1", "tick.create.2", "tick.create.4"]
+    );
+    // Each sync made a marker event at `a`, seen only by `b`'s medium.
+    assert!(a.medium.stats().events_published >= published + 3);
+    for n in [a, b] {
+        n.medium.stop().await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn events_cross_pub_to_sub_with_prefix_subscriptions() {
     let a = node("a", None).await;

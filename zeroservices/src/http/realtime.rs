@@ -128,6 +128,8 @@ async fn serve_client(state: AppState, user: AuthUser, socket: WebSocket) {
     // Subscribe to the node before reading the client's first message, so no event published
     // after a "subscribed" acknowledgement can be missed.
     let events = state.node.subscribe("*");
+    // ... and once the peers send them (bounded wait), so that holds for remote events too.
+    state.node.sync_subscriptions().await;
     let (mut sink, mut stream) = socket.split();
     tracing::debug!(user = ?user.0, "websocket client connected");
 

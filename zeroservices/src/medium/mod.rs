@@ -95,6 +95,18 @@ pub trait Medium: Send + Sync + 'static {
         let _ = peer;
     }
 
+    /// The topic prefixes this node's subscribers want (`""`: every event), called whenever
+    /// that set changes (first before [`Medium::start`]). A medium that can filter at the source
+    /// asks its peers for these events only; the default ignores it (every event arrives).
+    fn set_interest(&self, prefixes: Vec<String>) {
+        let _ = prefixes;
+    }
+
+    /// Waits until the prefixes of the last [`Medium::set_interest`] are in effect at every peer
+    /// connected now, so that every event those peers publish from then on reaches this node;
+    /// bounded by the request timeout. The default returns at once.
+    async fn sync_interest(&self) {}
+
     /// A peer left: drop its connections.
     async fn peer_left(&self, peer_id: &str) {
         let _ = peer_id;

@@ -59,10 +59,17 @@ use async_trait::async_trait;
 use futures::{FutureExt, StreamExt};
 use serde::{Deserialize, Deserializer, Serialize};
 use serde_json::Value;
-use tokio::sync::{Notify, Semaphore, oneshot, watch};
+use tokio::sync::{Notify, Semaphore, mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 
 use super::{Endpoints, Inbound, Medium, PROTOCOL_VERSION, Request};
+
+/// The collection of the medium's own requests (`sync`), answered by the medium itself.
+const MEDIUM_COLLECTION: &str = "$medium";
+/// Topics of sync markers: `$sync.<medium instance>.<n>`; never handed to a node.
+const SYNC_PREFIX: &str = "$sync.";
+/// How long a sync waits for a marker before asking the peer again.
+const SYNC_RETRY: Duration = Duration::from_millis(25);
 use crate::config::NetworkConfig;
 use crate::event::topic_matches;
 use crate::security::{ClusterKey, DropLog};
@@ -130,8 +137,17 @@ fn bump(counter: &AtomicU64) {
 /// What every task of one medium shares.
 struct Core {
     config: NetworkConfig,
-    /// Topic prefixes the SUBs subscribe to (`""`: everything).
+    /// Topic prefixes the SUBs always subscribe to ([`ZmqMedium::with_subscriptions`]).
     subscriptions: Vec<String>,
+    /// What the SUBs subscribe to now: `subscriptions` plus the node's interest
+    /// ([`Medium::set_interest`]); `[""]` (everything) until the node says otherwise.
+    interest: watch::Sender<Arc<Vec<String>>>,
+    /// Sync markers waited for, by topic ([`Medium::sync_interest`]).
+    markers: Mutex<HashMap<String, oneshot::Sender<()>>>,
+    next_marker: AtomicU64,
+    /// The PUB socket. `send` on it only pushes onto the crate's lock-free fan-out queue (it
+    /// never waits), so publishers call it directly under this lock: no hop through a task.
+    publisher: Mutex<Option<PubSocket>>,
     /// Unique per medium instance: DEALER identities are `zs-<instance>-<n>`.
     instance: String,
     node_id: OnceLock<String>,
@@ -376,9 +392,6 @@ struct State {
     stopped: bool,
     endpoints: Endpoints,
     shutdown: Option<watch::Sender<bool>>,
-    /// The PUB socket. `send` on it only pushes onto the crate's lock-free fan-out queue (it
-    /// never waits), so publishers call it directly under this lock: no hop through a task.
-    publisher: Option<Arc<Mutex<PubSocket>>>,
     tasks: Vec<JoinHandle<()>>,
     dealers: HashMap<String, Arc<Dealer>>,
     subs: HashMap<String, Sub>,
@@ -473,6 +486,17 @@ impl Drop for Dealer {
 struct Sub {
     endpoint: String,
     task: JoinHandle<()>,
+    /// The peer, to ask it for sync markers.
+    peer: NodeInfo,
+    commands: mpsc::UnboundedSender<SubCommand>,
+}
+
+/// What [`Medium::sync_interest`] asks of a SUB task.
+enum SubCommand {
+    /// Apply the current interest, then subscribe to this marker topic.
+    Mark(String),
+    /// Unsubscribe from this marker topic.
+    Forget(String),
 }
 
 /// Removes a call's pending entry when the call ends, however it ends (dropped by a timeout).
@@ -494,7 +518,11 @@ impl ZmqMedium {
         Self {
             core: Arc::new(Core {
                 config,
-                subscriptions: vec![String::new()],
+                subscriptions: Vec::new(),
+                interest: watch::channel(Arc::new(vec![String::new()])).0,
+                markers: Mutex::new(HashMap::new()),
+                next_marker: AtomicU64::new(1),
+                publisher: Mutex::new(None),
                 instance: uuid::Uuid::new_v4().simple().to_string(),
                 node_id: OnceLock::new(),
                 inbound: OnceLock::new(),
@@ -511,8 +539,9 @@ impl ZmqMedium {
         }
     }
 
-    /// Subscribes to events under these topic prefixes only (dot segments, as
-    /// [`Event::matches`]; `""` or `"*"` is everything, the default). The sniffer uses it.
+    /// Always subscribes to events under these topic prefixes (dot segments, as
+    /// [`Event::matches`]; `""` or `"*"` is everything), whatever the node's subscribers want.
+    /// The sniffer uses it.
     pub fn with_subscriptions(mut self, prefixes: Vec<String>) -> Self {
         let mut prefixes: Vec<String> = prefixes
             .into_iter()
@@ -522,6 +551,7 @@ impl ZmqMedium {
             prefixes = vec![String::new()];
         }
         if let Some(core) = Arc::get_mut(&mut self.core) {
+            core.interest.send_replace(Arc::new(prefixes.clone()));
             core.subscriptions = prefixes;
         }
         self
@@ -579,13 +609,63 @@ impl ZmqMedium {
         Ok(dealer)
     }
 
+    /// Makes sure `peer` sends this node what it wants now: the SUB task applies the current
+    /// interest and subscribes to a fresh marker topic, then the peer is asked (over the DEALER)
+    /// to publish that marker until it arrives. Subscriptions reach a PUB in order on one
+    /// connection, so once the marker arrives every earlier subscription is in effect there.
+    /// Returns whether the peer confirmed before `deadline`.
+    async fn sync_peer(
+        &self,
+        peer: &NodeInfo,
+        commands: &mpsc::UnboundedSender<SubCommand>,
+        deadline: tokio::time::Instant,
+    ) -> bool {
+        let core = &self.core;
+        let n = core.next_marker.fetch_add(1, Ordering::Relaxed);
+        let marker = format!("{SYNC_PREFIX}{}.{n}", core.instance);
+        let (seen_tx, mut seen) = oneshot::channel();
+        lock(&core.markers).insert(marker.clone(), seen_tx);
+        let mut confirmed = commands.send(SubCommand::Mark(marker.clone())).is_ok();
+        if confirmed {
+            confirmed = false;
+            let request =
+                Request::new(MEDIUM_COLLECTION, "sync").args(serde_json::json!({"topic": marker}));
+            loop {
+                match tokio::time::timeout_at(deadline, self.call(peer, request.clone())).await {
+                    Ok(Ok(_)) => {}
+                    Ok(Err(e)) => {
+                        tracing::debug!(peer = %peer.id, error = %e, "peer cannot confirm subscriptions");
+                        break;
+                    }
+                    Err(_) => break,
+                }
+                let retry = (tokio::time::Instant::now() + SYNC_RETRY).min(deadline);
+                match tokio::time::timeout_at(retry, &mut seen).await {
+                    Ok(Ok(())) => {
+                        confirmed = true;
+                        break;
+                    }
+                    Ok(Err(_)) => break,
+                    Err(_) if tokio::time::Instant::now() >= deadline => break,
+                    Err(_) => {}
+                }
+            }
+        }
+        lock(&core.markers).remove(&marker);
+        let _ = commands.send(SubCommand::Forget(marker));
+        if !confirmed {
+            tracing::debug!(peer = %peer.id, "subscriptions not confirmed by the peer in time");
+        }
+        confirmed
+    }
+
     fn close_all(&self) {
         let mut state = lock(&self.state);
         state.stopped = true;
         if let Some(shutdown) = &state.shutdown {
             let _ = shutdown.send(true);
         }
-        state.publisher = None;
+        lock(&self.core.publisher).take();
         for (_, dealer) in state.dealers.drain() {
             dealer.close(&self.core, "the zeromq medium stopped");
         }
@@ -682,7 +762,7 @@ impl Medium for ZmqMedium {
             shutdown_rx.clone(),
         )));
         state.shutdown = Some(shutdown);
-        state.publisher = Some(Arc::new(Mutex::new(publisher)));
+        *lock(&self.core.publisher) = Some(publisher);
         state.endpoints = endpoints.clone();
         tracing::debug!(node = %node_id, ?endpoints, "zeromq medium listening");
         Ok(endpoints)
@@ -746,54 +826,40 @@ impl Medium for ZmqMedium {
     }
 
     async fn publish(&self, event: &Event) -> Result<()> {
-        let Some(publisher) = lock(&self.state).publisher.clone() else {
-            return Err(Error::unavailable("the zeromq medium is not running"));
-        };
+        publish_event(&self.core, &event.topic, &event.data)
+    }
+
+    fn set_interest(&self, prefixes: Vec<String>) {
         let core = &self.core;
-        let from = core.node_id.get().map(String::as_str).unwrap_or("");
-        let body = serde_json::to_vec(&EventOut {
-            v: PROTOCOL_VERSION,
-            kind: "event",
-            from,
-            topic: &event.topic,
-            data: &event.data,
-        })?;
-        if body.len() + event.topic.len() > core.config.max_message_bytes {
-            return Err(Error::bad_request(format!(
-                "event {} of {} bytes exceeds the {} byte message limit",
-                event.topic,
-                body.len(),
-                core.config.max_message_bytes
-            )));
+        let mut wanted: Vec<String> = core.subscriptions.iter().cloned().chain(prefixes).collect();
+        wanted.sort();
+        wanted.dedup();
+        if wanted.iter().any(String::is_empty) {
+            wanted = vec![String::new()];
         }
-        let topic = event.topic.as_bytes().to_vec();
-        let mac = core.sign(&[&topic, &body]);
-        let message = multipart(vec![topic, body, mac]);
-        let sent = lock(&publisher).send(message).now_or_never();
-        match sent {
-            Some(Ok(())) => {
-                bump(&core.counters.events_published);
-                Ok(())
+        core.interest.send_if_modified(|now| {
+            if **now == wanted {
+                false
+            } else {
+                *now = Arc::new(wanted);
+                true
             }
-            Some(Err(e)) => {
-                bump(&core.counters.events_dropped);
-                tracing::debug!(topic = %event.topic, error = %e, "event not published");
-                Ok(())
-            }
-            None => {
-                let dropped = core.counters.events_dropped.fetch_add(1, Ordering::Relaxed) + 1;
-                let mut last = lock(&core.publish_drop_log);
-                if last.is_none_or(|t| t.elapsed() >= Duration::from_secs(5)) {
-                    *last = Some(Instant::now());
-                    tracing::warn!(
-                        topic = %event.topic,
-                        dropped_so_far = dropped,
-                        "the PUB socket did not take the event at once; event dropped"
-                    );
-                }
-                Ok(())
-            }
-        }
+        });
+    }
+
+    async fn sync_interest(&self) {
+        let subs: Vec<(NodeInfo, mpsc::UnboundedSender<SubCommand>)> = lock(&self.state)
+            .subs
+            .values()
+            .map(|sub| (sub.peer.clone(), sub.commands.clone()))
+            .collect();
+        let within = self.core.config.request_timeout.min(Duration::from_secs(2));
+        let deadline = tokio::time::Instant::now() + within;
+        futures::future::join_all(
+            subs.iter()
+                .map(|(peer, commands)| self.sync_peer(peer, commands, deadline)),
+        )
+        .await;
     }
 
     async fn peer_joined(&self, peer: &NodeInfo) {
@@ -828,16 +894,20 @@ impl Medium for ZmqMedium {
         if let Some(old) = state.subs.remove(&peer.id) {
             old.task.abort();
         }
+        let (commands, commands_rx) = mpsc::unbounded_channel();
         let task = tokio::spawn(run_sub(
             self.core.clone(),
             peer.id.clone(),
             endpoint.clone(),
+            commands_rx,
         ));
         state.subs.insert(
             peer.id.clone(),
             Sub {
                 endpoint: endpoint.clone(),
                 task,
+                peer: peer.clone(),
+                commands,
             },
         );
     }
@@ -856,13 +926,10 @@ impl Medium for ZmqMedium {
     }
 
     async fn stop(&self) {
-        let publisher = lock(&self.state).publisher.take();
+        let publisher = lock(&self.core.publisher).take();
         self.close_all();
-        // Close the PUB socket (unbinding its port) unless a publish still holds it.
-        if let Some(socket) = publisher
-            .and_then(|p| Arc::try_unwrap(p).ok())
-            .map(|m| m.into_inner().unwrap_or_else(|e| e.into_inner()))
-        {
+        // Close the PUB socket, unbinding its port.
+        if let Some(socket) = publisher {
             let _ = socket.close().await;
         }
         let tasks: Vec<_> = lock(&self.state).tasks.drain(..).collect();
@@ -882,6 +949,76 @@ impl Medium for ZmqMedium {
             Some(router) => format!("zeromq {router}"),
             None => "zeromq".to_owned(),
         }
+    }
+}
+
+/// Signs and hands one event to the PUB socket.
+fn publish_event(core: &Core, topic: &str, data: &Value) -> Result<()> {
+    let from = core.node_id.get().map(String::as_str).unwrap_or("");
+    let body = serde_json::to_vec(&EventOut {
+        v: PROTOCOL_VERSION,
+        kind: "event",
+        from,
+        topic,
+        data,
+    })?;
+    if body.len() + topic.len() > core.config.max_message_bytes {
+        return Err(Error::bad_request(format!(
+            "event {topic} of {} bytes exceeds the {} byte message limit",
+            body.len(),
+            core.config.max_message_bytes
+        )));
+    }
+    let topic_frame = topic.as_bytes().to_vec();
+    let mac = core.sign(&[&topic_frame, &body]);
+    let message = multipart(vec![topic_frame, body, mac]);
+    let mut publisher = lock(&core.publisher);
+    let Some(socket) = publisher.as_mut() else {
+        return Err(Error::unavailable("the zeromq medium is not running"));
+    };
+    match socket.send(message).now_or_never() {
+        Some(Ok(())) => {
+            bump(&core.counters.events_published);
+            Ok(())
+        }
+        Some(Err(e)) => {
+            bump(&core.counters.events_dropped);
+            tracing::debug!(%topic, error = %e, "event not published");
+            Ok(())
+        }
+        None => {
+            drop(publisher);
+            let dropped = core.counters.events_dropped.fetch_add(1, Ordering::Relaxed) + 1;
+            let mut last = lock(&core.publish_drop_log);
+            if last.is_none_or(|t| t.elapsed() >= Duration::from_secs(5)) {
+                *last = Some(Instant::now());
+                tracing::warn!(
+                    %topic,
+                    dropped_so_far = dropped,
+                    "the PUB socket did not take the event at once; event dropped"
+                );
+            }
+            Ok(())
+        }
+    }
+}
+
+/// The medium's own requests: `sync` publishes the sync marker the caller names.
+fn serve_medium(core: &Core, request: &Request) -> Result<Value> {
+    match request.action.as_str() {
+        "sync" => {
+            let topic = request.args.get("topic").and_then(Value::as_str);
+            match topic {
+                Some(topic) if topic.starts_with(SYNC_PREFIX) && topic.len() <= 256 => {
+                    publish_event(core, topic, &Value::Null)?;
+                    Ok(Value::Null)
+                }
+                _ => Err(Error::bad_request(format!(
+                    "sync needs a \"topic\" starting with {SYNC_PREFIX}"
+                ))),
+            }
+        }
+        other => Err(Error::bad_request(format!("no medium action {other}"))),
     }
 }
 
@@ -1011,6 +1148,9 @@ async fn serve(core: &Core, identity: &[u8], body: &[u8], mac: &[u8]) -> Option<
             core.malformed
                 .drop_from(&sender(), "request", "not a request envelope");
             return None;
+        }
+        Ok(envelope) if envelope.request.collection == MEDIUM_COLLECTION => {
+            (envelope.id, serve_medium(core, &envelope.request))
         }
         Ok(envelope) => {
             let inbound = core.inbound.get()?.clone();
@@ -1181,21 +1321,28 @@ fn take_response(core: &Core, peer: &str, pending: &PendingMap, message: ZmqMess
     }
 }
 
-/// Owns one peer's SUB: connects (retrying with backoff) and hands verified events to the node.
-/// The SUB reconnects by itself after a connection is lost (same endpoint).
-async fn run_sub(core: Arc<Core>, peer: String, endpoint: String) {
+/// Owns one peer's SUB: subscribes to what the node wants (following its changes), connects,
+/// hands events to the node, answers sync marks, and reconnects with backoff.
+async fn run_sub(
+    core: Arc<Core>,
+    peer: String,
+    endpoint: String,
+    mut commands: mpsc::UnboundedReceiver<SubCommand>,
+) {
+    let mut interest = core.interest.subscribe();
+    // Marker topics of syncs in progress, subscribed again after a reconnect.
+    let mut marks: Vec<String> = Vec::new();
     let mut backoff = BACKOFF_MIN;
     loop {
         let timeout = core.connect_timeout();
         let mut options = SocketOptions::default();
         options.connect_timeout(timeout);
         let mut socket = SubSocket::with_options(options);
-        let mut subscribed = true;
-        for prefix in &core.subscriptions {
-            if let Err(e) = socket.subscribe(prefix).await {
-                tracing::debug!(%peer, error = %e, "SUB subscribe failed");
-                subscribed = false;
-            }
+        let mut current: Vec<String> = Vec::new();
+        let wanted = interest.borrow_and_update().clone();
+        let mut subscribed = apply_interest(&mut socket, &mut current, &wanted, &peer).await;
+        for mark in &marks {
+            subscribed &= socket.subscribe(mark).await.is_ok();
         }
         let connected = tokio::time::timeout(
             timeout + Duration::from_millis(200),
@@ -1207,12 +1354,43 @@ async fn run_sub(core: Arc<Core>, peer: String, endpoint: String) {
                 tracing::debug!(%peer, %endpoint, "SUB connected");
                 backoff = BACKOFF_MIN;
                 loop {
-                    match socket.recv().await {
-                        Ok(message) => take_event(&core, &peer, message),
-                        Err(e) => {
-                            tracing::debug!(%peer, error = %e, "SUB receive failed; reconnecting");
-                            break;
+                    tokio::select! {
+                        changed = interest.changed() => {
+                            if changed.is_err() {
+                                return;
+                            }
+                            let wanted = interest.borrow_and_update().clone();
+                            if !apply_interest(&mut socket, &mut current, &wanted, &peer).await {
+                                break;
+                            }
                         }
+                        command = commands.recv() => {
+                            let ok = match command {
+                                None => return,
+                                Some(SubCommand::Mark(mark)) => {
+                                    // The interest as of the sync first, then the marker after it.
+                                    let wanted = interest.borrow_and_update().clone();
+                                    let ok = apply_interest(&mut socket, &mut current, &wanted, &peer).await
+                                        && socket.subscribe(&mark).await.is_ok();
+                                    marks.push(mark);
+                                    ok
+                                }
+                                Some(SubCommand::Forget(mark)) => {
+                                    marks.retain(|m| *m != mark);
+                                    socket.unsubscribe(&mark).await.is_ok()
+                                }
+                            };
+                            if !ok {
+                                break;
+                            }
+                        }
+                        message = socket.recv() => match message {
+                            Ok(message) => take_event(&core, &peer, message),
+                            Err(e) => {
+                                tracing::debug!(%peer, error = %e, "SUB receive failed; reconnecting");
+                                break;
+                            }
+                        },
                     }
                 }
             }
@@ -1224,6 +1402,38 @@ async fn run_sub(core: Arc<Core>, peer: String, endpoint: String) {
         tokio::time::sleep(backoff).await;
         backoff = (backoff * 2).min(BACKOFF_MAX);
     }
+}
+
+/// Subscribes `socket` to the prefixes of `wanted` it lacks and unsubscribes it from those it
+/// no longer needs; `current` tracks what it is subscribed to. False when the socket failed.
+async fn apply_interest(
+    socket: &mut SubSocket,
+    current: &mut Vec<String>,
+    wanted: &[String],
+    peer: &str,
+) -> bool {
+    for prefix in wanted {
+        if !current.contains(prefix) {
+            if let Err(e) = socket.subscribe(prefix).await {
+                tracing::debug!(%peer, error = %e, "SUB subscribe failed");
+                return false;
+            }
+            current.push(prefix.clone());
+        }
+    }
+    let gone: Vec<String> = current
+        .iter()
+        .filter(|p| !wanted.contains(p))
+        .cloned()
+        .collect();
+    for prefix in gone {
+        if let Err(e) = socket.unsubscribe(&prefix).await {
+            tracing::debug!(%peer, error = %e, "SUB unsubscribe failed");
+            return false;
+        }
+        current.retain(|p| *p != prefix);
+    }
+    true
 }
 
 fn take_event(core: &Core, peer: &str, message: ZmqMessage) {
@@ -1248,6 +1458,26 @@ fn take_event(core: &Core, peer: &str, message: ZmqMessage) {
     if !core.verified(peer, "event", &[topic, body], mac) {
         return;
     }
+    if topic.starts_with(SYNC_PREFIX.as_bytes()) {
+        let marker = String::from_utf8_lossy(topic);
+        if let Some(seen) = lock(&core.markers).remove(marker.as_ref()) {
+            let _ = seen.send(());
+        }
+        return;
+    }
+    // SUB filtering is by bytes; subscriptions are by dot segments (`power` is not `powers`).
+    // An event nobody here wants (any more) is dropped before it is parsed.
+    let wanted = match std::str::from_utf8(topic) {
+        Ok(topic) => core
+            .interest
+            .borrow()
+            .iter()
+            .any(|p| topic_matches(p, topic)),
+        Err(_) => true,
+    };
+    if !wanted {
+        return;
+    }
     let envelope = match serde_json::from_slice::<EventIn>(body) {
         Ok(envelope) => envelope,
         Err(_) => {
@@ -1266,14 +1496,6 @@ fn take_event(core: &Core, peer: &str, message: ZmqMessage) {
             "event",
             "not an event envelope, or its topic differs from the topic frame",
         );
-        return;
-    }
-    // SUB filtering is by bytes; subscriptions are by dot segments (`power` is not `powers`).
-    if !core
-        .subscriptions
-        .iter()
-        .any(|p| topic_matches(p, &envelope.topic))
-    {
         return;
     }
     let Some(inbound) = core.inbound.get() else {
