@@ -86,7 +86,12 @@ pub mod __private {
 
     /// Deserialises `value` into `T`, naming the offending field on failure.
     pub fn from_value<T: serde::de::DeserializeOwned>(value: Value) -> Result<T> {
-        serde_path_to_error::deserialize(value).map_err(Error::from)
+        // The plain deserialiser first (from a reference: no path bookkeeping per field); only
+        // a value that fails goes through the path-tracking one, for the error's field path.
+        match T::deserialize(&value) {
+            Ok(typed) => Ok(typed),
+            Err(_) => serde_path_to_error::deserialize(value).map_err(Error::from),
+        }
     }
 
     /// Parses the argument of an action.

@@ -439,7 +439,10 @@ enum Link {
 
 /// One live DEALER session's send half.
 struct Conn {
-    sender: tokio::sync::Mutex<DealerSendHalf>,
+    /// The send half. Its `send` pushes onto the crate's per-peer write queue (100,000 deep)
+    /// and does not wait in practice, so callers take this plain lock briefly instead of an
+    /// async one (no parked waiters to wake under contention).
+    sender: Mutex<DealerSendHalf>,
     /// A caller's write failed: the session ends.
     lost: Notify,
 }
@@ -463,6 +466,20 @@ impl DealerShared {
             if link.changed().await.is_err() {
                 return Err("the connection is closed".into());
             }
+        }
+    }
+}
+
+/// Writes `message` on the DEALER: at once under the lock when the crate's send completes
+/// without waiting (always, unless its 100,000-message queue is full); otherwise yields and tries
+/// again, never holding the lock across an await. The node's timeout bounds the whole call.
+async fn send_now(conn: &Conn, message: ZmqMessage) -> ::zeromq::ZmqResult<()> {
+    loop {
+        let attempt = lock(&conn.sender).send(message.clone()).now_or_never();
+        match attempt {
+            Some(result) => return result,
+            // The send future was dropped before it queued anything: try again.
+            None => tokio::task::yield_now().await,
         }
     }
 }
@@ -799,12 +816,7 @@ impl Medium for ZmqMedium {
         };
         match shared.conn().await {
             Ok(conn) => {
-                let sent = conn
-                    .sender
-                    .lock()
-                    .await
-                    .send(multipart(vec![body, mac]))
-                    .await;
+                let sent = send_now(&conn, multipart(vec![body, mac])).await;
                 match sent {
                     Ok(()) => bump(&core.counters.calls_sent),
                     Err(e) => {
@@ -1206,7 +1218,7 @@ async fn run_dealer(core: Arc<Core>, peer: String, endpoint: String, shared: Arc
                 backoff = BACKOFF_MIN;
                 let (sender, receiver) = socket.split();
                 let conn = Arc::new(Conn {
-                    sender: tokio::sync::Mutex::new(sender),
+                    sender: Mutex::new(sender),
                     lost: Notify::new(),
                 });
                 shared.link.send_replace(Link::Up(conn.clone()));
