@@ -19,6 +19,17 @@
 //!   `{"v":1,"kind":"response","id":<u64>,"error":<crate::Error, tagged by "kind">}`.
 //! * **Event**, PUB -> SUB, `[topic, body, mac]` (the topic frame first, so SUB prefix filtering
 //!   works): `{"v":1,"kind":"event","from":"<node id>","topic":"<topic>","data":<value>}`.
+//! * **Subscriptions** are plain ZeroMQ SUB subscriptions to topic prefixes (byte prefixes; the
+//!   receiver also checks dot segments, so `power` does not deliver `powers.*`): a node
+//!   subscribes to what its subscribers want (`""` for everything) and changes them as they
+//!   come and go.
+//! * **Sync**, a request with `"request":{"collection":"$medium","action":"sync",
+//!   "args":{"topic":"$sync.<anything>"}}`: the receiving medium publishes an event on that
+//!   topic with `"data":null` and replies `"ok":null`. A node subscribes to a fresh `$sync.`
+//!   topic after its other subscriptions and asks for it until it arrives: from then on, its
+//!   earlier subscriptions are in effect at that peer (one connection's subscriptions apply in
+//!   order). `$sync.` events are never handed to a node; a peer that answers the request with an
+//!   error is simply not confirmed.
 //!
 //! `mac` is [`ClusterKey::sign`] of `[body]` (events: `[topic, body]`) as 64 lowercase hex
 //! digits, or an empty frame when no cluster key is configured. With a key configured, a missing
