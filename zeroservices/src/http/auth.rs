@@ -2,15 +2,12 @@
 
 use std::fmt;
 
-use axum::extract::{Request, State};
-use axum::http::header;
-use axum::middleware::Next;
-use axum::response::{IntoResponse, Response};
+use axum::http::{HeaderMap, header};
 use base64::Engine;
 use sha2::{Digest, Sha256};
 
 use super::error::ApiError;
-use super::{AppState, AuthUser};
+use super::{AppState, AuthUser, HttpConfig};
 use crate::{Error, Result};
 
 /// Credentials every client must send with Basic auth (`ZS_BASIC_AUTH=user:password`).
@@ -151,29 +148,24 @@ fn operation_name(op: &Operation) -> &str {
     }
 }
 
-/// Checks Basic auth when configured and records the user for the handlers.
-pub(crate) async fn basic_auth(
-    State(state): State<AppState>,
-    mut request: Request,
-    next: Next,
-) -> Response {
-    let user = match &state.config.basic_auth {
-        None => None,
-        Some(expected) => match credentials(request.headers().get(header::AUTHORIZATION)) {
-            None => {
-                return ApiError::unauthorized("authentication required (HTTP Basic)")
-                    .into_response();
-            }
-            Some((user, password)) => {
-                if !expected.check(&user, &password) {
-                    return ApiError::forbidden("invalid credentials").into_response();
-                }
-                Some(user)
-            }
-        },
+/// Checks Basic auth when configured: the user to record for the handlers, or the error that
+/// refuses the request (401 with `WWW-Authenticate` without valid-looking credentials, 403 for
+/// wrong ones).
+pub(crate) fn authenticate(config: &HttpConfig, headers: &HeaderMap) -> Result<AuthUser, ApiError> {
+    let Some(expected) = &config.basic_auth else {
+        return Ok(AuthUser(None));
     };
-    request.extensions_mut().insert(AuthUser(user));
-    next.run(request).await
+    match credentials(headers.get(header::AUTHORIZATION)) {
+        None => Err(ApiError::unauthorized(
+            "authentication required (HTTP Basic)",
+        )),
+        Some((user, password)) => {
+            if !expected.check(&user, &password) {
+                return Err(ApiError::forbidden("invalid credentials"));
+            }
+            Ok(AuthUser(Some(user)))
+        }
+    }
 }
 
 /// `Authorization: Basic base64(user:password)`, or `None` when missing or malformed.

@@ -20,14 +20,15 @@
 
 use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::ops::Deref;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use axum::Router;
-use axum::extract::{DefaultBodyLimit, Request as HttpRequest};
-use axum::http::{HeaderValue, Method, header};
+use axum::extract::{DefaultBodyLimit, Request as HttpRequest, State};
+use axum::http::{HeaderValue, Method, Uri, header};
 use axum::middleware::{self, Next};
-use axum::response::Response;
+use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use tokio::sync::{mpsc, watch};
 use tower_http::cors::{AllowHeaders, AllowOrigin, CorsLayer};
@@ -195,9 +196,27 @@ impl HttpConfig {
     }
 }
 
-/// What every handler shares.
+/// What every handler shares: one `Arc`, so the per-request clones (the `State` extractor, the
+/// middleware) are one atomic increment each.
 #[derive(Clone)]
-pub(crate) struct AppState {
+pub(crate) struct AppState(Arc<AppInner>);
+
+impl AppState {
+    fn new(inner: AppInner) -> Self {
+        Self(Arc::new(inner))
+    }
+}
+
+impl Deref for AppState {
+    type Target = AppInner;
+
+    fn deref(&self) -> &AppInner {
+        &self.0
+    }
+}
+
+/// The fields of [`AppState`].
+pub(crate) struct AppInner {
     pub(crate) node: Node,
     pub(crate) config: Arc<HttpConfig>,
     /// Turns `true` when the server shuts down (closed sender: shut down too).
@@ -219,13 +238,13 @@ pub fn router(node: Node, config: HttpConfig) -> Router {
     let (tx, rx) = watch::channel(false);
     let (drain, _) = mpsc::channel(1);
     build(
-        AppState {
+        AppState::new(AppInner {
             node,
             config: Arc::new(config),
             shutdown: rx,
             drain,
             _keep: Some(Arc::new(tx)),
-        },
+        }),
         None,
     )
 }
@@ -253,12 +272,7 @@ fn build(state: AppState, extra: Option<Router>) -> Router {
     };
     let mut app = routes
         .layer(DefaultBodyLimit::max(config.max_body_bytes))
-        .layer(middleware::from_fn_with_state(
-            state.clone(),
-            auth::basic_auth,
-        ))
-        .layer(middleware::map_response(error::json_errors))
-        .layer(middleware::from_fn(log_request));
+        .layer(middleware::from_fn_with_state(state, per_request));
     if let Some(cors) = cors_layer(&config.allowed_origins) {
         app = app.layer(cors);
     }
@@ -301,13 +315,45 @@ fn cors_layer(origins: &[String]) -> Option<CorsLayer> {
     )
 }
 
+/// The one middleware every request goes through (one layer instead of three): Basic auth,
+/// the handler, the JSON rewrite of error responses that are not JSON yet, and one log line
+/// (debug, or warn for a server-side failure, 5xx).
+async fn per_request(
+    State(state): State<AppState>,
+    mut request: HttpRequest,
+    next: Next,
+) -> Response {
+    // What the log line needs, only when a line can be written: no allocation here (a `Uri`
+    // clone shares the bytes hyper parsed; standard methods are copied).
+    let log = tracing::enabled!(tracing::Level::WARN).then(|| {
+        (
+            request.method().clone(),
+            request.uri().clone(),
+            Instant::now(),
+        )
+    });
+    let response = match auth::authenticate(&state.config, request.headers()) {
+        Ok(user) => {
+            request.extensions_mut().insert(user);
+            drop(state);
+            next.run(request).await
+        }
+        Err(rejection) => rejection.into_response(),
+    };
+    let response = error::json_errors(response).await;
+    if let Some((method, uri, start)) = log {
+        log_request(&method, &uri, start, &response);
+    }
+    response
+}
+
 /// One log line per request: debug, or warn for a server-side failure (5xx).
-async fn log_request(request: HttpRequest, next: Next) -> Response {
-    let method = request.method().clone();
-    let path = request.uri().path().to_owned();
-    let start = Instant::now();
-    let response = next.run(request).await;
+fn log_request(method: &Method, uri: &Uri, start: Instant, response: &Response) {
     let status = response.status();
+    if !status.is_server_error() && !tracing::enabled!(tracing::Level::DEBUG) {
+        return;
+    }
+    let path = uri.path();
     let elapsed_ms = start.elapsed().as_secs_f64() * 1000.0;
     let message = response
         .extensions()
@@ -319,7 +365,6 @@ async fn log_request(request: HttpRequest, next: Next) -> Response {
     } else {
         tracing::debug!(%method, %path, status = status.as_u16(), elapsed_ms, error = message, "http request");
     }
-    response
 }
 
 /// A running HTTP server; see [`serve`].
@@ -404,13 +449,13 @@ async fn serve_inner(node: Node, config: HttpConfig, extra: Option<Router>) -> R
     let (drain, drained) = mpsc::channel(1);
     let timeout = config.shutdown_timeout;
     let app = build(
-        AppState {
+        AppState::new(AppInner {
             node,
             config: Arc::new(config),
             shutdown: rx.clone(),
             drain,
             _keep: None,
-        },
+        }),
         extra,
     );
     let mut signal = rx;

@@ -154,13 +154,18 @@ pub(crate) async fn create(
             ));
         }
     };
-    let Some(data) = body.remove("resource_data") else {
+    if !body.contains_key("resource_data") {
         return Err(ApiError::validation(
             "resource_data",
             "missing field `resource_data`",
         ));
-    };
-    let mut request = Request::new(collection, "create").args(json!({ "resource_data": data }));
+    }
+    // The arguments are `{"resource_data": ...}`: the body's own map, minus anything else, is
+    // that object already (no new map, no new key, no move of the document).
+    if body.len() > 1 {
+        body.retain(|key, _| key == "resource_data");
+    }
+    let mut request = Request::new(collection, "create").args(Value::Object(body));
     request.resource_id = id;
     let created = call(&state, request).await?;
     Ok((StatusCode::CREATED, Json(created)).into_response())
