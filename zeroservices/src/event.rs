@@ -187,6 +187,11 @@ impl EventBus {
         }
     }
 
+    /// Whether any stream listens.
+    pub(crate) fn has_receivers(&self) -> bool {
+        self.tx.receiver_count() > 0
+    }
+
     pub(crate) fn subscribe(&self, prefix: impl Into<String>) -> EventStream {
         let prefix = prefix.into();
         self.interest.add(&prefix);

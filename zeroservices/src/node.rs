@@ -601,6 +601,14 @@ impl Node {
         }
     }
 
+    /// Whether anybody wants an event on `topic`: an `on_event` hook or a stream here, or a peer
+    /// (as far as the medium knows; one that has not said gets everything).
+    pub(crate) fn wants_event(&self, topic: &str) -> bool {
+        !self.inner.hooks.event.is_empty()
+            || self.inner.bus.has_receivers()
+            || self.inner.medium.wants(topic)
+    }
+
     /// Delivers an event to this node's own subscribers only (its websocket clients, its
     /// `subscribe` streams); peers do not see it.
     pub fn emit_local(&self, event: Event) {

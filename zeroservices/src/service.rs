@@ -94,6 +94,22 @@ impl<R: Resource> ResourceService<R> {
     }
 
     /// Checks a document against the resource type and returns it as the type serialises it.
+    /// Publishes `<collection>.<action>.<id>` with the payload `extra()` makes, only when some
+    /// subscriber (here or on a peer) wants that topic: an event nobody listens to costs nothing.
+    async fn emit(
+        &self,
+        node: &Node,
+        action: &str,
+        id: &str,
+        extra: impl FnOnce() -> Map<String, Value>,
+    ) {
+        let topic = format!("{}.{action}.{id}", self.collection());
+        if node.wants_event(&topic) {
+            node.publish(Event::resource(self.collection(), action, id, extra()))
+                .await;
+        }
+    }
+
     fn validate(&self, doc: Value) -> Result<(R, Value)> {
         // The plain deserialiser first (from a reference: no copy); only a document that fails
         // goes through the slower path-tracking one, for the error's field path.
@@ -127,10 +143,10 @@ impl<R: Resource> ResourceService<R> {
                 doc.clone(),
             )
             .await?;
-        let mut extra = Map::new();
-        extra.insert("resource_data".into(), doc);
-        node.publish(Event::resource(self.collection(), "create", &id, extra))
-            .await;
+        self.emit(node, "create", &id, || {
+            Map::from_iter([("resource_data".to_owned(), doc)])
+        })
+        .await;
         Ok(json!({ "resource_id": id }))
     }
 
@@ -156,11 +172,13 @@ impl<R: Resource> ResourceService<R> {
         update.apply(&mut preview)?;
         self.validate(preview)?;
         let doc = self.store.patch(self.collection(), &id, &patch).await?;
-        let mut extra = Map::new();
-        extra.insert("patch".into(), patch.as_value().clone());
-        extra.insert("resource_data".into(), doc.clone());
-        node.publish(Event::resource(self.collection(), "patch", &id, extra))
-            .await;
+        self.emit(node, "patch", &id, || {
+            Map::from_iter([
+                ("patch".to_owned(), patch.as_value().clone()),
+                ("resource_data".to_owned(), doc.clone()),
+            ])
+        })
+        .await;
         Ok(json!({ "resource_id": id, "resource_data": doc }))
     }
 

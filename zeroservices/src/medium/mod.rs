@@ -102,6 +102,13 @@ pub trait Medium: Send + Sync + 'static {
         let _ = prefixes;
     }
 
+    /// Whether any peer wants events on `topic` (publishing one nobody wants can be skipped).
+    /// The default: yes.
+    fn wants(&self, topic: &str) -> bool {
+        let _ = topic;
+        true
+    }
+
     /// Waits until the prefixes of the last [`Medium::set_interest`] are in effect at every peer
     /// connected now, so that every event those peers publish from then on reaches this node;
     /// bounded by the request timeout. The default returns at once.

@@ -125,6 +125,8 @@ pub struct ZmqStats {
     pub events_dropped: u64,
     /// Events received from peers and handed to the node.
     pub events_received: u64,
+    /// Events not published because no peer wants their topic.
+    pub events_unwanted: u64,
 }
 
 #[derive(Default)]
@@ -139,6 +141,7 @@ struct Counters {
     events_published: AtomicU64,
     events_dropped: AtomicU64,
     events_received: AtomicU64,
+    events_unwanted: AtomicU64,
 }
 
 fn bump(counter: &AtomicU64) {
@@ -153,6 +156,11 @@ struct Core {
     /// What the SUBs subscribe to now: `subscriptions` plus the node's interest
     /// ([`Medium::set_interest`]); `[""]` (everything) until the node says otherwise.
     interest: watch::Sender<Arc<Vec<String>>>,
+    /// Bumped with every change of `interest` (under its lock): peers keep the newest they got.
+    interest_version: AtomicU64,
+    /// What each peer said it wants from this node (`$medium` `interest`/`sync` requests), by
+    /// node id: an event no peer wants is not published at all.
+    remote: Mutex<HashMap<String, RemoteInterest>>,
     /// Sync markers waited for, by topic ([`Medium::sync_interest`]).
     markers: Mutex<HashMap<String, oneshot::Sender<()>>>,
     next_marker: AtomicU64,
@@ -224,6 +232,7 @@ impl Core {
             events_published: get(&c.events_published),
             events_dropped: get(&c.events_dropped),
             events_received: get(&c.events_received),
+            events_unwanted: get(&c.events_unwanted),
         }
     }
 }
@@ -394,7 +403,7 @@ fn classify_failure(core: &Core, sender: &str, what: &str, body: &[u8]) -> Optio
 /// ```
 pub struct ZmqMedium {
     core: Arc<Core>,
-    state: Mutex<State>,
+    state: Arc<Mutex<State>>,
 }
 
 #[derive(Default)]
@@ -519,6 +528,12 @@ struct Sub {
     commands: mpsc::UnboundedSender<SubCommand>,
 }
 
+/// The prefixes one peer wants from this node, as of its `version`.
+struct RemoteInterest {
+    version: u64,
+    prefixes: Vec<String>,
+}
+
 /// What [`Medium::sync_interest`] asks of a SUB task.
 enum SubCommand {
     /// Apply the current interest, then subscribe to this marker topic.
@@ -549,6 +564,8 @@ impl ZmqMedium {
                 subscriptions: Vec::new(),
                 interest: watch::channel(Arc::new(vec![String::new()])).0,
                 markers: Mutex::new(HashMap::new()),
+                interest_version: AtomicU64::new(0),
+                remote: Mutex::new(HashMap::new()),
                 next_marker: AtomicU64::new(1),
                 publisher: Mutex::new(None),
                 instance: uuid::Uuid::new_v4().simple().to_string(),
@@ -563,7 +580,7 @@ impl ZmqMedium {
                 version: DropLog::new(),
                 publish_drop_log: Mutex::new(None),
             }),
-            state: Mutex::new(State::default()),
+            state: Arc::new(Mutex::new(State::default())),
         }
     }
 
@@ -595,48 +612,6 @@ impl ZmqMedium {
         lock(&self.state).endpoints.clone()
     }
 
-    fn dealer_for(&self, peer: &NodeInfo) -> Result<Arc<Dealer>> {
-        let Some(endpoint) = peer.endpoints.get("router") else {
-            return Err(Error::unavailable(format!(
-                "node {} announced no router endpoint",
-                peer.id
-            )));
-        };
-        let mut state = lock(&self.state);
-        if !state.started || state.stopped {
-            return Err(Error::unavailable("the zeromq medium is not running"));
-        }
-        if let Some(dealer) = state.dealers.get(&peer.id)
-            && dealer.endpoint == *endpoint
-            && !dealer.task.is_finished()
-        {
-            return Ok(dealer.clone());
-        }
-        if let Some(old) = state.dealers.remove(&peer.id) {
-            old.close(
-                &self.core,
-                &format!("node {} moved to another endpoint", peer.id),
-            );
-        }
-        let shared = Arc::new(DealerShared {
-            link: watch::channel(Link::Connecting).0,
-            pending: PendingMap::default(),
-        });
-        let task = tokio::spawn(run_dealer(
-            self.core.clone(),
-            peer.id.clone(),
-            endpoint.clone(),
-            shared.clone(),
-        ));
-        let dealer = Arc::new(Dealer {
-            endpoint: endpoint.clone(),
-            shared,
-            task,
-        });
-        state.dealers.insert(peer.id.clone(), dealer.clone());
-        Ok(dealer)
-    }
-
     /// Makes sure `peer` sends this node what it wants now: the SUB task applies the current
     /// interest and subscribes to a fresh marker topic, then the peer is asked (over the DEALER)
     /// to publish that marker until it arrives. Subscriptions reach a PUB in order on one
@@ -656,10 +631,16 @@ impl ZmqMedium {
         let mut confirmed = commands.send(SubCommand::Mark(marker.clone())).is_ok();
         if confirmed {
             confirmed = false;
-            let request =
-                Request::new(MEDIUM_COLLECTION, "sync").args(serde_json::json!({"topic": marker}));
+            let mut args = interest_args(core);
+            args["topic"] = Value::from(marker.clone());
+            let request = Request::new(MEDIUM_COLLECTION, "sync").args(args);
             loop {
-                match tokio::time::timeout_at(deadline, self.call(peer, request.clone())).await {
+                match tokio::time::timeout_at(
+                    deadline,
+                    call_peer(&self.core, &self.state, peer, request.clone()),
+                )
+                .await
+                {
                     Ok(Ok(_)) => {}
                     Ok(Err(e)) => {
                         tracing::debug!(peer = %peer.id, error = %e, "peer cannot confirm subscriptions");
@@ -797,58 +778,14 @@ impl Medium for ZmqMedium {
     }
 
     async fn call(&self, peer: &NodeInfo, request: Request) -> Result<Value> {
-        let core = &self.core;
-        let from = core.node_id.get().map(String::as_str).unwrap_or("");
-        let id = core.next_request.fetch_add(1, Ordering::Relaxed);
-        let body = serde_json::to_vec(&RequestOut {
-            v: PROTOCOL_VERSION,
-            kind: "request",
-            id,
-            from,
-            request: &request,
-        })?;
-        if body.len() > core.config.max_message_bytes {
-            return Err(Error::bad_request(format!(
-                "request of {} bytes exceeds the {} byte message limit",
-                body.len(),
-                core.config.max_message_bytes
-            )));
-        }
-        let mac = core.sign(&[&body]);
-        let dealer = self.dealer_for(peer)?;
-        let shared = &dealer.shared;
-        let (tx, rx) = oneshot::channel();
-        // Registered before the connection is looked at: a connection lost from now on fails
-        // this call (the DEALER task marks the link down, then fails every pending call).
-        lock(&shared.pending).insert(id, tx);
-        let _guard = PendingGuard {
-            pending: &shared.pending,
-            id,
-        };
-        match shared.conn().await {
-            Ok(conn) => {
-                let sent = send_now(&conn, multipart(vec![body, mac])).await;
-                match sent {
-                    Ok(()) => bump(&core.counters.calls_sent),
-                    Err(e) => {
-                        let why = format!("node {}: send failed: {e}", peer.id);
-                        fail_one(core, &shared.pending, id, &why);
-                        conn.lost.notify_one();
-                    }
-                }
-            }
-            Err(why) => fail_one(core, &shared.pending, id, &why),
-        }
-        match rx.await {
-            Ok(reply) => reply,
-            Err(_) => Err(Error::unavailable(format!(
-                "connection to node {} is closed",
-                peer.id
-            ))),
-        }
+        call_peer(&self.core, &self.state, peer, request).await
     }
 
     async fn publish(&self, event: &Event) -> Result<()> {
+        if !self.wants(&event.topic) {
+            bump(&self.core.counters.events_unwanted);
+            return Ok(());
+        }
         publish_event(&self.core, &event.topic, &event.data)
     }
 
@@ -860,14 +797,35 @@ impl Medium for ZmqMedium {
         if wanted.iter().any(String::is_empty) {
             wanted = vec![String::new()];
         }
-        core.interest.send_if_modified(|now| {
+        let changed = core.interest.send_if_modified(|now| {
             if **now == wanted {
                 false
             } else {
                 *now = Arc::new(wanted);
+                core.interest_version.fetch_add(1, Ordering::Relaxed);
                 true
             }
         });
+        if changed {
+            let peers: Vec<NodeInfo> = lock(&self.state)
+                .subs
+                .values()
+                .map(|sub| sub.peer.clone())
+                .collect();
+            announce(&self.core, &self.state, peers);
+        }
+    }
+
+    fn wants(&self, topic: &str) -> bool {
+        let state = lock(&self.state);
+        let remote = lock(&self.core.remote);
+        // A peer that has not said what it wants (yet) gets everything.
+        if state.subs.keys().any(|id| !remote.contains_key(id)) {
+            return true;
+        }
+        remote
+            .values()
+            .any(|r| r.prefixes.iter().any(|p| topic_matches(p, topic)))
     }
 
     async fn sync_interest(&self) {
@@ -933,9 +891,12 @@ impl Medium for ZmqMedium {
                 commands,
             },
         );
+        drop(state);
+        announce(&self.core, &self.state, vec![peer.clone()]);
     }
 
     async fn peer_left(&self, peer_id: &str) {
+        lock(&self.core.remote).remove(peer_id);
         let (dealer, sub) = {
             let mut state = lock(&self.state);
             (state.dealers.remove(peer_id), state.subs.remove(peer_id))
@@ -972,6 +933,101 @@ impl Medium for ZmqMedium {
             Some(router) => format!("zeromq {router}"),
             None => "zeromq".to_owned(),
         }
+    }
+}
+
+fn dealer_for(core: &Arc<Core>, state: &Mutex<State>, peer: &NodeInfo) -> Result<Arc<Dealer>> {
+    let Some(endpoint) = peer.endpoints.get("router") else {
+        return Err(Error::unavailable(format!(
+            "node {} announced no router endpoint",
+            peer.id
+        )));
+    };
+    let mut state = lock(state);
+    if !state.started || state.stopped {
+        return Err(Error::unavailable("the zeromq medium is not running"));
+    }
+    if let Some(dealer) = state.dealers.get(&peer.id)
+        && dealer.endpoint == *endpoint
+        && !dealer.task.is_finished()
+    {
+        return Ok(dealer.clone());
+    }
+    if let Some(old) = state.dealers.remove(&peer.id) {
+        old.close(core, &format!("node {} moved to another endpoint", peer.id));
+    }
+    let shared = Arc::new(DealerShared {
+        link: watch::channel(Link::Connecting).0,
+        pending: PendingMap::default(),
+    });
+    let task = tokio::spawn(run_dealer(
+        core.clone(),
+        peer.id.clone(),
+        endpoint.clone(),
+        shared.clone(),
+    ));
+    let dealer = Arc::new(Dealer {
+        endpoint: endpoint.clone(),
+        shared,
+        task,
+    });
+    state.dealers.insert(peer.id.clone(), dealer.clone());
+    Ok(dealer)
+}
+
+async fn call_peer(
+    core: &Arc<Core>,
+    state: &Mutex<State>,
+    peer: &NodeInfo,
+    request: Request,
+) -> Result<Value> {
+    let from = core.node_id.get().map(String::as_str).unwrap_or("");
+    let id = core.next_request.fetch_add(1, Ordering::Relaxed);
+    let body = serde_json::to_vec(&RequestOut {
+        v: PROTOCOL_VERSION,
+        kind: "request",
+        id,
+        from,
+        request: &request,
+    })?;
+    if body.len() > core.config.max_message_bytes {
+        return Err(Error::bad_request(format!(
+            "request of {} bytes exceeds the {} byte message limit",
+            body.len(),
+            core.config.max_message_bytes
+        )));
+    }
+    let mac = core.sign(&[&body]);
+    let dealer = dealer_for(core, state, peer)?;
+    let shared = &dealer.shared;
+    let (tx, rx) = oneshot::channel();
+    // Registered before the connection is looked at: a connection lost from now on fails
+    // this call (the DEALER task marks the link down, then fails every pending call).
+    lock(&shared.pending).insert(id, tx);
+    let _guard = PendingGuard {
+        pending: &shared.pending,
+        id,
+    };
+    match shared.conn().await {
+        Ok(conn) => {
+            let sent = send_now(&conn, multipart(vec![body, mac])).await;
+            match sent {
+                Ok(()) => bump(&core.counters.calls_sent),
+                Err(e) => {
+                    let why = format!("node {}: send failed: {e}", peer.id);
+                    fail_one(core, &shared.pending, id, &why);
+                    conn.lost.notify_one();
+                }
+            }
+        }
+        Err(why) => fail_one(core, &shared.pending, id, &why),
+    }
+    match rx.await {
+        Ok(reply) => reply,
+        Err(_) => Err(Error::unavailable(format!(
+            "connection to node {} is closed",
+            peer.id
+        ))),
     }
 }
 
@@ -1026,10 +1082,75 @@ fn publish_event(core: &Core, topic: &str, data: &Value) -> Result<()> {
     }
 }
 
-/// The medium's own requests: `sync` publishes the sync marker the caller names.
-fn serve_medium(core: &Core, request: &Request) -> Result<Value> {
+/// The arguments of an `interest` request: this node's current prefixes and their version.
+fn interest_args(core: &Core) -> Value {
+    let wanted = core.interest.borrow();
+    serde_json::json!({
+        "version": core.interest_version.load(Ordering::Relaxed),
+        "prefixes": **wanted,
+    })
+}
+
+/// Tells `peers` (in the background, each bounded by the request timeout) what this node wants
+/// from them now. Without a runtime (a stream dropped after shutdown) there is nobody to tell.
+fn announce(core: &Arc<Core>, state: &Arc<Mutex<State>>, peers: Vec<NodeInfo>) {
+    let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+        return;
+    };
+    for peer in peers {
+        let (core, state) = (core.clone(), state.clone());
+        runtime.spawn(async move {
+            let request = Request::new(MEDIUM_COLLECTION, "interest").args(interest_args(&core));
+            let within = core.config.request_timeout;
+            let told = tokio::time::timeout(within, call_peer(&core, &state, &peer, request)).await;
+            if !matches!(told, Ok(Ok(_))) {
+                tracing::debug!(peer = %peer.id, "peer not told this node's interest (it gets every event)");
+            }
+        });
+    }
+}
+
+/// Records what `from` wants, unless an newer version is known already.
+fn record_interest(core: &Core, from: Option<&str>, args: &Value) -> Result<()> {
+    let bad = || Error::bad_request("interest needs \"version\" (u64) and \"prefixes\" (strings)");
+    let Some(from) = from else {
+        return Err(Error::bad_request(
+            "interest needs the sender's node id in \"from\"",
+        ));
+    };
+    let version = args
+        .get("version")
+        .and_then(Value::as_u64)
+        .ok_or_else(bad)?;
+    let prefixes = args
+        .get("prefixes")
+        .and_then(Value::as_array)
+        .ok_or_else(bad)?
+        .iter()
+        .map(|p| p.as_str().map(str::to_owned).ok_or_else(bad))
+        .collect::<Result<Vec<String>>>()?;
+    let mut remote = lock(&core.remote);
+    match remote.get(from) {
+        Some(known) if known.version > version => {}
+        _ => {
+            remote.insert(from.to_owned(), RemoteInterest { version, prefixes });
+        }
+    }
+    Ok(())
+}
+
+/// The medium's own requests: `interest` records what the caller wants from this node; `sync`
+/// records it too, then publishes the sync marker the caller names.
+fn serve_medium(core: &Core, from: Option<&str>, request: &Request) -> Result<Value> {
     match request.action.as_str() {
+        "interest" => {
+            record_interest(core, from, &request.args)?;
+            Ok(Value::Null)
+        }
         "sync" => {
+            if request.args.get("prefixes").is_some() {
+                record_interest(core, from, &request.args)?;
+            }
             let topic = request.args.get("topic").and_then(Value::as_str);
             match topic {
                 Some(topic) if topic.starts_with(SYNC_PREFIX) && topic.len() <= 256 => {
@@ -1173,7 +1294,8 @@ async fn serve(core: &Core, identity: &[u8], body: &[u8], mac: &[u8]) -> Option<
             return None;
         }
         Ok(envelope) if envelope.request.collection == MEDIUM_COLLECTION => {
-            (envelope.id, serve_medium(core, &envelope.request))
+            let served = serve_medium(core, envelope.from.as_deref(), &envelope.request);
+            (envelope.id, served)
         }
         Ok(envelope) => {
             let inbound = core.inbound.get()?.clone();
