@@ -3,7 +3,7 @@
 # measured in the same run, the ratio, and the target. See BENCHMARKS.md.
 #
 # Usage: scripts/bench.sh            # the suite only (~2-4 min at the default 5 s per measure)
-#        scripts/bench.sh --all      # also the older rpc, rest and store benches
+#        scripts/bench.sh --all      # also the older rpc and store benches
 #        ZS_BENCH_SECONDS=2 scripts/bench.sh   # shorter measures, noisier figures
 #
 # Everything runs on 127.0.0.1: the nodes bind to loopback and multicast discovery uses a private
@@ -26,6 +26,5 @@ cargo bench -p zeroservices --bench suite
 
 if [ "${1:-}" = "--all" ]; then
     cargo bench -p zeroservices --bench rpc
-    cargo bench -p zeroservices --bench rest
     cargo bench -p zeroservices --bench store
 fi
