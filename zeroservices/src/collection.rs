@@ -48,6 +48,10 @@ impl<R: Resource> Collection<R> {
         self.node.request(request).await
     }
 
+    async fn request_as<T: DeserializeOwned>(&self, request: Request) -> Result<T> {
+        self.node.request_as(request).await
+    }
+
     fn req(&self, action: &str) -> Request {
         Request::new(R::COLLECTION, action)
     }
@@ -76,15 +80,15 @@ impl<R: Resource> Collection<R> {
 
     /// Reads a resource.
     pub async fn get(&self, id: &str) -> Result<R> {
-        let reply = self.request(self.req("get").id(id)).await?;
-        Ok(from_value::<Document<R>>(reply)?.resource_data)
+        let reply: Document<R> = self.request_as(self.req("get").id(id)).await?;
+        Ok(reply.resource_data)
     }
 
     /// Applies an update document (`patch!({"$set": {...}})`) and returns the updated resource.
     pub async fn patch(&self, id: &str, patch: Patch) -> Result<R> {
         let request = self.req("patch").id(id).args(json!({ "patch": patch }));
-        let reply = self.request(request).await?;
-        Ok(from_value::<Document<R>>(reply)?.resource_data)
+        let reply: Document<R> = self.request_as(request).await?;
+        Ok(reply.resource_data)
     }
 
     /// Deletes a resource.
@@ -101,8 +105,7 @@ impl<R: Resource> Collection<R> {
             "skip": query.skip,
             "text": query.text,
         });
-        let reply = self.request(self.req("list").args(args)).await?;
-        from_value(reply)
+        self.request_as(self.req("list").args(args)).await
     }
 
     /// Calls a custom action on one resource (`#[action] async fn square(&mut self)`).
@@ -113,8 +116,7 @@ impl<R: Resource> Collection<R> {
         args: impl Serialize,
     ) -> Result<T> {
         let args = serde_json::to_value(args).map_err(|e| Error::bad_request(e.to_string()))?;
-        let reply = self.request(self.req(action).id(id).args(args)).await?;
-        from_value(reply)
+        self.request_as(self.req(action).id(id).args(args)).await
     }
 
     /// Calls a custom action on the whole collection (`#[action(collection)]`).
@@ -124,8 +126,7 @@ impl<R: Resource> Collection<R> {
         args: impl Serialize,
     ) -> Result<T> {
         let args = serde_json::to_value(args).map_err(|e| Error::bad_request(e.to_string()))?;
-        let reply = self.request(self.req(action).args(args)).await?;
-        from_value(reply)
+        self.request_as(self.req(action).args(args)).await
     }
 
     /// Links resource `id` to `target` (`(collection, id)`) under `relation`, as the original's

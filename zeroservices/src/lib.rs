@@ -94,6 +94,19 @@ pub mod __private {
         }
     }
 
+    /// Deserialises JSON text into `T`, naming the offending field on failure.
+    pub fn from_raw<T: serde::de::DeserializeOwned>(
+        raw: &serde_json::value::RawValue,
+    ) -> Result<T> {
+        match serde_json::from_str(raw.get()) {
+            Ok(typed) => Ok(typed),
+            Err(_) => {
+                let mut de = serde_json::Deserializer::from_str(raw.get());
+                serde_path_to_error::deserialize(&mut de).map_err(Error::from)
+            }
+        }
+    }
+
     /// Parses the argument of an action.
     pub fn parse_args<T: ActionArgs>(args: Value) -> Result<T> {
         from_value(args)

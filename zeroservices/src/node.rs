@@ -8,8 +8,10 @@ use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
 use futures::future::BoxFuture;
+use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
+use serde_json::value::RawValue;
 
 use crate::config::NetworkConfig;
 use crate::discovery::udp::UdpDiscovery;
@@ -625,16 +627,47 @@ impl Node {
             return Err(Error::unavailable(format!("unknown peer {node_id}")));
         };
         let request = Request::new(NODE_MESSAGE, "message").args(body);
-        self.call_peer(&peer, request).await
+        let raw = self.call_peer(&peer, request).await?;
+        crate::__private::from_raw(&raw)
+    }
+
+    fn local_service(&self, collection: &str) -> Option<Arc<dyn Service>> {
+        read(&self.inner.services).get(collection).cloned()
     }
 
     /// Sends a request to the node that owns its collection (this one, or a peer) and waits
     /// for the reply, at most the request timeout.
     pub async fn request(&self, request: Request) -> Result<Value> {
-        let local = read(&self.inner.services).get(&request.collection).cloned();
-        if let Some(service) = local {
+        if let Some(service) = self.local_service(&request.collection) {
             return service.handle(self, request).await;
         }
+        let raw = self.request_remote(request).await?;
+        crate::__private::from_raw(&raw)
+    }
+
+    /// [`Node::request`], the reply as JSON text: a reply from a peer is passed on as it arrived
+    /// (the HTTP API answers with it as is; no parse and re-serialisation).
+    pub async fn request_raw(&self, request: Request) -> Result<Box<RawValue>> {
+        if let Some(service) = self.local_service(&request.collection) {
+            let value = service.handle(self, request).await?;
+            return serde_json::value::to_raw_value(&value)
+                .map_err(|e| Error::internal(e.to_string()));
+        }
+        self.request_remote(request).await
+    }
+
+    /// [`Node::request`], the reply deserialised into `T` (from a peer: straight from its JSON
+    /// text).
+    pub async fn request_as<T: DeserializeOwned>(&self, request: Request) -> Result<T> {
+        if let Some(service) = self.local_service(&request.collection) {
+            let value = service.handle(self, request).await?;
+            return crate::__private::from_value(value);
+        }
+        let raw = self.request_remote(request).await?;
+        crate::__private::from_raw(&raw)
+    }
+
+    async fn request_remote(&self, request: Request) -> Result<Box<RawValue>> {
         let collection = request.collection.clone();
         let owners = lock(&self.inner.directory).pick(&collection);
         if owners.is_empty() {
@@ -677,11 +710,11 @@ impl Node {
         }
     }
 
-    async fn call_peer(&self, peer: &NodeInfo, request: Request) -> Result<Value> {
+    async fn call_peer(&self, peer: &NodeInfo, request: Request) -> Result<Box<RawValue>> {
         let collection = request.collection.clone();
         self.inner.requests_sent.fetch_add(1, Ordering::Relaxed);
         let timeout = self.inner.request_timeout;
-        match tokio::time::timeout(timeout, self.inner.medium.call(peer, request)).await {
+        match tokio::time::timeout(timeout, self.inner.medium.call_raw(peer, request)).await {
             Ok(reply) => reply,
             Err(_) => {
                 self.inner

@@ -64,6 +64,22 @@ async fn call(state: &AppState, request: Request) -> ApiResult<Value> {
     Ok(state.node.request(request).await?)
 }
 
+/// Like [`call`], answering with the reply's JSON text as it came (from a peer: not parsed and
+/// serialised again).
+async fn call_raw(state: &AppState, status: StatusCode, request: Request) -> ApiResult<Response> {
+    let raw = state.node.request_raw(request).await?;
+    let body: Box<str> = raw.into();
+    Ok((
+        status,
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        )],
+        String::from(body),
+    )
+        .into_response())
+}
+
 /// `GET /`: the collections known in the cluster, or the live page for a browser (an `Accept`
 /// that prefers `text/html`).
 pub(crate) async fn index(State(state): State<AppState>, headers: HeaderMap) -> Response {
@@ -167,8 +183,7 @@ pub(crate) async fn create(
     }
     let mut request = Request::new(collection, "create").args(Value::Object(body));
     request.resource_id = id;
-    let created = call(&state, request).await?;
-    Ok((StatusCode::CREATED, Json(created)).into_response())
+    call_raw(&state, StatusCode::CREATED, request).await
 }
 
 /// `GET /{collection}/{id}`.
@@ -178,8 +193,12 @@ pub(crate) async fn get(
     Path((collection, id)): Path<(String, String)>,
 ) -> ApiResult {
     authorize(&state, &user(user_ext), &collection, Operation::Get)?;
-    let doc = call(&state, Request::new(collection, "get").id(id)).await?;
-    Ok(Json(doc).into_response())
+    call_raw(
+        &state,
+        StatusCode::OK,
+        Request::new(collection, "get").id(id),
+    )
+    .await
 }
 
 /// `PATCH /{collection}/{id}` with `{"patch": {...}}`: 200 the updated document.

@@ -9,8 +9,9 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
+use serde_json::value::RawValue;
 
-use crate::{Event, NodeInfo, Result};
+use crate::{Error, Event, NodeInfo, Result};
 
 mod memory;
 pub mod zeromq;
@@ -86,6 +87,14 @@ pub trait Medium: Send + Sync + 'static {
     /// Sends a request to `peer` and waits for its reply. The node applies the request timeout
     /// around this call; a medium must not hang past a peer's death if it can tell.
     async fn call(&self, peer: &NodeInfo, request: Request) -> Result<Value>;
+
+    /// Like [`Medium::call`], the reply as the JSON text it arrived as, for the caller to
+    /// deserialise into its own type (or pass on) without a [`Value`] in between. The default
+    /// serialises what [`Medium::call`] returns.
+    async fn call_raw(&self, peer: &NodeInfo, request: Request) -> Result<Box<RawValue>> {
+        let value = self.call(peer, request).await?;
+        serde_json::value::to_raw_value(&value).map_err(|e| Error::internal(e.to_string()))
+    }
 
     /// Publishes an event to every peer (not to this node's own subscribers: the node does that).
     async fn publish(&self, event: &Event) -> Result<()>;

@@ -70,6 +70,7 @@ use async_trait::async_trait;
 use futures::{FutureExt, StreamExt};
 use serde::{Deserialize, Deserializer, Serialize};
 use serde_json::Value;
+use serde_json::value::RawValue;
 use tokio::sync::{Notify, Semaphore, mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 
@@ -270,18 +271,23 @@ struct ResponseOut<'a> {
     error: Option<&'a Error>,
 }
 
-/// Present-but-null must read as `Some(Value::Null)`, not `None`.
-fn present<'de, D: Deserializer<'de>>(d: D) -> std::result::Result<Option<Value>, D::Error> {
-    Value::deserialize(d).map(Some)
+/// Present-but-null must read as `Some("null")`, not `None`.
+fn present<'de, D: Deserializer<'de>>(
+    d: D,
+) -> std::result::Result<Option<&'de RawValue>, D::Error> {
+    <&RawValue>::deserialize(d).map(Some)
 }
 
+/// A response as received: `ok` stays JSON text (copied once), parsed by whoever waits for it
+/// straight into its own type.
 #[derive(Deserialize)]
-struct ResponseIn {
+struct ResponseIn<'a> {
     v: u32,
-    kind: String,
+    #[serde(borrow)]
+    kind: std::borrow::Cow<'a, str>,
     id: u64,
-    #[serde(default, deserialize_with = "present")]
-    ok: Option<Value>,
+    #[serde(default, borrow, deserialize_with = "present")]
+    ok: Option<&'a RawValue>,
     #[serde(default)]
     error: Option<Error>,
 }
@@ -417,7 +423,7 @@ struct State {
     subs: HashMap<String, Sub>,
 }
 
-type PendingMap = Mutex<HashMap<u64, oneshot::Sender<Result<Value>>>>;
+type PendingMap = Mutex<HashMap<u64, oneshot::Sender<Result<Box<RawValue>>>>>;
 
 fn fail_all(core: &Core, pending: &PendingMap, message: &str) {
     let drained: Vec<_> = lock(pending).drain().collect();
@@ -778,6 +784,11 @@ impl Medium for ZmqMedium {
     }
 
     async fn call(&self, peer: &NodeInfo, request: Request) -> Result<Value> {
+        let raw = call_peer(&self.core, &self.state, peer, request).await?;
+        serde_json::from_str(raw.get()).map_err(|e| Error::internal(e.to_string()))
+    }
+
+    async fn call_raw(&self, peer: &NodeInfo, request: Request) -> Result<Box<RawValue>> {
         call_peer(&self.core, &self.state, peer, request).await
     }
 
@@ -980,7 +991,7 @@ async fn call_peer(
     state: &Mutex<State>,
     peer: &NodeInfo,
     request: Request,
-) -> Result<Value> {
+) -> Result<Box<RawValue>> {
     let from = core.node_id.get().map(String::as_str).unwrap_or("");
     let id = core.next_request.fetch_add(1, Ordering::Relaxed);
     let body = serde_json::to_vec(&RequestOut {
@@ -1450,8 +1461,8 @@ fn take_response(core: &Core, peer: &str, pending: &PendingMap, message: ZmqMess
             .drop_from(peer, "response", "unknown protocol version");
         return;
     }
-    let reply = match (envelope.kind.as_str(), envelope.ok, envelope.error) {
-        ("response", Some(value), None) => Ok(value),
+    let reply = match (envelope.kind.as_ref(), envelope.ok, envelope.error) {
+        ("response", Some(raw), None) => Ok(raw.to_owned()),
         ("response", None, Some(error)) => Err(error),
         _ => {
             core.malformed
