@@ -776,6 +776,11 @@ impl Medium for ZmqMedium {
             router,
             shutdown_rx.clone(),
         )));
+        state.tasks.push(tokio::spawn(run_announcer(
+            self.core.clone(),
+            self.state.clone(),
+            shutdown_rx.clone(),
+        )));
         state.shutdown = Some(shutdown);
         *lock(&self.core.publisher) = Some(publisher);
         state.endpoints = endpoints.clone();
@@ -808,7 +813,8 @@ impl Medium for ZmqMedium {
         if wanted.iter().any(String::is_empty) {
             wanted = vec![String::new()];
         }
-        let changed = core.interest.send_if_modified(|now| {
+        // The SUB tasks and the announcer task (which tells the peers) follow this watch.
+        core.interest.send_if_modified(|now| {
             if **now == wanted {
                 false
             } else {
@@ -817,14 +823,6 @@ impl Medium for ZmqMedium {
                 true
             }
         });
-        if changed {
-            let peers: Vec<NodeInfo> = lock(&self.state)
-                .subs
-                .values()
-                .map(|sub| sub.peer.clone())
-                .collect();
-            announce(&self.core, &self.state, peers);
-        }
     }
 
     fn wants(&self, topic: &str) -> bool {
@@ -1102,8 +1100,8 @@ fn interest_args(core: &Core) -> Value {
     })
 }
 
-/// Tells `peers` (in the background, each bounded by the request timeout) what this node wants
-/// from them now. Without a runtime (a stream dropped after shutdown) there is nobody to tell.
+/// Tells `peers` (new ones; in the background, each bounded by the request timeout) what this
+/// node wants from them now.
 fn announce(core: &Arc<Core>, state: &Arc<Mutex<State>>, peers: Vec<NodeInfo>) {
     let Ok(runtime) = tokio::runtime::Handle::try_current() else {
         return;
@@ -1121,7 +1119,67 @@ fn announce(core: &Arc<Core>, state: &Arc<Mutex<State>>, peers: Vec<NodeInfo>) {
     }
 }
 
-/// Records what `from` wants, unless an newer version is known already.
+/// Tells every peer what this node wants each time that changes. A burst of changes (websocket
+/// clients coming and going) is told once: the latest set, when the previous round is done. A
+/// peer that could not be told (busy, restarting) is told again a second later, until it is or
+/// it leaves: otherwise it would keep sending by what it heard last.
+async fn run_announcer(
+    core: Arc<Core>,
+    state: Arc<Mutex<State>>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let mut interest = core.interest.subscribe();
+    interest.borrow_and_update();
+    let mut failed: Vec<String> = Vec::new();
+    loop {
+        let retry = async {
+            if failed.is_empty() {
+                std::future::pending::<()>().await;
+            }
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        };
+        let everyone = tokio::select! {
+            _ = shutdown.changed() => return,
+            changed = interest.changed() => {
+                if changed.is_err() {
+                    return;
+                }
+                interest.borrow_and_update();
+                true
+            }
+            () = retry => false,
+        };
+        let peers: Vec<NodeInfo> = lock(&state)
+            .subs
+            .values()
+            .filter(|sub| everyone || failed.contains(&sub.peer.id))
+            .map(|sub| sub.peer.clone())
+            .collect();
+        let args = interest_args(&core);
+        let within = core.config.request_timeout;
+        let told = futures::future::join_all(peers.iter().map(|peer| {
+            let request = Request::new(MEDIUM_COLLECTION, "interest").args(args.clone());
+            let (core, state) = (&core, &state);
+            async move {
+                let told =
+                    tokio::time::timeout(within, call_peer(core, state, peer, request)).await;
+                matches!(told, Ok(Ok(_)))
+            }
+        }))
+        .await;
+        failed = peers
+            .iter()
+            .zip(told)
+            .filter(|(_, ok)| !ok)
+            .map(|(peer, _)| peer.id.clone())
+            .collect();
+        if !failed.is_empty() {
+            tracing::debug!(peers = ?failed, "peers not told this node's interest yet; retrying in 1 s");
+        }
+    }
+}
+
+/// Records what `from` wants, unless a newer version is known already.
 fn record_interest(core: &Core, from: Option<&str>, args: &Value) -> Result<()> {
     let bad = || Error::bad_request("interest needs \"version\" (u64) and \"prefixes\" (strings)");
     let Some(from) = from else {
