@@ -176,6 +176,38 @@ fn topics(started: &Started) -> Vec<String> {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn peers_are_told_what_a_node_wants_without_a_sync() {
+    let a = node("a", None).await;
+    let b = node("b", None).await;
+    // `a` knows `b` but has not heard from it: `b` gets everything.
+    a.medium.peer_joined(&b.info).await;
+    assert!(a.medium.wants("tick.create.1"));
+    // `b` learns of `a` and tells it (on joining, then on every change), no sync asked.
+    b.medium.peer_joined(&a.info).await;
+    b.medium.set_interest(vec!["power".into()]);
+    assert!(
+        eventually(Duration::from_secs(5), || !a.medium.wants("tick.create.1")).await,
+        "a never heard that b wants only power"
+    );
+    assert!(a.medium.wants("power.create.1"));
+    // A burst of changes ends with the last one told.
+    for prefix in ["chat", "tick", "chat", "power.patch"] {
+        b.medium.set_interest(vec![prefix.into()]);
+    }
+    assert!(
+        eventually(Duration::from_secs(5), || a.medium.wants("power.patch.7")
+            && !a.medium.wants("chat.message"))
+        .await
+    );
+    // `b` leaves: `a` forgets what it wanted (and has nobody left to send to).
+    a.medium.peer_left(&b.info.id).await;
+    assert!(!a.medium.wants("power.patch.7"));
+    for n in [a, b] {
+        n.medium.stop().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_synced_interest_gets_every_event_it_wants_and_nothing_else() {
     let a = node("a", None).await;
     let b = node("b", None).await;
