@@ -649,9 +649,7 @@ impl Node {
     /// (the HTTP API answers with it as is; no parse and re-serialisation).
     pub async fn request_raw(&self, request: Request) -> Result<Box<RawValue>> {
         if let Some(service) = self.local_service(&request.collection) {
-            let value = service.handle(self, request).await?;
-            return serde_json::value::to_raw_value(&value)
-                .map_err(|e| Error::internal(e.to_string()));
+            return service.handle_raw(self, request).await;
         }
         self.request_remote(request).await
     }
@@ -788,6 +786,23 @@ impl Inbound for Handle {
         match local {
             Some(service) => service.handle(&node, request).await,
             None => Err(Error::unknown_collection(request.collection)),
+        }
+    }
+
+    async fn request_raw(&self, from: Option<String>, request: Request) -> Result<Box<RawValue>> {
+        let Some(node) = self.node() else {
+            return Err(Error::unavailable("node is stopping"));
+        };
+        match node.local_service(&request.collection) {
+            Some(service) => {
+                node.inner.requests_served.fetch_add(1, Ordering::Relaxed);
+                service.handle_raw(&node, request).await
+            }
+            // Messages, unknown collections: the plain path.
+            None => {
+                let value = self.request(from, request).await?;
+                serde_json::value::to_raw_value(&value).map_err(|e| Error::internal(e.to_string()))
+            }
         }
     }
 

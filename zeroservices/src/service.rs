@@ -6,7 +6,8 @@ use std::marker::PhantomData;
 use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
 use serde_json::{Map, Value, json};
 
 use crate::__private::from_value;
@@ -24,6 +25,11 @@ pub(crate) trait Service: Send + Sync + 'static {
     /// Prepares the store (indexes).
     async fn prepare(&self) -> Result<()>;
     async fn handle(&self, node: &Node, request: Request) -> Result<Value>;
+    /// [`Service::handle`], the reply as JSON text; the default serialises `handle`'s value.
+    async fn handle_raw(&self, node: &Node, request: Request) -> Result<Box<RawValue>> {
+        let value = self.handle(node, request).await?;
+        serde_json::value::to_raw_value(&value).map_err(|e| Error::internal(e.to_string()))
+    }
 }
 
 /// The arguments of `list`.
@@ -338,6 +344,27 @@ impl<R: Resource> Service for ResourceService<R> {
     async fn prepare(&self) -> Result<()> {
         let text: Vec<String> = R::text_index().iter().map(|s| (*s).to_owned()).collect();
         self.store.ensure_collection(self.collection(), &text).await
+    }
+
+    async fn handle_raw(&self, node: &Node, request: Request) -> Result<Box<RawValue>> {
+        if request.action != "get" {
+            let value = self.handle(node, request).await?;
+            return serde_json::value::to_raw_value(&value)
+                .map_err(|e| Error::internal(e.to_string()));
+        }
+        // A read is serialised straight from the stored document: no reply object built.
+        #[derive(Serialize)]
+        struct Reply<'a> {
+            resource_id: &'a str,
+            resource_data: &'a Value,
+        }
+        let id = self.require_id(&request)?;
+        let doc = self.load(&id).await?;
+        serde_json::value::to_raw_value(&Reply {
+            resource_id: &id,
+            resource_data: &doc,
+        })
+        .map_err(|e| Error::internal(e.to_string()))
     }
 
     async fn handle(&self, node: &Node, request: Request) -> Result<Value> {

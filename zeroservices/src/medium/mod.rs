@@ -73,6 +73,13 @@ pub type Endpoints = BTreeMap<String, String>;
 pub trait Inbound: Send + Sync + 'static {
     /// Serves a request that arrived for this node; `from` is the caller's node id when known.
     async fn request(&self, from: Option<String>, request: Request) -> Result<Value>;
+
+    /// [`Inbound::request`], the reply as JSON text (a medium sends it on as is). The default
+    /// serialises what [`Inbound::request`] returns.
+    async fn request_raw(&self, from: Option<String>, request: Request) -> Result<Box<RawValue>> {
+        let value = self.request(from, request).await?;
+        serde_json::value::to_raw_value(&value).map_err(|e| Error::internal(e.to_string()))
+    }
     /// Takes an event published by another node.
     fn event(&self, event: Event);
 }

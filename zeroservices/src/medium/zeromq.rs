@@ -266,7 +266,7 @@ struct ResponseOut<'a> {
     kind: &'static str,
     id: u64,
     #[serde(skip_serializing_if = "Option::is_none")]
-    ok: Option<&'a Value>,
+    ok: Option<&'a RawValue>,
     #[serde(skip_serializing_if = "Option::is_none")]
     error: Option<&'a Error>,
 }
@@ -330,7 +330,7 @@ fn multipart(frames: Vec<Vec<u8>>) -> ZmqMessage {
     message
 }
 
-fn encode_response(core: &Core, id: u64, reply: &Result<Value>) -> Vec<u8> {
+fn encode_response(core: &Core, id: u64, reply: &Result<Box<RawValue>>) -> Vec<u8> {
     let envelope = match reply {
         Ok(value) => ResponseOut {
             v: PROTOCOL_VERSION,
@@ -347,7 +347,10 @@ fn encode_response(core: &Core, id: u64, reply: &Result<Value>) -> Vec<u8> {
             error: Some(error),
         },
     };
-    let body = serde_json::to_vec(&envelope).unwrap_or_default();
+    let mut body = Vec::with_capacity(64 + reply.as_ref().map_or(0, |raw| raw.get().len()));
+    if serde_json::to_writer(&mut body, &envelope).is_err() {
+        body.clear();
+    }
     if body.len() > core.config.max_message_bytes {
         let error = Error::internal(format!(
             "reply of {} bytes exceeds the {} byte message limit",
@@ -1363,13 +1366,14 @@ async fn serve(core: &Core, identity: &[u8], body: &[u8], mac: &[u8]) -> Option<
             return None;
         }
         Ok(envelope) if envelope.request.collection == MEDIUM_COLLECTION => {
-            let served = serve_medium(core, envelope.from.as_deref(), &envelope.request);
+            let served = serve_medium(core, envelope.from.as_deref(), &envelope.request)
+                .and_then(|value| to_raw(&value));
             (envelope.id, served)
         }
         Ok(envelope) => {
             let inbound = core.inbound.get()?.clone();
             bump(&core.counters.requests_served);
-            let served = AssertUnwindSafe(inbound.request(envelope.from, envelope.request))
+            let served = AssertUnwindSafe(inbound.request_raw(envelope.from, envelope.request))
                 .catch_unwind()
                 .await;
             let reply = served.unwrap_or_else(|_| Err(Error::internal("request handler panicked")));
@@ -1388,6 +1392,10 @@ async fn serve(core: &Core, identity: &[u8], body: &[u8], mac: &[u8]) -> Option<
     let body = encode_response(core, id, &reply);
     let mac = core.sign(&[&body]);
     Some(multipart(vec![identity.to_vec(), body, mac]))
+}
+
+fn to_raw(value: &Value) -> Result<Box<RawValue>> {
+    serde_json::value::to_raw_value(value).map_err(|e| Error::internal(e.to_string()))
 }
 
 /// Owns one peer's DEALER: connects (bounded), runs a session, and after any failure marks the
