@@ -139,10 +139,18 @@ async fn follow_changes(browser: &Client, node: &zeroservices::Node) {
     browser.set_window_size(1100, 560).await.unwrap();
     browser.goto(&format!("{base}/")).await.unwrap();
 
-    // The two powers show, and the websocket is live.
-    let first = wait_for(browser, "the two powers and a live socket", |s| {
-        s.ids() == ["alpha", "beta"] && s.state == "live"
-    })
+    // The two powers show, and the websocket is live. The page lists the collection when it
+    // loads and again once subscribed (to catch up); a resource timing entry appears when a list
+    // has completed, so wait for both before counting lists.
+    let first = wait_for(
+        browser,
+        "the two powers, a live socket, both lists done",
+        |s| {
+            s.ids() == ["alpha", "beta"]
+                && s.state == "live"
+                && s.raw["lists"].as_u64().is_some_and(|n| n >= 2)
+        },
+    )
     .await;
     assert_eq!(first.cell("alpha", "value"), "2");
     assert_eq!(first.cell("alpha", "status"), "pending");
