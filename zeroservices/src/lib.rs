@@ -94,6 +94,13 @@ pub mod __private {
         }
     }
 
+    /// Serialises `value` to JSON text (a reply sent on as is).
+    pub fn to_raw<T: serde::Serialize + ?Sized>(
+        value: &T,
+    ) -> Result<Box<serde_json::value::RawValue>> {
+        serde_json::value::to_raw_value(value).map_err(|e| Error::internal(e.to_string()))
+    }
+
     /// Deserialises JSON text into `T`, naming the offending field on failure.
     pub fn from_raw<T: serde::de::DeserializeOwned>(
         raw: &serde_json::value::RawValue,

@@ -801,7 +801,7 @@ impl Inbound for Handle {
             // Messages, unknown collections: the plain path.
             None => {
                 let value = self.request(from, request).await?;
-                serde_json::value::to_raw_value(&value).map_err(|e| Error::internal(e.to_string()))
+                crate::__private::to_raw(&value)
             }
         }
     }

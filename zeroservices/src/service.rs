@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 use serde_json::{Map, Value, json};
 
-use crate::__private::from_value;
+use crate::__private::{from_value, to_raw};
 use crate::links;
 use crate::medium::Request;
 use crate::query::SortKey;
@@ -28,7 +28,7 @@ pub(crate) trait Service: Send + Sync + 'static {
     /// [`Service::handle`], the reply as JSON text; the default serialises `handle`'s value.
     async fn handle_raw(&self, node: &Node, request: Request) -> Result<Box<RawValue>> {
         let value = self.handle(node, request).await?;
-        serde_json::value::to_raw_value(&value).map_err(|e| Error::internal(e.to_string()))
+        to_raw(&value)
     }
 }
 
@@ -349,8 +349,7 @@ impl<R: Resource> Service for ResourceService<R> {
     async fn handle_raw(&self, node: &Node, request: Request) -> Result<Box<RawValue>> {
         if request.action != "get" {
             let value = self.handle(node, request).await?;
-            return serde_json::value::to_raw_value(&value)
-                .map_err(|e| Error::internal(e.to_string()));
+            return to_raw(&value);
         }
         // A read is serialised straight from the stored document: no reply object built.
         #[derive(Serialize)]
@@ -360,11 +359,10 @@ impl<R: Resource> Service for ResourceService<R> {
         }
         let id = self.require_id(&request)?;
         let doc = self.load(&id).await?;
-        serde_json::value::to_raw_value(&Reply {
+        to_raw(&Reply {
             resource_id: &id,
             resource_data: &doc,
         })
-        .map_err(|e| Error::internal(e.to_string()))
     }
 
     async fn handle(&self, node: &Node, request: Request) -> Result<Value> {

@@ -179,18 +179,19 @@ impl Proc {
 
     /// Waits for the exit, at most `within`.
     pub async fn wait(&mut self, within: Duration) -> ExitStatus {
-        let deadline = Instant::now() + within;
+        let poll = Poll::new(within, Duration::from_millis(20));
         loop {
             if let Some(status) = self.exited() {
                 return status;
             }
-            assert!(
-                Instant::now() < deadline,
-                "{} did not exit within {within:?}; its output:\n{}",
-                self.name,
-                self.log()
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
+            poll.again(|| {
+                format!(
+                    "{} did not exit within {within:?}; its output:\n{}",
+                    self.name,
+                    self.log()
+                )
+            })
+            .await;
         }
     }
 
@@ -248,7 +249,7 @@ pub async fn json(response: reqwest::Response) -> (u16, Value) {
 /// its exit status if `api` exits meanwhile.
 pub async fn wait_for_power(base: &str, api: &mut Proc) -> Result<(), ExitStatus> {
     let http = client();
-    let deadline = Instant::now() + Duration::from_secs(20);
+    let poll = Poll::new(Duration::from_secs(20), Duration::from_millis(50));
     loop {
         let answer = http
             .get(format!("{base}/"))
@@ -273,12 +274,13 @@ pub async fn wait_for_power(base: &str, api: &mut Proc) -> Result<(), ExitStatus
         if let Some(status) = api.exited() {
             return Err(status);
         }
-        assert!(
-            Instant::now() < deadline,
-            "{base}/ did not list power within 20 s (last: {last}); api's output:\n{}",
-            api.log()
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
+        poll.again(|| {
+            format!(
+                "{base}/ did not list power within 20 s (last: {last}); api's output:\n{}",
+                api.log()
+            )
+        })
+        .await;
     }
 }
 
@@ -294,4 +296,27 @@ pub async fn create(http: &reqwest::Client, base: &str, body: Value) -> String {
     .await;
     assert_eq!(status, 201, "create {body}: {reply}");
     reply["resource_id"].as_str().unwrap().to_owned()
+}
+
+/// A deadline for polling a condition: `poll.again(|| why).await` fails the test with `why` once
+/// the deadline has passed, and otherwise waits `every` before the caller looks again.
+pub struct Poll {
+    deadline: Instant,
+    every: Duration,
+}
+
+impl Poll {
+    /// Gives up `within` from now; looks again every `every`.
+    pub fn new(within: Duration, every: Duration) -> Self {
+        Self {
+            deadline: Instant::now() + within,
+            every,
+        }
+    }
+
+    /// Fails with `why()` past the deadline, else waits until the next look.
+    pub async fn again(&self, why: impl FnOnce() -> String) {
+        assert!(Instant::now() < self.deadline, "{}", why());
+        tokio::time::sleep(self.every).await;
+    }
 }

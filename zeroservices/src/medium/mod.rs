@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use serde_json::value::RawValue;
 
-use crate::{Error, Event, NodeInfo, Result};
+use crate::{Event, NodeInfo, Result};
 
 mod memory;
 pub mod zeromq;
@@ -78,7 +78,7 @@ pub trait Inbound: Send + Sync + 'static {
     /// serialises what [`Inbound::request`] returns.
     async fn request_raw(&self, from: Option<String>, request: Request) -> Result<Box<RawValue>> {
         let value = self.request(from, request).await?;
-        serde_json::value::to_raw_value(&value).map_err(|e| Error::internal(e.to_string()))
+        crate::__private::to_raw(&value)
     }
     /// Takes an event published by another node.
     fn event(&self, event: Event);
@@ -100,7 +100,7 @@ pub trait Medium: Send + Sync + 'static {
     /// serialises what [`Medium::call`] returns.
     async fn call_raw(&self, peer: &NodeInfo, request: Request) -> Result<Box<RawValue>> {
         let value = self.call(peer, request).await?;
-        serde_json::value::to_raw_value(&value).map_err(|e| Error::internal(e.to_string()))
+        crate::__private::to_raw(&value)
     }
 
     /// Publishes an event to every peer (not to this node's own subscribers: the node does that).

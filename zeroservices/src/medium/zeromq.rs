@@ -424,6 +424,8 @@ struct State {
     tasks: Vec<JoinHandle<()>>,
     dealers: HashMap<String, Arc<Dealer>>,
     subs: HashMap<String, Sub>,
+    /// Peers that joined, for the announcer task to tell what this node wants.
+    joined: Option<mpsc::UnboundedSender<String>>,
 }
 
 type PendingMap = Mutex<HashMap<u64, oneshot::Sender<Result<Box<RawValue>>>>>;
@@ -779,9 +781,12 @@ impl Medium for ZmqMedium {
             router,
             shutdown_rx.clone(),
         )));
+        let (joined, joined_rx) = mpsc::unbounded_channel();
+        state.joined = Some(joined);
         state.tasks.push(tokio::spawn(run_announcer(
             self.core.clone(),
             self.state.clone(),
+            joined_rx,
             shutdown_rx.clone(),
         )));
         state.shutdown = Some(shutdown);
@@ -903,8 +908,9 @@ impl Medium for ZmqMedium {
                 commands,
             },
         );
-        drop(state);
-        announce(&self.core, &self.state, vec![peer.clone()]);
+        if let Some(joined) = &state.joined {
+            let _ = joined.send(peer.id.clone());
+        }
     }
 
     async fn peer_left(&self, peer_id: &str) {
@@ -1103,59 +1109,48 @@ fn interest_args(core: &Core) -> Value {
     })
 }
 
-/// Tells `peers` (new ones; in the background, each bounded by the request timeout) what this
-/// node wants from them now.
-fn announce(core: &Arc<Core>, state: &Arc<Mutex<State>>, peers: Vec<NodeInfo>) {
-    let Ok(runtime) = tokio::runtime::Handle::try_current() else {
-        return;
-    };
-    for peer in peers {
-        let (core, state) = (core.clone(), state.clone());
-        runtime.spawn(async move {
-            let request = Request::new(MEDIUM_COLLECTION, "interest").args(interest_args(&core));
-            let within = core.config.request_timeout;
-            let told = tokio::time::timeout(within, call_peer(&core, &state, &peer, request)).await;
-            if !matches!(told, Ok(Ok(_))) {
-                tracing::debug!(peer = %peer.id, "peer not told this node's interest (it gets every event)");
-            }
-        });
-    }
-}
-
-/// Tells every peer what this node wants each time that changes. A burst of changes (websocket
-/// clients coming and going) is told once: the latest set, when the previous round is done. A
-/// peer that could not be told (busy, restarting) is told again a second later, until it is or
-/// it leaves: otherwise it would keep sending by what it heard last.
+/// Tells the peers what this node wants: every peer when that changes (a burst of changes, as
+/// websocket clients come and go, is told once: the latest set, when the previous round is
+/// done), and each peer that joins. A peer that could not be told (busy, restarting) is told
+/// again a second later, until it is or it leaves: otherwise it would keep sending by what it
+/// heard last. (A peer never told gets every event.)
 async fn run_announcer(
     core: Arc<Core>,
     state: Arc<Mutex<State>>,
+    mut joined: mpsc::UnboundedReceiver<String>,
     mut shutdown: watch::Receiver<bool>,
 ) {
     let mut interest = core.interest.subscribe();
     interest.borrow_and_update();
-    let mut failed: Vec<String> = Vec::new();
+    // Peers still to be told, by node id.
+    let mut owed: Vec<String> = Vec::new();
+    let mut retrying = false;
     loop {
         let retry = async {
-            if failed.is_empty() {
+            if !retrying {
                 std::future::pending::<()>().await;
             }
             tokio::time::sleep(Duration::from_secs(1)).await;
         };
-        let everyone = tokio::select! {
+        tokio::select! {
             _ = shutdown.changed() => return,
             changed = interest.changed() => {
                 if changed.is_err() {
                     return;
                 }
                 interest.borrow_and_update();
-                true
+                owed = lock(&state).subs.keys().cloned().collect();
             }
-            () = retry => false,
-        };
+            peer = joined.recv() => match peer {
+                Some(peer) => owed.push(peer),
+                None => return,
+            },
+            () = retry => {}
+        }
         let peers: Vec<NodeInfo> = lock(&state)
             .subs
             .values()
-            .filter(|sub| everyone || failed.contains(&sub.peer.id))
+            .filter(|sub| owed.contains(&sub.peer.id))
             .map(|sub| sub.peer.clone())
             .collect();
         let args = interest_args(&core);
@@ -1170,14 +1165,16 @@ async fn run_announcer(
             }
         }))
         .await;
-        failed = peers
+        // Peers that left meanwhile are no longer owed anything.
+        owed = peers
             .iter()
             .zip(told)
             .filter(|(_, ok)| !ok)
             .map(|(peer, _)| peer.id.clone())
             .collect();
-        if !failed.is_empty() {
-            tracing::debug!(peers = ?failed, "peers not told this node's interest yet; retrying in 1 s");
+        retrying = !owed.is_empty();
+        if retrying {
+            tracing::debug!(peers = ?owed, "peers not told this node's interest yet; retrying in 1 s");
         }
     }
 }
@@ -1367,7 +1364,7 @@ async fn serve(core: &Core, identity: &[u8], body: &[u8], mac: &[u8]) -> Option<
         }
         Ok(envelope) if envelope.request.collection == MEDIUM_COLLECTION => {
             let served = serve_medium(core, envelope.from.as_deref(), &envelope.request)
-                .and_then(|value| to_raw(&value));
+                .and_then(|value| crate::__private::to_raw(&value));
             (envelope.id, served)
         }
         Ok(envelope) => {
@@ -1392,10 +1389,6 @@ async fn serve(core: &Core, identity: &[u8], body: &[u8], mac: &[u8]) -> Option<
     let body = encode_response(core, id, &reply);
     let mac = core.sign(&[&body]);
     Some(multipart(vec![identity.to_vec(), body, mac]))
-}
-
-fn to_raw(value: &Value) -> Result<Box<RawValue>> {
-    serde_json::value::to_raw_value(value).map_err(|e| Error::internal(e.to_string()))
 }
 
 /// Owns one peer's DEALER: connects (bounded), runs a session, and after any failure marks the
