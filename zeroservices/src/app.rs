@@ -56,7 +56,7 @@ use crate::config::{self, NetworkConfig};
 use crate::http::{self, BasicAuth, HttpConfig, HttpServer};
 use crate::security::ClusterKey;
 use crate::store::StoreConfig;
-use crate::{Error, Node, NodeBuilder, NodeKind, Resource, Result};
+use crate::{Error, Limits, Node, NodeBuilder, NodeKind, Resource, Result};
 
 /// The HTTP port of `#[service(http)]` when the attribute gives none.
 pub const DEFAULT_HTTP_PORT: u16 = 5001;
@@ -194,6 +194,12 @@ impl App {
         let mut network =
             NetworkConfig::from_env().map_err(|e| invalid(&mut command, message(e)))?;
         flags.network.apply(&mut network);
+        // The flags are read from the variables too, so this checks each value once.
+        let mut limits = Limits::default();
+        flags
+            .limits
+            .apply(&mut limits)
+            .map_err(|e| invalid(&mut command, e))?;
 
         let store = match given(flags.store) {
             Some(StoreArg(Some(store))) => store,
@@ -238,6 +244,7 @@ impl App {
             name: self.name,
             kind: self.kind,
             network,
+            limits,
             store,
             http,
             setup: self.setup,
@@ -299,6 +306,8 @@ pub struct Configured {
     pub kind: NodeKind,
     /// Discovery and medium settings.
     pub network: NetworkConfig,
+    /// What clients may send to this node's collections.
+    pub limits: Limits,
     /// Where the resources live.
     pub store: StoreConfig,
     /// HTTP, when on.
@@ -331,6 +340,7 @@ impl Configured {
         let mut builder = Node::builder(&self.name)
             .kind(self.kind)
             .network(self.network)
+            .limits(self.limits)
             .shared_store(store);
         for setup in self.setup {
             builder = setup(builder);
@@ -630,6 +640,79 @@ struct Flags {
     store: Option<Given<StoreArg>>,
     #[command(flatten, next_help_heading = "Cluster")]
     network: NetworkFlags,
+    #[command(flatten, next_help_heading = "Limits (what clients may send)")]
+    limits: LimitsFlags,
+}
+
+#[derive(Args, Debug)]
+struct LimitsFlags {
+    /// The deepest nesting of a stored document, at most 100 [default: 32].
+    #[arg(long, env = "ZS_MAX_DEPTH", value_name = "LEVELS", value_parser = parsed::<String>)]
+    max_depth: Option<Given<String>>,
+    /// The largest stored document, in bytes of JSON [default: 1048576].
+    #[arg(long, env = "ZS_MAX_DOCUMENT_BYTES", value_name = "BYTES", value_parser = parsed::<String>)]
+    max_document_bytes: Option<Given<String>>,
+    /// The most paths one patch may touch [default: 256].
+    #[arg(long, env = "ZS_MAX_PATCH_PATHS", value_name = "N", value_parser = parsed::<String>)]
+    max_patch_paths: Option<Given<String>>,
+    /// The most segments in one patch path (`a.b.c` has 3) [default: 32].
+    #[arg(long, env = "ZS_MAX_PATH_SEGMENTS", value_name = "N", value_parser = parsed::<String>)]
+    max_path_segments: Option<Given<String>>,
+    /// The deepest nesting of a list filter [default: 16].
+    #[arg(long, env = "ZS_MAX_FILTER_DEPTH", value_name = "LEVELS", value_parser = parsed::<String>)]
+    max_filter_depth: Option<Given<String>>,
+    /// The most fields and operators in a list filter [default: 256].
+    #[arg(long, env = "ZS_MAX_FILTER_CLAUSES", value_name = "N", value_parser = parsed::<String>)]
+    max_filter_clauses: Option<Given<String>>,
+    /// The longest resource id, in bytes [default: 256].
+    #[arg(long, env = "ZS_MAX_ID_BYTES", value_name = "BYTES", value_parser = parsed::<String>)]
+    max_id_bytes: Option<Given<String>>,
+    /// The largest page a list answers; more follow by `Link: rel="next"` [default: 1000].
+    #[arg(long, env = "ZS_MAX_PAGE", value_name = "N", value_parser = parsed::<String>)]
+    max_page: Option<Given<String>>,
+}
+
+impl LimitsFlags {
+    fn apply(self, limits: &mut Limits) -> std::result::Result<(), String> {
+        let given_values = [
+            ("--max-depth", "ZS_MAX_DEPTH", self.max_depth),
+            (
+                "--max-document-bytes",
+                "ZS_MAX_DOCUMENT_BYTES",
+                self.max_document_bytes,
+            ),
+            (
+                "--max-patch-paths",
+                "ZS_MAX_PATCH_PATHS",
+                self.max_patch_paths,
+            ),
+            (
+                "--max-path-segments",
+                "ZS_MAX_PATH_SEGMENTS",
+                self.max_path_segments,
+            ),
+            (
+                "--max-filter-depth",
+                "ZS_MAX_FILTER_DEPTH",
+                self.max_filter_depth,
+            ),
+            (
+                "--max-filter-clauses",
+                "ZS_MAX_FILTER_CLAUSES",
+                self.max_filter_clauses,
+            ),
+            ("--max-id-bytes", "ZS_MAX_ID_BYTES", self.max_id_bytes),
+            ("--max-page", "ZS_MAX_PAGE", self.max_page),
+        ];
+        for (flag, var, value) in given_values {
+            if let Some(value) = given(value) {
+                limits
+                    .set(var, &value)
+                    .map_err(|e| format!("{flag} / {}", message(e)))?;
+            }
+        }
+        Ok(())
+    }
 }
 
 #[derive(Args, Debug)]
@@ -827,6 +910,35 @@ mod tests {
         assert_eq!(network.peers.len(), 2);
         assert!(network.cluster_key.is_some());
         assert_eq!(network.request_timeout, Duration::from_millis(250));
+    }
+
+    #[test]
+    fn limits_flags() {
+        let configured = gateway()
+            .configure(["rest_api", "--max-depth", "8", "--max-page", "50"])
+            .unwrap();
+        assert_eq!(configured.limits.max_depth, 8);
+        assert_eq!(configured.limits.max_page, 50);
+        assert_eq!(
+            configured.limits.max_patch_paths,
+            Limits::default().max_patch_paths
+        );
+        for bad in [
+            &["rest_api", "--max-depth", "500"][..],
+            &["rest_api", "--max-page", "0"],
+            &["rest_api", "--max-id-bytes", "x"],
+        ] {
+            let err = gateway().configure(bad).unwrap_err();
+            assert_eq!(err.exit(), Exit::Usage, "{bad:?}");
+            assert!(err.to_string().contains(bad[1]), "{err}");
+        }
+        let help = gateway()
+            .configure(["rest_api", "--help"])
+            .unwrap_err()
+            .to_string();
+        for var in Limits::variables() {
+            assert!(help.contains(var), "{var} missing from --help");
+        }
     }
 
     #[test]

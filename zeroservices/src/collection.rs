@@ -7,6 +7,7 @@ use std::task::{Context as TaskContext, Poll};
 use futures::Stream;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
+use serde_json::value::RawValue;
 use serde_json::{Value, json};
 
 use crate::__private::from_value;
@@ -79,9 +80,18 @@ impl<R: Resource> Collection<R> {
     }
 
     /// Reads a resource.
+    ///
+    /// A stored document that does not decode into `R` (written by an older version, or by
+    /// hand) is an [`Error::Internal`] naming its id and the field.
     pub async fn get(&self, id: &str) -> Result<R> {
-        let reply: Document<R> = self.request_as(self.req("get").id(id)).await?;
-        Ok(reply.resource_data)
+        let raw = self.node.request_raw(self.req("get").id(id)).await?;
+        match crate::__private::from_raw::<Document<R>>(&raw) {
+            Ok(reply) => Ok(reply.resource_data),
+            Err(e) => Err(Error::internal(format!(
+                "{} {id}: the stored document does not decode: {e}",
+                R::COLLECTION
+            ))),
+        }
     }
 
     /// Applies an update document (`patch!({"$set": {...}})`) and returns the updated resource.
@@ -97,15 +107,65 @@ impl<R: Resource> Collection<R> {
     }
 
     /// Lists the resources matching a query (`query!({...})`, or `Query::all()`).
+    ///
+    /// The owner answers at most its page limit (`ZS_MAX_PAGE`, default 1,000) per request;
+    /// a longer list is read page by page (`skip` moving on), so a change made meanwhile may
+    /// be seen or missed. A stored document that does not decode into `R` is skipped, logged
+    /// with its id and counted ([`crate::node::NodeStats::documents_skipped`]), never failing
+    /// the whole list.
     pub async fn list(&self, query: Query) -> Result<Vec<Document<R>>> {
-        let args = json!({
-            "where": query.filter,
-            "sort": query.sort,
-            "limit": query.limit,
-            "skip": query.skip,
-            "text": query.text,
-        });
-        self.request_as(self.req("list").args(args)).await
+        #[derive(serde::Deserialize)]
+        struct Page {
+            items: Vec<Box<RawValue>>,
+            more: bool,
+        }
+        #[derive(serde::Deserialize)]
+        struct Id {
+            resource_id: String,
+        }
+        let mut found = Vec::new();
+        let mut skip = query.skip.unwrap_or(0);
+        let mut wanted = query.limit.filter(|n| *n > 0);
+        loop {
+            let args = json!({
+                "where": query.filter,
+                "sort": query.sort,
+                "limit": wanted,
+                "skip": skip,
+                "text": query.text,
+                "paged": true,
+            });
+            let page: Page = self.request_as(self.req("list").args(args)).await?;
+            let n = page.items.len() as u64;
+            for item in page.items {
+                match serde_json::from_str::<Document<R>>(item.get()) {
+                    Ok(doc) => found.push(doc),
+                    Err(e) => {
+                        let id = serde_json::from_str::<Id>(item.get())
+                            .map(|i| i.resource_id)
+                            .unwrap_or_default();
+                        tracing::warn!(
+                            collection = R::COLLECTION,
+                            resource_id = %id,
+                            error = %e,
+                            "a listed document does not decode; skipped"
+                        );
+                        self.node.count_skipped_document();
+                    }
+                }
+            }
+            if let Some(left) = &mut wanted {
+                *left = left.saturating_sub(n);
+                if *left == 0 {
+                    break;
+                }
+            }
+            if !page.more || n == 0 {
+                break;
+            }
+            skip = skip.saturating_add(n);
+        }
+        Ok(found)
     }
 
     /// Calls a custom action on one resource (`#[action] async fn square(&mut self)`).

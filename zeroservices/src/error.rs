@@ -61,6 +61,15 @@ pub enum Error {
         /// What is wrong.
         message: String,
     },
+    /// A request over one of the limits of [`crate::limits::Limits`] (or another documented
+    /// limit): `limit` names the setting and its value (`ZS_MAX_DEPTH=32`).
+    #[error("{message} (limit: {limit})")]
+    Limit {
+        /// The setting and its value, `ZS_MAX_DEPTH=32`.
+        limit: String,
+        /// What went over it.
+        message: String,
+    },
     /// The node owning the collection did not answer in time.
     #[error("{collection}: owner did not answer within {after_ms} ms")]
     Timeout {
@@ -140,6 +149,14 @@ impl Error {
         }
     }
 
+    /// A request over the limit set by the variable `var` (its value `value`).
+    pub fn limit(var: &str, value: impl std::fmt::Display, message: impl Into<String>) -> Self {
+        Self::Limit {
+            limit: format!("{var}={value}"),
+            message: message.into(),
+        }
+    }
+
     /// An internal error.
     pub fn internal(message: impl Into<String>) -> Self {
         Self::Internal {
@@ -156,6 +173,7 @@ impl Error {
             Self::Validation { .. } => "validation",
             Self::DuplicateId { .. } => "duplicate_id",
             Self::BadRequest { .. } => "bad_request",
+            Self::Limit { .. } => "limit",
             Self::Timeout { .. } => "timeout",
             Self::OwnerGone { .. } => "owner_gone",
             Self::Unavailable { .. } => "unavailable",

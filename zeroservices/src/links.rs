@@ -19,6 +19,16 @@ pub const ADD_LINK: &str = "add_link";
 pub const FOLLOW_LINKS: &str = "follow_links";
 /// The built-in collection action that finds the resources linking to a target.
 pub const INCOMING_LINKS: &str = "incoming_links";
+/// The field of a document that holds its links.
+pub const LINKS: &str = "_links";
+
+/// Whether a patch path touches `_links` (which only the link actions change).
+pub fn is_links_path(path: &str) -> bool {
+    path == LINKS
+        || path
+            .strip_prefix(LINKS)
+            .is_some_and(|rest| rest.starts_with('.'))
+}
 
 /// The arguments of `add_link`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]

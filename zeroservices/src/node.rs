@@ -24,7 +24,7 @@ use crate::medium::{
 use crate::resource::ResourceInfo;
 use crate::service::{ResourceService, Service};
 use crate::store::{MemoryStore, Store};
-use crate::{Collection, Error, Event, EventStream, Resource, Result};
+use crate::{Collection, Error, Event, EventStream, Limits, Resource, Result};
 
 pub use crate::config::DEFAULT_REQUEST_TIMEOUT;
 
@@ -87,6 +87,9 @@ pub struct NodeStats {
     pub requests_timed_out: u64,
     /// Events lost by subscribers that fell behind.
     pub events_lagged: u64,
+    /// Listed documents the typed client skipped because they do not decode into the
+    /// resource type (each logged with its id).
+    pub documents_skipped: u64,
 }
 
 type PeerHook = Arc<dyn Fn(&NodeInfo) + Send + Sync>;
@@ -160,6 +163,8 @@ pub(crate) struct NodeInner {
     bus: EventBus,
     hooks: Hooks,
     request_timeout: Duration,
+    limits: Limits,
+    documents_skipped: AtomicU64,
     started: AtomicBool,
     stopped: AtomicBool,
     requests_served: AtomicU64,
@@ -212,6 +217,7 @@ pub struct NodeBuilder {
     watches: Vec<String>,
     hooks: Hooks,
     request_timeout: Duration,
+    limits: Option<Limits>,
 }
 
 impl NodeBuilder {
@@ -230,6 +236,7 @@ impl NodeBuilder {
             watches: Vec::new(),
             hooks: Hooks::default(),
             request_timeout,
+            limits: None,
         }
     }
 
@@ -316,6 +323,13 @@ impl NodeBuilder {
         self
     }
 
+    /// What clients may send to the collections this node owns (default: [`Limits::from_env`],
+    /// which [`NodeBuilder::start`] reads, failing on a malformed variable).
+    pub fn limits(mut self, limits: Limits) -> Self {
+        self.limits = Some(limits);
+        self
+    }
+
     /// Called when a peer joins (the original's `on_peer_join`).
     pub fn on_peer_join(mut self, hook: impl Fn(&NodeInfo) + Send + Sync + 'static) -> Self {
         self.hooks.join.push(Arc::new(hook));
@@ -354,6 +368,10 @@ impl NodeBuilder {
                 "a node needs a medium and a discovery: call .memory(&cluster) or .medium(..).discovery(..)",
             ));
         };
+        let limits = match self.limits {
+            Some(limits) => limits,
+            None => Limits::from_env()?,
+        };
         let store = self.store.unwrap_or_else(|| Arc::new(MemoryStore::new()));
         let id = format!("{}-{}", self.name, &crate::store::new_id()[..12]);
         let mut services = BTreeMap::new();
@@ -382,6 +400,8 @@ impl NodeBuilder {
             bus: EventBus::new(4096),
             hooks: self.hooks,
             request_timeout: self.request_timeout,
+            limits,
+            documents_skipped: AtomicU64::new(0),
             started: AtomicBool::new(false),
             stopped: AtomicBool::new(false),
             requests_served: AtomicU64::new(0),
@@ -525,7 +545,18 @@ impl Node {
             requests_sent: self.inner.requests_sent.load(Ordering::Relaxed),
             requests_timed_out: self.inner.requests_timed_out.load(Ordering::Relaxed),
             events_lagged: self.inner.bus.lagged(),
+            documents_skipped: self.inner.documents_skipped.load(Ordering::Relaxed),
         }
+    }
+
+    /// What clients may send to the collections this node owns.
+    pub fn limits(&self) -> &Limits {
+        &self.inner.limits
+    }
+
+    /// Counts a listed document the typed client could not decode.
+    pub(crate) fn count_skipped_document(&self) {
+        self.inner.documents_skipped.fetch_add(1, Ordering::Relaxed);
     }
 
     /// The typed client of collection `R`, wherever it lives in the cluster.

@@ -18,6 +18,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Number, Value};
 
 use crate::error::{Error, Result};
+use crate::limits::{DEPTH_CEILING, Limits};
 use crate::query::{
     Condition, Filter, array_index, compare, get_path, is_operator_object, type_name, values_equal,
 };
@@ -47,8 +48,24 @@ impl Patch {
     }
 
     /// Validates the update document into an [`Update`]; a malformed one is a bad request.
+    ///
+    /// Only the hard ceiling of [`DEPTH_CEILING`] segments per path applies here (a deeper
+    /// document could not be stored and read back); the owner of a collection compiles with
+    /// its node's [`Limits`] ([`Patch::compile_with`]).
     pub fn compile(&self) -> Result<Update> {
-        Update::parse(&self.0)
+        let ceiling = Limits {
+            max_patch_paths: usize::MAX,
+            max_path_segments: DEPTH_CEILING,
+            ..Limits::default()
+        };
+        Update::parse(&self.0, &ceiling)
+    }
+
+    /// Validates the update document within `limits`: at most `max_patch_paths` paths, each
+    /// of at most `max_path_segments` segments ([`Error::Limit`] otherwise, before any other
+    /// work on the paths).
+    pub fn compile_with(&self, limits: &Limits) -> Result<Update> {
+        Update::parse(&self.0, limits)
     }
 
     /// Compiles and applies the update to `doc`, atomically.
@@ -106,7 +123,7 @@ enum Pull {
 }
 
 impl Update {
-    fn parse(patch: &Value) -> Result<Update> {
+    fn parse(patch: &Value, limits: &Limits) -> Result<Update> {
         let Value::Object(operators) = patch else {
             return Err(Error::bad_request(format!(
                 "an update must be an object of operators such as {{\"$set\": {{...}}}}, got {}",
@@ -119,6 +136,7 @@ impl Update {
             )));
         }
         let mut ops = Vec::new();
+        let mut paths = 0usize;
         for (op, fields) in operators {
             if !op.starts_with('$') {
                 return Err(Error::bad_request(format!(
@@ -144,7 +162,24 @@ impl Update {
                     )));
                 }
             };
+            paths += fields.len();
+            if paths > limits.max_patch_paths {
+                return Err(Error::limit(
+                    "ZS_MAX_PATCH_PATHS",
+                    limits.max_patch_paths,
+                    format!("a patch touching {paths} or more paths"),
+                ));
+            }
             for (path, arg) in fields {
+                // Counted before splitting: a path of 20,000 segments costs nothing more.
+                let segments = path.bytes().filter(|b| *b == b'.').count() + 1;
+                if segments > limits.max_path_segments {
+                    return Err(Error::limit(
+                        "ZS_MAX_PATH_SEGMENTS",
+                        limits.max_path_segments,
+                        format!("a patch path of {segments} segments"),
+                    ));
+                }
                 let segs = parse_path(op, path)?;
                 let action = match op.as_str() {
                     "$set" => Action::Set(arg.clone()),
@@ -213,22 +248,20 @@ fn parse_path(op: &str, path: &str) -> Result<Vec<String>> {
     Ok(segs)
 }
 
+/// Two paths conflict when they are equal or one is a prefix of the other. Sorted by segments,
+/// a path is directly followed by the paths it prefixes, so comparing neighbours finds every
+/// conflict: O(n log n), not O(n²), in the number of paths.
 fn check_conflicts(ops: &[FieldUpdate]) -> Result<()> {
-    for (i, a) in ops.iter().enumerate() {
-        for b in &ops[i + 1..] {
-            let n = a.path.len().min(b.path.len());
-            if a.path[..n] == b.path[..n] {
-                let (long, short) = if a.path.len() >= b.path.len() {
-                    (a, b)
-                } else {
-                    (b, a)
-                };
-                return Err(Error::bad_request(format!(
-                    "updating the path `{}` would create a conflict at `{}`",
-                    long.path.join("."),
-                    short.path.join(".")
-                )));
-            }
+    let mut sorted: Vec<&FieldUpdate> = ops.iter().collect();
+    sorted.sort_by(|a, b| a.path.cmp(&b.path));
+    for pair in sorted.windows(2) {
+        let (short, long) = (pair[0], pair[1]);
+        if long.path.starts_with(&short.path) {
+            return Err(Error::bad_request(format!(
+                "updating the path `{}` would create a conflict at `{}`",
+                long.path.join("."),
+                short.path.join(".")
+            )));
         }
     }
     Ok(())
@@ -648,6 +681,49 @@ mod tests {
                 .compile()
                 .is_ok()
         );
+    }
+
+    #[test]
+    fn limits_are_checked_before_the_paths_are_split() {
+        let limits = Limits::default();
+        let long = vec!["a"; 20_000].join(".");
+        let e = Patch::new(json!({"$set": {long.clone(): 1}}))
+            .compile_with(&limits)
+            .unwrap_err();
+        assert!(matches!(e, Error::Limit { .. }), "{e:?}");
+        assert!(e.to_string().contains("ZS_MAX_PATH_SEGMENTS=32"), "{e}");
+        // Without node limits, the hard ceiling still applies.
+        assert!(matches!(
+            Patch::new(json!({"$set": {long: 1}})).compile(),
+            Err(Error::Limit { .. })
+        ));
+        let at_limit = vec!["a"; 32].join(".");
+        assert!(
+            Patch::new(json!({"$set": {at_limit: 1}}))
+                .compile_with(&limits)
+                .is_ok()
+        );
+
+        let many: Map<String, Value> = (0..257).map(|i| (format!("f{i}"), json!(i))).collect();
+        let e = Patch::new(json!({"$set": many}))
+            .compile_with(&limits)
+            .unwrap_err();
+        assert!(e.to_string().contains("ZS_MAX_PATCH_PATHS=256"), "{e}");
+    }
+
+    #[test]
+    fn conflicts_among_many_paths_are_found() {
+        // 20,000 distinct paths: sorted once, not compared pairwise.
+        let mut fields: Map<String, Value> =
+            (0..20_000).map(|i| (format!("f{i}.x"), json!(i))).collect();
+        assert!(
+            Patch::new(json!({"$set": fields.clone()}))
+                .compile()
+                .is_ok()
+        );
+        fields.insert("f19999".into(), json!(0));
+        let msg = compile_err(json!({"$set": fields}));
+        assert!(msg.contains("conflict at `f19999`"), "{msg}");
     }
 
     #[test]

@@ -46,6 +46,10 @@ struct ListArgs {
     skip: Option<u64>,
     #[serde(default)]
     text: Option<String>,
+    /// Answer `{"items": [...], "more": bool}` instead of a bare array, so the caller knows
+    /// whether a page was cut short by the limit.
+    #[serde(default)]
+    paged: bool,
 }
 
 pub(crate) struct ResourceService<R> {
@@ -116,15 +120,31 @@ impl<R: Resource> ResourceService<R> {
         }
     }
 
-    fn validate(&self, doc: Value) -> Result<(R, Value)> {
+    /// Reads an incoming document as the resource type and returns it as the type writes it.
+    /// A field the type does not declare is refused (422 naming it), `_links` too unless
+    /// `links_ok` (a stored document's links, which only the link actions change).
+    fn validate(&self, doc: &Value, links_ok: bool) -> Result<(R, Value)> {
+        let typed = self.decode(doc)?;
+        let normal = serde_json::to_value(&typed).map_err(|e| Error::internal(e.to_string()))?;
+        if let Some(path) = undeclared_field(doc, &normal, links_ok) {
+            let message = if path == links::LINKS {
+                "`_links` changes only through the link actions (add_link)".to_owned()
+            } else {
+                format!("unknown field: {} does not declare it", self.collection())
+            };
+            return Err(Error::validation(path, message));
+        }
+        Ok((typed, normal))
+    }
+
+    /// Reads a document as the resource type (fields it does not know are ignored).
+    fn decode(&self, doc: &Value) -> Result<R> {
         // The plain deserialiser first (from a reference: no copy); only a document that fails
         // goes through the slower path-tracking one, for the error's field path.
-        let typed: R = match R::deserialize(&doc) {
-            Ok(typed) => typed,
-            Err(_) => from_value(doc)?,
-        };
-        let normal = serde_json::to_value(&typed).map_err(|e| Error::internal(e.to_string()))?;
-        Ok((typed, normal))
+        match R::deserialize(doc) {
+            Ok(typed) => Ok(typed),
+            Err(_) => from_value(doc.clone()),
+        }
     }
 
     async fn create(&self, node: &Node, request: Request) -> Result<Value> {
@@ -140,7 +160,8 @@ impl<R: Resource> ResourceService<R> {
         let data = args
             .remove("resource_data")
             .ok_or_else(|| Error::validation("resource_data", "missing field `resource_data`"))?;
-        let (_, doc) = self.validate(data)?;
+        node.limits().check_document(&data)?;
+        let (_, doc) = self.validate(&data, false)?;
         let id = self
             .store
             .insert(
@@ -171,12 +192,25 @@ impl<R: Resource> ResourceService<R> {
             _ => return Err(Error::bad_request("patch takes {\"patch\": {...}}")),
         };
         let patch = Patch::new(patch);
-        let update = patch.compile()?;
+        let limits = node.limits();
+        let update = patch.compile_with(limits)?;
+        if let Some(path) = update
+            .fields()
+            .into_iter()
+            .find(|f| links::is_links_path(f))
+        {
+            return Err(Error::validation(
+                path,
+                "`_links` changes only through the link actions (add_link)",
+            ));
+        }
         let _guard = self.lock_id(&id).await;
-        // Apply to a copy first: a patch that breaks the schema is refused and changes nothing.
+        // Apply to a copy first: a patch that breaks the schema or a limit is refused and
+        // changes nothing.
         let mut preview = self.load(&id).await?;
         update.apply(&mut preview)?;
-        self.validate(preview)?;
+        limits.check_document(&preview)?;
+        self.validate(&preview, true)?;
         let doc = self.store.patch(self.collection(), &id, &patch).await?;
         self.emit(node, "patch", &id, || {
             Map::from_iter([
@@ -202,33 +236,51 @@ impl<R: Resource> ResourceService<R> {
         Ok(Value::Null)
     }
 
-    async fn list(&self, request: Request) -> Result<Value> {
+    async fn list(&self, node: &Node, request: Request) -> Result<Value> {
         let args: ListArgs = match request.args {
             Value::Null => ListArgs::default(),
             args => from_value(args).map_err(|e| Error::bad_request(e.to_string()))?,
         };
+        let limits = node.limits();
+        let filter = args.filter.unwrap_or_else(|| json!({}));
+        limits.check_filter(&filter)?;
+        // One more than the page: tells whether the page was cut short.
+        let page = limits.page(args.limit);
         let query = Query {
-            filter: args.filter.unwrap_or_else(|| json!({})),
+            filter,
             sort: args.sort.unwrap_or_default(),
-            limit: args.limit,
+            limit: Some(page as u64 + 1),
             skip: args.skip,
             text: args.text,
         };
         query.filter()?; // a malformed filter is a bad request on every backend
-        let docs = self.store.list(self.collection(), &query).await?;
-        Ok(Value::Array(
+        let mut docs = self.store.list(self.collection(), &query).await?;
+        let more = docs.len() > page;
+        docs.truncate(page);
+        let items = Value::Array(
             docs.into_iter()
                 .map(|(id, doc)| json!({ "resource_id": id, "resource_data": doc }))
                 .collect(),
-        ))
+        );
+        Ok(if args.paged {
+            json!({ "items": items, "more": more })
+        } else {
+            items
+        })
     }
 
     async fn add_link(&self, node: &Node, request: Request) -> Result<Value> {
         let id = self.require_id(&request)?;
         let link: links::AddLink = from_value(request.args)?;
         links::check_relation(&link.relation)?;
+        node.limits().check_id(&link.target_id.1)?;
         let patch = Patch::new(links::add_link_patch(&link));
+        let update = patch.compile()?;
         let _guard = self.lock_id(&id).await;
+        // Links grow the document: the limits hold for them as for any change.
+        let mut preview = self.load(&id).await?;
+        update.apply(&mut preview)?;
+        node.limits().check_document(&preview)?;
         self.store.patch(self.collection(), &id, &patch).await?;
         let mut extra = Map::new();
         extra.insert("relation".into(), Value::from(link.relation));
@@ -304,21 +356,22 @@ impl<R: Resource> ResourceService<R> {
             }
             ActionCall::Read(call) => {
                 let id = self.require_id(&request)?;
-                let (resource, _) = self.validate(self.load(&id).await?)?;
+                let resource = self.decode(&self.load(&id).await?)?;
                 call(&resource, ctx, request.args).await
             }
             ActionCall::Mutate(call) => {
                 let id = self.require_id(&request)?;
                 let _guard = self.lock_id(&id).await;
                 let stored = self.load(&id).await?;
-                let (mut resource, _) = self.validate(stored.clone())?;
+                let mut resource = self.decode(&stored)?;
                 let result = call(&mut resource, ctx, request.args).await?;
                 let mut after =
                     serde_json::to_value(&resource).map_err(|e| Error::internal(e.to_string()))?;
                 // Fields the type does not know (links) survive the action.
-                if let (Some(links), Value::Object(map)) = (stored.get("_links"), &mut after) {
-                    map.insert("_links".into(), links.clone());
+                if let (Some(links), Value::Object(map)) = (stored.get(links::LINKS), &mut after) {
+                    map.insert(links::LINKS.into(), links.clone());
                 }
+                node.limits().check_document(&after)?;
                 if after != stored {
                     self.store
                         .replace(self.collection(), &id, after.clone())
@@ -347,6 +400,9 @@ impl<R: Resource> Service for ResourceService<R> {
     }
 
     async fn handle_raw(&self, node: &Node, request: Request) -> Result<Box<RawValue>> {
+        if let Some(id) = &request.resource_id {
+            node.limits().check_id(id)?;
+        }
         if request.action != "get" {
             let value = self.handle(node, request).await?;
             return to_raw(&value);
@@ -366,18 +422,62 @@ impl<R: Resource> Service for ResourceService<R> {
     }
 
     async fn handle(&self, node: &Node, request: Request) -> Result<Value> {
+        if let Some(id) = &request.resource_id {
+            node.limits().check_id(id)?;
+        }
         match request.action.as_str() {
             "create" => self.create(node, request).await,
             "get" => self.get(request).await,
             "patch" => self.patch(node, request).await,
             "delete" => self.delete(node, request).await,
-            "list" => self.list(request).await,
+            "list" => self.list(node, request).await,
             links::ADD_LINK => self.add_link(node, request).await,
             links::FOLLOW_LINKS => self.follow_links(node, request).await,
             links::INCOMING_LINKS => self.incoming_links(request).await,
             _ => self.action(node, request).await,
         }
     }
+}
+
+/// The first field of `input` that the resource type dropped when it read it (absent from
+/// its `normal` form), as a path (`a.b`, `items[2].name`): a field the schema does not declare.
+/// A `null` the type dropped is not one (an `Option` it does not write). The top-level
+/// `_links` passes when `links_ok`. Paths are built only for containers and the answer.
+fn undeclared_field(input: &Value, normal: &Value, links_ok: bool) -> Option<String> {
+    let mut stack: Vec<(&Value, &Value, String)> = vec![(input, normal, String::new())];
+    while let Some((input, normal, path)) = stack.pop() {
+        let join = |key: &str| {
+            if path.is_empty() {
+                key.to_owned()
+            } else {
+                format!("{path}.{key}")
+            }
+        };
+        match (input, normal) {
+            (Value::Object(input), Value::Object(normal)) => {
+                for (key, value) in input {
+                    match normal.get(key) {
+                        Some(written) if value.is_object() || value.is_array() => {
+                            stack.push((value, written, join(key)));
+                        }
+                        Some(_) => {}
+                        None if value.is_null() => {}
+                        None if links_ok && path.is_empty() && key == links::LINKS => {}
+                        None => return Some(join(key)),
+                    }
+                }
+            }
+            (Value::Array(input), Value::Array(normal)) if input.len() == normal.len() => {
+                for (i, (value, written)) in input.iter().zip(normal).enumerate() {
+                    if value.is_object() || value.is_array() {
+                        stack.push((value, written, format!("{path}[{i}]")));
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+    None
 }
 
 /// Holds a resource's lock; forgets the lock when nobody else waits for it.

@@ -355,28 +355,43 @@ async fn poll(shared: Arc<Shared>, rule: Arc<Rule>, interval: Duration) {
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         ticker.tick().await;
-        let list = crate::medium::Request::new(rule.collection, "list")
-            .args(serde_json::json!({ "where": rule.query.filter }));
-        let docs = match shared.node.request(list).await {
-            Ok(serde_json::Value::Array(docs)) => docs,
-            Ok(_) => continue,
-            Err(Error::UnknownCollection { .. } | Error::OwnerGone { .. }) => continue,
-            Err(e) => {
-                tracing::warn!(collection = rule.collection, error = %e, "poll check failed");
-                continue;
-            }
-        };
-        for doc in docs {
-            let (Some(id), Some(data)) = (
-                doc.get("resource_id").and_then(|v| v.as_str()),
-                doc.get("resource_data"),
-            ) else {
-                continue;
+        // Page by page (the owner answers at most `ZS_MAX_PAGE` per request).
+        let mut skip = 0u64;
+        loop {
+            let list = crate::medium::Request::new(rule.collection, "list").args(
+                serde_json::json!({ "where": rule.query.filter, "skip": skip, "paged": true }),
+            );
+            let (docs, more) = match shared.node.request(list).await {
+                Ok(mut page) => match page.get_mut("items").map(serde_json::Value::take) {
+                    Some(serde_json::Value::Array(docs)) => {
+                        let more = page.get("more").and_then(|m| m.as_bool()) == Some(true);
+                        (docs, more)
+                    }
+                    _ => break,
+                },
+                Err(Error::UnknownCollection { .. } | Error::OwnerGone { .. }) => break,
+                Err(e) => {
+                    tracing::warn!(collection = rule.collection, error = %e, "poll check failed");
+                    break;
+                }
             };
-            let event = Event::resource(rule.collection, "poll", id, Default::default());
-            shared
-                .dispatch(rule.clone(), event, data.clone(), true)
-                .await;
+            skip = skip.saturating_add(docs.len() as u64);
+            let last = !more || docs.is_empty();
+            for doc in docs {
+                let (Some(id), Some(data)) = (
+                    doc.get("resource_id").and_then(|v| v.as_str()),
+                    doc.get("resource_data"),
+                ) else {
+                    continue;
+                };
+                let event = Event::resource(rule.collection, "poll", id, Default::default());
+                shared
+                    .dispatch(rule.clone(), event, data.clone(), true)
+                    .await;
+            }
+            if last {
+                break;
+            }
         }
     }
 }

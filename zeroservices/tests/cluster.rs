@@ -167,8 +167,8 @@ async fn node_without_resources_uses_a_remote_collection() {
     assert_eq!(ev.data["resource_data"]["value"], 3);
     assert_eq!(ev.data["resource_data"]["status"], "pending");
 
-    let fixed = powers.create_with_id("p/42 x", power(4)).await.unwrap();
-    assert_eq!(fixed, "p/42 x");
+    let fixed = powers.create_with_id("p/42-x", power(4)).await.unwrap();
+    assert_eq!(fixed, "p/42-x");
     next_event(&mut events).await;
 
     // the resource lives on A
@@ -274,10 +274,10 @@ async fn node_without_resources_uses_a_remote_collection() {
     // delete
     powers.delete(&fixed).await.unwrap();
     let ev = next_event(&mut events).await;
-    assert_eq!(ev.topic, "power.delete.p/42 x");
+    assert_eq!(ev.topic, "power.delete.p/42-x");
     assert_eq!(
         ev.data,
-        json!({"action": "delete", "resource_name": "power", "resource_id": "p/42 x"})
+        json!({"action": "delete", "resource_name": "power", "resource_id": "p/42-x"})
     );
     assert!(matches!(
         powers.get(&fixed).await,

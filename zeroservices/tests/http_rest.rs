@@ -32,7 +32,7 @@ async fn every_row(base: &str) {
     assert_eq!(status, 201, "{body}");
     let id = body["resource_id"].as_str().unwrap().to_owned();
     assert_eq!(body, json!({ "resource_id": id }));
-    for (chosen, value) in [("a b/c", 5), ("two", 2), ("seven", 7)] {
+    for (chosen, value) in [("aéb/c", 5), ("two", 2), ("seven", 7)] {
         let (status, body) = json(
             http.post(format!("{base}/power"))
                 .json(&json!({"resource_id": chosen, "resource_data": {"value": value}}))
@@ -50,10 +50,10 @@ async fn every_row(base: &str) {
     assert_eq!(body["resource_id"], id.as_str());
     assert_eq!(body["resource_data"]["value"], 3);
     assert_eq!(body["resource_data"]["status"], "pending");
-    let odd = format!("{base}/power/a%20b%2Fc");
+    let odd = format!("{base}/power/a%C3%A9b%2Fc");
     let (status, body) = json(http.get(&odd).send().await.unwrap()).await;
     assert_eq!(status, 200, "{body}");
-    assert_eq!(body["resource_id"], "a b/c");
+    assert_eq!(body["resource_id"], "aéb/c");
     assert_eq!(body["resource_data"]["value"], 5);
 
     // GET /{collection} with where, sort, limit, skip
@@ -103,7 +103,7 @@ async fn every_row(base: &str) {
     )
     .await;
     assert_eq!(status, 200, "{body}");
-    assert_eq!(body["resource_id"], "a b/c");
+    assert_eq!(body["resource_id"], "aéb/c");
     assert_eq!(body["resource_data"]["value"], 6);
     assert_eq!(body["resource_data"]["description"], "odd one");
 

@@ -27,6 +27,7 @@ pub fn status_for(error: &Error) -> StatusCode {
             StatusCode::NOT_FOUND
         }
         Error::DuplicateId { .. } => StatusCode::CONFLICT,
+        Error::Limit { .. } => StatusCode::PAYLOAD_TOO_LARGE,
         Error::Validation { .. } => StatusCode::UNPROCESSABLE_ENTITY,
         Error::OwnerGone { .. } | Error::Unavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
         Error::Timeout { .. } => StatusCode::GATEWAY_TIMEOUT,

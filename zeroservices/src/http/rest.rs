@@ -107,9 +107,54 @@ pub(crate) async fn list(
 ) -> ApiResult {
     authorize(&state, &user(user_ext), &collection, Operation::List)?;
     let Query(params) = query.map_err(|e| ApiError::bad_request(e.body_text()))?;
-    let args = list_args(&params)?;
-    let docs = call(&state, Request::new(collection, "list").args(args)).await?;
-    Ok(Json(docs).into_response())
+    let mut args = list_args(&params)?;
+    if let Value::Object(map) = &mut args {
+        map.insert("paged".into(), Value::Bool(true));
+    }
+    let reply = call(&state, Request::new(collection.clone(), "list").args(args)).await?;
+    let (items, more) = match reply {
+        Value::Object(mut page) => (
+            page.remove("items").unwrap_or(Value::Array(Vec::new())),
+            page.get("more").and_then(Value::as_bool).unwrap_or(false),
+        ),
+        items => (items, false),
+    };
+    let count = items.as_array().map_or(0, Vec::len);
+    let mut response = Json(items).into_response();
+    if more && count > 0 {
+        if let Some(link) = next_link(&collection, &params, count) {
+            response.headers_mut().insert(header::LINK, link);
+        }
+    }
+    Ok(response)
+}
+
+/// The RFC 8288 `Link: </power?...&skip=N>; rel="next"` of a list page cut short: the same
+/// query with `skip` moved past the `count` documents of this page.
+fn next_link(collection: &str, params: &[(String, String)], count: usize) -> Option<HeaderValue> {
+    let skip: u64 = params
+        .iter()
+        .rev()
+        .find(|(k, _)| k == "skip")
+        .and_then(|(_, v)| v.trim().parse().ok())
+        .unwrap_or(0);
+    let mut next: Vec<(&str, String)> = params
+        .iter()
+        .filter(|(k, _)| k != "skip")
+        .map(|(k, v)| (k.as_str(), v.clone()))
+        .collect();
+    next.push(("skip", skip.saturating_add(count as u64).to_string()));
+    let query = serde_urlencoded::to_string(&next).ok()?;
+    let path: String = collection
+        .bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                char::from(b).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect();
+    HeaderValue::from_str(&format!("</{path}?{query}>; rel=\"next\"")).ok()
 }
 
 /// Turns the query string of a list into the `list` arguments; unknown parameters are ignored.

@@ -13,6 +13,7 @@
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use async_trait::async_trait;
 use redb::{
@@ -35,6 +36,7 @@ pub const FILE_NAME: &str = "zeroservices.redb";
 pub struct EmbeddedStore {
     db: Arc<Database>,
     path: Arc<PathBuf>,
+    skipped: Arc<AtomicU64>,
 }
 
 impl std::fmt::Debug for EmbeddedStore {
@@ -96,6 +98,7 @@ impl EmbeddedStore {
         Ok(Self {
             db: Arc::new(db),
             path: Arc::new(path),
+            skipped: Arc::new(AtomicU64::new(0)),
         })
     }
 
@@ -105,6 +108,12 @@ impl EmbeddedStore {
     }
 
     /// Runs `f` on the blocking pool with the database.
+    /// Stored documents that `list` skipped because they could not be read (each logged with
+    /// its id).
+    pub fn skipped_documents(&self) -> u64 {
+        self.skipped.load(Ordering::Relaxed)
+    }
+
     async fn blocking<T, F>(&self, f: F) -> Result<T>
     where
         T: Send + 'static,
@@ -179,11 +188,12 @@ fn storage_error(path: &Path, e: impl Into<redb::Error>) -> Error {
     }
 }
 
-fn decode(path: &Path, bytes: &[u8]) -> Result<Value> {
+/// Reads a stored document; one that is not valid JSON (written by hand, or by a version
+/// without depth limits) is an error naming its id, never the file.
+fn decode(collection: &str, id: &str, bytes: &[u8]) -> Result<Value> {
     serde_json::from_slice(bytes).map_err(|e| {
         Error::internal(format!(
-            "embedded store {}: a stored document is not valid JSON: {e}",
-            path.display()
+            "{collection} {id}: the stored document cannot be read: {e}"
         ))
     })
 }
@@ -265,6 +275,7 @@ impl Store for EmbeddedStore {
 
     async fn get(&self, collection: &str, id: &str) -> Result<Option<Value>> {
         let name = table_name(collection);
+        let collection = collection.to_owned();
         let id = id.to_owned();
         self.blocking(move |db, path| {
             let txn = db.begin_read().map_err(|e| storage_error(path, e))?;
@@ -274,7 +285,9 @@ impl Store for EmbeddedStore {
                 Err(e) => return Err(storage_error(path, e)),
             };
             let found = table.get(id.as_str()).map_err(|e| storage_error(path, e))?;
-            found.map(|v| decode(path, v.value())).transpose()
+            found
+                .map(|v| decode(&collection, &id, v.value()))
+                .transpose()
         })
         .await
     }
@@ -315,7 +328,7 @@ impl Store for EmbeddedStore {
                 let current = table
                     .get(id.as_str())
                     .map_err(|e| storage_error(path, e))?
-                    .map(|v| decode(path, v.value()))
+                    .map(|v| decode(&collection, &id, v.value()))
                     .transpose()?;
                 let mut doc = current.ok_or_else(|| Error::not_found(&collection, &id))?;
                 // On error the transaction is aborted: the stored document is unchanged.
@@ -379,6 +392,8 @@ impl Store for EmbeddedStore {
             _ => None,
         };
         let name = table_name(collection);
+        let collection = collection.to_owned();
+        let skipped = self.skipped.clone();
         let matches = self
             .blocking(move |db, path| {
                 let txn = db.begin_read().map_err(|e| storage_error(path, e))?;
@@ -393,7 +408,15 @@ impl Store for EmbeddedStore {
                         break;
                     }
                     let (key, value) = row.map_err(|e| storage_error(path, e))?;
-                    let doc = decode(path, value.value())?;
+                    // One unreadable document is skipped (logged, counted), not the list.
+                    let doc = match decode(&collection, key.value(), value.value()) {
+                        Ok(doc) => doc,
+                        Err(e) => {
+                            skipped.fetch_add(1, Ordering::Relaxed);
+                            tracing::warn!(error = %e, "an unreadable stored document skipped");
+                            continue;
+                        }
+                    };
                     if filter.matches(&doc) {
                         out.push((key.value().to_owned(), doc));
                     }
