@@ -121,10 +121,11 @@ pub(crate) async fn list(
     };
     let count = items.as_array().map_or(0, Vec::len);
     let mut response = Json(items).into_response();
-    if more && count > 0 {
-        if let Some(link) = next_link(&collection, &params, count) {
-            response.headers_mut().insert(header::LINK, link);
-        }
+    if more
+        && count > 0
+        && let Some(link) = next_link(&collection, &params, count)
+    {
+        response.headers_mut().insert(header::LINK, link);
     }
     Ok(response)
 }
