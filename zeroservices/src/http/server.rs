@@ -168,11 +168,11 @@ async fn serve_connection(
                 return;
             }
             _ = timer => {
-                if let Some((at, why)) = state.deadline(&limits) {
-                    if Instant::now() >= at {
-                        tracing::debug!(timeout = why, "closing an http connection");
-                        return;
-                    }
+                if let Some((at, why)) = state.deadline(&limits)
+                    && Instant::now() >= at
+                {
+                    tracing::debug!(timeout = why, "closing an http connection");
+                    return;
                 }
             }
             _ = state.changed.notified() => {}
