@@ -515,3 +515,41 @@ async fn a_body_over_the_limit_gets_a_413_naming_the_limit() {
     still_serves(&base).await;
     server.shutdown().await;
 }
+
+#[tokio::test]
+async fn idle_and_half_sent_connections_do_not_hold_up_shutdown() {
+    let (_cluster, node) = owner_node().await;
+    let config = HttpConfig::default()
+        .header_timeout(Duration::from_secs(30))
+        .idle_timeout(Duration::from_secs(30))
+        .shutdown_timeout(Duration::from_secs(20));
+    let (server, base) = start(&node, config).await;
+    let mut open = Vec::new();
+    for _ in 0..10 {
+        let mut stream = connect(&base).await;
+        stream.write_all(KEEP_ALIVE_GET).await.unwrap();
+        read_response(&mut stream, Instant::now() + Duration::from_secs(5))
+            .await
+            .expect("answered");
+        open.push(stream);
+    }
+    let mut partial = connect(&base).await;
+    partial
+        .write_all(b"GET /power HTTP/1.1\r\nHo")
+        .await
+        .unwrap();
+    let mut silent = connect(&base).await;
+    // The partial head has reached the server once a request after it is answered.
+    still_serves(&base).await;
+    let started = Instant::now();
+    server.shutdown().await;
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "shutdown waited {:?} for idle connections",
+        started.elapsed()
+    );
+    let deadline = Instant::now() + Duration::from_secs(5);
+    for stream in open.iter_mut().chain([&mut partial, &mut silent]) {
+        wait_closed(stream, deadline).await;
+    }
+}

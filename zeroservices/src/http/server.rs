@@ -46,8 +46,9 @@ pub(crate) struct Limits {
 }
 
 /// Accepts connections until `stop` turns `true` (or its sender is dropped), then waits for the
-/// open ones: idle connections are closed at once, in-flight requests finish. Aborting the task
-/// running this drops every connection.
+/// open ones: connections without a request in flight (idle, or still sending headers) are
+/// closed at once, in-flight requests finish. Aborting the task running this drops every
+/// connection.
 pub(crate) async fn run(
     listener: TcpListener,
     app: Router,
@@ -178,6 +179,12 @@ async fn serve_connection(
             _ = state.changed.notified() => {}
             _ = stop.wait_for(|stop| *stop), if !stopping => {
                 stopping = true;
+                // No request in flight yet (a fresh or half-sent one): nothing to finish, and
+                // hyper's graceful shutdown would wait for that request.
+                if matches!(*state.phase(), Phase::Head(_)) {
+                    return;
+                }
+                // Idle: closed once its last response is flushed; busy: after the response.
                 conn.as_mut().graceful_shutdown();
             }
         }
