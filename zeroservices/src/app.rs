@@ -25,7 +25,7 @@
 //! | `--allowed-origins LIST` | `ZS_ALLOWED_ORIGINS` | the attribute's `http(allowed_origins)`, else none (no CORS) |
 //! | `--basic-auth USER:PASSWORD` | `ZS_BASIC_AUTH` | none |
 //! | `--max-body-bytes N` | `ZS_MAX_BODY_BYTES` | 1048576 (1 MiB); larger request bodies get a 413 |
-//! | `--http-header-timeout-ms MS` | `ZS_HTTP_HEADER_TIMEOUT_MS` | 10000; a connection whose request headers take longer is closed |
+//! | `--http-header-timeout-ms MS` | `ZS_HTTP_HEADER_TIMEOUT_MS` | 10000; a connection whose request headers take longer (or whose body stalls that long) is closed |
 //! | `--http-idle-timeout-ms MS` | `ZS_HTTP_IDLE_TIMEOUT_MS` | 60000; a keep-alive connection with no request in flight that long is closed |
 //! | `--http-max-connections N` | `ZS_HTTP_MAX_CONNECTIONS` | 1024 open connections (websockets included); further ones wait until one closes |
 //! | `--ws-max-message-bytes N` | `ZS_WS_MAX_MESSAGE_BYTES` | 65536; a bigger websocket message closes the socket (1009) |
@@ -700,7 +700,8 @@ struct HttpLimitFlags {
     /// The largest request body, in bytes; larger ones get a 413 [default: 1048576].
     #[arg(long, env = "ZS_MAX_BODY_BYTES", value_name = "BYTES", value_parser = parse_count)]
     max_body_bytes: Option<Given<usize>>,
-    /// Close a connection whose request headers take longer than this [default: 10000].
+    /// Close a connection whose request headers take longer than this, or whose request body
+    /// stops arriving for this long [default: 10000].
     #[arg(long, env = "ZS_HTTP_HEADER_TIMEOUT_MS", value_name = "MS", value_parser = parse_millis)]
     http_header_timeout_ms: Option<Given<Duration>>,
     /// Close a keep-alive connection with no request in flight for this long [default: 60000].

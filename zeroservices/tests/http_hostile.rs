@@ -553,3 +553,46 @@ async fn idle_and_half_sent_connections_do_not_hold_up_shutdown() {
         wait_closed(stream, deadline).await;
     }
 }
+
+#[tokio::test]
+async fn a_request_body_that_stops_arriving_is_closed_after_the_header_timeout() {
+    let (_cluster, node) = owner_node().await;
+    let timeout = Duration::from_millis(400);
+    let config = HttpConfig::default()
+        .header_timeout(timeout)
+        .idle_timeout(Duration::from_secs(30));
+    let (server, base) = start(&node, config).await;
+    let body = br#"{"resource_data": {"value": 7}}"#;
+    let head = format!(
+        "POST /power HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n\
+         Content-Length: {}\r\n\r\n",
+        body.len()
+    );
+
+    // Half a body, then nothing.
+    let mut stalled = connect(&base).await;
+    stalled.write_all(head.as_bytes()).await.unwrap();
+    stalled.write_all(&body[..10]).await.unwrap();
+    let started = Instant::now();
+    wait_closed(&mut stalled, started + Duration::from_secs(5)).await;
+    assert!(
+        started.elapsed() >= timeout,
+        "closed after {:?}",
+        started.elapsed()
+    );
+
+    // A body that keeps coming, in pieces further apart than nothing but closer than the
+    // timeout, is read to its end and answered.
+    let mut steady = connect(&base).await;
+    steady.write_all(head.as_bytes()).await.unwrap();
+    for piece in body.chunks(8) {
+        tokio::time::sleep(timeout / 4).await; // the pace under test
+        steady.write_all(piece).await.unwrap();
+    }
+    let response = read_response(&mut steady, Instant::now() + Duration::from_secs(5))
+        .await
+        .expect("answered");
+    assert!(response.starts_with("HTTP/1.1 201"), "{response}");
+    still_serves(&base).await;
+    server.shutdown().await;
+}

@@ -91,7 +91,8 @@ pub struct HttpConfig {
     pub shutdown_timeout: Duration,
     /// How long a client may take to send a request's headers, from the connection's accept or
     /// the first byte of the request (`ZS_HTTP_HEADER_TIMEOUT_MS`, default 10 s); the connection
-    /// is closed after that.
+    /// is closed after that. A request body that stops arriving for that long while it is read
+    /// closes the connection too.
     pub header_timeout: Duration,
     /// How long a keep-alive connection with no request in flight stays open
     /// (`ZS_HTTP_IDLE_TIMEOUT_MS`, default 60 s).
@@ -283,7 +284,8 @@ impl HttpConfig {
         self
     }
 
-    /// Closes a connection whose request headers take longer than `timeout` to arrive.
+    /// Closes a connection whose request headers take longer than `timeout` to arrive, or whose
+    /// request body stops arriving for that long.
     pub fn header_timeout(mut self, timeout: Duration) -> Self {
         self.header_timeout = timeout;
         self

@@ -8,7 +8,7 @@
 //! | phase | from | closed after |
 //! |---|---|---|
 //! | head | accept, or the first byte of the next request | `header_timeout` |
-//! | busy | headers complete, until the response body is written | never (handlers and websockets take their time) |
+//! | busy | headers complete, until the response body is written | never (handlers and websockets take their time), but a request body that stops arriving for `header_timeout` while it is read |
 //! | idle | the last response written (keep-alive) | `idle_timeout` |
 //!
 //! At the connection cap the loop stops accepting: new connections wait in the listen backlog
@@ -135,6 +135,7 @@ async fn serve_connection(
 ) {
     let state = Arc::new(ConnState {
         phase: Mutex::new(Phase::Head(Instant::now())),
+        body: Mutex::new(None),
         changed: Notify::new(),
     });
     // The slot is held by the socket: an upgraded connection (a websocket) keeps it until the
@@ -204,6 +205,8 @@ enum Phase {
 
 struct ConnState {
     phase: Mutex<Phase>,
+    /// While a request body is being read: when its last bytes arrived.
+    body: Mutex<Option<Instant>>,
     /// Woken when the deadline may have changed (a request ended, a new one began).
     changed: Notify,
 }
@@ -214,10 +217,25 @@ impl ConnState {
     }
 
     fn deadline(&self, limits: &Limits) -> Option<(Instant, &'static str)> {
-        match *self.phase() {
+        let phase = *self.phase();
+        match phase {
             Phase::Head(since) => Some((since + limits.header_timeout, "header")),
             Phase::Idle(since) => Some((since + limits.idle_timeout, "idle")),
-            Phase::Busy(_) => None,
+            Phase::Busy(_) => {
+                let body = *self.body.lock().unwrap_or_else(|e| e.into_inner());
+                body.map(|last| (last + limits.header_timeout, "request body"))
+            }
+        }
+    }
+
+    /// A request body is being read and bytes arrived now (`true`), or it is done (`false`).
+    fn body_progress(&self, reading: bool) {
+        let mut body = self.body.lock().unwrap_or_else(|e| e.into_inner());
+        let was_reading = body.is_some();
+        *body = reading.then(Instant::now);
+        drop(body);
+        if reading && !was_reading {
+            self.changed.notify_one();
         }
     }
 
@@ -327,6 +345,12 @@ impl HyperService<Request<Incoming>> for Tracked {
 
     fn call(&self, request: Request<Incoming>) -> Self::Future {
         let guard = self.state.begin();
+        let state = Arc::clone(&self.state);
+        let request = request.map(|inner| TrackedBody {
+            inner,
+            state,
+            reading: false,
+        });
         let response = self.inner.call(request);
         Box::pin(async move {
             let response = response.await?;
@@ -335,6 +359,60 @@ impl HyperService<Request<Incoming>> for Tracked {
                 _guard: guard,
             }))
         })
+    }
+}
+
+/// A request body telling the watchdog how its reading goes: from its first poll until its end
+/// (or until it is dropped), a pause of `header_timeout` closes the connection.
+struct TrackedBody {
+    inner: Incoming,
+    state: Arc<ConnState>,
+    reading: bool,
+}
+
+impl TrackedBody {
+    fn set_reading(&mut self, reading: bool) {
+        if reading || self.reading {
+            self.state.body_progress(reading);
+        }
+        self.reading = reading;
+    }
+}
+
+impl HttpBody for TrackedBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        let this = self.get_mut();
+        let polled = Pin::new(&mut this.inner).poll_frame(cx);
+        match &polled {
+            Poll::Ready(Some(Ok(_))) => {
+                let more = !this.inner.is_end_stream();
+                this.set_reading(more);
+            }
+            Poll::Ready(None | Some(Err(_))) => this.set_reading(false),
+            Poll::Pending if !this.reading => this.set_reading(true),
+            Poll::Pending => {}
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+impl Drop for TrackedBody {
+    fn drop(&mut self) {
+        self.set_reading(false);
     }
 }
 
