@@ -24,6 +24,13 @@
 //! | `--http-host ADDR` | `ZS_HTTP_HOST` | the attribute's `http(host)`, else `127.0.0.1` |
 //! | `--allowed-origins LIST` | `ZS_ALLOWED_ORIGINS` | the attribute's `http(allowed_origins)`, else none (no CORS) |
 //! | `--basic-auth USER:PASSWORD` | `ZS_BASIC_AUTH` | none |
+//! | `--max-body-bytes N` | `ZS_MAX_BODY_BYTES` | 1048576 (1 MiB); larger request bodies get a 413 |
+//! | `--http-header-timeout-ms MS` | `ZS_HTTP_HEADER_TIMEOUT_MS` | 10000; a connection whose request headers take longer (or whose body stalls that long) is closed |
+//! | `--http-idle-timeout-ms MS` | `ZS_HTTP_IDLE_TIMEOUT_MS` | 60000; a keep-alive connection with no request in flight that long is closed |
+//! | `--http-max-connections N` | `ZS_HTTP_MAX_CONNECTIONS` | 1024 open connections (websockets included); further ones wait until one closes |
+//! | `--ws-max-message-bytes N` | `ZS_WS_MAX_MESSAGE_BYTES` | 65536; a bigger websocket message closes the socket (1009) |
+//! | `--ws-max-topics N` | `ZS_WS_MAX_TOPICS` | 256 topics per websocket client |
+//! | `--ws-max-clients N` | `ZS_WS_MAX_CLIENTS` | 1024 websocket clients per node; further upgrades get a 503 |
 //! | `--no-http` | | HTTP is on when the attribute has `http` or a port is set |
 //! | `--store SPEC` | `ZS_STORE` | `embedded:./data/<name>`; `memory` for a node without resources |
 //! | `--discovery-interface ADDR` | `ZS_DISCOVERY_INTERFACE` | `0.0.0.0` |
@@ -221,6 +228,7 @@ impl App {
         let http = match http {
             None => None,
             Some(mut config) => {
+                flags.http.limits.apply(&mut config);
                 if let Some(host) = given(flags.http.http_host) {
                     config.host = host;
                 }
@@ -736,6 +744,8 @@ struct HttpFlags {
         value_parser = parsed::<String>
     )]
     basic_auth: Option<Given<String>>,
+    #[command(flatten)]
+    limits: HttpLimitFlags,
     /// Do not serve HTTP, whatever the attribute and the port say.
     #[arg(long)]
     no_http: bool,
@@ -765,6 +775,63 @@ struct NetworkFlags {
     /// How long a request waits for the owner's reply [default: 5000].
     #[arg(long, env = "ZS_REQUEST_TIMEOUT_MS", value_name = "MS", value_parser = parse_millis)]
     request_timeout_ms: Option<Given<Duration>>,
+}
+
+/// The HTTP server's limits.
+#[derive(Args, Debug)]
+struct HttpLimitFlags {
+    /// The largest request body, in bytes; larger ones get a 413 [default: 1048576].
+    #[arg(long, env = "ZS_MAX_BODY_BYTES", value_name = "BYTES", value_parser = parse_count)]
+    max_body_bytes: Option<Given<usize>>,
+    /// Close a connection whose request headers take longer than this, or whose request body
+    /// stops arriving for this long [default: 10000].
+    #[arg(long, env = "ZS_HTTP_HEADER_TIMEOUT_MS", value_name = "MS", value_parser = parse_millis)]
+    http_header_timeout_ms: Option<Given<Duration>>,
+    /// Close a keep-alive connection with no request in flight for this long [default: 60000].
+    #[arg(long, env = "ZS_HTTP_IDLE_TIMEOUT_MS", value_name = "MS", value_parser = parse_millis)]
+    http_idle_timeout_ms: Option<Given<Duration>>,
+    /// The most open HTTP connections, websockets included; further ones wait until one closes
+    /// [default: 1024].
+    #[arg(long, env = "ZS_HTTP_MAX_CONNECTIONS", value_name = "N", value_parser = parse_count)]
+    http_max_connections: Option<Given<usize>>,
+    /// The largest websocket message a client may send, in bytes [default: 65536].
+    #[arg(long, env = "ZS_WS_MAX_MESSAGE_BYTES", value_name = "BYTES", value_parser = parse_count)]
+    ws_max_message_bytes: Option<Given<usize>>,
+    /// The most topics one websocket client may subscribe to [default: 256].
+    #[arg(long, env = "ZS_WS_MAX_TOPICS", value_name = "N", value_parser = parse_count)]
+    ws_max_topics: Option<Given<usize>>,
+    /// The most websocket clients at once; further upgrades get a 503 [default: 1024].
+    #[arg(long, env = "ZS_WS_MAX_CLIENTS", value_name = "N", value_parser = parse_count)]
+    ws_max_clients: Option<Given<usize>>,
+}
+
+impl HttpLimitFlags {
+    /// The limits given on the command line or in the environment.
+    fn apply(&self, config: &mut HttpConfig) {
+        let flag = |value: &Option<Given<usize>>| value.as_ref().and_then(|Given(v)| *v);
+        let millis = |value: &Option<Given<Duration>>| value.as_ref().and_then(|Given(v)| *v);
+        if let Some(bytes) = flag(&self.max_body_bytes) {
+            config.max_body_bytes = bytes;
+        }
+        if let Some(timeout) = millis(&self.http_header_timeout_ms) {
+            config.header_timeout = timeout;
+        }
+        if let Some(timeout) = millis(&self.http_idle_timeout_ms) {
+            config.idle_timeout = timeout;
+        }
+        if let Some(n) = flag(&self.http_max_connections) {
+            config.max_connections = n;
+        }
+        if let Some(bytes) = flag(&self.ws_max_message_bytes) {
+            config.ws_max_message_bytes = bytes;
+        }
+        if let Some(n) = flag(&self.ws_max_topics) {
+            config.ws_max_topics = n;
+        }
+        if let Some(n) = flag(&self.ws_max_clients) {
+            config.ws_max_clients = n;
+        }
+    }
 }
 
 impl NetworkFlags {
@@ -847,6 +914,13 @@ fn parse_millis(value: &str) -> std::result::Result<Given<Duration>, String> {
     })
 }
 
+fn parse_count(value: &str) -> std::result::Result<Given<usize>, String> {
+    parse_with(value, |value| match value.parse::<usize>() {
+        Ok(n) if n > 0 => Ok(n),
+        _ => Err("expected a positive whole number".to_owned()),
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -893,6 +967,20 @@ mod tests {
                 "k",
                 "--request-timeout-ms",
                 "250",
+                "--max-body-bytes",
+                "2048",
+                "--http-header-timeout-ms",
+                "1500",
+                "--http-idle-timeout-ms",
+                "2500",
+                "--http-max-connections",
+                "10",
+                "--ws-max-message-bytes",
+                "4096",
+                "--ws-max-topics",
+                "3",
+                "--ws-max-clients",
+                "2",
             ])
             .unwrap();
         let http = configured.http.expect("http is on");
@@ -903,6 +991,13 @@ mod tests {
             ["https://a.example", "https://b.example"]
         );
         assert!(http.basic_auth.is_some());
+        assert_eq!(http.max_body_bytes, 2048);
+        assert_eq!(http.header_timeout, Duration::from_millis(1500));
+        assert_eq!(http.idle_timeout, Duration::from_millis(2500));
+        assert_eq!(http.max_connections, 10);
+        assert_eq!(http.ws_max_message_bytes, 4096);
+        assert_eq!(http.ws_max_topics, 3);
+        assert_eq!(http.ws_max_clients, 2);
         assert_eq!(configured.store, StoreConfig::Embedded("/tmp/zs".into()));
         let network = &configured.network;
         assert_eq!(network.interface, Ipv4Addr::LOCALHOST);
@@ -977,6 +1072,13 @@ mod tests {
             &["rest_api", "--store", "redis://x"],
             &["rest_api", "--basic-auth", "nocolon"],
             &["rest_api", "--request-timeout-ms", "0"],
+            &["rest_api", "--max-body-bytes", "1MB"],
+            &["rest_api", "--http-header-timeout-ms", "0"],
+            &["rest_api", "--http-idle-timeout-ms", "soon"],
+            &["rest_api", "--http-max-connections", "0"],
+            &["rest_api", "--ws-max-message-bytes", "-1"],
+            &["rest_api", "--ws-max-topics", "x"],
+            &["rest_api", "--ws-max-clients", "0"],
             &["rest_api", "--bogus"],
         ] {
             let err = gateway().configure(bad).unwrap_err();

@@ -1,5 +1,10 @@
 //! The one error shape of the HTTP layer, `{"error": "<message>"}`, and the status of every
 //! [`Error`] variant.
+//!
+//! A 4xx tells the client what is wrong with its request. A 5xx never carries our internals
+//! (file paths, hosts, driver messages): `Internal` and `Unavailable` errors, whose messages come
+//! from the code, the store or its driver, answer with a generic message, and every 5xx body has
+//! the `"request_id"` of the `X-Request-Id` header, under which the full detail is logged.
 
 use axum::body::{Body, to_bytes};
 use axum::http::{HeaderValue, StatusCode, header};
@@ -35,15 +40,23 @@ pub fn status_for(error: &Error) -> StatusCode {
     }
 }
 
-/// The message of an error response, kept in the response's extensions for the access log.
+/// The message of an error response, kept in the response's extensions for the access log:
+/// the full detail, also when the client only got a generic message.
 #[derive(Clone, Debug)]
 pub(crate) struct ErrorMessage(pub(crate) String);
+
+/// The client-facing message of an `Internal` error.
+pub(crate) const INTERNAL_MESSAGE: &str = "internal server error";
+/// The client-facing message of an `Unavailable` error.
+pub(crate) const UNAVAILABLE_MESSAGE: &str = "the service is unavailable for now; try again later";
 
 /// An error response.
 #[derive(Debug)]
 pub(crate) struct ApiError {
     status: StatusCode,
     message: String,
+    /// What only the log sees (the client gets `message`).
+    detail: Option<String>,
     challenge: bool,
 }
 
@@ -52,6 +65,7 @@ impl ApiError {
         Self {
             status,
             message: message.into(),
+            detail: None,
             challenge: false,
         }
     }
@@ -69,6 +83,7 @@ impl ApiError {
         Self {
             status: StatusCode::UNAUTHORIZED,
             message: message.into(),
+            detail: None,
             challenge: true,
         }
     }
@@ -80,7 +95,25 @@ impl ApiError {
 
 impl From<Error> for ApiError {
     fn from(e: Error) -> Self {
-        Self::new(status_for(&e), e.to_string())
+        let status = status_for(&e);
+        // Messages from our code, the store or its driver: paths, hosts, driver errors.
+        let public = match &e {
+            Error::Internal { .. } => Some(INTERNAL_MESSAGE),
+            Error::Unavailable { .. } => Some(UNAVAILABLE_MESSAGE),
+            _ if status.is_server_error()
+                && !matches!(e, Error::Timeout { .. } | Error::OwnerGone { .. }) =>
+            {
+                Some(INTERNAL_MESSAGE)
+            }
+            _ => None,
+        };
+        match public {
+            Some(public) => Self {
+                detail: Some(e.to_string()),
+                ..Self::new(status, public)
+            },
+            None => Self::new(status, e.to_string()),
+        }
     }
 }
 
@@ -94,7 +127,9 @@ impl IntoResponse for ApiError {
                 HeaderValue::from_static("Basic realm=\"zeroservices\""),
             );
         }
-        response.extensions_mut().insert(ErrorMessage(self.message));
+        response
+            .extensions_mut()
+            .insert(ErrorMessage(self.detail.unwrap_or(self.message)));
         response
     }
 }
@@ -118,8 +153,9 @@ pub(crate) async fn json_errors(response: Response) -> Response {
     let bytes = to_bytes(body, 64 * 1024).await.unwrap_or_default();
     let text = String::from_utf8_lossy(&bytes);
     let text = text.trim();
+    let reason = status.canonical_reason().unwrap_or("error");
     let message = if text.is_empty() {
-        status.canonical_reason().unwrap_or("error").to_owned()
+        reason.to_owned()
     } else {
         text.to_owned()
     };
@@ -128,9 +164,47 @@ pub(crate) async fn json_errors(response: Response) -> Response {
         header::CONTENT_TYPE,
         HeaderValue::from_static("application/json"),
     );
-    parts.extensions.insert(ErrorMessage(message.clone()));
-    let body = json!({ "error": message }).to_string();
+    // A 5xx text of unknown origin stays in the log.
+    let public = if status.is_server_error() {
+        reason.to_ascii_lowercase()
+    } else {
+        message.clone()
+    };
+    parts.extensions.insert(ErrorMessage(message));
+    let body = json!({ "error": public }).to_string();
     Response::from_parts(parts, Body::from(body))
+}
+
+/// The last touches on an error response, once its body is JSON: a 413 names the body limit,
+/// and a 5xx body gets `"request_id"` (the id its log line carries).
+pub(crate) async fn finish(
+    response: Response,
+    request_id: &str,
+    max_body_bytes: usize,
+) -> Response {
+    let status = response.status();
+    if status == StatusCode::PAYLOAD_TOO_LARGE {
+        let message = format!(
+            "request body is too large: the limit is {max_body_bytes} bytes (ZS_MAX_BODY_BYTES)"
+        );
+        let (mut parts, _) = response.into_parts();
+        parts.headers.remove(header::CONTENT_LENGTH);
+        parts.extensions.insert(ErrorMessage(message.clone()));
+        let body = json!({ "error": message }).to_string();
+        return Response::from_parts(parts, Body::from(body));
+    }
+    if !status.is_server_error() {
+        return response;
+    }
+    let (mut parts, body) = response.into_parts();
+    let bytes = to_bytes(body, 64 * 1024).await.unwrap_or_default();
+    let mut value = match serde_json::from_slice::<serde_json::Value>(&bytes) {
+        Ok(serde_json::Value::Object(map)) => serde_json::Value::Object(map),
+        _ => json!({ "error": INTERNAL_MESSAGE }),
+    };
+    value["request_id"] = json!(request_id);
+    parts.headers.remove(header::CONTENT_LENGTH);
+    Response::from_parts(parts, Body::from(value.to_string()))
 }
 
 #[cfg(test)]

@@ -22,11 +22,12 @@ use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::ops::Deref;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use axum::Router;
 use axum::extract::{DefaultBodyLimit, Request as HttpRequest, State};
-use axum::http::{HeaderValue, Method, Uri, header};
+use axum::http::{HeaderName, HeaderValue, Method, Uri, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -41,6 +42,7 @@ mod openapi;
 mod page;
 mod realtime;
 mod rest;
+mod server;
 
 pub use auth::{Authorizer, BasicAuth, Operation};
 pub use error::status_for;
@@ -52,6 +54,18 @@ pub const DEFAULT_MAX_BODY_BYTES: usize = 1024 * 1024;
 pub const DEFAULT_WS_BUFFER: usize = 1024;
 /// The default time [`HttpServer::shutdown`] waits for requests and websockets to finish.
 pub const DEFAULT_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(5);
+/// The default time a client has to send a request's headers: 10 s.
+pub const DEFAULT_HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+/// The default time a keep-alive connection may wait for its next request: 60 s.
+pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+/// The default largest number of open connections (websockets included): 1024.
+pub const DEFAULT_MAX_CONNECTIONS: usize = 1024;
+/// The default largest websocket message (and frame) a client may send: 64 KiB.
+pub const DEFAULT_WS_MAX_MESSAGE_BYTES: usize = 64 * 1024;
+/// The default largest number of topics one websocket client may subscribe to: 256.
+pub const DEFAULT_WS_MAX_TOPICS: usize = 256;
+/// The default largest number of websocket clients of one node: 1024.
+pub const DEFAULT_WS_MAX_CLIENTS: usize = 1024;
 
 /// Settings of the HTTP server of a node.
 #[derive(Clone)]
@@ -66,7 +80,8 @@ pub struct HttpConfig {
     pub basic_auth: Option<BasicAuth>,
     /// Decides, per user, collection and operation, what a client may do.
     pub authorizer: Option<Arc<dyn Authorizer>>,
-    /// Largest accepted request body (default 1 MiB); larger ones get a 413.
+    /// Largest accepted request body (`ZS_MAX_BODY_BYTES`, default 1 MiB); larger ones get a
+    /// 413 naming the limit.
     pub max_body_bytes: usize,
     /// Messages queued per websocket client (default 1024); a client that falls further behind
     /// is told so and disconnected.
@@ -74,6 +89,27 @@ pub struct HttpConfig {
     /// How long [`HttpServer::shutdown`] waits for in-flight requests and websockets (default
     /// 5 s).
     pub shutdown_timeout: Duration,
+    /// How long a client may take to send a request's headers, from the connection's accept or
+    /// the first byte of the request (`ZS_HTTP_HEADER_TIMEOUT_MS`, default 10 s); the connection
+    /// is closed after that. A request body that stops arriving for that long while it is read
+    /// closes the connection too.
+    pub header_timeout: Duration,
+    /// How long a keep-alive connection with no request in flight stays open
+    /// (`ZS_HTTP_IDLE_TIMEOUT_MS`, default 60 s).
+    pub idle_timeout: Duration,
+    /// The largest number of open connections, websockets included (`ZS_HTTP_MAX_CONNECTIONS`,
+    /// default 1024). At the cap the server stops accepting: new connections wait in the listen
+    /// backlog until an open one closes (logged as a warning each time the cap is reached).
+    pub max_connections: usize,
+    /// The largest websocket message (and frame) a client may send (`ZS_WS_MAX_MESSAGE_BYTES`,
+    /// default 64 KiB); a bigger one gets an error message and the socket is closed (1009).
+    pub ws_max_message_bytes: usize,
+    /// The largest number of topics one websocket client may subscribe to (`ZS_WS_MAX_TOPICS`,
+    /// default 256); a subscribe going over it gets an error message, the socket stays open.
+    pub ws_max_topics: usize,
+    /// The largest number of websocket clients of this node (`ZS_WS_MAX_CLIENTS`, default
+    /// 1024); further upgrades get a 503.
+    pub ws_max_clients: usize,
 }
 
 impl fmt::Debug for HttpConfig {
@@ -87,6 +123,12 @@ impl fmt::Debug for HttpConfig {
             .field("max_body_bytes", &self.max_body_bytes)
             .field("ws_buffer", &self.ws_buffer)
             .field("shutdown_timeout", &self.shutdown_timeout)
+            .field("header_timeout", &self.header_timeout)
+            .field("idle_timeout", &self.idle_timeout)
+            .field("max_connections", &self.max_connections)
+            .field("ws_max_message_bytes", &self.ws_max_message_bytes)
+            .field("ws_max_topics", &self.ws_max_topics)
+            .field("ws_max_clients", &self.ws_max_clients)
             .finish()
     }
 }
@@ -109,11 +151,20 @@ impl HttpConfig {
             max_body_bytes: DEFAULT_MAX_BODY_BYTES,
             ws_buffer: DEFAULT_WS_BUFFER,
             shutdown_timeout: DEFAULT_SHUTDOWN_TIMEOUT,
+            header_timeout: DEFAULT_HEADER_TIMEOUT,
+            idle_timeout: DEFAULT_IDLE_TIMEOUT,
+            max_connections: DEFAULT_MAX_CONNECTIONS,
+            ws_max_message_bytes: DEFAULT_WS_MAX_MESSAGE_BYTES,
+            ws_max_topics: DEFAULT_WS_MAX_TOPICS,
+            ws_max_clients: DEFAULT_WS_MAX_CLIENTS,
         }
     }
 
-    /// Reads `ZS_HTTP_PORT` (else `default_port`), `ZS_HTTP_HOST`, `ZS_ALLOWED_ORIGINS` and
-    /// `ZS_BASIC_AUTH`; a malformed value is an error naming the variable.
+    /// Reads `ZS_HTTP_PORT` (else `default_port`), `ZS_HTTP_HOST`, `ZS_ALLOWED_ORIGINS`,
+    /// `ZS_BASIC_AUTH`, `ZS_MAX_BODY_BYTES`, `ZS_HTTP_HEADER_TIMEOUT_MS`,
+    /// `ZS_HTTP_IDLE_TIMEOUT_MS`, `ZS_HTTP_MAX_CONNECTIONS`, `ZS_WS_MAX_MESSAGE_BYTES`,
+    /// `ZS_WS_MAX_TOPICS` and `ZS_WS_MAX_CLIENTS`; a malformed value is an error naming the
+    /// variable.
     pub fn from_env(default_port: u16) -> Result<Self> {
         Self::from_lookup(default_port, |name| std::env::var(name).ok())
     }
@@ -138,6 +189,44 @@ impl HttpConfig {
             config.basic_auth = Some(BasicAuth::parse(&auth).map_err(|_| {
                 Error::bad_request("ZS_BASIC_AUTH: expected `user:password` with a non-empty user")
             })?);
+        }
+        let positive = |name: &str| -> Result<Option<u64>> {
+            let Some(value) = var(name) else {
+                return Ok(None);
+            };
+            match value.trim().parse::<u64>() {
+                Ok(n) if n > 0 => Ok(Some(n)),
+                _ => Err(Error::bad_request(format!(
+                    "{name}={value:?}: expected a positive whole number"
+                ))),
+            }
+        };
+        let count = |name: &str| -> Result<Option<usize>> {
+            positive(name)?
+                .map(usize::try_from)
+                .transpose()
+                .map_err(|_| Error::bad_request(format!("{name}: the number is too large")))
+        };
+        if let Some(n) = count("ZS_MAX_BODY_BYTES")? {
+            config.max_body_bytes = n;
+        }
+        if let Some(ms) = positive("ZS_HTTP_HEADER_TIMEOUT_MS")? {
+            config.header_timeout = Duration::from_millis(ms);
+        }
+        if let Some(ms) = positive("ZS_HTTP_IDLE_TIMEOUT_MS")? {
+            config.idle_timeout = Duration::from_millis(ms);
+        }
+        if let Some(n) = count("ZS_HTTP_MAX_CONNECTIONS")? {
+            config.max_connections = n;
+        }
+        if let Some(n) = count("ZS_WS_MAX_MESSAGE_BYTES")? {
+            config.ws_max_message_bytes = n;
+        }
+        if let Some(n) = count("ZS_WS_MAX_TOPICS")? {
+            config.ws_max_topics = n;
+        }
+        if let Some(n) = count("ZS_WS_MAX_CLIENTS")? {
+            config.ws_max_clients = n;
         }
         Ok(config)
     }
@@ -194,6 +283,43 @@ impl HttpConfig {
         self.shutdown_timeout = timeout;
         self
     }
+
+    /// Closes a connection whose request headers take longer than `timeout` to arrive, or whose
+    /// request body stops arriving for that long.
+    pub fn header_timeout(mut self, timeout: Duration) -> Self {
+        self.header_timeout = timeout;
+        self
+    }
+
+    /// Closes a keep-alive connection with no request in flight for `timeout`.
+    pub fn idle_timeout(mut self, timeout: Duration) -> Self {
+        self.idle_timeout = timeout;
+        self
+    }
+
+    /// Keeps at most `connections` open (at least 1); further ones wait until one closes.
+    pub fn max_connections(mut self, connections: usize) -> Self {
+        self.max_connections = connections.max(1);
+        self
+    }
+
+    /// Refuses websocket messages (and frames) from clients larger than `bytes`.
+    pub fn ws_max_message_bytes(mut self, bytes: usize) -> Self {
+        self.ws_max_message_bytes = bytes;
+        self
+    }
+
+    /// Lets one websocket client subscribe to at most `topics` topics.
+    pub fn ws_max_topics(mut self, topics: usize) -> Self {
+        self.ws_max_topics = topics;
+        self
+    }
+
+    /// Serves at most `clients` websocket clients at once; further upgrades get a 503.
+    pub fn ws_max_clients(mut self, clients: usize) -> Self {
+        self.ws_max_clients = clients;
+        self
+    }
 }
 
 /// What every handler shares: one `Arc`, so the per-request clones (the `State` extractor, the
@@ -223,6 +349,8 @@ pub(crate) struct AppInner {
     pub(crate) shutdown: watch::Receiver<bool>,
     /// Held by every websocket task: the server waits until every clone is dropped.
     pub(crate) drain: mpsc::Sender<()>,
+    /// The websocket clients connected now (at most `ws_max_clients`).
+    pub(crate) ws_clients: AtomicUsize,
     /// Keeps the shutdown channel open for a router built without [`serve`].
     _keep: Option<Arc<watch::Sender<bool>>>,
 }
@@ -243,6 +371,7 @@ pub fn router(node: Node, config: HttpConfig) -> Router {
             config: Arc::new(config),
             shutdown: rx,
             drain,
+            ws_clients: AtomicUsize::new(0),
             _keep: Some(Arc::new(tx)),
         }),
         None,
@@ -276,7 +405,51 @@ fn build(state: AppState, extra: Option<Router>) -> Router {
     if let Some(cors) = cors_layer(&config.allowed_origins) {
         app = app.layer(cors);
     }
-    app
+    // Outermost: CORS preflights get an id too.
+    app.layer(middleware::from_fn(with_request_id))
+}
+
+/// `X-Request-Id`: on every response, and in the log line of every failed request.
+pub(crate) static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+
+/// The id of a request: the client's `X-Request-Id` when it is sane (1 to 64 characters of
+/// `A-Z a-z 0-9 - _ . :`), else a new one.
+#[derive(Clone, Debug)]
+pub(crate) struct RequestId(pub(crate) HeaderValue);
+
+impl RequestId {
+    fn as_str(&self) -> &str {
+        self.0.to_str().unwrap_or("")
+    }
+}
+
+fn sane_request_id(value: &HeaderValue) -> bool {
+    let bytes = value.as_bytes();
+    (1..=64).contains(&bytes.len())
+        && bytes
+            .iter()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_.:".contains(b))
+}
+
+/// A new request id: this process's random prefix and a counter, unique and cheap.
+fn new_request_id() -> HeaderValue {
+    static PREFIX: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    static NEXT: AtomicU64 = AtomicU64::new(1);
+    let prefix = PREFIX.get_or_init(|| uuid::Uuid::new_v4().simple().to_string()[..12].to_owned());
+    let n = NEXT.fetch_add(1, Ordering::Relaxed);
+    HeaderValue::from_str(&format!("{prefix}-{n:x}"))
+        .unwrap_or_else(|_| HeaderValue::from_static("unknown"))
+}
+
+async fn with_request_id(mut request: HttpRequest, next: Next) -> Response {
+    let id = match request.headers().get(&X_REQUEST_ID) {
+        Some(given) if sane_request_id(given) => given.clone(),
+        _ => new_request_id(),
+    };
+    request.extensions_mut().insert(RequestId(id.clone()));
+    let mut response = next.run(request).await;
+    response.headers_mut().insert(X_REQUEST_ID.clone(), id);
+    response
 }
 
 fn cors_layer(origins: &[String]) -> Option<CorsLayer> {
@@ -332,6 +505,12 @@ async fn per_request(
             Instant::now(),
         )
     });
+    let id = request
+        .extensions()
+        .get::<RequestId>()
+        .cloned()
+        .unwrap_or_else(|| RequestId(new_request_id()));
+    let max_body_bytes = state.config.max_body_bytes;
     let response = match auth::authenticate(&state.config, request.headers()) {
         Ok(user) => {
             request.extensions_mut().insert(user);
@@ -341,14 +520,20 @@ async fn per_request(
         Err(rejection) => rejection.into_response(),
     };
     let response = error::json_errors(response).await;
+    let response = if response.status().is_success() {
+        response
+    } else {
+        error::finish(response, id.as_str(), max_body_bytes).await
+    };
     if let Some((method, uri, start)) = log {
-        log_request(&method, &uri, start, &response);
+        log_request(&method, &uri, start, &response, &id);
     }
     response
 }
 
-/// One log line per request: debug, or warn for a server-side failure (5xx).
-fn log_request(method: &Method, uri: &Uri, start: Instant, response: &Response) {
+/// One log line per request: debug, or warn for a server-side failure (5xx), with the full
+/// error (the client got a generic message and the request id).
+fn log_request(method: &Method, uri: &Uri, start: Instant, response: &Response, id: &RequestId) {
     let status = response.status();
     if !status.is_server_error() && !tracing::enabled!(tracing::Level::DEBUG) {
         return;
@@ -361,9 +546,9 @@ fn log_request(method: &Method, uri: &Uri, start: Instant, response: &Response) 
         .map(|m| m.0.as_str())
         .unwrap_or("");
     if status.is_server_error() {
-        tracing::warn!(%method, %path, status = status.as_u16(), elapsed_ms, error = message, "http request failed");
+        tracing::warn!(%method, %path, status = status.as_u16(), elapsed_ms, request_id = id.as_str(), error = message, "http request failed");
     } else {
-        tracing::debug!(%method, %path, status = status.as_u16(), elapsed_ms, error = message, "http request");
+        tracing::debug!(%method, %path, status = status.as_u16(), elapsed_ms, request_id = id.as_str(), error = message, "http request");
     }
 }
 
@@ -448,28 +633,23 @@ async fn serve_inner(node: Node, config: HttpConfig, extra: Option<Router>) -> R
     let (shutdown, rx) = watch::channel(false);
     let (drain, drained) = mpsc::channel(1);
     let timeout = config.shutdown_timeout;
+    let limits = server::Limits {
+        header_timeout: config.header_timeout,
+        idle_timeout: config.idle_timeout,
+        max_connections: config.max_connections,
+    };
     let app = build(
         AppState::new(AppInner {
             node,
             config: Arc::new(config),
             shutdown: rx.clone(),
             drain,
+            ws_clients: AtomicUsize::new(0),
             _keep: None,
         }),
         extra,
     );
-    let mut signal = rx;
-    let task = tokio::spawn(async move {
-        let stop = async move {
-            let _ = signal.wait_for(|stop| *stop).await;
-        };
-        if let Err(e) = axum::serve(listener, app)
-            .with_graceful_shutdown(stop)
-            .await
-        {
-            tracing::warn!(%addr, error = %e, "http server failed");
-        }
-    });
+    let task = tokio::spawn(server::run(listener, app, limits, rx));
     tracing::info!(%addr, "http server listening");
     Ok(HttpServer {
         addr,
@@ -508,6 +688,12 @@ mod tests {
         assert!(config.allowed_origins.is_empty() && config.basic_auth.is_none());
         assert_eq!(config.max_body_bytes, DEFAULT_MAX_BODY_BYTES);
         assert_eq!(config.ws_buffer, DEFAULT_WS_BUFFER);
+        assert_eq!(config.header_timeout, Duration::from_millis(10_000));
+        assert_eq!(config.idle_timeout, Duration::from_millis(60_000));
+        assert_eq!(config.max_connections, 1024);
+        assert_eq!(config.ws_max_message_bytes, 64 * 1024);
+        assert_eq!(config.ws_max_topics, 256);
+        assert_eq!(config.ws_max_clients, 1024);
 
         let config = HttpConfig::from_lookup(
             5001,
@@ -516,9 +702,23 @@ mod tests {
                 ("ZS_HTTP_HOST", "0.0.0.0"),
                 ("ZS_ALLOWED_ORIGINS", "http://a.example, http://b.example,"),
                 ("ZS_BASIC_AUTH", "ann:pw"),
+                ("ZS_MAX_BODY_BYTES", "2048"),
+                ("ZS_HTTP_HEADER_TIMEOUT_MS", "1500"),
+                ("ZS_HTTP_IDLE_TIMEOUT_MS", " 2500 "),
+                ("ZS_HTTP_MAX_CONNECTIONS", "10"),
+                ("ZS_WS_MAX_MESSAGE_BYTES", "4096"),
+                ("ZS_WS_MAX_TOPICS", "3"),
+                ("ZS_WS_MAX_CLIENTS", "2"),
             ]),
         )
         .unwrap();
+        assert_eq!(config.max_body_bytes, 2048);
+        assert_eq!(config.header_timeout, Duration::from_millis(1500));
+        assert_eq!(config.idle_timeout, Duration::from_millis(2500));
+        assert_eq!(config.max_connections, 10);
+        assert_eq!(config.ws_max_message_bytes, 4096);
+        assert_eq!(config.ws_max_topics, 3);
+        assert_eq!(config.ws_max_clients, 2);
         assert_eq!(config.port, 6001);
         assert_eq!(config.host, IpAddr::V4(Ipv4Addr::UNSPECIFIED));
         assert_eq!(
@@ -531,6 +731,13 @@ mod tests {
             ("ZS_HTTP_PORT", "70000"),
             ("ZS_HTTP_HOST", "localhost"),
             ("ZS_BASIC_AUTH", "nocolon"),
+            ("ZS_MAX_BODY_BYTES", "1MB"),
+            ("ZS_HTTP_HEADER_TIMEOUT_MS", "0"),
+            ("ZS_HTTP_IDLE_TIMEOUT_MS", "-5"),
+            ("ZS_HTTP_MAX_CONNECTIONS", "many"),
+            ("ZS_WS_MAX_MESSAGE_BYTES", "0"),
+            ("ZS_WS_MAX_TOPICS", "1.5"),
+            ("ZS_WS_MAX_CLIENTS", "x"),
         ] {
             let e = HttpConfig::from_lookup(5001, lookup(&[bad])).unwrap_err();
             assert!(e.to_string().contains(bad.0), "{e}");

@@ -7,12 +7,14 @@
 //! The reader and the forwarder never wait: when the queue is full the client is too slow, it is
 //! told so (best effort) and disconnected, and neither the node nor the other clients notice.
 
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use axum::extract::ws::rejection::WebSocketUpgradeRejection;
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgrade, close_code};
 use axum::extract::{Extension, State};
+use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use futures::{SinkExt, StreamExt};
 use serde::Serialize;
@@ -25,8 +27,6 @@ use super::{AppState, AuthUser};
 use crate::Event;
 use crate::event::topic_matches;
 
-/// The largest message a client may send.
-const MAX_CLIENT_MESSAGE: usize = 64 * 1024;
 /// How long the goodbye message and close frame may take before the socket is dropped.
 const GOODBYE_TIMEOUT: Duration = Duration::from_millis(500);
 
@@ -35,6 +35,8 @@ const GOODBYE_TIMEOUT: Duration = Duration::from_millis(500);
 enum Stop {
     /// The client fell `ws_buffer` messages behind.
     TooSlow,
+    /// The client sent a message over `ws_max_message_bytes`.
+    TooBig,
     /// The client closed, or the connection broke.
     ClientGone,
     /// The server shuts down.
@@ -53,10 +55,50 @@ pub(crate) async fn handler(
             return ApiError::new(rejection.status(), rejection.body_text()).into_response();
         }
     };
+    let Some(seat) = ClientSeat::take(&state) else {
+        let max = state.config.ws_max_clients;
+        tracing::warn!(
+            max_clients = max,
+            "websocket upgrade refused: too many clients (ZS_WS_MAX_CLIENTS)"
+        );
+        return ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!(
+                "too many websocket clients: this node serves at most {max} at once \
+                 (ZS_WS_MAX_CLIENTS); try again later"
+            ),
+        )
+        .into_response();
+    };
     let user = user.map(|Extension(u)| u).unwrap_or_default();
+    let max_message = state.config.ws_max_message_bytes;
     upgrade
-        .max_message_size(MAX_CLIENT_MESSAGE)
-        .on_upgrade(move |socket| serve_client(state, user, socket))
+        .max_message_size(max_message)
+        .max_frame_size(max_message)
+        .on_upgrade(move |socket| serve_client(state, user, socket, seat))
+}
+
+/// One of the `ws_max_clients` places, given back when dropped (the client left, or the
+/// upgrade never happened).
+struct ClientSeat(AppState);
+
+impl ClientSeat {
+    fn take(state: &AppState) -> Option<Self> {
+        let max = state.config.ws_max_clients;
+        state
+            .ws_clients
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < max).then_some(n + 1)
+            })
+            .ok()
+            .map(|_| Self(state.clone()))
+    }
+}
+
+impl Drop for ClientSeat {
+    fn drop(&mut self) {
+        self.0.ws_clients.fetch_sub(1, Ordering::AcqRel);
+    }
 }
 
 /// The outgoing queue of one client, with the switch that ends the connection.
@@ -114,10 +156,13 @@ fn error_message(error: &str) -> Value {
     json!({ "type": "error", "error": error })
 }
 
-async fn serve_client(state: AppState, user: AuthUser, socket: WebSocket) {
+async fn serve_client(state: AppState, user: AuthUser, socket: WebSocket, seat: ClientSeat) {
     // Held until this function returns: graceful shutdown waits for it.
     let _drain = state.drain.clone();
+    let _seat = seat;
     let buffer = state.config.ws_buffer.max(1);
+    let max_topics = state.config.ws_max_topics;
+    let max_message = state.config.ws_max_message_bytes;
     let (queue, mut outgoing) = mpsc::channel::<Message>(buffer);
     let (stop_tx, mut stop_rx) = watch::channel(None);
     let outbox = Outbox {
@@ -139,12 +184,23 @@ async fn serve_client(state: AppState, user: AuthUser, socket: WebSocket) {
         async move {
             while let Some(message) = stream.next().await {
                 let reply = match message {
-                    Ok(Message::Text(text)) => handle_client_message(text.as_str(), &subscriptions),
+                    Ok(Message::Text(text)) => {
+                        handle_client_message(text.as_str(), &subscriptions, max_topics)
+                    }
                     Ok(Message::Binary(_)) => {
                         error_message("binary messages are not supported: send JSON text")
                     }
                     Ok(Message::Ping(_) | Message::Pong(_)) => continue,
-                    Ok(Message::Close(_)) | Err(_) => break,
+                    Ok(Message::Close(_)) => break,
+                    Err(e) => {
+                        // tungstenite's capacity error: "Space limit exceeded: Message too
+                        // long: N > M".
+                        if e.to_string().contains("too long") {
+                            outbox.stop(Stop::TooBig);
+                            return;
+                        }
+                        break;
+                    }
                 };
                 if !outbox.push_json(&reply) {
                     return;
@@ -227,6 +283,19 @@ async fn serve_client(state: AppState, user: AuthUser, socket: WebSocket) {
                 "too slow",
             ))
         }
+        Stop::TooBig => {
+            tracing::debug!(user = ?user.0, max_message, "websocket message too big; disconnected");
+            let text = error_message(&format!(
+                "message too big: at most {max_message} bytes (ZS_WS_MAX_MESSAGE_BYTES), \
+                 disconnected"
+            ))
+            .to_string();
+            Some((
+                Some(Message::Text(Utf8Bytes::from(text))),
+                close_code::SIZE,
+                "message too big",
+            ))
+        }
         Stop::Shutdown => Some((None, close_code::AWAY, "server shutting down")),
         Stop::ClientGone => None,
     };
@@ -254,8 +323,13 @@ fn wanted(event: &Event, subscriptions: &Mutex<Vec<String>>) -> bool {
     subscriptions.iter().any(|p| topic_matches(p, &event.topic))
 }
 
-/// Applies one client message to the subscriptions and returns the reply.
-fn handle_client_message(text: &str, subscriptions: &Mutex<Vec<String>>) -> Value {
+/// Applies one client message to the subscriptions and returns the reply; a subscribe that
+/// would take the client over `max_topics` topics subscribes to none of them.
+fn handle_client_message(
+    text: &str,
+    subscriptions: &Mutex<Vec<String>>,
+    max_topics: usize,
+) -> Value {
     let message: Value = match serde_json::from_str(text) {
         Ok(v) => v,
         Err(e) => return error_message(&format!("invalid JSON: {e}")),
@@ -279,6 +353,21 @@ fn handle_client_message(text: &str, subscriptions: &Mutex<Vec<String>>) -> Valu
     };
     let mut subs = subscriptions.lock().unwrap_or_else(|e| e.into_inner());
     if subscribe {
+        let mut new: Vec<&String> = topics.iter().filter(|t| !subs.contains(t)).collect();
+        new.sort();
+        new.dedup();
+        if subs.len() + new.len() > max_topics {
+            return json!({
+                "type": "error",
+                "error": format!(
+                    "too many topics: at most {max_topics} per client (ZS_WS_MAX_TOPICS); \
+                     {} subscribed, {} more asked for; nothing subscribed",
+                    subs.len(),
+                    new.len()
+                ),
+                "topics": topics,
+            });
+        }
         for topic in &topics {
             if !subs.contains(topic) {
                 subs.push(topic.clone());
@@ -298,12 +387,13 @@ mod tests {
     #[test]
     fn client_messages() {
         let subs = Mutex::new(Vec::new());
-        let reply = handle_client_message(r#"{"type":"subscribe","topics":["power"]}"#, &subs);
+        let reply = handle_client_message(r#"{"type":"subscribe","topics":["power"]}"#, &subs, 8);
         assert_eq!(reply, json!({"type": "subscribed", "topics": ["power"]}));
-        let reply = handle_client_message(r#"{"type":"join","topics":["chat", "power"]}"#, &subs);
+        let reply =
+            handle_client_message(r#"{"type":"join","topics":["chat", "power"]}"#, &subs, 8);
         assert_eq!(reply["type"], "subscribed");
         assert_eq!(*subs.lock().unwrap(), ["power", "chat"]);
-        let reply = handle_client_message(r#"{"type":"unsubscribe","topics":["power"]}"#, &subs);
+        let reply = handle_client_message(r#"{"type":"unsubscribe","topics":["power"]}"#, &subs, 8);
         assert_eq!(reply["type"], "unsubscribed");
         assert_eq!(*subs.lock().unwrap(), ["chat"]);
         for bad in [
@@ -315,8 +405,34 @@ mod tests {
             r#"{"type": "subscribe", "topics": "power"}"#,
             r#"{"type": "subscribe", "topics": [1]}"#,
         ] {
-            assert_eq!(handle_client_message(bad, &subs)["type"], "error", "{bad}");
+            assert_eq!(
+                handle_client_message(bad, &subs, 8)["type"],
+                "error",
+                "{bad}"
+            );
         }
         assert_eq!(*subs.lock().unwrap(), ["chat"]);
+    }
+
+    #[test]
+    fn topics_per_client_are_capped() {
+        let subs = Mutex::new(Vec::new());
+        let reply = handle_client_message(r#"{"type":"subscribe","topics":["a","b"]}"#, &subs, 3);
+        assert_eq!(reply["type"], "subscribed");
+        // Already subscribed topics and repeats do not count twice.
+        let reply =
+            handle_client_message(r#"{"type":"subscribe","topics":["a","c","c"]}"#, &subs, 3);
+        assert_eq!(reply["type"], "subscribed");
+        let reply = handle_client_message(r#"{"type":"subscribe","topics":["d"]}"#, &subs, 3);
+        assert_eq!(reply["type"], "error");
+        let text = reply["error"].as_str().unwrap();
+        assert!(
+            text.contains("at most 3") && text.contains("ZS_WS_MAX_TOPICS"),
+            "{text}"
+        );
+        assert_eq!(*subs.lock().unwrap(), ["a", "b", "c"]);
+        handle_client_message(r#"{"type":"unsubscribe","topics":["a"]}"#, &subs, 3);
+        let reply = handle_client_message(r#"{"type":"subscribe","topics":["d"]}"#, &subs, 3);
+        assert_eq!(reply["type"], "subscribed");
     }
 }
