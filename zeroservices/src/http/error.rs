@@ -183,7 +183,12 @@ pub(crate) async fn finish(
     max_body_bytes: usize,
 ) -> Response {
     let status = response.status();
-    if status == StatusCode::PAYLOAD_TOO_LARGE {
+    // A request over one of the node's own limits (`Error::Limit`) already names it.
+    let names_its_limit = response
+        .extensions()
+        .get::<ErrorMessage>()
+        .is_some_and(|m| m.0.contains("(limit: "));
+    if status == StatusCode::PAYLOAD_TOO_LARGE && !names_its_limit {
         let message = format!(
             "request body is too large: the limit is {max_body_bytes} bytes (ZS_MAX_BODY_BYTES)"
         );
