@@ -35,7 +35,15 @@
 //! digits, or an empty frame when no cluster key is configured. With a key configured, a missing
 //! or wrong mac is dropped, counted and logged once per sender. A wrong frame count, invalid
 //! JSON, an unknown `v`, or a message larger than `max_message_bytes` is dropped, counted and
-//! logged once per sender; nothing a peer sends can panic the medium. A well-formed request whose
+//! logged once per sender; nothing a peer sends can panic the medium.
+//!
+//! `max_message_bytes` bounds a message's frames together (body, mac, and the topic of an
+//! event). Every socket (ROUTER, DEALER, PUB, SUB) also enforces it while reading: a frame
+//! header that would take a message over it closes that connection at once, before anything is
+//! allocated for the frame (counted in [`ZmqStats::connections_closed_oversized`], logged once
+//! per peer address), so a peer claiming a huge frame costs nothing. A frame being received is
+//! buffered as its bytes arrive, never reserved at its announced size. Senders refuse to send
+//! anything over the limit. A well-formed request whose
 //! `request` object is not a valid [`Request`] gets a `bad_request` error reply; a request the
 //! node cannot serve gets the node's typed error.
 //!
@@ -117,6 +125,10 @@ pub struct ZmqStats {
     pub dropped_unsigned: u64,
     /// Messages dropped for exceeding `max_message_bytes`.
     pub dropped_oversized: u64,
+    /// Connections (on any of the ROUTER, DEALER, PUB and SUB sockets) closed because a frame
+    /// header of the peer would take its message over `max_message_bytes`; nothing was
+    /// allocated for that frame.
+    pub connections_closed_oversized: u64,
     /// Messages dropped for an unknown protocol version.
     pub dropped_version: u64,
     /// Events written on the PUB socket.
@@ -179,12 +191,22 @@ struct Core {
     unsigned: DropLog,
     oversized: DropLog,
     version: DropLog,
+    /// Connections closed for an oversized frame header, logged once per peer address. Shared
+    /// with the sockets' hooks (an `Arc` of its own: a hook holding the core would keep it
+    /// alive through the PUB socket it owns).
+    oversized_frames: Arc<DropLog>,
     publish_drop_log: Mutex<Option<Instant>>,
 }
 
 impl Core {
     fn key(&self) -> Option<&ClusterKey> {
         self.config.cluster_key.as_ref()
+    }
+
+    /// The length of the mac frame: a message's frames together must stay within
+    /// `max_message_bytes` (a peer closes the connection otherwise).
+    fn mac_len(&self) -> usize {
+        if self.key().is_some() { 64 } else { 0 }
     }
 
     fn sign(&self, parts: &[&[u8]]) -> Vec<u8> {
@@ -211,6 +233,32 @@ impl Core {
         }
     }
 
+    /// Options of every socket of this medium: a frame header that would take a message (the
+    /// sum of its frames) over `max_message_bytes` closes that connection before anything is
+    /// allocated for the frame (the vendored `zeromq`, see `third_party/zeromq/PATCHES.md`),
+    /// counted and logged once per peer address.
+    fn socket_options(&self) -> SocketOptions {
+        let mut options = SocketOptions::default();
+        options.max_message_size(self.config.max_message_bytes);
+        let log = self.oversized_frames.clone();
+        let limit = self.config.max_message_bytes;
+        options.on_message_too_large(move |peer, announced| {
+            let peer = match peer {
+                Some(Endpoint::Tcp(host, _)) => host.to_string(),
+                Some(other) => other.to_string(),
+                None => "unknown".to_owned(),
+            };
+            log.drop_from(
+                &peer,
+                "zeromq connection",
+                &format!(
+                    "closed: a frame header announced a message of {announced} bytes, over the {limit} byte limit"
+                ),
+            );
+        });
+        options
+    }
+
     fn connect_timeout(&self) -> Duration {
         (self.config.request_timeout / 2).clamp(Duration::from_millis(100), Duration::from_secs(2))
     }
@@ -229,6 +277,7 @@ impl Core {
             dropped_malformed: self.malformed.count(),
             dropped_unsigned: self.unsigned.count(),
             dropped_oversized: self.oversized.count(),
+            connections_closed_oversized: self.oversized_frames.count(),
             dropped_version: self.version.count(),
             events_published: get(&c.events_published),
             events_dropped: get(&c.events_dropped),
@@ -351,7 +400,7 @@ fn encode_response(core: &Core, id: u64, reply: &Result<Box<RawValue>>) -> Vec<u
     if serde_json::to_writer(&mut body, &envelope).is_err() {
         body.clear();
     }
-    if body.len() > core.config.max_message_bytes {
+    if body.len() + core.mac_len() > core.config.max_message_bytes {
         let error = Error::internal(format!(
             "reply of {} bytes exceeds the {} byte message limit",
             body.len(),
@@ -589,6 +638,7 @@ impl ZmqMedium {
                 unsigned: DropLog::new(),
                 oversized: DropLog::new(),
                 version: DropLog::new(),
+                oversized_frames: Arc::new(DropLog::new()),
                 publish_drop_log: Mutex::new(None),
             }),
             state: Arc::new(Mutex::new(State::default())),
@@ -747,12 +797,12 @@ impl Medium for ZmqMedium {
         let unavailable = |what: &str, e: ::zeromq::ZmqError| {
             Error::unavailable(format!("cannot bind the {what} socket on {bind_to}: {e}"))
         };
-        let mut router = RouterSocket::new();
+        let mut router = RouterSocket::with_options(self.core.socket_options());
         let router_at = router
             .bind(&bind_to)
             .await
             .map_err(|e| unavailable("ROUTER", e))?;
-        let mut publisher = PubSocket::new();
+        let mut publisher = PubSocket::with_options(self.core.socket_options());
         let pub_at = publisher
             .bind(&bind_to)
             .await
@@ -1008,7 +1058,7 @@ async fn call_peer(
         from,
         request: &request,
     })?;
-    if body.len() > core.config.max_message_bytes {
+    if body.len() + core.mac_len() > core.config.max_message_bytes {
         return Err(Error::bad_request(format!(
             "request of {} bytes exceeds the {} byte message limit",
             body.len(),
@@ -1059,7 +1109,7 @@ fn publish_event(core: &Core, topic: &str, data: &Value) -> Result<()> {
         topic,
         data,
     })?;
-    if body.len() + topic.len() > core.config.max_message_bytes {
+    if body.len() + topic.len() + core.mac_len() > core.config.max_message_bytes {
         return Err(Error::bad_request(format!(
             "event {topic} of {} bytes exceeds the {} byte message limit",
             body.len(),
@@ -1401,7 +1451,7 @@ async fn run_dealer(core: Arc<Core>, peer: String, endpoint: String, shared: Arc
         let n = core.next_connection.fetch_add(1, Ordering::Relaxed);
         let identity = format!("zs-{}-{n}", core.instance);
         let timeout = core.connect_timeout();
-        let mut options = SocketOptions::default();
+        let mut options = core.socket_options();
         options.connect_timeout(timeout);
         if let Ok(id) = identity.parse() {
             options.peer_identity(id);
@@ -1550,7 +1600,7 @@ async fn run_sub(
     let mut backoff = BACKOFF_MIN;
     loop {
         let timeout = core.connect_timeout();
-        let mut options = SocketOptions::default();
+        let mut options = core.socket_options();
         options.connect_timeout(timeout);
         let mut socket = SubSocket::with_options(options);
         let mut current: Vec<String> = Vec::new();
