@@ -1249,6 +1249,13 @@ fn record_interest(core: &Core, from: Option<&str>, args: &Value) -> Result<()> 
         .map(|p| p.as_str().map(str::to_owned).ok_or_else(bad))
         .collect::<Result<Vec<String>>>()?;
     let mut remote = lock(&core.remote);
+    // Bounded like the peers: an id that is not a peer cannot grow this map without end.
+    if !remote.contains_key(from) && remote.len() >= core.config.max_peers {
+        return Err(Error::unavailable(format!(
+            "interest of {} peers recorded already (max_peers)",
+            remote.len()
+        )));
+    }
     match remote.get(from) {
         Some(known) if known.version > version => {}
         _ => {
