@@ -792,6 +792,12 @@ impl Inbound for Handle {
         }
     }
 
+    fn serve_inline(&self, request: &Request) -> bool {
+        // One document read; lists, writes (an embedded store syncs), actions and message hooks
+        // may take a while.
+        request.action == "get" && request.collection != NODE_MESSAGE
+    }
+
     async fn request_raw(&self, from: Option<String>, request: Request) -> Result<Box<RawValue>> {
         let Some(node) = self.node() else {
             return Err(Error::unavailable("node is stopping"));

@@ -59,9 +59,13 @@
 //! once until a reconnect succeeds. Connects are bounded by a timeout. A call whose future is
 //! dropped (the node's timeout) removes its pending entry.
 //!
-//! The ROUTER task polls each request's handler once in place: a handler that completes without
-//! waiting (a memory-store `get`) is answered from the ROUTER task, like a plain echo; one that
-//! waits is moved to its own task.
+//! The ROUTER task never runs a request that may take a while: a body over 64 KiB is verified
+//! and parsed on a serving task of its own; otherwise the ROUTER task checks and parses it, and
+//! polls its handler once in place only when the node says it is cheap
+//! ([`Inbound::serve_inline`]: a `get`); a handler that completes without waiting is answered
+//! from the ROUTER task, like a plain echo, one that waits moves to its own task. Every other
+//! request (a `list`, an action, a message) is served on its own task at once, so one slow
+//! request never stalls the others.
 
 use std::collections::HashMap;
 use std::net::{Ipv4Addr, UdpSocket};
@@ -97,6 +101,9 @@ use crate::{Error, Event, NodeInfo, Result};
 
 /// Requests served at once; beyond this a request gets an `unavailable` reply at once.
 const MAX_SERVING: usize = 4096;
+/// A request body larger than this is verified and parsed on a serving task, not on the ROUTER
+/// task.
+const INLINE_BODY_BYTES: usize = 64 * 1024;
 /// Reconnect backoff bounds.
 const BACKOFF_MIN: Duration = Duration::from_millis(50);
 const BACKOFF_MAX: Duration = Duration::from_secs(2);
@@ -1374,16 +1381,47 @@ fn accept_request(
         let mac = core.sign(&[&reply]);
         return Some(multipart(vec![identity.to_vec(), reply, mac]));
     };
-    // Poll the handler once here: most complete at once (a memory store), and are answered
-    // from this task without a hop; one that waits moves to its own task.
+    if body.len() > INLINE_BODY_BYTES {
+        // A large body: even checking its mac and parsing it takes a while; not on this task.
+        let owned = core.clone();
+        spawn_serving(core, writer, shutdown, async move {
+            let _permit = permit;
+            serve(&owned, &identity, &body, &mac).await
+        });
+        return None;
+    }
+    let (id, from, request) = match accept(core, &identity, &body, &mac) {
+        Accepted::Done(reply) => return reply,
+        Accepted::Serve { id, from, request } => (id, from, request),
+    };
+    let Some(inbound) = core.inbound.get().cloned() else {
+        return None;
+    };
+    // Only a handler the node says is cheap (a `get`) is polled here, once: most complete at
+    // once (a memory store) and are answered from this task without a hop; one that waits
+    // moves to its own task. Any other (a `list`, an action, a message: they may compute
+    // for a while) goes to its own task at once, so it never stalls the requests behind it.
+    let inline = inbound.serve_inline(&request);
     let owned = core.clone();
     let mut served = Box::pin(async move {
         let _permit = permit;
-        serve(&owned, &identity, &body, &mac).await
+        Some(handle(&owned, inbound, &identity, id, from, request).await)
     });
-    if let Some(reply) = (&mut served).now_or_never() {
+    if inline && let Some(reply) = (&mut served).now_or_never() {
         return reply;
     }
+    spawn_serving(core, writer, shutdown, served);
+    None
+}
+
+/// Serves one request on a task of its own, which sends the reply on its own handle of the
+/// ROUTER.
+fn spawn_serving(
+    core: &Arc<Core>,
+    writer: &RouterSendHalf,
+    shutdown: &watch::Receiver<bool>,
+    served: impl Future<Output = Option<ZmqMessage>> + Send + 'static,
+) {
     let core = core.clone();
     let mut writer = writer.clone();
     let mut shutdown = shutdown.clone();
@@ -1399,25 +1437,47 @@ fn accept_request(
             () = work => {}
         }
     });
-    None
+}
+
+/// What [`accept`] made of a request.
+enum Accepted {
+    /// Answered (a `$medium` request, a malformed one) or dropped (`None`).
+    Done(Option<ZmqMessage>),
+    /// To be handed to the node.
+    Serve {
+        id: u64,
+        from: Option<String>,
+        request: Request,
+    },
 }
 
 /// Verifies, parses and serves one request; returns the reply to send, if any.
 async fn serve(core: &Core, identity: &[u8], body: &[u8], mac: &[u8]) -> Option<ZmqMessage> {
+    match accept(core, identity, body, mac) {
+        Accepted::Done(reply) => reply,
+        Accepted::Serve { id, from, request } => {
+            let inbound = core.inbound.get()?.clone();
+            Some(handle(core, inbound, identity, id, from, request).await)
+        }
+    }
+}
+
+/// Verifies and parses one request; answers the medium's own and malformed ones.
+fn accept(core: &Core, identity: &[u8], body: &[u8], mac: &[u8]) -> Accepted {
     let sender = || sender_name(identity);
     if !core.verified(&sender(), "request", &[body], mac) {
-        return None;
+        return Accepted::Done(None);
     }
     let (id, reply) = match serde_json::from_slice::<RequestIn>(body) {
         Ok(envelope) if envelope.v != PROTOCOL_VERSION => {
             core.version
                 .drop_from(&sender(), "request", "unknown protocol version");
-            return None;
+            return Accepted::Done(None);
         }
         Ok(envelope) if envelope.kind != "request" => {
             core.malformed
                 .drop_from(&sender(), "request", "not a request envelope");
-            return None;
+            return Accepted::Done(None);
         }
         Ok(envelope) if envelope.request.collection == MEDIUM_COLLECTION => {
             let served = serve_medium(core, envelope.from.as_deref(), &envelope.request)
@@ -1425,16 +1485,16 @@ async fn serve(core: &Core, identity: &[u8], body: &[u8], mac: &[u8]) -> Option<
             (envelope.id, served)
         }
         Ok(envelope) => {
-            let inbound = core.inbound.get()?.clone();
-            bump(&core.counters.requests_served);
-            let served = AssertUnwindSafe(inbound.request_raw(envelope.from, envelope.request))
-                .catch_unwind()
-                .await;
-            let reply = served.unwrap_or_else(|_| Err(Error::internal("request handler panicked")));
-            (envelope.id, reply)
+            return Accepted::Serve {
+                id: envelope.id,
+                from: envelope.from,
+                request: envelope.request,
+            };
         }
         Err(e) => {
-            let id = classify_failure(core, &sender(), "request", body)?;
+            let Some(id) = classify_failure(core, &sender(), "request", body) else {
+                return Accepted::Done(None);
+            };
             core.malformed
                 .drop_from(&sender(), "request", "invalid request object");
             (
@@ -1443,12 +1503,38 @@ async fn serve(core: &Core, identity: &[u8], body: &[u8], mac: &[u8]) -> Option<
             )
         }
     };
-    let body = encode_response(core, id, &reply);
-    let mac = core.sign(&[&body]);
-    Some(multipart(vec![identity.to_vec(), body, mac]))
+    Accepted::Done(Some(reply_message(core, identity, id, &reply)))
 }
 
-/// Owns one peer's DEALER: connects (bounded), runs a session, and after any failure marks the
+/// Hands one request to the node; returns the reply.
+async fn handle(
+    core: &Core,
+    inbound: Arc<dyn Inbound>,
+    identity: &[u8],
+    id: u64,
+    from: Option<String>,
+    request: Request,
+) -> ZmqMessage {
+    bump(&core.counters.requests_served);
+    let served = AssertUnwindSafe(inbound.request_raw(from, request))
+        .catch_unwind()
+        .await;
+    let reply = served.unwrap_or_else(|_| Err(Error::internal("request handler panicked")));
+    reply_message(core, identity, id, &reply)
+}
+
+fn reply_message(
+    core: &Core,
+    identity: &[u8],
+    id: u64,
+    reply: &Result<Box<RawValue>>,
+) -> ZmqMessage {
+    let body = encode_response(core, id, reply);
+    let mac = core.sign(&[&body]);
+    multipart(vec![identity.to_vec(), body, mac])
+}
+
+// Owns one peer's DEALER: connects (bounded), runs a session, and after any failure marks the
 /// link down, fails the pending calls and reconnects with backoff. Calls made before the first
 /// connect wait for it; once a connection has failed, calls fail at once with `unavailable` until
 /// a reconnect succeeds, so the node can fail over instead of waiting.
