@@ -1394,9 +1394,7 @@ fn accept_request(
         Accepted::Done(reply) => return reply,
         Accepted::Serve { id, from, request } => (id, from, request),
     };
-    let Some(inbound) = core.inbound.get().cloned() else {
-        return None;
-    };
+    let inbound = core.inbound.get().cloned()?;
     // Only a handler the node says is cheap (a `get`) is polled here, once: most complete at
     // once (a memory store) and are answered from this task without a hop; one that waits
     // moves to its own task. Any other (a `list`, an action, a message: they may compute
