@@ -24,6 +24,8 @@ use zeroservices::{Event, NodeInfo};
 pub struct Item {
     /// A number.
     pub value: i64,
+    /// Some text.
+    pub note: Option<String>,
 }
 
 /// The crunch started / finished (one test uses it).
@@ -185,7 +187,13 @@ async fn wait_until(what: &str, within: Duration, mut done: impl FnMut() -> bool
 /// The node still serves: a create and a get through the client.
 async fn still_serves(client: &Node) {
     let items = client.collection::<Item>();
-    let id = items.create(Item { value: 7 }).await.unwrap();
+    let id = items
+        .create(Item {
+            value: 7,
+            note: None,
+        })
+        .await
+        .unwrap();
     assert_eq!(items.get(&id).await.unwrap().value, 7);
 }
 
@@ -340,7 +348,13 @@ async fn a_slow_request_does_not_stall_the_router() {
     let owner = Owner::start(cfg.clone()).await;
     let client = client(cfg).await;
     let items = client.collection::<Item>();
-    let id = items.create(Item { value: 1 }).await.unwrap();
+    let id = items
+        .create(Item {
+            value: 1,
+            note: None,
+        })
+        .await
+        .unwrap();
 
     let slow = {
         let items = items.clone();
@@ -356,6 +370,28 @@ async fn a_slow_request_does_not_stall_the_router() {
         "the get was answered only after the slow request completed"
     );
     assert_eq!(slow.await.unwrap().unwrap(), 42);
+    client.stop().await;
+    owner.node.stop().await;
+}
+
+/// A request body over 64 KiB (verified and parsed off the ROUTER task) is served like any.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_large_request_body_is_served() {
+    let cfg = config(free_udp_port());
+    let owner = Owner::start(cfg.clone()).await;
+    let client = client(cfg).await;
+    let items = client.collection::<Item>();
+    let note = "n".repeat(200 * 1024);
+    let id = items
+        .create(Item {
+            value: 5,
+            note: Some(note.clone()),
+        })
+        .await
+        .unwrap();
+    let got = items.get(&id).await.unwrap();
+    assert_eq!((got.value, got.note.as_deref()), (5, Some(note.as_str())));
+    still_serves(&client).await;
     client.stop().await;
     owner.node.stop().await;
 }
@@ -462,7 +498,12 @@ fn random_bytes_on_every_port_leave_the_node_serving() {
     let discovery = owner.discovery_addr();
     let udp = UdpSocket::bind("127.0.0.1:0").unwrap();
     let items = client.collection::<Item>();
-    let id = rt.block_on(items.create(Item { value: 3 })).unwrap();
+    let id = rt
+        .block_on(items.create(Item {
+            value: 3,
+            note: None,
+        }))
+        .unwrap();
 
     proptest!(ProptestConfig::with_cases(64), |(case in garbage())| {
         match &case {
