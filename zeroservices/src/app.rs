@@ -38,6 +38,8 @@
 //! | `--peers HOST:PORT,...` | `ZS_PEERS` | none |
 //! | `--cluster-key KEY` | `ZS_CLUSTER_KEY` | none |
 //! | `--request-timeout-ms MS` | `ZS_REQUEST_TIMEOUT_MS` | 5000 |
+//! | `--max-message-bytes BYTES` | `ZS_MAX_MESSAGE_BYTES` | 16777216 (16 MiB); also the largest ZeroMQ frame a peer may announce |
+//! | `--max-peers N` | `ZS_MAX_PEERS` | 1024; announcements from new node ids beyond it are dropped |
 //!
 //! The other network variables of [`NetworkConfig::from_env`] (`ZS_MULTICAST`,
 //! `ZS_DISCOVERY_PORT`, `ZS_HEARTBEAT_MS`, ...) apply too; `RUST_LOG` sets the log filter
@@ -775,6 +777,26 @@ struct NetworkFlags {
     /// How long a request waits for the owner's reply [default: 5000].
     #[arg(long, env = "ZS_REQUEST_TIMEOUT_MS", value_name = "MS", value_parser = parse_millis)]
     request_timeout_ms: Option<Given<Duration>>,
+    /// The largest message (and ZeroMQ frame) a peer may send; a connection announcing a larger
+    /// frame is closed [default: 16777216].
+    #[arg(long, env = "ZS_MAX_MESSAGE_BYTES", value_name = "BYTES", value_parser = parse_max_message_bytes_flag)]
+    max_message_bytes: Option<Given<usize>>,
+    /// The most peers this node tracks; announcements from new node ids beyond it are dropped
+    /// [default: 1024].
+    #[arg(long, env = "ZS_MAX_PEERS", value_name = "N", value_parser = parse_max_peers_flag)]
+    max_peers: Option<Given<usize>>,
+}
+
+fn parse_max_message_bytes_flag(value: &str) -> std::result::Result<Given<usize>, String> {
+    parse_with(value, |value| {
+        crate::config::parse_max_message_bytes(value).map_err(|e| format!("expected {e}"))
+    })
+}
+
+fn parse_max_peers_flag(value: &str) -> std::result::Result<Given<usize>, String> {
+    parse_with(value, |value| {
+        crate::config::parse_max_peers(value).map_err(|e| format!("expected {e}"))
+    })
 }
 
 /// The HTTP server's limits.
@@ -850,6 +872,12 @@ impl NetworkFlags {
         }
         if let Some(timeout) = given(self.request_timeout_ms) {
             network.request_timeout = timeout;
+        }
+        if let Some(bytes) = given(self.max_message_bytes) {
+            network.max_message_bytes = bytes;
+        }
+        if let Some(peers) = given(self.max_peers) {
+            network.max_peers = peers;
         }
     }
 }
@@ -981,6 +1009,10 @@ mod tests {
                 "3",
                 "--ws-max-clients",
                 "2",
+                "--max-message-bytes",
+                "65536",
+                "--max-peers",
+                "8",
             ])
             .unwrap();
         let http = configured.http.expect("http is on");
@@ -1005,6 +1037,8 @@ mod tests {
         assert_eq!(network.peers.len(), 2);
         assert!(network.cluster_key.is_some());
         assert_eq!(network.request_timeout, Duration::from_millis(250));
+        assert_eq!(network.max_message_bytes, 65536);
+        assert_eq!(network.max_peers, 8);
     }
 
     #[test]
@@ -1079,6 +1113,8 @@ mod tests {
             &["rest_api", "--ws-max-message-bytes", "-1"],
             &["rest_api", "--ws-max-topics", "x"],
             &["rest_api", "--ws-max-clients", "0"],
+            &["rest_api", "--max-peers", "0"],
+            &["rest_api", "--max-message-bytes", "10"],
             &["rest_api", "--bogus"],
         ] {
             let err = gateway().configure(bad).unwrap_err();

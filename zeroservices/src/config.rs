@@ -37,8 +37,13 @@ pub struct NetworkConfig {
     /// `ZS_PEER_TIMEOUT_MS`: a peer silent this long is dropped (default 5000).
     pub peer_timeout: Duration,
     /// `ZS_MAX_MESSAGE_BYTES`: larger messages are dropped (default 16 MiB; discovery datagrams
-    /// are capped at the smaller of this and 60 KiB).
+    /// are capped at the smaller of this and 60 KiB). It is also the largest ZeroMQ frame a
+    /// peer may announce: a connection whose frame header claims more is closed before anything
+    /// is allocated for it.
     pub max_message_bytes: usize,
+    /// `ZS_MAX_PEERS`: the most peers a node tracks (default 1024). Announcements from new node
+    /// ids beyond it are dropped, counted and logged once; known peers keep refreshing.
+    pub max_peers: usize,
 }
 
 impl Default for NetworkConfig {
@@ -54,6 +59,7 @@ impl Default for NetworkConfig {
             heartbeat: Duration::from_secs(1),
             peer_timeout: Duration::from_secs(5),
             max_message_bytes: 16 * 1024 * 1024,
+            max_peers: DEFAULT_MAX_PEERS,
         }
     }
 }
@@ -78,6 +84,9 @@ fn millis(name: &str, default: Duration) -> Result<Duration> {
             .ok_or_else(|| bad(name, &v, "a positive number of milliseconds")),
     }
 }
+
+/// The default of [`NetworkConfig::max_peers`].
+pub const DEFAULT_MAX_PEERS: usize = 1024;
 
 /// The default time a request waits for the owner's reply.
 pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
@@ -125,18 +134,12 @@ impl NetworkConfig {
         };
         let max_message_bytes = match var("ZS_MAX_MESSAGE_BYTES") {
             None => d.max_message_bytes,
-            Some(v) => v
-                .trim()
-                .parse()
-                .ok()
-                .filter(|n| *n >= 1024)
-                .ok_or_else(|| {
-                    bad(
-                        "ZS_MAX_MESSAGE_BYTES",
-                        &v,
-                        "a number of bytes, at least 1024",
-                    )
-                })?,
+            Some(v) => parse_max_message_bytes(&v)
+                .map_err(|expected| bad("ZS_MAX_MESSAGE_BYTES", &v, expected))?,
+        };
+        let max_peers = match var("ZS_MAX_PEERS") {
+            None => d.max_peers,
+            Some(v) => parse_max_peers(&v).map_err(|expected| bad("ZS_MAX_PEERS", &v, expected))?,
         };
         Ok(Self {
             interface,
@@ -149,8 +152,27 @@ impl NetworkConfig {
             heartbeat: millis("ZS_HEARTBEAT_MS", d.heartbeat)?,
             peer_timeout: millis("ZS_PEER_TIMEOUT_MS", d.peer_timeout)?,
             max_message_bytes,
+            max_peers,
         })
     }
+}
+
+/// Parses a `ZS_MAX_PEERS` value: a positive number of peers.
+pub fn parse_max_peers(v: &str) -> std::result::Result<usize, &'static str> {
+    v.trim()
+        .parse::<usize>()
+        .ok()
+        .filter(|n| *n > 0)
+        .ok_or("a positive number of peers")
+}
+
+/// Parses a `ZS_MAX_MESSAGE_BYTES` value: a number of bytes, at least 1024.
+pub fn parse_max_message_bytes(v: &str) -> std::result::Result<usize, &'static str> {
+    v.trim()
+        .parse::<usize>()
+        .ok()
+        .filter(|n| *n >= 1024)
+        .ok_or("a number of bytes, at least 1024")
 }
 
 /// Parses `237.252.249.227:32000` (the port defaults to 32000).
@@ -203,5 +225,16 @@ mod tests {
         let peers = parse_peers("127.0.0.1:4000, localhost:4001").unwrap();
         assert_eq!(peers.len(), 2);
         assert!(parse_peers("nonsense").is_err());
+    }
+
+    #[test]
+    fn limits_parse() {
+        assert_eq!(parse_max_peers(" 16 "), Ok(16));
+        assert!(parse_max_peers("0").is_err());
+        assert!(parse_max_peers("many").is_err());
+        assert_eq!(parse_max_message_bytes("4096"), Ok(4096));
+        assert!(parse_max_message_bytes("1023").is_err());
+        let error = bad("ZS_MAX_PEERS", "x", "a positive number of peers").to_string();
+        assert!(error.contains("ZS_MAX_PEERS"), "{error}");
     }
 }

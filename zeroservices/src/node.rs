@@ -67,6 +67,9 @@ fn default_protocol() -> u32 {
     PROTOCOL_VERSION
 }
 
+/// The most collection names a directory remembers as "owned by someone once".
+const MAX_KNOWN_COLLECTIONS: usize = 65_536;
+
 /// A peer as the directory knows it.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Peer {
@@ -820,6 +823,12 @@ impl Inbound for Handle {
         }
     }
 
+    fn serve_inline(&self, request: &Request) -> bool {
+        // One document read; lists, writes (an embedded store syncs), actions and message hooks
+        // may take a while.
+        request.action == "get" && request.collection != NODE_MESSAGE
+    }
+
     async fn request_raw(&self, from: Option<String>, request: Request) -> Result<Box<RawValue>> {
         let Some(node) = self.node() else {
             return Err(Error::unavailable("node is stopping"));
@@ -855,8 +864,14 @@ impl PeerSink for Handle {
                 }
                 let joined = {
                     let mut dir = lock(&inner.directory);
-                    dir.known
-                        .extend(info.resources.iter().map(|r| r.name.clone()));
+                    // Bounded: forged announcements (each peer's are capped by discovery's
+                    // `max_peers`, but peers come and go) cannot grow it without end.
+                    for resource in &info.resources {
+                        if dir.known.len() >= MAX_KNOWN_COLLECTIONS {
+                            break;
+                        }
+                        dir.known.insert(resource.name.clone());
+                    }
                     dir.shared.insert(info.id.clone(), Arc::new(info.clone()));
                     let previous = dir.peers.insert(
                         info.id.clone(),

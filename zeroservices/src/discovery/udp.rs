@@ -56,6 +56,13 @@
 //! When the interface is a loopback address, datagrams are only ever sent to loopback addresses
 //! (and the group, which `IP_MULTICAST_IF` keeps on loopback): an announcement naming another
 //! `reply_to` is dropped as malformed.
+//!
+//! A node tracks at most [`NetworkConfig::max_peers`] peers (`ZS_MAX_PEERS`, default 1024):
+//! announcements and replies from a new node id beyond it are dropped, counted
+//! ([`DiscoveryStats::dropped_over_peer_cap`]) and logged once; known peers keep refreshing,
+//! and room frees as peers leave or time out. The other per-sender state is bounded too: ids
+//! that said goodbye are remembered only for known peers, gossiped addresses probed per
+//! heartbeat at most `max_peers`, and "logged once" sets at 10,000 senders.
 
 use std::collections::{HashMap, HashSet};
 use std::io;
@@ -108,6 +115,9 @@ pub struct DiscoveryStats {
     pub dropped_version: u64,
     /// Dropped: larger than the datagram limit.
     pub dropped_oversized: u64,
+    /// Dropped: an announcement or reply from a new node id while [`NetworkConfig::max_peers`]
+    /// peers are known already.
+    pub dropped_over_peer_cap: u64,
     /// Peers known now.
     pub peers: usize,
 }
@@ -149,6 +159,7 @@ impl UdpDiscovery {
                 unsigned: DropLog::new(),
                 version: DropLog::new(),
                 oversized: DropLog::new(),
+                over_cap: DropLog::new(),
                 send_failures: DropLog::new(),
                 oversize_logged: AtomicUsize::new(0),
             }),
@@ -164,6 +175,7 @@ impl UdpDiscovery {
             dropped_unsigned: s.unsigned.count(),
             dropped_version: s.version.count(),
             dropped_oversized: s.oversized.count(),
+            dropped_over_peer_cap: s.over_cap.count(),
             peers: s.lock().peers.len(),
         }
     }
@@ -449,6 +461,9 @@ struct Shared {
     unsigned: DropLog,
     version: DropLog,
     oversized: DropLog,
+    /// New ids beyond `max_peers`: counted, logged once (one key: a flood of forged ids from
+    /// many addresses still logs one line).
+    over_cap: DropLog,
     send_failures: DropLog,
     /// The size of the last own datagram reported as too large, to log each size once.
     oversize_logged: AtomicUsize,
@@ -679,7 +694,11 @@ impl Shared {
         }
         let now = Instant::now();
         if msg.kind == Kind::Goodbye {
-            state.gone.insert(id.clone(), now);
+            // Remembered only for known peers (a late heartbeat of theirs must not revive them),
+            // so forged goodbyes cannot grow this map beyond the peer cap.
+            if state.peers.contains_key(&id) && state.gone.len() < self.config.max_peers {
+                state.gone.insert(id.clone(), now);
+            }
             if state.peers.remove(&id).is_some() {
                 events.push(PeerEvent::Left {
                     id,
@@ -691,6 +710,7 @@ impl Shared {
         if state.gone.contains_key(&id) {
             return (events, sends);
         }
+        let full = state.peers.len() >= self.config.max_peers;
         let changed = match state.peers.get_mut(&id) {
             Some(peer) => {
                 peer.last_seen = now;
@@ -704,6 +724,19 @@ impl Shared {
                 } else {
                     false
                 }
+            }
+            None if full => {
+                self.over_cap.drop_from(
+                    "",
+                    "discovery announcement",
+                    &format!(
+                        "{} peers known already (max_peers): announcements from new node ids \
+                         are dropped (first: {id} from {}; this is logged once)",
+                        state.peers.len(),
+                        msg.reply_to
+                    ),
+                );
+                return (events, sends);
             }
             None => {
                 state.peers.insert(
@@ -750,6 +783,10 @@ impl Shared {
             && let Some(bytes) = self.datagram(Kind::Announce, &me, &gossip)
         {
             for addr in fresh {
+                // Bounded like the peers: beyond it, gossiped addresses wait for the reaper.
+                if state.probed.len() >= self.config.max_peers {
+                    break;
+                }
                 state.probed.insert(addr, now);
                 sends.push((addr, bytes.clone()));
             }

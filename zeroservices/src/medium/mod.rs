@@ -82,6 +82,16 @@ pub trait Inbound: Send + Sync + 'static {
     }
     /// Takes an event published by another node.
     fn event(&self, event: Event);
+
+    /// Whether `request`'s handler does so little synchronous work that a medium may poll it
+    /// in place, on the task that reads its socket (answering at once when it completes without
+    /// waiting), instead of on a task of its own. The default: yes (an echo); a node says yes
+    /// only for `get` (one document), so a `list` or an action that computes for a while never
+    /// stalls the requests behind it.
+    fn serve_inline(&self, request: &Request) -> bool {
+        let _ = request;
+        true
+    }
 }
 
 /// Request/response to one node, and events to every node.

@@ -35,7 +35,15 @@
 //! digits, or an empty frame when no cluster key is configured. With a key configured, a missing
 //! or wrong mac is dropped, counted and logged once per sender. A wrong frame count, invalid
 //! JSON, an unknown `v`, or a message larger than `max_message_bytes` is dropped, counted and
-//! logged once per sender; nothing a peer sends can panic the medium. A well-formed request whose
+//! logged once per sender; nothing a peer sends can panic the medium.
+//!
+//! `max_message_bytes` bounds a message's frames together (body, mac, and the topic of an
+//! event). Every socket (ROUTER, DEALER, PUB, SUB) also enforces it while reading: a frame
+//! header that would take a message over it closes that connection at once, before anything is
+//! allocated for the frame (counted in [`ZmqStats::connections_closed_oversized`], logged once
+//! per peer address), so a peer claiming a huge frame costs nothing. A frame being received is
+//! buffered as its bytes arrive, never reserved at its announced size. Senders refuse to send
+//! anything over the limit. A well-formed request whose
 //! `request` object is not a valid [`Request`] gets a `bad_request` error reply; a request the
 //! node cannot serve gets the node's typed error.
 //!
@@ -51,9 +59,13 @@
 //! once until a reconnect succeeds. Connects are bounded by a timeout. A call whose future is
 //! dropped (the node's timeout) removes its pending entry.
 //!
-//! The ROUTER task polls each request's handler once in place: a handler that completes without
-//! waiting (a memory-store `get`) is answered from the ROUTER task, like a plain echo; one that
-//! waits is moved to its own task.
+//! The ROUTER task never runs a request that may take a while: a body over 64 KiB is verified
+//! and parsed on a serving task of its own; otherwise the ROUTER task checks and parses it, and
+//! polls its handler once in place only when the node says it is cheap
+//! ([`Inbound::serve_inline`]: a `get`); a handler that completes without waiting is answered
+//! from the ROUTER task, like a plain echo, one that waits moves to its own task. Every other
+//! request (a `list`, an action, a message) is served on its own task at once, so one slow
+//! request never stalls the others.
 
 use std::collections::HashMap;
 use std::net::{Ipv4Addr, UdpSocket};
@@ -89,6 +101,9 @@ use crate::{Error, Event, NodeInfo, Result};
 
 /// Requests served at once; beyond this a request gets an `unavailable` reply at once.
 const MAX_SERVING: usize = 4096;
+/// A request body larger than this is verified and parsed on a serving task, not on the ROUTER
+/// task.
+const INLINE_BODY_BYTES: usize = 64 * 1024;
 /// Reconnect backoff bounds.
 const BACKOFF_MIN: Duration = Duration::from_millis(50);
 const BACKOFF_MAX: Duration = Duration::from_secs(2);
@@ -117,6 +132,10 @@ pub struct ZmqStats {
     pub dropped_unsigned: u64,
     /// Messages dropped for exceeding `max_message_bytes`.
     pub dropped_oversized: u64,
+    /// Connections (on any of the ROUTER, DEALER, PUB and SUB sockets) closed because a frame
+    /// header of the peer would take its message over `max_message_bytes`; nothing was
+    /// allocated for that frame.
+    pub connections_closed_oversized: u64,
     /// Messages dropped for an unknown protocol version.
     pub dropped_version: u64,
     /// Events written on the PUB socket.
@@ -179,12 +198,22 @@ struct Core {
     unsigned: DropLog,
     oversized: DropLog,
     version: DropLog,
+    /// Connections closed for an oversized frame header, logged once per peer address. Shared
+    /// with the sockets' hooks (an `Arc` of its own: a hook holding the core would keep it
+    /// alive through the PUB socket it owns).
+    oversized_frames: Arc<DropLog>,
     publish_drop_log: Mutex<Option<Instant>>,
 }
 
 impl Core {
     fn key(&self) -> Option<&ClusterKey> {
         self.config.cluster_key.as_ref()
+    }
+
+    /// The length of the mac frame: a message's frames together must stay within
+    /// `max_message_bytes` (a peer closes the connection otherwise).
+    fn mac_len(&self) -> usize {
+        if self.key().is_some() { 64 } else { 0 }
     }
 
     fn sign(&self, parts: &[&[u8]]) -> Vec<u8> {
@@ -211,6 +240,32 @@ impl Core {
         }
     }
 
+    /// Options of every socket of this medium: a frame header that would take a message (the
+    /// sum of its frames) over `max_message_bytes` closes that connection before anything is
+    /// allocated for the frame (the vendored `zeromq`, see `third_party/zeromq/PATCHES.md`),
+    /// counted and logged once per peer address.
+    fn socket_options(&self) -> SocketOptions {
+        let mut options = SocketOptions::default();
+        options.max_message_size(self.config.max_message_bytes);
+        let log = self.oversized_frames.clone();
+        let limit = self.config.max_message_bytes;
+        options.on_message_too_large(move |peer, announced| {
+            let peer = match peer {
+                Some(Endpoint::Tcp(host, _)) => host.to_string(),
+                Some(other) => other.to_string(),
+                None => "unknown".to_owned(),
+            };
+            log.drop_from(
+                &peer,
+                "zeromq connection",
+                &format!(
+                    "closed: a frame header announced a message of {announced} bytes, over the {limit} byte limit"
+                ),
+            );
+        });
+        options
+    }
+
     fn connect_timeout(&self) -> Duration {
         (self.config.request_timeout / 2).clamp(Duration::from_millis(100), Duration::from_secs(2))
     }
@@ -229,6 +284,7 @@ impl Core {
             dropped_malformed: self.malformed.count(),
             dropped_unsigned: self.unsigned.count(),
             dropped_oversized: self.oversized.count(),
+            connections_closed_oversized: self.oversized_frames.count(),
             dropped_version: self.version.count(),
             events_published: get(&c.events_published),
             events_dropped: get(&c.events_dropped),
@@ -351,7 +407,7 @@ fn encode_response(core: &Core, id: u64, reply: &Result<Box<RawValue>>) -> Vec<u
     if serde_json::to_writer(&mut body, &envelope).is_err() {
         body.clear();
     }
-    if body.len() > core.config.max_message_bytes {
+    if body.len() + core.mac_len() > core.config.max_message_bytes {
         let error = Error::internal(format!(
             "reply of {} bytes exceeds the {} byte message limit",
             body.len(),
@@ -589,6 +645,7 @@ impl ZmqMedium {
                 unsigned: DropLog::new(),
                 oversized: DropLog::new(),
                 version: DropLog::new(),
+                oversized_frames: Arc::new(DropLog::new()),
                 publish_drop_log: Mutex::new(None),
             }),
             state: Arc::new(Mutex::new(State::default())),
@@ -747,12 +804,12 @@ impl Medium for ZmqMedium {
         let unavailable = |what: &str, e: ::zeromq::ZmqError| {
             Error::unavailable(format!("cannot bind the {what} socket on {bind_to}: {e}"))
         };
-        let mut router = RouterSocket::new();
+        let mut router = RouterSocket::with_options(self.core.socket_options());
         let router_at = router
             .bind(&bind_to)
             .await
             .map_err(|e| unavailable("ROUTER", e))?;
-        let mut publisher = PubSocket::new();
+        let mut publisher = PubSocket::with_options(self.core.socket_options());
         let pub_at = publisher
             .bind(&bind_to)
             .await
@@ -1008,7 +1065,7 @@ async fn call_peer(
         from,
         request: &request,
     })?;
-    if body.len() > core.config.max_message_bytes {
+    if body.len() + core.mac_len() > core.config.max_message_bytes {
         return Err(Error::bad_request(format!(
             "request of {} bytes exceeds the {} byte message limit",
             body.len(),
@@ -1059,7 +1116,7 @@ fn publish_event(core: &Core, topic: &str, data: &Value) -> Result<()> {
         topic,
         data,
     })?;
-    if body.len() + topic.len() > core.config.max_message_bytes {
+    if body.len() + topic.len() + core.mac_len() > core.config.max_message_bytes {
         return Err(Error::bad_request(format!(
             "event {topic} of {} bytes exceeds the {} byte message limit",
             body.len(),
@@ -1199,6 +1256,13 @@ fn record_interest(core: &Core, from: Option<&str>, args: &Value) -> Result<()> 
         .map(|p| p.as_str().map(str::to_owned).ok_or_else(bad))
         .collect::<Result<Vec<String>>>()?;
     let mut remote = lock(&core.remote);
+    // Bounded like the peers: an id that is not a peer cannot grow this map without end.
+    if !remote.contains_key(from) && remote.len() >= core.config.max_peers {
+        return Err(Error::unavailable(format!(
+            "interest of {} peers recorded already (max_peers)",
+            remote.len()
+        )));
+    }
     match remote.get(from) {
         Some(known) if known.version > version => {}
         _ => {
@@ -1317,16 +1381,45 @@ fn accept_request(
         let mac = core.sign(&[&reply]);
         return Some(multipart(vec![identity.to_vec(), reply, mac]));
     };
-    // Poll the handler once here: most complete at once (a memory store), and are answered
-    // from this task without a hop; one that waits moves to its own task.
+    if body.len() > INLINE_BODY_BYTES {
+        // A large body: even checking its mac and parsing it takes a while; not on this task.
+        let owned = core.clone();
+        spawn_serving(core, writer, shutdown, async move {
+            let _permit = permit;
+            serve(&owned, &identity, &body, &mac).await
+        });
+        return None;
+    }
+    let (id, from, request) = match accept(core, &identity, &body, &mac) {
+        Accepted::Done(reply) => return reply,
+        Accepted::Serve { id, from, request } => (id, from, request),
+    };
+    let inbound = core.inbound.get().cloned()?;
+    // Only a handler the node says is cheap (a `get`) is polled here, once: most complete at
+    // once (a memory store) and are answered from this task without a hop; one that waits
+    // moves to its own task. Any other (a `list`, an action, a message: they may compute
+    // for a while) goes to its own task at once, so it never stalls the requests behind it.
+    let inline = inbound.serve_inline(&request);
     let owned = core.clone();
     let mut served = Box::pin(async move {
         let _permit = permit;
-        serve(&owned, &identity, &body, &mac).await
+        Some(handle(&owned, inbound, &identity, id, from, request).await)
     });
-    if let Some(reply) = (&mut served).now_or_never() {
+    if inline && let Some(reply) = (&mut served).now_or_never() {
         return reply;
     }
+    spawn_serving(core, writer, shutdown, served);
+    None
+}
+
+/// Serves one request on a task of its own, which sends the reply on its own handle of the
+/// ROUTER.
+fn spawn_serving(
+    core: &Arc<Core>,
+    writer: &RouterSendHalf,
+    shutdown: &watch::Receiver<bool>,
+    served: impl Future<Output = Option<ZmqMessage>> + Send + 'static,
+) {
     let core = core.clone();
     let mut writer = writer.clone();
     let mut shutdown = shutdown.clone();
@@ -1342,25 +1435,47 @@ fn accept_request(
             () = work => {}
         }
     });
-    None
+}
+
+/// What [`accept`] made of a request.
+enum Accepted {
+    /// Answered (a `$medium` request, a malformed one) or dropped (`None`).
+    Done(Option<ZmqMessage>),
+    /// To be handed to the node.
+    Serve {
+        id: u64,
+        from: Option<String>,
+        request: Request,
+    },
 }
 
 /// Verifies, parses and serves one request; returns the reply to send, if any.
 async fn serve(core: &Core, identity: &[u8], body: &[u8], mac: &[u8]) -> Option<ZmqMessage> {
+    match accept(core, identity, body, mac) {
+        Accepted::Done(reply) => reply,
+        Accepted::Serve { id, from, request } => {
+            let inbound = core.inbound.get()?.clone();
+            Some(handle(core, inbound, identity, id, from, request).await)
+        }
+    }
+}
+
+/// Verifies and parses one request; answers the medium's own and malformed ones.
+fn accept(core: &Core, identity: &[u8], body: &[u8], mac: &[u8]) -> Accepted {
     let sender = || sender_name(identity);
     if !core.verified(&sender(), "request", &[body], mac) {
-        return None;
+        return Accepted::Done(None);
     }
     let (id, reply) = match serde_json::from_slice::<RequestIn>(body) {
         Ok(envelope) if envelope.v != PROTOCOL_VERSION => {
             core.version
                 .drop_from(&sender(), "request", "unknown protocol version");
-            return None;
+            return Accepted::Done(None);
         }
         Ok(envelope) if envelope.kind != "request" => {
             core.malformed
                 .drop_from(&sender(), "request", "not a request envelope");
-            return None;
+            return Accepted::Done(None);
         }
         Ok(envelope) if envelope.request.collection == MEDIUM_COLLECTION => {
             let served = serve_medium(core, envelope.from.as_deref(), &envelope.request)
@@ -1368,16 +1483,16 @@ async fn serve(core: &Core, identity: &[u8], body: &[u8], mac: &[u8]) -> Option<
             (envelope.id, served)
         }
         Ok(envelope) => {
-            let inbound = core.inbound.get()?.clone();
-            bump(&core.counters.requests_served);
-            let served = AssertUnwindSafe(inbound.request_raw(envelope.from, envelope.request))
-                .catch_unwind()
-                .await;
-            let reply = served.unwrap_or_else(|_| Err(Error::internal("request handler panicked")));
-            (envelope.id, reply)
+            return Accepted::Serve {
+                id: envelope.id,
+                from: envelope.from,
+                request: envelope.request,
+            };
         }
         Err(e) => {
-            let id = classify_failure(core, &sender(), "request", body)?;
+            let Some(id) = classify_failure(core, &sender(), "request", body) else {
+                return Accepted::Done(None);
+            };
             core.malformed
                 .drop_from(&sender(), "request", "invalid request object");
             (
@@ -1386,12 +1501,38 @@ async fn serve(core: &Core, identity: &[u8], body: &[u8], mac: &[u8]) -> Option<
             )
         }
     };
-    let body = encode_response(core, id, &reply);
-    let mac = core.sign(&[&body]);
-    Some(multipart(vec![identity.to_vec(), body, mac]))
+    Accepted::Done(Some(reply_message(core, identity, id, &reply)))
 }
 
-/// Owns one peer's DEALER: connects (bounded), runs a session, and after any failure marks the
+/// Hands one request to the node; returns the reply.
+async fn handle(
+    core: &Core,
+    inbound: Arc<dyn Inbound>,
+    identity: &[u8],
+    id: u64,
+    from: Option<String>,
+    request: Request,
+) -> ZmqMessage {
+    bump(&core.counters.requests_served);
+    let served = AssertUnwindSafe(inbound.request_raw(from, request))
+        .catch_unwind()
+        .await;
+    let reply = served.unwrap_or_else(|_| Err(Error::internal("request handler panicked")));
+    reply_message(core, identity, id, &reply)
+}
+
+fn reply_message(
+    core: &Core,
+    identity: &[u8],
+    id: u64,
+    reply: &Result<Box<RawValue>>,
+) -> ZmqMessage {
+    let body = encode_response(core, id, reply);
+    let mac = core.sign(&[&body]);
+    multipart(vec![identity.to_vec(), body, mac])
+}
+
+// Owns one peer's DEALER: connects (bounded), runs a session, and after any failure marks the
 /// link down, fails the pending calls and reconnects with backoff. Calls made before the first
 /// connect wait for it; once a connection has failed, calls fail at once with `unavailable` until
 /// a reconnect succeeds, so the node can fail over instead of waiting.
@@ -1401,7 +1542,7 @@ async fn run_dealer(core: Arc<Core>, peer: String, endpoint: String, shared: Arc
         let n = core.next_connection.fetch_add(1, Ordering::Relaxed);
         let identity = format!("zs-{}-{n}", core.instance);
         let timeout = core.connect_timeout();
-        let mut options = SocketOptions::default();
+        let mut options = core.socket_options();
         options.connect_timeout(timeout);
         if let Ok(id) = identity.parse() {
             options.peer_identity(id);
@@ -1550,7 +1691,7 @@ async fn run_sub(
     let mut backoff = BACKOFF_MIN;
     loop {
         let timeout = core.connect_timeout();
-        let mut options = SocketOptions::default();
+        let mut options = core.socket_options();
         options.connect_timeout(timeout);
         let mut socket = SubSocket::with_options(options);
         let mut current: Vec<String> = Vec::new();
