@@ -530,3 +530,131 @@ fn random_bytes_on_every_port_leave_the_node_serving() {
         owner.node.stop().await;
     });
 }
+
+/// One ZMTP message frame (short or long form).
+fn frame(body: &[u8], more: bool) -> Vec<u8> {
+    let flag = u8::from(more);
+    let mut f = if body.len() < 256 {
+        vec![flag, body.len() as u8]
+    } else {
+        let mut f = vec![flag | 0x02];
+        f.extend_from_slice(&(body.len() as u64).to_be_bytes());
+        f
+    };
+    f.extend_from_slice(body);
+    f
+}
+
+fn json_leaf() -> impl Strategy<Value = serde_json::Value> {
+    prop_oneof![
+        Just(serde_json::Value::Null),
+        any::<bool>().prop_map(serde_json::Value::from),
+        any::<i64>().prop_map(serde_json::Value::from),
+        "[a-z$._ ]{0,10}".prop_map(serde_json::Value::from),
+    ]
+}
+
+/// Random JSON, up to 6 levels.
+fn json_value() -> impl Strategy<Value = serde_json::Value> {
+    json_leaf().prop_recursive(6, 48, 5, |inner| {
+        prop_oneof![
+            prop::collection::vec(inner.clone(), 0..5).prop_map(serde_json::Value::Array),
+            prop::collection::vec(
+                (
+                    prop_oneof![
+                        Just("collection".to_owned()),
+                        Just("action".to_owned()),
+                        Just("resource_id".to_owned()),
+                        Just("args".to_owned()),
+                        Just("kind".to_owned()),
+                        "[a-z_$]{1,8}"
+                    ],
+                    inner
+                ),
+                0..5
+            )
+            .prop_map(|kv| serde_json::Value::Object(kv.into_iter().collect())),
+        ]
+    })
+}
+
+/// What one envelope case sends to the ROUTER, as well-formed ZMTP messages.
+fn envelope_body() -> impl Strategy<Value = Vec<u8>> {
+    prop_oneof![
+        // Any JSON as the whole body.
+        json_value().prop_map(|v| v.to_string().into_bytes()),
+        // A request envelope around a random `request`.
+        (json_value(), any::<u64>()).prop_map(|(request, id)| {
+            serde_json::json!({"v": 1, "kind": "request", "id": id, "from": "x", "request": request})
+                .to_string()
+                .into_bytes()
+        }),
+        // A request for the real collection with random arguments and ids.
+        (json_value(), prop::option::of("[a-z.*> ]{0,6}"), prop::sample::select(&["create", "get", "patch", "list", "delete", "nope"][..])).prop_map(
+            |(args, resource_id, action)| {
+                serde_json::json!({"v": 1, "kind": "request", "id": 1, "from": "x",
+                    "request": {"collection": "item", "action": action, "resource_id": resource_id, "args": args}})
+                .to_string()
+                .into_bytes()
+            }
+        ),
+        // Nested deeper than any JSON reader goes.
+        (100usize..3000).prop_map(|depth| {
+            let mut s = "[".repeat(depth);
+            s.push_str(&"]".repeat(depth));
+            s.into_bytes()
+        }),
+        prop::collection::vec(any::<u8>(), 0..200),
+    ]
+}
+
+/// Random JSON in well-formed ZeroMQ messages at the ROUTER (the envelope parser): a reply or a
+/// drop each time, never a panic, and the node answers a request after each case.
+#[test]
+fn random_envelopes_at_the_router_leave_the_node_serving() {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(4)
+        .enable_all()
+        .build()
+        .unwrap();
+    let cfg = config(free_udp_port());
+    let (owner, client) = rt.block_on(async {
+        let owner = Owner::start(cfg.clone()).await;
+        let client = client(cfg).await;
+        (owner, client)
+    });
+    let router = owner.endpoint("router");
+    let items = client.collection::<Item>();
+    let id = rt
+        .block_on(items.create(Item {
+            value: 5,
+            note: None,
+        }))
+        .unwrap();
+
+    proptest!(ProptestConfig::with_cases(96), |(body in envelope_body(), frames in 1usize..4)| {
+        // [body, mac] is the expected shape; other frame counts are malformed.
+        let mut message = Vec::new();
+        for i in 0..frames {
+            let part: &[u8] = if i == 0 { &body } else { b"" };
+            message.extend_from_slice(&frame(part, i + 1 < frames));
+        }
+        let mut stream = zmtp(router, "DEALER", &message);
+        let _ = stream.flush();
+        let got = rt.block_on(items.get(&id));
+        prop_assert_eq!(got.map(|item| item.value).ok(), Some(5));
+    });
+    // The envelopes reached the parser: some were dropped as malformed, some were answered.
+    let wanted = |stats: &zeroservices::medium::zeromq::ZmqStats| {
+        stats.dropped_malformed > 0 && stats.requests_served > 2
+    };
+    rt.block_on(wait_until(
+        "the envelopes to be read",
+        Duration::from_secs(5),
+        || wanted(&owner.medium.stats()),
+    ));
+    rt.block_on(async {
+        client.stop().await;
+        owner.node.stop().await;
+    });
+}
