@@ -459,16 +459,31 @@ async fn store_errors_reach_the_log_not_the_client() {
     );
     assert_eq!(body["request_id"], "client-42.a");
 
-    // An id that is not sane is replaced.
+    // An id that is not sane is not echoed; a success carries no id of its own (none is made
+    // per successful request), a client's sane one is echoed.
     let response = http
         .get(format!("{base}/power"))
         .header("x-request-id", "x".repeat(200))
         .send()
         .await
         .unwrap();
+    assert!(!response.headers().contains_key("x-request-id"));
+    assert_eq!(response.status(), 200);
+    let response = http
+        .get(format!("{base}/power"))
+        .header("x-request-id", "mine-1")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.headers()["x-request-id"], "mine-1");
+    let response = http
+        .get(format!("{base}/nothing"))
+        .header("x-request-id", "x".repeat(200))
+        .send()
+        .await
+        .unwrap();
     let id = response.headers()["x-request-id"].to_str().unwrap();
     assert!(!id.is_empty() && id.len() <= 64, "{id}");
-    assert_eq!(response.status(), 200);
 
     // 4xx keep their helpful messages, and carry an id too.
     let response = http.get(format!("{base}/nothing")).send().await.unwrap();

@@ -403,13 +403,15 @@ fn build(state: AppState, extra: Option<Router>) -> Router {
         .layer(DefaultBodyLimit::max(config.max_body_bytes))
         .layer(middleware::from_fn_with_state(state, per_request));
     if let Some(cors) = cors_layer(&config.allowed_origins) {
-        app = app.layer(cors);
+        // With CORS on, preflights (answered by the CORS layer) get an id too: one more
+        // layer, only then.
+        app = app.layer(cors).layer(middleware::from_fn(with_request_id));
     }
-    // Outermost: CORS preflights get an id too.
-    app.layer(middleware::from_fn(with_request_id))
+    app
 }
 
-/// `X-Request-Id`: on every response, and in the log line of every failed request.
+/// `X-Request-Id`: on every failed response (4xx, 5xx) and in its log line; a client's own id is
+/// echoed on every response.
 pub(crate) static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
 /// The id of a request: the client's `X-Request-Id` when it is sane (1 to 64 characters of
@@ -441,11 +443,16 @@ fn new_request_id() -> HeaderValue {
         .unwrap_or_else(|_| HeaderValue::from_static("unknown"))
 }
 
-async fn with_request_id(mut request: HttpRequest, next: Next) -> Response {
-    let id = match request.headers().get(&X_REQUEST_ID) {
+/// The client's sane `X-Request-Id`, or a new one.
+fn request_id(headers: &axum::http::HeaderMap) -> HeaderValue {
+    match headers.get(&X_REQUEST_ID) {
         Some(given) if sane_request_id(given) => given.clone(),
         _ => new_request_id(),
-    };
+    }
+}
+
+async fn with_request_id(mut request: HttpRequest, next: Next) -> Response {
+    let id = request_id(request.headers());
     request.extensions_mut().insert(RequestId(id.clone()));
     let mut response = next.run(request).await;
     response.headers_mut().insert(X_REQUEST_ID.clone(), id);
@@ -505,11 +512,19 @@ async fn per_request(
             Instant::now(),
         )
     });
-    let id = request
+    // The id a client sent (or the CORS layer's): kept. A new one is made only for a response
+    // that needs it (a failure, whose log line and body carry it): nothing per success.
+    let given = request
         .extensions()
         .get::<RequestId>()
-        .cloned()
-        .unwrap_or_else(|| RequestId(new_request_id()));
+        .map(|id| id.0.clone())
+        .or_else(|| {
+            request
+                .headers()
+                .get(&X_REQUEST_ID)
+                .filter(|v| sane_request_id(v))
+                .cloned()
+        });
     let max_body_bytes = state.config.max_body_bytes;
     let response = match auth::authenticate(&state.config, request.headers()) {
         Ok(user) => {
@@ -520,20 +535,37 @@ async fn per_request(
         Err(rejection) => rejection.into_response(),
     };
     let response = error::json_errors(response).await;
-    let response = if response.status().is_success() {
-        response
-    } else {
-        error::finish(response, id.as_str(), max_body_bytes).await
+    let failed = !response.status().is_success() && !response.status().is_redirection();
+    let id = match given {
+        Some(id) => Some(RequestId(id)),
+        None if failed => Some(RequestId(new_request_id())),
+        None => None,
     };
+    let mut response = match &id {
+        Some(id) if failed => error::finish(response, id.as_str(), max_body_bytes).await,
+        _ => response,
+    };
+    if let Some(id) = &id {
+        response
+            .headers_mut()
+            .insert(X_REQUEST_ID.clone(), id.0.clone());
+    }
     if let Some((method, uri, start)) = log {
-        log_request(&method, &uri, start, &response, &id);
+        log_request(&method, &uri, start, &response, id.as_ref());
     }
     response
 }
 
 /// One log line per request: debug, or warn for a server-side failure (5xx), with the full
 /// error (the client got a generic message and the request id).
-fn log_request(method: &Method, uri: &Uri, start: Instant, response: &Response, id: &RequestId) {
+fn log_request(
+    method: &Method,
+    uri: &Uri,
+    start: Instant,
+    response: &Response,
+    id: Option<&RequestId>,
+) {
+    let id = id.map_or("", RequestId::as_str);
     let status = response.status();
     if !status.is_server_error() && !tracing::enabled!(tracing::Level::DEBUG) {
         return;
@@ -546,9 +578,9 @@ fn log_request(method: &Method, uri: &Uri, start: Instant, response: &Response, 
         .map(|m| m.0.as_str())
         .unwrap_or("");
     if status.is_server_error() {
-        tracing::warn!(%method, %path, status = status.as_u16(), elapsed_ms, request_id = id.as_str(), error = message, "http request failed");
+        tracing::warn!(%method, %path, status = status.as_u16(), elapsed_ms, request_id = id, error = message, "http request failed");
     } else {
-        tracing::debug!(%method, %path, status = status.as_u16(), elapsed_ms, request_id = id.as_str(), error = message, "http request");
+        tracing::debug!(%method, %path, status = status.as_u16(), elapsed_ms, request_id = id, error = message, "http request");
     }
 }
 

@@ -3,7 +3,11 @@
 //! stall the others.
 //!
 //! Every connection is in one of three phases, and a watchdog next to it closes it when its
-//! phase lasts too long:
+//! phase lasts too long. The watchdog is a timer on the connection's own task; requests never
+//! wake it (a wake-up and a fresh timer per request cost a sixth of the GET throughput): it
+//! checks the phase when its timer fires, and sleeps at most half the smaller timeout at a time,
+//! so a phase that began while it slept (an idle connection after a response, the next request's
+//! head) is timed from its real start and closed at most that late (5 s with the defaults).
 //!
 //! | phase | from | closed after |
 //! |---|---|---|
@@ -33,7 +37,7 @@ use hyper_util::rt::TokioIo;
 use hyper_util::service::TowerToHyperService;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, watch};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 
@@ -136,8 +140,9 @@ async fn serve_connection(
     let state = Arc::new(ConnState {
         phase: Mutex::new(Phase::Head(Instant::now())),
         body: Mutex::new(None),
-        changed: Notify::new(),
     });
+    // The longest the watchdog sleeps: a phase it did not see begin is noticed this late.
+    let nap = (limits.header_timeout.min(limits.idle_timeout) / 2).max(Duration::from_millis(1));
     // The slot is held by the socket: an upgraded connection (a websocket) keeps it until the
     // websocket closes.
     let io = TokioIo::new(TrackedIo {
@@ -155,13 +160,12 @@ async fn serve_connection(
     let mut conn = pin!(builder.serve_connection(io, service).with_upgrades());
     let mut stopping = false;
     loop {
-        let deadline = state.deadline(&limits);
-        let timer = async move {
-            match deadline {
-                Some((at, _)) => tokio::time::sleep_until(at).await,
-                None => std::future::pending().await,
-            }
+        let next = Instant::now() + nap;
+        let wake = match state.deadline(&limits) {
+            Some((at, _)) => at.min(next),
+            None => next,
         };
+        let timer = tokio::time::sleep_until(wake);
         tokio::select! {
             result = conn.as_mut() => {
                 if let Err(e) = result {
@@ -177,7 +181,6 @@ async fn serve_connection(
                     return;
                 }
             }
-            _ = state.changed.notified() => {}
             _ = stop.wait_for(|stop| *stop), if !stopping => {
                 stopping = true;
                 // No request in flight yet (a fresh or half-sent one): nothing to finish, and
@@ -207,8 +210,6 @@ struct ConnState {
     phase: Mutex<Phase>,
     /// While a request body is being read: when its last bytes arrived.
     body: Mutex<Option<Instant>>,
-    /// Woken when the deadline may have changed (a request ended, a new one began).
-    changed: Notify,
 }
 
 impl ConnState {
@@ -231,12 +232,7 @@ impl ConnState {
     /// A request body is being read and bytes arrived now (`true`), or it is done (`false`).
     fn body_progress(&self, reading: bool) {
         let mut body = self.body.lock().unwrap_or_else(|e| e.into_inner());
-        let was_reading = body.is_some();
         *body = reading.then(Instant::now);
-        drop(body);
-        if reading && !was_reading {
-            self.changed.notify_one();
-        }
     }
 
     /// Bytes arrived: an idle connection starts reading a request head.
@@ -244,8 +240,6 @@ impl ConnState {
         let mut phase = self.phase();
         if let Phase::Idle(_) = *phase {
             *phase = Phase::Head(Instant::now());
-            drop(phase);
-            self.changed.notify_one();
         }
     }
 
@@ -267,11 +261,7 @@ impl Drop for BusyGuard {
         let mut phase = self.0.phase();
         match *phase {
             Phase::Busy(n) if n > 1 => *phase = Phase::Busy(n - 1),
-            _ => {
-                *phase = Phase::Idle(Instant::now());
-                drop(phase);
-                self.0.changed.notify_one();
-            }
+            _ => *phase = Phase::Idle(Instant::now()),
         }
     }
 }
