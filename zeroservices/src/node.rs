@@ -824,9 +824,14 @@ impl Inbound for Handle {
     }
 
     fn serve_inline(&self, request: &Request) -> bool {
-        // One document read; lists, writes (an embedded store syncs), actions and message hooks
-        // may take a while.
-        request.action == "get" && request.collection != NODE_MESSAGE
+        // Polled once in place: a read, a create (its document is the request body, at most
+        // 64 KiB here: larger bodies never reach the ROUTER task's parser) and a delete do
+        // bounded work before the store call, and a store that waits (an embedded store's
+        // durable write, MongoDB) moves the rest to a task of its own. Lists, patches (a whole
+        // stored document is copied and checked), actions and message hooks may take a while:
+        // their own task at once.
+        matches!(request.action.as_str(), "get" | "create" | "delete")
+            && request.collection != NODE_MESSAGE
     }
 
     async fn request_raw(&self, from: Option<String>, request: Request) -> Result<Box<RawValue>> {

@@ -34,11 +34,15 @@ static CRUNCH_DONE: AtomicBool = AtomicBool::new(false);
 
 #[actions]
 impl Item {
-    /// Blocks its thread 1.5 s, like CPU-heavy work.
+    /// Blocks its thread 1.5 s, like CPU-heavy work written as it should be: in
+    /// `block_in_place`, which hands the worker's other tasks to another thread. Run inline on
+    /// the ROUTER task, it would still hold the ROUTER for 1.5 s; on its own task it holds
+    /// nothing else. (A bare `thread::sleep` also blocks whatever tokio parked in that worker's
+    /// non-stealable LIFO slot, in the test's client as much as in the owner: a flaky test.)
     #[action(collection)]
     async fn crunch(_ctx: &Context) -> Result<u64> {
         CRUNCH_STARTED.store(true, Ordering::SeqCst);
-        std::thread::sleep(Duration::from_millis(1500));
+        tokio::task::block_in_place(|| std::thread::sleep(Duration::from_millis(1500)));
         CRUNCH_DONE.store(true, Ordering::SeqCst);
         Ok(42)
     }

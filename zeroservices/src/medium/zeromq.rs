@@ -62,9 +62,9 @@
 //! The ROUTER task never runs a request that may take a while: a body over 64 KiB is verified
 //! and parsed on a serving task of its own; otherwise the ROUTER task checks and parses it, and
 //! polls its handler once in place only when the node says it is cheap
-//! ([`Inbound::serve_inline`]: a `get`); a handler that completes without waiting is answered
+//! ([`Inbound::serve_inline`]: a `get`, a `create`, a `delete`); a handler that completes without waiting is answered
 //! from the ROUTER task, like a plain echo, one that waits moves to its own task. Every other
-//! request (a `list`, an action, a message) is served on its own task at once, so one slow
+//! request (a `list`, a `patch`, an action, a message) is served on its own task at once, so one slow
 //! request never stalls the others.
 
 use std::collections::HashMap;
