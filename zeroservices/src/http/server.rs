@@ -159,21 +159,26 @@ async fn serve_connection(
     builder.header_read_timeout(None);
     let mut conn = pin!(builder.serve_connection(io, service).with_upgrades());
     let mut stopping = false;
+    // Made once and polled in place: a connection's task is woken several times per request,
+    // and every wake polls every branch.
+    let mut stopped = pin!(stop.wait_for(|stop| *stop));
+    let mut timer = pin!(tokio::time::sleep(nap));
     loop {
         let next = Instant::now() + nap;
         let wake = match state.deadline(&limits) {
             Some((at, _)) => at.min(next),
             None => next,
         };
-        let timer = tokio::time::sleep_until(wake);
+        timer.as_mut().reset(wake);
         tokio::select! {
+            biased;
             result = conn.as_mut() => {
                 if let Err(e) = result {
                     tracing::debug!(error = %e, "http connection ended with an error");
                 }
                 return;
             }
-            _ = timer => {
+            _ = timer.as_mut() => {
                 if let Some((at, why)) = state.deadline(&limits)
                     && Instant::now() >= at
                 {
@@ -181,7 +186,7 @@ async fn serve_connection(
                     return;
                 }
             }
-            _ = stop.wait_for(|stop| *stop), if !stopping => {
+            _ = stopped.as_mut(), if !stopping => {
                 stopping = true;
                 // No request in flight yet (a fresh or half-sent one): nothing to finish, and
                 // hyper's graceful shutdown would wait for that request.
