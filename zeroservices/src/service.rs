@@ -400,10 +400,8 @@ impl<R: Resource> Service for ResourceService<R> {
     }
 
     async fn handle_raw(&self, node: &Node, request: Request) -> Result<Box<RawValue>> {
-        if let Some(id) = &request.resource_id {
-            node.limits().check_id(id)?;
-        }
         if request.action != "get" {
+            // `handle` checks the id.
             let value = self.handle(node, request).await?;
             return to_raw(&value);
         }
@@ -414,6 +412,7 @@ impl<R: Resource> Service for ResourceService<R> {
             resource_data: &'a Value,
         }
         let id = self.require_id(&request)?;
+        node.limits().check_id(&id)?;
         let doc = self.load(&id).await?;
         to_raw(&Reply {
             resource_id: &id,

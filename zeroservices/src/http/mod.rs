@@ -443,16 +443,16 @@ fn new_request_id() -> HeaderValue {
         .unwrap_or_else(|_| HeaderValue::from_static("unknown"))
 }
 
-/// The client's sane `X-Request-Id`, or a new one.
-fn request_id(headers: &axum::http::HeaderMap) -> HeaderValue {
-    match headers.get(&X_REQUEST_ID) {
-        Some(given) if sane_request_id(given) => given.clone(),
-        _ => new_request_id(),
-    }
+/// The client's `X-Request-Id`, when it is sane.
+fn given_request_id(headers: &axum::http::HeaderMap) -> Option<HeaderValue> {
+    headers
+        .get(&X_REQUEST_ID)
+        .filter(|v| sane_request_id(v))
+        .cloned()
 }
 
 async fn with_request_id(mut request: HttpRequest, next: Next) -> Response {
-    let id = request_id(request.headers());
+    let id = given_request_id(request.headers()).unwrap_or_else(new_request_id);
     request.extensions_mut().insert(RequestId(id.clone()));
     let mut response = next.run(request).await;
     response.headers_mut().insert(X_REQUEST_ID.clone(), id);
@@ -518,13 +518,7 @@ async fn per_request(
         .extensions()
         .get::<RequestId>()
         .map(|id| id.0.clone())
-        .or_else(|| {
-            request
-                .headers()
-                .get(&X_REQUEST_ID)
-                .filter(|v| sane_request_id(v))
-                .cloned()
-        });
+        .or_else(|| given_request_id(request.headers()));
     let max_body_bytes = state.config.max_body_bytes;
     let response = match auth::authenticate(&state.config, request.headers()) {
         Ok(user) => {

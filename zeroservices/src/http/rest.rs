@@ -146,16 +146,17 @@ fn next_link(collection: &str, params: &[(String, String)], count: usize) -> Opt
         .collect();
     next.push(("skip", skip.saturating_add(count as u64).to_string()));
     let query = serde_urlencoded::to_string(&next).ok()?;
-    let path: String = collection
-        .bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
-                char::from(b).to_string()
-            }
-            _ => format!("%{b:02X}"),
-        })
-        .collect();
-    HeaderValue::from_str(&format!("</{path}?{query}>; rel=\"next\"")).ok()
+    // The collection as one path segment: unreserved bytes as they are, the rest escaped.
+    let mut link = String::from("</");
+    for b in collection.bytes() {
+        if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) {
+            link.push(char::from(b));
+        } else {
+            link.push_str(&format!("%{b:02X}"));
+        }
+    }
+    link.push_str(&format!("?{query}>; rel=\"next\""));
+    HeaderValue::from_str(&link).ok()
 }
 
 /// Turns the query string of a list into the `list` arguments; unknown parameters are ignored.
