@@ -355,17 +355,24 @@ async fn poll(shared: Arc<Shared>, rule: Arc<Rule>, interval: Duration) {
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         ticker.tick().await;
-        // Page by page (the owner answers at most `ZS_MAX_PAGE` per request).
-        let mut skip = 0u64;
-        loop {
-            let list = crate::medium::Request::new(rule.collection, "list").args(
-                serde_json::json!({ "where": rule.query.filter, "skip": skip, "paged": true }),
-            );
-            let (docs, more) = match shared.node.request(list).await {
+        // Every page is read before any handler runs: pages move on by `skip`, and a handler
+        // that takes a resource out of the filter would otherwise shift the later pages past
+        // resources never seen (the owner answers at most `ZS_MAX_PAGE` per request).
+        let mut matching = Vec::new();
+        let mut read_all = false;
+        while !read_all {
+            let list =
+                crate::medium::Request::new(rule.collection, "list").args(serde_json::json!({
+                    "where": rule.query.filter,
+                    "skip": matching.len(),
+                    "paged": true,
+                }));
+            match shared.node.request(list).await {
                 Ok(mut page) => match page.get_mut("items").map(serde_json::Value::take) {
                     Some(serde_json::Value::Array(docs)) => {
-                        let more = page.get("more").and_then(|m| m.as_bool()) == Some(true);
-                        (docs, more)
+                        read_all = docs.is_empty()
+                            || page.get("more").and_then(|m| m.as_bool()) != Some(true);
+                        matching.extend(docs);
                     }
                     _ => break,
                 },
@@ -374,24 +381,19 @@ async fn poll(shared: Arc<Shared>, rule: Arc<Rule>, interval: Duration) {
                     tracing::warn!(collection = rule.collection, error = %e, "poll check failed");
                     break;
                 }
+            }
+        }
+        for doc in matching {
+            let (Some(id), Some(data)) = (
+                doc.get("resource_id").and_then(|v| v.as_str()),
+                doc.get("resource_data"),
+            ) else {
+                continue;
             };
-            skip = skip.saturating_add(docs.len() as u64);
-            let last = !more || docs.is_empty();
-            for doc in docs {
-                let (Some(id), Some(data)) = (
-                    doc.get("resource_id").and_then(|v| v.as_str()),
-                    doc.get("resource_data"),
-                ) else {
-                    continue;
-                };
-                let event = Event::resource(rule.collection, "poll", id, Default::default());
-                shared
-                    .dispatch(rule.clone(), event, data.clone(), true)
-                    .await;
-            }
-            if last {
-                break;
-            }
+            let event = Event::resource(rule.collection, "poll", id, Default::default());
+            shared
+                .dispatch(rule.clone(), event, data.clone(), true)
+                .await;
         }
     }
 }

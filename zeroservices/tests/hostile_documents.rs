@@ -454,6 +454,46 @@ async fn pages_and_next_links(kind: Kind) {
     let (_, body) = json(reply).await;
     assert_eq!(body.as_array().unwrap().len(), 5);
 
+    // Hostile paging parameters: a skip past everything is an empty last page, `limit=0` means
+    // no limit asked (the page limit), malformed numbers are 400.
+    let reply = f
+        .http
+        .get(format!("{}/power?skip={}", f.base, u64::MAX))
+        .send()
+        .await
+        .unwrap();
+    assert!(reply.headers().get("link").is_none());
+    let (status, body) = json(reply).await;
+    assert_eq!((status, body), (200, json!([])));
+    let reply = f
+        .http
+        .get(format!("{}/power?limit=0&skip={}", f.base, u64::MAX - 3))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(reply.status().as_u16(), 200);
+    let reply = f
+        .http
+        .get(format!("{}/power?limit=0", f.base))
+        .send()
+        .await
+        .unwrap();
+    assert!(
+        reply
+            .headers()
+            .get("link")
+            .unwrap()
+            .to_str()
+            .unwrap()
+            .contains("skip=10")
+    );
+    let (_, body) = json(reply).await;
+    assert_eq!(body.as_array().unwrap().len(), 10);
+    for bad in ["limit=-1", "skip=x", "limit=99999999999999999999999"] {
+        let (status, body) = f.get(&format!("/power?{bad}")).await;
+        assert_eq!(status, 400, "{bad}: {body}");
+    }
+
     // The typed client reads page after page.
     let all = f
         .node

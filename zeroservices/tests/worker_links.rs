@@ -143,6 +143,41 @@ async fn a_worker_computes_every_pending_power_and_catches_up() {
     owner.stop().await;
 }
 
+/// The poll check reads every page of a collection longer than the owner's page limit, even
+/// while its own handlers take resources out of the filter (a page shifted under it would skip
+/// some): one poll, 3 per page, 10 pending powers, all done.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_poll_check_reads_every_page() {
+    let cluster = MemoryCluster::new();
+    let owner = Node::builder("power_service")
+        .memory(&cluster)
+        .limits(zeroservices::Limits {
+            max_page: 3,
+            ..Default::default()
+        })
+        .resource::<Power>()
+        .start()
+        .await
+        .unwrap();
+    let powers = owner.collection::<Power>();
+    for v in 0..10 {
+        powers.create(pending(v)).await.unwrap();
+    }
+    // One poll (at start), none after: only paging can find all ten.
+    let worker = Worker::new("power_worker")
+        .on::<Power, _, _>(query!({"status": "pending"}), build)
+        .poll_interval(Duration::from_secs(3600))
+        .start(Node::builder("power_worker").memory(&cluster))
+        .await
+        .unwrap();
+    eventually(Duration::from_secs(5), "every page handled", || {
+        all_done(&owner, 10)
+    })
+    .await;
+    worker.stop().await;
+    owner.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn failing_handlers_are_retried_and_concurrency_is_bounded() {
     let cluster = MemoryCluster::new();
