@@ -202,6 +202,14 @@ async fn peers_are_told_what_a_node_wants_without_a_sync() {
     // `b` leaves: `a` forgets what it wanted (and has nobody left to send to).
     a.medium.peer_left(&b.info.id).await;
     assert!(!a.medium.wants("power.patch.7"));
+    // What `b` says after `a` saw it leave (a late `interest`, here a sync carrying one) is
+    // not recorded: `a` keeps sending to nobody otherwise.
+    b.medium.set_interest(vec!["tick".into()]);
+    b.medium.sync_interest().await;
+    assert!(!a.medium.wants("tick.create.1"));
+    // Until `b` joins again: then it gets everything until it says otherwise.
+    a.medium.peer_joined(&b.info).await;
+    assert!(a.medium.wants("chat.message"));
     for n in [a, b] {
         n.medium.stop().await;
     }

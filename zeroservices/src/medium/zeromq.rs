@@ -67,7 +67,7 @@
 //! request (a `list`, a `patch`, an action, a message) is served on its own task at once, so one slow
 //! request never stalls the others.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::net::{Ipv4Addr, UdpSocket};
 use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -181,6 +181,9 @@ struct Core {
     /// What each peer said it wants from this node (`$medium` `interest`/`sync` requests), by
     /// node id: an event no peer wants is not published at all.
     remote: Mutex<HashMap<String, RemoteInterest>>,
+    /// Peers that left, newest last (at most `max_peers`): an `interest` still in flight when
+    /// a peer left is not recorded for it after it left. Cleared when the peer joins again.
+    left: Mutex<VecDeque<String>>,
     /// Sync markers waited for, by topic ([`Medium::sync_interest`]).
     markers: Mutex<HashMap<String, oneshot::Sender<()>>>,
     next_marker: AtomicU64,
@@ -633,6 +636,7 @@ impl ZmqMedium {
                 markers: Mutex::new(HashMap::new()),
                 interest_version: AtomicU64::new(0),
                 remote: Mutex::new(HashMap::new()),
+                left: Mutex::new(VecDeque::new()),
                 next_marker: AtomicU64::new(1),
                 publisher: Mutex::new(None),
                 instance: uuid::Uuid::new_v4().simple().to_string(),
@@ -921,6 +925,7 @@ impl Medium for ZmqMedium {
         if self.core.node_id.get() == Some(&peer.id) {
             return;
         }
+        lock(&self.core.left).retain(|id| *id != peer.id);
         let mut state = lock(&self.state);
         if !state.started || state.stopped {
             return;
@@ -971,7 +976,17 @@ impl Medium for ZmqMedium {
     }
 
     async fn peer_left(&self, peer_id: &str) {
-        lock(&self.core.remote).remove(peer_id);
+        {
+            let mut left = lock(&self.core.left);
+            if !left.iter().any(|id| id == peer_id) {
+                if left.len() >= self.core.config.max_peers.max(1) {
+                    left.pop_front();
+                }
+                left.push_back(peer_id.to_owned());
+            }
+            // Under the `left` lock: a concurrent `record_interest` sees either both or neither.
+            lock(&self.core.remote).remove(peer_id);
+        }
         let (dealer, sub) = {
             let mut state = lock(&self.state);
             (state.dealers.remove(peer_id), state.subs.remove(peer_id))
@@ -1255,6 +1270,12 @@ fn record_interest(core: &Core, from: Option<&str>, args: &Value) -> Result<()> 
         .iter()
         .map(|p| p.as_str().map(str::to_owned).ok_or_else(bad))
         .collect::<Result<Vec<String>>>()?;
+    let left = lock(&core.left);
+    if left.iter().any(|id| id == from) {
+        // Sent before the peer left, arriving after: it wants nothing from here any more.
+        tracing::debug!(peer = from, "interest from a node that left, ignored");
+        return Ok(());
+    }
     let mut remote = lock(&core.remote);
     // Bounded like the peers: an id that is not a peer cannot grow this map without end.
     if !remote.contains_key(from) && remote.len() >= core.config.max_peers {
