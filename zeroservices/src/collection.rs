@@ -7,11 +7,15 @@ use std::task::{Context as TaskContext, Poll};
 use futures::Stream;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
+use serde_json::Value;
 use serde_json::value::RawValue;
-use serde_json::{Value, json};
 
 use crate::__private::from_value;
 use crate::medium::Request;
+use crate::protocol::{
+    AddLinkArgs, Call, CreateArgs, Created, FollowLinksArgs, IncomingLinksArgs, LinkedResource,
+    ListArgs, Page, PatchArgs,
+};
 use crate::{Change, Document, Error, EventStream, Node, Patch, Query, Resource, Result};
 
 /// The typed client of collection `R`: every call goes to the node that owns `R`, here or on a
@@ -57,6 +61,10 @@ impl<R: Resource> Collection<R> {
         Request::new(R::COLLECTION, action)
     }
 
+    fn built_in(&self, call: Call) -> Request {
+        call.into_request(R::COLLECTION)
+    }
+
     /// Creates a resource with a fresh id; returns the id.
     pub async fn create(&self, resource: R) -> Result<String> {
         self.create_inner(None, &resource).await
@@ -68,15 +76,14 @@ impl<R: Resource> Collection<R> {
     }
 
     async fn create_inner(&self, id: Option<&str>, resource: &R) -> Result<String> {
-        let data = serde_json::to_value(resource).map_err(|e| Error::internal(e.to_string()))?;
-        let mut request = self.req("create").args(json!({ "resource_data": data }));
-        request.resource_id = id.map(str::to_owned);
-        let reply = self.request(request).await?;
-        reply
-            .get("resource_id")
-            .and_then(Value::as_str)
-            .map(str::to_owned)
-            .ok_or_else(|| Error::internal("create reply without resource_id"))
+        let resource_data =
+            serde_json::to_value(resource).map_err(|e| Error::internal(e.to_string()))?;
+        let request = self.built_in(Call::Create {
+            id: id.map(str::to_owned),
+            args: CreateArgs { resource_data },
+        });
+        let reply: Created = self.request_as(request).await?;
+        Ok(reply.resource_id)
     }
 
     /// Reads a resource.
@@ -84,7 +91,10 @@ impl<R: Resource> Collection<R> {
     /// A stored document that does not decode into `R` (written by an older version, or by
     /// hand) is an [`Error::Internal`] naming its id and the field.
     pub async fn get(&self, id: &str) -> Result<R> {
-        let raw = self.node.request_raw(self.req("get").id(id)).await?;
+        let raw = self
+            .node
+            .request_raw(self.built_in(Call::Get { id: id.to_owned() }))
+            .await?;
         match crate::__private::from_raw::<Document<R>>(&raw) {
             Ok(reply) => Ok(reply.resource_data),
             Err(e) => Err(Error::internal(format!(
@@ -96,14 +106,19 @@ impl<R: Resource> Collection<R> {
 
     /// Applies an update document (`patch!({"$set": {...}})`) and returns the updated resource.
     pub async fn patch(&self, id: &str, patch: Patch) -> Result<R> {
-        let request = self.req("patch").id(id).args(json!({ "patch": patch }));
+        let request = self.built_in(Call::Patch {
+            id: id.to_owned(),
+            args: PatchArgs { patch },
+        });
         let reply: Document<R> = self.request_as(request).await?;
         Ok(reply.resource_data)
     }
 
     /// Deletes a resource.
     pub async fn delete(&self, id: &str) -> Result<()> {
-        self.request(self.req("delete").id(id)).await.map(drop)
+        self.request(self.built_in(Call::Delete { id: id.to_owned() }))
+            .await
+            .map(drop)
     }
 
     /// Lists the resources matching a query (`query!({...})`, or `Query::all()`).
@@ -115,11 +130,6 @@ impl<R: Resource> Collection<R> {
     /// the whole list.
     pub async fn list(&self, query: Query) -> Result<Vec<Document<R>>> {
         #[derive(serde::Deserialize)]
-        struct Page {
-            items: Vec<Box<RawValue>>,
-            more: bool,
-        }
-        #[derive(serde::Deserialize)]
         struct Id {
             resource_id: String,
         }
@@ -127,15 +137,16 @@ impl<R: Resource> Collection<R> {
         let mut skip = query.skip.unwrap_or(0);
         let mut wanted = query.limit.filter(|n| *n > 0);
         loop {
-            let args = json!({
-                "where": query.filter,
-                "sort": query.sort,
-                "limit": wanted,
-                "skip": skip,
-                "text": query.text,
-                "paged": true,
-            });
-            let page: Page = self.request_as(self.req("list").args(args)).await?;
+            let args = ListArgs {
+                filter: Some(query.filter.clone()),
+                sort: Some(query.sort.clone()),
+                limit: wanted,
+                skip: Some(skip),
+                text: query.text.clone(),
+                paged: true,
+            };
+            let page: Page<Box<RawValue>> =
+                self.request_as(self.built_in(Call::List(args))).await?;
             let n = page.items.len() as u64;
             for item in page.items {
                 match serde_json::from_str::<Document<R>>(item.get()) {
@@ -198,10 +209,16 @@ impl<R: Resource> Collection<R> {
         target: (&str, &str),
         title: Option<&str>,
     ) -> Result<()> {
-        let args = json!({"relation": relation, "target_id": [target.0, target.1], "title": title});
-        self.request(self.req(crate::links::ADD_LINK).id(id).args(args))
-            .await
-            .map(drop)
+        let args = AddLinkArgs {
+            relation: relation.to_owned(),
+            target_id: (target.0.to_owned(), target.1.to_owned()),
+            title: title.map(str::to_owned),
+        };
+        let call = Call::AddLink {
+            id: id.to_owned(),
+            args,
+        };
+        self.request(self.built_in(call)).await.map(drop)
     }
 
     /// The resources that resource `id` links to under `relation`, typed as `T` (skipping links
@@ -211,11 +228,13 @@ impl<R: Resource> Collection<R> {
         id: &str,
         relation: &str,
     ) -> Result<Vec<Document<T>>> {
-        let args = json!({ "relation": relation });
-        let reply = self
-            .request(self.req(crate::links::FOLLOW_LINKS).id(id).args(args))
-            .await?;
-        let linked: Vec<crate::links::LinkedResource> = from_value(reply)?;
+        let call = Call::FollowLinks {
+            id: id.to_owned(),
+            args: FollowLinksArgs {
+                relation: relation.to_owned(),
+            },
+        };
+        let linked: Vec<LinkedResource> = self.request_as(self.built_in(call)).await?;
         linked
             .into_iter()
             .filter(|l| l.resource_name == T::COLLECTION)
@@ -235,11 +254,11 @@ impl<R: Resource> Collection<R> {
         relation: &str,
         target: (&str, &str),
     ) -> Result<Vec<Document<R>>> {
-        let args = json!({"relation": relation, "target_id": [target.0, target.1]});
-        let reply = self
-            .request(self.req(crate::links::INCOMING_LINKS).args(args))
-            .await?;
-        from_value(reply)
+        let call = Call::IncomingLinks(IncomingLinksArgs {
+            relation: relation.to_owned(),
+            target_id: (target.0.to_owned(), target.1.to_owned()),
+        });
+        self.request_as(self.built_in(call)).await
     }
 
     /// Every change to this collection anywhere in the cluster, typed.

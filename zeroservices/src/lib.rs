@@ -13,6 +13,7 @@ pub mod links;
 pub mod medium;
 pub mod node;
 pub mod patch;
+pub mod protocol;
 pub mod query;
 pub mod resource;
 pub mod security;

@@ -10,15 +10,10 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
+use crate::protocol::{AddLinkArgs, BuiltIn, FollowLinksArgs, IncomingLinksArgs};
 use crate::resource::{ActionInfo, ActionKind, schema_value};
 use crate::{Error, Result};
 
-/// The built-in action that adds a link.
-pub const ADD_LINK: &str = "add_link";
-/// The built-in action that reads the targets of a relation.
-pub const FOLLOW_LINKS: &str = "follow_links";
-/// The built-in collection action that finds the resources linking to a target.
-pub const INCOMING_LINKS: &str = "incoming_links";
 /// The field of a document that holds its links.
 pub const LINKS: &str = "_links";
 
@@ -28,37 +23,6 @@ pub fn is_links_path(path: &str) -> bool {
         || path
             .strip_prefix(LINKS)
             .is_some_and(|rest| rest.starts_with('.'))
-}
-
-/// The arguments of `add_link`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
-#[serde(deny_unknown_fields)]
-pub struct AddLink {
-    /// The relation name (`source`, `children`): letters, digits, `_`, `-`; not `latest`.
-    pub relation: String,
-    /// The target as `[collection, id]`.
-    pub target_id: (String, String),
-    /// A human title for the link.
-    #[serde(default)]
-    pub title: Option<String>,
-}
-
-/// The arguments of `follow_links`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
-#[serde(deny_unknown_fields)]
-pub struct FollowLinks {
-    /// The relation to follow.
-    pub relation: String,
-}
-
-/// The arguments of `incoming_links`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
-#[serde(deny_unknown_fields)]
-pub struct IncomingLinks {
-    /// The relation to look for.
-    pub relation: String,
-    /// The target as `[collection, id]`.
-    pub target_id: (String, String),
 }
 
 /// One followed link: the target resource with where it lives.
@@ -95,7 +59,7 @@ pub fn check_relation(relation: &str) -> Result<()> {
 }
 
 /// The update document `add_link` applies.
-pub fn add_link_patch(link: &AddLink) -> Value {
+pub fn add_link_patch(link: &AddLinkArgs) -> Value {
     let (collection, id) = &link.target_id;
     let mut entry = json!({ "target_id": [collection, id] });
     if let Some(title) = &link.title {
@@ -108,7 +72,7 @@ pub fn add_link_patch(link: &AddLink) -> Value {
 }
 
 /// The filter `incoming_links` lists with.
-pub fn incoming_filter(args: &IncomingLinks) -> Value {
+pub fn incoming_filter(args: &IncomingLinksArgs) -> Value {
     let (collection, id) = &args.target_id;
     json!({ format!("_links.{}.target_id", args.relation): [collection, id] })
 }
@@ -138,29 +102,29 @@ pub fn targets(doc: &Value, relation: &str) -> Vec<(String, String, Option<Strin
 pub fn action_infos() -> Vec<ActionInfo> {
     vec![
         ActionInfo {
-            name: ADD_LINK.into(),
+            name: BuiltIn::AddLink.name().into(),
             kind: ActionKind::Mutate,
             doc: Some(
                 "Links this resource to another: pushes {target_id, title} onto _links.<relation>."
                     .into(),
             ),
-            args_schema: Some(schema_value::<AddLink>()),
+            args_schema: Some(schema_value::<AddLinkArgs>()),
             result_schema: schema_value::<()>(),
         },
         ActionInfo {
-            name: FOLLOW_LINKS.into(),
+            name: BuiltIn::FollowLinks.name().into(),
             kind: ActionKind::Read,
             doc: Some("The resources this one links to under a relation.".into()),
-            args_schema: Some(schema_value::<FollowLinks>()),
+            args_schema: Some(schema_value::<FollowLinksArgs>()),
             result_schema: schema_value::<Vec<LinkedResource>>(),
         },
         ActionInfo {
-            name: INCOMING_LINKS.into(),
+            name: BuiltIn::IncomingLinks.name().into(),
             kind: ActionKind::Collection,
             doc: Some(
                 "The resources of this collection that link to a target under a relation.".into(),
             ),
-            args_schema: Some(schema_value::<IncomingLinks>()),
+            args_schema: Some(schema_value::<IncomingLinksArgs>()),
             result_schema: schema_value::<Vec<Value>>(),
         },
     ]
@@ -173,7 +137,7 @@ mod tests {
 
     #[test]
     fn add_link_stores_as_the_original() {
-        let link = AddLink {
+        let link = AddLinkArgs {
             relation: "source".into(),
             target_id: ("user".into(), "7".into()),
             title: Some("Ann".into()),
@@ -187,7 +151,7 @@ mod tests {
         );
         assert_eq!(doc["_links"]["latest"]["user"], json!(["user", "7"]));
         assert_eq!(targets(&doc, "source").len(), 2);
-        let q = crate::Query::new(incoming_filter(&IncomingLinks {
+        let q = crate::Query::new(incoming_filter(&IncomingLinksArgs {
             relation: "source".into(),
             target_id: ("user".into(), "7".into()),
         }));

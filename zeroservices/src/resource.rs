@@ -8,6 +8,7 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize, de::DeserializeOwned};
 use serde_json::Value;
 
+use crate::protocol::BuiltIn;
 use crate::{Context, Error, Result};
 
 /// A typed document stored in a named collection: what `#[resource(collection = "...")]`
@@ -198,24 +199,27 @@ pub enum ChangeKind {
     Action(String),
 }
 
+/// The action of the workers' periodic re-check events (`<collection>.poll.<id>`).
+const POLL: &str = "poll";
+
 impl ChangeKind {
     pub(crate) fn from_action(action: &str) -> Self {
-        match action {
-            "create" => Self::Create,
-            "patch" => Self::Patch,
-            "delete" => Self::Delete,
-            "poll" => Self::Poll,
-            other => Self::Action(other.to_owned()),
+        match BuiltIn::from_name(action) {
+            Some(BuiltIn::Create) => Self::Create,
+            Some(BuiltIn::Patch) => Self::Patch,
+            Some(BuiltIn::Delete) => Self::Delete,
+            _ if action == POLL => Self::Poll,
+            _ => Self::Action(action.to_owned()),
         }
     }
 
     /// The action name as it appears in topics.
     pub fn as_str(&self) -> &str {
         match self {
-            Self::Create => "create",
-            Self::Patch => "patch",
-            Self::Delete => "delete",
-            Self::Poll => "poll",
+            Self::Create => BuiltIn::Create.name(),
+            Self::Patch => BuiltIn::Patch.name(),
+            Self::Delete => BuiltIn::Delete.name(),
+            Self::Poll => POLL,
             Self::Action(name) => name,
         }
     }

@@ -6,14 +6,17 @@ use std::marker::PhantomData;
 use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 use serde_json::value::RawValue;
 use serde_json::{Map, Value, json};
 
 use crate::__private::{from_value, to_raw};
 use crate::links;
 use crate::medium::Request;
-use crate::query::SortKey;
+use crate::protocol::{
+    AddLinkArgs, BuiltIn, Call, CreateArgs, Created, Document, FollowLinksArgs, IncomingLinksArgs,
+    LinkedResource, ListArgs, Page, PatchArgs,
+};
 use crate::resource::{ActionCall, ResourceInfo};
 use crate::store::Store;
 use crate::{Context, Error, Event, Node, Patch, Query, Resource, Result};
@@ -30,26 +33,6 @@ pub(crate) trait Service: Send + Sync + 'static {
         let value = self.handle(node, request).await?;
         to_raw(&value)
     }
-}
-
-/// The arguments of `list`.
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct ListArgs {
-    #[serde(default, rename = "where")]
-    filter: Option<Value>,
-    #[serde(default)]
-    sort: Option<Vec<SortKey>>,
-    #[serde(default)]
-    limit: Option<u64>,
-    #[serde(default)]
-    skip: Option<u64>,
-    #[serde(default)]
-    text: Option<String>,
-    /// Answer `{"items": [...], "more": bool}` instead of a bare array, so the caller knows
-    /// whether a page was cut short by the limit.
-    #[serde(default)]
-    paged: bool,
 }
 
 pub(crate) struct ResourceService<R> {
@@ -109,14 +92,19 @@ impl<R: Resource> ResourceService<R> {
     async fn emit(
         &self,
         node: &Node,
-        action: &str,
+        action: BuiltIn,
         id: &str,
         extra: impl FnOnce() -> Map<String, Value>,
     ) {
         let topic = format!("{}.{action}.{id}", self.collection());
         if node.wants_event(&topic) {
-            node.publish(Event::resource(self.collection(), action, id, extra()))
-                .await;
+            node.publish(Event::resource(
+                self.collection(),
+                action.name(),
+                id,
+                extra(),
+            ))
+            .await;
         }
     }
 
@@ -147,51 +135,32 @@ impl<R: Resource> ResourceService<R> {
         }
     }
 
-    async fn create(&self, node: &Node, request: Request) -> Result<Value> {
-        let mut args = match request.args {
-            Value::Object(map) => map,
-            Value::Null => Map::new(),
-            _ => {
-                return Err(Error::bad_request(
-                    "create takes {\"resource_data\": {...}}",
-                ));
-            }
-        };
-        let data = args
-            .remove("resource_data")
-            .ok_or_else(|| Error::validation("resource_data", "missing field `resource_data`"))?;
+    async fn create(&self, node: &Node, id: Option<String>, args: CreateArgs) -> Result<Value> {
+        let data = args.resource_data;
         node.limits().check_document(&data)?;
         let (_, doc) = self.validate(&data, false)?;
         let id = self
             .store
-            .insert(
-                self.collection(),
-                request.resource_id.as_deref(),
-                doc.clone(),
-            )
+            .insert(self.collection(), id.as_deref(), doc.clone())
             .await?;
-        self.emit(node, "create", &id, || {
+        self.emit(node, BuiltIn::Create, &id, || {
             Map::from_iter([("resource_data".to_owned(), doc)])
         })
         .await;
-        Ok(json!({ "resource_id": id }))
+        reply(&Created { resource_id: id })
     }
 
-    async fn get(&self, request: Request) -> Result<Value> {
-        let id = self.require_id(&request)?;
+    async fn get(&self, id: String) -> Result<Value> {
         let doc = self.load(&id).await?;
-        Ok(json!({ "resource_id": id, "resource_data": doc }))
+        Ok(Document {
+            resource_id: id,
+            resource_data: doc,
+        }
+        .into_value())
     }
 
-    async fn patch(&self, node: &Node, request: Request) -> Result<Value> {
-        let id = self.require_id(&request)?;
-        let patch = match request.args {
-            Value::Object(mut map) => map
-                .remove("patch")
-                .ok_or_else(|| Error::bad_request("patch takes {\"patch\": {...}}"))?,
-            _ => return Err(Error::bad_request("patch takes {\"patch\": {...}}")),
-        };
-        let patch = Patch::new(patch);
+    async fn patch(&self, node: &Node, id: String, args: PatchArgs) -> Result<Value> {
+        let patch = args.patch;
         let limits = node.limits();
         let update = patch.compile_with(limits)?;
         if let Some(path) = update
@@ -212,23 +181,26 @@ impl<R: Resource> ResourceService<R> {
         limits.check_document(&preview)?;
         self.validate(&preview, true)?;
         let doc = self.store.patch(self.collection(), &id, &patch).await?;
-        self.emit(node, "patch", &id, || {
+        self.emit(node, BuiltIn::Patch, &id, || {
             Map::from_iter([
                 ("patch".to_owned(), patch.as_value().clone()),
                 ("resource_data".to_owned(), doc.clone()),
             ])
         })
         .await;
-        Ok(json!({ "resource_id": id, "resource_data": doc }))
+        Ok(Document {
+            resource_id: id,
+            resource_data: doc,
+        }
+        .into_value())
     }
 
-    async fn delete(&self, node: &Node, request: Request) -> Result<Value> {
-        let id = self.require_id(&request)?;
+    async fn delete(&self, node: &Node, id: String) -> Result<Value> {
         let _guard = self.lock_id(&id).await;
         self.store.delete(self.collection(), &id).await?;
         node.publish(Event::resource(
             self.collection(),
-            "delete",
+            BuiltIn::Delete.name(),
             &id,
             Map::new(),
         ))
@@ -236,11 +208,7 @@ impl<R: Resource> ResourceService<R> {
         Ok(Value::Null)
     }
 
-    async fn list(&self, node: &Node, request: Request) -> Result<Value> {
-        let args: ListArgs = match request.args {
-            Value::Null => ListArgs::default(),
-            args => from_value(args).map_err(|e| Error::bad_request(e.to_string()))?,
-        };
+    async fn list(&self, node: &Node, args: ListArgs) -> Result<Value> {
         let limits = node.limits();
         let filter = args.filter.unwrap_or_else(|| json!({}));
         limits.check_filter(&filter)?;
@@ -257,21 +225,15 @@ impl<R: Resource> ResourceService<R> {
         let mut docs = self.store.list(self.collection(), &query).await?;
         let more = docs.len() > page;
         docs.truncate(page);
-        let items = Value::Array(
-            docs.into_iter()
-                .map(|(id, doc)| json!({ "resource_id": id, "resource_data": doc }))
-                .collect(),
-        );
+        let items = documents(docs);
         Ok(if args.paged {
-            json!({ "items": items, "more": more })
+            Page { items, more }.into_value()
         } else {
-            items
+            Value::Array(items.into_iter().map(Document::into_value).collect())
         })
     }
 
-    async fn add_link(&self, node: &Node, request: Request) -> Result<Value> {
-        let id = self.require_id(&request)?;
-        let link: links::AddLink = from_value(request.args)?;
+    async fn add_link(&self, node: &Node, id: String, link: AddLinkArgs) -> Result<Value> {
         links::check_relation(&link.relation)?;
         node.limits().check_id(&link.target_id.1)?;
         let patch = Patch::new(links::add_link_patch(&link));
@@ -291,7 +253,7 @@ impl<R: Resource> ResourceService<R> {
         extra.insert("title".into(), json!(link.title));
         node.publish(Event::resource(
             self.collection(),
-            links::ADD_LINK,
+            BuiltIn::AddLink.name(),
             &id,
             extra,
         ))
@@ -299,19 +261,17 @@ impl<R: Resource> ResourceService<R> {
         Ok(Value::Null)
     }
 
-    async fn follow_links(&self, node: &Node, request: Request) -> Result<Value> {
-        let id = self.require_id(&request)?;
-        let args: links::FollowLinks = from_value(request.args)?;
+    async fn follow_links(&self, node: &Node, id: String, args: FollowLinksArgs) -> Result<Value> {
         links::check_relation(&args.relation)?;
         let doc = self.load(&id).await?;
         let mut found = Vec::new();
         for (collection, target, title) in links::targets(&doc, &args.relation) {
-            let get = Request::new(collection.clone(), "get").id(target.clone());
-            match node.request(get).await {
-                Ok(reply) => found.push(links::LinkedResource {
+            let get = Call::Get { id: target.clone() }.into_request(collection.clone());
+            match node.request_as::<Document<Value>>(get).await {
+                Ok(reply) => found.push(LinkedResource {
                     resource_name: collection,
                     resource_id: target,
-                    resource_data: reply.get("resource_data").cloned().unwrap_or(Value::Null),
+                    resource_data: reply.resource_data,
                     title,
                 }),
                 // A link to a deleted resource is skipped, not an error of the whole call.
@@ -321,17 +281,17 @@ impl<R: Resource> ResourceService<R> {
                 Err(e) => return Err(e),
             }
         }
-        serde_json::to_value(found).map_err(|e| Error::internal(e.to_string()))
+        reply(&found)
     }
 
-    async fn incoming_links(&self, request: Request) -> Result<Value> {
-        let args: links::IncomingLinks = from_value(request.args)?;
+    async fn incoming_links(&self, args: IncomingLinksArgs) -> Result<Value> {
         links::check_relation(&args.relation)?;
         let query = Query::new(links::incoming_filter(&args));
         let docs = self.store.list(self.collection(), &query).await?;
         Ok(Value::Array(
-            docs.into_iter()
-                .map(|(id, doc)| json!({ "resource_id": id, "resource_data": doc }))
+            documents(docs)
+                .into_iter()
+                .map(Document::into_value)
                 .collect(),
         ))
     }
@@ -400,20 +360,20 @@ impl<R: Resource> Service for ResourceService<R> {
     }
 
     async fn handle_raw(&self, node: &Node, request: Request) -> Result<Box<RawValue>> {
-        if request.action != "get" {
+        if request.action != BuiltIn::Get.name() {
             // `handle` checks the id.
             let value = self.handle(node, request).await?;
             return to_raw(&value);
         }
         // A read is serialised straight from the stored document: no reply object built.
+        let id = self.require_id(&request)?;
+        node.limits().check_id(&id)?;
+        let doc = self.load(&id).await?;
         #[derive(Serialize)]
         struct Reply<'a> {
             resource_id: &'a str,
             resource_data: &'a Value,
         }
-        let id = self.require_id(&request)?;
-        node.limits().check_id(&id)?;
-        let doc = self.load(&id).await?;
         to_raw(&Reply {
             resource_id: &id,
             resource_data: &doc,
@@ -424,18 +384,35 @@ impl<R: Resource> Service for ResourceService<R> {
         if let Some(id) = &request.resource_id {
             node.limits().check_id(id)?;
         }
-        match request.action.as_str() {
-            "create" => self.create(node, request).await,
-            "get" => self.get(request).await,
-            "patch" => self.patch(node, request).await,
-            "delete" => self.delete(node, request).await,
-            "list" => self.list(node, request).await,
-            links::ADD_LINK => self.add_link(node, request).await,
-            links::FOLLOW_LINKS => self.follow_links(node, request).await,
-            links::INCOMING_LINKS => self.incoming_links(request).await,
-            _ => self.action(node, request).await,
+        let Some(action) = BuiltIn::from_name(&request.action) else {
+            return self.action(node, request).await;
+        };
+        match Call::parse(action, request)? {
+            Call::Create { id, args } => self.create(node, id, args).await,
+            Call::Get { id } => self.get(id).await,
+            Call::Patch { id, args } => self.patch(node, id, args).await,
+            Call::Delete { id } => self.delete(node, id).await,
+            Call::List(args) => self.list(node, args).await,
+            Call::AddLink { id, args } => self.add_link(node, id, args).await,
+            Call::FollowLinks { id, args } => self.follow_links(node, id, args).await,
+            Call::IncomingLinks(args) => self.incoming_links(args).await,
         }
     }
+}
+
+/// A reply as JSON (the protocol's reply types always serialise).
+fn reply<T: Serialize>(value: &T) -> Result<Value> {
+    serde_json::to_value(value).map_err(|e| Error::internal(e.to_string()))
+}
+
+/// Stored documents as the protocol's [`Document`]s.
+fn documents(docs: Vec<(String, Value)>) -> Vec<Document<Value>> {
+    docs.into_iter()
+        .map(|(resource_id, resource_data)| Document {
+            resource_id,
+            resource_data,
+        })
+        .collect()
 }
 
 /// The first field of `input` that the resource type dropped when it read it (absent from

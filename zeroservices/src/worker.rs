@@ -320,7 +320,7 @@ async fn watch_events(shared: Arc<Shared>, rule: Arc<Rule>, mut events: crate::E
             .and_then(|a| a.as_str())
             .unwrap_or("");
         if matches!(ChangeKind::from_action(action), ChangeKind::Delete)
-            || action == crate::links::ADD_LINK
+            || action == crate::protocol::BuiltIn::AddLink.name()
         {
             continue;
         }

@@ -8,6 +8,7 @@ use sha2::{Digest, Sha256};
 
 use super::error::ApiError;
 use super::{AppState, AuthUser, HttpConfig};
+use crate::protocol::BuiltIn;
 use crate::{Error, Result};
 
 /// Credentials every client must send with Basic auth (`ZS_BASIC_AUTH=user:password`).
@@ -138,11 +139,11 @@ pub(crate) fn authorize(
 
 fn operation_name(op: &Operation) -> &str {
     match op {
-        Operation::List => "list",
-        Operation::Create => "create",
-        Operation::Get => "get",
-        Operation::Patch => "patch",
-        Operation::Delete => "delete",
+        Operation::List => BuiltIn::List.name(),
+        Operation::Create => BuiltIn::Create.name(),
+        Operation::Get => BuiltIn::Get.name(),
+        Operation::Patch => BuiltIn::Patch.name(),
+        Operation::Delete => BuiltIn::Delete.name(),
         Operation::Action(name) => name,
         Operation::Subscribe => "subscribe",
     }

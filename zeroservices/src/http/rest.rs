@@ -12,13 +12,20 @@ use serde_json::{Map, Value, json};
 use super::auth::{Operation, authorize};
 use super::error::ApiError;
 use super::{AppState, AuthUser};
-use crate::Error;
 use crate::medium::Request;
+use crate::protocol::{BuiltIn, Call, CreateArgs, ListArgs, PatchArgs};
+use crate::{Error, Patch};
 
 type ApiResult<T = Response> = Result<T, ApiError>;
 
-/// Action names that are the built-in operations: never reachable as custom actions.
-const BUILT_IN: [&str; 5] = ["create", "get", "patch", "delete", "list"];
+/// Whether `action` is a built-in with a route of its own (so never reachable as an action
+/// route); the link actions are reached as actions (`POST /power/42/add_link`).
+fn has_own_route(action: &str) -> bool {
+    matches!(
+        BuiltIn::from_name(action),
+        Some(BuiltIn::Create | BuiltIn::Get | BuiltIn::Patch | BuiltIn::Delete | BuiltIn::List)
+    )
+}
 
 fn user(ext: Option<Extension<AuthUser>>) -> AuthUser {
     ext.map(|Extension(u)| u).unwrap_or_default()
@@ -107,11 +114,11 @@ pub(crate) async fn list(
 ) -> ApiResult {
     authorize(&state, &user(user_ext), &collection, Operation::List)?;
     let Query(params) = query.map_err(|e| ApiError::bad_request(e.body_text()))?;
-    let mut args = list_args(&params)?;
-    if let Value::Object(map) = &mut args {
-        map.insert("paged".into(), Value::Bool(true));
-    }
-    let reply = call(&state, Request::new(collection.clone(), "list").args(args)).await?;
+    let args = ListArgs {
+        paged: true,
+        ..list_args(&params)?
+    };
+    let reply = call(&state, Call::List(args).into_request(collection.clone())).await?;
     let (items, more) = match reply {
         Value::Object(mut page) => (
             page.remove("items").unwrap_or(Value::Array(Vec::new())),
@@ -160,8 +167,8 @@ fn next_link(collection: &str, params: &[(String, String)], count: usize) -> Opt
 }
 
 /// Turns the query string of a list into the `list` arguments; unknown parameters are ignored.
-fn list_args(params: &[(String, String)]) -> ApiResult<Value> {
-    let mut args = Map::new();
+fn list_args(params: &[(String, String)]) -> ApiResult<ListArgs> {
+    let mut args = ListArgs::default();
     for (key, value) in params {
         match key.as_str() {
             "where" => {
@@ -171,13 +178,10 @@ fn list_args(params: &[(String, String)]) -> ApiResult<Value> {
                 if !filter.is_object() {
                     return Err(ApiError::bad_request("`where` must be a JSON object"));
                 }
-                args.insert("where".into(), filter);
+                args.filter = Some(filter);
             }
             "sort" => {
-                let keys = crate::Query::parse_sort(value)?;
-                let keys =
-                    serde_json::to_value(keys).map_err(|e| Error::internal(e.to_string()))?;
-                args.insert("sort".into(), keys);
+                args.sort = Some(crate::Query::parse_sort(value)?);
             }
             "limit" | "skip" => {
                 let n: u64 = value.trim().parse().map_err(|_| {
@@ -185,15 +189,19 @@ fn list_args(params: &[(String, String)]) -> ApiResult<Value> {
                         "`{key}` must be a non-negative integer, got {value:?}"
                     ))
                 })?;
-                args.insert(key.clone(), Value::from(n));
+                if key == "limit" {
+                    args.limit = Some(n);
+                } else {
+                    args.skip = Some(n);
+                }
             }
             "text" => {
-                args.insert("text".into(), Value::from(value.as_str()));
+                args.text = Some(value.clone());
             }
             _ => {}
         }
     }
-    Ok(Value::Object(args))
+    Ok(args)
 }
 
 /// `POST /{collection}` with `{"resource_id"?: str, "resource_data": {...}}`: 201
@@ -217,19 +225,17 @@ pub(crate) async fn create(
             ));
         }
     };
-    if !body.contains_key("resource_data") {
+    let Some(resource_data) = body.remove("resource_data") else {
         return Err(ApiError::validation(
             "resource_data",
             "missing field `resource_data`",
         ));
+    };
+    let request = Call::Create {
+        id,
+        args: CreateArgs { resource_data },
     }
-    // The arguments are `{"resource_data": ...}`: the body's own map, minus anything else, is
-    // that object already (no new map, no new key, no move of the document).
-    if body.len() > 1 {
-        body.retain(|key, _| key == "resource_data");
-    }
-    let mut request = Request::new(collection, "create").args(Value::Object(body));
-    request.resource_id = id;
+    .into_request(collection);
     call_raw(&state, StatusCode::CREATED, request).await
 }
 
@@ -243,7 +249,7 @@ pub(crate) async fn get(
     call_raw(
         &state,
         StatusCode::OK,
-        Request::new(collection, "get").id(id),
+        Call::Get { id }.into_request(collection),
     )
     .await
 }
@@ -263,9 +269,13 @@ pub(crate) async fn patch(
             "the request body must be {shape}"
         )));
     };
-    let request = Request::new(collection, "patch")
-        .id(id)
-        .args(json!({ "patch": patch }));
+    let request = Call::Patch {
+        id,
+        args: PatchArgs {
+            patch: Patch::new(patch),
+        },
+    }
+    .into_request(collection);
     let doc = call(&state, request).await?;
     Ok(Json(doc).into_response())
 }
@@ -277,7 +287,7 @@ pub(crate) async fn delete(
     Path((collection, id)): Path<(String, String)>,
 ) -> ApiResult {
     authorize(&state, &user(user_ext), &collection, Operation::Delete)?;
-    call(&state, Request::new(collection, "delete").id(id)).await?;
+    call(&state, Call::Delete { id }.into_request(collection)).await?;
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
@@ -310,7 +320,7 @@ async fn run_action(
     body: Result<Bytes, BytesRejection>,
 ) -> ApiResult {
     authorize(state, &user, &collection, Operation::Action(action.clone()))?;
-    if BUILT_IN.contains(&action.as_str()) {
+    if has_own_route(&action) {
         return Err(Error::UnknownAction { collection, action }.into());
     }
     let args = json_body(body)?.unwrap_or(Value::Null);
@@ -343,7 +353,7 @@ mod tests {
         ]))
         .unwrap();
         assert_eq!(
-            args,
+            serde_json::to_value(args).unwrap(),
             json!({
                 "where": {"status": "done"},
                 "sort": [{"field": "value", "order": "asc"}, {"field": "status", "order": "desc"}],
@@ -352,7 +362,7 @@ mod tests {
         );
         let json_sort = list_args(&params(&[("sort", r#"{"value": -1}"#)])).unwrap();
         assert_eq!(
-            json_sort["sort"],
+            serde_json::to_value(json_sort.sort).unwrap(),
             json!([{"field": "value", "order": "desc"}])
         );
     }
