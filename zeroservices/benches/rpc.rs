@@ -229,7 +229,7 @@ async fn bench_raw(endpoint: &str, in_flight: usize) -> Row {
     let mut dealer = DealerSocket::new();
     dealer.connect(endpoint).await.expect("raw connect");
     let body = serde_json::to_vec(&json!({
-        "v": 1, "kind": "request", "id": 123456u64, "from": "bench-client", "request": request()
+        "v": PROTOCOL_VERSION, "kind": "request", "id": 123456u64, "from": "bench-client", "request": request()
     }))
     .expect("body");
     let message = |seq: u64| {

@@ -1094,7 +1094,7 @@ async fn suite() {
         powers.get(&id).await.expect("warm-up get");
     }
     let envelope = serde_json::to_vec(&json!({
-        "v": 1, "kind": "request", "id": 123456u64, "from": client.id(),
+        "v": zeroservices::medium::PROTOCOL_VERSION, "kind": "request", "id": 123456u64, "from": client.id(),
         "request": Request::new("power", "get").id(id.clone()),
     }))
     .expect("envelope");

@@ -589,14 +589,14 @@ fn envelope_body() -> impl Strategy<Value = Vec<u8>> {
         json_value().prop_map(|v| v.to_string().into_bytes()),
         // A request envelope around a random `request`.
         (json_value(), any::<u64>()).prop_map(|(request, id)| {
-            serde_json::json!({"v": 1, "kind": "request", "id": id, "from": "x", "request": request})
+            serde_json::json!({"v": zeroservices::medium::PROTOCOL_VERSION, "kind": "request", "id": id, "from": "x", "request": request})
                 .to_string()
                 .into_bytes()
         }),
         // A request for the real collection with random arguments and ids.
         (json_value(), prop::option::of("[a-z.*> ]{0,6}"), prop::sample::select(&["create", "get", "patch", "list", "delete", "nope"][..])).prop_map(
             |(args, resource_id, action)| {
-                serde_json::json!({"v": 1, "kind": "request", "id": 1, "from": "x",
+                serde_json::json!({"v": zeroservices::medium::PROTOCOL_VERSION, "kind": "request", "id": 1, "from": "x",
                     "request": {"collection": "item", "action": action, "resource_id": resource_id, "args": args}})
                 .to_string()
                 .into_bytes()

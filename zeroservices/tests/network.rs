@@ -517,7 +517,7 @@ async fn garbage_at_a_node_leaves_it_serving() {
         }
         msg
     };
-    let good = br#"{"v":1,"kind":"request","id":1,"from":"x","request":{"collection":"power","action":"list"}}"#.to_vec();
+    let good = format!(r#"{{"v":{},"kind":"request","id":1,"from":"x","request":{{"collection":"power","action":"list"}}}}"#, zeroservices::medium::PROTOCOL_VERSION).into_bytes();
     let garbage: Vec<Vec<Vec<u8>>> = vec![
         vec![good.clone()],
         vec![good.clone(), b"a".to_vec(), b"b".to_vec(), b"c".to_vec()],

@@ -12,6 +12,9 @@ use zeroservices::medium::{Endpoints, Inbound, Medium, Request, ZmqMedium};
 use zeroservices::security::ClusterKey;
 use zeroservices::{Error, Event, NodeInfo, NodeKind, Result};
 
+/// The protocol version of the envelopes built by hand here.
+const V: u32 = zeroservices::medium::PROTOCOL_VERSION;
+
 /// Echoes `args`, fails on `fail`, sleeps on `sleep`, and records events.
 #[derive(Default)]
 struct TestInbound {
@@ -428,7 +431,7 @@ async fn garbage_at_the_router_is_dropped_and_counted() {
     let signed =
         |body: &[u8]| -> ZmqMessage { frames(vec![body.to_vec(), key.sign(&[body]).into_bytes()]) };
     let good = |id: u64| {
-        json!({"v": 1, "kind": "request", "id": id, "from": "raw",
+        json!({"v": V, "kind": "request", "id": id, "from": "raw",
                "request": {"collection": "c", "action": "echo", "args": id}})
         .to_string()
         .into_bytes()
@@ -456,7 +459,7 @@ async fn garbage_at_the_router_is_dropped_and_counted() {
     // it goes on a connection of its own.
     let mut big = DealerSocket::new();
     big.connect(&b.info.endpoints["router"]).await.unwrap();
-    let huge = json!({"v": 1, "kind": "request", "id": 5, "from": "raw",
+    let huge = json!({"v": V, "kind": "request", "id": 5, "from": "raw",
                       "request": {"collection": "c", "action": "echo", "args": "x".repeat(10_000)}});
     big.send(signed(huge.to_string().as_bytes())).await.unwrap();
     // Unsigned and wrongly signed.
@@ -492,7 +495,7 @@ async fn garbage_at_the_router_is_dropped_and_counted() {
     assert_eq!(s.requests_served, 0, "{s:?}");
 
     // A well-formed envelope with a bad request object gets a typed error reply.
-    let bad = json!({"v": 1, "kind": "request", "id": 9, "from": "raw", "request": {"nope": true}});
+    let bad = json!({"v": V, "kind": "request", "id": 9, "from": "raw", "request": {"nope": true}});
     raw.send(signed(bad.to_string().as_bytes())).await.unwrap();
     let reply = tokio::time::timeout(Duration::from_secs(5), raw.recv())
         .await
@@ -513,7 +516,7 @@ async fn garbage_at_the_router_is_dropped_and_counted() {
     let reply: Value = serde_json::from_slice(reply.get(0).unwrap()).unwrap();
     assert_eq!(
         reply,
-        json!({"v": 1, "kind": "response", "id": 10, "ok": {"from": "raw", "id": null, "args": 10}})
+        json!({"v": V, "kind": "response", "id": 10, "ok": {"from": "raw", "id": null, "args": 10}})
     );
 
     // ...and so does a proper medium.

@@ -20,7 +20,10 @@ pub use self::zeromq::{ZmqMedium, ZmqStats};
 pub use memory::{MemoryCluster, MemoryDiscovery, MemoryMedium};
 
 /// The version of the node-to-node protocol, carried by every envelope and announcement.
-pub const PROTOCOL_VERSION: u32 = 1;
+///
+/// Version 2 gave the ZeroMQ medium's control messages (`interest`, `sync`) envelope kinds of
+/// their own; version 1 sent them as requests to a collection `$medium`.
+pub const PROTOCOL_VERSION: u32 = 2;
 
 /// The collection name a unicast message to a node's `on_message` hook is addressed to.
 pub const NODE_MESSAGE: &str = "$node";

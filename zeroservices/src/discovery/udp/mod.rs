@@ -1,0 +1,278 @@
+//! [`UdpDiscovery`]: nodes find each other by UDP multicast on a LAN, or through a static list of
+//! seed peers where multicast is absent (containers, clouds).
+//!
+//! # Sockets
+//!
+//! - The **group socket** (multicast on): bound to the group address and port with
+//!   `SO_REUSEADDR` + `SO_REUSEPORT`, so several processes on one host share the group port, and
+//!   joined to the group on [`NetworkConfig::interface`] (`0.0.0.0`: the default interface). It
+//!   only receives announcements sent to the group.
+//! - The **unicast socket**: bound to `interface:discovery_port` (default: an ephemeral port). It
+//!   sends everything (multicast with `IP_MULTICAST_IF` = the interface, TTL 1, loop on) and
+//!   receives direct replies, seed-peer traffic and goodbyes. A datagram to the shared group port
+//!   would reach only one of the processes sharing it, hence this second socket. Its address is
+//!   announced as `reply_to` (with interface `0.0.0.0`, the local address the OS would route to
+//!   the group from, found with a connected UDP socket; no packet is sent for that).
+//!
+//! # Datagram format (a contract, version 1)
+//!
+//! Without a cluster key a datagram is one compact JSON object:
+//!
+//! ```text
+//! {"v":1,"type":"announce","reply_to":"127.0.0.1:40123","node":{<NodeInfo>},"peers":["127.0.0.1:40124"]}
+//! ```
+//!
+//! - `v`: the discovery protocol version, [`DISCOVERY_VERSION`]; others are dropped.
+//! - `type`: `announce` (a heartbeat or a newcomer; answered with a `reply` when the sender is
+//!   new or its information changed), `reply` (a direct answer to an announce; never answered),
+//!   or `goodbye` (the sender stops; `node` then carries only its id, name and kind).
+//! - `reply_to`: the `ip:port` of the sender's unicast socket, where direct answers go.
+//! - `node`: the sender's [`NodeInfo`] as serialised by serde.
+//! - `peers` (optional, unicast datagrams only): the `reply_to` addresses of peers the sender
+//!   knows, at most 64. A receiver announces itself to those it does not know yet, which makes a
+//!   static (seed-list) cluster converge: a node that only knows one seed learns everyone.
+//!
+//! Unknown fields are ignored. With a cluster key the datagram is the same JSON, a newline
+//! (`\n`, which compact JSON never contains), and 64 lowercase hex digits:
+//! `ClusterKey::sign(&[MAC_CONTEXT, json])`, the HMAC-SHA256 of the JSON bytes (each part
+//! length-prefixed, see [`ClusterKey::sign`](crate::security::ClusterKey::sign)). A node with a key drops unsigned and forged
+//! datagrams; a node without a key drops signed ones: nodes with different keys never see each
+//! other. Each drop is counted ([`DiscoveryStats`]) and logged once per sender and kind.
+//!
+//! Datagrams larger than [`MAX_DATAGRAM_BYTES`] (or [`NetworkConfig::max_message_bytes`] when
+//! smaller) are dropped on receipt; an own announcement that would exceed it is not sent and an
+//! error naming its size is logged.
+//!
+//! # Behaviour
+//!
+//! `start` announces to the group and to every seed peer; a new (or changed) peer is reported
+//! with [`PeerEvent::Seen`](super::PeerEvent::Seen) and answered directly. Every [`NetworkConfig::heartbeat`] the node
+//! re-announces to the group, the seed peers, and by unicast to every known peer not heard on the
+//! group lately (so static clusters stay alive). Any announce or reply from a known peer refreshes
+//! it; a peer silent past [`NetworkConfig::peer_timeout`] is reported as
+//! [`PeerEvent::Left`](super::PeerEvent::Left) with [`LeaveReason::Timeout`](super::LeaveReason::Timeout). `stop` sends `goodbye` to the group, every
+//! known peer and every seed, and peers report [`LeaveReason::Goodbye`](super::LeaveReason::Goodbye) at once.
+//!
+//! When the interface is a loopback address, datagrams are only ever sent to loopback addresses
+//! (and the group, which `IP_MULTICAST_IF` keeps on loopback): an announcement naming another
+//! `reply_to` is dropped as malformed.
+//!
+//! A node tracks at most [`NetworkConfig::max_peers`] peers (`ZS_MAX_PEERS`, default 1024):
+//! announcements and replies from a new node id beyond it are dropped, counted
+//! ([`DiscoveryStats::dropped_over_peer_cap`]) and logged once; known peers keep refreshing,
+//! and room frees as peers leave or time out. The other per-sender state is bounded too: ids
+//! that said goodbye are remembered only for known peers, gossiped addresses probed per
+//! heartbeat at most `max_peers`, and "logged once" sets at 10,000 senders.
+
+//!
+//! # Parts
+//!
+//! `datagram` (the format: encode, sign, decode and check), `socket` (the two sockets and the
+//! announced address), `peers` (the peer table and failure detection), `targets` (the group,
+//! seed peers and the loopback rule), `shared` (taking and sending datagrams, and the task).
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use async_trait::async_trait;
+use tokio::net::UdpSocket;
+
+use self::shared::Shared;
+use self::socket::{advertised_addr, multicast_socket, unicast_socket};
+use super::{Discovery, PeerSink};
+use crate::config::NetworkConfig;
+use crate::{Error, NodeInfo, Result};
+
+mod datagram;
+mod peers;
+mod shared;
+mod socket;
+mod targets;
+
+/// The version of the discovery datagram format (the `v` field).
+pub const DISCOVERY_VERSION: u64 = 1;
+
+/// The largest datagram sent or accepted. IPv4 UDP carries at most 65,507 bytes; anything above
+/// the path MTU (about 1,470 bytes on Ethernet) travels as IP fragments.
+pub const MAX_DATAGRAM_BYTES: usize = 60 * 1024;
+
+/// The first part signed with the cluster key, before the JSON bytes, so a discovery datagram
+/// can never pass for another kind of signed message.
+pub const MAC_CONTEXT: &[u8] = b"zeroservices-discovery/1";
+
+/// At most this many peer addresses are gossiped in one datagram.
+const MAX_GOSSIP_PEERS: usize = 64;
+
+/// Counters of a [`UdpDiscovery`], for logs and tests.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct DiscoveryStats {
+    /// Datagrams received on either socket (own multicast echoes included).
+    pub received: u64,
+    /// Dropped: not UTF-8 JSON, not the expected shape, or a bad `reply_to`.
+    pub dropped_malformed: u64,
+    /// Dropped: unsigned or forged while a cluster key is set, or signed while none is.
+    pub dropped_unsigned: u64,
+    /// Dropped: a `v` other than [`DISCOVERY_VERSION`].
+    pub dropped_version: u64,
+    /// Dropped: larger than the datagram limit.
+    pub dropped_oversized: u64,
+    /// Dropped: an announcement or reply from a new node id while [`NetworkConfig::max_peers`]
+    /// peers are known already.
+    pub dropped_over_peer_cap: u64,
+    /// Peers known now.
+    pub peers: usize,
+}
+
+/// Announces this node by UDP multicast and/or to static seed peers, and hears the others.
+/// See the [module documentation](self) for the sockets, the datagram format and the behaviour.
+///
+/// ```no_run
+/// # async fn f(info: zeroservices::NodeInfo, sink: std::sync::Arc<dyn zeroservices::discovery::PeerSink>) -> zeroservices::Result<()> {
+/// use zeroservices::config::NetworkConfig;
+/// use zeroservices::discovery::{Discovery, UdpDiscovery};
+/// let discovery = UdpDiscovery::new(NetworkConfig::from_env()?);
+/// discovery.start(info, sink).await?;
+/// println!("listening on {:?}", discovery.local_addr());
+/// discovery.stop().await;
+/// # Ok(()) }
+/// ```
+pub struct UdpDiscovery {
+    shared: Arc<Shared>,
+}
+
+impl UdpDiscovery {
+    /// A discovery with these settings; nothing is bound before [`Discovery::start`].
+    pub fn new(config: NetworkConfig) -> Self {
+        Self {
+            shared: Arc::new(Shared::new(config)),
+        }
+    }
+
+    /// Counters: datagrams received and dropped, peers known.
+    pub fn stats(&self) -> DiscoveryStats {
+        self.shared.stats()
+    }
+
+    /// The address of the unicast socket as announced to peers (`reply_to`), once started. Seed
+    /// peers of other nodes (`ZS_PEERS`) point here.
+    pub fn local_addr(&self) -> Option<SocketAddr> {
+        self.shared.reply_to.get().copied()
+    }
+
+    /// Stops without saying goodbye, as if the process had been killed: peers drop this node
+    /// only after their peer timeout. For tests.
+    #[doc(hidden)]
+    pub fn kill(&self) {
+        self.shared.stopped.store(true, Ordering::SeqCst);
+        if let Some(task) = self.shared.take_task() {
+            task.abort();
+        }
+    }
+}
+
+impl Drop for UdpDiscovery {
+    fn drop(&mut self) {
+        if let Some(task) = self.shared.take_task() {
+            task.abort();
+        }
+    }
+}
+
+#[async_trait]
+impl Discovery for UdpDiscovery {
+    async fn start(&self, me: NodeInfo, sink: Arc<dyn PeerSink>) -> Result<()> {
+        let shared = &self.shared;
+        if shared.started.swap(true, Ordering::SeqCst) {
+            return Err(Error::internal("udp discovery started twice"));
+        }
+        let config = &shared.config;
+        let unicast = unicast_socket(config).map_err(|e| {
+            let msg = format!(
+                "discovery: cannot bind the unicast socket on {}:{}: {e}",
+                config.interface,
+                config.discovery_port.unwrap_or(0)
+            );
+            tracing::error!("{msg}");
+            Error::unavailable(msg)
+        })?;
+        let bound = unicast
+            .local_addr()
+            .map_err(|e| Error::unavailable(format!("discovery: unicast socket address: {e}")))?;
+        let reply_to = advertised_addr(config, bound);
+        let multicast = if config.multicast {
+            match multicast_socket(config) {
+                Ok(socket) => Some(socket),
+                Err(msg) if !config.peers.is_empty() => {
+                    tracing::error!("{msg}; going on with the seed peers only");
+                    None
+                }
+                Err(msg) => {
+                    tracing::error!("{msg}");
+                    return Err(Error::unavailable(msg));
+                }
+            }
+        } else {
+            None
+        };
+        let unicast = Arc::new(
+            UdpSocket::from_std(unicast)
+                .map_err(|e| Error::unavailable(format!("discovery: unicast socket: {e}")))?,
+        );
+        let multicast = match multicast {
+            Some(s) => Some(
+                UdpSocket::from_std(s)
+                    .map_err(|e| Error::unavailable(format!("discovery: group socket: {e}")))?,
+            ),
+            None => None,
+        };
+        shared
+            .multicast_active
+            .store(multicast.is_some(), Ordering::SeqCst);
+        let _ = shared.unicast.set(unicast.clone());
+        let _ = shared.reply_to.set(reply_to);
+        tracing::info!(
+            node = %me.id,
+            %reply_to,
+            group = %config.multicast_group,
+            multicast = multicast.is_some(),
+            seeds = config.peers.len(),
+            "udp discovery started"
+        );
+        shared.set_me(me);
+        let task = tokio::spawn(shared::run(shared.clone(), unicast, multicast, sink));
+        *shared.task.lock().unwrap_or_else(|e| e.into_inner()) = Some(task);
+        shared.announce_everywhere().await;
+        Ok(())
+    }
+
+    async fn announce(&self, me: NodeInfo) -> Result<()> {
+        let shared = &self.shared;
+        shared.set_me(me);
+        if shared.stopped.load(Ordering::SeqCst) || shared.unicast.get().is_none() {
+            return Ok(());
+        }
+        shared.announce_everywhere().await;
+        Ok(())
+    }
+
+    async fn stop(&self) {
+        let shared = &self.shared;
+        if shared.stopped.swap(true, Ordering::SeqCst) {
+            return;
+        }
+        // End the task first, so no announcement can follow the goodbye.
+        if let Some(task) = shared.take_task() {
+            task.abort();
+            let _ = task.await;
+        }
+        let Some(socket) = shared.unicast.get() else {
+            return;
+        };
+        let sends = shared.goodbyes();
+        for (to, bytes) in sends {
+            shared.send(socket, to, &bytes).await;
+        }
+        tracing::info!(reply_to = ?shared.reply_to.get(), "udp discovery stopped");
+    }
+}

@@ -1,0 +1,483 @@
+//! What the discovery's handle and its task share: the settings, the unicast socket, the peer
+//! table and the counters; taking a datagram (checks, table, reports, answers), sending ours,
+//! and the task that runs both sockets, the heartbeat and the reaper.
+
+use std::io;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
+use std::time::Duration;
+
+use tokio::net::UdpSocket;
+use tokio::task::JoinHandle;
+use tokio::time::{Instant, MissedTickBehavior};
+
+use super::datagram::{self, Incoming, Kind, Rejection};
+use super::peers::{Limits, Table};
+use super::{DISCOVERY_VERSION, DiscoveryStats, MAX_DATAGRAM_BYTES, targets};
+use crate::NodeInfo;
+use crate::config::NetworkConfig;
+use crate::discovery::{LeaveReason, PeerEvent, PeerSink};
+use crate::security::{ClusterKey, DropLog};
+
+/// Larger than any UDP payload, so the kernel never truncates a datagram silently.
+const RECV_BUFFER: usize = 65_536;
+
+type Sends = Vec<(SocketAddr, Vec<u8>)>;
+
+pub(crate) struct Shared {
+    pub(crate) config: NetworkConfig,
+    /// The largest datagram accepted.
+    limit: usize,
+    pub(crate) started: AtomicBool,
+    pub(crate) stopped: AtomicBool,
+    pub(crate) unicast: OnceLock<Arc<UdpSocket>>,
+    pub(crate) reply_to: OnceLock<SocketAddr>,
+    pub(crate) multicast_active: AtomicBool,
+    pub(crate) task: Mutex<Option<JoinHandle<()>>>,
+    table: Mutex<Table>,
+    received: AtomicU64,
+    malformed: DropLog,
+    unsigned: DropLog,
+    version: DropLog,
+    oversized: DropLog,
+    /// New ids beyond `max_peers`: counted, logged once (one key: a flood of forged ids from
+    /// many addresses still logs one line).
+    over_cap: DropLog,
+    send_failures: DropLog,
+    /// The size of the last own datagram reported as too large, to log each size once.
+    oversize_logged: AtomicUsize,
+}
+
+impl Shared {
+    pub(crate) fn new(config: NetworkConfig) -> Self {
+        let limit = config.max_message_bytes.min(MAX_DATAGRAM_BYTES);
+        Self {
+            config,
+            limit,
+            started: AtomicBool::new(false),
+            stopped: AtomicBool::new(false),
+            unicast: OnceLock::new(),
+            reply_to: OnceLock::new(),
+            multicast_active: AtomicBool::new(false),
+            task: Mutex::new(None),
+            table: Mutex::new(Table::default()),
+            received: AtomicU64::new(0),
+            malformed: DropLog::new(),
+            unsigned: DropLog::new(),
+            version: DropLog::new(),
+            oversized: DropLog::new(),
+            over_cap: DropLog::new(),
+            send_failures: DropLog::new(),
+            oversize_logged: AtomicUsize::new(0),
+        }
+    }
+
+    pub(crate) fn stats(&self) -> DiscoveryStats {
+        DiscoveryStats {
+            received: self.received.load(Ordering::Relaxed),
+            dropped_malformed: self.malformed.count(),
+            dropped_unsigned: self.unsigned.count(),
+            dropped_version: self.version.count(),
+            dropped_oversized: self.oversized.count(),
+            dropped_over_peer_cap: self.over_cap.count(),
+            peers: self.lock().peers.len(),
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Table> {
+        // Each update of the table is a handful of inserts and removes: a poisoned lock is
+        // still consistent.
+        self.table.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// This node's information, announced from now on.
+    pub(crate) fn set_me(&self, me: NodeInfo) {
+        self.lock().me = Some(me);
+    }
+
+    pub(crate) fn take_task(&self) -> Option<JoinHandle<()>> {
+        self.task.lock().unwrap_or_else(|e| e.into_inner()).take()
+    }
+
+    fn key(&self) -> Option<&ClusterKey> {
+        self.config.cluster_key.as_ref()
+    }
+
+    fn group(&self) -> SocketAddr {
+        SocketAddr::V4(self.config.multicast_group)
+    }
+
+    fn limits(&self) -> Limits {
+        Limits {
+            max_peers: self.config.max_peers,
+            peer_timeout: self.config.peer_timeout,
+            heartbeat: self.config.heartbeat,
+        }
+    }
+
+    fn allowed(&self, to: SocketAddr) -> bool {
+        targets::allowed(self.config.interface, self.group(), to)
+    }
+
+    /// One datagram of ours, or `None` (logged) when it cannot be built or is too large.
+    fn datagram(&self, kind: Kind, me: &NodeInfo, peers: &[SocketAddr]) -> Option<Vec<u8>> {
+        let reply_to = *self.reply_to.get()?;
+        let bytes = match datagram::encode(kind, me, reply_to, peers, self.key()) {
+            Ok(bytes) => bytes,
+            Err(e) => {
+                tracing::error!(node = %me.id, "discovery: cannot serialise our announcement: {e}");
+                return None;
+            }
+        };
+        if bytes.len() > self.limit {
+            if self.oversize_logged.swap(bytes.len(), Ordering::Relaxed) != bytes.len() {
+                tracing::error!(
+                    node = %me.id,
+                    size = bytes.len(),
+                    limit = self.limit,
+                    "discovery: our {kind:?} is {} bytes, over the {}-byte datagram limit; it is \
+                     not sent and peers will not see this node (smaller JSON schemas, or fewer \
+                     resources per node, fix it)",
+                    bytes.len(),
+                    self.limit
+                );
+            }
+            return None;
+        }
+        Some(bytes)
+    }
+
+    /// Announcements to the group, every seed, and every known peer not heard on the group
+    /// within a peer timeout.
+    fn announcements(&self) -> Sends {
+        let table = self.lock();
+        let Some(me) = table.me.as_ref() else {
+            return Vec::new();
+        };
+        let mut sends = Vec::new();
+        if self.multicast_active.load(Ordering::Relaxed)
+            && let Some(bytes) = self.datagram(Kind::Announce, me, &[])
+        {
+            sends.push((self.group(), bytes));
+        }
+        let due = table.not_heard_on_group(Instant::now(), self.config.peer_timeout);
+        let to = targets::announcements(&self.config.peers, due, self.reply_to.get().copied());
+        if !to.is_empty()
+            && let Some(bytes) = self.datagram(Kind::Announce, me, &table.gossip())
+        {
+            sends.extend(to.into_iter().map(|t| (t, bytes.clone())));
+        }
+        sends
+    }
+
+    pub(crate) async fn announce_everywhere(&self) {
+        let Some(socket) = self.unicast.get() else {
+            return;
+        };
+        for (to, bytes) in self.announcements() {
+            self.send(socket, to, &bytes).await;
+        }
+    }
+
+    /// Goodbyes to the group, every known peer and every seed.
+    pub(crate) fn goodbyes(&self) -> Sends {
+        let table = self.lock();
+        let Some(me) = table.me.as_ref() else {
+            return Vec::new();
+        };
+        // Only who is leaving: a goodbye stays small whatever the node owns.
+        let bare = NodeInfo {
+            id: me.id.clone(),
+            name: me.name.clone(),
+            kind: me.kind,
+            protocol: me.protocol,
+            endpoints: Default::default(),
+            resources: Vec::new(),
+            watches: Vec::new(),
+        };
+        let Some(bytes) = self.datagram(Kind::Goodbye, &bare, &[]) else {
+            return Vec::new();
+        };
+        let group = self
+            .multicast_active
+            .load(Ordering::Relaxed)
+            .then(|| self.group());
+        let known = table.peers.values().map(|p| p.reply_to);
+        let to = targets::goodbyes(
+            group,
+            &self.config.peers,
+            known,
+            self.reply_to.get().copied(),
+        );
+        to.into_iter().map(|t| (t, bytes.clone())).collect()
+    }
+
+    pub(crate) async fn send(&self, socket: &UdpSocket, to: SocketAddr, bytes: &[u8]) {
+        if !self.allowed(to) {
+            self.send_failures.drop_from(
+                &to.to_string(),
+                "discovery send",
+                &format!("not reachable from interface {}", self.config.interface),
+            );
+            return;
+        }
+        if let Err(e) = socket.send_to(bytes, to).await {
+            tracing::debug!(%to, "discovery: send failed: {e}");
+            self.send_failures
+                .drop_from(&to.to_string(), "discovery send", &e.to_string());
+        }
+    }
+
+    fn reject(&self, rejection: Rejection, from: SocketAddr) {
+        let sender = from.to_string();
+        tracing::debug!(%from, ?rejection, "discovery: dropped a datagram");
+        match rejection {
+            Rejection::Oversized(n) => self.oversized.drop_from(
+                &sender,
+                "oversized discovery datagram",
+                &format!("{n} bytes, over the {}-byte limit", self.limit),
+            ),
+            Rejection::Malformed(reason) => {
+                self.malformed
+                    .drop_from(&sender, "malformed discovery datagram", &reason)
+            }
+            Rejection::Unsigned(reason) => {
+                self.unsigned
+                    .drop_from(&sender, "unsigned discovery datagram", reason)
+            }
+            Rejection::Version(v) => self.version.drop_from(
+                &sender,
+                "discovery datagram of another version",
+                &format!("version {v}, expected {DISCOVERY_VERSION}"),
+            ),
+        }
+    }
+
+    /// Takes one datagram: updates the peers, reports to the sink, answers.
+    async fn handle(&self, bytes: &[u8], from: SocketAddr, via_group: bool, sink: &dyn PeerSink) {
+        self.received.fetch_add(1, Ordering::Relaxed);
+        let msg = match datagram::decode(bytes, self.key(), self.limit) {
+            Ok(msg) => msg,
+            Err(rejection) => return self.reject(rejection, from),
+        };
+        if !self.allowed(msg.reply_to) {
+            return self.reject(
+                Rejection::Malformed(format!(
+                    "reply_to {} is not reachable from interface {}",
+                    msg.reply_to, self.config.interface
+                )),
+                from,
+            );
+        }
+        let (events, sends) = self.apply(msg, via_group);
+        for event in events {
+            sink.peer_event(event);
+        }
+        if let Some(socket) = self.unicast.get() {
+            for (to, bytes) in sends {
+                self.send(socket, to, &bytes).await;
+            }
+        }
+    }
+
+    /// Updates the table with one datagram; the events to report and the datagrams to send.
+    fn apply(&self, msg: Incoming, via_group: bool) -> (Vec<PeerEvent>, Sends) {
+        let sender = msg.reply_to;
+        let mut table = self.lock();
+        let own = self.reply_to.get().copied();
+        let limits = self.limits();
+        let applied = table.apply(msg, via_group, Instant::now(), limits, own, |a| {
+            self.allowed(a)
+        });
+        if let Some(line) = &applied.over_cap {
+            self.over_cap.drop_from("", "discovery announcement", line);
+        }
+        let mut sends = Vec::new();
+        let Some(me) = table.me.clone() else {
+            return (applied.events, sends);
+        };
+        let gossip = table.gossip();
+        if applied.reply
+            && let Some(bytes) = self.datagram(Kind::Reply, &me, &gossip)
+        {
+            sends.push((sender, bytes));
+        }
+        if !applied.introduce.is_empty()
+            && let Some(bytes) = self.datagram(Kind::Announce, &me, &gossip)
+        {
+            sends.extend(applied.introduce.into_iter().map(|a| (a, bytes.clone())));
+        }
+        (applied.events, sends)
+    }
+
+    /// Drops the peers silent past the timeout.
+    fn reap(&self, sink: &dyn PeerSink) {
+        let expired = self.lock().reap(Instant::now(), self.limits());
+        for id in expired {
+            tracing::debug!(peer = %id, "discovery: peer timed out");
+            sink.peer_event(PeerEvent::Left {
+                id,
+                reason: LeaveReason::Timeout,
+            });
+        }
+    }
+}
+
+async fn recv_or_pending(
+    socket: Option<&UdpSocket>,
+    buf: &mut [u8],
+) -> io::Result<(usize, SocketAddr)> {
+    match socket {
+        Some(socket) => socket.recv_from(buf).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// The discovery's one task: both sockets, the heartbeat and the reaper, so peer events are
+/// reported in order.
+pub(crate) async fn run(
+    shared: Arc<Shared>,
+    unicast: Arc<UdpSocket>,
+    multicast: Option<UdpSocket>,
+    sink: Arc<dyn PeerSink>,
+) {
+    let mut unicast_buf = vec![0u8; RECV_BUFFER];
+    let mut group_buf = vec![0u8; RECV_BUFFER];
+    let beat = shared.config.heartbeat.max(Duration::from_millis(1));
+    let mut heartbeat = tokio::time::interval_at(Instant::now() + beat, beat);
+    heartbeat.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    let reap_every = (shared.config.peer_timeout / 5)
+        .min(beat)
+        .max(Duration::from_millis(1));
+    let mut reaper = tokio::time::interval_at(Instant::now() + reap_every, reap_every);
+    reaper.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            r = unicast.recv_from(&mut unicast_buf) => match r {
+                Ok((n, from)) => shared.handle(&unicast_buf[..n], from, false, &*sink).await,
+                Err(e) => recv_failed(&e).await,
+            },
+            r = recv_or_pending(multicast.as_ref(), &mut group_buf) => match r {
+                Ok((n, from)) => shared.handle(&group_buf[..n], from, true, &*sink).await,
+                Err(e) => recv_failed(&e).await,
+            },
+            _ = heartbeat.tick() => shared.announce_everywhere().await,
+            _ = reaper.tick() => shared.reap(&*sink),
+        }
+    }
+}
+
+async fn recv_failed(e: &io::Error) {
+    // Some systems report an ICMP "port unreachable" of an earlier send on the next receive;
+    // never fatal, but do not spin on a persistent error.
+    tracing::debug!("discovery: receive failed: {e}");
+    tokio::time::sleep(Duration::from_millis(10)).await;
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::Ipv4Addr;
+
+    use super::*;
+
+    #[derive(Default)]
+    struct Sink(Mutex<Vec<PeerEvent>>);
+
+    impl PeerSink for Sink {
+        fn peer_event(&self, event: PeerEvent) {
+            self.0.lock().unwrap().push(event);
+        }
+    }
+
+    fn info(id: &str) -> NodeInfo {
+        serde_json::from_value(serde_json::json!({"id": id, "name": "svc"})).unwrap()
+    }
+
+    /// A started-looking discovery on loopback, with no socket: nothing is sent.
+    fn shared(key: Option<&str>) -> Shared {
+        let shared = Shared::new(NetworkConfig {
+            interface: Ipv4Addr::LOCALHOST,
+            cluster_key: key.map(ClusterKey::new),
+            ..NetworkConfig::default()
+        });
+        let _ = shared.reply_to.set("127.0.0.1:4000".parse().unwrap());
+        shared.set_me(info("me"));
+        shared
+    }
+
+    fn announce(id: &str, port: u16, key: Option<&ClusterKey>) -> Vec<u8> {
+        let from = SocketAddr::from(([127, 0, 0, 1], port));
+        datagram::encode(Kind::Announce, &info(id), from, &[], key).unwrap()
+    }
+
+    #[tokio::test]
+    async fn datagrams_are_counted_reported_and_rejected() {
+        let shared = shared(Some("k"));
+        let key = ClusterKey::new("k");
+        let sink = Sink::default();
+        let from: SocketAddr = "127.0.0.1:5000".parse().unwrap();
+        shared
+            .handle(&announce("a", 5000, Some(&key)), from, false, &sink)
+            .await;
+        shared
+            .handle(&announce("b", 5001, None), from, false, &sink)
+            .await;
+        shared.handle(b"garbage", from, false, &sink).await;
+        // A reply_to off loopback is unreachable from a loopback interface.
+        let far = datagram::encode(
+            Kind::Announce,
+            &info("c"),
+            "10.0.0.1:5000".parse().unwrap(),
+            &[],
+            Some(&key),
+        )
+        .unwrap();
+        shared.handle(&far, from, false, &sink).await;
+        assert_eq!(*sink.0.lock().unwrap(), vec![PeerEvent::Seen(info("a"))]);
+        let stats = shared.stats();
+        assert_eq!(stats.received, 4);
+        assert_eq!(stats.dropped_unsigned, 2);
+        assert_eq!(stats.dropped_malformed, 1);
+        assert_eq!(stats.peers, 1);
+    }
+
+    #[test]
+    fn a_new_peer_gets_a_reply_and_everyone_a_goodbye() {
+        let shared = shared(None);
+        let msg = datagram::decode(&announce("a", 5000, None), None, MAX_DATAGRAM_BYTES).unwrap();
+        let (events, sends) = shared.apply(msg, false);
+        assert_eq!(events, vec![PeerEvent::Seen(info("a"))]);
+        assert_eq!(sends.len(), 1);
+        let (to, bytes) = &sends[0];
+        assert_eq!(*to, "127.0.0.1:5000".parse::<SocketAddr>().unwrap());
+        let reply = datagram::decode(bytes, None, MAX_DATAGRAM_BYTES).unwrap();
+        assert_eq!(reply.kind, Kind::Reply);
+        assert_eq!(reply.node.id, "me");
+        // Multicast is not active here: the goodbye goes to the one known peer.
+        let goodbyes = shared.goodbyes();
+        assert_eq!(goodbyes.len(), 1);
+        let bye = datagram::decode(&goodbyes[0].1, None, MAX_DATAGRAM_BYTES).unwrap();
+        assert_eq!(bye.kind, Kind::Goodbye);
+        // Heartbeats go by unicast to the peer not heard on the group.
+        let beats = shared.announcements();
+        assert_eq!(beats.len(), 1);
+        assert_eq!(beats[0].0, goodbyes[0].0);
+    }
+
+    #[test]
+    fn an_announcement_over_the_limit_is_not_sent() {
+        let shared = Shared::new(NetworkConfig {
+            interface: Ipv4Addr::LOCALHOST,
+            max_message_bytes: 100,
+            peers: vec!["127.0.0.1:4001".parse().unwrap()],
+            ..NetworkConfig::default()
+        });
+        let _ = shared.reply_to.set("127.0.0.1:4000".parse().unwrap());
+        let mut me = info("me");
+        me.name = "x".repeat(200);
+        shared.set_me(me);
+        assert!(shared.announcements().is_empty());
+        assert!(shared.goodbyes().is_empty());
+    }
+}

@@ -1,0 +1,504 @@
+//! The ZeroMQ medium: nodes in separate processes (and machines) talk over TCP with the pure-Rust
+//! `zeromq` crate.
+//!
+//! Each node binds a ROUTER (calls in, replies out) and a PUB (events out) on ephemeral ports
+//! and announces them as the endpoints `router` and `pub`. Towards each peer it keeps ONE
+//! long-lived DEALER (calls out, many in flight, told apart by request id) and one SUB (events
+//! in).
+//!
+//! # Wire (a contract: other implementations must speak exactly this)
+//!
+//! Every body frame is UTF-8 JSON carrying `"v": 2` ([`PROTOCOL_VERSION`](super::PROTOCOL_VERSION)) and a `"kind"`.
+//! Version 1 carried the medium's control messages as requests to a collection `$medium`;
+//! version 2 gives them kinds of their own, and a request to `$medium` is an application
+//! request like any other (to an unknown collection).
+//!
+//! * **Request**, DEALER -> ROUTER, multipart `[body, mac]` (the ROUTER sees
+//!   `[identity, body, mac]`):
+//!   `{"v":2,"kind":"request","id":<u64>,"from":"<node id>","request":{"collection":..,
+//!   "action":..,"resource_id":..?,"args":..}}`.
+//! * **Interest**, DEALER -> ROUTER, `[body, mac]`: what the sender wants from the receiver,
+//!   `{"v":2,"kind":"interest","id":<u64>,"from":"<node id>","interest":{"version":<u64>,
+//!   "prefixes":["<topic prefix>",..]}}`. The receiver keeps the newest `version` per sender
+//!   (at most `max_peers` senders; an interest arriving after its sender left is ignored) and
+//!   publishes an event only when some peer wants it (a peer that never said gets everything).
+//!   Answered with a response, `"ok":null` or an error.
+//! * **Sync**, DEALER -> ROUTER, `[body, mac]`:
+//!   `{"v":2,"kind":"sync","id":<u64>,"from":"<node id>","topic":"$sync.<anything>",
+//!   "interest":{..}?}`: the receiver records the interest when given, publishes an event on
+//!   `topic` with `"data":null` and answers `"ok":null` (a topic not starting with `$sync.` or
+//!   over 256 bytes gets a `bad_request` error). A node subscribes to a fresh `$sync.` topic
+//!   after its other subscriptions and asks for it until it arrives: from then on, its earlier
+//!   subscriptions are in effect at that peer (one connection's subscriptions apply in order).
+//!   `$sync.` events are never handed to a node; a peer that answers with an error is simply
+//!   not confirmed.
+//! * **Response**, ROUTER -> DEALER, `[body, mac]`, the `id` of the call it answers:
+//!   `{"v":2,"kind":"response","id":<u64>,"ok":<value>}` or
+//!   `{"v":2,"kind":"response","id":<u64>,"error":<crate::Error, tagged by "kind">}`.
+//! * **Event**, PUB -> SUB, `[topic, body, mac]` (the topic frame first, so SUB prefix filtering
+//!   works): `{"v":2,"kind":"event","from":"<node id>","topic":"<topic>","data":<value>}`.
+//! * **Subscriptions** are plain ZeroMQ SUB subscriptions to topic prefixes (byte prefixes; the
+//!   receiver also checks dot segments, so `power` does not deliver `powers.*`): a node
+//!   subscribes to what its subscribers want (`""` for everything) and changes them as they
+//!   come and go, and tells its peers with `interest` messages (repeated until told).
+//!
+//! `mac` is [`ClusterKey::sign`](crate::security::ClusterKey::sign) of `[body]` (events:
+//! `[topic, body]`) as 64 lowercase hex digits, or an empty frame when no cluster key is
+//! configured. With a key configured, a missing or wrong mac is dropped, counted and logged
+//! once per sender. A wrong frame count, invalid JSON, an unknown `kind` or `v`, or a message
+//! larger than `max_message_bytes` is dropped, counted and logged once per sender; nothing a
+//! peer sends can panic the medium. A well-formed call (request, interest or sync) of this
+//! version with a usable `id` whose body is not valid gets a `bad_request` error reply; a
+//! request the node cannot serve gets the node's typed error.
+//!
+//! `max_message_bytes` bounds a message's frames together (body, mac, and the topic of an
+//! event). Every socket (ROUTER, DEALER, PUB, SUB) also enforces it while reading: a frame
+//! header that would take a message over it closes that connection at once, before anything is
+//! allocated for the frame (counted in [`ZmqStats::connections_closed_oversized`], logged once
+//! per peer address), so a peer claiming a huge frame costs nothing. A frame being received is
+//! buffered as its bytes arrive, never reserved at its announced size. Senders refuse to send
+//! anything over the limit.
+//!
+//! # Connections
+//!
+//! One supervised task per peer owns its DEALER: it keeps a `recv()` pending at all times, hands
+//! replies to the waiting calls, watches the socket monitor, and on a disconnect, a failed write
+//! or a failed connect fails that peer's pending calls at once with [`Error::Unavailable`] and
+//! rebuilds the socket with backoff (the `zeromq` DEALER does not reconnect by itself). Callers
+//! write their requests on the DEALER's send half themselves (no hop through the task; the
+//! crate's bounded per-peer write queue is the only queue); a failed write fails that call and
+//! ends the session. Before the first connect calls wait for it; after a failure they fail at
+//! once until a reconnect succeeds. Connects are bounded by a timeout. A call whose future is
+//! dropped (the node's timeout) removes its pending entry.
+//!
+//! The ROUTER task never runs a request that may take a while: a body over 64 KiB is verified
+//! and parsed on a serving task of its own; otherwise the ROUTER task checks and parses it, and
+//! polls its handler once in place only when the node says it is cheap
+//! ([`Inbound::serve_inline`]: a `get`, a `create`, a `delete`); a handler that completes without
+//! waiting is answered from the ROUTER task, like a plain echo, one that waits moves to its own
+//! task. Every other request (a `list`, a `patch`, an action, a message) is served on its own
+//! task at once, so one slow request never stalls the others. Control messages are answered on
+//! the ROUTER task.
+//!
+//! # Parts
+//!
+//! `wire` (envelopes, versions, mac frames), `pending` (calls waiting for replies), `dealer`
+//! (calls out), `router` (calls in), `subscriptions` (events in, what this node wants),
+//! `publish` (events out), `interest` (what peers want, and telling them), `sync` (sync
+//! markers), `stats` (counters), `core` (what they share).
+
+use std::collections::HashMap;
+use std::net::{Ipv4Addr, UdpSocket};
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use ::zeromq::{Endpoint, PubSocket, RouterSocket, Socket};
+use async_trait::async_trait;
+use serde_json::Value;
+use serde_json::value::RawValue;
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinHandle;
+
+use self::core::Core;
+use self::dealer::Dealer;
+use self::subscriptions::Sub;
+use self::wire::Outgoing;
+use super::{Endpoints, Inbound, Medium, Request};
+use crate::config::NetworkConfig;
+use crate::{Error, Event, NodeInfo, Result};
+
+mod core;
+mod dealer;
+mod interest;
+mod pending;
+mod publish;
+mod router;
+mod stats;
+mod subscriptions;
+mod sync;
+mod wire;
+
+pub use self::stats::ZmqStats;
+
+/// Reconnect backoff bounds (DEALER and SUB).
+const BACKOFF_MIN: Duration = Duration::from_millis(50);
+const BACKOFF_MAX: Duration = Duration::from_secs(2);
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    // Every critical section is a few map operations: a poisoned lock is still consistent.
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// A [`Medium`] over ZeroMQ (ROUTER/DEALER for requests, PUB/SUB for events); see the
+/// [module documentation](self) for the wire format.
+///
+/// ```no_run
+/// # #[tokio::main] async fn main() -> zeroservices::Result<()> {
+/// use zeroservices::{Node, config::NetworkConfig, medium::ZmqMedium};
+/// let config = NetworkConfig::from_env()?;
+/// let node = Node::builder("power").medium(ZmqMedium::new(config)).start().await?;
+/// # node.stop().await; Ok(()) }
+/// ```
+pub struct ZmqMedium {
+    core: Arc<Core>,
+    state: Arc<Mutex<State>>,
+}
+
+/// The connections of a medium, and its life.
+#[derive(Default)]
+struct State {
+    started: bool,
+    stopped: bool,
+    endpoints: Endpoints,
+    shutdown: Option<watch::Sender<bool>>,
+    tasks: Vec<JoinHandle<()>>,
+    dealers: HashMap<String, Arc<Dealer>>,
+    subs: HashMap<String, Sub>,
+    /// Peers that joined, for the announcer task to tell what this node wants.
+    joined: Option<mpsc::UnboundedSender<String>>,
+}
+
+impl ZmqMedium {
+    /// A medium with these settings (`interface`, `cluster_key`, `request_timeout`,
+    /// `max_message_bytes`, `max_peers`, and `multicast_group` to pick the announced address
+    /// are used).
+    pub fn new(config: NetworkConfig) -> Self {
+        Self {
+            core: Arc::new(Core::new(config)),
+            state: Arc::new(Mutex::new(State::default())),
+        }
+    }
+
+    /// Always subscribes to events under these topic prefixes (dot segments, as
+    /// [`Event::matches`]; `""` or `"*"` is everything), whatever the node's subscribers want.
+    /// The sniffer uses it.
+    pub fn with_subscriptions(mut self, prefixes: Vec<String>) -> Self {
+        if let Some(core) = Arc::get_mut(&mut self.core) {
+            core.local = subscriptions::LocalInterest::only(prefixes);
+        }
+        self
+    }
+
+    /// The counters so far.
+    pub fn stats(&self) -> ZmqStats {
+        self.core.stats()
+    }
+
+    /// The endpoints returned by `start` (empty before).
+    pub fn endpoints(&self) -> Endpoints {
+        lock(&self.state).endpoints.clone()
+    }
+
+    fn close_all(&self) {
+        let mut state = lock(&self.state);
+        state.stopped = true;
+        if let Some(shutdown) = &state.shutdown {
+            let _ = shutdown.send(true);
+        }
+        self.core.publisher.take();
+        for (_, dealer) in state.dealers.drain() {
+            dealer.close(&self.core, "the zeromq medium stopped");
+        }
+        for (_, sub) in state.subs.drain() {
+            sub.task.abort();
+        }
+    }
+}
+
+impl Drop for ZmqMedium {
+    fn drop(&mut self) {
+        self.close_all();
+        for task in lock(&self.state).tasks.drain(..) {
+            task.abort();
+        }
+    }
+}
+
+/// The address peers should use: the configured interface, or when that is `0.0.0.0` the local
+/// address the OS would route to the multicast group through (a connected UDP socket sends
+/// nothing), falling back to loopback.
+fn announced_ip(config: &NetworkConfig) -> Ipv4Addr {
+    if !config.interface.is_unspecified() {
+        return config.interface;
+    }
+    let routed = UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 0)).and_then(|s| {
+        s.connect(config.multicast_group)?;
+        s.local_addr()
+    });
+    match routed {
+        Ok(std::net::SocketAddr::V4(addr)) if !addr.ip().is_unspecified() => *addr.ip(),
+        _ => Ipv4Addr::LOCALHOST,
+    }
+}
+
+fn port_of(endpoint: &Endpoint) -> Result<u16> {
+    match endpoint {
+        Endpoint::Tcp(_, port) => Ok(*port),
+        other => Err(Error::internal(format!(
+            "unexpected bound endpoint {other}"
+        ))),
+    }
+}
+
+/// Sends one call to `peer` over its DEALER (made on first use) and waits for the reply.
+async fn call_peer(
+    core: &Arc<Core>,
+    state: &Mutex<State>,
+    peer: &NodeInfo,
+    call: Outgoing<'_>,
+) -> Result<Box<RawValue>> {
+    let id = core.next_request.fetch_add(1, Ordering::Relaxed);
+    let body = core.wire.encode_call(id, core.node_id(), call)?;
+    let mac = core.wire.sign(&[&body]);
+    let dealer = {
+        let mut state = lock(state);
+        if !state.started || state.stopped {
+            return Err(Error::unavailable("the zeromq medium is not running"));
+        }
+        dealer::dealer_for(core, &mut state.dealers, peer)?
+    };
+    dealer.call(core, &peer.id, id, vec![body, mac]).await
+}
+
+#[async_trait]
+impl Medium for ZmqMedium {
+    async fn start(&self, node_id: &str, inbound: Arc<dyn Inbound>) -> Result<Endpoints> {
+        {
+            let mut state = lock(&self.state);
+            if state.started {
+                return Err(Error::internal("zeromq medium started twice"));
+            }
+            state.started = true;
+        }
+        let _ = self.core.node_id.set(node_id.to_owned());
+        let _ = self.core.inbound.set(inbound);
+
+        let bind_to = format!("tcp://{}:0", self.core.config.interface);
+        let unavailable = |what: &str, e: ::zeromq::ZmqError| {
+            Error::unavailable(format!("cannot bind the {what} socket on {bind_to}: {e}"))
+        };
+        let mut router = RouterSocket::with_options(self.core.socket_options());
+        let router_at = router
+            .bind(&bind_to)
+            .await
+            .map_err(|e| unavailable("ROUTER", e))?;
+        let mut publisher = PubSocket::with_options(self.core.socket_options());
+        let pub_at = publisher
+            .bind(&bind_to)
+            .await
+            .map_err(|e| unavailable("PUB", e))?;
+        let ip = announced_ip(&self.core.config);
+        let endpoints = Endpoints::from([
+            (
+                "router".to_owned(),
+                format!("tcp://{ip}:{}", port_of(&router_at)?),
+            ),
+            (
+                "pub".to_owned(),
+                format!("tcp://{ip}:{}", port_of(&pub_at)?),
+            ),
+        ]);
+
+        let (shutdown, shutdown_rx) = watch::channel(false);
+        let mut state = lock(&self.state);
+        if state.stopped {
+            return Err(Error::unavailable(
+                "the zeromq medium was stopped while starting",
+            ));
+        }
+        state.tasks.push(tokio::spawn(router::run_router(
+            self.core.clone(),
+            router,
+            shutdown_rx.clone(),
+        )));
+        let (joined, joined_rx) = mpsc::unbounded_channel();
+        state.joined = Some(joined);
+        state.tasks.push(tokio::spawn(interest::run_announcer(
+            self.core.clone(),
+            self.state.clone(),
+            joined_rx,
+            shutdown_rx.clone(),
+        )));
+        state.shutdown = Some(shutdown);
+        self.core.publisher.set(publisher);
+        state.endpoints = endpoints.clone();
+        tracing::debug!(node = %node_id, ?endpoints, "zeromq medium listening");
+        Ok(endpoints)
+    }
+
+    async fn call(&self, peer: &NodeInfo, request: Request) -> Result<Value> {
+        let raw = call_peer(&self.core, &self.state, peer, Outgoing::Request(&request)).await?;
+        serde_json::from_str(raw.get()).map_err(|e| Error::internal(e.to_string()))
+    }
+
+    async fn call_raw(&self, peer: &NodeInfo, request: Request) -> Result<Box<RawValue>> {
+        call_peer(&self.core, &self.state, peer, Outgoing::Request(&request)).await
+    }
+
+    async fn publish(&self, event: &Event) -> Result<()> {
+        if !self.wants(&event.topic) {
+            stats::bump(&self.core.counters.events_unwanted);
+            return Ok(());
+        }
+        publish::publish_event(&self.core, &event.topic, &event.data)
+    }
+
+    fn set_interest(&self, prefixes: Vec<String>) {
+        // The SUB tasks and the announcer task (which tells the peers) follow it.
+        self.core.local.set(prefixes);
+    }
+
+    fn wants(&self, topic: &str) -> bool {
+        let state = lock(&self.state);
+        self.core.remote.wants(state.subs.keys(), topic)
+    }
+
+    async fn sync_interest(&self) {
+        let subs: Vec<(NodeInfo, mpsc::UnboundedSender<subscriptions::SubCommand>)> =
+            lock(&self.state)
+                .subs
+                .values()
+                .map(|sub| (sub.peer.clone(), sub.commands.clone()))
+                .collect();
+        let within = self.core.config.request_timeout.min(Duration::from_secs(2));
+        let deadline = tokio::time::Instant::now() + within;
+        futures::future::join_all(subs.iter().map(|(peer, commands)| {
+            sync::sync_peer(&self.core, &self.state, peer, commands, deadline)
+        }))
+        .await;
+    }
+
+    async fn peer_joined(&self, peer: &NodeInfo) {
+        if self.core.node_id.get() == Some(&peer.id) {
+            return;
+        }
+        self.core.remote.joined(&peer.id);
+        let mut state = lock(&self.state);
+        if !state.started || state.stopped {
+            return;
+        }
+        // A DEALER to an endpoint the peer no longer announces is useless: close it now so its
+        // calls fail over instead of waiting.
+        let moved = state
+            .dealers
+            .get(&peer.id)
+            .is_some_and(|d| peer.endpoints.get("router") != Some(&d.endpoint));
+        if moved && let Some(old) = state.dealers.remove(&peer.id) {
+            old.close(
+                &self.core,
+                &format!("node {} moved to another endpoint", peer.id),
+            );
+        }
+        let Some(endpoint) = peer.endpoints.get("pub") else {
+            return;
+        };
+        if let Some(sub) = state.subs.get(&peer.id)
+            && sub.endpoint == *endpoint
+            && !sub.task.is_finished()
+        {
+            return;
+        }
+        if let Some(old) = state.subs.remove(&peer.id) {
+            old.task.abort();
+        }
+        let sub = Sub::spawn(&self.core, peer, endpoint);
+        state.subs.insert(peer.id.clone(), sub);
+        if let Some(joined) = &state.joined {
+            let _ = joined.send(peer.id.clone());
+        }
+    }
+
+    async fn peer_left(&self, peer_id: &str) {
+        self.core.remote.left(peer_id);
+        let (dealer, sub) = {
+            let mut state = lock(&self.state);
+            (state.dealers.remove(peer_id), state.subs.remove(peer_id))
+        };
+        if let Some(dealer) = dealer {
+            dealer.close(&self.core, &format!("node {peer_id} left"));
+        }
+        if let Some(sub) = sub {
+            sub.task.abort();
+        }
+    }
+
+    async fn stop(&self) {
+        let publisher = self.core.publisher.take();
+        self.close_all();
+        // Close the PUB socket, unbinding its port.
+        if let Some(socket) = publisher {
+            let _ = socket.close().await;
+        }
+        let tasks: Vec<_> = lock(&self.state).tasks.drain(..).collect();
+        for mut task in tasks {
+            // The ROUTER task closes its socket (unbinding the port) on shutdown.
+            if tokio::time::timeout(Duration::from_secs(2), &mut task)
+                .await
+                .is_err()
+            {
+                task.abort();
+            }
+        }
+    }
+
+    fn describe(&self) -> String {
+        match lock(&self.state).endpoints.get("router") {
+            Some(router) => format!("zeromq {router}"),
+            None => "zeromq".to_owned(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn loopback() -> NetworkConfig {
+        NetworkConfig {
+            interface: Ipv4Addr::LOCALHOST,
+            ..NetworkConfig::default()
+        }
+    }
+
+    #[test]
+    fn the_announced_address_is_the_interface_or_a_routed_one() {
+        assert_eq!(announced_ip(&loopback()), Ipv4Addr::LOCALHOST);
+        let any = NetworkConfig {
+            interface: Ipv4Addr::UNSPECIFIED,
+            ..NetworkConfig::default()
+        };
+        assert!(!announced_ip(&any).is_unspecified());
+    }
+
+    #[tokio::test]
+    async fn calls_fail_before_start_and_after_stop() {
+        let medium = ZmqMedium::new(loopback());
+        let peer: NodeInfo = serde_json::from_value(serde_json::json!({
+            "id": "b", "name": "svc", "endpoints": {"router": "tcp://127.0.0.1:9"}
+        }))
+        .unwrap();
+        let request = Request::new("c", "get");
+        assert!(matches!(
+            medium.call(&peer, request.clone()).await,
+            Err(Error::Unavailable { .. })
+        ));
+        assert_eq!(medium.describe(), "zeromq");
+        medium.stop().await;
+        assert!(matches!(
+            medium.call(&peer, request).await,
+            Err(Error::Unavailable { .. })
+        ));
+    }
+
+    #[test]
+    fn fixed_subscriptions_replace_everything() {
+        let medium = ZmqMedium::new(loopback()).with_subscriptions(vec!["audit".to_owned()]);
+        assert!(medium.core.local.wants("audit.x"));
+        assert!(!medium.core.local.wants("power.x"));
+        medium.set_interest(vec!["power".to_owned()]);
+        assert!(medium.core.local.wants("power.x"));
+        // No peer connected: nobody wants anything.
+        assert!(!medium.wants("power.x"));
+    }
+}

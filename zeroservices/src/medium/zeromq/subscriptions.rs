@@ -1,0 +1,465 @@
+//! Events in: what this node wants ([`LocalInterest`]), one SUB task per peer subscribed to it
+//! (following its changes, subscribing to sync markers when asked), and the checks of every
+//! event received.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use ::zeromq::{Socket, SocketRecv, SubSocket, ZmqMessage};
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinHandle;
+
+use super::core::Core;
+use super::stats::bump;
+use super::wire::{self, Interest};
+use super::{BACKOFF_MAX, BACKOFF_MIN};
+use crate::event::topic_matches;
+use crate::{Event, NodeInfo};
+
+/// The topic prefixes this node's SUBs subscribe to, and their version (peers keep the newest
+/// they were told).
+pub(crate) struct LocalInterest {
+    /// Prefixes always subscribed to ([`ZmqMedium::with_subscriptions`](super::ZmqMedium)).
+    always: Vec<String>,
+    /// What the SUBs subscribe to now: `always` plus the node's interest; the SUB tasks and
+    /// the announcer follow it.
+    wanted: watch::Sender<Arc<Vec<String>>>,
+    /// Bumped with every change of `wanted` (under its lock).
+    version: AtomicU64,
+}
+
+impl LocalInterest {
+    /// Everything (`""`) until the node says otherwise.
+    pub(crate) fn new() -> Self {
+        Self::with(Vec::new(), vec![String::new()])
+    }
+
+    /// `always` (`""` or `"*"` among them: everything), and only those until the node says
+    /// otherwise.
+    pub(crate) fn only(always: Vec<String>) -> Self {
+        let always = collapse(
+            always
+                .into_iter()
+                .map(|p| if p == "*" { String::new() } else { p }),
+        );
+        Self::with(always.clone(), always)
+    }
+
+    fn with(always: Vec<String>, wanted: Vec<String>) -> Self {
+        Self {
+            always,
+            wanted: watch::channel(Arc::new(wanted)).0,
+            version: AtomicU64::new(0),
+        }
+    }
+
+    /// The node's subscribers want `prefixes` (plus the prefixes always wanted). Returns
+    /// whether that changed anything.
+    pub(crate) fn set(&self, prefixes: Vec<String>) -> bool {
+        let mut wanted = collapse(self.always.iter().cloned().chain(prefixes));
+        wanted.sort();
+        self.wanted.send_if_modified(|now| {
+            if **now == wanted {
+                false
+            } else {
+                *now = Arc::new(std::mem::take(&mut wanted));
+                self.version.fetch_add(1, Ordering::Relaxed);
+                true
+            }
+        })
+    }
+
+    /// What this node wants now, as told to peers.
+    pub(crate) fn snapshot(&self) -> Interest {
+        let wanted = self.wanted.borrow();
+        Interest {
+            version: self.version.load(Ordering::Relaxed),
+            prefixes: wanted.to_vec(),
+        }
+    }
+
+    /// Follows the changes.
+    pub(crate) fn subscribe(&self) -> watch::Receiver<Arc<Vec<String>>> {
+        self.wanted.subscribe()
+    }
+
+    /// Whether an event on `topic` is wanted here (by dot segments: `power` is not `powers`).
+    pub(crate) fn wants(&self, topic: &str) -> bool {
+        self.wanted.borrow().iter().any(|p| topic_matches(p, topic))
+    }
+}
+
+/// Deduplicated (first occurrence kept); `[""]` when `""` (everything) is among them.
+fn collapse(prefixes: impl Iterator<Item = String>) -> Vec<String> {
+    let mut out: Vec<String> = Vec::new();
+    for prefix in prefixes {
+        if prefix.is_empty() {
+            return vec![String::new()];
+        }
+        if !out.contains(&prefix) {
+            out.push(prefix);
+        }
+    }
+    out
+}
+
+/// One peer's SUB connection.
+pub(crate) struct Sub {
+    pub(crate) endpoint: String,
+    pub(crate) task: JoinHandle<()>,
+    /// The peer, to ask it for sync markers and tell it what this node wants.
+    pub(crate) peer: NodeInfo,
+    pub(crate) commands: mpsc::UnboundedSender<SubCommand>,
+}
+
+/// What a sync asks of a SUB task.
+pub(crate) enum SubCommand {
+    /// Apply the current interest, then subscribe to this marker topic.
+    Mark(String),
+    /// Unsubscribe from this marker topic.
+    Forget(String),
+}
+
+impl Sub {
+    /// Starts the SUB task of `peer` at `endpoint`.
+    pub(crate) fn spawn(core: &Arc<Core>, peer: &NodeInfo, endpoint: &str) -> Self {
+        let (commands, commands_rx) = mpsc::unbounded_channel();
+        let task = tokio::spawn(run_sub(
+            core.clone(),
+            peer.id.clone(),
+            endpoint.to_owned(),
+            commands_rx,
+        ));
+        Self {
+            endpoint: endpoint.to_owned(),
+            task,
+            peer: peer.clone(),
+            commands,
+        }
+    }
+}
+
+/// Owns one peer's SUB: subscribes to what the node wants (following its changes), connects,
+/// hands events to the node, answers sync marks, and reconnects with backoff.
+async fn run_sub(
+    core: Arc<Core>,
+    peer: String,
+    endpoint: String,
+    mut commands: mpsc::UnboundedReceiver<SubCommand>,
+) {
+    let mut interest = core.local.subscribe();
+    // Marker topics of syncs in progress, subscribed again after a reconnect.
+    let mut marks: Vec<String> = Vec::new();
+    let mut backoff = BACKOFF_MIN;
+    loop {
+        let timeout = core.connect_timeout();
+        let mut options = core.socket_options();
+        options.connect_timeout(timeout);
+        let mut socket = SubSocket::with_options(options);
+        let mut current: Vec<String> = Vec::new();
+        let wanted = interest.borrow_and_update().clone();
+        let mut subscribed = apply_interest(&mut socket, &mut current, &wanted, &peer).await;
+        for mark in &marks {
+            subscribed &= socket.subscribe(mark).await.is_ok();
+        }
+        let connected = tokio::time::timeout(
+            timeout + std::time::Duration::from_millis(200),
+            socket.connect(&endpoint),
+        )
+        .await;
+        match connected {
+            Ok(Ok(())) if subscribed => {
+                tracing::debug!(%peer, %endpoint, "SUB connected");
+                backoff = BACKOFF_MIN;
+                loop {
+                    tokio::select! {
+                        changed = interest.changed() => {
+                            if changed.is_err() {
+                                return;
+                            }
+                            let wanted = interest.borrow_and_update().clone();
+                            if !apply_interest(&mut socket, &mut current, &wanted, &peer).await {
+                                break;
+                            }
+                        }
+                        command = commands.recv() => {
+                            let ok = match command {
+                                None => return,
+                                Some(SubCommand::Mark(mark)) => {
+                                    // The interest as of the sync first, then the marker after it.
+                                    let wanted = interest.borrow_and_update().clone();
+                                    let ok = apply_interest(&mut socket, &mut current, &wanted, &peer).await
+                                        && socket.subscribe(&mark).await.is_ok();
+                                    marks.push(mark);
+                                    ok
+                                }
+                                Some(SubCommand::Forget(mark)) => {
+                                    marks.retain(|m| *m != mark);
+                                    socket.unsubscribe(&mark).await.is_ok()
+                                }
+                            };
+                            if !ok {
+                                break;
+                            }
+                        }
+                        message = socket.recv() => match message {
+                            Ok(message) => take_event(&core, &peer, message),
+                            Err(e) => {
+                                tracing::debug!(%peer, error = %e, "SUB receive failed; reconnecting");
+                                break;
+                            }
+                        },
+                    }
+                }
+            }
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::debug!(%peer, %endpoint, error = %e, "SUB connect failed"),
+            Err(_) => tracing::debug!(%peer, %endpoint, "SUB connect timed out"),
+        }
+        drop(socket);
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(BACKOFF_MAX);
+    }
+}
+
+/// The prefixes to subscribe to and to unsubscribe from to go from `current` to `wanted`.
+fn changes(current: &[String], wanted: &[String]) -> (Vec<String>, Vec<String>) {
+    let add = wanted
+        .iter()
+        .filter(|p| !current.contains(p))
+        .cloned()
+        .collect();
+    let remove = current
+        .iter()
+        .filter(|p| !wanted.contains(p))
+        .cloned()
+        .collect();
+    (add, remove)
+}
+
+/// Subscribes `socket` to the prefixes of `wanted` it lacks and unsubscribes it from those it
+/// no longer needs; `current` tracks what it is subscribed to. False when the socket failed.
+async fn apply_interest(
+    socket: &mut SubSocket,
+    current: &mut Vec<String>,
+    wanted: &[String],
+    peer: &str,
+) -> bool {
+    let (add, remove) = changes(current, wanted);
+    for prefix in add {
+        if let Err(e) = socket.subscribe(&prefix).await {
+            tracing::debug!(%peer, error = %e, "SUB subscribe failed");
+            return false;
+        }
+        current.push(prefix);
+    }
+    for prefix in remove {
+        if let Err(e) = socket.unsubscribe(&prefix).await {
+            tracing::debug!(%peer, error = %e, "SUB unsubscribe failed");
+            return false;
+        }
+        current.retain(|p| *p != prefix);
+    }
+    true
+}
+
+/// Checks one message from a peer's PUB and hands its event to the node (a sync marker to the
+/// sync waiting for it).
+fn take_event(core: &Core, peer: &str, message: ZmqMessage) {
+    let frames = message.into_vec();
+    if let Err(rejection) = wire::check_frames(frames.len(), 3, "[topic, body, mac]") {
+        return core.reject(peer, "event", &rejection);
+    }
+    let (topic, body, mac) = (&frames[0], &frames[1], &frames[2]);
+    if let Err(rejection) = core.wire.check_size(&[topic, body, mac]) {
+        return core.reject(peer, "event", &rejection);
+    }
+    if !core.verified(peer, "event", &[topic, body], mac) {
+        return;
+    }
+    if core.markers.is_marker(topic) {
+        core.markers.arrived(topic);
+        return;
+    }
+    // SUB filtering is by bytes; subscriptions are by dot segments (`power` is not `powers`).
+    // An event nobody here wants (any more) is dropped before it is parsed.
+    let wanted = match std::str::from_utf8(topic) {
+        Ok(topic) => core.local.wants(topic),
+        Err(_) => true,
+    };
+    if !wanted {
+        return;
+    }
+    let data = match wire::decode_event(topic, body) {
+        Ok(data) => data,
+        Err(rejection) => return core.reject(peer, "event", &rejection),
+    };
+    let Some(inbound) = core.inbound.get() else {
+        return;
+    };
+    bump(&core.counters.events_received);
+    inbound.event(Event {
+        // `decode_event` checked that the envelope's topic is this UTF-8 frame.
+        topic: String::from_utf8_lossy(topic).into_owned(),
+        data,
+    });
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex;
+
+    use async_trait::async_trait;
+    use serde_json::{Value, json};
+
+    use super::*;
+    use crate::Result;
+    use crate::config::NetworkConfig;
+    use crate::medium::{Inbound, Request};
+    use crate::security::ClusterKey;
+
+    fn strings(list: &[&str]) -> Vec<String> {
+        list.iter().map(|s| (*s).to_owned()).collect()
+    }
+
+    #[test]
+    fn a_new_node_wants_everything_until_told() {
+        let local = LocalInterest::new();
+        assert_eq!(local.snapshot().prefixes, strings(&[""]));
+        assert!(local.wants("anything.at.all"));
+        assert!(local.set(strings(&["power"])));
+        assert!(local.wants("power.create.1"));
+        assert!(!local.wants("powers.create.1"));
+        assert!(!local.wants("chat"));
+    }
+
+    #[test]
+    fn prefixes_always_wanted_stay_and_star_is_everything() {
+        let local = LocalInterest::only(strings(&["audit", "audit"]));
+        assert_eq!(local.snapshot().prefixes, strings(&["audit"]));
+        local.set(strings(&["power", "chat"]));
+        assert_eq!(
+            local.snapshot().prefixes,
+            strings(&["audit", "chat", "power"])
+        );
+        local.set(Vec::new());
+        assert_eq!(local.snapshot().prefixes, strings(&["audit"]));
+        let everything = LocalInterest::only(strings(&["audit", "*"]));
+        assert_eq!(everything.snapshot().prefixes, strings(&[""]));
+        local.set(strings(&["power", ""]));
+        assert_eq!(local.snapshot().prefixes, strings(&[""]));
+    }
+
+    #[test]
+    fn the_version_moves_only_on_a_change() {
+        let local = LocalInterest::new();
+        let mut follower = local.subscribe();
+        assert_eq!(local.snapshot().version, 0);
+        assert!(local.set(strings(&["b", "a"])));
+        assert!(follower.has_changed().unwrap());
+        follower.borrow_and_update();
+        assert!(!local.set(strings(&["a", "b", "a"])));
+        assert!(!follower.has_changed().unwrap());
+        assert_eq!(local.snapshot().version, 1);
+        assert!(local.set(strings(&["a"])));
+        assert_eq!(
+            local.snapshot(),
+            Interest {
+                version: 2,
+                prefixes: strings(&["a"])
+            }
+        );
+    }
+
+    #[test]
+    fn subscription_changes_are_the_difference() {
+        let (add, remove) = changes(&strings(&["a", "b"]), &strings(&["b", "c"]));
+        assert_eq!(add, strings(&["c"]));
+        assert_eq!(remove, strings(&["a"]));
+        let (add, remove) = changes(&strings(&["a"]), &strings(&["a"]));
+        assert!(add.is_empty() && remove.is_empty());
+    }
+
+    #[derive(Default)]
+    struct Events(Mutex<Vec<Event>>);
+
+    #[async_trait]
+    impl Inbound for Events {
+        async fn request(&self, _: Option<String>, _: Request) -> Result<Value> {
+            Ok(Value::Null)
+        }
+        fn event(&self, event: Event) {
+            self.0.lock().unwrap().push(event);
+        }
+    }
+
+    fn event_message(core: &Core, topic: &str, data: Value) -> ZmqMessage {
+        let body = core.wire.encode_event("peer", topic, &data).unwrap();
+        let mac = core.wire.sign(&[topic.as_bytes(), &body]);
+        wire::multipart(vec![topic.as_bytes().to_vec(), body, mac])
+    }
+
+    #[test]
+    fn events_are_checked_filtered_and_handed_over() {
+        let config = NetworkConfig {
+            cluster_key: Some(ClusterKey::new("k")),
+            ..NetworkConfig::default()
+        };
+        let core = Core::new(config);
+        let events = Arc::new(Events::default());
+        let _ = core.inbound.set(events.clone());
+        core.local.set(strings(&["power"]));
+
+        take_event(&core, "p", event_message(&core, "power.create.1", json!(1)));
+        // Not wanted here (by dot segments): dropped before parsing, not counted.
+        take_event(
+            &core,
+            "p",
+            event_message(&core, "powers.create.1", json!(2)),
+        );
+        // Wrong frame count, wrong mac.
+        take_event(&core, "p", wire::multipart(vec![b"power".to_vec()]));
+        let mut forged = event_message(&core, "power.x", json!(3)).into_vec();
+        forged[2] = core.wire.sign(&[b"power.y"]).into();
+        take_event(
+            &core,
+            "p",
+            wire::multipart(forged.iter().map(|f| f.to_vec()).collect()),
+        );
+        // A topic frame that differs from the envelope's.
+        let mut moved = event_message(&core, "power.a", json!(4)).into_vec();
+        moved[0] = b"power.b".to_vec().into();
+        let body = moved[1].to_vec();
+        moved[2] = core.wire.sign(&[b"power.b", &body]).into();
+        take_event(
+            &core,
+            "p",
+            wire::multipart(moved.iter().map(|f| f.to_vec()).collect()),
+        );
+
+        let got = events.0.lock().unwrap().clone();
+        assert_eq!(
+            got,
+            vec![Event {
+                topic: "power.create.1".into(),
+                data: json!(1)
+            }]
+        );
+        let stats = core.stats();
+        assert_eq!(stats.events_received, 1);
+        assert_eq!(stats.dropped_malformed, 2);
+        assert_eq!(stats.dropped_unsigned, 1);
+    }
+
+    #[test]
+    fn a_sync_marker_completes_its_sync_and_is_not_an_event() {
+        let core = Core::new(NetworkConfig::default());
+        let events = Arc::new(Events::default());
+        let _ = core.inbound.set(events.clone());
+        let (marker, mut seen) = core.markers.register();
+        take_event(&core, "p", event_message(&core, &marker, Value::Null));
+        assert_eq!(seen.try_recv(), Ok(()));
+        assert!(events.0.lock().unwrap().is_empty());
+        assert_eq!(core.stats().events_received, 0);
+    }
+}

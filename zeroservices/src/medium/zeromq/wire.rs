@@ -1,0 +1,762 @@
+//! The envelopes on the wire (see the [module documentation](super) for the contract): their
+//! types, encoding, decoding, version check and mac frame. Pure: no sockets, no counters. What
+//! does not decode comes back as a [`Rejection`] for the caller to count and log.
+
+use std::borrow::Cow;
+
+use ::zeromq::ZmqMessage;
+use serde::{Deserialize, Deserializer, Serialize};
+use serde_json::Value;
+use serde_json::value::RawValue;
+
+use crate::medium::{PROTOCOL_VERSION, Request};
+use crate::security::ClusterKey;
+use crate::{Error, Result};
+
+/// The `kind` of an envelope.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub(crate) enum Kind {
+    /// An application request, DEALER -> ROUTER.
+    Request,
+    /// The reply to a request, an `interest` or a `sync`, ROUTER -> DEALER.
+    Response,
+    /// An event, PUB -> SUB.
+    Event,
+    /// Control: what the sender wants from the receiver, DEALER -> ROUTER.
+    Interest,
+    /// Control: publish a sync marker (and record the sender's interest), DEALER -> ROUTER.
+    Sync,
+}
+
+/// The topic prefixes a node wants from its peers, as of `version` (bumped with every change:
+/// a receiver keeps the newest it got).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct Interest {
+    pub(crate) version: u64,
+    pub(crate) prefixes: Vec<String>,
+}
+
+/// What a DEALER sends: a request or one of the medium's control messages.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Outgoing<'a> {
+    Request(&'a Request),
+    Interest(&'a Interest),
+    Sync {
+        topic: &'a str,
+        interest: &'a Interest,
+    },
+}
+
+/// A call as received by the ROUTER, typed.
+#[derive(Debug, PartialEq)]
+pub(crate) enum Call {
+    /// An application request for the node.
+    Request {
+        id: u64,
+        from: Option<String>,
+        request: Request,
+    },
+    /// A control message for the medium itself.
+    Control {
+        id: u64,
+        from: String,
+        control: Control,
+    },
+}
+
+/// The medium's own control messages.
+#[derive(Debug, PartialEq)]
+pub(crate) enum Control {
+    /// Record what the sender wants.
+    Interest(Interest),
+    /// Record what the sender wants (when given), then publish `topic` (a sync marker).
+    Sync {
+        topic: String,
+        interest: Option<Interest>,
+    },
+}
+
+/// Why a message was not taken.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Rejection {
+    /// A wrong frame count, invalid JSON, or an unexpected shape.
+    Malformed(String),
+    /// A missing or wrong mac while a cluster key is configured.
+    Unsigned(&'static str),
+    /// A `v` other than [`PROTOCOL_VERSION`].
+    Version,
+    /// Over `max_message_bytes` (the size given).
+    Oversized(usize),
+    /// A call of this version with a usable id but an unusable body: counted as malformed and
+    /// answered with a `bad_request` error.
+    Answerable { id: u64, reason: String },
+}
+
+#[derive(Serialize)]
+struct CallOut<'a> {
+    v: u32,
+    kind: Kind,
+    id: u64,
+    from: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    request: Option<&'a Request>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    topic: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    interest: Option<&'a Interest>,
+}
+
+#[derive(Deserialize)]
+struct CallIn {
+    v: u32,
+    kind: Kind,
+    id: u64,
+    #[serde(default)]
+    from: Option<String>,
+    #[serde(default)]
+    request: Option<Request>,
+    #[serde(default)]
+    topic: Option<String>,
+    #[serde(default)]
+    interest: Option<Interest>,
+}
+
+#[derive(Serialize)]
+struct ResponseOut<'a> {
+    v: u32,
+    kind: Kind,
+    id: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    ok: Option<&'a RawValue>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    error: Option<&'a Error>,
+}
+
+/// Present-but-null must read as `Some("null")`, not `None`.
+fn present<'de, D: Deserializer<'de>>(
+    d: D,
+) -> std::result::Result<Option<&'de RawValue>, D::Error> {
+    <&RawValue>::deserialize(d).map(Some)
+}
+
+/// A response as received: `ok` stays JSON text (copied once), parsed by whoever waits for it
+/// straight into its own type.
+#[derive(Deserialize)]
+struct ResponseIn<'a> {
+    v: u32,
+    kind: Kind,
+    id: u64,
+    #[serde(default, borrow, deserialize_with = "present")]
+    ok: Option<&'a RawValue>,
+    #[serde(default)]
+    error: Option<Error>,
+}
+
+#[derive(Serialize)]
+struct EventOut<'a> {
+    v: u32,
+    kind: Kind,
+    from: &'a str,
+    topic: &'a str,
+    data: &'a Value,
+}
+
+#[derive(Deserialize)]
+struct EventIn<'a> {
+    v: u32,
+    kind: Kind,
+    #[serde(borrow)]
+    topic: Cow<'a, str>,
+    #[serde(default)]
+    data: Value,
+}
+
+/// The fields needed to classify an envelope that did not parse.
+#[derive(Deserialize)]
+struct Probe {
+    #[serde(default)]
+    v: Option<Value>,
+    #[serde(default)]
+    kind: Option<String>,
+    #[serde(default)]
+    id: Option<u64>,
+}
+
+/// Encodes, signs and checks messages for one medium: its cluster key and message limit.
+pub(crate) struct Wire {
+    key: Option<ClusterKey>,
+    max_message_bytes: usize,
+}
+
+impl Wire {
+    pub(crate) fn new(key: Option<ClusterKey>, max_message_bytes: usize) -> Self {
+        Self {
+            key,
+            max_message_bytes,
+        }
+    }
+
+    /// The length of the mac frame: a message's frames together must stay within
+    /// `max_message_bytes` (a peer closes the connection otherwise).
+    pub(crate) fn mac_len(&self) -> usize {
+        if self.key.is_some() { 64 } else { 0 }
+    }
+
+    /// The mac frame of `parts`: 64 hex digits, or empty without a key.
+    pub(crate) fn sign(&self, parts: &[&[u8]]) -> Vec<u8> {
+        match &self.key {
+            Some(key) => key.sign(parts).into_bytes(),
+            None => Vec::new(),
+        }
+    }
+
+    /// Whether `mac` authenticates `parts` (always, without a key).
+    pub(crate) fn check_mac(
+        &self,
+        parts: &[&[u8]],
+        mac: &[u8],
+    ) -> std::result::Result<(), Rejection> {
+        match &self.key {
+            None => Ok(()),
+            Some(key) if key.verify(parts, mac) => Ok(()),
+            Some(_) if mac.is_empty() => Err(Rejection::Unsigned("unsigned")),
+            Some(_) => Err(Rejection::Unsigned("wrong mac")),
+        }
+    }
+
+    /// Whether frames of these sizes together stay within `max_message_bytes`; the size of the
+    /// largest (the body) is reported otherwise.
+    pub(crate) fn check_size(&self, frames: &[&[u8]]) -> std::result::Result<(), Rejection> {
+        let total: usize = frames.iter().map(|f| f.len()).sum();
+        if total > self.max_message_bytes {
+            let body = frames.iter().map(|f| f.len()).max().unwrap_or(0);
+            return Err(Rejection::Oversized(body));
+        }
+        Ok(())
+    }
+
+    /// The body of a call, or a `bad_request` when it would exceed the message limit.
+    pub(crate) fn encode_call(&self, id: u64, from: &str, call: Outgoing<'_>) -> Result<Vec<u8>> {
+        let (kind, request, topic, interest) = match call {
+            Outgoing::Request(request) => (Kind::Request, Some(request), None, None),
+            Outgoing::Interest(interest) => (Kind::Interest, None, None, Some(interest)),
+            Outgoing::Sync { topic, interest } => (Kind::Sync, None, Some(topic), Some(interest)),
+        };
+        let body = serde_json::to_vec(&CallOut {
+            v: PROTOCOL_VERSION,
+            kind,
+            id,
+            from,
+            request,
+            topic,
+            interest,
+        })?;
+        if body.len() + self.mac_len() > self.max_message_bytes {
+            return Err(Error::bad_request(format!(
+                "request of {} bytes exceeds the {} byte message limit",
+                body.len(),
+                self.max_message_bytes
+            )));
+        }
+        Ok(body)
+    }
+
+    /// The body of a response; a reply too large to send becomes an `internal` error reply.
+    pub(crate) fn encode_response(&self, id: u64, reply: &Result<Box<RawValue>>) -> Vec<u8> {
+        let (ok, error) = match reply {
+            Ok(value) => (Some(&**value), None),
+            Err(error) => (None, Some(error)),
+        };
+        let envelope = ResponseOut {
+            v: PROTOCOL_VERSION,
+            kind: Kind::Response,
+            id,
+            ok,
+            error,
+        };
+        let mut body = Vec::with_capacity(64 + ok.map_or(0, |raw| raw.get().len()));
+        if serde_json::to_writer(&mut body, &envelope).is_err() {
+            body.clear();
+        }
+        if body.len() + self.mac_len() > self.max_message_bytes {
+            let error = Error::internal(format!(
+                "reply of {} bytes exceeds the {} byte message limit",
+                body.len(),
+                self.max_message_bytes
+            ));
+            return self.encode_response(id, &Err(error));
+        }
+        body
+    }
+
+    /// The body of an event, or a `bad_request` when it would exceed the message limit.
+    pub(crate) fn encode_event(&self, from: &str, topic: &str, data: &Value) -> Result<Vec<u8>> {
+        let body = serde_json::to_vec(&EventOut {
+            v: PROTOCOL_VERSION,
+            kind: Kind::Event,
+            from,
+            topic,
+            data,
+        })?;
+        if body.len() + topic.len() + self.mac_len() > self.max_message_bytes {
+            return Err(Error::bad_request(format!(
+                "event {topic} of {} bytes exceeds the {} byte message limit",
+                body.len(),
+                self.max_message_bytes
+            )));
+        }
+        Ok(body)
+    }
+}
+
+/// A multipart message of these frames.
+pub(crate) fn multipart(frames: Vec<Vec<u8>>) -> ZmqMessage {
+    let mut frames = frames.into_iter();
+    let mut message = ZmqMessage::from(frames.next().unwrap_or_default());
+    for frame in frames {
+        message.push_back(frame.into());
+    }
+    message
+}
+
+/// `Ok` when a message has `expected` frames; `shape` names them for the log.
+pub(crate) fn check_frames(
+    count: usize,
+    expected: usize,
+    shape: &str,
+) -> std::result::Result<(), Rejection> {
+    if count == expected {
+        Ok(())
+    } else {
+        Err(Rejection::Malformed(format!(
+            "{count} frames, expected {shape}"
+        )))
+    }
+}
+
+/// The id of whatever call `body` is, if it has one (to refuse it when busy).
+pub(crate) fn probe_id(body: &[u8]) -> Option<u64> {
+    serde_json::from_slice::<Probe>(body).ok()?.id
+}
+
+/// Classifies a body that did not parse: an unknown version, a call of this version with a
+/// usable id (answerable when `answerable`), or malformed.
+fn classify(body: &[u8], error: &serde_json::Error, answerable: bool) -> Rejection {
+    let Ok(probe) = serde_json::from_slice::<Probe>(body) else {
+        return Rejection::Malformed("invalid JSON".to_owned());
+    };
+    let version_ok = probe.v.as_ref().and_then(Value::as_u64) == Some(u64::from(PROTOCOL_VERSION));
+    let call = matches!(probe.kind.as_deref(), Some("request" | "interest" | "sync"));
+    match probe.id {
+        _ if probe.v.is_some() && !version_ok => Rejection::Version,
+        Some(id) if version_ok && answerable && call => Rejection::Answerable {
+            id,
+            reason: error.to_string(),
+        },
+        _ => Rejection::Malformed("unexpected envelope".to_owned()),
+    }
+}
+
+/// Decodes a call (a ROUTER's body frame).
+pub(crate) fn decode_call(body: &[u8]) -> std::result::Result<Call, Rejection> {
+    let envelope: CallIn = serde_json::from_slice(body).map_err(|e| classify(body, &e, true))?;
+    if envelope.v != PROTOCOL_VERSION {
+        return Err(Rejection::Version);
+    }
+    let CallIn {
+        kind,
+        id,
+        from,
+        request,
+        topic,
+        interest,
+        ..
+    } = envelope;
+    let answer = |reason: &str| Rejection::Answerable {
+        id,
+        reason: reason.to_owned(),
+    };
+    let control = match (kind, request, topic, interest) {
+        (Kind::Request, Some(request), ..) => return Ok(Call::Request { id, from, request }),
+        (Kind::Request, None, ..) => return Err(answer("a request needs \"request\"")),
+        (Kind::Interest, _, _, Some(interest)) => Control::Interest(interest),
+        (Kind::Interest, _, _, None) => {
+            return Err(answer(
+                "interest needs \"interest\": {\"version\", \"prefixes\"}",
+            ));
+        }
+        (Kind::Sync, _, Some(topic), interest) => Control::Sync { topic, interest },
+        (Kind::Sync, _, None, _) => return Err(answer("sync needs a \"topic\"")),
+        (Kind::Response | Kind::Event, ..) => {
+            return Err(Rejection::Malformed(
+                "not a request, interest or sync envelope".to_owned(),
+            ));
+        }
+    };
+    match from {
+        Some(from) => Ok(Call::Control { id, from, control }),
+        None => Err(answer(
+            "a control message needs the sender's node id in \"from\"",
+        )),
+    }
+}
+
+/// Decodes a response (a DEALER's body frame): its id and the reply.
+pub(crate) fn decode_response(
+    body: &[u8],
+) -> std::result::Result<(u64, Result<Box<RawValue>>), Rejection> {
+    let envelope: ResponseIn<'_> =
+        serde_json::from_slice(body).map_err(|e| classify(body, &e, false))?;
+    if envelope.v != PROTOCOL_VERSION {
+        return Err(Rejection::Version);
+    }
+    let reply = match (envelope.kind, envelope.ok, envelope.error) {
+        (Kind::Response, Some(raw), None) => Ok(raw.to_owned()),
+        (Kind::Response, None, Some(error)) => Err(error),
+        _ => {
+            return Err(Rejection::Malformed("not a response envelope".to_owned()));
+        }
+    };
+    Ok((envelope.id, reply))
+}
+
+/// Decodes an event (a SUB's body frame) whose topic frame is `topic`: its data.
+pub(crate) fn decode_event(topic: &[u8], body: &[u8]) -> std::result::Result<Value, Rejection> {
+    let envelope: EventIn<'_> =
+        serde_json::from_slice(body).map_err(|e| classify(body, &e, false))?;
+    if envelope.v != PROTOCOL_VERSION {
+        return Err(Rejection::Version);
+    }
+    if envelope.kind != Kind::Event || envelope.topic.as_bytes() != topic {
+        return Err(Rejection::Malformed(
+            "not an event envelope, or its topic differs from the topic frame".to_owned(),
+        ));
+    }
+    Ok(envelope.data)
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    fn wire() -> Wire {
+        Wire::new(None, 4096)
+    }
+
+    fn interest() -> Interest {
+        Interest {
+            version: 3,
+            prefixes: vec!["power".to_owned(), "chat.message".to_owned()],
+        }
+    }
+
+    fn body(value: Value) -> Vec<u8> {
+        value.to_string().into_bytes()
+    }
+
+    const V: u32 = PROTOCOL_VERSION;
+
+    #[test]
+    fn the_protocol_is_version_2() {
+        // Version 1 carried the medium's control traffic as `$medium` requests.
+        assert_eq!(PROTOCOL_VERSION, 2);
+    }
+
+    #[test]
+    fn a_request_round_trips() {
+        let request = Request::new("power", "get").id("42").args(json!({"a": 1}));
+        let bytes = wire()
+            .encode_call(7, "node-a", Outgoing::Request(&request))
+            .unwrap();
+        let text: Value = serde_json::from_slice(&bytes).unwrap();
+        assert_eq!(
+            text,
+            json!({"v": V, "kind": "request", "id": 7, "from": "node-a",
+                   "request": {"collection": "power", "action": "get", "resource_id": "42", "args": {"a": 1}}})
+        );
+        assert_eq!(
+            decode_call(&bytes).unwrap(),
+            Call::Request {
+                id: 7,
+                from: Some("node-a".to_owned()),
+                request
+            }
+        );
+    }
+
+    #[test]
+    fn control_messages_have_their_own_kinds() {
+        let interest = interest();
+        let bytes = wire()
+            .encode_call(1, "a", Outgoing::Interest(&interest))
+            .unwrap();
+        let text: Value = serde_json::from_slice(&bytes).unwrap();
+        assert_eq!(
+            text,
+            json!({"v": V, "kind": "interest", "id": 1, "from": "a",
+                   "interest": {"version": 3, "prefixes": ["power", "chat.message"]}})
+        );
+        assert_eq!(
+            decode_call(&bytes).unwrap(),
+            Call::Control {
+                id: 1,
+                from: "a".to_owned(),
+                control: Control::Interest(interest.clone())
+            }
+        );
+
+        let sync = Outgoing::Sync {
+            topic: "$sync.x.1",
+            interest: &interest,
+        };
+        let bytes = wire().encode_call(2, "a", sync).unwrap();
+        let text: Value = serde_json::from_slice(&bytes).unwrap();
+        assert_eq!(text["kind"], json!("sync"));
+        assert_eq!(text["topic"], json!("$sync.x.1"));
+        assert!(text.get("request").is_none());
+        assert_eq!(
+            decode_call(&bytes).unwrap(),
+            Call::Control {
+                id: 2,
+                from: "a".to_owned(),
+                control: Control::Sync {
+                    topic: "$sync.x.1".to_owned(),
+                    interest: Some(interest)
+                }
+            }
+        );
+        // A sync without an interest is fine: only the marker is asked for.
+        let bare = body(json!({"v": V, "kind": "sync", "id": 3, "from": "a", "topic": "$sync.y"}));
+        assert!(matches!(
+            decode_call(&bare),
+            Ok(Call::Control {
+                control: Control::Sync { interest: None, .. },
+                ..
+            })
+        ));
+    }
+
+    #[test]
+    fn a_medium_collection_is_an_application_request_now() {
+        let old = body(json!({"v": V, "kind": "request", "id": 4, "from": "a",
+            "request": {"collection": "$medium", "action": "sync", "args": {"topic": "$sync.x"}}}));
+        assert!(matches!(
+            decode_call(&old),
+            Ok(Call::Request { request, .. }) if request.collection == "$medium"
+        ));
+    }
+
+    #[test]
+    fn responses_round_trip_ok_null_and_error() {
+        let w = wire();
+        let ok = crate::__private::to_raw(&json!({"x": [1, 2]})).unwrap();
+        let (id, reply) = decode_response(&w.encode_response(9, &Ok(ok))).unwrap();
+        assert_eq!(id, 9);
+        assert_eq!(reply.unwrap().get(), r#"{"x":[1,2]}"#);
+        // `"ok": null` is a reply of null, not a missing reply.
+        let null = crate::__private::to_raw(&Value::Null).unwrap();
+        let (_, reply) = decode_response(&w.encode_response(1, &Ok(null))).unwrap();
+        assert_eq!(reply.unwrap().get(), "null");
+        let error = Error::bad_request("no");
+        let bytes = w.encode_response(2, &Err(error));
+        let text: Value = serde_json::from_slice(&bytes).unwrap();
+        assert_eq!(text["kind"], json!("response"));
+        assert_eq!(text["error"]["kind"], json!("bad_request"));
+        let (id, reply) = decode_response(&bytes).unwrap();
+        assert_eq!(id, 2);
+        assert!(matches!(reply, Err(Error::BadRequest { .. })), "{reply:?}");
+    }
+
+    #[test]
+    fn an_oversized_reply_becomes_an_internal_error() {
+        let w = Wire::new(None, 200);
+        let big = crate::__private::to_raw(&"x".repeat(500)).unwrap();
+        let bytes = w.encode_response(5, &Ok(big));
+        assert!(bytes.len() <= 200);
+        let (id, reply) = decode_response(&bytes).unwrap();
+        assert_eq!(id, 5);
+        assert!(matches!(reply, Err(Error::Internal { .. })), "{reply:?}");
+    }
+
+    #[test]
+    fn senders_refuse_what_exceeds_the_limit() {
+        let w = Wire::new(Some(ClusterKey::new("k")), 200);
+        let request = Request::new("c", "a").args(json!("x".repeat(150)));
+        assert!(matches!(
+            w.encode_call(1, "a", Outgoing::Request(&request)),
+            Err(Error::BadRequest { .. })
+        ));
+        assert!(matches!(
+            w.encode_event("a", "t", &json!("x".repeat(150))),
+            Err(Error::BadRequest { .. })
+        ));
+        assert!(w.encode_event("a", "t", &json!("small")).is_ok());
+    }
+
+    #[test]
+    fn events_round_trip_and_must_match_their_topic_frame() {
+        let bytes = wire()
+            .encode_event("a", "power.create.1", &json!({"n": 1}))
+            .unwrap();
+        assert_eq!(
+            decode_event(b"power.create.1", &bytes).unwrap(),
+            json!({"n": 1})
+        );
+        assert!(matches!(
+            decode_event(b"power.create.2", &bytes),
+            Err(Rejection::Malformed(_))
+        ));
+        let request = body(json!({"v": V, "kind": "request", "topic": "t", "data": 1}));
+        assert!(matches!(
+            decode_event(b"t", &request),
+            Err(Rejection::Malformed(_))
+        ));
+    }
+
+    #[test]
+    fn unknown_versions_are_rejected_as_such() {
+        for v in [json!(1), json!(99), json!("2"), json!(-1), json!(u64::MAX)] {
+            let call = body(json!({"v": v, "kind": "request", "id": 1,
+                "request": {"collection": "c", "action": "a"}}));
+            assert_eq!(decode_call(&call).err(), Some(Rejection::Version), "{v}");
+            let response = body(json!({"v": v, "kind": "response", "id": 1, "ok": 1}));
+            assert_eq!(
+                decode_response(&response).err(),
+                Some(Rejection::Version),
+                "{v}"
+            );
+            let event = body(json!({"v": v, "kind": "event", "topic": "t", "data": 1}));
+            assert_eq!(
+                decode_event(b"t", &event).err(),
+                Some(Rejection::Version),
+                "{v}"
+            );
+        }
+    }
+
+    #[test]
+    fn malformed_calls_are_dropped_or_answered() {
+        let malformed = |b: &[u8]| matches!(decode_call(b), Err(Rejection::Malformed(_)));
+        assert!(malformed(b""));
+        assert!(malformed(&[0xff, 0x00, 0x13, 0x37]));
+        assert!(malformed(b"[1, 2, 3]"));
+        assert!(malformed(b"{\"v\":2,\"kind\":\"request\""));
+        // No id: nothing to answer.
+        assert!(malformed(&body(
+            json!({"v": V, "kind": "request", "request": {}})
+        )));
+        // Not a call.
+        assert!(malformed(&body(
+            json!({"v": V, "kind": "response", "id": 1, "ok": 1})
+        )));
+        assert!(malformed(&body(json!({"v": V, "kind": "shout", "id": 1}))));
+        // A call with an id and an unusable body gets a `bad_request` reply.
+        let answerable = |value: Value| match decode_call(&body(value)) {
+            Err(Rejection::Answerable { id, .. }) => id,
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(
+            answerable(json!({"v": V, "kind": "request", "id": 9, "request": {"nope": true}})),
+            9
+        );
+        assert_eq!(answerable(json!({"v": V, "kind": "request", "id": 8})), 8);
+        assert_eq!(
+            answerable(json!({"v": V, "kind": "interest", "id": 7, "from": "a"})),
+            7
+        );
+        assert_eq!(
+            answerable(json!({"v": V, "kind": "interest", "id": 6,
+                "interest": {"version": 1, "prefixes": []}})),
+            6
+        );
+        assert_eq!(
+            answerable(json!({"v": V, "kind": "interest", "id": 5, "from": "a",
+                "interest": {"version": "new", "prefixes": []}})),
+            5
+        );
+        assert_eq!(
+            answerable(json!({"v": V, "kind": "sync", "id": 4, "from": "a"})),
+            4
+        );
+    }
+
+    #[test]
+    fn malformed_responses_are_dropped() {
+        let malformed =
+            |value: Value| matches!(decode_response(&body(value)), Err(Rejection::Malformed(_)));
+        assert!(malformed(json!({"v": V, "kind": "response", "id": 1})));
+        assert!(malformed(
+            json!({"v": V, "kind": "response", "id": 1, "ok": 1, "error": {"kind": "internal", "message": "x"}})
+        ));
+        assert!(malformed(
+            json!({"v": V, "kind": "request", "id": 1, "ok": 1})
+        ));
+        assert!(malformed(json!({"v": V, "kind": "response", "ok": 1})));
+        assert!(matches!(
+            decode_response(b"\x00garbage"),
+            Err(Rejection::Malformed(_))
+        ));
+    }
+
+    #[test]
+    fn deep_nesting_is_rejected_not_a_crash() {
+        let mut deep = "[".repeat(5000);
+        deep.push_str(&"]".repeat(5000));
+        assert!(matches!(
+            decode_call(deep.as_bytes()),
+            Err(Rejection::Malformed(_))
+        ));
+        let nested_args = format!(
+            r#"{{"v":{V},"kind":"request","id":3,"request":{{"collection":"c","action":"a","args":{deep}}}}}"#
+        );
+        assert!(matches!(
+            decode_call(nested_args.as_bytes()),
+            Err(Rejection::Answerable { id: 3, .. })
+        ));
+    }
+
+    #[test]
+    fn the_mac_frame_is_checked_with_a_key() {
+        let keyed = Wire::new(Some(ClusterKey::new("k")), 4096);
+        let mac = keyed.sign(&[b"body"]);
+        assert_eq!(mac.len(), keyed.mac_len());
+        assert_eq!(keyed.check_mac(&[b"body"], &mac), Ok(()));
+        assert_eq!(
+            keyed.check_mac(&[b"body"], b""),
+            Err(Rejection::Unsigned("unsigned"))
+        );
+        assert_eq!(
+            keyed.check_mac(&[b"bodx"], &mac),
+            Err(Rejection::Unsigned("wrong mac"))
+        );
+        let other = Wire::new(Some(ClusterKey::new("other")), 4096).sign(&[b"body"]);
+        assert!(keyed.check_mac(&[b"body"], &other).is_err());
+        // Without a key: an empty mac frame, and anything passes.
+        let plain = wire();
+        assert!(plain.sign(&[b"body"]).is_empty());
+        assert_eq!(plain.mac_len(), 0);
+        assert_eq!(plain.check_mac(&[b"body"], b"whatever"), Ok(()));
+    }
+
+    #[test]
+    fn frames_and_sizes_are_checked() {
+        assert_eq!(check_frames(2, 2, "[body, mac]"), Ok(()));
+        assert!(matches!(
+            check_frames(3, 2, "[body, mac]"),
+            Err(Rejection::Malformed(reason)) if reason == "3 frames, expected [body, mac]"
+        ));
+        let w = Wire::new(None, 10);
+        assert_eq!(w.check_size(&[b"12345", b"12345"]), Ok(()));
+        assert_eq!(
+            w.check_size(&[b"123456", b"12345"]),
+            Err(Rejection::Oversized(6))
+        );
+        let message = multipart(vec![b"a".to_vec(), Vec::new(), b"c".to_vec()]);
+        assert_eq!(message.len(), 3);
+        assert_eq!(probe_id(br#"{"id": 12, "whatever": []}"#), Some(12));
+        assert_eq!(probe_id(b"nope"), None);
+    }
+}
