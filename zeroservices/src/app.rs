@@ -15,7 +15,7 @@
 //! # Settings
 //!
 //! Every setting is a flag that also reads its environment variable, all of them read by
-//! [`Settings`](crate::settings::Settings); a flag wins over its variable, which wins over the
+//! [`crate::settings::Settings`]; a flag wins over its variable, which wins over the
 //! value written in `#[service(...)]`, which wins over the built-in default. A bad value is a
 //! usage error that names the variable and the flag.
 //!

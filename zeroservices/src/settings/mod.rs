@@ -81,8 +81,8 @@ pub struct Settings {
     /// HTTP.
     #[command(flatten, next_help_heading = "HTTP")]
     pub http: HttpSettings,
-    /// Where resources live: `memory`, `embedded:<dir>` or a `mongodb://` URI [default:
-    /// embedded:./data/<name>, or memory without resources].
+    /// Where resources live: `memory`, `embedded:<dir>` or a `mongodb://` URI (default:
+    /// `embedded:./data/<name>`, or memory without resources).
     #[arg(long, env = "ZS_STORE", value_name = "SPEC", value_parser = Check(parse::store),
           help_heading = "Storage")]
     pub store: Option<StoreSpec>,
@@ -144,8 +144,8 @@ pub struct NetworkSettings {
 /// HTTP settings.
 #[derive(Args, Debug, Clone, Default)]
 pub struct HttpSettings {
-    /// Serve HTTP on this port (0: any free port) [default: the #[service] attribute's, else
-    /// 5001].
+    /// Serve HTTP on this port (0: any free port) [default: the `#[service]` attribute's,
+    /// else 5001].
     #[arg(long, env = "ZS_HTTP_PORT", value_name = "PORT", value_parser = Check(parse::port))]
     pub http_port: Option<u16>,
     /// The address HTTP binds to [default: 127.0.0.1].
