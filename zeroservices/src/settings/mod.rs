@@ -108,7 +108,7 @@ pub struct NetworkSettings {
     /// The multicast group of the cluster [default: 237.252.249.227:32000].
     #[arg(long, env = "ZS_MULTICAST_GROUP", value_name = "GROUP:PORT", value_parser = Check(parse::group))]
     pub multicast_group: Option<SocketAddrV4>,
-    /// Multicast discovery on or off (off: use --peers) [default: on].
+    /// Multicast discovery on or off (off: seed peers only) [default: on].
     #[arg(long, env = "ZS_MULTICAST", value_name = "on|off", value_parser = Check(parse::on_off))]
     pub multicast: Option<bool>,
     /// Static seed peers' discovery addresses, where multicast is absent.
