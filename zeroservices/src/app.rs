@@ -174,7 +174,7 @@ impl App {
         I: IntoIterator<Item = T>,
         T: Into<OsString> + Clone,
     {
-        self.configure_with(args, &|name| std::env::var(name).ok())
+        self.configure_with(args, &settings::process_env)
     }
 
     /// [`App::configure`] with the variables from `lookup` instead of the process environment.

@@ -58,8 +58,8 @@ enum Command {
 fn main() -> ExitCode {
     // The variables through the one settings reader; the network flags work after the
     // subcommand too.
-    let mut command = settings::with_env(Cli::command(), &|name| std::env::var(name).ok())
-        .mut_args(|arg| arg.global(true));
+    let mut command =
+        settings::with_env(Cli::command(), &settings::process_env).mut_args(|arg| arg.global(true));
     let cli = match command
         .try_get_matches_from_mut(std::env::args_os())
         .and_then(|matches| Cli::from_arg_matches(&matches))

@@ -234,8 +234,9 @@ pub struct RunSettings {
 /// Where a setting's variables come from: the process environment, or a test's table.
 pub type Lookup<'a> = &'a dyn Fn(&str) -> Option<String>;
 
-/// The process environment.
-fn process_env(name: &str) -> Option<String> {
+/// The process environment: the [`Lookup`] of every reader but tests'. The one place the
+/// crate reads a variable.
+pub fn process_env(name: &str) -> Option<String> {
     std::env::var(name).ok()
 }
 
