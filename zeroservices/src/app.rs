@@ -14,36 +14,19 @@
 //!
 //! # Settings
 //!
-//! Every setting is a flag that also reads its environment variable; a flag wins over its
-//! variable, which wins over the value written in `#[service(...)]`, which wins over the
-//! built-in default.
+//! Every setting is a flag that also reads its environment variable, all of them read by
+//! [`crate::settings::Settings`]; a flag wins over its variable, which wins over the
+//! value written in `#[service(...)]`, which wins over the built-in default. A bad value is a
+//! usage error that names the variable and the flag.
 //!
-//! | flag | variable | default |
-//! |---|---|---|
-//! | `--http-port PORT` | `ZS_HTTP_PORT` | the attribute's `http(port)`, else 5001; `0` takes any free port |
-//! | `--http-host ADDR` | `ZS_HTTP_HOST` | the attribute's `http(host)`, else `127.0.0.1` |
-//! | `--allowed-origins LIST` | `ZS_ALLOWED_ORIGINS` | the attribute's `http(allowed_origins)`, else none (no CORS) |
-//! | `--basic-auth USER:PASSWORD` | `ZS_BASIC_AUTH` | none |
-//! | `--max-body-bytes N` | `ZS_MAX_BODY_BYTES` | 1048576 (1 MiB); larger request bodies get a 413 |
-//! | `--http-header-timeout-ms MS` | `ZS_HTTP_HEADER_TIMEOUT_MS` | 10000; a connection whose request headers take longer (or whose body stalls that long) is closed |
-//! | `--http-idle-timeout-ms MS` | `ZS_HTTP_IDLE_TIMEOUT_MS` | 60000; a keep-alive connection with no request in flight that long is closed |
-//! | `--http-max-connections N` | `ZS_HTTP_MAX_CONNECTIONS` | 1024 open connections (websockets included); further ones wait until one closes |
-//! | `--ws-max-message-bytes N` | `ZS_WS_MAX_MESSAGE_BYTES` | 65536; a bigger websocket message closes the socket (1009) |
-//! | `--ws-max-topics N` | `ZS_WS_MAX_TOPICS` | 256 topics per websocket client |
-//! | `--ws-max-clients N` | `ZS_WS_MAX_CLIENTS` | 1024 websocket clients per node; further upgrades get a 503 |
-//! | `--no-http` | | HTTP is on when the attribute has `http` or a port is set |
-//! | `--store SPEC` | `ZS_STORE` | `embedded:./data/<name>`; `memory` for a node without resources |
-//! | `--discovery-interface ADDR` | `ZS_DISCOVERY_INTERFACE` | `0.0.0.0` |
-//! | `--multicast-group GROUP:PORT` | `ZS_MULTICAST_GROUP` | `237.252.249.227:32000` |
-//! | `--peers HOST:PORT,...` | `ZS_PEERS` | none |
-//! | `--cluster-key KEY` | `ZS_CLUSTER_KEY` | none |
-//! | `--request-timeout-ms MS` | `ZS_REQUEST_TIMEOUT_MS` | 5000 |
-//! | `--max-message-bytes BYTES` | `ZS_MAX_MESSAGE_BYTES` | 16777216 (16 MiB); also the largest ZeroMQ frame a peer may announce |
-//! | `--max-peers N` | `ZS_MAX_PEERS` | 1024; announcements from new node ids beyond it are dropped |
+#![doc = include_str!("../docs/settings.md")]
 //!
-//! The other network variables of [`NetworkConfig::from_env`] (`ZS_MULTICAST`,
-//! `ZS_DISCOVERY_PORT`, `ZS_HEARTBEAT_MS`, ...) apply too; `RUST_LOG` sets the log filter
-//! (default `info`).
+//! # Stopping
+//!
+//! At SIGINT or SIGTERM (or when the body fails) the app stops its node with
+//! [`Node::stop`](crate::Node::stop): HTTP stops accepting, and in-flight HTTP requests,
+//! requests from peers and worker handlers get `ZS_SHUTDOWN_TIMEOUT_MS` (default 5000) to
+//! finish; then the node says goodbye. A second signal leaves at once.
 //!
 //! # Exit codes
 //!
@@ -54,18 +37,18 @@ use std::ffi::OsString;
 use std::fmt;
 use std::future::Future;
 use std::io::IsTerminal;
-use std::net::{IpAddr, Ipv4Addr, SocketAddr, SocketAddrV4};
+use std::net::SocketAddr;
 use std::process::{ExitCode, Termination};
 use std::time::Duration;
 
-use clap::error::ErrorKind;
-use clap::{Args, CommandFactory, FromArgMatches, Parser};
+use clap::{CommandFactory, FromArgMatches};
 
-use crate::config::{self, NetworkConfig};
-use crate::http::{self, BasicAuth, HttpConfig, HttpServer};
-use crate::security::ClusterKey;
+use crate::config::NetworkConfig;
+use crate::http::{self, HttpConfig, HttpServer};
+use crate::settings::{self, Lookup, Settings};
+use crate::signal::Signals;
 use crate::store::StoreConfig;
-use crate::{Error, Limits, Node, NodeBuilder, NodeKind, Resource, Result};
+use crate::{Limits, Node, NodeBuilder, NodeKind, Resource, Result};
 
 /// The HTTP port of `#[service(http)]` when the attribute gives none.
 pub const DEFAULT_HTTP_PORT: u16 = 5001;
@@ -164,7 +147,7 @@ impl App {
     fn command(&self) -> clap::Command {
         // clap wants a `'static` name; one small string per app.
         let name: &'static str = Box::leak(self.name.clone().into_boxed_str());
-        let mut command = Flags::command()
+        let mut command = Settings::command()
             .name(name)
             .about(
                 self.about
@@ -191,72 +174,35 @@ impl App {
         I: IntoIterator<Item = T>,
         T: Into<OsString> + Clone,
     {
-        let mut command = self.command();
-        let flags = command
+        self.configure_with(args, &settings::process_env)
+    }
+
+    /// [`App::configure`] with the variables from `lookup` instead of the process environment.
+    ///
+    /// # Errors
+    /// As [`App::configure`].
+    pub fn configure_with<I, T>(
+        self,
+        args: I,
+        lookup: Lookup<'_>,
+    ) -> std::result::Result<Configured, CliError>
+    where
+        I: IntoIterator<Item = T>,
+        T: Into<OsString> + Clone,
+    {
+        let mut command = settings::with_env(self.command(), lookup);
+        let settings = command
             .try_get_matches_from_mut(args)
-            .and_then(|matches| Flags::from_arg_matches(&matches))
+            .and_then(|matches| Settings::from_arg_matches(&matches))
             .map_err(CliError)?;
-        let invalid = |command: &mut clap::Command, message: String| {
-            CliError(command.error(ErrorKind::ValueValidation, message))
-        };
-
-        let mut network =
-            NetworkConfig::from_env().map_err(|e| invalid(&mut command, message(e)))?;
-        flags.network.apply(&mut network);
-        // The flags are read from the variables too, so this checks each value once.
-        let mut limits = Limits::default();
-        flags
-            .limits
-            .apply(&mut limits)
-            .map_err(|e| invalid(&mut command, e))?;
-
-        let store = match given(flags.store) {
-            Some(StoreArg(Some(store))) => store,
-            _ if !self.has_resources => StoreConfig::Memory,
-            _ => StoreConfig::default_for(&self.name),
-        };
-
-        let http = match (self.http, given(flags.http.http_port)) {
-            _ if flags.http.no_http => None,
-            (Some(mut config), port) => {
-                if let Some(port) = port {
-                    config.port = port;
-                }
-                Some(config)
-            }
-            (None, Some(port)) => Some(HttpConfig::new(port)),
-            (None, None) => None,
-        };
-        let http = match http {
-            None => None,
-            Some(mut config) => {
-                flags.http.limits.apply(&mut config);
-                if let Some(host) = given(flags.http.http_host) {
-                    config.host = host;
-                }
-                if let Some(origins) = given(flags.http.allowed_origins) {
-                    config = config.allowed_origins(&origins);
-                }
-                if let Some(credentials) = given(flags.http.basic_auth) {
-                    let auth = BasicAuth::parse(&credentials).map_err(|e| {
-                        invalid(
-                            &mut command,
-                            format!("--basic-auth / ZS_BASIC_AUTH: {}", message(e)),
-                        )
-                    })?;
-                    config.basic_auth = Some(auth);
-                }
-                Some(config)
-            }
-        };
-
         Ok(Configured {
+            network: settings.network(),
+            limits: settings.limits(),
+            store: settings.store(&self.name, self.has_resources),
+            http: settings.http(self.http),
+            shutdown_timeout: settings.shutdown_timeout(),
             name: self.name,
             kind: self.kind,
-            network,
-            limits,
-            store,
-            http,
             setup: self.setup,
         })
     }
@@ -322,6 +268,8 @@ pub struct Configured {
     pub store: StoreConfig,
     /// HTTP, when on.
     pub http: Option<HttpConfig>,
+    /// How long stopping waits for the work in flight (`ZS_SHUTDOWN_TIMEOUT_MS`).
+    pub shutdown_timeout: Duration,
     setup: Vec<Setup>,
 }
 
@@ -351,6 +299,7 @@ impl Configured {
             .kind(self.kind)
             .network(self.network)
             .limits(self.limits)
+            .shutdown_timeout(self.shutdown_timeout)
             .shared_store(store);
         for setup in self.setup {
             builder = setup(builder);
@@ -456,13 +405,15 @@ impl RunningApp {
         self.http.as_ref().map(HttpServer::local_addr)
     }
 
-    /// Drains HTTP (in-flight requests and websockets, for at most the configured
-    /// `shutdown_timeout` of [`HttpConfig`]), then says goodbye to the cluster and stops the node.
+    /// Stops the node ([`Node::stop`]): HTTP stops accepting, in-flight HTTP requests and
+    /// websockets, requests from peers and worker handlers get the shutdown timeout
+    /// (`ZS_SHUTDOWN_TIMEOUT_MS`) to finish, then the node says goodbye and closes.
     pub async fn shutdown(self) {
+        self.node.stop().await;
         if let Some(server) = self.http {
+            // Drained by the node's stop already: this returns at once.
             server.shutdown().await;
         }
-        self.node.stop().await;
         tracing::info!("{} said goodbye", self.name);
     }
 }
@@ -557,14 +508,6 @@ impl<E: fmt::Display> ServiceOutput for std::result::Result<(), E> {
     }
 }
 
-/// The message of a configuration error, without the "bad request: " of its display.
-fn message(err: Error) -> String {
-    match err {
-        Error::BadRequest { message } => message,
-        other => other.to_string(),
-    }
-}
-
 /// `RUST_LOG` (default `info`), on stderr.
 fn init_tracing() {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
@@ -577,380 +520,12 @@ fn init_tracing() {
         .try_init();
 }
 
-/// SIGINT and SIGTERM, registered once.
-struct Signals {
-    #[cfg(unix)]
-    interrupt: Option<tokio::signal::unix::Signal>,
-    #[cfg(unix)]
-    terminate: Option<tokio::signal::unix::Signal>,
-}
-
-impl Signals {
-    fn new() -> Self {
-        #[cfg(unix)]
-        {
-            use tokio::signal::unix::{SignalKind, signal};
-            let listen = |kind: SignalKind, name: &str| match signal(kind) {
-                Ok(signal) => Some(signal),
-                Err(err) => {
-                    tracing::warn!("cannot listen for {name}: {err}");
-                    None
-                }
-            };
-            Self {
-                interrupt: listen(SignalKind::interrupt(), "SIGINT"),
-                terminate: listen(SignalKind::terminate(), "SIGTERM"),
-            }
-        }
-        #[cfg(not(unix))]
-        {
-            Self {}
-        }
-    }
-
-    /// Waits for the next signal and names it.
-    async fn recv(&mut self) -> &'static str {
-        #[cfg(unix)]
-        {
-            async fn next(signal: Option<&mut tokio::signal::unix::Signal>) {
-                match signal {
-                    Some(signal) => {
-                        if signal.recv().await.is_none() {
-                            std::future::pending::<()>().await;
-                        }
-                    }
-                    None => std::future::pending::<()>().await,
-                }
-            }
-            tokio::select! {
-                () = next(self.interrupt.as_mut()) => "SIGINT",
-                () = next(self.terminate.as_mut()) => "SIGTERM",
-            }
-        }
-        #[cfg(not(unix))]
-        {
-            match tokio::signal::ctrl_c().await {
-                Ok(()) => "Ctrl-C",
-                Err(_) => std::future::pending().await,
-            }
-        }
-    }
-}
-
-/// The command-line flags; each also reads its `ZS_*` variable. An empty variable counts as
-/// unset (like [`NetworkConfig::from_env`]), hence the [`Given`] values.
-#[derive(Parser, Debug)]
-struct Flags {
-    #[command(flatten, next_help_heading = "HTTP")]
-    http: HttpFlags,
-    /// Where resources live: `memory`, `embedded:<dir>` or a `mongodb://` URI [default:
-    /// embedded:./data/<name>, or memory without resources].
-    #[arg(long, env = "ZS_STORE", value_name = "SPEC", value_parser = parse_store,
-          help_heading = "Storage")]
-    store: Option<Given<StoreArg>>,
-    #[command(flatten, next_help_heading = "Cluster")]
-    network: NetworkFlags,
-    #[command(flatten, next_help_heading = "Limits (what clients may send)")]
-    limits: LimitsFlags,
-}
-
-#[derive(Args, Debug)]
-struct LimitsFlags {
-    /// The deepest nesting of a stored document, at most 100 [default: 32].
-    #[arg(long, env = "ZS_MAX_DEPTH", value_name = "LEVELS", value_parser = parsed::<String>)]
-    max_depth: Option<Given<String>>,
-    /// The largest stored document, in bytes of JSON [default: 1048576].
-    #[arg(long, env = "ZS_MAX_DOCUMENT_BYTES", value_name = "BYTES", value_parser = parsed::<String>)]
-    max_document_bytes: Option<Given<String>>,
-    /// The most paths one patch may touch [default: 256].
-    #[arg(long, env = "ZS_MAX_PATCH_PATHS", value_name = "N", value_parser = parsed::<String>)]
-    max_patch_paths: Option<Given<String>>,
-    /// The most segments in one patch path (`a.b.c` has 3) [default: 32].
-    #[arg(long, env = "ZS_MAX_PATH_SEGMENTS", value_name = "N", value_parser = parsed::<String>)]
-    max_path_segments: Option<Given<String>>,
-    /// The deepest nesting of a list filter [default: 16].
-    #[arg(long, env = "ZS_MAX_FILTER_DEPTH", value_name = "LEVELS", value_parser = parsed::<String>)]
-    max_filter_depth: Option<Given<String>>,
-    /// The most fields and operators in a list filter [default: 256].
-    #[arg(long, env = "ZS_MAX_FILTER_CLAUSES", value_name = "N", value_parser = parsed::<String>)]
-    max_filter_clauses: Option<Given<String>>,
-    /// The longest resource id, in bytes [default: 256].
-    #[arg(long, env = "ZS_MAX_ID_BYTES", value_name = "BYTES", value_parser = parsed::<String>)]
-    max_id_bytes: Option<Given<String>>,
-    /// The largest page a list answers; more follow by `Link: rel="next"` [default: 1000].
-    #[arg(long, env = "ZS_MAX_PAGE", value_name = "N", value_parser = parsed::<String>)]
-    max_page: Option<Given<String>>,
-}
-
-impl LimitsFlags {
-    fn apply(self, limits: &mut Limits) -> std::result::Result<(), String> {
-        let given_values = [
-            ("--max-depth", "ZS_MAX_DEPTH", self.max_depth),
-            (
-                "--max-document-bytes",
-                "ZS_MAX_DOCUMENT_BYTES",
-                self.max_document_bytes,
-            ),
-            (
-                "--max-patch-paths",
-                "ZS_MAX_PATCH_PATHS",
-                self.max_patch_paths,
-            ),
-            (
-                "--max-path-segments",
-                "ZS_MAX_PATH_SEGMENTS",
-                self.max_path_segments,
-            ),
-            (
-                "--max-filter-depth",
-                "ZS_MAX_FILTER_DEPTH",
-                self.max_filter_depth,
-            ),
-            (
-                "--max-filter-clauses",
-                "ZS_MAX_FILTER_CLAUSES",
-                self.max_filter_clauses,
-            ),
-            ("--max-id-bytes", "ZS_MAX_ID_BYTES", self.max_id_bytes),
-            ("--max-page", "ZS_MAX_PAGE", self.max_page),
-        ];
-        for (flag, var, value) in given_values {
-            if let Some(value) = given(value) {
-                limits
-                    .set(var, &value)
-                    .map_err(|e| format!("{flag} / {}", message(e)))?;
-            }
-        }
-        Ok(())
-    }
-}
-
-#[derive(Args, Debug)]
-struct HttpFlags {
-    /// Serve HTTP on this port (0: any free port) [default: the #[service] attribute's, else
-    /// 5001].
-    #[arg(long, env = "ZS_HTTP_PORT", value_name = "PORT", value_parser = parsed::<u16>)]
-    http_port: Option<Given<u16>>,
-    /// The address HTTP binds to [default: 127.0.0.1].
-    #[arg(long, env = "ZS_HTTP_HOST", value_name = "ADDR", value_parser = parsed::<IpAddr>)]
-    http_host: Option<Given<IpAddr>>,
-    /// CORS: the allowed origins, comma-separated, or `*`.
-    #[arg(long, env = "ZS_ALLOWED_ORIGINS", value_name = "ORIGINS", value_parser = parsed::<String>)]
-    allowed_origins: Option<Given<String>>,
-    /// Require HTTP Basic auth with these credentials.
-    #[arg(
-        long,
-        env = "ZS_BASIC_AUTH",
-        value_name = "USER:PASSWORD",
-        hide_env_values = true,
-        value_parser = parsed::<String>
-    )]
-    basic_auth: Option<Given<String>>,
-    #[command(flatten)]
-    limits: HttpLimitFlags,
-    /// Do not serve HTTP, whatever the attribute and the port say.
-    #[arg(long)]
-    no_http: bool,
-}
-
-#[derive(Args, Debug)]
-struct NetworkFlags {
-    /// The interface address for multicast discovery and the node's sockets (tests use
-    /// 127.0.0.1) [default: 0.0.0.0].
-    #[arg(long, env = "ZS_DISCOVERY_INTERFACE", value_name = "ADDR", value_parser = parsed::<Ipv4Addr>)]
-    discovery_interface: Option<Given<Ipv4Addr>>,
-    /// The multicast group of the cluster [default: 237.252.249.227:32000].
-    #[arg(long, env = "ZS_MULTICAST_GROUP", value_name = "GROUP:PORT", value_parser = parse_group)]
-    multicast_group: Option<Given<SocketAddrV4>>,
-    /// Static seed peers' discovery addresses, where multicast is absent.
-    #[arg(long, env = "ZS_PEERS", value_name = "HOST:PORT,...", value_parser = parse_peers)]
-    peers: Option<Given<Vec<SocketAddr>>>,
-    /// Sign and check every message with this shared secret.
-    #[arg(
-        long,
-        env = "ZS_CLUSTER_KEY",
-        value_name = "KEY",
-        hide_env_values = true,
-        value_parser = parsed::<String>
-    )]
-    cluster_key: Option<Given<String>>,
-    /// How long a request waits for the owner's reply [default: 5000].
-    #[arg(long, env = "ZS_REQUEST_TIMEOUT_MS", value_name = "MS", value_parser = parse_millis)]
-    request_timeout_ms: Option<Given<Duration>>,
-    /// The largest message (and ZeroMQ frame) a peer may send; a connection announcing a larger
-    /// frame is closed [default: 16777216].
-    #[arg(long, env = "ZS_MAX_MESSAGE_BYTES", value_name = "BYTES", value_parser = parse_max_message_bytes_flag)]
-    max_message_bytes: Option<Given<usize>>,
-    /// The most peers this node tracks; announcements from new node ids beyond it are dropped
-    /// [default: 1024].
-    #[arg(long, env = "ZS_MAX_PEERS", value_name = "N", value_parser = parse_max_peers_flag)]
-    max_peers: Option<Given<usize>>,
-}
-
-fn parse_max_message_bytes_flag(value: &str) -> std::result::Result<Given<usize>, String> {
-    parse_with(value, |value| {
-        crate::config::parse_max_message_bytes(value).map_err(|e| format!("expected {e}"))
-    })
-}
-
-fn parse_max_peers_flag(value: &str) -> std::result::Result<Given<usize>, String> {
-    parse_with(value, |value| {
-        crate::config::parse_max_peers(value).map_err(|e| format!("expected {e}"))
-    })
-}
-
-/// The HTTP server's limits.
-#[derive(Args, Debug)]
-struct HttpLimitFlags {
-    /// The largest request body, in bytes; larger ones get a 413 [default: 1048576].
-    #[arg(long, env = "ZS_MAX_BODY_BYTES", value_name = "BYTES", value_parser = parse_count)]
-    max_body_bytes: Option<Given<usize>>,
-    /// Close a connection whose request headers take longer than this, or whose request body
-    /// stops arriving for this long [default: 10000].
-    #[arg(long, env = "ZS_HTTP_HEADER_TIMEOUT_MS", value_name = "MS", value_parser = parse_millis)]
-    http_header_timeout_ms: Option<Given<Duration>>,
-    /// Close a keep-alive connection with no request in flight for this long [default: 60000].
-    #[arg(long, env = "ZS_HTTP_IDLE_TIMEOUT_MS", value_name = "MS", value_parser = parse_millis)]
-    http_idle_timeout_ms: Option<Given<Duration>>,
-    /// The most open HTTP connections, websockets included; further ones wait until one closes
-    /// [default: 1024].
-    #[arg(long, env = "ZS_HTTP_MAX_CONNECTIONS", value_name = "N", value_parser = parse_count)]
-    http_max_connections: Option<Given<usize>>,
-    /// The largest websocket message a client may send, in bytes [default: 65536].
-    #[arg(long, env = "ZS_WS_MAX_MESSAGE_BYTES", value_name = "BYTES", value_parser = parse_count)]
-    ws_max_message_bytes: Option<Given<usize>>,
-    /// The most topics one websocket client may subscribe to [default: 256].
-    #[arg(long, env = "ZS_WS_MAX_TOPICS", value_name = "N", value_parser = parse_count)]
-    ws_max_topics: Option<Given<usize>>,
-    /// The most websocket clients at once; further upgrades get a 503 [default: 1024].
-    #[arg(long, env = "ZS_WS_MAX_CLIENTS", value_name = "N", value_parser = parse_count)]
-    ws_max_clients: Option<Given<usize>>,
-}
-
-impl HttpLimitFlags {
-    /// The limits given on the command line or in the environment.
-    fn apply(&self, config: &mut HttpConfig) {
-        let flag = |value: &Option<Given<usize>>| value.as_ref().and_then(|Given(v)| *v);
-        let millis = |value: &Option<Given<Duration>>| value.as_ref().and_then(|Given(v)| *v);
-        if let Some(bytes) = flag(&self.max_body_bytes) {
-            config.max_body_bytes = bytes;
-        }
-        if let Some(timeout) = millis(&self.http_header_timeout_ms) {
-            config.header_timeout = timeout;
-        }
-        if let Some(timeout) = millis(&self.http_idle_timeout_ms) {
-            config.idle_timeout = timeout;
-        }
-        if let Some(n) = flag(&self.http_max_connections) {
-            config.max_connections = n;
-        }
-        if let Some(bytes) = flag(&self.ws_max_message_bytes) {
-            config.ws_max_message_bytes = bytes;
-        }
-        if let Some(n) = flag(&self.ws_max_topics) {
-            config.ws_max_topics = n;
-        }
-        if let Some(n) = flag(&self.ws_max_clients) {
-            config.ws_max_clients = n;
-        }
-    }
-}
-
-impl NetworkFlags {
-    fn apply(self, network: &mut NetworkConfig) {
-        if let Some(interface) = given(self.discovery_interface) {
-            network.interface = interface;
-        }
-        if let Some(group) = given(self.multicast_group) {
-            network.multicast_group = group;
-        }
-        if let Some(peers) = given(self.peers) {
-            network.peers = peers;
-        }
-        if let Some(key) = given(self.cluster_key) {
-            network.cluster_key = Some(ClusterKey::new(key));
-        }
-        if let Some(timeout) = given(self.request_timeout_ms) {
-            network.request_timeout = timeout;
-        }
-        if let Some(bytes) = given(self.max_message_bytes) {
-            network.max_message_bytes = bytes;
-        }
-        if let Some(peers) = given(self.max_peers) {
-            network.max_peers = peers;
-        }
-    }
-}
-
-/// A flag's value; `Given(None)` for an empty environment variable.
-#[derive(Debug, Clone)]
-struct Given<T>(Option<T>);
-
-fn given<T>(value: Option<Given<T>>) -> Option<T> {
-    value.and_then(|Given(value)| value)
-}
-
-/// Parses a non-empty value with `FromStr`, after trimming it.
-fn parse_with<T>(
-    value: &str,
-    parse: impl FnOnce(&str) -> std::result::Result<T, String>,
-) -> std::result::Result<Given<T>, String> {
-    match value.trim() {
-        "" => Ok(Given(None)),
-        value => parse(value).map(|value| Given(Some(value))),
-    }
-}
-
-fn parsed<T>(value: &str) -> std::result::Result<Given<T>, String>
-where
-    T: std::str::FromStr,
-    T::Err: fmt::Display,
-{
-    parse_with(value, |value| {
-        value.parse().map_err(|e: T::Err| e.to_string())
-    })
-}
-
-/// `--store`: `None` for `embedded` (the default place).
-#[derive(Debug, Clone)]
-struct StoreArg(Option<StoreConfig>);
-
-fn parse_store(value: &str) -> std::result::Result<Given<StoreArg>, String> {
-    parse_with(value, |value| match value {
-        "embedded" => Ok(StoreArg(None)),
-        spec => StoreConfig::parse(spec)
-            .map(|store| StoreArg(Some(store)))
-            .map_err(|_| "expected `memory`, `embedded:<dir>` or a `mongodb://` URI".to_owned()),
-    })
-}
-
-fn parse_group(value: &str) -> std::result::Result<Given<SocketAddrV4>, String> {
-    parse_with(value, |value| {
-        config::parse_group(value)
-            .map_err(|_| "expected a multicast address like 237.252.249.227:32000".to_owned())
-    })
-}
-
-fn parse_peers(value: &str) -> std::result::Result<Given<Vec<SocketAddr>>, String> {
-    parse_with(value, |value| config::parse_peers(value).map_err(message))
-}
-
-fn parse_millis(value: &str) -> std::result::Result<Given<Duration>, String> {
-    parse_with(value, |value| match value.parse::<u64>() {
-        Ok(ms) if ms > 0 => Ok(Duration::from_millis(ms)),
-        _ => Err("expected a positive number of milliseconds".to_owned()),
-    })
-}
-
-fn parse_count(value: &str) -> std::result::Result<Given<usize>, String> {
-    parse_with(value, |value| match value.parse::<usize>() {
-        Ok(n) if n > 0 => Ok(n),
-        _ => Err("expected a positive whole number".to_owned()),
-    })
-}
-
 #[cfg(test)]
 mod tests {
+    use std::net::{IpAddr, Ipv4Addr};
+
+    use crate::Error;
+
     use super::*;
 
     fn gateway() -> App {

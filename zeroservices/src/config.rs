@@ -1,10 +1,11 @@
-//! One configuration for a node, read from the environment (`ZS_*`); `#[service]` mains accept
-//! the same settings as command-line flags.
+//! The network configuration of a node and the parsers of its values; the `ZS_*` variables
+//! and flags that set it are read by [`Settings`].
 
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, ToSocketAddrs};
 use std::time::Duration;
 
 use crate::security::ClusterKey;
+use crate::settings::Settings;
 use crate::{Error, Result};
 
 /// The original framework's multicast group and port.
@@ -64,25 +65,8 @@ impl Default for NetworkConfig {
     }
 }
 
-fn var(name: &str) -> Option<String> {
-    std::env::var(name).ok().filter(|v| !v.trim().is_empty())
-}
-
 fn bad(name: &str, value: &str, expected: &str) -> Error {
     Error::bad_request(format!("{name}={value:?}: expected {expected}"))
-}
-
-fn millis(name: &str, default: Duration) -> Result<Duration> {
-    match var(name) {
-        None => Ok(default),
-        Some(v) => v
-            .trim()
-            .parse::<u64>()
-            .ok()
-            .filter(|ms| *ms > 0)
-            .map(Duration::from_millis)
-            .ok_or_else(|| bad(name, &v, "a positive number of milliseconds")),
-    }
 }
 
 /// The default of [`NetworkConfig::max_peers`].
@@ -91,69 +75,17 @@ pub const DEFAULT_MAX_PEERS: usize = 1024;
 /// The default time a request waits for the owner's reply.
 pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// `ZS_REQUEST_TIMEOUT_MS`, or [`DEFAULT_REQUEST_TIMEOUT`]; a malformed value is an error that
-/// names it.
+/// `ZS_REQUEST_TIMEOUT_MS`, or [`DEFAULT_REQUEST_TIMEOUT`]; a malformed `ZS_*` value is an
+/// error that names it (read through [`Settings`]).
 pub fn request_timeout_from_env() -> Result<Duration> {
-    millis("ZS_REQUEST_TIMEOUT_MS", DEFAULT_REQUEST_TIMEOUT)
+    Ok(Settings::from_env()?.request_timeout())
 }
 
 impl NetworkConfig {
-    /// Reads the `ZS_*` variables; a malformed value is an error that names it.
+    /// Reads the `ZS_*` variables (through [`Settings`]); a malformed value is an error that
+    /// names it.
     pub fn from_env() -> Result<Self> {
-        let d = Self::default();
-        let interface = match var("ZS_DISCOVERY_INTERFACE") {
-            None => d.interface,
-            Some(v) => v.trim().parse().map_err(|_| {
-                bad(
-                    "ZS_DISCOVERY_INTERFACE",
-                    &v,
-                    "an IPv4 address like 127.0.0.1",
-                )
-            })?,
-        };
-        let multicast_group = match var("ZS_MULTICAST_GROUP") {
-            None => d.multicast_group,
-            Some(v) => parse_group(&v)?,
-        };
-        let multicast = match var("ZS_MULTICAST").as_deref().map(str::trim) {
-            None | Some("on") | Some("1") | Some("true") => true,
-            Some("off") | Some("0") | Some("false") => false,
-            Some(v) => return Err(bad("ZS_MULTICAST", v, "on or off")),
-        };
-        let peers = match var("ZS_PEERS") {
-            None => Vec::new(),
-            Some(v) => parse_peers(&v)?,
-        };
-        let discovery_port = match var("ZS_DISCOVERY_PORT") {
-            None => None,
-            Some(v) => Some(
-                v.trim()
-                    .parse()
-                    .map_err(|_| bad("ZS_DISCOVERY_PORT", &v, "a port number"))?,
-            ),
-        };
-        let max_message_bytes = match var("ZS_MAX_MESSAGE_BYTES") {
-            None => d.max_message_bytes,
-            Some(v) => parse_max_message_bytes(&v)
-                .map_err(|expected| bad("ZS_MAX_MESSAGE_BYTES", &v, expected))?,
-        };
-        let max_peers = match var("ZS_MAX_PEERS") {
-            None => d.max_peers,
-            Some(v) => parse_max_peers(&v).map_err(|expected| bad("ZS_MAX_PEERS", &v, expected))?,
-        };
-        Ok(Self {
-            interface,
-            multicast_group,
-            multicast,
-            peers,
-            discovery_port,
-            cluster_key: var("ZS_CLUSTER_KEY").map(ClusterKey::new),
-            request_timeout: request_timeout_from_env()?,
-            heartbeat: millis("ZS_HEARTBEAT_MS", d.heartbeat)?,
-            peer_timeout: millis("ZS_PEER_TIMEOUT_MS", d.peer_timeout)?,
-            max_message_bytes,
-            max_peers,
-        })
+        Ok(Settings::from_env()?.network())
     }
 }
 

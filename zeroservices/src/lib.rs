@@ -18,6 +18,7 @@ pub mod query;
 pub mod resource;
 pub mod security;
 mod service;
+pub mod settings;
 pub mod signal;
 pub mod store;
 pub mod worker;
@@ -31,6 +32,7 @@ pub use node::{Context, Node, NodeBuilder, NodeInfo, NodeKind};
 pub use patch::Patch;
 pub use query::{Order, Query};
 pub use resource::{ActionInfo, ActionKind, Change, ChangeKind, Document, Resource, ResourceInfo};
+pub use settings::{Settings, SettingsError};
 pub use zeroservices_macros::service;
 pub use zeroservices_macros::{action, actions, model, resource};
 

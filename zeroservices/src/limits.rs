@@ -128,20 +128,15 @@ const SETTINGS: [Setting; 8] = [
 impl Limits {
     /// Reads the `ZS_MAX_*` variables (an unset or empty one keeps its default); a malformed or
     /// out-of-range value is an error that names the variable.
+    ///
+    /// Read through [`Settings`](crate::settings::Settings), like every `ZS_*` variable.
     pub fn from_env() -> Result<Self> {
-        Self::from_lookup(|name| std::env::var(name).ok())
+        Ok(crate::settings::Settings::from_env()?.limits())
     }
 
     /// [`Limits::from_env`] over any source of variables.
     pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Result<Self> {
-        let mut limits = Self::default();
-        for setting in &SETTINGS {
-            let Some(value) = lookup(setting.var).filter(|v| !v.trim().is_empty()) else {
-                continue;
-            };
-            *(setting.field)(&mut limits) = parse_setting(setting, &value)?;
-        }
-        Ok(limits)
+        Ok(crate::settings::Settings::from_lookup(&lookup)?.limits())
     }
 
     /// Sets one limit by its variable's name (`"ZS_MAX_DEPTH"`), checking its range; used by
@@ -236,6 +231,17 @@ impl Limits {
 }
 
 fn parse_setting(setting: &Setting, value: &str) -> Result<usize> {
+    parse_range(setting.var, value).map_err(|expected| {
+        Error::bad_request(format!("{}={value:?}: expected {expected}", setting.var))
+    })
+}
+
+/// Parses the value of the limit whose variable is `var`, checking its range; the error says
+/// what was expected.
+pub(crate) fn parse_range(var: &str, value: &str) -> std::result::Result<usize, String> {
+    let Some(setting) = SETTINGS.iter().find(|s| s.var == var) else {
+        return Err(format!("{var} is not a limit"));
+    };
     value
         .trim()
         .parse::<usize>()
@@ -247,10 +253,7 @@ fn parse_setting(setting: &Setting, value: &str) -> Result<usize> {
             } else {
                 format!("{} to {}", setting.min, setting.max)
             };
-            Error::bad_request(format!(
-                "{}={value:?}: expected a whole number, {range}",
-                setting.var
-            ))
+            format!("a whole number, {range}")
         })
 }
 

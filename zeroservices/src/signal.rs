@@ -1,29 +1,81 @@
-//! Waiting for the signal to stop: Ctrl-C (SIGINT) or SIGTERM.
+//! The one way a process learns it should stop: SIGINT (Ctrl-C) or SIGTERM.
+//!
+//! [`Signals`] listens for both from the moment it is made (so an early signal is not lost)
+//! and names each one it receives; [`shutdown_signal`] waits for the first. [`App`](crate::App),
+//! [`Worker::run`](crate::worker::Worker::run) and the `zeroservices` command use them, then
+//! stop their node with [`Node::stop`](crate::Node::stop), which drains the work in flight.
+
+/// SIGINT and SIGTERM, registered once (on non-Unix systems, Ctrl-C only).
+#[derive(Debug)]
+pub struct Signals {
+    #[cfg(unix)]
+    interrupt: Option<tokio::signal::unix::Signal>,
+    #[cfg(unix)]
+    terminate: Option<tokio::signal::unix::Signal>,
+}
+
+impl Default for Signals {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Signals {
+    /// Starts listening. A signal that cannot be listened for is logged, and never arrives.
+    /// Needs a tokio runtime with IO enabled.
+    pub fn new() -> Self {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{SignalKind, signal};
+            let listen = |kind: SignalKind, name: &str| match signal(kind) {
+                Ok(signal) => Some(signal),
+                Err(err) => {
+                    tracing::warn!("cannot listen for {name}: {err}");
+                    None
+                }
+            };
+            Self {
+                interrupt: listen(SignalKind::interrupt(), "SIGINT"),
+                terminate: listen(SignalKind::terminate(), "SIGTERM"),
+            }
+        }
+        #[cfg(not(unix))]
+        {
+            Self {}
+        }
+    }
+
+    /// Waits for the next signal and names it (`"SIGINT"`, `"SIGTERM"`).
+    pub async fn recv(&mut self) -> &'static str {
+        #[cfg(unix)]
+        {
+            async fn next(signal: Option<&mut tokio::signal::unix::Signal>) {
+                match signal {
+                    Some(signal) => {
+                        if signal.recv().await.is_none() {
+                            std::future::pending::<()>().await;
+                        }
+                    }
+                    None => std::future::pending::<()>().await,
+                }
+            }
+            tokio::select! {
+                () = next(self.interrupt.as_mut()) => "SIGINT",
+                () = next(self.terminate.as_mut()) => "SIGTERM",
+            }
+        }
+        #[cfg(not(unix))]
+        {
+            match tokio::signal::ctrl_c().await {
+                Ok(()) => "Ctrl-C",
+                Err(_) => std::future::pending().await,
+            }
+        }
+    }
+}
 
 /// Resolves at the first SIGINT or SIGTERM (on non-Unix systems, Ctrl-C only).
 pub async fn shutdown_signal() {
-    let ctrl_c = async {
-        if let Err(e) = tokio::signal::ctrl_c().await {
-            tracing::error!(error = %e, "cannot listen for Ctrl-C");
-            std::future::pending::<()>().await;
-        }
-    };
-    #[cfg(unix)]
-    let terminate = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut signal) => {
-                signal.recv().await;
-            }
-            Err(e) => {
-                tracing::error!(error = %e, "cannot listen for SIGTERM");
-                std::future::pending::<()>().await;
-            }
-        }
-    };
-    #[cfg(not(unix))]
-    let terminate = std::future::pending::<()>();
-    tokio::select! {
-        () = ctrl_c => tracing::info!("SIGINT: leaving the cluster"),
-        () = terminate => tracing::info!("SIGTERM: leaving the cluster"),
-    }
+    let signal = Signals::new().recv().await;
+    tracing::info!("{signal}: leaving the cluster");
 }

@@ -9,6 +9,11 @@
 //! semaphore bounds how many handlers run at once; a resource is never handled twice at once, and
 //! a change that arrives while its resource is being handled runs right after.
 //!
+//! When the worker's node stops ([`RunningWorker::stop`], [`Node::stop`], a signal in
+//! [`Worker::run`]), no new handler starts and the running ones finish, within the node's
+//! shutdown timeout (`ZS_SHUTDOWN_TIMEOUT_MS`, default 5 s); a change queued behind a running
+//! handler and a retry not started yet are left to the next poll check of the next run.
+//!
 //! ```no_run
 //! use zeroservices::prelude::*;
 //! use zeroservices::worker::Worker;
@@ -47,13 +52,15 @@ use futures::StreamExt;
 use futures::future::BoxFuture;
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
 
 use crate::query::Filter;
 use crate::resource::ChangeKind;
+use crate::settings::Settings;
 use crate::{Change, Context, Error, Event, Node, NodeBuilder, NodeKind, Query, Resource, Result};
 
 /// The default poll-check interval (the original's 10 s); `ZS_WORKER_POLL_MS` overrides it.
-pub const DEFAULT_POLL_INTERVAL: Duration = Duration::from_secs(10);
+pub use crate::settings::DEFAULT_POLL_INTERVAL;
 
 type Handler = Arc<
     dyn Fn(Node, Event, Option<serde_json::Value>) -> BoxFuture<'static, Result<()>> + Send + Sync,
@@ -72,7 +79,7 @@ pub struct Worker {
     name: String,
     rules: Vec<Rule>,
     errors: Vec<Error>,
-    poll_interval: Duration,
+    poll_interval: Option<Duration>,
     concurrency: usize,
     max_attempts: u32,
     backoff: Duration,
@@ -81,17 +88,11 @@ pub struct Worker {
 impl Worker {
     /// A worker named `name` with no rules yet.
     pub fn new(name: impl Into<String>) -> Self {
-        let poll_interval = std::env::var("ZS_WORKER_POLL_MS")
-            .ok()
-            .and_then(|v| v.trim().parse::<u64>().ok())
-            .filter(|ms| *ms > 0)
-            .map(Duration::from_millis)
-            .unwrap_or(DEFAULT_POLL_INTERVAL);
         Self {
             name: name.into(),
             rules: Vec::new(),
             errors: Vec::new(),
-            poll_interval,
+            poll_interval: None,
             concurrency: 8,
             max_attempts: 5,
             backoff: Duration::from_millis(100),
@@ -134,10 +135,16 @@ impl Worker {
         self
     }
 
-    /// How often matching resources are re-checked (default 10 s, or `ZS_WORKER_POLL_MS`).
+    /// How often matching resources are re-checked (default 10 s, or `ZS_WORKER_POLL_MS`,
+    /// which [`Worker::start`] reads when this is not called, failing on a malformed value).
     pub fn poll_interval(mut self, interval: Duration) -> Self {
-        self.poll_interval = interval;
+        self.poll_interval = Some(interval);
         self
+    }
+
+    /// Takes the poll interval from `settings` (`ZS_WORKER_POLL_MS`).
+    pub fn settings(self, settings: &Settings) -> Self {
+        self.poll_interval(settings.worker_poll_interval())
     }
 
     /// How many handlers run at once (default 8).
@@ -160,6 +167,10 @@ impl Worker {
         if let Some(e) = self.errors.into_iter().next() {
             return Err(e);
         }
+        let poll_interval = match self.poll_interval {
+            Some(interval) => interval,
+            None => Settings::from_env()?.worker_poll_interval(),
+        };
         let mut builder = builder.kind(NodeKind::Worker);
         let mut watched = HashSet::new();
         for rule in &self.rules {
@@ -183,15 +194,22 @@ impl Worker {
             .collect();
         // Peers known already send the watched events before the first check runs.
         node.sync_subscriptions().await;
+        // The rules start no new handler once the node is stopping.
+        let stopping = node.shutdown().stopping().clone();
         for (events, rule) in rules {
-            tasks.spawn(watch_events(shared.clone(), rule.clone(), events));
-            tasks.spawn(poll(shared.clone(), rule, self.poll_interval));
+            let watch = watch_events(shared.clone(), rule.clone(), events);
+            let until = stopping.clone();
+            tasks.spawn(async move { until.run_until_cancelled(watch).await.unwrap_or(()) });
+            let poll = poll(shared.clone(), rule, poll_interval);
+            let until = stopping.clone();
+            tasks.spawn(async move { until.run_until_cancelled(poll).await.unwrap_or(()) });
         }
         tracing::info!(worker = %self.name, node = %node.id(), "worker started");
         Ok(RunningWorker { node, tasks })
     }
 
-    /// Starts the worker and runs it until SIGINT or SIGTERM, then leaves the cluster.
+    /// Starts the worker and runs it until SIGINT or SIGTERM, then stops it
+    /// ([`RunningWorker::stop`]: running handlers finish) and leaves the cluster.
     pub async fn run(self, builder: NodeBuilder) -> Result<()> {
         let worker = self.start(builder).await?;
         crate::signal::shutdown_signal().await;
@@ -212,11 +230,12 @@ impl RunningWorker {
         &self.node
     }
 
-    /// Stops the rules and leaves the cluster.
+    /// Stops the rules, lets the handlers running now finish (at most the node's shutdown
+    /// timeout, `ZS_SHUTDOWN_TIMEOUT_MS`) and leaves the cluster: see [`Node::stop`].
     pub async fn stop(mut self) {
+        self.node.stop().await;
         self.tasks.abort_all();
         while self.tasks.join_next().await.is_some() {}
-        self.node.stop().await;
     }
 }
 
@@ -263,12 +282,28 @@ impl Shared {
         let Ok(permit) = self.semaphore.clone().acquire_owned().await else {
             return;
         };
+        let shutdown = self.node.shutdown();
+        // Counted as the node's work in flight: a stopping node waits for it.
+        let Some(working) = shutdown.enter() else {
+            return;
+        };
+        let (stopping, abort) = (shutdown.stopping().clone(), shutdown.abort().clone());
         let shared = self.clone();
         tokio::spawn(async move {
             let _permit = permit;
+            let _working = working;
             let (mut event, mut doc) = (event, doc);
             loop {
-                shared.run_with_retries(&rule, &event, &doc).await;
+                // Past the shutdown timeout the handler is dropped where it is.
+                let run = shared.run_with_retries(&rule, &event, &doc, &stopping);
+                if abort.run_until_cancelled(run).await.is_none() {
+                    tracing::warn!(topic = %event.topic, "worker handler dropped at the shutdown timeout");
+                    break;
+                }
+                if stopping.is_cancelled() {
+                    // Queued changes wait for the next run's poll check.
+                    break;
+                }
                 let mut in_flight = shared.in_flight.lock().unwrap_or_else(|e| e.into_inner());
                 match in_flight.get_mut(&key).and_then(Option::take) {
                     Some((next_event, next_doc)) => {
@@ -293,15 +328,28 @@ impl Shared {
         });
     }
 
-    async fn run_with_retries(&self, rule: &Rule, event: &Event, doc: &serde_json::Value) {
+    async fn run_with_retries(
+        &self,
+        rule: &Rule,
+        event: &Event,
+        doc: &serde_json::Value,
+        stopping: &CancellationToken,
+    ) {
         let mut delay = self.backoff;
         for attempt in 1..=self.max_attempts {
             let run = (rule.handler)(self.node.clone(), event.clone(), Some(doc.clone()));
             match run.await {
                 Ok(()) => return,
-                Err(e) if attempt < self.max_attempts => {
+                Err(e) if attempt < self.max_attempts && !stopping.is_cancelled() => {
                     tracing::warn!(topic = %event.topic, attempt, error = %e, "worker handler failed; retrying");
-                    tokio::time::sleep(delay).await;
+                    // A stopping worker retries no more: the next run's poll check will.
+                    if stopping
+                        .run_until_cancelled(tokio::time::sleep(delay))
+                        .await
+                        .is_none()
+                    {
+                        return;
+                    }
                     delay = (delay * 2).min(Duration::from_secs(30));
                 }
                 Err(e) => {

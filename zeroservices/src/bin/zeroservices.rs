@@ -6,15 +6,17 @@
 //! ```
 //!
 //! Both find the cluster the way a node does (UDP multicast, or `ZS_PEERS`) and read the same
-//! `ZS_*` settings.
+//! network settings ([`zeroservices::settings::NetworkSettings`]: each `ZS_*` variable and its
+//! flag).
 
 use std::io::Write;
 use std::process::ExitCode;
 use std::time::{Duration, SystemTime};
 
-use clap::{Args, Parser, Subcommand};
+use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 use futures::StreamExt;
-use zeroservices::config::NetworkConfig;
+use zeroservices::settings::{self, NetworkSettings, Settings};
+use zeroservices::signal::Signals;
 use zeroservices::{Node, NodeKind};
 
 #[derive(Parser)]
@@ -24,27 +26,11 @@ use zeroservices::{Node, NodeKind};
     about = "Look at a running zeroservices cluster"
 )]
 struct Cli {
-    #[command(flatten)]
-    net: NetArgs,
+    /// The network settings of a node; each also reads its `ZS_*` variable.
+    #[command(flatten, next_help_heading = "Cluster")]
+    net: NetworkSettings,
     #[command(subcommand)]
     command: Command,
-}
-
-/// Network settings; each also reads its `ZS_*` variable.
-#[derive(Args)]
-struct NetArgs {
-    /// Interface address for multicast discovery (tests use 127.0.0.1).
-    #[arg(long, env = "ZS_DISCOVERY_INTERFACE", global = true)]
-    interface: Option<String>,
-    /// Multicast group:port.
-    #[arg(long, env = "ZS_MULTICAST_GROUP", global = true)]
-    multicast_group: Option<String>,
-    /// Static seed peers' discovery addresses, host:port,...
-    #[arg(long, env = "ZS_PEERS", global = true)]
-    peers: Option<String>,
-    /// The cluster key, when the cluster uses one.
-    #[arg(long, env = "ZS_CLUSTER_KEY", global = true, hide_env_values = true)]
-    cluster_key: Option<String>,
 }
 
 #[derive(Subcommand)]
@@ -69,28 +55,18 @@ enum Command {
     },
 }
 
-fn config(net: &NetArgs) -> zeroservices::Result<NetworkConfig> {
-    // Flags win over the environment.
-    let mut config = NetworkConfig::from_env()?;
-    if let Some(v) = &net.interface {
-        config.interface = v.parse().map_err(|_| {
-            zeroservices::Error::bad_request(format!("--interface {v:?}: expected an IPv4 address"))
-        })?;
-    }
-    if let Some(v) = &net.multicast_group {
-        config.multicast_group = zeroservices::config::parse_group(v)?;
-    }
-    if let Some(v) = &net.peers {
-        config.peers = zeroservices::config::parse_peers(v)?;
-    }
-    if let Some(v) = &net.cluster_key {
-        config.cluster_key = Some(zeroservices::security::ClusterKey::new(v));
-    }
-    Ok(config)
-}
-
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    // The variables through the one settings reader; the network flags work after the
+    // subcommand too.
+    let mut command =
+        settings::with_env(Cli::command(), &settings::process_env).mut_args(|arg| arg.global(true));
+    let cli = match command
+        .try_get_matches_from_mut(std::env::args_os())
+        .and_then(|matches| Cli::from_arg_matches(&matches))
+    {
+        Ok(cli) => cli,
+        Err(err) => err.exit(),
+    };
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
         .with_env_filter(
@@ -117,17 +93,20 @@ fn main() -> ExitCode {
 }
 
 async fn run(cli: Cli) -> zeroservices::Result<()> {
-    let config = config(&cli.net)?;
+    let settings = Settings {
+        network: cli.net,
+        ..Settings::default()
+    };
     match cli.command {
-        Command::Sniff { prefix, count } => sniff(config, prefix, count).await,
+        Command::Sniff { prefix, count } => sniff(&settings, prefix, count).await,
         Command::Nodes { wait_ms, json } => {
-            nodes(config, Duration::from_millis(wait_ms), json).await
+            nodes(&settings, Duration::from_millis(wait_ms), json).await
         }
     }
 }
 
 async fn sniff(
-    config: NetworkConfig,
+    settings: &Settings,
     prefix: String,
     count: Option<u64>,
 ) -> zeroservices::Result<()> {
@@ -137,10 +116,12 @@ async fn sniff(
         vec![prefix.clone()]
     };
     let node = Node::builder("zeroservices-sniff")
-        .network_with(config, subscriptions)
+        .settings(settings)
+        .network_with(settings.network(), subscriptions)
         .start()
         .await?;
     let mut events = node.subscribe(prefix);
+    let mut signals = Signals::new();
     let mut seen = 0u64;
     let stdout = std::io::stdout();
     loop {
@@ -157,16 +138,17 @@ async fn sniff(
                     break;
                 }
             }
-            _ = tokio::signal::ctrl_c() => break,
+            _ = signals.recv() => break,
         }
     }
     node.stop().await;
     Ok(())
 }
 
-async fn nodes(config: NetworkConfig, wait: Duration, json: bool) -> zeroservices::Result<()> {
+async fn nodes(settings: &Settings, wait: Duration, json: bool) -> zeroservices::Result<()> {
     let node = Node::builder("zeroservices-nodes")
-        .network(config)
+        .settings(settings)
+        .network(settings.network())
         .start()
         .await?;
     tokio::time::sleep(wait).await; // listening for announcements is the point of this wait

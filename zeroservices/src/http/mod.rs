@@ -32,6 +32,7 @@ use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use tokio::sync::{mpsc, watch};
+use tokio_util::sync::CancellationToken;
 use tower_http::cors::{AllowHeaders, AllowOrigin, CorsLayer};
 
 use crate::{Error, Node, Result};
@@ -52,8 +53,9 @@ pub use openapi::document as openapi_document;
 pub const DEFAULT_MAX_BODY_BYTES: usize = 1024 * 1024;
 /// The default number of messages queued for one websocket client before it is disconnected.
 pub const DEFAULT_WS_BUFFER: usize = 1024;
-/// The default time [`HttpServer::shutdown`] waits for requests and websockets to finish.
-pub const DEFAULT_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(5);
+/// The default time [`HttpServer::shutdown`] waits for requests and websockets to finish
+/// (`ZS_SHUTDOWN_TIMEOUT_MS`).
+pub const DEFAULT_SHUTDOWN_TIMEOUT: Duration = crate::settings::DEFAULT_SHUTDOWN_TIMEOUT;
 /// The default time a client has to send a request's headers: 10 s.
 pub const DEFAULT_HEADER_TIMEOUT: Duration = Duration::from_secs(10);
 /// The default time a keep-alive connection may wait for its next request: 60 s.
@@ -163,71 +165,12 @@ impl HttpConfig {
     /// Reads `ZS_HTTP_PORT` (else `default_port`), `ZS_HTTP_HOST`, `ZS_ALLOWED_ORIGINS`,
     /// `ZS_BASIC_AUTH`, `ZS_MAX_BODY_BYTES`, `ZS_HTTP_HEADER_TIMEOUT_MS`,
     /// `ZS_HTTP_IDLE_TIMEOUT_MS`, `ZS_HTTP_MAX_CONNECTIONS`, `ZS_WS_MAX_MESSAGE_BYTES`,
-    /// `ZS_WS_MAX_TOPICS` and `ZS_WS_MAX_CLIENTS`; a malformed value is an error naming the
+    /// `ZS_WS_MAX_TOPICS`, `ZS_WS_MAX_CLIENTS` and `ZS_SHUTDOWN_TIMEOUT_MS` (through
+    /// [`Settings`](crate::settings::Settings)); a malformed value is an error naming the
     /// variable.
     pub fn from_env(default_port: u16) -> Result<Self> {
-        Self::from_lookup(default_port, |name| std::env::var(name).ok())
-    }
-
-    fn from_lookup(default_port: u16, var: impl Fn(&str) -> Option<String>) -> Result<Self> {
-        let var = |name: &str| var(name).filter(|v| !v.trim().is_empty());
         let mut config = Self::new(default_port);
-        if let Some(port) = var("ZS_HTTP_PORT") {
-            config.port = port.trim().parse().map_err(|_| {
-                Error::bad_request(format!("ZS_HTTP_PORT={port:?}: expected a port number"))
-            })?;
-        }
-        if let Some(host) = var("ZS_HTTP_HOST") {
-            config.host = host.trim().parse().map_err(|_| {
-                Error::bad_request(format!("ZS_HTTP_HOST={host:?}: expected an IP address"))
-            })?;
-        }
-        if let Some(origins) = var("ZS_ALLOWED_ORIGINS") {
-            config = config.allowed_origins(&origins);
-        }
-        if let Some(auth) = var("ZS_BASIC_AUTH") {
-            config.basic_auth = Some(BasicAuth::parse(&auth).map_err(|_| {
-                Error::bad_request("ZS_BASIC_AUTH: expected `user:password` with a non-empty user")
-            })?);
-        }
-        let positive = |name: &str| -> Result<Option<u64>> {
-            let Some(value) = var(name) else {
-                return Ok(None);
-            };
-            match value.trim().parse::<u64>() {
-                Ok(n) if n > 0 => Ok(Some(n)),
-                _ => Err(Error::bad_request(format!(
-                    "{name}={value:?}: expected a positive whole number"
-                ))),
-            }
-        };
-        let count = |name: &str| -> Result<Option<usize>> {
-            positive(name)?
-                .map(usize::try_from)
-                .transpose()
-                .map_err(|_| Error::bad_request(format!("{name}: the number is too large")))
-        };
-        if let Some(n) = count("ZS_MAX_BODY_BYTES")? {
-            config.max_body_bytes = n;
-        }
-        if let Some(ms) = positive("ZS_HTTP_HEADER_TIMEOUT_MS")? {
-            config.header_timeout = Duration::from_millis(ms);
-        }
-        if let Some(ms) = positive("ZS_HTTP_IDLE_TIMEOUT_MS")? {
-            config.idle_timeout = Duration::from_millis(ms);
-        }
-        if let Some(n) = count("ZS_HTTP_MAX_CONNECTIONS")? {
-            config.max_connections = n;
-        }
-        if let Some(n) = count("ZS_WS_MAX_MESSAGE_BYTES")? {
-            config.ws_max_message_bytes = n;
-        }
-        if let Some(n) = count("ZS_WS_MAX_TOPICS")? {
-            config.ws_max_topics = n;
-        }
-        if let Some(n) = count("ZS_WS_MAX_CLIENTS")? {
-            config.ws_max_clients = n;
-        }
+        crate::settings::Settings::from_env()?.apply_http(&mut config);
         Ok(config)
     }
 
@@ -580,14 +523,17 @@ fn log_request(
 
 /// A running HTTP server; see [`serve`].
 ///
-/// Dropping it without [`HttpServer::shutdown`] also stops the server, in the background.
+/// It stops with its node too: [`Node::stop`] stops it accepting and waits (at most the
+/// shutdown timeout) for its in-flight requests. Dropping it without [`HttpServer::shutdown`]
+/// also stops the server, in the background.
 #[must_use = "dropping the HttpServer stops it"]
 pub struct HttpServer {
     addr: SocketAddr,
-    shutdown: watch::Sender<bool>,
-    drained: mpsc::Receiver<()>,
-    task: Option<tokio::task::JoinHandle<()>>,
-    timeout: Duration,
+    /// Cancelled to stop: a child of the node's stopping token.
+    stop: CancellationToken,
+    /// Stops accepting, then drains the connections and websockets (bounded); tracked as the
+    /// node's work, so a stopping node waits for it.
+    drainer: Option<tokio::task::JoinHandle<()>>,
 }
 
 impl fmt::Debug for HttpServer {
@@ -613,28 +559,54 @@ impl HttpServer {
     /// every websocket (close code 1001), all within the configured shutdown timeout, after
     /// which whatever is left is dropped.
     pub async fn shutdown(mut self) {
-        let _ = self.shutdown.send(true);
-        let Some(mut task) = self.task.take() else {
-            return;
-        };
-        let drained = &mut self.drained;
-        let graceful = async {
-            let _ = (&mut task).await;
-            // Every websocket task holds a sender: `None` once the last one has ended.
-            while drained.recv().await.is_some() {}
-        };
-        if tokio::time::timeout(self.timeout, graceful).await.is_err() {
-            tracing::warn!(addr = %self.addr, "http shutdown timed out; dropping what is left");
-            task.abort();
+        self.stop.cancel();
+        if let Some(drainer) = self.drainer.take() {
+            let _ = drainer.await;
         }
-        tracing::info!(addr = %self.addr, "http server stopped");
     }
 }
 
 impl Drop for HttpServer {
     fn drop(&mut self) {
-        let _ = self.shutdown.send(true);
+        self.stop.cancel();
     }
+}
+
+/// What [`drain`] stops and waits for.
+struct Running {
+    addr: SocketAddr,
+    /// Tells the accept loop and the websockets to stop.
+    shutdown: watch::Sender<bool>,
+    /// The accept loop.
+    task: tokio::task::JoinHandle<()>,
+    /// `None` once the last websocket has ended (each holds a sender).
+    drained: mpsc::Receiver<()>,
+    /// At most this long.
+    timeout: Duration,
+}
+
+/// Waits for `stop`, then stops the accept loop and waits for it and the websockets, at most
+/// the timeout or until the node gives up (`abort`); then drops what is left.
+async fn drain(stop: CancellationToken, abort: CancellationToken, running: Running) {
+    let Running {
+        addr,
+        shutdown,
+        mut task,
+        mut drained,
+        timeout,
+    } = running;
+    stop.cancelled().await;
+    let _ = shutdown.send(true);
+    let graceful = async {
+        let _ = (&mut task).await;
+        while drained.recv().await.is_some() {}
+    };
+    let bounded = abort.run_until_cancelled(tokio::time::timeout(timeout, graceful));
+    if !matches!(bounded.await, Some(Ok(()))) {
+        tracing::warn!(%addr, "http shutdown timed out; dropping what is left");
+        task.abort();
+    }
+    tracing::info!(%addr, "http server stopped");
 }
 
 /// Binds `config.host:config.port`, serves [`router`] in a background task, and returns at once.
@@ -657,8 +629,11 @@ async fn serve_inner(node: Node, config: HttpConfig, extra: Option<Router>) -> R
         .local_addr()
         .map_err(|e| Error::internal(e.to_string()))?;
     let (shutdown, rx) = watch::channel(false);
-    let (drain, drained) = mpsc::channel(1);
+    let (drain_tx, drained) = mpsc::channel(1);
     let timeout = config.shutdown_timeout;
+    let stop = node.shutdown().stopping().child_token();
+    let work = node.shutdown().work().clone();
+    let abort = node.shutdown().abort().clone();
     let limits = server::Limits {
         header_timeout: config.header_timeout,
         idle_timeout: config.idle_timeout,
@@ -669,104 +644,28 @@ async fn serve_inner(node: Node, config: HttpConfig, extra: Option<Router>) -> R
             node,
             config: Arc::new(config),
             shutdown: rx.clone(),
-            drain,
+            drain: drain_tx,
             ws_clients: AtomicUsize::new(0),
             _keep: None,
         }),
         extra,
     );
     let task = tokio::spawn(server::run(listener, app, limits, rx));
+    let running = Running {
+        addr,
+        shutdown,
+        task,
+        drained,
+        timeout,
+    };
+    let drainer = work.spawn(drain(stop.clone(), abort, running));
     tracing::info!(%addr, "http server listening");
     Ok(HttpServer {
         addr,
-        shutdown,
-        drained,
-        task: Some(task),
-        timeout,
+        stop,
+        drainer: Some(drainer),
     })
 }
 
 /// `Content-Type: application/json`.
 pub(crate) const JSON: (header::HeaderName, &str) = (header::CONTENT_TYPE, "application/json");
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn lookup(pairs: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> {
-        let pairs: Vec<(String, String)> = pairs
-            .iter()
-            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
-            .collect();
-        move |name| {
-            pairs
-                .iter()
-                .find(|(k, _)| k == name)
-                .map(|(_, v)| v.clone())
-        }
-    }
-
-    #[test]
-    fn configuration_from_the_environment() {
-        let config = HttpConfig::from_lookup(5001, lookup(&[])).unwrap();
-        assert_eq!(config.port, 5001);
-        assert_eq!(config.host, IpAddr::V4(Ipv4Addr::LOCALHOST));
-        assert!(config.allowed_origins.is_empty() && config.basic_auth.is_none());
-        assert_eq!(config.max_body_bytes, DEFAULT_MAX_BODY_BYTES);
-        assert_eq!(config.ws_buffer, DEFAULT_WS_BUFFER);
-        assert_eq!(config.header_timeout, Duration::from_millis(10_000));
-        assert_eq!(config.idle_timeout, Duration::from_millis(60_000));
-        assert_eq!(config.max_connections, 1024);
-        assert_eq!(config.ws_max_message_bytes, 64 * 1024);
-        assert_eq!(config.ws_max_topics, 256);
-        assert_eq!(config.ws_max_clients, 1024);
-
-        let config = HttpConfig::from_lookup(
-            5001,
-            lookup(&[
-                ("ZS_HTTP_PORT", "6001"),
-                ("ZS_HTTP_HOST", "0.0.0.0"),
-                ("ZS_ALLOWED_ORIGINS", "http://a.example, http://b.example,"),
-                ("ZS_BASIC_AUTH", "ann:pw"),
-                ("ZS_MAX_BODY_BYTES", "2048"),
-                ("ZS_HTTP_HEADER_TIMEOUT_MS", "1500"),
-                ("ZS_HTTP_IDLE_TIMEOUT_MS", " 2500 "),
-                ("ZS_HTTP_MAX_CONNECTIONS", "10"),
-                ("ZS_WS_MAX_MESSAGE_BYTES", "4096"),
-                ("ZS_WS_MAX_TOPICS", "3"),
-                ("ZS_WS_MAX_CLIENTS", "2"),
-            ]),
-        )
-        .unwrap();
-        assert_eq!(config.max_body_bytes, 2048);
-        assert_eq!(config.header_timeout, Duration::from_millis(1500));
-        assert_eq!(config.idle_timeout, Duration::from_millis(2500));
-        assert_eq!(config.max_connections, 10);
-        assert_eq!(config.ws_max_message_bytes, 4096);
-        assert_eq!(config.ws_max_topics, 3);
-        assert_eq!(config.ws_max_clients, 2);
-        assert_eq!(config.port, 6001);
-        assert_eq!(config.host, IpAddr::V4(Ipv4Addr::UNSPECIFIED));
-        assert_eq!(
-            config.allowed_origins,
-            ["http://a.example", "http://b.example"]
-        );
-        assert_eq!(config.basic_auth, Some(BasicAuth::new("ann", "pw")));
-
-        for bad in [
-            ("ZS_HTTP_PORT", "70000"),
-            ("ZS_HTTP_HOST", "localhost"),
-            ("ZS_BASIC_AUTH", "nocolon"),
-            ("ZS_MAX_BODY_BYTES", "1MB"),
-            ("ZS_HTTP_HEADER_TIMEOUT_MS", "0"),
-            ("ZS_HTTP_IDLE_TIMEOUT_MS", "-5"),
-            ("ZS_HTTP_MAX_CONNECTIONS", "many"),
-            ("ZS_WS_MAX_MESSAGE_BYTES", "0"),
-            ("ZS_WS_MAX_TOPICS", "1.5"),
-            ("ZS_WS_MAX_CLIENTS", "x"),
-        ] {
-            let e = HttpConfig::from_lookup(5001, lookup(&[bad])).unwrap_err();
-            assert!(e.to_string().contains(bad.0), "{e}");
-        }
-    }
-}

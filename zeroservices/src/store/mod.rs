@@ -138,10 +138,7 @@ impl StoreConfig {
     /// # Errors
     /// [`Error::BadRequest`] for a malformed `ZS_STORE`.
     pub fn from_env(node_name: &str) -> Result<Self> {
-        match std::env::var("ZS_STORE") {
-            Ok(v) if !v.trim().is_empty() && v.trim() != "embedded" => Self::parse(&v),
-            _ => Ok(Self::default_for(node_name)),
-        }
+        Ok(crate::settings::Settings::from_env()?.store(node_name, true))
     }
 
     /// Opens the store.

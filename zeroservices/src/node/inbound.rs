@@ -1,0 +1,143 @@
+//! The node's inbound side: what its medium and discovery call — requests from peers (each
+//! counted as work in flight, which a stopping node waits for), events, peers joining and
+//! leaving.
+
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Weak};
+
+use async_trait::async_trait;
+use serde_json::Value;
+use serde_json::value::RawValue;
+use tokio_util::task::task_tracker::TaskTrackerToken;
+
+use super::{Node, NodeInner, lock, read};
+use crate::discovery::{PeerEvent, PeerSink};
+use crate::medium::{Inbound, NODE_MESSAGE, Request};
+use crate::{Error, Event, Result};
+
+/// What the medium and discovery hold: a weak handle, so a dropped node is freed.
+pub(super) struct Handle(Weak<NodeInner>);
+
+impl Handle {
+    pub(super) fn new(inner: &Arc<NodeInner>) -> Self {
+        Self(Arc::downgrade(inner))
+    }
+
+    fn node(&self) -> Option<Node> {
+        self.0.upgrade().map(|inner| Node { inner })
+    }
+
+    /// The node, and a token that counts this request as work in flight until it is answered
+    /// (a stopping node waits for it); `Unavailable` once the node is stopping or gone, so the
+    /// caller tries another owner.
+    fn serving(&self) -> Result<(Node, TaskTrackerToken)> {
+        let node = self
+            .node()
+            .ok_or_else(|| Error::unavailable("node is stopping"))?;
+        let token = node
+            .inner
+            .shutdown
+            .enter()
+            .ok_or_else(|| Error::unavailable("node is stopping"))?;
+        Ok((node, token))
+    }
+}
+
+#[async_trait]
+impl Inbound for Handle {
+    async fn request(&self, from: Option<String>, request: Request) -> Result<Value> {
+        let (node, _serving) = self.serving()?;
+        serve(&node, from, request).await
+    }
+
+    fn serve_inline(&self, request: &Request) -> bool {
+        // Polled once in place: a read, a create (its document is the request body, at most
+        // 64 KiB here: larger bodies never reach the ROUTER task's parser) and a delete do
+        // bounded work before the store call, and a store that waits (an embedded store's
+        // durable write, MongoDB) moves the rest to a task of its own. Lists, patches (a whole
+        // stored document is copied and checked), actions and message hooks may take a while:
+        // their own task at once.
+        matches!(request.action.as_str(), "get" | "create" | "delete")
+            && request.collection != NODE_MESSAGE
+    }
+
+    async fn request_raw(&self, from: Option<String>, request: Request) -> Result<Box<RawValue>> {
+        let (node, _serving) = self.serving()?;
+        match node.local_service(&request.collection) {
+            Some(service) => {
+                node.inner.requests_served.fetch_add(1, Ordering::Relaxed);
+                service.handle_raw(&node, request).await
+            }
+            // Messages, unknown collections: the plain path.
+            None => {
+                let value = serve(&node, from, request).await?;
+                crate::__private::to_raw(&value)
+            }
+        }
+    }
+
+    fn event(&self, event: Event) {
+        if let Some(node) = self.node() {
+            node.inner.deliver_local(&event);
+        }
+    }
+}
+
+/// Serves a request from a peer: a message to the `on_message` hook, or a request to a
+/// collection this node owns.
+async fn serve(node: &Node, from: Option<String>, request: Request) -> Result<Value> {
+    node.inner.requests_served.fetch_add(1, Ordering::Relaxed);
+    if request.collection == NODE_MESSAGE {
+        return match node.inner.hooks.message.clone() {
+            Some(hook) => hook(from, request.args).await,
+            None => Err(Error::bad_request("this node takes no messages")),
+        };
+    }
+    let local = read(&node.inner.services).get(&request.collection).cloned();
+    match local {
+        Some(service) => service.handle(node, request).await,
+        None => Err(Error::unknown_collection(request.collection)),
+    }
+}
+
+impl PeerSink for Handle {
+    fn peer_event(&self, event: PeerEvent) {
+        let Some(node) = self.node() else { return };
+        let inner = &node.inner;
+        match event {
+            PeerEvent::Seen(info) => {
+                if info.id == inner.id {
+                    return;
+                }
+                let joined = lock(&inner.directory).seen(&info);
+                if joined {
+                    tracing::info!(node = %inner.id, peer = %info.id, name = %info.name, "peer joined");
+                    for hook in &inner.hooks.join {
+                        hook(&info);
+                    }
+                    let medium = inner.medium.clone();
+                    spawn_or_skip(async move { medium.peer_joined(&info).await });
+                }
+            }
+            PeerEvent::Left { id, reason } => {
+                let removed = lock(&inner.directory).left(&id);
+                if let Some(peer) = removed {
+                    tracing::info!(node = %inner.id, peer = %id, ?reason, "peer left");
+                    for hook in &inner.hooks.leave {
+                        hook(&peer.info, reason);
+                    }
+                    let medium = inner.medium.clone();
+                    spawn_or_skip(async move { medium.peer_left(&id).await });
+                }
+            }
+        }
+    }
+}
+
+/// Runs `fut` on the current tokio runtime; outside one (a node dropped after its runtime)
+/// there is nothing left to connect, so it is skipped.
+fn spawn_or_skip(fut: impl std::future::Future<Output = ()> + Send + 'static) {
+    if let Ok(rt) = tokio::runtime::Handle::try_current() {
+        rt.spawn(fut);
+    }
+}

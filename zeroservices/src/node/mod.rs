@@ -1,0 +1,528 @@
+//! [`Node`]: a member of a cluster. It owns some collections, knows which peer owns the others,
+//! routes each request to the right node, and publishes and receives events.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, SystemTime};
+
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use serde_json::value::RawValue;
+
+use crate::discovery::Discovery;
+use crate::event::EventBus;
+use crate::medium::{Endpoints, Medium, NODE_MESSAGE, PROTOCOL_VERSION, Request};
+use crate::resource::ResourceInfo;
+use crate::service::{ResourceService, Service};
+use crate::store::Store;
+use crate::{Collection, Error, Event, EventStream, Limits, Resource, Result};
+
+mod builder;
+mod context;
+mod directory;
+mod inbound;
+mod shutdown;
+
+pub use builder::NodeBuilder;
+pub use context::Context;
+pub(crate) use shutdown::Shutdown;
+
+use builder::Hooks;
+use directory::Directory;
+
+pub use crate::config::DEFAULT_REQUEST_TIMEOUT;
+
+/// What kind of member a node is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum NodeKind {
+    /// A node: owns resources, or serves HTTP, or both.
+    #[default]
+    Node,
+    /// A worker: owns nothing, reacts to changes of the resources it watches.
+    Worker,
+}
+
+/// Everything a node announces about itself.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct NodeInfo {
+    /// Unique per process start.
+    pub id: String,
+    /// The service name (`power_service`).
+    pub name: String,
+    /// Node or worker.
+    #[serde(default)]
+    pub kind: NodeKind,
+    /// Protocol version.
+    #[serde(default = "default_protocol")]
+    pub protocol: u32,
+    /// Where to reach it.
+    #[serde(default)]
+    pub endpoints: Endpoints,
+    /// The collections it owns, with their schemas and actions.
+    #[serde(default)]
+    pub resources: Vec<ResourceInfo>,
+    /// The collections a worker watches.
+    #[serde(default)]
+    pub watches: Vec<String>,
+}
+
+fn default_protocol() -> u32 {
+    PROTOCOL_VERSION
+}
+
+/// A peer as the directory knows it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Peer {
+    /// What it announced.
+    pub info: NodeInfo,
+    /// When it was last heard from.
+    pub last_seen: SystemTime,
+}
+
+/// Counters of a node, for logs and tests.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct NodeStats {
+    /// Requests served for peers.
+    pub requests_served: u64,
+    /// Requests sent to peers.
+    pub requests_sent: u64,
+    /// Requests to peers that timed out.
+    pub requests_timed_out: u64,
+    /// Events lost by subscribers that fell behind.
+    pub events_lagged: u64,
+    /// Listed documents the typed client skipped because they do not decode into the
+    /// resource type (each logged with its id).
+    pub documents_skipped: u64,
+}
+
+pub(crate) struct NodeInner {
+    id: String,
+    name: String,
+    kind: NodeKind,
+    medium: Arc<dyn Medium>,
+    discovery: Arc<dyn Discovery>,
+    store: Arc<dyn Store>,
+    services: RwLock<BTreeMap<String, Arc<dyn Service>>>,
+    directory: Mutex<Directory>,
+    endpoints: Mutex<Endpoints>,
+    watches: Vec<String>,
+    bus: EventBus,
+    hooks: Hooks,
+    request_timeout: Duration,
+    limits: Limits,
+    shutdown: Shutdown,
+    documents_skipped: AtomicU64,
+    started: AtomicBool,
+    stopped: AtomicBool,
+    requests_served: AtomicU64,
+    requests_sent: AtomicU64,
+    requests_timed_out: AtomicU64,
+}
+
+/// A member of a cluster; cheap to clone (a handle).
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")] async fn main() -> zeroservices::Result<()> {
+/// use zeroservices::prelude::*;
+/// use zeroservices::medium::MemoryCluster;
+///
+/// #[resource(collection = "power")]
+/// pub struct Power { pub value: i64 }
+///
+/// let cluster = MemoryCluster::new();
+/// let owner = Node::builder("power_service").memory(&cluster).resource::<Power>().start().await?;
+/// let client = Node::builder("client").memory(&cluster).start().await?;
+/// let id = client.collection::<Power>().create(Power { value: 3 }).await?;
+/// assert_eq!(owner.collection::<Power>().get(&id).await?.value, 3);
+/// # client.stop().await; owner.stop().await; Ok(()) }
+/// ```
+#[derive(Clone)]
+pub struct Node {
+    inner: Arc<NodeInner>,
+}
+
+impl std::fmt::Debug for Node {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Node")
+            .field("id", &self.inner.id)
+            .field("name", &self.inner.name)
+            .finish_non_exhaustive()
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+fn read<T>(m: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
+    m.read().unwrap_or_else(|e| e.into_inner())
+}
+
+impl Node {
+    /// Starts building a node named `name`.
+    pub fn builder(name: impl Into<String>) -> NodeBuilder {
+        NodeBuilder::new(name)
+    }
+
+    /// This node's unique id.
+    pub fn id(&self) -> &str {
+        &self.inner.id
+    }
+
+    /// This node's service name.
+    pub fn name(&self) -> &str {
+        &self.inner.name
+    }
+
+    /// The store this node's resources live in.
+    pub fn store(&self) -> Arc<dyn Store> {
+        self.inner.store.clone()
+    }
+
+    /// What this node announces.
+    pub fn info(&self) -> NodeInfo {
+        NodeInfo {
+            id: self.inner.id.clone(),
+            name: self.inner.name.clone(),
+            kind: self.inner.kind,
+            protocol: PROTOCOL_VERSION,
+            endpoints: lock(&self.inner.endpoints).clone(),
+            resources: read(&self.inner.services)
+                .values()
+                .map(|s| s.info())
+                .collect(),
+            watches: self.inner.watches.clone(),
+        }
+    }
+
+    /// The collections this node owns.
+    pub fn local_collections(&self) -> Vec<String> {
+        read(&self.inner.services).keys().cloned().collect()
+    }
+
+    /// Every collection owned by this node or a peer, sorted.
+    pub fn collections(&self) -> Vec<String> {
+        let mut names: Vec<String> = self.local_collections();
+        let dir = lock(&self.inner.directory);
+        for peer in dir.peers.values() {
+            names.extend(peer.info.resources.iter().map(|r| r.name.clone()));
+        }
+        names.sort();
+        names.dedup();
+        names
+    }
+
+    /// The schema and actions of every collection known in the cluster.
+    pub fn resource_infos(&self) -> Vec<ResourceInfo> {
+        let mut infos: BTreeMap<String, ResourceInfo> = BTreeMap::new();
+        for peer in lock(&self.inner.directory).peers.values() {
+            for r in &peer.info.resources {
+                infos.insert(r.name.clone(), r.clone());
+            }
+        }
+        for s in read(&self.inner.services).values() {
+            let info = s.info();
+            infos.insert(info.name.clone(), info);
+        }
+        infos.into_values().collect()
+    }
+
+    /// The workers of the cluster that watch `collection`.
+    pub fn watchers(&self, collection: &str) -> Vec<NodeInfo> {
+        let mut watchers: Vec<NodeInfo> = lock(&self.inner.directory)
+            .peers
+            .values()
+            .filter(|p| p.info.watches.iter().any(|w| w == collection))
+            .map(|p| p.info.clone())
+            .collect();
+        watchers.sort_by(|a, b| a.id.cmp(&b.id));
+        watchers
+    }
+
+    /// The peers this node knows, sorted by id.
+    pub fn peers(&self) -> Vec<Peer> {
+        let mut peers: Vec<Peer> = lock(&self.inner.directory)
+            .peers
+            .values()
+            .cloned()
+            .collect();
+        peers.sort_by(|a, b| a.info.id.cmp(&b.info.id));
+        peers
+    }
+
+    /// The node's counters.
+    pub fn stats(&self) -> NodeStats {
+        NodeStats {
+            requests_served: self.inner.requests_served.load(Ordering::Relaxed),
+            requests_sent: self.inner.requests_sent.load(Ordering::Relaxed),
+            requests_timed_out: self.inner.requests_timed_out.load(Ordering::Relaxed),
+            events_lagged: self.inner.bus.lagged(),
+            documents_skipped: self.inner.documents_skipped.load(Ordering::Relaxed),
+        }
+    }
+
+    /// What clients may send to the collections this node owns.
+    pub fn limits(&self) -> &Limits {
+        &self.inner.limits
+    }
+
+    /// Counts a listed document the typed client could not decode.
+    pub(crate) fn count_skipped_document(&self) {
+        self.inner.documents_skipped.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// The typed client of collection `R`, wherever it lives in the cluster.
+    pub fn collection<R: Resource>(&self) -> Collection<R> {
+        Collection::new(self.clone())
+    }
+
+    /// Owns collection `R` from now on, in the node's store, and tells the cluster.
+    pub async fn register<R: Resource>(&self) -> Result<()> {
+        let service: Arc<dyn Service> = Arc::new(ResourceService::<R>::new(self.store()));
+        service.prepare().await?;
+        {
+            let mut services = self
+                .inner
+                .services
+                .write()
+                .unwrap_or_else(|e| e.into_inner());
+            if services.contains_key(R::COLLECTION) {
+                return Err(Error::internal(format!(
+                    "collection {} registered twice on one node",
+                    R::COLLECTION
+                )));
+            }
+            services.insert(R::COLLECTION.to_owned(), service);
+        }
+        self.inner.discovery.announce(self.info()).await
+    }
+
+    /// Events whose topic falls under `prefix` (`power`, `power.patch`, `power.patch.42`, or
+    /// `*` for all), from every node of the cluster, this one included.
+    ///
+    /// Peers send a node only the events its subscribers want: the subscription travels to
+    /// every peer (a round trip on the network medium). Events a peer publishes before it got
+    /// there are not seen; when that matters (subscribe, then act), call
+    /// [`Node::sync_subscriptions`] or use [`Node::subscribe_synced`]. Dropping the stream
+    /// withdraws the subscription.
+    pub fn subscribe(&self, prefix: impl Into<String>) -> EventStream {
+        self.inner.bus.subscribe(prefix)
+    }
+
+    /// Waits until every subscription made so far is in effect at every peer connected now:
+    /// any event those peers publish from then on reaches this node's streams. Bounded by the
+    /// request timeout (at most 2 s); a peer that cannot confirm in time is logged at debug and
+    /// skipped. Returns at once on the in-process medium, where nothing needs to travel.
+    pub async fn sync_subscriptions(&self) {
+        self.inner.medium.sync_interest().await;
+    }
+
+    /// [`Node::subscribe`], then [`Node::sync_subscriptions`].
+    ///
+    /// ```
+    /// # #[tokio::main] async fn main() {
+    /// use futures::StreamExt;
+    /// use zeroservices::{Event, Node, medium::MemoryCluster};
+    /// let cluster = MemoryCluster::new();
+    /// let a = Node::builder("a").memory(&cluster).start().await.unwrap();
+    /// let b = Node::builder("b").memory(&cluster).start().await.unwrap();
+    /// let mut events = b.subscribe_synced("chat").await;
+    /// let hi = Event { topic: "chat.message".into(), data: serde_json::json!("hi") };
+    /// a.publish(hi).await;
+    /// assert_eq!(events.next().await.unwrap().topic, "chat.message");
+    /// # }
+    /// ```
+    pub async fn subscribe_synced(&self, prefix: impl Into<String>) -> EventStream {
+        let events = self.subscribe(prefix);
+        self.sync_subscriptions().await;
+        events
+    }
+
+    /// Publishes an event to this node's subscribers and to the whole cluster.
+    pub async fn publish(&self, event: Event) {
+        self.inner.deliver_local(&event);
+        if let Err(e) = self.inner.medium.publish(&event).await {
+            tracing::warn!(topic = %event.topic, error = %e, "event not published to peers");
+        }
+    }
+
+    /// Whether anybody wants an event on `topic`: an `on_event` hook or a stream here, or a peer
+    /// (as far as the medium knows; one that has not said gets everything).
+    pub(crate) fn wants_event(&self, topic: &str) -> bool {
+        !self.inner.hooks.event.is_empty()
+            || self.inner.bus.has_receivers()
+            || self.inner.medium.wants(topic)
+    }
+
+    /// Delivers an event to this node's own subscribers only (its websocket clients, its
+    /// `subscribe` streams); peers do not see it.
+    pub fn emit_local(&self, event: Event) {
+        self.inner.deliver_local(&event);
+    }
+
+    /// Sends a unicast message to peer `node_id`'s `on_message` hook and waits for its reply.
+    pub async fn send(&self, node_id: &str, body: Value) -> Result<Value> {
+        let peer = lock(&self.inner.directory)
+            .peers
+            .get(node_id)
+            .map(|p| p.info.clone());
+        let Some(peer) = peer else {
+            return Err(Error::unavailable(format!("unknown peer {node_id}")));
+        };
+        let request = Request::new(NODE_MESSAGE, "message").args(body);
+        let raw = self.call_peer(&peer, request).await?;
+        crate::__private::from_raw(&raw)
+    }
+
+    fn local_service(&self, collection: &str) -> Option<Arc<dyn Service>> {
+        read(&self.inner.services).get(collection).cloned()
+    }
+
+    /// Sends a request to the node that owns its collection (this one, or a peer) and waits
+    /// for the reply, at most the request timeout.
+    pub async fn request(&self, request: Request) -> Result<Value> {
+        if let Some(service) = self.local_service(&request.collection) {
+            return service.handle(self, request).await;
+        }
+        let raw = self.request_remote(request).await?;
+        crate::__private::from_raw(&raw)
+    }
+
+    /// [`Node::request`], the reply as JSON text: a reply from a peer is passed on as it arrived
+    /// (the HTTP API answers with it as is; no parse and re-serialisation).
+    pub async fn request_raw(&self, request: Request) -> Result<Box<RawValue>> {
+        if let Some(service) = self.local_service(&request.collection) {
+            return service.handle_raw(self, request).await;
+        }
+        self.request_remote(request).await
+    }
+
+    /// [`Node::request`], the reply deserialised into `T` (from a peer: straight from its JSON
+    /// text).
+    pub async fn request_as<T: DeserializeOwned>(&self, request: Request) -> Result<T> {
+        if let Some(service) = self.local_service(&request.collection) {
+            let value = service.handle(self, request).await?;
+            return crate::__private::from_value(value);
+        }
+        let raw = self.request_remote(request).await?;
+        crate::__private::from_raw(&raw)
+    }
+
+    async fn request_remote(&self, request: Request) -> Result<Box<RawValue>> {
+        let collection = request.collection.clone();
+        let owners = lock(&self.inner.directory).pick(&collection);
+        if owners.is_empty() {
+            return Err(self.no_owner(&collection));
+        }
+        let mut last = None;
+        let mut request = Some(request);
+        for (i, owner) in owners.iter().enumerate() {
+            // Only a fail-over needs a copy of the request.
+            let Some(this) = (if i + 1 < owners.len() {
+                request.clone()
+            } else {
+                request.take()
+            }) else {
+                break;
+            };
+            match self.call_peer(owner, this).await {
+                // The owner cannot be reached: try the next one, if any.
+                Err(e @ Error::Unavailable { .. }) => {
+                    tracing::debug!(peer = %owner.id, error = %e, "owner unreachable, trying next");
+                    last = Some(e);
+                }
+                other => return other,
+            }
+        }
+        // Every owner was unreachable; if they have all left meanwhile, say so.
+        if lock(&self.inner.directory).owners(&collection).is_empty() {
+            return Err(self.no_owner(&collection));
+        }
+        Err(last.unwrap_or_else(|| self.no_owner(&collection)))
+    }
+
+    fn no_owner(&self, collection: &str) -> Error {
+        if lock(&self.inner.directory).was_known(collection) {
+            Error::OwnerGone {
+                collection: collection.to_owned(),
+            }
+        } else {
+            Error::unknown_collection(collection)
+        }
+    }
+
+    async fn call_peer(&self, peer: &NodeInfo, request: Request) -> Result<Box<RawValue>> {
+        let collection = request.collection.clone();
+        self.inner.requests_sent.fetch_add(1, Ordering::Relaxed);
+        let timeout = self.inner.request_timeout;
+        match tokio::time::timeout(timeout, self.inner.medium.call_raw(peer, request)).await {
+            Ok(reply) => reply,
+            Err(_) => {
+                self.inner
+                    .requests_timed_out
+                    .fetch_add(1, Ordering::Relaxed);
+                Err(Error::Timeout {
+                    collection,
+                    after_ms: timeout.as_millis() as u64,
+                })
+            }
+        }
+    }
+
+    /// Waits until some node of the cluster owns `collection`, at most `timeout`.
+    pub async fn wait_for_collection(&self, collection: &str, timeout: Duration) -> Result<()> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            if self.collections().iter().any(|c| c == collection) {
+                return Ok(());
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Err(Error::unknown_collection(collection));
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    /// Stops the node, draining what is in flight. Idempotent.
+    ///
+    /// In order: HTTP servers of this node stop accepting, requests from peers that arrive now
+    /// are refused (`Unavailable`: the caller tries another owner), worker rules start no new
+    /// handler; the node says goodbye to the cluster; it waits for in-flight HTTP requests,
+    /// requests from peers and worker handlers, at most the shutdown timeout
+    /// (`ZS_SHUTDOWN_TIMEOUT_MS`, default 5 s; what still runs then is dropped); then it closes
+    /// its medium.
+    pub async fn stop(&self) {
+        if self.inner.stopped.swap(true, Ordering::SeqCst) {
+            return;
+        }
+        let shutdown = &self.inner.shutdown;
+        shutdown.begin();
+        self.inner.discovery.stop().await;
+        shutdown.drain().await;
+        self.inner.medium.stop().await;
+        tracing::info!(node = %self.inner.id, "node stopped");
+    }
+
+    /// Resolves when the node starts stopping ([`Node::stop`], or a signal in
+    /// [`App`](crate::App)): for work of your own that should end with the node.
+    pub fn stopping(&self) -> tokio_util::sync::WaitForCancellationFutureOwned {
+        self.inner.shutdown.stopping().clone().cancelled_owned()
+    }
+
+    /// How the node stops: its tokens, the work it waits for and the timeout.
+    pub(crate) fn shutdown(&self) -> &Shutdown {
+        &self.inner.shutdown
+    }
+}
+
+impl NodeInner {
+    fn deliver_local(&self, event: &Event) {
+        for hook in &self.hooks.event {
+            hook(event);
+        }
+        self.bus.send(event);
+    }
+}

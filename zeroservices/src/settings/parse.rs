@@ -1,0 +1,178 @@
+//! How each kind of setting value is read: a clap value parser per kind, whose error names the
+//! variable and the flag (`ZS_MAX_PEERS / --max-peers`), the bad value and what was expected.
+
+use std::ffi::OsStr;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, SocketAddrV4};
+use std::time::Duration;
+
+use clap::builder::{StyledStr, TypedValueParser};
+use clap::error::{ContextKind, ContextValue, ErrorKind};
+use clap::{Arg, Command};
+
+use crate::http::BasicAuth;
+use crate::limits;
+use crate::store::StoreConfig;
+
+use super::{SettingsError, StoreSpec};
+
+/// A value parser: `parse` gets the trimmed value and says what it expected when it is wrong.
+#[derive(Clone, Copy)]
+pub(crate) struct Check<T>(pub(crate) fn(&str) -> Result<T, String>);
+
+impl<T: Clone + Send + Sync + 'static> TypedValueParser for Check<T> {
+    type Value = T;
+
+    fn parse_ref(&self, cmd: &Command, arg: Option<&Arg>, value: &OsStr) -> Result<T, clap::Error> {
+        let text = value.to_string_lossy();
+        (self.0)(text.trim()).map_err(|expected| {
+            let name = arg.map_or_else(|| "a setting".to_owned(), setting_name);
+            invalid(cmd, name, text.into_owned(), expected)
+        })
+    }
+}
+
+/// `ZS_MAX_PEERS / --max-peers`: every setting's variable is `ZS_` and its id in capitals, its
+/// flag the id with dashes (a test holds every argument to it).
+pub(crate) fn setting_name(arg: &Arg) -> String {
+    let id = arg.get_id().as_str();
+    let long = arg
+        .get_long()
+        .map_or_else(|| id.replace('_', "-"), str::to_owned);
+    format!("{} / --{long}", env_name(id))
+}
+
+/// The variable of the setting with this id.
+pub(crate) fn env_name(id: &str) -> String {
+    format!("ZS_{}", id.to_ascii_uppercase())
+}
+
+/// A clap "invalid value" error that [`SettingsError::from`] turns back into
+/// [`SettingsError::Invalid`].
+fn invalid(cmd: &Command, name: String, value: String, expected: String) -> clap::Error {
+    let mut err = clap::Error::new(ErrorKind::ValueValidation).with_cmd(cmd);
+    err.insert(
+        ContextKind::Suggested,
+        ContextValue::StyledStrs(vec![StyledStr::from(format!("expected {expected}"))]),
+    );
+    err.insert(ContextKind::InvalidArg, ContextValue::String(name));
+    err.insert(ContextKind::InvalidValue, ContextValue::String(value));
+    err.insert(ContextKind::Custom, ContextValue::String(expected));
+    err
+}
+
+impl From<clap::Error> for SettingsError {
+    fn from(err: clap::Error) -> Self {
+        let text = |kind| match err.get(kind) {
+            Some(ContextValue::String(s)) => Some(s.clone()),
+            _ => None,
+        };
+        match (
+            text(ContextKind::InvalidArg),
+            text(ContextKind::InvalidValue),
+            text(ContextKind::Custom),
+        ) {
+            (Some(name), Some(value), Some(expected)) => SettingsError::Invalid {
+                name,
+                value,
+                expected,
+            },
+            _ => SettingsError::Command(err),
+        }
+    }
+}
+
+pub(crate) fn millis(v: &str) -> Result<Duration, String> {
+    match v.parse::<u64>() {
+        Ok(ms) if ms > 0 => Ok(Duration::from_millis(ms)),
+        _ => Err("a positive number of milliseconds".into()),
+    }
+}
+
+pub(crate) fn count(v: &str) -> Result<usize, String> {
+    match v.parse::<usize>() {
+        Ok(n) if n > 0 => Ok(n),
+        _ => Err("a positive whole number".into()),
+    }
+}
+
+pub(crate) fn port(v: &str) -> Result<u16, String> {
+    v.parse().map_err(|_| "a port number (0 to 65535)".into())
+}
+
+pub(crate) fn ipv4(v: &str) -> Result<Ipv4Addr, String> {
+    v.parse()
+        .map_err(|_| "an IPv4 address like 127.0.0.1".into())
+}
+
+pub(crate) fn ip(v: &str) -> Result<IpAddr, String> {
+    v.parse().map_err(|_| "an IP address like 127.0.0.1".into())
+}
+
+pub(crate) fn text(v: &str) -> Result<String, String> {
+    if v.is_empty() {
+        Err("a non-empty value".into())
+    } else {
+        Ok(v.to_owned())
+    }
+}
+
+pub(crate) fn on_off(v: &str) -> Result<bool, String> {
+    match v {
+        "on" | "1" | "true" => Ok(true),
+        "off" | "0" | "false" => Ok(false),
+        _ => Err("on or off".into()),
+    }
+}
+
+pub(crate) fn group(v: &str) -> Result<SocketAddrV4, String> {
+    crate::config::parse_group(v)
+        .map_err(|_| "a multicast address like 237.252.249.227:32000".into())
+}
+
+pub(crate) fn peers(v: &str) -> Result<Vec<SocketAddr>, String> {
+    crate::config::parse_peers(v).map_err(|e| match e {
+        crate::Error::BadRequest { message } => message,
+        other => other.to_string(),
+    })
+}
+
+pub(crate) fn max_message_bytes(v: &str) -> Result<usize, String> {
+    crate::config::parse_max_message_bytes(v).map_err(str::to_owned)
+}
+
+pub(crate) fn max_peers(v: &str) -> Result<usize, String> {
+    crate::config::parse_max_peers(v).map_err(str::to_owned)
+}
+
+pub(crate) fn basic_auth(v: &str) -> Result<BasicAuth, String> {
+    BasicAuth::parse(v).map_err(|_| "`user:password` with a non-empty user".into())
+}
+
+pub(crate) fn store(v: &str) -> Result<StoreSpec, String> {
+    match v {
+        "embedded" => Ok(StoreSpec(None)),
+        spec => StoreConfig::parse(spec)
+            .map(|store| StoreSpec(Some(store)))
+            .map_err(|_| "`memory`, `embedded:<dir>` or a `mongodb://` URI".into()),
+    }
+}
+
+/// One parser per limit, with the limit's range (see [`crate::limits`]).
+macro_rules! limit_parsers {
+    ($($name:ident => $var:literal),* $(,)?) => {$(
+        pub(crate) fn $name(v: &str) -> Result<usize, String> {
+            limits::parse_range($var, v)
+        }
+    )*};
+}
+
+limit_parsers! {
+    max_depth => "ZS_MAX_DEPTH",
+    max_document_bytes => "ZS_MAX_DOCUMENT_BYTES",
+    max_patch_paths => "ZS_MAX_PATCH_PATHS",
+    max_path_segments => "ZS_MAX_PATH_SEGMENTS",
+    max_filter_depth => "ZS_MAX_FILTER_DEPTH",
+    max_filter_clauses => "ZS_MAX_FILTER_CLAUSES",
+    max_id_bytes => "ZS_MAX_ID_BYTES",
+    max_page => "ZS_MAX_PAGE",
+}

@@ -1,0 +1,241 @@
+use std::collections::HashMap;
+
+use super::*;
+
+fn env(pairs: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> + use<> {
+    let map: HashMap<String, String> = pairs
+        .iter()
+        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+        .collect();
+    move |name| map.get(name).cloned()
+}
+
+fn from(pairs: &[(&str, &str)]) -> Result<Settings, SettingsError> {
+    Settings::from_lookup(&env(pairs))
+}
+
+/// One good value of every variable, and what it sets.
+#[test]
+fn every_variable_is_read() {
+    let s = from(&[
+        ("ZS_HTTP_PORT", "6001"),
+        ("ZS_HTTP_HOST", "0.0.0.0"),
+        ("ZS_ALLOWED_ORIGINS", "http://a.example, http://b.example,"),
+        ("ZS_BASIC_AUTH", "ann:pw"),
+        ("ZS_MAX_BODY_BYTES", "2048"),
+        ("ZS_HTTP_HEADER_TIMEOUT_MS", "1500"),
+        ("ZS_HTTP_IDLE_TIMEOUT_MS", " 2500 "),
+        ("ZS_HTTP_MAX_CONNECTIONS", "10"),
+        ("ZS_WS_MAX_MESSAGE_BYTES", "4096"),
+        ("ZS_WS_MAX_TOPICS", "3"),
+        ("ZS_WS_MAX_CLIENTS", "2"),
+        ("ZS_STORE", "embedded:/tmp/zs"),
+        ("ZS_DISCOVERY_INTERFACE", "127.0.0.1"),
+        ("ZS_MULTICAST_GROUP", "239.1.2.3:4000"),
+        ("ZS_MULTICAST", "off"),
+        ("ZS_PEERS", "127.0.0.1:4001,127.0.0.1:4002"),
+        ("ZS_DISCOVERY_PORT", "4100"),
+        ("ZS_CLUSTER_KEY", "k"),
+        ("ZS_REQUEST_TIMEOUT_MS", "250"),
+        ("ZS_HEARTBEAT_MS", "100"),
+        ("ZS_PEER_TIMEOUT_MS", "700"),
+        ("ZS_MAX_MESSAGE_BYTES", "65536"),
+        ("ZS_MAX_PEERS", "8"),
+        ("ZS_MAX_DEPTH", "8"),
+        ("ZS_MAX_DOCUMENT_BYTES", "4096"),
+        ("ZS_MAX_PATCH_PATHS", "4"),
+        ("ZS_MAX_PATH_SEGMENTS", "5"),
+        ("ZS_MAX_FILTER_DEPTH", "6"),
+        ("ZS_MAX_FILTER_CLAUSES", "7"),
+        ("ZS_MAX_ID_BYTES", "9"),
+        ("ZS_MAX_PAGE", " 50 "),
+        ("ZS_WORKER_POLL_MS", "2000"),
+        ("ZS_SHUTDOWN_TIMEOUT_MS", "300"),
+    ])
+    .unwrap();
+    let ms = Duration::from_millis;
+    let http = s.http(None).expect("a port turns HTTP on");
+    assert_eq!(http.port, 6001);
+    assert_eq!(http.host, IpAddr::V4(Ipv4Addr::UNSPECIFIED));
+    assert_eq!(
+        http.allowed_origins,
+        ["http://a.example", "http://b.example"]
+    );
+    assert_eq!(http.basic_auth, Some(BasicAuth::new("ann", "pw")));
+    assert_eq!(http.max_body_bytes, 2048);
+    assert_eq!(http.header_timeout, ms(1500));
+    assert_eq!(http.idle_timeout, ms(2500));
+    assert_eq!(http.max_connections, 10);
+    assert_eq!(http.ws_max_message_bytes, 4096);
+    assert_eq!(http.ws_max_topics, 3);
+    assert_eq!(http.ws_max_clients, 2);
+    assert_eq!(http.shutdown_timeout, ms(300));
+    assert_eq!(s.store("x", true), StoreConfig::Embedded("/tmp/zs".into()));
+    let n = s.network();
+    assert_eq!(n.interface, Ipv4Addr::LOCALHOST);
+    assert_eq!(n.multicast_group.to_string(), "239.1.2.3:4000");
+    assert!(!n.multicast);
+    assert_eq!(n.peers.len(), 2);
+    assert_eq!(n.discovery_port, Some(4100));
+    assert!(n.cluster_key.is_some());
+    assert_eq!(n.request_timeout, ms(250));
+    assert_eq!(n.heartbeat, ms(100));
+    assert_eq!(n.peer_timeout, ms(700));
+    assert_eq!(n.max_message_bytes, 65536);
+    assert_eq!(n.max_peers, 8);
+    let l = s.limits();
+    assert_eq!(
+        [
+            l.max_depth,
+            l.max_document_bytes,
+            l.max_patch_paths,
+            l.max_path_segments,
+            l.max_filter_depth,
+            l.max_filter_clauses,
+            l.max_id_bytes,
+            l.max_page
+        ],
+        [8, 4096, 4, 5, 6, 7, 9, 50]
+    );
+    assert_eq!(s.worker_poll_interval(), ms(2000));
+    assert_eq!(s.shutdown_timeout(), ms(300));
+}
+
+#[test]
+fn defaults_and_empty_variables() {
+    let s = from(&[("ZS_HTTP_PORT", " "), ("ZS_WORKER_POLL_MS", "")]).unwrap();
+    assert!(s.http(None).is_none(), "an empty port is no port");
+    assert_eq!(s.worker_poll_interval(), DEFAULT_POLL_INTERVAL);
+    assert_eq!(s.shutdown_timeout(), DEFAULT_SHUTDOWN_TIMEOUT);
+    assert_eq!(s.request_timeout(), crate::config::DEFAULT_REQUEST_TIMEOUT);
+    assert_eq!(s.limits(), Limits::default());
+    assert_eq!(s.store("power", true), StoreConfig::default_for("power"));
+    assert_eq!(s.store("gateway", false), StoreConfig::Memory);
+    let n = s.network();
+    let d = NetworkConfig::default();
+    assert_eq!(
+        (n.interface, n.multicast_group, n.multicast, n.max_peers),
+        (d.interface, d.multicast_group, d.multicast, d.max_peers)
+    );
+    let embedded = from(&[("ZS_STORE", "embedded")]).unwrap();
+    assert_eq!(embedded.store("a", true), StoreConfig::default_for("a"));
+}
+
+/// A bad value of every kind is an error naming its variable and the value.
+#[test]
+fn a_bad_value_names_its_variable() {
+    for (var, value) in [
+        ("ZS_HTTP_PORT", "70000"),
+        ("ZS_HTTP_HOST", "localhost"),
+        ("ZS_BASIC_AUTH", "nocolon"),
+        ("ZS_MAX_BODY_BYTES", "1MB"),
+        ("ZS_HTTP_HEADER_TIMEOUT_MS", "0"),
+        ("ZS_HTTP_IDLE_TIMEOUT_MS", "-5"),
+        ("ZS_HTTP_MAX_CONNECTIONS", "many"),
+        ("ZS_WS_MAX_MESSAGE_BYTES", "0"),
+        ("ZS_WS_MAX_TOPICS", "1.5"),
+        ("ZS_WS_MAX_CLIENTS", "x"),
+        ("ZS_STORE", "redis://x"),
+        ("ZS_DISCOVERY_INTERFACE", "::1"),
+        ("ZS_MULTICAST_GROUP", "127.0.0.1:4000"),
+        ("ZS_MULTICAST", "maybe"),
+        ("ZS_PEERS", "nonsense"),
+        ("ZS_DISCOVERY_PORT", "port"),
+        ("ZS_REQUEST_TIMEOUT_MS", "0"),
+        ("ZS_HEARTBEAT_MS", "1s"),
+        ("ZS_PEER_TIMEOUT_MS", "x"),
+        ("ZS_MAX_MESSAGE_BYTES", "10"),
+        ("ZS_MAX_PEERS", "0"),
+        ("ZS_MAX_DEPTH", "101"),
+        ("ZS_MAX_DOCUMENT_BYTES", "63"),
+        ("ZS_MAX_PATCH_PATHS", "0"),
+        ("ZS_MAX_PATH_SEGMENTS", "x"),
+        ("ZS_MAX_FILTER_DEPTH", "0"),
+        ("ZS_MAX_FILTER_CLAUSES", "-1"),
+        ("ZS_MAX_ID_BYTES", "2000"),
+        ("ZS_MAX_PAGE", "0"),
+        ("ZS_WORKER_POLL_MS", "soon"),
+        ("ZS_SHUTDOWN_TIMEOUT_MS", "0"),
+    ] {
+        let err = from(&[(var, value)]).unwrap_err();
+        let SettingsError::Invalid {
+            name,
+            value: given,
+            expected,
+        } = &err
+        else {
+            panic!("{var}={value}: {err:?}");
+        };
+        assert!(name.starts_with(var), "{var}: {name}");
+        assert_eq!(given, value);
+        assert!(!expected.is_empty());
+        let text = err.to_string();
+        assert!(text.contains(var) && text.contains(value), "{text}");
+        // The library error says the same.
+        let err = Error::from(err).to_string();
+        assert!(err.contains(var), "{err}");
+    }
+}
+
+#[test]
+fn flags_override_variables() {
+    let s = Settings::from_args_with(
+        [
+            "zeroservices",
+            "--http-port",
+            "7001",
+            "--max-peers",
+            "3",
+            "--worker-poll-ms",
+            "40",
+            "--interface",
+            "127.0.0.1",
+        ],
+        &env(&[
+            ("ZS_HTTP_PORT", "6001"),
+            ("ZS_MAX_PEERS", "8"),
+            ("ZS_WORKER_POLL_MS", "2000"),
+            ("ZS_DISCOVERY_INTERFACE", "0.0.0.0"),
+            ("ZS_MAX_PAGE", "50"),
+        ]),
+    )
+    .unwrap();
+    assert_eq!(s.http.http_port, Some(7001));
+    assert_eq!(s.network().max_peers, 3);
+    assert_eq!(s.worker_poll_interval(), Duration::from_millis(40));
+    assert_eq!(s.network().interface, Ipv4Addr::LOCALHOST);
+    // Not given as a flag: the variable.
+    assert_eq!(s.limits().max_page, 50);
+    // A bad flag names itself too.
+    let err = Settings::from_args_with(["zeroservices", "--max-page", "x"], &env(&[])).unwrap_err();
+    assert!(err.to_string().contains("--max-page"), "{err}");
+    // A good flag does not hide a bad variable it overrides: the flag wins, nothing is read.
+    let s = Settings::from_args_with(
+        ["zeroservices", "--max-page", "5"],
+        &env(&[("ZS_MAX_PAGE", "x")]),
+    );
+    assert_eq!(s.unwrap().limits().max_page, 5);
+}
+
+/// Every argument's variable is `ZS_` and its id, which is what errors name.
+#[test]
+fn variables_follow_the_ids() {
+    let command = Settings::command();
+    let mut vars = 0;
+    for arg in command.get_arguments() {
+        let Some(env) = arg.get_env() else { continue };
+        vars += 1;
+        assert_eq!(
+            env.to_string_lossy(),
+            parse::env_name(arg.get_id().as_str()),
+            "{arg:?}"
+        );
+    }
+    assert_eq!(vars, 33);
+    let help = with_env(Settings::command(), &env(&[]))
+        .render_long_help()
+        .to_string();
+    for var in Limits::variables().chain(["ZS_WORKER_POLL_MS", "ZS_SHUTDOWN_TIMEOUT_MS"]) {
+        assert!(help.contains(var), "{var} missing from --help");
+    }
+}
