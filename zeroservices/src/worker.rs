@@ -52,8 +52,10 @@ use futures::StreamExt;
 use futures::future::BoxFuture;
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
+use serde_json::Value;
 use tokio_util::sync::CancellationToken;
 
+use crate::protocol::{BuiltIn, Call, Document, ListArgs, Page};
 use crate::query::Filter;
 use crate::resource::ChangeKind;
 use crate::settings::Settings;
@@ -368,7 +370,7 @@ async fn watch_events(shared: Arc<Shared>, rule: Arc<Rule>, mut events: crate::E
             .and_then(|a| a.as_str())
             .unwrap_or("");
         if matches!(ChangeKind::from_action(action), ChangeKind::Delete)
-            || action == crate::protocol::BuiltIn::AddLink.name()
+            || action == BuiltIn::AddLink.name()
         {
             continue;
         }
@@ -379,12 +381,9 @@ async fn watch_events(shared: Arc<Shared>, rule: Arc<Rule>, mut events: crate::E
                 let Some(id) = event.data.get("resource_id").and_then(|v| v.as_str()) else {
                     continue;
                 };
-                let get = crate::medium::Request::new(rule.collection, "get").id(id);
-                match shared.node.request(get).await {
-                    Ok(reply) => reply
-                        .get("resource_data")
-                        .cloned()
-                        .unwrap_or(serde_json::Value::Null),
+                let get = Call::Get { id: id.to_owned() }.into_request(rule.collection);
+                match shared.node.request_as::<Document<Value>>(get).await {
+                    Ok(reply) => reply.resource_data,
                     Err(e) => {
                         tracing::debug!(topic = %event.topic, error = %e, "could not fetch the changed resource");
                         continue;
@@ -409,21 +408,18 @@ async fn poll(shared: Arc<Shared>, rule: Arc<Rule>, interval: Duration) {
         let mut matching = Vec::new();
         let mut read_all = false;
         while !read_all {
-            let list =
-                crate::medium::Request::new(rule.collection, "list").args(serde_json::json!({
-                    "where": rule.query.filter,
-                    "skip": matching.len(),
-                    "paged": true,
-                }));
-            match shared.node.request(list).await {
-                Ok(mut page) => match page.get_mut("items").map(serde_json::Value::take) {
-                    Some(serde_json::Value::Array(docs)) => {
-                        read_all = docs.is_empty()
-                            || page.get("more").and_then(|m| m.as_bool()) != Some(true);
-                        matching.extend(docs);
-                    }
-                    _ => break,
-                },
+            let list = Call::List(ListArgs {
+                filter: Some(rule.query.filter.clone()),
+                skip: Some(matching.len() as u64),
+                paged: true,
+                ..ListArgs::default()
+            })
+            .into_request(rule.collection);
+            match shared.node.request_as::<Page>(list).await {
+                Ok(page) => {
+                    read_all = page.items.is_empty() || !page.more;
+                    matching.extend(page.items);
+                }
                 Err(Error::UnknownCollection { .. } | Error::OwnerGone { .. }) => break,
                 Err(e) => {
                     tracing::warn!(collection = rule.collection, error = %e, "poll check failed");
@@ -432,15 +428,14 @@ async fn poll(shared: Arc<Shared>, rule: Arc<Rule>, interval: Duration) {
             }
         }
         for doc in matching {
-            let (Some(id), Some(data)) = (
-                doc.get("resource_id").and_then(|v| v.as_str()),
-                doc.get("resource_data"),
-            ) else {
-                continue;
-            };
-            let event = Event::resource(rule.collection, "poll", id, Default::default());
+            let event = Event::resource(
+                rule.collection,
+                ChangeKind::Poll.as_str(),
+                &doc.resource_id,
+                Default::default(),
+            );
             shared
-                .dispatch(rule.clone(), event, data.clone(), true)
+                .dispatch(rule.clone(), event, doc.resource_data, true)
                 .await;
         }
     }

@@ -13,6 +13,7 @@ use tokio_util::task::task_tracker::TaskTrackerToken;
 use super::{Node, NodeInner, lock, read};
 use crate::discovery::{PeerEvent, PeerSink};
 use crate::medium::{Inbound, NODE_MESSAGE, Request};
+use crate::protocol::BuiltIn;
 use crate::{Error, Event, Result};
 
 /// What the medium and discovery hold: a weak handle, so a dropped node is freed.
@@ -57,7 +58,7 @@ impl Inbound for Handle {
         // durable write, MongoDB) moves the rest to a task of its own. Lists, patches (a whole
         // stored document is copied and checked), actions and message hooks may take a while:
         // their own task at once.
-        matches!(request.action.as_str(), "get" | "create" | "delete")
+        BuiltIn::from_name(&request.action).is_some_and(BuiltIn::is_cheap)
             && request.collection != NODE_MESSAGE
     }
 
