@@ -508,6 +508,31 @@ impl<E: fmt::Display> ServiceOutput for std::result::Result<(), E> {
     }
 }
 
+/// Checks that a `#[service]` main returns `()` or `Result<()>` (the error lands on the
+/// user's return type), and converts what it returned.
+#[doc(hidden)]
+pub fn service_output<O: ServiceOutput>(output: O) -> std::result::Result<(), String> {
+    output.into_result()
+}
+
+/// The HTTP defaults written in `#[service(http(...))]` (the host was checked by the
+/// macro; a bad one falls back to loopback).
+#[doc(hidden)]
+pub fn service_http(
+    port: Option<u16>,
+    host: Option<&str>,
+    allowed_origins: Option<&str>,
+) -> HttpConfig {
+    let mut config = HttpConfig::new(port.unwrap_or(DEFAULT_HTTP_PORT));
+    if let Some(host) = host.and_then(|host| host.parse().ok()) {
+        config.host = host;
+    }
+    if let Some(origins) = allowed_origins {
+        config = config.allowed_origins(origins);
+    }
+    config
+}
+
 /// `RUST_LOG` (default `info`), on stderr.
 fn init_tracing() {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()

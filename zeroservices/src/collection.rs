@@ -10,7 +10,7 @@ use serde::de::DeserializeOwned;
 use serde_json::Value;
 use serde_json::value::RawValue;
 
-use crate::__private::from_value;
+use crate::json::from_value;
 use crate::medium::Request;
 use crate::protocol::{
     AddLinkArgs, Call, CreateArgs, Created, FollowLinksArgs, IncomingLinksArgs, LinkedResource,
@@ -95,7 +95,7 @@ impl<R: Resource> Collection<R> {
             .node
             .request_raw(self.built_in(Call::Get { id: id.to_owned() }))
             .await?;
-        match crate::__private::from_raw::<Document<R>>(&raw) {
+        match crate::json::from_raw::<Document<R>>(&raw) {
             Ok(reply) => Ok(reply.resource_data),
             Err(e) => Err(Error::internal(format!(
                 "{} {id}: the stored document does not decode: {e}",

@@ -31,7 +31,7 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
-use crate::__private::from_value;
+use crate::json::from_value;
 use crate::medium::Request;
 use crate::query::SortKey;
 use crate::{Error, Patch, Result};

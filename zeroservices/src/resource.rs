@@ -255,7 +255,7 @@ impl<R: DeserializeOwned> Change<R> {
             .to_owned();
         let doc = match data.get("resource_data") {
             Some(Value::Null) | None => None,
-            Some(v) => Some(crate::__private::from_value::<R>(v.clone())?),
+            Some(v) => Some(crate::json::from_value::<R>(v.clone())?),
         };
         Ok(Self {
             topic: event.topic.clone(),
@@ -319,3 +319,43 @@ where
 pub trait ActionArgs: DeserializeOwned + JsonSchema {}
 
 impl<T: DeserializeOwned + JsonSchema> ActionArgs for T {}
+
+// What the generated code of `#[actions]` and `#[resource]` calls (through `__private`).
+
+/// Parses the argument of an action.
+#[doc(hidden)]
+pub fn parse_args<T: ActionArgs>(args: Value) -> Result<T> {
+    crate::json::from_value(args)
+}
+
+/// Checks that an action that takes no argument got none (`null` or `{}`).
+#[doc(hidden)]
+pub fn no_args(args: Value) -> Result<()> {
+    match &args {
+        Value::Null => Ok(()),
+        Value::Object(map) if map.is_empty() => Ok(()),
+        _ => Err(Error::validation("", "this action takes no arguments")),
+    }
+}
+
+/// The schema of an action's argument type.
+#[doc(hidden)]
+pub fn args_schema<T: ActionArgs>() -> Value {
+    schema_value::<T>()
+}
+
+/// The schema of an action's success type.
+#[doc(hidden)]
+pub fn result_schema<O: ActionOutput>() -> Value {
+    schema_value::<O::Ok>()
+}
+
+/// Converts an action's return value into its JSON reply.
+#[doc(hidden)]
+pub fn into_reply<O: ActionOutput>(output: O) -> Result<Value> {
+    output.into_reply()
+}
+
+/// Compile-time check that `T` is a `#[resource]`.
+#[doc(hidden)]
+pub const fn assert_resource<T: Resource>() {}

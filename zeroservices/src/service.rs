@@ -10,7 +10,7 @@ use serde::Serialize;
 use serde_json::value::RawValue;
 use serde_json::{Map, Value, json};
 
-use crate::__private::{from_value, to_raw};
+use crate::json::{from_value, to_raw};
 use crate::links;
 use crate::medium::Request;
 use crate::protocol::{

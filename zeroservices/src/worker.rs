@@ -50,9 +50,9 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use futures::future::BoxFuture;
+use serde_json::Value;
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
-use serde_json::Value;
 use tokio_util::sync::CancellationToken;
 
 use crate::protocol::{BuiltIn, Call, Document, ListArgs, Page};

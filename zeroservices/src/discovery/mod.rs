@@ -12,7 +12,9 @@ use crate::{NodeInfo, Result};
 
 pub use crate::medium::MemoryDiscovery;
 
+#[cfg(feature = "zeromq")]
 pub mod udp;
+#[cfg(feature = "zeromq")]
 pub use udp::{DiscoveryStats, UdpDiscovery};
 
 /// Why a peer left the directory.

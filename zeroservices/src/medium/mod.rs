@@ -14,8 +14,10 @@ use serde_json::value::RawValue;
 use crate::{Event, NodeInfo, Result};
 
 mod memory;
+#[cfg(feature = "zeromq")]
 pub mod zeromq;
 
+#[cfg(feature = "zeromq")]
 pub use self::zeromq::{ZmqMedium, ZmqStats};
 pub use memory::{MemoryCluster, MemoryDiscovery, MemoryMedium};
 
@@ -81,7 +83,7 @@ pub trait Inbound: Send + Sync + 'static {
     /// serialises what [`Inbound::request`] returns.
     async fn request_raw(&self, from: Option<String>, request: Request) -> Result<Box<RawValue>> {
         let value = self.request(from, request).await?;
-        crate::__private::to_raw(&value)
+        crate::json::to_raw(&value)
     }
     /// Takes an event published by another node.
     fn event(&self, event: Event);
@@ -113,7 +115,7 @@ pub trait Medium: Send + Sync + 'static {
     /// serialises what [`Medium::call`] returns.
     async fn call_raw(&self, peer: &NodeInfo, request: Request) -> Result<Box<RawValue>> {
         let value = self.call(peer, request).await?;
-        crate::__private::to_raw(&value)
+        crate::json::to_raw(&value)
     }
 
     /// Publishes an event to every peer (not to this node's own subscribers: the node does that).

@@ -13,10 +13,13 @@ use super::directory::Directory;
 use super::inbound::Handle;
 use super::shutdown::Shutdown;
 use super::{Node, NodeInfo, NodeInner, NodeKind, lock};
+#[cfg(feature = "zeromq")]
 use crate::config::NetworkConfig;
+#[cfg(feature = "zeromq")]
 use crate::discovery::udp::UdpDiscovery;
 use crate::discovery::{Discovery, LeaveReason};
 use crate::event::EventBus;
+#[cfg(feature = "zeromq")]
 use crate::medium::zeromq::ZmqMedium;
 use crate::medium::{Endpoints, Medium, MemoryCluster};
 use crate::service::{ResourceService, Service};
@@ -79,12 +82,14 @@ impl NodeBuilder {
         self.medium(cluster.medium()).discovery(cluster.discovery())
     }
 
+    #[cfg(feature = "zeromq")]
     /// Joins the network cluster: the ZeroMQ medium and UDP discovery (multicast, or the static
     /// `peers`), with this configuration's timeouts and cluster key.
     pub fn network(self, config: NetworkConfig) -> Self {
         self.network_with(config, Vec::new())
     }
 
+    #[cfg(feature = "zeromq")]
     /// Like [`NodeBuilder::network`], also receiving the events under `subscriptions` whether or
     /// not anything on this node subscribes to them (`""` is every event). A node otherwise
     /// receives from its peers only the events its subscribers want (see [`Node::subscribe`]).
@@ -94,6 +99,7 @@ impl NodeBuilder {
         self.medium(medium).discovery(UdpDiscovery::new(config))
     }
 
+    #[cfg(feature = "zeromq")]
     /// Joins the network cluster configured by the `ZS_*` environment variables, with their
     /// timeouts and limits too ([`NodeBuilder::settings`]).
     ///

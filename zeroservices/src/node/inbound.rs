@@ -72,7 +72,7 @@ impl Inbound for Handle {
             // Messages, unknown collections: the plain path.
             None => {
                 let value = serve(&node, from, request).await?;
-                crate::__private::to_raw(&value)
+                crate::json::to_raw(&value)
             }
         }
     }

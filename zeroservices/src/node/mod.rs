@@ -374,7 +374,7 @@ impl Node {
         };
         let request = Request::new(NODE_MESSAGE, "message").args(body);
         let raw = self.call_peer(&peer, request).await?;
-        crate::__private::from_raw(&raw)
+        crate::json::from_raw(&raw)
     }
 
     fn local_service(&self, collection: &str) -> Option<Arc<dyn Service>> {
@@ -388,7 +388,7 @@ impl Node {
             return service.handle(self, request).await;
         }
         let raw = self.request_remote(request).await?;
-        crate::__private::from_raw(&raw)
+        crate::json::from_raw(&raw)
     }
 
     /// [`Node::request`], the reply as JSON text: a reply from a peer is passed on as it arrived
@@ -405,10 +405,10 @@ impl Node {
     pub async fn request_as<T: DeserializeOwned>(&self, request: Request) -> Result<T> {
         if let Some(service) = self.local_service(&request.collection) {
             let value = service.handle(self, request).await?;
-            return crate::__private::from_value(value);
+            return crate::json::from_value(value);
         }
         let raw = self.request_remote(request).await?;
-        crate::__private::from_raw(&raw)
+        crate::json::from_raw(&raw)
     }
 
     async fn request_remote(&self, request: Request) -> Result<Box<RawValue>> {

@@ -44,6 +44,7 @@ impl Shutdown {
     }
 
     /// The work the node waits for when it stops.
+    #[cfg(feature = "http")]
     pub(crate) fn work(&self) -> &TaskTracker {
         &self.work
     }

@@ -20,12 +20,15 @@
 #![doc = include_str!("../../docs/settings.md")]
 
 use std::ffi::OsString;
-use std::net::{IpAddr, Ipv4Addr, SocketAddr, SocketAddrV4};
+#[cfg(feature = "http")]
+use std::net::IpAddr;
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::time::Duration;
 
 use clap::{Args, CommandFactory, FromArgMatches, Parser};
 
 use crate::config::NetworkConfig;
+#[cfg(feature = "http")]
 use crate::http::{BasicAuth, HttpConfig};
 use crate::security::ClusterKey;
 use crate::store::StoreConfig;
@@ -79,6 +82,7 @@ pub struct StoreSpec(pub Option<StoreConfig>);
 #[command(name = "zeroservices")]
 pub struct Settings {
     /// HTTP.
+    #[cfg(feature = "http")]
     #[command(flatten, next_help_heading = "HTTP")]
     pub http: HttpSettings,
     /// Where resources live: `memory`, `embedded:<dir>` or a `mongodb://` URI (default:
@@ -142,6 +146,7 @@ pub struct NetworkSettings {
 }
 
 /// HTTP settings.
+#[cfg(feature = "http")]
 #[derive(Args, Debug, Clone, Default)]
 pub struct HttpSettings {
     /// Serve HTTP on this port (0: any free port) [default: the `#[service]` attribute's,
@@ -388,6 +393,7 @@ impl Settings {
         }
     }
 
+    #[cfg(feature = "http")]
     /// HTTP as the code describes it (`code`: the `#[service(http)]` defaults, if any) with the
     /// settings over it; `None` when HTTP is off (`--no-http`, or neither the code nor a port
     /// asks for it).
@@ -403,6 +409,7 @@ impl Settings {
         Some(config)
     }
 
+    #[cfg(feature = "http")]
     /// Applies every HTTP setting given (the port too) to `config`.
     pub fn apply_http(&self, config: &mut HttpConfig) {
         let h = &self.http;

@@ -2,13 +2,14 @@
 //! variable and the flag (`ZS_MAX_PEERS / --max-peers`), the bad value and what was expected.
 
 use std::ffi::OsStr;
-use std::net::{IpAddr, Ipv4Addr, SocketAddr, SocketAddrV4};
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::time::Duration;
 
 use clap::builder::{StyledStr, TypedValueParser};
 use clap::error::{ContextKind, ContextValue, ErrorKind};
 use clap::{Arg, Command};
 
+#[cfg(feature = "http")]
 use crate::http::BasicAuth;
 use crate::limits;
 use crate::store::StoreConfig;
@@ -88,6 +89,7 @@ pub(crate) fn millis(v: &str) -> Result<Duration, String> {
     }
 }
 
+#[cfg(feature = "http")]
 pub(crate) fn count(v: &str) -> Result<usize, String> {
     match v.parse::<usize>() {
         Ok(n) if n > 0 => Ok(n),
@@ -104,7 +106,8 @@ pub(crate) fn ipv4(v: &str) -> Result<Ipv4Addr, String> {
         .map_err(|_| "an IPv4 address like 127.0.0.1".into())
 }
 
-pub(crate) fn ip(v: &str) -> Result<IpAddr, String> {
+#[cfg(feature = "http")]
+pub(crate) fn ip(v: &str) -> Result<std::net::IpAddr, String> {
     v.parse().map_err(|_| "an IP address like 127.0.0.1".into())
 }
 
@@ -144,6 +147,7 @@ pub(crate) fn max_peers(v: &str) -> Result<usize, String> {
     crate::config::parse_max_peers(v).map_err(str::to_owned)
 }
 
+#[cfg(feature = "http")]
 pub(crate) fn basic_auth(v: &str) -> Result<BasicAuth, String> {
     BasicAuth::parse(v).map_err(|_| "`user:password` with a non-empty user".into())
 }

@@ -9,7 +9,7 @@
 //! | unset, empty or `embedded`     | [`EmbeddedStore`] in `./data/<node name>` (default)  |
 //! | `embedded:<dir>`               | [`EmbeddedStore`] in `<dir>`                         |
 //! | `memory`                       | [`MemoryStore`]: gone when the process ends          |
-//! | `mongodb://host:port/db?opts`  | [`MongoStore`] (database from the path, default `zeroservices`) |
+//! | `mongodb://host:port/db?opts`  | `MongoStore` (feature `mongodb`) (database from the path, default `zeroservices`) |
 //!
 //! [`StoreConfig`] parses these; [`open`] opens one.
 
@@ -21,12 +21,16 @@ use serde_json::Value;
 
 use crate::{Error, Patch, Query, Result};
 
+#[cfg(feature = "embedded")]
 pub mod embedded;
 mod memory;
+#[cfg(feature = "mongodb")]
 pub mod mongo;
 
+#[cfg(feature = "embedded")]
 pub use embedded::EmbeddedStore;
 pub use memory::MemoryStore;
+#[cfg(feature = "mongodb")]
 pub use mongo::MongoStore;
 
 /// A document store: one namespace of collections, each a map from resource id to a JSON
@@ -71,6 +75,7 @@ pub fn new_id() -> String {
     uuid::Uuid::new_v4().simple().to_string()
 }
 
+#[cfg(feature = "mongodb")]
 pub(crate) use crate::config::request_timeout_from_env;
 
 /// Which store a node uses: the parsed form of `ZS_STORE`.
@@ -80,7 +85,7 @@ pub enum StoreConfig {
     Memory,
     /// `embedded:<dir>`: an [`EmbeddedStore`] in this data dir.
     Embedded(PathBuf),
-    /// `mongodb://...` or `mongodb+srv://...`: a [`MongoStore`] at this URI.
+    /// `mongodb://...` or `mongodb+srv://...`: a `MongoStore` (feature `mongodb`) at this URI.
     MongoDb(String),
 }
 
@@ -113,8 +118,11 @@ impl StoreConfig {
 
     /// The default for a node: the embedded store in `./data/<node name>` (relative to the
     /// working directory; characters other than letters, digits, `-`, `_` and `.` in the name
-    /// become `_`).
+    /// become `_`). Built without the `embedded` feature: the memory store.
     pub fn default_for(node_name: &str) -> Self {
+        if cfg!(not(feature = "embedded")) {
+            return Self::Memory;
+        }
         let safe: String = node_name
             .chars()
             .map(|c| {
@@ -144,10 +152,11 @@ impl StoreConfig {
     /// Opens the store.
     ///
     /// # Errors
-    /// What [`EmbeddedStore::open`] and [`MongoStore::connect`] return.
+    /// What [`EmbeddedStore::open`] and `MongoStore::connect` return.
     pub async fn open(&self) -> Result<Arc<dyn Store>> {
         Ok(match self {
             Self::Memory => Arc::new(MemoryStore::new()),
+            #[cfg(feature = "embedded")]
             Self::Embedded(dir) => {
                 let dir = dir.clone();
                 let store = tokio::task::spawn_blocking(move || EmbeddedStore::open(dir))
@@ -155,7 +164,12 @@ impl StoreConfig {
                     .map_err(|e| Error::internal(format!("opening the embedded store: {e}")))??;
                 Arc::new(store)
             }
+            #[cfg(feature = "mongodb")]
             Self::MongoDb(uri) => Arc::new(MongoStore::connect(uri).await?),
+            #[cfg(not(feature = "embedded"))]
+            Self::Embedded(_) => return Err(missing_feature(self, "embedded")),
+            #[cfg(not(feature = "mongodb"))]
+            Self::MongoDb(_) => return Err(missing_feature(self, "mongodb")),
         })
     }
 }
@@ -175,6 +189,15 @@ impl std::fmt::Display for StoreConfig {
             },
         }
     }
+}
+
+/// The error for a store this build was compiled without.
+#[cfg(any(not(feature = "embedded"), not(feature = "mongodb")))]
+fn missing_feature(config: &StoreConfig, feature: &str) -> Error {
+    Error::bad_request(format!(
+        "ZS_STORE={config}: this build of zeroservices has no {feature} store \
+         (enable its Cargo feature `{feature}`)"
+    ))
 }
 
 /// Opens the store a spec names (see [`StoreConfig::parse`]).

@@ -330,13 +330,13 @@ mod tests {
         let core = keyed();
         let pending = Pending::default();
         let mut waiting = pending.insert(4);
-        let ok = crate::__private::to_raw(&json!({"n": 4})).unwrap();
+        let ok = crate::json::to_raw(&json!({"n": 4})).unwrap();
         take_response(&core, "b", &pending, response(&core, 4, &Ok(ok)));
         let reply = waiting.reply.try_recv().unwrap().unwrap();
         assert_eq!(reply.get(), r#"{"n":4}"#);
         assert_eq!(core.stats().replies_received, 1);
         // A late reply (no call waits) is dropped quietly.
-        let ok = crate::__private::to_raw(&json!(null)).unwrap();
+        let ok = crate::json::to_raw(&json!(null)).unwrap();
         take_response(&core, "b", &pending, response(&core, 4, &Ok(ok)));
         assert_eq!(core.stats().replies_received, 2);
         assert_eq!(core.stats().dropped_malformed, 0);
@@ -347,7 +347,7 @@ mod tests {
         let core = keyed();
         let pending = Pending::default();
         let mut waiting = pending.insert(1);
-        let ok = crate::__private::to_raw(&json!(1)).unwrap();
+        let ok = crate::json::to_raw(&json!(1)).unwrap();
         let good = response(&core, 1, &Ok(ok)).into_vec();
         let frames =
             |list: Vec<&[u8]>| wire::multipart(list.into_iter().map(<[u8]>::to_vec).collect());

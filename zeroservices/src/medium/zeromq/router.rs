@@ -205,7 +205,7 @@ fn accept(core: &Core, identity: &[u8], body: &[u8], mac: &[u8]) -> Accepted {
         }
         Ok(Call::Control { id, from, control }) => {
             let served = control_reply(core, &from, control);
-            (id, served.and_then(|()| crate::__private::to_raw(&())))
+            (id, served.and_then(|()| crate::json::to_raw(&())))
         }
         Err(rejection) => {
             core.reject(&sender(), "request", &rejection);

@@ -552,12 +552,12 @@ mod tests {
     #[test]
     fn responses_round_trip_ok_null_and_error() {
         let w = wire();
-        let ok = crate::__private::to_raw(&json!({"x": [1, 2]})).unwrap();
+        let ok = crate::json::to_raw(&json!({"x": [1, 2]})).unwrap();
         let (id, reply) = decode_response(&w.encode_response(9, &Ok(ok))).unwrap();
         assert_eq!(id, 9);
         assert_eq!(reply.unwrap().get(), r#"{"x":[1,2]}"#);
         // `"ok": null` is a reply of null, not a missing reply.
-        let null = crate::__private::to_raw(&Value::Null).unwrap();
+        let null = crate::json::to_raw(&Value::Null).unwrap();
         let (_, reply) = decode_response(&w.encode_response(1, &Ok(null))).unwrap();
         assert_eq!(reply.unwrap().get(), "null");
         let error = Error::bad_request("no");
@@ -573,7 +573,7 @@ mod tests {
     #[test]
     fn an_oversized_reply_becomes_an_internal_error() {
         let w = Wire::new(None, 200);
-        let big = crate::__private::to_raw(&"x".repeat(500)).unwrap();
+        let big = crate::json::to_raw(&"x".repeat(500)).unwrap();
         let bytes = w.encode_response(5, &Ok(big));
         assert!(bytes.len() <= 200);
         let (id, reply) = decode_response(&bytes).unwrap();
