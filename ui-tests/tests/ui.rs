@@ -8,6 +8,8 @@ fn ui() {
     let t = trybuild::TestCases::new();
     t.pass("tests/ui/resource/pass/*.rs");
     t.compile_fail("tests/ui/resource/fail/*.rs");
+    t.pass("tests/ui/model/pass/*.rs");
+    t.compile_fail("tests/ui/model/fail/*.rs");
     t.pass("tests/ui/actions/pass/*.rs");
     t.compile_fail("tests/ui/actions/fail/*.rs");
     t.pass("tests/ui/service/pass/*.rs");

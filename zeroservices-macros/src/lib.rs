@@ -1,11 +1,54 @@
-//! The attribute macros of [zeroservices](https://docs.rs/zeroservices): `#[resource]`,
-//! `#[actions]` and `#[action]`.
+//! The attribute macros of [zeroservices](https://docs.rs/zeroservices).
 //!
 //! Use them through `zeroservices` (`use zeroservices::prelude::*;`), which documents them
-//! with runnable examples; this crate is an implementation detail. Each macro is split by
-//! phase: `attr.rs`/`ast.rs` parse, `valid.rs` checks (collecting every error in a
-//! serde-style `Ctxt`), `expand.rs` generates code that only calls into
-//! `zeroservices::__private`.
+//! with runnable examples; this crate is an implementation detail, and the code it generates
+//! only names `zeroservices` types and calls into `zeroservices::__private`.
+//!
+//! | Macro | On | Generates |
+//! |---|---|---|
+//! | [`#[resource]`](macro@resource) | a struct with named fields | the serde and schemars derives and `impl Resource` (collection, text index, action table) |
+//! | [`#[model]`](macro@model) | a struct or an enum used inside a resource or as an action argument | the serde and schemars derives |
+//! | [`#[actions]`](macro@actions) | the `impl` block of a resource | a dispatcher per `#[action]` method and the resource's action table |
+//! | [`#[action]`](macro@action) | a method inside an `#[actions]` block | nothing itself: `#[actions]` reads and removes it |
+//! | [`#[service]`](macro@service) | `async fn main` | a `fn main() -> ExitCode` that runs `zeroservices::App` |
+//!
+//! ```ignore
+//! use zeroservices::prelude::*;
+//!
+//! #[model]
+//! #[derive(Debug, Clone, Copy, PartialEq, Default)]
+//! #[serde(rename_all = "lowercase")]
+//! pub enum Status { #[default] Pending, Done }
+//!
+//! /// A number to square.
+//! #[resource(collection = "power")]
+//! pub struct Power {
+//!     pub value: i64,
+//!     pub status: Status,
+//! }
+//!
+//! #[actions]
+//! impl Power {
+//!     /// Squares the value.
+//!     #[action]
+//!     async fn square(&mut self) -> Result<i64> {
+//!         self.value *= self.value;
+//!         Ok(self.value)
+//!     }
+//! }
+//!
+//! /// Squares numbers.
+//! #[service(name = "power_service", resources(Power), http(port = 5001))]
+//! async fn main(node: Node) -> Result<()> {
+//!     Ok(())
+//! }
+//! ```
+//!
+//! Each macro is split by phase: `attr.rs`/`ast.rs` parse, `valid.rs` checks (collecting every
+//! error in a serde-style `Ctxt`, so the user sees them all at once), `expand.rs` generates code
+//! that cannot fail (`#[model]`, much smaller, keeps the same phases in one file). On an error
+//! the user's item is always re-emitted, with the full expansion when the item itself is usable,
+//! so code using it gets no follow-on errors.
 
 mod actions;
 mod attr;
@@ -64,6 +107,11 @@ pub fn resource(args: TokenStream, input: TokenStream) -> TokenStream {
 /// optional `&Context` or `Context`, then at most one argument (`Deserialize + JsonSchema`);
 /// it returns `Result<T>` with `T: Serialize + JsonSchema`. Its doc comment describes it.
 /// Methods without `#[action]` stay plain methods. Key: `crate = "..."`.
+///
+/// Generates the impl block unchanged (minus the `#[action]` attributes) and the resource's
+/// action table, which its `Resource::actions` returns: per action its name, doc comment, the
+/// JSON schemas of its argument and result, and a function that decodes the argument, calls the
+/// method and encodes the result.
 #[proc_macro_attribute]
 pub fn actions(args: TokenStream, input: TokenStream) -> TokenStream {
     actions::expand(args.into(), input.into()).into()
@@ -94,7 +142,9 @@ pub fn action(_args: TokenStream, input: TokenStream) -> TokenStream {
 /// pub enum Status { #[default] Pending, Done }
 /// ```
 ///
-/// Key: `crate = "..."` (the path of zeroservices, default `::zeroservices`).
+/// Generates `#[derive(Serialize, Deserialize, JsonSchema)]` (through zeroservices) on the item
+/// and nothing else; deriving one of these yourself is an error. Key: `crate = "..."` (the path
+/// of zeroservices, default `::zeroservices`).
 #[proc_macro_attribute]
 pub fn model(args: TokenStream, input: TokenStream) -> TokenStream {
     model::expand(args.into(), input.into()).into()

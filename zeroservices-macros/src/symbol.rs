@@ -22,7 +22,8 @@ pub(crate) const DERIVE: Symbol = Symbol("derive");
 pub(crate) const DOC: Symbol = Symbol("doc");
 pub(crate) const CONTEXT: Symbol = Symbol("Context");
 
-/// The traits `#[resource]` derives itself.
+/// The traits `#[resource]` and `#[model]` derive themselves (`derives.rs`); a user's own
+/// derive of one of them is an error.
 pub(crate) const DERIVED_BY_RESOURCE: [Symbol; 3] = [
     Symbol("Serialize"),
     Symbol("Deserialize"),

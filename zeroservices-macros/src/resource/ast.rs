@@ -3,12 +3,10 @@
 //! This is where the shape of the item is checked: only a non-generic struct with named fields
 //! can be a resource. Any other item is reported and re-emitted unchanged.
 
-use syn::punctuated::Punctuated;
-use syn::{Fields, Ident, Item, ItemStruct, Path, Token};
+use syn::{Fields, Ident, Item, ItemStruct, Path};
 
 use crate::ctxt::Ctxt;
-use crate::item;
-use crate::symbol::DERIVE;
+use crate::{derives, item};
 
 const SUPPORTED: &str =
     "#[resource] supports structs with named fields, like `struct Power { value: i64 }`";
@@ -65,21 +63,10 @@ impl<'a> Input<'a> {
             return None;
         }
 
-        let derives = original
-            .attrs
-            .iter()
-            .filter(|attr| attr.path() == DERIVE)
-            .filter_map(|attr| {
-                attr.parse_args_with(Punctuated::<Path, Token![,]>::parse_terminated)
-                    .ok()
-            })
-            .flatten()
-            .collect();
-
         Some(Input {
             original,
             fields: fields.collect(),
-            derives,
+            derives: derives::listed(&original.attrs),
         })
     }
 }

@@ -3,30 +3,21 @@
 
 use proc_macro2::TokenStream;
 use quote::quote;
-use syn::punctuated::Punctuated;
-use syn::{Attribute, ItemStruct, Path, Token};
+use syn::ItemStruct;
 
 use super::valid::Resource;
-use crate::attr::path_to_string;
-use crate::symbol::{DERIVE, DERIVED_BY_RESOURCE};
+use crate::derives;
 
 pub(crate) fn expand(resource: &Resource<'_>) -> TokenStream {
     let krate = &resource.krate;
     let item = without_our_derives(resource.input.original);
     let ident = &item.ident;
-    let serde_crate = format!("{}::__private::serde", path_to_string(krate));
-    let schemars_crate = format!("{}::__private::schemars", path_to_string(krate));
+    let derive_attrs = derives::derive_attrs(krate);
     let collection = &resource.collection;
     let text_index = &resource.text_index;
 
     quote! {
-        #[derive(
-            #krate::__private::serde::Serialize,
-            #krate::__private::serde::Deserialize,
-            #krate::__private::schemars::JsonSchema
-        )]
-        #[serde(crate = #serde_crate)]
-        #[schemars(crate = #schemars_crate)]
+        #derive_attrs
         #item
 
         // The schemars derive expands to `serde_json::json!`, which calls `.into()`: bring
@@ -55,37 +46,10 @@ pub(crate) fn expand(resource: &Resource<'_>) -> TokenStream {
     }
 }
 
-/// The user's struct, minus any `Serialize`/`Deserialize`/`JsonSchema` in its derives (already
-/// reported by `valid.rs`; removing them avoids conflicting impls on top of that error).
+/// The user's struct, minus any of our derives in its `#[derive(...)]` (already reported by
+/// `valid.rs`; removing them avoids conflicting impls on top of that error).
 fn without_our_derives(original: &ItemStruct) -> ItemStruct {
     let mut item = original.clone();
-    item.attrs = original.attrs.iter().filter_map(without_ours).collect();
+    item.attrs = derives::without_ours(&original.attrs);
     item
-}
-
-fn without_ours(attr: &Attribute) -> Option<Attribute> {
-    if attr.path() != DERIVE {
-        return Some(attr.clone());
-    }
-    let Ok(paths) = attr.parse_args_with(Punctuated::<Path, Token![,]>::parse_terminated) else {
-        return Some(attr.clone());
-    };
-    let ours = |path: &Path| {
-        path.segments
-            .last()
-            .is_some_and(|last| DERIVED_BY_RESOURCE.iter().any(|s| last.ident == *s))
-    };
-    if !paths.iter().any(ours) {
-        return Some(attr.clone());
-    }
-    let kept: Vec<&Path> = paths.iter().filter(|path| !ours(path)).collect();
-    if kept.is_empty() {
-        return None;
-    }
-    let pound = attr.pound_token;
-    let bracket = attr.bracket_token;
-    let mut attr: Attribute = syn::parse_quote!(#[derive(#(#kept),*)]);
-    attr.pound_token = pound;
-    attr.bracket_token = bracket;
-    Some(attr)
 }

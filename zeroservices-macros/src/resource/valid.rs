@@ -9,9 +9,10 @@ use syn::ext::IdentExt;
 
 use super::ast::Input;
 use super::attr::ResourceAttrs;
-use crate::attr::{default_crate_path, path_to_string};
+use crate::attr::default_crate_path;
 use crate::ctxt::Ctxt;
-use crate::symbol::{DERIVED_BY_RESOURCE, is_valid_name};
+use crate::derives;
+use crate::symbol::is_valid_name;
 
 /// A checked resource: everything `expand.rs` needs.
 pub(crate) struct Resource<'a> {
@@ -22,7 +23,8 @@ pub(crate) struct Resource<'a> {
 }
 
 pub(crate) fn validate<'a>(cx: &Ctxt, attrs: ResourceAttrs, input: &'a Input<'a>) -> Resource<'a> {
-    check_derives(cx, input);
+    // `#[derive(Serialize)]` next to `#[resource]` would implement the trait twice.
+    derives::check_not_listed(cx, "#[resource]", &input.derives);
     let collection = collection(cx, &attrs, input);
     let text_index = text_index(cx, &attrs, input);
     Resource {
@@ -30,24 +32,6 @@ pub(crate) fn validate<'a>(cx: &Ctxt, attrs: ResourceAttrs, input: &'a Input<'a>
         collection,
         text_index,
         krate: attrs.krate.unwrap_or_else(default_crate_path),
-    }
-}
-
-/// `#[derive(Serialize)]` next to `#[resource]` would implement the trait twice.
-fn check_derives(cx: &Ctxt, input: &Input<'_>) {
-    for path in &input.derives {
-        let Some(last) = path.segments.last() else {
-            continue;
-        };
-        if let Some(derived) = DERIVED_BY_RESOURCE.iter().find(|s| last.ident == **s) {
-            cx.error_spanned_by(
-                path,
-                format_args!(
-                    "#[resource] derives `{derived}` already; remove `{}` from this derive",
-                    path_to_string(path)
-                ),
-            );
-        }
     }
 }
 

@@ -1,0 +1,8 @@
+use zeroservices::prelude::*;
+
+#[model]
+pub fn status() {}
+
+fn main() {
+    status();
+}
