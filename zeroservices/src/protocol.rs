@@ -453,8 +453,7 @@ mod tests {
         assert!(!BuiltIn::is_built_in("square"));
         assert!(!BuiltIn::is_built_in("gets"));
         assert!(!BuiltIn::is_built_in("ge"));
-        const CHECKED: bool = BuiltIn::is_built_in("list");
-        assert!(CHECKED);
+        const { assert!(BuiltIn::is_built_in("list")) };
     }
 
     #[test]
