@@ -177,4 +177,15 @@ if [ "$(id -u)" = "0" ]; then
     test_args=(--skip=a_read_only_dir_is_refused_clearly "${test_args[@]}")
 fi
 
+# Every Cargo feature of zeroservices builds alone, with none, and all together (the tests below
+# build with all of them). ZS_SKIP_FEATURE_BUILDS=1 leaves this out for a quick local run.
+if [ "${ZS_SKIP_FEATURE_BUILDS:-}" != "1" ]; then
+    for features in "" http zeromq embedded mongodb app; do
+        echo "Building zeroservices --no-default-features --features '$features' ..." >&2
+        cargo build --quiet -p zeroservices --lib --no-default-features --features "$features"
+    done
+    echo "Building zeroservices --all-features ..." >&2
+    cargo build --quiet -p zeroservices --lib --all-features
+fi
+
 cargo test --workspace "${cargo_args[@]}" -- --include-ignored "${test_args[@]}"

@@ -77,7 +77,8 @@ pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// `ZS_REQUEST_TIMEOUT_MS`, or [`DEFAULT_REQUEST_TIMEOUT`]; a malformed `ZS_*` value is an
 /// error that names it (read through [`Settings`]).
-pub fn request_timeout_from_env() -> Result<Duration> {
+#[cfg(feature = "mongodb")]
+pub(crate) fn request_timeout_from_env() -> Result<Duration> {
     Ok(Settings::from_env()?.request_timeout())
 }
 
@@ -90,7 +91,7 @@ impl NetworkConfig {
 }
 
 /// Parses a `ZS_MAX_PEERS` value: a positive number of peers.
-pub fn parse_max_peers(v: &str) -> std::result::Result<usize, &'static str> {
+pub(crate) fn parse_max_peers(v: &str) -> std::result::Result<usize, &'static str> {
     v.trim()
         .parse::<usize>()
         .ok()
@@ -99,7 +100,7 @@ pub fn parse_max_peers(v: &str) -> std::result::Result<usize, &'static str> {
 }
 
 /// Parses a `ZS_MAX_MESSAGE_BYTES` value: a number of bytes, at least 1024.
-pub fn parse_max_message_bytes(v: &str) -> std::result::Result<usize, &'static str> {
+pub(crate) fn parse_max_message_bytes(v: &str) -> std::result::Result<usize, &'static str> {
     v.trim()
         .parse::<usize>()
         .ok()
@@ -108,7 +109,7 @@ pub fn parse_max_message_bytes(v: &str) -> std::result::Result<usize, &'static s
 }
 
 /// Parses `237.252.249.227:32000` (the port defaults to 32000).
-pub fn parse_group(v: &str) -> Result<SocketAddrV4> {
+pub(crate) fn parse_group(v: &str) -> Result<SocketAddrV4> {
     let v = v.trim();
     let addr = if v.contains(':') {
         v.parse::<SocketAddrV4>().ok()
@@ -127,7 +128,7 @@ pub fn parse_group(v: &str) -> Result<SocketAddrV4> {
 }
 
 /// Parses `host:port,host:port`.
-pub fn parse_peers(v: &str) -> Result<Vec<SocketAddr>> {
+pub(crate) fn parse_peers(v: &str) -> Result<Vec<SocketAddr>> {
     let mut peers = Vec::new();
     for part in v.split(',').map(str::trim).filter(|p| !p.is_empty()) {
         let addrs = part

@@ -62,14 +62,6 @@ pub fn topic_matches(prefix: &str, topic: &str) -> bool {
     }
 }
 
-/// Splits `power.create.42` into its prefixes: `power`, `power.create`, `power.create.42`.
-pub fn topic_prefixes(topic: &str) -> impl Iterator<Item = &str> {
-    topic
-        .match_indices('.')
-        .map(move |(i, _)| &topic[..i])
-        .chain(std::iter::once(topic))
-}
-
 /// The prefix a subscription asks the medium for: `*` is everything (`""`).
 fn wire_prefix(prefix: &str) -> String {
     if prefix == "*" {
@@ -269,12 +261,6 @@ mod tests {
         assert!(!topic_matches("pow", "power.create.42"));
         assert!(!topic_matches("power", "powers.create.1"));
         assert!(!topic_matches("power.patch", "power.create.42"));
-    }
-
-    #[test]
-    fn topic_prefixes_lists_each_level() {
-        let p: Vec<_> = topic_prefixes("power.create.42").collect();
-        assert_eq!(p, ["power", "power.create", "power.create.42"]);
     }
 
     #[test]

@@ -3,7 +3,7 @@
 
 #[cfg(feature = "app")]
 pub mod app;
-pub mod collection;
+mod collection;
 pub mod config;
 pub mod discovery;
 mod error;
@@ -11,8 +11,8 @@ pub mod event;
 #[cfg(feature = "http")]
 pub mod http;
 mod json;
-pub mod limits;
-pub mod links;
+mod limits;
+mod links;
 pub mod medium;
 pub mod node;
 pub mod patch;
@@ -28,7 +28,7 @@ pub mod worker;
 
 #[cfg(feature = "app")]
 pub use app::App;
-pub use collection::Collection;
+pub use collection::{ChangeStream, Collection};
 pub use error::{Error, Result};
 pub use event::{Event, EventStream};
 pub use limits::Limits;
@@ -37,7 +37,6 @@ pub use patch::Patch;
 pub use query::{Order, Query};
 pub use resource::{ActionInfo, ActionKind, Change, ChangeKind, Document, Resource, ResourceInfo};
 pub use settings::{Settings, SettingsError};
-#[cfg(feature = "app")]
 pub use zeroservices_macros::service;
 pub use zeroservices_macros::{action, actions, model, resource};
 
@@ -49,7 +48,6 @@ pub mod prelude {
         Change, ChangeKind, Collection, Context, Document, Error, Event, Node, NodeKind, Order,
         Patch, Query, Resource, Result, action, actions, model, patch, query, resource,
     };
-    #[cfg(feature = "app")]
     pub use zeroservices_macros::service;
 }
 
@@ -78,6 +76,29 @@ macro_rules! query {
 macro_rules! patch {
     ($($json:tt)+) => {
         $crate::Patch::new($crate::__private::serde_json::json!($($json)+))
+    };
+}
+
+/// Keeps a `#[service]` main (the first group): the runtime has its `app` feature.
+#[cfg(feature = "app")]
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __service_main {
+    ({ $($main:tt)* } { $($stub:tt)* }) => { $($main)* };
+}
+
+/// Without the `app` feature, a `#[service]` main is one clear error (and a stub `main`, so no
+/// other error follows).
+#[cfg(not(feature = "app"))]
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __service_main {
+    ({ $($main:tt)* } { $($stub:tt)* }) => {
+        ::core::compile_error!(
+            "#[service] needs the `app` feature of zeroservices (a default feature): \
+             `zeroservices = { version = \"0.1\", features = [\"app\"] }`"
+        );
+        $($stub)*
     };
 }
 

@@ -25,7 +25,7 @@ use crate::{Error, Result};
 /// The deepest document any setting allows. `serde_json` refuses to read JSON nested deeper
 /// than 128 levels, so a deeper stored document could never be read back; this ceiling keeps a
 /// margin below that (the document sits inside the wire envelope and the reply).
-pub const DEPTH_CEILING: usize = 100;
+pub(crate) const DEPTH_CEILING: usize = 100;
 
 /// Bounds on requests to the collections a node owns. See the [module docs](self).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

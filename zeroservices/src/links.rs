@@ -15,10 +15,10 @@ use crate::resource::{ActionInfo, ActionKind, schema_value};
 use crate::{Error, Result};
 
 /// The field of a document that holds its links.
-pub const LINKS: &str = "_links";
+pub(crate) const LINKS: &str = "_links";
 
 /// Whether a patch path touches `_links` (which only the link actions change).
-pub fn is_links_path(path: &str) -> bool {
+pub(crate) fn is_links_path(path: &str) -> bool {
     path == LINKS
         || path
             .strip_prefix(LINKS)
@@ -40,7 +40,7 @@ pub struct LinkedResource {
 }
 
 /// Checks a relation name: it becomes a field path segment.
-pub fn check_relation(relation: &str) -> Result<()> {
+pub(crate) fn check_relation(relation: &str) -> Result<()> {
     let valid = !relation.is_empty()
         && relation != "latest"
         && relation
@@ -59,7 +59,7 @@ pub fn check_relation(relation: &str) -> Result<()> {
 }
 
 /// The update document `add_link` applies.
-pub fn add_link_patch(link: &AddLinkArgs) -> Value {
+pub(crate) fn add_link_patch(link: &AddLinkArgs) -> Value {
     let (collection, id) = &link.target_id;
     let mut entry = json!({ "target_id": [collection, id] });
     if let Some(title) = &link.title {
@@ -72,13 +72,13 @@ pub fn add_link_patch(link: &AddLinkArgs) -> Value {
 }
 
 /// The filter `incoming_links` lists with.
-pub fn incoming_filter(args: &IncomingLinksArgs) -> Value {
+pub(crate) fn incoming_filter(args: &IncomingLinksArgs) -> Value {
     let (collection, id) = &args.target_id;
     json!({ format!("_links.{}.target_id", args.relation): [collection, id] })
 }
 
 /// The targets `(collection, id, title)` of `relation` in a stored document.
-pub fn targets(doc: &Value, relation: &str) -> Vec<(String, String, Option<String>)> {
+pub(crate) fn targets(doc: &Value, relation: &str) -> Vec<(String, String, Option<String>)> {
     let Some(links) = doc
         .get("_links")
         .and_then(|l| l.get(relation))
@@ -99,7 +99,7 @@ pub fn targets(doc: &Value, relation: &str) -> Vec<(String, String, Option<Strin
 }
 
 /// The announced description of the built-in link actions.
-pub fn action_infos() -> Vec<ActionInfo> {
+pub(crate) fn action_infos() -> Vec<ActionInfo> {
     vec![
         ActionInfo {
             name: BuiltIn::AddLink.name().into(),

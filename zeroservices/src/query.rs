@@ -27,7 +27,7 @@ use crate::error::{Error, Result};
 ///
 /// Object keys are looked up by name; a numeric segment indexes an array (`items.0.name`). Unlike
 /// filters, this does not fan out over arrays: it names at most one value.
-pub fn get_path<'a>(doc: &'a Value, path: &str) -> Option<&'a Value> {
+pub(crate) fn get_path<'a>(doc: &'a Value, path: &str) -> Option<&'a Value> {
     path.split('.').try_fold(doc, |cur, seg| match cur {
         Value::Object(map) => map.get(seg),
         Value::Array(items) => array_index(seg).and_then(|i| items.get(i)),

@@ -2,8 +2,11 @@
 //! carries an HMAC-SHA256 of its bytes; unsigned or forged ones are dropped, counted, and logged
 //! once per sender.
 
+#[cfg(feature = "zeromq")]
 use std::collections::HashSet;
+#[cfg(feature = "zeromq")]
 use std::sync::Mutex;
+#[cfg(feature = "zeromq")]
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use hmac::{Hmac, KeyInit, Mac};
@@ -60,22 +63,24 @@ impl ClusterKey {
     }
 }
 
+#[cfg(feature = "zeromq")]
 /// Counts what was dropped and logs the first drop of each sender only, so a flood of forged
 /// messages cannot flood the logs.
 #[derive(Debug, Default)]
-pub struct DropLog {
+pub(crate) struct DropLog {
     dropped: AtomicU64,
     logged: Mutex<HashSet<String>>,
 }
 
+#[cfg(feature = "zeromq")]
 impl DropLog {
     /// A new, empty log.
-    pub fn new() -> Self {
+    pub(crate) fn new() -> Self {
         Self::default()
     }
 
     /// Counts one drop; logs it when `sender` was not logged before for `what`.
-    pub fn drop_from(&self, sender: &str, what: &str, reason: &str) {
+    pub(crate) fn drop_from(&self, sender: &str, what: &str, reason: &str) {
         self.dropped.fetch_add(1, Ordering::Relaxed);
         let key = format!("{what}\u{0}{sender}");
         let mut logged = self.logged.lock().unwrap_or_else(|e| e.into_inner());
@@ -86,7 +91,7 @@ impl DropLog {
     }
 
     /// How many were dropped.
-    pub fn count(&self) -> u64 {
+    pub(crate) fn count(&self) -> u64 {
         self.dropped.load(Ordering::Relaxed)
     }
 }

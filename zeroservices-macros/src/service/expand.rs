@@ -11,9 +11,18 @@ use super::valid::{Http, Service};
 
 /// The items for `service`: the full expansion when the function is callable, otherwise a stub
 /// `main` around the user's function (its body is still type-checked; nothing is run).
+///
+/// The full expansion goes through `zeroservices::__service_main!`, which keeps it when the
+/// runtime has its `app` feature and otherwise gives one clear error (naming the feature) and
+/// the stub.
 pub(crate) fn expand(service: &Service<'_>) -> TokenStream {
     if service.callable {
-        entry_point(service)
+        let krate = &service.krate;
+        let main = entry_point(service);
+        let stub = fallback(service);
+        quote! {
+            #krate::__service_main! { { #main } { #stub } }
+        }
     } else {
         fallback(service)
     }
