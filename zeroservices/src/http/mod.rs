@@ -19,7 +19,7 @@
 //! See `docs/http.md` for the routes, the status of every error and the websocket protocol.
 
 use std::fmt;
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::net::SocketAddr;
 use std::ops::Deref;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -38,6 +38,7 @@ use tower_http::cors::{AllowHeaders, AllowOrigin, CorsLayer};
 use crate::{Error, Node, Result};
 
 mod auth;
+mod config;
 mod error;
 mod openapi;
 mod page;
@@ -46,224 +47,13 @@ mod rest;
 mod server;
 
 pub use auth::{Authorizer, BasicAuth, Operation};
+pub use config::{
+    DEFAULT_HEADER_TIMEOUT, DEFAULT_IDLE_TIMEOUT, DEFAULT_MAX_BODY_BYTES, DEFAULT_MAX_CONNECTIONS,
+    DEFAULT_SHUTDOWN_TIMEOUT, DEFAULT_WS_BUFFER, DEFAULT_WS_MAX_CLIENTS,
+    DEFAULT_WS_MAX_MESSAGE_BYTES, DEFAULT_WS_MAX_TOPICS, HttpConfig,
+};
 pub use error::status_for;
 pub use openapi::document as openapi_document;
-
-/// The default largest request body: 1 MiB.
-pub const DEFAULT_MAX_BODY_BYTES: usize = 1024 * 1024;
-/// The default number of messages queued for one websocket client before it is disconnected.
-pub const DEFAULT_WS_BUFFER: usize = 1024;
-/// The default time [`HttpServer::shutdown`] waits for requests and websockets to finish
-/// (`ZS_SHUTDOWN_TIMEOUT_MS`).
-pub const DEFAULT_SHUTDOWN_TIMEOUT: Duration = crate::settings::DEFAULT_SHUTDOWN_TIMEOUT;
-/// The default time a client has to send a request's headers: 10 s.
-pub const DEFAULT_HEADER_TIMEOUT: Duration = Duration::from_secs(10);
-/// The default time a keep-alive connection may wait for its next request: 60 s.
-pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
-/// The default largest number of open connections (websockets included): 1024.
-pub const DEFAULT_MAX_CONNECTIONS: usize = 1024;
-/// The default largest websocket message (and frame) a client may send: 64 KiB.
-pub const DEFAULT_WS_MAX_MESSAGE_BYTES: usize = 64 * 1024;
-/// The default largest number of topics one websocket client may subscribe to: 256.
-pub const DEFAULT_WS_MAX_TOPICS: usize = 256;
-/// The default largest number of websocket clients of one node: 1024.
-pub const DEFAULT_WS_MAX_CLIENTS: usize = 1024;
-
-/// Settings of the HTTP server of a node.
-#[derive(Clone)]
-pub struct HttpConfig {
-    /// The address to listen on (default `127.0.0.1`; `0.0.0.0` for every interface).
-    pub host: IpAddr,
-    /// The port (`0` = any free port; see [`HttpServer::local_addr`]).
-    pub port: u16,
-    /// Origins allowed by CORS (`ZS_ALLOWED_ORIGINS`): empty = no CORS headers, `"*"` = any.
-    pub allowed_origins: Vec<String>,
-    /// Basic auth required on every route when set (`ZS_BASIC_AUTH=user:password`).
-    pub basic_auth: Option<BasicAuth>,
-    /// Decides, per user, collection and operation, what a client may do.
-    pub authorizer: Option<Arc<dyn Authorizer>>,
-    /// Largest accepted request body (`ZS_MAX_BODY_BYTES`, default 1 MiB); larger ones get a
-    /// 413 naming the limit.
-    pub max_body_bytes: usize,
-    /// Messages queued per websocket client (default 1024); a client that falls further behind
-    /// is told so and disconnected.
-    pub ws_buffer: usize,
-    /// How long [`HttpServer::shutdown`] waits for in-flight requests and websockets (default
-    /// 5 s).
-    pub shutdown_timeout: Duration,
-    /// How long a client may take to send a request's headers, from the connection's accept or
-    /// the first byte of the request (`ZS_HTTP_HEADER_TIMEOUT_MS`, default 10 s); the connection
-    /// is closed after that. A request body that stops arriving for that long while it is read
-    /// closes the connection too.
-    pub header_timeout: Duration,
-    /// How long a keep-alive connection with no request in flight stays open
-    /// (`ZS_HTTP_IDLE_TIMEOUT_MS`, default 60 s).
-    pub idle_timeout: Duration,
-    /// The largest number of open connections, websockets included (`ZS_HTTP_MAX_CONNECTIONS`,
-    /// default 1024). At the cap the server stops accepting: new connections wait in the listen
-    /// backlog until an open one closes (logged as a warning each time the cap is reached).
-    pub max_connections: usize,
-    /// The largest websocket message (and frame) a client may send (`ZS_WS_MAX_MESSAGE_BYTES`,
-    /// default 64 KiB); a bigger one gets an error message and the socket is closed (1009).
-    pub ws_max_message_bytes: usize,
-    /// The largest number of topics one websocket client may subscribe to (`ZS_WS_MAX_TOPICS`,
-    /// default 256); a subscribe going over it gets an error message, the socket stays open.
-    pub ws_max_topics: usize,
-    /// The largest number of websocket clients of this node (`ZS_WS_MAX_CLIENTS`, default
-    /// 1024); further upgrades get a 503.
-    pub ws_max_clients: usize,
-}
-
-impl fmt::Debug for HttpConfig {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("HttpConfig")
-            .field("host", &self.host)
-            .field("port", &self.port)
-            .field("allowed_origins", &self.allowed_origins)
-            .field("basic_auth", &self.basic_auth)
-            .field("authorizer", &self.authorizer.as_ref().map(|_| "..."))
-            .field("max_body_bytes", &self.max_body_bytes)
-            .field("ws_buffer", &self.ws_buffer)
-            .field("shutdown_timeout", &self.shutdown_timeout)
-            .field("header_timeout", &self.header_timeout)
-            .field("idle_timeout", &self.idle_timeout)
-            .field("max_connections", &self.max_connections)
-            .field("ws_max_message_bytes", &self.ws_max_message_bytes)
-            .field("ws_max_topics", &self.ws_max_topics)
-            .field("ws_max_clients", &self.ws_max_clients)
-            .finish()
-    }
-}
-
-impl Default for HttpConfig {
-    fn default() -> Self {
-        Self::new(0)
-    }
-}
-
-impl HttpConfig {
-    /// Listens on `127.0.0.1:port`, no CORS, no auth, default limits.
-    pub fn new(port: u16) -> Self {
-        Self {
-            host: IpAddr::V4(Ipv4Addr::LOCALHOST),
-            port,
-            allowed_origins: Vec::new(),
-            basic_auth: None,
-            authorizer: None,
-            max_body_bytes: DEFAULT_MAX_BODY_BYTES,
-            ws_buffer: DEFAULT_WS_BUFFER,
-            shutdown_timeout: DEFAULT_SHUTDOWN_TIMEOUT,
-            header_timeout: DEFAULT_HEADER_TIMEOUT,
-            idle_timeout: DEFAULT_IDLE_TIMEOUT,
-            max_connections: DEFAULT_MAX_CONNECTIONS,
-            ws_max_message_bytes: DEFAULT_WS_MAX_MESSAGE_BYTES,
-            ws_max_topics: DEFAULT_WS_MAX_TOPICS,
-            ws_max_clients: DEFAULT_WS_MAX_CLIENTS,
-        }
-    }
-
-    /// Reads `ZS_HTTP_PORT` (else `default_port`), `ZS_HTTP_HOST`, `ZS_ALLOWED_ORIGINS`,
-    /// `ZS_BASIC_AUTH`, `ZS_MAX_BODY_BYTES`, `ZS_HTTP_HEADER_TIMEOUT_MS`,
-    /// `ZS_HTTP_IDLE_TIMEOUT_MS`, `ZS_HTTP_MAX_CONNECTIONS`, `ZS_WS_MAX_MESSAGE_BYTES`,
-    /// `ZS_WS_MAX_TOPICS`, `ZS_WS_MAX_CLIENTS` and `ZS_SHUTDOWN_TIMEOUT_MS` (through
-    /// [`Settings`](crate::settings::Settings)); a malformed value is an error naming the
-    /// variable.
-    pub fn from_env(default_port: u16) -> Result<Self> {
-        let mut config = Self::new(default_port);
-        crate::settings::Settings::from_env()?.apply_http(&mut config);
-        Ok(config)
-    }
-
-    /// Listens on this address.
-    pub fn host(mut self, host: IpAddr) -> Self {
-        self.host = host;
-        self
-    }
-
-    /// Listens on this port (`0` = any free port).
-    pub fn port(mut self, port: u16) -> Self {
-        self.port = port;
-        self
-    }
-
-    /// Allows these origins, comma-separated (`"*"` = any; empty = no CORS).
-    pub fn allowed_origins(mut self, origins: &str) -> Self {
-        self.allowed_origins = origins
-            .split(',')
-            .map(str::trim)
-            .filter(|s| !s.is_empty())
-            .map(str::to_owned)
-            .collect();
-        self
-    }
-
-    /// Requires Basic auth with these credentials.
-    pub fn basic_auth(mut self, auth: BasicAuth) -> Self {
-        self.basic_auth = Some(auth);
-        self
-    }
-
-    /// Asks `authorizer` before every operation and every websocket event.
-    pub fn authorizer(mut self, authorizer: impl Authorizer) -> Self {
-        self.authorizer = Some(Arc::new(authorizer));
-        self
-    }
-
-    /// Refuses request bodies larger than `bytes` with a 413.
-    pub fn max_body_bytes(mut self, bytes: usize) -> Self {
-        self.max_body_bytes = bytes;
-        self
-    }
-
-    /// Queues at most `messages` per websocket client (at least 1).
-    pub fn ws_buffer(mut self, messages: usize) -> Self {
-        self.ws_buffer = messages.max(1);
-        self
-    }
-
-    /// Waits at most this long for requests and websockets on shutdown.
-    pub fn shutdown_timeout(mut self, timeout: Duration) -> Self {
-        self.shutdown_timeout = timeout;
-        self
-    }
-
-    /// Closes a connection whose request headers take longer than `timeout` to arrive, or whose
-    /// request body stops arriving for that long.
-    pub fn header_timeout(mut self, timeout: Duration) -> Self {
-        self.header_timeout = timeout;
-        self
-    }
-
-    /// Closes a keep-alive connection with no request in flight for `timeout`.
-    pub fn idle_timeout(mut self, timeout: Duration) -> Self {
-        self.idle_timeout = timeout;
-        self
-    }
-
-    /// Keeps at most `connections` open (at least 1); further ones wait until one closes.
-    pub fn max_connections(mut self, connections: usize) -> Self {
-        self.max_connections = connections.max(1);
-        self
-    }
-
-    /// Refuses websocket messages (and frames) from clients larger than `bytes`.
-    pub fn ws_max_message_bytes(mut self, bytes: usize) -> Self {
-        self.ws_max_message_bytes = bytes;
-        self
-    }
-
-    /// Lets one websocket client subscribe to at most `topics` topics.
-    pub fn ws_max_topics(mut self, topics: usize) -> Self {
-        self.ws_max_topics = topics;
-        self
-    }
-
-    /// Serves at most `clients` websocket clients at once; further upgrades get a 503.
-    pub fn ws_max_clients(mut self, clients: usize) -> Self {
-        self.ws_max_clients = clients;
-        self
-    }
-}
 
 /// What every handler shares: one `Arc`, so the per-request clones (the `State` extractor, the
 /// middleware) are one atomic increment each.
