@@ -5,6 +5,8 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use serde_json::json;
+use zeroservices::NodeInfo;
+use zeroservices::discovery::Discovery;
 use zeroservices::medium::{MemoryCluster, Request};
 use zeroservices::prelude::*;
 
@@ -537,4 +539,57 @@ async fn a_resource_can_pin_its_own_store() {
     assert!(users_store.get("power", &pid).await.unwrap().is_none());
     a.stop().await;
     b.stop().await;
+}
+
+/// A sink for a discovery started by hand: the fake peer below needs one, and hears nothing
+/// it cares about.
+struct Deaf;
+
+impl zeroservices::discovery::PeerSink for Deaf {
+    fn peer_event(&self, _: zeroservices::discovery::PeerEvent) {}
+}
+
+#[tokio::test]
+async fn a_peer_speaking_another_protocol_version_is_ignored_and_counted() {
+    let cluster = MemoryCluster::new();
+    let node = Node::builder("client")
+        .memory(&cluster)
+        .start()
+        .await
+        .unwrap();
+    // A node of an older release announces `power` with protocol 1.
+    let old = NodeInfo {
+        id: "old-1".into(),
+        name: "power_service".into(),
+        kind: NodeKind::Node,
+        protocol: 1,
+        endpoints: Default::default(),
+        resources: vec![Power::info()],
+        watches: vec![],
+    };
+    let discovery = cluster.discovery();
+    discovery
+        .start(old.clone(), std::sync::Arc::new(Deaf))
+        .await
+        .unwrap();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while node.stats().peers_incompatible == 0 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the announcement never arrived"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    // Not a peer: no request is routed to a node that could not read it.
+    assert!(node.peers().is_empty());
+    let err = node
+        .collection::<Power>()
+        .get("1")
+        .await
+        .expect_err("no owner");
+    assert!(matches!(err, Error::UnknownCollection { .. }), "{err:?}");
+    discovery.announce(old).await.unwrap();
+    assert!(node.peers().is_empty());
+    discovery.stop().await;
+    node.stop().await;
 }

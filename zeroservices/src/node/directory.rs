@@ -19,6 +19,11 @@ pub(super) struct Directory {
     cursor: HashMap<String, usize>,
     /// The peers' infos, shared: routing hands these out instead of copying the schemas.
     shared: HashMap<String, Arc<NodeInfo>>,
+    /// Peers that announced another wire protocol version, each logged once (bounded like
+    /// `known`: a flood of forged ids cannot grow it without end).
+    incompatible: HashSet<String>,
+    /// Announcements ignored for their protocol version.
+    pub(super) incompatible_announcements: u64,
 }
 
 impl Directory {
@@ -56,6 +61,18 @@ impl Directory {
     /// Whether some peer owned `collection` once (it may have left since).
     pub(super) fn was_known(&self, collection: &str) -> bool {
         self.known.contains(collection)
+    }
+
+    /// Counts an announcement of another protocol version (which is otherwise ignored: its
+    /// node could not read this node's messages, nor this node its); true the first time
+    /// this peer is seen so (log it), until `MAX_KNOWN_COLLECTIONS` such peers are remembered.
+    pub(super) fn incompatible(&mut self, info: &NodeInfo) -> bool {
+        self.incompatible_announcements += 1;
+        if self.incompatible.len() >= MAX_KNOWN_COLLECTIONS || self.incompatible.contains(&info.id)
+        {
+            return false;
+        }
+        self.incompatible.insert(info.id.clone())
     }
 
     /// Records an announcement; true when the peer is new or announced something different.
@@ -161,5 +178,17 @@ mod tests {
         let refs: Vec<&str> = names.iter().map(String::as_str).collect();
         dir.seen(&owner("a", &refs));
         assert_eq!(dir.known.len(), MAX_KNOWN_COLLECTIONS);
+    }
+
+    #[test]
+    fn another_protocol_is_counted_and_logged_once_per_peer() {
+        let mut dir = Directory::default();
+        let mut old = owner("old", &["power"]);
+        old.protocol = 1;
+        assert!(dir.incompatible(&old), "logged the first time");
+        assert!(!dir.incompatible(&old), "not again");
+        assert!(dir.incompatible(&owner("other", &[])));
+        assert_eq!(dir.incompatible_announcements, 3);
+        assert!(dir.peers.is_empty() && dir.pick("power").is_empty());
     }
 }

@@ -12,7 +12,7 @@ use tokio_util::task::task_tracker::TaskTrackerToken;
 
 use super::{Node, NodeInner, lock, read};
 use crate::discovery::{PeerEvent, PeerSink};
-use crate::medium::{Inbound, NODE_MESSAGE, Request};
+use crate::medium::{Inbound, NODE_MESSAGE, PROTOCOL_VERSION, Request};
 use crate::protocol::BuiltIn;
 use crate::{Error, Event, Result};
 
@@ -108,6 +108,19 @@ impl PeerSink for Handle {
         match event {
             PeerEvent::Seen(info) => {
                 if info.id == inner.id {
+                    return;
+                }
+                if info.protocol != PROTOCOL_VERSION {
+                    if lock(&inner.directory).incompatible(&info) {
+                        tracing::warn!(
+                            node = %inner.id,
+                            peer = %info.id,
+                            name = %info.name,
+                            protocol = info.protocol,
+                            ours = PROTOCOL_VERSION,
+                            "peer speaks another protocol version: ignored"
+                        );
+                    }
                     return;
                 }
                 let joined = lock(&inner.directory).seen(&info);

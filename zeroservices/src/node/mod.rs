@@ -96,6 +96,9 @@ pub struct NodeStats {
     /// Listed documents the typed client skipped because they do not decode into the
     /// resource type (each logged with its id).
     pub documents_skipped: u64,
+    /// Peer announcements ignored because they speak another protocol version (each such
+    /// peer is logged once).
+    pub peers_incompatible: u64,
 }
 
 pub(crate) struct NodeInner {
@@ -261,6 +264,7 @@ impl Node {
             requests_timed_out: self.inner.requests_timed_out.load(Ordering::Relaxed),
             events_lagged: self.inner.bus.lagged(),
             documents_skipped: self.inner.documents_skipped.load(Ordering::Relaxed),
+            peers_incompatible: lock(&self.inner.directory).incompatible_announcements,
         }
     }
 
