@@ -1,22 +1,4 @@
-//! What a client may send to the owner of a collection: the document, patch, filter, id and
-//! page limits, each a setting with a default.
-//!
-//! The owner checks every request against its node's [`Limits`] before any work that grows
-//! with the input, so every store backend refuses the same way: over a size or shape limit the
-//! request fails with [`Error::Limit`] (HTTP 413) naming the setting; a malformed id with
-//! [`Error::BadRequest`] (400); a field the schema does not declare with
-//! [`Error::Validation`] (422).
-//!
-//! | setting | variable | default |
-//! |---|---|---|
-//! | [`Limits::max_depth`] | `ZS_MAX_DEPTH` | 32 |
-//! | [`Limits::max_document_bytes`] | `ZS_MAX_DOCUMENT_BYTES` | 1 MiB |
-//! | [`Limits::max_patch_paths`] | `ZS_MAX_PATCH_PATHS` | 256 |
-//! | [`Limits::max_path_segments`] | `ZS_MAX_PATH_SEGMENTS` | 32 |
-//! | [`Limits::max_filter_depth`] | `ZS_MAX_FILTER_DEPTH` | 16 |
-//! | [`Limits::max_filter_clauses`] | `ZS_MAX_FILTER_CLAUSES` | 256 |
-//! | [`Limits::max_id_bytes`] | `ZS_MAX_ID_BYTES` | 256 |
-//! | [`Limits::max_page`] | `ZS_MAX_PAGE` | 1000 |
+//! [`Limits`]: what a client may send to the owner of a collection.
 
 use serde_json::Value;
 
@@ -27,17 +9,35 @@ use crate::{Error, Result};
 /// margin below that (the document sits inside the wire envelope and the reply).
 pub(crate) const DEPTH_CEILING: usize = 100;
 
-/// Bounds on requests to the collections a node owns. See the [module docs](self).
+/// What a client may send to the owner of a collection: the document, patch, filter, id and
+/// page limits, each a setting with a default.
+///
+/// The owner checks every request against its node's [`Limits`] before any work that grows
+/// with the input, so every store backend refuses the same way: over a size or shape limit the
+/// request fails with [`Error::Limit`] (HTTP 413) naming the setting; a malformed id with
+/// [`Error::BadRequest`] (400); a field the schema does not declare with
+/// [`Error::Validation`] (422).
+///
+/// | setting | variable | default |
+/// |---|---|---|
+/// | [`Limits::max_depth`] | `ZS_MAX_DEPTH` | 32 |
+/// | [`Limits::max_document_bytes`] | `ZS_MAX_DOCUMENT_BYTES` | 1 MiB |
+/// | [`Limits::max_patch_paths`] | `ZS_MAX_PATCH_PATHS` | 256 |
+/// | [`Limits::max_path_segments`] | `ZS_MAX_PATH_SEGMENTS` | 32 |
+/// | [`Limits::max_filter_depth`] | `ZS_MAX_FILTER_DEPTH` | 16 |
+/// | [`Limits::max_filter_clauses`] | `ZS_MAX_FILTER_CLAUSES` | 256 |
+/// | [`Limits::max_id_bytes`] | `ZS_MAX_ID_BYTES` | 256 |
+/// | [`Limits::max_page`] | `ZS_MAX_PAGE` | 1000 |
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Limits {
     /// The deepest nesting of objects and arrays in a stored document (the document itself is
-    /// level 1). At most [`DEPTH_CEILING`].
+    /// level 1). At most 100.
     pub max_depth: usize,
     /// The largest stored document, in bytes of its JSON text (counted without escapes).
     pub max_document_bytes: usize,
     /// The most paths one patch may touch, over all its operators.
     pub max_patch_paths: usize,
-    /// The most dot-separated segments in one patch path. At most [`DEPTH_CEILING`].
+    /// The most dot-separated segments in one patch path. At most 100.
     pub max_path_segments: usize,
     /// The deepest nesting of a list filter (`where`), as JSON.
     pub max_filter_depth: usize,

@@ -49,7 +49,7 @@ impl Patch {
 
     /// Validates the update document into an [`Update`]; a malformed one is a bad request.
     ///
-    /// Only the hard ceiling of [`DEPTH_CEILING`] segments per path applies here (a deeper
+    /// Only the hard ceiling of 100 segments per path applies here (a deeper
     /// document could not be stored and read back); the owner of a collection compiles with
     /// its node's [`Limits`] ([`Patch::compile_with`]).
     pub fn compile(&self) -> Result<Update> {

@@ -12,7 +12,7 @@ use crate::Result;
 pub const DEFAULT_MAX_BODY_BYTES: usize = 1024 * 1024;
 /// The default number of messages queued for one websocket client before it is disconnected.
 pub const DEFAULT_WS_BUFFER: usize = 1024;
-/// The default time [`HttpServer::shutdown`] waits for requests and websockets to finish
+/// The default time [`HttpServer::shutdown`](super::HttpServer::shutdown) waits for requests and websockets to finish
 /// (`ZS_SHUTDOWN_TIMEOUT_MS`).
 pub const DEFAULT_SHUTDOWN_TIMEOUT: Duration = crate::settings::DEFAULT_SHUTDOWN_TIMEOUT;
 /// The default time a client has to send a request's headers: 10 s.
@@ -33,7 +33,7 @@ pub const DEFAULT_WS_MAX_CLIENTS: usize = 1024;
 pub struct HttpConfig {
     /// The address to listen on (default `127.0.0.1`; `0.0.0.0` for every interface).
     pub host: IpAddr,
-    /// The port (`0` = any free port; see [`HttpServer::local_addr`]).
+    /// The port (`0` = any free port; see [`HttpServer::local_addr`](super::HttpServer::local_addr)).
     pub port: u16,
     /// Origins allowed by CORS (`ZS_ALLOWED_ORIGINS`): empty = no CORS headers, `"*"` = any.
     pub allowed_origins: Vec<String>,
@@ -47,7 +47,7 @@ pub struct HttpConfig {
     /// Messages queued per websocket client (default 1024); a client that falls further behind
     /// is told so and disconnected.
     pub ws_buffer: usize,
-    /// How long [`HttpServer::shutdown`] waits for in-flight requests and websockets (default
+    /// How long [`HttpServer::shutdown`](super::HttpServer::shutdown) waits for in-flight requests and websockets (default
     /// 5 s).
     pub shutdown_timeout: Duration,
     /// How long a client may take to send a request's headers, from the connection's accept or
