@@ -10,8 +10,8 @@
 //!
 //! then open <http://127.0.0.1:5101/chat> and <http://127.0.0.1:5102/chat>: each page lists
 //! who is online, shows `bob joined` / `bob left` as nodes come and go, and sends to everyone or
-//! to one user. Nodes find each other by UDP multicast (`ZS_DISCOVERY_INTERFACE=127.0.0.1`
-//! keeps it on this machine); Ctrl-C leaves the chat.
+//! to one user. Nodes find each other by UDP multicast (on loopback: without a cluster key
+//! a node stays on this machine); Ctrl-C leaves the chat.
 
 use zeroservices::Node;
 use zeroservices::config::NetworkConfig;

@@ -11,8 +11,8 @@
 //! ```
 //!
 //! Expect a log line `node started` with the node's id and `resources=["power"]`, then
-//! `power_service serving`; it finds the other nodes by UDP multicast (on one machine without a
-//! network, add `ZS_DISCOVERY_INTERFACE=127.0.0.1` to every process). Ctrl-C or SIGTERM make
+//! `power_service serving`; it finds the other nodes by UDP multicast, on loopback (without a
+//! cluster key a node stays on this machine: see the README's "Closed by default"). Ctrl-C or SIGTERM make
 //! it say goodbye to the cluster and exit with code 0. Documents live in
 //! `./data/power_service` (the embedded store) unless `ZS_STORE` says otherwise.
 

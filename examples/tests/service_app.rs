@@ -1,5 +1,6 @@
 //! The `#[service]` runtime as a process: `--help`, the precedence of flags, environment and
-//! attribute, exit codes, and a clean goodbye on SIGTERM.
+//! attribute, exit codes, a clean goodbye on SIGTERM, and the closed-by-default cluster (loopback
+//! without a key, a refused open interface, the key from a file).
 //!
 //! This test binary is its own child: it has no libtest harness (`harness = false`), and when
 //! `ZS_TEST_SERVICE_CHILD` is set its `main` is the `#[service]` main of an `api_power`-like
@@ -17,6 +18,7 @@ use std::time::{Duration, Instant};
 
 use zeroservices::config::NetworkConfig;
 use zeroservices::discovery::LeaveReason;
+use zeroservices::security::ClusterKey;
 use zeroservices::{Node, NodeInfo};
 
 const CHILD: &str = "ZS_TEST_SERVICE_CHILD";
@@ -45,7 +47,7 @@ fn main() -> ExitCode {
     if std::env::var_os(CHILD).is_some() {
         return api_power::main();
     }
-    let tests: [(&str, fn()); 7] = [
+    let tests: [(&str, fn()); 10] = [
         (
             "help_lists_every_flag_and_variable",
             help_lists_every_flag_and_variable,
@@ -61,6 +63,18 @@ fn main() -> ExitCode {
         (
             "sigterm_says_goodbye_and_exits_0",
             sigterm_says_goodbye_and_exits_0,
+        ),
+        (
+            "without_a_key_it_listens_on_loopback_only",
+            without_a_key_it_listens_on_loopback_only,
+        ),
+        (
+            "an_open_interface_without_a_key_exits_2",
+            an_open_interface_without_a_key_exits_2,
+        ),
+        (
+            "the_cluster_key_from_a_file_is_not_in_cmdline",
+            the_cluster_key_from_a_file_is_not_in_cmdline,
         ),
     ];
     let filters: Vec<String> = std::env::args()
@@ -250,6 +264,8 @@ fn help_lists_every_flag_and_variable() {
         ("--multicast-group", Some("ZS_MULTICAST_GROUP")),
         ("--peers", Some("ZS_PEERS")),
         ("--cluster-key", Some("ZS_CLUSTER_KEY")),
+        ("--cluster-key-file", Some("ZS_CLUSTER_KEY_FILE")),
+        ("--insecure", Some("ZS_INSECURE")),
         ("--request-timeout-ms", Some("ZS_REQUEST_TIMEOUT_MS")),
         ("--version", None),
     ] {
@@ -387,4 +403,227 @@ fn sigterm_says_goodbye_and_exits_0() {
     assert_eq!(info.id, peer.id);
     assert_eq!(reason, LeaveReason::Goodbye);
     runtime.block_on(observer.stop());
+}
+
+/// An observer node on `group` (loopback) with this key: the peers it sees join, by channel.
+fn observer(
+    runtime: &tokio::runtime::Runtime,
+    group: SocketAddrV4,
+    key: Option<&str>,
+) -> (Node, mpsc::Receiver<NodeInfo>) {
+    let (joined_tx, joined) = mpsc::channel::<NodeInfo>();
+    let node = runtime
+        .block_on(
+            Node::builder("observer")
+                .network(NetworkConfig {
+                    interface: Ipv4Addr::LOCALHOST,
+                    multicast_group: group,
+                    cluster_key: key.map(ClusterKey::new),
+                    ..NetworkConfig::default()
+                })
+                .on_peer_join(move |info| {
+                    let _ = joined_tx.send(info.clone());
+                })
+                .start(),
+        )
+        .unwrap();
+    (node, joined)
+}
+
+/// Waits (10 s at most) for `power_service` to join.
+fn wait_for_service(joined: &mpsc::Receiver<NodeInfo>, log: &[String]) -> NodeInfo {
+    loop {
+        let info = joined
+            .recv_timeout(Duration::from_secs(10))
+            .unwrap_or_else(|_| {
+                panic!(
+                    "the observer never saw power_service join; its log:\n{}",
+                    log.join("\n")
+                )
+            });
+        if info.name == "power_service" {
+            return info;
+        }
+    }
+}
+
+/// The local addresses (`/proc/net/{tcp,udp}` hex, `0100007F:1F91`) of the sockets the
+/// process `pid` holds: TCP listening ones and UDP ones.
+fn listening_sockets(pid: u32) -> Vec<(String, String)> {
+    let inodes: Vec<String> = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .flatten()
+        .filter_map(|fd| std::fs::read_link(fd.path()).ok())
+        .filter_map(|target| {
+            let target = target.to_string_lossy().into_owned();
+            target
+                .strip_prefix("socket:[")
+                .and_then(|t| t.strip_suffix(']'))
+                .map(str::to_owned)
+        })
+        .collect();
+    let mut found = Vec::new();
+    for (table, listen_only) in [("tcp", true), ("udp", false)] {
+        let text = std::fs::read_to_string(format!("/proc/net/{table}")).unwrap();
+        for line in text.lines().skip(1) {
+            let cols: Vec<&str> = line.split_whitespace().collect();
+            // sl local rem st tx:rx tr:when retrnsmt uid timeout inode
+            let (local, state, inode) = (cols[1], cols[3], cols[9]);
+            if inodes.iter().any(|i| i == inode) && (!listen_only || state == "0A") {
+                found.push((table.to_owned(), local.to_owned()));
+            }
+        }
+    }
+    found
+}
+
+/// `/proc/net` hex of an IPv4 address (little-endian on the machines this runs on).
+fn proc_hex(ip: Ipv4Addr) -> String {
+    let [a, b, c, d] = ip.octets();
+    format!("{d:02X}{c:02X}{b:02X}{a:02X}")
+}
+
+/// No key and no interface: the ROUTER, PUB, HTTP and discovery sockets are all on 127.0.0.1
+/// (the group socket is bound to the group address, joined on loopback), nothing on 0.0.0.0;
+/// a peer on loopback sees it.
+fn without_a_key_it_listens_on_loopback_only() {
+    let group = test_group();
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let (observer, joined) = observer(&runtime, group, None);
+    let mut command = child(group, &[], &["--http-port", "0"]);
+    command.env_remove("ZS_DISCOVERY_INTERFACE");
+    let mut service = Running::spawn(command);
+    service.wait_for("serving");
+    let info = wait_for_service(&joined, &service.log);
+    assert!(!info.insecure);
+    for (name, endpoint) in &info.endpoints {
+        assert!(
+            endpoint.starts_with("tcp://127.0.0.1:"),
+            "{name} announced at {endpoint}"
+        );
+    }
+    let sockets = listening_sockets(service.child.id());
+    let loopback = proc_hex(Ipv4Addr::LOCALHOST);
+    let group_ip = proc_hex(*group.ip());
+    let tcp = sockets.iter().filter(|(t, _)| t == "tcp").count();
+    let udp = sockets.iter().filter(|(t, _)| t == "udp").count();
+    // ROUTER, PUB and HTTP; the unicast and the group socket.
+    assert!(tcp >= 3 && udp >= 2, "{sockets:?}");
+    for (table, local) in &sockets {
+        let ip = local.split(':').next().unwrap();
+        assert!(
+            ip == loopback || (table == "udp" && ip == group_ip),
+            "a {table} socket on {local} (not loopback): {sockets:?}"
+        );
+    }
+    assert_eq!(service.stop(), 0);
+    runtime.block_on(observer.stop());
+}
+
+/// Another interface without a key: exit 2 before anything is bound, the message naming the
+/// key and the way around it. A key file that cannot be read, or a key given twice: exit 2 too.
+fn an_open_interface_without_a_key_exits_2() {
+    // A documentation address (TEST-NET-1): refused before any socket exists.
+    for (env, args) in [
+        (
+            vec![("ZS_DISCOVERY_INTERFACE", "192.0.2.1".to_owned())],
+            vec![],
+        ),
+        (vec![], vec!["--discovery-interface", "0.0.0.0"]),
+    ] {
+        let (code, _, stderr) = output(child(test_group(), &env, &args));
+        assert_eq!(code, 2, "{stderr}");
+        for name in ["ZS_DISCOVERY_INTERFACE", "ZS_CLUSTER_KEY", "ZS_INSECURE"] {
+            assert!(stderr.contains(name), "{name} missing from: {stderr}");
+        }
+        assert!(!stderr.contains("node started"), "{stderr}");
+    }
+    let missing = std::env::temp_dir().join(format!("zs-no-such-key-{}", std::process::id()));
+    let missing = missing.to_str().unwrap();
+    let (code, _, stderr) = output(child(test_group(), &[], &["--cluster-key-file", missing]));
+    assert_eq!(code, 2, "{stderr}");
+    assert!(stderr.contains("ZS_CLUSTER_KEY_FILE"), "{stderr}");
+    let key = KeyFile::new("twice");
+    let (code, _, stderr) = output(child(
+        test_group(),
+        &[("ZS_CLUSTER_KEY", "other".into())],
+        &["--cluster-key-file", key.path()],
+    ));
+    assert_eq!(code, 2, "{stderr}");
+    assert!(stderr.contains("ZS_CLUSTER_KEY_FILE"), "{stderr}");
+}
+
+/// A key file that is removed when dropped.
+struct KeyFile(std::path::PathBuf);
+
+impl KeyFile {
+    fn new(key: &str) -> Self {
+        let path = std::env::temp_dir().join(format!(
+            "zs-cluster-key-{}-{}",
+            std::process::id(),
+            free_udp_port()
+        ));
+        std::fs::write(&path, format!("{key}\n")).unwrap();
+        Self(path)
+    }
+
+    fn path(&self) -> &str {
+        self.0.to_str().unwrap()
+    }
+}
+
+impl Drop for KeyFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+/// `--cluster-key-file`: the node holds the key (a peer with the same key sees it, one without
+/// does not) and the key is nowhere in `/proc/<pid>/cmdline`; `--cluster-key` is warned about.
+fn the_cluster_key_from_a_file_is_not_in_cmdline() {
+    let secret = format!("zs-secret-{}", free_udp_port());
+    let key = KeyFile::new(&secret);
+    let group = test_group();
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let (keyed, joined) = observer(&runtime, group, Some(&secret));
+    let (keyless, keyless_joined) = observer(&runtime, group, None);
+    let mut service = Running::spawn(child(
+        group,
+        &[],
+        &["--http-port", "0", "--cluster-key-file", key.path()],
+    ));
+    service.wait_for("serving");
+    let info = wait_for_service(&joined, &service.log);
+    assert!(!info.insecure);
+    let cmdline = std::fs::read(format!("/proc/{}/cmdline", service.child.id())).unwrap();
+    let cmdline = String::from_utf8_lossy(&cmdline);
+    assert!(cmdline.contains("--cluster-key-file"), "{cmdline}");
+    assert!(!cmdline.contains(&secret), "the key shows in {cmdline:?}");
+    assert!(
+        !service.log.iter().any(|l| l.contains("`ps`")),
+        "{:?}",
+        service.log
+    );
+    // The keyless observer heard nothing it accepted from the keyed service.
+    assert!(
+        keyless_joined
+            .try_iter()
+            .all(|peer| peer.name != "power_service"),
+        "a node without the key saw the keyed service"
+    );
+    assert_eq!(service.stop(), 0);
+
+    // The plain flag works, and says it shows in `ps`.
+    let mut flagged = Running::spawn(child(
+        group,
+        &[],
+        &["--http-port", "0", "--cluster-key", &secret],
+    ));
+    flagged.wait_for("shows in `ps`");
+    flagged.wait_for("serving");
+    assert_eq!(flagged.stop(), 0);
+    runtime.block_on(async {
+        keyed.stop().await;
+        keyless.stop().await;
+    });
 }

@@ -138,6 +138,7 @@ async fn client() {
         endpoints,
         resources: Vec::new(),
         watches: Vec::new(),
+        insecure: false,
     };
 
     let medium = Arc::new(ZmqMedium::new(config()));

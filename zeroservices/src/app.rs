@@ -191,11 +191,13 @@ impl App {
         T: Into<OsString> + Clone,
     {
         let mut command = settings::with_env(self.command(), lookup);
-        let settings = command
-            .try_get_matches_from_mut(args)
-            .and_then(|matches| Settings::from_arg_matches(&matches))
-            .map_err(CliError)?;
+        let matches = command.try_get_matches_from_mut(args).map_err(CliError)?;
+        let settings = Settings::from_arg_matches(&matches).map_err(CliError)?;
+        settings
+            .check()
+            .map_err(|err| CliError(err.into_clap(&command)))?;
         Ok(Configured {
+            warnings: settings::command_line_warnings(&matches),
             network: settings.network(),
             limits: settings.limits(),
             store: settings.store(&self.name, self.has_resources),
@@ -271,6 +273,8 @@ pub struct Configured {
     /// How long stopping waits for the work in flight (`ZS_SHUTDOWN_TIMEOUT_MS`).
     pub shutdown_timeout: Duration,
     setup: Vec<Setup>,
+    /// Logged at start (a secret given as a flag).
+    warnings: Vec<String>,
 }
 
 impl fmt::Debug for Configured {
@@ -294,6 +298,9 @@ impl Configured {
     /// # Errors
     /// What opening the store, starting the node or binding the HTTP port returns.
     pub async fn start(self) -> Result<RunningApp> {
+        for warning in &self.warnings {
+            tracing::warn!("{}: {warning}", self.name);
+        }
         let store = self.store.open().await?;
         let mut builder = Node::builder(&self.name)
             .kind(self.kind)
@@ -721,6 +728,47 @@ mod tests {
             assert_eq!(err.exit(), Exit::Usage, "{bad:?}");
             assert_eq!(Exit::Usage.code(), 2);
         }
+    }
+
+    /// Another interface than loopback without a key: a usage error (exit 2) naming the key
+    /// and `ZS_INSECURE`; with `--insecure` (or a key) the app is configured, and says so.
+    #[test]
+    fn an_open_interface_without_a_key_is_a_usage_error() {
+        let args = ["rest_api", "--discovery-interface", "10.1.2.3"];
+        let err = gateway().configure(args).unwrap_err();
+        assert_eq!(err.exit(), Exit::Usage);
+        let text = err.to_string();
+        for name in ["ZS_DISCOVERY_INTERFACE", "ZS_CLUSTER_KEY", "ZS_INSECURE"] {
+            assert!(text.contains(name), "{name} missing from {text}");
+        }
+        let lookup = |name: &str| (name == "ZS_DISCOVERY_INTERFACE").then(|| "0.0.0.0".to_owned());
+        let err = gateway().configure_with(["rest_api"], &lookup).unwrap_err();
+        assert_eq!(err.exit(), Exit::Usage);
+
+        let insecure = gateway()
+            .configure([
+                "rest_api",
+                "--discovery-interface",
+                "10.1.2.3",
+                "--insecure",
+            ])
+            .unwrap();
+        assert!(insecure.network.insecure && insecure.network.is_insecure());
+        let keyed = gateway()
+            .configure([
+                "rest_api",
+                "--discovery-interface",
+                "10.1.2.3",
+                "--cluster-key",
+                "k",
+            ])
+            .unwrap();
+        assert!(!keyed.network.is_insecure());
+        assert_eq!(keyed.warnings.len(), 1, "--cluster-key shows in ps");
+        // Nothing given: loopback.
+        let plain = gateway().configure(["rest_api"]).unwrap();
+        assert_eq!(plain.network.interface, Ipv4Addr::LOCALHOST);
+        assert!(plain.warnings.is_empty());
     }
 
     #[test]

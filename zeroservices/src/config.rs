@@ -16,8 +16,10 @@ pub const DEFAULT_MULTICAST_GROUP: SocketAddrV4 =
 #[derive(Debug, Clone)]
 pub struct NetworkConfig {
     /// `ZS_DISCOVERY_INTERFACE`: the interface address multicast is sent and received on, and
-    /// that the node's sockets bind to; tests use `127.0.0.1` (default `0.0.0.0`: every
-    /// interface, announcing the first non-loopback address).
+    /// that the node's sockets bind to (default `127.0.0.1`; [`Settings`] make it `0.0.0.0`,
+    /// every interface announcing the first non-loopback address, when a cluster key is given).
+    /// Without a cluster key only a loopback address is allowed, unless [`Self::insecure`]:
+    /// see [`NetworkConfig::check_exposure`].
     pub interface: Ipv4Addr,
     /// `ZS_MULTICAST_GROUP`: `group:port` (default `237.252.249.227:32000`).
     pub multicast_group: SocketAddrV4,
@@ -31,6 +33,9 @@ pub struct NetworkConfig {
     pub discovery_port: Option<u16>,
     /// `ZS_CLUSTER_KEY`: sign and check every envelope and announcement.
     pub cluster_key: Option<ClusterKey>,
+    /// `ZS_INSECURE=1`: allows an interface other than loopback without a cluster key. The node
+    /// warns at start and announces itself as insecure (`zeroservices nodes` shows it).
+    pub insecure: bool,
     /// `ZS_REQUEST_TIMEOUT_MS` (default 5000).
     pub request_timeout: Duration,
     /// `ZS_HEARTBEAT_MS`: how often a node re-announces itself (default 1000).
@@ -50,12 +55,13 @@ pub struct NetworkConfig {
 impl Default for NetworkConfig {
     fn default() -> Self {
         Self {
-            interface: Ipv4Addr::UNSPECIFIED,
+            interface: Ipv4Addr::LOCALHOST,
             multicast_group: DEFAULT_MULTICAST_GROUP,
             multicast: true,
             peers: Vec::new(),
             discovery_port: None,
             cluster_key: None,
+            insecure: false,
             request_timeout: DEFAULT_REQUEST_TIMEOUT,
             heartbeat: Duration::from_secs(1),
             peer_timeout: Duration::from_secs(5),
@@ -88,6 +94,39 @@ impl NetworkConfig {
     pub fn from_env() -> Result<Self> {
         Ok(Settings::from_env()?.network())
     }
+
+    /// Whether this node is open beyond its machine without a cluster key: an interface other
+    /// than loopback and no key (allowed only with [`Self::insecure`]).
+    pub fn is_insecure(&self) -> bool {
+        self.cluster_key.is_none() && !self.interface.is_loopback()
+    }
+
+    /// Refuses an interface other than loopback without a cluster key, unless
+    /// [`Self::insecure`] says so: without a key anyone who reaches the sockets could run any
+    /// request and pose as any node. The medium and discovery check it before binding.
+    ///
+    /// # Errors
+    /// [`Error::BadRequest`] naming `ZS_CLUSTER_KEY` and `ZS_INSECURE`.
+    pub fn check_exposure(&self) -> Result<()> {
+        if self.is_insecure() && !self.insecure {
+            return Err(Error::bad_request(format!(
+                "ZS_DISCOVERY_INTERFACE={}: expected {}",
+                self.interface,
+                exposure_refusal(self.interface)
+            )));
+        }
+        Ok(())
+    }
+}
+
+/// Why an interface is refused without a key, naming what to set: what a setting expected.
+pub(crate) fn exposure_refusal(interface: Ipv4Addr) -> String {
+    format!(
+        "a loopback address: without a cluster key a node listens on loopback only. Set \
+         ZS_CLUSTER_KEY (or ZS_CLUSTER_KEY_FILE) on every node to listen on {interface}, or \
+         ZS_INSECURE=1 to listen there without a key (anyone who reaches the node can then \
+         run any request)"
+    )
 }
 
 /// Parses a `ZS_MAX_PEERS` value: a positive number of peers.

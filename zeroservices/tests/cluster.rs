@@ -566,6 +566,7 @@ async fn a_peer_speaking_another_protocol_version_is_ignored_and_counted() {
         endpoints: Default::default(),
         resources: vec![Power::info()],
         watches: vec![],
+        insecure: false,
     };
     let discovery = cluster.discovery();
     discovery

@@ -290,6 +290,8 @@ async fn three_nodes_converge() {
         .find(|n| n["id"] == a.id.as_str())
         .unwrap();
     assert_eq!(power_node["resources"], serde_json::json!(["power"]));
+    // Keyless on loopback: not insecure.
+    assert_eq!(power_node["insecure"], false);
     assert!(
         power_node["endpoints"]["router"]
             .as_str()
@@ -553,4 +555,68 @@ async fn garbage_at_a_node_leaves_it_serving() {
     }
     assert!(client.peers().iter().all(|p| p.info.id != "forged"));
     client.stop().await;
+}
+
+/// The command, like a node, refuses an interface beyond loopback without a key: exit 2, before
+/// anything is bound, naming the key and `ZS_INSECURE`.
+#[test]
+fn the_command_refuses_an_open_interface_without_a_key() {
+    for args in [
+        &["nodes", "--interface", "192.0.2.1"][..],
+        &["--interface", "0.0.0.0", "sniff"],
+    ] {
+        let out = Command::new(env!("CARGO_BIN_EXE_zeroservices"))
+            .args(args)
+            .env_remove("ZS_DISCOVERY_INTERFACE")
+            .env_remove("ZS_CLUSTER_KEY")
+            .env_remove("ZS_CLUSTER_KEY_FILE")
+            .env_remove("ZS_INSECURE")
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {stderr}");
+        assert!(
+            stderr.contains("ZS_CLUSTER_KEY") && stderr.contains("ZS_INSECURE"),
+            "{stderr}"
+        );
+    }
+}
+
+/// A node with neither key nor interface, built in code, binds loopback: its announced ROUTER
+/// and PUB endpoints are on 127.0.0.1. One built to bind every interface without a key does
+/// not start.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_node_without_a_key_binds_loopback() {
+    let net = Net::new();
+    let node = Node::builder("plain")
+        .network(NetworkConfig {
+            multicast_group: format!("237.252.249.227:{}", net.port).parse().unwrap(),
+            ..NetworkConfig::default()
+        })
+        .start()
+        .await
+        .unwrap();
+    let info = node.info();
+    assert!(!info.insecure);
+    assert_eq!(info.endpoints.len(), 2, "{:?}", info.endpoints);
+    for endpoint in info.endpoints.values() {
+        assert!(endpoint.starts_with("tcp://127.0.0.1:"), "{endpoint}");
+    }
+    node.stop().await;
+    let open = Node::builder("open")
+        .network(NetworkConfig {
+            interface: std::net::Ipv4Addr::UNSPECIFIED,
+            multicast_group: format!("237.252.249.227:{}", net.port).parse().unwrap(),
+            ..NetworkConfig::default()
+        })
+        .start()
+        .await;
+    let Err(err) = open else {
+        panic!("an open node without a key started");
+    };
+    let err = err.to_string();
+    assert!(
+        err.contains("ZS_CLUSTER_KEY") && err.contains("ZS_INSECURE"),
+        "{err}"
+    );
 }

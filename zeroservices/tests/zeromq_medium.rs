@@ -66,6 +66,7 @@ fn info(id: &str, endpoints: Endpoints) -> NodeInfo {
         endpoints,
         resources: Vec::new(),
         watches: Vec::new(),
+        insecure: false,
     }
 }
 

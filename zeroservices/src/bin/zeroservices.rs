@@ -2,7 +2,8 @@
 //!
 //! ```text
 //! zeroservices sniff [TOPIC_PREFIX]   print every event of the cluster, one line each
-//! zeroservices nodes                  print the directory: nodes, kinds, resources, endpoints
+//! zeroservices nodes                  print the directory: nodes, kinds, resources, endpoints,
+//!                                     and which are insecure (ZS_INSECURE)
 //! ```
 //!
 //! Both find the cluster the way a node does (UDP multicast, or `ZS_PEERS`) and read the same
@@ -60,19 +61,32 @@ fn main() -> ExitCode {
     // subcommand too.
     let mut command =
         settings::with_env(Cli::command(), &settings::process_env).mut_args(|arg| arg.global(true));
-    let cli = match command
+    let (cli, warnings) = match command
         .try_get_matches_from_mut(std::env::args_os())
-        .and_then(|matches| Cli::from_arg_matches(&matches))
+        .and_then(|matches| Ok((Cli::from_arg_matches(&matches)?, matches)))
     {
-        Ok(cli) => cli,
+        Ok((cli, matches)) => (cli, settings::command_line_warnings(&matches)),
         Err(err) => err.exit(),
     };
+    // What the settings say together (a key given twice, an interface beyond loopback
+    // without a key): a usage error, exit 2, like a bad value.
+    let settings = Settings {
+        network: cli.net,
+        ..Settings::default()
+    };
+    if let Err(err) = settings.check() {
+        eprintln!("error: {err}");
+        return ExitCode::from(2);
+    }
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
         )
         .init();
+    for warning in warnings {
+        tracing::warn!("{warning}");
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -83,7 +97,7 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(run(cli)) {
+    match runtime.block_on(run(&settings, cli.command)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e}");
@@ -92,15 +106,11 @@ fn main() -> ExitCode {
     }
 }
 
-async fn run(cli: Cli) -> zeroservices::Result<()> {
-    let settings = Settings {
-        network: cli.net,
-        ..Settings::default()
-    };
-    match cli.command {
-        Command::Sniff { prefix, count } => sniff(&settings, prefix, count).await,
+async fn run(settings: &Settings, command: Command) -> zeroservices::Result<()> {
+    match command {
+        Command::Sniff { prefix, count } => sniff(settings, prefix, count).await,
         Command::Nodes { wait_ms, json } => {
-            nodes(&settings, Duration::from_millis(wait_ms), json).await
+            nodes(settings, Duration::from_millis(wait_ms), json).await
         }
     }
 }
@@ -164,6 +174,7 @@ async fn nodes(settings: &Settings, wait: Duration, json: bool) -> zeroservices:
                     "kind": p.info.kind,
                     "resources": p.info.resources.iter().map(|r| &r.name).collect::<Vec<_>>(),
                     "watches": p.info.watches,
+                    "insecure": p.info.insecure,
                     "endpoints": p.info.endpoints,
                     "last_seen_ms_ago": age(p.last_seen).as_millis() as u64,
                 })
@@ -173,8 +184,8 @@ async fn nodes(settings: &Settings, wait: Duration, json: bool) -> zeroservices:
         return Ok(());
     }
     println!(
-        "{:<36} {:<20} {:<7} {:<24} {:<50} LAST SEEN",
-        "ID", "NAME", "KIND", "RESOURCES", "ENDPOINTS"
+        "{:<36} {:<20} {:<7} {:<24} {:<50} {:<8} LAST SEEN",
+        "ID", "NAME", "KIND", "RESOURCES", "ENDPOINTS", "INSECURE"
     );
     for p in &peers {
         let kind = match p.info.kind {
@@ -190,7 +201,7 @@ async fn nodes(settings: &Settings, wait: Duration, json: bool) -> zeroservices:
             .map(|(k, v)| format!("{k}={v}"))
             .collect();
         println!(
-            "{:<36} {:<20} {:<7} {:<24} {:<50} {} ms ago",
+            "{:<36} {:<20} {:<7} {:<24} {:<50} {:<8} {} ms ago",
             p.info.id,
             p.info.name,
             kind,
@@ -200,6 +211,7 @@ async fn nodes(settings: &Settings, wait: Duration, json: bool) -> zeroservices:
                 resources.join(",")
             },
             endpoints.join(" "),
+            if p.info.insecure { "yes" } else { "-" },
             age(p.last_seen).as_millis()
         );
     }

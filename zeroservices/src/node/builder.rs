@@ -58,6 +58,8 @@ pub struct NodeBuilder {
     request_timeout: Option<Duration>,
     limits: Option<Limits>,
     shutdown_timeout: Option<Duration>,
+    /// Whether the network configuration opens the node without a key (`ZS_INSECURE`).
+    insecure: bool,
 }
 
 impl NodeBuilder {
@@ -74,6 +76,7 @@ impl NodeBuilder {
             request_timeout: None,
             limits: None,
             shutdown_timeout: None,
+            insecure: false,
         }
     }
 
@@ -95,6 +98,7 @@ impl NodeBuilder {
     /// receives from its peers only the events its subscribers want (see [`Node::subscribe`]).
     pub fn network_with(mut self, config: NetworkConfig, subscriptions: Vec<String>) -> Self {
         self.request_timeout = Some(config.request_timeout);
+        self.insecure = config.is_insecure();
         let medium = ZmqMedium::new(config.clone()).with_subscriptions(subscriptions);
         self.medium(medium).discovery(UdpDiscovery::new(config))
     }
@@ -245,6 +249,14 @@ impl NodeBuilder {
                     )
                 }
             };
+        if self.insecure {
+            tracing::warn!(
+                node = %self.name,
+                "insecure: listening beyond loopback without a cluster key (ZS_INSECURE); anyone \
+                 who reaches this node can run any request and pose as any node. Set \
+                 ZS_CLUSTER_KEY_FILE (or ZS_CLUSTER_KEY) on every node instead"
+            );
+        }
         let store = self.store.unwrap_or_else(|| Arc::new(MemoryStore::new()));
         let id = format!("{}-{}", self.name, &crate::store::new_id()[..12]);
         let mut services = BTreeMap::new();
@@ -270,6 +282,7 @@ impl NodeBuilder {
             directory: Mutex::new(Directory::default()),
             endpoints: Mutex::new(Endpoints::new()),
             watches: self.watches,
+            insecure: self.insecure,
             bus: EventBus::new(4096),
             hooks: self.hooks,
             request_timeout,

@@ -128,6 +128,7 @@ mod tests {
                 })
                 .collect(),
             watches: Vec::new(),
+            insecure: false,
         }
     }
 

@@ -67,6 +67,14 @@ pub struct NodeInfo {
     /// The collections a worker watches.
     #[serde(default)]
     pub watches: Vec<String>,
+    /// Open beyond its machine without a cluster key (`ZS_INSECURE`): anyone who reaches it
+    /// can talk to it. Absent (false) in older announcements, and left out when false.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub insecure: bool,
+}
+
+fn is_false(b: &bool) -> bool {
+    !*b
 }
 
 fn default_protocol() -> u32 {
@@ -112,6 +120,8 @@ pub(crate) struct NodeInner {
     directory: Mutex<Directory>,
     endpoints: Mutex<Endpoints>,
     watches: Vec<String>,
+    /// Announced as [`NodeInfo::insecure`].
+    insecure: bool,
     bus: EventBus,
     hooks: Hooks,
     request_timeout: Duration,
@@ -198,6 +208,7 @@ impl Node {
                 .map(|s| s.info())
                 .collect(),
             watches: self.inner.watches.clone(),
+            insecure: self.inner.insecure,
         }
     }
 
@@ -528,5 +539,28 @@ impl NodeInner {
             hook(event);
         }
         self.bus.send(event);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::NodeInfo;
+
+    /// `insecure` is left out when false, so a secure node announces what it did before, and an
+    /// older announcement (without it) reads as secure.
+    #[test]
+    fn insecure_is_optional_in_announcements() {
+        let old: NodeInfo = serde_json::from_str(r#"{"id": "a-1", "name": "a"}"#).unwrap();
+        assert!(!old.insecure);
+        let text = serde_json::to_string(&old).unwrap();
+        assert!(!text.contains("insecure"), "{text}");
+        let open = NodeInfo {
+            insecure: true,
+            ..old
+        };
+        let text = serde_json::to_string(&open).unwrap();
+        assert!(text.contains(r#""insecure":true"#), "{text}");
+        let back: NodeInfo = serde_json::from_str(&text).unwrap();
+        assert_eq!(back, open);
     }
 }

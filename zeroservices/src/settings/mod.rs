@@ -20,12 +20,15 @@
 #![doc = include_str!("../../docs/settings.md")]
 
 use std::ffi::OsString;
+use std::fmt;
 #[cfg(feature = "http")]
 use std::net::IpAddr;
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use clap::{Args, CommandFactory, FromArgMatches, Parser};
+use clap::parser::ValueSource;
+use clap::{ArgMatches, Args, CommandFactory, FromArgMatches, Parser};
 
 use crate::config::NetworkConfig;
 #[cfg(feature = "http")]
@@ -63,6 +66,20 @@ pub enum SettingsError {
     Command(clap::Error),
 }
 
+impl SettingsError {
+    /// As clap's error for `command`, rendered and exiting as clap's own usage errors do.
+    pub(crate) fn into_clap(self, command: &clap::Command) -> clap::Error {
+        match self {
+            SettingsError::Invalid {
+                name,
+                value,
+                expected,
+            } => parse::invalid(command, name, value, expected),
+            SettingsError::Command(err) => err,
+        }
+    }
+}
+
 impl From<SettingsError> for Error {
     fn from(err: SettingsError) -> Self {
         Error::bad_request(err.to_string())
@@ -75,6 +92,81 @@ pub type PeerList = Vec<SocketAddr>;
 /// `--store`: `None` for `embedded` (the default place, `./data/<name>`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StoreSpec(pub Option<StoreConfig>);
+
+/// `--cluster-key-file`: the file and the key read from it when the settings were read (see
+/// [`read_key_file`]). Its `Debug` does not show the key.
+#[derive(Clone, PartialEq, Eq)]
+pub struct KeyFile {
+    /// The file, as given.
+    pub path: PathBuf,
+    key: String,
+}
+
+impl KeyFile {
+    /// Reads the key from `path` ([`read_key_file`]).
+    ///
+    /// # Errors
+    /// What [`read_key_file`] says: the file cannot be read, or holds nothing.
+    pub fn read(path: impl Into<PathBuf>) -> Result<Self, String> {
+        let path = path.into();
+        let key = read_key_file(&path)?;
+        Ok(Self { path, key })
+    }
+
+    /// The key's text.
+    pub fn key(&self) -> &str {
+        &self.key
+    }
+}
+
+impl fmt::Debug for KeyFile {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("KeyFile")
+            .field("path", &self.path)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The cluster key held in the file at `path`: its content, trimmed. The one place a key file is
+/// read.
+///
+/// # Errors
+/// What was expected, for a [`SettingsError::Invalid`] naming `ZS_CLUSTER_KEY_FILE`: a file
+/// that cannot be read (the reason), or one that holds only whitespace.
+pub fn read_key_file(path: &Path) -> Result<String, String> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| format!("a readable file holding the cluster key ({e})"))?;
+    let key = text.trim();
+    if key.is_empty() {
+        return Err("a file holding the cluster key (this one is empty)".into());
+    }
+    Ok(key.to_owned())
+}
+
+/// The settings that hold secrets, by id, with the variable of the file to use instead: given
+/// as flags they show in `ps` to every user of the machine.
+const SECRET_FLAGS: &[(&str, &str)] = &[("cluster_key", "ZS_CLUSTER_KEY_FILE")];
+
+/// The warnings a command line deserves: a secret given as a flag (`--cluster-key`), which
+/// every user of the machine sees in `ps`. Its variable, or its file, shows nowhere.
+pub fn command_line_warnings(matches: &ArgMatches) -> Vec<String> {
+    SECRET_FLAGS
+        .iter()
+        .filter(|(id, _)| {
+            // `try_get_raw` first: a command without this setting has nothing to say.
+            matches.try_get_raw(id).is_ok()
+                && matches.value_source(id) == Some(ValueSource::CommandLine)
+        })
+        .map(|(id, file)| {
+            format!(
+                "--{} on the command line shows in `ps` to every user of this machine: use \
+                 {file} (or {}) instead",
+                id.replace('_', "-"),
+                parse::env_name(id)
+            )
+        })
+        .collect()
+}
 
 /// Every setting of a node; `None` where neither a flag nor a variable gave one. See the
 /// [module docs](self).
@@ -104,8 +196,9 @@ pub struct Settings {
 /// Discovery and medium settings.
 #[derive(Args, Debug, Clone, Default)]
 pub struct NetworkSettings {
-    /// The interface address for multicast discovery and the node's sockets (tests use
-    /// 127.0.0.1) [default: 0.0.0.0].
+    /// The interface address for multicast discovery and the node's sockets; without a cluster
+    /// key only a loopback address is accepted (unless insecure is on) [default: 127.0.0.1, or
+    /// 0.0.0.0 with a cluster key].
     #[arg(long, visible_alias = "interface", env = "ZS_DISCOVERY_INTERFACE", value_name = "ADDR",
           value_parser = Check(parse::ipv4))]
     pub discovery_interface: Option<Ipv4Addr>,
@@ -121,10 +214,19 @@ pub struct NetworkSettings {
     /// This node's unicast discovery port (set it on seeds) [default: a free port].
     #[arg(long, env = "ZS_DISCOVERY_PORT", value_name = "PORT", value_parser = Check(parse::port))]
     pub discovery_port: Option<u16>,
-    /// Sign and check every message with this shared secret.
+    /// Sign and check every message with this shared secret (as a flag it shows in `ps`:
+    /// prefer the variable, or the key in a file).
     #[arg(long, env = "ZS_CLUSTER_KEY", value_name = "KEY", hide_env_values = true,
           value_parser = Check(parse::text))]
     pub cluster_key: Option<String>,
+    /// The cluster key from this file (its content, trimmed); not with --cluster-key.
+    #[arg(long, env = "ZS_CLUSTER_KEY_FILE", value_name = "PATH", value_parser = Check(parse::key_file))]
+    pub cluster_key_file: Option<KeyFile>,
+    /// Allow an interface other than loopback without a cluster key: anyone who reaches the
+    /// node's sockets can then talk to it [default: off].
+    #[arg(long, env = "ZS_INSECURE", value_name = "on|off", num_args = 0..=1, require_equals = true,
+          default_missing_value = "on", value_parser = Check(parse::on_off))]
+    pub insecure: Option<bool>,
     /// How long a request waits for the owner's reply [default: 5000].
     #[arg(long, env = "ZS_REQUEST_TIMEOUT_MS", value_name = "MS", value_parser = Check(parse::millis))]
     pub request_timeout_ms: Option<Duration>,
@@ -307,16 +409,63 @@ impl Settings {
     {
         let mut command = with_env(Self::command(), lookup);
         let matches = command.try_get_matches_from_mut(args)?;
-        Ok(Self::from_arg_matches(&matches)?)
+        let settings = Self::from_arg_matches(&matches)?;
+        settings.check()?;
+        for warning in command_line_warnings(&matches) {
+            tracing::warn!("{warning}");
+        }
+        Ok(settings)
     }
 
-    /// The network configuration: the defaults with what was given.
+    /// What the settings say together, beyond each value: the cluster key given one way only,
+    /// and no interface but loopback without a key unless `ZS_INSECURE` says so (see
+    /// [`NetworkConfig::check_exposure`]). The readers above call it.
+    ///
+    /// # Errors
+    /// A [`SettingsError::Invalid`] naming the variables involved.
+    pub fn check(&self) -> Result<(), SettingsError> {
+        let n = &self.network;
+        if let (Some(_), Some(file)) = (&n.cluster_key, &n.cluster_key_file) {
+            return Err(SettingsError::Invalid {
+                name: "ZS_CLUSTER_KEY_FILE / --cluster-key-file".into(),
+                value: file.path.display().to_string(),
+                expected: "no ZS_CLUSTER_KEY / --cluster-key as well: give the key one way".into(),
+            });
+        }
+        if let Some(interface) = n.discovery_interface
+            && self.cluster_key().is_none()
+            && !interface.is_loopback()
+            && n.insecure != Some(true)
+        {
+            return Err(SettingsError::Invalid {
+                name: "ZS_DISCOVERY_INTERFACE / --discovery-interface".into(),
+                value: interface.to_string(),
+                expected: crate::config::exposure_refusal(interface),
+            });
+        }
+        Ok(())
+    }
+
+    /// The cluster key's text: `ZS_CLUSTER_KEY`, or what `ZS_CLUSTER_KEY_FILE` holds.
+    pub fn cluster_key(&self) -> Option<&str> {
+        let n = &self.network;
+        n.cluster_key
+            .as_deref()
+            .or_else(|| n.cluster_key_file.as_ref().map(KeyFile::key))
+    }
+
+    /// The network configuration: the defaults with what was given. Without an interface the
+    /// node binds loopback, or every interface (`0.0.0.0`) when it has a cluster key.
     pub fn network(&self) -> NetworkConfig {
         let n = &self.network;
         let mut c = NetworkConfig::default();
-        if let Some(v) = n.discovery_interface {
-            c.interface = v;
-        }
+        let key = self.cluster_key();
+        c.interface = match (n.discovery_interface, key) {
+            (Some(v), _) => v,
+            (None, Some(_)) => Ipv4Addr::UNSPECIFIED,
+            (None, None) => Ipv4Addr::LOCALHOST,
+        };
+        c.insecure = n.insecure.unwrap_or(false);
         if let Some(v) = n.multicast_group {
             c.multicast_group = v;
         }
@@ -329,8 +478,8 @@ impl Settings {
         if let Some(v) = n.discovery_port {
             c.discovery_port = Some(v);
         }
-        if let Some(v) = &n.cluster_key {
-            c.cluster_key = Some(ClusterKey::new(v.clone()));
+        if let Some(key) = key {
+            c.cluster_key = Some(ClusterKey::new(key));
         }
         c.request_timeout = self.request_timeout();
         if let Some(v) = n.heartbeat_ms {

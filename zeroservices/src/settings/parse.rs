@@ -14,7 +14,7 @@ use crate::http::BasicAuth;
 use crate::limits;
 use crate::store::StoreConfig;
 
-use super::{SettingsError, StoreSpec};
+use super::{KeyFile, SettingsError, StoreSpec};
 
 /// A value parser: `parse` gets the trimmed value and says what it expected when it is wrong.
 #[derive(Clone, Copy)]
@@ -49,7 +49,7 @@ pub(crate) fn env_name(id: &str) -> String {
 
 /// A clap "invalid value" error that [`SettingsError::from`] turns back into
 /// [`SettingsError::Invalid`].
-fn invalid(cmd: &Command, name: String, value: String, expected: String) -> clap::Error {
+pub(crate) fn invalid(cmd: &Command, name: String, value: String, expected: String) -> clap::Error {
     let mut err = clap::Error::new(ErrorKind::ValueValidation).with_cmd(cmd);
     err.insert(
         ContextKind::Suggested,
@@ -117,6 +117,13 @@ pub(crate) fn text(v: &str) -> Result<String, String> {
     } else {
         Ok(v.to_owned())
     }
+}
+
+pub(crate) fn key_file(v: &str) -> Result<KeyFile, String> {
+    if v.is_empty() {
+        return Err("the path of a file holding the cluster key".into());
+    }
+    KeyFile::read(v)
 }
 
 pub(crate) fn on_off(v: &str) -> Result<bool, String> {

@@ -231,11 +231,175 @@ fn variables_follow_the_ids() {
             "{arg:?}"
         );
     }
-    assert_eq!(vars, 33);
+    assert_eq!(vars, 35);
     let help = with_env(Settings::command(), &env(&[]))
         .render_long_help()
         .to_string();
     for var in Limits::variables().chain(["ZS_WORKER_POLL_MS", "ZS_SHUTDOWN_TIMEOUT_MS"]) {
         assert!(help.contains(var), "{var} missing from --help");
     }
+}
+
+/// Without a key a node stays on loopback; with one it listens on every interface.
+#[test]
+fn the_default_interface_follows_the_key() {
+    let none = from(&[]).unwrap().network();
+    assert_eq!(none.interface, Ipv4Addr::LOCALHOST);
+    assert!(none.cluster_key.is_none() && !none.is_insecure());
+    assert!(none.check_exposure().is_ok());
+    assert_eq!(NetworkConfig::default().interface, Ipv4Addr::LOCALHOST);
+    let keyed = from(&[("ZS_CLUSTER_KEY", "k")]).unwrap().network();
+    assert_eq!(keyed.interface, Ipv4Addr::UNSPECIFIED);
+    assert!(keyed.cluster_key.is_some() && !keyed.is_insecure());
+    assert!(keyed.check_exposure().is_ok());
+    let given = from(&[
+        ("ZS_CLUSTER_KEY", "k"),
+        ("ZS_DISCOVERY_INTERFACE", "10.1.2.3"),
+    ]);
+    assert_eq!(
+        given.unwrap().network().interface,
+        Ipv4Addr::new(10, 1, 2, 3)
+    );
+    // Any loopback address is loopback.
+    let lo = from(&[("ZS_DISCOVERY_INTERFACE", "127.0.0.2")]).unwrap();
+    assert_eq!(lo.network().interface, Ipv4Addr::new(127, 0, 0, 2));
+}
+
+/// Another interface without a key is refused, naming the key and the way around it; allowed
+/// with `ZS_INSECURE` (or `--insecure`), which the configuration carries.
+#[test]
+fn an_open_interface_needs_a_key_or_insecure() {
+    for interface in ["0.0.0.0", "10.1.2.3", "192.168.0.7"] {
+        let err = from(&[("ZS_DISCOVERY_INTERFACE", interface)]).unwrap_err();
+        let text = err.to_string();
+        assert!(
+            matches!(err, SettingsError::Invalid { .. })
+                && text.contains("ZS_DISCOVERY_INTERFACE")
+                && text.contains(interface)
+                && text.contains("ZS_CLUSTER_KEY")
+                && text.contains("ZS_INSECURE"),
+            "{text}"
+        );
+        let flag = Settings::from_args_with(["zeroservices", "--interface", interface], &env(&[]));
+        assert!(flag.unwrap_err().to_string().contains("ZS_INSECURE"));
+        for insecure in [
+            Settings::from_lookup(&env(&[
+                ("ZS_DISCOVERY_INTERFACE", interface),
+                ("ZS_INSECURE", "1"),
+            ])),
+            Settings::from_args_with(
+                ["zeroservices", "--interface", interface, "--insecure"],
+                &env(&[]),
+            ),
+        ] {
+            let network = insecure.unwrap().network();
+            assert!(network.insecure && network.is_insecure());
+            assert!(network.check_exposure().is_ok());
+        }
+        // Explicitly off is off.
+        let off = from(&[
+            ("ZS_DISCOVERY_INTERFACE", interface),
+            ("ZS_INSECURE", "off"),
+        ]);
+        assert!(off.is_err());
+    }
+    // `--insecure` takes no separate value: what follows is not eaten.
+    let s = Settings::from_args_with(
+        ["zeroservices", "--insecure", "--max-peers", "3"],
+        &env(&[]),
+    )
+    .unwrap();
+    assert_eq!(s.network.insecure, Some(true));
+    assert_eq!(s.network().max_peers, 3);
+    // A configuration built in code is held to the same rule where it binds.
+    let open = NetworkConfig {
+        interface: Ipv4Addr::UNSPECIFIED,
+        ..NetworkConfig::default()
+    };
+    let err = open.check_exposure().unwrap_err().to_string();
+    assert!(
+        err.contains("ZS_CLUSTER_KEY") && err.contains("ZS_INSECURE"),
+        "{err}"
+    );
+    let allowed = NetworkConfig {
+        insecure: true,
+        ..open
+    };
+    assert!(allowed.check_exposure().is_ok());
+}
+
+fn key_file(text: &str) -> (tempfile::TempDir, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("cluster.key");
+    std::fs::write(&path, text).unwrap();
+    let path = path.to_str().unwrap().to_owned();
+    (dir, path)
+}
+
+/// `ZS_CLUSTER_KEY_FILE`: the file's content, trimmed, is the key; a missing or empty file and
+/// a key given twice are errors naming the variable.
+#[test]
+fn the_cluster_key_from_a_file() {
+    let (_dir, path) = key_file("  s3cret-from-a-file \n");
+    for s in [
+        from(&[("ZS_CLUSTER_KEY_FILE", path.as_str())]).unwrap(),
+        Settings::from_args_with(["zeroservices", "--cluster-key-file", &path], &env(&[])).unwrap(),
+    ] {
+        assert_eq!(s.cluster_key(), Some("s3cret-from-a-file"));
+        let debug = format!("{s:?}");
+        assert!(!debug.contains("s3cret"), "{debug}");
+        let n = s.network();
+        assert!(n.cluster_key.is_some());
+        // With a key the node may listen beyond loopback, and does by default.
+        assert_eq!(n.interface, Ipv4Addr::UNSPECIFIED);
+    }
+    let open = from(&[
+        ("ZS_CLUSTER_KEY_FILE", path.as_str()),
+        ("ZS_DISCOVERY_INTERFACE", "10.1.2.3"),
+    ]);
+    assert!(open.is_ok());
+
+    let (_empty_dir, empty) = key_file(" \n\t");
+    let missing = format!("{path}.missing");
+    for bad in [empty.as_str(), missing.as_str()] {
+        let err = from(&[("ZS_CLUSTER_KEY_FILE", bad)]).unwrap_err();
+        let text = err.to_string();
+        assert!(
+            matches!(err, SettingsError::Invalid { .. })
+                && text.contains("ZS_CLUSTER_KEY_FILE")
+                && text.contains(bad),
+            "{text}"
+        );
+    }
+    let both = from(&[
+        ("ZS_CLUSTER_KEY_FILE", path.as_str()),
+        ("ZS_CLUSTER_KEY", "k"),
+    ]);
+    let text = both.unwrap_err().to_string();
+    assert!(
+        text.contains("ZS_CLUSTER_KEY_FILE") && text.contains("ZS_CLUSTER_KEY /"),
+        "{text}"
+    );
+}
+
+/// A secret given as a flag shows in `ps`: a warning. Its variable does not.
+#[test]
+fn a_key_on_the_command_line_is_warned_about() {
+    let warnings = |args: &[&str], vars: &[(&str, &str)]| {
+        let matches = with_env(Settings::command(), &env(vars))
+            .try_get_matches_from(args)
+            .unwrap();
+        command_line_warnings(&matches)
+    };
+    let flag = warnings(&["zeroservices", "--cluster-key", "k"], &[]);
+    assert_eq!(flag.len(), 1, "{flag:?}");
+    assert!(
+        flag[0].contains("--cluster-key")
+            && flag[0].contains("ps")
+            && flag[0].contains("ZS_CLUSTER_KEY_FILE"),
+        "{flag:?}"
+    );
+    assert!(warnings(&["zeroservices"], &[("ZS_CLUSTER_KEY", "k")]).is_empty());
+    let (_dir, path) = key_file("k");
+    assert!(warnings(&["zeroservices", "--cluster-key-file", &path], &[]).is_empty());
 }

@@ -27,7 +27,8 @@
 //!   new or its information changed), `reply` (a direct answer to an announce; never answered),
 //!   or `goodbye` (the sender stops; `node` then carries only its id, name and kind).
 //! - `reply_to`: the `ip:port` of the sender's unicast socket, where direct answers go.
-//! - `node`: the sender's [`NodeInfo`] as serialised by serde.
+//! - `node`: the sender's [`NodeInfo`] as serialised by serde (its `insecure: true` only for a
+//!   node open beyond loopback without a key, `ZS_INSECURE`; absent otherwise).
 //! - `peers` (optional, unicast datagrams only): the `reply_to` addresses of peers the sender
 //!   knows, at most 64. A receiver announces itself to those it does not know yet, which makes a
 //!   static (seed-list) cluster converge: a node that only knows one seed learns everyone.
@@ -45,7 +46,8 @@
 //!
 //! # Behaviour
 //!
-//! `start` announces to the group and to every seed peer; a new (or changed) peer is reported
+//! `start` first refuses an interface other than loopback without a cluster key unless
+//! [`NetworkConfig::insecure`] ([`NetworkConfig::check_exposure`]); then it announces to the group and to every seed peer; a new (or changed) peer is reported
 //! with [`PeerEvent::Seen`](super::PeerEvent::Seen) and answered directly. Every [`NetworkConfig::heartbeat`] the node
 //! re-announces to the group, the seed peers, and by unicast to every known peer not heard on the
 //! group lately (so static clusters stay alive). Any announce or reply from a known peer refreshes
@@ -187,6 +189,8 @@ impl Discovery for UdpDiscovery {
             return Err(Error::internal("udp discovery started twice"));
         }
         let config = &shared.config;
+        // Nothing binds beyond loopback without a key, unless asked to.
+        config.check_exposure()?;
         let unicast = unicast_socket(config).map_err(|e| {
             let msg = format!(
                 "discovery: cannot bind the unicast socket on {}:{}: {e}",

@@ -195,6 +195,7 @@ impl Shared {
             endpoints: Default::default(),
             resources: Vec::new(),
             watches: Vec::new(),
+            insecure: me.insecure,
         };
         let Some(bytes) = self.datagram(Kind::Goodbye, &bare, &[]) else {
             return Vec::new();

@@ -264,6 +264,8 @@ async fn call_peer(
 #[async_trait]
 impl Medium for ZmqMedium {
     async fn start(&self, node_id: &str, inbound: Arc<dyn Inbound>) -> Result<Endpoints> {
+        // Nothing binds beyond loopback without a key, unless asked to.
+        self.core.config.check_exposure()?;
         {
             let mut state = lock(&self.state);
             if state.started {
