@@ -13,7 +13,8 @@
 //!
 //! ```text
 //! curl -s localhost:5001/                              # {"resources":["power"]}
-//! curl -s -XPOST localhost:5001/power -d '{"resource_id": "a", "resource_data": {"value": 7}}'
+//! curl -s -XPOST localhost:5001/power -H 'Content-Type: application/json' \
+//!   -d '{"resource_id": "a", "resource_data": {"value": 7}}'
 //! curl -s -XPOST localhost:5001/power/a/square         # 49
 //! curl -s localhost:5001/power/a
 //! ```

@@ -12,7 +12,8 @@
 //! Expect `power_service: HTTP on http://127.0.0.1:5001/`, then try:
 //!
 //! ```text
-//! curl -s -XPOST localhost:5001/power -d '{"resource_id": "a", "resource_data": {"value": 7}}'
+//! curl -s -XPOST localhost:5001/power -H 'Content-Type: application/json' \
+//!   -d '{"resource_id": "a", "resource_data": {"value": 7}}'
 //! curl -s -XPOST localhost:5001/power/a/square         # 49
 //! curl -s localhost:5001/power/a                       # status "done", result 49
 //! curl -s -XPOST localhost:5001/power/reset            # 1: back to pending

@@ -391,3 +391,64 @@ async fn a_client_close_is_answered() {
     server.shutdown().await;
     node.stop().await;
 }
+
+/// Opens `/realtime` as a page of `origin` would (a browser sends its `Origin`).
+async fn ws_from(base: &str, origin: &str) -> Result<Ws, String> {
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    let url = format!("{}/realtime", base.replace("http://", "ws://"));
+    let mut request = url.into_client_request().unwrap();
+    request
+        .headers_mut()
+        .insert("origin", origin.parse().unwrap());
+    match tokio::time::timeout(
+        Duration::from_secs(5),
+        tokio_tungstenite::connect_async(request),
+    )
+    .await
+    {
+        Ok(Ok((ws, _))) => Ok(ws),
+        Ok(Err(e)) => Err(e.to_string()),
+        Err(_) => Err("websocket connect timed out".into()),
+    }
+}
+
+/// A page of another site gets a 403; a client with no `Origin` (not a browser), the node's
+/// own pages and the allowed origins get the websocket.
+#[tokio::test]
+async fn the_origin_of_a_page_is_checked() {
+    let cluster = MemoryCluster::new();
+    let node = owner(&cluster).await;
+    let (server, base) = start(&node, HttpConfig::new(0)).await;
+    let refused = ws_from(&base, "https://evil.example").await.unwrap_err();
+    assert!(refused.contains("403"), "{refused}");
+    let port = base.rsplit(':').next().unwrap();
+    let other_port = if port == "1" { "2" } else { "1" };
+    let refused = ws_from(&base, &format!("http://127.0.0.1:{other_port}"))
+        .await
+        .unwrap_err();
+    assert!(refused.contains("403"), "{refused}");
+    // Not a browser.
+    let mut ws = ws_connect(&base, None).await.unwrap();
+    ws_subscribe(&mut ws, &["power"]).await;
+    // The node's own page (the live page opens it this way).
+    let mut own = ws_from(&base, &base).await.unwrap();
+    ws_subscribe(&mut own, &["power"]).await;
+    drop((ws, own));
+    server.shutdown().await;
+
+    let config = HttpConfig::new(0).allowed_origins("https://app.example");
+    let (server, base) = start(&node, config).await;
+    let mut app = ws_from(&base, "https://app.example").await.unwrap();
+    ws_subscribe(&mut app, &["power"]).await;
+    let refused = ws_from(&base, "https://evil.example").await.unwrap_err();
+    assert!(refused.contains("403"), "{refused}");
+    drop(app);
+    server.shutdown().await;
+
+    let (server, base) = start(&node, HttpConfig::new(0).allowed_origins("*")).await;
+    let mut any = ws_from(&base, "https://evil.example").await.unwrap();
+    ws_subscribe(&mut any, &["power"]).await;
+    drop(any);
+    server.shutdown().await;
+    node.stop().await;
+}

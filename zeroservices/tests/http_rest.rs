@@ -195,6 +195,7 @@ async fn input_errors(base: &str) {
         ),
         (
             http.patch(format!("{base}/power/p1"))
+                .header("content-type", "application/json")
                 .body("{")
                 .send()
                 .await
@@ -850,4 +851,90 @@ async fn shutdown_lets_an_in_flight_request_finish() {
     assert!(started.elapsed() < Duration::from_secs(5));
     api.stop().await;
     owner.stop().await;
+}
+
+/// A body must say it is JSON: what a page of another site can make a browser post without
+/// asking (a form, `text/plain`) gets a 415 and changes nothing; JSON, with parameters or as
+/// `+json`, passes; a body-less action needs no type.
+#[tokio::test]
+async fn a_body_that_is_not_declared_json_is_refused() {
+    let cluster = MemoryCluster::new();
+    let node = owner(&cluster).await;
+    let (server, base) = start(&node, HttpConfig::new(0)).await;
+    let http = client();
+    let create = r#"{"resource_id": "x", "resource_data": {"value": 3}}"#;
+    for content_type in [
+        Some("text/plain"),
+        Some("text/plain;charset=UTF-8"),
+        Some("application/x-www-form-urlencoded"),
+        Some("multipart/form-data; boundary=b"),
+        None,
+    ] {
+        let mut request = http.post(format!("{base}/power")).body(create);
+        if let Some(value) = content_type {
+            request = request.header("content-type", value);
+        }
+        let (status, body) = json(request.send().await.unwrap()).await;
+        assert_eq!(status, 415, "{content_type:?}: {body}");
+        let error = body["error"].as_str().unwrap();
+        assert!(error.contains("application/json"), "{error}");
+        // Nothing was created.
+        let (status, _) = json(http.get(format!("{base}/power/x")).send().await.unwrap()).await;
+        assert_eq!(status, 404, "{content_type:?} created x");
+    }
+    // PATCH and actions with a body too.
+    let (status, _) = json(
+        http.post(format!("{base}/power"))
+            .json(&json!({"resource_id": "p", "resource_data": {"value": 2}}))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(status, 201);
+    let patched = http
+        .patch(format!("{base}/power/p"))
+        .header("content-type", "text/plain")
+        .body(r#"{"patch": {"$set": {"value": 9}}}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(patched.status().as_u16(), 415);
+    let action = http
+        .post(format!("{base}/power/p/square"))
+        .header("content-type", "text/plain")
+        .body("{}")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(action.status().as_u16(), 415);
+    let (_, doc) = json(http.get(format!("{base}/power/p")).send().await.unwrap()).await;
+    assert_eq!(doc["resource_data"]["value"], 2, "{doc}");
+    // JSON passes: with a charset, as `+json`, and a body-less action with no type at all.
+    for (id, content_type) in [
+        ("j1", "application/json"),
+        ("j2", "application/json; charset=utf-8"),
+        ("j3", "application/merge-patch+json"),
+    ] {
+        let response = http
+            .post(format!("{base}/power"))
+            .header("content-type", content_type)
+            .body(format!(
+                r#"{{"resource_id": "{id}", "resource_data": {{"value": 1}}}}"#
+            ))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status().as_u16(), 201, "{content_type}");
+    }
+    let (status, result) = json(
+        http.post(format!("{base}/power/p/square"))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(status, 200, "{result}");
+    server.shutdown().await;
+    node.stop().await;
 }

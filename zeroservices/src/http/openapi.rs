@@ -21,7 +21,7 @@ pub(crate) async fn handler(State(state): State<AppState>) -> Json<Value> {
 }
 
 /// The error responses every operation may answer, as `(status, component name, description)`.
-const ERRORS: [(&str, &str, &str); 10] = [
+const ERRORS: [(&str, &str, &str); 11] = [
     (
         "400",
         "BadRequest",
@@ -36,6 +36,11 @@ const ERRORS: [(&str, &str, &str); 10] = [
     ("404", "NotFound", "Unknown collection, resource or action"),
     ("409", "Conflict", "A resource with this id already exists"),
     ("413", "PayloadTooLarge", "Request body too large"),
+    (
+        "415",
+        "UnsupportedMediaType",
+        "A body sent without Content-Type: application/json",
+    ),
     ("422", "UnprocessableEntity", "The body breaks the schema"),
     ("500", "InternalError", "Internal error"),
     (
@@ -240,7 +245,7 @@ fn add_resource(
                 },
                 "responses": responses(
                     ("201", json_response("Created", schema_ref("ResourceId"))),
-                    &["400", "404", "409", "413", "422"],
+                    &["400", "404", "409", "413", "415", "422"],
                 ),
             },
         }),
@@ -273,7 +278,7 @@ fn add_resource(
                 },
                 "responses": responses(
                     ("200", json_response("The updated resource", schema_ref(&document))),
-                    &["400", "404", "413", "422"],
+                    &["400", "404", "413", "415", "422"],
                 ),
             },
             "delete": {
@@ -295,7 +300,7 @@ fn add_resource(
             "summary": action.doc.clone().unwrap_or_else(|| format!("Action {a} of {c}")),
             "responses": responses(
                 ("200", json_response("The action's result", schema_ref(&result))),
-                &["400", "404", "413", "422"],
+                &["400", "404", "413", "415", "422"],
             ),
         });
         if let Some(doc) = &action.doc {

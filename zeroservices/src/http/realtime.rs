@@ -14,7 +14,7 @@ use std::time::Duration;
 use axum::extract::ws::rejection::WebSocketUpgradeRejection;
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgrade, close_code};
 use axum::extract::{Extension, State};
-use axum::http::StatusCode;
+use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use futures::{SinkExt, StreamExt};
 use serde::Serialize;
@@ -43,12 +43,52 @@ enum Stop {
     Shutdown,
 }
 
-/// `GET /realtime`: upgrades to the websocket.
+/// Whether a websocket from a page of `Origin` may open: a client that sends no `Origin` is not
+/// a browser (a browser always sends one on a websocket); a page of the node itself (the
+/// origin's host and port are the request's `Host`: the live page) may; otherwise only one of
+/// the allowed origins (`ZS_ALLOWED_ORIGINS`, `*` for any). Anything else is a page of another
+/// site, which must not reach a node on the user's machine or network through the browser.
+pub(crate) fn origin_allowed(allowed: &[String], headers: &HeaderMap) -> bool {
+    let Some(origin) = headers.get(header::ORIGIN) else {
+        return true;
+    };
+    let Ok(origin) = origin.to_str() else {
+        return false;
+    };
+    let origin = origin.trim().trim_end_matches('/');
+    if allowed
+        .iter()
+        .any(|o| o == "*" || o.trim_end_matches('/').eq_ignore_ascii_case(origin))
+    {
+        return true;
+    }
+    let authority = origin
+        .strip_prefix("http://")
+        .or_else(|| origin.strip_prefix("https://"));
+    let host = headers.get(header::HOST).and_then(|h| h.to_str().ok());
+    matches!((authority, host), (Some(a), Some(h)) if !a.is_empty() && a.eq_ignore_ascii_case(h.trim()))
+}
+
+/// `GET /realtime`: upgrades to the websocket, for a client of an allowed origin (403
+/// otherwise: [`origin_allowed`]).
 pub(crate) async fn handler(
     State(state): State<AppState>,
     user: Option<Extension<AuthUser>>,
+    headers: HeaderMap,
     upgrade: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> Response {
+    if !origin_allowed(&state.config.allowed_origins, &headers) {
+        let origin = headers
+            .get(header::ORIGIN)
+            .map(|o| String::from_utf8_lossy(o.as_bytes()).into_owned())
+            .unwrap_or_default();
+        tracing::debug!(%origin, "websocket refused: origin not allowed");
+        return ApiError::forbidden(format!(
+            "a websocket from a page of {origin:?} is refused: only this node's own pages and \
+             the allowed origins (ZS_ALLOWED_ORIGINS) may open /realtime"
+        ))
+        .into_response();
+    }
     let upgrade = match upgrade {
         Ok(upgrade) => upgrade,
         Err(rejection) => {
@@ -383,6 +423,61 @@ fn handle_client_message(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn origins() {
+        let headers = |pairs: &[(&'static str, &str)]| {
+            let mut map = HeaderMap::new();
+            for (name, value) in pairs {
+                map.insert(*name, value.parse().unwrap());
+            }
+            map
+        };
+        let none: Vec<String> = Vec::new();
+        let listed = vec!["https://app.example".to_owned()];
+        let any = vec!["*".to_owned()];
+        let host = ("host", "127.0.0.1:5001");
+        // Not a browser.
+        assert!(origin_allowed(&none, &headers(&[host])));
+        // The node's own page, whatever the list.
+        for own in [
+            "http://127.0.0.1:5001",
+            "http://127.0.0.1:5001/",
+            "https://127.0.0.1:5001",
+        ] {
+            assert!(
+                origin_allowed(&none, &headers(&[host, ("origin", own)])),
+                "{own}"
+            );
+        }
+        let localhost = headers(&[
+            ("host", "LOCALHOST:5001"),
+            ("origin", "http://localhost:5001"),
+        ]);
+        assert!(origin_allowed(&none, &localhost));
+        // Another site; another port of the same host is another origin.
+        for other in [
+            "https://evil.example",
+            "http://127.0.0.1:8080",
+            "http://127.0.0.1",
+            "null",
+            "http://",
+        ] {
+            let request = headers(&[host, ("origin", other)]);
+            assert!(!origin_allowed(&none, &request), "{other}");
+            assert!(!origin_allowed(&listed, &request), "{other}");
+            assert!(origin_allowed(&any, &request), "{other}");
+        }
+        // A listed origin.
+        let app = headers(&[host, ("origin", "https://APP.example")]);
+        assert!(origin_allowed(&listed, &app));
+        assert!(!origin_allowed(&none, &app));
+        // No Host to compare with: only the list.
+        assert!(!origin_allowed(
+            &none,
+            &headers(&[("origin", "http://127.0.0.1:5001")])
+        ));
+    }
 
     #[test]
     fn client_messages() {

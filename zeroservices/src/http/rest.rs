@@ -43,20 +43,58 @@ fn body_bytes(body: Result<Bytes, BytesRejection>) -> ApiResult<Bytes> {
     })
 }
 
-/// The body as JSON; `None` when it is empty (or only whitespace).
-fn json_body(body: Result<Bytes, BytesRejection>) -> ApiResult<Option<Value>> {
+/// Whether a `Content-Type` value names JSON: `application/json` or `application/*+json`, any
+/// parameters (`; charset=utf-8`) allowed, in any case.
+pub(crate) fn is_json_media_type(value: &str) -> bool {
+    let essence = value.split(';').next().unwrap_or_default().trim();
+    let Some((kind, subtype)) = essence.split_once('/') else {
+        return false;
+    };
+    let subtype = subtype.to_ascii_lowercase();
+    kind.eq_ignore_ascii_case("application")
+        && (subtype == "json" || (subtype.len() > 5 && subtype.ends_with("+json")))
+}
+
+/// A request body must say it is JSON: a form or `text/plain` post, which a page of another
+/// site can make a browser send without asking, gets a 415 and is not read as JSON.
+fn require_json(headers: &HeaderMap) -> ApiResult<()> {
+    let given = headers.get(header::CONTENT_TYPE);
+    if given
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(is_json_media_type)
+    {
+        return Ok(());
+    }
+    let got = match given {
+        Some(v) => format!("got {:?}", String::from_utf8_lossy(v.as_bytes())),
+        None => "got none".to_owned(),
+    };
+    Err(ApiError::new(
+        StatusCode::UNSUPPORTED_MEDIA_TYPE,
+        format!("the request body must be JSON sent with `Content-Type: application/json` ({got})"),
+    ))
+}
+
+/// The body as JSON, which its `Content-Type` must say it is (415 otherwise); `None` when it is
+/// empty (or only whitespace).
+fn json_body(headers: &HeaderMap, body: Result<Bytes, BytesRejection>) -> ApiResult<Option<Value>> {
     let bytes = body_bytes(body)?;
     if bytes.iter().all(u8::is_ascii_whitespace) {
         return Ok(None);
     }
+    require_json(headers)?;
     serde_json::from_slice(&bytes)
         .map(Some)
         .map_err(|e| ApiError::bad_request(format!("malformed JSON: {e}")))
 }
 
 /// The body as a JSON object, required.
-fn object_body(body: Result<Bytes, BytesRejection>, shape: &str) -> ApiResult<Map<String, Value>> {
-    match json_body(body)? {
+fn object_body(
+    headers: &HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+    shape: &str,
+) -> ApiResult<Map<String, Value>> {
+    match json_body(headers, body)? {
         Some(Value::Object(map)) => Ok(map),
         Some(_) => Err(ApiError::bad_request(format!(
             "the request body must be a JSON object {shape}"
@@ -210,11 +248,12 @@ pub(crate) async fn create(
     State(state): State<AppState>,
     user_ext: Option<Extension<AuthUser>>,
     Path(collection): Path<String>,
+    headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> ApiResult {
     authorize(&state, &user(user_ext), &collection, Operation::Create)?;
     let shape = "{\"resource_id\"?: string, \"resource_data\": {...}}";
-    let mut body = object_body(body, shape)?;
+    let mut body = object_body(&headers, body, shape)?;
     let id = match body.remove("resource_id") {
         None | Some(Value::Null) => None,
         Some(Value::String(id)) => Some(id),
@@ -259,11 +298,12 @@ pub(crate) async fn patch(
     State(state): State<AppState>,
     user_ext: Option<Extension<AuthUser>>,
     Path((collection, id)): Path<(String, String)>,
+    headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> ApiResult {
     authorize(&state, &user(user_ext), &collection, Operation::Patch)?;
     let shape = "{\"patch\": {\"$set\": {...}, ...}}";
-    let mut body = object_body(body, shape)?;
+    let mut body = object_body(&headers, body, shape)?;
     let Some(patch) = body.remove("patch") else {
         return Err(ApiError::bad_request(format!(
             "the request body must be {shape}"
@@ -296,9 +336,11 @@ pub(crate) async fn collection_action(
     State(state): State<AppState>,
     user_ext: Option<Extension<AuthUser>>,
     Path((collection, action)): Path<(String, String)>,
+    headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> ApiResult {
-    run_action(&state, user(user_ext), collection, None, action, body).await
+    let target = (collection, None, action);
+    run_action(&state, user(user_ext), target, &headers, body).await
 }
 
 /// `POST /{collection}/{id}/{action}`: a resource action; the body is its argument.
@@ -306,24 +348,28 @@ pub(crate) async fn resource_action(
     State(state): State<AppState>,
     user_ext: Option<Extension<AuthUser>>,
     Path((collection, id, action)): Path<(String, String, String)>,
+    headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> ApiResult {
-    run_action(&state, user(user_ext), collection, Some(id), action, body).await
+    let target = (collection, Some(id), action);
+    run_action(&state, user(user_ext), target, &headers, body).await
 }
+
+/// An action on a collection (`id` none) or a resource: `(collection, id, action)`.
+type ActionTarget = (String, Option<String>, String);
 
 async fn run_action(
     state: &AppState,
     user: AuthUser,
-    collection: String,
-    id: Option<String>,
-    action: String,
+    (collection, id, action): ActionTarget,
+    headers: &HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> ApiResult {
     authorize(state, &user, &collection, Operation::Action(action.clone()))?;
     if has_own_route(&action) {
         return Err(Error::UnknownAction { collection, action }.into());
     }
-    let args = json_body(body)?.unwrap_or(Value::Null);
+    let args = json_body(headers, body)?.unwrap_or(Value::Null);
     let mut request = Request::new(collection, action).args(args);
     request.resource_id = id;
     let result = call(state, request).await?;
@@ -365,6 +411,33 @@ mod tests {
             serde_json::to_value(json_sort.sort).unwrap(),
             json!([{"field": "value", "order": "desc"}])
         );
+    }
+
+    #[test]
+    fn json_media_types() {
+        for ok in [
+            "application/json",
+            "Application/JSON",
+            "application/json; charset=utf-8",
+            "application/json;charset=UTF-8",
+            "application/merge-patch+json",
+            " application/json ",
+        ] {
+            assert!(is_json_media_type(ok), "{ok}");
+        }
+        for bad in [
+            "",
+            "text/plain",
+            "text/json",
+            "application/x-www-form-urlencoded",
+            "multipart/form-data; boundary=x",
+            "application/jsonx",
+            "application/+json",
+            "application",
+            "json",
+        ] {
+            assert!(!is_json_media_type(bad), "{bad}");
+        }
     }
 
     #[test]
