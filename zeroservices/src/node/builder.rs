@@ -13,6 +13,7 @@ use super::directory::Directory;
 use super::inbound::Handle;
 use super::shutdown::Shutdown;
 use super::{Node, NodeInfo, NodeInner, NodeKind, lock};
+use crate::access::Authorizer;
 #[cfg(feature = "zeromq")]
 use crate::config::NetworkConfig;
 #[cfg(feature = "zeromq")]
@@ -58,6 +59,7 @@ pub struct NodeBuilder {
     request_timeout: Option<Duration>,
     limits: Option<Limits>,
     shutdown_timeout: Option<Duration>,
+    authorizer: Option<Arc<dyn Authorizer>>,
 }
 
 impl NodeBuilder {
@@ -74,7 +76,16 @@ impl NodeBuilder {
             request_timeout: None,
             limits: None,
             shutdown_timeout: None,
+            authorizer: None,
         }
+    }
+
+    /// Asks `authorizer` for every request to this node's collections that carries a user (see
+    /// [`crate::access`]); the HTTP server of this node uses it too, unless its
+    /// [`HttpConfig`](crate::http::HttpConfig) has one of its own.
+    pub fn authorizer(mut self, authorizer: impl Authorizer) -> Self {
+        self.authorizer = Some(Arc::new(authorizer));
+        self
     }
 
     /// Joins an in-process cluster (medium and discovery).
@@ -281,6 +292,7 @@ impl NodeBuilder {
             requests_served: AtomicU64::new(0),
             requests_sent: AtomicU64::new(0),
             requests_timed_out: AtomicU64::new(0),
+            authorizer: self.authorizer,
         });
         let node = Node { inner };
         // Peers send this node only the events its subscribers want: the medium follows the
