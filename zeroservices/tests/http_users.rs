@@ -490,3 +490,45 @@ async fn the_caller_reaches_a_remote_owner() {
     gateway.stop().await;
     owner.stop().await;
 }
+
+/// `zeroservices hash-password` reads the password on stdin and prints a hash a users file
+/// takes; without a password it exits 2.
+#[test]
+fn the_hash_password_command() {
+    use std::io::Write;
+    use std::process::{Command, Stdio};
+    let run = |input: &str| {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_zeroservices"))
+            .arg("hash-password")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(input.as_bytes())
+            .unwrap();
+        child.wait_with_output().unwrap()
+    };
+    let out = run("correct horse\n");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let hash = String::from_utf8(out.stdout).unwrap();
+    let hash = hash.trim();
+    assert!(hash.starts_with("$argon2id$"), "{hash}");
+    let users = Users::parse(&format!("ann:{hash}:admin\n"), "users").unwrap();
+    assert_eq!(
+        users.verify("ann", "correct horse"),
+        Some(User::new("ann").roles(["admin"]))
+    );
+    assert_eq!(users.verify("ann", "correct horse\n"), None);
+    let empty = run("");
+    assert_eq!(empty.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&empty.stderr).contains("stdin"));
+}

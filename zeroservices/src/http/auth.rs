@@ -136,9 +136,7 @@ pub(crate) async fn authenticate(
     {
         return Ok(AuthUser(Some(User::new(user))));
     }
-    if let Some(users) = &config.users
-        && users.contains(&user)
-    {
+    if let Some(users) = &config.users {
         if let Some(found) = users.cached(&user, &password) {
             return Ok(AuthUser(Some(found)));
         }

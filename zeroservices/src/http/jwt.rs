@@ -99,3 +99,65 @@ impl JwtAuth {
         Ok(User::new(data.claims.sub).roles(data.claims.roles))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use jsonwebtoken::{EncodingKey, Header, encode};
+    use serde_json::json;
+
+    use super::*;
+
+    // Key pairs made for these tests only (`openssl genpkey`), nowhere else in use.
+    const ED_PRIVATE: &str = include_str!("../../tests/keys/ed25519-test-only.pem");
+    const ED_PUBLIC: &str = include_str!("../../tests/keys/ed25519-test-only.pub");
+    const RSA_PRIVATE: &str = include_str!("../../tests/keys/rsa-test-only.pem");
+    const RSA_PUBLIC: &str = include_str!("../../tests/keys/rsa-test-only.pub");
+
+    fn exp(from_now: i64) -> i64 {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs() as i64;
+        now + from_now
+    }
+
+    fn sign(alg: Algorithm, key: &EncodingKey, exp: i64) -> String {
+        let claims = json!({"sub": "ann", "roles": ["admin"], "exp": exp});
+        encode(&Header::new(alg), &claims, key).unwrap()
+    }
+
+    #[test]
+    fn eddsa_and_rs256_tokens() {
+        let ed = JwtAuth::public_key_pem(ED_PUBLIC.as_bytes()).unwrap();
+        let rsa = JwtAuth::public_key_pem(RSA_PUBLIC.as_bytes()).unwrap();
+        let ed_key = EncodingKey::from_ed_pem(ED_PRIVATE.as_bytes()).unwrap();
+        let rsa_key = EncodingKey::from_rsa_pem(RSA_PRIVATE.as_bytes()).unwrap();
+        let ann = User::new("ann").roles(["admin"]);
+        let ed_token = sign(Algorithm::EdDSA, &ed_key, exp(600));
+        let rsa_token = sign(Algorithm::RS256, &rsa_key, exp(600));
+        assert_eq!(ed.verify(&ed_token).unwrap(), ann);
+        assert_eq!(rsa.verify(&rsa_token).unwrap(), ann);
+        // Each key accepts its own algorithm only; both together accept both.
+        assert!(ed.verify(&rsa_token).is_err());
+        assert!(rsa.verify(&ed_token).is_err());
+        let both = ed.and(rsa);
+        assert!(both.verify(&ed_token).is_ok() && both.verify(&rsa_token).is_ok());
+        // Expired (beyond the leeway).
+        let expired = sign(Algorithm::EdDSA, &ed_key, exp(-3600));
+        assert!(both.verify(&expired).is_err());
+        // HS256 signed with the public key's bytes (algorithm confusion) is refused.
+        let confused = sign(
+            Algorithm::HS256,
+            &EncodingKey::from_secret(RSA_PUBLIC.as_bytes()).unwrap(),
+            exp(600),
+        );
+        assert!(both.verify(&confused).is_err());
+        assert!(JwtAuth::public_key_pem(b"-----BEGIN PUBLIC KEY-----\nnope").is_err());
+    }
+
+    #[test]
+    fn hs256_secrets_are_long_enough() {
+        assert!(JwtAuth::hs256(b"short").is_err());
+        assert!(JwtAuth::hs256(&[7; 32]).is_ok());
+    }
+}

@@ -38,6 +38,9 @@ struct Entry {
 /// every request pays for Argon2 once.
 pub struct Users {
     users: HashMap<String, Entry>,
+    /// A hash of a random password, checked for unknown users: a wrong user name takes as long
+    /// as a wrong password, so timing does not tell which user names exist.
+    dummy: String,
     /// The per-process salt of the cache keys.
     salt: [u8; 16],
     /// Digests of (user, password) pairs verified already.
@@ -100,8 +103,10 @@ impl Users {
         }
         let mut salt = [0u8; 16];
         salt.copy_from_slice(uuid::Uuid::new_v4().as_bytes());
+        let dummy = hash_password(&uuid::Uuid::new_v4().to_string())?;
         Ok(Self {
             users,
+            dummy,
             salt,
             verified: Mutex::new(HashSet::new()),
         })
@@ -134,7 +139,13 @@ impl Users {
     /// The user, with its roles, when `password` is theirs. Blocking (Argon2) unless the pair
     /// was verified before: call it off the async runtime.
     pub fn verify(&self, user: &str, password: &str) -> Option<User> {
-        let entry = self.users.get(user)?;
+        let Some(entry) = self.users.get(user) else {
+            // As long as for a known user.
+            if let Ok(hash) = PasswordHash::new(&self.dummy) {
+                let _ = Argon2::default().verify_password(password.as_bytes(), &hash);
+            }
+            return None;
+        };
         let found = || User::new(user).roles(entry.roles.iter().cloned());
         let key = self.key(user, password);
         if lock(&self.verified).contains(&key) {
