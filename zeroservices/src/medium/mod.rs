@@ -168,3 +168,25 @@ pub trait Medium: Send + Sync + 'static {
     /// A short name for logs.
     fn describe(&self) -> String;
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_user_is_an_optional_field_of_a_request() {
+        let plain = Request::new("power", "get").id("1");
+        let json = serde_json::to_value(&plain).unwrap();
+        assert!(json.get("user").is_none(), "{json}");
+        let with_user = plain.clone().user(Some(User::new("ann").roles(["admin"])));
+        let json = serde_json::to_value(&with_user).unwrap();
+        assert_eq!(
+            json["user"],
+            serde_json::json!({"name": "ann", "roles": ["admin"]})
+        );
+        assert_eq!(serde_json::from_value::<Request>(json).unwrap(), with_user);
+        // A request from a node that does not send users reads as one without.
+        let old = serde_json::json!({"collection": "power", "action": "get", "resource_id": "1"});
+        assert_eq!(serde_json::from_value::<Request>(old).unwrap(), plain);
+    }
+}
