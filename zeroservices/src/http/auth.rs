@@ -136,17 +136,10 @@ pub(crate) async fn authenticate(
     {
         return Ok(AuthUser(Some(User::new(user))));
     }
-    if let Some(users) = &config.users {
-        if let Some(found) = users.cached(&user, &password) {
-            return Ok(AuthUser(Some(found)));
-        }
-        let users = users.clone();
-        let found = tokio::task::spawn_blocking(move || users.verify(&user, &password))
-            .await
-            .map_err(|e| Error::internal(format!("password check failed: {e}")))?;
-        if let Some(found) = found {
-            return Ok(AuthUser(Some(found)));
-        }
+    if let Some(users) = &config.users
+        && let Some(found) = users.verify_async(user, password).await?
+    {
+        return Ok(AuthUser(Some(found)));
     }
     Err(ApiError::unauthorized("invalid credentials"))
 }

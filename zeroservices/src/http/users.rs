@@ -4,7 +4,7 @@
 use std::collections::{HashMap, HashSet};
 use std::fmt;
 use std::path::Path;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use argon2::{Argon2, PasswordHash, PasswordHasher, PasswordVerifier};
 use sha2::{Digest, Sha256};
@@ -45,6 +45,9 @@ pub struct Users {
     salt: [u8; 16],
     /// Digests of (user, password) pairs verified already.
     verified: Mutex<HashSet<[u8; 32]>>,
+    /// Argon2 checks running at once, at most one per core: each takes 19 MiB and a core for
+    /// tens of milliseconds, so a flood of wrong passwords queues instead of exhausting memory.
+    checks: tokio::sync::Semaphore,
 }
 
 impl fmt::Debug for Users {
@@ -109,6 +112,9 @@ impl Users {
             dummy,
             salt,
             verified: Mutex::new(HashSet::new()),
+            checks: tokio::sync::Semaphore::new(
+                std::thread::available_parallelism().map_or(2, |n| n.get().clamp(1, 16)),
+            ),
         })
     }
 
@@ -161,6 +167,27 @@ impl Users {
         }
         verified.insert(key);
         Some(found())
+    }
+
+    /// [`Users::verify`] on the blocking pool, a bounded number at once; a pair verified before
+    /// is answered at once.
+    pub(crate) async fn verify_async(
+        self: &Arc<Self>,
+        user: String,
+        password: String,
+    ) -> Result<Option<User>> {
+        if let Some(found) = self.cached(&user, &password) {
+            return Ok(Some(found));
+        }
+        let _permit = self
+            .checks
+            .acquire()
+            .await
+            .map_err(|_| Error::internal("password checks closed"))?;
+        let users = self.clone();
+        tokio::task::spawn_blocking(move || users.verify(&user, &password))
+            .await
+            .map_err(|e| Error::internal(format!("password check failed: {e}")))
     }
 
     /// Whether `user:password` was verified before (no Argon2: cheap).
