@@ -327,6 +327,15 @@ async fn users_of_a_file_with_different_rights() {
             .0,
         401
     );
+    let (_, doc) = json(
+        http.get(format!("{base}/openapi.json"))
+            .header("authorization", basic_of("bob"))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(doc["security"], json!([{"basicAuth": []}]));
     server.shutdown().await;
     node.stop().await;
 }
@@ -370,6 +379,20 @@ async fn jwt_users_with_different_rights() {
         assert_eq!(status, 401, "{auth}: {body}");
         assert!(body["error"].is_string());
     }
+    // The OpenAPI document names the bearer scheme.
+    let (_, doc) = json(
+        http.get(format!("{base}/openapi.json"))
+            .header("authorization", bearer_of("bob"))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(doc["security"], json!([{"bearerAuth": []}]));
+    assert_eq!(
+        doc["components"]["securitySchemes"]["bearerAuth"]["scheme"],
+        "bearer"
+    );
     let bad = ws_connect(&base, Some(&token("bob", now() - 3600, SECRET)))
         .await
         .unwrap_err();
