@@ -70,6 +70,14 @@ pub enum Error {
         /// What went over it.
         message: String,
     },
+    /// The [`Authorizer`](crate::access::Authorizer) refused the caller this operation.
+    #[error("forbidden: {operation} on {collection}")]
+    Forbidden {
+        /// The collection.
+        collection: String,
+        /// The operation refused (`get`, `patch`, an action's name, ...).
+        operation: String,
+    },
     /// The node owning the collection did not answer in time.
     #[error("{collection}: owner did not answer within {after_ms} ms")]
     Timeout {
@@ -174,6 +182,7 @@ impl Error {
             Self::DuplicateId { .. } => "duplicate_id",
             Self::BadRequest { .. } => "bad_request",
             Self::Limit { .. } => "limit",
+            Self::Forbidden { .. } => "forbidden",
             Self::Timeout { .. } => "timeout",
             Self::OwnerGone { .. } => "owner_gone",
             Self::Unavailable { .. } => "unavailable",

@@ -1,6 +1,7 @@
 #![doc = include_str!("../docs/lib.md")]
 #![warn(missing_docs, unreachable_pub)]
 
+pub mod access;
 #[cfg(feature = "app")]
 pub mod app;
 mod collection;

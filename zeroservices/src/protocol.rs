@@ -328,6 +328,7 @@ impl Call {
             action: action.name().to_owned(),
             resource_id: id,
             args,
+            user: None,
         }
     }
 

@@ -10,6 +10,7 @@ use serde::Serialize;
 use serde_json::value::RawValue;
 use serde_json::{Map, Value, json};
 
+use crate::access::{self, Operation, User};
 use crate::json::{from_value, to_raw};
 use crate::links;
 use crate::medium::Request;
@@ -233,8 +234,37 @@ impl<R: Resource> ResourceService<R> {
         })
     }
 
-    async fn add_link(&self, node: &Node, id: String, link: AddLinkArgs) -> Result<Value> {
+    /// Asks the node's authorizer, for a request that carries a user, whether it may do what
+    /// the request asks of this collection.
+    fn authorize(&self, node: &Node, request: &Request) -> Result<()> {
+        match &request.user {
+            Some(user) => access::check(
+                node.authorizer().map(|a| &**a),
+                Some(user),
+                self.collection(),
+                &Operation::of(request),
+            ),
+            None => Ok(()),
+        }
+    }
+
+    async fn add_link(
+        &self,
+        node: &Node,
+        id: String,
+        link: AddLinkArgs,
+        user: Option<&User>,
+    ) -> Result<Value> {
         links::check_relation(&link.relation)?;
+        // A write on the source (asked before), a read of the target's collection.
+        if user.is_some() {
+            access::check(
+                node.authorizer().map(|a| &**a),
+                user,
+                &link.target_id.0,
+                &Operation::Get,
+            )?;
+        }
         node.limits().check_id(&link.target_id.1)?;
         let patch = Patch::new(links::add_link_patch(&link));
         let update = patch.compile()?;
@@ -261,12 +291,33 @@ impl<R: Resource> ResourceService<R> {
         Ok(Value::Null)
     }
 
-    async fn follow_links(&self, node: &Node, id: String, args: FollowLinksArgs) -> Result<Value> {
+    async fn follow_links(
+        &self,
+        node: &Node,
+        id: String,
+        args: FollowLinksArgs,
+        user: Option<User>,
+    ) -> Result<Value> {
         links::check_relation(&args.relation)?;
         let doc = self.load(&id).await?;
         let mut found = Vec::new();
         for (collection, target, title) in links::targets(&doc, &args.relation) {
-            let get = Call::Get { id: target.clone() }.into_request(collection.clone());
+            // Each target is a read of its collection: one the user may not read is left out,
+            // here or (the read carries the user) by the target's owner.
+            if let Some(user) = &user
+                && access::check(
+                    node.authorizer().map(|a| &**a),
+                    Some(user),
+                    &collection,
+                    &Operation::Get,
+                )
+                .is_err()
+            {
+                continue;
+            }
+            let get = Call::Get { id: target.clone() }
+                .into_request(collection.clone())
+                .user(user.clone());
             match node.request_as::<Document<Value>>(get).await {
                 Ok(reply) => found.push(LinkedResource {
                     resource_name: collection,
@@ -278,6 +329,7 @@ impl<R: Resource> ResourceService<R> {
                 Err(Error::NotFound { .. }) => {
                     tracing::debug!(%collection, %target, "link target gone; skipped");
                 }
+                Err(Error::Forbidden { .. }) => {}
                 Err(e) => return Err(e),
             }
         }
@@ -366,6 +418,7 @@ impl<R: Resource> Service for ResourceService<R> {
             return to_raw(&value);
         }
         // A read is serialised straight from the stored document: no reply object built.
+        self.authorize(node, &request)?;
         let id = self.require_id(&request)?;
         node.limits().check_id(&id)?;
         let doc = self.load(&id).await?;
@@ -381,20 +434,22 @@ impl<R: Resource> Service for ResourceService<R> {
     }
 
     async fn handle(&self, node: &Node, request: Request) -> Result<Value> {
+        self.authorize(node, &request)?;
         if let Some(id) = &request.resource_id {
             node.limits().check_id(id)?;
         }
         let Some(action) = BuiltIn::from_name(&request.action) else {
             return self.action(node, request).await;
         };
+        let user = request.user.clone();
         match Call::parse(action, request)? {
             Call::Create { id, args } => self.create(node, id, args).await,
             Call::Get { id } => self.get(id).await,
             Call::Patch { id, args } => self.patch(node, id, args).await,
             Call::Delete { id } => self.delete(node, id).await,
             Call::List(args) => self.list(node, args).await,
-            Call::AddLink { id, args } => self.add_link(node, id, args).await,
-            Call::FollowLinks { id, args } => self.follow_links(node, id, args).await,
+            Call::AddLink { id, args } => self.add_link(node, id, args, user.as_ref()).await,
+            Call::FollowLinks { id, args } => self.follow_links(node, id, args, user).await,
             Call::IncomingLinks(args) => self.incoming_links(args).await,
         }
     }

@@ -11,7 +11,7 @@ use http_common::*;
 use serde_json::json;
 use tokio_tungstenite::tungstenite::Message as WsMessage;
 use zeroservices::Event;
-use zeroservices::http::{BasicAuth, HttpConfig, Operation};
+use zeroservices::http::{BasicAuth, HttpConfig, Operation, User};
 use zeroservices::medium::MemoryCluster;
 
 async fn create(base: &str, collection: &str, id: &str, data: serde_json::Value) {
@@ -186,7 +186,7 @@ async fn basic_auth_on_the_upgrade() {
     let wrong = ws_connect(&base, Some(&basic("ann", "nope")))
         .await
         .unwrap_err();
-    assert!(wrong.contains("403"), "{wrong}");
+    assert!(wrong.contains("401"), "{wrong}");
     let mut ws = ws_connect(&base, Some(&basic("ann", "pw"))).await.unwrap();
     ws_subscribe(&mut ws, &["*"]).await;
     node.publish(Event {
@@ -222,8 +222,10 @@ async fn an_authorizer_hides_a_collections_events() {
     let node = owner(&cluster).await;
     let config = HttpConfig::new(0)
         .basic_auth(BasicAuth::new("ann", "pw"))
-        .authorizer(|user: Option<&str>, collection: &str, op: &Operation| {
-            !(user == Some("ann") && collection == "chat" && *op == Operation::Subscribe)
+        .authorizer(|user: Option<&User>, collection: &str, op: &Operation| {
+            !(user.is_some_and(|u| u.name == "ann")
+                && collection == "chat"
+                && *op == Operation::Subscribe)
         });
     let (server, base) = start(&node, config).await;
     let mut ws = ws_connect(&base, Some(&basic("ann", "pw"))).await.unwrap();

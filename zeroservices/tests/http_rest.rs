@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use http_common::*;
 use serde_json::{Value, json};
-use zeroservices::http::{BasicAuth, HttpConfig, Operation};
+use zeroservices::http::{BasicAuth, HttpConfig, Operation, User};
 use zeroservices::medium::MemoryCluster;
 
 /// Every row of the REST table, against `base`.
@@ -698,7 +698,7 @@ async fn basic_auth_missing_malformed_wrong_and_right() {
                     .unwrap(),
             )
             .await;
-            assert_eq!(status, 403, "{path} {user}:{password}");
+            assert_eq!(status, 401, "{path} {user}:{password}");
             assert!(body["error"].is_string());
         }
         // right
@@ -741,8 +741,8 @@ async fn an_authorizer_forbids_one_operation() {
     let node = owner(&cluster).await;
     let config = HttpConfig::new(0)
         .basic_auth(BasicAuth::new("ann", "pw"))
-        .authorizer(|user: Option<&str>, collection: &str, op: &Operation| {
-            assert_eq!(user, Some("ann"));
+        .authorizer(|user: Option<&User>, collection: &str, op: &Operation| {
+            assert_eq!(user.map(|u| u.name.as_str()), Some("ann"));
             let forbidden = (collection == "power" && *op == Operation::Delete)
                 || (collection == "chat" && *op == Operation::Action("shout".into()));
             !forbidden

@@ -33,6 +33,7 @@ impl Inbound for TestInbound {
         match request.action.as_str() {
             "echo" => Ok(json!({"from": from, "id": request.resource_id, "args": request.args})),
             "null" => Ok(Value::Null),
+            "whoami" => Ok(serde_json::to_value(&request.user).unwrap()),
             "fail" => Err(Error::not_found(request.collection, "42")),
             "sleep" => {
                 let ms = request.args.as_u64().unwrap_or(10_000);
@@ -663,4 +664,25 @@ async fn a_peer_that_never_listened_fails_fast() {
     );
     assert!(started.elapsed() < Duration::from_secs(3));
     a.medium.stop().await;
+}
+
+/// The calling user a request carries crosses the wire with it (issue 13: an owner decides too).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_calling_user_crosses_the_wire() {
+    for key in [None, Some("k")] {
+        let a = node("a", key).await;
+        let b = node("b", key).await;
+        let ann = zeroservices::access::User::new("ann").roles(["writer"]);
+        let request = Request::new("power", "whoami").user(Some(ann));
+        let reply = a.medium.call(&b.info, request).await.unwrap();
+        assert_eq!(reply, json!({"name": "ann", "roles": ["writer"]}));
+        let reply = a
+            .medium
+            .call(&b.info, Request::new("power", "whoami"))
+            .await
+            .unwrap();
+        assert_eq!(reply, Value::Null);
+        a.medium.stop().await;
+        b.medium.stop().await;
+    }
 }

@@ -4,6 +4,7 @@
 //! zeroservices sniff [TOPIC_PREFIX]   print every event of the cluster, one line each
 //! zeroservices nodes                  print the directory: nodes, kinds, resources, endpoints,
 //!                                     and which are insecure (ZS_INSECURE)
+//! zeroservices hash-password          read a password on stdin, print its Argon2id PHC hash
 //! ```
 //!
 //! Both find the cluster the way a node does (UDP multicast, or `ZS_PEERS`) and read the same
@@ -54,6 +55,9 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Read a password from stdin (its first line) and print its Argon2id PHC hash, for a
+    /// users file (`ZS_BASIC_AUTH_FILE`: `user:<hash>[:role,...]` per line).
+    HashPassword,
 }
 
 fn main() -> ExitCode {
@@ -68,6 +72,9 @@ fn main() -> ExitCode {
         Ok((cli, matches)) => (cli, settings::command_line_warnings(&matches)),
         Err(err) => err.exit(),
     };
+    if let Command::HashPassword = cli.command {
+        return hash_password();
+    }
     // What the settings say together (a key given twice, an interface beyond loopback
     // without a key): a usage error, exit 2, like a bad value.
     let settings = Settings {
@@ -111,6 +118,34 @@ async fn run(settings: &Settings, command: Command) -> zeroservices::Result<()> 
         Command::Sniff { prefix, count } => sniff(settings, prefix, count).await,
         Command::Nodes { wait_ms, json } => {
             nodes(settings, Duration::from_millis(wait_ms), json).await
+        }
+        Command::HashPassword => Ok(()),
+    }
+}
+
+/// `hash-password`: the password from stdin, never from the command line (`ps` shows that).
+fn hash_password() -> ExitCode {
+    let mut line = String::new();
+    if let Err(e) = std::io::stdin().read_line(&mut line) {
+        eprintln!("error: cannot read the password from stdin: {e}");
+        return ExitCode::FAILURE;
+    }
+    let password = line.strip_suffix('\n').unwrap_or(&line);
+    let password = password.strip_suffix('\r').unwrap_or(password);
+    if password.is_empty() {
+        eprintln!(
+            "error: no password on stdin (usage: `printf %s \"$PW\" | zeroservices hash-password`)"
+        );
+        return ExitCode::from(2);
+    }
+    match zeroservices::http::hash_password(password) {
+        Ok(hash) => {
+            println!("{hash}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
         }
     }
 }

@@ -1,4 +1,5 @@
-//! Basic auth and the [`Authorizer`] hook.
+//! Authentication (Basic credentials, a users file, JWT bearer tokens) and the
+//! [`Authorizer`] hook.
 
 use std::fmt;
 
@@ -8,10 +9,12 @@ use sha2::{Digest, Sha256};
 
 use super::error::ApiError;
 use super::{AppState, AuthUser, HttpConfig};
-use crate::protocol::BuiltIn;
+pub(crate) use crate::access::Operation;
+use crate::access::{self, Authorizer, User};
 use crate::{Error, Result};
 
-/// Credentials every client must send with Basic auth (`ZS_BASIC_AUTH=user:password`).
+/// One Basic auth user (`ZS_BASIC_AUTH=user:password`), without roles; several users, with
+/// hashed passwords and roles, come from a users file ([`Users`](super::Users)).
 #[derive(Clone, PartialEq, Eq)]
 pub struct BasicAuth {
     /// The user name.
@@ -67,106 +70,78 @@ fn constant_time_eq(a: &[u8; 32], b: &[u8; 32]) -> bool {
     std::hint::black_box(diff) == 0
 }
 
-/// What a client asks to do, for an [`Authorizer`].
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub enum Operation {
-    /// `GET /{collection}`.
-    List,
-    /// `POST /{collection}`.
-    Create,
-    /// `GET /{collection}/{id}`.
-    Get,
-    /// `PATCH /{collection}/{id}`.
-    Patch,
-    /// `DELETE /{collection}/{id}`.
-    Delete,
-    /// `POST /{collection}/{action}` or `POST /{collection}/{id}/{action}`.
-    Action(String),
-    /// Receiving the collection's events on the realtime websocket.
-    Subscribe,
-}
-
-/// Per-collection, per-operation authorization, asked before every REST operation and for every
-/// websocket event.
-///
-/// `user` is the Basic auth user when Basic auth is configured, else `None`. A `false` answers a
-/// REST call with 403 `{"error": ...}`; for the websocket, events of the collections for which
-/// [`Operation::Subscribe`] is refused are not sent.
-///
-/// ```
-/// use zeroservices::http::{Authorizer, Operation};
-///
-/// /// Nobody deletes payments.
-/// struct NoPaymentDeletes;
-///
-/// impl Authorizer for NoPaymentDeletes {
-///     fn authorize(&self, _user: Option<&str>, collection: &str, op: &Operation) -> bool {
-///         !(collection == "payment" && *op == Operation::Delete)
-///     }
-/// }
-/// ```
-pub trait Authorizer: Send + Sync + 'static {
-    /// Whether `user` may do `operation` on `collection`.
-    fn authorize(&self, user: Option<&str>, collection: &str, operation: &Operation) -> bool;
-}
-
-impl<F> Authorizer for F
-where
-    F: Fn(Option<&str>, &str, &Operation) -> bool + Send + Sync + 'static,
-{
-    fn authorize(&self, user: Option<&str>, collection: &str, operation: &Operation) -> bool {
-        self(user, collection, operation)
+/// The authorizer the HTTP layer asks: its [`HttpConfig`]'s, else the node's
+/// ([`NodeBuilder::authorizer`](crate::NodeBuilder::authorizer)).
+pub(crate) fn authorizer(state: &AppState) -> Option<&dyn Authorizer> {
+    match &state.config.authorizer {
+        Some(a) => Some(&**a),
+        None => state.node.authorizer().map(|a| &**a),
     }
 }
 
-/// Asks the configured [`Authorizer`], if any: `Err(403)` when refused.
+/// Asks the authorizer, if any: `Err(403)` when refused.
 pub(crate) fn authorize(
     state: &AppState,
     user: &AuthUser,
     collection: &str,
     operation: Operation,
 ) -> Result<(), ApiError> {
-    match &state.config.authorizer {
-        Some(authorizer) if !authorizer.authorize(user.0.as_deref(), collection, &operation) => {
-            Err(ApiError::forbidden(format!(
-                "forbidden: {} on {collection}",
-                operation_name(&operation)
-            )))
-        }
-        _ => Ok(()),
-    }
+    access::check(authorizer(state), user.0.as_ref(), collection, &operation).map_err(Into::into)
 }
 
-fn operation_name(op: &Operation) -> &str {
-    match op {
-        Operation::List => BuiltIn::List.name(),
-        Operation::Create => BuiltIn::Create.name(),
-        Operation::Get => BuiltIn::Get.name(),
-        Operation::Patch => BuiltIn::Patch.name(),
-        Operation::Delete => BuiltIn::Delete.name(),
-        Operation::Action(name) => name,
-        Operation::Subscribe => "subscribe",
-    }
+/// Whether the authorizer, if any, lets `user` do `operation` on `collection`.
+pub(crate) fn allowed(
+    state: &AppState,
+    user: &AuthUser,
+    collection: &str,
+    operation: &Operation,
+) -> bool {
+    authorizer(state).is_none_or(|a| a.authorize(user.0.as_ref(), collection, operation))
 }
 
-/// Checks Basic auth when configured: the user to record for the handlers, or the error that
-/// refuses the request (401 with `WWW-Authenticate` without valid-looking credentials, 403 for
-/// wrong ones).
-pub(crate) fn authenticate(config: &HttpConfig, headers: &HeaderMap) -> Result<AuthUser, ApiError> {
-    let Some(expected) = &config.basic_auth else {
+/// Authenticates the request when the server requires it (Basic credentials, a users file, JWT
+/// bearer tokens): the user to record for the handlers, or a 401 (with `WWW-Authenticate`)
+/// without credentials or with wrong ones. A users file's password is checked off the async
+/// runtime (Argon2 is slow by design) unless it was verified before.
+pub(crate) async fn authenticate(
+    config: &HttpConfig,
+    headers: &HeaderMap,
+) -> Result<AuthUser, ApiError> {
+    if !config.requires_auth() {
         return Ok(AuthUser(None));
-    };
-    match credentials(headers.get(header::AUTHORIZATION)) {
-        None => Err(ApiError::unauthorized(
-            "authentication required (HTTP Basic)",
-        )),
-        Some((user, password)) => {
-            if !expected.check(&user, &password) {
-                return Err(ApiError::forbidden("invalid credentials"));
-            }
-            Ok(AuthUser(Some(user)))
-        }
     }
+    let value = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .map(str::trim)
+        .unwrap_or("");
+    let (scheme, rest) = value.split_once(' ').unwrap_or((value, ""));
+    if scheme.eq_ignore_ascii_case("bearer") {
+        let Some(jwt) = &config.jwt else {
+            return Err(ApiError::unauthorized(
+                "bearer tokens are not accepted here",
+            ));
+        };
+        return match jwt.verify(rest.trim()) {
+            Ok(user) => Ok(AuthUser(Some(user))),
+            Err(Error::BadRequest { message }) => Err(ApiError::unauthorized(message)),
+            Err(e) => Err(ApiError::unauthorized(e.to_string())),
+        };
+    }
+    let Some((user, password)) = credentials(headers.get(header::AUTHORIZATION)) else {
+        return Err(ApiError::unauthorized("authentication required"));
+    };
+    if let Some(expected) = &config.basic_auth
+        && expected.check(&user, &password)
+    {
+        return Ok(AuthUser(Some(User::new(user))));
+    }
+    if let Some(users) = &config.users
+        && let Some(found) = users.verify_async(user, password).await?
+    {
+        return Ok(AuthUser(Some(found)));
+    }
+    Err(ApiError::unauthorized("invalid credentials"))
 }
 
 /// `Authorization: Basic base64(user:password)`, or `None` when missing or malformed.

@@ -5,8 +5,10 @@ use std::net::{IpAddr, Ipv4Addr};
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::auth::{Authorizer, BasicAuth};
+use super::auth::BasicAuth;
+use super::{JwtAuth, Users};
 use crate::Result;
+use crate::access::Authorizer;
 
 /// The default largest request body: 1 MiB.
 pub const DEFAULT_MAX_BODY_BYTES: usize = 1024 * 1024;
@@ -39,6 +41,12 @@ pub struct HttpConfig {
     pub allowed_origins: Vec<String>,
     /// Basic auth required on every route when set (`ZS_BASIC_AUTH=user:password`).
     pub basic_auth: Option<BasicAuth>,
+    /// Require HTTP Basic auth with one of these users (`ZS_BASIC_AUTH_FILE`); with
+    /// [`HttpConfig::basic_auth`] too, either is accepted.
+    pub users: Option<Arc<Users>>,
+    /// Accept (and, with no Basic auth configured, require) JWT bearer tokens verified with
+    /// these keys (`ZS_JWT_SECRET`, `ZS_JWT_PUBLIC_KEY`).
+    pub jwt: Option<JwtAuth>,
     /// Decides, per user, collection and operation, what a client may do.
     pub authorizer: Option<Arc<dyn Authorizer>>,
     /// Largest accepted request body (`ZS_MAX_BODY_BYTES`, default 1 MiB); larger ones get a
@@ -80,6 +88,8 @@ impl fmt::Debug for HttpConfig {
             .field("port", &self.port)
             .field("allowed_origins", &self.allowed_origins)
             .field("basic_auth", &self.basic_auth)
+            .field("users", &self.users)
+            .field("jwt", &self.jwt)
             .field("authorizer", &self.authorizer.as_ref().map(|_| "..."))
             .field("max_body_bytes", &self.max_body_bytes)
             .field("ws_buffer", &self.ws_buffer)
@@ -108,6 +118,8 @@ impl HttpConfig {
             port,
             allowed_origins: Vec::new(),
             basic_auth: None,
+            users: None,
+            jwt: None,
             authorizer: None,
             max_body_bytes: DEFAULT_MAX_BODY_BYTES,
             ws_buffer: DEFAULT_WS_BUFFER,
@@ -160,6 +172,25 @@ impl HttpConfig {
     pub fn basic_auth(mut self, auth: BasicAuth) -> Self {
         self.basic_auth = Some(auth);
         self
+    }
+
+    /// Requires HTTP Basic auth with one of `users` (a users file, see [`Users`]).
+    pub fn users(mut self, users: Users) -> Self {
+        self.users = Some(Arc::new(users));
+        self
+    }
+
+    /// Accepts JWT bearer tokens verified by `jwt`; every request then needs a valid token
+    /// (or valid Basic credentials, when those are configured too).
+    pub fn jwt(mut self, jwt: JwtAuth) -> Self {
+        self.jwt = Some(jwt);
+        self
+    }
+
+    /// Whether every request must authenticate: Basic credentials, a users file or JWT keys
+    /// are configured.
+    pub fn requires_auth(&self) -> bool {
+        self.basic_auth.is_some() || self.users.is_some() || self.jwt.is_some()
     }
 
     /// Asks `authorizer` before every operation and every websocket event.

@@ -20,6 +20,7 @@ use crate::Error;
 /// | `BadRequest` | 400 |
 /// | `Failed` (an action refused, with its own message) | 400 |
 /// | `UnknownCollection`, `UnknownAction`, `NotFound` | 404 |
+/// | `Forbidden` | 403 |
 /// | `DuplicateId` | 409 |
 /// | `Validation` | 422 |
 /// | `OwnerGone`, `Unavailable` | 503 |
@@ -31,6 +32,7 @@ pub fn status_for(error: &Error) -> StatusCode {
         Error::UnknownCollection { .. } | Error::UnknownAction { .. } | Error::NotFound { .. } => {
             StatusCode::NOT_FOUND
         }
+        Error::Forbidden { .. } => StatusCode::FORBIDDEN,
         Error::DuplicateId { .. } => StatusCode::CONFLICT,
         Error::Limit { .. } => StatusCode::PAYLOAD_TOO_LARGE,
         Error::Validation { .. } => StatusCode::UNPROCESSABLE_ENTITY,
@@ -88,6 +90,8 @@ impl ApiError {
         }
     }
 
+    // The Authorizer's refusals come as `Error::Forbidden`; kept for the HTTP layer's own 403s.
+    #[allow(dead_code)]
     pub(crate) fn forbidden(message: impl Into<String>) -> Self {
         Self::new(StatusCode::FORBIDDEN, message)
     }
@@ -237,6 +241,13 @@ mod tests {
                 409,
             ),
             (Error::bad_request("x"), 400),
+            (
+                Error::Forbidden {
+                    collection: "power".into(),
+                    operation: "get".into(),
+                },
+                403,
+            ),
             (
                 Error::Timeout {
                     collection: "power".into(),

@@ -1,6 +1,7 @@
 //! HTTP for a node: the REST routes of every collection known in the cluster, an OpenAPI 3.1
 //! document built from the schemas discovery carries, a realtime websocket of change events,
-//! Basic auth, an [`Authorizer`] hook and CORS.
+//! authentication (Basic, a users file of Argon2 hashes, JWT bearer tokens), an [`Authorizer`]
+//! hook and CORS.
 //!
 //! Any node can serve HTTP, one that owns nothing included: every REST call goes through
 //! [`Node::request`], which routes it to the owner of the collection.
@@ -40,20 +41,25 @@ use crate::{Error, Node, Result};
 mod auth;
 mod config;
 mod error;
+mod jwt;
 mod openapi;
 mod page;
 mod realtime;
 mod rest;
 mod server;
+mod users;
 
-pub use auth::{Authorizer, BasicAuth, Operation};
+pub use crate::access::{Authorizer, Operation, User};
+pub use auth::BasicAuth;
 pub use config::{
     DEFAULT_HEADER_TIMEOUT, DEFAULT_IDLE_TIMEOUT, DEFAULT_MAX_BODY_BYTES, DEFAULT_MAX_CONNECTIONS,
     DEFAULT_SHUTDOWN_TIMEOUT, DEFAULT_WS_BUFFER, DEFAULT_WS_MAX_CLIENTS,
     DEFAULT_WS_MAX_MESSAGE_BYTES, DEFAULT_WS_MAX_TOPICS, HttpConfig,
 };
 pub use error::status_for;
+pub use jwt::JwtAuth;
 pub use openapi::document as openapi_document;
+pub use users::{Users, hash_password};
 
 /// What every handler shares: one `Arc`, so the per-request clones (the `State` extractor, the
 /// middleware) are one atomic increment each.
@@ -88,9 +94,10 @@ pub(crate) struct AppInner {
     _keep: Option<Arc<watch::Sender<bool>>>,
 }
 
-/// The user Basic auth let in (`None` without Basic auth), for the [`Authorizer`].
+/// The user authentication let in (`None` when the server requires none), for the
+/// [`Authorizer`].
 #[derive(Clone, Debug, Default)]
-pub(crate) struct AuthUser(pub(crate) Option<String>);
+pub(crate) struct AuthUser(pub(crate) Option<User>);
 
 /// The router of every HTTP route, to serve yourself or to merge into a bigger axum app.
 ///
@@ -253,7 +260,7 @@ async fn per_request(
         .map(|id| id.0.clone())
         .or_else(|| given_request_id(request.headers()));
     let max_body_bytes = state.config.max_body_bytes;
-    let response = match auth::authenticate(&state.config, request.headers()) {
+    let response = match auth::authenticate(&state.config, request.headers()).await {
         Ok(user) => {
             request.extensions_mut().insert(user);
             drop(state);

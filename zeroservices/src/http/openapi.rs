@@ -8,16 +8,36 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 
 use axum::Json;
-use axum::extract::State;
+use axum::extract::{Extension, State};
 use serde_json::{Map, Value, json};
 
-use super::AppState;
+use super::auth::allowed;
+use super::{AppState, AuthUser};
+use crate::access::Operation;
 use crate::resource::ResourceInfo;
 
-/// `GET /openapi.json`.
-pub(crate) async fn handler(State(state): State<AppState>) -> Json<Value> {
-    let infos = state.node.resource_infos();
-    Json(document(&infos, state.config.basic_auth.is_some()))
+/// `GET /openapi.json`: the collections the user may list (as `GET /` shows them).
+pub(crate) async fn handler(
+    State(state): State<AppState>,
+    user: Option<Extension<AuthUser>>,
+) -> Json<Value> {
+    let user = user.map(|Extension(u)| u).unwrap_or_default();
+    let mut infos = state.node.resource_infos();
+    infos.retain(|info| allowed(&state, &user, &info.name, &Operation::List));
+    let mut doc = document(
+        &infos,
+        state.config.basic_auth.is_some() || state.config.users.is_some(),
+    );
+    if state.config.jwt.is_some() {
+        // Bearer tokens: a second scheme, either one will do.
+        doc["components"]["securitySchemes"]["bearerAuth"] =
+            json!({"type": "http", "scheme": "bearer", "bearerFormat": "JWT"});
+        let security = doc["security"].as_array_mut().map(std::mem::take);
+        let mut security = security.unwrap_or_default();
+        security.push(json!({"bearerAuth": []}));
+        doc["security"] = Value::Array(security);
+    }
+    Json(doc)
 }
 
 /// The error responses every operation may answer, as `(status, component name, description)`.

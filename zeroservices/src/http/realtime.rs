@@ -252,7 +252,11 @@ async fn serve_client(state: AppState, user: AuthUser, socket: WebSocket, seat: 
 
     let forwarder = tokio::spawn({
         let outbox = outbox.clone();
-        let authorizer = state.config.authorizer.clone();
+        let authorizer = state
+            .config
+            .authorizer
+            .clone()
+            .or_else(|| state.node.authorizer().cloned());
         let user = user.0.clone();
         let mut events = events;
         async move {
@@ -262,7 +266,7 @@ async fn serve_client(state: AppState, user: AuthUser, socket: WebSocket, seat: 
                 }
                 if let Some(authorizer) = &authorizer {
                     let collection = event.topic.split('.').next().unwrap_or("");
-                    if !authorizer.authorize(user.as_deref(), collection, &Operation::Subscribe) {
+                    if !authorizer.authorize(user.as_ref(), collection, &Operation::Subscribe) {
                         continue;
                     }
                 }

@@ -9,11 +9,11 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde_json::{Map, Value, json};
 
-use super::auth::{Operation, authorize};
+use super::auth::{Operation, allowed, authorize};
 use super::error::ApiError;
 use super::{AppState, AuthUser};
 use crate::medium::Request;
-use crate::protocol::{BuiltIn, Call, CreateArgs, ListArgs, PatchArgs};
+use crate::protocol::{AddLinkArgs, BuiltIn, Call, CreateArgs, ListArgs, PatchArgs};
 use crate::{Error, Patch};
 
 type ApiResult<T = Response> = Result<T, ApiError>;
@@ -127,11 +127,19 @@ async fn call_raw(state: &AppState, status: StatusCode, request: Request) -> Api
 
 /// `GET /`: the collections known in the cluster, or the live page for a browser (an `Accept`
 /// that prefers `text/html`).
-pub(crate) async fn index(State(state): State<AppState>, headers: HeaderMap) -> Response {
+pub(crate) async fn index(
+    State(state): State<AppState>,
+    user_ext: Option<Extension<AuthUser>>,
+    headers: HeaderMap,
+) -> Response {
     if super::page::wants_html(&headers) {
         return super::page::response();
     }
-    let mut response = Json(json!({ "resources": state.node.collections() })).into_response();
+    // Only the collections the user may list.
+    let user = user(user_ext);
+    let mut collections = state.node.collections();
+    collections.retain(|c| allowed(&state, &user, c, &Operation::List));
+    let mut response = Json(json!({ "resources": collections })).into_response();
     response
         .headers_mut()
         .insert(header::VARY, HeaderValue::from_static("Accept"));
@@ -150,13 +158,17 @@ pub(crate) async fn list(
     Path(collection): Path<String>,
     query: Result<Query<Vec<(String, String)>>, QueryRejection>,
 ) -> ApiResult {
-    authorize(&state, &user(user_ext), &collection, Operation::List)?;
+    let user = user(user_ext);
+    authorize(&state, &user, &collection, Operation::List)?;
     let Query(params) = query.map_err(|e| ApiError::bad_request(e.body_text()))?;
     let args = ListArgs {
         paged: true,
         ..list_args(&params)?
     };
-    let reply = call(&state, Call::List(args).into_request(collection.clone())).await?;
+    let request = Call::List(args)
+        .into_request(collection.clone())
+        .user(user.0);
+    let reply = call(&state, request).await?;
     let (items, more) = match reply {
         Value::Object(mut page) => (
             page.remove("items").unwrap_or(Value::Array(Vec::new())),
@@ -251,7 +263,8 @@ pub(crate) async fn create(
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> ApiResult {
-    authorize(&state, &user(user_ext), &collection, Operation::Create)?;
+    let user = user(user_ext);
+    authorize(&state, &user, &collection, Operation::Create)?;
     let shape = "{\"resource_id\"?: string, \"resource_data\": {...}}";
     let mut body = object_body(&headers, body, shape)?;
     let id = match body.remove("resource_id") {
@@ -274,7 +287,8 @@ pub(crate) async fn create(
         id,
         args: CreateArgs { resource_data },
     }
-    .into_request(collection);
+    .into_request(collection)
+    .user(user.0);
     call_raw(&state, StatusCode::CREATED, request).await
 }
 
@@ -284,13 +298,10 @@ pub(crate) async fn get(
     user_ext: Option<Extension<AuthUser>>,
     Path((collection, id)): Path<(String, String)>,
 ) -> ApiResult {
-    authorize(&state, &user(user_ext), &collection, Operation::Get)?;
-    call_raw(
-        &state,
-        StatusCode::OK,
-        Call::Get { id }.into_request(collection),
-    )
-    .await
+    let user = user(user_ext);
+    authorize(&state, &user, &collection, Operation::Get)?;
+    let request = Call::Get { id }.into_request(collection).user(user.0);
+    call_raw(&state, StatusCode::OK, request).await
 }
 
 /// `PATCH /{collection}/{id}` with `{"patch": {...}}`: 200 the updated document.
@@ -301,7 +312,8 @@ pub(crate) async fn patch(
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> ApiResult {
-    authorize(&state, &user(user_ext), &collection, Operation::Patch)?;
+    let user = user(user_ext);
+    authorize(&state, &user, &collection, Operation::Patch)?;
     let shape = "{\"patch\": {\"$set\": {...}, ...}}";
     let mut body = object_body(&headers, body, shape)?;
     let Some(patch) = body.remove("patch") else {
@@ -315,7 +327,8 @@ pub(crate) async fn patch(
             patch: Patch::new(patch),
         },
     }
-    .into_request(collection);
+    .into_request(collection)
+    .user(user.0);
     let doc = call(&state, request).await?;
     Ok(Json(doc).into_response())
 }
@@ -326,8 +339,10 @@ pub(crate) async fn delete(
     user_ext: Option<Extension<AuthUser>>,
     Path((collection, id)): Path<(String, String)>,
 ) -> ApiResult {
-    authorize(&state, &user(user_ext), &collection, Operation::Delete)?;
-    call(&state, Call::Delete { id }.into_request(collection)).await?;
+    let user = user(user_ext);
+    authorize(&state, &user, &collection, Operation::Delete)?;
+    let request = Call::Delete { id }.into_request(collection).user(user.0);
+    call(&state, request).await?;
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
@@ -365,14 +380,41 @@ async fn run_action(
     headers: &HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> ApiResult {
-    authorize(state, &user, &collection, Operation::Action(action.clone()))?;
+    let built_in = BuiltIn::from_name(&action);
+    // The link actions are asked as what they do (see `Operation`).
+    let operation = match built_in {
+        Some(BuiltIn::AddLink) => Operation::Patch,
+        Some(BuiltIn::FollowLinks) => Operation::Get,
+        Some(BuiltIn::IncomingLinks) => Operation::List,
+        _ => Operation::Action(action.clone()),
+    };
+    authorize(state, &user, &collection, operation)?;
     if has_own_route(&action) {
         return Err(Error::UnknownAction { collection, action }.into());
     }
     let args = json_body(headers, body)?.unwrap_or(Value::Null);
-    let mut request = Request::new(collection, action).args(args);
+    if built_in == Some(BuiltIn::AddLink)
+        && let Ok(link) = serde_json::from_value::<AddLinkArgs>(args.clone())
+    {
+        // A read of the target's collection too.
+        authorize(state, &user, &link.target_id.0, Operation::Get)?;
+    }
+    let mut request = Request::new(collection, action)
+        .args(args)
+        .user(user.0.clone());
     request.resource_id = id;
-    let result = call(state, request).await?;
+    let mut result = call(state, request).await?;
+    if built_in == Some(BuiltIn::FollowLinks)
+        && let Value::Array(targets) = &mut result
+    {
+        // The targets the user may not read are left out (the owner leaves them out too when
+        // it has the authorizer; this one may be the HTTP node's only).
+        targets.retain(|t| {
+            t.get("resource_name")
+                .and_then(Value::as_str)
+                .is_none_or(|c| allowed(state, &user, c, &Operation::Get))
+        });
+    }
     Ok(Json(result).into_response())
 }
 

@@ -11,6 +11,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use serde_json::value::RawValue;
 
+use crate::access::User;
 use crate::{Event, NodeInfo, Result};
 
 mod memory;
@@ -44,6 +45,10 @@ pub struct Request {
     /// "limit", "skip", "text"}` for list, the action's argument for custom actions.
     #[serde(default)]
     pub args: Value,
+    /// The caller the HTTP layer authenticated, for the owner's
+    /// [`Authorizer`](crate::access::Authorizer); `None` for a node's own calls (trusted).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user: Option<User>,
 }
 
 impl Request {
@@ -54,6 +59,7 @@ impl Request {
             action: action.into(),
             resource_id: None,
             args: Value::Null,
+            user: None,
         }
     }
 
@@ -66,6 +72,12 @@ impl Request {
     /// Sets the arguments.
     pub fn args(mut self, args: Value) -> Self {
         self.args = args;
+        self
+    }
+
+    /// Sets the calling user.
+    pub fn user(mut self, user: Option<User>) -> Self {
+        self.user = user;
         self
     }
 }
@@ -155,4 +167,26 @@ pub trait Medium: Send + Sync + 'static {
 
     /// A short name for logs.
     fn describe(&self) -> String;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_user_is_an_optional_field_of_a_request() {
+        let plain = Request::new("power", "get").id("1");
+        let json = serde_json::to_value(&plain).unwrap();
+        assert!(json.get("user").is_none(), "{json}");
+        let with_user = plain.clone().user(Some(User::new("ann").roles(["admin"])));
+        let json = serde_json::to_value(&with_user).unwrap();
+        assert_eq!(
+            json["user"],
+            serde_json::json!({"name": "ann", "roles": ["admin"]})
+        );
+        assert_eq!(serde_json::from_value::<Request>(json).unwrap(), with_user);
+        // A request from a node that does not send users reads as one without.
+        let old = serde_json::json!({"collection": "power", "action": "get", "resource_id": "1"});
+        assert_eq!(serde_json::from_value::<Request>(old).unwrap(), plain);
+    }
 }

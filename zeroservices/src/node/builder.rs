@@ -13,6 +13,7 @@ use super::directory::Directory;
 use super::inbound::Handle;
 use super::shutdown::Shutdown;
 use super::{Node, NodeInfo, NodeInner, NodeKind, lock};
+use crate::access::Authorizer;
 #[cfg(feature = "zeromq")]
 use crate::config::NetworkConfig;
 #[cfg(feature = "zeromq")]
@@ -60,6 +61,7 @@ pub struct NodeBuilder {
     shutdown_timeout: Option<Duration>,
     /// Whether the network configuration opens the node without a key (`ZS_INSECURE`).
     insecure: bool,
+    authorizer: Option<Arc<dyn Authorizer>>,
 }
 
 impl NodeBuilder {
@@ -77,7 +79,16 @@ impl NodeBuilder {
             limits: None,
             shutdown_timeout: None,
             insecure: false,
+            authorizer: None,
         }
+    }
+
+    /// Asks `authorizer` for every request to this node's collections that carries a user (see
+    /// [`crate::access`]); the HTTP server of this node uses it too, unless its
+    /// [`HttpConfig`](crate::http::HttpConfig) has one of its own.
+    pub fn authorizer(mut self, authorizer: impl Authorizer) -> Self {
+        self.authorizer = Some(Arc::new(authorizer));
+        self
     }
 
     /// Joins an in-process cluster (medium and discovery).
@@ -294,6 +305,7 @@ impl NodeBuilder {
             requests_served: AtomicU64::new(0),
             requests_sent: AtomicU64::new(0),
             requests_timed_out: AtomicU64::new(0),
+            authorizer: self.authorizer,
         });
         let node = Node { inner };
         // Peers send this node only the events its subscribers want: the medium follows the

@@ -11,6 +11,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use serde_json::value::RawValue;
 
+use crate::access::Authorizer;
 use crate::discovery::Discovery;
 use crate::event::EventBus;
 use crate::medium::{Endpoints, Medium, NODE_MESSAGE, PROTOCOL_VERSION, Request};
@@ -133,6 +134,7 @@ pub(crate) struct NodeInner {
     requests_served: AtomicU64,
     requests_sent: AtomicU64,
     requests_timed_out: AtomicU64,
+    authorizer: Option<Arc<dyn Authorizer>>,
 }
 
 /// A member of a cluster; cheap to clone (a handle).
@@ -390,6 +392,11 @@ impl Node {
         let request = Request::new(NODE_MESSAGE, "message").args(body);
         let raw = self.call_peer(&peer, request).await?;
         crate::json::from_raw(&raw)
+    }
+
+    /// The authorizer installed with [`NodeBuilder::authorizer`], if any.
+    pub fn authorizer(&self) -> Option<&Arc<dyn Authorizer>> {
+        self.inner.authorizer.as_ref()
     }
 
     fn local_service(&self, collection: &str) -> Option<Arc<dyn Service>> {

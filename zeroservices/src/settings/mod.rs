@@ -32,7 +32,7 @@ use clap::{ArgMatches, Args, CommandFactory, FromArgMatches, Parser};
 
 use crate::config::NetworkConfig;
 #[cfg(feature = "http")]
-use crate::http::{BasicAuth, HttpConfig};
+use crate::http::{BasicAuth, HttpConfig, JwtAuth, Users};
 use crate::security::ClusterKey;
 use crate::store::StoreConfig;
 use crate::{Error, Limits};
@@ -265,6 +265,26 @@ pub struct HttpSettings {
     #[arg(long, env = "ZS_BASIC_AUTH", value_name = "USER:PASSWORD", hide_env_values = true,
           value_parser = Check(parse::basic_auth))]
     pub basic_auth: Option<BasicAuth>,
+    /// Require HTTP Basic auth with the users of this file: `user:$argon2id$...[:role,...]` per
+    /// line (`zeroservices hash-password` prints a hash); with `ZS_BASIC_AUTH` too, either is
+    /// accepted.
+    #[arg(long, env = "ZS_BASIC_AUTH_FILE", value_name = "PATH",
+          value_parser = Check(parse::users_file))]
+    pub basic_auth_file: Option<std::sync::Arc<Users>>,
+    /// Accept (and require) JWT bearer tokens signed with this HS256 secret (32 bytes or
+    /// more); prefer `ZS_JWT_SECRET_FILE`.
+    #[arg(long, env = "ZS_JWT_SECRET", value_name = "SECRET", hide_env_values = true,
+          value_parser = Check(parse::jwt_secret))]
+    pub jwt_secret: Option<JwtAuth>,
+    /// `ZS_JWT_SECRET`, read from this file (one trailing newline ignored).
+    #[arg(long, env = "ZS_JWT_SECRET_FILE", value_name = "PATH",
+          value_parser = Check(parse::jwt_secret_file))]
+    pub jwt_secret_file: Option<JwtAuth>,
+    /// Accept (and require) JWT bearer tokens signed with the private key of this public key
+    /// (RS256 for RSA, EdDSA for Ed25519): PEM text, or the path of a PEM file.
+    #[arg(long, env = "ZS_JWT_PUBLIC_KEY", value_name = "PEM|PATH",
+          value_parser = Check(parse::jwt_public_key))]
+    pub jwt_public_key: Option<JwtAuth>,
     /// The largest request body, in bytes; larger ones get a 413 [default: 1048576].
     #[arg(long, env = "ZS_MAX_BODY_BYTES", value_name = "BYTES", value_parser = Check(parse::count))]
     pub max_body_bytes: Option<usize>,
@@ -573,6 +593,18 @@ impl Settings {
         }
         if let Some(auth) = &h.basic_auth {
             config.basic_auth = Some(auth.clone());
+        }
+        if let Some(users) = &h.basic_auth_file {
+            config.users = Some(users.clone());
+        }
+        for jwt in [&h.jwt_secret, &h.jwt_secret_file, &h.jwt_public_key]
+            .into_iter()
+            .flatten()
+        {
+            config.jwt = Some(match config.jwt.take() {
+                Some(keys) => keys.and(jwt.clone()),
+                None => jwt.clone(),
+            });
         }
         if let Some(v) = h.max_body_bytes {
             config.max_body_bytes = v;

@@ -10,7 +10,7 @@ use clap::error::{ContextKind, ContextValue, ErrorKind};
 use clap::{Arg, Command};
 
 #[cfg(feature = "http")]
-use crate::http::BasicAuth;
+use crate::http::{BasicAuth, JwtAuth, Users};
 use crate::limits;
 use crate::store::StoreConfig;
 
@@ -157,6 +157,58 @@ pub(crate) fn max_peers(v: &str) -> Result<usize, String> {
 #[cfg(feature = "http")]
 pub(crate) fn basic_auth(v: &str) -> Result<BasicAuth, String> {
     BasicAuth::parse(v).map_err(|_| "`user:password` with a non-empty user".into())
+}
+
+/// A users file, read and checked now: its errors name the file and the line.
+#[cfg(feature = "http")]
+pub(crate) fn users_file(v: &str) -> Result<std::sync::Arc<Users>, String> {
+    Users::load(v).map(std::sync::Arc::new).map_err(|e| {
+        format!(
+            "a users file of `user:$argon2id$...[:roles]` lines: {}",
+            message(e)
+        )
+    })
+}
+
+/// An HS256 secret. Never refused here: the error would print it. A short one is refused by
+/// [`JwtAuth::hs256`] when given in code; from a setting, it is warned about.
+#[cfg(feature = "http")]
+pub(crate) fn jwt_secret(v: &str) -> Result<JwtAuth, String> {
+    JwtAuth::hs256(v.as_bytes())
+        .or_else(|_| {
+            tracing::warn!("ZS_JWT_SECRET is shorter than 32 bytes: easy to guess");
+            JwtAuth::hs256_unchecked(v.as_bytes())
+        })
+        .map_err(|_| "a non-empty secret".into())
+}
+
+/// An HS256 secret read from a file.
+#[cfg(feature = "http")]
+pub(crate) fn jwt_secret_file(v: &str) -> Result<JwtAuth, String> {
+    let text = std::fs::read(v).map_err(|e| format!("a readable file with the secret: {e}"))?;
+    let secret = text.strip_suffix(b"\n").unwrap_or(&text);
+    let secret = secret.strip_suffix(b"\r").unwrap_or(secret);
+    JwtAuth::hs256(secret).map_err(message)
+}
+
+/// A PEM public key, as text or in a file.
+#[cfg(feature = "http")]
+pub(crate) fn jwt_public_key(v: &str) -> Result<JwtAuth, String> {
+    let pem = if v.starts_with("-----BEGIN") {
+        v.as_bytes().to_vec()
+    } else {
+        std::fs::read(v).map_err(|e| format!("PEM text or a readable PEM file: {e}"))?
+    };
+    JwtAuth::public_key_pem(&pem).map_err(message)
+}
+
+/// An error's message without its kind's prefix.
+#[cfg(feature = "http")]
+fn message(e: crate::Error) -> String {
+    match e {
+        crate::Error::BadRequest { message } => message,
+        other => other.to_string(),
+    }
 }
 
 pub(crate) fn store(v: &str) -> Result<StoreSpec, String> {

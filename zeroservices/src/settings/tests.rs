@@ -231,7 +231,7 @@ fn variables_follow_the_ids() {
             "{arg:?}"
         );
     }
-    assert_eq!(vars, 35);
+    assert_eq!(vars, 39);
     let help = with_env(Settings::command(), &env(&[]))
         .render_long_help()
         .to_string();
@@ -402,4 +402,50 @@ fn a_key_on_the_command_line_is_warned_about() {
     assert!(warnings(&["zeroservices"], &[("ZS_CLUSTER_KEY", "k")]).is_empty());
     let (_dir, path) = key_file("k");
     assert!(warnings(&["zeroservices", "--cluster-key-file", &path], &[]).is_empty());
+}
+
+/// The users file and the JWT keys: read at start-up, an error naming the variable, the file
+/// and the line; the keys of several variables all accepted.
+#[test]
+fn users_file_and_jwt_keys() {
+    let dir = tempfile::tempdir().unwrap();
+    let hash = crate::http::hash_password("pw").unwrap();
+    let users = dir.path().join("users");
+    std::fs::write(&users, format!("# users\nann:{hash}:admin\n")).unwrap();
+    let secret = dir.path().join("secret");
+    std::fs::write(&secret, "a secret of at least thirty-two bytes\n").unwrap();
+    let path = |p: &std::path::Path| p.to_str().unwrap().to_owned();
+    let s = from(&[
+        ("ZS_HTTP_PORT", "6001"),
+        ("ZS_BASIC_AUTH_FILE", &path(&users)),
+        ("ZS_JWT_SECRET_FILE", &path(&secret)),
+        ("ZS_JWT_SECRET", "another secret of at least 32 bytes"),
+    ])
+    .unwrap();
+    let http = s.http(None).unwrap();
+    assert!(http.users.as_ref().unwrap().contains("ann"));
+    assert!(http.requires_auth());
+    assert!(format!("{:?}", http.jwt).contains("HS256, HS256"));
+
+    let bad = dir.path().join("bad");
+    std::fs::write(&bad, format!("ann:{hash}\n\nbob:secret\n")).unwrap();
+    let err = from(&[("ZS_BASIC_AUTH_FILE", &path(&bad))])
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.starts_with("ZS_BASIC_AUTH_FILE / --basic-auth-file="),
+        "{err}"
+    );
+    assert!(err.contains("bad line 3: not an Argon2 PHC hash"), "{err}");
+    let err = from(&[("ZS_JWT_PUBLIC_KEY", "-----BEGIN PUBLIC KEY-----\nnope")])
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.starts_with("ZS_JWT_PUBLIC_KEY / --jwt-public-key="),
+        "{err}"
+    );
+    let err = from(&[("ZS_JWT_SECRET_FILE", "/nonexistent/secret")])
+        .unwrap_err()
+        .to_string();
+    assert!(err.starts_with("ZS_JWT_SECRET_FILE"), "{err}");
 }
