@@ -938,3 +938,69 @@ async fn a_body_that_is_not_declared_json_is_refused() {
     server.shutdown().await;
     node.stop().await;
 }
+
+/// A write from a page of another site is refused whatever its body: a body-less POST to an
+/// action is a "simple" request a hostile page can make a browser send without a preflight.
+/// No `Origin` (not a browser), the node's own pages and the allowed origins pass.
+#[tokio::test]
+async fn a_write_from_another_sites_page_is_refused() {
+    let cluster = MemoryCluster::new();
+    let node = owner(&cluster).await;
+    let allowed = HttpConfig::new(0).allowed_origins("https://app.example");
+    let (server, base) = start(&node, allowed).await;
+    let http = client();
+    let (status, _) = json(
+        http.post(format!("{base}/power"))
+            .json(&json!({"resource_id": "p", "resource_data": {"value": 3}}))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(status, 201);
+    let evil = "https://evil.example";
+    let square = http
+        .post(format!("{base}/power/p/square"))
+        .header("origin", evil)
+        .send()
+        .await
+        .unwrap();
+    let (status, body) = json(square).await;
+    assert_eq!(status, 403, "{body}");
+    assert!(body["error"].as_str().unwrap().contains(evil), "{body}");
+    for write in [
+        http.post(format!("{base}/power"))
+            .json(&json!({"resource_id": "q", "resource_data": {"value": 1}})),
+        http.patch(format!("{base}/power/p"))
+            .json(&json!({"patch": {"$set": {"value": 9}}})),
+        http.delete(format!("{base}/power/p")),
+    ] {
+        let response = write.header("origin", evil).send().await.unwrap();
+        assert_eq!(response.status().as_u16(), 403);
+    }
+    // Nothing happened; reads from another site are CORS's business, not refused here.
+    let (status, doc) = json(
+        http.get(format!("{base}/power/p"))
+            .header("origin", evil)
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(status, 200);
+    assert_eq!(doc["resource_data"]["value"], 3, "{doc}");
+    assert!(doc["resource_data"]["result"].is_null(), "{doc}");
+    // The allowed origin and the node's own page may write.
+    let own = base.replace("http://", "");
+    for origin in ["https://app.example".to_owned(), format!("http://{own}")] {
+        let response = http
+            .post(format!("{base}/power/p/square"))
+            .header("origin", &origin)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status().as_u16(), 200, "{origin}");
+    }
+    server.shutdown().await;
+    node.stop().await;
+}

@@ -90,8 +90,7 @@ impl ApiError {
         }
     }
 
-    // The Authorizer's refusals come as `Error::Forbidden`; kept for the HTTP layer's own 403s.
-    #[allow(dead_code)]
+    /// The HTTP layer's own 403s (the Authorizer's refusals come as `Error::Forbidden`).
     pub(crate) fn forbidden(message: impl Into<String>) -> Self {
         Self::new(StatusCode::FORBIDDEN, message)
     }

@@ -238,6 +238,19 @@ fn cors_layer(origins: &[String]) -> Option<CorsLayer> {
 /// The one middleware every request goes through (one layer instead of three): Basic auth,
 /// the handler, the JSON rewrite of error responses that are not JSON yet, and one log line
 /// (debug, or warn for a server-side failure, 5xx).
+/// The 403 of a write from a page of another site.
+fn cross_site_write(headers: &axum::http::HeaderMap) -> Response {
+    let origin = headers
+        .get(header::ORIGIN)
+        .and_then(|o| o.to_str().ok())
+        .unwrap_or("?");
+    error::ApiError::forbidden(format!(
+        "a write from a page of another site ({origin}) is refused; \
+         list its origin in ZS_ALLOWED_ORIGINS to allow it"
+    ))
+    .into_response()
+}
+
 async fn per_request(
     State(state): State<AppState>,
     mut request: HttpRequest,
@@ -260,14 +273,26 @@ async fn per_request(
         .map(|id| id.0.clone())
         .or_else(|| given_request_id(request.headers()));
     let max_body_bytes = state.config.max_body_bytes;
-    let response = match auth::authenticate(&state.config, request.headers()).await {
-        Ok(user) => {
-            request.extensions_mut().insert(user);
-            drop(state);
-            next.run(request).await
-        }
-        Err(rejection) => rejection.into_response(),
-    };
+    // A write from a page of another site (a browser sends its `Origin`) is refused before
+    // anything else: a body-less POST to an action is a "simple" request no CORS preflight
+    // guards. Clients that send no `Origin` (not browsers) and the allowed origins pass.
+    let write = matches!(
+        *request.method(),
+        Method::POST | Method::PATCH | Method::PUT | Method::DELETE
+    );
+    let response =
+        if write && !realtime::origin_allowed(&state.config.allowed_origins, request.headers()) {
+            cross_site_write(request.headers())
+        } else {
+            match auth::authenticate(&state.config, request.headers()).await {
+                Ok(user) => {
+                    request.extensions_mut().insert(user);
+                    drop(state);
+                    next.run(request).await
+                }
+                Err(rejection) => rejection.into_response(),
+            }
+        };
     let response = error::json_errors(response).await;
     let failed = !response.status().is_success() && !response.status().is_redirection();
     let id = match given {
