@@ -29,8 +29,13 @@ pub struct NetworkConfig {
     /// replies and seed peers (default: a free port; a node that others list in `ZS_PEERS`
     /// needs a fixed one).
     pub discovery_port: Option<u16>,
-    /// `ZS_CLUSTER_KEY`: sign and check every envelope and announcement.
+    /// `ZS_CLUSTER_KEY`: seal (encrypt and authenticate) every envelope and datagram; a keyring
+    /// of comma-separated keys, the first used to seal, all accepted.
     pub cluster_key: Option<ClusterKey>,
+    /// `ZS_REPLAY_WINDOW_MS`: with a cluster key, a message whose timestamp is further than this
+    /// from the receiver's clock is dropped, and one seen before within it too (default 60000:
+    /// clocks are assumed within a few seconds of each other, e.g. by NTP).
+    pub replay_window: Duration,
     /// `ZS_REQUEST_TIMEOUT_MS` (default 5000).
     pub request_timeout: Duration,
     /// `ZS_HEARTBEAT_MS`: how often a node re-announces itself (default 1000).
@@ -56,6 +61,7 @@ impl Default for NetworkConfig {
             peers: Vec::new(),
             discovery_port: None,
             cluster_key: None,
+            replay_window: DEFAULT_REPLAY_WINDOW,
             request_timeout: DEFAULT_REQUEST_TIMEOUT,
             heartbeat: Duration::from_secs(1),
             peer_timeout: Duration::from_secs(5),
@@ -68,6 +74,9 @@ impl Default for NetworkConfig {
 fn bad(name: &str, value: &str, expected: &str) -> Error {
     Error::bad_request(format!("{name}={value:?}: expected {expected}"))
 }
+
+/// The default of [`NetworkConfig::replay_window`]: ±60 s.
+pub const DEFAULT_REPLAY_WINDOW: Duration = Duration::from_secs(60);
 
 /// The default of [`NetworkConfig::max_peers`].
 pub const DEFAULT_MAX_PEERS: usize = 1024;

@@ -121,10 +121,15 @@ pub struct NetworkSettings {
     /// This node's unicast discovery port (set it on seeds) [default: a free port].
     #[arg(long, env = "ZS_DISCOVERY_PORT", value_name = "PORT", value_parser = Check(parse::port))]
     pub discovery_port: Option<u16>,
-    /// Sign and check every message with this shared secret.
-    #[arg(long, env = "ZS_CLUSTER_KEY", value_name = "KEY", hide_env_values = true,
+    /// Seal (encrypt and authenticate) every message with this shared secret; several
+    /// comma-separated keys are a keyring: the first seals, all are accepted.
+    #[arg(long, env = "ZS_CLUSTER_KEY", value_name = "KEY[,KEY..]", hide_env_values = true,
           value_parser = Check(parse::text))]
     pub cluster_key: Option<String>,
+    /// With a cluster key: drop messages stamped further than this from this node's clock, and
+    /// those seen before within it [default: 60000].
+    #[arg(long, env = "ZS_REPLAY_WINDOW_MS", value_name = "MS", value_parser = Check(parse::millis))]
+    pub replay_window_ms: Option<Duration>,
     /// How long a request waits for the owner's reply [default: 5000].
     #[arg(long, env = "ZS_REQUEST_TIMEOUT_MS", value_name = "MS", value_parser = Check(parse::millis))]
     pub request_timeout_ms: Option<Duration>,
@@ -330,7 +335,10 @@ impl Settings {
             c.discovery_port = Some(v);
         }
         if let Some(v) = &n.cluster_key {
-            c.cluster_key = Some(ClusterKey::new(v.clone()));
+            c.cluster_key = Some(ClusterKey::parse(v).unwrap_or_else(|_| ClusterKey::new(v)));
+        }
+        if let Some(v) = n.replay_window_ms {
+            c.replay_window = v;
         }
         c.request_timeout = self.request_timeout();
         if let Some(v) = n.heartbeat_ms {

@@ -231,7 +231,7 @@ fn variables_follow_the_ids() {
             "{arg:?}"
         );
     }
-    assert_eq!(vars, 33);
+    assert_eq!(vars, 34);
     let help = with_env(Settings::command(), &env(&[]))
         .render_long_help()
         .to_string();
