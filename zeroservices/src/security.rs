@@ -22,6 +22,8 @@ use sha2::Sha256;
 use tokio::sync::watch;
 
 #[cfg(feature = "zeromq")]
+pub mod keyfile;
+#[cfg(feature = "zeromq")]
 pub(crate) mod seal;
 
 type HmacSha256 = Hmac<Sha256>;
