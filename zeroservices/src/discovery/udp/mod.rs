@@ -34,7 +34,7 @@
 //!
 //! Unknown fields are ignored. Version 1 appended an HMAC to the JSON with a cluster key;
 //! version 2 seals it. With a cluster key the datagram is binary: the 45-byte clear header
-//! `version (1 byte, 2) | key id (4) | session (8) | timestamp (8, ms since the epoch, big-endian) | nonce (24, random)`
+//! `version (1 byte, 2) | key id (4) | session (8) | timestamp (8, ms since the epoch, big-endian) | nonce (24, as in the wire format)`
 //! then the JSON above encrypted with XChaCha20-Poly1305 and its 16-byte tag. The key is derived
 //! from the primary secret of the keyring by HKDF-SHA256 (salt `zeroservices cluster key`, info
 //! `zeroservices discovery v2`; the key id as in the wire format, see

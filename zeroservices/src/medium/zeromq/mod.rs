@@ -55,7 +55,7 @@
 //! (`zeroservices key id v1`). A body is sealed with XChaCha20-Poly1305 under the wire key of
 //! the primary (first) secret: the body frame is the ciphertext followed by its 16-byte tag;
 //! the `seal` frame is the 45-byte clear header
-//! `version (1 byte, 3) | key id (4) | session (8) | timestamp (8, ms since the epoch, big-endian) | nonce (24, random)`.
+//! `version (1 byte, 3) | key id (4) | session (8) | timestamp (8, ms since the epoch, big-endian) | nonce (24: a per-sender counter, 8 bytes, then 16 random bytes drawn once per sender)`.
 //! The associated data is `kind | seal | context`, `kind` one byte (`c` a call: request,
 //! interest or sync; `r` a response; `e` an event) and `context` the topic frame of an event
 //! (empty otherwise): a body cannot be moved to another kind, topic or header.
