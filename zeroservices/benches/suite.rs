@@ -5,6 +5,7 @@
 //! scripts/bench.sh                                   # installs wrk if missing, runs this
 //! cargo bench -p zeroservices --bench suite          # ZS_BENCH_SECONDS=5 per measure (default)
 //! ZS_BENCH_SECONDS=2 cargo bench -p zeroservices --bench suite   # quicker, noisier
+//! ZS_CLUSTER_KEY=secret cargo bench -p zeroservices --bench suite  # every process sealing
 //! ```
 //!
 //! The binary re-executes itself (`ZS_SUITE_ROLE=owner|gateway|subscriber|idle`) for the child
@@ -145,6 +146,11 @@ impl Net {
         NetworkConfig {
             interface: Ipv4Addr::LOCALHOST,
             multicast_group: self.group.parse().expect("group"),
+            // `ZS_CLUSTER_KEY=... cargo bench`: this process seals like its children (which
+            // inherit the variable), to measure what sealing costs.
+            cluster_key: std::env::var("ZS_CLUSTER_KEY")
+                .ok()
+                .map(|k| zeroservices::security::ClusterKey::parse(&k).expect("a cluster key")),
             ..NetworkConfig::default()
         }
     }

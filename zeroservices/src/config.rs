@@ -31,11 +31,19 @@ pub struct NetworkConfig {
     /// replies and seed peers (default: a free port; a node that others list in `ZS_PEERS`
     /// needs a fixed one).
     pub discovery_port: Option<u16>,
-    /// `ZS_CLUSTER_KEY`: sign and check every envelope and announcement.
+    /// `ZS_CLUSTER_KEY`: seal (encrypt and authenticate) every envelope and datagram; a keyring
+    /// of comma-separated keys, the first used to seal, all accepted.
     pub cluster_key: Option<ClusterKey>,
     /// `ZS_INSECURE=1`: allows an interface other than loopback without a cluster key. The node
     /// warns at start and announces itself as insecure (`zeroservices nodes` shows it).
     pub insecure: bool,
+    /// `ZS_CLUSTER_KEY_FILE`: where the cluster key was read from; the medium re-reads it into
+    /// the keyring on SIGHUP (key rotation without a restart).
+    pub cluster_key_file: Option<std::path::PathBuf>,
+    /// `ZS_REPLAY_WINDOW_MS`: with a cluster key, a message whose timestamp is further than this
+    /// from the receiver's clock is dropped, and one seen before within it too (default 60000:
+    /// clocks are assumed within a few seconds of each other, e.g. by NTP).
+    pub replay_window: Duration,
     /// `ZS_REQUEST_TIMEOUT_MS` (default 5000).
     pub request_timeout: Duration,
     /// `ZS_HEARTBEAT_MS`: how often a node re-announces itself (default 1000).
@@ -62,6 +70,8 @@ impl Default for NetworkConfig {
             discovery_port: None,
             cluster_key: None,
             insecure: false,
+            cluster_key_file: None,
+            replay_window: DEFAULT_REPLAY_WINDOW,
             request_timeout: DEFAULT_REQUEST_TIMEOUT,
             heartbeat: Duration::from_secs(1),
             peer_timeout: Duration::from_secs(5),
@@ -74,6 +84,9 @@ impl Default for NetworkConfig {
 fn bad(name: &str, value: &str, expected: &str) -> Error {
     Error::bad_request(format!("{name}={value:?}: expected {expected}"))
 }
+
+/// The default of [`NetworkConfig::replay_window`]: ±60 s.
+pub const DEFAULT_REPLAY_WINDOW: Duration = Duration::from_secs(60);
 
 /// The default of [`NetworkConfig::max_peers`].
 pub const DEFAULT_MAX_PEERS: usize = 1024;

@@ -405,7 +405,7 @@ fn forged(like: &NodeInfo, id: &str, reply_to: SocketAddr) -> Vec<u8> {
     let mut node = like.clone();
     node.id = id.to_owned();
     node.endpoints = Default::default();
-    json!({"v": 1, "type": "announce", "reply_to": reply_to.to_string(), "node": node})
+    json!({"v": zeroservices::discovery::udp::DISCOVERY_VERSION, "type": "announce", "reply_to": reply_to.to_string(), "node": node})
         .to_string()
         .into_bytes()
 }

@@ -105,7 +105,7 @@ impl Net {
             multicast: self.multicast,
             peers: self.peers.iter().map(|p| p.parse().unwrap()).collect(),
             discovery_port: self.discovery_port,
-            cluster_key: self.key.as_ref().map(ClusterKey::new),
+            cluster_key: self.key.as_deref().map(|k| ClusterKey::parse(k).unwrap()),
             request_timeout: Duration::from_millis(1000),
             heartbeat: Duration::from_millis(200),
             peer_timeout: Duration::from_millis(1500),
@@ -444,7 +444,18 @@ async fn static_peers_work_without_multicast() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn the_sniffer_prints_events_of_the_cluster() {
-    let net = Net::new();
+    sniffer_prints_events(None).await;
+}
+
+/// With the cluster's key (here a keyring of two), the sniffer opens the sealed events.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_sniffer_with_the_key_prints_sealed_events() {
+    sniffer_prints_events(Some("new-key,old-key")).await;
+}
+
+async fn sniffer_prints_events(key: Option<&str>) {
+    let mut net = Net::new();
+    net.key = key.map(str::to_owned);
     let _owner = ChildNode::spawn("power", &net);
     let client = net.node("client").await;
     client

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use serde_json::json;
 use zeroservices::config::NetworkConfig;
-use zeroservices::discovery::udp::{MAC_CONTEXT, MAX_DATAGRAM_BYTES};
+use zeroservices::discovery::udp::MAX_DATAGRAM_BYTES;
 use zeroservices::discovery::{
     Discovery, DiscoveryStats, LeaveReason, PeerEvent, PeerSink, UdpDiscovery,
 };
@@ -393,10 +393,7 @@ fn garbage_sender() -> UdpSocket {
 }
 
 fn signed(key: &ClusterKey, json: &[u8]) -> Vec<u8> {
-    let mut bytes = json.to_vec();
-    bytes.push(b'\n');
-    bytes.extend_from_slice(key.sign(&[MAC_CONTEXT, json]).as_bytes());
-    bytes
+    zeroservices::security::testing::seal_datagram(key, json)
 }
 
 #[tokio::test]
@@ -423,19 +420,19 @@ async fn garbage_is_counted_and_discovery_keeps_working() {
         }))
         .unwrap()
     };
-    let good = announce(json!(1), "127.0.0.1:9");
+    let good = announce(json!(2), "127.0.0.1:9");
     let mut random = vec![0u8; 512];
     for (i, byte) in random.iter_mut().enumerate() {
         *byte = (i as u8).wrapping_mul(151).wrapping_add(7);
     }
     let mut forged = signed(&key, &good);
     let n = forged.len();
-    forged[n - 1] = if forged[n - 1] == b'0' { b'1' } else { b'0' };
+    forged[n - 1] ^= 1;
     let wrong_key = signed(&ClusterKey::new("other"), &good);
     let truncated = signed(&key, &good[..good.len() / 2]);
     let wrong_version = signed(&key, &announce(json!(7), "127.0.0.1:9"));
-    let bad_shape = signed(&key, br#"{"v":1,"type":"announce","node":42}"#);
-    let elsewhere = signed(&key, &announce(json!(1), "192.0.2.1:9"));
+    let bad_shape = signed(&key, br#"{"v":2,"type":"announce","node":42}"#);
+    let elsewhere = signed(&key, &announce(json!(2), "192.0.2.1:9"));
     let oversized = vec![b'{'; MAX_DATAGRAM_BYTES + 1000];
     let empty = Vec::new();
 
@@ -456,13 +453,15 @@ async fn garbage_is_counted_and_discovery_keeps_working() {
             sender.send_to(datagram, to).unwrap();
         }
     }
-    // a gets everything twice (unicast and group), b once (group).
+    // a gets everything twice (unicast and group), b once (group). The second copy of a
+    // sealed datagram is a replay for a.
     wait_until("a to count every drop", SOON, || {
         let s = a.stats();
         s.dropped_unsigned >= base.dropped_unsigned + 8
-            && s.dropped_malformed >= base.dropped_malformed + 4
-            && s.dropped_version >= base.dropped_version + 2
+            && s.dropped_malformed >= base.dropped_malformed + 3
+            && s.dropped_version > base.dropped_version
             && s.dropped_oversized >= base.dropped_oversized + 2
+            && s.dropped_replayed >= base.dropped_replayed + 4
     })
     .await;
     wait_until("b to count the group's drops", SOON, || {
@@ -599,4 +598,76 @@ async fn starting_twice_is_an_error() {
             .is_err()
     );
     a.discovery.stop().await;
+}
+
+/// With a key, a goodbye (or announcement) that does not open is dropped, and a captured
+/// datagram sent again is a replay: dropped and counted, whatever it says.
+#[tokio::test]
+async fn forged_goodbyes_and_replayed_datagrams_are_ignored() {
+    let group = fresh_group();
+    let key = ClusterKey::new("secret");
+    let keyed = NetworkConfig {
+        cluster_key: Some(key.clone()),
+        // The ghost below sends no heartbeats: it must not time out during the test.
+        peer_timeout: Duration::from_secs(30),
+        ..config(group)
+    };
+    let a = member("a", keyed.clone()).await;
+    let b = member("b", keyed).await;
+    wait_until("a and b", SOON, || {
+        a.sink.knows(&[b.id()]) && b.sink.knows(&[a.id()])
+    })
+    .await;
+    let sender = garbage_sender();
+    let datagram = |kind: &str, id: &str| {
+        serde_json::to_vec(&json!({
+            "v": 2, "type": kind, "reply_to": "127.0.0.1:9",
+            "node": {"id": id, "name": "svc"},
+        }))
+        .unwrap()
+    };
+    let base = a.stats();
+
+    // A goodbye naming b: in clear, and sealed under another key.
+    sender
+        .send_to(&datagram("goodbye", b.id()), a.addr())
+        .unwrap();
+    sender
+        .send_to(
+            &signed(&ClusterKey::new("other"), &datagram("goodbye", b.id())),
+            a.addr(),
+        )
+        .unwrap();
+    wait_until("a to drop both goodbyes", SOON, || {
+        a.stats().dropped_unsigned >= base.dropped_unsigned + 2
+    })
+    .await;
+    assert_eq!(a.sink.left(b.id()), None);
+    assert!(a.sink.peers().contains_key(b.id()));
+
+    // A key holder's announcement and goodbye, captured.
+    let hello = signed(&key, &datagram("announce", "ghost"));
+    let bye = signed(&key, &datagram("goodbye", "ghost"));
+    sender.send_to(&hello, a.addr()).unwrap();
+    wait_until("a to see the ghost", SOON, || {
+        a.sink.peers().contains_key("ghost")
+    })
+    .await;
+    sender.send_to(&bye, a.addr()).unwrap();
+    wait_until("the ghost to leave", SOON, || {
+        a.sink.left("ghost") == Some(LeaveReason::Goodbye)
+    })
+    .await;
+    // Both again: replays, dropped and counted; the ghost does not come back.
+    sender.send_to(&hello, a.addr()).unwrap();
+    sender.send_to(&bye, a.addr()).unwrap();
+    wait_until("the replays to be dropped", SOON, || {
+        a.stats().dropped_replayed >= base.dropped_replayed + 2
+    })
+    .await;
+    assert!(!a.sink.peers().contains_key("ghost"));
+    assert!(a.sink.peers().contains_key(b.id()));
+    for m in [&a, &b] {
+        m.discovery.stop().await;
+    }
 }

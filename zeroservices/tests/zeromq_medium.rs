@@ -9,7 +9,7 @@ use serde_json::{Value, json};
 use zeromq::{DealerSocket, Socket, SocketRecv, SocketSend, ZmqMessage};
 use zeroservices::config::NetworkConfig;
 use zeroservices::medium::{Endpoints, Inbound, Medium, Request, ZmqMedium};
-use zeroservices::security::ClusterKey;
+use zeroservices::security::{ClusterKey, testing};
 use zeroservices::{Error, Event, NodeInfo, NodeKind, Result};
 
 /// The protocol version of the envelopes built by hand here.
@@ -430,8 +430,7 @@ async fn garbage_at_the_router_is_dropped_and_counted() {
 
     let mut raw = DealerSocket::new();
     raw.connect(&b.info.endpoints["router"]).await.unwrap();
-    let signed =
-        |body: &[u8]| -> ZmqMessage { frames(vec![body.to_vec(), key.sign(&[body]).into_bytes()]) };
+    let signed = |body: &[u8]| -> ZmqMessage { frames(testing::seal_call(&key, body)) };
     let good = |id: u64| {
         json!({"v": V, "kind": "request", "id": id, "from": "raw",
                "request": {"collection": "c", "action": "echo", "args": id}})
@@ -464,12 +463,12 @@ async fn garbage_at_the_router_is_dropped_and_counted() {
     let huge = json!({"v": V, "kind": "request", "id": 5, "from": "raw",
                       "request": {"collection": "c", "action": "echo", "args": "x".repeat(10_000)}});
     big.send(signed(huge.to_string().as_bytes())).await.unwrap();
-    // Unsigned and wrongly signed.
+    // Not sealed, and sealed under another key.
     raw.send(frames(vec![good(6), Vec::new()])).await.unwrap();
-    raw.send(frames(vec![
-        good(7),
-        ClusterKey::new("guess").sign(&[&good(7)]).into_bytes(),
-    ]))
+    raw.send(frames(testing::seal_call(
+        &ClusterKey::new("guess"),
+        &good(7),
+    )))
     .await
     .unwrap();
     raw.send(frames(vec![good(8), b"not hex at all".to_vec()]))
@@ -503,7 +502,8 @@ async fn garbage_at_the_router_is_dropped_and_counted() {
         .await
         .unwrap()
         .unwrap();
-    let reply: Value = serde_json::from_slice(reply.get(0).unwrap()).unwrap();
+    let reply = testing::open_response(&key, reply.get(0).unwrap(), reply.get(1).unwrap()).unwrap();
+    let reply: Value = serde_json::from_slice(&reply).unwrap();
     assert_eq!(reply["id"], json!(9));
     assert_eq!(reply["error"]["kind"], json!("bad_request"));
 
@@ -514,8 +514,8 @@ async fn garbage_at_the_router_is_dropped_and_counted() {
         .unwrap()
         .unwrap();
     assert_eq!(reply.len(), 2);
-    assert!(key.verify(&[reply.get(0).unwrap()], reply.get(1).unwrap()));
-    let reply: Value = serde_json::from_slice(reply.get(0).unwrap()).unwrap();
+    let reply = testing::open_response(&key, reply.get(0).unwrap(), reply.get(1).unwrap()).unwrap();
+    let reply: Value = serde_json::from_slice(&reply).unwrap();
     assert_eq!(
         reply,
         json!({"v": V, "kind": "response", "id": 10, "ok": {"from": "raw", "id": null, "args": 10}})
@@ -685,4 +685,228 @@ async fn the_calling_user_crosses_the_wire() {
         a.medium.stop().await;
         b.medium.stop().await;
     }
+}
+
+/// With a key, a stranger's plain SUB subscribed to everything on a node's PUB gets only
+/// ciphertext: neither the data nor the names in the topic (collection, action, id).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_strangers_sub_reads_no_plaintext() {
+    let key = ClusterKey::new("secret");
+    let a = node("a", Some("secret")).await;
+    let friend = node("friend", Some("secret")).await;
+    // A peer that never said what it wants gets everything: `a` publishes.
+    a.medium.peer_joined(&friend.info).await;
+    let mut stranger = zeromq::SubSocket::new();
+    stranger.subscribe("").await.unwrap();
+    stranger.connect(&a.info.endpoints["pub"]).await.unwrap();
+    let marker = "MARKER-7f3c2a";
+    let topic = "invoices.create.inv-42";
+    let deadline = Instant::now() + Duration::from_secs(5);
+    // The subscription reaches the PUB a moment after the connect: publish until one arrives.
+    let message = loop {
+        assert!(Instant::now() < deadline, "the stranger got nothing");
+        a.medium
+            .publish(&Event {
+                topic: topic.into(),
+                data: json!({"secret": marker}),
+            })
+            .await
+            .unwrap();
+        if let Ok(Ok(message)) =
+            tokio::time::timeout(Duration::from_millis(50), stranger.recv()).await
+        {
+            break message;
+        }
+    };
+    let frames: Vec<Vec<u8>> = message.into_vec().into_iter().map(|f| f.to_vec()).collect();
+    assert_eq!(frames.len(), 3);
+    let all: Vec<u8> = frames.concat();
+    for plain in [marker, "secret", "invoices", "create", "inv-42", "\"v\""] {
+        assert!(
+            !all.windows(plain.len()).any(|w| w == plain.as_bytes()),
+            "{plain:?} readable by a stranger"
+        );
+    }
+    // The topic frame is tags (a prefix filter still), and a key holder opens the body.
+    assert_eq!(frames[0], testing::topic_frame(&key, topic).into_bytes());
+    let opened = testing::open_event(&key, &frames[0], &frames[1], &frames[2]).unwrap();
+    let opened: Value = serde_json::from_slice(&opened).unwrap();
+    assert_eq!(opened["data"]["secret"], json!(marker));
+    assert_eq!(opened["topic"], json!(topic));
+    for n in [a, friend] {
+        n.medium.stop().await;
+    }
+}
+
+/// The bytes of a sealed request captured off the wire and sent again (on the same
+/// connection or another) are not served again: dropped and counted as replays.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_captured_request_sent_again_is_not_served_again() {
+    let key = ClusterKey::new("secret");
+    let b = node("b", Some("secret")).await;
+    let mut raw = DealerSocket::new();
+    raw.connect(&b.info.endpoints["router"]).await.unwrap();
+    let body = json!({"v": V, "kind": "request", "id": 1, "from": "raw",
+                      "request": {"collection": "c", "action": "echo", "args": 1}});
+    let captured = testing::seal_call(&key, body.to_string().as_bytes());
+    raw.send(frames(captured.clone())).await.unwrap();
+    let reply = tokio::time::timeout(Duration::from_secs(5), raw.recv())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(testing::open_response(&key, reply.get(0).unwrap(), reply.get(1).unwrap()).is_some());
+    assert_eq!(b.medium.stats().requests_served, 1);
+
+    raw.send(frames(captured.clone())).await.unwrap();
+    let mut other = DealerSocket::new();
+    other.connect(&b.info.endpoints["router"]).await.unwrap();
+    other.send(frames(captured.clone())).await.unwrap();
+    assert!(
+        eventually(Duration::from_secs(5), || b.medium.stats().dropped_replayed
+            >= 2)
+        .await,
+        "{:?}",
+        b.medium.stats()
+    );
+    let s = b.medium.stats();
+    assert_eq!((s.requests_served, s.dropped_replayed), (1, 2), "{s:?}");
+    // No reply to a replay.
+    assert!(
+        tokio::time::timeout(Duration::from_millis(300), raw.recv())
+            .await
+            .is_err()
+    );
+    // A fresh request is served.
+    raw.send(frames(testing::seal_call(
+        &key,
+        body.to_string().as_bytes(),
+    )))
+    .await
+    .unwrap();
+    assert!(
+        tokio::time::timeout(Duration::from_secs(5), raw.recv())
+            .await
+            .is_ok()
+    );
+    assert_eq!(b.medium.stats().requests_served, 2);
+    b.medium.stop().await;
+}
+
+/// A rolling key rotation on three nodes (Consul's `keyring -install/-use/-remove`): k2 is
+/// installed everywhere as a secondary, made the primary node by node, then k1 is removed,
+/// while every node keeps calling every other; no call fails.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rolling_key_rotation_fails_no_request() {
+    let keys: Vec<ClusterKey> = (0..3).map(|_| ClusterKey::new("k1")).collect();
+    let mut nodes = Vec::new();
+    for (n, key) in keys.iter().enumerate() {
+        let cfg = NetworkConfig {
+            cluster_key: Some(key.clone()),
+            ..config(None)
+        };
+        nodes.push(Arc::new(start(&format!("n{n}"), ZmqMedium::new(cfg)).await));
+    }
+    for a in &nodes {
+        for b in &nodes {
+            if a.info.id != b.info.id {
+                a.medium.peer_joined(&b.info).await;
+            }
+        }
+    }
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let done = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let failures = Arc::new(Mutex::new(Vec::<String>::new()));
+    let mut callers = Vec::new();
+    for i in 0..3 {
+        let (from, to) = (nodes[i].clone(), nodes[(i + 1) % 3].clone());
+        let (stop, done, failures) = (stop.clone(), done.clone(), failures.clone());
+        callers.push(tokio::spawn(async move {
+            let mut n = 0;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                n += 1;
+                match from.medium.call(&to.info, echo(n)).await {
+                    Ok(_) => {
+                        done.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    }
+                    Err(e) => failures.lock().unwrap().push(format!("{i}: {e}")),
+                }
+            }
+        }));
+    }
+    // Each step: change one node's keyring, then wait for calls to go on under it.
+    let progress = || {
+        let before = done.load(std::sync::atomic::Ordering::Relaxed);
+        let done = done.clone();
+        async move {
+            assert!(
+                eventually(Duration::from_secs(5), || {
+                    done.load(std::sync::atomic::Ordering::Relaxed) >= before + 30
+                })
+                .await,
+                "calls stalled"
+            );
+        }
+    };
+    progress().await;
+    for step in ["k1,k2", "k2,k1", "k2"] {
+        for key in &keys {
+            key.reload(step).unwrap();
+            progress().await;
+        }
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    for caller in callers {
+        caller.await.unwrap();
+    }
+    assert_eq!(*failures.lock().unwrap(), Vec::<String>::new());
+    for n in &nodes {
+        let s = n.medium.stats();
+        assert_eq!((s.dropped_unsigned, s.dropped_replayed), (0, 0), "{s:?}");
+    }
+    // k1 alone is now out.
+    let old = node("old", Some("k1")).await;
+    assert!(
+        tokio::time::timeout(
+            Duration::from_millis(500),
+            old.medium.call(&nodes[0].info, echo(1))
+        )
+        .await
+        .is_err()
+    );
+    old.medium.stop().await;
+    for n in &nodes {
+        n.medium.stop().await;
+    }
+}
+
+/// A keyring read from a file (`ZS_CLUSTER_KEY_FILE`) is re-read on SIGHUP while the medium
+/// runs: a new primary key without a restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_key_file_is_read_again_on_sighup() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("keys");
+    std::fs::write(&path, "k1\n").unwrap();
+    let key = zeroservices::security::keyfile::load(&path).unwrap();
+    let before = key.key_ids();
+    let config = NetworkConfig {
+        cluster_key: Some(key.clone()),
+        cluster_key_file: Some(path.clone()),
+        ..config(None)
+    };
+    // Started: the SIGHUP handler is in place (the default action would end the process).
+    let a = start("a", ZmqMedium::new(config)).await;
+    std::fs::write(&path, "# rotated\nk2\nk1\n").unwrap();
+    let pid = std::process::id().to_string();
+    let sent = std::process::Command::new("kill")
+        .args(["-HUP", &pid])
+        .status()
+        .unwrap();
+    assert!(sent.success());
+    assert!(
+        eventually(Duration::from_secs(5), || key.len() == 2).await,
+        "the keyring was not reloaded"
+    );
+    assert_ne!(key.key_ids()[0], before[0], "k2 is the primary now");
+    assert_eq!(key.key_ids()[1], before[0], "k1 still opens");
+    a.medium.stop().await;
 }

@@ -9,7 +9,8 @@
 //!
 //! Both find the cluster the way a node does (UDP multicast, or `ZS_PEERS`) and read the same
 //! network settings ([`zeroservices::settings::NetworkSettings`]: each `ZS_*` variable and its
-//! flag).
+//! flag). A cluster with a key seals its traffic: given the key (`ZS_CLUSTER_KEY`, any key of
+//! its ring), the sniffer opens and prints the events in clear; without it, it sees nothing.
 
 use std::io::Write;
 use std::process::ExitCode;

@@ -24,9 +24,11 @@ pub use memory::{MemoryCluster, MemoryDiscovery, MemoryMedium};
 
 /// The version of the node-to-node protocol, carried by every envelope and announcement.
 ///
-/// Version 2 gave the ZeroMQ medium's control messages (`interest`, `sync`) envelope kinds of
-/// their own; version 1 sent them as requests to a collection `$medium`.
-pub const PROTOCOL_VERSION: u32 = 2;
+/// Version 3 seals every message with the cluster key (XChaCha20-Poly1305, a timestamp and a
+/// nonce against replays; event topics as keyed tags) where version 2 added an HMAC. Version 2
+/// gave the ZeroMQ medium's control messages (`interest`, `sync`) envelope kinds of their own;
+/// version 1 sent them as requests to a collection `$medium`.
+pub const PROTOCOL_VERSION: u32 = 3;
 
 /// The collection name a unicast message to a node's `on_message` hook is addressed to.
 pub const NODE_MESSAGE: &str = "$node";

@@ -194,7 +194,7 @@ pub struct Settings {
 }
 
 /// Discovery and medium settings.
-#[derive(Args, Debug, Clone, Default)]
+#[derive(Args, Clone, Default)]
 pub struct NetworkSettings {
     /// The interface address for multicast discovery and the node's sockets; without a cluster
     /// key only a loopback address is accepted (unless insecure is on) [default: 127.0.0.1, or
@@ -214,12 +214,14 @@ pub struct NetworkSettings {
     /// This node's unicast discovery port (set it on seeds) [default: a free port].
     #[arg(long, env = "ZS_DISCOVERY_PORT", value_name = "PORT", value_parser = Check(parse::port))]
     pub discovery_port: Option<u16>,
-    /// Sign and check every message with this shared secret (as a flag it shows in `ps`:
-    /// prefer the variable, or the key in a file).
-    #[arg(long, env = "ZS_CLUSTER_KEY", value_name = "KEY", hide_env_values = true,
+    /// Seal (encrypt and authenticate) every message with this shared secret; several
+    /// comma-separated keys are a keyring: the first seals, all are accepted (as a flag it
+    /// shows in `ps`: prefer the variable, or the keys in a file).
+    #[arg(long, env = "ZS_CLUSTER_KEY", value_name = "KEY[,KEY..]", hide_env_values = true,
           value_parser = Check(parse::text))]
     pub cluster_key: Option<String>,
-    /// The cluster key from this file (its content, trimmed); not with --cluster-key.
+    /// The cluster key (or keyring: one key per line or comma-separated) from this file, re-read
+    /// on SIGHUP; not with --cluster-key.
     #[arg(long, env = "ZS_CLUSTER_KEY_FILE", value_name = "PATH", value_parser = Check(parse::key_file))]
     pub cluster_key_file: Option<KeyFile>,
     /// Allow an interface other than loopback without a cluster key: anyone who reaches the
@@ -227,6 +229,10 @@ pub struct NetworkSettings {
     #[arg(long, env = "ZS_INSECURE", value_name = "on|off", num_args = 0..=1, require_equals = true,
           default_missing_value = "on", value_parser = Check(parse::on_off))]
     pub insecure: Option<bool>,
+    /// With a cluster key: drop messages stamped further than this from this node's clock, and
+    /// those seen before within it [default: 60000].
+    #[arg(long, env = "ZS_REPLAY_WINDOW_MS", value_name = "MS", value_parser = Check(parse::millis))]
+    pub replay_window_ms: Option<Duration>,
     /// How long a request waits for the owner's reply [default: 5000].
     #[arg(long, env = "ZS_REQUEST_TIMEOUT_MS", value_name = "MS", value_parser = Check(parse::millis))]
     pub request_timeout_ms: Option<Duration>,
@@ -245,6 +251,31 @@ pub struct NetworkSettings {
     /// [default: 1024].
     #[arg(long, env = "ZS_MAX_PEERS", value_name = "N", value_parser = Check(parse::max_peers))]
     pub max_peers: Option<usize>,
+}
+
+/// The cluster key is never printed (logs, panics): `<redacted>`.
+impl std::fmt::Debug for NetworkSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NetworkSettings")
+            .field("discovery_interface", &self.discovery_interface)
+            .field("multicast_group", &self.multicast_group)
+            .field("multicast", &self.multicast)
+            .field("peers", &self.peers)
+            .field("discovery_port", &self.discovery_port)
+            .field(
+                "cluster_key",
+                &self.cluster_key.as_ref().map(|_| "<redacted>"),
+            )
+            .field("cluster_key_file", &self.cluster_key_file)
+            .field("insecure", &self.insecure)
+            .field("replay_window_ms", &self.replay_window_ms)
+            .field("request_timeout_ms", &self.request_timeout_ms)
+            .field("heartbeat_ms", &self.heartbeat_ms)
+            .field("peer_timeout_ms", &self.peer_timeout_ms)
+            .field("max_message_bytes", &self.max_message_bytes)
+            .field("max_peers", &self.max_peers)
+            .finish()
+    }
 }
 
 /// HTTP settings.
@@ -499,7 +530,11 @@ impl Settings {
             c.discovery_port = Some(v);
         }
         if let Some(key) = key {
-            c.cluster_key = Some(ClusterKey::new(key));
+            c.cluster_key = Some(ClusterKey::parse(key).unwrap_or_else(|_| ClusterKey::new(key)));
+            c.cluster_key_file = n.cluster_key_file.as_ref().map(|f| f.path.clone());
+        }
+        if let Some(v) = n.replay_window_ms {
+            c.replay_window = v;
         }
         c.request_timeout = self.request_timeout();
         if let Some(v) = n.heartbeat_ms {

@@ -231,7 +231,7 @@ fn variables_follow_the_ids() {
             "{arg:?}"
         );
     }
-    assert_eq!(vars, 39);
+    assert_eq!(vars, 40);
     let help = with_env(Settings::command(), &env(&[]))
         .render_long_help()
         .to_string();
@@ -448,4 +448,18 @@ fn users_file_and_jwt_keys() {
         .unwrap_err()
         .to_string();
     assert!(err.starts_with("ZS_JWT_SECRET_FILE"), "{err}");
+}
+
+/// Debug output (logs, panics) never shows a secret given by value.
+#[test]
+fn secrets_are_not_in_debug_output() {
+    let s = from(&[
+        ("ZS_CLUSTER_KEY", "cluster-s3cret"),
+        ("ZS_BASIC_AUTH", "ann:basic-s3cret"),
+        ("ZS_JWT_SECRET", "a jwt s3cret of at least thirty-two bytes"),
+        ("ZS_HTTP_PORT", "6001"),
+    ])
+    .unwrap();
+    let debug = format!("{s:?} {:?} {:?}", s.network(), s.http(None));
+    assert!(!debug.contains("s3cret"), "{debug}");
 }

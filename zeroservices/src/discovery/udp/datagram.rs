@@ -1,5 +1,5 @@
-//! The datagram format (see the [module documentation](super)): encoding, signing, and
-//! decoding with every check a datagram from anyone must pass. Pure: no sockets.
+//! The datagram format (see the [module documentation](super)): encoding, sealing, and
+//! opening and decoding with every check a datagram from anyone must pass. No sockets.
 
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
@@ -7,9 +7,12 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use super::{DISCOVERY_VERSION, MAC_CONTEXT};
-use crate::security::ClusterKey;
+use super::DISCOVERY_VERSION;
+use crate::security::seal::{HEADER_LEN, Refusal, Sealer};
 use crate::{NodeInfo, Result};
+
+/// The kind byte of a discovery datagram in a seal's associated data.
+const SEAL_DATAGRAM: u8 = b'd';
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -46,44 +49,49 @@ pub(crate) enum Rejection {
     Oversized(usize),
     Malformed(String),
     Unsigned(&'static str),
+    Replayed(&'static str),
     Version(String),
 }
 
-/// Splits `<json>\n<64 hex>` into the JSON and the MAC; anything else is all JSON.
-fn split_mac(bytes: &[u8]) -> (&[u8], Option<&[u8]>) {
-    let n = bytes.len();
-    if n > 65 && bytes[n - 65] == b'\n' {
-        (&bytes[..n - 65], Some(&bytes[n - 64..]))
-    } else {
-        (bytes, None)
-    }
+/// Seals a datagram (its JSON): the clear header, then the ciphertext and its tag.
+pub(crate) fn seal(json: &[u8], sealer: &Sealer) -> Vec<u8> {
+    let mut body = json.to_vec();
+    let mut out = sealer.seal(SEAL_DATAGRAM, b"", &mut body);
+    out.extend_from_slice(&body);
+    out
 }
 
 pub(crate) fn decode(
     bytes: &[u8],
-    key: Option<&ClusterKey>,
+    sealer: Option<&Sealer>,
     limit: usize,
 ) -> Result<Incoming, Rejection> {
     if bytes.len() > limit {
         return Err(Rejection::Oversized(bytes.len()));
     }
-    let (json, mac) = split_mac(bytes);
-    let json = match (key, mac) {
-        (Some(_), None) => return Err(Rejection::Unsigned("unsigned")),
-        (Some(key), Some(mac)) => {
-            if !key.verify(&[MAC_CONTEXT, json], mac) {
-                return Err(Rejection::Unsigned(
-                    "bad signature (forged, or another cluster key)",
-                ));
+    // A plain datagram is compact JSON (an object); a sealed one starts with its version byte.
+    let sealed = bytes.first().is_some_and(|b| *b != b'{');
+    let opened;
+    let json = match sealer {
+        Some(_) if !sealed => return Err(Rejection::Unsigned("not sealed")),
+        Some(sealer) => {
+            if bytes.len() < HEADER_LEN {
+                return Err(Rejection::Unsigned("shorter than a seal"));
             }
-            json
+            let (header, body) = bytes.split_at(HEADER_LEN);
+            opened = match sealer.open(SEAL_DATAGRAM, b"", header, body) {
+                Ok(opened) => opened.plain,
+                Err(Refusal::Forged(reason)) => return Err(Rejection::Unsigned(reason)),
+                Err(Refusal::Replayed(reason)) => return Err(Rejection::Replayed(reason)),
+            };
+            &opened[..]
         }
-        (None, Some(mac)) if mac.iter().all(u8::is_ascii_hexdigit) => {
+        None if sealed && bytes[0] == DISCOVERY_VERSION as u8 => {
             return Err(Rejection::Unsigned(
-                "signed with a cluster key, and this node has none",
+                "sealed with a cluster key, and this node has none",
             ));
         }
-        (None, _) => bytes,
+        None => bytes,
     };
     let value: Value =
         serde_json::from_slice(json).map_err(|e| Rejection::Malformed(format!("not JSON: {e}")))?;
@@ -113,13 +121,12 @@ pub(crate) fn decode(
     Ok(msg)
 }
 
-/// Serialises and signs one datagram.
+/// Serialises one datagram (sealed on sending, with a key: [`seal`]).
 pub(crate) fn encode(
     kind: Kind,
     node: &NodeInfo,
     reply_to: SocketAddr,
     peers: &[SocketAddr],
-    key: Option<&ClusterKey>,
 ) -> io::Result<Vec<u8>> {
     let msg = Outgoing {
         v: DISCOVERY_VERSION,
@@ -128,19 +135,15 @@ pub(crate) fn encode(
         node,
         peers,
     };
-    let mut bytes = serde_json::to_vec(&msg)?;
-    if let Some(key) = key {
-        let mac = key.sign(&[MAC_CONTEXT, &bytes]);
-        bytes.push(b'\n');
-        bytes.extend_from_slice(mac.as_bytes());
-    }
-    Ok(bytes)
+    Ok(serde_json::to_vec(&msg)?)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::discovery::udp::MAX_DATAGRAM_BYTES;
+    use crate::security::ClusterKey;
+    use crate::security::seal::Purpose;
 
     fn info(id: &str) -> NodeInfo {
         serde_json::from_value(serde_json::json!({"id": id, "name": "svc"})).unwrap()
@@ -150,36 +153,59 @@ mod tests {
         "127.0.0.1:4000".parse().unwrap()
     }
 
+    fn sealer(key: &str) -> Sealer {
+        Sealer::new(
+            ClusterKey::parse(key).unwrap(),
+            Purpose::Discovery,
+            DISCOVERY_VERSION as u8,
+            crate::config::DEFAULT_REPLAY_WINDOW,
+        )
+    }
+
     #[test]
     fn round_trips_with_and_without_key() {
-        let key = ClusterKey::new("k");
+        let (a, b) = (sealer("k"), sealer("k"));
         let peers = [addr()];
-        for k in [None, Some(&key)] {
-            let bytes = encode(Kind::Announce, &info("a"), addr(), &peers, k).unwrap();
-            let msg = decode(&bytes, k, MAX_DATAGRAM_BYTES).unwrap();
-            assert_eq!(msg.kind, Kind::Announce);
-            assert_eq!(msg.node, info("a"));
-            assert_eq!(msg.peers, peers);
-        }
-        let plain = encode(Kind::Reply, &info("a"), addr(), &[], None).unwrap();
+        let json = encode(Kind::Announce, &info("a"), addr(), &peers).unwrap();
+        let msg = decode(&json, None, MAX_DATAGRAM_BYTES).unwrap();
+        assert_eq!(
+            (msg.kind, msg.node, msg.peers),
+            (Kind::Announce, info("a"), peers.to_vec())
+        );
+        let sealed = seal(&json, &a);
+        assert_eq!(sealed[0], DISCOVERY_VERSION as u8);
+        assert!(!sealed.windows(7).any(|w| w == b"reply_t"));
+        let msg = decode(&sealed, Some(&b), MAX_DATAGRAM_BYTES).unwrap();
+        assert_eq!(
+            (msg.kind, msg.node, msg.peers),
+            (Kind::Announce, info("a"), peers.to_vec())
+        );
+        // Once only.
+        assert!(matches!(
+            decode(&sealed, Some(&b), MAX_DATAGRAM_BYTES),
+            Err(Rejection::Replayed(_))
+        ));
+        let plain = encode(Kind::Reply, &info("a"), addr(), &[]).unwrap();
         let text = std::str::from_utf8(&plain).unwrap();
-        assert!(text.starts_with(r#"{"v":1,"type":"reply","reply_to":"127.0.0.1:4000","node":{"#));
+        assert!(text.starts_with(r#"{"v":2,"type":"reply","reply_to":"127.0.0.1:4000","node":{"#));
         assert!(!text.contains("peers"));
     }
 
     #[test]
     fn keys_must_match() {
-        let key = ClusterKey::new("k");
-        let signed = encode(Kind::Announce, &info("a"), addr(), &[], Some(&key)).unwrap();
-        let plain = encode(Kind::Announce, &info("a"), addr(), &[], None).unwrap();
-        let other = ClusterKey::new("other");
+        let key = sealer("k");
+        let plain = encode(Kind::Goodbye, &info("a"), addr(), &[]).unwrap();
+        let sealed = seal(&plain, &key);
         let unsigned = |r| matches!(r, Err(Rejection::Unsigned(_)));
-        assert!(unsigned(decode(&plain, Some(&key), 70_000)));
-        assert!(unsigned(decode(&signed, Some(&other), 70_000)));
-        assert!(unsigned(decode(&signed, None, 70_000)));
-        let mut forged = signed.clone();
-        forged[10] ^= 1;
-        assert!(unsigned(decode(&forged, Some(&key), 70_000)));
+        assert!(unsigned(decode(&plain, Some(&sealer("k")), 70_000)));
+        assert!(unsigned(decode(&sealed, Some(&sealer("other")), 70_000)));
+        assert!(unsigned(decode(&sealed, None, 70_000)));
+        let mut forged = sealed.clone();
+        forged[60] ^= 1;
+        assert!(unsigned(decode(&forged, Some(&sealer("k")), 70_000)));
+        assert!(unsigned(decode(&sealed[..30], Some(&sealer("k")), 70_000)));
+        // A keyring with the key among others opens it.
+        assert!(decode(&sealed, Some(&sealer("new,k")), 70_000).is_ok());
     }
 
     #[test]
@@ -187,20 +213,20 @@ mod tests {
         let malformed = |b: &[u8]| matches!(decode(b, None, 1000), Err(Rejection::Malformed(_)));
         assert!(malformed(b""));
         assert!(malformed(b"\xff\xfe"));
-        assert!(malformed(br#"{"v":1,"type":"announce""#));
+        assert!(malformed(br#"{"v":2,"type":"announce""#));
         assert!(malformed(br#"{"type":"announce"}"#));
         assert!(malformed(
-            br#"{"v":1,"type":"shout","reply_to":"127.0.0.1:1","node":{"id":"a","name":"b"}}"#
+            br#"{"v":2,"type":"shout","reply_to":"127.0.0.1:1","node":{"id":"a","name":"b"}}"#
         ));
         assert!(malformed(
-            br#"{"v":1,"type":"announce","reply_to":"0.0.0.0:1","node":{"id":"a","name":"b"}}"#
+            br#"{"v":2,"type":"announce","reply_to":"0.0.0.0:1","node":{"id":"a","name":"b"}}"#
         ));
         assert!(malformed(
-            br#"{"v":1,"type":"announce","reply_to":"127.0.0.1:1","node":{"id":"","name":"b"}}"#
+            br#"{"v":2,"type":"announce","reply_to":"127.0.0.1:1","node":{"id":"","name":"b"}}"#
         ));
         assert!(malformed(b"[1,2]"));
         assert!(matches!(
-            decode(br#"{"v":2,"type":"announce"}"#, None, 1000),
+            decode(br#"{"v":1,"type":"announce"}"#, None, 1000),
             Err(Rejection::Version(_))
         ));
         assert!(matches!(

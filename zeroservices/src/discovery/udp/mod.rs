@@ -14,12 +14,12 @@
 //!   announced as `reply_to` (with interface `0.0.0.0`, the local address the OS would route to
 //!   the group from, found with a connected UDP socket; no packet is sent for that).
 //!
-//! # Datagram format (a contract, version 1)
+//! # Datagram format (a contract, version 2)
 //!
 //! Without a cluster key a datagram is one compact JSON object:
 //!
 //! ```text
-//! {"v":1,"type":"announce","reply_to":"127.0.0.1:40123","node":{<NodeInfo>},"peers":["127.0.0.1:40124"]}
+//! {"v":2,"type":"announce","reply_to":"127.0.0.1:40123","node":{<NodeInfo>},"peers":["127.0.0.1:40124"]}
 //! ```
 //!
 //! - `v`: the discovery protocol version, [`DISCOVERY_VERSION`]; others are dropped.
@@ -33,12 +33,21 @@
 //!   knows, at most 64. A receiver announces itself to those it does not know yet, which makes a
 //!   static (seed-list) cluster converge: a node that only knows one seed learns everyone.
 //!
-//! Unknown fields are ignored. With a cluster key the datagram is the same JSON, a newline
-//! (`\n`, which compact JSON never contains), and 64 lowercase hex digits:
-//! `ClusterKey::sign(&[MAC_CONTEXT, json])`, the HMAC-SHA256 of the JSON bytes (each part
-//! length-prefixed, see [`ClusterKey::sign`](crate::security::ClusterKey::sign)). A node with a key drops unsigned and forged
-//! datagrams; a node without a key drops signed ones: nodes with different keys never see each
-//! other. Each drop is counted ([`DiscoveryStats`]) and logged once per sender and kind.
+//! Unknown fields are ignored. Version 1 appended an HMAC to the JSON with a cluster key;
+//! version 2 seals it. With a cluster key the datagram is binary: the 45-byte clear header
+//! `version (1 byte, 2) | key id (4) | session (8) | timestamp (8, ms since the epoch, big-endian) | nonce (24, as in the wire format)`
+//! then the JSON above encrypted with XChaCha20-Poly1305 and its 16-byte tag. The key is derived
+//! from the primary secret of the keyring by HKDF-SHA256 (salt `zeroservices cluster key`, info
+//! `zeroservices discovery v2`; the key id as in the wire format, see
+//! [`medium::zeromq`](crate::medium::zeromq)); the associated data is the byte `d` and the
+//! header. Each copy of a datagram (the group, each peer) is sealed on its own, with its own
+//! nonce. A receiver opens it with the key its id names (any key of its ring), then drops it
+//! when the timestamp is outside [`NetworkConfig::replay_window`] (±60 s by default) or the
+//! nonce was seen before: a captured announcement, reply or goodbye sent again is ignored
+//! ([`DiscoveryStats::dropped_replayed`]). A node with a key drops plain and forged datagrams;
+//! a node without a key drops sealed ones (a plain datagram starts with `{`, a sealed one
+//! with the version byte): nodes with no key in common never see each other. Each drop is
+//! counted ([`DiscoveryStats`]) and logged once per sender and kind.
 //!
 //! Datagrams larger than [`MAX_DATAGRAM_BYTES`] (or [`NetworkConfig::max_message_bytes`] when
 //! smaller) are dropped on receipt; an own announcement that would exceed it is not sent and an
@@ -69,7 +78,7 @@
 //!
 //! # Parts
 //!
-//! `datagram` (the format: encode, sign, decode and check), `socket` (the two sockets and the
+//! `datagram` (the format: encode, seal, open, decode and check), `socket` (the two sockets and the
 //! announced address), `peers` (the peer table and failure detection), `targets` (the group,
 //! seed peers and the loopback rule), `shared` (taking and sending datagrams, and the task).
 
@@ -87,21 +96,18 @@ use crate::config::NetworkConfig;
 use crate::{Error, NodeInfo, Result};
 
 mod datagram;
+pub(crate) use self::datagram::seal as seal_datagram;
 mod peers;
 mod shared;
 mod socket;
 mod targets;
 
 /// The version of the discovery datagram format (the `v` field).
-pub const DISCOVERY_VERSION: u64 = 1;
+pub const DISCOVERY_VERSION: u64 = 2;
 
 /// The largest datagram sent or accepted. IPv4 UDP carries at most 65,507 bytes; anything above
 /// the path MTU (about 1,470 bytes on Ethernet) travels as IP fragments.
 pub const MAX_DATAGRAM_BYTES: usize = 60 * 1024;
-
-/// The first part signed with the cluster key, before the JSON bytes, so a discovery datagram
-/// can never pass for another kind of signed message.
-pub const MAC_CONTEXT: &[u8] = b"zeroservices-discovery/1";
 
 /// At most this many peer addresses are gossiped in one datagram.
 const MAX_GOSSIP_PEERS: usize = 64;
@@ -113,8 +119,11 @@ pub struct DiscoveryStats {
     pub received: u64,
     /// Dropped: not UTF-8 JSON, not the expected shape, or a bad `reply_to`.
     pub dropped_malformed: u64,
-    /// Dropped: unsigned or forged while a cluster key is set, or signed while none is.
+    /// Dropped: not sealed or not opening (forged, another key) while a cluster key is set, or
+    /// sealed while none is.
     pub dropped_unsigned: u64,
+    /// Dropped: sealed right, but outside the replay window or seen before (a replay).
+    pub dropped_replayed: u64,
     /// Dropped: a `v` other than [`DISCOVERY_VERSION`].
     pub dropped_version: u64,
     /// Dropped: larger than the datagram limit.

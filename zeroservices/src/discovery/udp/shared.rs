@@ -18,7 +18,8 @@ use super::{DISCOVERY_VERSION, DiscoveryStats, MAX_DATAGRAM_BYTES, targets};
 use crate::NodeInfo;
 use crate::config::NetworkConfig;
 use crate::discovery::{LeaveReason, PeerEvent, PeerSink};
-use crate::security::{ClusterKey, DropLog};
+use crate::security::DropLog;
+use crate::security::seal::{OVERHEAD, Purpose, Sealer};
 
 /// Larger than any UDP payload, so the kernel never truncates a datagram silently.
 const RECV_BUFFER: usize = 65_536;
@@ -27,6 +28,8 @@ type Sends = Vec<(SocketAddr, Vec<u8>)>;
 
 pub(crate) struct Shared {
     pub(crate) config: NetworkConfig,
+    /// Seals and opens datagrams, with a cluster key.
+    sealer: Option<Sealer>,
     /// The largest datagram accepted.
     limit: usize,
     pub(crate) started: AtomicBool,
@@ -39,6 +42,7 @@ pub(crate) struct Shared {
     received: AtomicU64,
     malformed: DropLog,
     unsigned: DropLog,
+    replayed: DropLog,
     version: DropLog,
     oversized: DropLog,
     /// New ids beyond `max_peers`: counted, logged once (one key: a flood of forged ids from
@@ -52,7 +56,16 @@ pub(crate) struct Shared {
 impl Shared {
     pub(crate) fn new(config: NetworkConfig) -> Self {
         let limit = config.max_message_bytes.min(MAX_DATAGRAM_BYTES);
+        let sealer = config.cluster_key.clone().map(|key| {
+            Sealer::new(
+                key,
+                Purpose::Discovery,
+                DISCOVERY_VERSION as u8,
+                config.replay_window,
+            )
+        });
         Self {
+            sealer,
             config,
             limit,
             started: AtomicBool::new(false),
@@ -65,6 +78,7 @@ impl Shared {
             received: AtomicU64::new(0),
             malformed: DropLog::new(),
             unsigned: DropLog::new(),
+            replayed: DropLog::new(),
             version: DropLog::new(),
             oversized: DropLog::new(),
             over_cap: DropLog::new(),
@@ -78,6 +92,7 @@ impl Shared {
             received: self.received.load(Ordering::Relaxed),
             dropped_malformed: self.malformed.count(),
             dropped_unsigned: self.unsigned.count(),
+            dropped_replayed: self.replayed.count(),
             dropped_version: self.version.count(),
             dropped_oversized: self.oversized.count(),
             dropped_over_peer_cap: self.over_cap.count(),
@@ -100,8 +115,8 @@ impl Shared {
         self.task.lock().unwrap_or_else(|e| e.into_inner()).take()
     }
 
-    fn key(&self) -> Option<&ClusterKey> {
-        self.config.cluster_key.as_ref()
+    fn sealer(&self) -> Option<&Sealer> {
+        self.sealer.as_ref()
     }
 
     fn group(&self) -> SocketAddr {
@@ -123,14 +138,15 @@ impl Shared {
     /// One datagram of ours, or `None` (logged) when it cannot be built or is too large.
     fn datagram(&self, kind: Kind, me: &NodeInfo, peers: &[SocketAddr]) -> Option<Vec<u8>> {
         let reply_to = *self.reply_to.get()?;
-        let bytes = match datagram::encode(kind, me, reply_to, peers, self.key()) {
+        let bytes = match datagram::encode(kind, me, reply_to, peers) {
             Ok(bytes) => bytes,
             Err(e) => {
                 tracing::error!(node = %me.id, "discovery: cannot serialise our announcement: {e}");
                 return None;
             }
         };
-        if bytes.len() > self.limit {
+        let overhead = if self.sealer.is_some() { OVERHEAD } else { 0 };
+        if bytes.len() + overhead > self.limit {
             if self.oversize_logged.swap(bytes.len(), Ordering::Relaxed) != bytes.len() {
                 tracing::error!(
                     node = %me.id,
@@ -223,6 +239,16 @@ impl Shared {
             );
             return;
         }
+        // Sealed per destination: each copy has its own nonce, so one received twice (on the
+        // group and directly) is not taken for a replay.
+        let sealed;
+        let bytes = match self.sealer() {
+            Some(sealer) => {
+                sealed = datagram::seal(bytes, sealer);
+                &sealed[..]
+            }
+            None => bytes,
+        };
         if let Err(e) = socket.send_to(bytes, to).await {
             tracing::debug!(%to, "discovery: send failed: {e}");
             self.send_failures
@@ -247,6 +273,10 @@ impl Shared {
                 self.unsigned
                     .drop_from(&sender, "unsigned discovery datagram", reason)
             }
+            Rejection::Replayed(reason) => {
+                self.replayed
+                    .drop_from(&sender, "replayed discovery datagram", reason)
+            }
             Rejection::Version(v) => self.version.drop_from(
                 &sender,
                 "discovery datagram of another version",
@@ -258,7 +288,7 @@ impl Shared {
     /// Takes one datagram: updates the peers, reports to the sink, answers.
     async fn handle(&self, bytes: &[u8], from: SocketAddr, via_group: bool, sink: &dyn PeerSink) {
         self.received.fetch_add(1, Ordering::Relaxed);
-        let msg = match datagram::decode(bytes, self.key(), self.limit) {
+        let msg = match datagram::decode(bytes, self.sealer(), self.limit) {
             Ok(msg) => msg,
             Err(rejection) => return self.reject(rejection, from),
         };
@@ -381,6 +411,7 @@ mod tests {
     use std::net::Ipv4Addr;
 
     use super::*;
+    use crate::security::ClusterKey;
 
     #[derive(Default)]
     struct Sink(Mutex<Vec<PeerEvent>>);
@@ -407,15 +438,28 @@ mod tests {
         shared
     }
 
-    fn announce(id: &str, port: u16, key: Option<&ClusterKey>) -> Vec<u8> {
+    fn sender(key: &str) -> Sealer {
+        Sealer::new(
+            ClusterKey::new(key),
+            Purpose::Discovery,
+            DISCOVERY_VERSION as u8,
+            crate::config::DEFAULT_REPLAY_WINDOW,
+        )
+    }
+
+    fn announce(id: &str, port: u16, key: Option<&Sealer>) -> Vec<u8> {
         let from = SocketAddr::from(([127, 0, 0, 1], port));
-        datagram::encode(Kind::Announce, &info(id), from, &[], key).unwrap()
+        let json = datagram::encode(Kind::Announce, &info(id), from, &[]).unwrap();
+        match key {
+            Some(sealer) => datagram::seal(&json, sealer),
+            None => json,
+        }
     }
 
     #[tokio::test]
     async fn datagrams_are_counted_reported_and_rejected() {
         let shared = shared(Some("k"));
-        let key = ClusterKey::new("k");
+        let key = sender("k");
         let sink = Sink::default();
         let from: SocketAddr = "127.0.0.1:5000".parse().unwrap();
         shared
@@ -431,9 +475,9 @@ mod tests {
             &info("c"),
             "10.0.0.1:5000".parse().unwrap(),
             &[],
-            Some(&key),
         )
         .unwrap();
+        let far = datagram::seal(&far, &key);
         shared.handle(&far, from, false, &sink).await;
         assert_eq!(*sink.0.lock().unwrap(), vec![PeerEvent::Seen(info("a"))]);
         let stats = shared.stats();

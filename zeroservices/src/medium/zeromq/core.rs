@@ -41,7 +41,11 @@ impl Core {
     pub(crate) fn new(config: NetworkConfig) -> Self {
         let instance = uuid::Uuid::new_v4().simple().to_string();
         Self {
-            wire: Wire::new(config.cluster_key.clone(), config.max_message_bytes),
+            wire: Wire::with_window(
+                config.cluster_key.clone(),
+                config.max_message_bytes,
+                config.replay_window,
+            ),
             local: LocalInterest::new(),
             remote: RemoteInterests::new(config.max_peers),
             markers: Markers::new(&instance),
@@ -66,13 +70,22 @@ impl Core {
         self.counters.reject(sender, what, rejection);
     }
 
-    /// Whether `mac` authenticates `parts`; counts and logs the drop when not.
-    pub(crate) fn verified(&self, sender: &str, what: &str, parts: &[&[u8]], mac: &[u8]) -> bool {
-        match self.wire.check_mac(parts, mac) {
-            Ok(()) => true,
+    /// The plain body of a message (its `body` and `seal` frames, of seal `kind`, bound to
+    /// `context`); counts and logs the drop when it does not open, is stale or was seen before.
+    pub(crate) fn opened<'a>(
+        &self,
+        sender: &str,
+        what: &str,
+        kind: u8,
+        context: &[u8],
+        body: &'a [u8],
+        seal: &[u8],
+    ) -> Option<std::borrow::Cow<'a, [u8]>> {
+        match self.wire.open(kind, context, body, seal) {
+            Ok(plain) => Some(plain),
             Err(rejection) => {
                 self.reject(sender, what, &rejection);
-                false
+                None
             }
         }
     }
@@ -116,6 +129,7 @@ impl Core {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::medium::zeromq::wire;
     use crate::security::ClusterKey;
 
     #[test]
@@ -132,16 +146,22 @@ mod tests {
     }
 
     #[test]
-    fn a_wrong_mac_is_counted_once_per_message() {
+    fn forged_and_replayed_messages_are_counted_once_each() {
         let core = Core::new(NetworkConfig {
             cluster_key: Some(ClusterKey::new("k")),
             ..NetworkConfig::default()
         });
-        let mac = core.wire.sign(&[b"body"]);
-        assert!(core.verified("a", "request", &[b"body"], &mac));
-        assert!(!core.verified("a", "request", &[b"body"], b""));
-        assert!(!core.verified("a", "request", &[b"other"], &mac));
+        let [body, seal] = core.wire.seal(wire::SEAL_CALL, b"", b"body".to_vec());
+        let open = |body: &[u8], seal: &[u8]| {
+            core.opened("a", "request", wire::SEAL_CALL, b"", body, seal)
+                .is_some()
+        };
+        assert!(!open(&body, b""));
+        assert!(!open(b"other", &seal));
+        assert!(open(&body, &seal));
+        assert!(!open(&body, &seal));
         assert_eq!(core.stats().dropped_unsigned, 2);
+        assert_eq!(core.stats().dropped_replayed, 1);
         assert_eq!(core.node_id(), "");
     }
 }

@@ -102,7 +102,7 @@ pub(crate) fn dealer_for(
 }
 
 impl Dealer {
-    /// Sends call `id` (its body and mac frames) and waits for its reply. Registered before the
+    /// Sends call `id` (its body and seal frames) and waits for its reply. Registered before the
     /// connection is looked at: a connection lost from then on fails this call.
     pub(crate) async fn call(
         &self,
@@ -284,17 +284,17 @@ async fn session(
 /// Checks one message from the peer's ROUTER and hands its reply to the call waiting for it.
 fn take_response(core: &Core, peer: &str, pending: &Pending, message: ZmqMessage) {
     let frames = message.into_vec();
-    if let Err(rejection) = wire::check_frames(frames.len(), 2, "[body, mac]") {
+    if let Err(rejection) = wire::check_frames(frames.len(), 2, "[body, seal]") {
         return core.reject(peer, "response", &rejection);
     }
-    let (body, mac) = (&frames[0], &frames[1]);
-    if let Err(rejection) = core.wire.check_size(&[body, mac]) {
+    let (body, seal) = (&frames[0], &frames[1]);
+    if let Err(rejection) = core.wire.check_size(&[body, seal]) {
         return core.reject(peer, "response", &rejection);
     }
-    if !core.verified(peer, "response", &[body], mac) {
+    let Some(body) = core.opened(peer, "response", wire::SEAL_RESPONSE, b"", body, seal) else {
         return;
-    }
-    match wire::decode_response(body) {
+    };
+    match wire::decode_response(&body) {
         Ok((id, reply)) => {
             bump(&core.counters.replies_received);
             // No entry: the call timed out and went away; the late reply is dropped.
@@ -314,8 +314,7 @@ mod tests {
 
     fn response(core: &Core, id: u64, reply: &Result<Box<RawValue>>) -> ZmqMessage {
         let body = core.wire.encode_response(id, reply);
-        let mac = core.wire.sign(&[&body]);
-        wire::multipart(vec![body, mac])
+        wire::multipart(core.wire.seal(wire::SEAL_RESPONSE, b"", body).into())
     }
 
     fn keyed() -> Core {
@@ -353,12 +352,8 @@ mod tests {
             |list: Vec<&[u8]>| wire::multipart(list.into_iter().map(<[u8]>::to_vec).collect());
         take_response(&core, "b", &pending, frames(vec![&good[0]]));
         take_response(&core, "b", &pending, frames(vec![&good[0], b""]));
-        take_response(
-            &core,
-            "b",
-            &pending,
-            frames(vec![b"{}", &core.wire.sign(&[b"{}"])]),
-        );
+        let [body, seal] = core.wire.seal(wire::SEAL_RESPONSE, b"", b"{}".to_vec());
+        take_response(&core, "b", &pending, frames(vec![&body, &seal]));
         assert!(waiting.reply.try_recv().is_err(), "no reply was taken");
         let stats = core.stats();
         assert_eq!(stats.dropped_malformed, 2);

@@ -8,23 +8,25 @@
 //!
 //! # Wire (a contract: other implementations must speak exactly this)
 //!
-//! Every body frame is UTF-8 JSON carrying `"v": 2` ([`PROTOCOL_VERSION`](super::PROTOCOL_VERSION)) and a `"kind"`.
+//! Every body frame is UTF-8 JSON carrying `"v": 3` ([`PROTOCOL_VERSION`](super::PROTOCOL_VERSION)) and a `"kind"`
+//! (sealed with a cluster key: see *Sealing* below).
 //! Version 1 carried the medium's control messages as requests to a collection `$medium`;
-//! version 2 gives them kinds of their own, and a request to `$medium` is an application
-//! request like any other (to an unknown collection).
+//! version 2 gave them kinds of their own (a request to `$medium` is an application request
+//! like any other, to an unknown collection) and signed envelopes with an HMAC frame; version 3
+//! seals them (encrypted, authenticated, replay-proof) where version 2 signed them.
 //!
-//! * **Request**, DEALER -> ROUTER, multipart `[body, mac]` (the ROUTER sees
-//!   `[identity, body, mac]`):
-//!   `{"v":2,"kind":"request","id":<u64>,"from":"<node id>","request":{"collection":..,
+//! * **Request**, DEALER -> ROUTER, multipart `[body, seal]` (the ROUTER sees
+//!   `[identity, body, seal]`):
+//!   `{"v":3,"kind":"request","id":<u64>,"from":"<node id>","request":{"collection":..,
 //!   "action":..,"resource_id":..?,"args":..}}`.
-//! * **Interest**, DEALER -> ROUTER, `[body, mac]`: what the sender wants from the receiver,
-//!   `{"v":2,"kind":"interest","id":<u64>,"from":"<node id>","interest":{"version":<u64>,
+//! * **Interest**, DEALER -> ROUTER, `[body, seal]`: what the sender wants from the receiver,
+//!   `{"v":3,"kind":"interest","id":<u64>,"from":"<node id>","interest":{"version":<u64>,
 //!   "prefixes":["<topic prefix>",..]}}`. The receiver keeps the newest `version` per sender
 //!   (at most `max_peers` senders; an interest arriving after its sender left is ignored) and
 //!   publishes an event only when some peer wants it (a peer that never said gets everything).
 //!   Answered with a response, `"ok":null` or an error.
-//! * **Sync**, DEALER -> ROUTER, `[body, mac]`:
-//!   `{"v":2,"kind":"sync","id":<u64>,"from":"<node id>","topic":"$sync.<anything>",
+//! * **Sync**, DEALER -> ROUTER, `[body, seal]`:
+//!   `{"v":3,"kind":"sync","id":<u64>,"from":"<node id>","topic":"$sync.<anything>",
 //!   "interest":{..}?}`: the receiver records the interest when given, publishes an event on
 //!   `topic` with `"data":null` and answers `"ok":null` (a topic not starting with `$sync.` or
 //!   over 256 bytes gets a `bad_request` error). A node subscribes to a fresh `$sync.` topic
@@ -32,26 +34,56 @@
 //!   subscriptions are in effect at that peer (one connection's subscriptions apply in order).
 //!   `$sync.` events are never handed to a node; a peer that answers with an error is simply
 //!   not confirmed.
-//! * **Response**, ROUTER -> DEALER, `[body, mac]`, the `id` of the call it answers:
-//!   `{"v":2,"kind":"response","id":<u64>,"ok":<value>}` or
-//!   `{"v":2,"kind":"response","id":<u64>,"error":<crate::Error, tagged by "kind">}`.
-//! * **Event**, PUB -> SUB, `[topic, body, mac]` (the topic frame first, so SUB prefix filtering
-//!   works): `{"v":2,"kind":"event","from":"<node id>","topic":"<topic>","data":<value>}`.
+//! * **Response**, ROUTER -> DEALER, `[body, seal]`, the `id` of the call it answers:
+//!   `{"v":3,"kind":"response","id":<u64>,"ok":<value>}` or
+//!   `{"v":3,"kind":"response","id":<u64>,"error":<crate::Error, tagged by "kind">}`.
+//! * **Event**, PUB -> SUB, `[topic, body, seal]` (the topic frame first, so SUB prefix filtering
+//!   works): `{"v":3,"kind":"event","from":"<node id>","topic":"<topic>","data":<value>}`.
 //! * **Subscriptions** are plain ZeroMQ SUB subscriptions to topic prefixes (byte prefixes; the
 //!   receiver also checks dot segments, so `power` does not deliver `powers.*`): a node
 //!   subscribes to what its subscribers want (`""` for everything) and changes them as they
 //!   come and go, and tells its peers with `interest` messages (repeated until told).
 //!
-//! `mac` is [`ClusterKey::sign`](crate::security::ClusterKey::sign) of `[body]` (events:
-//! `[topic, body]`) as 64 lowercase hex digits, or an empty frame when no cluster key is
-//! configured. With a key configured, a missing or wrong mac is dropped, counted and logged
-//! once per sender. A wrong frame count, invalid JSON, an unknown `kind` or `v`, or a message
+//! Without a cluster key, `seal` is an empty frame and the body is the JSON above (a message
+//! with a non-empty seal frame is dropped as sealed under a key this node lacks).
+//!
+//! ## Sealing (with a cluster key)
+//!
+//! Each secret of the keyring ([`ClusterKey`](crate::security::ClusterKey)) gives, by
+//! HKDF-SHA256 (salt `zeroservices cluster key`), a 32-byte wire key (info
+//! `zeroservices wire v3`), a topic key (`zeroservices topics v1`) and a 4-byte key id
+//! (`zeroservices key id v1`). A body is sealed with XChaCha20-Poly1305 under the wire key of
+//! the primary (first) secret: the body frame is the ciphertext followed by its 16-byte tag;
+//! the `seal` frame is the 45-byte clear header
+//! `version (1 byte, 3) | key id (4) | session (8) | timestamp (8, ms since the epoch, big-endian) | nonce (24: a per-sender counter, 8 bytes, then 16 random bytes drawn once per sender)`.
+//! The associated data is `kind | seal | context`, `kind` one byte (`c` a call: request,
+//! interest or sync; `r` a response; `e` an event) and `context` the topic frame of an event
+//! (empty otherwise): a body cannot be moved to another kind, topic or header.
+//!
+//! The topic frame of an event is the topic with each dot segment replaced by a tag, 16 hex
+//! digits: the first 8 bytes of HMAC-SHA256(topic key, segment). SUB subscriptions are the
+//! tags of the wanted prefixes (under every key of the ring, so a publisher on either key of a
+//! rotation is heard), which keeps byte-prefix filtering by segments; the names (collection,
+//! action, id) do not show. The receiver checks that the topic in the opened envelope has the
+//! topic frame's tags.
+//!
+//! A receiver picks the key by its id (any key of its ring), opens the body, then drops it
+//! when its timestamp is further than [`NetworkConfig::replay_window`] from its own clock
+//! (default ±60 s) or its nonce was seen before from that session (a replay). The nonces are
+//! remembered per sender session until they leave the window, at most 65,536 per session and
+//! 4,096 sessions: past the first bound the oldest are forgotten and the session's floor raised
+//! above them (older messages of that session are then dropped); past the second, messages of
+//! new sessions are dropped until old ones expire. What does not open is counted in
+//! [`ZmqStats::dropped_unsigned`], replays and stale messages in
+//! [`ZmqStats::dropped_replayed`], each logged once per sender.
+//!
+//! A wrong frame count, invalid JSON, an unknown `kind` or `v`, or a message
 //! larger than `max_message_bytes` is dropped, counted and logged once per sender; nothing a
 //! peer sends can panic the medium. A well-formed call (request, interest or sync) of this
 //! version with a usable `id` whose body is not valid gets a `bad_request` error reply; a
 //! request the node cannot serve gets the node's typed error.
 //!
-//! `max_message_bytes` bounds a message's frames together (body, mac, and the topic of an
+//! `max_message_bytes` bounds a message's frames together (body, seal, and the topic of an
 //! event). Every socket (ROUTER, DEALER, PUB, SUB) also enforces it while reading: a frame
 //! header that would take a message over it closes that connection at once, before anything is
 //! allocated for the frame (counted in [`ZmqStats::connections_closed_oversized`], logged once
@@ -82,7 +114,7 @@
 //!
 //! # Parts
 //!
-//! `wire` (envelopes, versions, mac frames), `pending` (calls waiting for replies), `dealer`
+//! `wire` (envelopes, versions, sealing), `pending` (calls waiting for replies), `dealer`
 //! (calls out), `router` (calls in), `subscriptions` (events in, what this node wants),
 //! `publish` (events out), `interest` (what peers want, and telling them), `sync` (sync
 //! markers), `stats` (counters), `core` (what they share).
@@ -160,7 +192,7 @@ struct State {
 }
 
 impl ZmqMedium {
-    /// A medium with these settings (`interface`, `cluster_key`, `request_timeout`,
+    /// A medium with these settings (`interface`, `cluster_key`, `replay_window`, `request_timeout`,
     /// `max_message_bytes`, `max_peers`, and `multicast_group` to pick the announced address
     /// are used).
     pub fn new(config: NetworkConfig) -> Self {
@@ -250,7 +282,7 @@ async fn call_peer(
 ) -> Result<Box<RawValue>> {
     let id = core.next_request.fetch_add(1, Ordering::Relaxed);
     let body = core.wire.encode_call(id, core.node_id(), call)?;
-    let mac = core.wire.sign(&[&body]);
+    let [body, seal] = core.wire.seal(wire::SEAL_CALL, b"", body);
     let dealer = {
         let mut state = lock(state);
         if !state.started || state.stopped {
@@ -258,7 +290,7 @@ async fn call_peer(
         }
         dealer::dealer_for(core, &mut state.dealers, peer)?
     };
-    dealer.call(core, &peer.id, id, vec![body, mac]).await
+    dealer.call(core, &peer.id, id, vec![body, seal]).await
 }
 
 #[async_trait]
@@ -322,6 +354,24 @@ impl Medium for ZmqMedium {
             joined_rx,
             shutdown_rx.clone(),
         )));
+        // The keyring from a file is re-read on SIGHUP while the medium runs (key rotation
+        // without a restart: README "Rotating the cluster key").
+        #[cfg(unix)]
+        if let (Some(key), Some(path)) = (
+            &self.core.config.cluster_key,
+            &self.core.config.cluster_key_file,
+        ) {
+            match crate::security::keyfile::reload_on_sighup(key.clone(), path.clone()) {
+                Ok(reload) => {
+                    let mut stop = shutdown_rx.clone();
+                    state.tasks.push(tokio::spawn(async move {
+                        let _ = stop.changed().await;
+                        reload.abort();
+                    }));
+                }
+                Err(e) => tracing::warn!("cannot watch SIGHUP to re-read the cluster key: {e}"),
+            }
+        }
         state.shutdown = Some(shutdown);
         self.core.publisher.set(publisher);
         state.endpoints = endpoints.clone();

@@ -34,12 +34,12 @@ impl Publisher {
     }
 }
 
-/// Signs and hands one event to the PUB socket.
+/// Seals and hands one event to the PUB socket.
 pub(crate) fn publish_event(core: &Core, topic: &str, data: &Value) -> Result<()> {
     let body = core.wire.encode_event(core.node_id(), topic, data)?;
-    let topic_frame = topic.as_bytes().to_vec();
-    let mac = core.wire.sign(&[&topic_frame, &body]);
-    let message = wire::multipart(vec![topic_frame, body, mac]);
+    let topic_frame = core.wire.topic_frame(topic);
+    let [body, seal] = core.wire.seal(wire::SEAL_EVENT, &topic_frame, body);
+    let message = wire::multipart(vec![topic_frame, body, seal]);
     let publisher = &core.publisher;
     let mut socket = lock(&publisher.socket);
     let Some(pub_socket) = socket.as_mut() else {

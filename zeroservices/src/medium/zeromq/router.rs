@@ -94,7 +94,7 @@ fn accept_request(
     let mut frames = message.into_vec();
     let identity = frames.first().cloned().unwrap_or_default();
     let count = frames.len().saturating_sub(1);
-    if let Err(rejection) = wire::check_frames(count, 2, "[body, mac]") {
+    if let Err(rejection) = wire::check_frames(count, 2, "[body, seal]") {
         core.reject(&sender_name(&identity), "request", &rejection);
         return None;
     }
@@ -107,10 +107,15 @@ fn accept_request(
     let Ok(permit) = permits.clone().try_acquire_owned() else {
         bump(&core.counters.requests_refused_busy);
         // Refuse it at once with `unavailable`, if it is authentic and carries an id.
-        let id = wire::probe_id(&body)?;
-        if !core.verified(&sender_name(&identity), "request", &[&body], &mac) {
-            return None;
-        }
+        let plain = core.opened(
+            &sender_name(&identity),
+            "request",
+            wire::SEAL_CALL,
+            b"",
+            &body,
+            &mac,
+        )?;
+        let id = wire::probe_id(&plain)?;
         let busy = Err(Error::unavailable("node too busy"));
         return Some(reply_message(core, &identity, id, &busy));
     };
@@ -194,12 +199,12 @@ async fn serve(core: &Core, identity: &[u8], body: &[u8], mac: &[u8]) -> Option<
 }
 
 /// Verifies and parses one call; answers the medium's own and the malformed ones.
-fn accept(core: &Core, identity: &[u8], body: &[u8], mac: &[u8]) -> Accepted {
+fn accept(core: &Core, identity: &[u8], body: &[u8], seal: &[u8]) -> Accepted {
     let sender = || sender_name(identity);
-    if !core.verified(&sender(), "request", &[body], mac) {
+    let Some(body) = core.opened(&sender(), "request", wire::SEAL_CALL, b"", body, seal) else {
         return Accepted::Done(None);
-    }
-    let (id, reply) = match wire::decode_call(body) {
+    };
+    let (id, reply) = match wire::decode_call(&body) {
         Ok(Call::Request { id, from, request }) => {
             return Accepted::Serve { id, from, request };
         }
@@ -251,8 +256,8 @@ fn reply_message(
     reply: &Result<Box<RawValue>>,
 ) -> ZmqMessage {
     let body = core.wire.encode_response(id, reply);
-    let mac = core.wire.sign(&[&body]);
-    wire::multipart(vec![identity.to_vec(), body, mac])
+    let [body, seal] = core.wire.seal(wire::SEAL_RESPONSE, b"", body);
+    wire::multipart(vec![identity.to_vec(), body, seal])
 }
 
 #[cfg(test)]
@@ -273,19 +278,24 @@ mod tests {
 
     fn accept_json(core: &Core, value: Value) -> Accepted {
         let body = value.to_string().into_bytes();
-        let mac = core.wire.sign(&[&body]);
-        accept(core, b"zs-x-1", &body, &mac)
+        let [body, seal] = core.wire.seal(wire::SEAL_CALL, b"", body);
+        accept(core, b"zs-x-1", &body, &seal)
     }
 
-    /// The reply frames `[identity, body, mac]` of an answered call, its body parsed.
-    fn answered(accepted: Accepted) -> Value {
+    /// The reply frames `[identity, body, seal]` of an answered call, its body opened and
+    /// parsed.
+    fn answered(core: &Core, accepted: Accepted) -> Value {
         let Accepted::Done(Some(reply)) = accepted else {
             panic!("not answered");
         };
         let frames = reply.into_vec();
         assert_eq!(frames.len(), 3);
         assert_eq!(&frames[0][..], b"zs-x-1");
-        serde_json::from_slice(&frames[1]).unwrap()
+        let plain = core
+            .wire
+            .open(wire::SEAL_RESPONSE, b"", &frames[1], &frames[2])
+            .unwrap();
+        serde_json::from_slice(&plain).unwrap()
     }
 
     const V: u32 = PROTOCOL_VERSION;
@@ -313,11 +323,14 @@ mod tests {
     #[test]
     fn an_interest_is_recorded_and_answered() {
         let core = core();
-        let reply = answered(accept_json(
+        let reply = answered(
             &core,
-            json!({"v": V, "kind": "interest", "id": 5, "from": "a",
+            accept_json(
+                &core,
+                json!({"v": V, "kind": "interest", "id": 5, "from": "a",
                    "interest": {"version": 2, "prefixes": ["power"]}}),
-        ));
+            ),
+        );
         assert_eq!(
             reply,
             json!({"v": V, "kind": "response", "id": 5, "ok": null})
@@ -329,10 +342,13 @@ mod tests {
     #[test]
     fn a_bad_sync_gets_an_error_reply() {
         let core = core();
-        let reply = answered(accept_json(
+        let reply = answered(
             &core,
-            json!({"v": V, "kind": "sync", "id": 6, "from": "a", "topic": "power"}),
-        ));
+            accept_json(
+                &core,
+                json!({"v": V, "kind": "sync", "id": 6, "from": "a", "topic": "power"}),
+            ),
+        );
         assert_eq!(reply["id"], json!(6));
         assert_eq!(reply["error"]["kind"], json!("bad_request"));
     }
@@ -340,10 +356,13 @@ mod tests {
     #[test]
     fn malformed_calls_are_dropped_or_answered_and_counted() {
         let core = core();
-        let reply = answered(accept_json(
+        let reply = answered(
             &core,
-            json!({"v": V, "kind": "request", "id": 9, "from": "a", "request": {"nope": true}}),
-        ));
+            accept_json(
+                &core,
+                json!({"v": V, "kind": "request", "id": 9, "from": "a", "request": {"nope": true}}),
+            ),
+        );
         assert_eq!(reply["id"], json!(9));
         assert_eq!(reply["error"]["kind"], json!("bad_request"));
         assert!(matches!(
@@ -354,7 +373,7 @@ mod tests {
             accept_json(&core, json!({"v": 1, "kind": "request", "id": 1})),
             Accepted::Done(None)
         ));
-        // Unsigned.
+        // Not sealed.
         let body = json!({"v": V, "kind": "interest", "id": 1, "from": "a",
                           "interest": {"version": 1, "prefixes": []}})
         .to_string();

@@ -27,8 +27,12 @@ pub struct ZmqStats {
     pub calls_failed_unavailable: u64,
     /// Messages dropped for a wrong frame count, invalid JSON or an unexpected shape.
     pub dropped_malformed: u64,
-    /// Messages dropped for a missing or wrong HMAC (a cluster key is configured).
+    /// Messages dropped for not opening with the cluster key (unsealed, forged, another key),
+    /// or sealed while this node has none.
     pub dropped_unsigned: u64,
+    /// With a cluster key: sealed messages outside the replay window, seen before (replays),
+    /// or over the replay memory's bound.
+    pub dropped_replayed: u64,
     /// Messages dropped for exceeding `max_message_bytes`.
     pub dropped_oversized: u64,
     /// Connections (on any of the ROUTER, DEALER, PUB and SUB sockets) closed because a frame
@@ -64,6 +68,7 @@ pub(crate) struct Counters {
     pub(crate) events_unwanted: AtomicU64,
     malformed: DropLog,
     unsigned: DropLog,
+    replayed: DropLog,
     oversized: DropLog,
     version: DropLog,
     /// Connections closed for an oversized frame header, logged once per peer address. Shared
@@ -93,6 +98,7 @@ impl Counters {
                     .drop_from(sender, what, &format!("unusable {what}: {reason}"));
             }
             Rejection::Unsigned(reason) => self.unsigned.drop_from(sender, what, reason),
+            Rejection::Replayed(reason) => self.replayed.drop_from(sender, what, reason),
             Rejection::Version => self
                 .version
                 .drop_from(sender, what, "unknown protocol version"),
@@ -116,6 +122,7 @@ impl Counters {
             calls_failed_unavailable: get(&self.calls_failed_unavailable),
             dropped_malformed: self.malformed.count(),
             dropped_unsigned: self.unsigned.count(),
+            dropped_replayed: self.replayed.count(),
             dropped_oversized: self.oversized.count(),
             connections_closed_oversized: self.oversized_frames.count(),
             dropped_version: self.version.count(),
@@ -144,6 +151,7 @@ mod tests {
             },
         );
         counters.reject("a", "event", &Rejection::Unsigned("unsigned"));
+        counters.reject("a", "event", &Rejection::Replayed("seen before"));
         counters.reject("b", "response", &Rejection::Version);
         counters.reject("b", "response", &Rejection::Version);
         counters.reject("c", "request", &Rejection::Oversized(10));
@@ -156,6 +164,7 @@ mod tests {
             ZmqStats {
                 dropped_malformed: 2,
                 dropped_unsigned: 1,
+                dropped_replayed: 1,
                 dropped_version: 2,
                 dropped_oversized: 1,
                 connections_closed_oversized: 1,

@@ -11,7 +11,7 @@ use tokio::task::JoinHandle;
 
 use super::core::Core;
 use super::stats::bump;
-use super::wire::{self, Interest};
+use super::wire::{self, Interest, Rejection};
 use super::{BACKOFF_MAX, BACKOFF_MIN};
 use crate::event::topic_matches;
 use crate::{Event, NodeInfo};
@@ -148,6 +148,7 @@ async fn run_sub(
     mut commands: mpsc::UnboundedReceiver<SubCommand>,
 ) {
     let mut interest = core.local.subscribe();
+    let mut keys = core.wire.key().map(crate::security::ClusterKey::watch);
     // Marker topics of syncs in progress, subscribed again after a reconnect.
     let mut marks: Vec<String> = Vec::new();
     let mut backoff = BACKOFF_MIN;
@@ -158,9 +159,9 @@ async fn run_sub(
         let mut socket = SubSocket::with_options(options);
         let mut current: Vec<String> = Vec::new();
         let wanted = interest.borrow_and_update().clone();
-        let mut subscribed = apply_interest(&mut socket, &mut current, &wanted, &peer).await;
+        let mut subscribed = apply_interest(&core, &mut socket, &mut current, &wanted, &peer).await;
         for mark in &marks {
-            subscribed &= socket.subscribe(mark).await.is_ok();
+            subscribed &= subscribe_mark(&core, &mut socket, mark).await;
         }
         let connected = tokio::time::timeout(
             timeout + std::time::Duration::from_millis(200),
@@ -178,7 +179,7 @@ async fn run_sub(
                                 return;
                             }
                             let wanted = interest.borrow_and_update().clone();
-                            if !apply_interest(&mut socket, &mut current, &wanted, &peer).await {
+                            if !apply_interest(&core, &mut socket, &mut current, &wanted, &peer).await {
                                 break;
                             }
                         }
@@ -188,16 +189,31 @@ async fn run_sub(
                                 Some(SubCommand::Mark(mark)) => {
                                     // The interest as of the sync first, then the marker after it.
                                     let wanted = interest.borrow_and_update().clone();
-                                    let ok = apply_interest(&mut socket, &mut current, &wanted, &peer).await
-                                        && socket.subscribe(&mark).await.is_ok();
+                                    let ok = apply_interest(&core, &mut socket, &mut current, &wanted, &peer).await
+                                        && subscribe_mark(&core, &mut socket, &mark).await;
                                     marks.push(mark);
                                     ok
                                 }
                                 Some(SubCommand::Forget(mark)) => {
                                     marks.retain(|m| *m != mark);
-                                    socket.unsubscribe(&mark).await.is_ok()
+                                    let mut ok = true;
+                                    for filter in core.wire.topic_filters(&mark) {
+                                        ok &= socket.unsubscribe(&filter).await.is_ok();
+                                    }
+                                    ok
                                 }
                             };
+                            if !ok {
+                                break;
+                            }
+                        }
+                        () = key_changed(&mut keys) => {
+                            // A reloaded keyring: subscribe to the tags of its keys.
+                            let wanted = interest.borrow_and_update().clone();
+                            let mut ok = apply_interest(&core, &mut socket, &mut current, &wanted, &peer).await;
+                            for mark in &marks {
+                                ok &= subscribe_mark(&core, &mut socket, mark).await;
+                            }
                             if !ok {
                                 break;
                             }
@@ -222,6 +238,29 @@ async fn run_sub(
     }
 }
 
+/// Waits for a reload of the keyring (forever without one).
+async fn key_changed(keys: &mut Option<tokio::sync::watch::Receiver<Arc<crate::security::Ring>>>) {
+    match keys {
+        Some(keys) => {
+            if keys.changed().await.is_err() {
+                std::future::pending::<()>().await;
+            }
+            keys.borrow_and_update();
+        }
+        None => std::future::pending().await,
+    }
+}
+
+/// Subscribes to a sync marker topic (its tags under every key, with a cluster key).
+async fn subscribe_mark(core: &Core, socket: &mut SubSocket, mark: &str) -> bool {
+    for filter in core.wire.topic_filters(mark) {
+        if socket.subscribe(&filter).await.is_err() {
+            return false;
+        }
+    }
+    true
+}
+
 /// The prefixes to subscribe to and to unsubscribe from to go from `current` to `wanted`.
 fn changes(current: &[String], wanted: &[String]) -> (Vec<String>, Vec<String>) {
     let add = wanted
@@ -240,12 +279,20 @@ fn changes(current: &[String], wanted: &[String]) -> (Vec<String>, Vec<String>) 
 /// Subscribes `socket` to the prefixes of `wanted` it lacks and unsubscribes it from those it
 /// no longer needs; `current` tracks what it is subscribed to. False when the socket failed.
 async fn apply_interest(
+    core: &Core,
     socket: &mut SubSocket,
     current: &mut Vec<String>,
     wanted: &[String],
     peer: &str,
 ) -> bool {
-    let (add, remove) = changes(current, wanted);
+    // With a cluster key, the topic frames are tags: subscribe to those of every key.
+    let mut filters: Vec<String> = Vec::new();
+    for filter in wanted.iter().flat_map(|p| core.wire.topic_filters(p)) {
+        if !filters.contains(&filter) {
+            filters.push(filter);
+        }
+    }
+    let (add, remove) = changes(current, &filters);
     for prefix in add {
         if let Err(e) = socket.subscribe(&prefix).await {
             tracing::debug!(%peer, error = %e, "SUB subscribe failed");
@@ -267,42 +314,52 @@ async fn apply_interest(
 /// sync waiting for it).
 fn take_event(core: &Core, peer: &str, message: ZmqMessage) {
     let frames = message.into_vec();
-    if let Err(rejection) = wire::check_frames(frames.len(), 3, "[topic, body, mac]") {
+    if let Err(rejection) = wire::check_frames(frames.len(), 3, "[topic, body, seal]") {
         return core.reject(peer, "event", &rejection);
     }
-    let (topic, body, mac) = (&frames[0], &frames[1], &frames[2]);
-    if let Err(rejection) = core.wire.check_size(&[topic, body, mac]) {
+    let (frame, body, seal) = (&frames[0], &frames[1], &frames[2]);
+    if let Err(rejection) = core.wire.check_size(&[frame, body, seal]) {
         return core.reject(peer, "event", &rejection);
     }
-    if !core.verified(peer, "event", &[topic, body], mac) {
+    let Some(body) = core.opened(peer, "event", wire::SEAL_EVENT, frame, body, seal) else {
         return;
-    }
-    if core.markers.is_marker(topic) {
-        core.markers.arrived(topic);
-        return;
-    }
-    // SUB filtering is by bytes; subscriptions are by dot segments (`power` is not `powers`).
-    // An event nobody here wants (any more) is dropped before it is parsed.
-    let wanted = match std::str::from_utf8(topic) {
-        Ok(topic) => core.local.wants(topic),
-        Err(_) => true,
     };
-    if !wanted {
-        return;
+    if core.wire.key().is_none() {
+        // The topic frame is the topic: markers and events nobody here wants (any more) are
+        // told before the body is parsed.
+        if core.markers.is_marker(frame) {
+            core.markers.arrived(frame);
+            return;
+        }
+        // SUB filtering is by bytes; subscriptions are by dot segments (`power` is not
+        // `powers`).
+        if let Ok(topic) = std::str::from_utf8(frame)
+            && !core.local.wants(topic)
+        {
+            return;
+        }
     }
-    let data = match wire::decode_event(topic, body) {
-        Ok(data) => data,
+    let (topic, data) = match wire::decode_event(&body) {
+        Ok(event) => event,
         Err(rejection) => return core.reject(peer, "event", &rejection),
     };
+    if !core.wire.topic_is(frame, &topic) {
+        let rejection =
+            Rejection::Malformed("the envelope's topic differs from the topic frame".to_owned());
+        return core.reject(peer, "event", &rejection);
+    }
+    if core.markers.is_marker(topic.as_bytes()) {
+        core.markers.arrived(topic.as_bytes());
+        return;
+    }
+    if !core.local.wants(&topic) {
+        return;
+    }
     let Some(inbound) = core.inbound.get() else {
         return;
     };
     bump(&core.counters.events_received);
-    inbound.event(Event {
-        // `decode_event` checked that the envelope's topic is this UTF-8 frame.
-        topic: String::from_utf8_lossy(topic).into_owned(),
-        data,
-    });
+    inbound.event(Event { topic, data });
 }
 
 #[cfg(test)]
@@ -395,8 +452,9 @@ mod tests {
 
     fn event_message(core: &Core, topic: &str, data: Value) -> ZmqMessage {
         let body = core.wire.encode_event("peer", topic, &data).unwrap();
-        let mac = core.wire.sign(&[topic.as_bytes(), &body]);
-        wire::multipart(vec![topic.as_bytes().to_vec(), body, mac])
+        let frame = core.wire.topic_frame(topic);
+        let [body, seal] = core.wire.seal(wire::SEAL_EVENT, &frame, body);
+        wire::multipart(vec![frame, body, seal])
     }
 
     #[test]
@@ -411,26 +469,29 @@ mod tests {
         core.local.set(strings(&["power"]));
 
         take_event(&core, "p", event_message(&core, "power.create.1", json!(1)));
-        // Not wanted here (by dot segments): dropped before parsing, not counted.
+        // Not wanted here (by dot segments): dropped, not counted.
         take_event(
             &core,
             "p",
             event_message(&core, "powers.create.1", json!(2)),
         );
-        // Wrong frame count, wrong mac.
+        // Wrong frame count; a topic frame swapped (it is bound to the seal).
         take_event(&core, "p", wire::multipart(vec![b"power".to_vec()]));
         let mut forged = event_message(&core, "power.x", json!(3)).into_vec();
-        forged[2] = core.wire.sign(&[b"power.y"]).into();
+        forged[0] = core.wire.topic_frame("power.y").into();
         take_event(
             &core,
             "p",
             wire::multipart(forged.iter().map(|f| f.to_vec()).collect()),
         );
-        // A topic frame that differs from the envelope's.
-        let mut moved = event_message(&core, "power.a", json!(4)).into_vec();
-        moved[0] = b"power.b".to_vec().into();
-        let body = moved[1].to_vec();
-        moved[2] = core.wire.sign(&[b"power.b", &body]).into();
+        // A topic frame that differs from the envelope's (sealed so by a key holder).
+        let body = core
+            .wire
+            .encode_event("peer", "power.a", &json!(4))
+            .unwrap();
+        let frame = core.wire.topic_frame("power.b");
+        let [body, seal] = core.wire.seal(wire::SEAL_EVENT, &frame, body);
+        let moved = [frame, body, seal];
         take_event(
             &core,
             "p",

@@ -1,6 +1,7 @@
 //! The envelopes on the wire (see the [module documentation](super) for the contract): their
-//! types, encoding, decoding, version check and mac frame. Pure: no sockets, no counters. What
-//! does not decode comes back as a [`Rejection`] for the caller to count and log.
+//! types, encoding, decoding, version check, and sealing with a cluster key. No sockets, no
+//! counters. What does not open or decode comes back as a [`Rejection`] for the caller to count
+//! and log.
 
 use std::borrow::Cow;
 
@@ -11,7 +12,15 @@ use serde_json::value::RawValue;
 
 use crate::medium::{PROTOCOL_VERSION, Request};
 use crate::security::ClusterKey;
+use crate::security::seal::{OVERHEAD, Purpose, Refusal, Sealer};
 use crate::{Error, Result};
+
+/// The kind byte of a call (request, interest, sync) in a seal's associated data.
+pub(crate) const SEAL_CALL: u8 = b'c';
+/// The kind byte of a response.
+pub(crate) const SEAL_RESPONSE: u8 = b'r';
+/// The kind byte of an event (whose topic frame is bound too).
+pub(crate) const SEAL_EVENT: u8 = b'e';
 
 /// The `kind` of an envelope.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -82,8 +91,11 @@ pub(crate) enum Control {
 pub(crate) enum Rejection {
     /// A wrong frame count, invalid JSON, or an unexpected shape.
     Malformed(String),
-    /// A missing or wrong mac while a cluster key is configured.
+    /// Not sealed, or not opening (forged, altered, another key) while a cluster key is
+    /// configured; or sealed while none is.
     Unsigned(&'static str),
+    /// Sealed right, but outside the replay window or seen before.
+    Replayed(&'static str),
     /// A `v` other than [`PROTOCOL_VERSION`].
     Version,
     /// Over `max_message_bytes` (the size given).
@@ -183,45 +195,97 @@ struct Probe {
     id: Option<u64>,
 }
 
-/// Encodes, signs and checks messages for one medium: its cluster key and message limit.
+/// Encodes, seals and opens messages for one medium: its cluster key, replay guard and message
+/// limit.
 pub(crate) struct Wire {
-    key: Option<ClusterKey>,
+    sealer: Option<Sealer>,
     max_message_bytes: usize,
 }
 
 impl Wire {
+    #[cfg(test)]
     pub(crate) fn new(key: Option<ClusterKey>, max_message_bytes: usize) -> Self {
+        Self::with_window(key, max_message_bytes, crate::config::DEFAULT_REPLAY_WINDOW)
+    }
+
+    pub(crate) fn with_window(
+        key: Option<ClusterKey>,
+        max_message_bytes: usize,
+        window: std::time::Duration,
+    ) -> Self {
         Self {
-            key,
+            sealer: key.map(|key| Sealer::new(key, Purpose::Wire, PROTOCOL_VERSION as u8, window)),
             max_message_bytes,
         }
     }
 
-    /// The length of the mac frame: a message's frames together must stay within
-    /// `max_message_bytes` (a peer closes the connection otherwise).
-    pub(crate) fn mac_len(&self) -> usize {
-        if self.key.is_some() { 64 } else { 0 }
+    /// The keyring, if any.
+    pub(crate) fn key(&self) -> Option<&ClusterKey> {
+        self.sealer.as_ref().map(Sealer::key)
     }
 
-    /// The mac frame of `parts`: 64 hex digits, or empty without a key.
-    pub(crate) fn sign(&self, parts: &[&[u8]]) -> Vec<u8> {
-        match &self.key {
-            Some(key) => key.sign(parts).into_bytes(),
-            None => Vec::new(),
+    /// What sealing adds to a message (the seal frame and the tag): a message's frames together
+    /// must stay within `max_message_bytes` (a peer closes the connection otherwise).
+    pub(crate) fn mac_len(&self) -> usize {
+        if self.sealer.is_some() { OVERHEAD } else { 0 }
+    }
+
+    /// Seals `body` (of `kind`, bound to `context`: the topic frame of an event): the body
+    /// frame (ciphertext and tag) and the seal frame; without a key, `body` and an empty frame.
+    pub(crate) fn seal(&self, kind: u8, context: &[u8], mut body: Vec<u8>) -> [Vec<u8>; 2] {
+        match &self.sealer {
+            Some(sealer) => {
+                let header = sealer.seal(kind, context, &mut body);
+                [body, header]
+            }
+            None => [body, Vec::new()],
         }
     }
 
-    /// Whether `mac` authenticates `parts` (always, without a key).
-    pub(crate) fn check_mac(
+    /// Opens a body frame with its seal frame: the plain body, or why it was dropped.
+    pub(crate) fn open<'a>(
         &self,
-        parts: &[&[u8]],
-        mac: &[u8],
-    ) -> std::result::Result<(), Rejection> {
-        match &self.key {
-            None => Ok(()),
-            Some(key) if key.verify(parts, mac) => Ok(()),
-            Some(_) if mac.is_empty() => Err(Rejection::Unsigned("unsigned")),
-            Some(_) => Err(Rejection::Unsigned("wrong mac")),
+        kind: u8,
+        context: &[u8],
+        body: &'a [u8],
+        seal: &[u8],
+    ) -> std::result::Result<Cow<'a, [u8]>, Rejection> {
+        match &self.sealer {
+            None if seal.is_empty() => Ok(Cow::Borrowed(body)),
+            None => Err(Rejection::Unsigned(
+                "sealed with a cluster key, and this node has none",
+            )),
+            Some(sealer) => match sealer.open(kind, context, seal, body) {
+                Ok(opened) => Ok(Cow::Owned(opened.plain)),
+                Err(Refusal::Forged(reason)) => Err(Rejection::Unsigned(reason)),
+                Err(Refusal::Replayed(reason)) => Err(Rejection::Replayed(reason)),
+            },
+        }
+    }
+
+    /// The topic frame of an event on `topic`: the topic itself, or with a key each dot segment
+    /// replaced by a keyed tag (prefix filtering by segments still works, names do not show).
+    pub(crate) fn topic_frame(&self, topic: &str) -> Vec<u8> {
+        match &self.sealer {
+            Some(sealer) => sealer.topic(topic).into_bytes(),
+            None => topic.as_bytes().to_vec(),
+        }
+    }
+
+    /// The SUB subscriptions for a topic prefix: itself, or with a key its tags under each key
+    /// of the ring.
+    pub(crate) fn topic_filters(&self, prefix: &str) -> Vec<String> {
+        match &self.sealer {
+            Some(sealer) => sealer.topic_filters(prefix),
+            None => vec![prefix.to_owned()],
+        }
+    }
+
+    /// Whether `frame` is the topic frame of `topic` (under some key of the ring).
+    pub(crate) fn topic_is(&self, frame: &[u8], topic: &str) -> bool {
+        match &self.sealer {
+            Some(sealer) => sealer.topic_is(frame, topic),
+            None => frame == topic.as_bytes(),
         }
     }
 
@@ -299,7 +363,12 @@ impl Wire {
             topic,
             data,
         })?;
-        if body.len() + topic.len() + self.mac_len() > self.max_message_bytes {
+        let topic_len = if self.sealer.is_some() {
+            topic.len() * 2 + 16
+        } else {
+            topic.len()
+        };
+        if body.len() + topic_len + self.mac_len() > self.max_message_bytes {
             return Err(Error::bad_request(format!(
                 "event {topic} of {} bytes exceeds the {} byte message limit",
                 body.len(),
@@ -421,19 +490,18 @@ pub(crate) fn decode_response(
     Ok((envelope.id, reply))
 }
 
-/// Decodes an event (a SUB's body frame) whose topic frame is `topic`: its data.
-pub(crate) fn decode_event(topic: &[u8], body: &[u8]) -> std::result::Result<Value, Rejection> {
+/// Decodes an event (a SUB's body frame, opened): its topic and data. The caller checks the
+/// topic against the topic frame ([`Wire::topic_is`]).
+pub(crate) fn decode_event(body: &[u8]) -> std::result::Result<(String, Value), Rejection> {
     let envelope: EventIn<'_> =
         serde_json::from_slice(body).map_err(|e| classify(body, &e, false))?;
     if envelope.v != PROTOCOL_VERSION {
         return Err(Rejection::Version);
     }
-    if envelope.kind != Kind::Event || envelope.topic.as_bytes() != topic {
-        return Err(Rejection::Malformed(
-            "not an event envelope, or its topic differs from the topic frame".to_owned(),
-        ));
+    if envelope.kind != Kind::Event {
+        return Err(Rejection::Malformed("not an event envelope".to_owned()));
     }
-    Ok(envelope.data)
+    Ok((envelope.topic.into_owned(), envelope.data))
 }
 
 #[cfg(test)]
@@ -460,9 +528,10 @@ mod tests {
     const V: u32 = PROTOCOL_VERSION;
 
     #[test]
-    fn the_protocol_is_version_2() {
-        // Version 1 carried the medium's control traffic as `$medium` requests.
-        assert_eq!(PROTOCOL_VERSION, 2);
+    fn the_protocol_is_version_3() {
+        // Version 1 carried the medium's control traffic as `$medium` requests; version 2 signed
+        // envelopes with an HMAC, version 3 seals them.
+        assert_eq!(PROTOCOL_VERSION, 3);
     }
 
     #[test]
@@ -598,20 +667,17 @@ mod tests {
 
     #[test]
     fn events_round_trip_and_must_match_their_topic_frame() {
-        let bytes = wire()
+        let w = wire();
+        let bytes = w
             .encode_event("a", "power.create.1", &json!({"n": 1}))
             .unwrap();
-        assert_eq!(
-            decode_event(b"power.create.1", &bytes).unwrap(),
-            json!({"n": 1})
-        );
-        assert!(matches!(
-            decode_event(b"power.create.2", &bytes),
-            Err(Rejection::Malformed(_))
-        ));
+        let (topic, data) = decode_event(&bytes).unwrap();
+        assert_eq!((topic.as_str(), data), ("power.create.1", json!({"n": 1})));
+        assert!(w.topic_is(b"power.create.1", &topic));
+        assert!(!w.topic_is(b"power.create.2", &topic));
         let request = body(json!({"v": V, "kind": "request", "topic": "t", "data": 1}));
         assert!(matches!(
-            decode_event(b"t", &request),
+            decode_event(&request),
             Err(Rejection::Malformed(_))
         ));
     }
@@ -629,11 +695,7 @@ mod tests {
                 "{v}"
             );
             let event = body(json!({"v": v, "kind": "event", "topic": "t", "data": 1}));
-            assert_eq!(
-                decode_event(b"t", &event).err(),
-                Some(Rejection::Version),
-                "{v}"
-            );
+            assert_eq!(decode_event(&event).err(), Some(Rejection::Version), "{v}");
         }
     }
 
@@ -719,26 +781,49 @@ mod tests {
     }
 
     #[test]
-    fn the_mac_frame_is_checked_with_a_key() {
+    fn bodies_are_sealed_with_a_key() {
         let keyed = Wire::new(Some(ClusterKey::new("k")), 4096);
-        let mac = keyed.sign(&[b"body"]);
-        assert_eq!(mac.len(), keyed.mac_len());
-        assert_eq!(keyed.check_mac(&[b"body"], &mac), Ok(()));
+        let receiver = Wire::new(Some(ClusterKey::new("k")), 4096);
+        let [body, seal] = keyed.seal(SEAL_CALL, b"", b"{\"secret\":1}".to_vec());
+        assert_eq!(body.len() + seal.len(), 12 + keyed.mac_len());
+        assert!(!body.windows(6).any(|w| w == b"secret"));
         assert_eq!(
-            keyed.check_mac(&[b"body"], b""),
-            Err(Rejection::Unsigned("unsigned"))
+            receiver
+                .open(SEAL_CALL, b"", &body, &seal)
+                .unwrap()
+                .as_ref(),
+            b"{\"secret\":1}"
         );
-        assert_eq!(
-            keyed.check_mac(&[b"bodx"], &mac),
-            Err(Rejection::Unsigned("wrong mac"))
-        );
-        let other = Wire::new(Some(ClusterKey::new("other")), 4096).sign(&[b"body"]);
-        assert!(keyed.check_mac(&[b"body"], &other).is_err());
-        // Without a key: an empty mac frame, and anything passes.
+        assert!(matches!(
+            receiver.open(SEAL_CALL, b"", &body, &seal),
+            Err(Rejection::Replayed(_))
+        ));
+        let fresh = Wire::new(Some(ClusterKey::new("k")), 4096);
+        assert!(matches!(
+            fresh.open(SEAL_RESPONSE, b"", &body, &seal),
+            Err(Rejection::Unsigned(_))
+        ));
+        assert!(matches!(
+            fresh.open(SEAL_CALL, b"", b"{}", b""),
+            Err(Rejection::Unsigned(_))
+        ));
+        let other = Wire::new(Some(ClusterKey::new("other")), 4096);
+        assert!(matches!(
+            other.open(SEAL_CALL, b"", &body, &seal),
+            Err(Rejection::Unsigned(_))
+        ));
+        // Without a key: an empty seal frame, and a sealed message is refused.
         let plain = wire();
-        assert!(plain.sign(&[b"body"]).is_empty());
+        let [body, seal] = plain.seal(SEAL_CALL, b"", b"{}".to_vec());
+        assert_eq!((body.as_slice(), seal.len()), (&b"{}"[..], 0));
         assert_eq!(plain.mac_len(), 0);
-        assert_eq!(plain.check_mac(&[b"body"], b"whatever"), Ok(()));
+        assert!(plain.open(SEAL_CALL, b"", b"{}", b"x").is_err());
+        // Topic frames: tags with a key.
+        assert_eq!(plain.topic_frame("a.b"), b"a.b");
+        let tagged = keyed.topic_frame("power.create");
+        assert!(!tagged.windows(5).any(|w| w == b"power"));
+        assert!(receiver.topic_is(&tagged, "power.create"));
+        assert!(tagged.starts_with(receiver.topic_filters("power")[0].as_bytes()));
     }
 
     #[test]
