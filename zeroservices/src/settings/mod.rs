@@ -68,6 +68,7 @@ pub enum SettingsError {
 
 impl SettingsError {
     /// As clap's error for `command`, rendered and exiting as clap's own usage errors do.
+    #[cfg(feature = "app")]
     pub(crate) fn into_clap(self, command: &clap::Command) -> clap::Error {
         match self {
             SettingsError::Invalid {
