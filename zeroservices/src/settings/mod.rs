@@ -146,7 +146,11 @@ pub fn read_key_file(path: &Path) -> Result<String, String> {
 
 /// The settings that hold secrets, by id, with the variable of the file to use instead: given
 /// as flags they show in `ps` to every user of the machine.
-const SECRET_FLAGS: &[(&str, &str)] = &[("cluster_key", "ZS_CLUSTER_KEY_FILE")];
+const SECRET_FLAGS: &[(&str, &str)] = &[
+    ("cluster_key", "ZS_CLUSTER_KEY_FILE"),
+    ("basic_auth", "ZS_BASIC_AUTH_FILE"),
+    ("jwt_secret", "ZS_JWT_SECRET_FILE"),
+];
 
 /// The warnings a command line deserves: a secret given as a flag (`--cluster-key`), which
 /// every user of the machine sees in `ps`. Its variable, or its file, shows nowhere.

@@ -402,6 +402,27 @@ fn a_key_on_the_command_line_is_warned_about() {
     assert!(warnings(&["zeroservices"], &[("ZS_CLUSTER_KEY", "k")]).is_empty());
     let (_dir, path) = key_file("k");
     assert!(warnings(&["zeroservices", "--cluster-key-file", &path], &[]).is_empty());
+    // The HTTP secrets too: a Basic password, a JWT secret.
+    let http = warnings(
+        &[
+            "zeroservices",
+            "--basic-auth",
+            "ann:pw",
+            "--jwt-secret",
+            "a jwt secret of at least thirty-two bytes",
+        ],
+        &[],
+    );
+    assert_eq!(http.len(), 2, "{http:?}");
+    assert!(
+        http[0].contains("--basic-auth") && http[0].contains("ZS_BASIC_AUTH_FILE"),
+        "{http:?}"
+    );
+    assert!(
+        http[1].contains("--jwt-secret") && http[1].contains("ZS_JWT_SECRET_FILE"),
+        "{http:?}"
+    );
+    assert!(warnings(&["zeroservices"], &[("ZS_BASIC_AUTH", "ann:pw")]).is_empty());
 }
 
 /// The users file and the JWT keys: read at start-up, an error naming the variable, the file
