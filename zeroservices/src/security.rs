@@ -1,6 +1,6 @@
 //! The cluster key: with `ZS_CLUSTER_KEY` set, every wire envelope and discovery datagram is
-//! sealed (encrypted and authenticated with XChaCha20-Poly1305 under keys derived from it),
-//! carries a timestamp and a random nonce, and is dropped on receipt when it does not open, is
+//! sealed (encrypted and authenticated with AES-256-GCM under keys derived from it), carries a
+//! timestamp and a per-sender counter, and is dropped on receipt when it does not open, is
 //! outside the replay window, or was seen before; each drop is counted and logged once per
 //! sender.
 //!

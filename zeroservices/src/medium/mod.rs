@@ -24,8 +24,8 @@ pub use memory::{MemoryCluster, MemoryDiscovery, MemoryMedium};
 
 /// The version of the node-to-node protocol, carried by every envelope and announcement.
 ///
-/// Version 3 seals every message with the cluster key (XChaCha20-Poly1305, a timestamp and a
-/// nonce against replays; event topics as keyed tags) where version 2 added an HMAC. Version 2
+/// Version 3 seals every message with the cluster key (AES-256-GCM, a timestamp and a
+/// counter against replays; event topics as keyed tags) where version 2 added an HMAC. Version 2
 /// gave the ZeroMQ medium's control messages (`interest`, `sync`) envelope kinds of their own;
 /// version 1 sent them as requests to a collection `$medium`.
 pub const PROTOCOL_VERSION: u32 = 3;

@@ -1,33 +1,43 @@
-//! Sealing: XChaCha20-Poly1305 under keys derived from the cluster key by HKDF-SHA256 (one per
-//! purpose), a timestamp and a random nonce per message, and the replay guard that drops a
-//! message outside the window or seen before.
+//! Sealing: AES-256-GCM under per-sender message keys, derived from per-purpose keys that are
+//! derived from the cluster key by HKDF-SHA256; a timestamp and a counter per message; and the
+//! replay guard that drops a message outside the window or seen before.
 //!
-//! A sealed message is a 45-byte header in the clear and the ciphertext with its 16-byte tag:
+//! A sealed message is a 33-byte header in the clear and the ciphertext with its 16-byte tag:
 //!
 //! ```text
-//! header = version (1 byte) | key id (4) | session (8) | timestamp, ms since the epoch (8, big-endian) | nonce (24)
+//! header = version (1 byte) | key id (4) | session (12) | timestamp, ms since the epoch (8, big-endian) | counter (8, big-endian)
 //! ```
 //!
 //! The associated data is `kind (1 byte) | header | context` (the topic frame of an event), so
 //! none of them can be changed or swapped. The key id (the first 4 bytes of an HKDF output of
-//! the secret) picks the key of the ring to open with; the session (random per sender, per
-//! start) scopes the replay memory. A nonce is a per-sender counter (8 bytes) then 16 random
-//! bytes drawn once per sender: unique per message under a key.
+//! the secret) picks the key of the ring to open with. The session is 12 random bytes drawn by
+//! each sender when it starts; the message key of a session is
+//! `AES-256(K, 0u32 | session) | AES-256(K, 1u32 | session)` with `K` the purpose's
+//! key-generating key (the key derivation of AES-GCM-SIV, RFC 8452 §4), and the GCM nonce is the
+//! counter then four zero bytes: a (key, nonce) pair is never used twice as long as sessions do
+//! not collide (96 random bits), without a random draw or a system call per message. The
+//! session also scopes the replay memory.
 
 use std::collections::{BTreeSet, HashMap};
-use std::sync::Mutex;
+use std::hash::{BuildHasherDefault, Hasher};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use chacha20poly1305::aead::{AeadInOut, KeyInit};
-use chacha20poly1305::{Tag, XChaCha20Poly1305, XNonce};
+use aes_gcm::aead::{AeadInOut, KeyInit};
+use aes_gcm::aes::Aes256;
+use aes_gcm::aes::cipher::BlockCipherEncrypt;
+use aes_gcm::{Aes256Gcm, Nonce, Tag};
 use hkdf::Hkdf;
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
 
-use super::ClusterKey;
+use super::{ClusterKey, Ring};
 
+/// The length of the random session of a sender.
+const SESSION_LEN: usize = 12;
 /// The length of the clear header.
-pub(crate) const HEADER_LEN: usize = 1 + 4 + 8 + 8 + 24;
+pub(crate) const HEADER_LEN: usize = 1 + 4 + SESSION_LEN + 8 + 8;
 /// The length of the tag after the ciphertext.
 pub(crate) const TAG_LEN: usize = 16;
 /// What sealing adds to a message.
@@ -36,9 +46,13 @@ pub(crate) const OVERHEAD: usize = HEADER_LEN + TAG_LEN;
 /// Senders (sessions) remembered by one replay guard at most; a message of a new one beyond it
 /// is dropped (counted) until some expire.
 const MAX_SESSIONS: usize = 4096;
-/// Nonces remembered per session at most: past it, the oldest are forgotten and the session's
+/// The replay memory is split in this many shards (by session), each with its own lock.
+const SHARDS: usize = 8;
+/// Counters remembered per session at most: past it, the oldest are forgotten and the session's
 /// floor raised above them (messages of that sender older than the floor are then dropped).
 const MAX_NONCES_PER_SESSION: usize = 65_536;
+
+type Session = [u8; SESSION_LEN];
 
 /// What a sealed message is for: each purpose has its own key.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -53,8 +67,9 @@ pub(crate) enum Purpose {
 pub(crate) struct Derived {
     /// Names the secret in headers.
     pub(crate) id: [u8; 4],
-    wire: XChaCha20Poly1305,
-    discovery: XChaCha20Poly1305,
+    /// The key-generating keys of the message keys, per purpose.
+    wire: Aes256,
+    discovery: Aes256,
     /// Keys the topic tags of events.
     topics: Hmac<Sha256>,
 }
@@ -70,12 +85,11 @@ impl Derived {
         };
         let mut id = [0u8; 4];
         id.copy_from_slice(&expand(b"zeroservices key id v1")[..4]);
-        let cipher =
-            |info: &[u8]| XChaCha20Poly1305::new_from_slice(&expand(info)).expect("a 32-byte key");
+        let kgk = |info: &[u8]| Aes256::new_from_slice(&expand(info)).expect("a 32-byte key");
         Self {
             id,
-            wire: cipher(b"zeroservices wire v3"),
-            discovery: cipher(b"zeroservices discovery v2"),
+            wire: kgk(b"zeroservices wire v3"),
+            discovery: kgk(b"zeroservices discovery v2"),
             topics: <Hmac<Sha256> as hmac::KeyInit>::new_from_slice(&expand(
                 b"zeroservices topics v1",
             ))
@@ -83,11 +97,19 @@ impl Derived {
         }
     }
 
-    fn cipher(&self, purpose: Purpose) -> &XChaCha20Poly1305 {
-        match purpose {
+    /// The message key of a sender's session for `purpose`.
+    fn message_key(&self, purpose: Purpose, session: &Session) -> Aes256Gcm {
+        let kgk = match purpose {
             Purpose::Wire => &self.wire,
             Purpose::Discovery => &self.discovery,
+        };
+        let mut key = [0u8; 32];
+        for (n, half) in key.chunks_exact_mut(16).enumerate() {
+            half[..4].copy_from_slice(&(n as u32).to_le_bytes());
+            half[4..].copy_from_slice(session);
+            kgk.encrypt_block(half.try_into().expect("a 16-byte block"));
         }
+        Aes256Gcm::new_from_slice(&key).expect("a 32-byte key")
     }
 
     /// The tag of one topic segment: 16 hex digits of a keyed hash.
@@ -133,15 +155,29 @@ fn random<const N: usize>() -> [u8; N] {
     bytes
 }
 
+/// The GCM nonce of message `counter` of a session.
+fn nonce(counter: &[u8]) -> Nonce<aes_gcm::aead::consts::U12> {
+    let mut nonce = [0u8; 12];
+    nonce[..8].copy_from_slice(counter);
+    Nonce::from(nonce)
+}
+
+/// The sending key: the message key of this sender's session under the primary key of the ring
+/// it was derived from.
+struct SendKey {
+    ring: Arc<Ring>,
+    cipher: Arc<Aes256Gcm>,
+}
+
 /// Seals and opens the messages of one purpose for one sender/receiver, with its replay guard.
 pub(crate) struct Sealer {
     key: ClusterKey,
     purpose: Purpose,
     version: u8,
-    session: [u8; 8],
-    /// The random part of this sender's nonces (drawn once); a counter makes each unique.
-    nonce_base: [u8; 16],
-    counter: std::sync::atomic::AtomicU64,
+    session: Session,
+    /// Counts this sender's messages: each has its own nonce.
+    counter: AtomicU64,
+    send: Mutex<Option<SendKey>>,
     replay: ReplayGuard,
 }
 
@@ -158,8 +194,8 @@ impl Sealer {
             purpose,
             version,
             session: random(),
-            nonce_base: random(),
-            counter: std::sync::atomic::AtomicU64::new(0),
+            counter: AtomicU64::new(0),
+            send: Mutex::new(None),
             replay: ReplayGuard::new(window),
         }
     }
@@ -169,36 +205,46 @@ impl Sealer {
         &self.key
     }
 
+    /// The primary key's id and this session's message key under it (derived again only when
+    /// the ring was reloaded).
+    fn sending(&self) -> ([u8; 4], Arc<Aes256Gcm>) {
+        let ring = self.key.ring();
+        let mut send = self.send.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(key) = send.as_ref()
+            && Arc::ptr_eq(&key.ring, &ring)
+        {
+            return (ring.derived[0].id, key.cipher.clone());
+        }
+        let cipher = Arc::new(ring.derived[0].message_key(self.purpose, &self.session));
+        let id = ring.derived[0].id;
+        *send = Some(SendKey {
+            ring,
+            cipher: cipher.clone(),
+        });
+        (id, cipher)
+    }
+
     /// Seals `plain` in place under the primary key: returns the header; `plain` becomes the
     /// ciphertext and its tag.
     pub(crate) fn seal(&self, kind: u8, context: &[u8], plain: &mut Vec<u8>) -> Vec<u8> {
-        let ring = self.key.ring();
-        let key = &ring.derived[0];
-        // A nonce is this sender's counter then its 16 random bytes: unique per message
-        // without a system call each (XChaCha20's 24 bytes leave room for both).
-        let n = self
-            .counter
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let mut nonce = [0u8; 24];
-        nonce[..8].copy_from_slice(&n.to_be_bytes());
-        nonce[8..].copy_from_slice(&self.nonce_base);
+        let (id, cipher) = self.sending();
+        let counter = self.counter.fetch_add(1, Ordering::Relaxed).to_be_bytes();
         let mut header = Vec::with_capacity(HEADER_LEN);
         header.push(self.version);
-        header.extend_from_slice(&key.id);
+        header.extend_from_slice(&id);
         header.extend_from_slice(&self.session);
         header.extend_from_slice(&now_ms().to_be_bytes());
-        header.extend_from_slice(&nonce);
-        let aad = associated(kind, &header, context);
-        let tag = key
-            .cipher(self.purpose)
-            .encrypt_inout_detached(&XNonce::from(nonce), &aad, plain.as_mut_slice().into())
-            .expect("XChaCha20-Poly1305 seals messages of any size a node sends");
+        header.extend_from_slice(&counter);
+        let tag = with_associated(kind, &header, context, |aad| {
+            cipher.encrypt_inout_detached(&nonce(&counter), aad, plain.as_mut_slice().into())
+        })
+        .expect("AES-256-GCM seals messages of any size a node sends");
         plain.extend_from_slice(&tag);
         header
     }
 
     /// Opens a sealed message (its `header` and `sealed` ciphertext with tag) of `kind` and
-    /// `context`, then checks it against the replay window and the nonces seen.
+    /// `context`, then checks it against the replay window and the counters seen.
     pub(crate) fn open(
         &self,
         kind: u8,
@@ -215,34 +261,36 @@ impl Sealer {
         if sealed.len() < TAG_LEN {
             return Err(Refusal::Forged("sealed body shorter than its tag"));
         }
-        let mut key_id = [0u8; 4];
-        key_id.copy_from_slice(&header[1..5]);
+        let key_id: [u8; 4] = header[1..5].try_into().expect("4 bytes");
+        let session: Session = header[5..17].try_into().expect("12 bytes");
+        let timestamp_ms = u64::from_be_bytes(header[17..25].try_into().expect("8 bytes"));
+        let counter = &header[25..33];
+        let now = now_ms();
+        // Stale or future messages are dropped before any work on them.
+        self.replay.in_window(timestamp_ms, now)?;
         let ring = self.key.ring();
-        let Some(key) = ring.derived.iter().find(|d| d.id == key_id) else {
-            return Err(Refusal::Forged(
-                "sealed under a key not in this node's keyring",
-            ));
+        let (cipher, derived) = match self.replay.cipher(&session, &ring, key_id) {
+            Some(cipher) => (cipher, false),
+            None => {
+                let Some(key) = ring.derived.iter().find(|d| d.id == key_id) else {
+                    return Err(Refusal::Forged(
+                        "sealed under a key not in this node's keyring",
+                    ));
+                };
+                (Arc::new(key.message_key(self.purpose, &session)), true)
+            }
         };
         let (body, tag) = sealed.split_at(sealed.len() - TAG_LEN);
         let mut plain = body.to_vec();
-        let mut nonce = [0u8; 24];
-        nonce.copy_from_slice(&header[21..45]);
-        let aad = associated(kind, header, context);
         let tag = Tag::try_from(tag).map_err(|_| Refusal::Forged("bad tag"))?;
-        key.cipher(self.purpose)
-            .decrypt_inout_detached(
-                &XNonce::from(nonce),
-                &aad,
-                plain.as_mut_slice().into(),
-                &tag,
-            )
-            .map_err(|_| Refusal::Forged("does not open (forged, altered, or another key)"))?;
-        let mut session = [0u8; 8];
-        session.copy_from_slice(&header[5..13]);
-        let mut ts = [0u8; 8];
-        ts.copy_from_slice(&header[13..21]);
-        let timestamp_ms = u64::from_be_bytes(ts);
-        self.replay.check(session, timestamp_ms, &nonce, now_ms())?;
+        with_associated(kind, header, context, |aad| {
+            cipher.decrypt_inout_detached(&nonce(counter), aad, plain.as_mut_slice().into(), &tag)
+        })
+        .map_err(|_| Refusal::Forged("does not open (forged, altered, or another key)"))?;
+        let counter = u64::from_be_bytes(counter.try_into().expect("8 bytes"));
+        let learned = derived.then_some((ring, key_id, cipher));
+        self.replay
+            .check(session, timestamp_ms, counter, now, learned)?;
         Ok(Opened { plain })
     }
 
@@ -276,60 +324,122 @@ impl Sealer {
     }
 }
 
-fn associated(kind: u8, header: &[u8], context: &[u8]) -> Vec<u8> {
-    let mut aad = Vec::with_capacity(1 + header.len() + context.len());
-    aad.push(kind);
-    aad.extend_from_slice(header);
-    aad.extend_from_slice(context);
-    aad
+/// Calls `f` with the associated data `kind | header | context`, built on the stack when it is
+/// small (it always is, but for a long topic).
+fn with_associated<T>(kind: u8, header: &[u8], context: &[u8], f: impl FnOnce(&[u8]) -> T) -> T {
+    let len = 1 + header.len() + context.len();
+    let mut small = [0u8; 256];
+    let mut large = Vec::new();
+    let aad: &mut [u8] = if len <= small.len() {
+        &mut small[..len]
+    } else {
+        large.resize(len, 0);
+        &mut large
+    };
+    aad[0] = kind;
+    aad[1..1 + header.len()].copy_from_slice(header);
+    aad[1 + header.len()..].copy_from_slice(context);
+    f(aad)
 }
+
+/// Hashes a session by its bytes folded into one word: sessions are random, and only those of
+/// messages that opened (sent by key holders) are stored, so no one can choose colliding ones.
+#[derive(Default)]
+struct SessionHasher(u64);
+
+impl Hasher for SessionHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for chunk in bytes.chunks(8) {
+            let mut word = [0u8; 8];
+            word[..chunk.len()].copy_from_slice(chunk);
+            self.0 = self.0.rotate_left(23) ^ u64::from_le_bytes(word);
+        }
+    }
+}
+
+/// A session's message key, with the ring and the key id it was derived under.
+type Learned = (Arc<Ring>, [u8; 4], Arc<Aes256Gcm>);
+
+type Sessions = HashMap<Session, SessionMemory, BuildHasherDefault<SessionHasher>>;
 
 /// Drops messages outside the window or seen before, in bounded memory.
 ///
-/// Per sender session: the nonces seen (with their timestamps) until they leave the window, at
-/// most [`MAX_NONCES_PER_SESSION`]; past it the oldest are forgotten and the session's floor is
-/// raised past them (older messages of that session are dropped: a replay of a forgotten nonce
-/// is older than the floor). At most [`MAX_SESSIONS`] sessions; a session whose newest message
-/// left the window is forgotten.
+/// Per sender session: the counters seen (with their timestamps) until they leave the window,
+/// at most [`MAX_NONCES_PER_SESSION`]; past it the oldest are forgotten and the session's floor
+/// is raised past them (older messages of that session are dropped: a replay of a forgotten
+/// counter is older than the floor). At most [`MAX_SESSIONS`] sessions; a session whose newest
+/// message left the window is forgotten. Each session also keeps its message key, so it is
+/// derived once per sender, not per message. The sessions are sharded, each shard under its own
+/// lock.
 pub(crate) struct ReplayGuard {
     window_ms: u64,
-    sessions: Mutex<HashMap<[u8; 8], Session>>,
+    shards: [Mutex<Sessions>; SHARDS],
 }
 
 #[derive(Default)]
-struct Session {
+struct SessionMemory {
     floor: u64,
     newest: u64,
-    seen: BTreeSet<(u64, u128)>,
+    seen: BTreeSet<(u64, u64)>,
+    /// The message key of this session, the ring and the key id it is under.
+    cipher: Option<Learned>,
 }
 
 impl ReplayGuard {
     pub(crate) fn new(window: Duration) -> Self {
         Self {
             window_ms: window.as_millis() as u64,
-            sessions: Mutex::new(HashMap::new()),
+            shards: std::array::from_fn(|_| Mutex::new(Sessions::default())),
         }
     }
 
-    pub(crate) fn check(
-        &self,
-        session: [u8; 8],
-        ts: u64,
-        nonce: &[u8; 24],
-        now: u64,
-    ) -> Result<(), Refusal> {
-        let oldest = now.saturating_sub(self.window_ms);
-        if ts < oldest || ts > now.saturating_add(self.window_ms) {
+    fn shard(&self, session: &Session) -> std::sync::MutexGuard<'_, Sessions> {
+        self.shards[usize::from(session[0]) % SHARDS]
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn in_window(&self, ts: u64, now: u64) -> Result<(), Refusal> {
+        if ts < now.saturating_sub(self.window_ms) || ts > now.saturating_add(self.window_ms) {
             return Err(Refusal::Replayed("timestamp outside the replay window"));
         }
-        // The first 16 bytes (a sender's counter and 8 random bytes) tell its nonces apart.
-        let mut short = [0u8; 16];
-        short.copy_from_slice(&nonce[..16]);
-        let nonce = u128::from_be_bytes(short);
-        let mut sessions = self.sessions.lock().unwrap_or_else(|e| e.into_inner());
-        if !sessions.contains_key(&session) && sessions.len() >= MAX_SESSIONS {
+        Ok(())
+    }
+
+    /// The message key remembered for `session` under key `key_id` of `ring`, if any (none
+    /// once the ring was reloaded: a key removed from it no longer opens anything).
+    fn cipher(
+        &self,
+        session: &Session,
+        ring: &Arc<Ring>,
+        key_id: [u8; 4],
+    ) -> Option<Arc<Aes256Gcm>> {
+        let shard = self.shard(session);
+        let (of, id, cipher) = shard.get(session)?.cipher.as_ref()?;
+        (Arc::ptr_eq(of, ring) && *id == key_id).then(|| cipher.clone())
+    }
+
+    /// Records message `counter` of `session`, stamped `ts`, received at `now`; refuses it if it
+    /// is outside the window or was seen before. `learned` is the session's message key when it
+    /// was just derived (the message opened with it), to remember.
+    fn check(
+        &self,
+        session: Session,
+        ts: u64,
+        counter: u64,
+        now: u64,
+        learned: Option<Learned>,
+    ) -> Result<(), Refusal> {
+        self.in_window(ts, now)?;
+        let oldest = now.saturating_sub(self.window_ms);
+        let mut sessions = self.shard(&session);
+        if !sessions.contains_key(&session) && sessions.len() >= MAX_SESSIONS / SHARDS {
             sessions.retain(|_, s| s.newest >= oldest);
-            if sessions.len() >= MAX_SESSIONS {
+            if sessions.len() >= MAX_SESSIONS / SHARDS {
                 return Err(Refusal::Replayed("replay memory full (too many senders)"));
             }
         }
@@ -337,8 +447,11 @@ impl ReplayGuard {
         if ts < entry.floor {
             return Err(Refusal::Replayed("older than the sender's replay floor"));
         }
-        if !entry.seen.insert((ts, nonce)) {
+        if !entry.seen.insert((ts, counter)) {
             return Err(Refusal::Replayed("nonce seen before (a replay)"));
+        }
+        if learned.is_some() {
+            entry.cipher = learned;
         }
         entry.newest = entry.newest.max(ts);
         while let Some(&(first, _)) = entry.seen.first() {
@@ -361,8 +474,17 @@ impl ReplayGuard {
 
     #[cfg(test)]
     fn remembered(&self) -> usize {
-        let sessions = self.sessions.lock().unwrap();
-        sessions.values().map(|s| s.seen.len()).sum()
+        self.shards
+            .iter()
+            .map(|shard| {
+                shard
+                    .lock()
+                    .unwrap()
+                    .values()
+                    .map(|s| s.seen.len())
+                    .sum::<usize>()
+            })
+            .sum()
     }
 }
 
@@ -405,7 +527,7 @@ mod tests {
             Err(Refusal::Forged(_))
         ));
         let mut h = header.clone();
-        h[20] ^= 1;
+        h[30] ^= 1;
         assert!(matches!(
             c.open(b'c', b"ctx", &h, &body),
             Err(Refusal::Forged(_))
@@ -446,6 +568,35 @@ mod tests {
     }
 
     #[test]
+    fn a_key_removed_from_the_ring_no_longer_opens_a_known_sender() {
+        let sender = sealer("k1");
+        let receiver = sealer("k1");
+        let mut first = b"one".to_vec();
+        let header = sender.seal(b'e', b"", &mut first);
+        // The receiver now knows the sender's session and keeps its message key.
+        assert!(receiver.open(b'e', b"", &header, &first).is_ok());
+        let mut second = b"two".to_vec();
+        let header = sender.seal(b'e', b"", &mut second);
+        receiver.key().reload("k2").unwrap();
+        assert_eq!(
+            receiver.open(b'e', b"", &header, &second).err(),
+            Some(Refusal::Forged(
+                "sealed under a key not in this node's keyring"
+            ))
+        );
+        // Each sender has its own session, so its own message key: the same counter of two
+        // senders is two different (key, nonce) pairs.
+        let other = sealer("k1");
+        let (mut a, mut b) = (b"same".to_vec(), b"same".to_vec());
+        let (ha, hb) = (
+            sealer("k1").seal(b'e', b"", &mut a),
+            other.seal(b'e', b"", &mut b),
+        );
+        assert_eq!(ha[25..], hb[25..]);
+        assert_ne!(a, b);
+    }
+
+    #[test]
     fn topics_become_tags_by_segment() {
         let s = sealer("k2,k1");
         let topic = s.topic("power.create.42");
@@ -470,29 +621,33 @@ mod tests {
     fn the_replay_window_and_memory_are_bounded() {
         let guard = ReplayGuard::new(Duration::from_secs(60));
         let now = 1_000_000_000;
-        let n = |i: u32| {
-            let mut nonce = [0u8; 24];
-            nonce[..4].copy_from_slice(&i.to_be_bytes());
-            nonce
-        };
-        assert!(guard.check([1; 8], now - 61_000, &n(0), now).is_err());
-        assert!(guard.check([1; 8], now + 61_000, &n(0), now).is_err());
-        assert!(guard.check([1; 8], now - 59_000, &n(0), now).is_ok());
-        assert!(guard.check([1; 8], now - 59_000, &n(0), now).is_err());
+        let n = u64::from;
+        assert!(guard.check([1; 12], now - 61_000, n(0), now, None).is_err());
+        assert!(guard.check([1; 12], now + 61_000, n(0), now, None).is_err());
+        assert!(guard.check([1; 12], now - 59_000, n(0), now, None).is_ok());
+        assert!(guard.check([1; 12], now - 59_000, n(0), now, None).is_err());
         // The same nonce from another session is another message.
-        assert!(guard.check([2; 8], now - 59_000, &n(0), now).is_ok());
+        assert!(guard.check([2; 12], now - 59_000, n(0), now, None).is_ok());
         // Expired nonces are forgotten (and would be refused by the window anyway).
         let later = now + 2_000;
-        assert!(guard.check([1; 8], later, &n(1), later).is_ok());
-        assert!(guard.check([1; 8], now - 59_000, &n(0), later).is_err());
+        assert!(guard.check([1; 12], later, n(1), later, None).is_ok());
+        assert!(
+            guard
+                .check([1; 12], now - 59_000, n(0), later, None)
+                .is_err()
+        );
         // Past the cap, the oldest go and the floor rises above them.
         let count = MAX_NONCES_PER_SESSION as u32 + 10;
         for i in 0..count {
             let ts = later + u64::from(i) / 100;
-            assert!(guard.check([3; 8], ts, &n(i), later).is_ok());
+            assert!(guard.check([3; 12], ts, n(i), later, None).is_ok());
         }
         assert!(guard.remembered() <= MAX_NONCES_PER_SESSION + 10);
-        assert!(guard.check([3; 8], later, &n(0), later).is_err());
-        assert!(guard.check([3; 8], later, &n(u32::MAX), later).is_err());
+        assert!(guard.check([3; 12], later, n(0), later, None).is_err());
+        assert!(
+            guard
+                .check([3; 12], later, n(u32::MAX), later, None)
+                .is_err()
+        );
     }
 }

@@ -34,16 +34,14 @@
 //!   static (seed-list) cluster converge: a node that only knows one seed learns everyone.
 //!
 //! Unknown fields are ignored. Version 1 appended an HMAC to the JSON with a cluster key;
-//! version 2 seals it. With a cluster key the datagram is binary: the 45-byte clear header
-//! `version (1 byte, 2) | key id (4) | session (8) | timestamp (8, ms since the epoch, big-endian) | nonce (24, as in the wire format)`
-//! then the JSON above encrypted with XChaCha20-Poly1305 and its 16-byte tag. The key is derived
-//! from the primary secret of the keyring by HKDF-SHA256 (salt `zeroservices cluster key`, info
-//! `zeroservices discovery v2`; the key id as in the wire format, see
-//! [`medium::zeromq`](crate::medium::zeromq)); the associated data is the byte `d` and the
-//! header. Each copy of a datagram (the group, each peer) is sealed on its own, with its own
-//! nonce. A receiver opens it with the key its id names (any key of its ring), then drops it
+//! version 2 seals it. With a cluster key the datagram is binary: the 33-byte clear header
+//! `version (1 byte, 2) | key id (4) | session (12) | timestamp (8, ms since the epoch, big-endian) | counter (8, big-endian)`
+//! then the JSON above encrypted with AES-256-GCM and its 16-byte tag, exactly as in the wire
+//! format (see [`medium::zeromq`](crate::medium::zeromq)) but with the key-generating key of
+//! info `zeroservices discovery v2`; the associated data is the byte `d` and the header. Each
+//! copy of a datagram (the group, each peer) is sealed on its own, with its own counter. A receiver opens it with the key its id names (any key of its ring), then drops it
 //! when the timestamp is outside [`NetworkConfig::replay_window`] (±60 s by default) or the
-//! nonce was seen before: a captured announcement, reply or goodbye sent again is ignored
+//! counter was seen before from that session: a captured announcement, reply or goodbye sent again is ignored
 //! ([`DiscoveryStats::dropped_replayed`]). A node with a key drops plain and forged datagrams;
 //! a node without a key drops sealed ones (a plain datagram starts with `{`, a sealed one
 //! with the version byte): nodes with no key in common never see each other. Each drop is

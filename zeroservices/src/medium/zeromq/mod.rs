@@ -50,12 +50,18 @@
 //! ## Sealing (with a cluster key)
 //!
 //! Each secret of the keyring ([`ClusterKey`](crate::security::ClusterKey)) gives, by
-//! HKDF-SHA256 (salt `zeroservices cluster key`), a 32-byte wire key (info
+//! HKDF-SHA256 (salt `zeroservices cluster key`), a 32-byte wire key-generating key `K` (info
 //! `zeroservices wire v3`), a topic key (`zeroservices topics v1`) and a 4-byte key id
-//! (`zeroservices key id v1`). A body is sealed with XChaCha20-Poly1305 under the wire key of
-//! the primary (first) secret: the body frame is the ciphertext followed by its 16-byte tag;
-//! the `seal` frame is the 45-byte clear header
-//! `version (1 byte, 3) | key id (4) | session (8) | timestamp (8, ms since the epoch, big-endian) | nonce (24: a per-sender counter, 8 bytes, then 16 random bytes drawn once per sender)`.
+//! (`zeroservices key id v1`). Each sender draws a 12-byte random session when it starts; its
+//! message key is `AES-256(K, 0u32 LE | session) | AES-256(K, 1u32 LE | session)` (the key
+//! derivation of AES-GCM-SIV, RFC 8452 §4), under `K` of the primary (first) secret. A body is
+//! sealed with AES-256-GCM under that key, the nonce being the sender's message counter
+//! (8 bytes, big-endian) then 4 zero bytes: the body frame is the ciphertext followed by its
+//! 16-byte tag; the `seal` frame is the 33-byte clear header
+//! `version (1 byte, 3) | key id (4) | session (12) | timestamp (8, ms since the epoch, big-endian) | counter (8, big-endian)`.
+//! No (key, nonce) pair repeats: the counter never does within a session, and sessions (96
+//! random bits) do not collide. A receiver derives a sender's message key once and keeps it
+//! with the sender's replay memory (until the keyring is reloaded).
 //! The associated data is `kind | seal | context`, `kind` one byte (`c` a call: request,
 //! interest or sync; `r` a response; `e` an event) and `context` the topic frame of an event
 //! (empty otherwise): a body cannot be moved to another kind, topic or header.
@@ -69,8 +75,8 @@
 //!
 //! A receiver picks the key by its id (any key of its ring), opens the body, then drops it
 //! when its timestamp is further than [`NetworkConfig::replay_window`] from its own clock
-//! (default ±60 s) or its nonce was seen before from that session (a replay). The nonces are
-//! remembered per sender session until they leave the window, at most 65,536 per session and
+//! (default ±60 s; checked first, before opening) or its counter was seen before from that
+//! session (a replay). The counters are remembered per sender session until they leave the window, at most 65,536 per session and
 //! 4,096 sessions: past the first bound the oldest are forgotten and the session's floor raised
 //! above them (older messages of that session are then dropped); past the second, messages of
 //! new sessions are dropped until old ones expire. What does not open is counted in
