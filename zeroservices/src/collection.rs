@@ -3,6 +3,7 @@
 use std::marker::PhantomData;
 use std::pin::Pin;
 use std::task::{Context as TaskContext, Poll};
+use std::time::Duration;
 
 use futures::Stream;
 use serde::Serialize;
@@ -18,12 +19,31 @@ use crate::protocol::{
 };
 use crate::{Change, Document, Error, EventStream, Node, Patch, Query, Resource, Result};
 
+/// Whether a failed call may succeed if tried again.
+fn retryable(error: &Error) -> bool {
+    matches!(
+        error,
+        Error::Timeout { .. }
+            | Error::Unavailable { .. }
+            | Error::OwnerGone { .. }
+            | Error::RequestInProgress { .. }
+    )
+}
+
+/// The wait before attempt `attempt` (1 for the first retry).
+fn backoff(attempt: u32) -> Duration {
+    Duration::from_millis(50)
+        .saturating_mul(1 << attempt.saturating_sub(1).min(8))
+        .min(MAX_BACKOFF)
+}
+
 /// The typed client of collection `R`: every call goes to the node that owns `R`, here or on a
 /// peer, and behaves the same either way.
 ///
 /// Get one with [`Node::collection`] or [`crate::Context::collection`].
 pub struct Collection<R> {
     node: Node,
+    retries: u32,
     _resource: PhantomData<fn() -> R>,
 }
 
@@ -31,15 +51,20 @@ impl<R> Clone for Collection<R> {
     fn clone(&self) -> Self {
         Self {
             node: self.node.clone(),
+            retries: self.retries,
             _resource: PhantomData,
         }
     }
 }
 
+/// The longest wait between two attempts of a retried call.
+const MAX_BACKOFF: Duration = Duration::from_secs(2);
+
 impl<R: Resource> Collection<R> {
     pub(crate) fn new(node: Node) -> Self {
         Self {
             node,
+            retries: 0,
             _resource: PhantomData,
         }
     }
@@ -49,12 +74,67 @@ impl<R: Resource> Collection<R> {
         R::COLLECTION
     }
 
+    /// This client, retrying each call up to `retries` more times when it fails with an error
+    /// that may pass ([`Error::Timeout`], [`Error::Unavailable`], [`Error::OwnerGone`],
+    /// [`Error::RequestInProgress`]), waiting 50 ms, then twice as long each time (at most 2 s).
+    ///
+    /// A call that may change something is sent with a request id of its own, the same on
+    /// every attempt: the owner runs it once and answers the copies with the first reply, so a
+    /// retried create never creates twice (see the README's guarantees).
+    ///
+    /// ```no_run
+    /// # use zeroservices::prelude::*;
+    /// # #[resource(collection = "power")] pub struct Power { pub value: i64 }
+    /// # async fn demo(node: Node) -> zeroservices::Result<()> {
+    /// let powers = node.collection::<Power>().with_retries(3);
+    /// let id = powers.create(Power { value: 2 }).await?; // at most once, even if retried
+    /// # Ok(()) }
+    /// ```
+    pub fn with_retries(mut self, retries: u32) -> Self {
+        self.retries = retries;
+        self
+    }
+
     async fn request(&self, request: Request) -> Result<Value> {
-        self.node.request(request).await
+        if self.retries == 0 {
+            return self.node.request(request).await;
+        }
+        let request = self.with_request_id(request);
+        let mut attempt = 0;
+        loop {
+            match self.node.request(request.clone()).await {
+                Err(e) if attempt < self.retries && retryable(&e) => {
+                    attempt += 1;
+                    tokio::time::sleep(backoff(attempt)).await;
+                }
+                other => return other,
+            }
+        }
     }
 
     async fn request_as<T: DeserializeOwned>(&self, request: Request) -> Result<T> {
-        self.node.request_as(request).await
+        if self.retries == 0 {
+            return self.node.request_as(request).await;
+        }
+        let request = self.with_request_id(request);
+        let mut attempt = 0;
+        loop {
+            match self.node.request_as(request.clone()).await {
+                Err(e) if attempt < self.retries && retryable(&e) => {
+                    attempt += 1;
+                    tokio::time::sleep(backoff(attempt)).await;
+                }
+                other => return other,
+            }
+        }
+    }
+
+    /// `request` with a request id when it may change something (all its attempts share it).
+    fn with_request_id(&self, mut request: Request) -> Request {
+        if request.request_id.is_none() && !Call::is_read(&request.action) {
+            request.request_id = Some(self.node.new_request_id());
+        }
+        request
     }
 
     fn req(&self, action: &str) -> Request {

@@ -92,6 +92,19 @@ pub enum Error {
         /// The collection.
         collection: String,
     },
+    /// A copy of a request (same request id or `Idempotency-Key`) arrived while the first is
+    /// still being served (HTTP 409): retry later to get its reply.
+    #[error("{message}")]
+    RequestInProgress {
+        /// What is in progress.
+        message: String,
+    },
+    /// An `Idempotency-Key` (or request id) already used for another request (HTTP 422).
+    #[error("{message}")]
+    IdempotencyKeyReused {
+        /// What was reused.
+        message: String,
+    },
     /// A backend (store, peer connection) is down for now; retrying later may succeed.
     #[error("unavailable: {message}")]
     Unavailable {
@@ -185,6 +198,8 @@ impl Error {
             Self::Forbidden { .. } => "forbidden",
             Self::Timeout { .. } => "timeout",
             Self::OwnerGone { .. } => "owner_gone",
+            Self::RequestInProgress { .. } => "request_in_progress",
+            Self::IdempotencyKeyReused { .. } => "idempotency_key_reused",
             Self::Unavailable { .. } => "unavailable",
             Self::Failed { .. } => "failed",
             Self::Internal { .. } => "internal",

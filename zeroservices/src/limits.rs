@@ -1,5 +1,7 @@
 //! [`Limits`]: what a client may send to the owner of a collection.
 
+use std::time::Duration;
+
 use serde_json::Value;
 
 use crate::{Error, Result};
@@ -8,6 +10,11 @@ use crate::{Error, Result};
 /// than 128 levels, so a deeper stored document could never be read back; this ceiling keeps a
 /// margin below that (the document sits inside the wire envelope and the reply).
 pub(crate) const DEPTH_CEILING: usize = 100;
+
+/// The default of [`Limits::request_memory`]: 10 minutes.
+pub(crate) const DEFAULT_REQUEST_MEMORY: Duration = Duration::from_secs(600);
+/// The default of [`Limits::idempotency_key_ttl`]: 24 hours.
+pub(crate) const DEFAULT_IDEMPOTENCY_KEY_TTL: Duration = Duration::from_secs(24 * 3600);
 
 /// What a client may send to the owner of a collection: the document, patch, filter, id and
 /// page limits, each a setting with a default.
@@ -28,6 +35,8 @@ pub(crate) const DEPTH_CEILING: usize = 100;
 /// | [`Limits::max_filter_clauses`] | `ZS_MAX_FILTER_CLAUSES` | 256 |
 /// | [`Limits::max_id_bytes`] | `ZS_MAX_ID_BYTES` | 256 |
 /// | [`Limits::max_page`] | `ZS_MAX_PAGE` | 1000 |
+/// | [`Limits::request_memory`] | `ZS_REQUEST_MEMORY_MS` | 10 minutes |
+/// | [`Limits::idempotency_key_ttl`] | `ZS_IDEMPOTENCY_KEY_TTL_MS` | 24 hours |
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Limits {
     /// The deepest nesting of objects and arrays in a stored document (the document itself is
@@ -49,6 +58,12 @@ pub struct Limits {
     /// The largest page a list answers; a larger or absent `limit` is clamped to it, and the
     /// reply says that more follow.
     pub max_page: usize,
+    /// How long the store remembers the reply to a mutating request (by its request id), so a
+    /// retried or failed-over copy returns it instead of running again. Keep it at least twice
+    /// the request timeout.
+    pub request_memory: Duration,
+    /// How long the reply to a request sent with an HTTP `Idempotency-Key` is remembered.
+    pub idempotency_key_ttl: Duration,
 }
 
 impl Default for Limits {
@@ -62,6 +77,8 @@ impl Default for Limits {
             max_filter_clauses: 256,
             max_id_bytes: 256,
             max_page: 1000,
+            request_memory: DEFAULT_REQUEST_MEMORY,
+            idempotency_key_ttl: DEFAULT_IDEMPOTENCY_KEY_TTL,
         }
     }
 }

@@ -329,7 +329,15 @@ impl Call {
             resource_id: id,
             args,
             user: None,
+            request_id: None,
+            idempotency_key: None,
         }
+    }
+
+    /// Whether `action` is a built-in read (get, list, follow_links, incoming_links): it
+    /// changes nothing, so a copy of it may run again. A custom action is not known to be one.
+    pub fn is_read(action: &str) -> bool {
+        BuiltIn::from_name(action).is_some_and(|a| !a.writes())
     }
 
     /// The built-in call a request makes: `None` when its action is not built in (a custom

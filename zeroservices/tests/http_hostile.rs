@@ -18,7 +18,7 @@ use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::Message as WsMessage;
 use zeroservices::http::HttpConfig;
 use zeroservices::medium::MemoryCluster;
-use zeroservices::store::Store;
+use zeroservices::store::{Claim, Store};
 use zeroservices::{Error, Node, Patch, Query, Result};
 
 /// A request that keeps the connection open.
@@ -379,6 +379,15 @@ impl Store for LeakyStore {
     }
     fn describe(&self) -> String {
         "leaky".into()
+    }
+    async fn claim_request(&self, _: &str, _: &str, _: &str, _: Duration) -> Result<Claim> {
+        Err(Error::internal("/secret/path/x.redb: read-only"))
+    }
+    async fn complete_request(&self, _: &str, _: &str, _: &Value, _: Duration) -> Result<()> {
+        Err(Error::internal("/secret/path/x.redb: read-only"))
+    }
+    async fn release_request(&self, _: &str, _: &str) -> Result<()> {
+        Err(Error::internal("/secret/path/x.redb: read-only"))
     }
 }
 

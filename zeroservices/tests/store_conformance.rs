@@ -11,9 +11,10 @@
 //! assertions are skipped with a message, and they run against a real `mongod`.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use serde_json::{Value, json};
-use zeroservices::store::{EmbeddedStore, MemoryStore, MongoStore, Store};
+use zeroservices::store::{Claim, EmbeddedStore, MemoryStore, MongoStore, Store};
 use zeroservices::{Error, Order, Patch, Query};
 
 /// Prints a note past libtest's output capture, so that the assertions skipped on nx-27017 show
@@ -265,6 +266,8 @@ conformance!(
     bad_filters_are_refused,
     list_of_an_unknown_collection,
     ensure_collection_is_idempotent,
+    claims_remember_replies,
+    concurrent_claims_admit_one,
 );
 
 // ---------------------------------------------------------------- CRUD
@@ -1108,6 +1111,94 @@ async fn ensure_collection_is_idempotent(b: &Backend) {
     b.store.ensure_collection(&c, &[]).await.unwrap();
     b.insert(&c, "a", json!({"title": "hello"})).await;
     assert_eq!(b.ids(&c, Query::all().text("hello")).await, ["a"]);
+}
+
+// ---------------------------------------------------------------- request records
+
+async fn claims_remember_replies(b: &Backend) {
+    let c = b.coll("claims");
+    let (lease, keep) = (Duration::from_secs(30), Duration::from_secs(60));
+    let s = &b.store;
+    assert_eq!(
+        s.claim_request(&c, "r1", "f1", lease).await.unwrap(),
+        Claim::New
+    );
+    // While it runs, a copy is told so, with what the first asked.
+    assert_eq!(
+        s.claim_request(&c, "r1", "f1", lease).await.unwrap(),
+        Claim::InProgress {
+            fingerprint: "f1".into()
+        }
+    );
+    let reply = json!({"resource_id": "x", "n": 1, "big": 9_007_199_254_740_993_i64});
+    s.complete_request(&c, "r1", &reply, keep).await.unwrap();
+    assert_eq!(
+        s.claim_request(&c, "r1", "f1", lease).await.unwrap(),
+        Claim::Done {
+            fingerprint: "f1".into(),
+            reply: reply.clone()
+        }
+    );
+    // Another collection, another id: unrelated.
+    let other = b.coll("claims2");
+    assert_eq!(
+        s.claim_request(&other, "r1", "f1", lease).await.unwrap(),
+        Claim::New
+    );
+    assert_eq!(
+        s.claim_request(&c, "r2", "f2", lease).await.unwrap(),
+        Claim::New
+    );
+    // A released claim (the request failed, nothing changed) may run again.
+    s.release_request(&c, "r2").await.unwrap();
+    assert_eq!(
+        s.claim_request(&c, "r2", "f2", lease).await.unwrap(),
+        Claim::New
+    );
+    // An expired claim (its runner died) is taken over; an expired reply is forgotten.
+    let short = Duration::from_millis(1);
+    assert_eq!(
+        s.claim_request(&c, "r3", "f3", short).await.unwrap(),
+        Claim::New
+    );
+    wait_past(short).await;
+    assert_eq!(
+        s.claim_request(&c, "r3", "f3", lease).await.unwrap(),
+        Claim::New
+    );
+    s.complete_request(&c, "r3", &json!(1), short)
+        .await
+        .unwrap();
+    wait_past(short).await;
+    assert_eq!(
+        s.claim_request(&c, "r3", "f3", lease).await.unwrap(),
+        Claim::New
+    );
+}
+
+async fn concurrent_claims_admit_one(b: &Backend) {
+    let c = b.coll("race");
+    let lease = Duration::from_secs(30);
+    let claims =
+        futures::future::join_all((0..16).map(|_| b.store.claim_request(&c, "same", "f", lease)))
+            .await;
+    let new = claims
+        .iter()
+        .filter(|c| matches!(c, Ok(Claim::New)))
+        .count();
+    let busy = claims
+        .iter()
+        .filter(|c| matches!(c, Ok(Claim::InProgress { .. })))
+        .count();
+    assert_eq!((new, busy), (1, 15), "{claims:?}");
+}
+
+/// Waits until the store's millisecond clock is past `d` from now.
+async fn wait_past(d: Duration) {
+    let until = std::time::Instant::now() + d + Duration::from_millis(2);
+    while std::time::Instant::now() < until {
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
 }
 
 // ---------------------------------------------------------------- MongoDB only

@@ -21,8 +21,8 @@ use crate::Error;
 /// | `Failed` (an action refused, with its own message) | 400 |
 /// | `UnknownCollection`, `UnknownAction`, `NotFound` | 404 |
 /// | `Forbidden` | 403 |
-/// | `DuplicateId` | 409 |
-/// | `Validation` | 422 |
+/// | `DuplicateId`, `RequestInProgress` | 409 |
+/// | `Validation`, `IdempotencyKeyReused` | 422 |
 /// | `OwnerGone`, `Unavailable` | 503 |
 /// | `Timeout` | 504 |
 /// | `Internal` and anything else | 500 |
@@ -33,7 +33,8 @@ pub fn status_for(error: &Error) -> StatusCode {
             StatusCode::NOT_FOUND
         }
         Error::Forbidden { .. } => StatusCode::FORBIDDEN,
-        Error::DuplicateId { .. } => StatusCode::CONFLICT,
+        Error::DuplicateId { .. } | Error::RequestInProgress { .. } => StatusCode::CONFLICT,
+        Error::IdempotencyKeyReused { .. } => StatusCode::UNPROCESSABLE_ENTITY,
         Error::Limit { .. } => StatusCode::PAYLOAD_TOO_LARGE,
         Error::Validation { .. } => StatusCode::UNPROCESSABLE_ENTITY,
         Error::OwnerGone { .. } | Error::Unavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,

@@ -31,6 +31,41 @@ fn user(ext: Option<Extension<AuthUser>>) -> AuthUser {
     ext.map(|Extension(u)| u).unwrap_or_default()
 }
 
+/// The longest `Idempotency-Key` accepted, in bytes.
+pub(crate) const MAX_IDEMPOTENCY_KEY_BYTES: usize = 200;
+
+/// Sets `request`'s idempotency key from an `Idempotency-Key` header (as in the IETF httpapi
+/// draft: a string, quoted or not, of 1 to 200 visible ASCII characters), prefixed with the
+/// calling user so two users' keys never meet.
+fn with_idempotency_key(
+    headers: &HeaderMap,
+    user: &AuthUser,
+    mut request: Request,
+) -> ApiResult<Request> {
+    let Some(value) = headers.get("idempotency-key") else {
+        return Ok(request);
+    };
+    let bad = || {
+        ApiError::bad_request(format!(
+            "Idempotency-Key must be 1 to {MAX_IDEMPOTENCY_KEY_BYTES} visible ASCII characters"
+        ))
+    };
+    let text = value.to_str().map_err(|_| bad())?;
+    let key = text
+        .strip_prefix('"')
+        .and_then(|t| t.strip_suffix('"'))
+        .unwrap_or(text);
+    if key.is_empty()
+        || key.len() > MAX_IDEMPOTENCY_KEY_BYTES
+        || !key.bytes().all(|b| b.is_ascii_graphic())
+    {
+        return Err(bad());
+    }
+    let who = user.0.as_ref().map_or("", |u| u.name.as_str());
+    request.idempotency_key = Some(format!("{}:{who}:{key}", who.len()));
+    Ok(request)
+}
+
 /// The body as bytes, with 413 for a body over the limit and 400 for anything else unreadable.
 fn body_bytes(body: Result<Bytes, BytesRejection>) -> ApiResult<Bytes> {
     body.map_err(|rejection| {
@@ -288,7 +323,8 @@ pub(crate) async fn create(
         args: CreateArgs { resource_data },
     }
     .into_request(collection)
-    .user(user.0);
+    .user(user.0.clone());
+    let request = with_idempotency_key(&headers, &user, request)?;
     call_raw(&state, StatusCode::CREATED, request).await
 }
 
@@ -328,7 +364,8 @@ pub(crate) async fn patch(
         },
     }
     .into_request(collection)
-    .user(user.0);
+    .user(user.0.clone());
+    let request = with_idempotency_key(&headers, &user, request)?;
     let doc = call(&state, request).await?;
     Ok(Json(doc).into_response())
 }
@@ -338,10 +375,14 @@ pub(crate) async fn delete(
     State(state): State<AppState>,
     user_ext: Option<Extension<AuthUser>>,
     Path((collection, id)): Path<(String, String)>,
+    headers: HeaderMap,
 ) -> ApiResult {
     let user = user(user_ext);
     authorize(&state, &user, &collection, Operation::Delete)?;
-    let request = Call::Delete { id }.into_request(collection).user(user.0);
+    let request = Call::Delete { id }
+        .into_request(collection)
+        .user(user.0.clone());
+    let request = with_idempotency_key(&headers, &user, request)?;
     call(&state, request).await?;
     Ok(StatusCode::NO_CONTENT.into_response())
 }
@@ -403,6 +444,7 @@ async fn run_action(
         .args(args)
         .user(user.0.clone());
     request.resource_id = id;
+    let request = with_idempotency_key(headers, &user, request)?;
     let mut result = call(state, request).await?;
     if built_in == Some(BuiltIn::FollowLinks)
         && let Value::Array(targets) = &mut result

@@ -51,6 +51,18 @@ pub struct Request {
     /// [`Authorizer`](crate::access::Authorizer); `None` for a node's own calls (trusted).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub user: Option<User>,
+    /// Names this call for exactly-once effects: the owner runs a mutating request (create,
+    /// patch, delete, add_link, a custom action that is not read-only) once per id, and answers
+    /// a copy with the same id with the first reply (for
+    /// [`Limits::request_memory`](crate::Limits::request_memory)). A node sets one on each
+    /// mutating request it sends to a peer, and a fail-over resends it unchanged.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request_id: Option<String>,
+    /// An HTTP `Idempotency-Key` (prefixed with the calling user): like `request_id`, remembered
+    /// for [`Limits::idempotency_key_ttl`](crate::Limits::idempotency_key_ttl), and the same
+    /// key with another request is refused ([`Error::IdempotencyKeyReused`](crate::Error)).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub idempotency_key: Option<String>,
 }
 
 impl Request {
@@ -62,6 +74,8 @@ impl Request {
             resource_id: None,
             args: Value::Null,
             user: None,
+            request_id: None,
+            idempotency_key: None,
         }
     }
 

@@ -305,6 +305,8 @@ impl NodeBuilder {
             requests_served: AtomicU64::new(0),
             requests_sent: AtomicU64::new(0),
             requests_timed_out: AtomicU64::new(0),
+            requests_deduplicated: AtomicU64::new(0),
+            next_request: AtomicU64::new(0),
             authorizer: self.authorizer,
         });
         let node = Node { inner };

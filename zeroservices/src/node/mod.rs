@@ -108,6 +108,9 @@ pub struct NodeStats {
     /// Peer announcements ignored because they speak another protocol version (each such
     /// peer is logged once).
     pub peers_incompatible: u64,
+    /// Copies of mutating requests (same request id or `Idempotency-Key`) answered with the
+    /// first reply instead of running again.
+    pub requests_deduplicated: u64,
 }
 
 pub(crate) struct NodeInner {
@@ -134,6 +137,9 @@ pub(crate) struct NodeInner {
     requests_served: AtomicU64,
     requests_sent: AtomicU64,
     requests_timed_out: AtomicU64,
+    requests_deduplicated: AtomicU64,
+    /// Numbers the request ids this node gives its mutating requests.
+    next_request: AtomicU64,
     authorizer: Option<Arc<dyn Authorizer>>,
 }
 
@@ -275,6 +281,7 @@ impl Node {
             requests_served: self.inner.requests_served.load(Ordering::Relaxed),
             requests_sent: self.inner.requests_sent.load(Ordering::Relaxed),
             requests_timed_out: self.inner.requests_timed_out.load(Ordering::Relaxed),
+            requests_deduplicated: self.inner.requests_deduplicated.load(Ordering::Relaxed),
             events_lagged: self.inner.bus.lagged(),
             documents_skipped: self.inner.documents_skipped.load(Ordering::Relaxed),
             peers_incompatible: lock(&self.inner.directory).incompatible_announcements,
@@ -433,7 +440,30 @@ impl Node {
         crate::json::from_raw(&raw)
     }
 
-    async fn request_remote(&self, request: Request) -> Result<Box<RawValue>> {
+    /// How long a request waits for its owner.
+    pub(crate) fn request_timeout(&self) -> Duration {
+        self.inner.request_timeout
+    }
+
+    /// A request id of this node's: `<node id>.<n>`, unique in the cluster.
+    pub(crate) fn new_request_id(&self) -> String {
+        let n = self.inner.next_request.fetch_add(1, Ordering::Relaxed);
+        format!("{}.{n}", self.inner.id)
+    }
+
+    /// Counts a copy of a request answered with the first reply.
+    pub(crate) fn count_replayed_reply(&self) {
+        self.inner
+            .requests_deduplicated
+            .fetch_add(1, Ordering::Relaxed);
+    }
+
+    async fn request_remote(&self, mut request: Request) -> Result<Box<RawValue>> {
+        // A request that may change something gets an id, so the owner runs it once even if
+        // it arrives twice (a fail-over below, a retry): `<node id>.<n>`.
+        if request.request_id.is_none() && !crate::protocol::Call::is_read(&request.action) {
+            request.request_id = Some(self.new_request_id());
+        }
         let collection = request.collection.clone();
         let owners = lock(&self.inner.directory).pick(&collection);
         if owners.is_empty() {

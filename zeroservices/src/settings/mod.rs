@@ -380,6 +380,14 @@ pub struct LimitSettings {
     /// The largest page a list answers; more follow by `Link: rel="next"` [default: 1000].
     #[arg(long, env = "ZS_MAX_PAGE", value_name = "N", value_parser = Check(parse::max_page))]
     pub max_page: Option<usize>,
+    /// How long a mutating request's reply is remembered by request id, so a retry returns it
+    /// instead of running again [default: 600000].
+    #[arg(long, env = "ZS_REQUEST_MEMORY_MS", value_name = "MS", value_parser = Check(parse::millis))]
+    pub request_memory_ms: Option<Duration>,
+    /// How long the reply to a request with an HTTP `Idempotency-Key` is remembered
+    /// [default: 86400000].
+    #[arg(long, env = "ZS_IDEMPOTENCY_KEY_TTL_MS", value_name = "MS", value_parser = Check(parse::millis))]
+    pub idempotency_key_ttl_ms: Option<Duration>,
 }
 
 /// Workers and stopping.
@@ -589,6 +597,8 @@ impl Settings {
             max_filter_clauses: l.max_filter_clauses.unwrap_or(d.max_filter_clauses),
             max_id_bytes: l.max_id_bytes.unwrap_or(d.max_id_bytes),
             max_page: l.max_page.unwrap_or(d.max_page),
+            request_memory: l.request_memory_ms.unwrap_or(d.request_memory),
+            idempotency_key_ttl: l.idempotency_key_ttl_ms.unwrap_or(d.idempotency_key_ttl),
         }
     }
 

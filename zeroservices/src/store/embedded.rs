@@ -14,6 +14,7 @@ use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
 
 use async_trait::async_trait;
 use redb::{
@@ -22,7 +23,7 @@ use redb::{
 };
 use serde_json::{Value, json};
 
-use super::{Store, new_id};
+use super::{Claim, RequestRecord, SWEEP_EVERY, Store, new_id, now_ms};
 use crate::query::Filter;
 use crate::{Error, Patch, Query, Result};
 
@@ -37,6 +38,7 @@ pub struct EmbeddedStore {
     db: Arc<Database>,
     path: Arc<PathBuf>,
     skipped: Arc<AtomicU64>,
+    claims: Arc<AtomicU64>,
 }
 
 impl std::fmt::Debug for EmbeddedStore {
@@ -99,6 +101,7 @@ impl EmbeddedStore {
             db: Arc::new(db),
             path: Arc::new(path),
             skipped: Arc::new(AtomicU64::new(0)),
+            claims: Arc::new(AtomicU64::new(0)),
         })
     }
 
@@ -213,8 +216,18 @@ fn write<T>(
     path: &Path,
     f: impl FnOnce(&WriteTransaction) -> Result<T>,
 ) -> Result<T> {
+    write_with(db, path, Durability::Immediate, f)
+}
+
+/// [`write`] with the given durability.
+fn write_with<T>(
+    db: &Database,
+    path: &Path,
+    durability: Durability,
+    f: impl FnOnce(&WriteTransaction) -> Result<T>,
+) -> Result<T> {
     let mut txn = db.begin_write().map_err(|e| storage_error(path, e))?;
-    txn.set_durability(Durability::Immediate)
+    txn.set_durability(durability)
         .map_err(|e| Error::internal(format!("embedded store: {e}")))?;
     match f(&txn) {
         Ok(out) => {
@@ -430,4 +443,111 @@ impl Store for EmbeddedStore {
     fn describe(&self) -> String {
         format!("embedded:{}", self.path.display())
     }
+
+    async fn claim_request(
+        &self,
+        collection: &str,
+        request_id: &str,
+        fingerprint: &str,
+        lease: Duration,
+    ) -> Result<Claim> {
+        let name = requests_table_name(collection);
+        let id = request_id.to_owned();
+        let pending = encode_record(&RequestRecord::pending(fingerprint, lease))?;
+        let sweep = self.claims.fetch_add(1, Ordering::Relaxed).is_multiple_of(SWEEP_EVERY);
+        self.blocking(move |db, path| {
+            // A claim need not survive a crash: the change it guards is what is durable, and
+            // its reply is recorded durably ([`Store::complete_request`]).
+            write_with(db, path, Durability::None, |txn| {
+                let mut table = txn
+                    .open_table(Table::new(&name))
+                    .map_err(|e| storage_error(path, e))?;
+                let now = now_ms();
+                if sweep {
+                    table
+                        .retain(|_, bytes| decode_record(bytes).is_some_and(|r| r.expires_ms > now))
+                        .map_err(|e| storage_error(path, e))?;
+                }
+                let found = table
+                    .get(id.as_str())
+                    .map_err(|e| storage_error(path, e))?
+                    .and_then(|bytes| decode_record(bytes.value()))
+                    .and_then(|record| record.claim(now));
+                if let Some(found) = found {
+                    return Ok(found);
+                }
+                table
+                    .insert(id.as_str(), pending.as_slice())
+                    .map_err(|e| storage_error(path, e))?;
+                Ok(Claim::New)
+            })
+        })
+        .await
+    }
+
+    async fn complete_request(
+        &self,
+        collection: &str,
+        request_id: &str,
+        reply: &Value,
+        keep: Duration,
+    ) -> Result<()> {
+        let name = requests_table_name(collection);
+        let id = request_id.to_owned();
+        let reply = reply.clone();
+        self.blocking(move |db, path| {
+            write(db, path, |txn| {
+                let mut table = txn
+                    .open_table(Table::new(&name))
+                    .map_err(|e| storage_error(path, e))?;
+                let record = table
+                    .get(id.as_str())
+                    .map_err(|e| storage_error(path, e))?
+                    .and_then(|bytes| decode_record(bytes.value()));
+                let Some(mut record) = record else {
+                    return Ok(());
+                };
+                record.reply = Some(reply);
+                record.expires_ms = now_ms().saturating_add(keep.as_millis() as u64);
+                let bytes = encode_record(&record)?;
+                table
+                    .insert(id.as_str(), bytes.as_slice())
+                    .map_err(|e| storage_error(path, e))?;
+                Ok(())
+            })
+        })
+        .await
+    }
+
+    async fn release_request(&self, collection: &str, request_id: &str) -> Result<()> {
+        let name = requests_table_name(collection);
+        let id = request_id.to_owned();
+        self.blocking(move |db, path| {
+            write_with(db, path, Durability::None, |txn| {
+                let mut table = txn
+                    .open_table(Table::new(&name))
+                    .map_err(|e| storage_error(path, e))?;
+                table
+                    .remove(id.as_str())
+                    .map_err(|e| storage_error(path, e))?;
+                Ok(())
+            })
+        })
+        .await
+    }
+}
+
+/// The table holding `collection`'s claimed requests.
+fn requests_table_name(collection: &str) -> String {
+    format!("requests:{collection}")
+}
+
+fn encode_record(record: &RequestRecord) -> Result<Vec<u8>> {
+    serde_json::to_vec(record)
+        .map_err(|e| Error::internal(format!("cannot encode a request record: {e}")))
+}
+
+/// A request record; one that cannot be read counts as absent (it is overwritten).
+fn decode_record(bytes: &[u8]) -> Option<RequestRecord> {
+    serde_json::from_slice(bytes).ok()
 }

@@ -2,18 +2,23 @@
 
 use std::collections::btree_map::Entry;
 use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::Ordering;
+use std::time::Duration;
 
 use async_trait::async_trait;
 use serde_json::Value;
 use tokio::sync::RwLock;
 
-use super::{Store, new_id};
+use super::{Claim, RequestRecord, SWEEP_EVERY, Store, new_id, now_ms};
 use crate::{Error, Patch, Query, Result};
 
 /// Resources kept in memory; gone when the process ends.
 #[derive(Default)]
 pub struct MemoryStore {
     collections: RwLock<HashMap<String, BTreeMap<String, Value>>>,
+    /// Claimed requests by (collection, request id).
+    requests: std::sync::Mutex<HashMap<(String, String), RequestRecord>>,
+    claims: std::sync::atomic::AtomicU64,
 }
 
 impl MemoryStore {
@@ -105,5 +110,47 @@ impl Store for MemoryStore {
 
     fn describe(&self) -> String {
         "memory".to_owned()
+    }
+
+    async fn claim_request(
+        &self,
+        collection: &str,
+        request_id: &str,
+        fingerprint: &str,
+        lease: Duration,
+    ) -> Result<Claim> {
+        let now = now_ms();
+        let mut requests = self.requests.lock().unwrap_or_else(|e| e.into_inner());
+        if self.claims.fetch_add(1, Ordering::Relaxed).is_multiple_of(SWEEP_EVERY) {
+            requests.retain(|_, record| record.expires_ms > now);
+        }
+        let key = (collection.to_owned(), request_id.to_owned());
+        if let Some(found) = requests.get(&key).and_then(|r| r.claim(now)) {
+            return Ok(found);
+        }
+        requests.insert(key, RequestRecord::pending(fingerprint, lease));
+        Ok(Claim::New)
+    }
+
+    async fn complete_request(
+        &self,
+        collection: &str,
+        request_id: &str,
+        reply: &Value,
+        keep: Duration,
+    ) -> Result<()> {
+        let mut requests = self.requests.lock().unwrap_or_else(|e| e.into_inner());
+        let key = (collection.to_owned(), request_id.to_owned());
+        if let Some(record) = requests.get_mut(&key) {
+            record.reply = Some(reply.clone());
+            record.expires_ms = now_ms().saturating_add(keep.as_millis() as u64);
+        }
+        Ok(())
+    }
+
+    async fn release_request(&self, collection: &str, request_id: &str) -> Result<()> {
+        let mut requests = self.requests.lock().unwrap_or_else(|e| e.into_inner());
+        requests.remove(&(collection.to_owned(), request_id.to_owned()));
+        Ok(())
     }
 }

@@ -15,6 +15,7 @@
 
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 
 use async_trait::async_trait;
 use serde_json::Value;
@@ -68,7 +69,100 @@ pub trait Store: Send + Sync + 'static {
 
     /// A short name for logs (`memory`, `embedded:/path`, `mongodb`).
     fn describe(&self) -> String;
+
+    /// Claims mutating request `request_id` of `collection` before it runs (exactly-once
+    /// effects, see [`Claim`]): records it as in progress for `lease` unless a live record of it
+    /// exists, atomically (two claims of one id never both get [`Claim::New`]). `fingerprint`
+    /// names what the request asks (its action, id and arguments).
+    async fn claim_request(
+        &self,
+        collection: &str,
+        request_id: &str,
+        fingerprint: &str,
+        lease: Duration,
+    ) -> Result<Claim>;
+
+    /// Records the reply of a claimed request, kept for `keep`: a later claim of the same id
+    /// gets it ([`Claim::Done`]).
+    async fn complete_request(
+        &self,
+        collection: &str,
+        request_id: &str,
+        reply: &Value,
+        keep: Duration,
+    ) -> Result<()>;
+
+    /// Forgets a claimed request that failed without changing anything, so a retry runs it.
+    async fn release_request(&self, collection: &str, request_id: &str) -> Result<()>;
 }
+
+/// What [`Store::claim_request`] found.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Claim {
+    /// Not seen (or its record expired): the caller runs it, then completes or releases it.
+    New,
+    /// Another attempt is running it (its lease has not expired); `fingerprint` is what that
+    /// attempt asked.
+    InProgress {
+        /// What the running attempt asked.
+        fingerprint: String,
+    },
+    /// Already served: what it asked and its reply.
+    Done {
+        /// What the served request asked.
+        fingerprint: String,
+        /// Its reply.
+        reply: Value,
+    },
+}
+
+/// The record a store keeps of a claimed request (the memory and embedded backends store it
+/// as JSON; the MongoDB backend as a document with the same fields).
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub(crate) struct RequestRecord {
+    pub(crate) fingerprint: String,
+    /// `None` while in progress.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) reply: Option<Value>,
+    /// Milliseconds since the epoch after which the record is forgotten.
+    pub(crate) expires_ms: u64,
+}
+
+impl RequestRecord {
+    /// What a claim finds in `self` at `now_ms`: `None` when it is expired (the claim wins).
+    pub(crate) fn claim(&self, now_ms: u64) -> Option<Claim> {
+        if self.expires_ms <= now_ms {
+            return None;
+        }
+        Some(match &self.reply {
+            None => Claim::InProgress {
+                fingerprint: self.fingerprint.clone(),
+            },
+            Some(reply) => Claim::Done {
+                fingerprint: self.fingerprint.clone(),
+                reply: reply.clone(),
+            },
+        })
+    }
+
+    pub(crate) fn pending(fingerprint: &str, lease: Duration) -> Self {
+        Self {
+            fingerprint: fingerprint.to_owned(),
+            reply: None,
+            expires_ms: now_ms().saturating_add(lease.as_millis() as u64),
+        }
+    }
+}
+
+/// Milliseconds since the epoch.
+pub(crate) fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// Records are swept (expired ones deleted) once every this many claims.
+pub(crate) const SWEEP_EVERY: u64 = 256;
 
 /// A fresh resource id: 32 lowercase hex digits.
 pub fn new_id() -> String {

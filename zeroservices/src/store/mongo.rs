@@ -17,6 +17,7 @@
 
 use std::collections::HashMap;
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -27,7 +28,7 @@ use mongodb::options::{ClientOptions, ReturnDocument};
 use mongodb::{Client, Collection, Database, IndexModel};
 use serde_json::{Map, Number, Value};
 
-use super::{Store, new_id};
+use super::{Claim, RequestRecord, SWEEP_EVERY, Store, new_id, now_ms};
 use crate::{Error, Patch, Query, Result};
 
 /// The database used when the URI names none.
@@ -74,6 +75,7 @@ pub struct MongoStore {
     /// Text indexes that could not be created yet (server down at start-up): retried later.
     pending_text: Mutex<HashMap<String, Vec<String>>>,
     describe: String,
+    claims: AtomicU64,
 }
 
 impl std::fmt::Debug for MongoStore {
@@ -129,6 +131,7 @@ impl MongoStore {
             deadline: request_timeout.mul_f64(0.9),
             pending_text: Mutex::new(HashMap::new()),
             describe: format!("mongodb://{}/{name}", hosts.join(",")),
+            claims: AtomicU64::new(0),
         })
     }
 
@@ -150,12 +153,17 @@ impl MongoStore {
         match tokio::time::timeout(self.deadline, fut.into_future()).await {
             Ok(Ok(out)) => Ok(out),
             Ok(Err(e)) => Err(context(e)),
-            Err(_) => Err(Error::unavailable(format!(
-                "MongoDB ({}) did not answer within {} ms",
-                self.describe,
-                self.deadline.as_millis()
-            ))),
+            Err(_) => Err(self.late()),
         }
+    }
+
+    /// The error for a call that missed its deadline.
+    fn late(&self) -> Error {
+        Error::unavailable(format!(
+            "MongoDB ({}) did not answer within {} ms",
+            self.describe,
+            self.deadline.as_millis()
+        ))
     }
 
     async fn create_text_index(&self, collection: &str, fields: &[String]) -> Result<()> {
@@ -463,6 +471,111 @@ impl Store for MongoStore {
 
     fn describe(&self) -> String {
         self.describe.clone()
+    }
+
+    async fn claim_request(
+        &self,
+        collection: &str,
+        request_id: &str,
+        fingerprint: &str,
+        lease: Duration,
+    ) -> Result<Claim> {
+        let coll = self.collection(REQUESTS);
+        let key = format!("{collection}/{request_id}");
+        let now = now_ms() as i64;
+        if self.claims.fetch_add(1, Ordering::Relaxed).is_multiple_of(SWEEP_EVERY) {
+            let expired = doc! {"expires_ms": {"$lte": now}};
+            if let Err(e) = self.run(coll.delete_many(expired), convert).await {
+                tracing::debug!(error = %e, "could not sweep expired request records");
+            }
+        }
+        let expires = now.saturating_add(lease.as_millis() as i64);
+        // Insert the claim; if a record exists, read it; if it expired, take it over with a
+        // compare-and-set on its expiry (another claimant may be doing the same).
+        for _ in 0..4 {
+            let claim = doc! {"_id": &key, "fingerprint": fingerprint, "expires_ms": expires};
+            match tokio::time::timeout(self.deadline, coll.insert_one(claim).into_future()).await {
+                Ok(Ok(_)) => return Ok(Claim::New),
+                Ok(Err(e)) if is_duplicate_key(&e) => {}
+                Ok(Err(e)) => return Err(convert(e)),
+                Err(_) => return Err(self.late()),
+            }
+            let Some(found) = self.run(coll.find_one(doc! {"_id": &key}), convert).await? else {
+                continue;
+            };
+            let record = record_of(&found);
+            if let Some(found) = record.claim(now as u64) {
+                return Ok(found);
+            }
+            let stale = doc! {"_id": &key, "expires_ms": record.expires_ms as i64};
+            let take = doc! {
+                "$set": {"fingerprint": fingerprint, "expires_ms": expires},
+                "$unset": {"reply": ""},
+            };
+            let taken = self.run(coll.update_one(stale, take), convert).await?;
+            if taken.matched_count == 1 {
+                return Ok(Claim::New);
+            }
+        }
+        Ok(Claim::InProgress {
+            fingerprint: String::new(),
+        })
+    }
+
+    async fn complete_request(
+        &self,
+        collection: &str,
+        request_id: &str,
+        reply: &Value,
+        keep: Duration,
+    ) -> Result<()> {
+        let coll = self.collection(REQUESTS);
+        let key = format!("{collection}/{request_id}");
+        let expires = (now_ms() as i64).saturating_add(keep.as_millis() as i64);
+        // The reply as JSON text: it comes back exactly as it went in.
+        let done = doc! {"$set": {"reply": reply.to_string(), "expires_ms": expires}};
+        self.run(coll.update_one(doc! {"_id": key}, done), convert)
+            .await
+            .map(drop)
+    }
+
+    async fn release_request(&self, collection: &str, request_id: &str) -> Result<()> {
+        let coll = self.collection(REQUESTS);
+        let key = format!("{collection}/{request_id}");
+        self.run(coll.delete_one(doc! {"_id": key}), convert)
+            .await
+            .map(drop)
+    }
+}
+
+/// The MongoDB collection of claimed requests (`_id` = `<collection>/<request id>`).
+pub const REQUESTS: &str = "zs_requests";
+
+/// A stored request record; fields that cannot be read make it an expired one (taken over).
+fn record_of(doc: &Document) -> RequestRecord {
+    let expires_ms = match doc.get("expires_ms") {
+        Some(Bson::Int64(n)) => (*n).max(0) as u64,
+        Some(Bson::Int32(n)) => (*n).max(0) as u64,
+        Some(Bson::Double(f)) => f.max(0.0) as u64,
+        _ => 0,
+    };
+    let reply = match doc.get("reply") {
+        Some(Bson::String(text)) => match serde_json::from_str(text) {
+            Ok(reply) => Some(reply),
+            Err(_) => {
+                return RequestRecord {
+                    fingerprint: String::new(),
+                    reply: None,
+                    expires_ms: 0,
+                };
+            }
+        },
+        _ => None,
+    };
+    RequestRecord {
+        fingerprint: doc.get_str("fingerprint").unwrap_or_default().to_owned(),
+        reply,
+        expires_ms,
     }
 }
 

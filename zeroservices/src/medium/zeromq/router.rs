@@ -141,7 +141,7 @@ fn accept_request(
     let owned = core.clone();
     let mut served = Box::pin(async move {
         let _permit = permit;
-        Some(handle(&owned, inbound, &identity, id, from, request).await)
+        Some(handle(&owned, inbound, &identity, id, from, *request).await)
     });
     if inline && let Some(reply) = (&mut served).now_or_never() {
         return reply;
@@ -183,7 +183,7 @@ enum Accepted {
     Serve {
         id: u64,
         from: Option<String>,
-        request: Request,
+        request: Box<Request>,
     },
 }
 
@@ -193,7 +193,7 @@ async fn serve(core: &Core, identity: &[u8], body: &[u8], mac: &[u8]) -> Option<
         Accepted::Done(reply) => reply,
         Accepted::Serve { id, from, request } => {
             let inbound = core.inbound.get()?.clone();
-            Some(handle(core, inbound, identity, id, from, request).await)
+            Some(handle(core, inbound, identity, id, from, *request).await)
         }
     }
 }
@@ -206,6 +206,7 @@ fn accept(core: &Core, identity: &[u8], body: &[u8], seal: &[u8]) -> Accepted {
     };
     let (id, reply) = match wire::decode_call(&body) {
         Ok(Call::Request { id, from, request }) => {
+            let request = Box::new(request);
             return Accepted::Serve { id, from, request };
         }
         Ok(Call::Control { id, from, control }) => {
