@@ -20,7 +20,7 @@ use crate::protocol::{
     LinkedResource, ListArgs, Page, PatchArgs,
 };
 use crate::resource::{ActionCall, ResourceInfo};
-use crate::store::{Claim, Store};
+use crate::store::{Claim, MARK, Mark, Store, current_mark};
 use crate::{Context, Error, Event, Node, Patch, Query, Resource, Result};
 
 /// A collection served by this node, with its type erased.
@@ -385,6 +385,10 @@ impl<R: Resource> ResourceService<R> {
                     map.insert(links::LINKS.into(), links.clone());
                 }
                 node.limits().check_document(&after)?;
+                if let Some(mark) = current_mark(self.collection()) {
+                    // Recorded with the change, in backends that can.
+                    *mark.reply.lock().unwrap_or_else(|e| e.into_inner()) = Some(result.clone());
+                }
                 if after != stored {
                     self.store
                         .replace(self.collection(), &id, after.clone())
@@ -441,7 +445,9 @@ impl<R: Resource> Service for ResourceService<R> {
         }
         match self.remembered_as(node, &request)? {
             Some((key, keep)) => self.once(node, request, key, keep).await,
-            None => self.dispatch(node, request).await,
+            // Its writes belong to no remembered request (not to one it is nested in, when an
+            // action calls this collection).
+            None => MARK.scope(None, self.dispatch(node, request)).await,
         }
     }
 }
@@ -514,6 +520,16 @@ impl<R: Resource> ResourceService<R> {
                 node.count_replayed_reply();
                 return Ok(reply);
             }
+            Claim::Applied {
+                fingerprint: f,
+                resource_id,
+            } => {
+                if f != fingerprint {
+                    return Err(reused());
+                }
+                node.count_replayed_reply();
+                return self.reply_of_applied(&request, resource_id).await;
+            }
             Claim::InProgress { fingerprint: f } => {
                 if !f.is_empty() && f != fingerprint {
                     return Err(reused());
@@ -525,7 +541,14 @@ impl<R: Resource> ResourceService<R> {
                 });
             }
         }
-        let served = self.dispatch(node, request).await;
+        let mark = Mark {
+            collection: collection.to_owned(),
+            key: key.clone(),
+            fingerprint,
+            keep,
+            reply: Arc::default(),
+        };
+        let served = MARK.scope(Some(mark), self.dispatch(node, request)).await;
         match &served {
             Ok(reply) => {
                 if let Err(e) = self
@@ -545,6 +568,26 @@ impl<R: Resource> ResourceService<R> {
             }
         }
         served
+    }
+
+    /// The reply to a copy of a request whose change was made but whose reply was not recorded
+    /// (the owner stopped in between): what that reply would say, from what is stored now.
+    async fn reply_of_applied(
+        &self,
+        request: &Request,
+        resource_id: Option<String>,
+    ) -> Result<Value> {
+        let id = resource_id.or_else(|| request.resource_id.clone());
+        match (BuiltIn::from_name(&request.action), id) {
+            (Some(BuiltIn::Create), Some(id)) => reply(&Created { resource_id: id }),
+            (Some(BuiltIn::Delete), _) => Ok(Value::Null),
+            (Some(BuiltIn::Patch | BuiltIn::AddLink), Some(id)) => self.get(id).await,
+            _ => Err(Error::internal(format!(
+                "{} on {} was made, but its reply was lost when its owner stopped",
+                request.action,
+                self.collection()
+            ))),
+        }
     }
 
     async fn dispatch(&self, node: &Node, request: Request) -> Result<Value> {

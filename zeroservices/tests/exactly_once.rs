@@ -13,7 +13,7 @@ use serde_json::{Value, json};
 use zeroservices::http::{HttpConfig, Users, hash_password};
 use zeroservices::medium::MemoryCluster;
 use zeroservices::prelude::*;
-use zeroservices::store::MemoryStore;
+use zeroservices::store::{EmbeddedStore, MemoryStore};
 
 /// A counter.
 #[resource(collection = "counter")]
@@ -69,8 +69,18 @@ async fn caller(cluster: &MemoryCluster, timeout: Duration) -> Node {
 /// reply: the counter moved once.
 #[tokio::test]
 async fn a_retried_call_whose_reply_was_lost_takes_effect_once() {
+    lost_reply_retried(Arc::new(MemoryStore::new())).await;
+}
+
+/// The same on the embedded (durable) store.
+#[tokio::test]
+async fn a_retried_call_whose_reply_was_lost_takes_effect_once_embedded() {
+    let dir = tempfile::tempdir().unwrap();
+    lost_reply_retried(Arc::new(EmbeddedStore::open(dir.path()).unwrap())).await;
+}
+
+async fn lost_reply_retried(store: Arc<dyn zeroservices::store::Store>) {
     let cluster = MemoryCluster::new();
-    let store: Arc<dyn zeroservices::store::Store> = Arc::new(MemoryStore::new());
     let owner = owner_on(&cluster, store).await;
     let node = caller(&cluster, Duration::from_millis(200)).await;
     let counters = node.collection::<Counter>();

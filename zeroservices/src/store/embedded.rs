@@ -23,7 +23,7 @@ use redb::{
 };
 use serde_json::{Value, json};
 
-use super::{Claim, RequestRecord, SWEEP_EVERY, Store, new_id, now_ms};
+use super::{Claim, Mark, RequestRecord, SWEEP_EVERY, Store, current_mark, new_id, now_ms};
 use crate::query::Filter;
 use crate::{Error, Patch, Query, Result};
 
@@ -257,12 +257,14 @@ impl Store for EmbeddedStore {
     }
 
     async fn insert(&self, collection: &str, id: Option<&str>, doc: Value) -> Result<String> {
+        let mark = current_mark(collection);
         let bytes = encode(&doc)?;
         let name = table_name(collection);
         let collection = collection.to_owned();
         let id = id.map_or_else(new_id, str::to_owned);
         self.blocking(move |db, path| {
             write(db, path, |txn| {
+                mark_applied(txn, path, mark.as_ref(), &id)?;
                 let mut table = txn
                     .open_table(Table::new(&name))
                     .map_err(|e| storage_error(path, e))?;
@@ -306,12 +308,14 @@ impl Store for EmbeddedStore {
     }
 
     async fn replace(&self, collection: &str, id: &str, doc: Value) -> Result<()> {
+        let mark = current_mark(collection);
         let bytes = encode(&doc)?;
         let name = table_name(collection);
         let collection = collection.to_owned();
         let id = id.to_owned();
         self.blocking(move |db, path| {
             write(db, path, |txn| {
+                mark_applied(txn, path, mark.as_ref(), &id)?;
                 let mut table = txn
                     .open_table(Table::new(&name))
                     .map_err(|e| storage_error(path, e))?;
@@ -329,12 +333,14 @@ impl Store for EmbeddedStore {
     }
 
     async fn patch(&self, collection: &str, id: &str, patch: &Patch) -> Result<Value> {
+        let mark = current_mark(collection);
         let update = patch.compile()?;
         let name = table_name(collection);
         let collection = collection.to_owned();
         let id = id.to_owned();
         self.blocking(move |db, path| {
             write(db, path, |txn| {
+                mark_applied(txn, path, mark.as_ref(), &id)?;
                 let mut table = txn
                     .open_table(Table::new(&name))
                     .map_err(|e| storage_error(path, e))?;
@@ -357,11 +363,13 @@ impl Store for EmbeddedStore {
     }
 
     async fn delete(&self, collection: &str, id: &str) -> Result<()> {
+        let mark = current_mark(collection);
         let name = table_name(collection);
         let collection = collection.to_owned();
         let id = id.to_owned();
         self.blocking(move |db, path| {
             write(db, path, |txn| {
+                mark_applied(txn, path, mark.as_ref(), &id)?;
                 let mut table = txn
                     .open_table(Table::new(&name))
                     .map_err(|e| storage_error(path, e))?;
@@ -454,7 +462,10 @@ impl Store for EmbeddedStore {
         let name = requests_table_name(collection);
         let id = request_id.to_owned();
         let pending = encode_record(&RequestRecord::pending(fingerprint, lease))?;
-        let sweep = self.claims.fetch_add(1, Ordering::Relaxed).is_multiple_of(SWEEP_EVERY);
+        let sweep = self
+            .claims
+            .fetch_add(1, Ordering::Relaxed)
+            .is_multiple_of(SWEEP_EVERY);
         self.blocking(move |db, path| {
             // A claim need not survive a crash: the change it guards is what is durable, and
             // its reply is recorded durably ([`Store::complete_request`]).
@@ -496,7 +507,10 @@ impl Store for EmbeddedStore {
         let id = request_id.to_owned();
         let reply = reply.clone();
         self.blocking(move |db, path| {
-            write(db, path, |txn| {
+            // Not durable: the change's own transaction recorded that it was made (and an
+            // action's reply); a create's, patch's or delete's reply is rebuilt from the store
+            // if this one is lost.
+            write_with(db, path, Durability::None, |txn| {
                 let mut table = txn
                     .open_table(Table::new(&name))
                     .map_err(|e| storage_error(path, e))?;
@@ -537,6 +551,28 @@ impl Store for EmbeddedStore {
     }
 }
 
+/// Records in `txn`, the transaction of a change, that the change belongs to the remembered
+/// request being served (see [`Mark`]): a copy of it then never runs again, even if its owner
+/// stops before recording the reply.
+fn mark_applied(
+    txn: &WriteTransaction,
+    path: &Path,
+    mark: Option<&Mark>,
+    resource_id: &str,
+) -> Result<()> {
+    let Some(mark) = mark else {
+        return Ok(());
+    };
+    let mut table = txn
+        .open_table(Table::new(&requests_table_name(&mark.collection)))
+        .map_err(|e| storage_error(path, e))?;
+    let bytes = encode_record(&mark.applied(resource_id))?;
+    table
+        .insert(mark.key.as_str(), bytes.as_slice())
+        .map_err(|e| storage_error(path, e))?;
+    Ok(())
+}
+
 /// The table holding `collection`'s claimed requests.
 fn requests_table_name(collection: &str) -> String {
     format!("requests:{collection}")
@@ -550,4 +586,83 @@ fn encode_record(record: &RequestRecord) -> Result<Vec<u8>> {
 /// A request record; one that cannot be read counts as absent (it is overwritten).
 fn decode_record(bytes: &[u8]) -> Option<RequestRecord> {
     serde_json::from_slice(bytes).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::store::MARK;
+
+    fn mark(collection: &str, key: &str) -> Mark {
+        Mark {
+            collection: collection.to_owned(),
+            key: key.to_owned(),
+            fingerprint: "f".to_owned(),
+            keep: Duration::from_secs(60),
+            reply: Arc::default(),
+        }
+    }
+
+    /// The owner stops after the change is committed and before the reply is recorded (the
+    /// store is dropped and opened again, as after `kill -9`): the change's transaction
+    /// recorded the request, so a copy of it is answered, not run again.
+    #[tokio::test]
+    async fn a_change_records_its_request_in_its_own_transaction() {
+        let dir = tempfile::tempdir().unwrap();
+        let lease = Duration::from_secs(30);
+        {
+            let store = EmbeddedStore::open(dir.path()).unwrap();
+            assert_eq!(
+                store.claim_request("c", "req:1", "f", lease).await.unwrap(),
+                Claim::New
+            );
+            let insert = store.insert("c", Some("x"), json!({"n": 1}));
+            MARK.scope(Some(mark("c", "req:1")), insert).await.unwrap();
+            // An action's reply, known before its write, is recorded with it.
+            assert_eq!(
+                store.claim_request("c", "req:2", "f", lease).await.unwrap(),
+                Claim::New
+            );
+            let m = mark("c", "req:2");
+            *m.reply.lock().unwrap() = Some(json!(42));
+            let replace = store.replace("c", "x", json!({"n": 2}));
+            MARK.scope(Some(m), replace).await.unwrap();
+            // A write that fails records nothing.
+            assert_eq!(
+                store.claim_request("c", "req:3", "f", lease).await.unwrap(),
+                Claim::New
+            );
+            let dup = store.insert("c", Some("x"), json!({"n": 3}));
+            assert!(MARK.scope(Some(mark("c", "req:3")), dup).await.is_err());
+            // A write of another collection is not this request's.
+            let other = store.insert("d", Some("y"), json!({}));
+            MARK.scope(Some(mark("c", "req:4")), other).await.unwrap();
+        }
+        let store = EmbeddedStore::open(dir.path()).unwrap();
+        assert_eq!(
+            store.claim_request("c", "req:1", "f", lease).await.unwrap(),
+            Claim::Applied {
+                fingerprint: "f".into(),
+                resource_id: Some("x".into())
+            }
+        );
+        assert_eq!(
+            store.claim_request("c", "req:2", "f", lease).await.unwrap(),
+            Claim::Done {
+                fingerprint: "f".into(),
+                reply: json!(42)
+            }
+        );
+        // No change of theirs was made: these are not answered as done (their claims may have
+        // become durable with a later commit, so they may wait out their lease first).
+        for key in ["req:3", "req:4"] {
+            let claim = store.claim_request("c", key, "f", lease).await.unwrap();
+            assert!(
+                matches!(claim, Claim::New | Claim::InProgress { .. }),
+                "{key}: {claim:?}"
+            );
+        }
+    }
 }

@@ -121,7 +121,11 @@ impl Store for MemoryStore {
     ) -> Result<Claim> {
         let now = now_ms();
         let mut requests = self.requests.lock().unwrap_or_else(|e| e.into_inner());
-        if self.claims.fetch_add(1, Ordering::Relaxed).is_multiple_of(SWEEP_EVERY) {
+        if self
+            .claims
+            .fetch_add(1, Ordering::Relaxed)
+            .is_multiple_of(SWEEP_EVERY)
+        {
             requests.retain(|_, record| record.expires_ms > now);
         }
         let key = (collection.to_owned(), request_id.to_owned());

@@ -107,6 +107,15 @@ pub enum Claim {
         /// What the running attempt asked.
         fingerprint: String,
     },
+    /// Its change was made (recorded in the same transaction, by a backend that can) but its
+    /// reply was not recorded: the process serving it stopped in between. The caller answers
+    /// from what is stored now.
+    Applied {
+        /// What the request asked.
+        fingerprint: String,
+        /// The resource it changed (a create's new id).
+        resource_id: Option<String>,
+    },
     /// Already served: what it asked and its reply.
     Done {
         /// What the served request asked.
@@ -124,6 +133,10 @@ pub(crate) struct RequestRecord {
     /// `None` while in progress.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub(crate) reply: Option<Value>,
+    /// Set in the transaction of the change itself (backends that can): the change was made,
+    /// on this resource.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) applied: Option<Applied>,
     /// Milliseconds since the epoch after which the record is forgotten.
     pub(crate) expires_ms: u64,
 }
@@ -135,8 +148,14 @@ impl RequestRecord {
             return None;
         }
         Some(match &self.reply {
-            None => Claim::InProgress {
-                fingerprint: self.fingerprint.clone(),
+            None => match &self.applied {
+                Some(applied) => Claim::Applied {
+                    fingerprint: self.fingerprint.clone(),
+                    resource_id: applied.resource_id.clone(),
+                },
+                None => Claim::InProgress {
+                    fingerprint: self.fingerprint.clone(),
+                },
             },
             Some(reply) => Claim::Done {
                 fingerprint: self.fingerprint.clone(),
@@ -149,7 +168,57 @@ impl RequestRecord {
         Self {
             fingerprint: fingerprint.to_owned(),
             reply: None,
+            applied: None,
             expires_ms: now_ms().saturating_add(lease.as_millis() as u64),
+        }
+    }
+}
+
+/// What the change's own transaction records of the request making it.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub(crate) struct Applied {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) resource_id: Option<String>,
+}
+
+/// The request a store write belongs to: set by the owner around the serving of a request that
+/// is remembered ([`Store::claim_request`]), so a backend with transactions records, in the
+/// transaction of the change, that the change was made (and the reply when it is known
+/// before, as an action's). Requests served inside another (a nested call of an action) have
+/// their own scope.
+#[derive(Debug, Clone)]
+pub(crate) struct Mark {
+    pub(crate) collection: String,
+    pub(crate) key: String,
+    pub(crate) fingerprint: String,
+    pub(crate) keep: Duration,
+    /// The reply, when known before the write (an action's result).
+    pub(crate) reply: Arc<std::sync::Mutex<Option<Value>>>,
+}
+
+tokio::task_local! {
+    pub(crate) static MARK: Option<Mark>;
+}
+
+/// The mark of the request being served on this task for `collection`, if any.
+pub(crate) fn current_mark(collection: &str) -> Option<Mark> {
+    MARK.try_with(|mark| mark.clone())
+        .ok()
+        .flatten()
+        .filter(|m| m.collection == collection)
+}
+
+impl Mark {
+    /// The record the change's transaction writes: applied to `resource_id`.
+    pub(crate) fn applied(&self, resource_id: &str) -> RequestRecord {
+        let reply = self.reply.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        RequestRecord {
+            fingerprint: self.fingerprint.clone(),
+            reply,
+            applied: Some(Applied {
+                resource_id: Some(resource_id.to_owned()),
+            }),
+            expires_ms: now_ms().saturating_add(self.keep.as_millis() as u64),
         }
     }
 }

@@ -483,7 +483,11 @@ impl Store for MongoStore {
         let coll = self.collection(REQUESTS);
         let key = format!("{collection}/{request_id}");
         let now = now_ms() as i64;
-        if self.claims.fetch_add(1, Ordering::Relaxed).is_multiple_of(SWEEP_EVERY) {
+        if self
+            .claims
+            .fetch_add(1, Ordering::Relaxed)
+            .is_multiple_of(SWEEP_EVERY)
+        {
             let expired = doc! {"expires_ms": {"$lte": now}};
             if let Err(e) = self.run(coll.delete_many(expired), convert).await {
                 tracing::debug!(error = %e, "could not sweep expired request records");
@@ -566,6 +570,7 @@ fn record_of(doc: &Document) -> RequestRecord {
                 return RequestRecord {
                     fingerprint: String::new(),
                     reply: None,
+                    applied: None,
                     expires_ms: 0,
                 };
             }
@@ -575,6 +580,7 @@ fn record_of(doc: &Document) -> RequestRecord {
     RequestRecord {
         fingerprint: doc.get_str("fingerprint").unwrap_or_default().to_owned(),
         reply,
+        applied: None,
         expires_ms,
     }
 }
