@@ -560,8 +560,13 @@ impl<R: Resource> ResourceService<R> {
                     tracing::warn!(collection, error = %e, "could not record a request's reply");
                 }
             }
+            Err(e) if !surely_unchanged(e) => {
+                // The store may have made the change (a write that timed out): the claim stays
+                // until its lease ends, so a copy arriving meanwhile does not run it again.
+                tracing::debug!(collection, error = %e, "claim kept: the change may have been made");
+            }
             Err(_) => {
-                // Nothing changed (a failed request changes nothing): a retry may run it.
+                // The request was refused before any change: a retry may run it.
                 if let Err(e) = self.store.release_request(collection, &key).await {
                     tracing::debug!(collection, error = %e, "could not release a request claim");
                 }
@@ -606,6 +611,15 @@ impl<R: Resource> ResourceService<R> {
             Call::IncomingLinks(args) => self.incoming_links(args).await,
         }
     }
+}
+
+/// Whether a request that failed with `error` surely changed nothing (it was refused), as
+/// opposed to failing at a store that may have made the change.
+fn surely_unchanged(error: &Error) -> bool {
+    !matches!(
+        error,
+        Error::Unavailable { .. } | Error::Timeout { .. } | Error::Internal { .. }
+    )
 }
 
 /// The longest key a request is remembered by (`req:` or `key:` and the id or key).

@@ -49,6 +49,8 @@ fn every_variable_is_read() {
         ("ZS_MAX_FILTER_CLAUSES", "7"),
         ("ZS_MAX_ID_BYTES", "9"),
         ("ZS_MAX_PAGE", " 50 "),
+        ("ZS_REQUEST_MEMORY_MS", "30000"),
+        ("ZS_IDEMPOTENCY_KEY_TTL_MS", "60000"),
         ("ZS_WORKER_POLL_MS", "2000"),
         ("ZS_SHUTDOWN_TIMEOUT_MS", "300"),
     ])
@@ -96,6 +98,10 @@ fn every_variable_is_read() {
             l.max_page
         ],
         [8, 4096, 4, 5, 6, 7, 9, 50]
+    );
+    assert_eq!(
+        (l.request_memory, l.idempotency_key_ttl),
+        (ms(30000), ms(60000))
     );
     assert_eq!(s.worker_poll_interval(), ms(2000));
     assert_eq!(s.shutdown_timeout(), ms(300));
@@ -231,11 +237,16 @@ fn variables_follow_the_ids() {
             "{arg:?}"
         );
     }
-    assert_eq!(vars, 40);
+    assert_eq!(vars, 42);
     let help = with_env(Settings::command(), &env(&[]))
         .render_long_help()
         .to_string();
-    for var in Limits::variables().chain(["ZS_WORKER_POLL_MS", "ZS_SHUTDOWN_TIMEOUT_MS"]) {
+    for var in Limits::variables().chain([
+        "ZS_WORKER_POLL_MS",
+        "ZS_SHUTDOWN_TIMEOUT_MS",
+        "ZS_REQUEST_MEMORY_MS",
+        "ZS_IDEMPOTENCY_KEY_TTL_MS",
+    ]) {
         assert!(help.contains(var), "{var} missing from --help");
     }
 }
