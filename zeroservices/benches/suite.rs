@@ -603,7 +603,18 @@ impl Calls {
     }
 }
 
+/// What [`bench_calls`] calls.
+#[derive(Clone, Copy)]
+enum Op {
+    Get,
+    Patch,
+}
+
 async fn bench_get(node: &Node, id: &str, in_flight: usize, time: Duration) -> Calls {
+    bench_calls(node, id, in_flight, time, Op::Get).await
+}
+
+async fn bench_calls(node: &Node, id: &str, in_flight: usize, time: Duration, op: Op) -> Calls {
     let issued = Arc::new(AtomicU64::new(0));
     let errors = Arc::new(AtomicU64::new(0));
     let started = Instant::now();
@@ -616,8 +627,15 @@ async fn bench_get(node: &Node, id: &str, in_flight: usize, time: Duration) -> C
             let mut latencies = Vec::with_capacity(1 << 16);
             while issued.fetch_add(1, Ordering::Relaxed) < MAX_CALLS && Instant::now() < deadline {
                 let t = Instant::now();
-                match powers.get(&id).await {
-                    Ok(_) => latencies.push(t.elapsed()),
+                let done = match op {
+                    Op::Get => powers.get(&id).await.map(drop),
+                    Op::Patch => powers
+                        .patch(&id, Patch::new(json!({"$inc": {"value": 1}})))
+                        .await
+                        .map(drop),
+                };
+                match done {
+                    Ok(()) => latencies.push(t.elapsed()),
                     Err(_) => {
                         errors.fetch_add(1, Ordering::Relaxed);
                     }
@@ -1156,6 +1174,37 @@ async fn suite() {
                 at_least(ours.rate(), 488_000.0),
             );
         }
+    }
+
+    // 1b. A remote write beside the remote read: what versions and deduplication cost a write
+    // is read by comparing this row across builds (BENCHMARKS.md).
+    if want("rpc") {
+        let mut runs = Vec::new();
+        for _ in 0..RPC_PAIRS {
+            let patches = bench_calls(&client, &id, 64, time, Op::Patch).await;
+            let gets = bench_calls(&client, &id, 64, time, Op::Get).await;
+            runs.push((patches, gets));
+        }
+        runs.sort_by(|a, b| (a.0.rate() / a.1.rate()).total_cmp(&(b.0.rate() / b.1.rate())));
+        let ratios: Vec<String> = runs
+            .iter()
+            .map(|(p, g)| format!("{:.2}", p.rate() / g.rate()))
+            .collect();
+        let (patches, gets) = runs.swap_remove(RPC_PAIRS / 2);
+        let errors = if patches.errors > 0 {
+            format!(" ({} errors)", patches.errors)
+        } else {
+            String::new()
+        };
+        table.add(
+            "1 rpc",
+            format!("remote patch ($inc), 64 in flight (median of {RPC_PAIRS} pairs)"),
+            format!("{}{errors}", patches.summary()),
+            format!("remote get {}", gets.summary()),
+            format!("{:.2} (pairs: {})", patches.rate() / gets.rate(), ratios.join(", ")),
+            "reported",
+            "reported".to_owned(),
+        );
     }
 
     // 2. REST.
