@@ -11,9 +11,19 @@ use super::{Store, new_id};
 use crate::{Error, Patch, Query, Result};
 
 /// Resources kept in memory; gone when the process ends.
-#[derive(Default)]
 pub struct MemoryStore {
     collections: RwLock<HashMap<String, BTreeMap<String, Value>>>,
+    /// Random per instance: two memory stores never hold the same data.
+    fingerprint: String,
+}
+
+impl Default for MemoryStore {
+    fn default() -> Self {
+        Self {
+            collections: RwLock::default(),
+            fingerprint: format!("memory:{}", new_id()),
+        }
+    }
 }
 
 impl MemoryStore {
@@ -105,5 +115,24 @@ impl Store for MemoryStore {
 
     fn describe(&self) -> String {
         "memory".to_owned()
+    }
+
+    async fn fingerprint(&self) -> Result<Option<String>> {
+        Ok(Some(self.fingerprint.clone()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn memory_fingerprints_differ_per_instance() {
+        let a = MemoryStore::new();
+        let b = MemoryStore::new();
+        let fa = a.fingerprint().await.unwrap().unwrap();
+        assert_eq!(a.fingerprint().await.unwrap().unwrap(), fa, "stable per instance");
+        assert_ne!(b.fingerprint().await.unwrap().unwrap(), fa);
+        assert!(fa.starts_with("memory:"), "{fa}");
     }
 }

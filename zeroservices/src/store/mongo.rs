@@ -11,6 +11,10 @@
 //!   stores break them by id.
 //! * JSON integers are stored as 64-bit integers and floats as doubles, so both come back as
 //!   they went in.
+//! * The store's fingerprint ([`Store::fingerprint`]) is the document `{_id: "store"}` of the
+//!   collection `zeroservices.meta` (no resource collection has a `.` in its name), created
+//!   once with an upsert and `$setOnInsert`: every node over the same database reads the same
+//!   value, `mongodb:<database>:<random id>`.
 //! * A server that is down, or goes away, gives [`Error::Unavailable`] within the request
 //!   timeout (the driver's server selection and connect timeouts are set a bit under it, and
 //!   every call has a deadline); the driver reconnects by itself when the server is back.
@@ -29,6 +33,9 @@ use serde_json::{Map, Number, Value};
 
 use super::{Store, new_id};
 use crate::{Error, Patch, Query, Result};
+
+/// The collection of the store's own metadata (its fingerprint).
+pub const META_COLLECTION: &str = "zeroservices.meta";
 
 /// The database used when the URI names none.
 pub const DEFAULT_DATABASE: &str = "zeroservices";
@@ -463,6 +470,49 @@ impl Store for MongoStore {
 
     fn describe(&self) -> String {
         self.describe.clone()
+    }
+
+    async fn fingerprint(&self) -> Result<Option<String>> {
+        let meta = self.collection(META_COLLECTION);
+        let fresh = format!("mongodb:{}:{}", self.db.name(), new_id());
+        let upsert = meta
+            .find_one_and_update(
+                doc! {"_id": "store"},
+                doc! {"$setOnInsert": {"fingerprint": fresh}},
+            )
+            .upsert(true)
+            .return_document(ReturnDocument::After);
+        let raced = |e: mongodb::error::Error| {
+            if is_duplicate_key(&e) {
+                Error::DuplicateId {
+                    collection: META_COLLECTION.to_owned(),
+                    id: "store".to_owned(),
+                }
+            } else {
+                convert(e)
+            }
+        };
+        let found = match self.run(upsert, raced).await {
+            Ok(found) => found,
+            // Two nodes created it at the same time: the other one's is there now.
+            Err(Error::DuplicateId { .. }) => None,
+            Err(e) => return Err(e),
+        };
+        let found = match found {
+            Some(found) => Some(found),
+            None => {
+                self.run(meta.find_one(doc! {"_id": "store"}), convert)
+                    .await?
+            }
+        };
+        match found.as_ref().and_then(|d| d.get_str("fingerprint").ok()) {
+            Some(fingerprint) => Ok(Some(fingerprint.to_owned())),
+            None => Err(Error::internal(format!(
+                "{}: the document {{_id: \"store\"}} of {META_COLLECTION} has no string \
+                 `fingerprint`; remove it to have a new one written",
+                self.describe
+            ))),
+        }
     }
 }
 
