@@ -12,9 +12,9 @@
 //! * JSON integers are stored as 64-bit integers and floats as doubles, so both come back as
 //!   they went in.
 //! * The store's fingerprint ([`Store::fingerprint`]) is the document `{_id: "store"}` of the
-//!   collection `zeroservices.meta` (no resource collection has a `.` in its name), created
+//!   collection `zeroservices_meta` (a name reserved for it), created
 //!   once with an upsert and `$setOnInsert`: every node over the same database reads the same
-//!   value, `mongodb:<database>:<random id>`.
+//!   random id, and announces `mongodb:<database>:<random id>`.
 //! * A server that is down, or goes away, gives [`Error::Unavailable`] within the request
 //!   timeout (the driver's server selection and connect timeouts are set a bit under it, and
 //!   every call has a deadline); the driver reconnects by itself when the server is back.
@@ -35,7 +35,7 @@ use super::{Store, new_id};
 use crate::{Error, Patch, Query, Result};
 
 /// The collection of the store's own metadata (its fingerprint).
-pub const META_COLLECTION: &str = "zeroservices.meta";
+pub const META_COLLECTION: &str = "zeroservices_meta";
 
 /// The database used when the URI names none.
 pub const DEFAULT_DATABASE: &str = "zeroservices";
@@ -474,14 +474,11 @@ impl Store for MongoStore {
 
     async fn fingerprint(&self) -> Result<Option<String>> {
         let meta = self.collection(META_COLLECTION);
-        let fresh = format!("mongodb:{}:{}", self.db.name(), new_id());
-        let upsert = meta
-            .find_one_and_update(
-                doc! {"_id": "store"},
-                doc! {"$setOnInsert": {"fingerprint": fresh}},
-            )
-            .upsert(true)
-            .return_document(ReturnDocument::After);
+        // The document holds the random id; the fingerprint also names the database, as this
+        // node reaches it (two databases are two stores even where a server shares documents
+        // between them).
+        let fresh = new_id();
+        let store = doc! {"_id": "store"};
         let raced = |e: mongodb::error::Error| {
             if is_duplicate_key(&e) {
                 Error::DuplicateId {
@@ -492,21 +489,39 @@ impl Store for MongoStore {
                 convert(e)
             }
         };
-        let found = match self.run(upsert, raced).await {
-            Ok(found) => found,
-            // Two nodes created it at the same time: the other one's is there now.
-            Err(Error::DuplicateId { .. }) => None,
+        // Created once: the first node over the database writes it, every other one reads it.
+        // Two nodes creating it at once: one insert wins, the other gets a duplicate key.
+        let upsert = meta
+            .update_one(
+                store.clone(),
+                doc! {"$setOnInsert": {"fingerprint": fresh.clone()}},
+            )
+            .upsert(true);
+        match self.run(upsert, raced).await {
+            Ok(_) | Err(Error::DuplicateId { .. }) => {}
             Err(e) => return Err(e),
+        }
+        let read = |found: Option<Document>| {
+            found.and_then(|d| {
+                d.get_str("fingerprint")
+                    .ok()
+                    .map(|id| format!("mongodb:{}:{id}", self.db.name()))
+            })
         };
-        let found = match found {
-            Some(found) => Some(found),
-            None => {
-                self.run(meta.find_one(doc! {"_id": "store"}), convert)
-                    .await?
-            }
-        };
-        match found.as_ref().and_then(|d| d.get_str("fingerprint").ok()) {
-            Some(fingerprint) => Ok(Some(fingerprint.to_owned())),
+        let found = self.run(meta.find_one(store.clone()), convert).await?;
+        if let Some(fingerprint) = read(found) {
+            return Ok(Some(fingerprint));
+        }
+        // A server that upserted without `$setOnInsert` (some wire-compatible servers), or a
+        // document without it: set it only where still absent, so racing nodes agree.
+        let set = meta.update_one(
+            doc! {"_id": "store", "fingerprint": {"$exists": false}},
+            doc! {"$set": {"fingerprint": fresh}},
+        );
+        self.run(set, convert).await?;
+        let found = self.run(meta.find_one(store), convert).await?;
+        match read(found) {
+            Some(fingerprint) => Ok(Some(fingerprint)),
             None => Err(Error::internal(format!(
                 "{}: the document {{_id: \"store\"}} of {META_COLLECTION} has no string \
                  `fingerprint`; remove it to have a new one written",
