@@ -11,8 +11,8 @@ use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use zeroservices::config::NetworkConfig;
 use zeroservices::NodeBuilder;
+use zeroservices::config::NetworkConfig;
 use zeroservices::prelude::*;
 use zeroservices::store::{MemoryStore, Store, StoreConfig};
 
@@ -61,7 +61,10 @@ impl Net {
                 format!("237.252.249.227:{}", self.port),
             ),
             ("ZS_HEARTBEAT_MS".into(), "200".into()),
-            ("ZS_PEER_TIMEOUT_MS".into(), self.peer_timeout_ms.to_string()),
+            (
+                "ZS_PEER_TIMEOUT_MS".into(),
+                self.peer_timeout_ms.to_string(),
+            ),
             ("ZS_REQUEST_TIMEOUT_MS".into(), "1000".into()),
             ("RUST_LOG".into(), "warn".into()),
         ]
@@ -182,7 +185,11 @@ async fn a_second_live_owner_over_another_store_is_refused() {
         let who: String = powers.call_collection("whoami", ()).await.unwrap();
         assert_eq!(who, first.id());
     }
-    assert_eq!(first.stats().store_conflicts, 0, "no announcement, no conflict");
+    assert_eq!(
+        first.stats().store_conflicts,
+        0,
+        "no announcement, no conflict"
+    );
 
     // A node that owns nothing is never refused.
     let gateway = net.builder("gateway").start().await.unwrap();
@@ -365,7 +372,11 @@ async fn an_owner_restarted_on_its_own_data_is_not_refused_by_its_dead_predecess
         "the corpses are still listed"
     );
     let fresh = net.owner(other_store().await).await.unwrap();
-    assert_eq!(owners(&fresh), Vec::<String>::new(), "it never heard a corpse");
+    assert_eq!(
+        owners(&fresh),
+        Vec::<String>::new(),
+        "it never heard a corpse"
+    );
     fresh.stop().await;
     witness.stop().await;
 }

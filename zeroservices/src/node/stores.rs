@@ -142,8 +142,7 @@ mod tests {
 
     fn owner(id: &str, stores: &[(&str, &str)]) -> NodeInfo {
         let mut info: NodeInfo =
-            serde_json::from_value(serde_json::json!({"id": id, "name": "power_service"}))
-                .unwrap();
+            serde_json::from_value(serde_json::json!({"id": id, "name": "power_service"})).unwrap();
         for (collection, fingerprint) in stores {
             info.resources.push(ResourceInfo {
                 name: (*collection).into(),

@@ -220,25 +220,20 @@ fn flags_override_variables() {
 /// `ZS_DISCOVERY_WARMUP_MS`: one heartbeat unless set; 0 is allowed (no wait).
 #[test]
 fn the_discovery_warmup_defaults_to_a_heartbeat() {
-    let s = Settings::from_args_with(["zeroservices"], &env(&[("ZS_HEARTBEAT_MS", "250")]))
-        .unwrap();
+    let s =
+        Settings::from_args_with(["zeroservices"], &env(&[("ZS_HEARTBEAT_MS", "250")])).unwrap();
     assert_eq!(s.network().discovery_warmup(), Duration::from_millis(250));
     for (value, expected) in [("0", 0), ("40", 40)] {
-        let s = Settings::from_args_with(
-            ["zeroservices"],
-            &env(&[("ZS_DISCOVERY_WARMUP_MS", value)]),
-        )
-        .unwrap();
+        let s =
+            Settings::from_args_with(["zeroservices"], &env(&[("ZS_DISCOVERY_WARMUP_MS", value)]))
+                .unwrap();
         assert_eq!(
             s.network().discovery_warmup(),
             Duration::from_millis(expected)
         );
     }
-    let err = Settings::from_args_with(
-        ["zeroservices"],
-        &env(&[("ZS_DISCOVERY_WARMUP_MS", "-1")]),
-    )
-    .unwrap_err();
+    let err = Settings::from_args_with(["zeroservices"], &env(&[("ZS_DISCOVERY_WARMUP_MS", "-1")]))
+        .unwrap_err();
     assert!(err.to_string().contains("ZS_DISCOVERY_WARMUP_MS"), "{err}");
 }
 

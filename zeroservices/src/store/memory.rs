@@ -131,7 +131,11 @@ mod tests {
         let a = MemoryStore::new();
         let b = MemoryStore::new();
         let fa = a.fingerprint().await.unwrap().unwrap();
-        assert_eq!(a.fingerprint().await.unwrap().unwrap(), fa, "stable per instance");
+        assert_eq!(
+            a.fingerprint().await.unwrap().unwrap(),
+            fa,
+            "stable per instance"
+        );
         assert_ne!(b.fingerprint().await.unwrap().unwrap(), fa);
         assert!(fa.starts_with("memory:"), "{fa}");
     }
