@@ -15,7 +15,7 @@
 //!
 //! Run: `cargo test -p zeroservices-examples --test http_processes`.
 
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use futures::{SinkExt, StreamExt};
 use serde_json::{Value, json};
@@ -282,4 +282,50 @@ async fn sigterm_to_power_gives_503_through_api() {
         "power did not exit 0 on SIGTERM; its output:\n{}",
         power.log()
     );
+}
+
+/// Two `power` processes over two private embedded stores: the second is refused at start-up
+/// with exit code 2 and a message naming the collection, both stores and what to do; the first
+/// keeps serving alone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_power_over_another_store_exits_2() {
+    let cluster = Cluster::new();
+    let base_dir = std::env::temp_dir().join(format!(
+        "zs-one-store-{}-{}",
+        std::process::id(),
+        SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos()
+    ));
+    let (first_dir, second_dir) = (base_dir.join("first"), base_dir.join("second"));
+    let store = |dir: &std::path::Path| ("ZS_STORE", format!("embedded:{}", dir.display()));
+    let _first = cluster.spawn("power", &[store(&first_dir)], &[]);
+    // Once the api lists power, the first owner is announced.
+    let (_api, base) = cluster.api().await;
+
+    let mut second = cluster.spawn("power", &[store(&second_dir)], &[]);
+    let status = second.wait(Duration::from_secs(15)).await;
+    let log = second.log();
+    assert_eq!(status.code(), Some(2), "its output:\n{log}");
+    for part in [
+        "`power`",
+        "power_service-",
+        &first_dir.display().to_string(),
+        &second_dir.display().to_string(),
+        "ZS_STORE",
+        "one owner",
+    ] {
+        assert!(log.contains(part), "{part} missing from:\n{log}");
+    }
+    // The first owner serves on.
+    let http = client();
+    create(
+        &http,
+        &base,
+        json!({"resource_id": "p1", "resource_data": {"value": 2}}),
+    )
+    .await;
+    assert_eq!(get(&http, &base, "p1").await.0, 200);
+    let _ = std::fs::remove_dir_all(&base_dir);
 }

@@ -139,6 +139,7 @@ async fn client() {
         resources: Vec::new(),
         watches: Vec::new(),
         insecure: false,
+        stores: Default::default(),
     };
 
     let medium = Arc::new(ZmqMedium::new(config()));

@@ -1201,7 +1201,11 @@ async fn suite() {
             format!("remote patch ($inc), 64 in flight (median of {RPC_PAIRS} pairs)"),
             format!("{}{errors}", patches.summary()),
             format!("remote get {}", gets.summary()),
-            format!("{:.2} (pairs: {})", patches.rate() / gets.rate(), ratios.join(", ")),
+            format!(
+                "{:.2} (pairs: {})",
+                patches.rate() / gets.rate(),
+                ratios.join(", ")
+            ),
             "reported",
             "reported".to_owned(),
         );

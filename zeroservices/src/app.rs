@@ -31,7 +31,9 @@
 //! # Exit codes
 //!
 //! 0 after a signal (or `--help`, `--version`); 1 when the node cannot start or the body
-//! returns an error; 2 for a bad flag or variable (a message on stderr, like clap's).
+//! returns an error; 2 for a bad flag or variable (a message on stderr, like clap's), and for a
+//! store that does not fit the cluster: another live owner of one of the service's collections
+//! over another store ([`crate::Error::StoreConflict`], its message on stderr).
 
 use std::ffi::OsString;
 use std::fmt;
@@ -350,6 +352,11 @@ impl Configured {
         let name = self.name.clone();
         let running = match self.start().await {
             Ok(running) => running,
+            // A configuration that does not fit the cluster: the message says what to change.
+            Err(err @ crate::Error::StoreConflict { .. }) => {
+                tracing::error!("{name} refused to start: {err}");
+                return Exit::Usage;
+            }
             Err(err) => {
                 tracing::error!("{name} could not start: {err}");
                 return Exit::Failure;
@@ -432,7 +439,8 @@ pub enum Exit {
     Success,
     /// 1: the node could not start, or the body returned an error.
     Failure,
-    /// 2: a bad flag or environment variable.
+    /// 2: a bad flag or environment variable, or a store that does not fit the cluster
+    /// ([`crate::Error::StoreConflict`]).
     Usage,
 }
 

@@ -50,6 +50,11 @@ pub struct NetworkConfig {
     pub heartbeat: Duration,
     /// `ZS_PEER_TIMEOUT_MS`: a peer silent this long is dropped (default 5000).
     pub peer_timeout: Duration,
+    /// `ZS_DISCOVERY_WARMUP_MS`: how long a node that owns collections listens at start, before
+    /// it announces them, for the owners already there (default `None`: one [`Self::heartbeat`],
+    /// in which every live peer announces itself at least once; `Some(ZERO)`: no wait). See
+    /// [`NetworkConfig::discovery_warmup`].
+    pub discovery_warmup: Option<Duration>,
     /// `ZS_MAX_MESSAGE_BYTES`: larger messages are dropped (default 16 MiB; discovery datagrams
     /// are capped at the smaller of this and 60 KiB). It is also the largest ZeroMQ frame a
     /// peer may announce: a connection whose frame header claims more is closed before anything
@@ -75,6 +80,7 @@ impl Default for NetworkConfig {
             request_timeout: DEFAULT_REQUEST_TIMEOUT,
             heartbeat: Duration::from_secs(1),
             peer_timeout: Duration::from_secs(5),
+            discovery_warmup: None,
             max_message_bytes: 16 * 1024 * 1024,
             max_peers: DEFAULT_MAX_PEERS,
         }
@@ -106,6 +112,11 @@ impl NetworkConfig {
     /// names it.
     pub fn from_env() -> Result<Self> {
         Ok(Settings::from_env()?.network())
+    }
+
+    /// The discovery warm-up: [`Self::discovery_warmup`], or one heartbeat.
+    pub fn discovery_warmup(&self) -> Duration {
+        self.discovery_warmup.unwrap_or(self.heartbeat)
     }
 
     /// Whether this node is open beyond its machine without a cluster key: an interface other

@@ -123,6 +123,16 @@ pub enum Error {
         /// What happened.
         message: String,
     },
+    /// This node would own `collection` over another store than a live owner of it: the two
+    /// would split the collection between two data sets. Refused at start-up (a `#[service]`
+    /// process exits with code 2); `message` says which nodes, which stores, and what to do.
+    #[error("{message}")]
+    StoreConflict {
+        /// The collection.
+        collection: String,
+        /// The whole explanation.
+        message: String,
+    },
 }
 
 impl Error {
@@ -203,6 +213,7 @@ impl Error {
             Self::Unavailable { .. } => "unavailable",
             Self::Failed { .. } => "failed",
             Self::Internal { .. } => "internal",
+            Self::StoreConflict { .. } => "store_conflict",
         }
     }
 }

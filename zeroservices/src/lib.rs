@@ -33,7 +33,7 @@ pub use collection::{ChangeStream, Collection};
 pub use error::{Error, Result};
 pub use event::{Event, EventStream};
 pub use limits::Limits;
-pub use node::{Context, Node, NodeBuilder, NodeInfo, NodeKind};
+pub use node::{Context, Node, NodeBuilder, NodeInfo, NodeKind, StoreInfo};
 pub use patch::Patch;
 pub use query::{Order, Query};
 pub use resource::{ActionInfo, ActionKind, Change, ChangeKind, Document, Resource, ResourceInfo};

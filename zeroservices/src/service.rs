@@ -27,6 +27,8 @@ use crate::{Context, Error, Event, Node, Patch, Query, Resource, Result};
 #[async_trait]
 pub(crate) trait Service: Send + Sync + 'static {
     fn info(&self) -> ResourceInfo;
+    /// The store the collection lives in.
+    fn store(&self) -> &Arc<dyn Store>;
     /// Prepares the store (indexes).
     async fn prepare(&self) -> Result<()>;
     async fn handle(&self, node: &Node, request: Request) -> Result<Value>;
@@ -409,6 +411,10 @@ impl<R: Resource> ResourceService<R> {
 impl<R: Resource> Service for ResourceService<R> {
     fn info(&self) -> ResourceInfo {
         R::info()
+    }
+
+    fn store(&self) -> &Arc<dyn Store> {
+        &self.store
     }
 
     async fn prepare(&self) -> Result<()> {

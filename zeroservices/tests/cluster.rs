@@ -567,6 +567,7 @@ async fn a_peer_speaking_another_protocol_version_is_ignored_and_counted() {
         resources: vec![Power::info()],
         watches: vec![],
         insecure: false,
+        stores: Default::default(),
     };
     let discovery = cluster.discovery();
     discovery

@@ -68,6 +68,7 @@ fn info(id: &str, endpoints: Endpoints) -> NodeInfo {
         resources: Vec::new(),
         watches: Vec::new(),
         insecure: false,
+        stores: Default::default(),
     }
 }
 

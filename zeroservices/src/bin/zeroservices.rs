@@ -2,8 +2,9 @@
 //!
 //! ```text
 //! zeroservices sniff [TOPIC_PREFIX]   print every event of the cluster, one line each
-//! zeroservices nodes                  print the directory: nodes, kinds, resources, endpoints,
-//!                                     and which are insecure (ZS_INSECURE)
+//! zeroservices nodes                  print the directory: nodes, kinds, resources, the store
+//!                                     behind each (its fingerprint), endpoints, and which are
+//!                                     insecure (ZS_INSECURE)
 //! zeroservices hash-password          read a password on stdin, print its Argon2id PHC hash
 //! ```
 //!
@@ -211,6 +212,7 @@ async fn nodes(settings: &Settings, wait: Duration, json: bool) -> zeroservices:
                     "resources": p.info.resources.iter().map(|r| &r.name).collect::<Vec<_>>(),
                     "watches": p.info.watches,
                     "insecure": p.info.insecure,
+                    "stores": p.info.stores,
                     "endpoints": p.info.endpoints,
                     "last_seen_ms_ago": age(p.last_seen).as_millis() as u64,
                 })
@@ -220,8 +222,8 @@ async fn nodes(settings: &Settings, wait: Duration, json: bool) -> zeroservices:
         return Ok(());
     }
     println!(
-        "{:<36} {:<20} {:<7} {:<24} {:<50} {:<8} LAST SEEN",
-        "ID", "NAME", "KIND", "RESOURCES", "ENDPOINTS", "INSECURE"
+        "{:<36} {:<20} {:<7} {:<24} {:<50} {:<8} {:<40} LAST SEEN",
+        "ID", "NAME", "KIND", "RESOURCES", "ENDPOINTS", "INSECURE", "STORES"
     );
     for p in &peers {
         let kind = match p.info.kind {
@@ -236,8 +238,16 @@ async fn nodes(settings: &Settings, wait: Duration, json: bool) -> zeroservices:
             .iter()
             .map(|(k, v)| format!("{k}={v}"))
             .collect();
+        // `power=embedded:data/power/zeroservices.redb#embedded:1f2e...`: owners of one
+        // collection must show the same fingerprint (after the `#`).
+        let stores: Vec<String> = p
+            .info
+            .stores
+            .iter()
+            .map(|(c, s)| format!("{c}={}#{}", s.store, s.fingerprint))
+            .collect();
         println!(
-            "{:<36} {:<20} {:<7} {:<24} {:<50} {:<8} {} ms ago",
+            "{:<36} {:<20} {:<7} {:<24} {:<50} {:<8} {:<40} {} ms ago",
             p.info.id,
             p.info.name,
             kind,
@@ -248,6 +258,11 @@ async fn nodes(settings: &Settings, wait: Duration, json: bool) -> zeroservices:
             },
             endpoints.join(" "),
             if p.info.insecure { "yes" } else { "-" },
+            if stores.is_empty() {
+                "-".to_owned()
+            } else {
+                stores.join(" ")
+            },
             age(p.last_seen).as_millis()
         );
     }

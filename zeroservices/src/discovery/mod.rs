@@ -53,6 +53,14 @@ pub trait Discovery: Send + Sync + 'static {
     /// discovery are reported before this returns when the discovery can know them at once.
     async fn start(&self, me: NodeInfo, sink: Arc<dyn PeerSink>) -> Result<()>;
 
+    /// How long after [`Discovery::start`] the peers already there take to be reported (the
+    /// first round of announcements and replies): a node that owns collections waits this long
+    /// before it checks who else owns them and announces its own. Zero (the default) for a
+    /// discovery that reports them before `start` returns.
+    fn warm_up(&self) -> std::time::Duration {
+        std::time::Duration::ZERO
+    }
+
     /// Announces changed information about this node (new resources, new endpoints).
     async fn announce(&self, me: NodeInfo) -> Result<()>;
 

@@ -12,7 +12,7 @@ use serde_json::Value;
 use super::directory::Directory;
 use super::inbound::Handle;
 use super::shutdown::Shutdown;
-use super::{Node, NodeInfo, NodeInner, NodeKind, lock};
+use super::{Node, NodeInfo, NodeInner, NodeKind, StoreInfo, lock};
 use crate::access::Authorizer;
 #[cfg(feature = "zeromq")]
 use crate::config::NetworkConfig;
@@ -41,6 +41,29 @@ pub(super) struct Hooks {
     pub(super) leave: Vec<LeaveHook>,
     pub(super) message: Option<MessageHook>,
     pub(super) event: Vec<EventHook>,
+}
+
+/// What a node announces about the store of `collection` ([`NodeInfo::stores`]); `None` when
+/// the store has no fingerprint, or cannot give it now (then the one-store check is skipped for
+/// it, with a warning).
+pub(super) async fn store_info(collection: &str, store: &Arc<dyn Store>) -> Option<StoreInfo> {
+    match store.fingerprint().await {
+        Ok(Some(fingerprint)) => Some(StoreInfo {
+            fingerprint,
+            store: store.describe(),
+        }),
+        Ok(None) => None,
+        Err(e) => {
+            tracing::warn!(
+                collection,
+                store = %store.describe(),
+                error = %e,
+                "the store's fingerprint cannot be read: other owners of this collection are \
+                 not checked for another store"
+            );
+            None
+        }
+    }
 }
 
 /// Makes the service of one collection, given the node's store.
@@ -240,6 +263,16 @@ impl NodeBuilder {
     }
 
     /// Starts the medium, registers the resources, and announces the node.
+    ///
+    /// A node that owns collections first listens for the peers already there, for the
+    /// discovery's warm-up ([`crate::config::NetworkConfig::discovery_warmup`] on the network, nothing
+    /// in-process), announcing itself without its collections; then, unless refused, it
+    /// announces and serves them.
+    ///
+    /// # Errors
+    /// [`Error::StoreConflict`] when a live peer owns one of this node's collections over
+    /// another store (see [`Store::fingerprint`]); the node has said goodbye and stopped. And
+    /// what starting the medium, the discovery or preparing the store returns.
     pub async fn start(self) -> Result<Node> {
         let (Some(medium), Some(discovery)) = (self.medium, self.discovery) else {
             return Err(Error::internal(
@@ -282,6 +315,13 @@ impl NodeBuilder {
                 )));
             }
         }
+        let mut stores = BTreeMap::new();
+        for (collection, service) in &services {
+            if let Some(info) = store_info(collection, service.store()).await {
+                stores.insert(collection.clone(), info);
+            }
+        }
+        // The collections are served and announced only once the check below has passed.
         let inner = Arc::new(NodeInner {
             id,
             name: self.name,
@@ -289,11 +329,13 @@ impl NodeBuilder {
             medium,
             discovery,
             store,
-            services: RwLock::new(services),
+            services: RwLock::new(BTreeMap::new()),
             directory: Mutex::new(Directory::default()),
             endpoints: Mutex::new(Endpoints::new()),
             watches: self.watches,
             insecure: self.insecure,
+            stores: Mutex::new(BTreeMap::new()),
+            store_conflicts: Mutex::default(),
             bus: EventBus::new(4096),
             hooks: self.hooks,
             request_timeout,
@@ -327,6 +369,25 @@ impl NodeBuilder {
             .await?;
         *lock(&node.inner.endpoints) = endpoints;
         node.inner.discovery.start(node.info(), handle).await?;
+        if !services.is_empty() {
+            // Listen for the owners already there before owning anything (one store per
+            // collection, see `stores`).
+            let warm_up = node.inner.discovery.warm_up();
+            if !warm_up.is_zero() {
+                tokio::time::sleep(warm_up).await;
+            }
+            if let Err(e) = node.check_stores(&stores).await {
+                node.stop().await;
+                return Err(e);
+            }
+            node.inner
+                .services
+                .write()
+                .unwrap_or_else(|e| e.into_inner())
+                .extend(services);
+            *lock(&node.inner.stores) = stores;
+            node.inner.discovery.announce(node.info()).await?;
+        }
         node.inner.started.store(true, Ordering::SeqCst);
         tracing::info!(
             node = %node.inner.id,

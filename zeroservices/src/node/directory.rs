@@ -129,6 +129,7 @@ mod tests {
                 .collect(),
             watches: Vec::new(),
             insecure: false,
+            stores: Default::default(),
         }
     }
 

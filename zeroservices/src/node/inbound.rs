@@ -10,7 +10,7 @@ use serde_json::Value;
 use serde_json::value::RawValue;
 use tokio_util::task::task_tracker::TaskTrackerToken;
 
-use super::{Node, NodeInner, lock, read};
+use super::{Node, NodeInner, lock, read, stores};
 use crate::discovery::{PeerEvent, PeerSink};
 use crate::medium::{Inbound, NODE_MESSAGE, PROTOCOL_VERSION, Request};
 use crate::protocol::BuiltIn;
@@ -123,6 +123,7 @@ impl PeerSink for Handle {
                     }
                     return;
                 }
+                check_running_stores(inner, &info);
                 let joined = lock(&inner.directory).seen(&info);
                 if joined {
                     tracing::info!(node = %inner.id, peer = %info.id, name = %info.name, "peer joined");
@@ -144,6 +145,32 @@ impl PeerSink for Handle {
                     spawn_or_skip(async move { medium.peer_left(&id).await });
                 }
             }
+        }
+    }
+}
+
+/// A peer that owns one of this node's collections over another store, met while running (a
+/// healed partition): an error logged and counted once per peer and collection; both keep
+/// serving (see `stores`).
+fn check_running_stores(inner: &NodeInner, info: &crate::NodeInfo) {
+    if info.stores.is_empty() {
+        return;
+    }
+    let mine = lock(&inner.stores).clone();
+    for (collection, ours, theirs) in stores::differing(&mine, info) {
+        if lock(&inner.store_conflicts).record(&info.id, collection) {
+            tracing::error!(
+                node = %inner.id,
+                peer = %info.id,
+                name = %info.name,
+                collection,
+                ours = %ours.store,
+                our_fingerprint = %ours.fingerprint,
+                theirs = %theirs.store,
+                their_fingerprint = %theirs.fingerprint,
+                "another owner of this collection uses another store: requests are split \
+                 between two data sets. Point both at the same ZS_STORE, or stop one of them"
+            );
         }
     }
 }

@@ -25,6 +25,7 @@ mod context;
 mod directory;
 mod inbound;
 mod shutdown;
+mod stores;
 
 pub use builder::NodeBuilder;
 pub use context::Context;
@@ -72,6 +73,22 @@ pub struct NodeInfo {
     /// can talk to it. Absent (false) in older announcements, and left out when false.
     #[serde(default, skip_serializing_if = "is_false")]
     pub insecure: bool,
+    /// The store behind each collection it owns, by collection name (see
+    /// [`Store::fingerprint`]): owners of one collection must share one store. Absent in older
+    /// announcements, left out when empty, and absent for a store that has no fingerprint.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub stores: BTreeMap<String, StoreInfo>,
+}
+
+/// The store behind a collection, as a node announces it ([`NodeInfo::stores`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StoreInfo {
+    /// [`Store::fingerprint`]: the same for every node over the same data.
+    pub fingerprint: String,
+    /// [`Store::describe`]: what it is, for people (`embedded:data/power/zeroservices.redb`,
+    /// `mongodb://host:27017/db`, `memory`).
+    #[serde(default)]
+    pub store: String,
 }
 
 fn is_false(b: &bool) -> bool {
@@ -111,6 +128,9 @@ pub struct NodeStats {
     /// Copies of mutating requests (same request id or `Idempotency-Key`) answered with the
     /// first reply instead of running again.
     pub requests_deduplicated: u64,
+    /// Peers met while running that own a collection this node owns over another store (a
+    /// healed partition; each peer and collection counted and logged once).
+    pub store_conflicts: u64,
 }
 
 pub(crate) struct NodeInner {
@@ -126,6 +146,10 @@ pub(crate) struct NodeInner {
     watches: Vec<String>,
     /// Announced as [`NodeInfo::insecure`].
     insecure: bool,
+    /// Announced as [`NodeInfo::stores`]: the stores of the collections it serves.
+    stores: Mutex<BTreeMap<String, StoreInfo>>,
+    /// Owners met while running over another store than this node's.
+    store_conflicts: Mutex<stores::Conflicts>,
     bus: EventBus,
     hooks: Hooks,
     request_timeout: Duration,
@@ -217,6 +241,7 @@ impl Node {
                 .collect(),
             watches: self.inner.watches.clone(),
             insecure: self.inner.insecure,
+            stores: lock(&self.inner.stores).clone(),
         }
     }
 
@@ -285,6 +310,7 @@ impl Node {
             events_lagged: self.inner.bus.lagged(),
             documents_skipped: self.inner.documents_skipped.load(Ordering::Relaxed),
             peers_incompatible: lock(&self.inner.directory).incompatible_announcements,
+            store_conflicts: lock(&self.inner.store_conflicts).count(),
         }
     }
 
@@ -304,9 +330,19 @@ impl Node {
     }
 
     /// Owns collection `R` from now on, in the node's store, and tells the cluster.
+    ///
+    /// # Errors
+    /// [`Error::StoreConflict`] when a live peer owns `R` over another store (see
+    /// [`NodeBuilder::start`]); the collection is not registered then.
     pub async fn register<R: Resource>(&self) -> Result<()> {
         let service: Arc<dyn Service> = Arc::new(ResourceService::<R>::new(self.store()));
         service.prepare().await?;
+        let info = builder::store_info(R::COLLECTION, service.store()).await;
+        if let Some(info) = info {
+            let mine = BTreeMap::from([(R::COLLECTION.to_owned(), info)]);
+            self.check_stores(&mine).await?;
+            lock(&self.inner.stores).extend(mine);
+        }
         {
             let mut services = self
                 .inner
@@ -322,6 +358,65 @@ impl Node {
             services.insert(R::COLLECTION.to_owned(), service);
         }
         self.inner.discovery.announce(self.info()).await
+    }
+
+    /// Refuses `mine` (collection -> this node's store) when a live peer owns one of them over
+    /// another store: see [`stores`].
+    async fn check_stores(&self, mine: &BTreeMap<String, StoreInfo>) -> Result<()> {
+        let candidates: Vec<(String, NodeInfo, StoreInfo, StoreInfo)> = {
+            let dir = lock(&self.inner.directory);
+            let mut found = Vec::new();
+            for peer in dir.peers.values() {
+                for (collection, ours, theirs) in stores::differing(mine, &peer.info) {
+                    found.push((
+                        collection.to_owned(),
+                        peer.info.clone(),
+                        ours.clone(),
+                        theirs.clone(),
+                    ));
+                }
+            }
+            found.sort_by(|a, b| (&a.0, &a.1.id).cmp(&(&b.0, &b.1.id)));
+            found
+        };
+        for (collection, peer, ours, theirs) in candidates {
+            let comparison = stores::compare(Some(&ours), Some(&theirs));
+            let alive = self.answers(&peer).await;
+            if stores::refuses(comparison, alive) {
+                let e = stores::conflict(
+                    &collection,
+                    (&self.inner.id, &self.inner.name),
+                    &ours,
+                    &peer,
+                    &theirs,
+                );
+                tracing::error!(node = %self.inner.id, "{e}");
+                return Err(e);
+            }
+            tracing::warn!(
+                node = %self.inner.id,
+                peer = %peer.id,
+                collection,
+                theirs = %theirs.store,
+                "a listed owner of this collection over another store does not answer: taken \
+                 for dead, not a conflict"
+            );
+        }
+        Ok(())
+    }
+
+    /// Whether `peer` answers a request (any reply, an error included) within the request
+    /// timeout, at most 1 s: the liveness test of [`Node::check_stores`].
+    async fn answers(&self, peer: &NodeInfo) -> bool {
+        // No collection has a `.` in its name: the peer answers `unknown collection` at once,
+        // touching no store and calling no hook.
+        let ping = Request::new("zeroservices.ping", "get").id("ping");
+        let within = self.inner.request_timeout.min(Duration::from_secs(1));
+        match tokio::time::timeout(within, self.inner.medium.call_raw(peer, ping)).await {
+            Ok(Ok(_)) => true,
+            Ok(Err(Error::Unavailable { .. } | Error::Timeout { .. })) | Err(_) => false,
+            Ok(Err(_)) => true,
+        }
     }
 
     /// Events whose topic falls under `prefix` (`power`, `power.patch`, `power.patch.42`, or

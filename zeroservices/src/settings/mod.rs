@@ -247,6 +247,11 @@ pub struct NetworkSettings {
     /// A peer silent this long is dropped [default: 5000].
     #[arg(long, env = "ZS_PEER_TIMEOUT_MS", value_name = "MS", value_parser = Check(parse::millis))]
     pub peer_timeout_ms: Option<Duration>,
+    /// A node that owns collections listens this long at start, before it announces them, for
+    /// the owners already there (a second owner over another store is refused); 0: no wait
+    /// [default: the heartbeat period].
+    #[arg(long, env = "ZS_DISCOVERY_WARMUP_MS", value_name = "MS", value_parser = Check(parse::millis_or_zero))]
+    pub discovery_warmup_ms: Option<Duration>,
     /// The largest message (and ZeroMQ frame) a peer may send; a connection announcing a larger
     /// frame is closed [default: 16777216].
     #[arg(long, env = "ZS_MAX_MESSAGE_BYTES", value_name = "BYTES",
@@ -277,6 +282,7 @@ impl std::fmt::Debug for NetworkSettings {
             .field("request_timeout_ms", &self.request_timeout_ms)
             .field("heartbeat_ms", &self.heartbeat_ms)
             .field("peer_timeout_ms", &self.peer_timeout_ms)
+            .field("discovery_warmup_ms", &self.discovery_warmup_ms)
             .field("max_message_bytes", &self.max_message_bytes)
             .field("max_peers", &self.max_peers)
             .finish()
@@ -555,6 +561,9 @@ impl Settings {
         }
         if let Some(v) = n.peer_timeout_ms {
             c.peer_timeout = v;
+        }
+        if let Some(v) = n.discovery_warmup_ms {
+            c.discovery_warmup = Some(v);
         }
         if let Some(v) = n.max_message_bytes {
             c.max_message_bytes = v;

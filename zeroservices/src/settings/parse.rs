@@ -89,6 +89,14 @@ pub(crate) fn millis(v: &str) -> Result<Duration, String> {
     }
 }
 
+/// Milliseconds, 0 included.
+pub(crate) fn millis_or_zero(v: &str) -> Result<Duration, String> {
+    match v.parse::<u64>() {
+        Ok(ms) => Ok(Duration::from_millis(ms)),
+        _ => Err("a number of milliseconds (0 or more)".into()),
+    }
+}
+
 #[cfg(feature = "http")]
 pub(crate) fn count(v: &str) -> Result<usize, String> {
     match v.parse::<usize>() {

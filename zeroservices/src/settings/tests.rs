@@ -223,6 +223,26 @@ fn flags_override_variables() {
     assert_eq!(s.unwrap().limits().max_page, 5);
 }
 
+/// `ZS_DISCOVERY_WARMUP_MS`: one heartbeat unless set; 0 is allowed (no wait).
+#[test]
+fn the_discovery_warmup_defaults_to_a_heartbeat() {
+    let s =
+        Settings::from_args_with(["zeroservices"], &env(&[("ZS_HEARTBEAT_MS", "250")])).unwrap();
+    assert_eq!(s.network().discovery_warmup(), Duration::from_millis(250));
+    for (value, expected) in [("0", 0), ("40", 40)] {
+        let s =
+            Settings::from_args_with(["zeroservices"], &env(&[("ZS_DISCOVERY_WARMUP_MS", value)]))
+                .unwrap();
+        assert_eq!(
+            s.network().discovery_warmup(),
+            Duration::from_millis(expected)
+        );
+    }
+    let err = Settings::from_args_with(["zeroservices"], &env(&[("ZS_DISCOVERY_WARMUP_MS", "-1")]))
+        .unwrap_err();
+    assert!(err.to_string().contains("ZS_DISCOVERY_WARMUP_MS"), "{err}");
+}
+
 /// Every argument's variable is `ZS_` and its id, which is what errors name.
 #[test]
 fn variables_follow_the_ids() {
@@ -237,7 +257,8 @@ fn variables_follow_the_ids() {
             "{arg:?}"
         );
     }
-    assert_eq!(vars, 42);
+
+    assert_eq!(vars, 43);
     let help = with_env(Settings::command(), &env(&[]))
         .render_long_help()
         .to_string();

@@ -7,6 +7,9 @@
 //! * redb is synchronous: every call runs on [`tokio::task::spawn_blocking`].
 //! * Filters, sort, skip, limit and text search use the shared [`crate::query`](mod@crate::query) language; rows
 //!   stream through the filter, only matching documents are kept.
+//! * The table `zeroservices:meta` holds the store's fingerprint (key `fingerprint`): a random
+//!   id written once, when the file is created, and read back at every open, so the same data
+//!   dir keeps its fingerprint across restarts ([`Store::fingerprint`]).
 //! * Opening a data dir that is locked by another process, corrupted or unwritable gives an
 //!   error naming the file and what to do, never a panic.
 
@@ -39,6 +42,7 @@ pub struct EmbeddedStore {
     path: Arc<PathBuf>,
     skipped: Arc<AtomicU64>,
     claims: Arc<AtomicU64>,
+    fingerprint: Arc<str>,
 }
 
 impl std::fmt::Debug for EmbeddedStore {
@@ -55,6 +59,33 @@ fn table_name(collection: &str) -> String {
 }
 
 type Table<'a> = TableDefinition<'a, &'static str, &'static [u8]>;
+
+/// The table of the store's own metadata (no collection table name starts like it).
+const META_TABLE: &str = "zeroservices:meta";
+/// The key of the fingerprint in [`META_TABLE`].
+const FINGERPRINT_KEY: &str = "fingerprint";
+
+/// The store's fingerprint: read from the metadata table, or written there now (once, at the
+/// file's first open).
+fn load_fingerprint(db: &Database, path: &Path) -> Result<String> {
+    write(db, path, |txn| {
+        let mut table = txn
+            .open_table(Table::new(META_TABLE))
+            .map_err(|e| storage_error(path, e))?;
+        let found = table
+            .get(FINGERPRINT_KEY)
+            .map_err(|e| storage_error(path, e))?
+            .map(|v| String::from_utf8_lossy(v.value()).into_owned());
+        if let Some(found) = found {
+            return Ok(found);
+        }
+        let fresh = format!("embedded:{}", new_id());
+        table
+            .insert(FINGERPRINT_KEY, fresh.as_bytes())
+            .map_err(|e| storage_error(path, e))?;
+        Ok(fresh)
+    })
+}
 
 impl EmbeddedStore {
     /// Opens (creating if needed) the store in `dir`: the directory and its
@@ -97,11 +128,13 @@ impl EmbeddedStore {
             Ok(Err(e)) => return Err(open_error(&path, e)),
             Err(_) => return Err(corrupted(&path, "redb could not read it")),
         };
+        let fingerprint = load_fingerprint(&db, &path)?;
         Ok(Self {
             db: Arc::new(db),
             path: Arc::new(path),
             skipped: Arc::new(AtomicU64::new(0)),
             claims: Arc::new(AtomicU64::new(0)),
+            fingerprint: fingerprint.into(),
         })
     }
 
@@ -452,6 +485,10 @@ impl Store for EmbeddedStore {
         format!("embedded:{}", self.path.display())
     }
 
+    async fn fingerprint(&self) -> Result<Option<String>> {
+        Ok(Some(self.fingerprint.to_string()))
+    }
+
     async fn claim_request(
         &self,
         collection: &str,
@@ -664,5 +701,27 @@ mod tests {
                 "{key}: {claim:?}"
             );
         }
+    }
+}
+
+#[cfg(test)]
+mod fingerprint_tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn the_fingerprint_is_written_once_and_survives_a_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let first = EmbeddedStore::open(dir.path()).unwrap();
+        let fingerprint = first.fingerprint().await.unwrap().unwrap();
+        assert!(fingerprint.starts_with("embedded:"), "{fingerprint}");
+        drop(first);
+        let again = EmbeddedStore::open(dir.path()).unwrap();
+        assert_eq!(again.fingerprint().await.unwrap().unwrap(), fingerprint);
+        // Another dir is another data set.
+        let other_dir = tempfile::tempdir().unwrap();
+        let other = EmbeddedStore::open(other_dir.path()).unwrap();
+        assert_ne!(other.fingerprint().await.unwrap().unwrap(), fingerprint);
+        // The metadata table is no collection.
+        assert!(again.list("meta", &Query::all()).await.unwrap().is_empty());
     }
 }

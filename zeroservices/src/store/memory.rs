@@ -13,12 +13,24 @@ use super::{Claim, RequestRecord, SWEEP_EVERY, Store, new_id, now_ms};
 use crate::{Error, Patch, Query, Result};
 
 /// Resources kept in memory; gone when the process ends.
-#[derive(Default)]
 pub struct MemoryStore {
     collections: RwLock<HashMap<String, BTreeMap<String, Value>>>,
     /// Claimed requests by (collection, request id).
     requests: std::sync::Mutex<HashMap<(String, String), RequestRecord>>,
     claims: std::sync::atomic::AtomicU64,
+    /// Random per instance: two memory stores never hold the same data.
+    fingerprint: String,
+}
+
+impl Default for MemoryStore {
+    fn default() -> Self {
+        Self {
+            collections: RwLock::default(),
+            requests: Default::default(),
+            claims: Default::default(),
+            fingerprint: format!("memory:{}", new_id()),
+        }
+    }
 }
 
 impl MemoryStore {
@@ -156,5 +168,28 @@ impl Store for MemoryStore {
         let mut requests = self.requests.lock().unwrap_or_else(|e| e.into_inner());
         requests.remove(&(collection.to_owned(), request_id.to_owned()));
         Ok(())
+    }
+
+    async fn fingerprint(&self) -> Result<Option<String>> {
+        Ok(Some(self.fingerprint.clone()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn memory_fingerprints_differ_per_instance() {
+        let a = MemoryStore::new();
+        let b = MemoryStore::new();
+        let fa = a.fingerprint().await.unwrap().unwrap();
+        assert_eq!(
+            a.fingerprint().await.unwrap().unwrap(),
+            fa,
+            "stable per instance"
+        );
+        assert_ne!(b.fingerprint().await.unwrap().unwrap(), fa);
+        assert!(fa.starts_with("memory:"), "{fa}");
     }
 }

@@ -94,6 +94,20 @@ pub trait Store: Send + Sync + 'static {
 
     /// Forgets a claimed request that failed without changing anything, so a retry runs it.
     async fn release_request(&self, collection: &str, request_id: &str) -> Result<()>;
+    /// An id of the data set behind this store, the same for every process that opens the same
+    /// data and stable across restarts: an embedded store's random id written once into its
+    /// file, a MongoDB database's id written once into it (every node over that database reads
+    /// the same), a memory store's random id per instance (never shared between processes).
+    ///
+    /// A node announces it for each collection it owns; a second owner of a collection over
+    /// another data set is refused at start-up (see [`crate::NodeBuilder::start`]). `None`
+    /// (the default, for stores that cannot tell) turns that check off for this store.
+    ///
+    /// # Errors
+    /// When the store cannot be read (a MongoDB server that is down).
+    async fn fingerprint(&self) -> Result<Option<String>> {
+        Ok(None)
+    }
 }
 
 /// What [`Store::claim_request`] found.

@@ -11,6 +11,10 @@
 //!   stores break them by id.
 //! * JSON integers are stored as 64-bit integers and floats as doubles, so both come back as
 //!   they went in.
+//! * The store's fingerprint ([`Store::fingerprint`]) is the document `{_id: "store"}` of the
+//!   collection `zeroservices_meta` (a name reserved for it), created
+//!   once with an upsert and `$setOnInsert`: every node over the same database reads the same
+//!   random id, and announces `mongodb:<database>:<random id>`.
 //! * A server that is down, or goes away, gives [`Error::Unavailable`] within the request
 //!   timeout (the driver's server selection and connect timeouts are set a bit under it, and
 //!   every call has a deadline); the driver reconnects by itself when the server is back.
@@ -30,6 +34,9 @@ use serde_json::{Map, Number, Value};
 
 use super::{Claim, RequestRecord, SWEEP_EVERY, Store, new_id, now_ms};
 use crate::{Error, Patch, Query, Result};
+
+/// The collection of the store's own metadata (its fingerprint).
+pub const META_COLLECTION: &str = "zeroservices_meta";
 
 /// The database used when the URI names none.
 pub const DEFAULT_DATABASE: &str = "zeroservices";
@@ -471,6 +478,64 @@ impl Store for MongoStore {
 
     fn describe(&self) -> String {
         self.describe.clone()
+    }
+
+    async fn fingerprint(&self) -> Result<Option<String>> {
+        let meta = self.collection(META_COLLECTION);
+        // The document holds the random id; the fingerprint also names the database, as this
+        // node reaches it (two databases are two stores even where a server shares documents
+        // between them).
+        let fresh = new_id();
+        let store = doc! {"_id": "store"};
+        let raced = |e: mongodb::error::Error| {
+            if is_duplicate_key(&e) {
+                Error::DuplicateId {
+                    collection: META_COLLECTION.to_owned(),
+                    id: "store".to_owned(),
+                }
+            } else {
+                convert(e)
+            }
+        };
+        // Created once: the first node over the database writes it, every other one reads it.
+        // Two nodes creating it at once: one insert wins, the other gets a duplicate key.
+        let upsert = meta
+            .update_one(
+                store.clone(),
+                doc! {"$setOnInsert": {"fingerprint": fresh.clone()}},
+            )
+            .upsert(true);
+        match self.run(upsert, raced).await {
+            Ok(_) | Err(Error::DuplicateId { .. }) => {}
+            Err(e) => return Err(e),
+        }
+        let read = |found: Option<Document>| {
+            found.and_then(|d| {
+                d.get_str("fingerprint")
+                    .ok()
+                    .map(|id| format!("mongodb:{}:{id}", self.db.name()))
+            })
+        };
+        let found = self.run(meta.find_one(store.clone()), convert).await?;
+        if let Some(fingerprint) = read(found) {
+            return Ok(Some(fingerprint));
+        }
+        // A server that upserted without `$setOnInsert` (some wire-compatible servers), or a
+        // document without it: set it only where still absent, so racing nodes agree.
+        let set = meta.update_one(
+            doc! {"_id": "store", "fingerprint": {"$exists": false}},
+            doc! {"$set": {"fingerprint": fresh}},
+        );
+        self.run(set, convert).await?;
+        let found = self.run(meta.find_one(store), convert).await?;
+        match read(found) {
+            Some(fingerprint) => Ok(Some(fingerprint)),
+            None => Err(Error::internal(format!(
+                "{}: the document {{_id: \"store\"}} of {META_COLLECTION} has no string \
+                 `fingerprint`; remove it to have a new one written",
+                self.describe
+            ))),
+        }
     }
 
     async fn claim_request(

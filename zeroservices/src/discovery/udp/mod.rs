@@ -257,6 +257,13 @@ impl Discovery for UdpDiscovery {
         Ok(())
     }
 
+    /// [`NetworkConfig::discovery_warmup`]: a peer's reply to this node's first announcement
+    /// takes a round trip; its next heartbeat comes within one heartbeat period, in case that
+    /// reply was lost.
+    fn warm_up(&self) -> std::time::Duration {
+        self.shared.config.discovery_warmup()
+    }
+
     async fn announce(&self, me: NodeInfo) -> Result<()> {
         let shared = &self.shared;
         shared.set_me(me);

@@ -212,6 +212,7 @@ impl Shared {
             resources: Vec::new(),
             watches: Vec::new(),
             insecure: me.insecure,
+            stores: Default::default(),
         };
         let Some(bytes) = self.datagram(Kind::Goodbye, &bare, &[]) else {
             return Vec::new();
