@@ -2,6 +2,9 @@
 //!
 //! * The file is `<dir>/zeroservices.redb`; each collection is a table (`collection:<name>`)
 //!   mapping the resource id to its document as JSON bytes.
+//! * A document's version ([`super::VERSION_FIELD`]) is stored inside its JSON; a
+//!   compare-and-set reads, checks and writes it inside one write transaction (redb has one
+//!   writer at a time), so two changes can never both pass the check.
 //! * Every write is its own transaction, committed with [`Durability::Immediate`] (an `fsync`)
 //!   before the call returns: an acknowledged write survives `kill -9` and power loss.
 //! * redb is synchronous: every call runs on [`tokio::task::spawn_blocking`].
@@ -22,7 +25,7 @@ use redb::{
 };
 use serde_json::{Value, json};
 
-use super::{Store, new_id};
+use super::{Store, check_version, new_id, refuse_version_paths, set_version, version_of};
 use crate::query::Filter;
 use crate::{Error, Patch, Query, Result};
 
@@ -244,6 +247,8 @@ impl Store for EmbeddedStore {
     }
 
     async fn insert(&self, collection: &str, id: Option<&str>, doc: Value) -> Result<String> {
+        let mut doc = doc;
+        set_version(&mut doc, 1);
         let bytes = encode(&doc)?;
         let name = table_name(collection);
         let collection = collection.to_owned();
@@ -292,8 +297,14 @@ impl Store for EmbeddedStore {
         .await
     }
 
-    async fn replace(&self, collection: &str, id: &str, doc: Value) -> Result<()> {
-        let bytes = encode(&doc)?;
+    async fn replace(
+        &self,
+        collection: &str,
+        id: &str,
+        doc: Value,
+        expect: Option<u64>,
+    ) -> Result<u64> {
+        encode(&doc)?;
         let name = table_name(collection);
         let collection = collection.to_owned();
         let id = id.to_owned();
@@ -302,21 +313,35 @@ impl Store for EmbeddedStore {
                 let mut table = txn
                     .open_table(Table::new(&name))
                     .map_err(|e| storage_error(path, e))?;
-                let old = table
+                let current = table
+                    .get(id.as_str())
+                    .map_err(|e| storage_error(path, e))?
+                    .map(|v| decode(&collection, &id, v.value()))
+                    .transpose()?
+                    .ok_or_else(|| Error::not_found(&collection, &id))?;
+                let version = version_of(&current);
+                check_version(&collection, &id, version, expect)?;
+                let mut doc = doc;
+                set_version(&mut doc, version + 1);
+                let bytes = encode(&doc)?;
+                table
                     .insert(id.as_str(), bytes.as_slice())
                     .map_err(|e| storage_error(path, e))?;
-                match old {
-                    Some(_) => Ok(()),
-                    // Aborted by `write`: the document stays absent.
-                    None => Err(Error::not_found(collection, id)),
-                }
+                Ok(version + 1)
             })
         })
         .await
     }
 
-    async fn patch(&self, collection: &str, id: &str, patch: &Patch) -> Result<Value> {
+    async fn patch(
+        &self,
+        collection: &str,
+        id: &str,
+        patch: &Patch,
+        expect: Option<u64>,
+    ) -> Result<Value> {
         let update = patch.compile()?;
+        refuse_version_paths(&update)?;
         let name = table_name(collection);
         let collection = collection.to_owned();
         let id = id.to_owned();
@@ -331,8 +356,11 @@ impl Store for EmbeddedStore {
                     .map(|v| decode(&collection, &id, v.value()))
                     .transpose()?;
                 let mut doc = current.ok_or_else(|| Error::not_found(&collection, &id))?;
+                let version = version_of(&doc);
+                check_version(&collection, &id, version, expect)?;
                 // On error the transaction is aborted: the stored document is unchanged.
                 update.apply(&mut doc)?;
+                set_version(&mut doc, version + 1);
                 let bytes = encode(&doc)?;
                 table
                     .insert(id.as_str(), bytes.as_slice())
@@ -343,7 +371,7 @@ impl Store for EmbeddedStore {
         .await
     }
 
-    async fn delete(&self, collection: &str, id: &str) -> Result<()> {
+    async fn delete(&self, collection: &str, id: &str, expect: Option<u64>) -> Result<u64> {
         let name = table_name(collection);
         let collection = collection.to_owned();
         let id = id.to_owned();
@@ -354,9 +382,18 @@ impl Store for EmbeddedStore {
                     .map_err(|e| storage_error(path, e))?;
                 let old = table
                     .remove(id.as_str())
-                    .map_err(|e| storage_error(path, e))?;
+                    .map_err(|e| storage_error(path, e))?
+                    .map(|v| decode(&collection, &id, v.value()));
                 match old {
-                    Some(_) => Ok(()),
+                    // A failed check aborts the transaction (in `write`): nothing is removed.
+                    Some(Ok(doc)) => {
+                        let version = version_of(&doc);
+                        check_version(&collection, &id, version, expect)?;
+                        Ok(version)
+                    }
+                    // An unreadable document can still be deleted, unconditionally.
+                    Some(Err(_)) if expect.is_none() => Ok(0),
+                    Some(Err(e)) => Err(e),
                     None => Err(Error::not_found(collection, id)),
                 }
             })
