@@ -1374,7 +1374,7 @@ async fn concurrent_compare_and_set_loses_nothing(b: &Backend) {
                     let version = take_version(&mut doc);
                     let n = doc["n"].as_i64().unwrap();
                     // Half the writers replace the whole document, half patch it.
-                    let r = if (t + i) % 2 == 0 {
+                    let r = if (t + i).is_multiple_of(2) {
                         store
                             .replace(&c, "a", json!({"n": n + 1}), Some(version))
                             .await
