@@ -171,12 +171,18 @@ impl<R: Resource> Collection<R> {
     /// A stored document that does not decode into `R` (written by an older version, or by
     /// hand) is an [`Error::Internal`] naming its id and the field.
     pub async fn get(&self, id: &str) -> Result<R> {
+        self.get_versioned(id).await.map(|(resource, _)| resource)
+    }
+
+    /// Reads a resource with its version (1 when created, one more at each change; the `ETag`
+    /// of the REST API), for a later [`Collection::patch_if`] or [`Collection::delete_if`].
+    pub async fn get_versioned(&self, id: &str) -> Result<(R, u64)> {
         let raw = self
             .node
             .request_raw(self.built_in(Call::Get { id: id.to_owned() }))
             .await?;
         match crate::json::from_raw::<Document<R>>(&raw) {
-            Ok(reply) => Ok(reply.resource_data),
+            Ok(reply) => Ok((reply.resource_data, reply.version)),
             Err(e) => Err(Error::internal(format!(
                 "{} {id}: the stored document does not decode: {e}",
                 R::COLLECTION
@@ -194,11 +200,37 @@ impl<R: Resource> Collection<R> {
         Ok(reply.resource_data)
     }
 
+    /// Applies an update document only if the resource is still at `version` (read with
+    /// [`Collection::get_versioned`]); returns the updated resource and its new version.
+    ///
+    /// # Errors
+    /// [`Error::PreconditionFailed`] (nothing changed) when the resource is at another version:
+    /// read it again and decide again. Otherwise those of [`Collection::patch`].
+    pub async fn patch_if(&self, id: &str, version: u64, patch: Patch) -> Result<(R, u64)> {
+        let request = self
+            .built_in(Call::Patch {
+                id: id.to_owned(),
+                args: PatchArgs { patch },
+            })
+            .if_version(Some(version));
+        let reply: Document<R> = self.request_as(request).await?;
+        Ok((reply.resource_data, reply.version))
+    }
+
     /// Deletes a resource.
     pub async fn delete(&self, id: &str) -> Result<()> {
         self.request(self.built_in(Call::Delete { id: id.to_owned() }))
             .await
             .map(drop)
+    }
+
+    /// Deletes a resource only if it is still at `version`; [`Error::PreconditionFailed`]
+    /// (nothing deleted) otherwise.
+    pub async fn delete_if(&self, id: &str, version: u64) -> Result<()> {
+        let request = self
+            .built_in(Call::Delete { id: id.to_owned() })
+            .if_version(Some(version));
+        self.request(request).await.map(drop)
     }
 
     /// Lists the resources matching a query (`query!({...})`, or `Query::all()`).
@@ -322,6 +354,7 @@ impl<R: Resource> Collection<R> {
                 Ok(Document {
                     resource_id: l.resource_id,
                     resource_data: from_value(l.resource_data)?,
+                    version: l.version,
                 })
             })
             .collect()

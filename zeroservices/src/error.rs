@@ -55,6 +55,29 @@ pub enum Error {
         /// The id that is taken.
         id: String,
     },
+    /// A conditional change (`If-Match`, [`crate::Collection::patch_if`]) expected another
+    /// version of the resource than the stored one; nothing was changed.
+    #[error(
+        "precondition failed: {collection} {id} is at version {actual}, the request expected version {expected}"
+    )]
+    PreconditionFailed {
+        /// The collection.
+        collection: String,
+        /// The resource.
+        id: String,
+        /// The version the request expected.
+        expected: u64,
+        /// The version stored.
+        actual: u64,
+    },
+    /// A change kept losing its compare-and-set to concurrent changes of the same resource (a
+    /// `&mut self` action re-run on the fresh document as many times as allowed); nothing was
+    /// changed by this request, which may be retried.
+    #[error("conflict: {message}")]
+    Conflict {
+        /// What kept conflicting.
+        message: String,
+    },
     /// A malformed request: a bad filter, a bad update, an unknown operator, bad JSON.
     #[error("bad request: {message}")]
     BadRequest {
@@ -188,6 +211,13 @@ impl Error {
         }
     }
 
+    /// Too many concurrent changes of one resource: a 409 with `message`.
+    pub fn conflict(message: impl Into<String>) -> Self {
+        Self::Conflict {
+            message: message.into(),
+        }
+    }
+
     /// An internal error.
     pub fn internal(message: impl Into<String>) -> Self {
         Self::Internal {
@@ -203,6 +233,8 @@ impl Error {
             Self::NotFound { .. } => "not_found",
             Self::Validation { .. } => "validation",
             Self::DuplicateId { .. } => "duplicate_id",
+            Self::PreconditionFailed { .. } => "precondition_failed",
+            Self::Conflict { .. } => "conflict",
             Self::BadRequest { .. } => "bad_request",
             Self::Limit { .. } => "limit",
             Self::Forbidden { .. } => "forbidden",

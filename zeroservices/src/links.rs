@@ -34,6 +34,9 @@ pub struct LinkedResource {
     pub resource_id: String,
     /// The target document.
     pub resource_data: Value,
+    /// The target's version.
+    #[serde(default)]
+    pub version: u64,
     /// The link's title.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub title: Option<String>,

@@ -9,14 +9,19 @@
 //!
 //! | action | id | arguments | reply |
 //! |---|---|---|---|
-//! | `create` | optional (chosen id) | [`CreateArgs`] `{"resource_data"}` | [`Created`] `{"resource_id"}` |
-//! | `get` | required | none | [`Document`] `{"resource_id", "resource_data"}` |
+//! | `create` | optional (chosen id) | [`CreateArgs`] `{"resource_data"}` | [`Created`] `{"resource_id", "version"}` |
+//! | `get` | required | none | [`Document`] `{"resource_id", "resource_data", "version"}` |
 //! | `patch` | required | [`PatchArgs`] `{"patch"}` | [`Document`] |
 //! | `delete` | required | none | `null` |
 //! | `list` | none | [`ListArgs`] `{"where", "sort", "limit", "skip", "text", "paged"}` | `[Document]`, or [`Page`] when `paged` |
 //! | `add_link` | required | [`AddLinkArgs`] `{"relation", "target_id", "title"}` | `null` |
 //! | `follow_links` | required | [`FollowLinksArgs`] `{"relation"}` | `[`[`LinkedResource`]`]` |
 //! | `incoming_links` | none | [`IncomingLinksArgs`] `{"relation", "target_id"}` | `[Document]` |
+//!
+//! Every document has a version (1 at create, one more at each change), in the replies'
+//! `"version"`. A request's [`Request::if_version`] makes `patch`, `delete`, `add_link` and a
+//! resource action conditional on it; [`Request::with_version`] makes a resource action answer
+//! [`ActionReply`] `{"result", "version"}`.
 //!
 //! ```
 //! use zeroservices::protocol::{BuiltIn, Call};
@@ -162,6 +167,20 @@ pub struct CreateArgs<T = Value> {
 pub struct Created {
     /// The id of the new resource (chosen by the caller or generated).
     pub resource_id: String,
+    /// Its version: always 1 (0 from an owner that predates versions).
+    #[serde(default)]
+    pub version: u64,
+}
+
+/// The reply of a resource action asked [`Request::with_version`]: its result and the
+/// resource's version after it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ActionReply<T = Value> {
+    /// What the action returned.
+    pub result: T,
+    /// The resource's version after the action (the one it read, for a `&self` action or a
+    /// `&mut self` action that changed nothing).
+    pub version: u64,
 }
 
 /// The arguments of `patch`: `{"patch": {"$set": {...}, ...}}`.
@@ -331,6 +350,8 @@ impl Call {
             user: None,
             request_id: None,
             idempotency_key: None,
+            if_version: None,
+            with_version: false,
         }
     }
 
@@ -419,11 +440,13 @@ impl Call {
 }
 
 impl Document<Value> {
-    /// The document as the JSON object `{"resource_id", "resource_data"}`, without copying it.
+    /// The document as the JSON object `{"resource_id", "resource_data", "version"}`, without
+    /// copying it.
     pub fn into_value(self) -> Value {
         Value::Object(Map::from_iter([
             ("resource_id".to_owned(), Value::String(self.resource_id)),
             ("resource_data".to_owned(), self.resource_data),
+            ("version".to_owned(), Value::from(self.version)),
         ]))
     }
 }

@@ -175,13 +175,17 @@ pub struct ResourceInfo {
     pub text_index: Vec<String>,
 }
 
-/// A resource with its id, as returned by `get` and `list`.
+/// A resource with its id and version, as returned by `get` and `list`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Document<R> {
     /// The resource id.
     pub resource_id: String,
     /// The resource itself.
     pub resource_data: R,
+    /// Its version: 1 when created, one more at each change (0: stored before versions
+    /// existed, or sent by a node that predates them).
+    #[serde(default)]
+    pub version: u64,
 }
 
 /// What happened to a resource.

@@ -1,5 +1,17 @@
 //! The owner's side of a collection: turns requests into typed, validated store calls and
 //! publishes an event for every change.
+//!
+//! # Versions and lost updates
+//!
+//! Every change is a compare-and-set on the document's version in the store
+//! ([`Store`]'s `expect`): a patch is previewed (schema, limits) on the version it read and
+//! written only if that is still the stored one; a `&mut self` action runs on the document it
+//! read and its result is written the same way. When another writer got in between (another
+//! request, or another owner over the same database), the change runs again on the fresh
+//! document, up to [`RETRIES`] times, then fails with [`Error::Conflict`] (409). A request with
+//! [`Request::if_version`] is not re-run: it fails with [`Error::PreconditionFailed`] (412).
+//! The per-id lock below only saves the retries between requests of this node; correctness
+//! comes from the compare-and-set.
 
 use std::collections::HashMap;
 use std::marker::PhantomData;
@@ -16,11 +28,13 @@ use crate::json::{from_value, to_raw};
 use crate::links;
 use crate::medium::Request;
 use crate::protocol::{
-    AddLinkArgs, BuiltIn, Call, CreateArgs, Created, Document, FollowLinksArgs, IncomingLinksArgs,
-    LinkedResource, ListArgs, Page, PatchArgs,
+    ActionReply, AddLinkArgs, BuiltIn, Call, CreateArgs, Created, Document, FollowLinksArgs,
+    IncomingLinksArgs, LinkedResource, ListArgs, Page, PatchArgs,
 };
 use crate::resource::{ActionCall, ResourceInfo};
-use crate::store::{Claim, MARK, Mark, Store, current_mark};
+use crate::store::{
+    self, Claim, MARK, Mark, Store, check_version, current_mark, is_version_path, take_version,
+};
 use crate::{Context, Error, Event, Node, Patch, Query, Resource, Result};
 
 /// A collection served by this node, with its type erased.
@@ -38,6 +52,10 @@ pub(crate) trait Service: Send + Sync + 'static {
         to_raw(&value)
     }
 }
+
+/// How many times a change runs on a fresh document after losing its compare-and-set, before it
+/// fails with [`Error::Conflict`].
+pub(crate) const RETRIES: usize = 16;
 
 pub(crate) struct ResourceService<R> {
     store: Arc<dyn Store>,
@@ -83,32 +101,69 @@ impl<R: Resource> ResourceService<R> {
         })
     }
 
-    async fn load(&self, id: &str) -> Result<Value> {
-        self.store
+    /// A stored document without its version field, and its version.
+    async fn load(&self, id: &str) -> Result<(Value, u64)> {
+        let mut doc = self
+            .store
             .get(self.collection(), id)
             .await?
-            .ok_or_else(|| Error::not_found(self.collection(), id))
+            .ok_or_else(|| Error::not_found(self.collection(), id))?;
+        let version = take_version(&mut doc);
+        Ok((doc, version))
+    }
+
+    /// After a lost compare-and-set: `Ok` to run the change again on the fresh document, the
+    /// error to answer otherwise ([`Error::PreconditionFailed`] as it is when the caller gave
+    /// the version, [`Error::Conflict`] once [`RETRIES`] attempts lost).
+    fn retry(
+        &self,
+        id: &str,
+        error: Error,
+        if_version: Option<u64>,
+        attempt: &mut usize,
+    ) -> Result<()> {
+        match error {
+            Error::PreconditionFailed { .. } if if_version.is_none() => {
+                *attempt += 1;
+                if *attempt < RETRIES {
+                    tracing::debug!(
+                        collection = self.collection(),
+                        id,
+                        attempt = *attempt,
+                        "compare-and-set lost; running again"
+                    );
+                    Ok(())
+                } else {
+                    Err(Error::conflict(format!(
+                        "{} {id} kept changing under this request: {RETRIES} attempts lost \
+                         their compare-and-set to concurrent changes; nothing was changed, try \
+                         again",
+                        self.collection()
+                    )))
+                }
+            }
+            e => Err(e),
+        }
     }
 
     /// Checks a document against the resource type and returns it as the type serialises it.
     /// Publishes `<collection>.<action>.<id>` with the payload `extra()` makes, only when some
     /// subscriber (here or on a peer) wants that topic: an event nobody listens to costs nothing.
+    /// Every event carries the resource's `version` after the change.
     async fn emit(
         &self,
         node: &Node,
         action: BuiltIn,
         id: &str,
+        version: u64,
         extra: impl FnOnce() -> Map<String, Value>,
     ) {
         let topic = format!("{}.{action}.{id}", self.collection());
         if node.wants_event(&topic) {
-            node.publish(Event::resource(
-                self.collection(),
-                action.name(),
-                id,
-                extra(),
-            ))
-            .await;
+            let mut data = extra();
+            data.insert("version".to_owned(), Value::from(version));
+            node.publish(Event::resource(self.collection(), action.name(), id, data))
+                .await;
         }
     }
 
@@ -116,6 +171,15 @@ impl<R: Resource> ResourceService<R> {
     /// A field the type does not declare is refused (422 naming it), `_links` too unless
     /// `links_ok` (a stored document's links, which only the link actions change).
     fn validate(&self, doc: &Value, links_ok: bool) -> Result<(R, Value)> {
+        let reserved = || {
+            Error::validation(
+                store::VERSION_FIELD,
+                "`_version` is reserved for the resource's version, which the store keeps",
+            )
+        };
+        if doc.get(store::VERSION_FIELD).is_some() {
+            return Err(reserved());
+        }
         let typed = self.decode(doc)?;
         let normal = serde_json::to_value(&typed).map_err(|e| Error::internal(e.to_string()))?;
         if let Some(path) = undeclared_field(doc, &normal, links_ok) {
@@ -125,6 +189,9 @@ impl<R: Resource> ResourceService<R> {
                 format!("unknown field: {} does not declare it", self.collection())
             };
             return Err(Error::validation(path, message));
+        }
+        if normal.get(store::VERSION_FIELD).is_some() {
+            return Err(reserved());
         }
         Ok((typed, normal))
     }
@@ -147,66 +214,99 @@ impl<R: Resource> ResourceService<R> {
             .store
             .insert(self.collection(), id.as_deref(), doc.clone())
             .await?;
-        self.emit(node, BuiltIn::Create, &id, || {
+        self.emit(node, BuiltIn::Create, &id, 1, || {
             Map::from_iter([("resource_data".to_owned(), doc)])
         })
         .await;
-        reply(&Created { resource_id: id })
+        reply(&Created {
+            resource_id: id,
+            version: 1,
+        })
     }
 
     async fn get(&self, id: String) -> Result<Value> {
-        let doc = self.load(&id).await?;
+        let (doc, version) = self.load(&id).await?;
         Ok(Document {
             resource_id: id,
             resource_data: doc,
+            version,
         }
         .into_value())
     }
 
-    async fn patch(&self, node: &Node, id: String, args: PatchArgs) -> Result<Value> {
+    async fn patch(
+        &self,
+        node: &Node,
+        id: String,
+        args: PatchArgs,
+        if_version: Option<u64>,
+    ) -> Result<Value> {
         let patch = args.patch;
         let limits = node.limits();
         let update = patch.compile_with(limits)?;
-        if let Some(path) = update
-            .fields()
-            .into_iter()
-            .find(|f| links::is_links_path(f))
-        {
-            return Err(Error::validation(
-                path,
-                "`_links` changes only through the link actions (add_link)",
-            ));
+        for path in update.fields() {
+            if links::is_links_path(&path) {
+                return Err(Error::validation(
+                    path,
+                    "`_links` changes only through the link actions (add_link)",
+                ));
+            }
+            if is_version_path(&path) {
+                return Err(Error::validation(
+                    path,
+                    "`_version` is the resource's version, which only the store changes",
+                ));
+            }
         }
         let _guard = self.lock_id(&id).await;
-        // Apply to a copy first: a patch that breaks the schema or a limit is refused and
-        // changes nothing.
-        let mut preview = self.load(&id).await?;
-        update.apply(&mut preview)?;
-        limits.check_document(&preview)?;
-        self.validate(&preview, true)?;
-        let doc = self.store.patch(self.collection(), &id, &patch).await?;
-        self.emit(node, BuiltIn::Patch, &id, || {
-            Map::from_iter([
-                ("patch".to_owned(), patch.as_value().clone()),
-                ("resource_data".to_owned(), doc.clone()),
-            ])
-        })
-        .await;
-        Ok(Document {
-            resource_id: id,
-            resource_data: doc,
+        let mut attempt = 0;
+        loop {
+            // Apply to a copy first: a patch that breaks the schema or a limit is refused and
+            // changes nothing. The store applies it only to the version previewed.
+            let (mut preview, version) = self.load(&id).await?;
+            check_version(self.collection(), &id, version, if_version)?;
+            update.apply(&mut preview)?;
+            limits.check_document(&preview)?;
+            self.validate(&preview, true)?;
+            match self
+                .store
+                .patch(self.collection(), &id, &patch, Some(version))
+                .await
+            {
+                Ok(mut doc) => {
+                    let version = take_version(&mut doc);
+                    self.emit(node, BuiltIn::Patch, &id, version, || {
+                        Map::from_iter([
+                            ("patch".to_owned(), patch.as_value().clone()),
+                            ("resource_data".to_owned(), doc.clone()),
+                        ])
+                    })
+                    .await;
+                    return Ok(Document {
+                        resource_id: id,
+                        resource_data: doc,
+                        version,
+                    }
+                    .into_value());
+                }
+                Err(e) => self.retry(&id, e, if_version, &mut attempt)?,
+            }
         }
-        .into_value())
     }
 
-    async fn delete(&self, node: &Node, id: String) -> Result<Value> {
+    async fn delete(&self, node: &Node, id: String, if_version: Option<u64>) -> Result<Value> {
         let _guard = self.lock_id(&id).await;
-        self.store.delete(self.collection(), &id).await?;
+        let version = self
+            .store
+            .delete(self.collection(), &id, if_version)
+            .await?;
+        // The delete is a change too: its event carries the version after the last one.
+        let data = Map::from_iter([("version".to_owned(), Value::from(version + 1))]);
         node.publish(Event::resource(
             self.collection(),
             BuiltIn::Delete.name(),
             &id,
-            Map::new(),
+            data,
         ))
         .await;
         Ok(Value::Null)
@@ -257,6 +357,7 @@ impl<R: Resource> ResourceService<R> {
         id: String,
         link: AddLinkArgs,
         user: Option<&User>,
+        if_version: Option<u64>,
     ) -> Result<Value> {
         links::check_relation(&link.relation)?;
         // A write on the source (asked before), a read of the target's collection.
@@ -272,12 +373,24 @@ impl<R: Resource> ResourceService<R> {
         let patch = Patch::new(links::add_link_patch(&link));
         let update = patch.compile()?;
         let _guard = self.lock_id(&id).await;
-        // Links grow the document: the limits hold for them as for any change.
-        let mut preview = self.load(&id).await?;
-        update.apply(&mut preview)?;
-        node.limits().check_document(&preview)?;
-        self.store.patch(self.collection(), &id, &patch).await?;
+        let mut attempt = 0;
+        let version = loop {
+            // Links grow the document: the limits hold for them as for any change.
+            let (mut preview, version) = self.load(&id).await?;
+            check_version(self.collection(), &id, version, if_version)?;
+            update.apply(&mut preview)?;
+            node.limits().check_document(&preview)?;
+            match self
+                .store
+                .patch(self.collection(), &id, &patch, Some(version))
+                .await
+            {
+                Ok(doc) => break store::version_of(&doc),
+                Err(e) => self.retry(&id, e, if_version, &mut attempt)?,
+            }
+        };
         let mut extra = Map::new();
+        extra.insert("version".into(), Value::from(version));
         extra.insert("relation".into(), Value::from(link.relation));
         extra.insert(
             "target_id".into(),
@@ -302,7 +415,7 @@ impl<R: Resource> ResourceService<R> {
         user: Option<User>,
     ) -> Result<Value> {
         links::check_relation(&args.relation)?;
-        let doc = self.load(&id).await?;
+        let (doc, _) = self.load(&id).await?;
         let mut found = Vec::new();
         for (collection, target, title) in links::targets(&doc, &args.relation) {
             // Each target is a read of its collection: one the user may not read is left out,
@@ -326,6 +439,7 @@ impl<R: Resource> ResourceService<R> {
                     resource_name: collection,
                     resource_id: target,
                     resource_data: reply.resource_data,
+                    version: reply.version,
                     title,
                 }),
                 // A link to a deleted resource is skipped, not an error of the whole call.
@@ -358,7 +472,16 @@ impl<R: Resource> ResourceService<R> {
                 action: request.action,
             });
         };
-        let ctx = Context::new(node.clone(), self.collection(), request.resource_id.clone());
+        let if_version = request.if_version;
+        let with_version = request.with_version;
+        let answer = |result: Value, version: u64| {
+            if with_version {
+                reply(&ActionReply { result, version })
+            } else {
+                Ok(result)
+            }
+        };
+        let ctx = || Context::new(node.clone(), self.collection(), request.resource_id.clone());
         match &def.call {
             ActionCall::Collection(call) => {
                 if request.resource_id.is_some() {
@@ -367,41 +490,68 @@ impl<R: Resource> ResourceService<R> {
                         def.name
                     )));
                 }
-                call(ctx, request.args).await
+                if if_version.is_some() {
+                    return Err(Error::bad_request(format!(
+                        "{} is a collection action: a version condition (If-Match) applies to \
+                         one resource",
+                        def.name
+                    )));
+                }
+                call(ctx(), request.args).await
             }
             ActionCall::Read(call) => {
                 let id = self.require_id(&request)?;
-                let resource = self.decode(&self.load(&id).await?)?;
-                call(&resource, ctx, request.args).await
+                let (stored, version) = self.load(&id).await?;
+                check_version(self.collection(), &id, version, if_version)?;
+                let resource = self.decode(&stored)?;
+                let result = call(&resource, ctx(), request.args).await?;
+                answer(result, version)
             }
             ActionCall::Mutate(call) => {
                 let id = self.require_id(&request)?;
                 let _guard = self.lock_id(&id).await;
-                let stored = self.load(&id).await?;
-                let mut resource = self.decode(&stored)?;
-                let result = call(&mut resource, ctx, request.args).await?;
-                let mut after =
-                    serde_json::to_value(&resource).map_err(|e| Error::internal(e.to_string()))?;
-                // Fields the type does not know (links) survive the action.
-                if let (Some(links), Value::Object(map)) = (stored.get(links::LINKS), &mut after) {
-                    map.insert(links::LINKS.into(), links.clone());
-                }
-                node.limits().check_document(&after)?;
-                if let Some(mark) = current_mark(self.collection()) {
-                    // Recorded with the change, in backends that can.
-                    *mark.reply.lock().unwrap_or_else(|e| e.into_inner()) = Some(result.clone());
-                }
-                if after != stored {
-                    self.store
-                        .replace(self.collection(), &id, after.clone())
-                        .await?;
-                }
+                let mut attempt = 0;
+                // The action runs on the document it read; its result is written only if that
+                // is still the stored version, otherwise it runs again on the fresh one.
+                let (after, result, version) = loop {
+                    let (stored, version) = self.load(&id).await?;
+                    check_version(self.collection(), &id, version, if_version)?;
+                    let mut resource = self.decode(&stored)?;
+                    let result = call(&mut resource, ctx(), request.args.clone()).await?;
+                    let mut after = serde_json::to_value(&resource)
+                        .map_err(|e| Error::internal(e.to_string()))?;
+                    // Fields the type does not know (links) survive the action.
+                    if let (Some(links), Value::Object(map)) =
+                        (stored.get(links::LINKS), &mut after)
+                    {
+                        map.insert(links::LINKS.into(), links.clone());
+                    }
+                    node.limits().check_document(&after)?;
+                    if after == stored {
+                        break (after, result, version);
+                    }
+                    if let Some(mark) = current_mark(self.collection()) {
+                        // Recorded with the change (in backends that can): the reply this
+                        // request gives if the compare-and-set below wins.
+                        let recorded = answer(result.clone(), version + 1)?;
+                        *mark.reply.lock().unwrap_or_else(|e| e.into_inner()) = Some(recorded);
+                    }
+                    match self
+                        .store
+                        .replace(self.collection(), &id, after.clone(), Some(version))
+                        .await
+                    {
+                        Ok(version) => break (after, result, version),
+                        Err(e) => self.retry(&id, e, if_version, &mut attempt)?,
+                    }
+                };
                 let mut extra = Map::new();
                 extra.insert("resource_data".into(), after);
                 extra.insert("result".into(), result.clone());
+                extra.insert("version".into(), Value::from(version));
                 node.publish(Event::resource(self.collection(), def.name, &id, extra))
                     .await;
-                Ok(result)
+                answer(result, version)
             }
         }
     }
@@ -432,15 +582,17 @@ impl<R: Resource> Service for ResourceService<R> {
         self.authorize(node, &request)?;
         let id = self.require_id(&request)?;
         node.limits().check_id(&id)?;
-        let doc = self.load(&id).await?;
+        let (doc, version) = self.load(&id).await?;
         #[derive(Serialize)]
         struct Reply<'a> {
             resource_id: &'a str,
             resource_data: &'a Value,
+            version: u64,
         }
         to_raw(&Reply {
             resource_id: &id,
             resource_data: &doc,
+            version,
         })
     }
 
@@ -590,7 +742,10 @@ impl<R: Resource> ResourceService<R> {
     ) -> Result<Value> {
         let id = resource_id.or_else(|| request.resource_id.clone());
         match (BuiltIn::from_name(&request.action), id) {
-            (Some(BuiltIn::Create), Some(id)) => reply(&Created { resource_id: id }),
+            (Some(BuiltIn::Create), Some(id)) => reply(&Created {
+                resource_id: id,
+                version: 1,
+            }),
             (Some(BuiltIn::Delete), _) => Ok(Value::Null),
             (Some(BuiltIn::Patch | BuiltIn::AddLink), Some(id)) => self.get(id).await,
             _ => Err(Error::internal(format!(
@@ -606,13 +761,17 @@ impl<R: Resource> ResourceService<R> {
             return self.action(node, request).await;
         };
         let user = request.user.clone();
+        let if_version = request.if_version;
         match Call::parse(action, request)? {
             Call::Create { id, args } => self.create(node, id, args).await,
             Call::Get { id } => self.get(id).await,
-            Call::Patch { id, args } => self.patch(node, id, args).await,
-            Call::Delete { id } => self.delete(node, id).await,
+            Call::Patch { id, args } => self.patch(node, id, args, if_version).await,
+            Call::Delete { id } => self.delete(node, id, if_version).await,
             Call::List(args) => self.list(node, args).await,
-            Call::AddLink { id, args } => self.add_link(node, id, args, user.as_ref()).await,
+            Call::AddLink { id, args } => {
+                self.add_link(node, id, args, user.as_ref(), if_version)
+                    .await
+            }
             Call::FollowLinks { id, args } => self.follow_links(node, id, args, user).await,
             Call::IncomingLinks(args) => self.incoming_links(args).await,
         }
@@ -649,12 +808,16 @@ fn reply<T: Serialize>(value: &T) -> Result<Value> {
     serde_json::to_value(value).map_err(|e| Error::internal(e.to_string()))
 }
 
-/// Stored documents as the protocol's [`Document`]s.
+/// Stored documents as the protocol's [`Document`]s, their versions moved out of the data.
 fn documents(docs: Vec<(String, Value)>) -> Vec<Document<Value>> {
     docs.into_iter()
-        .map(|(resource_id, resource_data)| Document {
-            resource_id,
-            resource_data,
+        .map(|(resource_id, mut resource_data)| {
+            let version = take_version(&mut resource_data);
+            Document {
+                resource_id,
+                resource_data,
+                version,
+            }
         })
         .collect()
 }

@@ -279,7 +279,9 @@ async fn node_without_resources_uses_a_remote_collection() {
     assert_eq!(ev.topic, "power.delete.p/42-x");
     assert_eq!(
         ev.data,
-        json!({"action": "delete", "resource_name": "power", "resource_id": "p/42-x"})
+        json!({"action": "delete", "resource_name": "power", "resource_id": "p/42-x",
+               "version": 2}),
+        "the delete is the second change of a resource created and never patched"
     );
     assert!(matches!(
         powers.get(&fixed).await,

@@ -365,13 +365,13 @@ impl Store for LeakyStore {
     async fn get(&self, _: &str, _: &str) -> Result<Option<Value>> {
         Err(Error::internal("/secret/path/x.redb: checksum mismatch"))
     }
-    async fn replace(&self, _: &str, _: &str, _: Value) -> Result<()> {
+    async fn replace(&self, _: &str, _: &str, _: Value, _: Option<u64>) -> Result<u64> {
         Err(Error::internal("/secret/path/x.redb: read-only"))
     }
-    async fn patch(&self, _: &str, _: &str, _: &Patch) -> Result<Value> {
+    async fn patch(&self, _: &str, _: &str, _: &Patch, _: Option<u64>) -> Result<Value> {
         Err(Error::internal("/secret/path/x.redb: read-only"))
     }
-    async fn delete(&self, _: &str, _: &str) -> Result<()> {
+    async fn delete(&self, _: &str, _: &str, _: Option<u64>) -> Result<u64> {
         Err(Error::internal("/secret/path/x.redb: read-only"))
     }
     async fn list(&self, _: &str, _: &Query) -> Result<Vec<(String, Value)>> {

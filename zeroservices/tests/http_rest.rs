@@ -31,7 +31,7 @@ async fn every_row(base: &str) {
     .await;
     assert_eq!(status, 201, "{body}");
     let id = body["resource_id"].as_str().unwrap().to_owned();
-    assert_eq!(body, json!({ "resource_id": id }));
+    assert_eq!(body, json!({ "resource_id": id, "version": 1 }));
     for (chosen, value) in [("aéb/c", 5), ("two", 2), ("seven", 7)] {
         let (status, body) = json(
             http.post(format!("{base}/power"))
@@ -41,7 +41,10 @@ async fn every_row(base: &str) {
                 .unwrap(),
         )
         .await;
-        assert_eq!((status, body), (201, json!({ "resource_id": chosen })));
+        assert_eq!(
+            (status, body),
+            (201, json!({ "resource_id": chosen, "version": 1 }))
+        );
     }
 
     // GET /{collection}/{id}, the id percent-decoded
@@ -430,6 +433,250 @@ async fn every_rest_row_on_a_gateway_that_owns_nothing() {
         owner.store().get("power", "two").await.unwrap().unwrap()["value"],
         1
     );
+    server.shutdown().await;
+    api.stop().await;
+    owner.stop().await;
+}
+
+/// Versions, `ETag`s and conditional requests, against `base`.
+async fn conditional_requests(base: &str) {
+    let http = client();
+    let etag = |r: &reqwest::Response| {
+        r.headers()
+            .get("etag")
+            .map(|v| v.to_str().unwrap().to_owned())
+    };
+    let error_of = |body: &Value| body["error"].as_str().unwrap_or_default().to_owned();
+
+    // POST: 201, version 1, ETag "1".
+    let r = http
+        .post(format!("{base}/power"))
+        .json(&json!({"resource_id": "v", "resource_data": {"value": 2}}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(etag(&r).as_deref(), Some("\"1\""));
+    let (status, body) = json(r).await;
+    assert_eq!(
+        (status, body),
+        (201, json!({"resource_id": "v", "version": 1}))
+    );
+    let url = format!("{base}/power/v");
+
+    // GET: the version beside resource_id, and as the ETag.
+    let r = http.get(&url).send().await.unwrap();
+    assert_eq!(etag(&r).as_deref(), Some("\"1\""));
+    let (status, body) = json(r).await;
+    assert_eq!(status, 200);
+    assert_eq!(body["version"], 1);
+    assert!(body["resource_data"].get("_version").is_none(), "{body}");
+    // Listed documents have theirs.
+    let (_, list) = json(
+        http.get(format!("{base}/power"))
+            .query(&[("where", r#"{"value": 2}"#)])
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(list[0]["version"], 1, "{list}");
+    assert!(list[0]["resource_data"].get("_version").is_none(), "{list}");
+
+    // If-None-Match on GET: 304 with the ETag and no body when it matches (weak comparison,
+    // lists, `*`), 200 otherwise.
+    for tag in ["\"1\"", "W/\"1\"", "\"7\", \"1\"", "*"] {
+        let r = http
+            .get(&url)
+            .header("If-None-Match", tag)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status().as_u16(), 304, "{tag}");
+        assert_eq!(etag(&r).as_deref(), Some("\"1\""));
+        assert_eq!(r.text().await.unwrap(), "");
+    }
+    let r = http
+        .get(&url)
+        .header("If-None-Match", "\"2\"")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 200);
+
+    // PATCH with the right If-Match: 200, version 2, ETag "2".
+    let r = http
+        .patch(&url)
+        .header("If-Match", "\"1\"")
+        .json(&json!({"patch": {"$inc": {"value": 1}}}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(etag(&r).as_deref(), Some("\"2\""));
+    let (status, body) = json(r).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        (
+            body["version"].clone(),
+            body["resource_data"]["value"].clone()
+        ),
+        (json!(2), json!(3))
+    );
+    // A stale If-Match: 412 with the JSON error shape, and nothing changed.
+    let r = http
+        .patch(&url)
+        .header("If-Match", "\"1\"")
+        .json(&json!({"patch": {"$inc": {"value": 100}}}))
+        .send()
+        .await
+        .unwrap();
+    let (status, body) = json(r).await;
+    assert_eq!(status, 412, "{body}");
+    assert!(error_of(&body).contains("version 2"), "{body}");
+    assert_eq!(body.as_object().unwrap().len(), 1, "only `error`: {body}");
+    // PATCH without If-Match, and with `*`: unconditional.
+    let r = http
+        .patch(&url)
+        .header("If-Match", "*")
+        .json(&json!({"patch": {"$inc": {"value": 1}}}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(etag(&r).as_deref(), Some("\"3\""));
+    // A patch may not touch the version: 422 like `_links`.
+    for patch in [
+        json!({"$set": {"_version": 9}}),
+        json!({"$inc": {"_version": 1}}),
+        json!({"$unset": {"_version": ""}}),
+    ] {
+        let (status, body) = json(
+            http.patch(&url)
+                .json(&json!({ "patch": patch }))
+                .send()
+                .await
+                .unwrap(),
+        )
+        .await;
+        assert_eq!(status, 422, "{patch}: {body}");
+    }
+    // Nor can a create set it.
+    let (status, body) = json(
+        http.post(format!("{base}/power"))
+            .json(&json!({"resource_data": {"value": 1, "_version": 5}}))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(status, 422, "{body}");
+
+    // Resource actions: the ETag of the version after; If-Match checked.
+    let r = http.post(format!("{url}/square")).send().await.unwrap();
+    assert_eq!(etag(&r).as_deref(), Some("\"4\""));
+    assert_eq!(json(r).await, (200, json!(16)));
+    let r = http
+        .post(format!("{url}/add"))
+        .header("If-Match", "\"3\"")
+        .json(&json!({"amount": 1}))
+        .send()
+        .await
+        .unwrap();
+    let (status, body) = json(r).await;
+    assert_eq!(status, 412, "{body}");
+    let r = http
+        .post(format!("{url}/add"))
+        .header("If-Match", "\"4\"")
+        .json(&json!({"amount": 1}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(etag(&r).as_deref(), Some("\"5\""));
+    assert_eq!(json(r).await, (200, json!(5)));
+    // A `&self` action: the version it read.
+    let r = http
+        .post(format!("{url}/double"))
+        .header("If-Match", "\"5\"")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(etag(&r).as_deref(), Some("\"5\""));
+    assert_eq!(json(r).await, (200, json!(10)));
+    let r = http
+        .post(format!("{url}/double"))
+        .header("If-Match", "\"4\"")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 412);
+    // A collection action has no version to match: If-Match there is a bad request.
+    let r = http
+        .post(format!("{base}/power/reset"))
+        .header("If-Match", "\"1\"")
+        .json(&json!({"value": 1}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 400);
+
+    // A bad If-Match (weak, not a version, several, not quoted): 400, nothing changed.
+    for bad in ["W/\"5\"", "\"abc\"", "\"5\", \"6\"", "5", "\"\"", "\"-1\""] {
+        let (status, body) = json(
+            http.patch(&url)
+                .header("If-Match", bad)
+                .json(&json!({"patch": {"$inc": {"value": 1}}}))
+                .send()
+                .await
+                .unwrap(),
+        )
+        .await;
+        assert_eq!(status, 400, "{bad}: {body}");
+        assert!(error_of(&body).contains("If-Match"), "{body}");
+    }
+
+    // DELETE: 412 when stale (still there), 204 when current.
+    let r = http
+        .delete(&url)
+        .header("If-Match", "\"4\"")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(json(r).await.0, 412);
+    let r = http.get(&url).send().await.unwrap();
+    assert_eq!(etag(&r).as_deref(), Some("\"5\""));
+    let r = http
+        .delete(&url)
+        .header("If-Match", "\"5\"")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 204);
+    // On a missing resource, the 404 comes first.
+    let r = http
+        .patch(&url)
+        .header("If-Match", "\"5\"")
+        .json(&json!({"patch": {"$inc": {"value": 1}}}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 404);
+}
+
+#[tokio::test]
+async fn conditional_requests_on_the_owner() {
+    let cluster = MemoryCluster::new();
+    let node = owner(&cluster).await;
+    let (server, base) = start(&node, HttpConfig::new(0)).await;
+    conditional_requests(&base).await;
+    server.shutdown().await;
+    node.stop().await;
+}
+
+#[tokio::test]
+async fn conditional_requests_on_a_gateway() {
+    let cluster = MemoryCluster::new();
+    let owner = owner(&cluster).await;
+    let api = gateway(&cluster, Duration::from_secs(5)).await;
+    let (server, base) = start(&api, HttpConfig::new(0)).await;
+    conditional_requests(&base).await;
     server.shutdown().await;
     api.stop().await;
     owner.stop().await;

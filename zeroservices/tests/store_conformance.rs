@@ -14,7 +14,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::{Value, json};
-use zeroservices::store::{Claim, EmbeddedStore, MemoryStore, MongoStore, Store};
+use zeroservices::store::{Claim, EmbeddedStore, MemoryStore, MongoStore, Store, take_version};
 use zeroservices::{Error, Order, Patch, Query};
 
 /// Prints a note past libtest's output capture, so that the assertions skipped on nx-27017 show
@@ -57,6 +57,10 @@ const NX_GAPS: &[&str] = &[
     "$push with $sort / $slice",
     "failed updates ($inc on a string) report no match instead of an error (handled: the store
      then checks the document exists and reports a bad request, as for mongod)",
+    "an update with a failing $push (to a string or number) and another operator applies the
+     rest, or wraps the number in an array: every update of the MongoDB store has another
+     operator, the `$inc` of `_version` (the service previews every patch with the shared
+     implementation first, so only direct store calls meet this)",
 ];
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -156,25 +160,42 @@ impl Backend {
         assert_eq!(got, id);
     }
 
-    async fn get(&self, coll: &str, id: &str) -> Value {
-        self.store
+    /// A stored document and its version (the `_version` field the store keeps).
+    async fn get_versioned(&self, coll: &str, id: &str) -> (Value, u64) {
+        let mut doc = self
+            .store
             .get(coll, id)
             .await
             .unwrap()
-            .unwrap_or_else(|| panic!("{id} not found"))
+            .unwrap_or_else(|| panic!("{id} not found"));
+        let version = take_version(&mut doc);
+        (doc, version)
     }
 
+    /// A stored document without its version.
+    async fn get(&self, coll: &str, id: &str) -> Value {
+        self.get_versioned(coll, id).await.0
+    }
+
+    async fn version(&self, coll: &str, id: &str) -> u64 {
+        self.get_versioned(coll, id).await.1
+    }
+
+    /// Patches unconditionally; checks that it bumped the version by one and returns the new
+    /// document without its version.
     async fn patch(&self, coll: &str, id: &str, patch: Value) -> Value {
-        let doc = self
+        let before = self.version(coll, id).await;
+        let mut doc = self
             .store
-            .patch(coll, id, &Patch::new(patch))
+            .patch(coll, id, &Patch::new(patch), None)
             .await
             .unwrap();
         assert_eq!(
             doc,
-            self.get(coll, id).await,
+            self.store.get(coll, id).await.unwrap().unwrap(),
             "patch returns the new document"
         );
+        assert_eq!(take_version(&mut doc), before + 1, "a patch adds one");
         doc
     }
 
@@ -268,6 +289,10 @@ conformance!(
     ensure_collection_is_idempotent,
     claims_remember_replies,
     concurrent_claims_admit_one,
+    versions_count_changes,
+    stale_versions_change_nothing,
+    concurrent_compare_and_set_loses_nothing,
+    concurrent_patches_lose_nothing,
 );
 
 // ---------------------------------------------------------------- CRUD
@@ -279,23 +304,28 @@ async fn crud(b: &Backend) {
     assert_eq!(b.get(&c, "a").await, json!({"name": "alpha", "v": 1}));
     assert_eq!(b.ids(&c, Query::all()).await, ["a", "b"]);
 
-    b.store
-        .replace(&c, "a", json!({"name": "alpha2"}))
+    let version = b
+        .store
+        .replace(&c, "a", json!({"name": "alpha2"}), None)
         .await
         .unwrap();
+    assert_eq!(version, 2);
     assert_eq!(b.get(&c, "a").await, json!({"name": "alpha2"}));
 
     let listed = b.store.list(&c, &Query::all()).await.unwrap();
     assert_eq!(
         listed,
         vec![
-            ("a".to_owned(), json!({"name": "alpha2"})),
-            ("b".to_owned(), json!({"name": "beta", "v": 2})),
+            ("a".to_owned(), json!({"name": "alpha2", "_version": 2})),
+            (
+                "b".to_owned(),
+                json!({"name": "beta", "v": 2, "_version": 1})
+            ),
         ],
-        "documents are listed without any _id"
+        "documents are listed with their versions, without any _id"
     );
 
-    b.store.delete(&c, "a").await.unwrap();
+    assert_eq!(b.store.delete(&c, "a", None).await.unwrap(), 2);
     assert_eq!(b.store.get(&c, "a").await.unwrap(), None);
     assert_eq!(b.ids(&c, Query::all()).await, ["b"]);
     // A deleted id can be used again.
@@ -379,25 +409,35 @@ async fn missing_id(b: &Backend) {
         }
         other => panic!("expected NotFound, got {other:?}"),
     };
-    not_found(b.store.delete(&c, "nope").await);
+    not_found(b.store.delete(&c, "nope", None).await.map(drop));
     not_found(
         b.store
-            .patch(&c, "nope", &Patch::new(json!({"$set": {"a": 1}})))
+            .patch(&c, "nope", &Patch::new(json!({"$set": {"a": 1}})), None)
             .await
             .map(drop),
     );
-    not_found(b.store.replace(&c, "nope", json!({"a": 1})).await);
+    not_found(
+        b.store
+            .replace(&c, "nope", json!({"a": 1}), None)
+            .await
+            .map(drop),
+    );
     // ... and in one that does.
     b.insert(&c, "there", json!({"a": 0})).await;
     assert_eq!(b.store.get(&c, "nope").await.unwrap(), None);
-    not_found(b.store.delete(&c, "nope").await);
+    not_found(b.store.delete(&c, "nope", None).await.map(drop));
     not_found(
         b.store
-            .patch(&c, "nope", &Patch::new(json!({"$set": {"a": 1}})))
+            .patch(&c, "nope", &Patch::new(json!({"$set": {"a": 1}})), None)
             .await
             .map(drop),
     );
-    not_found(b.store.replace(&c, "nope", json!({"a": 1})).await);
+    not_found(
+        b.store
+            .replace(&c, "nope", json!({"a": 1}), None)
+            .await
+            .map(drop),
+    );
     // A 24-hex id that is no ObjectId in the collection either.
     assert_eq!(
         b.store.get(&c, "0123456789abcdef01234567").await.unwrap(),
@@ -577,14 +617,18 @@ async fn failing_patch_leaves_the_document_unchanged(b: &Backend) {
             &c,
             "a",
             &Patch::new(json!({"$set": {"v": 2}, "$inc": {"s": 1}})),
+            None,
         )
         .await
         .unwrap_err();
     assert!(matches!(err, Error::BadRequest { .. }), "{err:?}");
-    assert_eq!(b.get(&c, "a").await, before);
+    assert_eq!(b.get_versioned(&c, "a").await, (before.clone(), 1));
+    if b.nx_gap("a failing $push beside the version's $inc must fail") {
+        return;
+    }
     let err = b
         .store
-        .patch(&c, "a", &Patch::new(json!({"$push": {"s": 1}})))
+        .patch(&c, "a", &Patch::new(json!({"$push": {"s": 1}})), None)
         .await
         .unwrap_err();
     assert!(matches!(err, Error::BadRequest { .. }), "{err:?}");
@@ -594,7 +638,7 @@ async fn failing_patch_leaves_the_document_unchanged(b: &Backend) {
     }
     let err = b
         .store
-        .patch(&c, "a", &Patch::new(json!({"$set": {"s.x": 1}})))
+        .patch(&c, "a", &Patch::new(json!({"$set": {"s.x": 1}})), None)
         .await
         .unwrap_err();
     assert!(matches!(err, Error::BadRequest { .. }), "{err:?}");
@@ -610,17 +654,20 @@ async fn malformed_patches_are_refused(b: &Backend) {
         json!({"$bogus": {"v": 2}}),
         json!({"$set": {"a": 1, "a.b": 2}}),
         json!({"$set": {"_id": "other"}}),
+        json!({"$set": {"_version": 7}}),
+        json!({"$inc": {"_version": 1}}),
+        json!({"$unset": {"_version": ""}}),
         json!({"$inc": {"v": "one"}}),
         json!({"$set": 3}),
     ] {
         let err = b
             .store
-            .patch(&c, "a", &Patch::new(patch.clone()))
+            .patch(&c, "a", &Patch::new(patch.clone()), None)
             .await
             .unwrap_err();
         assert!(matches!(err, Error::BadRequest { .. }), "{patch}: {err:?}");
     }
-    assert_eq!(b.get(&c, "a").await, json!({"v": 1}));
+    assert_eq!(b.get_versioned(&c, "a").await, (json!({"v": 1}), 1));
     assert_eq!(
         b.ids(&c, Query::all()).await,
         ["a"],
@@ -1228,14 +1275,26 @@ async fn mongodb_object_ids_round_trip_as_hex_strings() {
         listed,
         vec![
             (hex.clone(), json!({"v": 1, "s": "legacy"})),
-            ("plain".to_owned(), json!({"v": 2})),
-        ]
+            ("plain".to_owned(), json!({"v": 2, "_version": 1})),
+        ],
+        "a document written without a version has none (version 0)"
     );
-    assert_eq!(b.get(&c, &hex).await, json!({"v": 1, "s": "legacy"}));
-    let doc = b.patch(&c, &hex, json!({"$inc": {"v": 10}})).await;
-    assert_eq!(doc, json!({"v": 11, "s": "legacy"}));
-    b.store.replace(&c, &hex, json!({"v": 0})).await.unwrap();
-    assert_eq!(b.get(&c, &hex).await, json!({"v": 0}));
+    assert_eq!(
+        b.get_versioned(&c, &hex).await,
+        (json!({"v": 1, "s": "legacy"}), 0)
+    );
+    // A compare-and-set on version 0 matches the document without a version.
+    let doc = b
+        .store
+        .patch(&c, &hex, &Patch::new(json!({"$inc": {"v": 10}})), Some(0))
+        .await
+        .unwrap();
+    assert_eq!(doc, json!({"v": 11, "s": "legacy", "_version": 1}));
+    b.store
+        .replace(&c, &hex, json!({"v": 0}), Some(1))
+        .await
+        .unwrap();
+    assert_eq!(b.get_versioned(&c, &hex).await, (json!({"v": 0}), 2));
     // Still the same ObjectId document, not a new string-keyed one.
     let raw = db
         .collection::<mongodb::bson::Document>(&c)
@@ -1243,7 +1302,7 @@ async fn mongodb_object_ids_round_trip_as_hex_strings() {
         .await
         .unwrap();
     assert!(raw.is_some());
-    b.store.delete(&c, &hex).await.unwrap();
+    b.store.delete(&c, &hex, Some(2)).await.unwrap();
     assert_eq!(b.store.get(&c, &hex).await.unwrap(), None);
     assert_eq!(b.ids(&c, Query::all()).await, ["plain"]);
     b.cleanup().await;
@@ -1265,7 +1324,10 @@ async fn open_by_spec() {
     store.insert("c", Some("a"), json!({"v": 1})).await.unwrap();
     drop(store);
     let store = zeroservices::store::open(&spec).await.unwrap();
-    assert_eq!(store.get("c", "a").await.unwrap(), Some(json!({"v": 1})));
+    assert_eq!(
+        store.get("c", "a").await.unwrap(),
+        Some(json!({"v": 1, "_version": 1}))
+    );
     assert!(matches!(
         zeroservices::store::open("nonsense").await.err(),
         Some(Error::BadRequest { .. })
@@ -1279,4 +1341,192 @@ async fn open_by_spec_mongodb() {
     let uri = mongodb_uri("open_by_spec_mongodb");
     let store = zeroservices::store::open(&uri).await.unwrap();
     assert!(store.describe().starts_with("mongodb://"));
+}
+
+// ---------------------------------------------------------------- versions and compare-and-set
+
+async fn versions_count_changes(b: &Backend) {
+    let c = b.coll("versions");
+    b.insert(&c, "a", json!({"n": 0})).await;
+    assert_eq!(b.version(&c, "a").await, 1, "create is version 1");
+    // A `_version` given to insert or replace is the store's to set, not the caller's.
+    b.insert(&c, "b", json!({"n": 0, "_version": 42})).await;
+    assert_eq!(b.version(&c, "b").await, 1);
+    for expected in 2..=4 {
+        b.patch(&c, "a", json!({"$inc": {"n": 1}})).await;
+        assert_eq!(b.version(&c, "a").await, expected, "each patch adds one");
+    }
+    let v = b
+        .store
+        .replace(&c, "a", json!({"n": 10, "_version": 99}), Some(4))
+        .await
+        .unwrap();
+    assert_eq!(v, 5, "a replace adds one");
+    assert_eq!(b.get_versioned(&c, "a").await, (json!({"n": 10}), 5));
+    let doc = b
+        .store
+        .patch(&c, "a", &Patch::new(json!({"$set": {"m": 1}})), Some(5))
+        .await
+        .unwrap();
+    assert_eq!(doc, json!({"n": 10, "m": 1, "_version": 6}));
+    // Versions are in listed documents, and filterable like any field.
+    let listed = b
+        .store
+        .list(&c, &Query::new(json!({"_version": 6})))
+        .await
+        .unwrap();
+    assert_eq!(listed, vec![("a".to_owned(), doc)]);
+    assert_eq!(b.store.delete(&c, "a", Some(6)).await.unwrap(), 6);
+    assert_eq!(b.store.get(&c, "a").await.unwrap(), None);
+    // A new document under a deleted id starts again at 1.
+    b.insert(&c, "a", json!({"n": 0})).await;
+    assert_eq!(b.version(&c, "a").await, 1);
+}
+
+async fn stale_versions_change_nothing(b: &Backend) {
+    let c = b.coll("stale");
+    b.insert(&c, "a", json!({"n": 0})).await;
+    b.patch(&c, "a", json!({"$inc": {"n": 1}})).await; // version 2
+    let stale = |r: Result<(), Error>, op: &str| match r {
+        Err(Error::PreconditionFailed {
+            collection,
+            id,
+            expected,
+            actual,
+        }) => {
+            assert_eq!(
+                (collection.as_str(), id.as_str(), expected, actual),
+                (c.as_str(), "a", 1, 2),
+                "{op}"
+            );
+        }
+        other => panic!("{op}: expected PreconditionFailed, got {other:?}"),
+    };
+    let patch = Patch::new(json!({"$inc": {"n": 100}}));
+    stale(
+        b.store.patch(&c, "a", &patch, Some(1)).await.map(drop),
+        "patch",
+    );
+    stale(
+        b.store
+            .replace(&c, "a", json!({"n": -1}), Some(1))
+            .await
+            .map(drop),
+        "replace",
+    );
+    stale(b.store.delete(&c, "a", Some(1)).await.map(drop), "delete");
+    assert_eq!(
+        b.get_versioned(&c, "a").await,
+        (json!({"n": 1}), 2),
+        "nothing changed"
+    );
+    // A version from the future is as stale as one from the past.
+    let err = b.store.patch(&c, "a", &patch, Some(3)).await.unwrap_err();
+    assert!(
+        matches!(err, Error::PreconditionFailed { actual: 2, .. }),
+        "{err:?}"
+    );
+    // The id is checked before the version: a missing document is NotFound.
+    let err = b
+        .store
+        .patch(&c, "nope", &patch, Some(1))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::NotFound { .. }), "{err:?}");
+    let err = b.store.delete(&c, "nope", Some(1)).await.unwrap_err();
+    assert!(matches!(err, Error::NotFound { .. }), "{err:?}");
+    // A bad update on the right version is still a bad request, and changes nothing.
+    if b.nx_gap("a failing $push beside the version's $inc must fail") {
+        return;
+    }
+    let err = b
+        .store
+        .patch(&c, "a", &Patch::new(json!({"$push": {"n": 1}})), Some(2))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::BadRequest { .. }), "{err:?}");
+    assert_eq!(b.get_versioned(&c, "a").await, (json!({"n": 1}), 2));
+}
+
+/// Many tasks each read the document, compute the next value, and write it back with a
+/// compare-and-set, retrying when they lose: not one increment may be lost.
+async fn concurrent_compare_and_set_loses_nothing(b: &Backend) {
+    const TASKS: usize = 8;
+    const EACH: usize = 10;
+    let c = b.coll("cas");
+    b.insert(&c, "a", json!({"n": 0})).await;
+    let lost = std::sync::atomic::AtomicUsize::new(0);
+    let task = |t: usize| {
+        let (c, store, lost) = (c.clone(), b.store.clone(), &lost);
+        async move {
+            for i in 0..EACH {
+                loop {
+                    let mut doc = store.get(&c, "a").await.unwrap().unwrap();
+                    let version = take_version(&mut doc);
+                    let n = doc["n"].as_i64().unwrap();
+                    // Half the writers replace the whole document, half patch it.
+                    let r = if (t + i).is_multiple_of(2) {
+                        store
+                            .replace(&c, "a", json!({"n": n + 1}), Some(version))
+                            .await
+                            .map(drop)
+                    } else {
+                        store
+                            .patch(
+                                &c,
+                                "a",
+                                &Patch::new(json!({"$set": {"n": n + 1}})),
+                                Some(version),
+                            )
+                            .await
+                            .map(drop)
+                    };
+                    match r {
+                        Ok(()) => break,
+                        Err(Error::PreconditionFailed { .. }) => {
+                            lost.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        }
+                        Err(e) => panic!("{e:?}"),
+                    }
+                }
+            }
+        }
+    };
+    futures::future::join_all((0..TASKS).map(task)).await;
+    let total = (TASKS * EACH) as i64;
+    assert_eq!(
+        b.get_versioned(&c, "a").await,
+        (json!({"n": total}), total as u64 + 1),
+        "every increment is there, each one version"
+    );
+    note(&format!(
+        "{:?}: {} compare-and-sets lost and retried",
+        b.kind,
+        lost.load(std::sync::atomic::Ordering::Relaxed)
+    ));
+}
+
+/// Unconditional patches racing: each one counts, and each one is one version.
+async fn concurrent_patches_lose_nothing(b: &Backend) {
+    const TASKS: usize = 8;
+    const EACH: usize = 10;
+    let c = b.coll("incs");
+    b.insert(&c, "a", json!({"n": 0})).await;
+    let task = |_| {
+        let (c, store) = (c.clone(), b.store.clone());
+        async move {
+            for _ in 0..EACH {
+                store
+                    .patch(&c, "a", &Patch::new(json!({"$inc": {"n": 1}})), None)
+                    .await
+                    .unwrap();
+            }
+        }
+    };
+    futures::future::join_all((0..TASKS).map(task)).await;
+    let total = (TASKS * EACH) as i64;
+    assert_eq!(
+        b.get_versioned(&c, "a").await,
+        (json!({"n": total}), total as u64 + 1)
+    );
 }

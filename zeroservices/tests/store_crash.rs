@@ -66,6 +66,7 @@ fn crash_child() {
                             COLLECTION,
                             "counter",
                             &Patch::new(json!({"$inc": {"n": 1}})),
+                            None,
                         )
                         .await
                         .unwrap();
@@ -193,7 +194,7 @@ async fn kill_9_loses_no_acknowledged_write() {
             .await
             .unwrap();
         store
-            .delete(COLLECTION, &format!("after{round}"))
+            .delete(COLLECTION, &format!("after{round}"), None)
             .await
             .unwrap();
     }

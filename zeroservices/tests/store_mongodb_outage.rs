@@ -111,7 +111,7 @@ async fn outage_gives_unavailable_then_recovers() {
         .unwrap();
     assert_eq!(
         store.get("power", "p1").await.unwrap(),
-        Some(json!({"value": 1}))
+        Some(json!({"value": 1, "_version": 1}))
     );
 
     // Down: every kind of request fails with Unavailable within the timeout.
@@ -124,14 +124,19 @@ async fn outage_gives_unavailable_then_recovers() {
     assert_unavailable("insert", r, t.elapsed());
     let t = Instant::now();
     let r = store
-        .patch("power", "p1", &Patch::new(json!({"$inc": {"value": 1}})))
+        .patch(
+            "power",
+            "p1",
+            &Patch::new(json!({"$inc": {"value": 1}})),
+            None,
+        )
         .await;
     assert_unavailable("patch", r, t.elapsed());
     let t = Instant::now();
     let r = store.list("power", &Query::all()).await;
     assert_unavailable("list", r, t.elapsed());
     let t = Instant::now();
-    let r = store.delete("power", "p1").await;
+    let r = store.delete("power", "p1", None).await;
     assert_unavailable("delete", r, t.elapsed());
 
     // Back, on the same port and file: the same store object serves again.
@@ -143,7 +148,7 @@ async fn outage_gives_unavailable_then_recovers() {
             Ok(doc) => {
                 assert_eq!(
                     doc,
-                    Some(json!({"value": 1})),
+                    Some(json!({"value": 1, "_version": 1})),
                     "the data survived the restart"
                 );
                 break;
@@ -160,10 +165,15 @@ async fn outage_gives_unavailable_then_recovers() {
         .await
         .unwrap();
     let doc = store
-        .patch("power", "p1", &Patch::new(json!({"$inc": {"value": 1}})))
+        .patch(
+            "power",
+            "p1",
+            &Patch::new(json!({"$inc": {"value": 1}})),
+            None,
+        )
         .await
         .unwrap();
-    assert_eq!(doc, json!({"value": 2}));
+    assert_eq!(doc, json!({"value": 2, "_version": 2}));
     let ids: Vec<String> = store
         .list("power", &Query::all())
         .await

@@ -21,7 +21,8 @@ use crate::Error;
 /// | `Failed` (an action refused, with its own message) | 400 |
 /// | `UnknownCollection`, `UnknownAction`, `NotFound` | 404 |
 /// | `Forbidden` | 403 |
-/// | `DuplicateId`, `RequestInProgress` | 409 |
+/// | `DuplicateId`, `RequestInProgress`, `Conflict` (a change that kept losing to concurrent ones) | 409 |
+/// | `PreconditionFailed` (`If-Match` not the stored version) | 412 |
 /// | `Validation`, `IdempotencyKeyReused` | 422 |
 /// | `OwnerGone`, `Unavailable` | 503 |
 /// | `Timeout` | 504 |
@@ -33,8 +34,11 @@ pub fn status_for(error: &Error) -> StatusCode {
             StatusCode::NOT_FOUND
         }
         Error::Forbidden { .. } => StatusCode::FORBIDDEN,
-        Error::DuplicateId { .. } | Error::RequestInProgress { .. } => StatusCode::CONFLICT,
+        Error::DuplicateId { .. } | Error::RequestInProgress { .. } | Error::Conflict { .. } => {
+            StatusCode::CONFLICT
+        }
         Error::IdempotencyKeyReused { .. } => StatusCode::UNPROCESSABLE_ENTITY,
+        Error::PreconditionFailed { .. } => StatusCode::PRECONDITION_FAILED,
         Error::Limit { .. } => StatusCode::PAYLOAD_TOO_LARGE,
         Error::Validation { .. } => StatusCode::UNPROCESSABLE_ENTITY,
         Error::OwnerGone { .. } | Error::Unavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
@@ -241,6 +245,16 @@ mod tests {
                 409,
             ),
             (Error::bad_request("x"), 400),
+            (Error::conflict("x"), 409),
+            (
+                Error::PreconditionFailed {
+                    collection: "power".into(),
+                    id: "1".into(),
+                    expected: 1,
+                    actual: 2,
+                },
+                412,
+            ),
             (
                 Error::Forbidden {
                     collection: "power".into(),

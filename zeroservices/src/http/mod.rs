@@ -212,6 +212,8 @@ fn cors_layer(origins: &[String]) -> Option<CorsLayer> {
             Method::OPTIONS,
         ])
         .allow_headers(AllowHeaders::mirror_request())
+        // A browser script reads the version of what it got, for its next `If-Match`.
+        .expose_headers([axum::http::header::ETAG])
         .max_age(Duration::from_secs(3600));
     if origins.iter().any(|o| o == "*") {
         return Some(layer.allow_origin(AllowOrigin::any()));

@@ -41,7 +41,7 @@ pub(crate) async fn handler(
 }
 
 /// The error responses every operation may answer, as `(status, component name, description)`.
-const ERRORS: [(&str, &str, &str); 11] = [
+const ERRORS: [(&str, &str, &str); 12] = [
     (
         "400",
         "BadRequest",
@@ -54,7 +54,16 @@ const ERRORS: [(&str, &str, &str); 11] = [
         "Invalid credentials or operation not allowed",
     ),
     ("404", "NotFound", "Unknown collection, resource or action"),
-    ("409", "Conflict", "A resource with this id already exists"),
+    (
+        "409",
+        "Conflict",
+        "A resource with this id already exists, or a change kept losing to concurrent changes",
+    ),
+    (
+        "412",
+        "PreconditionFailed",
+        "If-Match names another version than the resource's",
+    ),
     ("413", "PayloadTooLarge", "Request body too large"),
     (
         "415",
@@ -88,7 +97,10 @@ pub fn document(infos: &[ResourceInfo], basic_auth: bool) -> Value {
         "ResourceId",
         json!({
             "type": "object",
-            "properties": {"resource_id": {"type": "string"}},
+            "properties": {
+                "resource_id": {"type": "string"},
+                "version": {"type": "integer", "minimum": 0, "description": "The new resource's version (1)."},
+            },
             "required": ["resource_id"],
         }),
     );
@@ -186,6 +198,13 @@ fn responses(ok: (&str, Value), errors: &[&str]) -> Value {
     Value::Object(map)
 }
 
+/// Adds the 304 of a GET with `If-None-Match`.
+fn with_not_modified(mut responses: Value) -> Value {
+    responses["304"] =
+        json!({"description": "Not modified: the resource's ETag matches If-None-Match"});
+    responses
+}
+
 fn unique_id(ids: &mut HashSet<String>, base: &str) -> String {
     let base = sanitize(base);
     let mut id = base.clone();
@@ -213,8 +232,12 @@ fn add_resource(
             "properties": {
                 "resource_id": {"type": "string"},
                 "resource_data": schema_ref(&resource),
+                "version": {
+                    "type": "integer", "minimum": 0,
+                    "description": "1 when created, one more at each change; the ETag, quoted.",
+                },
             },
-            "required": ["resource_id", "resource_data"],
+            "required": ["resource_id", "resource_data", "version"],
         }),
     );
     let mut tag = json!({ "name": c });
@@ -225,6 +248,11 @@ fn add_resource(
     let id_param = json!({
         "name": "resource_id", "in": "path", "required": true,
         "description": "The resource id (percent-encoded).",
+        "schema": {"type": "string"},
+    });
+    let if_match = json!({
+        "name": "If-Match", "in": "header", "required": false,
+        "description": "`\"<version>\"` (an ETag of this API) or `*`: change only that version (412 otherwise). Anything else is a 400.",
         "schema": {"type": "string"},
     });
     let query_param = |name: &str, description: &str, schema: Value| json!({"name": name, "in": "query", "required": false, "description": description, "schema": schema});
@@ -279,12 +307,18 @@ fn add_resource(
                 "tags": [c],
                 "operationId": unique_id(ids, &format!("get_{c}")),
                 "summary": format!("Read a {c}"),
-                "responses": responses(("200", json_response("The resource", schema_ref(&document))), &["404"]),
+                "parameters": [{
+                    "name": "If-None-Match", "in": "header", "required": false,
+                    "description": "ETags (or `*`): 304 without a body when the resource's matches.",
+                    "schema": {"type": "string"},
+                }],
+                "responses": with_not_modified(responses(("200", json_response("The resource", schema_ref(&document))), &["404"])),
             },
             "patch": {
                 "tags": [c],
                 "operationId": unique_id(ids, &format!("patch_{c}")),
                 "summary": format!("Update a {c}"),
+                "parameters": [if_match.clone()],
                 "requestBody": {
                     "required": true,
                     "content": {"application/json": {"schema": {
@@ -298,14 +332,15 @@ fn add_resource(
                 },
                 "responses": responses(
                     ("200", json_response("The updated resource", schema_ref(&document))),
-                    &["400", "404", "413", "415", "422"],
+                    &["400", "404", "409", "412", "413", "415", "422"],
                 ),
             },
             "delete": {
                 "tags": [c],
                 "operationId": unique_id(ids, &format!("delete_{c}")),
                 "summary": format!("Delete a {c}"),
-                "responses": responses(("204", json!({"description": "Deleted"})), &["404"]),
+                "parameters": [if_match.clone()],
+                "responses": responses(("204", json!({"description": "Deleted"})), &["400", "404", "412"]),
             },
         }),
     );
@@ -332,6 +367,12 @@ fn add_resource(
                 "required": true,
                 "content": {"application/json": {"schema": schema_ref(&args)}},
             });
+        }
+        if on_resource {
+            operation["parameters"] = json!([if_match.clone()]);
+            for status in ["409", "412"] {
+                operation["responses"][status] = error_ref(status);
+            }
         }
         let (path, item) = if on_resource {
             (

@@ -1,5 +1,16 @@
 //! The REST routes: every call becomes a [`Request`] to [`crate::Node::request`], which routes
 //! it to the collection's owner.
+//!
+//! # Versions and conditional requests
+//!
+//! A reply about one resource (GET, PATCH, POST create, a resource action) has an `ETag`, the
+//! resource's version as a strong validator: `"3"`. `If-Match: "3"` on PATCH, DELETE and a
+//! resource action (`add_link` too) makes it conditional: the owner changes nothing and answers
+//! 412 when the resource is at another version (the condition travels in the request, so it holds
+//! whichever node the owner is). `If-Match: *` is no condition (the resource must exist, as
+//! always). Any other `If-Match` (a weak `W/"3"`, a tag that is not a version, a list of several)
+//! is refused with 400: it names no version this server could ever match. `If-None-Match` on GET
+//! answers 304 (no body, the `ETag`) when one of its tags (weak comparison) or `*` matches.
 
 use axum::Json;
 use axum::body::Bytes;
@@ -13,7 +24,7 @@ use super::auth::{Operation, allowed, authorize};
 use super::error::ApiError;
 use super::{AppState, AuthUser};
 use crate::medium::Request;
-use crate::protocol::{AddLinkArgs, BuiltIn, Call, CreateArgs, ListArgs, PatchArgs};
+use crate::protocol::{ActionReply, AddLinkArgs, BuiltIn, Call, CreateArgs, ListArgs, PatchArgs};
 use crate::{Error, Patch};
 
 type ApiResult<T = Response> = Result<T, ApiError>;
@@ -140,16 +151,95 @@ fn object_body(
     }
 }
 
+/// The `ETag` of a resource at `version`: a strong validator, `"<version>"`.
+fn etag(version: u64) -> HeaderValue {
+    HeaderValue::from_str(&format!("\"{version}\"")).unwrap_or(HeaderValue::from_static("\"0\""))
+}
+
+/// Adds the `ETag` of `version` to a response.
+fn with_etag(mut response: Response, version: Option<u64>) -> Response {
+    if let Some(version) = version {
+        response.headers_mut().insert(header::ETAG, etag(version));
+    }
+    response
+}
+
+/// The version an `If-Match` header asks for: `None` without the header or with `*`; 400 for
+/// anything but one strong entity tag holding a version (`"3"`), which no resource could match.
+fn if_match(headers: &HeaderMap) -> ApiResult<Option<u64>> {
+    let Some(value) = headers.get(header::IF_MATCH) else {
+        return Ok(None);
+    };
+    let bad = || {
+        ApiError::bad_request(format!(
+            "If-Match must be `*` or one ETag of this API (a version in quotes, \"3\"), got {:?}",
+            String::from_utf8_lossy(value.as_bytes())
+        ))
+    };
+    let text = value.to_str().map_err(|_| bad())?.trim();
+    if text == "*" {
+        return Ok(None);
+    }
+    let digits = text
+        .strip_prefix('"')
+        .and_then(|t| t.strip_suffix('"'))
+        .ok_or_else(bad)?;
+    if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(bad());
+    }
+    digits.parse().map(Some).map_err(|_| bad())
+}
+
+/// Whether an `If-None-Match` header matches a resource at `version` (`*`, or one of its tags
+/// with the weak comparison: `W/"3"` matches `"3"`).
+fn none_match(headers: &HeaderMap, version: u64) -> bool {
+    let Some(text) = headers
+        .get(header::IF_NONE_MATCH)
+        .and_then(|v| v.to_str().ok())
+    else {
+        return false;
+    };
+    let ours = format!("\"{version}\"");
+    text.split(',')
+        .map(str::trim)
+        .any(|tag| tag == "*" || tag.strip_prefix("W/").unwrap_or(tag) == ours)
+}
+
+/// The `"version"` of a reply (a document, `{"resource_id", "version"}` of a create).
+fn version_in(raw: &str) -> Option<u64> {
+    #[derive(serde::Deserialize)]
+    struct Versioned {
+        version: Option<u64>,
+    }
+    serde_json::from_str::<Versioned>(raw).ok()?.version
+}
+
 async fn call(state: &AppState, request: Request) -> ApiResult<Value> {
     Ok(state.node.request(request).await?)
 }
 
 /// Like [`call`], answering with the reply's JSON text as it came (from a peer: not parsed and
-/// serialised again).
-async fn call_raw(state: &AppState, status: StatusCode, request: Request) -> ApiResult<Response> {
+/// serialised again), and the `ETag` of the reply's `"version"`. A GET whose `If-None-Match`
+/// matches that version answers 304 instead.
+async fn call_raw(
+    state: &AppState,
+    status: StatusCode,
+    request: Request,
+    headers: &HeaderMap,
+) -> ApiResult<Response> {
     let raw = state.node.request_raw(request).await?;
     let body: Box<str> = raw.into();
-    Ok((
+    let version = version_in(&body);
+    if status == StatusCode::OK
+        && let Some(version) = version
+        && none_match(headers, version)
+    {
+        return Ok(with_etag(
+            StatusCode::NOT_MODIFIED.into_response(),
+            Some(version),
+        ));
+    }
+    let response = (
         status,
         [(
             header::CONTENT_TYPE,
@@ -157,7 +247,8 @@ async fn call_raw(state: &AppState, status: StatusCode, request: Request) -> Api
         )],
         String::from(body),
     )
-        .into_response())
+        .into_response();
+    Ok(with_etag(response, version))
 }
 
 /// `GET /`: the collections known in the cluster, or the live page for a browser (an `Accept`
@@ -325,19 +416,20 @@ pub(crate) async fn create(
     .into_request(collection)
     .user(user.0.clone());
     let request = with_idempotency_key(&headers, &user, request)?;
-    call_raw(&state, StatusCode::CREATED, request).await
+    call_raw(&state, StatusCode::CREATED, request, &headers).await
 }
 
-/// `GET /{collection}/{id}`.
+/// `GET /{collection}/{id}`: 200 with the `ETag`, 304 when `If-None-Match` matches it.
 pub(crate) async fn get(
     State(state): State<AppState>,
     user_ext: Option<Extension<AuthUser>>,
     Path((collection, id)): Path<(String, String)>,
+    headers: HeaderMap,
 ) -> ApiResult {
     let user = user(user_ext);
     authorize(&state, &user, &collection, Operation::Get)?;
     let request = Call::Get { id }.into_request(collection).user(user.0);
-    call_raw(&state, StatusCode::OK, request).await
+    call_raw(&state, StatusCode::OK, request, &headers).await
 }
 
 /// `PATCH /{collection}/{id}` with `{"patch": {...}}`: 200 the updated document.
@@ -350,6 +442,7 @@ pub(crate) async fn patch(
 ) -> ApiResult {
     let user = user(user_ext);
     authorize(&state, &user, &collection, Operation::Patch)?;
+    let expect = if_match(&headers)?;
     let shape = "{\"patch\": {\"$set\": {...}, ...}}";
     let mut body = object_body(&headers, body, shape)?;
     let Some(patch) = body.remove("patch") else {
@@ -364,13 +457,15 @@ pub(crate) async fn patch(
         },
     }
     .into_request(collection)
-    .user(user.0.clone());
+    .user(user.0.clone())
+    .if_version(expect);
     let request = with_idempotency_key(&headers, &user, request)?;
     let doc = call(&state, request).await?;
-    Ok(Json(doc).into_response())
+    let version = doc.get("version").and_then(Value::as_u64);
+    Ok(with_etag(Json(doc).into_response(), version))
 }
 
-/// `DELETE /{collection}/{id}`: 204.
+/// `DELETE /{collection}/{id}`: 204 (412 when `If-Match` names another version).
 pub(crate) async fn delete(
     State(state): State<AppState>,
     user_ext: Option<Extension<AuthUser>>,
@@ -379,9 +474,11 @@ pub(crate) async fn delete(
 ) -> ApiResult {
     let user = user(user_ext);
     authorize(&state, &user, &collection, Operation::Delete)?;
+    let expect = if_match(&headers)?;
     let request = Call::Delete { id }
         .into_request(collection)
-        .user(user.0.clone());
+        .user(user.0.clone())
+        .if_version(expect);
     let request = with_idempotency_key(&headers, &user, request)?;
     call(&state, request).await?;
     Ok(StatusCode::NO_CONTENT.into_response())
@@ -433,6 +530,9 @@ async fn run_action(
     if has_own_route(&action) {
         return Err(Error::UnknownAction { collection, action }.into());
     }
+    let expect = if_match(headers)?;
+    // A custom action on one resource answers with the resource's version, for the `ETag`.
+    let versioned = built_in.is_none() && id.is_some();
     let args = json_body(headers, body)?.unwrap_or(Value::Null);
     if built_in == Some(BuiltIn::AddLink)
         && let Ok(link) = serde_json::from_value::<AddLinkArgs>(args.clone())
@@ -442,10 +542,20 @@ async fn run_action(
     }
     let mut request = Request::new(collection, action)
         .args(args)
-        .user(user.0.clone());
+        .user(user.0.clone())
+        .if_version(expect);
     request.resource_id = id;
+    request.with_version = versioned;
     let request = with_idempotency_key(headers, &user, request)?;
-    let mut result = call(state, request).await?;
+    let reply = call(state, request).await?;
+    let (mut result, version) = if versioned {
+        let reply: ActionReply = serde_json::from_value(reply).map_err(|e| {
+            Error::internal(format!("a versioned action reply does not decode: {e}"))
+        })?;
+        (reply.result, Some(reply.version))
+    } else {
+        (reply, None)
+    };
     if built_in == Some(BuiltIn::FollowLinks)
         && let Value::Array(targets) = &mut result
     {
@@ -457,7 +567,7 @@ async fn run_action(
                 .is_none_or(|c| allowed(state, &user, c, &Operation::Get))
         });
     }
-    Ok(Json(result).into_response())
+    Ok(with_etag(Json(result).into_response(), version))
 }
 
 #[cfg(test)]

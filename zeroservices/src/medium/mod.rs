@@ -63,6 +63,16 @@ pub struct Request {
     /// key with another request is refused ([`Error::IdempotencyKeyReused`](crate::Error)).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub idempotency_key: Option<String>,
+    /// For a change of one resource (`patch`, `delete`, a resource action, `add_link`): the
+    /// version the caller expects it to be at (REST `If-Match`). The owner changes nothing and
+    /// answers [`crate::Error::PreconditionFailed`] when the stored version is another one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub if_version: Option<u64>,
+    /// For a resource action: answer [`crate::protocol::ActionReply`] `{"result", "version"}`
+    /// instead of the bare result, so that the caller learns the resource's version (the REST
+    /// reply's `ETag`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub with_version: bool,
 }
 
 impl Request {
@@ -76,6 +86,8 @@ impl Request {
             user: None,
             request_id: None,
             idempotency_key: None,
+            if_version: None,
+            with_version: false,
         }
     }
 
@@ -94,6 +106,19 @@ impl Request {
     /// Sets the calling user.
     pub fn user(mut self, user: Option<User>) -> Self {
         self.user = user;
+        self
+    }
+
+    /// Makes the request conditional on the resource's version (see [`Request::if_version`]).
+    pub fn if_version(mut self, version: Option<u64>) -> Self {
+        self.if_version = version;
+        self
+    }
+
+    /// Asks a resource action to answer with the resource's version (see
+    /// [`Request::with_version`]).
+    pub fn with_version(mut self) -> Self {
+        self.with_version = true;
         self
     }
 }

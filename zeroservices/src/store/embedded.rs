@@ -2,6 +2,9 @@
 //!
 //! * The file is `<dir>/zeroservices.redb`; each collection is a table (`collection:<name>`)
 //!   mapping the resource id to its document as JSON bytes.
+//! * A document's version ([`super::VERSION_FIELD`]) is stored inside its JSON; a
+//!   compare-and-set reads, checks and writes it inside one write transaction (redb has one
+//!   writer at a time), so two changes can never both pass the check.
 //! * Every write is its own transaction, committed with [`Durability::Immediate`] (an `fsync`)
 //!   before the call returns: an acknowledged write survives `kill -9` and power loss.
 //! * redb is synchronous: every call runs on [`tokio::task::spawn_blocking`].
@@ -26,7 +29,10 @@ use redb::{
 };
 use serde_json::{Value, json};
 
-use super::{Claim, Mark, RequestRecord, SWEEP_EVERY, Store, current_mark, new_id, now_ms};
+use super::{
+    Claim, Mark, RequestRecord, SWEEP_EVERY, Store, check_version, current_mark, new_id, now_ms,
+    refuse_version_paths, set_version, version_of,
+};
 use crate::query::Filter;
 use crate::{Error, Patch, Query, Result};
 
@@ -291,6 +297,8 @@ impl Store for EmbeddedStore {
 
     async fn insert(&self, collection: &str, id: Option<&str>, doc: Value) -> Result<String> {
         let mark = current_mark(collection);
+        let mut doc = doc;
+        set_version(&mut doc, 1);
         let bytes = encode(&doc)?;
         let name = table_name(collection);
         let collection = collection.to_owned();
@@ -340,9 +348,15 @@ impl Store for EmbeddedStore {
         .await
     }
 
-    async fn replace(&self, collection: &str, id: &str, doc: Value) -> Result<()> {
+    async fn replace(
+        &self,
+        collection: &str,
+        id: &str,
+        doc: Value,
+        expect: Option<u64>,
+    ) -> Result<u64> {
         let mark = current_mark(collection);
-        let bytes = encode(&doc)?;
+        encode(&doc)?;
         let name = table_name(collection);
         let collection = collection.to_owned();
         let id = id.to_owned();
@@ -352,22 +366,36 @@ impl Store for EmbeddedStore {
                 let mut table = txn
                     .open_table(Table::new(&name))
                     .map_err(|e| storage_error(path, e))?;
-                let old = table
+                let current = table
+                    .get(id.as_str())
+                    .map_err(|e| storage_error(path, e))?
+                    .map(|v| decode(&collection, &id, v.value()))
+                    .transpose()?
+                    .ok_or_else(|| Error::not_found(&collection, &id))?;
+                let version = version_of(&current);
+                check_version(&collection, &id, version, expect)?;
+                let mut doc = doc;
+                set_version(&mut doc, version + 1);
+                let bytes = encode(&doc)?;
+                table
                     .insert(id.as_str(), bytes.as_slice())
                     .map_err(|e| storage_error(path, e))?;
-                match old {
-                    Some(_) => Ok(()),
-                    // Aborted by `write`: the document stays absent.
-                    None => Err(Error::not_found(collection, id)),
-                }
+                Ok(version + 1)
             })
         })
         .await
     }
 
-    async fn patch(&self, collection: &str, id: &str, patch: &Patch) -> Result<Value> {
+    async fn patch(
+        &self,
+        collection: &str,
+        id: &str,
+        patch: &Patch,
+        expect: Option<u64>,
+    ) -> Result<Value> {
         let mark = current_mark(collection);
         let update = patch.compile()?;
+        refuse_version_paths(&update)?;
         let name = table_name(collection);
         let collection = collection.to_owned();
         let id = id.to_owned();
@@ -383,8 +411,11 @@ impl Store for EmbeddedStore {
                     .map(|v| decode(&collection, &id, v.value()))
                     .transpose()?;
                 let mut doc = current.ok_or_else(|| Error::not_found(&collection, &id))?;
+                let version = version_of(&doc);
+                check_version(&collection, &id, version, expect)?;
                 // On error the transaction is aborted: the stored document is unchanged.
                 update.apply(&mut doc)?;
+                set_version(&mut doc, version + 1);
                 let bytes = encode(&doc)?;
                 table
                     .insert(id.as_str(), bytes.as_slice())
@@ -395,7 +426,7 @@ impl Store for EmbeddedStore {
         .await
     }
 
-    async fn delete(&self, collection: &str, id: &str) -> Result<()> {
+    async fn delete(&self, collection: &str, id: &str, expect: Option<u64>) -> Result<u64> {
         let mark = current_mark(collection);
         let name = table_name(collection);
         let collection = collection.to_owned();
@@ -408,9 +439,18 @@ impl Store for EmbeddedStore {
                     .map_err(|e| storage_error(path, e))?;
                 let old = table
                     .remove(id.as_str())
-                    .map_err(|e| storage_error(path, e))?;
+                    .map_err(|e| storage_error(path, e))?
+                    .map(|v| decode(&collection, &id, v.value()));
                 match old {
-                    Some(_) => Ok(()),
+                    // A failed check aborts the transaction (in `write`): nothing is removed.
+                    Some(Ok(doc)) => {
+                        let version = version_of(&doc);
+                        check_version(&collection, &id, version, expect)?;
+                        Ok(version)
+                    }
+                    // An unreadable document can still be deleted, unconditionally.
+                    Some(Err(_)) if expect.is_none() => Ok(0),
+                    Some(Err(e)) => Err(e),
                     None => Err(Error::not_found(collection, id)),
                 }
             })
@@ -664,7 +704,7 @@ mod tests {
             );
             let m = mark("c", "req:2");
             *m.reply.lock().unwrap() = Some(json!(42));
-            let replace = store.replace("c", "x", json!({"n": 2}));
+            let replace = store.replace("c", "x", json!({"n": 2}), Some(1));
             MARK.scope(Some(m), replace).await.unwrap();
             // A write that fails records nothing.
             assert_eq!(

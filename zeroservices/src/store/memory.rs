@@ -1,4 +1,5 @@
 //! The in-memory store: a map per collection, behind one lock. For tests and throwaway nodes.
+//! A compare-and-set on the version is checked and written under that lock.
 
 use std::collections::btree_map::Entry;
 use std::collections::{BTreeMap, HashMap};
@@ -9,7 +10,10 @@ use async_trait::async_trait;
 use serde_json::Value;
 use tokio::sync::RwLock;
 
-use super::{Claim, RequestRecord, SWEEP_EVERY, Store, new_id, now_ms};
+use super::{
+    Claim, RequestRecord, SWEEP_EVERY, Store, check_version, new_id, now_ms, refuse_version_paths,
+    set_version, version_of,
+};
 use crate::{Error, Patch, Query, Result};
 
 /// Resources kept in memory; gone when the process ends.
@@ -47,6 +51,8 @@ impl Store for MemoryStore {
             Some(id) => id.to_owned(),
             None => new_id(),
         };
+        let mut doc = doc;
+        set_version(&mut doc, 1);
         let mut all = self.collections.write().await;
         // The collection's name is copied only the first time.
         let docs = match all.get_mut(collection) {
@@ -71,35 +77,65 @@ impl Store for MemoryStore {
         Ok(all.get(collection).and_then(|docs| docs.get(id)).cloned())
     }
 
-    async fn replace(&self, collection: &str, id: &str, doc: Value) -> Result<()> {
+    async fn replace(
+        &self,
+        collection: &str,
+        id: &str,
+        mut doc: Value,
+        expect: Option<u64>,
+    ) -> Result<u64> {
+        if !doc.is_object() {
+            return Err(Error::bad_request(format!(
+                "a document must be a JSON object, got {doc}"
+            )));
+        }
         let mut all = self.collections.write().await;
         match all.get_mut(collection).and_then(|docs| docs.get_mut(id)) {
             Some(slot) => {
+                let current = version_of(slot);
+                check_version(collection, id, current, expect)?;
+                set_version(&mut doc, current + 1);
                 *slot = doc;
-                Ok(())
+                Ok(current + 1)
             }
             None => Err(Error::not_found(collection, id)),
         }
     }
 
-    async fn patch(&self, collection: &str, id: &str, patch: &Patch) -> Result<Value> {
+    async fn patch(
+        &self,
+        collection: &str,
+        id: &str,
+        patch: &Patch,
+        expect: Option<u64>,
+    ) -> Result<Value> {
         let update = patch.compile()?;
+        refuse_version_paths(&update)?;
         let mut all = self.collections.write().await;
         match all.get_mut(collection).and_then(|docs| docs.get_mut(id)) {
             Some(slot) => {
+                let current = version_of(slot);
+                check_version(collection, id, current, expect)?;
                 update.apply(slot)?;
+                set_version(slot, current + 1);
                 Ok(slot.clone())
             }
             None => Err(Error::not_found(collection, id)),
         }
     }
 
-    async fn delete(&self, collection: &str, id: &str) -> Result<()> {
+    async fn delete(&self, collection: &str, id: &str, expect: Option<u64>) -> Result<u64> {
         let mut all = self.collections.write().await;
-        match all.get_mut(collection).and_then(|docs| docs.remove(id)) {
-            Some(_) => Ok(()),
-            None => Err(Error::not_found(collection, id)),
-        }
+        let Some(docs) = all.get_mut(collection) else {
+            return Err(Error::not_found(collection, id));
+        };
+        let current = match docs.get(id) {
+            Some(doc) => version_of(doc),
+            None => return Err(Error::not_found(collection, id)),
+        };
+        check_version(collection, id, current, expect)?;
+        docs.remove(id);
+        Ok(current)
     }
 
     async fn list(&self, collection: &str, query: &Query) -> Result<Vec<(String, Value)>> {

@@ -12,6 +12,20 @@
 //! | `mongodb://host:port/db?opts`  | `MongoStore` (feature `mongodb`) (database from the path, default `zeroservices`) |
 //!
 //! [`StoreConfig`] parses these; [`open`] opens one.
+//!
+//! # Versions and compare-and-set
+//!
+//! Every stored document has a version, kept by the store in the reserved field
+//! [`VERSION_FIELD`] (`_version`) of the document: `insert` sets it to 1 and every change
+//! (`patch`, `replace`) adds exactly one. A document written before versions existed has no
+//! such field and counts as version 0 ([`version_of`]). `get` and `list` return the field with
+//! the document; the service moves it out of `resource_data` into the reply's `version`.
+//!
+//! `patch`, `replace` and `delete` take `expect: Option<u64>`: with `Some(v)`, the change is a
+//! compare-and-set, made only if the stored version is still `v` (checked and written in one
+//! atomic step: under the memory store's lock, inside the embedded store's write transaction,
+//! in the MongoDB filter), otherwise [`Error::PreconditionFailed`] and nothing changes. This is
+//! what keeps two owners of one database from losing each other's updates.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -34,10 +48,78 @@ pub use memory::MemoryStore;
 #[cfg(feature = "mongodb")]
 pub use mongo::MongoStore;
 
+/// The reserved field of a stored document that holds its version (see the
+/// [module docs](self#versions-and-compare-and-set)). Resources cannot declare it and patches
+/// cannot touch it.
+pub const VERSION_FIELD: &str = "_version";
+
+/// The version of a stored document: its [`VERSION_FIELD`], 0 when it has none (written before
+/// versions existed).
+pub fn version_of(doc: &Value) -> u64 {
+    doc.get(VERSION_FIELD).and_then(Value::as_u64).unwrap_or(0)
+}
+
+/// Removes the [`VERSION_FIELD`] from a stored document and returns the version it held (0
+/// when it had none).
+pub fn take_version(doc: &mut Value) -> u64 {
+    doc.as_object_mut()
+        .and_then(|map| map.remove(VERSION_FIELD))
+        .and_then(|v| v.as_u64())
+        .unwrap_or(0)
+}
+
+/// Whether a dotted path is the version field or inside it.
+pub fn is_version_path(path: &str) -> bool {
+    path == VERSION_FIELD
+        || path
+            .strip_prefix(VERSION_FIELD)
+            .is_some_and(|rest| rest.starts_with('.'))
+}
+
+/// Sets a document's version (a document that is not an object is left as it is: the stores
+/// refuse those before).
+pub(crate) fn set_version(doc: &mut Value, version: u64) {
+    if let Value::Object(map) = doc {
+        map.insert(VERSION_FIELD.to_owned(), Value::from(version));
+    }
+}
+
+/// The compare of a compare-and-set: `Ok` when nothing is expected or the stored version is the
+/// expected one, [`Error::PreconditionFailed`] otherwise.
+pub(crate) fn check_version(
+    collection: &str,
+    id: &str,
+    actual: u64,
+    expect: Option<u64>,
+) -> Result<()> {
+    match expect {
+        Some(expected) if expected != actual => Err(Error::PreconditionFailed {
+            collection: collection.to_owned(),
+            id: id.to_owned(),
+            expected,
+            actual,
+        }),
+        _ => Ok(()),
+    }
+}
+
+/// A patch may not touch the version, which only the store keeps.
+pub(crate) fn refuse_version_paths(update: &crate::patch::Update) -> Result<()> {
+    match update.fields().into_iter().find(|f| is_version_path(f)) {
+        Some(path) => Err(Error::bad_request(format!(
+            "`{path}`: `{VERSION_FIELD}` is kept by the store and cannot be patched"
+        ))),
+        None => Ok(()),
+    }
+}
+
 /// A document store: one namespace of collections, each a map from resource id to a JSON
 /// document (the resource's fields, without its id).
 ///
 /// Implementations must be atomic per call: a `patch` that fails leaves the document unchanged.
+/// Every document carries its version in [`VERSION_FIELD`], kept by the store: every change
+/// adds one, and a change with `expect: Some(v)` is a compare-and-set on it (see the
+/// [module docs](self#versions-and-compare-and-set)).
 #[async_trait]
 pub trait Store: Send + Sync + 'static {
     /// Prepares a collection (indexes, tables). Called once per resource when a node registers
@@ -47,24 +129,46 @@ pub trait Store: Send + Sync + 'static {
         Ok(())
     }
 
-    /// Inserts a document. With `id`, a taken id gives [`crate::Error::DuplicateId`]; without,
-    /// the store picks a fresh one. Returns the id.
+    /// Inserts a document at version 1 (a [`VERSION_FIELD`] it holds is overwritten). With
+    /// `id`, a taken id gives [`crate::Error::DuplicateId`]; without, the store picks a fresh
+    /// one. Returns the id.
     async fn insert(&self, collection: &str, id: Option<&str>, doc: Value) -> Result<String>;
 
-    /// Reads one document, `None` when the id is unknown.
+    /// Reads one document with its [`VERSION_FIELD`] (absent: version 0), `None` when the id is
+    /// unknown.
     async fn get(&self, collection: &str, id: &str) -> Result<Option<Value>>;
 
-    /// Replaces a whole document; [`crate::Error::NotFound`] if it does not exist.
-    async fn replace(&self, collection: &str, id: &str, doc: Value) -> Result<()>;
+    /// Replaces a whole document (a [`VERSION_FIELD`] in `doc` is ignored) and returns its new
+    /// version, one more than the old; [`crate::Error::NotFound`] if it does not exist,
+    /// [`crate::Error::PreconditionFailed`] (and nothing changed) if `expect` is given and is not
+    /// the stored version.
+    async fn replace(
+        &self,
+        collection: &str,
+        id: &str,
+        doc: Value,
+        expect: Option<u64>,
+    ) -> Result<u64>;
 
-    /// Applies an update document atomically and returns the new document;
-    /// [`crate::Error::NotFound`] if it does not exist.
-    async fn patch(&self, collection: &str, id: &str, patch: &Patch) -> Result<Value>;
+    /// Applies an update document atomically, adds one to the version, and returns the new
+    /// document (with its [`VERSION_FIELD`]); [`crate::Error::NotFound`] if it does not exist,
+    /// [`crate::Error::PreconditionFailed`] (and nothing changed) if `expect` is given and is
+    /// not the stored version. An update that touches [`VERSION_FIELD`] is a bad request.
+    async fn patch(
+        &self,
+        collection: &str,
+        id: &str,
+        patch: &Patch,
+        expect: Option<u64>,
+    ) -> Result<Value>;
 
-    /// Deletes a document; [`crate::Error::NotFound`] if it does not exist.
-    async fn delete(&self, collection: &str, id: &str) -> Result<()>;
+    /// Deletes a document and returns the version it had; [`crate::Error::NotFound`] if it does
+    /// not exist, [`crate::Error::PreconditionFailed`] (and nothing deleted) if `expect` is
+    /// given and is not the stored version.
+    async fn delete(&self, collection: &str, id: &str, expect: Option<u64>) -> Result<u64>;
 
-    /// Lists `(id, document)` pairs matching the query, sorted, skipped and limited.
+    /// Lists `(id, document)` pairs matching the query, sorted, skipped and limited; each
+    /// document with its [`VERSION_FIELD`].
     async fn list(&self, collection: &str, query: &Query) -> Result<Vec<(String, Value)>>;
 
     /// A short name for logs (`memory`, `embedded:/path`, `mongodb`).
@@ -410,6 +514,25 @@ mod tests {
             let e = StoreConfig::parse(bad).unwrap_err();
             assert!(e.to_string().contains("ZS_STORE"), "{e}");
         }
+    }
+
+    #[test]
+    fn versions_read_from_the_reserved_field() {
+        use serde_json::json;
+        // Written before versions existed: version 0.
+        assert_eq!(version_of(&json!({"n": 1})), 0);
+        assert_eq!(version_of(&json!({"n": 1, "_version": 3})), 3);
+        let mut doc = json!({"n": 1, "_version": 3});
+        assert_eq!(take_version(&mut doc), 3);
+        assert_eq!(doc, json!({"n": 1}));
+        assert_eq!(take_version(&mut doc), 0);
+        assert!(is_version_path("_version") && is_version_path("_version.x"));
+        assert!(!is_version_path("_versions") && !is_version_path("a._version"));
+        assert!(check_version("c", "1", 2, None).is_ok());
+        assert!(check_version("c", "1", 2, Some(2)).is_ok());
+        let e = check_version("c", "1", 2, Some(1)).unwrap_err();
+        assert_eq!(e.kind(), "precondition_failed");
+        assert!(e.to_string().contains("version 2"), "{e}");
     }
 
     #[test]

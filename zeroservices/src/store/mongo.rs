@@ -9,6 +9,11 @@
 //!   everywhere); [`Query::text`] becomes `$text`, which needs the text index declared on the
 //!   resource (`ensure_collection`). Sort ties are broken by `_id` ascending, as the other
 //!   stores break them by id.
+//! * The version ([`super::VERSION_FIELD`]) is a field of the stored document: a change bumps
+//!   it with `$inc` in the same update, and a compare-and-set puts the expected version in the
+//!   filter (`find_one_and_update`, `replace_one`, `find_one_and_delete`), so the server
+//!   decides atomically; a miss is then told apart (gone, or another version) by a read.
+//!   Version 0 (a document written before versions) is matched as "no `_version` field".
 //! * JSON integers are stored as 64-bit integers and floats as doubles, so both come back as
 //!   they went in.
 //! * The store's fingerprint ([`Store::fingerprint`]) is the document `{_id: "store"}` of the
@@ -32,7 +37,10 @@ use mongodb::options::{ClientOptions, ReturnDocument};
 use mongodb::{Client, Collection, Database, IndexModel};
 use serde_json::{Map, Number, Value};
 
-use super::{Claim, RequestRecord, SWEEP_EVERY, Store, new_id, now_ms};
+use super::{
+    Claim, RequestRecord, SWEEP_EVERY, Store, VERSION_FIELD, check_version, new_id, now_ms,
+    refuse_version_paths,
+};
 use crate::{Error, Patch, Query, Result};
 
 /// The collection of the store's own metadata (its fingerprint).
@@ -191,6 +199,38 @@ impl MongoStore {
         .map(drop)
     }
 
+    /// The version of a stored document; [`Error::NotFound`] when there is none.
+    async fn current_version(&self, collection: &str, id: &str) -> Result<u64> {
+        let coll = self.collection(collection);
+        let found = self
+            .run(
+                coll.find_one(id_filter(id))
+                    .projection(doc! {"_id": 1, VERSION_FIELD: 1}),
+                convert,
+            )
+            .await?;
+        match found {
+            Some(doc) => Ok(stored_version(&doc)),
+            None => Err(Error::not_found(collection, id)),
+        }
+    }
+
+    /// Why a change selected no document: it is gone ([`Error::NotFound`]), it is at another
+    /// version than `expect` ([`Error::PreconditionFailed`]), or the update does not apply to it
+    /// (a bad request).
+    async fn explain_miss(&self, collection: &str, id: &str, expect: Option<u64>) -> Error {
+        let actual = match self.current_version(collection, id).await {
+            Ok(actual) => actual,
+            Err(e) => return e,
+        };
+        match check_version(collection, id, actual, expect) {
+            Err(e) => e,
+            Ok(()) => {
+                Error::bad_request(format!("the update cannot be applied to {collection} {id}"))
+            }
+        }
+    }
+
     /// Creates the text indexes that could not be created at start-up.
     async fn retry_pending(&self, collection: &str) -> Result<()> {
         let fields = {
@@ -216,6 +256,35 @@ fn id_filter(id: &str) -> Document {
         _ => doc! {"_id": id},
     }
 }
+
+/// The filter selecting resource `id` at version `expect` (at any version when `None`).
+fn versioned_filter(id: &str, expect: Option<u64>) -> Document {
+    let mut filter = id_filter(id);
+    match expect {
+        None => {}
+        Some(0) => {
+            filter.insert(VERSION_FIELD, doc! {"$exists": false});
+        }
+        Some(v) => {
+            filter.insert(VERSION_FIELD, i64::try_from(v).unwrap_or(i64::MAX));
+        }
+    }
+    filter
+}
+
+/// The version a stored document holds (0 without one).
+fn stored_version(doc: &Document) -> u64 {
+    match doc.get(VERSION_FIELD) {
+        Some(Bson::Int64(v)) => u64::try_from(*v).unwrap_or(0),
+        Some(Bson::Int32(v)) => u64::try_from(*v).unwrap_or(0),
+        Some(Bson::Double(v)) if *v >= 0.0 => *v as u64,
+        _ => 0,
+    }
+}
+
+/// How many times a `replace` without an expected version retries its compare-and-set when
+/// another writer got in between.
+const REPLACE_RETRIES: usize = 16;
 
 /// A JSON value as BSON: integers as Int64, other numbers as doubles; strings stay strings.
 pub(crate) fn to_bson(v: &Value) -> Bson {
@@ -354,7 +423,8 @@ impl Store for MongoStore {
 
     async fn insert(&self, collection: &str, id: Option<&str>, doc: Value) -> Result<String> {
         let id = id.map_or_else(new_id, str::to_owned);
-        let document = with_id(Some(&id), &doc)?;
+        let mut document = with_id(Some(&id), &doc)?;
+        document.insert(VERSION_FIELD, 1_i64);
         let coll = self.collection(collection);
         self.run(coll.insert_one(document), |e| {
             if is_duplicate_key(&e) {
@@ -376,63 +446,94 @@ impl Store for MongoStore {
         Ok(found.map(|d| split_id(d).1))
     }
 
-    async fn replace(&self, collection: &str, id: &str, doc: Value) -> Result<()> {
-        let document = with_id(None, &doc)?;
+    async fn replace(
+        &self,
+        collection: &str,
+        id: &str,
+        doc: Value,
+        expect: Option<u64>,
+    ) -> Result<u64> {
+        let mut document = with_id(None, &doc)?;
         let coll = self.collection(collection);
-        let result = self
-            .run(coll.replace_one(id_filter(id), document), convert)
-            .await?;
-        if result.matched_count == 0 {
-            return Err(Error::not_found(collection, id));
+        for _ in 0..REPLACE_RETRIES {
+            let expected = match expect {
+                Some(v) => v,
+                None => self.current_version(collection, id).await?,
+            };
+            document.insert(
+                VERSION_FIELD,
+                i64::try_from(expected + 1).unwrap_or(i64::MAX),
+            );
+            let result = self
+                .run(
+                    coll.replace_one(versioned_filter(id, Some(expected)), document.clone()),
+                    convert,
+                )
+                .await?;
+            if result.matched_count == 1 {
+                return Ok(expected + 1);
+            }
+            if expect.is_some() {
+                return Err(self.explain_miss(collection, id, expect).await);
+            }
         }
-        Ok(())
+        Err(Error::conflict(format!(
+            "{collection} {id} changed under {REPLACE_RETRIES} replacements in a row; try again"
+        )))
     }
 
-    async fn patch(&self, collection: &str, id: &str, patch: &Patch) -> Result<Value> {
-        // Validated as the other stores do (operators, conflicts, `_id`), then sent as is.
-        patch.compile()?;
-        let update = match to_bson(patch.as_value()) {
+    async fn patch(
+        &self,
+        collection: &str,
+        id: &str,
+        patch: &Patch,
+        expect: Option<u64>,
+    ) -> Result<Value> {
+        // Validated as the other stores do (operators, conflicts, `_id`, `_version`), then sent
+        // as is, with the version's `$inc` added.
+        let compiled = patch.compile()?;
+        refuse_version_paths(&compiled)?;
+        let mut update = match to_bson(patch.as_value()) {
             Bson::Document(d) => d,
             _ => return Err(Error::internal("a compiled patch is always an object")),
         };
+        match update.get_mut("$inc") {
+            Some(Bson::Document(inc)) => {
+                inc.insert(VERSION_FIELD, 1_i64);
+            }
+            _ => {
+                update.insert("$inc", doc! {VERSION_FIELD: 1_i64});
+            }
+        }
         let coll = self.collection(collection);
         let after = self
             .run(
-                coll.find_one_and_update(id_filter(id), update)
+                coll.find_one_and_update(versioned_filter(id, expect), update)
                     .return_document(ReturnDocument::After),
                 convert,
             )
             .await?;
         match after {
             Some(doc) => Ok(split_id(doc).1),
-            None => {
-                // No document, or (on servers that report failed updates as "no match") an
-                // update that does not apply to it.
-                let exists = self
-                    .run(
-                        coll.find_one(id_filter(id)).projection(doc! {"_id": 1}),
-                        convert,
-                    )
-                    .await?
-                    .is_some();
-                if exists {
-                    Err(Error::bad_request(format!(
-                        "the update cannot be applied to {collection} {id}"
-                    )))
-                } else {
-                    Err(Error::not_found(collection, id))
-                }
-            }
+            // No document, another version, or (on servers that report failed updates as "no
+            // match") an update that does not apply to it.
+            None => Err(self.explain_miss(collection, id, expect).await),
         }
     }
 
-    async fn delete(&self, collection: &str, id: &str) -> Result<()> {
+    async fn delete(&self, collection: &str, id: &str, expect: Option<u64>) -> Result<u64> {
         let coll = self.collection(collection);
-        let result = self.run(coll.delete_one(id_filter(id)), convert).await?;
-        if result.deleted_count == 0 {
-            return Err(Error::not_found(collection, id));
+        let deleted = self
+            .run(
+                coll.find_one_and_delete(versioned_filter(id, expect))
+                    .projection(doc! {VERSION_FIELD: 1}),
+                convert,
+            )
+            .await?;
+        match deleted {
+            Some(doc) => Ok(stored_version(&doc)),
+            None => Err(self.explain_miss(collection, id, expect).await),
         }
-        Ok(())
     }
 
     async fn list(&self, collection: &str, query: &Query) -> Result<Vec<(String, Value)>> {

@@ -58,6 +58,8 @@ pub(crate) enum Outgoing<'a> {
 }
 
 /// A call as received by the ROUTER, typed.
+// Short-lived, moved once per call: boxing the request would cost an allocation per request.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, PartialEq)]
 pub(crate) enum Call {
     /// An application request for the node.
