@@ -340,6 +340,60 @@ async fn users_of_a_file_with_different_rights() {
     node.stop().await;
 }
 
+/// The users file is read again on `SIGHUP`: a user added logs in, a removed one (already
+/// verified, so cached) is refused at once; a malformed file changes nothing.
+#[cfg(unix)]
+#[tokio::test]
+async fn the_users_file_is_reloaded_on_sighup() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = users_file(&dir);
+    let cluster = MemoryCluster::new();
+    let node = owner_with_rules(&cluster).await;
+    let config = HttpConfig::new(0).users(Users::load(&path).unwrap());
+    let (server, base) = start(&node, config).await;
+    let http = client();
+    let status = |user: &'static str, pw: String| {
+        let http = http.clone();
+        let url = format!("{base}/power");
+        async move {
+            let response = http.get(url).header("authorization", basic(user, &pw));
+            response.send().await.unwrap().status().as_u16()
+        }
+    };
+    assert_eq!(status("bob", password("bob")).await, 200);
+    assert_eq!(status("dan", password("dan")).await, 401);
+
+    // bob removed, dan added (a reader).
+    let dan = hash_password(&password("dan")).unwrap();
+    let ann = hash_password(&password("ann")).unwrap();
+    std::fs::write(&path, format!("ann:{ann}:writer\ndan:{dan}:reader\n")).unwrap();
+    let hup = || {
+        let sent = std::process::Command::new("kill")
+            .args(["-HUP", &std::process::id().to_string()])
+            .status()
+            .unwrap();
+        assert!(sent.success());
+    };
+    hup();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while status("dan", password("dan")).await != 200 {
+        assert!(std::time::Instant::now() < deadline, "dan never let in");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(status("bob", password("bob")).await, 401, "bob was removed");
+
+    // A malformed file is refused: the users stay.
+    std::fs::write(&path, "dan:not-a-hash\n").unwrap();
+    hup();
+    // The reload is asynchronous: wait for a change that cannot come, for a while, then check.
+    for _ in 0..20 {
+        assert_eq!(status("dan", password("dan")).await, 200);
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    server.shutdown().await;
+    node.stop().await;
+}
+
 #[tokio::test]
 async fn jwt_users_with_different_rights() {
     let cluster = MemoryCluster::new();

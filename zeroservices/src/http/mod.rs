@@ -433,6 +433,33 @@ async fn drain(stop: CancellationToken, abort: CancellationToken, running: Runni
     tracing::info!(%addr, "http server stopped");
 }
 
+/// Reads the users file again on every `SIGHUP` until `stop`: a file that cannot be read or has a
+/// malformed line is logged and the users stay as they were.
+#[cfg(unix)]
+fn reload_users_on_sighup(users: Arc<Users>, stop: CancellationToken) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut hangups = match signal(SignalKind::hangup()) {
+        Ok(hangups) => hangups,
+        Err(e) => {
+            tracing::warn!("cannot listen for SIGHUP: the users file will not be reloaded: {e}");
+            return;
+        }
+    };
+    tokio::spawn(async move {
+        loop {
+            tokio::select! {
+                () = stop.cancelled() => return,
+                got = hangups.recv() => if got.is_none() { return },
+            }
+            let file = users.source().map(|p| p.display().to_string()).unwrap_or_default();
+            match users.reload() {
+                Ok(count) => tracing::info!(%file, users = count, "users file reloaded"),
+                Err(e) => tracing::error!(%file, "users file not reloaded: {e}"),
+            }
+        }
+    });
+}
+
 /// Binds `config.host:config.port`, serves [`router`] in a background task, and returns at once.
 pub async fn serve(node: Node, config: HttpConfig) -> Result<HttpServer> {
     serve_inner(node, config, None).await
@@ -458,6 +485,12 @@ async fn serve_inner(node: Node, config: HttpConfig, extra: Option<Router>) -> R
     let stop = node.shutdown().stopping().child_token();
     let work = node.shutdown().work().clone();
     let abort = node.shutdown().abort().clone();
+    #[cfg(unix)]
+    if let Some(users) = config.users.clone()
+        && users.source().is_some()
+    {
+        reload_users_on_sighup(users, stop.clone());
+    }
     let limits = server::Limits {
         header_timeout: config.header_timeout,
         idle_timeout: config.idle_timeout,

@@ -3,8 +3,8 @@
 
 use std::collections::{HashMap, HashSet};
 use std::fmt;
-use std::path::Path;
-use std::sync::{Arc, Mutex};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, RwLock};
 
 use argon2::{Argon2, PasswordHash, PasswordHasher, PasswordVerifier};
 use sha2::{Digest, Sha256};
@@ -37,7 +37,10 @@ struct Entry {
 /// of user and password that lives only in memory) so a client sending the same credentials on
 /// every request pays for Argon2 once.
 pub struct Users {
-    users: HashMap<String, Entry>,
+    /// The users, replaced whole by [`Users::reload`].
+    users: RwLock<Arc<HashMap<String, Entry>>>,
+    /// The file they were read from, if any (what [`Users::reload`] reads again).
+    source: Option<PathBuf>,
     /// A hash of a random password, checked for unknown users: a wrong user name takes as long
     /// as a wrong password, so timing does not tell which user names exist.
     dummy: String,
@@ -52,7 +55,8 @@ pub struct Users {
 
 impl fmt::Debug for Users {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let mut names: Vec<&String> = self.users.keys().collect();
+        let users = self.current();
+        let mut names: Vec<&String> = users.keys().collect();
         names.sort();
         f.debug_struct("Users").field("users", &names).finish()
     }
@@ -65,50 +69,48 @@ impl Users {
         let text = std::fs::read_to_string(path).map_err(|e| {
             Error::bad_request(format!("cannot read users file {}: {e}", path.display()))
         })?;
-        Self::parse(&text, &path.display().to_string())
+        let mut users = Self::parse(&text, &path.display().to_string())?;
+        users.source = Some(path.to_owned());
+        Ok(users)
+    }
+
+    /// Reads the users file again (the one [`Users::load`] read) and replaces the users with
+    /// its: added users can log in, removed ones and changed passwords stop working at once
+    /// (the cache of verified passwords is emptied). A file that cannot be read or has a
+    /// malformed line changes nothing (the error names it). Users made by [`Users::parse`]
+    /// have no file: reloading them changes nothing.
+    pub fn reload(&self) -> Result<usize> {
+        let Some(path) = &self.source else {
+            return Ok(self.len());
+        };
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            Error::bad_request(format!("cannot read users file {}: {e}", path.display()))
+        })?;
+        let users = parse_entries(&text, &path.display().to_string())?;
+        let count = users.len();
+        *self.users.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(users);
+        lock(&self.verified).clear();
+        Ok(count)
+    }
+
+    /// The file the users were read from, if any.
+    pub fn source(&self) -> Option<&Path> {
+        self.source.as_deref()
+    }
+
+    fn current(&self) -> Arc<HashMap<String, Entry>> {
+        self.users.read().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
     /// Parses the text of a users file; `source` names it in errors (`users.txt line 3: ...`).
     pub fn parse(text: &str, source: &str) -> Result<Self> {
-        let mut users = HashMap::new();
-        for (n, line) in text.lines().enumerate() {
-            let line = line.trim();
-            if line.is_empty() || line.starts_with('#') {
-                continue;
-            }
-            let bad = |what: &str| Error::bad_request(format!("{source} line {}: {what}", n + 1));
-            let (user, rest) = line
-                .split_once(':')
-                .ok_or_else(|| bad("expected `user:$argon2id$...[:role,...]`"))?;
-            if user.is_empty() {
-                return Err(bad("the user name is empty"));
-            }
-            let (hash, roles) = rest.split_once(':').unwrap_or((rest, ""));
-            PasswordHash::new(hash)
-                .ok()
-                .filter(|h| h.algorithm.as_str().starts_with("argon2"))
-                .ok_or_else(|| {
-                    bad("not an Argon2 PHC hash (make one with `zeroservices hash-password`)")
-                })?;
-            let roles = roles
-                .split(',')
-                .map(str::trim)
-                .filter(|r| !r.is_empty())
-                .map(str::to_owned)
-                .collect();
-            let entry = Entry {
-                hash: hash.to_owned(),
-                roles,
-            };
-            if users.insert(user.to_owned(), entry).is_some() {
-                return Err(bad(&format!("user {user} appears twice")));
-            }
-        }
+        let users = parse_entries(text, source)?;
         let mut salt = [0u8; 16];
         salt.copy_from_slice(uuid::Uuid::new_v4().as_bytes());
         let dummy = hash_password(&uuid::Uuid::new_v4().to_string())?;
         Ok(Self {
-            users,
+            users: RwLock::new(Arc::new(users)),
+            source: None,
             dummy,
             salt,
             verified: Mutex::new(HashSet::new()),
@@ -118,19 +120,20 @@ impl Users {
         })
     }
 
+
     /// How many users the file has.
     pub fn len(&self) -> usize {
-        self.users.len()
+        self.current().len()
     }
 
     /// Whether the file has no user.
     pub fn is_empty(&self) -> bool {
-        self.users.is_empty()
+        self.current().is_empty()
     }
 
     /// Whether `user` is in the file.
     pub fn contains(&self, user: &str) -> bool {
-        self.users.contains_key(user)
+        self.current().contains_key(user)
     }
 
     fn key(&self, user: &str, password: &str) -> [u8; 32] {
@@ -145,7 +148,8 @@ impl Users {
     /// The user, with its roles, when `password` is theirs. Blocking (Argon2) unless the pair
     /// was verified before: call it off the async runtime.
     pub fn verify(&self, user: &str, password: &str) -> Option<User> {
-        let Some(entry) = self.users.get(user) else {
+        let users = self.current();
+        let Some(entry) = users.get(user) else {
             // As long as for a known user.
             if let Ok(hash) = PasswordHash::new(&self.dummy) {
                 let _ = Argon2::default().verify_password(password.as_bytes(), &hash);
@@ -192,11 +196,51 @@ impl Users {
 
     /// Whether `user:password` was verified before (no Argon2: cheap).
     pub(crate) fn cached(&self, user: &str, password: &str) -> Option<User> {
-        let entry = self.users.get(user)?;
+        let users = self.current();
+        let entry = users.get(user)?;
         lock(&self.verified)
             .contains(&self.key(user, password))
             .then(|| User::new(user).roles(entry.roles.iter().cloned()))
     }
+}
+
+/// The entries of a users file's text; `source` names it in errors.
+fn parse_entries(text: &str, source: &str) -> Result<HashMap<String, Entry>> {
+    let mut users = HashMap::new();
+    for (n, line) in text.lines().enumerate() {
+        let line = line.trim();
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        let bad = |what: &str| Error::bad_request(format!("{source} line {}: {what}", n + 1));
+        let (user, rest) = line
+            .split_once(':')
+            .ok_or_else(|| bad("expected `user:$argon2id$...[:role,...]`"))?;
+        if user.is_empty() {
+            return Err(bad("the user name is empty"));
+        }
+        let (hash, roles) = rest.split_once(':').unwrap_or((rest, ""));
+        PasswordHash::new(hash)
+            .ok()
+            .filter(|h| h.algorithm.as_str().starts_with("argon2"))
+            .ok_or_else(|| {
+                bad("not an Argon2 PHC hash (make one with `zeroservices hash-password`)")
+            })?;
+        let roles = roles
+            .split(',')
+            .map(str::trim)
+            .filter(|r| !r.is_empty())
+            .map(str::to_owned)
+            .collect();
+        let entry = Entry {
+            hash: hash.to_owned(),
+            roles,
+        };
+        if users.insert(user.to_owned(), entry).is_some() {
+            return Err(bad(&format!("user {user} appears twice")));
+        }
+    }
+    Ok(users)
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
