@@ -451,7 +451,10 @@ fn reload_users_on_sighup(users: Arc<Users>, stop: CancellationToken) {
                 () = stop.cancelled() => return,
                 got = hangups.recv() => if got.is_none() { return },
             }
-            let file = users.source().map(|p| p.display().to_string()).unwrap_or_default();
+            let file = users
+                .source()
+                .map(|p| p.display().to_string())
+                .unwrap_or_default();
             match users.reload() {
                 Ok(count) => tracing::info!(%file, users = count, "users file reloaded"),
                 Err(e) => tracing::error!(%file, "users file not reloaded: {e}"),

@@ -120,7 +120,6 @@ impl Users {
         })
     }
 
-
     /// How many users the file has.
     pub fn len(&self) -> usize {
         self.current().len()

@@ -30,7 +30,7 @@ use redb::{
 use serde_json::{Value, json};
 
 use super::{
-    Claim, Mark, RequestRecord, SWEEP_EVERY, Store, check_version, current_mark, new_id, now_ms,
+    Claim, Mark, RequestRecord, SWEEP_BATCH, Store, check_version, current_mark, new_id, now_ms,
     refuse_version_paths, set_version, version_of,
 };
 use crate::query::Filter;
@@ -47,7 +47,6 @@ pub struct EmbeddedStore {
     db: Arc<Database>,
     path: Arc<PathBuf>,
     skipped: Arc<AtomicU64>,
-    claims: Arc<AtomicU64>,
     fingerprint: Arc<str>,
 }
 
@@ -139,7 +138,6 @@ impl EmbeddedStore {
             db: Arc::new(db),
             path: Arc::new(path),
             skipped: Arc::new(AtomicU64::new(0)),
-            claims: Arc::new(AtomicU64::new(0)),
             fingerprint: fingerprint.into(),
         })
     }
@@ -536,37 +534,20 @@ impl Store for EmbeddedStore {
         fingerprint: &str,
         lease: Duration,
     ) -> Result<Claim> {
-        let name = requests_table_name(collection);
+        let collection = collection.to_owned();
         let id = request_id.to_owned();
-        let pending = encode_record(&RequestRecord::pending(fingerprint, lease))?;
-        let sweep = self
-            .claims
-            .fetch_add(1, Ordering::Relaxed)
-            .is_multiple_of(SWEEP_EVERY);
+        let pending = RequestRecord::pending(fingerprint, lease);
         self.blocking(move |db, path| {
             // A claim need not survive a crash: the change it guards is what is durable, and
-            // its reply is recorded durably ([`Store::complete_request`]).
+            // the change's own transaction records the request (see `mark_applied`).
             write_with(db, path, Durability::None, |txn| {
-                let mut table = txn
-                    .open_table(Table::new(&name))
-                    .map_err(|e| storage_error(path, e))?;
+                let mut records = Records::open(txn, path, &collection)?;
                 let now = now_ms();
-                if sweep {
-                    table
-                        .retain(|_, bytes| decode_record(bytes).is_some_and(|r| r.expires_ms > now))
-                        .map_err(|e| storage_error(path, e))?;
-                }
-                let found = table
-                    .get(id.as_str())
-                    .map_err(|e| storage_error(path, e))?
-                    .and_then(|bytes| decode_record(bytes.value()))
-                    .and_then(|record| record.claim(now));
-                if let Some(found) = found {
+                records.sweep(now)?;
+                if let Some(found) = records.get(&id)?.and_then(|r| r.claim(now)) {
                     return Ok(found);
                 }
-                table
-                    .insert(id.as_str(), pending.as_slice())
-                    .map_err(|e| storage_error(path, e))?;
+                records.put(&id, &pending)?;
                 Ok(Claim::New)
             })
         })
@@ -580,7 +561,7 @@ impl Store for EmbeddedStore {
         reply: &Value,
         keep: Duration,
     ) -> Result<()> {
-        let name = requests_table_name(collection);
+        let collection = collection.to_owned();
         let id = request_id.to_owned();
         let reply = reply.clone();
         self.blocking(move |db, path| {
@@ -588,43 +569,106 @@ impl Store for EmbeddedStore {
             // action's reply); a create's, patch's or delete's reply is rebuilt from the store
             // if this one is lost.
             write_with(db, path, Durability::None, |txn| {
-                let mut table = txn
-                    .open_table(Table::new(&name))
-                    .map_err(|e| storage_error(path, e))?;
-                let record = table
-                    .get(id.as_str())
-                    .map_err(|e| storage_error(path, e))?
-                    .and_then(|bytes| decode_record(bytes.value()));
-                let Some(mut record) = record else {
+                let mut records = Records::open(txn, path, &collection)?;
+                let Some(mut record) = records.get(&id)? else {
                     return Ok(());
                 };
                 record.reply = Some(reply);
                 record.expires_ms = now_ms().saturating_add(keep.as_millis() as u64);
-                let bytes = encode_record(&record)?;
-                table
-                    .insert(id.as_str(), bytes.as_slice())
-                    .map_err(|e| storage_error(path, e))?;
-                Ok(())
+                records.put(&id, &record)
             })
         })
         .await
     }
 
     async fn release_request(&self, collection: &str, request_id: &str) -> Result<()> {
-        let name = requests_table_name(collection);
+        let collection = collection.to_owned();
         let id = request_id.to_owned();
         self.blocking(move |db, path| {
             write_with(db, path, Durability::None, |txn| {
-                let mut table = txn
-                    .open_table(Table::new(&name))
-                    .map_err(|e| storage_error(path, e))?;
-                table
+                let mut records = Records::open(txn, path, &collection)?;
+                records
+                    .records
                     .remove(id.as_str())
                     .map_err(|e| storage_error(path, e))?;
                 Ok(())
             })
         })
         .await
+    }
+}
+
+/// The expiry order of a collection's request records: `(expires_ms, request key)`.
+type ExpiryTable<'a> = TableDefinition<'a, (u64, &'static str), ()>;
+
+/// A collection's request records (`requests:<collection>`, key to record) and their expiry
+/// order (`expiries:<collection>`), in one write transaction.
+struct Records<'t> {
+    records: redb::Table<'t, &'static str, &'static [u8]>,
+    expiries: redb::Table<'t, (u64, &'static str), ()>,
+    path: &'t Path,
+}
+
+impl<'t> Records<'t> {
+    fn open(txn: &'t WriteTransaction, path: &'t Path, collection: &str) -> Result<Self> {
+        let records = txn
+            .open_table(Table::new(&format!("requests:{collection}")))
+            .map_err(|e| storage_error(path, e))?;
+        let expiries = txn
+            .open_table(ExpiryTable::new(&format!("expiries:{collection}")))
+            .map_err(|e| storage_error(path, e))?;
+        Ok(Self {
+            records,
+            expiries,
+            path,
+        })
+    }
+
+    fn get(&self, key: &str) -> Result<Option<RequestRecord>> {
+        Ok(self
+            .records
+            .get(key)
+            .map_err(|e| storage_error(self.path, e))?
+            .and_then(|bytes| decode_record(bytes.value())))
+    }
+
+    fn put(&mut self, key: &str, record: &RequestRecord) -> Result<()> {
+        let bytes = encode_record(record)?;
+        self.records
+            .insert(key, bytes.as_slice())
+            .map_err(|e| storage_error(self.path, e))?;
+        self.expiries
+            .insert((record.expires_ms, key), ())
+            .map_err(|e| storage_error(self.path, e))?;
+        Ok(())
+    }
+
+    /// Deletes up to [`SWEEP_BATCH`] expired records, oldest first: the work of one claim stays
+    /// small however many records are kept. An expiry entry whose record was since rewritten
+    /// with a later expiry only goes itself.
+    fn sweep(&mut self, now: u64) -> Result<()> {
+        let due: Vec<(u64, String)> = self
+            .expiries
+            .range::<(u64, &str)>(..(now.saturating_add(1), ""))
+            .map_err(|e| storage_error(self.path, e))?
+            .take(SWEEP_BATCH)
+            .filter_map(|entry| {
+                entry
+                    .ok()
+                    .map(|(k, _)| (k.value().0, k.value().1.to_owned()))
+            })
+            .collect();
+        for (expires, key) in due {
+            self.expiries
+                .remove((expires, key.as_str()))
+                .map_err(|e| storage_error(self.path, e))?;
+            if self.get(&key)?.is_some_and(|r| r.expires_ms == expires) {
+                self.records
+                    .remove(key.as_str())
+                    .map_err(|e| storage_error(self.path, e))?;
+            }
+        }
+        Ok(())
     }
 }
 
@@ -640,19 +684,7 @@ fn mark_applied(
     let Some(mark) = mark else {
         return Ok(());
     };
-    let mut table = txn
-        .open_table(Table::new(&requests_table_name(&mark.collection)))
-        .map_err(|e| storage_error(path, e))?;
-    let bytes = encode_record(&mark.applied(resource_id))?;
-    table
-        .insert(mark.key.as_str(), bytes.as_slice())
-        .map_err(|e| storage_error(path, e))?;
-    Ok(())
-}
-
-/// The table holding `collection`'s claimed requests.
-fn requests_table_name(collection: &str) -> String {
-    format!("requests:{collection}")
+    Records::open(txn, path, &mark.collection)?.put(&mark.key, &mark.applied(resource_id))
 }
 
 fn encode_record(record: &RequestRecord) -> Result<Vec<u8>> {

@@ -3,7 +3,6 @@
 
 use std::collections::btree_map::Entry;
 use std::collections::{BTreeMap, HashMap};
-use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -11,8 +10,8 @@ use serde_json::Value;
 use tokio::sync::RwLock;
 
 use super::{
-    Claim, RequestRecord, SWEEP_EVERY, Store, check_version, new_id, now_ms, refuse_version_paths,
-    set_version, version_of,
+    Claim, RequestMemory, Store, check_version, new_id, refuse_version_paths, set_version,
+    version_of,
 };
 use crate::{Error, Patch, Query, Result};
 
@@ -20,8 +19,7 @@ use crate::{Error, Patch, Query, Result};
 pub struct MemoryStore {
     collections: RwLock<HashMap<String, BTreeMap<String, Value>>>,
     /// Claimed requests by (collection, request id).
-    requests: std::sync::Mutex<HashMap<(String, String), RequestRecord>>,
-    claims: std::sync::atomic::AtomicU64,
+    requests: std::sync::Mutex<RequestMemory>,
     /// Random per instance: two memory stores never hold the same data.
     fingerprint: String,
 }
@@ -31,13 +29,16 @@ impl Default for MemoryStore {
         Self {
             collections: RwLock::default(),
             requests: Default::default(),
-            claims: Default::default(),
             fingerprint: format!("memory:{}", new_id()),
         }
     }
 }
 
 impl MemoryStore {
+    fn requests(&self) -> std::sync::MutexGuard<'_, RequestMemory> {
+        self.requests.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
     /// An empty store.
     pub fn new() -> Self {
         Self::default()
@@ -167,21 +168,8 @@ impl Store for MemoryStore {
         fingerprint: &str,
         lease: Duration,
     ) -> Result<Claim> {
-        let now = now_ms();
-        let mut requests = self.requests.lock().unwrap_or_else(|e| e.into_inner());
-        if self
-            .claims
-            .fetch_add(1, Ordering::Relaxed)
-            .is_multiple_of(SWEEP_EVERY)
-        {
-            requests.retain(|_, record| record.expires_ms > now);
-        }
         let key = (collection.to_owned(), request_id.to_owned());
-        if let Some(found) = requests.get(&key).and_then(|r| r.claim(now)) {
-            return Ok(found);
-        }
-        requests.insert(key, RequestRecord::pending(fingerprint, lease));
-        Ok(Claim::New)
+        Ok(self.requests().claim(key, fingerprint, lease))
     }
 
     async fn complete_request(
@@ -191,18 +179,14 @@ impl Store for MemoryStore {
         reply: &Value,
         keep: Duration,
     ) -> Result<()> {
-        let mut requests = self.requests.lock().unwrap_or_else(|e| e.into_inner());
         let key = (collection.to_owned(), request_id.to_owned());
-        if let Some(record) = requests.get_mut(&key) {
-            record.reply = Some(reply.clone());
-            record.expires_ms = now_ms().saturating_add(keep.as_millis() as u64);
-        }
+        self.requests().complete(key, reply, keep);
         Ok(())
     }
 
     async fn release_request(&self, collection: &str, request_id: &str) -> Result<()> {
-        let mut requests = self.requests.lock().unwrap_or_else(|e| e.into_inner());
-        requests.remove(&(collection.to_owned(), request_id.to_owned()));
+        self.requests()
+            .release(&(collection.to_owned(), request_id.to_owned()));
         Ok(())
     }
 

@@ -351,6 +351,94 @@ pub(crate) fn now_ms() -> u64 {
 /// Records are swept (expired ones deleted) once every this many claims.
 pub(crate) const SWEEP_EVERY: u64 = 256;
 
+/// Expired records deleted by one claim at most (the embedded and memory stores sweep a few at
+/// every claim, in expiry order, so the work per claim stays small whatever the number kept).
+pub(crate) const SWEEP_BATCH: usize = 64;
+
+/// Request records a memory store keeps at most; past it the ones closest to expiry go first
+/// (counted and logged), so a flood of writes cannot grow the process without bound.
+pub(crate) const MAX_MEMORY_RECORDS: usize = 1_000_000;
+
+/// Request records in memory, with their expiry order: what [`MemoryStore`] keeps.
+#[derive(Default)]
+pub(crate) struct RequestMemory {
+    records: std::collections::HashMap<(String, String), RequestRecord>,
+    /// `(expires_ms, key)` for every record write; an entry whose record has since expired
+    /// later (a completed claim) is skipped when it comes up.
+    expiries: std::collections::BTreeSet<(u64, (String, String))>,
+    /// Records dropped before their expiry because of [`MAX_MEMORY_RECORDS`].
+    pub(crate) evicted: u64,
+}
+
+impl RequestMemory {
+    /// Deletes up to [`SWEEP_BATCH`] expired records (and as many as needed to stay under the
+    /// cap).
+    fn sweep(&mut self, now: u64) {
+        let mut swept = 0;
+        while let Some((expires, key)) = self.expiries.first().cloned() {
+            let over = self.records.len() > MAX_MEMORY_RECORDS;
+            if !over && (expires > now || swept >= SWEEP_BATCH) {
+                break;
+            }
+            self.expiries.pop_first();
+            if self
+                .records
+                .get(&key)
+                .is_some_and(|r| r.expires_ms == expires)
+            {
+                self.records.remove(&key);
+                if over && expires > now {
+                    if self.evicted == 0 {
+                        tracing::warn!(
+                            "over {MAX_MEMORY_RECORDS} request records in a memory store: the \
+                             ones closest to expiry are forgotten early"
+                        );
+                    }
+                    self.evicted += 1;
+                }
+            }
+            swept += 1;
+        }
+    }
+
+    fn put(&mut self, key: (String, String), record: RequestRecord) {
+        self.expiries.insert((record.expires_ms, key.clone()));
+        self.records.insert(key, record);
+    }
+
+    pub(crate) fn claim(
+        &mut self,
+        key: (String, String),
+        fingerprint: &str,
+        lease: Duration,
+    ) -> Claim {
+        let now = now_ms();
+        self.sweep(now);
+        if let Some(found) = self.records.get(&key).and_then(|r| r.claim(now)) {
+            return found;
+        }
+        self.put(key, RequestRecord::pending(fingerprint, lease));
+        Claim::New
+    }
+
+    pub(crate) fn complete(&mut self, key: (String, String), reply: &Value, keep: Duration) {
+        if let Some(mut record) = self.records.get(&key).cloned() {
+            record.reply = Some(reply.clone());
+            record.expires_ms = now_ms().saturating_add(keep.as_millis() as u64);
+            self.put(key, record);
+        }
+    }
+
+    pub(crate) fn release(&mut self, key: &(String, String)) {
+        self.records.remove(key);
+    }
+
+    #[cfg(test)]
+    pub(crate) fn len(&self) -> (usize, usize) {
+        (self.records.len(), self.expiries.len())
+    }
+}
+
 /// A fresh resource id: 32 lowercase hex digits.
 pub fn new_id() -> String {
     uuid::Uuid::new_v4().simple().to_string()
@@ -491,6 +579,47 @@ pub async fn open(spec: &str) -> Result<Arc<dyn Store>> {
 
 #[cfg(test)]
 mod tests {
+    use serde_json::json;
+
+    #[test]
+    fn request_records_expire_a_few_at_a_time() {
+        let mut memory = RequestMemory::default();
+        let key = |n: usize| ("c".to_owned(), format!("r{n}"));
+        let short = Duration::from_millis(1);
+        let lease = Duration::from_millis(100);
+        for n in 0..200 {
+            assert_eq!(memory.claim(key(n), "f", lease), Claim::New);
+        }
+        // Completing one moves its expiry later: its first expiry entry becomes stale.
+        memory.complete(key(0), &json!(1), Duration::from_secs(60));
+        let until = std::time::Instant::now() + Duration::from_millis(150);
+        while std::time::Instant::now() < until {
+            std::hint::spin_loop();
+        }
+        // Each claim deletes at most a batch of expired ones, never a live one.
+        assert_eq!(memory.claim(key(1000), "f", short), Claim::New);
+        let (records, _) = memory.len();
+        assert!(
+            records > 200 - SWEEP_BATCH - 1 && records < 200,
+            "{records}"
+        );
+        for n in 1001..1010 {
+            memory.claim(key(n), "f", Duration::from_secs(60));
+            std::thread::sleep(short);
+        }
+        let (records, expiries) = memory.len();
+        assert_eq!(
+            records,
+            1 + 9,
+            "the completed one and the live ones (r1000 expired and swept)"
+        );
+        assert!(expiries >= records);
+        assert!(matches!(
+            memory.claim(key(0), "f", short),
+            Claim::Done { .. }
+        ));
+    }
+
     use super::*;
 
     #[test]

@@ -649,11 +649,15 @@ impl Store for MongoStore {
         let coll = self.collection(REQUESTS);
         let key = format!("{collection}/{request_id}");
         let now = now_ms() as i64;
-        if self
-            .claims
-            .fetch_add(1, Ordering::Relaxed)
-            .is_multiple_of(SWEEP_EVERY)
-        {
+        let claims = self.claims.fetch_add(1, Ordering::Relaxed);
+        if claims == 0 {
+            // The sweep below finds the expired records by this index, not by a scan.
+            let index = IndexModel::builder().keys(doc! {"expires_ms": 1}).build();
+            if let Err(e) = self.run(coll.create_index(index), convert).await {
+                tracing::debug!(error = %e, "could not index request records by expiry");
+            }
+        }
+        if claims.is_multiple_of(SWEEP_EVERY) {
             let expired = doc! {"expires_ms": {"$lte": now}};
             if let Err(e) = self.run(coll.delete_many(expired), convert).await {
                 tracing::debug!(error = %e, "could not sweep expired request records");
