@@ -650,7 +650,13 @@ impl<R: Resource> ResourceService<R> {
         key: String,
         keep: Duration,
     ) -> Result<Value> {
-        let fingerprint = fingerprint(&request);
+        // Only an `Idempotency-Key` (chosen by a client) can come back with another request; a
+        // request id is the calling node's, used for one request: no fingerprint needed.
+        let fingerprint = if request.idempotency_key.is_some() {
+            fingerprint(&request)
+        } else {
+            String::new()
+        };
         // The claim outlives any wait of the caller for the first attempt.
         let lease = node
             .request_timeout()

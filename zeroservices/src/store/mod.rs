@@ -375,12 +375,14 @@ impl RequestMemory {
     /// cap).
     fn sweep(&mut self, now: u64) {
         let mut swept = 0;
-        while let Some((expires, key)) = self.expiries.first().cloned() {
+        while let Some(&(expires, _)) = self.expiries.first() {
             let over = self.records.len() > MAX_MEMORY_RECORDS;
             if !over && (expires > now || swept >= SWEEP_BATCH) {
                 break;
             }
-            self.expiries.pop_first();
+            let Some((expires, key)) = self.expiries.pop_first() else {
+                break;
+            };
             if self
                 .records
                 .get(&key)
@@ -422,10 +424,10 @@ impl RequestMemory {
     }
 
     pub(crate) fn complete(&mut self, key: (String, String), reply: &Value, keep: Duration) {
-        if let Some(mut record) = self.records.get(&key).cloned() {
+        if let Some(record) = self.records.get_mut(&key) {
             record.reply = Some(reply.clone());
             record.expires_ms = now_ms().saturating_add(keep.as_millis() as u64);
-            self.put(key, record);
+            self.expiries.insert((record.expires_ms, key));
         }
     }
 
