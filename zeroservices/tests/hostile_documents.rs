@@ -4,7 +4,9 @@
 //! node answers the next request.
 
 mod http_common;
+mod mongo_common;
 
+use mongo_common::mongodb_uri;
 use std::sync::Arc;
 
 use http_common::*;
@@ -34,21 +36,6 @@ struct Fixture {
 }
 
 static MONGO: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
-
-/// The URI of the MongoDB server the MongoDB tests run against. These tests are `#[ignore]`d
-/// (`scripts/test.sh` runs them with a server); asked to run without one, they fail.
-fn mongodb_uri(test: &str) -> String {
-    std::env::var("ZS_TEST_MONGODB_URI")
-        .ok()
-        .filter(|u| !u.is_empty())
-        .unwrap_or_else(|| {
-            panic!(
-                "MongoDB case `{test}` needs a MongoDB server: ZS_TEST_MONGODB_URI is not set \
-                 (scripts/test.sh starts nx-27017 and sets it; or set it to a mongod, e.g. \
-                 mongodb://127.0.0.1:27017/zs_test)"
-            )
-        })
-}
 
 /// A node owning `power` in a fresh store of `kind`, serving HTTP.
 async fn fixture(kind: Kind, test: &str, limits: Limits) -> Fixture {

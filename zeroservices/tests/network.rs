@@ -4,6 +4,7 @@
 //! normal run, and runs a node when `ZS_TEST_CHILD` is set. A child exits when its stdin closes,
 //! so no child outlives a failed test.
 
+mod mongo_common;
 use std::io::{BufRead, BufReader};
 use std::net::UdpSocket;
 use std::process::{Child, Command, Stdio};
@@ -378,8 +379,7 @@ async fn a_killed_owner_fails_fast_is_dropped_and_is_used_again_once_restarted()
 #[ignore = "needs ZS_TEST_MONGODB_URI (scripts/test.sh starts nx-27017)"]
 async fn two_owners_share_the_load_and_survive_one_being_killed() {
     let mut net = Net::new();
-    let uri = std::env::var("ZS_TEST_MONGODB_URI")
-        .expect("ZS_TEST_MONGODB_URI: scripts/test.sh starts nx-27017 and sets it");
+    let uri = mongo_common::mongodb_uri("two_owners_share_the_load_and_survive_one_being_killed");
     net.store = Some(uri);
     let mut a = ChildNode::spawn("power", &net);
     let b = ChildNode::spawn("power", &net);

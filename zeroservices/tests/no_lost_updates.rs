@@ -21,7 +21,9 @@
 //!   kills them if the test fails.
 
 mod http_common;
+mod mongo_common;
 
+use mongo_common::mongodb_uri;
 use std::io::{BufRead, BufReader, Write};
 use std::net::UdpSocket;
 use std::process::{Child, ChildStdin, Command, Stdio};
@@ -51,14 +53,6 @@ async fn owner_over(cluster: &MemoryCluster, store: impl Store) -> Node {
         .start()
         .await
         .unwrap()
-}
-
-/// `ZS_TEST_MONGODB_URI`, required by the MongoDB variants.
-fn mongodb_uri() -> String {
-    std::env::var("ZS_TEST_MONGODB_URI")
-        .ok()
-        .filter(|u| !u.is_empty())
-        .expect("ZS_TEST_MONGODB_URI: the MongoDB server to race on (scripts/test.sh sets it)")
 }
 
 /// Polls `f` every 20 ms until it holds; fails the test after `within`.
@@ -199,7 +193,7 @@ async fn two_owners_over_one_embedded_store_lose_no_update() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 #[ignore = "needs ZS_TEST_MONGODB_URI (scripts/test.sh starts nx-27017)"]
 async fn two_owners_over_one_mongodb_database_lose_no_update() {
-    let uri = mongodb_uri();
+    let uri = mongodb_uri("no_lost_updates");
     // Two connections, as two processes would have.
     let timeout = Duration::from_secs(10);
     let first = MongoStore::connect_with_timeout(&uri, timeout)
@@ -346,9 +340,12 @@ fn child_owner() {
     let group_port: u16 = std::env::var(GROUP_PORT).unwrap().parse().unwrap();
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(async move {
-        let store = MongoStore::connect_with_timeout(&mongodb_uri(), Duration::from_secs(10))
-            .await
-            .unwrap();
+        let store = MongoStore::connect_with_timeout(
+            &mongodb_uri("no_lost_updates"),
+            Duration::from_secs(10),
+        )
+        .await
+        .unwrap();
         let node = Node::builder("power_service")
             .network(race_network(group_port))
             .store(store)
@@ -384,7 +381,7 @@ fn child_owner() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 #[ignore = "needs ZS_TEST_MONGODB_URI (scripts/test.sh starts nx-27017)"]
 async fn two_owner_processes_over_one_mongodb_database_lose_no_update() {
-    let uri = mongodb_uri();
+    let uri = mongodb_uri("no_lost_updates");
     // A multicast group port of this test's own: no other test's nodes on its cluster.
     let group_port = UdpSocket::bind("127.0.0.1:0")
         .unwrap()

@@ -5,6 +5,9 @@
 //! The test binary re-executes itself as the child owners (killed with SIGKILL): `child_owner`
 //! below does nothing in a normal run, and runs an owner when `ZS_TEST_CHILD` is set.
 
+mod mongo_common;
+
+use mongo_common::mongodb_uri;
 use std::io::{BufRead, BufReader};
 use std::net::UdpSocket;
 use std::process::{Child, Command, Stdio};
@@ -381,16 +384,6 @@ async fn an_owner_restarted_on_its_own_data_is_not_refused_by_its_dead_predecess
     witness.stop().await;
 }
 
-/// The MongoDB URI of the tests that need a server (`scripts/test.sh` sets it).
-fn mongodb_uri() -> String {
-    std::env::var("ZS_TEST_MONGODB_URI").unwrap_or_else(|_| {
-        panic!(
-            "this test needs a MongoDB server: ZS_TEST_MONGODB_URI is not set (scripts/test.sh \
-             starts nx-27017 and sets it)"
-        )
-    })
-}
-
 /// `uri` with its database replaced by `db`.
 fn with_database(uri: &str, db: &str) -> String {
     let (scheme, rest) = uri.split_once("://").unwrap();
@@ -408,7 +401,7 @@ fn with_database(uri: &str, db: &str) -> String {
 #[ignore = "needs ZS_TEST_MONGODB_URI (scripts/test.sh starts nx-27017)"]
 async fn two_owners_over_one_mongodb_database_share_a_fingerprint_and_both_serve() {
     let uri = with_database(
-        &mongodb_uri(),
+        &mongodb_uri("one_store"),
         &format!("zs_one_store_{}", &zeroservices::store::new_id()[..8]),
     );
     let net = Net::new();

@@ -10,6 +10,9 @@
 //! short of MongoDB on some edges (listed in [`NX_GAPS`] and at each use); on that server those
 //! assertions are skipped with a message, and they run against a real `mongod`.
 
+mod mongo_common;
+
+use mongo_common::mongodb_uri;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -22,21 +25,6 @@ use zeroservices::{Error, Order, Patch, Query};
 fn note(message: &str) {
     use std::io::Write as _;
     let _ = writeln!(std::io::stderr(), "{message}");
-}
-
-/// The URI of the MongoDB server the MongoDB tests run against. These tests are `#[ignore]`d
-/// (`scripts/test.sh` runs them with a server); asked to run without one, they fail.
-fn mongodb_uri(test: &str) -> String {
-    std::env::var("ZS_TEST_MONGODB_URI")
-        .ok()
-        .filter(|u| !u.is_empty())
-        .unwrap_or_else(|| {
-            panic!(
-                "MongoDB case `{test}` needs a MongoDB server: ZS_TEST_MONGODB_URI is not set \
-                 (scripts/test.sh starts nx-27017 and sets it; or set it to a mongod, e.g. \
-                 mongodb://127.0.0.1:27017/zs_test)"
-            )
-        })
 }
 
 /// What nx-27017 0.8.1 gets wrong, and the cases that skip those assertions on it.
