@@ -308,3 +308,61 @@ async fn idempotency_keys_belong_to_their_user() {
     }
     assert_ne!(ids[0], ids[1]);
 }
+
+/// Hostile keys and versions: a request id past the limit is refused before any claim or
+/// change; an `If-Match` whose version overflows, or that is huge, is a 400 and changes nothing;
+/// a forged copy of another node's request id with another body is answered with the first
+/// reply (the id names one request), never run.
+#[tokio::test]
+async fn hostile_request_ids_and_versions() {
+    let cluster = MemoryCluster::new();
+    let store: Arc<dyn zeroservices::store::Store> = Arc::new(MemoryStore::new());
+    let owner = owner_on(&cluster, store).await;
+    let counters = owner.collection::<Counter>();
+    let id = counters.create(Counter { n: 0 }).await.unwrap();
+
+    let mut long = zeroservices::medium::Request::new("counter", "bump")
+        .id(id.clone())
+        .args(json!({"ms": 0}));
+    long.request_id = Some("x".repeat(5000));
+    let refused = owner.request(long).await;
+    assert!(
+        matches!(refused, Err(Error::BadRequest { .. })),
+        "{refused:?}"
+    );
+    assert_eq!(counters.get(&id).await.unwrap().n, 0, "nothing ran");
+
+    let mut first = zeroservices::medium::Request::new("counter", "bump")
+        .id(id.clone())
+        .args(json!({"ms": 0}));
+    first.request_id = Some("node-a.1".into());
+    assert_eq!(owner.request(first.clone()).await.unwrap(), json!(1));
+    let mut forged = first.clone();
+    forged.args = json!({"ms": 1});
+    assert_eq!(
+        owner.request(forged).await.unwrap(),
+        json!(1),
+        "the first reply"
+    );
+    assert_eq!(counters.get(&id).await.unwrap().n, 1, "run once");
+
+    let (_server, base) = start(&owner, HttpConfig::default()).await;
+    let http = client();
+    for value in [
+        "\"99999999999999999999999\"".to_owned(),
+        format!("\"{}\"", "9".repeat(8000)),
+        "\"-1\"".to_owned(),
+    ] {
+        let (status, body) = json(
+            http.patch(format!("{base}/counter/{id}"))
+                .header("If-Match", value)
+                .json(&json!({"patch": {"$inc": {"n": 1}}}))
+                .send()
+                .await
+                .unwrap(),
+        )
+        .await;
+        assert_eq!(status, 400, "{body}");
+    }
+    assert_eq!(counters.get(&id).await.unwrap().n, 1, "no patch ran");
+}

@@ -238,12 +238,18 @@ fn decode(collection: &str, id: &str, bytes: &[u8]) -> Result<Value> {
     })
 }
 
-fn encode(doc: &Value) -> Result<Vec<u8>> {
-    if !doc.is_object() {
-        return Err(Error::bad_request(format!(
-            "a document must be a JSON object, got {doc}"
-        )));
+/// Refuses a document that is not a JSON object.
+fn require_object(doc: &Value) -> Result<()> {
+    if doc.is_object() {
+        return Ok(());
     }
+    Err(Error::bad_request(format!(
+        "a document must be a JSON object, got {doc}"
+    )))
+}
+
+fn encode(doc: &Value) -> Result<Vec<u8>> {
+    require_object(doc)?;
     serde_json::to_vec(doc).map_err(|e| Error::internal(format!("cannot encode document: {e}")))
 }
 
@@ -354,7 +360,8 @@ impl Store for EmbeddedStore {
         expect: Option<u64>,
     ) -> Result<u64> {
         let mark = current_mark(collection);
-        encode(&doc)?;
+        // Refused before the write transaction; encoded once, inside it, with its version.
+        require_object(&doc)?;
         let name = table_name(collection);
         let collection = collection.to_owned();
         let id = id.to_owned();

@@ -305,6 +305,8 @@ pub(crate) struct Applied {
 /// before, as an action's). Requests served inside another (a nested call of an action) have
 /// their own scope.
 #[derive(Debug, Clone)]
+// Only a backend with transactions (embedded) writes it; the others only carry it.
+#[cfg_attr(not(feature = "embedded"), allow(dead_code))]
 pub(crate) struct Mark {
     pub(crate) collection: String,
     pub(crate) key: String,
@@ -328,6 +330,7 @@ pub(crate) fn current_mark(collection: &str) -> Option<Mark> {
 
 impl Mark {
     /// The record the change's transaction writes: applied to `resource_id`.
+    #[cfg_attr(not(feature = "embedded"), allow(dead_code))]
     pub(crate) fn applied(&self, resource_id: &str) -> RequestRecord {
         let reply = self.reply.lock().unwrap_or_else(|e| e.into_inner()).clone();
         RequestRecord {
@@ -347,9 +350,6 @@ pub(crate) fn now_ms() -> u64 {
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as u64)
 }
-
-/// Records are swept (expired ones deleted) once every this many claims.
-pub(crate) const SWEEP_EVERY: u64 = 256;
 
 /// Expired records deleted by one claim at most (the embedded and memory stores sweep a few at
 /// every claim, in expiry order, so the work per claim stays small whatever the number kept).

@@ -38,13 +38,15 @@ use mongodb::{Client, Collection, Database, IndexModel};
 use serde_json::{Map, Number, Value};
 
 use super::{
-    Claim, RequestRecord, SWEEP_EVERY, Store, VERSION_FIELD, check_version, new_id, now_ms,
-    refuse_version_paths,
+    Claim, RequestRecord, Store, VERSION_FIELD, check_version, new_id, now_ms, refuse_version_paths,
 };
 use crate::{Error, Patch, Query, Result};
 
 /// The collection of the store's own metadata (its fingerprint).
 pub const META_COLLECTION: &str = "zeroservices_meta";
+
+/// Expired request records are deleted once every this many claims (by the expiry index).
+const SWEEP_EVERY: u64 = 256;
 
 /// The database used when the URI names none.
 pub const DEFAULT_DATABASE: &str = "zeroservices";
