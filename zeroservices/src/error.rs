@@ -156,6 +156,14 @@ pub enum Error {
         /// The whole explanation.
         message: String,
     },
+    /// A stream was asked to resume from a cursor older than what the change log keeps
+    /// (`ZS_CHANGE_LOG_MAX`, `ZS_CHANGE_LOG_MS`): changes after it can no longer be read. The
+    /// client reloads what it shows and subscribes afresh.
+    #[error("cursor expired: {message}")]
+    CursorExpired {
+        /// Which log, and since when.
+        message: String,
+    },
 }
 
 impl Error {
@@ -246,6 +254,7 @@ impl Error {
             Self::Failed { .. } => "failed",
             Self::Internal { .. } => "internal",
             Self::StoreConflict { .. } => "store_conflict",
+            Self::CursorExpired { .. } => "cursor_expired",
         }
     }
 }

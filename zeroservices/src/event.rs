@@ -195,6 +195,7 @@ impl EventBus {
             },
             prefix,
             lagged: self.lagged.clone(),
+            lagged_here: 0,
         }
     }
 
@@ -212,6 +213,8 @@ pub struct EventStream {
     inner: BroadcastStream<Event>,
     prefix: String,
     lagged: Arc<AtomicU64>,
+    /// Events this stream lost since [`EventStream::take_lagged`] was last called.
+    lagged_here: u64,
     _interest: InterestGuard,
 }
 
@@ -219,6 +222,11 @@ impl EventStream {
     /// The prefix this stream was opened with.
     pub fn prefix(&self) -> &str {
         &self.prefix
+    }
+
+    /// How many events this stream lost (fell behind) since the last call.
+    pub(crate) fn take_lagged(&mut self) -> u64 {
+        std::mem::take(&mut self.lagged_here)
     }
 }
 
@@ -235,6 +243,7 @@ impl Stream for EventStream {
                 }
                 Poll::Ready(Some(Err(BroadcastStreamRecvError::Lagged(n)))) => {
                     self.lagged.fetch_add(n, Ordering::Relaxed);
+                    self.lagged_here += n;
                     tracing::warn!(
                         prefix = %self.prefix,
                         dropped = n,

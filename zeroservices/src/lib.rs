@@ -4,6 +4,7 @@
 pub mod access;
 #[cfg(feature = "app")]
 pub mod app;
+pub mod changes;
 mod collection;
 pub mod config;
 pub mod discovery;

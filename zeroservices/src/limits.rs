@@ -37,6 +37,7 @@ pub(crate) const DEFAULT_IDEMPOTENCY_KEY_TTL: Duration = Duration::from_secs(24 
 /// | [`Limits::max_page`] | `ZS_MAX_PAGE` | 1000 |
 /// | [`Limits::request_memory`] | `ZS_REQUEST_MEMORY_MS` | 10 minutes |
 /// | [`Limits::idempotency_key_ttl`] | `ZS_IDEMPOTENCY_KEY_TTL_MS` | 24 hours |
+/// | [`Limits::change_log`] | `ZS_CHANGE_LOG_MAX`, `ZS_CHANGE_LOG_MS` | 100,000 entries, 24 hours |
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Limits {
     /// The deepest nesting of objects and arrays in a stored document (the document itself is
@@ -64,6 +65,9 @@ pub struct Limits {
     pub request_memory: Duration,
     /// How long the reply to a request sent with an HTTP `Idempotency-Key` is remembered.
     pub idempotency_key_ttl: Duration,
+    /// How long the change log of each collection keeps its entries (see
+    /// [`crate::changes`]); `max_entries: 0` turns the log off.
+    pub change_log: crate::changes::Retention,
 }
 
 impl Default for Limits {
@@ -79,6 +83,7 @@ impl Default for Limits {
             max_page: 1000,
             request_memory: DEFAULT_REQUEST_MEMORY,
             idempotency_key_ttl: DEFAULT_IDEMPOTENCY_KEY_TTL,
+            change_log: crate::changes::Retention::default(),
         }
     }
 }

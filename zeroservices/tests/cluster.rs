@@ -275,8 +275,11 @@ async fn node_without_resources_uses_a_remote_collection() {
 
     // delete
     powers.delete(&fixed).await.unwrap();
-    let ev = next_event(&mut events).await;
+    let mut ev = next_event(&mut events).await;
     assert_eq!(ev.topic, "power.delete.p/42-x");
+    // Its position in the owner's change log (opaque).
+    let cursor = ev.data.as_object_mut().unwrap().remove("cursor");
+    assert!(cursor.is_some_and(|c| c.is_string()));
     assert_eq!(
         ev.data,
         json!({"action": "delete", "resource_name": "power", "resource_id": "p/42-x",

@@ -26,6 +26,7 @@ use crate::Error;
 /// | `Validation`, `IdempotencyKeyReused` | 422 |
 /// | `OwnerGone`, `Unavailable` | 503 |
 /// | `Timeout` | 504 |
+/// | `CursorExpired` | 410 |
 /// | `Internal` and anything else | 500 |
 pub fn status_for(error: &Error) -> StatusCode {
     match error {
@@ -43,6 +44,7 @@ pub fn status_for(error: &Error) -> StatusCode {
         Error::Validation { .. } => StatusCode::UNPROCESSABLE_ENTITY,
         Error::OwnerGone { .. } | Error::Unavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
         Error::Timeout { .. } => StatusCode::GATEWAY_TIMEOUT,
+        Error::CursorExpired { .. } => StatusCode::GONE,
         _ => StatusCode::INTERNAL_SERVER_ERROR,
     }
 }

@@ -51,6 +51,7 @@ pub(super) async fn store_info(collection: &str, store: &Arc<dyn Store>) -> Opti
         Ok(Some(fingerprint)) => Some(StoreInfo {
             fingerprint,
             store: store.describe(),
+            log: store.log_id(),
         }),
         Ok(None) => None,
         Err(e) => {

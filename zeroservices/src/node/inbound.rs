@@ -94,6 +94,9 @@ async fn serve(node: &Node, from: Option<String>, request: Request) -> Result<Va
             None => Err(Error::bad_request("this node takes no messages")),
         };
     }
+    if request.collection == crate::changes::serve::CHANGES {
+        return crate::changes::serve::serve(node, request.args).await;
+    }
     let local = read(&node.inner.services).get(&request.collection).cloned();
     match local {
         Some(service) => service.handle(node, request).await,

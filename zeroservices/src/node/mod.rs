@@ -89,6 +89,9 @@ pub struct StoreInfo {
     /// `mongodb://host:27017/db`, `memory`).
     #[serde(default)]
     pub store: String,
+    /// [`Store::log_id`]: the change log this owner writes for the collection, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub log: Option<String>,
 }
 
 fn is_false(b: &bool) -> bool {
@@ -503,6 +506,29 @@ impl Node {
 
     fn local_service(&self, collection: &str) -> Option<Arc<dyn Service>> {
         read(&self.inner.services).get(collection).cloned()
+    }
+
+    /// The store of a collection this node owns.
+    pub(crate) fn local_store_of(&self, collection: &str) -> Option<Arc<dyn Store>> {
+        self.local_service(collection).map(|s| s.store().clone())
+    }
+
+    /// The peers that own `collection`, as the directory lists them.
+    pub(crate) fn owners_of(&self, collection: &str) -> Vec<NodeInfo> {
+        let mut owners: Vec<NodeInfo> = lock(&self.inner.directory)
+            .peers
+            .values()
+            .filter(|p| p.info.resources.iter().any(|r| r.name == collection))
+            .map(|p| p.info.clone())
+            .collect();
+        owners.sort_by(|a, b| a.id.cmp(&b.id));
+        owners
+    }
+
+    /// Sends `request` to `peer` and waits for the reply, at most the request timeout.
+    pub(crate) async fn call_node(&self, peer: &NodeInfo, request: Request) -> Result<Value> {
+        let raw = self.call_peer(peer, request).await?;
+        crate::json::from_raw(&raw)
     }
 
     /// Sends a request to the node that owns its collection (this one, or a peer) and waits

@@ -135,6 +135,7 @@ mod tests {
 
     fn store(fingerprint: &str) -> StoreInfo {
         StoreInfo {
+            log: None,
             fingerprint: fingerprint.into(),
             store: format!("embedded:/data/{fingerprint}"),
         }

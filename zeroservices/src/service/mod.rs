@@ -25,6 +25,7 @@ use serde_json::value::RawValue;
 use serde_json::{Map, Value, json};
 
 use crate::access::{self, Operation, User};
+use crate::changes::{LogNote, with_note};
 use crate::json::{from_value, to_raw};
 use crate::links;
 use crate::medium::Request;
@@ -58,6 +59,8 @@ pub(crate) const RETRIES: usize = 16;
 
 pub(crate) struct ResourceService<R> {
     store: Arc<dyn Store>,
+    /// Whether the store keeps a change log ([`Store::log_id`]).
+    logs: bool,
     /// One lock per resource id being changed, so read-modify-write is atomic on this node.
     locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
     _resource: PhantomData<fn() -> R>,
@@ -66,6 +69,7 @@ pub(crate) struct ResourceService<R> {
 impl<R: Resource> ResourceService<R> {
     pub(crate) fn new(store: Arc<dyn Store>) -> Self {
         Self {
+            logs: store.log_id().is_some(),
             store,
             locks: Mutex::new(HashMap::new()),
             _resource: PhantomData,
@@ -166,6 +170,40 @@ impl<R: Resource> ResourceService<R> {
         }
     }
 
+    /// The note that has the store log a change (`None` when the store keeps no log or the log
+    /// is off): the event's action, its payload besides the standard fields, and whether it
+    /// carries the document after the change.
+    fn note(
+        &self,
+        node: &Node,
+        action: &str,
+        extra: impl FnOnce() -> Map<String, Value>,
+        with_document: bool,
+    ) -> Option<Arc<LogNote>> {
+        let retention = node.limits().change_log;
+        (self.logs && retention.enabled()).then(|| {
+            LogNote::new(self.collection(), action, extra(), with_document, retention)
+        })
+    }
+
+    /// Publishes the event of a change: the one the store logged (it carries its cursor), or,
+    /// when nothing was logged, `unlogged`'s (only if anybody wants it).
+    async fn publish_change(
+        &self,
+        node: &Node,
+        note: Option<&Arc<LogNote>>,
+        unlogged: impl AsyncFnOnce(),
+    ) {
+        match note.and_then(|n| n.take_logged()) {
+            Some(logged) => {
+                if node.wants_event(&logged.event.topic) {
+                    node.publish(logged.into_event()).await;
+                }
+            }
+            None => unlogged().await,
+        }
+    }
+
     /// Reads an incoming document as the resource type and returns it as the type writes it.
     /// A field the type does not declare is refused (422 naming it), `_links` too unless
     /// `links_ok` (a stored document's links, which only the link actions change).
@@ -209,12 +247,16 @@ impl<R: Resource> ResourceService<R> {
         let data = args.resource_data;
         node.limits().check_document(&data)?;
         let (_, doc) = self.validate(&data, false)?;
-        let id = self
+        let note = self.note(node, BuiltIn::Create.name(), Map::new, true);
+        let insert = self
             .store
-            .insert(self.collection(), id.as_deref(), doc.clone())
-            .await?;
-        self.emit(node, BuiltIn::Create, &id, 1, || {
-            Map::from_iter([("resource_data".to_owned(), doc)])
+            .insert(self.collection(), id.as_deref(), doc.clone());
+        let id = with_note(note.clone(), insert).await?;
+        self.publish_change(node, note.as_ref(), async || {
+            self.emit(node, BuiltIn::Create, &id, 1, || {
+                Map::from_iter([("resource_data".to_owned(), doc)])
+            })
+            .await;
         })
         .await;
         reply(&Created {
@@ -267,18 +309,26 @@ impl<R: Resource> ResourceService<R> {
             update.apply(&mut preview)?;
             limits.check_document(&preview)?;
             self.validate(&preview, true)?;
-            match self
+            let note = self.note(
+                node,
+                BuiltIn::Patch.name(),
+                || Map::from_iter([("patch".to_owned(), patch.as_value().clone())]),
+                true,
+            );
+            let write = self
                 .store
-                .patch(self.collection(), &id, &patch, Some(version))
-                .await
-            {
+                .patch(self.collection(), &id, &patch, Some(version));
+            match with_note(note.clone(), write).await {
                 Ok(mut doc) => {
                     let version = take_version(&mut doc);
-                    self.emit(node, BuiltIn::Patch, &id, version, || {
-                        Map::from_iter([
-                            ("patch".to_owned(), patch.as_value().clone()),
-                            ("resource_data".to_owned(), doc.clone()),
-                        ])
+                    self.publish_change(node, note.as_ref(), async || {
+                        self.emit(node, BuiltIn::Patch, &id, version, || {
+                            Map::from_iter([
+                                ("patch".to_owned(), patch.as_value().clone()),
+                                ("resource_data".to_owned(), doc.clone()),
+                            ])
+                        })
+                        .await;
                     })
                     .await;
                     return Ok(Document {
@@ -295,18 +345,20 @@ impl<R: Resource> ResourceService<R> {
 
     async fn delete(&self, node: &Node, id: String, if_version: Option<u64>) -> Result<Value> {
         let _guard = self.lock_id(&id).await;
-        let version = self
-            .store
-            .delete(self.collection(), &id, if_version)
-            .await?;
-        // The delete is a change too: its event carries the version after the last one.
-        let data = Map::from_iter([("version".to_owned(), Value::from(version + 1))]);
-        node.publish(Event::resource(
-            self.collection(),
-            BuiltIn::Delete.name(),
-            &id,
-            data,
-        ))
+        let note = self.note(node, BuiltIn::Delete.name(), Map::new, false);
+        let write = self.store.delete(self.collection(), &id, if_version);
+        let version = with_note(note.clone(), write).await?;
+        self.publish_change(node, note.as_ref(), async || {
+            // The delete is a change too: its event carries the version after the last one.
+            let data = Map::from_iter([("version".to_owned(), Value::from(version + 1))]);
+            node.publish(Event::resource(
+                self.collection(),
+                BuiltIn::Delete.name(),
+                &id,
+                data,
+            ))
+            .await;
+        })
         .await;
         Ok(Value::Null)
     }
@@ -373,35 +425,42 @@ impl<R: Resource> ResourceService<R> {
         let update = patch.compile()?;
         let _guard = self.lock_id(&id).await;
         let mut attempt = 0;
-        let version = loop {
+        let link_fields = || {
+            let mut extra = Map::new();
+            extra.insert("relation".into(), Value::from(link.relation.clone()));
+            extra.insert(
+                "target_id".into(),
+                json!([link.target_id.0, link.target_id.1]),
+            );
+            extra.insert("title".into(), json!(link.title));
+            extra
+        };
+        let (version, note) = loop {
             // Links grow the document: the limits hold for them as for any change.
             let (mut preview, version) = self.load(&id).await?;
             check_version(self.collection(), &id, version, if_version)?;
             update.apply(&mut preview)?;
             node.limits().check_document(&preview)?;
-            match self
+            let note = self.note(node, BuiltIn::AddLink.name(), link_fields, false);
+            let write = self
                 .store
-                .patch(self.collection(), &id, &patch, Some(version))
-                .await
-            {
-                Ok(doc) => break store::version_of(&doc),
+                .patch(self.collection(), &id, &patch, Some(version));
+            match with_note(note.clone(), write).await {
+                Ok(doc) => break (store::version_of(&doc), note),
                 Err(e) => self.retry(&id, e, if_version, &mut attempt)?,
             }
         };
-        let mut extra = Map::new();
-        extra.insert("version".into(), Value::from(version));
-        extra.insert("relation".into(), Value::from(link.relation));
-        extra.insert(
-            "target_id".into(),
-            json!([link.target_id.0, link.target_id.1]),
-        );
-        extra.insert("title".into(), json!(link.title));
-        node.publish(Event::resource(
-            self.collection(),
-            BuiltIn::AddLink.name(),
-            &id,
-            extra,
-        ))
+        self.publish_change(node, note.as_ref(), async || {
+            let mut extra = link_fields();
+            extra.insert("version".into(), Value::from(version));
+            node.publish(Event::resource(
+                self.collection(),
+                BuiltIn::AddLink.name(),
+                &id,
+                extra,
+            ))
+            .await;
+        })
         .await;
         Ok(Value::Null)
     }
@@ -512,7 +571,7 @@ impl<R: Resource> ResourceService<R> {
                 let mut attempt = 0;
                 // The action runs on the document it read; its result is written only if that
                 // is still the stored version, otherwise it runs again on the fresh one.
-                let (after, result, version) = loop {
+                let (after, result, version, note) = loop {
                     let (stored, version) = self.load(&id).await?;
                     check_version(self.collection(), &id, version, if_version)?;
                     let mut resource = self.decode(&stored)?;
@@ -527,7 +586,7 @@ impl<R: Resource> ResourceService<R> {
                     }
                     node.limits().check_document(&after)?;
                     if after == stored {
-                        break (after, result, version);
+                        break (after, result, version, None);
                     }
                     if let Some(mark) = current_mark(self.collection()) {
                         // Recorded with the change (in backends that can): the reply this
@@ -535,21 +594,30 @@ impl<R: Resource> ResourceService<R> {
                         let recorded = answer(result.clone(), version + 1)?;
                         *mark.reply.lock().unwrap_or_else(|e| e.into_inner()) = Some(recorded);
                     }
-                    match self
-                        .store
-                        .replace(self.collection(), &id, after.clone(), Some(version))
-                        .await
-                    {
-                        Ok(version) => break (after, result, version),
+                    let note = self.note(
+                        node,
+                        def.name,
+                        || Map::from_iter([("result".to_owned(), result.clone())]),
+                        true,
+                    );
+                    let write =
+                        self.store
+                            .replace(self.collection(), &id, after.clone(), Some(version));
+                    match with_note(note.clone(), write).await {
+                        Ok(version) => break (after, result, version, note),
                         Err(e) => self.retry(&id, e, if_version, &mut attempt)?,
                     }
                 };
-                let mut extra = Map::new();
-                extra.insert("resource_data".into(), after);
-                extra.insert("result".into(), result.clone());
-                extra.insert("version".into(), Value::from(version));
-                node.publish(Event::resource(self.collection(), def.name, &id, extra))
-                    .await;
+                // An action that changed nothing is published too (as before), unlogged.
+                self.publish_change(node, note.as_ref(), async || {
+                    let mut extra = Map::new();
+                    extra.insert("resource_data".into(), after);
+                    extra.insert("result".into(), result.clone());
+                    extra.insert("version".into(), Value::from(version));
+                    node.publish(Event::resource(self.collection(), def.name, &id, extra))
+                        .await;
+                })
+                .await;
                 answer(result, version)
             }
         }

@@ -394,6 +394,13 @@ pub struct LimitSettings {
     /// [default: 86400000].
     #[arg(long, env = "ZS_IDEMPOTENCY_KEY_TTL_MS", value_name = "MS", value_parser = Check(parse::millis))]
     pub idempotency_key_ttl_ms: Option<Duration>,
+    /// The most entries each collection's change log keeps, per owner; 0 turns the log off
+    /// (events are then not resumable) [default: 100000].
+    #[arg(long, env = "ZS_CHANGE_LOG_MAX", value_name = "N", value_parser = Check(parse::count_or_zero))]
+    pub change_log_max: Option<u64>,
+    /// The oldest entry a change log keeps: cursors older than this expire [default: 86400000].
+    #[arg(long, env = "ZS_CHANGE_LOG_MS", value_name = "MS", value_parser = Check(parse::millis))]
+    pub change_log_ms: Option<Duration>,
 }
 
 /// Workers and stopping.
@@ -608,6 +615,10 @@ impl Settings {
             max_page: l.max_page.unwrap_or(d.max_page),
             request_memory: l.request_memory_ms.unwrap_or(d.request_memory),
             idempotency_key_ttl: l.idempotency_key_ttl_ms.unwrap_or(d.idempotency_key_ttl),
+            change_log: crate::changes::Retention {
+                max_entries: l.change_log_max.unwrap_or(d.change_log.max_entries),
+                max_age: l.change_log_ms.unwrap_or(d.change_log.max_age),
+            },
         }
     }
 

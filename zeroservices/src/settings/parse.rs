@@ -97,6 +97,11 @@ pub(crate) fn millis_or_zero(v: &str) -> Result<Duration, String> {
     }
 }
 
+pub(crate) fn count_or_zero(v: &str) -> Result<u64, String> {
+    v.parse::<u64>()
+        .map_err(|_| "a whole number (0 or more)".into())
+}
+
 #[cfg(feature = "http")]
 pub(crate) fn count(v: &str) -> Result<usize, String> {
     match v.parse::<usize>() {

@@ -258,7 +258,7 @@ fn variables_follow_the_ids() {
         );
     }
 
-    assert_eq!(vars, 43);
+    assert_eq!(vars, 45);
     let help = with_env(Settings::command(), &env(&[]))
         .render_long_help()
         .to_string();
@@ -267,6 +267,8 @@ fn variables_follow_the_ids() {
         "ZS_SHUTDOWN_TIMEOUT_MS",
         "ZS_REQUEST_MEMORY_MS",
         "ZS_IDEMPOTENCY_KEY_TTL_MS",
+        "ZS_CHANGE_LOG_MAX",
+        "ZS_CHANGE_LOG_MS",
     ]) {
         assert!(help.contains(var), "{var} missing from --help");
     }

@@ -33,6 +33,7 @@ use super::{
     Claim, Mark, RequestRecord, SWEEP_BATCH, Store, check_version, current_mark, new_id, now_ms,
     refuse_version_paths, set_version, version_of,
 };
+use crate::changes::{LogAfter, LogEntry, LogNote, LogPage, Logged, current_note, expired};
 use crate::query::Filter;
 use crate::{Error, Patch, Query, Result};
 
@@ -48,6 +49,8 @@ pub struct EmbeddedStore {
     path: Arc<PathBuf>,
     skipped: Arc<AtomicU64>,
     fingerprint: Arc<str>,
+    /// The id of its change log: the fingerprint.
+    log: Arc<str>,
 }
 
 impl std::fmt::Debug for EmbeddedStore {
@@ -138,6 +141,7 @@ impl EmbeddedStore {
             db: Arc::new(db),
             path: Arc::new(path),
             skipped: Arc::new(AtomicU64::new(0)),
+            log: fingerprint.clone().into(),
             fingerprint: fingerprint.into(),
         })
     }
@@ -301,6 +305,8 @@ impl Store for EmbeddedStore {
 
     async fn insert(&self, collection: &str, id: Option<&str>, doc: Value) -> Result<String> {
         let mark = current_mark(collection);
+        let note = current_note(collection);
+        let log = self.log.clone();
         let mut doc = doc;
         set_version(&mut doc, 1);
         let bytes = encode(&doc)?;
@@ -308,7 +314,7 @@ impl Store for EmbeddedStore {
         let collection = collection.to_owned();
         let id = id.map_or_else(new_id, str::to_owned);
         self.blocking(move |db, path| {
-            write(db, path, |txn| {
+            let logged = write(db, path, |txn| {
                 mark_applied(txn, path, mark.as_ref(), &id)?;
                 let mut table = txn
                     .open_table(Table::new(&name))
@@ -326,8 +332,9 @@ impl Store for EmbeddedStore {
                 table
                     .insert(id.as_str(), bytes.as_slice())
                     .map_err(|e| storage_error(path, e))?;
-                Ok(())
+                log_change(txn, path, note.as_deref(), &log, &id, Some(&doc), 1)
             })?;
+            announce(note.as_deref(), logged);
             Ok(id)
         })
         .await
@@ -360,13 +367,15 @@ impl Store for EmbeddedStore {
         expect: Option<u64>,
     ) -> Result<u64> {
         let mark = current_mark(collection);
+        let note = current_note(collection);
+        let log = self.log.clone();
         // Refused before the write transaction; encoded once, inside it, with its version.
         require_object(&doc)?;
         let name = table_name(collection);
         let collection = collection.to_owned();
         let id = id.to_owned();
         self.blocking(move |db, path| {
-            write(db, path, |txn| {
+            let (version, logged) = write(db, path, |txn| {
                 mark_applied(txn, path, mark.as_ref(), &id)?;
                 let mut table = txn
                     .open_table(Table::new(&name))
@@ -385,8 +394,12 @@ impl Store for EmbeddedStore {
                 table
                     .insert(id.as_str(), bytes.as_slice())
                     .map_err(|e| storage_error(path, e))?;
-                Ok(version + 1)
-            })
+                let logged =
+                    log_change(txn, path, note.as_deref(), &log, &id, Some(&doc), version + 1)?;
+                Ok((version + 1, logged))
+            })?;
+            announce(note.as_deref(), logged);
+            Ok(version)
         })
         .await
     }
@@ -399,13 +412,15 @@ impl Store for EmbeddedStore {
         expect: Option<u64>,
     ) -> Result<Value> {
         let mark = current_mark(collection);
+        let note = current_note(collection);
+        let log = self.log.clone();
         let update = patch.compile()?;
         refuse_version_paths(&update)?;
         let name = table_name(collection);
         let collection = collection.to_owned();
         let id = id.to_owned();
         self.blocking(move |db, path| {
-            write(db, path, |txn| {
+            let (doc, logged) = write(db, path, |txn| {
                 mark_applied(txn, path, mark.as_ref(), &id)?;
                 let mut table = txn
                     .open_table(Table::new(&name))
@@ -425,19 +440,25 @@ impl Store for EmbeddedStore {
                 table
                     .insert(id.as_str(), bytes.as_slice())
                     .map_err(|e| storage_error(path, e))?;
-                Ok(doc)
-            })
+                let logged =
+                    log_change(txn, path, note.as_deref(), &log, &id, Some(&doc), version + 1)?;
+                Ok((doc, logged))
+            })?;
+            announce(note.as_deref(), logged);
+            Ok(doc)
         })
         .await
     }
 
     async fn delete(&self, collection: &str, id: &str, expect: Option<u64>) -> Result<u64> {
         let mark = current_mark(collection);
+        let note = current_note(collection);
+        let log = self.log.clone();
         let name = table_name(collection);
         let collection = collection.to_owned();
         let id = id.to_owned();
         self.blocking(move |db, path| {
-            write(db, path, |txn| {
+            let (version, logged) = write(db, path, |txn| {
                 mark_applied(txn, path, mark.as_ref(), &id)?;
                 let mut table = txn
                     .open_table(Table::new(&name))
@@ -446,19 +467,24 @@ impl Store for EmbeddedStore {
                     .remove(id.as_str())
                     .map_err(|e| storage_error(path, e))?
                     .map(|v| decode(&collection, &id, v.value()));
-                match old {
+                let version = match old {
                     // A failed check aborts the transaction (in `write`): nothing is removed.
                     Some(Ok(doc)) => {
                         let version = version_of(&doc);
                         check_version(&collection, &id, version, expect)?;
-                        Ok(version)
+                        version
                     }
                     // An unreadable document can still be deleted, unconditionally.
-                    Some(Err(_)) if expect.is_none() => Ok(0),
-                    Some(Err(e)) => Err(e),
-                    None => Err(Error::not_found(collection, id)),
-                }
-            })
+                    Some(Err(_)) if expect.is_none() => 0,
+                    Some(Err(e)) => return Err(e),
+                    None => return Err(Error::not_found(&collection, &id)),
+                };
+                drop(table);
+                let logged = log_change(txn, path, note.as_deref(), &log, &id, None, version + 1)?;
+                Ok((version, logged))
+            })?;
+            announce(note.as_deref(), logged);
+            Ok(version)
         })
         .await
     }
@@ -532,6 +558,66 @@ impl Store for EmbeddedStore {
 
     async fn fingerprint(&self) -> Result<Option<String>> {
         Ok(Some(self.fingerprint.to_string()))
+    }
+
+    fn log_id(&self) -> Option<String> {
+        Some(self.log.to_string())
+    }
+
+    async fn read_log(
+        &self,
+        collection: &str,
+        log: &str,
+        after: LogAfter,
+        limit: usize,
+    ) -> Result<Option<LogPage>> {
+        if log != &*self.log {
+            return Ok(None);
+        }
+        let collection = collection.to_owned();
+        self.blocking(move |db, path| {
+            let txn = db.begin_read().map_err(|e| storage_error(path, e))?;
+            let (head, trimmed, trimmed_at) = match txn.open_table(LOG_HEADS) {
+                Ok(heads) => heads
+                    .get(collection.as_str())
+                    .map_err(|e| storage_error(path, e))?
+                    .map_or((0, 0, 0), |v| v.value()),
+                Err(TableError::TableDoesNotExist(_)) => (0, 0, 0),
+                Err(e) => return Err(storage_error(path, e)),
+            };
+            let mut page = LogPage {
+                entries: Vec::new(),
+                head,
+                expired: expired(after, (trimmed, trimmed_at)),
+            };
+            let table = match txn.open_table(LogTable::new(&log_table(&collection))) {
+                Ok(table) => table,
+                Err(TableError::TableDoesNotExist(_)) => return Ok(Some(page)),
+                Err(e) => return Err(storage_error(path, e)),
+            };
+            let start = match after {
+                LogAfter::Seq(seq) => seq.saturating_add(1),
+                LogAfter::Time(_) => 0,
+            };
+            for row in table.range(start..).map_err(|e| storage_error(path, e))? {
+                if page.entries.len() >= limit {
+                    break;
+                }
+                let (seq, bytes) = row.map_err(|e| storage_error(path, e))?;
+                let Some(entry) = decode_entry(seq.value(), bytes.value()) else {
+                    tracing::warn!(collection, seq = seq.value(), "an unreadable change log entry skipped");
+                    continue;
+                };
+                if let LogAfter::Time(ms) = after
+                    && entry.at_ms < ms
+                {
+                    continue;
+                }
+                page.entries.push(entry);
+            }
+            Ok(Some(page))
+        })
+        .await
     }
 
     async fn claim_request(
@@ -676,6 +762,125 @@ impl<'t> Records<'t> {
             }
         }
         Ok(())
+    }
+}
+
+/// A collection's change log: sequence number to entry (the time it was written, 8 bytes
+/// big-endian, then `{"topic", "data"}` as JSON).
+type LogTable<'a> = TableDefinition<'a, u64, &'static [u8]>;
+
+/// Each collection's log state: (last sequence number written, last one dropped, the time of
+/// the last one dropped).
+const LOG_HEADS: TableDefinition<'static, &'static str, (u64, u64, u64)> =
+    TableDefinition::new("zeroservices:logs");
+
+/// Entries dropped by retention at most per change (more than one, so the log shrinks back
+/// after a lower limit is set; few, so a change stays cheap).
+const LOG_TRIM_BATCH: usize = 8;
+
+fn log_table(collection: &str) -> String {
+    format!("log:{collection}")
+}
+
+#[derive(serde::Serialize)]
+struct StoredEntry<'a> {
+    topic: &'a str,
+    data: &'a Value,
+}
+
+#[derive(serde::Deserialize)]
+struct ReadEntry {
+    topic: String,
+    data: Value,
+}
+
+fn decode_entry(seq: u64, bytes: &[u8]) -> Option<LogEntry> {
+    let (at, json) = bytes.split_at_checked(8)?;
+    let at_ms = u64::from_be_bytes(at.try_into().ok()?);
+    let entry: ReadEntry = serde_json::from_slice(json).ok()?;
+    Some(LogEntry {
+        seq,
+        at_ms,
+        topic: entry.topic,
+        data: entry.data,
+    })
+}
+
+/// Writes the change's entry into its collection's log, in `txn` (the change's own
+/// transaction), and drops a few entries that retention no longer keeps.
+fn log_change(
+    txn: &WriteTransaction,
+    path: &Path,
+    note: Option<&LogNote>,
+    log: &str,
+    id: &str,
+    doc: Option<&Value>,
+    version: u64,
+) -> Result<Option<Logged>> {
+    let Some(note) = note else {
+        return Ok(None);
+    };
+    let collection = note.collection.as_str();
+    let event = note.event(id, doc, version);
+    let at_ms = now_ms();
+    let mut heads = txn.open_table(LOG_HEADS).map_err(|e| storage_error(path, e))?;
+    let (head, mut trimmed, mut trimmed_at) = heads
+        .get(collection)
+        .map_err(|e| storage_error(path, e))?
+        .map_or((0, 0, 0), |v| v.value());
+    let seq = head + 1;
+    let mut bytes = at_ms.to_be_bytes().to_vec();
+    serde_json::to_writer(
+        &mut bytes,
+        &StoredEntry {
+            topic: &event.topic,
+            data: &event.data,
+        },
+    )
+    .map_err(|e| Error::internal(format!("cannot encode a change log entry: {e}")))?;
+    let mut table = txn
+        .open_table(LogTable::new(&log_table(collection)))
+        .map_err(|e| storage_error(path, e))?;
+    table
+        .insert(seq, bytes.as_slice())
+        .map_err(|e| storage_error(path, e))?;
+    let keep_from = seq.saturating_sub(note.retention.max_entries) + 1;
+    let oldest = note.retention.oldest_ms(at_ms);
+    for _ in 0..LOG_TRIM_BATCH {
+        let first = table
+            .first()
+            .map_err(|e| storage_error(path, e))?
+            .map(|(k, v)| {
+                let at = v
+                    .value()
+                    .get(..8)
+                    .and_then(|b| b.try_into().ok())
+                    .map_or(0, u64::from_be_bytes);
+                (k.value(), at)
+            });
+        match first {
+            Some((first, at)) if first < keep_from || at < oldest => {
+                table.remove(first).map_err(|e| storage_error(path, e))?;
+                (trimmed, trimmed_at) = (first, at);
+            }
+            _ => break,
+        }
+    }
+    heads
+        .insert(collection, (seq, trimmed, trimmed_at))
+        .map_err(|e| storage_error(path, e))?;
+    Ok(Some(Logged {
+        event,
+        log: log.to_owned(),
+        seq,
+        at_ms,
+    }))
+}
+
+/// Tells the owner what was logged, once the transaction is committed.
+fn announce(note: Option<&LogNote>, logged: Option<Logged>) {
+    if let (Some(note), Some(logged)) = (note, logged) {
+        note.logged(logged);
     }
 }
 

@@ -10,9 +10,10 @@ use serde_json::Value;
 use tokio::sync::RwLock;
 
 use super::{
-    Claim, RequestMemory, Store, check_version, new_id, refuse_version_paths, set_version,
-    version_of,
+    Claim, RequestMemory, Store, check_version, new_id, now_ms, refuse_version_paths,
+    set_version, version_of,
 };
+use crate::changes::{LogAfter, LogPage, Logged, Ring, current_note};
 use crate::{Error, Patch, Query, Result};
 
 /// Resources kept in memory; gone when the process ends.
@@ -22,6 +23,9 @@ pub struct MemoryStore {
     requests: std::sync::Mutex<RequestMemory>,
     /// Random per instance: two memory stores never hold the same data.
     fingerprint: String,
+    /// The change log of each collection (written under the `collections` lock, so in the
+    /// order of the changes).
+    logs: std::sync::Mutex<HashMap<String, Ring>>,
 }
 
 impl Default for MemoryStore {
@@ -30,6 +34,7 @@ impl Default for MemoryStore {
             collections: RwLock::default(),
             requests: Default::default(),
             fingerprint: format!("memory:{}", new_id()),
+            logs: Default::default(),
         }
     }
 }
@@ -42,6 +47,29 @@ impl MemoryStore {
     /// An empty store.
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// Logs a change of `collection` when its owner gave a note (call under the write lock).
+    fn log(&self, collection: &str, id: &str, doc: Option<&Value>, version: u64) {
+        let Some(note) = current_note(collection) else {
+            return;
+        };
+        let event = note.event(id, doc, version);
+        let at_ms = now_ms();
+        let seq = {
+            let mut logs = self.logs.lock().unwrap_or_else(|e| e.into_inner());
+            let ring = match logs.get_mut(collection) {
+                Some(ring) => ring,
+                None => logs.entry(collection.to_owned()).or_default(),
+            };
+            ring.push(&event, at_ms, note.retention)
+        };
+        note.logged(Logged {
+            event,
+            log: self.fingerprint.clone(),
+            seq,
+            at_ms,
+        });
     }
 }
 
@@ -67,7 +95,8 @@ impl Store for MemoryStore {
             }),
             Entry::Vacant(slot) => {
                 let id = slot.key().clone();
-                slot.insert(doc);
+                let doc = slot.insert(doc);
+                self.log(collection, &id, Some(doc), 1);
                 Ok(id)
             }
         }
@@ -97,6 +126,7 @@ impl Store for MemoryStore {
                 check_version(collection, id, current, expect)?;
                 set_version(&mut doc, current + 1);
                 *slot = doc;
+                self.log(collection, id, Some(slot), current + 1);
                 Ok(current + 1)
             }
             None => Err(Error::not_found(collection, id)),
@@ -119,6 +149,7 @@ impl Store for MemoryStore {
                 check_version(collection, id, current, expect)?;
                 update.apply(slot)?;
                 set_version(slot, current + 1);
+                self.log(collection, id, Some(slot), current + 1);
                 Ok(slot.clone())
             }
             None => Err(Error::not_found(collection, id)),
@@ -136,6 +167,7 @@ impl Store for MemoryStore {
         };
         check_version(collection, id, current, expect)?;
         docs.remove(id);
+        self.log(collection, id, None, current + 1);
         Ok(current)
     }
 
@@ -192,6 +224,27 @@ impl Store for MemoryStore {
 
     async fn fingerprint(&self) -> Result<Option<String>> {
         Ok(Some(self.fingerprint.clone()))
+    }
+
+    fn log_id(&self) -> Option<String> {
+        Some(self.fingerprint.clone())
+    }
+
+    async fn read_log(
+        &self,
+        collection: &str,
+        log: &str,
+        after: LogAfter,
+        limit: usize,
+    ) -> Result<Option<LogPage>> {
+        if log != self.fingerprint {
+            return Ok(None);
+        }
+        let logs = self.logs.lock().unwrap_or_else(|e| e.into_inner());
+        Ok(Some(match logs.get(collection) {
+            Some(ring) => ring.read(after, limit),
+            None => LogPage::default(),
+        }))
     }
 }
 

@@ -34,6 +34,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use serde_json::Value;
 
+use crate::changes::{LogAfter, LogPage};
 use crate::{Error, Patch, Query, Result};
 
 #[cfg(feature = "embedded")]
@@ -210,6 +211,31 @@ pub trait Store: Send + Sync + 'static {
     /// # Errors
     /// When the store cannot be read (a MongoDB server that is down).
     async fn fingerprint(&self) -> Result<Option<String>> {
+        Ok(None)
+    }
+
+    /// The id of the change log this store writes ([`crate::changes`]), the same across
+    /// restarts where the store is (the embedded store's fingerprint); `None` (the default) for
+    /// a store that keeps none.
+    ///
+    /// A store that keeps a log writes, in the same atomic step as every `insert`, `replace`,
+    /// `patch` and `delete` it is given a change note for (the owner sets one), an entry with
+    /// the change's event and the next sequence number of the collection's log, and drops
+    /// the entries that the note's retention no longer keeps.
+    fn log_id(&self) -> Option<String> {
+        None
+    }
+
+    /// Up to `limit` entries of `collection`'s change log `log` after `after`, in order;
+    /// `None` when this store does not hold that log (another owner's).
+    async fn read_log(
+        &self,
+        collection: &str,
+        log: &str,
+        after: LogAfter,
+        limit: usize,
+    ) -> Result<Option<LogPage>> {
+        let _ = (collection, log, after, limit);
         Ok(None)
     }
 }

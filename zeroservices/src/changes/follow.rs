@@ -1,0 +1,549 @@
+//! Following the change logs: a stream of events that resumes from a cursor and loses none.
+//!
+//! A [`Follower`] merges two sources: the live events of the node's bus, and reads of the
+//! owners' change logs (`zeroservices.changes` requests). For every log it knows the sequence
+//! number of the last entry it queued; a live entry is queued only if it is the next one. An
+//! entry that arrives early (the one before it is still on its way: the owner's tasks publish
+//! concurrently) waits up to [`REORDER_WAIT`] for it, then the gap is read from the log; an
+//! older or repeated one is dropped. When the bus drops events (the stream fell behind), every
+//! log is read from its position. So, per log: in order, no gap, no duplicate.
+//!
+//! A log the follower has not seen yet (an owner that had published nothing since the stream
+//! started, or one that joined later) is read from the cursor's start time when its first
+//! event arrives, and when resuming (every owner that announces a log for a followed
+//! collection).
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::pin::Pin;
+use std::sync::{Arc, RwLock};
+use std::task::{Context as TaskContext, Poll};
+use std::time::Duration;
+
+use futures::{Stream, StreamExt};
+use serde_json::Value;
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+
+use super::serve::{CHANGES, ChangesArgs, ChangesReply, MAX_PAGE};
+use super::{Cursor, LogAfter, event_collection, log_key, position_of, split_key};
+use crate::event::topic_matches;
+use crate::medium::Request;
+use crate::store::now_ms;
+use crate::{Error, Event, EventStream, Node, Result};
+
+/// How long an entry that arrived before the one preceding it waits for it before the gap is
+/// read from the log.
+pub(crate) const REORDER_WAIT: Duration = Duration::from_millis(50);
+
+/// Entries held for a gap, per log, at most; past it the gap is read at once.
+const MAX_HELD: usize = 4096;
+
+/// The topic prefixes a follower delivers (a websocket client changes them while it runs).
+pub(crate) type Topics = Arc<RwLock<Vec<String>>>;
+
+enum Item {
+    /// A logged event, at its position.
+    Entry(String, u64, Event),
+    /// An entry passed over (not a followed topic): the position moves on.
+    Advance(String, u64),
+    /// An event without a position (a user event, or a store without a log).
+    Plain(Event),
+}
+
+/// See the [module docs](self).
+pub(crate) struct Follower {
+    node: Node,
+    topics: Topics,
+    live: EventStream,
+    /// The position of the last item handed out.
+    cursor: Cursor,
+    /// The last sequence number queued, per log.
+    queued: HashMap<String, u64>,
+    pending: VecDeque<Item>,
+    /// Entries that arrived early, per log.
+    held: BTreeMap<String, BTreeMap<u64, Event>>,
+    held_since: Option<Instant>,
+    /// Logs to read, and from where.
+    to_read: BTreeMap<String, LogAfter>,
+    done: bool,
+    /// Entries the follower could not read back (no owner of their log answered), counted.
+    lost: u64,
+}
+
+impl Follower {
+    /// Follows the events under `topics` (live ones come from `live`, a subscription of the
+    /// node's bus that covers them), from `since` (read from the logs first) or from now.
+    pub(crate) fn new(node: Node, topics: Topics, live: EventStream, since: Option<Cursor>) -> Self {
+        let resuming = since.is_some();
+        let cursor = since.unwrap_or_else(|| Cursor::starting(now_ms()));
+        let mut follower = Self {
+            node,
+            topics,
+            live,
+            queued: cursor.positions.clone().into_iter().collect(),
+            cursor,
+            pending: VecDeque::new(),
+            held: BTreeMap::new(),
+            held_since: None,
+            to_read: BTreeMap::new(),
+            done: false,
+            lost: 0,
+        };
+        if resuming {
+            follower.plan_all();
+        }
+        follower
+    }
+
+    /// The position of the last event handed out.
+    pub(crate) fn cursor(&self) -> &Cursor {
+        &self.cursor
+    }
+
+    /// Entries lost because no owner of their log could be read.
+    #[allow(dead_code)]
+    pub(crate) fn lost(&self) -> u64 {
+        self.lost
+    }
+
+    /// The next event, with `cursor` in its payload set to the position after it; an error
+    /// ([`Error::CursorExpired`]) ends the stream; `None` when the node stops.
+    pub(crate) async fn next(&mut self) -> Option<Result<Event>> {
+        loop {
+            if self.done {
+                return None;
+            }
+            if let Some(item) = self.pending.pop_front() {
+                match item {
+                    Item::Entry(key, seq, mut event) => {
+                        self.cursor.advance(&key, seq);
+                        if let Value::Object(map) = &mut event.data {
+                            map.insert("cursor".to_owned(), Value::from(self.cursor.encode()));
+                        }
+                        return Some(Ok(event));
+                    }
+                    Item::Advance(key, seq) => {
+                        self.cursor.advance(&key, seq);
+                        continue;
+                    }
+                    Item::Plain(event) => return Some(Ok(event)),
+                }
+            }
+            if !self.to_read.is_empty() {
+                if let Err(e) = self.catch_up().await {
+                    self.done = true;
+                    return Some(Err(e));
+                }
+                continue;
+            }
+            if let Some(since) = self.held_since
+                && since.elapsed() >= REORDER_WAIT
+            {
+                self.read_gaps();
+                continue;
+            }
+            let deadline = self.held_since.map(|s| s + REORDER_WAIT);
+            let event = tokio::select! {
+                event = self.live.next() => event,
+                () = sleep_until(deadline) => continue,
+            };
+            let lagged = self.live.take_lagged();
+            if lagged > 0 {
+                tracing::debug!(lagged, "event stream fell behind: reading the change logs");
+                self.plan_all();
+            }
+            match event {
+                Some(event) => self.on_live(event),
+                None => {
+                    self.done = true;
+                    return None;
+                }
+            }
+        }
+    }
+
+    /// Whether an event's collection is one the topics follow (its log positions are kept,
+    /// even for entries not handed out).
+    fn followed_collection(&self, collection: &str) -> bool {
+        let topics = self.topics.read().unwrap_or_else(|e| e.into_inner());
+        topics.iter().any(|t| {
+            t == "*" || t.is_empty() || t.split('.').next() == Some(collection)
+        })
+    }
+
+    fn wanted(&self, topic: &str) -> bool {
+        let topics = self.topics.read().unwrap_or_else(|e| e.into_inner());
+        topics.iter().any(|t| topic_matches(t, topic))
+    }
+
+    fn on_live(&mut self, event: Event) {
+        let Some((key, seq)) = position_of(&event) else {
+            if self.wanted(&event.topic) {
+                self.pending.push_back(Item::Plain(event));
+            }
+            return;
+        };
+        if !self.followed_collection(&event_collection(&event.topic)) {
+            return;
+        }
+        match self.queued.get(&key).copied() {
+            // A log not seen yet: read it from the cursor's start (this entry included).
+            None => {
+                self.hold(key.clone(), seq, event);
+                self.to_read
+                    .entry(key)
+                    .or_insert(LogAfter::Time(self.cursor.at_ms));
+            }
+            Some(last) if seq <= last => {}
+            Some(last) if seq == last + 1 => {
+                self.accept(key.clone(), seq, event);
+                self.release_held(&key);
+            }
+            Some(_) => self.hold(key, seq, event),
+        }
+    }
+
+    fn hold(&mut self, key: String, seq: u64, event: Event) {
+        let held = self.held.entry(key.clone()).or_default();
+        held.insert(seq, event);
+        self.held_since.get_or_insert_with(Instant::now);
+        if held.len() > MAX_HELD {
+            self.read_gaps();
+        }
+    }
+
+    /// Queues an entry that is the next of its log.
+    fn accept(&mut self, key: String, seq: u64, event: Event) {
+        self.queued.insert(key.clone(), seq);
+        if self.wanted(&event.topic) {
+            self.pending.push_back(Item::Entry(key, seq, event));
+        } else {
+            self.pending.push_back(Item::Advance(key, seq));
+        }
+    }
+
+    /// Queues the held entries of a log that now follow on.
+    fn release_held(&mut self, key: &str) {
+        let Some(held) = self.held.get_mut(key) else {
+            return;
+        };
+        let mut ready = Vec::new();
+        let mut last = self.queued.get(key).copied().unwrap_or(0);
+        while let Some(entry) = held.first_entry() {
+            let seq = *entry.key();
+            if seq <= last {
+                entry.remove();
+            } else if seq == last + 1 {
+                ready.push((seq, entry.remove()));
+                last = seq;
+            } else {
+                break;
+            }
+        }
+        if held.is_empty() {
+            self.held.remove(key);
+        }
+        for (seq, event) in ready {
+            self.accept(key.to_owned(), seq, event);
+        }
+        if self.held.is_empty() {
+            self.held_since = None;
+        }
+    }
+
+    /// Reads every log with held entries from its position.
+    fn read_gaps(&mut self) {
+        for key in self.held.keys() {
+            let after = match self.queued.get(key) {
+                Some(seq) => LogAfter::Seq(*seq),
+                None => LogAfter::Time(self.cursor.at_ms),
+            };
+            self.to_read.entry(key.clone()).or_insert(after);
+        }
+        self.held_since = None;
+    }
+
+    /// Plans a read of every log known: the ones with a position from it, and the logs the
+    /// owners of the followed collections announce that have none from the cursor's start.
+    fn plan_all(&mut self) {
+        for (key, seq) in &self.queued {
+            self.to_read.insert(key.clone(), LogAfter::Seq(*seq));
+        }
+        let mut collections: Vec<String> = self
+            .node
+            .collections()
+            .into_iter()
+            .filter(|c| self.followed_collection(c))
+            .collect();
+        collections.dedup();
+        for collection in collections {
+            for log in self.logs_of(&collection) {
+                let key = log_key(&collection, &log);
+                if !self.queued.contains_key(&key) {
+                    self.to_read
+                        .insert(key, LogAfter::Time(self.cursor.at_ms));
+                }
+            }
+        }
+    }
+
+    /// The logs the owners of `collection` (this node and its peers) announce.
+    fn logs_of(&self, collection: &str) -> Vec<String> {
+        let mut logs: Vec<String> = self
+            .node
+            .owners_of(collection)
+            .into_iter()
+            .filter_map(|owner| owner.stores.get(collection).and_then(|s| s.log.clone()))
+            .collect();
+        if let Some(store) = self.node.local_store_of(collection)
+            && let Some(log) = store.log_id()
+        {
+            logs.push(log);
+        }
+        logs.sort();
+        logs.dedup();
+        logs
+    }
+
+    /// Reads the planned logs, queueing what follows on from each position.
+    async fn catch_up(&mut self) -> Result<()> {
+        let plan = std::mem::take(&mut self.to_read);
+        for (key, from) in plan {
+            let Some((collection, log)) = split_key(&key).map(|(c, l)| (c.to_owned(), l.to_owned()))
+            else {
+                continue;
+            };
+            let prefixes = self.topics.read().unwrap_or_else(|e| e.into_inner()).clone();
+            let mut after = from;
+            loop {
+                let args = ChangesArgs {
+                    collection: collection.clone(),
+                    log: log.clone(),
+                    after,
+                    prefixes: prefixes.clone(),
+                    limit: MAX_PAGE,
+                };
+                let reply = match self.read(&args).await {
+                    Ok(reply) => reply,
+                    Err(e) => {
+                        // Nobody can read it back: what is held goes out with its gap.
+                        tracing::warn!(log = %key, error = %e, "a change log cannot be read; events may be missing");
+                        self.give_up(&key);
+                        break;
+                    }
+                };
+                if reply.expired {
+                    return Err(Error::CursorExpired {
+                        message: format!(
+                            "the change log of {collection} ({log}) no longer holds the \
+                             changes after this cursor (ZS_CHANGE_LOG_MAX, ZS_CHANGE_LOG_MS); \
+                             reload and subscribe without a cursor"
+                        ),
+                    });
+                }
+                let last = self.queued.get(&key).copied();
+                for entry in reply.entries {
+                    if last.is_some_and(|l| entry.seq <= l)
+                        || self.queued.get(&key).is_some_and(|q| entry.seq <= *q)
+                    {
+                        continue;
+                    }
+                    let event = Event {
+                        topic: entry.topic,
+                        data: entry.data,
+                    };
+                    self.accept(key.clone(), entry.seq, event);
+                }
+                // Entries passed over, or none after a time: the position moves to what was
+                // read (to the head when nothing was).
+                let through = if reply.through > 0 {
+                    reply.through
+                } else if matches!(after, LogAfter::Time(_)) && !reply.more {
+                    reply.head
+                } else {
+                    0
+                };
+                if self.queued.get(&key).is_none_or(|q| through > *q) {
+                    self.queued.insert(key.clone(), through);
+                    self.pending.push_back(Item::Advance(key.clone(), through));
+                }
+                if !reply.more {
+                    break;
+                }
+                after = LogAfter::Seq(self.queued.get(&key).copied().unwrap_or(0));
+            }
+            self.release_held(&key);
+            if self.held.contains_key(&key) {
+                // Entries past what the log held when read: read again after a wait.
+                self.held_since.get_or_insert_with(Instant::now);
+            }
+        }
+        Ok(())
+    }
+
+    /// Hands out the held entries of a log that cannot be read, in order, gaps and all.
+    fn give_up(&mut self, key: &str) {
+        let Some(held) = self.held.remove(key) else {
+            return;
+        };
+        let last = self.queued.get(key).copied().unwrap_or(0);
+        let mut expected = last + 1;
+        for (seq, event) in held {
+            if seq <= last {
+                continue;
+            }
+            self.lost += seq - expected;
+            expected = seq + 1;
+            self.accept(key.to_owned(), seq, event);
+        }
+        if self.held.is_empty() {
+            self.held_since = None;
+        }
+    }
+
+    /// Reads a page of a log from an owner that holds it: this node, the owners that announce
+    /// it, then the other owners of the collection (a shared database holds every owner's log).
+    async fn read(&self, args: &ChangesArgs) -> Result<ChangesReply> {
+        let value = serde_json::to_value(args).map_err(|e| Error::internal(e.to_string()))?;
+        let mut last = None;
+        if self.node.local_store_of(&args.collection).is_some() {
+            match super::serve::serve(&self.node, value.clone()).await {
+                Ok(reply) => return crate::json::from_value(reply),
+                Err(e) => last = Some(e),
+            }
+        }
+        let mut owners = self.node.owners_of(&args.collection);
+        owners.sort_by_key(|o| {
+            o.stores
+                .get(&args.collection)
+                .and_then(|s| s.log.as_deref())
+                != Some(args.log.as_str())
+        });
+        for owner in owners {
+            let request = Request::new(CHANGES, "read").args(value.clone());
+            match self.node.call_node(&owner, request).await {
+                Ok(reply) => return crate::json::from_value(reply),
+                Err(e) => last = Some(e),
+            }
+        }
+        Err(last.unwrap_or_else(|| Error::unknown_collection(args.collection.clone())))
+    }
+}
+
+async fn sleep_until(deadline: Option<Instant>) {
+    match deadline {
+        Some(deadline) => tokio::time::sleep_until(deadline).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// The events of [`Node::subscribe_since`]: each carries in its payload's `cursor` the
+/// position after it ([`ResumableStream::cursor`] is the last one handed out). An
+/// [`Error::CursorExpired`] item ends the stream.
+pub struct ResumableStream {
+    rx: mpsc::Receiver<Result<Event>>,
+    cursor: String,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for ResumableStream {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl ResumableStream {
+    /// Where to resume from: the cursor after the last event this stream handed out (or the
+    /// one it started from).
+    pub fn cursor(&self) -> &str {
+        &self.cursor
+    }
+}
+
+impl Stream for ResumableStream {
+    type Item = Result<Event>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<Option<Self::Item>> {
+        let polled = self.rx.poll_recv(cx);
+        if let Poll::Ready(Some(Ok(event))) = &polled
+            && let Some(cursor) = event.data.get("cursor").and_then(Value::as_str)
+        {
+            self.cursor = cursor.to_owned();
+        }
+        polled
+    }
+}
+
+/// The bus subscription that covers a topic prefix whole collections at a time (a follower
+/// needs every entry of a log to see its gaps).
+pub(crate) fn live_prefix(prefix: &str) -> String {
+    match prefix.split('.').next() {
+        None | Some("") | Some("*") => "*".to_owned(),
+        Some(collection) => collection.to_owned(),
+    }
+}
+
+impl Node {
+    /// Events whose topic falls under `prefix` (as [`Node::subscribe`]), resumable: with
+    /// `since` (a cursor from an event's payload or [`ResumableStream::cursor`]), first the
+    /// logged changes after it, in order per owner, then live, with no gap and no duplicate
+    /// across the switch; without, from now. A subscriber that falls behind reads what it
+    /// missed from the change logs instead of losing it.
+    ///
+    /// # Errors
+    /// [`Error::BadRequest`] for a malformed cursor. A cursor older than the logs keep gives a
+    /// stream whose first item is [`Error::CursorExpired`].
+    ///
+    /// ```
+    /// # #[tokio::main] async fn main() -> zeroservices::Result<()> {
+    /// use futures::StreamExt;
+    /// use zeroservices::prelude::*;
+    /// use zeroservices::medium::MemoryCluster;
+    ///
+    /// #[resource(collection = "power")]
+    /// pub struct Power { pub value: i64 }
+    ///
+    /// let cluster = MemoryCluster::new();
+    /// let node = Node::builder("power").memory(&cluster).resource::<Power>().start().await?;
+    /// let mut events = node.subscribe_since("power", None).await?;
+    /// node.collection::<Power>().create(Power { value: 1 }).await?;
+    /// let first = events.next().await.unwrap()?;
+    /// let cursor = events.cursor().to_owned();
+    /// drop(events);
+    /// // Changes while nobody listens...
+    /// node.collection::<Power>().create(Power { value: 2 }).await?;
+    /// // ... are read back from the cursor.
+    /// let mut again = node.subscribe_since("power", Some(&cursor)).await?;
+    /// let second = again.next().await.unwrap()?;
+    /// assert_eq!(second.data["resource_data"]["value"], 2);
+    /// # let _ = first; Ok(()) }
+    /// ```
+    pub async fn subscribe_since(
+        &self,
+        prefix: impl Into<String>,
+        since: Option<&str>,
+    ) -> Result<ResumableStream> {
+        let prefix = prefix.into();
+        let since = since.map(Cursor::parse).transpose()?;
+        let live = self.subscribe(live_prefix(&prefix));
+        if since.is_none() {
+            self.sync_subscriptions().await;
+        }
+        let topics: Topics = Arc::new(RwLock::new(vec![prefix]));
+        let mut follower = Follower::new(self.clone(), topics, live, since);
+        let start = follower.cursor().encode();
+        let (tx, rx) = mpsc::channel(1024);
+        let task = tokio::spawn(async move {
+            while let Some(item) = follower.next().await {
+                if tx.send(item).await.is_err() {
+                    break;
+                }
+            }
+        });
+        Ok(ResumableStream {
+            rx,
+            cursor: start,
+            task,
+        })
+    }
+}
