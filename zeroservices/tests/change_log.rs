@@ -8,10 +8,10 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use serde_json::Value;
+use zeroservices::Limits;
 use zeroservices::changes::Retention;
 use zeroservices::medium::MemoryCluster;
 use zeroservices::prelude::*;
-use zeroservices::Limits;
 use zeroservices::store::{EmbeddedStore, MemoryStore, Store};
 
 /// A numbered thing.
@@ -34,7 +34,11 @@ async fn owner(cluster: &MemoryCluster, store: Arc<dyn Store>, limits: Limits) -
 }
 
 async fn client(cluster: &MemoryCluster) -> Node {
-    let node = Node::builder("client").memory(cluster).start().await.unwrap();
+    let node = Node::builder("client")
+        .memory(cluster)
+        .start()
+        .await
+        .unwrap();
     node.wait_for_collection("item", Duration::from_secs(5))
         .await
         .unwrap();
@@ -258,15 +262,26 @@ async fn hostile_cursors_are_refused() {
     let cluster = MemoryCluster::new();
     let owner = owner(&cluster, Arc::new(MemoryStore::new()), Limits::default()).await;
     for bad in ["", "not a cursor", "eyJ0IjoxfQ==", &"A".repeat(20_000)] {
-        let e = owner.subscribe_since("item", Some(bad)).await.err().unwrap();
-        assert!(matches!(e.kind(), "bad_request" | "limit"), "{bad:.20}: {e}");
+        let e = owner
+            .subscribe_since("item", Some(bad))
+            .await
+            .err()
+            .unwrap();
+        assert!(
+            matches!(e.kind(), "bad_request" | "limit"),
+            "{bad:.20}: {e}"
+        );
     }
     // A well-formed cursor naming logs nobody holds: read from nothing, then live.
     use base64::Engine;
     let forged = base64::engine::general_purpose::URL_SAFE_NO_PAD
         .encode(br#"{"t":0,"p":{"item@memory:nobody":99999999}}"#);
     let mut events = owner.subscribe_since("item", Some(&forged)).await.unwrap();
-    owner.collection::<Item>().create(Item { n: 7 }).await.unwrap();
+    owner
+        .collection::<Item>()
+        .create(Item { n: 7 })
+        .await
+        .unwrap();
     assert_eq!(n_of(&next(&mut events).await), 7);
     owner.stop().await;
 }
@@ -283,7 +298,11 @@ async fn the_log_can_be_turned_off() {
     };
     let owner = owner(&cluster, Arc::new(MemoryStore::new()), limits).await;
     let mut plain = owner.subscribe("item");
-    owner.collection::<Item>().create(Item { n: 1 }).await.unwrap();
+    owner
+        .collection::<Item>()
+        .create(Item { n: 1 })
+        .await
+        .unwrap();
     let event = tokio::time::timeout(Duration::from_secs(5), plain.next())
         .await
         .unwrap()
@@ -291,4 +310,113 @@ async fn the_log_can_be_turned_off() {
     assert!(event.data.get("cursor").is_none(), "{event:?}");
     assert_eq!(event.data["version"], 1);
     owner.stop().await;
+}
+
+mod mongo_common;
+
+/// The test's own database on the server of `ZS_TEST_MONGODB_URI`.
+fn fresh_database(uri: &str) -> String {
+    let (base, query) = match uri.split_once('?') {
+        Some((base, query)) => (base, format!("?{query}")),
+        None => (uri, String::new()),
+    };
+    let scheme_end = base.find("://").map_or(0, |i| i + 3);
+    let host_end = base[scheme_end..]
+        .find('/')
+        .map_or(base.len(), |i| scheme_end + i);
+    let name = format!("zs_changes_{}", &zeroservices::store::new_id()[..12]);
+    format!("{}/{name}{query}", &base[..host_end])
+}
+
+/// Two owners of one collection over one MongoDB database, each writing its own log: a
+/// subscriber on a third node resumes from its cursor and sees every change once, in order
+/// per owner.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs ZS_TEST_MONGODB_URI (scripts/test.sh starts nx-27017)"]
+async fn two_owners_over_mongodb_resume_from_one_cursor() {
+    use zeroservices::store::MongoStore;
+    let uri = fresh_database(&mongo_common::mongodb_uri("change_log"));
+    let cluster = MemoryCluster::new();
+    let timeout = Duration::from_secs(10);
+    let first: Arc<dyn Store> = Arc::new(
+        MongoStore::connect_with_timeout(&uri, timeout)
+            .await
+            .unwrap(),
+    );
+    let second: Arc<dyn Store> = Arc::new(
+        MongoStore::connect_with_timeout(&uri, timeout)
+            .await
+            .unwrap(),
+    );
+    assert_ne!(first.log_id(), second.log_id(), "a log per owner");
+    let a = owner(&cluster, first, Limits::default()).await;
+    let b = owner(&cluster, second, Limits::default()).await;
+    let client = client(&cluster).await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while client
+        .peers()
+        .iter()
+        .filter(|p| p.info.name == "item_service")
+        .count()
+        < 2
+    {
+        assert!(tokio::time::Instant::now() < deadline, "both owners known");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let items = client.collection::<Item>();
+    let mut events = client.subscribe_since("item", None).await.unwrap();
+    let total = 40;
+    for n in 0..total / 2 {
+        items.create(Item { n }).await.unwrap();
+    }
+    let mut seen = std::collections::BTreeSet::new();
+    for _ in 0..total / 2 {
+        assert!(seen.insert(n_of(&next(&mut events).await)));
+    }
+    let cursor = events.cursor().to_owned();
+    drop(events);
+    for n in total / 2..total {
+        items.create(Item { n }).await.unwrap();
+    }
+    let mut events = client.subscribe_since("item", Some(&cursor)).await.unwrap();
+    // Per owner, in order: each owner's creates come in the order they were made.
+    use zeroservices::changes::Cursor;
+    let positions = |text: &str| -> std::collections::BTreeMap<String, u64> {
+        Cursor::parse(text)
+            .unwrap()
+            .positions()
+            .map(|(k, s)| (k.to_owned(), s))
+            .collect()
+    };
+    let mut before = positions(&cursor);
+    let mut last_by_log: std::collections::HashMap<String, i64> = Default::default();
+    for _ in total / 2..total {
+        let event = next(&mut events).await;
+        let n = n_of(&event);
+        assert!(seen.insert(n), "once: {n}");
+        // The log this event came from is the one its cursor moved on.
+        let after = positions(event.data["cursor"].as_str().unwrap());
+        let moved: Vec<&String> = after
+            .iter()
+            .filter(|(k, s)| before.get(*k) != Some(s))
+            .map(|(k, _)| k)
+            .collect();
+        assert_eq!(moved.len(), 1, "{before:?} -> {after:?}");
+        let previous = last_by_log.insert(moved[0].clone(), n);
+        assert!(previous.is_none_or(|p| p < n), "in order per owner");
+        before = after;
+    }
+    assert_eq!(last_by_log.len(), 2, "both owners' logs: {last_by_log:?}");
+    assert_eq!(seen.len(), total as usize, "every change");
+    let extra = tokio::time::timeout(Duration::from_millis(300), events.next()).await;
+    assert!(extra.is_err(), "no duplicate: {extra:?}");
+    assert!(
+        a.stats().requests_served > 0 && b.stats().requests_served > 0,
+        "both owners served creates: {:?} {:?}",
+        a.stats(),
+        b.stats()
+    );
+    client.stop().await;
+    a.stop().await;
+    b.stop().await;
 }

@@ -73,7 +73,12 @@ pub(crate) struct Follower {
 impl Follower {
     /// Follows the events under `topics` (live ones come from `live`, a subscription of the
     /// node's bus that covers them), from `since` (read from the logs first) or from now.
-    pub(crate) fn new(node: Node, topics: Topics, live: EventStream, since: Option<Cursor>) -> Self {
+    pub(crate) fn new(
+        node: Node,
+        topics: Topics,
+        live: EventStream,
+        since: Option<Cursor>,
+    ) -> Self {
         let resuming = since.is_some();
         let cursor = since.unwrap_or_else(|| Cursor::starting(now_ms()));
         let mut follower = Self {
@@ -166,9 +171,9 @@ impl Follower {
     /// even for entries not handed out).
     fn followed_collection(&self, collection: &str) -> bool {
         let topics = self.topics.read().unwrap_or_else(|e| e.into_inner());
-        topics.iter().any(|t| {
-            t == "*" || t.is_empty() || t.split('.').next() == Some(collection)
-        })
+        topics
+            .iter()
+            .any(|t| t == "*" || t.is_empty() || t.split('.').next() == Some(collection))
     }
 
     fn wanted(&self, topic: &str) -> bool {
@@ -280,8 +285,7 @@ impl Follower {
             for log in self.logs_of(&collection) {
                 let key = log_key(&collection, &log);
                 if !self.queued.contains_key(&key) {
-                    self.to_read
-                        .insert(key, LogAfter::Time(self.cursor.at_ms));
+                    self.to_read.insert(key, LogAfter::Time(self.cursor.at_ms));
                 }
             }
         }
@@ -309,11 +313,16 @@ impl Follower {
     async fn catch_up(&mut self) -> Result<()> {
         let plan = std::mem::take(&mut self.to_read);
         for (key, from) in plan {
-            let Some((collection, log)) = split_key(&key).map(|(c, l)| (c.to_owned(), l.to_owned()))
+            let Some((collection, log)) =
+                split_key(&key).map(|(c, l)| (c.to_owned(), l.to_owned()))
             else {
                 continue;
             };
-            let prefixes = self.topics.read().unwrap_or_else(|e| e.into_inner()).clone();
+            let prefixes = self
+                .topics
+                .read()
+                .unwrap_or_else(|e| e.into_inner())
+                .clone();
             let mut after = from;
             loop {
                 let args = ChangesArgs {

@@ -40,6 +40,7 @@ use serde_json::{Map, Number, Value};
 use super::{
     Claim, RequestRecord, Store, VERSION_FIELD, check_version, new_id, now_ms, refuse_version_paths,
 };
+use crate::changes::{LogAfter, LogEntry, LogPage, Logged, current_note, expired};
 use crate::{Error, Patch, Query, Result};
 
 /// The collection of the store's own metadata (its fingerprint).
@@ -93,6 +94,13 @@ pub struct MongoStore {
     pending_text: Mutex<HashMap<String, Vec<String>>>,
     describe: String,
     claims: AtomicU64,
+    /// This instance's change log: `mongodb:<database>#<random id>` (a new one per process).
+    log: String,
+    /// The last sequence number written per collection, held while an entry is written, so
+    /// entries are written in order.
+    heads: tokio::sync::Mutex<HashMap<String, u64>>,
+    /// Log writes since the last trim.
+    log_writes: AtomicU64,
 }
 
 impl std::fmt::Debug for MongoStore {
@@ -144,11 +152,14 @@ impl MongoStore {
         let client = Client::with_options(options)
             .map_err(|e| Error::bad_request(format!("invalid MongoDB options: {e}")))?;
         Ok(Self {
-            db: client.database(&name),
             deadline: request_timeout.mul_f64(0.9),
             pending_text: Mutex::new(HashMap::new()),
             describe: format!("mongodb://{}/{name}", hosts.join(",")),
             claims: AtomicU64::new(0),
+            log: format!("mongodb:{name}#{}", new_id()),
+            heads: tokio::sync::Mutex::new(HashMap::new()),
+            log_writes: AtomicU64::new(0),
+            db: client.database(&name),
         })
     }
 
@@ -181,6 +192,114 @@ impl MongoStore {
             self.describe,
             self.deadline.as_millis()
         ))
+    }
+
+    /// Writes the change's entry into this instance's log, after the change (MongoDB: not in
+    /// the same transaction; see the [module docs](self)), and now and then drops what
+    /// retention no longer keeps.
+    async fn log_change(&self, collection: &str, id: &str, doc: Option<&Value>, version: u64) {
+        let Some(note) = current_note(collection) else {
+            return;
+        };
+        let event = note.event(id, doc, version);
+        let coll = self.collection(CHANGES);
+        let mut heads = self.heads.lock().await;
+        let seq = heads.get(collection).copied().unwrap_or(0) + 1;
+        if seq == 1 {
+            let index = IndexModel::builder()
+                .keys(doc! {"log": 1, "c": 1, "seq": 1})
+                .build();
+            if let Err(e) = self.run(coll.create_index(index), convert).await {
+                tracing::debug!(error = %e, "could not index the change log");
+            }
+        }
+        let at_ms = now_ms();
+        let entry = doc! {
+            "_id": format!("{}|{collection}|{seq:020}", self.log),
+            "log": &self.log,
+            "c": collection,
+            "seq": seq as i64,
+            "at": at_ms as i64,
+            "topic": &event.topic,
+            "data": event.data.to_string(),
+        };
+        if let Err(e) = self.run(coll.insert_one(entry), convert).await {
+            // The change is made; its entry is not: the event goes out unlogged.
+            tracing::warn!(collection, id, error = %e, "a change could not be logged");
+            return;
+        }
+        heads.insert(collection.to_owned(), seq);
+        drop(heads);
+        note.logged(Logged {
+            event,
+            log: self.log.clone(),
+            seq,
+            at_ms,
+        });
+        let writes = self.log_writes.fetch_add(1, Ordering::Relaxed) + 1;
+        if writes.is_multiple_of(LOG_TRIM_EVERY) {
+            let floor = seq.saturating_sub(note.retention.max_entries);
+            let oldest = note.retention.oldest_ms(at_ms) as i64;
+            let mine = doc! {"log": &self.log, "c": collection, "seq": {"$lte": floor as i64}};
+            // Old entries of every log of the database: those of owners gone too.
+            let old = doc! {"at": {"$lt": oldest}};
+            for filter in [mine, old] {
+                if let Err(e) = self.trim(filter).await {
+                    tracing::debug!(error = %e, "could not trim the change log");
+                }
+            }
+        }
+    }
+
+    /// Deletes (up to a batch of) the log entries `filter` selects, first recording, per log,
+    /// the last one dropped (what tells a reader its position expired).
+    async fn trim(&self, filter: Document) -> Result<()> {
+        let coll = self.collection(CHANGES);
+        let find = coll
+            .find(filter)
+            .projection(doc! {"log": 1, "c": 1, "seq": 1, "at": 1})
+            .limit(LOG_TRIM_BATCH);
+        let found: Vec<Document> = self
+            .run(async move { find.await?.try_collect().await }, convert)
+            .await?;
+        if found.is_empty() {
+            return Ok(());
+        }
+        let mut last: HashMap<String, (i64, i64)> = HashMap::new();
+        let mut ids = Vec::new();
+        for d in &found {
+            let (Ok(log), Ok(c)) = (d.get_str("log"), d.get_str("c")) else {
+                continue;
+            };
+            let seq = int_of(d, "seq").unwrap_or(0);
+            let at = int_of(d, "at").unwrap_or(0);
+            let slot = last.entry(format!("{log}|{c}")).or_insert((0, 0));
+            if seq > slot.0 {
+                *slot = (seq, at);
+            }
+            if let Some(id) = d.get("_id") {
+                ids.push(id.clone());
+            }
+        }
+        let trims = self.collection(LOG_TRIMS);
+        for (key, (seq, at)) in last {
+            let record = doc! {"_id": &key, "seq": seq, "at": at};
+            match self.run(trims.insert_one(record), convert).await {
+                Ok(_) => {}
+                Err(_) => {
+                    // Moved on only forward (another owner may trim the same log).
+                    let newer = doc! {"_id": &key, "seq": {"$lt": seq}};
+                    self.run(
+                        trims.update_one(newer, doc! {"$set": {"seq": seq, "at": at}}),
+                        convert,
+                    )
+                    .await?;
+                }
+            }
+        }
+        self.run(coll.delete_many(doc! {"_id": {"$in": ids}}), convert)
+            .await
+            .map(drop)
     }
 
     async fn create_text_index(&self, collection: &str, fields: &[String]) -> Result<()> {
@@ -439,6 +558,7 @@ impl Store for MongoStore {
             }
         })
         .await?;
+        self.log_change(collection, &id, Some(&doc), 1).await;
         Ok(id)
     }
 
@@ -473,6 +593,8 @@ impl Store for MongoStore {
                 )
                 .await?;
             if result.matched_count == 1 {
+                self.log_change(collection, id, Some(&doc), expected + 1)
+                    .await;
                 return Ok(expected + 1);
             }
             if expect.is_some() {
@@ -516,7 +638,12 @@ impl Store for MongoStore {
             )
             .await?;
         match after {
-            Some(doc) => Ok(split_id(doc).1),
+            Some(doc) => {
+                let doc = split_id(doc).1;
+                let version = super::version_of(&doc);
+                self.log_change(collection, id, Some(&doc), version).await;
+                Ok(doc)
+            }
             // No document, another version, or (on servers that report failed updates as "no
             // match") an update that does not apply to it.
             None => Err(self.explain_miss(collection, id, expect).await),
@@ -533,7 +660,11 @@ impl Store for MongoStore {
             )
             .await?;
         match deleted {
-            Some(doc) => Ok(stored_version(&doc)),
+            Some(doc) => {
+                let version = stored_version(&doc);
+                self.log_change(collection, id, None, version + 1).await;
+                Ok(version)
+            }
             None => Err(self.explain_miss(collection, id, expect).await),
         }
     }
@@ -722,6 +853,103 @@ impl Store for MongoStore {
             .await
             .map(drop)
     }
+
+    fn log_id(&self) -> Option<String> {
+        Some(self.log.clone())
+    }
+
+    async fn read_log(
+        &self,
+        collection: &str,
+        log: &str,
+        after: LogAfter,
+        limit: usize,
+    ) -> Result<Option<LogPage>> {
+        // Every owner's log over this database lives in it: any owner reads them all.
+        let ours = format!("mongodb:{}#", self.db.name());
+        if !log.starts_with(&ours) {
+            return Ok(None);
+        }
+        let trims = self.collection(LOG_TRIMS);
+        let trimmed = self
+            .run(
+                trims.find_one(doc! {"_id": format!("{log}|{collection}")}),
+                convert,
+            )
+            .await?
+            .map_or((0, 0), |d| {
+                let n = |k| int_of(&d, k).unwrap_or(0).max(0) as u64;
+                (n("seq"), n("at"))
+            });
+        let mut filter = doc! {"log": log, "c": collection};
+        match after {
+            LogAfter::Seq(seq) => filter.insert("seq", doc! {"$gt": seq as i64}),
+            LogAfter::Time(ms) => filter.insert("at", doc! {"$gte": ms as i64}),
+        };
+        let coll = self.collection(CHANGES);
+        let find = coll
+            .find(filter)
+            .sort(doc! {"seq": 1})
+            .limit(i64::try_from(limit).unwrap_or(i64::MAX));
+        let found: Vec<Document> = self
+            .run(async move { find.await?.try_collect().await }, convert)
+            .await?;
+        let entries: Vec<LogEntry> = found.iter().filter_map(entry_of).collect();
+        let head = match entries.last() {
+            Some(last) => last.seq,
+            None => {
+                let newest = coll
+                    .find_one(doc! {"log": log, "c": collection})
+                    .sort(doc! {"seq": -1});
+                let newest = self.run(newest, convert).await?;
+                newest
+                    .and_then(|d| int_of(&d, "seq"))
+                    .map_or(trimmed.0, |s| s.max(0) as u64)
+            }
+        };
+        Ok(Some(LogPage {
+            entries,
+            head,
+            expired: expired(after, trimmed),
+        }))
+    }
+}
+
+/// The MongoDB collection of the change logs: one document per entry, of every owner's log.
+pub const CHANGES: &str = "zs_changes";
+/// The MongoDB collection of what each log dropped last (`_id` = `<log>|<collection>`).
+pub const LOG_TRIMS: &str = "zs_change_trims";
+/// A trim runs once every this many logged changes of an instance.
+const LOG_TRIM_EVERY: u64 = 64;
+/// Entries deleted at most per trim.
+const LOG_TRIM_BATCH: i64 = 1024;
+
+/// An integer field, however the server chose to store it (some wire-compatible servers give
+/// small 64-bit integers back as 32-bit ones).
+fn int_of(d: &Document, key: &str) -> Option<i64> {
+    match d.get(key)? {
+        Bson::Int64(n) => Some(*n),
+        Bson::Int32(n) => Some(i64::from(*n)),
+        Bson::Double(f) if f.fract() == 0.0 => Some(*f as i64),
+        _ => None,
+    }
+}
+
+/// A stored log entry; one that cannot be read is skipped (logged).
+fn entry_of(d: &Document) -> Option<LogEntry> {
+    let read = || {
+        Some(LogEntry {
+            seq: int_of(d, "seq")?.max(0) as u64,
+            at_ms: int_of(d, "at")?.max(0) as u64,
+            topic: d.get_str("topic").ok()?.to_owned(),
+            data: serde_json::from_str(d.get_str("data").ok()?).ok()?,
+        })
+    };
+    let entry = read();
+    if entry.is_none() {
+        tracing::warn!(id = ?d.get("_id"), "an unreadable change log entry skipped");
+    }
+    entry
 }
 
 /// The MongoDB collection of claimed requests (`_id` = `<collection>/<request id>`).
