@@ -23,7 +23,10 @@
 //!    plain axum handler doing the same store operation in that process (three alternating
 //!    pairs, the median pair reported); and through a gateway process in front of the owner;
 //! 3. events: created resources per second seen by a subscriber node in another process (sent vs
-//!    received), and delivery to 100 websocket clients in this process (rate and losses);
+//!    received): first with the change log off and a plain subscriber (the configuration before
+//!    issue 15), then with the log on and a resumable subscriber (`subscribe_since`;
+//!    `ZS_SUITE_PLAIN_SUB=1` makes it a plain one, to tell the producer's cost from the
+//!    subscriber's); and delivery to 100 websocket clients in this process (rate and losses);
 //! 4. discovery: a new node seeing an existing one, ten, and an existing one right after ten
 //!    peers were killed (`kill -9`, still listed as peers);
 //! 5. footprint: VmRSS of an idle node process and of the owner under the GET load.
@@ -43,6 +46,7 @@ use futures::{SinkExt, StreamExt};
 use serde_json::{Value, json};
 use tokio_tungstenite::tungstenite::Message as WsMessage;
 use zeromq::{DealerSocket, RouterSocket, Socket, SocketRecv, SocketSend, ZmqMessage};
+use zeroservices::Limits;
 use zeroservices::config::NetworkConfig;
 use zeroservices::http::{HttpConfig, serve};
 use zeroservices::medium::Request;
@@ -266,13 +270,23 @@ async fn child(role: &str) {
             keep.push(Box::new(http));
             node
         }
-        "subscriber" => {
+        "subscriber" | "resumable" => {
             let node = Node::builder("subscriber")
                 .network(config)
                 .start()
                 .await
                 .expect("start subscriber");
-            let mut events = node.subscribe("tick.create");
+            // A plain subscription, or a resumable one (reads what its bus lost back from the
+            // producer's change log).
+            let mut events = if role == "resumable" {
+                let stream = node
+                    .subscribe_since("tick.create", None)
+                    .await
+                    .expect("subscribe_since");
+                stream.filter_map(|e| async move { e.ok() }).boxed()
+            } else {
+                node.subscribe("tick.create").boxed()
+            };
             let seen = seen.clone();
             tokio::spawn(async move {
                 while events.next().await.is_some() {
@@ -869,6 +883,18 @@ impl SubRun {
     }
 }
 
+/// Until the subscriber child is connected: a tick every 20 ms, at most 20 s.
+async fn warm_up(producer: &Node, sub: &mut Proc) {
+    let warm_deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let _ = producer.collection::<Tick>().create(Tick { n: 0 }).await;
+        if sub.ask("report").0 > 0 || Instant::now() > warm_deadline {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 async fn subscriber_run(node: &Node, sub: &mut Proc, time: Duration, rate: Option<f64>) -> SubRun {
     sub.ask("reset");
     let (sent, send_time) = create_ticks(node, time, MAX_EVENTS, rate).await;
@@ -1373,6 +1399,47 @@ async fn suite() {
     // 3. Events.
     if want("events") {
         eprintln!("events ...");
+        // Today's configuration first: no change log, a plain subscriber.
+        let baseline = {
+            let producer = Node::builder("producer")
+                .network(net.config())
+                .limits(Limits {
+                    change_log: zeroservices::changes::Retention {
+                        max_entries: 0,
+                        ..Default::default()
+                    },
+                    ..Limits::default()
+                })
+                .resource::<Tick>()
+                .start()
+                .await
+                .expect("start producer");
+            let mut sub = Proc::spawn("subscriber", &net);
+            warm_up(&producer, &mut sub).await;
+            let run = subscriber_run(&producer, &mut sub, time, None).await;
+            drop(sub);
+            producer.stop().await;
+            run
+        };
+        table.add(
+            "3 events",
+            "change log off, plain subscriber process (producer unpaced): the configuration before issue 15",
+            format!(
+                "{}: {} of {} seen, lost {} (bus lagged {})",
+                per_s(baseline.rate()),
+                baseline.received,
+                baseline.sent,
+                baseline.sent.saturating_sub(baseline.received),
+                baseline.lagged
+            ),
+            format!(
+                "created {}",
+                per_s(baseline.sent as f64 / baseline.send_time.as_secs_f64())
+            ),
+            "-",
+            "baseline",
+            "-",
+        );
         let producer = Node::builder("producer")
             .network(net.config())
             .resource::<Tick>()
@@ -1382,29 +1449,44 @@ async fn suite() {
         let http = serve(producer.clone(), HttpConfig::new(0))
             .await
             .expect("producer http");
-        let mut sub = Proc::spawn("subscriber", &net);
-        // Until the subscriber is connected: a tick every 20 ms, at most 20 s.
-        let warm_deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            let _ = producer.collection::<Tick>().create(Tick { n: 0 }).await;
-            if sub.ask("report").0 > 0 || Instant::now() > warm_deadline {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        let role = if std::env::var_os("ZS_SUITE_PLAIN_SUB").is_some() {
+            "subscriber"
+        } else {
+            "resumable"
+        };
+        let mut sub = Proc::spawn(role, &net);
+        warm_up(&producer, &mut sub).await;
         let burst = subscriber_run(&producer, &mut sub, time, None).await;
         let loss = burst.sent.saturating_sub(burst.received);
-        let created_rate = burst.sent as f64 / burst.send_time.as_secs_f64();
         table.add(
             "3 events",
-            "created resources seen by a subscriber process (producer unpaced)",
+            "change log on, resumable subscriber process (subscribe_since), producer unpaced",
             format!(
-                "{}: {} of {} seen, lost {loss} (bus lagged {})",
+                "{}: {} of {} seen, lost {loss} (bus lagged {}, read back from the log)",
                 per_s(burst.rate()),
                 burst.received,
                 burst.sent,
                 burst.lagged
             ),
+            format!("log off {}", per_s(baseline.rate())),
+            ratio(burst.rate(), baseline.rate()),
+            "0 lost; rate within 15% of the log-off run",
+            if loss > 0 {
+                format!("MISSED: {loss} lost")
+            } else if burst.rate() >= baseline.rate() * 0.85 {
+                "met".to_owned()
+            } else {
+                format!(
+                    "MISSED: {:.0}% slower",
+                    (1.0 - burst.rate() / baseline.rate()) * 100.0
+                )
+            },
+        );
+        let created_rate = burst.sent as f64 / burst.send_time.as_secs_f64();
+        table.add(
+            "3 events",
+            "the same run against the producer's create rate",
+            format!("{}", per_s(burst.rate())),
             format!("created {}", per_s(created_rate)),
             ratio(burst.rate(), created_rate),
             ">= 10x Moleculer (230,000/s)",

@@ -261,7 +261,13 @@ async fn a_subscriber_pushed_past_its_bus_catches_up_from_the_log() {
 async fn hostile_cursors_are_refused() {
     let cluster = MemoryCluster::new();
     let owner = owner(&cluster, Arc::new(MemoryStore::new()), Limits::default()).await;
-    for bad in ["", "not a cursor", "eyJ0IjoxfQ==", &"A".repeat(20_000)] {
+    for bad in [
+        "",
+        "not a cursor",
+        "eyJ0IjoxfQ==",
+        "c1.1.a.b",
+        &"A".repeat(20_000),
+    ] {
         let e = owner
             .subscribe_since("item", Some(bad))
             .await
@@ -274,8 +280,8 @@ async fn hostile_cursors_are_refused() {
     }
     // A well-formed cursor naming logs nobody holds: read from nothing, then live.
     use base64::Engine;
-    let forged = base64::engine::general_purpose::URL_SAFE_NO_PAD
-        .encode(br#"{"t":0,"p":{"item@memory:nobody":99999999}}"#);
+    let key = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode("item@memory:nobody");
+    let forged = format!("c1.0.{key}.99999999");
     let mut events = owner.subscribe_since("item", Some(&forged)).await.unwrap();
     owner
         .collection::<Item>()

@@ -21,7 +21,7 @@
 //! the stream that delivered it has seen, and the time the stream started. A stream opened
 //! with a cursor ([`Node::subscribe_since`](crate::Node::subscribe_since), the websocket's
 //! `since`) delivers the entries after it, in order per log, then continues live, with no gap
-//! and no duplicate across the switch; see [`follow`].
+//! and no duplicate across the switch.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
@@ -211,14 +211,10 @@ impl Logged {
     /// The event as published: its payload carries the one-log cursor of its position.
     pub(crate) fn into_event(self) -> Event {
         let mut event = self.event;
-        let cursor = Cursor::at(
-            &event_collection(&event.topic),
-            &self.log,
-            self.seq,
-            self.at_ms,
-        );
+        let key = log_key(&event_collection(&event.topic), &self.log);
         if let Value::Object(map) = &mut event.data {
-            map.insert("cursor".to_owned(), Value::from(cursor.encode()));
+            let cursor = entry_cursor(&key, self.seq, self.at_ms);
+            map.insert("cursor".to_owned(), Value::from(cursor));
         }
         event
     }
@@ -229,27 +225,37 @@ pub(crate) fn event_collection(topic: &str) -> String {
     topic.split('.').next().unwrap_or("").to_owned()
 }
 
-/// The key of a log in a cursor: `<collection>@<log id>`.
+/// The key of a log in a cursor: `<collection>@<log id>`, base64url (so a cursor is URL-safe
+/// text and a key is one `.`-free field of it). Followers keep positions by this key as it is:
+/// no decoding per event.
 pub(crate) fn log_key(collection: &str, log: &str) -> String {
-    format!("{collection}@{log}")
+    URL_SAFE_NO_PAD.encode(format!("{collection}@{log}"))
 }
 
-/// Splits a log key into its collection and log id.
-pub(crate) fn split_key(key: &str) -> Option<(&str, &str)> {
-    key.split_once('@')
+/// The collection and log id of a log key.
+pub(crate) fn split_key(key: &str) -> Option<(String, String)> {
+    let bytes = URL_SAFE_NO_PAD.decode(key).ok()?;
+    let text = String::from_utf8(bytes).ok()?;
+    let (collection, log) = text.split_once('@')?;
+    if collection.is_empty() || log.is_empty() {
+        return None;
+    }
+    Some((collection.to_owned(), log.to_owned()))
 }
 
-/// A position in the change logs of a cluster: for each log it names (`<collection>@<log id>`),
-/// the sequence number of the last entry delivered, and the time (ms since the epoch) the
-/// stream that made it started. Clients see it only as an opaque string ([`Cursor::encode`]).
+/// The version tag that starts a cursor's text.
+const CURSOR_TAG: &str = "c1";
+
+/// A position in the change logs of a cluster: for each log it names, the sequence number of the
+/// last entry delivered, and the time (ms since the epoch) the stream that made it started.
+/// Clients see it only as an opaque, URL-safe string ([`Cursor::encode`]:
+/// `c1.<start ms>(.<log key>.<seq>)*`, a log key being `<collection>@<log id>` in base64url).
 ///
 /// A log the cursor does not name (an owner that had sent nothing yet) is read from the
 /// cursor's time on, by the owner's clock.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Cursor {
-    #[serde(rename = "t")]
     pub(crate) at_ms: u64,
-    #[serde(rename = "p", default)]
     pub(crate) positions: BTreeMap<String, u64>,
 }
 
@@ -262,25 +268,22 @@ impl Cursor {
         }
     }
 
-    /// The cursor of one entry.
-    pub(crate) fn at(collection: &str, log: &str, seq: u64, at_ms: u64) -> Self {
-        Self {
-            at_ms,
-            positions: BTreeMap::from([(log_key(collection, log), seq)]),
-        }
-    }
-
     /// The opaque text of the cursor (URL-safe).
     pub fn encode(&self) -> String {
-        let json = serde_json::to_vec(self).unwrap_or_default();
-        URL_SAFE_NO_PAD.encode(json)
+        use std::fmt::Write;
+        let mut text = String::with_capacity(24 + self.positions.len() * 96);
+        let _ = write!(text, "{CURSOR_TAG}.{}", self.at_ms);
+        for (key, seq) in &self.positions {
+            let _ = write!(text, ".{key}.{seq}");
+        }
+        text
     }
 
     /// Reads a cursor's text.
     ///
     /// # Errors
-    /// [`Error::BadRequest`] for a text that is not a cursor, or one over [`MAX_CURSOR_BYTES`]
-    /// or naming more than [`MAX_CURSOR_LOGS`] logs.
+    /// [`Error::BadRequest`] for a text that is not a cursor, or [`Error::Limit`] for one over
+    /// [`MAX_CURSOR_BYTES`] or naming more than [`MAX_CURSOR_LOGS`] logs.
     pub fn parse(text: &str) -> Result<Self> {
         if text.len() > MAX_CURSOR_BYTES {
             return Err(Error::limit(
@@ -289,9 +292,9 @@ impl Cursor {
                 format!("a cursor is at most {MAX_CURSOR_BYTES} bytes"),
             ));
         }
-        let bad = || Error::bad_request("malformed cursor: pass back a cursor the server gave");
-        let bytes = URL_SAFE_NO_PAD.decode(text.trim()).map_err(|_| bad())?;
-        let cursor: Self = serde_json::from_slice(&bytes).map_err(|_| bad())?;
+        let cursor = Self::read(text.trim()).ok_or_else(|| {
+            Error::bad_request("malformed cursor: pass back a cursor the server gave")
+        })?;
         if cursor.positions.len() > MAX_CURSOR_LOGS {
             return Err(Error::limit(
                 "MAX_CURSOR_LOGS",
@@ -300,13 +303,34 @@ impl Cursor {
             ));
         }
         if cursor.positions.keys().any(|k| split_key(k).is_none()) {
-            return Err(bad());
+            return Err(Error::bad_request(
+                "malformed cursor: pass back a cursor the server gave",
+            ));
         }
         Ok(cursor)
     }
 
-    /// The logs it names (`<collection>@<log id>`) with the sequence number of the last entry
-    /// delivered from each: for diagnostics and tests; clients treat cursors as opaque.
+    /// The fields of a cursor's text (keys not checked).
+    fn read(text: &str) -> Option<Self> {
+        let mut fields = text.split('.');
+        if fields.next()? != CURSOR_TAG {
+            return None;
+        }
+        let at_ms = fields.next()?.parse().ok()?;
+        let mut positions = BTreeMap::new();
+        while let Some(key) = fields.next() {
+            let seq: u64 = fields.next()?.parse().ok()?;
+            if key.is_empty() || positions.len() > MAX_CURSOR_LOGS {
+                return None;
+            }
+            positions.insert(key.to_owned(), seq);
+        }
+        Some(Self { at_ms, positions })
+    }
+
+    /// The logs it names (opaque keys, one per owner log and collection) with the sequence
+    /// number of the last entry delivered from each: for diagnostics and tests; clients treat
+    /// cursors as opaque.
     pub fn positions(&self) -> impl Iterator<Item = (&str, u64)> {
         self.positions.iter().map(|(k, s)| (k.as_str(), *s))
     }
@@ -326,14 +350,6 @@ impl Cursor {
             }
         }
     }
-
-    /// The one position of a one-log cursor (an event's own, as the owner published it).
-    pub(crate) fn single(&self) -> Option<(&str, u64)> {
-        if self.positions.len() != 1 {
-            return None;
-        }
-        self.positions.iter().next().map(|(k, s)| (k.as_str(), *s))
-    }
 }
 
 impl std::fmt::Display for Cursor {
@@ -342,11 +358,26 @@ impl std::fmt::Display for Cursor {
     }
 }
 
-/// The log position an event carries (its owner's one-log cursor), if any.
+/// The text of a one-log cursor (an entry's, as its owner publishes it).
+pub(crate) fn entry_cursor(key: &str, seq: u64, at_ms: u64) -> String {
+    format!("{CURSOR_TAG}.{at_ms}.{key}.{seq}")
+}
+
+/// The log position an event carries (its owner's one-log cursor), if any: read without
+/// decoding the key.
 pub(crate) fn position_of(event: &Event) -> Option<(String, u64)> {
     let text = event.data.get("cursor")?.as_str()?;
-    let cursor = Cursor::parse(text).ok()?;
-    cursor.single().map(|(k, s)| (k.to_owned(), s))
+    let mut fields = text.split('.');
+    if fields.next()? != CURSOR_TAG {
+        return None;
+    }
+    fields.next()?;
+    let key = fields.next()?;
+    let seq = fields.next()?.parse().ok()?;
+    if key.is_empty() || fields.next().is_some() {
+        return None;
+    }
+    Some((key.to_owned(), seq))
 }
 
 /// The in-memory change log of one collection (the memory store's).
@@ -426,32 +457,49 @@ mod tests {
     #[test]
     fn cursors_round_trip_and_refuse_garbage() {
         let mut c = Cursor::starting(5);
-        c.advance("power@embedded:abc", 3);
-        c.advance("power@embedded:abc", 2);
-        c.advance("tick@memory:x", 9);
+        let power = log_key("power", "embedded:abc");
+        c.advance(&power, 3);
+        c.advance(&power, 2);
+        c.advance(&log_key("tick", "mongodb:db#x"), 9);
         let text = c.encode();
         assert!(
             text.chars()
-                .all(|ch| ch.is_ascii_alphanumeric() || ch == '-' || ch == '_')
+                .all(|ch| ch.is_ascii_alphanumeric() || matches!(ch, '-' | '_' | '.')),
+            "{text}"
         );
         let back = Cursor::parse(&text).unwrap();
         assert_eq!(back, c);
-        assert_eq!(back.get("power@embedded:abc"), Some(3));
+        assert_eq!(back.get(&power), Some(3));
+        assert_eq!(
+            split_key(&power),
+            Some(("power".to_owned(), "embedded:abc".to_owned()))
+        );
+        // An event's own cursor reads back without decoding.
+        let event = Event {
+            topic: "power.create.1".into(),
+            data: serde_json::json!({"cursor": entry_cursor(&power, 7, 1)}),
+        };
+        assert_eq!(position_of(&event), Some((power.clone(), 7)));
         for bad in [
             "",
             "!!",
-            "e30",
-            "bm90IGpzb24",
+            "c1",
+            "c1.x",
+            "c2.1",
+            "c1.1.k",
+            "c1.1..3",
+            "c1.1.k.-1",
+            "c1.1.k.1",
             &"A".repeat(MAX_CURSOR_BYTES + 1),
         ] {
             assert!(Cursor::parse(bad).is_err(), "{bad:.20}");
         }
-        // A key without its `@` is not one of ours.
-        let forged = URL_SAFE_NO_PAD.encode(br#"{"t":1,"p":{"nolog":3}}"#);
+        // A key that is not `<collection>@<log>` is not one of ours.
+        let forged = format!("c1.1.{}.3", URL_SAFE_NO_PAD.encode("nolog"));
         assert!(Cursor::parse(&forged).is_err());
         let mut many = Cursor::starting(0);
         for i in 0..=MAX_CURSOR_LOGS {
-            many.advance(&format!("c@{i}"), 1);
+            many.advance(&log_key("c", &i.to_string()), 1);
         }
         let e = Cursor::parse(&many.encode()).unwrap_err();
         assert_eq!(e.kind(), "limit", "{e}");
