@@ -51,7 +51,7 @@ use std::time::Duration;
 
 use futures::future::BoxFuture;
 use serde_json::Value;
-use tokio::sync::Semaphore;
+use tokio::sync::{Notify, Semaphore};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
@@ -297,17 +297,30 @@ impl Worker {
             let tracker = Tracker::new(start, stopping.clone());
             trackers.insert(collection.to_owned(), tracker.clone());
             let live = node.subscribe(collection);
-            follows.push((collection, rules, live, since, tracker));
+            // A worker that resumes reads what it missed from the logs: its first poll check
+            // waits an interval (or for a cursor that turns out expired). One that does not
+            // checks at once.
+            let poll_now = since.is_none();
+            let nudges: Vec<_> = rules.iter().map(|_| Arc::new(Notify::new())).collect();
+            follows.push((collection, rules, live, since, tracker, poll_now, nudges));
         }
         // Peers known already send the watched events before the first check runs.
         node.sync_subscriptions().await;
         // The rules start no new handler once the node is stopping.
-        for (collection, rules, live, since, tracker) in follows {
-            let watch = follow(shared.clone(), collection, rules.clone(), live, since, tracker);
+        for (collection, rules, live, since, tracker, poll_now, nudges) in follows {
+            let watch = follow(
+                shared.clone(),
+                collection,
+                rules.clone(),
+                live,
+                since,
+                tracker,
+                nudges.clone(),
+            );
             let until = stopping.clone();
             tasks.spawn(async move { until.run_until_cancelled(watch).await.unwrap_or(()) });
-            for rule in rules {
-                let poll = poll(shared.clone(), rule, poll_interval);
+            for (rule, nudge) in rules.into_iter().zip(nudges) {
+                let poll = poll(shared.clone(), rule, poll_interval, poll_now, nudge);
                 let until = stopping.clone();
                 tasks.spawn(async move { until.run_until_cancelled(poll).await.unwrap_or(()) });
             }
@@ -688,6 +701,7 @@ async fn follow(
     live: crate::EventStream,
     since: Option<Cursor>,
     tracker: Arc<Tracker>,
+    polls: Vec<Arc<Notify>>,
 ) {
     let node = shared.node.clone();
     if since.is_some() {
@@ -717,6 +731,9 @@ async fn follow(
                 follower = Follower::new(node.clone(), topics.clone(), live, None);
                 tracker.reset(follower.cursor().clone());
                 before = follower.cursor().clone();
+                for poll in &polls {
+                    poll.notify_one();
+                }
             }
             Some(Ok(event)) => {
                 let after = follower.cursor().clone();
@@ -775,11 +792,27 @@ async fn on_event(shared: &Arc<Shared>, rules: &[Arc<Rule>], event: Event, ticke
     }
 }
 
-async fn poll(shared: Arc<Shared>, rule: Arc<Rule>, interval: Duration) {
-    let mut ticker = tokio::time::interval(interval);
+/// The poll check of one rule: every `interval` (the first at once when `now`), and when
+/// `nudge` is notified (a cursor that expired).
+async fn poll(
+    shared: Arc<Shared>,
+    rule: Arc<Rule>,
+    interval: Duration,
+    now: bool,
+    nudge: Arc<Notify>,
+) {
+    let first = if now {
+        tokio::time::Instant::now()
+    } else {
+        tokio::time::Instant::now() + interval
+    };
+    let mut ticker = tokio::time::interval_at(first, interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
-        ticker.tick().await;
+        tokio::select! {
+            _ = ticker.tick() => {}
+            () = nudge.notified() => {}
+        }
         // Every page is read before any handler runs: pages move on by `skip`, and a handler
         // that takes a resource out of the filter would otherwise shift the later pages past
         // resources never seen (the owner answers at most `ZS_MAX_PAGE` per request).
