@@ -15,9 +15,9 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
+use zeroservices::Limits;
 use zeroservices::changes::Retention;
 use zeroservices::config::NetworkConfig;
-use zeroservices::Limits;
 use zeroservices::medium::{Medium, MemoryCluster, Request};
 use zeroservices::prelude::*;
 use zeroservices::store::MemoryStore;
@@ -214,7 +214,10 @@ async fn a_restarted_worker_resumes_from_its_cursor() {
         || all_done(&owner, 25),
     )
     .await;
-    assert!(restarted.elapsed() < Duration::from_secs(60), "not the poll");
+    assert!(
+        restarted.elapsed() < Duration::from_secs(60),
+        "not the poll"
+    );
     let counted = runs.lock().unwrap().clone();
     assert_eq!(counted.len(), 25);
     assert!(counted.values().all(|&n| n == 1), "{counted:?}");
@@ -230,7 +233,11 @@ async fn a_corrupt_state_file_starts_from_now() {
     let owner = owner(&cluster, Limits::default()).await;
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join(STATE_FILE_NAME);
-    for garbage in [&b"{\"worker\": \"job_worker\", \"cursors\": {\"job\": 3"[..], b"\x00\xff\xfe", b"[]"] {
+    for garbage in [
+        &b"{\"worker\": \"job_worker\", \"cursors\": {\"job\": 3"[..],
+        b"\x00\xff\xfe",
+        b"[]",
+    ] {
         std::fs::write(&file, garbage).unwrap();
         let runs = Runs::default();
         let worker = replica(&cluster, dir.path(), &runs).await;
@@ -252,9 +259,11 @@ async fn a_corrupt_state_file_starts_from_now() {
     let worker = replica(&cluster, &blocked, &runs).await;
     let before = jobs(&owner).await.len();
     owner.collection::<Job>().create(job(2)).await.unwrap();
-    eventually(Duration::from_secs(10), "handled without a state dir", || {
-        all_done(&owner, before + 1)
-    })
+    eventually(
+        Duration::from_secs(10),
+        "handled without a state dir",
+        || all_done(&owner, before + 1),
+    )
     .await;
     worker.stop().await;
     owner.stop().await;
@@ -308,28 +317,31 @@ async fn an_expired_cursor_falls_back_to_the_poll_check() {
         .start(Node::builder("job_worker").memory(&cluster))
         .await
         .unwrap();
-    eventually(Duration::from_secs(10), "caught up by the poll check", || {
-        all_done(&owner, 11)
-    })
+    eventually(
+        Duration::from_secs(10),
+        "caught up by the poll check",
+        || all_done(&owner, 11),
+    )
     .await;
     // And it follows live changes from now.
     jobs_client.create(job(11)).await.unwrap();
-    eventually(Duration::from_secs(10), "a live one", || all_done(&owner, 12)).await;
+    eventually(Duration::from_secs(10), "a live one", || {
+        all_done(&owner, 12)
+    })
+    .await;
     assert!(jobs(&owner).await.values().all(|j| j.runs == 1));
     worker.stop().await;
     owner.stop().await;
 }
 
 /// A raw `zeroservices.claim` request to `owner`, as a peer would send it.
-async fn claim(
-    cluster: &MemoryCluster,
-    owner: &Node,
-    action: &str,
-    args: Value,
-) -> Result<Value> {
+async fn claim(cluster: &MemoryCluster, owner: &Node, action: &str, args: Value) -> Result<Value> {
     let medium = cluster.medium();
     medium
-        .call(&owner.info(), Request::new("zeroservices.claim", action).args(args))
+        .call(
+            &owner.info(),
+            Request::new("zeroservices.claim", action).args(args),
+        )
         .await
 }
 
@@ -414,7 +426,10 @@ async fn forged_claims_are_refused() {
             .await
             .unwrap_err();
         assert!(
-            matches!(e.kind(), "bad_request" | "unknown_collection" | "validation"),
+            matches!(
+                e.kind(),
+                "bad_request" | "unknown_collection" | "validation"
+            ),
             "{action} {:.80}: {e:?}",
             args.to_string()
         );
@@ -612,23 +627,33 @@ async fn a_replica_killed_mid_handler_leaves_its_change_to_the_other() {
     for n in 0..10 {
         jobs_client.create(job(n)).await.unwrap();
     }
-    eventually(Duration::from_secs(10), "the doomed replica starts a job", || {
-        let started = !doomed.started().is_empty();
-        async move { started }
-    })
+    eventually(
+        Duration::from_secs(10),
+        "the doomed replica starts a job",
+        || {
+            let started = !doomed.started().is_empty();
+            async move { started }
+        },
+    )
     .await;
     // Let the doomed replica take what it can (its handlers hang), then kill it.
-    eventually(Duration::from_secs(10), "every job taken by someone", || {
-        let taken = doomed.started().len() + survivor.started().len() >= 10;
-        async move { taken }
-    })
+    eventually(
+        Duration::from_secs(10),
+        "every job taken by someone",
+        || {
+            let taken = doomed.started().len() + survivor.started().len() >= 10;
+            async move { taken }
+        },
+    )
     .await;
     let taken_by_doomed: Vec<String> = doomed.started().into_iter().map(|(_, id)| id).collect();
     doomed.kill();
     let killed = Instant::now();
-    eventually(Duration::from_secs(20), "10 jobs done by the survivor", || {
-        all_done(&owner, 10)
-    })
+    eventually(
+        Duration::from_secs(20),
+        "10 jobs done by the survivor",
+        || all_done(&owner, 10),
+    )
     .await;
     let done = jobs(&owner).await;
     for (id, job) in &done {
@@ -645,7 +670,10 @@ async fn a_replica_killed_mid_handler_leaves_its_change_to_the_other() {
             .map(|(at, _)| at)
             .collect();
         assert_eq!(runs.len(), 1, "{id} run by the survivor: {runs:?}");
-        assert!(*runs[0] > killed, "{id} run while the other replica held it");
+        assert!(
+            *runs[0] > killed,
+            "{id} run while the other replica held it"
+        );
     }
     assert!(!taken_by_doomed.is_empty());
     drop(survivor);

@@ -222,6 +222,9 @@ pub(crate) async fn ask(node: &Node, action: ClaimAction, args: &ClaimArgs) -> R
         }
     }
     Err(last.unwrap_or_else(|| {
-        Error::unavailable(format!("no owner of {} to claim a change at", args.collection))
+        Error::unavailable(format!(
+            "no owner of {} to claim a change at",
+            args.collection
+        ))
     }))
 }

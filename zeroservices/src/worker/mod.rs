@@ -4,15 +4,62 @@
 //! A worker is a node of kind `worker` that watches collections. Each rule pairs a filter with a
 //! handler: the handler runs for every created, patched or action-changed resource that matches
 //! (fetching the current document when the event carries none), and again, every poll interval,
-//! for every resource that still matches (the original's "poll check"), so a change missed while
-//! the worker was down is caught up. Handler errors are logged and retried with backoff; a
-//! semaphore bounds how many handlers run at once; a resource is never handled twice at once, and
-//! a change that arrives while its resource is being handled runs right after.
+//! for every resource that still matches and whose current version was not handled yet (the
+//! original's "poll check", the safety net). Handler errors are logged and retried with
+//! backoff; a semaphore bounds how many handlers run at once; a resource is never handled twice
+//! at once by one replica, and a change that arrives while its resource is being handled runs
+//! right after (only the newest one).
+//!
+//! # Resuming
+//!
+//! A worker follows its collections' change logs ([`crate::changes`]), not the bare event bus,
+//! and keeps the position up to which it handled everything: per collection, the cursor after
+//! the longest run of events, in the order the logs gave them, that are all finished (handled,
+//! given up on, done by another replica, or replaced by a newer change of the same resource).
+//! It writes it to `<state dir>/`[`STATE_FILE_NAME`] (the state dir is
+//! [`Worker::state_dir`], else `ZS_WORKER_STATE_DIR`, else `./data/<worker name>`; `off` or
+//! [`Worker::without_state`] keeps none) at most every [`SAVE_EVERY`] and when it stops,
+//! atomically (a temporary file, synced, renamed). A worker that starts with a saved cursor
+//! reads the changes made after it from the logs at once, then follows live; its first poll
+//! check waits one interval. Without one (first start, a missing, corrupt or another worker's
+//! file: warned) it follows from now and polls at once. A cursor older than the logs keep
+//! (`ZS_CHANGE_LOG_MAX`, `ZS_CHANGE_LOG_MS`) is warned about, the worker follows from now and
+//! runs a poll check at once. Replicas may share a state dir: any replica's cursor is one the
+//! group handled everything before.
+//!
+//! # Worker groups
+//!
+//! Processes that run a worker of the same name are replicas of it. Each replica sees every
+//! change; before it runs a handler it claims the change (the worker's name, the resource id and
+//! the version the change made) at an owner of the collection (`zeroservices.claim`, kept in
+//! the owner's store with a lease, [`Worker::lease`] or `ZS_WORKER_LEASE_MS`, default 30 s):
+//!
+//! - won: it runs the handler, renewing the claim every third of the lease while the handler
+//!   runs, then records the change as handled (kept as long as the change log keeps changes,
+//!   `ZS_CHANGE_LOG_MS`) or, when the handler gave up, releases it (a poll check runs it again);
+//! - held by another replica: it looks again after the lease; if the holder died (no renewal),
+//!   its lease has run out and this replica takes the change over, if it is still the
+//!   resource's current version and still matches (a newer version is handled through its own
+//!   change);
+//! - handled already: skipped (also a poll hit of a version handled already);
+//! - the owner cannot be asked: it tries again within a second, the change is kept.
+//!
+//! So each change is handled by one replica at a time, at least once while some replica lives.
+//! It can run twice when a handler outlives its lease without renewing it (the owner was
+//! unreachable for a whole lease: warned), when a replica dies after its handler made its
+//! effect but before it recorded the change as handled, or when the record of a handled change
+//! is forgotten (after `ZS_CHANGE_LOG_MS`, or a memory store that restarted). Two different
+//! versions of one resource may run at once on two replicas. A single worker works the same,
+//! with a claim round trip per change. A change without a version (from an owner that predates
+//! versions) runs unclaimed.
+//!
+//! # Stopping
 //!
 //! When the worker's node stops ([`RunningWorker::stop`], [`Node::stop`], a signal in
 //! [`Worker::run`]), no new handler starts and the running ones finish, within the node's
 //! shutdown timeout (`ZS_SHUTDOWN_TIMEOUT_MS`, default 5 s); a change queued behind a running
-//! handler and a retry not started yet are left to the next poll check of the next run.
+//! handler and a retry not started yet are left to the next run, which resumes before them.
+//! Nothing that finishes once the node is stopping moves the saved cursor.
 //!
 //! ```no_run
 //! use zeroservices::prelude::*;
@@ -247,7 +294,8 @@ impl Worker {
             || matches!(self.state_dir, StateDir::FromEnv)
         {
             let settings = Settings::from_env()?;
-            self.poll_interval.get_or_insert(settings.worker_poll_interval());
+            self.poll_interval
+                .get_or_insert(settings.worker_poll_interval());
             self.lease.get_or_insert(settings.worker_lease());
             if matches!(self.state_dir, StateDir::FromEnv) {
                 self.state_dir = match settings.worker_state_dir(&self.name) {
@@ -530,7 +578,8 @@ impl Shared {
                                 .remove(&key);
                             break;
                         }
-                        (event, doc, ticket, from_poll) = (next_event, next_doc, next_ticket, false);
+                        (event, doc, ticket, from_poll) =
+                            (next_event, next_doc, next_ticket, false);
                     }
                     None => {
                         in_flight.remove(&key);
@@ -638,7 +687,10 @@ impl Shared {
                     tokio::time::sleep(after).await;
                     let get = Call::Get { id: id.clone() }.into_request(rule.collection);
                     match shared.node.request_as::<Document<Value>>(get).await {
-                        Ok(doc) if doc.version == version && rule.filter.matches(&doc.resource_data) => {
+                        Ok(doc)
+                            if doc.version == version
+                                && rule.filter.matches(&doc.resource_data) =>
+                        {
                             shared
                                 .dispatch(rule.clone(), event, doc.resource_data, false, ticket)
                                 .await;
@@ -840,7 +892,8 @@ async fn poll(
         }
         for doc in matching {
             // Claimed by the document's current version, as its change's event would be.
-            let data = serde_json::Map::from_iter([("version".to_owned(), Value::from(doc.version))]);
+            let data =
+                serde_json::Map::from_iter([("version".to_owned(), Value::from(doc.version))]);
             let event = Event::resource(
                 rule.collection,
                 ChangeKind::Poll.as_str(),

@@ -171,7 +171,9 @@ impl StateFile {
         let path = &self.path;
         let read = std::fs::metadata(path).and_then(|meta| {
             if meta.len() > MAX_FILE_BYTES {
-                Err(std::io::Error::other("larger than a worker state file can be"))
+                Err(std::io::Error::other(
+                    "larger than a worker state file can be",
+                ))
             } else {
                 std::fs::read(path)
             }
@@ -309,8 +311,12 @@ mod tests {
         assert_eq!(file.load(), cursors);
         // Another worker's file is not ours.
         assert!(StateFile::new(&dir.path().join("w"), "v").load().is_empty());
-        for garbage in [&b"{not json"[..], b"", b"\x00\xff", br#"{"worker":"w","cursors":{"c":"!!"}}"#]
-        {
+        for garbage in [
+            &b"{not json"[..],
+            b"",
+            b"\x00\xff",
+            br#"{"worker":"w","cursors":{"c":"!!"}}"#,
+        ] {
             std::fs::write(file.path(), garbage).unwrap();
             assert!(file.load().is_empty());
         }
