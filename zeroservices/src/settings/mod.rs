@@ -416,7 +416,7 @@ pub struct RunSettings {
     #[arg(long, env = "ZS_WORKER_LEASE_MS", value_name = "MS", value_parser = Check(parse::millis))]
     pub worker_lease_ms: Option<Duration>,
     /// Where a worker keeps the cursor it resumes from (`worker-cursor.json`); `off` keeps
-    /// none [default: ./data/<worker name>].
+    /// none [default: ./data/WORKER_NAME].
     #[arg(long, env = "ZS_WORKER_STATE_DIR", value_name = "DIR|off", value_parser = Check(parse::text))]
     pub worker_state_dir: Option<String>,
     /// How long a stopping node waits for in-flight HTTP requests, requests from peers and

@@ -48,7 +48,8 @@
 //! It can run twice when a handler outlives its lease without renewing it (the owner was
 //! unreachable for a whole lease: warned), when a replica dies after its handler made its
 //! effect but before it recorded the change as handled, or when the record of a handled change
-//! is forgotten (after `ZS_CHANGE_LOG_MS`, or a memory store that restarted). Two different
+//! is forgotten (after `ZS_CHANGE_LOG_MS`, a memory store that restarted, an embedded store
+//! killed before its next durable write: claims are non-durable writes). Two different
 //! versions of one resource may run at once on two replicas. A single worker works the same,
 //! with a claim round trip per change. A change without a version (from an owner that predates
 //! versions) runs unclaimed.
