@@ -253,6 +253,7 @@ async fn a_worker_handler_in_flight_finishes() {
     let cluster = MemoryCluster::new();
     let owner = owner(&cluster, Duration::from_secs(10)).await;
     let worker = Worker::new("job_worker")
+        .without_state()
         .on::<Job, _, _>(query!({"done": false}), finish)
         .poll_interval(Duration::from_secs(3600))
         .start(
@@ -297,6 +298,7 @@ async fn a_worker_handler_that_never_ends_does_not_hold_stop() {
     let owner = owner(&cluster, Duration::from_secs(10)).await;
     let timeout = Duration::from_millis(300);
     let worker = Worker::new("job_worker")
+        .without_state()
         .on::<Job, _, _>(query!({"done": false}), finish)
         .poll_interval(Duration::from_secs(3600))
         .start(

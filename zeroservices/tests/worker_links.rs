@@ -101,6 +101,7 @@ async fn a_worker_computes_every_pending_power_and_catches_up() {
         powers.create(pending(v)).await.unwrap();
     }
     let worker = Worker::new("power_worker")
+        .without_state()
         .on::<Power, _, _>(query!({"status": "pending"}), build)
         .poll_interval(Duration::from_millis(200))
         .start(Node::builder("power_worker").memory(&cluster))
@@ -165,6 +166,7 @@ async fn the_poll_check_reads_every_page() {
     }
     // One poll (at start), none after: only paging can find all ten.
     let worker = Worker::new("power_worker")
+        .without_state()
         .on::<Power, _, _>(query!({"status": "pending"}), build)
         .poll_interval(Duration::from_secs(3600))
         .start(Node::builder("power_worker").memory(&cluster))
@@ -192,6 +194,7 @@ async fn failing_handlers_are_retried_and_concurrency_is_bounded() {
     let peak = Arc::new(AtomicUsize::new(0));
     let (a, r, p) = (attempts.clone(), running.clone(), peak.clone());
     let worker = Worker::new("flaky")
+        .without_state()
         .on::<Power, _, _>(
             query!({"status": "pending"}),
             move |ctx: Context, change: Change<Power>| {
@@ -387,6 +390,7 @@ async fn a_change_during_a_running_handler_is_handled_after_it() {
     let started = Arc::new(tokio::sync::Notify::new());
     let s = started.clone();
     let worker = Worker::new("slow")
+        .without_state()
         .on::<Power, _, _>(
             query!({"status": "pending"}),
             move |ctx: Context, change: Change<Power>| {

@@ -43,6 +43,11 @@ impl Cluster {
                 format!("237.252.249.227:{}", self.group_port),
             )
             .env("ZS_STORE", "memory")
+            // A worker's cursor: this cluster's own, never the working dir's.
+            .env(
+                "ZS_WORKER_STATE_DIR",
+                std::env::temp_dir().join(format!("zs-worker-state-{}", self.group_port)),
+            )
             .env("ZS_HEARTBEAT_MS", HEARTBEAT_MS.to_string())
             .env("ZS_PEER_TIMEOUT_MS", PEER_TIMEOUT_MS.to_string())
             .env("ZS_REQUEST_TIMEOUT_MS", REQUEST_TIMEOUT_MS.to_string())

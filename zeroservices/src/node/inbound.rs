@@ -97,6 +97,9 @@ async fn serve(node: &Node, from: Option<String>, request: Request) -> Result<Va
     if request.collection == crate::changes::serve::CHANGES {
         return crate::changes::serve::serve(node, request.args).await;
     }
+    if request.collection == crate::worker::CLAIMS {
+        return crate::worker::serve_claim(node, &request.action, request.args).await;
+    }
     let local = read(&node.inner.services).get(&request.collection).cloned();
     match local {
         Some(service) => service.handle(node, request).await,

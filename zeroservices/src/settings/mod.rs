@@ -47,6 +47,8 @@ pub const DEFAULT_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// The default worker poll-check interval (the original's 10 s).
 pub const DEFAULT_POLL_INTERVAL: Duration = Duration::from_secs(10);
+/// The default lease of a worker replica's claim on a change (`ZS_WORKER_LEASE_MS`).
+pub const DEFAULT_WORKER_LEASE: Duration = Duration::from_secs(30);
 
 /// A setting that does not parse, or a command line that clap refuses.
 #[derive(Debug, thiserror::Error)]
@@ -409,6 +411,14 @@ pub struct RunSettings {
     /// How often a worker re-checks the resources its rules match [default: 10000].
     #[arg(long, env = "ZS_WORKER_POLL_MS", value_name = "MS", value_parser = Check(parse::millis))]
     pub worker_poll_ms: Option<Duration>,
+    /// How long a worker replica's claim on a change holds without renewal: another replica
+    /// of the same worker takes the change over after it [default: 30000].
+    #[arg(long, env = "ZS_WORKER_LEASE_MS", value_name = "MS", value_parser = Check(parse::millis))]
+    pub worker_lease_ms: Option<Duration>,
+    /// Where a worker keeps the cursor it resumes from (`worker-cursor.json`); `off` keeps
+    /// none [default: ./data/WORKER_NAME].
+    #[arg(long, env = "ZS_WORKER_STATE_DIR", value_name = "DIR|off", value_parser = Check(parse::text))]
+    pub worker_state_dir: Option<String>,
     /// How long a stopping node waits for in-flight HTTP requests, requests from peers and
     /// worker handlers before it closes anyway [default: 5000].
     #[arg(long, env = "ZS_SHUTDOWN_TIMEOUT_MS", value_name = "MS", value_parser = Check(parse::millis))]
@@ -598,6 +608,20 @@ impl Settings {
     /// `ZS_WORKER_POLL_MS`, or [`DEFAULT_POLL_INTERVAL`].
     pub fn worker_poll_interval(&self) -> Duration {
         self.run.worker_poll_ms.unwrap_or(DEFAULT_POLL_INTERVAL)
+    }
+
+    /// `ZS_WORKER_LEASE_MS`, or [`DEFAULT_WORKER_LEASE`].
+    pub fn worker_lease(&self) -> Duration {
+        self.run.worker_lease_ms.unwrap_or(DEFAULT_WORKER_LEASE)
+    }
+
+    /// `ZS_WORKER_STATE_DIR` (`None` for `off`), or `./data/<worker>`.
+    pub fn worker_state_dir(&self, worker: &str) -> Option<PathBuf> {
+        match self.run.worker_state_dir.as_deref() {
+            Some("off") => None,
+            Some(dir) => Some(PathBuf::from(dir)),
+            None => Some(Path::new("data").join(worker)),
+        }
     }
 
     /// The limits: the defaults with what was given.

@@ -52,6 +52,8 @@ fn every_variable_is_read() {
         ("ZS_REQUEST_MEMORY_MS", "30000"),
         ("ZS_IDEMPOTENCY_KEY_TTL_MS", "60000"),
         ("ZS_WORKER_POLL_MS", "2000"),
+        ("ZS_WORKER_LEASE_MS", "1500"),
+        ("ZS_WORKER_STATE_DIR", "/tmp/zs-worker"),
         ("ZS_SHUTDOWN_TIMEOUT_MS", "300"),
     ])
     .unwrap();
@@ -104,6 +106,11 @@ fn every_variable_is_read() {
         (ms(30000), ms(60000))
     );
     assert_eq!(s.worker_poll_interval(), ms(2000));
+    assert_eq!(s.worker_lease(), ms(1500));
+    assert_eq!(
+        s.worker_state_dir("w"),
+        Some(std::path::PathBuf::from("/tmp/zs-worker"))
+    );
     assert_eq!(s.shutdown_timeout(), ms(300));
 }
 
@@ -112,6 +119,17 @@ fn defaults_and_empty_variables() {
     let s = from(&[("ZS_HTTP_PORT", " "), ("ZS_WORKER_POLL_MS", "")]).unwrap();
     assert!(s.http(None).is_none(), "an empty port is no port");
     assert_eq!(s.worker_poll_interval(), DEFAULT_POLL_INTERVAL);
+    assert_eq!(s.worker_lease(), super::DEFAULT_WORKER_LEASE);
+    assert_eq!(
+        s.worker_state_dir("w"),
+        Some(std::path::Path::new("data").join("w"))
+    );
+    assert_eq!(
+        from(&[("ZS_WORKER_STATE_DIR", "off")])
+            .unwrap()
+            .worker_state_dir("w"),
+        None
+    );
     assert_eq!(s.shutdown_timeout(), DEFAULT_SHUTDOWN_TIMEOUT);
     assert_eq!(s.request_timeout(), crate::config::DEFAULT_REQUEST_TIMEOUT);
     assert_eq!(s.limits(), Limits::default());
@@ -258,12 +276,14 @@ fn variables_follow_the_ids() {
         );
     }
 
-    assert_eq!(vars, 45);
+    assert_eq!(vars, 47);
     let help = with_env(Settings::command(), &env(&[]))
         .render_long_help()
         .to_string();
     for var in Limits::variables().chain([
         "ZS_WORKER_POLL_MS",
+        "ZS_WORKER_LEASE_MS",
+        "ZS_WORKER_STATE_DIR",
         "ZS_SHUTDOWN_TIMEOUT_MS",
         "ZS_REQUEST_MEMORY_MS",
         "ZS_IDEMPOTENCY_KEY_TTL_MS",
