@@ -1486,7 +1486,7 @@ async fn suite() {
         table.add(
             "3 events",
             "the same run against the producer's create rate",
-            format!("{}", per_s(burst.rate())),
+            per_s(burst.rate()),
             format!("created {}", per_s(created_rate)),
             ratio(burst.rate(), created_rate),
             ">= 10x Moleculer (230,000/s)",

@@ -259,7 +259,9 @@ mod tests {
     fn cursor(positions: &[(&str, u64)]) -> Cursor {
         let mut c = Cursor::starting(7);
         for (key, seq) in positions {
-            c.advance(key, *seq);
+            // `<collection>@<log>` as a cursor names it.
+            let (collection, log) = key.split_once('@').unwrap();
+            c.advance(&crate::changes::log_key(collection, log), *seq);
         }
         c
     }
