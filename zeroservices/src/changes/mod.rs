@@ -132,13 +132,28 @@ pub(crate) struct LogNote {
     logged: Mutex<Option<Logged>>,
 }
 
-/// A logged change: its event and position.
+/// A logged change: its event, with its one-log cursor in its payload, shared between the log
+/// that keeps it (the memory store's ring) and the publish (no copy).
 #[derive(Debug, Clone)]
-pub(crate) struct Logged {
-    pub(crate) event: Event,
-    pub(crate) log: String,
-    pub(crate) seq: u64,
-    pub(crate) at_ms: u64,
+pub(crate) struct Logged(pub(crate) Arc<Event>);
+
+impl Logged {
+    /// `event` as entry `seq` of `log`, written at `at_ms`.
+    pub(crate) fn new(event: Event, log: &str, seq: u64, at_ms: u64) -> Self {
+        let key = log_key(&event_collection(&event.topic), log);
+        Self::keyed(event, &key, seq, at_ms)
+    }
+
+    /// [`Logged::new`] with the log's key ([`log_key`]) already made.
+    pub(crate) fn keyed(mut event: Event, key: &str, seq: u64, at_ms: u64) -> Self {
+        if let Value::Object(map) = &mut event.data {
+            map.insert(
+                "cursor".to_owned(),
+                Value::from(entry_cursor(key, seq, at_ms)),
+            );
+        }
+        Self(Arc::new(event))
+    }
 }
 
 tokio::task_local! {
@@ -204,19 +219,6 @@ impl LogNote {
     /// What the store logged, once (the owner publishes it).
     pub(crate) fn take_logged(&self) -> Option<Logged> {
         self.logged.lock().unwrap_or_else(|e| e.into_inner()).take()
-    }
-}
-
-impl Logged {
-    /// The event as published: its payload carries the one-log cursor of its position.
-    pub(crate) fn into_event(self) -> Event {
-        let mut event = self.event;
-        let key = log_key(&event_collection(&event.topic), &self.log);
-        if let Value::Object(map) = &mut event.data {
-            let cursor = entry_cursor(&key, self.seq, self.at_ms);
-            map.insert("cursor".to_owned(), Value::from(cursor));
-        }
-        event
     }
 }
 
@@ -383,54 +385,69 @@ pub(crate) fn position_of(event: &Event) -> Option<(String, u64)> {
 /// The in-memory change log of one collection (the memory store's).
 #[derive(Debug, Default)]
 pub(crate) struct Ring {
-    entries: std::collections::VecDeque<LogEntry>,
+    /// `(seq, at_ms, event)`: consecutive sequence numbers.
+    entries: std::collections::VecDeque<(u64, u64, Arc<Event>)>,
     head: u64,
     /// The last entry dropped by retention: its sequence number and time.
     trimmed: (u64, u64),
+    /// The key of the ring's log in cursors, made once.
+    key: Option<String>,
 }
 
 impl Ring {
-    /// Appends an entry, drops what retention no longer keeps, returns its sequence number.
-    pub(crate) fn push(&mut self, event: &Event, at_ms: u64, retention: Retention) -> u64 {
+    /// Appends `event` as the next entry of `log` (its cursor set), drops what retention no
+    /// longer keeps, and returns it.
+    pub(crate) fn push(
+        &mut self,
+        event: Event,
+        log: &str,
+        at_ms: u64,
+        retention: Retention,
+    ) -> Logged {
         self.head += 1;
-        self.entries.push_back(LogEntry {
-            seq: self.head,
-            at_ms,
-            topic: event.topic.clone(),
-            data: event.data.clone(),
-        });
+        let key = self
+            .key
+            .get_or_insert_with(|| log_key(&event_collection(&event.topic), log));
+        let logged = Logged::keyed(event, key, self.head, at_ms);
+        self.entries.push_back((self.head, at_ms, logged.0.clone()));
         let oldest = retention.oldest_ms(at_ms);
-        while let Some(first) = self.entries.front() {
-            if self.entries.len() as u64 > retention.max_entries || first.at_ms < oldest {
-                self.trimmed = (first.seq, first.at_ms);
+        while let Some(&(seq, at, _)) = self.entries.front() {
+            if self.entries.len() as u64 > retention.max_entries || at < oldest {
+                self.trimmed = (seq, at);
                 self.entries.pop_front();
             } else {
                 break;
             }
         }
-        self.head
+        logged
     }
 
     /// Up to `limit` entries after `after`.
     pub(crate) fn read(&self, after: LogAfter, limit: usize) -> LogPage {
+        let entry = |(seq, at_ms, event): &(u64, u64, Arc<Event>)| LogEntry {
+            seq: *seq,
+            at_ms: *at_ms,
+            topic: event.topic.clone(),
+            data: event.data.clone(),
+        };
         let entries: Vec<LogEntry> = match after {
             LogAfter::Seq(seq) => {
                 // Entries are consecutive: the one after `seq` is at a known index.
-                let first = self.entries.front().map_or(self.head + 1, |e| e.seq);
+                let first = self.entries.front().map_or(self.head + 1, |e| e.0);
                 let skip = (seq + 1).saturating_sub(first) as usize;
                 self.entries
                     .iter()
                     .skip(skip)
                     .take(limit)
-                    .cloned()
+                    .map(entry)
                     .collect()
             }
             LogAfter::Time(ms) => self
                 .entries
                 .iter()
-                .skip_while(|e| e.at_ms < ms)
+                .skip_while(|e| e.1 < ms)
                 .take(limit)
-                .cloned()
+                .map(entry)
                 .collect(),
         };
         LogPage {
@@ -514,7 +531,7 @@ mod tests {
         let mut ring = Ring::default();
         let event = Event::resource("c", "create", "1", Map::new());
         for at in 0..5 {
-            ring.push(&event, 1000 + at, retention);
+            ring.push(event.clone(), "memory:x", 1000 + at, retention);
         }
         let page = ring.read(LogAfter::Seq(0), 10);
         assert!(page.expired, "entries 1 and 2 are gone");
@@ -533,7 +550,7 @@ mod tests {
         assert_eq!(page.entries.iter().map(|e| e.seq).collect::<Vec<_>>(), [5]);
         assert!(!page.expired);
         // Too old: dropped by age.
-        ring.push(&event, 2000, retention);
+        ring.push(event, "memory:x", 2000, retention);
         assert_eq!(ring.read(LogAfter::Seq(0), 10).entries.len(), 1);
         assert!(
             !ring.read(LogAfter::Time(1500), 10).expired,

@@ -465,8 +465,13 @@ impl Node {
 
     /// Publishes an event to this node's subscribers and to the whole cluster.
     pub async fn publish(&self, event: Event) {
-        self.inner.deliver_local(&event);
-        if let Err(e) = self.inner.medium.publish(&event).await {
+        self.publish_shared(&event).await;
+    }
+
+    /// [`Node::publish`] of an event kept elsewhere too (a change log's entry): no copy here.
+    pub(crate) async fn publish_shared(&self, event: &Event) {
+        self.inner.deliver_local(event);
+        if let Err(e) = self.inner.medium.publish(event).await {
             tracing::warn!(topic = %event.topic, error = %e, "event not published to peers");
         }
     }

@@ -195,8 +195,8 @@ impl<R: Resource> ResourceService<R> {
     ) {
         match note.and_then(|n| n.take_logged()) {
             Some(logged) => {
-                if node.wants_event(&logged.event.topic) {
-                    node.publish(logged.into_event()).await;
+                if node.wants_event(&logged.0.topic) {
+                    node.publish_shared(&logged.0).await;
                 }
             }
             None => unlogged().await,

@@ -889,12 +889,7 @@ fn log_change(
     heads
         .insert(collection, (seq, trimmed, trimmed_at))
         .map_err(|e| storage_error(path, e))?;
-    Ok(Some(Logged {
-        event,
-        log: log.to_owned(),
-        seq,
-        at_ms,
-    }))
+    Ok(Some(Logged::new(event, log, seq, at_ms)))
 }
 
 /// Tells the owner what was logged, once the transaction is committed.

@@ -13,7 +13,7 @@ use super::{
     Claim, RequestMemory, Store, check_version, new_id, now_ms, refuse_version_paths, set_version,
     version_of,
 };
-use crate::changes::{LogAfter, LogPage, Logged, Ring, current_note};
+use crate::changes::{LogAfter, LogPage, Ring, current_note};
 use crate::{Error, Patch, Query, Result};
 
 /// Resources kept in memory; gone when the process ends.
@@ -56,20 +56,15 @@ impl MemoryStore {
         };
         let event = note.event(id, doc, version);
         let at_ms = now_ms();
-        let seq = {
+        let logged = {
             let mut logs = self.logs.lock().unwrap_or_else(|e| e.into_inner());
             let ring = match logs.get_mut(collection) {
                 Some(ring) => ring,
                 None => logs.entry(collection.to_owned()).or_default(),
             };
-            ring.push(&event, at_ms, note.retention)
+            ring.push(event, &self.fingerprint, at_ms, note.retention)
         };
-        note.logged(Logged {
-            event,
-            log: self.fingerprint.clone(),
-            seq,
-            at_ms,
-        });
+        note.logged(logged);
     }
 }
 

@@ -230,12 +230,7 @@ impl MongoStore {
         }
         heads.insert(collection.to_owned(), seq);
         drop(heads);
-        note.logged(Logged {
-            event,
-            log: self.log.clone(),
-            seq,
-            at_ms,
-        });
+        note.logged(Logged::new(event, &self.log, seq, at_ms));
         let writes = self.log_writes.fetch_add(1, Ordering::Relaxed) + 1;
         if writes.is_multiple_of(LOG_TRIM_EVERY) {
             let floor = seq.saturating_sub(note.retention.max_entries);
