@@ -8,10 +8,10 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use serde_json::Value;
+use zeroservices::Limits;
 use zeroservices::changes::Retention;
 use zeroservices::medium::MemoryCluster;
 use zeroservices::prelude::*;
-use zeroservices::Limits;
 use zeroservices::store::{EmbeddedStore, MemoryStore, Store};
 
 /// A numbered thing.
@@ -34,7 +34,11 @@ async fn owner(cluster: &MemoryCluster, store: Arc<dyn Store>, limits: Limits) -
 }
 
 async fn client(cluster: &MemoryCluster) -> Node {
-    let node = Node::builder("client").memory(cluster).start().await.unwrap();
+    let node = Node::builder("client")
+        .memory(cluster)
+        .start()
+        .await
+        .unwrap();
     node.wait_for_collection("item", Duration::from_secs(5))
         .await
         .unwrap();
@@ -258,15 +262,26 @@ async fn hostile_cursors_are_refused() {
     let cluster = MemoryCluster::new();
     let owner = owner(&cluster, Arc::new(MemoryStore::new()), Limits::default()).await;
     for bad in ["", "not a cursor", "eyJ0IjoxfQ==", &"A".repeat(20_000)] {
-        let e = owner.subscribe_since("item", Some(bad)).await.err().unwrap();
-        assert!(matches!(e.kind(), "bad_request" | "limit"), "{bad:.20}: {e}");
+        let e = owner
+            .subscribe_since("item", Some(bad))
+            .await
+            .err()
+            .unwrap();
+        assert!(
+            matches!(e.kind(), "bad_request" | "limit"),
+            "{bad:.20}: {e}"
+        );
     }
     // A well-formed cursor naming logs nobody holds: read from nothing, then live.
     use base64::Engine;
     let forged = base64::engine::general_purpose::URL_SAFE_NO_PAD
         .encode(br#"{"t":0,"p":{"item@memory:nobody":99999999}}"#);
     let mut events = owner.subscribe_since("item", Some(&forged)).await.unwrap();
-    owner.collection::<Item>().create(Item { n: 7 }).await.unwrap();
+    owner
+        .collection::<Item>()
+        .create(Item { n: 7 })
+        .await
+        .unwrap();
     assert_eq!(n_of(&next(&mut events).await), 7);
     owner.stop().await;
 }
@@ -283,7 +298,11 @@ async fn the_log_can_be_turned_off() {
     };
     let owner = owner(&cluster, Arc::new(MemoryStore::new()), limits).await;
     let mut plain = owner.subscribe("item");
-    owner.collection::<Item>().create(Item { n: 1 }).await.unwrap();
+    owner
+        .collection::<Item>()
+        .create(Item { n: 1 })
+        .await
+        .unwrap();
     let event = tokio::time::timeout(Duration::from_secs(5), plain.next())
         .await
         .unwrap()

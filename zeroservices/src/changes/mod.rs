@@ -146,7 +146,10 @@ tokio::task_local! {
 }
 
 /// Runs one store call with `note`: a store that keeps a log writes the change's entry with it.
-pub(crate) async fn with_note<F: std::future::Future>(note: Option<Arc<LogNote>>, f: F) -> F::Output {
+pub(crate) async fn with_note<F: std::future::Future>(
+    note: Option<Arc<LogNote>>,
+    f: F,
+) -> F::Output {
     NOTE.scope(note, f).await
 }
 
@@ -208,7 +211,12 @@ impl Logged {
     /// The event as published: its payload carries the one-log cursor of its position.
     pub(crate) fn into_event(self) -> Event {
         let mut event = self.event;
-        let cursor = Cursor::at(&event_collection(&event.topic), &self.log, self.seq, self.at_ms);
+        let cursor = Cursor::at(
+            &event_collection(&event.topic),
+            &self.log,
+            self.seq,
+            self.at_ms,
+        );
         if let Value::Object(map) = &mut event.data {
             map.insert("cursor".to_owned(), Value::from(cursor.encode()));
         }
@@ -373,7 +381,12 @@ impl Ring {
                 // Entries are consecutive: the one after `seq` is at a known index.
                 let first = self.entries.front().map_or(self.head + 1, |e| e.seq);
                 let skip = (seq + 1).saturating_sub(first) as usize;
-                self.entries.iter().skip(skip).take(limit).cloned().collect()
+                self.entries
+                    .iter()
+                    .skip(skip)
+                    .take(limit)
+                    .cloned()
+                    .collect()
             }
             LogAfter::Time(ms) => self
                 .entries
@@ -411,11 +424,20 @@ mod tests {
         c.advance("power@embedded:abc", 2);
         c.advance("tick@memory:x", 9);
         let text = c.encode();
-        assert!(text.chars().all(|ch| ch.is_ascii_alphanumeric() || ch == '-' || ch == '_'));
+        assert!(
+            text.chars()
+                .all(|ch| ch.is_ascii_alphanumeric() || ch == '-' || ch == '_')
+        );
         let back = Cursor::parse(&text).unwrap();
         assert_eq!(back, c);
         assert_eq!(back.get("power@embedded:abc"), Some(3));
-        for bad in ["", "!!", "e30", "bm90IGpzb24", &"A".repeat(MAX_CURSOR_BYTES + 1)] {
+        for bad in [
+            "",
+            "!!",
+            "e30",
+            "bm90IGpzb24",
+            &"A".repeat(MAX_CURSOR_BYTES + 1),
+        ] {
             assert!(Cursor::parse(bad).is_err(), "{bad:.20}");
         }
         // A key without its `@` is not one of ours.
@@ -459,8 +481,14 @@ mod tests {
         // Too old: dropped by age.
         ring.push(&event, 2000, retention);
         assert_eq!(ring.read(LogAfter::Seq(0), 10).entries.len(), 1);
-        assert!(!ring.read(LogAfter::Time(1500), 10).expired, "nothing after 1500 dropped");
-        assert!(ring.read(LogAfter::Time(1004), 10).expired, "1004 was dropped");
+        assert!(
+            !ring.read(LogAfter::Time(1500), 10).expired,
+            "nothing after 1500 dropped"
+        );
+        assert!(
+            ring.read(LogAfter::Time(1004), 10).expired,
+            "1004 was dropped"
+        );
         assert!(!ring.read(LogAfter::Seq(5), 10).expired);
     }
 }

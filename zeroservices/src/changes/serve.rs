@@ -46,7 +46,9 @@ pub(crate) struct ChangesReply {
 pub(crate) async fn serve(node: &Node, args: Value) -> Result<Value> {
     let args: ChangesArgs = crate::json::from_value(args)?;
     if args.prefixes.len() > 1024 {
-        return Err(Error::bad_request("a change log read names at most 1024 prefixes"));
+        return Err(Error::bad_request(
+            "a change log read names at most 1024 prefixes",
+        ));
     }
     let Some(store) = node.local_store_of(&args.collection) else {
         return Err(Error::unknown_collection(args.collection));

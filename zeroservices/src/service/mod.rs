@@ -181,9 +181,8 @@ impl<R: Resource> ResourceService<R> {
         with_document: bool,
     ) -> Option<Arc<LogNote>> {
         let retention = node.limits().change_log;
-        (self.logs && retention.enabled()).then(|| {
-            LogNote::new(self.collection(), action, extra(), with_document, retention)
-        })
+        (self.logs && retention.enabled())
+            .then(|| LogNote::new(self.collection(), action, extra(), with_document, retention))
     }
 
     /// Publishes the event of a change: the one the store logged (it carries its cursor), or,

@@ -394,8 +394,15 @@ impl Store for EmbeddedStore {
                 table
                     .insert(id.as_str(), bytes.as_slice())
                     .map_err(|e| storage_error(path, e))?;
-                let logged =
-                    log_change(txn, path, note.as_deref(), &log, &id, Some(&doc), version + 1)?;
+                let logged = log_change(
+                    txn,
+                    path,
+                    note.as_deref(),
+                    &log,
+                    &id,
+                    Some(&doc),
+                    version + 1,
+                )?;
                 Ok((version + 1, logged))
             })?;
             announce(note.as_deref(), logged);
@@ -440,8 +447,15 @@ impl Store for EmbeddedStore {
                 table
                     .insert(id.as_str(), bytes.as_slice())
                     .map_err(|e| storage_error(path, e))?;
-                let logged =
-                    log_change(txn, path, note.as_deref(), &log, &id, Some(&doc), version + 1)?;
+                let logged = log_change(
+                    txn,
+                    path,
+                    note.as_deref(),
+                    &log,
+                    &id,
+                    Some(&doc),
+                    version + 1,
+                )?;
                 Ok((doc, logged))
             })?;
             announce(note.as_deref(), logged);
@@ -605,7 +619,11 @@ impl Store for EmbeddedStore {
                 }
                 let (seq, bytes) = row.map_err(|e| storage_error(path, e))?;
                 let Some(entry) = decode_entry(seq.value(), bytes.value()) else {
-                    tracing::warn!(collection, seq = seq.value(), "an unreadable change log entry skipped");
+                    tracing::warn!(
+                        collection,
+                        seq = seq.value(),
+                        "an unreadable change log entry skipped"
+                    );
                     continue;
                 };
                 if let LogAfter::Time(ms) = after
@@ -823,7 +841,9 @@ fn log_change(
     let collection = note.collection.as_str();
     let event = note.event(id, doc, version);
     let at_ms = now_ms();
-    let mut heads = txn.open_table(LOG_HEADS).map_err(|e| storage_error(path, e))?;
+    let mut heads = txn
+        .open_table(LOG_HEADS)
+        .map_err(|e| storage_error(path, e))?;
     let (head, mut trimmed, mut trimmed_at) = heads
         .get(collection)
         .map_err(|e| storage_error(path, e))?
