@@ -127,6 +127,8 @@ impl Follower {
     }
 
     /// Takes its restarts from `restarts` (see [`Restarts`]).
+    // Used by the websocket (`http::realtime`).
+    #[cfg_attr(not(feature = "http"), allow(dead_code))]
     pub(crate) fn with_restarts(mut self, restarts: Restarts) -> Self {
         self.restarts = restarts;
         self
@@ -135,6 +137,8 @@ impl Follower {
     /// Reads what is planned before the first event is asked for (when resuming: every log from
     /// the cursor), so that a cursor past retention fails here, and the logs' positions are
     /// known before anything else happens. What was read waits for [`Follower::next`].
+    // Used by the websocket (`http::realtime`).
+    #[cfg_attr(not(feature = "http"), allow(dead_code))]
     pub(crate) async fn prime(&mut self) -> Result<()> {
         self.apply_restarts();
         if self.to_read.is_empty() {
@@ -148,12 +152,16 @@ impl Follower {
     }
 
     /// Gives back the live stream (after a failed [`Follower::prime`], to start another).
+    // Used by the websocket (`http::realtime`).
+    #[cfg_attr(not(feature = "http"), allow(dead_code))]
     pub(crate) fn into_live(self) -> EventStream {
         self.live
     }
 
     /// Whether the last event handed out was read from a change log (a resume, a gap, a
     /// catch-up after the bus fell behind) rather than received live.
+    // Used by the websocket (`http::realtime`).
+    #[cfg_attr(not(feature = "http"), allow(dead_code))]
     pub(crate) fn replayed(&self) -> bool {
         self.replayed
     }
