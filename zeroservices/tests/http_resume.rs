@@ -3,7 +3,8 @@
 //! order; the same through a gateway and two owners of two collections on the real ZeroMQ
 //! network (loopback), the cursor covering both logs; an expired cursor; malformed and
 //! oversized cursors and a late `since`, after which the connection keeps working; a client
-//! told "too slow" that reconnects with its last cursor and loses nothing.
+//! told "too slow" that reconnects with its last cursor and loses nothing; a later subscribe
+//! that starts its collection then, not from the stream's start.
 
 mod http_common;
 
@@ -463,6 +464,61 @@ async fn a_client_told_too_slow_resumes_with_nothing_lost() {
         m
     });
     assert!(counts.values().all(|n| *n == 1));
+    server.shutdown().await;
+    node.stop().await;
+}
+
+/// A later subscribe to a collection the connection did not follow (or stopped following)
+/// delivers its changes from then on, not its log since the stream started.
+#[tokio::test]
+async fn a_later_subscribe_starts_its_collection_then() {
+    let cluster = MemoryCluster::new();
+    let node = owner(&cluster).await;
+    let (server, base) = start(&node, HttpConfig::new(0)).await;
+    let chats = node.collection::<ChatMessage>();
+    let powers = node.collection::<Power>();
+    let chat = |i: usize| ChatMessage {
+        text: format!("{i}"),
+    };
+    let mut ws = ws_connect(&base, None).await.unwrap();
+    let ack = subscribe(&mut ws, &["power"], None).await;
+    assert_eq!(ack["type"], "subscribed");
+    for i in 0..5 {
+        chats
+            .create_with_id(&format!("m{i}"), chat(i))
+            .await
+            .unwrap();
+    }
+    powers.create_with_id("p0", power(0)).await.unwrap();
+    assert_eq!(id_of(&ws_next(&mut ws).await), "p0");
+    assert_eq!(
+        subscribe(&mut ws, &["chat"], None).await["type"],
+        "subscribed"
+    );
+    chats.create_with_id("m5", chat(5)).await.unwrap();
+    assert_eq!(
+        id_of(&ws_next(&mut ws).await),
+        "m5",
+        "not the earlier chats"
+    );
+    // Stopped, changed meanwhile, followed again: from then on.
+    ws_send(&mut ws, json!({"type": "unsubscribe", "topics": ["chat"]})).await;
+    assert_eq!(ws_next(&mut ws).await["type"], "unsubscribed");
+    for i in 6..9 {
+        chats
+            .create_with_id(&format!("m{i}"), chat(i))
+            .await
+            .unwrap();
+    }
+    assert_eq!(
+        subscribe(&mut ws, &["chat.create"], None).await["type"],
+        "subscribed"
+    );
+    chats.create_with_id("m9", chat(9)).await.unwrap();
+    powers.create_with_id("p1", power(1)).await.unwrap();
+    assert_eq!(id_of(&ws_next(&mut ws).await), "m9");
+    assert_eq!(id_of(&ws_next(&mut ws).await), "p1");
+    ws_assert_quiet(&mut ws, Duration::from_millis(200)).await;
     server.shutdown().await;
     node.stop().await;
 }
