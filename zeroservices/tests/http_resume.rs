@@ -468,8 +468,26 @@ async fn a_client_told_too_slow_resumes_with_nothing_lost() {
     node.stop().await;
 }
 
+/// Waits until the clock shows a later millisecond than now (a later subscribe starts its
+/// collection at its millisecond, changes of that same millisecond included).
+async fn next_millisecond() {
+    let ms = || {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_millis()
+    };
+    let now = ms();
+    let deadline = Instant::now() + Duration::from_secs(1);
+    while ms() <= now {
+        assert!(Instant::now() < deadline, "the clock stands still");
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+}
+
 /// A later subscribe to a collection the connection did not follow (or stopped following)
-/// delivers its changes from then on, not its log since the stream started.
+/// delivers its changes from then on (from its millisecond), not its log since the stream
+/// started.
 #[tokio::test]
 async fn a_later_subscribe_starts_its_collection_then() {
     let cluster = MemoryCluster::new();
@@ -491,6 +509,7 @@ async fn a_later_subscribe_starts_its_collection_then() {
     }
     powers.create_with_id("p0", power(0)).await.unwrap();
     assert_eq!(id_of(&ws_next(&mut ws).await), "p0");
+    next_millisecond().await;
     assert_eq!(
         subscribe(&mut ws, &["chat"], None).await["type"],
         "subscribed"
@@ -510,6 +529,7 @@ async fn a_later_subscribe_starts_its_collection_then() {
             .await
             .unwrap();
     }
+    next_millisecond().await;
     assert_eq!(
         subscribe(&mut ws, &["chat.create"], None).await["type"],
         "subscribed"
