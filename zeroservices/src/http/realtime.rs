@@ -17,8 +17,9 @@
 //! and carries the start's cursor (a client that saw no event yet resumes from it). `since` on a
 //! later subscribe of the same connection is refused (`since_not_first`, nothing subscribed); a
 //! later subscribe to a collection not followed before delivers its changes from that moment.
-//! "From a moment" is by the owners' clocks, to the millisecond: a change of the same
-//! millisecond just before it may come too (never one after it missed).
+//! "From a moment" is by the clock, to the millisecond (this node's time against the times the
+//! owners wrote, so clocks in step, as NTP keeps them): a change of the same millisecond just
+//! before it may come too, none after it is missed.
 //! Events that are not logged (user events of `Node::publish`) carry no cursor and are never
 //! replayed.
 //!
