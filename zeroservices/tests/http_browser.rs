@@ -1,8 +1,10 @@
 //! The live page in a real browser: headless Chromium driven over WebDriver (`chromedriver`,
 //! started by the test on a free loopback port) opens `/` on a node's HTTP server, and the table
 //! follows creates, patches, a custom action and a delete made through REST, without reloading;
-//! then the server goes away and comes back, and the page reconnects and catches up. A
-//! screenshot goes to `target/test-output/live-page.png`.
+//! then the server goes away while the collection changes, comes back, and the page reconnects
+//! and resumes from its cursor: the changes it missed show, and it did not list the collection
+//! again. Away for longer than the change log keeps, it gets `cursor_expired` and lists the
+//! collection again. A screenshot goes to `target/test-output/live-page.png`.
 //!
 //! Needs the Debian packages `chromium` and `chromium-driver` (`scripts/test.sh` installs them);
 //! `ZS_TEST_CHROMEDRIVER` and `ZS_TEST_CHROMIUM` override their paths. The browser test is
@@ -23,6 +25,9 @@ use futures::FutureExt;
 use http_common::*;
 use hyper_util::client::legacy::connect::HttpConnector;
 use serde_json::{Value, json};
+use zeroservices::Limits;
+use zeroservices::Node;
+use zeroservices::changes::Retention;
 use zeroservices::http::HttpConfig;
 use zeroservices::medium::MemoryCluster;
 
@@ -96,7 +101,21 @@ async fn the_live_page_follows_changes_in_headless_chromium() {
     });
 
     let cluster = MemoryCluster::new();
-    let node = owner(&cluster).await;
+    // A short change log: the page's second absence outlasts it.
+    let limits = Limits {
+        change_log: Retention {
+            max_entries: 8,
+            max_age: Duration::from_secs(3600),
+        },
+        ..Limits::default()
+    };
+    let node = Node::builder("power_service")
+        .memory(&cluster)
+        .limits(limits)
+        .resource::<Power>()
+        .start()
+        .await
+        .unwrap();
     let driver = ChromeDriver::start(&driver_path);
     let browser = driver.session().await;
     // The session is closed (and Chromium with it) whether the checks pass or panic.
@@ -220,34 +239,83 @@ async fn follow_changes(browser: &Client, node: &zeroservices::Node) {
     std::fs::write(&shot, &png).unwrap();
     println!("screenshot: {}", shot.display());
 
-    // The server goes away: the page says so, and comes back to life with the server, catching
-    // up with what changed meanwhile.
+    // The server goes away: the page says so. The collection changes meanwhile (the log now
+    // holds 9 changes, the 8 last kept: the page's cursor, at the 6th, is still covered). The
+    // server comes back: the page resumes from its cursor and shows the changes without
+    // listing the collection again.
     server.shutdown().await;
     wait_for(browser, "the page to notice the server left", |s| {
         s.state == "reconnecting"
     })
     .await;
-    node.collection::<Power>()
+    let powers = node.collection::<Power>();
+    powers
         .patch("alpha", zeroservices::patch!({"$set": {"value": 5}}))
         .await
         .unwrap();
+    powers
+        .create_with_id(
+            "epsilon",
+            Power {
+                value: 8,
+                status: Status::Pending,
+                result: None,
+                description: Some("made while away".into()),
+            },
+        )
+        .await
+        .unwrap();
+    powers.delete("gamma").await.unwrap();
     let server = restart(node, addr).await;
-    let caught_up = wait_for(browser, "the page to reconnect and catch up", |s| {
-        s.state == "live" && s.cell("alpha", "value") == "5"
-    })
+    let resumed = wait_for(
+        browser,
+        "the page to reconnect and show what it missed",
+        |s| s.state == "live" && s.ids() == ["alpha", "epsilon"] && s.cell("alpha", "value") == "5",
+    )
     .await;
+    assert_eq!(resumed.raw["loadedAt"], loaded_at, "the page was reloaded");
+    assert_eq!(resumed.cell("epsilon", "description"), "made while away");
+    assert_eq!(resumed.raw["count"], "2 resources");
     assert_eq!(
-        caught_up.raw["loadedAt"], loaded_at,
-        "the page was reloaded"
+        resumed.raw["lists"].as_u64().unwrap(),
+        lists_before,
+        "the page listed the collection again instead of resuming from its cursor"
     );
-    let lists_now = caught_up.raw["lists"].as_u64().unwrap();
     create("delta", json!({"value": 7})).await;
     let live_again = wait_for(browser, "events after the reconnection", |s| {
-        s.ids() == ["alpha", "gamma", "delta"]
+        s.ids() == ["alpha", "epsilon", "delta"]
     })
     .await;
-    assert_eq!(live_again.raw["lists"].as_u64().unwrap(), lists_now);
+    assert_eq!(live_again.raw["lists"].as_u64().unwrap(), lists_before);
     assert_eq!(live_again.cell("delta", "description"), "—");
+
+    // Away longer than the log keeps (12 changes, 8 kept): the page is told its cursor expired,
+    // starts a new stream and lists the collection once more.
+    server.shutdown().await;
+    wait_for(browser, "the page to notice the server left again", |s| {
+        s.state == "reconnecting"
+    })
+    .await;
+    for value in 100..112 {
+        powers
+            .patch("epsilon", zeroservices::patch!({"$set": {"value": value}}))
+            .await
+            .unwrap();
+    }
+    let server = restart(node, addr).await;
+    let reloaded = wait_for(browser, "the page to list the collection again", |s| {
+        s.state == "live"
+            && s.cell("epsilon", "value") == "111"
+            && s.raw["lists"].as_u64() == Some(lists_before + 1)
+    })
+    .await;
+    assert_eq!(reloaded.raw["loadedAt"], loaded_at, "the page was reloaded");
+    assert_eq!(reloaded.ids(), ["alpha", "epsilon", "delta"]);
+    create("zeta", json!({"value": 1})).await;
+    wait_for(browser, "events on the new stream", |s| {
+        s.ids() == ["alpha", "epsilon", "delta", "zeta"]
+    })
+    .await;
 
     server.shutdown().await;
 }

@@ -109,10 +109,11 @@ async fn the_originals_join_and_events_from_another_node() {
     let (server, base) = start(&api, HttpConfig::new(0)).await;
     let mut ws = ws_connect(&base, None).await.unwrap();
     ws_send(&mut ws, json!({"type": "join", "topics": ["power"]})).await;
-    assert_eq!(
-        ws_next(&mut ws).await,
-        json!({"type": "subscribed", "topics": ["power"]})
-    );
+    let ack = ws_next(&mut ws).await;
+    assert_eq!(ack["type"], "subscribed", "{ack}");
+    assert_eq!(ack["topics"], json!(["power"]));
+    // The first subscribe's acknowledgement carries the stream's starting cursor.
+    assert!(ack["cursor"].is_string(), "{ack}");
     // created on the owner directly: the event crosses the cluster to the gateway's clients
     let id = owner
         .collection::<Power>()

@@ -12,10 +12,15 @@
 //! started, or one that joined later) is read from the cursor's start time when its first
 //! event arrives, and when resuming (every owner that announces a log for a followed
 //! collection).
+//!
+//! The topics can change while a follower runs (a websocket client subscribes and
+//! unsubscribes). A collection that becomes followed again, or for the first time, after the
+//! start is restarted ([`Restarts`]): its old positions are forgotten and its logs are read
+//! from the time given (the moment of the new subscription), not from the stream's start.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::pin::Pin;
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 use std::task::{Context as TaskContext, Poll};
 use std::time::Duration;
 
@@ -41,9 +46,14 @@ const MAX_HELD: usize = 4096;
 /// The topic prefixes a follower delivers (a websocket client changes them while it runs).
 pub(crate) type Topics = Arc<RwLock<Vec<String>>>;
 
+/// Collections to follow anew from a time (ms since the epoch, this node's clock): whoever
+/// changes the [`Topics`] pushes here, before the change, each collection it starts following
+/// again or for the first time; the follower applies them before it looks at the next event.
+pub(crate) type Restarts = Arc<Mutex<Vec<(String, u64)>>>;
+
 enum Item {
-    /// A logged event, at its position.
-    Entry(String, u64, Event),
+    /// A logged event, at its position; whether it was read from the log (not live).
+    Entry(String, u64, Event, bool),
     /// An entry passed over (not a followed topic): the position moves on.
     Advance(String, u64),
     /// An event without a position (a user event, or a store without a log).
@@ -68,6 +78,13 @@ pub(crate) struct Follower {
     done: bool,
     /// Entries the follower could not read back (no owner of their log answered), counted.
     lost: u64,
+    restarts: Restarts,
+    /// Where logs not seen yet start, per restarted collection (else the cursor's start).
+    starts: HashMap<String, u64>,
+    /// Whether entries accepted now come from a log read.
+    reading: bool,
+    /// Whether the last event handed out was read from a log.
+    replayed: bool,
 }
 
 impl Follower {
@@ -93,6 +110,10 @@ impl Follower {
             to_read: BTreeMap::new(),
             done: false,
             lost: 0,
+            restarts: Restarts::default(),
+            starts: HashMap::new(),
+            reading: false,
+            replayed: false,
         };
         if resuming {
             follower.plan_all();
@@ -103,6 +124,46 @@ impl Follower {
     /// The position of the last event handed out.
     pub(crate) fn cursor(&self) -> &Cursor {
         &self.cursor
+    }
+
+    /// Takes its restarts from `restarts` (see [`Restarts`]).
+    // Used by the websocket (`http::realtime`).
+    #[cfg_attr(not(feature = "http"), allow(dead_code))]
+    pub(crate) fn with_restarts(mut self, restarts: Restarts) -> Self {
+        self.restarts = restarts;
+        self
+    }
+
+    /// Reads what is planned before the first event is asked for (when resuming: every log from
+    /// the cursor), so that a cursor past retention fails here, and the logs' positions are
+    /// known before anything else happens. What was read waits for [`Follower::next`].
+    // Used by the websocket (`http::realtime`).
+    #[cfg_attr(not(feature = "http"), allow(dead_code))]
+    pub(crate) async fn prime(&mut self) -> Result<()> {
+        self.apply_restarts();
+        if self.to_read.is_empty() {
+            return Ok(());
+        }
+        let read = self.catch_up().await;
+        if read.is_err() {
+            self.done = true;
+        }
+        read
+    }
+
+    /// Gives back the live stream (after a failed [`Follower::prime`], to start another).
+    // Used by the websocket (`http::realtime`).
+    #[cfg_attr(not(feature = "http"), allow(dead_code))]
+    pub(crate) fn into_live(self) -> EventStream {
+        self.live
+    }
+
+    /// Whether the last event handed out was read from a change log (a resume, a gap, a
+    /// catch-up after the bus fell behind) rather than received live.
+    // Used by the websocket (`http::realtime`).
+    #[cfg_attr(not(feature = "http"), allow(dead_code))]
+    pub(crate) fn replayed(&self) -> bool {
+        self.replayed
     }
 
     /// Entries lost because no owner of their log could be read.
@@ -118,20 +179,25 @@ impl Follower {
             if self.done {
                 return None;
             }
+            self.apply_restarts();
             if let Some(item) = self.pending.pop_front() {
                 match item {
-                    Item::Entry(key, seq, mut event) => {
+                    Item::Entry(key, seq, mut event, replayed) => {
                         self.cursor.advance(&key, seq);
                         if let Value::Object(map) = &mut event.data {
                             map.insert("cursor".to_owned(), Value::from(self.cursor.encode()));
                         }
+                        self.replayed = replayed;
                         return Some(Ok(event));
                     }
                     Item::Advance(key, seq) => {
                         self.cursor.advance(&key, seq);
                         continue;
                     }
-                    Item::Plain(event) => return Some(Ok(event)),
+                    Item::Plain(event) => {
+                        self.replayed = false;
+                        return Some(Ok(event));
+                    }
                 }
             }
             if !self.to_read.is_empty() {
@@ -181,7 +247,49 @@ impl Follower {
         topics.iter().any(|t| topic_matches(t, topic))
     }
 
+    /// Where a log not seen yet is read from: its collection's restart, else the cursor's start.
+    fn start_of(&self, key: &str) -> LogAfter {
+        let collection = split_key(key).map(|(c, _)| c).unwrap_or_default();
+        LogAfter::Time(
+            self.starts
+                .get(collection.as_str())
+                .copied()
+                .unwrap_or(self.cursor.at_ms),
+        )
+    }
+
+    /// Forgets what is known of the restarted collections' logs and reads them from the
+    /// restart's time (see [`Restarts`]).
+    fn apply_restarts(&mut self) {
+        let restarts = {
+            let mut list = self.restarts.lock().unwrap_or_else(|e| e.into_inner());
+            if list.is_empty() {
+                return;
+            }
+            std::mem::take(&mut *list)
+        };
+        for (collection, at_ms) in restarts {
+            let of = |key: &String| split_key(key).is_some_and(|(c, _)| c == collection);
+            self.queued.retain(|k, _| !of(k));
+            self.held.retain(|k, _| !of(k));
+            self.to_read.retain(|k, _| !of(k));
+            self.pending.retain(|item| match item {
+                Item::Entry(k, ..) | Item::Advance(k, _) => !of(k),
+                Item::Plain(_) => true,
+            });
+            self.starts.insert(collection.clone(), at_ms);
+            for log in self.logs_of(&collection) {
+                self.to_read
+                    .insert(log_key(&collection, &log), LogAfter::Time(at_ms));
+            }
+        }
+        if self.held.is_empty() {
+            self.held_since = None;
+        }
+    }
+
     fn on_live(&mut self, event: Event) {
+        self.apply_restarts();
         let Some((key, seq)) = position_of(&event) else {
             if self.wanted(&event.topic) {
                 self.pending.push_back(Item::Plain(event));
@@ -195,9 +303,8 @@ impl Follower {
             // A log not seen yet: read it from the cursor's start (this entry included).
             None => {
                 self.hold(key.clone(), seq, event);
-                self.to_read
-                    .entry(key)
-                    .or_insert(LogAfter::Time(self.cursor.at_ms));
+                let start = self.start_of(&key);
+                self.to_read.entry(key).or_insert(start);
             }
             Some(last) if seq <= last => {}
             Some(last) if seq == last + 1 => {
@@ -221,7 +328,8 @@ impl Follower {
     fn accept(&mut self, key: String, seq: u64, event: Event) {
         self.queued.insert(key.clone(), seq);
         if self.wanted(&event.topic) {
-            self.pending.push_back(Item::Entry(key, seq, event));
+            self.pending
+                .push_back(Item::Entry(key, seq, event, self.reading));
         } else {
             self.pending.push_back(Item::Advance(key, seq));
         }
@@ -261,7 +369,7 @@ impl Follower {
         for key in self.held.keys() {
             let after = match self.queued.get(key) {
                 Some(seq) => LogAfter::Seq(*seq),
-                None => LogAfter::Time(self.cursor.at_ms),
+                None => self.start_of(key),
             };
             self.to_read.entry(key.clone()).or_insert(after);
         }
@@ -285,7 +393,8 @@ impl Follower {
             for log in self.logs_of(&collection) {
                 let key = log_key(&collection, &log);
                 if !self.queued.contains_key(&key) {
-                    self.to_read.insert(key, LogAfter::Time(self.cursor.at_ms));
+                    let start = self.start_of(&key);
+                    self.to_read.insert(key, start);
                 }
             }
         }
@@ -311,11 +420,16 @@ impl Follower {
 
     /// Reads the planned logs, queueing what follows on from each position.
     async fn catch_up(&mut self) -> Result<()> {
+        self.reading = true;
+        let read = self.read_planned().await;
+        self.reading = false;
+        read
+    }
+
+    async fn read_planned(&mut self) -> Result<()> {
         let plan = std::mem::take(&mut self.to_read);
         for (key, from) in plan {
-            let Some((collection, log)) =
-                split_key(&key).map(|(c, l)| (c.to_owned(), l.to_owned()))
-            else {
+            let Some((collection, log)) = split_key(&key) else {
                 continue;
             };
             let prefixes = self

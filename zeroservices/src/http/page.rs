@@ -2,6 +2,11 @@
 //! resources of a collection (`?collection=NAME`, default `power`) from `GET /{collection}` and
 //! applies the events of `/realtime` to the table as they come.
 //!
+//! It keeps the cursor of the last event (or of its first subscription): after a disconnection
+//! (the server went away, or told it "too slow") it subscribes again with `"since": cursor` and
+//! applies the events it missed, without listing the collection again. When the server answers
+//! `cursor_expired` (or `bad_cursor`), it starts a new stream and lists the collection.
+//!
 //! It is served at `/live`, and at `/` to browsers (an `Accept` that prefers `text/html`);
 //! API clients asking `/` for JSON (or anything, or nothing) keep getting `{"resources": [...]}`.
 
@@ -136,5 +141,17 @@ mod tests {
             !LIVE_HTML.contains("innerHTML"),
             "insert data with textContent only"
         );
+    }
+
+    #[test]
+    fn the_page_resumes_from_its_cursor() {
+        let script = inline_script(LIVE_HTML);
+        for needed in [
+            "message.since = cursor",
+            "msg.data.cursor",
+            "cursor_expired",
+        ] {
+            assert!(script.contains(needed), "{needed}");
+        }
     }
 }

@@ -1,14 +1,43 @@
-//! `GET /realtime`: the websocket that streams change events.
+//! `GET /realtime`: the websocket that streams change events, resumable from a cursor.
 //!
 //! Each client gets its own subscription to the node's event bus and a bounded queue of
 //! outgoing messages (`ws_buffer`). Three tasks serve a client: the reader (client messages:
-//! subscribe, unsubscribe), the forwarder (node events that match the client's prefixes and that
-//! the [`Authorizer`](super::Authorizer) lets it see) and the writer (the queue to the socket).
-//! The reader and the forwarder never wait: when the queue is full the client is too slow, it is
-//! told so (best effort) and disconnected, and neither the node nor the other clients notice.
+//! subscribe, unsubscribe), the forwarder (a [`Follower`] of the change logs and the node's
+//! events: those that match the client's prefixes and that the
+//! [`Authorizer`](super::Authorizer) lets it see) and the writer (the queue to the socket).
+//!
+//! # Cursors and `since`
+//!
+//! Every event of a logged change carries `data.cursor`: the position, in every change log the
+//! connection has seen, after that event. The stream of a connection starts at its first
+//! subscribe: `{"type": "subscribe", "topics": [...], "since": "<cursor>"}` starts it at the
+//! cursor (the events after it are read from the logs, in order per log, then the stream goes on
+//! live with no gap and no duplicate); without `since`, at the moment of the subscribe. The
+//! acknowledgement, `{"type": "subscribed", "topics", "cursor"}`, comes before the first event
+//! and carries the start's cursor (a client that saw no event yet resumes from it). `since` on a
+//! later subscribe of the same connection is refused (`since_not_first`, nothing subscribed); a
+//! later subscribe to a collection not followed before delivers its changes from that moment.
+//! "From a moment" is by the clock, to the millisecond (this node's time against the times the
+//! owners wrote, so clocks in step, as NTP keeps them): a change of the same millisecond just
+//! before it may come too, none after it is missed.
+//! Events that are not logged (user events of `Node::publish`) carry no cursor and are never
+//! replayed.
+//!
+//! Errors are `{"type": "error", "code", "error"}`. A malformed or oversized `since` gets
+//! `bad_cursor`, a cursor older than the logs keep gets `cursor_expired`: both subscribe to
+//! nothing and the connection stays open (subscribe again without `since`, after reloading).
+//! A stream that falls out of retention while it runs (it fell so far behind that the logs
+//! dropped what it had not read) gets `cursor_expired` and the connection is closed (1000).
+//!
+//! # Slow clients
+//!
+//! Live events never wait: when the queue is full the client is too slow, it is told so (best
+//! effort, `too_slow`) and disconnected (1008), and neither the node nor the other clients
+//! notice; it reconnects with the last cursor it got and loses nothing the logs still hold.
+//! Events read back from the logs (a resume's backlog, a gap) wait for room in the queue.
 
+use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use axum::extract::ws::rejection::WebSocketUpgradeRejection;
@@ -19,19 +48,21 @@ use axum::response::{IntoResponse, Response};
 use futures::{SinkExt, StreamExt};
 use serde::Serialize;
 use serde_json::{Value, json};
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{mpsc, oneshot, watch};
 
 use super::auth::Operation;
 use super::error::ApiError;
 use super::{AppState, AuthUser};
-use crate::Event;
-use crate::event::topic_matches;
+use crate::EventStream;
+use crate::changes::Cursor;
+use crate::changes::follow::{Follower, Restarts, Topics, live_prefix};
+use crate::store::now_ms;
 
 /// How long the goodbye message and close frame may take before the socket is dropped.
 const GOODBYE_TIMEOUT: Duration = Duration::from_millis(500);
 
 /// Why a connection ends.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 enum Stop {
     /// The client fell `ws_buffer` messages behind.
     TooSlow,
@@ -41,6 +72,8 @@ enum Stop {
     ClientGone,
     /// The server shuts down.
     Shutdown,
+    /// The stream's position fell out of the change logs' retention (the error's text).
+    Expired(String),
 }
 
 /// Whether a websocket from a page of `Origin` may open: a client that sends no `Origin` is not
@@ -172,6 +205,21 @@ impl Outbox {
         }
     }
 
+    /// Queues `value`, waiting for room; `false` when the connection is closing.
+    async fn push_json_waiting(&self, value: &impl Serialize) -> bool {
+        match serde_json::to_string(value) {
+            Ok(text) => self
+                .queue
+                .send(Message::Text(Utf8Bytes::from(text)))
+                .await
+                .is_ok(),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot serialise a websocket message");
+                true
+            }
+        }
+    }
+
     fn stop(&self, reason: Stop) {
         self.stop.send_if_modified(|current| {
             if current.is_none() {
@@ -192,8 +240,18 @@ struct EventMessage<'a> {
     data: &'a Value,
 }
 
-fn error_message(error: &str) -> Value {
-    json!({ "type": "error", "error": error })
+/// `{"type": "error", "code", "error"}`.
+fn error_message(code: &str, error: &str) -> Value {
+    json!({ "type": "error", "code": code, "error": error })
+}
+
+/// The first subscribe of a connection, handed to the forwarder: it starts following from
+/// `since`, and acknowledges (or sends the error) itself, so that the acknowledgement comes
+/// before the first event; `started` tells the reader whether it did.
+struct Start {
+    topics: Vec<String>,
+    since: Cursor,
+    started: oneshot::Sender<bool>,
 }
 
 async fn serve_client(state: AppState, user: AuthUser, socket: WebSocket, seat: ClientSeat) {
@@ -209,7 +267,7 @@ async fn serve_client(state: AppState, user: AuthUser, socket: WebSocket, seat: 
         queue,
         stop: Arc::new(stop_tx),
     };
-    let subscriptions: Arc<Mutex<Vec<String>>> = Arc::default();
+    let mut subscriptions = Subscriptions::default();
     // Subscribe to the node before reading the client's first message, so no event published
     // after a "subscribed" acknowledgement can be missed.
     let events = state.node.subscribe("*");
@@ -217,19 +275,47 @@ async fn serve_client(state: AppState, user: AuthUser, socket: WebSocket, seat: 
     state.node.sync_subscriptions().await;
     let (mut sink, mut stream) = socket.split();
     tracing::debug!(user = ?user.0, "websocket client connected");
+    let (start_tx, start_rx) = mpsc::channel::<Start>(1);
+
+    let forwarder = tokio::spawn(forward(
+        state.clone(),
+        user.clone(),
+        outbox.clone(),
+        subscriptions.topics.clone(),
+        subscriptions.restarts.clone(),
+        events,
+        start_rx,
+    ));
 
     let reader = tokio::spawn({
         let outbox = outbox.clone();
-        let subscriptions = subscriptions.clone();
+        let node = state.node.clone();
         async move {
+            let collections = || node.collections();
             while let Some(message) = stream.next().await {
                 let reply = match message {
                     Ok(Message::Text(text)) => {
-                        handle_client_message(text.as_str(), &subscriptions, max_topics)
+                        match subscriptions.handle(text.as_str(), max_topics, &collections) {
+                            Action::Reply(reply) => reply,
+                            Action::Start(topics, since) => {
+                                let (started, answer) = oneshot::channel();
+                                let start = Start {
+                                    topics,
+                                    since,
+                                    started,
+                                };
+                                let started = start_tx.send(start).await.is_ok()
+                                    && answer.await.unwrap_or(false);
+                                subscriptions.started(started);
+                                // The forwarder answered the client.
+                                continue;
+                            }
+                        }
                     }
-                    Ok(Message::Binary(_)) => {
-                        error_message("binary messages are not supported: send JSON text")
-                    }
+                    Ok(Message::Binary(_)) => error_message(
+                        "bad_message",
+                        "binary messages are not supported: send JSON text",
+                    ),
                     Ok(Message::Ping(_) | Message::Pong(_)) => continue,
                     Ok(Message::Close(_)) => break,
                     Err(e) => {
@@ -250,38 +336,6 @@ async fn serve_client(state: AppState, user: AuthUser, socket: WebSocket, seat: 
         }
     });
 
-    let forwarder = tokio::spawn({
-        let outbox = outbox.clone();
-        let authorizer = state
-            .config
-            .authorizer
-            .clone()
-            .or_else(|| state.node.authorizer().cloned());
-        let user = user.0.clone();
-        let mut events = events;
-        async move {
-            while let Some(event) = events.next().await {
-                if !wanted(&event, &subscriptions) {
-                    continue;
-                }
-                if let Some(authorizer) = &authorizer {
-                    let collection = event.topic.split('.').next().unwrap_or("");
-                    if !authorizer.authorize(user.as_ref(), collection, &Operation::Subscribe) {
-                        continue;
-                    }
-                }
-                let message = EventMessage {
-                    r#type: "event",
-                    topic: &event.topic,
-                    data: &event.data,
-                };
-                if !outbox.push_json(&message) {
-                    return;
-                }
-            }
-        }
-    });
-
     let mut shutdown = state.shutdown.clone();
     let server_stopping = async move {
         let _ = shutdown.wait_for(|stop| *stop).await;
@@ -291,12 +345,13 @@ async fn serve_client(state: AppState, user: AuthUser, socket: WebSocket, seat: 
         let _ = stop_rx.wait_for(Option::is_some).await;
     };
     tokio::pin!(stopped);
+    let stop_reason = |outbox: &Outbox| outbox.stop.borrow().clone().unwrap_or(Stop::ClientGone);
 
     // The writer: the queue to the socket, until something stops the connection.
     let reason = loop {
         let message = tokio::select! {
             biased;
-            _ = &mut stopped => break outbox.stop.borrow().unwrap_or(Stop::ClientGone),
+            _ = &mut stopped => break stop_reason(&outbox),
             _ = &mut server_stopping => break Stop::Shutdown,
             message = outgoing.recv() => message,
         };
@@ -305,7 +360,7 @@ async fn serve_client(state: AppState, user: AuthUser, socket: WebSocket, seat: 
         };
         tokio::select! {
             biased;
-            _ = &mut stopped => break outbox.stop.borrow().unwrap_or(Stop::ClientGone),
+            _ = &mut stopped => break stop_reason(&outbox),
             _ = &mut server_stopping => break Stop::Shutdown,
             sent = sink.send(message) => if sent.is_err() { break Stop::ClientGone },
         }
@@ -314,12 +369,16 @@ async fn serve_client(state: AppState, user: AuthUser, socket: WebSocket, seat: 
     forwarder.abort();
     drop(outgoing);
 
-    let goodbye = match reason {
+    let goodbye = match &reason {
         Stop::TooSlow => {
             tracing::warn!(user = ?user.0, buffer, "websocket client too slow; disconnected");
-            let text = error_message(&format!(
-                "too slow: more than {buffer} messages queued, disconnected"
-            ))
+            let text = error_message(
+                "too_slow",
+                &format!(
+                    "too slow: more than {buffer} messages queued, disconnected; reconnect \
+                     and subscribe with \"since\": the last event's cursor"
+                ),
+            )
             .to_string();
             Some((
                 Some(Message::Text(Utf8Bytes::from(text))),
@@ -329,15 +388,27 @@ async fn serve_client(state: AppState, user: AuthUser, socket: WebSocket, seat: 
         }
         Stop::TooBig => {
             tracing::debug!(user = ?user.0, max_message, "websocket message too big; disconnected");
-            let text = error_message(&format!(
-                "message too big: at most {max_message} bytes (ZS_WS_MAX_MESSAGE_BYTES), \
-                 disconnected"
-            ))
+            let text = error_message(
+                "message_too_big",
+                &format!(
+                    "message too big: at most {max_message} bytes (ZS_WS_MAX_MESSAGE_BYTES), \
+                     disconnected"
+                ),
+            )
             .to_string();
             Some((
                 Some(Message::Text(Utf8Bytes::from(text))),
                 close_code::SIZE,
                 "message too big",
+            ))
+        }
+        Stop::Expired(error) => {
+            tracing::debug!(user = ?user.0, %error, "websocket stream's cursor expired; disconnected");
+            let text = error_message("cursor_expired", error).to_string();
+            Some((
+                Some(Message::Text(Utf8Bytes::from(text))),
+                close_code::NORMAL,
+                "cursor expired",
             ))
         }
         Stop::Shutdown => Some((None, close_code::AWAY, "server shutting down")),
@@ -362,47 +433,184 @@ async fn serve_client(state: AppState, user: AuthUser, socket: WebSocket, seat: 
     tracing::debug!(user = ?user.0, ?reason, "websocket client disconnected");
 }
 
-fn wanted(event: &Event, subscriptions: &Mutex<Vec<String>>) -> bool {
-    let subscriptions = subscriptions.lock().unwrap_or_else(|e| e.into_inner());
-    subscriptions.iter().any(|p| topic_matches(p, &event.topic))
+/// The forwarder: waits for the client's first subscribe, then follows the change logs and the
+/// node's events ([`Follower`]) and queues what the client's topics match and the authorizer
+/// lets it see. Live events never wait for room in the queue (a full queue: the client is too
+/// slow); events read back from the logs (a resume's backlog, a gap) wait for it.
+async fn forward(
+    state: AppState,
+    user: AuthUser,
+    outbox: Outbox,
+    topics: Topics,
+    restarts: Restarts,
+    mut live: EventStream,
+    mut starts: mpsc::Receiver<Start>,
+) {
+    let authorizer = state
+        .config
+        .authorizer
+        .clone()
+        .or_else(|| state.node.authorizer().cloned());
+    let user = user.0;
+    let mut follower = loop {
+        let Some(start) = starts.recv().await else {
+            return;
+        };
+        let mut follower =
+            Follower::new(state.node.clone(), topics.clone(), live, Some(start.since))
+                .with_restarts(restarts.clone());
+        match follower.prime().await {
+            Ok(()) => {
+                let ack = json!({
+                    "type": "subscribed",
+                    "topics": start.topics,
+                    "cursor": follower.cursor().encode(),
+                });
+                let _ = start.started.send(true);
+                if !outbox.push_json(&ack) {
+                    return;
+                }
+                break follower;
+            }
+            Err(e) => {
+                let reply = error_message(e.kind(), &e.to_string());
+                live = follower.into_live();
+                let _ = start.started.send(false);
+                if !outbox.push_json(&reply) {
+                    return;
+                }
+            }
+        }
+    };
+    while let Some(item) = follower.next().await {
+        let event = match item {
+            Ok(event) => event,
+            Err(e) => {
+                outbox.stop(Stop::Expired(e.to_string()));
+                return;
+            }
+        };
+        if let Some(authorizer) = &authorizer {
+            let collection = event.topic.split('.').next().unwrap_or("");
+            if !authorizer.authorize(user.as_ref(), collection, &Operation::Subscribe) {
+                continue;
+            }
+        }
+        let message = EventMessage {
+            r#type: "event",
+            topic: &event.topic,
+            data: &event.data,
+        };
+        let queued = if follower.replayed() {
+            outbox.push_json_waiting(&message).await
+        } else {
+            outbox.push_json(&message)
+        };
+        if !queued {
+            return;
+        }
+    }
 }
 
-/// Applies one client message to the subscriptions and returns the reply; a subscribe that
-/// would take the client over `max_topics` topics subscribes to none of them.
-fn handle_client_message(
-    text: &str,
-    subscriptions: &Mutex<Vec<String>>,
-    max_topics: usize,
-) -> Value {
-    let message: Value = match serde_json::from_str(text) {
-        Ok(v) => v,
-        Err(e) => return error_message(&format!("invalid JSON: {e}")),
-    };
-    let Some(kind) = message.get("type").and_then(Value::as_str) else {
-        return error_message(
-            "expected {\"type\": \"subscribe\" | \"unsubscribe\", \"topics\": [...]}",
-        );
-    };
-    let subscribe = match kind {
-        "subscribe" | "join" => true,
-        "unsubscribe" | "leave" => false,
-        other => return error_message(&format!("unknown message type {other:?}")),
-    };
-    let topics: Option<Vec<String>> = message
-        .get("topics")
-        .and_then(Value::as_array)
-        .and_then(|list| list.iter().map(|t| t.as_str().map(str::to_owned)).collect());
-    let Some(topics) = topics else {
-        return error_message("`topics` must be a list of strings");
-    };
-    let mut subs = subscriptions.lock().unwrap_or_else(|e| e.into_inner());
-    if subscribe {
+/// What the reader does with a client message.
+#[derive(Debug)]
+enum Action {
+    /// Sends this reply.
+    Reply(Value),
+    /// The first subscribe: the forwarder starts following these topics from this cursor.
+    Start(Vec<String>, Cursor),
+}
+
+/// A client's topics (shared with its follower), and whether it subscribed yet.
+#[derive(Default)]
+struct Subscriptions {
+    topics: Topics,
+    restarts: Restarts,
+    started: bool,
+}
+
+impl Subscriptions {
+    fn topics(&self) -> std::sync::RwLockWriteGuard<'_, Vec<String>> {
+        self.topics.write().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Whether the first subscribe started the stream; if not, it subscribed to nothing.
+    fn started(&mut self, started: bool) {
+        self.started = started;
+        if !started {
+            self.topics().clear();
+        }
+    }
+
+    /// Applies one client message and returns what to do: a subscribe that would take the
+    /// client over `max_topics` topics, or names a bad `since`, subscribes to none of them.
+    /// `collections` lists the collections the node knows (for a later subscribe to `*`).
+    fn handle(
+        &mut self,
+        text: &str,
+        max_topics: usize,
+        collections: &dyn Fn() -> Vec<String>,
+    ) -> Action {
+        let bad = |error: String| Action::Reply(error_message("bad_message", &error));
+        let message: Value = match serde_json::from_str(text) {
+            Ok(v) => v,
+            Err(e) => return bad(format!("invalid JSON: {e}")),
+        };
+        let Some(kind) = message.get("type").and_then(Value::as_str) else {
+            return bad(
+                "expected {\"type\": \"subscribe\" | \"unsubscribe\", \"topics\": [...]}".into(),
+            );
+        };
+        let subscribe = match kind {
+            "subscribe" | "join" => true,
+            "unsubscribe" | "leave" => false,
+            other => return bad(format!("unknown message type {other:?}")),
+        };
+        let topics: Option<Vec<String>> = message
+            .get("topics")
+            .and_then(Value::as_array)
+            .and_then(|list| list.iter().map(|t| t.as_str().map(str::to_owned)).collect());
+        let Some(topics) = topics else {
+            return bad("`topics` must be a list of strings".into());
+        };
+        if !subscribe {
+            self.topics().retain(|s| !topics.contains(s));
+            return Action::Reply(json!({ "type": "unsubscribed", "topics": topics }));
+        }
+        let since = match message.get("since") {
+            None | Some(Value::Null) => None,
+            Some(_) if self.started => {
+                return Action::Reply(error_message(
+                    "since_not_first",
+                    "\"since\" is taken only on the first subscribe of a connection (the \
+                     stream starts there); subscribe without it, or reconnect; nothing subscribed",
+                ));
+            }
+            Some(Value::String(text)) => match Cursor::parse(text) {
+                Ok(cursor) => Some(cursor),
+                Err(e) => {
+                    return Action::Reply(error_message(
+                        "bad_cursor",
+                        &format!("bad \"since\": {e}; nothing subscribed"),
+                    ));
+                }
+            },
+            Some(_) => {
+                return Action::Reply(error_message(
+                    "bad_cursor",
+                    "\"since\" must be a cursor string (an event's data.cursor); nothing \
+                     subscribed",
+                ));
+            }
+        };
+        let mut subs = self.topics();
         let mut new: Vec<&String> = topics.iter().filter(|t| !subs.contains(t)).collect();
         new.sort();
         new.dedup();
         if subs.len() + new.len() > max_topics {
-            return json!({
+            return Action::Reply(json!({
                 "type": "error",
+                "code": "too_many_topics",
                 "error": format!(
                     "too many topics: at most {max_topics} per client (ZS_WS_MAX_TOPICS); \
                      {} subscribed, {} more asked for; nothing subscribed",
@@ -410,18 +618,52 @@ fn handle_client_message(
                     new.len()
                 ),
                 "topics": topics,
-            });
+            }));
+        }
+        if self.started {
+            // Collections followed from now on start now, not from the stream's start.
+            let now = now_ms();
+            let mut anew: Vec<String> = Vec::new();
+            for topic in &new {
+                match live_prefix(topic).as_str() {
+                    "*" => anew.extend(
+                        collections()
+                            .into_iter()
+                            .filter(|c| !followed(subs.as_slice(), c)),
+                    ),
+                    collection if !followed(subs.as_slice(), collection) => {
+                        anew.push(collection.to_owned())
+                    }
+                    _ => {}
+                }
+            }
+            anew.sort();
+            anew.dedup();
+            if !anew.is_empty() {
+                let mut restarts = self.restarts.lock().unwrap_or_else(|e| e.into_inner());
+                restarts.extend(anew.into_iter().map(|c| (c, now)));
+            }
         }
         for topic in &topics {
             if !subs.contains(topic) {
                 subs.push(topic.clone());
             }
         }
-        json!({ "type": "subscribed", "topics": topics })
-    } else {
-        subs.retain(|s| !topics.contains(s));
-        json!({ "type": "unsubscribed", "topics": topics })
+        drop(subs);
+        if self.started {
+            return Action::Reply(json!({ "type": "subscribed", "topics": topics }));
+        }
+        // The stream starts here: without a cursor, from now (taken before the
+        // acknowledgement, so nothing changed after it is missed).
+        Action::Start(topics, since.unwrap_or_else(|| Cursor::starting(now_ms())))
     }
+}
+
+/// Whether `topics` cover some of `collection`'s events (as the follower counts it).
+fn followed(topics: &[String], collection: &str) -> bool {
+    topics
+        .iter()
+        .any(|t| t == "*" || t.is_empty() || t.split('.').next() == Some(collection))
 }
 
 #[cfg(test)]
@@ -483,18 +725,60 @@ mod tests {
         ));
     }
 
+    /// Handles `text` as the reader does, the first subscribe starting (or not) the stream.
+    fn handle(subs: &mut Subscriptions, text: &str, max_topics: usize, start: bool) -> Value {
+        let collections = || vec!["chat".to_owned(), "job".to_owned(), "power".to_owned()];
+        match subs.handle(text, max_topics, &collections) {
+            Action::Reply(reply) => reply,
+            Action::Start(topics, since) => {
+                subs.started(start);
+                json!({"type": "start", "topics": topics, "since": since.encode()})
+            }
+        }
+    }
+
+    fn topics(subs: &Subscriptions) -> Vec<String> {
+        subs.topics.read().unwrap().clone()
+    }
+
+    fn restarted(subs: &Subscriptions) -> Vec<String> {
+        let mut list = subs.restarts.lock().unwrap();
+        std::mem::take(&mut *list)
+            .into_iter()
+            .map(|(c, _)| c)
+            .collect()
+    }
+
     #[test]
     fn client_messages() {
-        let subs = Mutex::new(Vec::new());
-        let reply = handle_client_message(r#"{"type":"subscribe","topics":["power"]}"#, &subs, 8);
-        assert_eq!(reply, json!({"type": "subscribed", "topics": ["power"]}));
-        let reply =
-            handle_client_message(r#"{"type":"join","topics":["chat", "power"]}"#, &subs, 8);
-        assert_eq!(reply["type"], "subscribed");
-        assert_eq!(*subs.lock().unwrap(), ["power", "chat"]);
-        let reply = handle_client_message(r#"{"type":"unsubscribe","topics":["power"]}"#, &subs, 8);
+        let mut subs = Subscriptions::default();
+        let reply = handle(
+            &mut subs,
+            r#"{"type":"subscribe","topics":["power"]}"#,
+            8,
+            true,
+        );
+        assert_eq!(reply["type"], "start");
+        assert_eq!(reply["topics"], json!(["power"]));
+        let reply = handle(
+            &mut subs,
+            r#"{"type":"join","topics":["chat", "power"]}"#,
+            8,
+            true,
+        );
+        assert_eq!(
+            reply,
+            json!({"type": "subscribed", "topics": ["chat", "power"]})
+        );
+        assert_eq!(topics(&subs), ["power", "chat"]);
+        let reply = handle(
+            &mut subs,
+            r#"{"type":"unsubscribe","topics":["power"]}"#,
+            8,
+            true,
+        );
         assert_eq!(reply["type"], "unsubscribed");
-        assert_eq!(*subs.lock().unwrap(), ["chat"]);
+        assert_eq!(topics(&subs), ["chat"]);
         for bad in [
             "not json",
             "[]",
@@ -504,34 +788,143 @@ mod tests {
             r#"{"type": "subscribe", "topics": "power"}"#,
             r#"{"type": "subscribe", "topics": [1]}"#,
         ] {
-            assert_eq!(
-                handle_client_message(bad, &subs, 8)["type"],
-                "error",
-                "{bad}"
-            );
+            let reply = handle(&mut subs, bad, 8, true);
+            assert_eq!(reply["type"], "error", "{bad}");
+            assert_eq!(reply["code"], "bad_message", "{bad}");
         }
-        assert_eq!(*subs.lock().unwrap(), ["chat"]);
+        assert_eq!(topics(&subs), ["chat"]);
     }
 
     #[test]
     fn topics_per_client_are_capped() {
-        let subs = Mutex::new(Vec::new());
-        let reply = handle_client_message(r#"{"type":"subscribe","topics":["a","b"]}"#, &subs, 3);
-        assert_eq!(reply["type"], "subscribed");
+        let mut subs = Subscriptions::default();
+        let reply = handle(
+            &mut subs,
+            r#"{"type":"subscribe","topics":["a","b"]}"#,
+            3,
+            true,
+        );
+        assert_eq!(reply["type"], "start");
         // Already subscribed topics and repeats do not count twice.
-        let reply =
-            handle_client_message(r#"{"type":"subscribe","topics":["a","c","c"]}"#, &subs, 3);
+        let reply = handle(
+            &mut subs,
+            r#"{"type":"subscribe","topics":["a","c","c"]}"#,
+            3,
+            true,
+        );
         assert_eq!(reply["type"], "subscribed");
-        let reply = handle_client_message(r#"{"type":"subscribe","topics":["d"]}"#, &subs, 3);
+        let reply = handle(&mut subs, r#"{"type":"subscribe","topics":["d"]}"#, 3, true);
         assert_eq!(reply["type"], "error");
+        assert_eq!(reply["code"], "too_many_topics");
         let text = reply["error"].as_str().unwrap();
         assert!(
             text.contains("at most 3") && text.contains("ZS_WS_MAX_TOPICS"),
             "{text}"
         );
-        assert_eq!(*subs.lock().unwrap(), ["a", "b", "c"]);
-        handle_client_message(r#"{"type":"unsubscribe","topics":["a"]}"#, &subs, 3);
-        let reply = handle_client_message(r#"{"type":"subscribe","topics":["d"]}"#, &subs, 3);
+        assert_eq!(topics(&subs), ["a", "b", "c"]);
+        handle(
+            &mut subs,
+            r#"{"type":"unsubscribe","topics":["a"]}"#,
+            3,
+            true,
+        );
+        let reply = handle(&mut subs, r#"{"type":"subscribe","topics":["d"]}"#, 3, true);
         assert_eq!(reply["type"], "subscribed");
+    }
+
+    /// `since`: a cursor, on the first subscribe only; anything else subscribes to nothing.
+    #[test]
+    fn since_is_a_cursor_on_the_first_subscribe() {
+        let mut cursor = Cursor::starting(1234);
+        cursor.advance(&crate::changes::log_key("power", "memory:x"), 7);
+        let good = cursor.encode();
+        let mut subs = Subscriptions::default();
+        let oversized = "A".repeat(crate::changes::MAX_CURSOR_BYTES + 1);
+        for since in [
+            json!("not a cursor"),
+            json!(""),
+            json!(42),
+            json!({"t": 1}),
+            json!(oversized),
+        ] {
+            let text = json!({"type": "subscribe", "topics": ["power"], "since": since});
+            let reply = handle(&mut subs, &text.to_string(), 8, true);
+            assert_eq!(reply["type"], "error", "{since:.40}");
+            assert_eq!(reply["code"], "bad_cursor", "{since:.40}");
+            assert!(reply["error"].as_str().is_some_and(|e| e.contains("since")));
+            assert!(topics(&subs).is_empty());
+            assert!(!subs.started);
+        }
+        // A first subscribe that could not start (say, the cursor expired) subscribes to
+        // nothing and leaves `since` allowed.
+        let text = json!({"type": "subscribe", "topics": ["power"], "since": good});
+        let reply = handle(&mut subs, &text.to_string(), 8, false);
+        assert_eq!(reply["type"], "start");
+        assert_eq!(reply["since"], good.as_str());
+        assert!(topics(&subs).is_empty());
+        // null is no cursor: from now.
+        let reply = handle(
+            &mut subs,
+            r#"{"type":"subscribe","topics":["power"],"since":null}"#,
+            8,
+            true,
+        );
+        assert_eq!(reply["type"], "start");
+        let started = Cursor::parse(reply["since"].as_str().unwrap()).unwrap();
+        assert!(started.positions.is_empty() && started.at_ms > 1234);
+        // Later: refused, nothing subscribed.
+        let text = json!({"type": "subscribe", "topics": ["chat"], "since": good});
+        let reply = handle(&mut subs, &text.to_string(), 8, true);
+        assert_eq!(reply["code"], "since_not_first");
+        assert_eq!(topics(&subs), ["power"]);
+    }
+
+    /// A later subscribe restarts the collections it follows anew, not the ones followed.
+    #[test]
+    fn collections_followed_anew_restart() {
+        let mut subs = Subscriptions::default();
+        handle(
+            &mut subs,
+            r#"{"type":"subscribe","topics":["power.patch.p1"]}"#,
+            8,
+            true,
+        );
+        assert!(
+            restarted(&subs).is_empty(),
+            "the first subscribe starts the stream"
+        );
+        handle(
+            &mut subs,
+            r#"{"type":"subscribe","topics":["power.create", "chat"]}"#,
+            8,
+            true,
+        );
+        assert_eq!(restarted(&subs), ["chat"]);
+        handle(
+            &mut subs,
+            r#"{"type":"unsubscribe","topics":["chat"]}"#,
+            8,
+            true,
+        );
+        handle(
+            &mut subs,
+            r#"{"type":"subscribe","topics":["chat.create"]}"#,
+            8,
+            true,
+        );
+        assert_eq!(restarted(&subs), ["chat"], "followed again");
+        handle(&mut subs, r#"{"type":"subscribe","topics":["*"]}"#, 8, true);
+        assert_eq!(
+            restarted(&subs),
+            ["job"],
+            "the known collections not followed"
+        );
+        handle(
+            &mut subs,
+            r#"{"type":"subscribe","topics":["job"]}"#,
+            8,
+            true,
+        );
+        assert!(restarted(&subs).is_empty());
     }
 }

@@ -1,0 +1,546 @@
+//! Resuming the websocket from a cursor, with a real websocket client: a client that
+//! disconnects while creates continue and resumes with `since` sees every event once, in
+//! order; the same through a gateway and two owners of two collections on the real ZeroMQ
+//! network (loopback), the cursor covering both logs; an expired cursor; malformed and
+//! oversized cursors and a late `since`, after which the connection keeps working; a client
+//! told "too slow" that reconnects with its last cursor and loses nothing; a later subscribe
+//! that starts its collection then, not from the stream's start.
+
+mod http_common;
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::UdpSocket;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use base64::Engine;
+use futures::StreamExt;
+use http_common::*;
+use serde_json::{Value, json};
+use tokio::time::Instant;
+use tokio_tungstenite::tungstenite::Message as WsMessage;
+use zeroservices::Limits;
+use zeroservices::changes::Retention;
+use zeroservices::config::NetworkConfig;
+use zeroservices::http::HttpConfig;
+use zeroservices::medium::MemoryCluster;
+use zeroservices::prelude::*;
+
+fn power(value: i64) -> Power {
+    Power {
+        value,
+        status: Status::Pending,
+        result: None,
+        description: None,
+    }
+}
+
+/// Subscribes, optionally from `since`, and returns the acknowledgement.
+async fn subscribe(ws: &mut Ws, topics: &[&str], since: Option<&str>) -> Value {
+    let mut message = json!({"type": "subscribe", "topics": topics});
+    if let Some(since) = since {
+        message["since"] = json!(since);
+    }
+    ws_send(ws, message).await;
+    ws_next(ws).await
+}
+
+/// Reads events until `done` holds of what was read, within `within`; returns them.
+async fn read_until(ws: &mut Ws, within: Duration, done: impl Fn(&[Value]) -> bool) -> Vec<Value> {
+    let deadline = Instant::now() + within;
+    let mut events = Vec::new();
+    while !done(&events) {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let message = match tokio::time::timeout(left, ws.next()).await {
+            Ok(Some(Ok(WsMessage::Text(text)))) => serde_json::from_str::<Value>(&text).unwrap(),
+            Ok(Some(Ok(WsMessage::Ping(_) | WsMessage::Pong(_)))) => continue,
+            other => panic!(
+                "not done within {within:?} ({other:?}); read: {:?}",
+                events.iter().map(id_of).collect::<Vec<_>>()
+            ),
+        };
+        assert_eq!(message["type"], "event", "{message}");
+        events.push(message);
+    }
+    events
+}
+
+/// Waits until `counter` reaches `n` (bounded).
+async fn wait_count(counter: &AtomicUsize, n: usize) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while counter.load(Ordering::SeqCst) < n {
+        assert!(Instant::now() < deadline, "only {counter:?} of {n}");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+fn id_of(event: &Value) -> String {
+    event["data"]["resource_id"]
+        .as_str()
+        .unwrap_or("?")
+        .to_owned()
+}
+
+/// The logs a cursor names, as `<collection>@<log id>` (clients treat cursors as opaque; the
+/// test looks inside).
+fn logs_named(cursor: &str) -> Vec<String> {
+    zeroservices::changes::Cursor::parse(cursor)
+        .unwrap()
+        .positions()
+        .map(|(key, _)| {
+            let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+                .decode(key)
+                .unwrap();
+            String::from_utf8(bytes).unwrap()
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn a_client_resumes_from_its_cursor_with_every_event_once_in_order() {
+    const TOTAL: usize = 80;
+    let cluster = MemoryCluster::new();
+    let node = owner(&cluster).await;
+    let (server, base) = start(&node, HttpConfig::new(0)).await;
+    let mut ws = ws_connect(&base, None).await.unwrap();
+    let ack = subscribe(&mut ws, &["power"], None).await;
+    assert_eq!(ack["type"], "subscribed", "{ack}");
+    assert!(ack["cursor"].is_string());
+
+    let created = Arc::new(AtomicUsize::new(0));
+    let creator = tokio::spawn({
+        let powers = node.collection::<Power>();
+        let created = created.clone();
+        async move {
+            for i in 0..TOTAL {
+                powers
+                    .create_with_id(&format!("p{i:03}"), power(i as i64))
+                    .await
+                    .unwrap();
+                created.fetch_add(1, Ordering::SeqCst);
+            }
+        }
+    });
+    let first = read_until(&mut ws, Duration::from_secs(10), |e| e.len() == 10).await;
+    for e in &first {
+        assert!(e["data"]["cursor"].is_string(), "{e}");
+        assert_eq!(e["data"]["version"], 1);
+    }
+    let cursor = first[9]["data"]["cursor"].as_str().unwrap().to_owned();
+    ws.close(None).await.unwrap();
+    drop(ws);
+    // Creates go on while the client is away.
+    wait_count(&created, 40).await;
+
+    let mut ws = ws_connect(&base, None).await.unwrap();
+    let ack = subscribe(&mut ws, &["power"], Some(&cursor)).await;
+    assert_eq!(ack["type"], "subscribed", "{ack}");
+    assert_eq!(
+        ack["cursor"],
+        cursor.as_str(),
+        "the ack names where the stream starts"
+    );
+    let rest = read_until(&mut ws, Duration::from_secs(20), |e| {
+        e.last()
+            .is_some_and(|e| id_of(e) == format!("p{:03}", TOTAL - 1))
+    })
+    .await;
+    creator.await.unwrap();
+    let ids: Vec<String> = first.iter().chain(&rest).map(id_of).collect();
+    let expected: Vec<String> = (0..TOTAL).map(|i| format!("p{i:03}")).collect();
+    assert_eq!(ids, expected, "every event once, in order");
+    ws_assert_quiet(&mut ws, Duration::from_millis(200)).await;
+    // Cursors only move forward along the stream: the last one resumes to nothing.
+    let last = rest.last().unwrap()["data"]["cursor"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let mut again = ws_connect(&base, None).await.unwrap();
+    let ack = subscribe(&mut again, &["power"], Some(&last)).await;
+    assert_eq!(ack["type"], "subscribed", "{ack}");
+    ws_assert_quiet(&mut again, Duration::from_millis(200)).await;
+    server.shutdown().await;
+    node.stop().await;
+}
+
+/// A private cluster on loopback: its own multicast group port, short timers.
+fn network() -> NetworkConfig {
+    let port = UdpSocket::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    NetworkConfig {
+        interface: "127.0.0.1".parse().unwrap(),
+        multicast_group: format!("237.252.249.227:{port}").parse().unwrap(),
+        request_timeout: Duration::from_secs(5),
+        heartbeat: Duration::from_millis(200),
+        peer_timeout: Duration::from_secs(3),
+        ..NetworkConfig::default()
+    }
+}
+
+/// An HTTP gateway that owns nothing, in front of two owners (one of `power`, one of `chat`),
+/// all three on the ZeroMQ medium: the client follows both collections, so its cursor covers
+/// two logs on two nodes; it disconnects while both keep changing and resumes with nothing
+/// lost or twice, in order per collection.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn resuming_through_a_gateway_covers_two_owners() {
+    const TOTAL: usize = 40;
+    let net = network();
+    let powers_node = Node::builder("power_service")
+        .network(net.clone())
+        .resource::<Power>()
+        .start()
+        .await
+        .unwrap();
+    let chats_node = Node::builder("chat_service")
+        .network(net.clone())
+        .resource::<ChatMessage>()
+        .start()
+        .await
+        .unwrap();
+    let gateway = Node::builder("api").network(net).start().await.unwrap();
+    for collection in ["power", "chat"] {
+        gateway
+            .wait_for_collection(collection, Duration::from_secs(10))
+            .await
+            .unwrap();
+    }
+    let (server, base) = start(&gateway, HttpConfig::new(0)).await;
+    let mut ws = ws_connect(&base, None).await.unwrap();
+    let ack = subscribe(&mut ws, &["power", "chat"], None).await;
+    assert_eq!(ack["type"], "subscribed", "{ack}");
+
+    // One task alternates between the two owners, so both keep changing while the client is
+    // away.
+    let created = Arc::new(AtomicUsize::new(0));
+    let creator = tokio::spawn({
+        let powers = powers_node.collection::<Power>();
+        let chats = chats_node.collection::<ChatMessage>();
+        let created = created.clone();
+        async move {
+            for i in 0..TOTAL {
+                powers
+                    .create_with_id(&format!("p{i:03}"), power(i as i64))
+                    .await
+                    .unwrap();
+                chats
+                    .create_with_id(
+                        &format!("m{i:03}"),
+                        ChatMessage {
+                            text: format!("{i}"),
+                        },
+                    )
+                    .await
+                    .unwrap();
+                created.fetch_add(2, Ordering::SeqCst);
+            }
+        }
+    });
+    // Until both collections were seen: the cursor then names a log of each owner.
+    let first = read_until(&mut ws, Duration::from_secs(20), |e| {
+        e.len() >= 10
+            && e.iter().any(|e| id_of(e).starts_with('p'))
+            && e.iter().any(|e| id_of(e).starts_with('m'))
+    })
+    .await;
+    let cursor = first.last().unwrap()["data"]["cursor"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let logs = logs_named(&cursor);
+    assert_eq!(logs.len(), 2, "{logs:?}");
+    assert!(logs.iter().any(|l| l.starts_with("power@")), "{logs:?}");
+    assert!(logs.iter().any(|l| l.starts_with("chat@")), "{logs:?}");
+    drop(ws);
+    let seen_before = first.len();
+    wait_count(&created, seen_before + 30).await;
+
+    let mut ws = ws_connect(&base, None).await.unwrap();
+    let ack = subscribe(&mut ws, &["power", "chat"], Some(&cursor)).await;
+    assert_eq!(ack["type"], "subscribed", "{ack}");
+    let last_p = format!("p{:03}", TOTAL - 1);
+    let last_m = format!("m{:03}", TOTAL - 1);
+    let seen = |e: &[Value], id: &str| first.iter().chain(e).any(|e| id_of(e) == id);
+    let rest = read_until(&mut ws, Duration::from_secs(30), |e| {
+        seen(e, &last_p) && seen(e, &last_m)
+    })
+    .await;
+    creator.await.unwrap();
+    ws_assert_quiet(&mut ws, Duration::from_millis(300)).await;
+    let mut per_collection: BTreeMap<char, Vec<String>> = BTreeMap::new();
+    for e in first.iter().chain(&rest) {
+        let id = id_of(e);
+        per_collection
+            .entry(id.chars().next().unwrap())
+            .or_default()
+            .push(id);
+    }
+    for (prefix, ids) in per_collection {
+        let expected: Vec<String> = (0..TOTAL).map(|i| format!("{prefix}{i:03}")).collect();
+        assert_eq!(ids, expected, "every {prefix} event once, in order");
+    }
+    server.shutdown().await;
+    gateway.stop().await;
+    powers_node.stop().await;
+    chats_node.stop().await;
+}
+
+/// A cursor the log no longer covers gets `cursor_expired`; nothing is subscribed and the
+/// connection stays open: a subscribe without `since` works.
+#[tokio::test]
+async fn an_expired_cursor_is_told_and_the_client_starts_over() {
+    let cluster = MemoryCluster::new();
+    let limits = Limits {
+        change_log: Retention {
+            max_entries: 5,
+            max_age: Duration::from_secs(3600),
+        },
+        ..Limits::default()
+    };
+    let node = Node::builder("power_service")
+        .memory(&cluster)
+        .limits(limits)
+        .resource::<Power>()
+        .start()
+        .await
+        .unwrap();
+    let (server, base) = start(&node, HttpConfig::new(0)).await;
+    let powers = node.collection::<Power>();
+    let mut ws = ws_connect(&base, None).await.unwrap();
+    subscribe(&mut ws, &["power"], None).await;
+    powers.create_with_id("p0", power(0)).await.unwrap();
+    let event = ws_next(&mut ws).await;
+    let cursor = event["data"]["cursor"].as_str().unwrap().to_owned();
+    drop(ws);
+    for i in 1..20 {
+        powers
+            .create_with_id(&format!("p{i}"), power(i))
+            .await
+            .unwrap();
+    }
+    let mut ws = ws_connect(&base, None).await.unwrap();
+    let reply = subscribe(&mut ws, &["power"], Some(&cursor)).await;
+    assert_eq!(reply["type"], "error", "{reply}");
+    assert_eq!(reply["code"], "cursor_expired", "{reply}");
+    assert!(
+        reply["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("reload")),
+        "{reply}"
+    );
+    // Nothing subscribed: a change now is not sent...
+    powers.create_with_id("q0", power(0)).await.unwrap();
+    ws_assert_quiet(&mut ws, Duration::from_millis(200)).await;
+    // ... and the client starts over on the same connection.
+    let ack = subscribe(&mut ws, &["power"], None).await;
+    assert_eq!(ack["type"], "subscribed", "{ack}");
+    powers.create_with_id("q1", power(1)).await.unwrap();
+    assert_eq!(id_of(&ws_next(&mut ws).await), "q1");
+    server.shutdown().await;
+    node.stop().await;
+}
+
+/// Malformed, oversized and misplaced cursors get a clear error, subscribe to nothing, and the
+/// connection keeps working.
+#[tokio::test]
+async fn bad_cursors_are_refused_and_the_connection_keeps_working() {
+    let cluster = MemoryCluster::new();
+    let node = owner(&cluster).await;
+    let (server, base) = start(&node, HttpConfig::new(0)).await;
+    let forged = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(br#"{"t":1,"p":{"x":1}}"#);
+    let mut ws = ws_connect(&base, None).await.unwrap();
+    for since in [
+        json!("not a cursor"),
+        json!("!!!"),
+        json!(forged),
+        json!(7),
+        json!(["a"]),
+        json!("A".repeat(20 * 1024)),
+    ] {
+        ws_send(
+            &mut ws,
+            json!({"type": "subscribe", "topics": ["power"], "since": since}),
+        )
+        .await;
+        let reply = ws_next(&mut ws).await;
+        assert_eq!(reply["type"], "error", "{reply:.200}");
+        assert_eq!(reply["code"], "bad_cursor", "{reply:.200}");
+        let text = reply["error"].as_str().unwrap();
+        assert!(text.contains("since") && text.len() < 500, "{text}");
+    }
+    // Nothing was subscribed.
+    let powers = node.collection::<Power>();
+    powers.create_with_id("p0", power(0)).await.unwrap();
+    ws_assert_quiet(&mut ws, Duration::from_millis(200)).await;
+    // The connection works: subscribe, then a late `since` is refused, the stream goes on.
+    let ack = subscribe(&mut ws, &["power"], None).await;
+    assert_eq!(ack["type"], "subscribed", "{ack}");
+    let cursor = ack["cursor"].as_str().unwrap().to_owned();
+    let reply = subscribe(&mut ws, &["chat"], Some(&cursor)).await;
+    assert_eq!(reply["code"], "since_not_first", "{reply}");
+    powers.create_with_id("p1", power(1)).await.unwrap();
+    node.collection::<ChatMessage>()
+        .create_with_id(
+            "m1",
+            ChatMessage {
+                text: "not subscribed".into(),
+            },
+        )
+        .await
+        .unwrap();
+    powers.create_with_id("p2", power(2)).await.unwrap();
+    assert_eq!(id_of(&ws_next(&mut ws).await), "p1");
+    assert_eq!(id_of(&ws_next(&mut ws).await), "p2");
+    server.shutdown().await;
+    node.stop().await;
+}
+
+/// A client that never reads is told "too slow" and disconnected; it reconnects with the last
+/// cursor it got and receives the rest, nothing lost, nothing twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_told_too_slow_resumes_with_nothing_lost() {
+    const TOTAL: usize = 120;
+    let cluster = MemoryCluster::new();
+    let node = owner(&cluster).await;
+    let (server, base) = start(&node, HttpConfig::new(0).ws_buffer(8)).await;
+    let mut slow = ws_connect(&base, None).await.unwrap();
+    let ack = subscribe(&mut slow, &["power"], None).await;
+    assert_eq!(ack["type"], "subscribed");
+    let start_cursor = ack["cursor"].as_str().unwrap().to_owned();
+
+    // 96 KiB documents: the socket buffers of a client that does not read fill quickly.
+    let blob = "x".repeat(96 * 1024);
+    let powers = node.collection::<Power>();
+    for i in 0..TOTAL {
+        let mut p = power(i as i64);
+        p.description = Some(blob.clone());
+        powers.create_with_id(&format!("p{i:03}"), p).await.unwrap();
+    }
+
+    // Now read: what was in flight, the "too slow" error, the end.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut got: Vec<String> = Vec::new();
+    let mut cursor = start_cursor;
+    let mut told = false;
+    loop {
+        match tokio::time::timeout_at(deadline, slow.next()).await {
+            Err(_) => panic!("still connected after {} events", got.len()),
+            Ok(None) | Ok(Some(Err(_))) | Ok(Some(Ok(WsMessage::Close(_)))) => break,
+            Ok(Some(Ok(WsMessage::Text(text)))) => {
+                let v: Value = serde_json::from_str(text.as_str()).unwrap();
+                match v["type"].as_str() {
+                    Some("event") => {
+                        got.push(id_of(&v));
+                        cursor = v["data"]["cursor"].as_str().unwrap().to_owned();
+                    }
+                    Some("error") => {
+                        assert_eq!(v["code"], "too_slow", "{v}");
+                        told = true;
+                    }
+                    _ => panic!("unexpected {v}"),
+                }
+            }
+            Ok(Some(Ok(_))) => {}
+        }
+    }
+    eprintln!(
+        "slow client: {} events before the disconnect, told: {told}",
+        got.len()
+    );
+    assert!(got.len() < TOTAL, "the slow client was never disconnected");
+
+    let mut ws = ws_connect(&base, None).await.unwrap();
+    let ack = subscribe(&mut ws, &["power"], Some(&cursor)).await;
+    assert_eq!(ack["type"], "subscribed", "{ack}");
+    let missing = TOTAL - got.len();
+    let rest = read_until(&mut ws, Duration::from_secs(30), |e| e.len() == missing).await;
+    got.extend(rest.iter().map(id_of));
+    let expected: Vec<String> = (0..TOTAL).map(|i| format!("p{i:03}")).collect();
+    assert_eq!(got, expected, "nothing lost, nothing twice, in order");
+    ws_assert_quiet(&mut ws, Duration::from_millis(200)).await;
+    let counts: HashMap<&String, usize> = got.iter().fold(HashMap::new(), |mut m, id| {
+        *m.entry(id).or_default() += 1;
+        m
+    });
+    assert!(counts.values().all(|n| *n == 1));
+    server.shutdown().await;
+    node.stop().await;
+}
+
+/// Waits until the clock shows a later millisecond than now (a later subscribe starts its
+/// collection at its millisecond, changes of that same millisecond included).
+async fn next_millisecond() {
+    let ms = || {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_millis()
+    };
+    let now = ms();
+    let deadline = Instant::now() + Duration::from_secs(1);
+    while ms() <= now {
+        assert!(Instant::now() < deadline, "the clock stands still");
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+}
+
+/// A later subscribe to a collection the connection did not follow (or stopped following)
+/// delivers its changes from then on (from its millisecond), not its log since the stream
+/// started.
+#[tokio::test]
+async fn a_later_subscribe_starts_its_collection_then() {
+    let cluster = MemoryCluster::new();
+    let node = owner(&cluster).await;
+    let (server, base) = start(&node, HttpConfig::new(0)).await;
+    let chats = node.collection::<ChatMessage>();
+    let powers = node.collection::<Power>();
+    let chat = |i: usize| ChatMessage {
+        text: format!("{i}"),
+    };
+    let mut ws = ws_connect(&base, None).await.unwrap();
+    let ack = subscribe(&mut ws, &["power"], None).await;
+    assert_eq!(ack["type"], "subscribed");
+    for i in 0..5 {
+        chats
+            .create_with_id(&format!("m{i}"), chat(i))
+            .await
+            .unwrap();
+    }
+    powers.create_with_id("p0", power(0)).await.unwrap();
+    assert_eq!(id_of(&ws_next(&mut ws).await), "p0");
+    next_millisecond().await;
+    assert_eq!(
+        subscribe(&mut ws, &["chat"], None).await["type"],
+        "subscribed"
+    );
+    chats.create_with_id("m5", chat(5)).await.unwrap();
+    assert_eq!(
+        id_of(&ws_next(&mut ws).await),
+        "m5",
+        "not the earlier chats"
+    );
+    // Stopped, changed meanwhile, followed again: from then on.
+    ws_send(&mut ws, json!({"type": "unsubscribe", "topics": ["chat"]})).await;
+    assert_eq!(ws_next(&mut ws).await["type"], "unsubscribed");
+    for i in 6..9 {
+        chats
+            .create_with_id(&format!("m{i}"), chat(i))
+            .await
+            .unwrap();
+    }
+    next_millisecond().await;
+    assert_eq!(
+        subscribe(&mut ws, &["chat.create"], None).await["type"],
+        "subscribed"
+    );
+    chats.create_with_id("m9", chat(9)).await.unwrap();
+    powers.create_with_id("p1", power(1)).await.unwrap();
+    assert_eq!(id_of(&ws_next(&mut ws).await), "m9");
+    assert_eq!(id_of(&ws_next(&mut ws).await), "p1");
+    ws_assert_quiet(&mut ws, Duration::from_millis(200)).await;
+    server.shutdown().await;
+    node.stop().await;
+}
