@@ -132,10 +132,14 @@ impl GenericSocketBackend {
                     }
                 },
             };
-            let send_result = match self.peers.get_async(&next_peer_id).await {
-                Some(mut peer) => send_to_peer_queue(&mut peer.send_queue, message).await,
+            // PATCH(peer-lock): the peer's entry (a lock on its bucket of `peers`) is released
+            // before awaiting room in its queue: held across that await, it deadlocked a
+            // `peer_disconnected` of the same bucket (a `remove_sync` that blocks its thread).
+            let mut send_queue = match self.peers.get_async(&next_peer_id).await {
+                Some(peer) => peer.send_queue.clone(), // PATCH(peer-lock)
                 None => continue,
             };
+            let send_result = send_to_peer_queue(&mut send_queue, message).await; // PATCH(peer-lock)
             return match send_result {
                 Ok(()) => {
                     self.round_robin.push(next_peer_id);
@@ -162,10 +166,12 @@ impl GenericSocketBackend {
             SendResolution::Miss(message) => message,
         };
 
-        let send_result = match self.peers.get_async(peer_id).await {
-            Some(mut peer) => send_to_peer_queue(&mut peer.send_queue, message).await,
+        // PATCH(peer-lock): as in `send_round_robin`, no entry held across the await.
+        let mut send_queue = match self.peers.get_async(peer_id).await {
+            Some(peer) => peer.send_queue.clone(), // PATCH(peer-lock)
             None => return Err(ZmqError::Other("Destination client not found by identity")),
         };
+        let send_result = send_to_peer_queue(&mut send_queue, message).await; // PATCH(peer-lock)
         match send_result {
             Ok(()) => Ok(()),
             Err(e) => {

@@ -437,8 +437,8 @@ impl Follower {
                 .read()
                 .unwrap_or_else(|e| e.into_inner())
                 .clone();
-            let mut after = from;
-            loop {
+            let after = from;
+            {
                 let args = ChangesArgs {
                     collection: collection.clone(),
                     log: log.clone(),
@@ -452,7 +452,7 @@ impl Follower {
                         // Nobody can read it back: what is held goes out with its gap.
                         tracing::warn!(log = %key, error = %e, "a change log cannot be read; events may be missing");
                         self.give_up(&key);
-                        break;
+                        continue;
                     }
                 };
                 if reply.expired {
@@ -490,10 +490,15 @@ impl Follower {
                     self.queued.insert(key.clone(), through);
                     self.pending.push_back(Item::Advance(key.clone(), through));
                 }
-                if !reply.more {
-                    break;
+                if reply.more {
+                    // The next page once this one is handed out: a far-behind cursor holds
+                    // one page per log in memory, not the whole backlog.
+                    let at = self.queued.get(&key).copied().unwrap_or(0);
+                    self.to_read.insert(key.clone(), LogAfter::Seq(at));
                 }
-                after = LogAfter::Seq(self.queued.get(&key).copied().unwrap_or(0));
+            }
+            if self.to_read.contains_key(&key) {
+                continue;
             }
             self.release_held(&key);
             if self.held.contains_key(&key) {
