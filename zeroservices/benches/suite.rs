@@ -1460,7 +1460,14 @@ async fn suite() {
         let loss = burst.sent.saturating_sub(burst.received);
         table.add(
             "3 events",
-            "change log on, resumable subscriber process (subscribe_since), producer unpaced",
+            format!(
+                "change log on, {} subscriber process, producer unpaced",
+                if role == "resumable" {
+                    "resumable (subscribe_since)"
+                } else {
+                    "plain"
+                }
+            ),
             format!(
                 "{}: {} of {} seen, lost {loss} (bus lagged {}, read back from the log)",
                 per_s(burst.rate()),

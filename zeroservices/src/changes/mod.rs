@@ -130,6 +130,9 @@ pub(crate) struct LogNote {
     pub(crate) retention: Retention,
     /// Set by the store once the change and its entry are committed.
     logged: Mutex<Option<Logged>>,
+    /// The document after the change when the owner knows it before the write (a create's):
+    /// the event takes it instead of a copy of the stored one.
+    document: Mutex<Option<Value>>,
 }
 
 /// A logged change: its event, with its one-log cursor in its payload, shared between the log
@@ -191,14 +194,27 @@ impl LogNote {
             with_document,
             retention,
             logged: Mutex::new(None),
+            document: Mutex::new(None),
         })
+    }
+
+    /// Gives the event its document now (a create's, known before the write).
+    pub(crate) fn set_document(&self, doc: Value) {
+        *self.document.lock().unwrap_or_else(|e| e.into_inner()) = Some(doc);
     }
 
     /// The change's event: `doc` is the document after it (with or without its version field,
     /// which is left out), `version` the version after it.
     pub(crate) fn event(&self, id: &str, doc: Option<&Value>, version: u64) -> Event {
         let mut data = self.extra.clone();
-        if self.with_document
+        let known = self
+            .document
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
+        if let Some(doc) = known {
+            data.insert("resource_data".to_owned(), doc);
+        } else if self.with_document
             && let Some(doc) = doc
         {
             let mut doc = doc.clone();

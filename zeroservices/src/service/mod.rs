@@ -246,12 +246,19 @@ impl<R: Resource> ResourceService<R> {
         let data = args.resource_data;
         node.limits().check_document(&data)?;
         let (_, doc) = self.validate(&data, false)?;
+        // One copy for the store, the validated document itself for the event.
         let note = self.note(node, BuiltIn::Create.name(), Map::new, true);
-        let insert = self
-            .store
-            .insert(self.collection(), id.as_deref(), doc.clone());
+        let (stored, unlogged) = match &note {
+            Some(note) => {
+                note.set_document(doc.clone());
+                (doc, None)
+            }
+            None => (doc.clone(), Some(doc)),
+        };
+        let insert = self.store.insert(self.collection(), id.as_deref(), stored);
         let id = with_note(note.clone(), insert).await?;
         self.publish_change(node, note.as_ref(), async || {
+            let doc = unlogged.unwrap_or_default();
             self.emit(node, BuiltIn::Create, &id, 1, || {
                 Map::from_iter([("resource_data".to_owned(), doc)])
             })
