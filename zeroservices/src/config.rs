@@ -1,7 +1,7 @@
 //! The network configuration of a node and the parsers of its values; the `ZS_*` variables
 //! and flags that set it are read by [`Settings`].
 
-use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, ToSocketAddrs};
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::time::Duration;
 
 use crate::security::ClusterKey;
@@ -25,8 +25,18 @@ pub struct NetworkConfig {
     pub multicast_group: SocketAddrV4,
     /// `ZS_MULTICAST=off` disables multicast (use `ZS_PEERS`).
     pub multicast: bool,
-    /// `ZS_PEERS`: static seed peers' discovery addresses, `host:port,...`.
+    /// `ZS_PEERS`: the seed peers' discovery addresses given as IPv4 addresses (`ip:port`).
+    /// The entries given by name are in [`Self::peer_names`].
     pub peers: Vec<SocketAddr>,
+    /// `ZS_PEERS`: the seed peers given by DNS name (`host:port`, e.g. a Kubernetes headless
+    /// service). Each is resolved at start and again every [`Self::peers_resolve`]; every IPv4
+    /// address it resolves to is a seed while the name resolves to it (at most
+    /// [`Self::max_peers`] per name and in all).
+    pub peer_names: Vec<PeerName>,
+    /// `ZS_PEERS_RESOLVE_MS`: how often the names of [`Self::peer_names`] are resolved again
+    /// (default 30000). Each lookup is bounded by the smaller of this and
+    /// [`PEER_LOOKUP_TIMEOUT`].
+    pub peers_resolve: Duration,
     /// `ZS_DISCOVERY_PORT`: the unicast port this node's discovery listens on for direct
     /// replies and seed peers (default: a free port; a node that others list in `ZS_PEERS`
     /// needs a fixed one).
@@ -72,6 +82,8 @@ impl Default for NetworkConfig {
             multicast_group: DEFAULT_MULTICAST_GROUP,
             multicast: true,
             peers: Vec::new(),
+            peer_names: Vec::new(),
+            peers_resolve: DEFAULT_PEERS_RESOLVE,
             discovery_port: None,
             cluster_key: None,
             insecure: false,
@@ -96,6 +108,38 @@ pub const DEFAULT_REPLAY_WINDOW: Duration = Duration::from_secs(60);
 
 /// The default of [`NetworkConfig::max_peers`].
 pub const DEFAULT_MAX_PEERS: usize = 1024;
+
+/// The default of [`NetworkConfig::peers_resolve`]: 30 s.
+pub const DEFAULT_PEERS_RESOLVE: Duration = Duration::from_secs(30);
+
+/// The longest one lookup of a [`PeerName`] may take (or [`NetworkConfig::peers_resolve`] when
+/// shorter); a slower one counts as failed and is tried again next period.
+pub const PEER_LOOKUP_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// A `ZS_PEERS` entry given by DNS name: `host:port`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct PeerName {
+    /// The DNS name (letters, digits, `-`, `_`, dots).
+    pub host: String,
+    /// The seeds' discovery port (their `ZS_DISCOVERY_PORT`).
+    pub port: u16,
+}
+
+impl std::fmt::Display for PeerName {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}:{}", self.host, self.port)
+    }
+}
+
+/// `ZS_PEERS`, parsed: the entries given as addresses, and those given by name (resolved by
+/// discovery, at start and periodically; never while parsing).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PeerList {
+    /// `ip:port` entries.
+    pub addrs: Vec<SocketAddr>,
+    /// `name:port` entries.
+    pub names: Vec<PeerName>,
+}
 
 /// The default time a request waits for the owner's reply.
 pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
@@ -190,20 +234,65 @@ pub(crate) fn parse_group(v: &str) -> Result<SocketAddrV4> {
     })
 }
 
-/// Parses `host:port,host:port`.
-pub(crate) fn parse_peers(v: &str) -> Result<Vec<SocketAddr>> {
-    let mut peers = Vec::new();
+/// What a `ZS_PEERS` entry must look like.
+const PEER_FORM: &str = "host:port, the host an IPv4 address or a DNS name (letters, digits, \
+                         `-`, `_`, dots) and the port 1 to 65535";
+
+/// Parses `host:port,host:port`: each host an IPv4 address or a DNS name. Nothing is resolved
+/// here (discovery resolves names, at start and periodically); a malformed entry is an error
+/// naming `ZS_PEERS` and the entry. Each entry is kept once.
+pub(crate) fn parse_peers(v: &str) -> Result<PeerList> {
+    let mut list = PeerList::default();
     for part in v.split(',').map(str::trim).filter(|p| !p.is_empty()) {
-        let addrs = part
-            .to_socket_addrs()
-            .map_err(|e| bad("ZS_PEERS", part, &format!("host:port ({e})")))?;
-        let addr = addrs
-            .into_iter()
-            .find(SocketAddr::is_ipv4)
-            .ok_or_else(|| bad("ZS_PEERS", part, "a host with an IPv4 address"))?;
-        peers.push(addr);
+        match parse_peer(part).ok_or_else(|| bad("ZS_PEERS", part, PEER_FORM))? {
+            Seed::Addr(addr) if !list.addrs.contains(&addr) => list.addrs.push(addr),
+            Seed::Name(name) if !list.names.contains(&name) => list.names.push(name),
+            _ => {}
+        }
     }
-    Ok(peers)
+    Ok(list)
+}
+
+enum Seed {
+    Addr(SocketAddr),
+    Name(PeerName),
+}
+
+fn parse_peer(part: &str) -> Option<Seed> {
+    if let Ok(addr) = part.parse::<SocketAddr>() {
+        // Discovery speaks IPv4 only.
+        return (addr.is_ipv4() && addr.port() != 0 && !addr.ip().is_unspecified())
+            .then_some(Seed::Addr(addr));
+    }
+    let (host, port) = part.rsplit_once(':')?;
+    let port = port.parse::<u16>().ok().filter(|p| *p != 0)?;
+    is_dns_name(host).then(|| {
+        Seed::Name(PeerName {
+            host: host.to_ascii_lowercase(),
+            port,
+        })
+    })
+}
+
+/// A DNS name as resolvers take it: at most 253 characters, labels of 1 to 63 letters, digits,
+/// `-` (not first or last) and `_`, one trailing dot allowed; the last label not all digits
+/// (`300.1.2.3` is a malformed address, not a name).
+fn is_dns_name(host: &str) -> bool {
+    let host = host.strip_suffix('.').unwrap_or(host);
+    let label_ok = |l: &str| {
+        (1..=63).contains(&l.len())
+            && l.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+            && !l.starts_with('-')
+            && !l.ends_with('-')
+    };
+    !host.is_empty()
+        && host.len() <= 253
+        && host.split('.').all(label_ok)
+        && !host
+            .rsplit('.')
+            .next()
+            .is_some_and(|last| last.bytes().all(|b| b.is_ascii_digit()))
 }
 
 #[cfg(test)]
@@ -218,9 +307,62 @@ mod tests {
         );
         assert_eq!(parse_group("239.1.2.3:4000").unwrap().port(), 4000);
         assert!(parse_group("127.0.0.1:4000").is_err());
-        let peers = parse_peers("127.0.0.1:4000, localhost:4001").unwrap();
-        assert_eq!(peers.len(), 2);
-        assert!(parse_peers("nonsense").is_err());
+    }
+
+    #[test]
+    fn peers_are_addresses_or_names_resolved_later() {
+        let peers =
+            parse_peers("127.0.0.1:4000, localhost:4001,,zs.default.svc.cluster.local.:7").unwrap();
+        assert_eq!(
+            peers.addrs,
+            ["127.0.0.1:4000".parse::<SocketAddr>().unwrap()]
+        );
+        let names: Vec<String> = peers.names.iter().map(ToString::to_string).collect();
+        assert_eq!(names, ["localhost:4001", "zs.default.svc.cluster.local.:7"]);
+        // Names are not resolved while parsing: one that resolves nowhere is still taken.
+        let later =
+            parse_peers("Seeds.Invalid:4000, seeds.invalid:4000, 127.0.0.1:4000, 127.0.0.1:4000")
+                .unwrap();
+        assert_eq!(later.names.len(), 1, "kept once, lower case");
+        assert_eq!(later.names[0].host, "seeds.invalid");
+        assert_eq!(later.addrs.len(), 1);
+        assert_eq!(parse_peers(" , ").unwrap(), PeerList::default());
+    }
+
+    #[test]
+    fn a_malformed_peer_is_refused_naming_zs_peers() {
+        for bad in [
+            "nonsense",
+            "localhost",
+            "localhost:",
+            "localhost:0",
+            "localhost:70000",
+            "localhost:port",
+            ":4000",
+            "local host:4000",
+            "-seed:4000",
+            "seed-:4000",
+            "a..b:4000",
+            "seed/x:4000",
+            "300.1.2.3:4000",
+            "127.0.0.1:0",
+            "0.0.0.0:4000",
+            "[::1]:4000",
+            "::1:4000",
+            "http://seed:4000",
+        ] {
+            let err = parse_peers(&format!("127.0.0.1:4000,{bad}"))
+                .expect_err(bad)
+                .to_string();
+            assert!(
+                err.contains("ZS_PEERS") && err.contains(bad),
+                "{bad}: {err}"
+            );
+        }
+        let long = format!("{}:4000", "a".repeat(64));
+        assert!(parse_peers(&long).is_err());
+        let long_name = format!("{}a:4000", "a.".repeat(127));
+        assert!(parse_peers(&long_name).is_err());
     }
 
     #[test]

@@ -375,6 +375,90 @@ async fn static_peers_converge_without_multicast() {
     a.discovery.stop().await;
 }
 
+/// `ZS_PEERS` with a DNS name, as a Kubernetes headless service is given: `localhost:<port>`
+/// resolves through the system resolver (`/etc/hosts`) to 127.0.0.1 (and perhaps ::1, which
+/// discovery skips: it speaks IPv4). Two nodes with multicast off find each other through it.
+#[tokio::test]
+async fn a_seed_given_by_dns_name_is_resolved_and_found() {
+    let group = fresh_group();
+    let settings = |vars: Vec<(&'static str, String)>| {
+        zeroservices::settings::Settings::from_lookup(&move |name: &str| {
+            vars.iter()
+                .find(|(k, _)| *k == name)
+                .map(|(_, v)| v.clone())
+        })
+    };
+    let tuned = |mut c: NetworkConfig| {
+        c.multicast_group = group;
+        c.heartbeat = Duration::from_millis(100);
+        c.peer_timeout = Duration::from_millis(500);
+        c
+    };
+    let a_config = settings(vec![("ZS_MULTICAST", "off".into())])
+        .unwrap()
+        .network();
+    let a = member("a", tuned(a_config)).await;
+    let port = a.addr().port();
+    let b_config = settings(vec![
+        ("ZS_MULTICAST", "off".into()),
+        ("ZS_PEERS", format!("localhost:{port}")),
+        ("ZS_PEERS_RESOLVE_MS", "200".into()),
+    ])
+    .unwrap()
+    .network();
+    assert!(
+        b_config.peers.is_empty(),
+        "a name, not resolved while parsing"
+    );
+    assert_eq!(b_config.peer_names.len(), 1);
+    let b = member("b", tuned(b_config)).await;
+    wait_until("a and b to find each other through localhost", SOON, || {
+        a.sink.knows(&[b.id()]) && b.sink.knows(&[a.id()])
+    })
+    .await;
+    let seed = SocketAddr::from((LOOPBACK, port));
+    assert_eq!(b.discovery.seeds(), [seed], "127.0.0.1 only, ::1 skipped");
+    assert_eq!(b.stats().seeds, 1);
+    assert!(a.discovery.seeds().is_empty());
+    // Re-resolved every 200 ms, the seed stays and so do the peers, past a peer timeout.
+    let received = b.stats().received;
+    wait_until("a peer timeout of heartbeats", SOON, || {
+        b.stats().received >= received + 8
+    })
+    .await;
+    assert_eq!(b.discovery.seeds(), [seed]);
+    assert!(a.sink.knows(&[b.id()]) && b.sink.knows(&[a.id()]));
+    b.discovery.stop().await;
+    wait_until("a to see b's goodbye", SOON, || {
+        a.sink.left(b.id()) == Some(LeaveReason::Goodbye)
+    })
+    .await;
+    a.discovery.stop().await;
+}
+
+/// A malformed `ZS_PEERS` entry is refused at start, naming the variable and the entry; a name
+/// is never resolved while parsing.
+#[test]
+fn a_malformed_seed_is_refused_at_start() {
+    for bad in [
+        "localhost",
+        "localhost:0",
+        "seed host:4000",
+        "[::1]:4000",
+        "300.1.2.3:4000",
+    ] {
+        let err = zeroservices::settings::Settings::from_lookup(&|name: &str| {
+            (name == "ZS_PEERS").then(|| format!("127.0.0.1:4000,{bad}"))
+        })
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.contains("ZS_PEERS") && err.contains(bad),
+            "{bad}: {err}"
+        );
+    }
+}
+
 /// A plain socket sending to loopback and to the group (kept on loopback).
 fn garbage_sender() -> UdpSocket {
     let socket = socket2::Socket::new(

@@ -23,7 +23,7 @@ use std::ffi::OsString;
 use std::fmt;
 #[cfg(feature = "http")]
 use std::net::IpAddr;
-use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
+use std::net::{Ipv4Addr, SocketAddrV4};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -89,8 +89,8 @@ impl From<SettingsError> for Error {
     }
 }
 
-/// Peers, as one value (`host:port,host:port`).
-pub type PeerList = Vec<SocketAddr>;
+/// Peers, as one value (`host:port,host:port`): addresses, and names resolved by discovery.
+pub use crate::config::PeerList;
 
 /// `--store`: `None` for `embedded` (the default place, `./data/<name>`).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -215,9 +215,14 @@ pub struct NetworkSettings {
     /// Multicast discovery on or off (off: seed peers only) [default: on].
     #[arg(long, env = "ZS_MULTICAST", value_name = "on|off", value_parser = Check(parse::on_off))]
     pub multicast: Option<bool>,
-    /// Static seed peers' discovery addresses, where multicast is absent.
+    /// Seed peers' discovery addresses, where multicast is absent: each host an IPv4 address or
+    /// a DNS name (resolved at start and every --peers-resolve-ms; every address it resolves to
+    /// is a seed, e.g. a Kubernetes headless service).
     #[arg(long, env = "ZS_PEERS", value_name = "HOST:PORT,...", value_parser = Check(parse::peers))]
     pub peers: Option<PeerList>,
+    /// How often the names in the seed peers are resolved again [default: 30000].
+    #[arg(long, env = "ZS_PEERS_RESOLVE_MS", value_name = "MS", value_parser = Check(parse::millis))]
+    pub peers_resolve_ms: Option<Duration>,
     /// This node's unicast discovery port (set it on seeds) [default: a free port].
     #[arg(long, env = "ZS_DISCOVERY_PORT", value_name = "PORT", value_parser = Check(parse::port))]
     pub discovery_port: Option<u16>,
@@ -273,6 +278,7 @@ impl std::fmt::Debug for NetworkSettings {
             .field("multicast_group", &self.multicast_group)
             .field("multicast", &self.multicast)
             .field("peers", &self.peers)
+            .field("peers_resolve_ms", &self.peers_resolve_ms)
             .field("discovery_port", &self.discovery_port)
             .field(
                 "cluster_key",
@@ -560,7 +566,11 @@ impl Settings {
             c.multicast = v;
         }
         if let Some(v) = &n.peers {
-            c.peers.clone_from(v);
+            c.peers.clone_from(&v.addrs);
+            c.peer_names.clone_from(&v.names);
+        }
+        if let Some(v) = n.peers_resolve_ms {
+            c.peers_resolve = v;
         }
         if let Some(v) = n.discovery_port {
             c.discovery_port = Some(v);

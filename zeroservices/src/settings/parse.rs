@@ -2,7 +2,7 @@
 //! variable and the flag (`ZS_MAX_PEERS / --max-peers`), the bad value and what was expected.
 
 use std::ffi::OsStr;
-use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
+use std::net::{Ipv4Addr, SocketAddrV4};
 use std::time::Duration;
 
 use clap::builder::{StyledStr, TypedValueParser};
@@ -152,7 +152,7 @@ pub(crate) fn group(v: &str) -> Result<SocketAddrV4, String> {
         .map_err(|_| "a multicast address like 237.252.249.227:32000".into())
 }
 
-pub(crate) fn peers(v: &str) -> Result<Vec<SocketAddr>, String> {
+pub(crate) fn peers(v: &str) -> Result<super::PeerList, String> {
     crate::config::parse_peers(v).map_err(|e| match e {
         crate::Error::BadRequest { message } => message,
         other => other.to_string(),

@@ -33,7 +33,11 @@ fn every_variable_is_read() {
         ("ZS_DISCOVERY_INTERFACE", "127.0.0.1"),
         ("ZS_MULTICAST_GROUP", "239.1.2.3:4000"),
         ("ZS_MULTICAST", "off"),
-        ("ZS_PEERS", "127.0.0.1:4001,127.0.0.1:4002"),
+        (
+            "ZS_PEERS",
+            "127.0.0.1:4001,127.0.0.1:4002,seeds.zs.svc:4003",
+        ),
+        ("ZS_PEERS_RESOLVE_MS", "1500"),
         ("ZS_DISCOVERY_PORT", "4100"),
         ("ZS_CLUSTER_KEY", "k"),
         ("ZS_REQUEST_TIMEOUT_MS", "250"),
@@ -80,6 +84,9 @@ fn every_variable_is_read() {
     assert_eq!(n.multicast_group.to_string(), "239.1.2.3:4000");
     assert!(!n.multicast);
     assert_eq!(n.peers.len(), 2);
+    assert_eq!(n.peer_names.len(), 1);
+    assert_eq!(n.peer_names[0].to_string(), "seeds.zs.svc:4003");
+    assert_eq!(n.peers_resolve, ms(1500));
     assert_eq!(n.discovery_port, Some(4100));
     assert!(n.cluster_key.is_some());
     assert_eq!(n.request_timeout, ms(250));
@@ -141,6 +148,8 @@ fn defaults_and_empty_variables() {
         (n.interface, n.multicast_group, n.multicast, n.max_peers),
         (d.interface, d.multicast_group, d.multicast, d.max_peers)
     );
+    assert_eq!(n.peers_resolve, crate::config::DEFAULT_PEERS_RESOLVE);
+    assert!(n.peers.is_empty() && n.peer_names.is_empty());
     let embedded = from(&[("ZS_STORE", "embedded")]).unwrap();
     assert_eq!(embedded.store("a", true), StoreConfig::default_for("a"));
 }
@@ -164,6 +173,8 @@ fn a_bad_value_names_its_variable() {
         ("ZS_MULTICAST_GROUP", "127.0.0.1:4000"),
         ("ZS_MULTICAST", "maybe"),
         ("ZS_PEERS", "nonsense"),
+        ("ZS_PEERS", "seeds.zs.svc:0"),
+        ("ZS_PEERS_RESOLVE_MS", "0"),
         ("ZS_DISCOVERY_PORT", "port"),
         ("ZS_REQUEST_TIMEOUT_MS", "0"),
         ("ZS_HEARTBEAT_MS", "1s"),
@@ -276,7 +287,7 @@ fn variables_follow_the_ids() {
         );
     }
 
-    assert_eq!(vars, 47);
+    assert_eq!(vars, 48);
     let help = with_env(Settings::command(), &env(&[]))
         .render_long_help()
         .to_string();

@@ -62,6 +62,19 @@
 //! [`PeerEvent::Left`](super::PeerEvent::Left) with [`LeaveReason::Timeout`](super::LeaveReason::Timeout). `stop` sends `goodbye` to the group, every
 //! known peer and every seed, and peers report [`LeaveReason::Goodbye`](super::LeaveReason::Goodbye) at once.
 //!
+//! # Seed peers given by name
+//!
+//! A `ZS_PEERS` entry may name its host ([`NetworkConfig::peer_names`], e.g. a Kubernetes
+//! headless service). The task looks every name up as it starts and again every
+//! [`NetworkConfig::peers_resolve`] (`ZS_PEERS_RESOLVE_MS`, default 30 s), all at once, each
+//! lookup bounded by [`PEER_LOOKUP_TIMEOUT`](crate::config::PEER_LOOKUP_TIMEOUT) or the period,
+//! one round at a time and beside the sockets, so a slow resolver delays no datagram. Every IPv4
+//! address a name resolves to is a seed (at most [`NetworkConfig::max_peers`] per name and in
+//! all, the lowest first); an address that appears is announced to at once, one that
+//! disappears is no longer a seed (a peer met through it stays while it lives and times out as
+//! any peer). A lookup that fails or times out keeps the name's last addresses and is warned
+//! about once per change of the name's state. [`UdpDiscovery::seeds`] lists the seeds now.
+//!
 //! When the interface is a loopback address, datagrams are only ever sent to loopback addresses
 //! (and the group, which `IP_MULTICAST_IF` keeps on loopback): an announcement naming another
 //! `reply_to` is dropped as malformed.
@@ -78,7 +91,8 @@
 //!
 //! `datagram` (the format: encode, seal, open, decode and check), `socket` (the two sockets and the
 //! announced address), `peers` (the peer table and failure detection), `targets` (the group,
-//! seed peers and the loopback rule), `shared` (taking and sending datagrams, and the task).
+//! seed peers and the loopback rule), `seeds` (the seed peers' names: lookups and what they
+//! change), `shared` (taking and sending datagrams, and the task).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -96,6 +110,7 @@ use crate::{Error, NodeInfo, Result};
 mod datagram;
 pub(crate) use self::datagram::seal as seal_datagram;
 mod peers;
+mod seeds;
 mod shared;
 mod socket;
 mod targets;
@@ -131,6 +146,8 @@ pub struct DiscoveryStats {
     pub dropped_over_peer_cap: u64,
     /// Peers known now.
     pub peers: usize,
+    /// Seed peers now: the `ZS_PEERS` addresses, and those its names resolve to.
+    pub seeds: usize,
 }
 
 /// Announces this node by UDP multicast and/or to static seed peers, and hears the others.
@@ -156,6 +173,19 @@ impl UdpDiscovery {
         Self {
             shared: Arc::new(Shared::new(config)),
         }
+    }
+
+    /// [`UdpDiscovery::new`] looking the seed peers' names up with `resolver` (tests).
+    #[cfg(test)]
+    pub(crate) fn with_resolver(config: NetworkConfig, resolver: Arc<dyn seeds::Resolve>) -> Self {
+        Self {
+            shared: Arc::new(Shared::with_resolver(config, resolver)),
+        }
+    }
+
+    /// The seed peers now: the `ZS_PEERS` addresses and what its names resolve to.
+    pub fn seeds(&self) -> Vec<SocketAddr> {
+        self.shared.seed_addrs()
     }
 
     /// Counters: datagrams received and dropped, peers known.
@@ -214,7 +244,7 @@ impl Discovery for UdpDiscovery {
         let multicast = if config.multicast {
             match multicast_socket(config) {
                 Ok(socket) => Some(socket),
-                Err(msg) if !config.peers.is_empty() => {
+                Err(msg) if !config.peers.is_empty() || !config.peer_names.is_empty() => {
                     tracing::error!("{msg}; going on with the seed peers only");
                     None
                 }
@@ -248,6 +278,7 @@ impl Discovery for UdpDiscovery {
             group = %config.multicast_group,
             multicast = multicast.is_some(),
             seeds = config.peers.len(),
+            seed_names = config.peer_names.len(),
             "udp discovery started"
         );
         shared.set_me(me);
@@ -292,5 +323,127 @@ impl Discovery for UdpDiscovery {
             shared.send(socket, to, &bytes).await;
         }
         tracing::info!(reply_to = ?shared.reply_to.get(), "udp discovery stopped");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! The seed peers' names re-resolved while discovery runs, through a fake resolver whose
+    //! answer changes: real sockets, on loopback only.
+
+    use std::net::Ipv4Addr;
+    use std::sync::Mutex;
+    use std::time::Duration;
+
+    use super::seeds::fake::{Answer, Fake};
+    use super::*;
+    use crate::config::PeerName;
+    use crate::discovery::{LeaveReason, PeerEvent};
+
+    #[derive(Default)]
+    struct Recorder(Mutex<Vec<PeerEvent>>);
+
+    impl PeerSink for Recorder {
+        fn peer_event(&self, event: PeerEvent) {
+            self.0.lock().unwrap().push(event);
+        }
+    }
+
+    impl Recorder {
+        fn seen(&self, id: &str) -> bool {
+            self.0
+                .lock()
+                .unwrap()
+                .iter()
+                .any(|e| matches!(e, PeerEvent::Seen(info) if info.id == id))
+        }
+
+        fn left(&self, id: &str) -> Option<LeaveReason> {
+            self.0.lock().unwrap().iter().find_map(|e| match e {
+                PeerEvent::Left { id: left, reason } if left == id => Some(*reason),
+                _ => None,
+            })
+        }
+    }
+
+    fn info(id: &str) -> NodeInfo {
+        serde_json::from_value(serde_json::json!({"id": id, "name": "svc"})).unwrap()
+    }
+
+    fn config(names: Vec<PeerName>) -> NetworkConfig {
+        NetworkConfig {
+            interface: Ipv4Addr::LOCALHOST,
+            multicast: false,
+            peer_names: names,
+            peers_resolve: Duration::from_millis(50),
+            heartbeat: Duration::from_millis(100),
+            peer_timeout: Duration::from_millis(600),
+            ..NetworkConfig::default()
+        }
+    }
+
+    async fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        while !done() {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "timed out waiting for {what}"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    #[tokio::test]
+    async fn seeds_follow_what_their_name_resolves_to() {
+        let name = PeerName {
+            host: "seeds.zs.svc".into(),
+            port: 1,
+        };
+        let fake = Fake::new(Answer::Fail);
+        let a = UdpDiscovery::with_resolver(config(vec![name]), fake.clone());
+        let a_sink = Arc::new(Recorder::default());
+        a.start(info("a"), a_sink.clone()).await.unwrap();
+        let b = UdpDiscovery::new(config(Vec::new()));
+        let b_sink = Arc::new(Recorder::default());
+        b.start(info("b"), b_sink.clone()).await.unwrap();
+        let b_addr = b.local_addr().unwrap();
+
+        // The name does not resolve yet: looked up again and again, never a crash, no seed.
+        wait_until("three failed lookups", || fake.calls() >= 3).await;
+        assert!(a.seeds().is_empty());
+        assert!(!a_sink.seen("b") && !b_sink.seen("a"));
+
+        // b's address appears (with an IPv6 one, skipped): a contacts it, they meet.
+        fake.answer(Answer::Addrs(vec![b_addr, "[::1]:1".parse().unwrap()]));
+        wait_until("a and b to meet", || a_sink.seen("b") && b_sink.seen("a")).await;
+        assert_eq!(a.seeds(), [b_addr]);
+        assert_eq!(a.stats().seeds, 1);
+
+        // Lookups hang: each times out, the sockets keep working (b's heartbeats arrive) and
+        // the last addresses stay.
+        fake.answer(Answer::Hang);
+        let calls = fake.calls();
+        let received = a.stats().received;
+        wait_until("two hung lookups to time out", || fake.calls() >= calls + 2).await;
+        wait_until("b's heartbeats meanwhile", || {
+            a.stats().received >= received + 3
+        })
+        .await;
+        assert_eq!(a.seeds(), [b_addr]);
+
+        // The address disappears: no longer a seed, but b, met through it, stays a peer while
+        // it lives, and times out as any peer when it dies.
+        fake.answer(Answer::Addrs(Vec::new()));
+        wait_until("b's address to go", || a.seeds().is_empty()).await;
+        let received = a.stats().received;
+        wait_until("b's heartbeats", || a.stats().received >= received + 3).await;
+        assert_eq!(a_sink.left("b"), None);
+        b.kill();
+        wait_until("b to time out", || {
+            a_sink.left("b") == Some(LeaveReason::Timeout)
+        })
+        .await;
+        assert_eq!(a.stats().peers, 0);
+        a.stop().await;
     }
 }

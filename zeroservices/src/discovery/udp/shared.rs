@@ -14,9 +14,10 @@ use tokio::time::{Instant, MissedTickBehavior};
 
 use super::datagram::{self, Incoming, Kind, Rejection};
 use super::peers::{Limits, Table};
+use super::seeds::{self, Outcome, Resolve, Seeds, SystemResolver};
 use super::{DISCOVERY_VERSION, DiscoveryStats, MAX_DATAGRAM_BYTES, targets};
 use crate::NodeInfo;
-use crate::config::NetworkConfig;
+use crate::config::{NetworkConfig, PEER_LOOKUP_TIMEOUT};
 use crate::discovery::{LeaveReason, PeerEvent, PeerSink};
 use crate::security::DropLog;
 use crate::security::seal::{OVERHEAD, Purpose, Sealer};
@@ -39,6 +40,10 @@ pub(crate) struct Shared {
     pub(crate) multicast_active: AtomicBool,
     pub(crate) task: Mutex<Option<JoinHandle<()>>>,
     table: Mutex<Table>,
+    /// The seed peers given by name, and what they resolve to now.
+    seeds: Mutex<Seeds>,
+    /// Looks their names up.
+    resolver: Arc<dyn Resolve>,
     received: AtomicU64,
     malformed: DropLog,
     unsigned: DropLog,
@@ -55,6 +60,16 @@ pub(crate) struct Shared {
 
 impl Shared {
     pub(crate) fn new(config: NetworkConfig) -> Self {
+        Self::with_resolver(config, Arc::new(SystemResolver))
+    }
+
+    /// [`Shared::new`] with another resolver for the seed peers' names (tests).
+    pub(crate) fn with_resolver(config: NetworkConfig, resolver: Arc<dyn Resolve>) -> Self {
+        let seeds = Seeds::new(
+            config.peer_names.clone(),
+            config.max_peers,
+            config.peers_resolve,
+        );
         let limit = config.max_message_bytes.min(MAX_DATAGRAM_BYTES);
         let sealer = config.cluster_key.clone().map(|key| {
             Sealer::new(
@@ -75,6 +90,8 @@ impl Shared {
             multicast_active: AtomicBool::new(false),
             task: Mutex::new(None),
             table: Mutex::new(Table::default()),
+            seeds: Mutex::new(seeds),
+            resolver,
             received: AtomicU64::new(0),
             malformed: DropLog::new(),
             unsigned: DropLog::new(),
@@ -88,6 +105,8 @@ impl Shared {
     }
 
     pub(crate) fn stats(&self) -> DiscoveryStats {
+        let seeds = self.seed_addrs().len();
+        let peers = self.lock().peers.len();
         DiscoveryStats {
             received: self.received.load(Ordering::Relaxed),
             dropped_malformed: self.malformed.count(),
@@ -96,7 +115,40 @@ impl Shared {
             dropped_version: self.version.count(),
             dropped_oversized: self.oversized.count(),
             dropped_over_peer_cap: self.over_cap.count(),
-            peers: self.lock().peers.len(),
+            peers,
+            seeds,
+        }
+    }
+
+    fn seeds(&self) -> MutexGuard<'_, Seeds> {
+        self.seeds.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The seed peers now: those given as addresses, and those the names resolve to.
+    pub(crate) fn seed_addrs(&self) -> Vec<SocketAddr> {
+        let mut addrs = self.config.peers.clone();
+        addrs.extend_from_slice(self.seeds().addrs());
+        addrs.sort();
+        addrs.dedup();
+        addrs
+    }
+
+    /// Takes one round of lookups of the seeds' names; announcements to the addresses that
+    /// appeared (those gone are simply no longer seeds).
+    fn resolved(&self, outcomes: Vec<Outcome>) -> Sends {
+        let change = self.seeds().apply(outcomes);
+        if change.appeared.is_empty() {
+            return Vec::new();
+        }
+        let table = self.lock();
+        let Some(me) = table.me.as_ref() else {
+            return Vec::new();
+        };
+        let own = self.reply_to.get().copied();
+        let to = targets::announcements(&change.appeared, Vec::new(), own);
+        match self.datagram(Kind::Announce, me, &table.gossip()) {
+            Some(bytes) if !to.is_empty() => to.into_iter().map(|t| (t, bytes.clone())).collect(),
+            _ => Vec::new(),
         }
     }
 
@@ -167,6 +219,7 @@ impl Shared {
     /// Announcements to the group, every seed, and every known peer not heard on the group
     /// within a peer timeout.
     fn announcements(&self) -> Sends {
+        let seeds = self.seed_addrs();
         let table = self.lock();
         let Some(me) = table.me.as_ref() else {
             return Vec::new();
@@ -178,7 +231,7 @@ impl Shared {
             sends.push((self.group(), bytes));
         }
         let due = table.not_heard_on_group(Instant::now(), self.config.peer_timeout);
-        let to = targets::announcements(&self.config.peers, due, self.reply_to.get().copied());
+        let to = targets::announcements(&seeds, due, self.reply_to.get().copied());
         if !to.is_empty()
             && let Some(bytes) = self.datagram(Kind::Announce, me, &table.gossip())
         {
@@ -198,6 +251,7 @@ impl Shared {
 
     /// Goodbyes to the group, every known peer and every seed.
     pub(crate) fn goodbyes(&self) -> Sends {
+        let seeds = self.seed_addrs();
         let table = self.lock();
         let Some(me) = table.me.as_ref() else {
             return Vec::new();
@@ -222,12 +276,7 @@ impl Shared {
             .load(Ordering::Relaxed)
             .then(|| self.group());
         let known = table.peers.values().map(|p| p.reply_to);
-        let to = targets::goodbyes(
-            group,
-            &self.config.peers,
-            known,
-            self.reply_to.get().copied(),
-        );
+        let to = targets::goodbyes(group, &seeds, known, self.reply_to.get().copied());
         to.into_iter().map(|t| (t, bytes.clone())).collect()
     }
 
@@ -356,6 +405,16 @@ impl Shared {
     }
 }
 
+/// One round of lookups of the seeds' names, running beside the sockets.
+type Round = std::pin::Pin<Box<dyn std::future::Future<Output = Vec<Outcome>> + Send>>;
+
+async fn round_or_pending(round: Option<&mut Round>) -> Vec<Outcome> {
+    match round {
+        Some(round) => round.await,
+        None => std::future::pending().await,
+    }
+}
+
 async fn recv_or_pending(
     socket: Option<&UdpSocket>,
     buf: &mut [u8],
@@ -366,8 +425,10 @@ async fn recv_or_pending(
     }
 }
 
-/// The discovery's one task: both sockets, the heartbeat and the reaper, so peer events are
-/// reported in order.
+/// The discovery's one task: both sockets, the heartbeat, the reaper and the lookups of the
+/// seeds' names (at start, then every `peers_resolve`; one round at a time, each lookup bounded
+/// by [`PEER_LOOKUP_TIMEOUT`] or the period, so a slow resolver never holds the sockets up), so
+/// peer events are reported in order.
 pub(crate) async fn run(
     shared: Arc<Shared>,
     unicast: Arc<UdpSocket>,
@@ -384,6 +445,13 @@ pub(crate) async fn run(
         .max(Duration::from_millis(1));
     let mut reaper = tokio::time::interval_at(Instant::now() + reap_every, reap_every);
     reaper.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    let names = shared.seeds().names().to_vec();
+    let every = shared.config.peers_resolve.max(Duration::from_millis(1));
+    let timeout = PEER_LOOKUP_TIMEOUT.min(every);
+    // The first tick is now: names are resolved as the node starts.
+    let mut resolve = tokio::time::interval(every);
+    resolve.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    let mut round: Option<Round> = None;
     loop {
         tokio::select! {
             r = unicast.recv_from(&mut unicast_buf) => match r {
@@ -396,6 +464,20 @@ pub(crate) async fn run(
             },
             _ = heartbeat.tick() => shared.announce_everywhere().await,
             _ = reaper.tick() => shared.reap(&*sink),
+            _ = resolve.tick(), if !names.is_empty() && round.is_none() => {
+                round = Some(Box::pin(seeds::round(
+                    shared.resolver.clone(),
+                    names.clone(),
+                    timeout,
+                )));
+            }
+            outcomes = round_or_pending(round.as_mut()) => {
+                round = None;
+                let sends = shared.resolved(outcomes);
+                for (to, bytes) in sends {
+                    shared.send(&unicast, to, &bytes).await;
+                }
+            }
         }
     }
 }
