@@ -444,6 +444,33 @@ async fn a_node_with_another_cluster_key_is_never_joined() {
     friend.stop().await;
 }
 
+/// `ZS_PEERS` naming its seed by DNS name, as a Kubernetes headless service is given: the child
+/// process reads `ZS_PEERS=localhost:<port>` from its environment, resolves it through the
+/// system resolver (`/etc/hosts`: 127.0.0.1, and perhaps ::1, which discovery skips) and finds
+/// the client; multicast is off on both, so only the name can bring them together.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_seed_given_by_dns_name_works_without_multicast() {
+    let mut net = Net::new();
+    net.multicast = false;
+    net.discovery_port = Some(free_udp_port());
+    let client = net.node("client").await;
+    let mut child_net = net.clone();
+    child_net.discovery_port = None;
+    child_net.peers = vec![format!("localhost:{}", net.discovery_port.unwrap())];
+    let child = ChildNode::spawn("power", &child_net);
+    client
+        .wait_for_collection("power", Duration::from_secs(5))
+        .await
+        .unwrap();
+    let id = client.collection::<Power>().create(power(6)).await.unwrap();
+    assert_eq!(
+        client.collection::<Power>().get(&id).await.unwrap(),
+        power(6)
+    );
+    assert!(client.peers().iter().any(|p| p.info.id == child.id));
+    client.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn static_peers_work_without_multicast() {
     let mut seed = Net::new();
