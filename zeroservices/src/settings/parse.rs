@@ -153,10 +153,7 @@ pub(crate) fn group(v: &str) -> Result<SocketAddrV4, String> {
 }
 
 pub(crate) fn peers(v: &str) -> Result<super::PeerList, String> {
-    crate::config::parse_peers(v).map_err(|e| match e {
-        crate::Error::BadRequest { message } => message,
-        other => other.to_string(),
-    })
+    crate::config::parse_peers(v)
 }
 
 pub(crate) fn max_message_bytes(v: &str) -> Result<usize, String> {
