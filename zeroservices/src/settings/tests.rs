@@ -276,7 +276,7 @@ fn variables_follow_the_ids() {
         );
     }
 
-    assert_eq!(vars, 47);
+    assert_eq!(vars, 50);
     let help = with_env(Settings::command(), &env(&[]))
         .render_long_help()
         .to_string();
