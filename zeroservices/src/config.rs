@@ -178,8 +178,10 @@ pub(crate) fn parse_cluster(v: &str) -> std::result::Result<String, &'static str
     if v.len() <= 64 && v.split('.').all(is_subject_token) {
         Ok(v.to_owned())
     } else {
-        Err("a NATS subject prefix: letters, digits, `-` or `_`, tokens separated by dots \
-             (no spaces, `*` or `>`), at most 64 bytes")
+        Err(
+            "a NATS subject prefix: letters, digits, `-` or `_`, tokens separated by dots \
+             (no spaces, `*` or `>`), at most 64 bytes",
+        )
     }
 }
 

@@ -170,7 +170,10 @@ async fn two_nodes_over_nats_serve_requests_errors_and_events() {
         .request(Request::new("nothing", "list"))
         .await
         .unwrap_err();
-    assert!(matches!(error, Error::UnknownCollection { .. }), "{error:?}");
+    assert!(
+        matches!(error, Error::UnknownCollection { .. }),
+        "{error:?}"
+    );
 
     powers.delete(&id).await.unwrap();
     let error = powers.get(&id).await.unwrap_err();
@@ -317,7 +320,11 @@ async fn nats_discovery_joins_leaves_times_out_and_keeps_clusters_apart() {
     let out = zeroservices(&url, &cluster, &["nodes", "--json", "--wait-ms", "800"])
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let listed: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     let ids: Vec<&str> = listed
         .as_array()
@@ -325,7 +332,10 @@ async fn nats_discovery_joins_leaves_times_out_and_keeps_clusters_apart() {
         .iter()
         .map(|n| n["id"].as_str().unwrap())
         .collect();
-    assert!(ids.contains(&owner.id()) && ids.contains(&a.id()), "{listed}");
+    assert!(
+        ids.contains(&owner.id()) && ids.contains(&a.id()),
+        "{listed}"
+    );
     assert!(!ids.contains(&other.id()), "{listed}");
 
     // `zeroservices sniff` over NATS: a real process, then killed without a goodbye.
@@ -338,7 +348,9 @@ async fn nats_discovery_joins_leaves_times_out_and_keeps_clusters_apart() {
             .unwrap(),
     );
     eventually("the sniffer joins", Duration::from_secs(10), || {
-        a.peers().iter().any(|p| p.info.name == "zeroservices-sniff")
+        a.peers()
+            .iter()
+            .any(|p| p.info.name == "zeroservices-sniff")
     })
     .await;
     let lines = Arc::new(Mutex::new(Vec::<String>::new()));
@@ -353,22 +365,30 @@ async fn nats_discovery_joins_leaves_times_out_and_keeps_clusters_apart() {
     };
     // The sniffer subscribed before it announced itself: an event reaches it.
     let id = a.collection::<Power>().create(power(11)).await.unwrap();
-    eventually("the sniffer prints the event", Duration::from_secs(5), || {
-        lines
-            .lock()
-            .unwrap()
-            .iter()
-            .any(|l| l.starts_with(&format!("power.create.{id} ")))
-    })
+    eventually(
+        "the sniffer prints the event",
+        Duration::from_secs(5),
+        || {
+            lines
+                .lock()
+                .unwrap()
+                .iter()
+                .any(|l| l.starts_with(&format!("power.create.{id} ")))
+        },
+    )
     .await;
     let killed_at = Instant::now();
     drop(sniff);
     let _ = reader.join();
-    eventually("the killed sniffer times out", Duration::from_secs(5), || {
-        left.lock().unwrap().iter().any(|(name, reason)| {
-            name == "zeroservices-sniff" && *reason == LeaveReason::Timeout
-        })
-    })
+    eventually(
+        "the killed sniffer times out",
+        Duration::from_secs(5),
+        || {
+            left.lock().unwrap().iter().any(|(name, reason)| {
+                name == "zeroservices-sniff" && *reason == LeaveReason::Timeout
+            })
+        },
+    )
     .await;
     assert!(
         killed_at.elapsed() >= Duration::from_millis(700),
@@ -446,7 +466,10 @@ async fn with_a_cluster_key_nats_carries_ciphertext_and_another_key_is_shut_out(
         .await
         .unwrap();
     assert_eq!(powers.get(&id).await.unwrap().note.as_deref(), Some(secret));
-    assert_eq!(next_event(&mut events).await.data["resource_data"]["note"], secret);
+    assert_eq!(
+        next_event(&mut events).await.data["resource_data"]["note"],
+        secret
+    );
 
     // A node with another key: it sees nobody, nobody sees it, and nobody answers it.
     let wrong = config(&url, &cluster, Some("a-wrong-key"));
@@ -454,7 +477,10 @@ async fn with_a_cluster_key_nats_carries_ciphertext_and_another_key_is_shut_out(
     let wrong_medium = NatsMedium::new(NatsLink::new(&wrong), wrong.clone());
     let wrong_node = Node::builder("intruder2")
         .medium(wrong_medium.clone())
-        .discovery(NatsDiscovery::new(wrong_medium.link().clone(), wrong.clone()))
+        .discovery(NatsDiscovery::new(
+            wrong_medium.link().clone(),
+            wrong.clone(),
+        ))
         .request_timeout(wrong.request_timeout)
         .start()
         .await
@@ -462,7 +488,10 @@ async fn with_a_cluster_key_nats_carries_ciphertext_and_another_key_is_shut_out(
     tokio::time::sleep(Duration::from_millis(800)).await; // four heartbeats in which to (not) be seen
     assert!(intruder.peers().iter().all(|p| p.info.name == "intruder2"));
     assert!(
-        client.peers().iter().all(|p| !p.info.name.starts_with("intruder")),
+        client
+            .peers()
+            .iter()
+            .all(|p| !p.info.name.starts_with("intruder")),
         "{:?}",
         client.peers()
     );
@@ -496,9 +525,11 @@ async fn with_a_cluster_key_nats_carries_ciphertext_and_another_key_is_shut_out(
         )
         .await;
     assert!(forged.is_err(), "a forged request got an answer");
-    eventually("the forged request is counted", Duration::from_secs(2), || {
-        dropped() > before
-    })
+    eventually(
+        "the forged request is counted",
+        Duration::from_secs(2),
+        || dropped() > before,
+    )
     .await;
 
     // What NATS carried: no name, no document, no plaintext.

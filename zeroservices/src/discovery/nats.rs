@@ -413,7 +413,8 @@ impl Shared {
         match serde_json::from_value::<Incoming>(value) {
             Ok(msg) if !msg.node.id.is_empty() => Some(msg),
             Ok(_) => {
-                self.malformed.drop_from("nats", "discovery", "empty node id");
+                self.malformed
+                    .drop_from("nats", "discovery", "empty node id");
                 None
             }
             Err(e) => {
@@ -432,17 +433,16 @@ impl Shared {
         };
         let kind = msg.kind;
         let id = msg.node.id.clone();
-        let (event, over_cap) = lock(&self.table).apply(
-            kind,
-            msg.node,
-            Instant::now(),
-            self.config.max_peers,
-        );
+        let (event, over_cap) =
+            lock(&self.table).apply(kind, msg.node, Instant::now(), self.config.max_peers);
         if over_cap {
             self.over_cap.drop_from(
                 "nats",
                 "discovery",
-                &format!("{} peers known already (ZS_MAX_PEERS)", self.config.max_peers),
+                &format!(
+                    "{} peers known already (ZS_MAX_PEERS)",
+                    self.config.max_peers
+                ),
             );
         }
         if let Some(event) = event {
@@ -453,7 +453,8 @@ impl Shared {
             && me.is_some_and(|me| me != id)
             && let Some(reply) = message.reply
         {
-            self.send(client, reply.to_string(), None, Kind::Reply).await;
+            self.send(client, reply.to_string(), None, Kind::Reply)
+                .await;
         }
     }
 }
@@ -514,7 +515,9 @@ impl Discovery for NatsDiscovery {
             inbox.clone(),
         ] {
             let subscriber = client.subscribe(subject.clone()).await.map_err(|e| {
-                Error::unavailable(format!("nats discovery: cannot subscribe to {subject}: {e}"))
+                Error::unavailable(format!(
+                    "nats discovery: cannot subscribe to {subject}: {e}"
+                ))
             })?;
             subscribers.push(subscriber);
         }
@@ -610,7 +613,10 @@ mod tests {
         // The same again: nothing new.
         assert_eq!(table.apply(Kind::Announce, info("a"), t0, 8), (None, false));
         // Its own announcements are not a peer.
-        assert_eq!(table.apply(Kind::Announce, info("me"), t0, 8), (None, false));
+        assert_eq!(
+            table.apply(Kind::Announce, info("me"), t0, 8),
+            (None, false)
+        );
         let later = t0 + Duration::from_millis(600);
         let left = table.reap(later, Duration::from_millis(500));
         assert_eq!(

@@ -113,9 +113,9 @@ impl NatsLink {
             .servers
             .iter()
             .map(|s| {
-                s.url().parse::<ServerAddr>().map_err(|e| {
-                    Error::bad_request(format!("ZS_TRANSPORT={}: {e}", s.redacted()))
-                })
+                s.url()
+                    .parse::<ServerAddr>()
+                    .map_err(|e| Error::bad_request(format!("ZS_TRANSPORT={}: {e}", s.redacted())))
             })
             .collect::<Result<Vec<_>>>()?;
         let connected = self.connected.clone();
@@ -128,7 +128,10 @@ impl NatsLink {
                 let shift = attempts.min(5) as u32;
                 (Duration::from_millis(50) * 2u32.pow(shift)).min(RECONNECT_MAX)
             })
-            .connection_timeout(self.request_timeout.clamp(Duration::from_millis(500), Duration::from_secs(5)))
+            .connection_timeout(
+                self.request_timeout
+                    .clamp(Duration::from_millis(500), Duration::from_secs(5)),
+            )
             .ping_interval(Duration::from_secs(10))
             .request_timeout(Some(self.request_timeout))
             .event_callback(move |event| {
@@ -156,7 +159,10 @@ impl NatsLink {
             })?;
         }
         let client = options.connect(addrs).await.map_err(|e| {
-            Error::unavailable(format!("cannot connect to NATS at {}: {e}", self.describe()))
+            Error::unavailable(format!(
+                "cannot connect to NATS at {}: {e}",
+                self.describe()
+            ))
         })?;
         self.connected.send_replace(true);
         tracing::info!(servers = %self.describe(), "nats: connected");

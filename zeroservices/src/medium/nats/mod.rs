@@ -348,9 +348,9 @@ impl Inner {
                     RequestErrorKind::NoResponders => Error::unavailable(format!(
                         "no node answers requests for {collection} on NATS"
                     )),
-                    RequestErrorKind::MaxPayloadExceeded => Error::bad_request(format!(
-                        "request too large for the NATS server: {e}"
-                    )),
+                    RequestErrorKind::MaxPayloadExceeded => {
+                        Error::bad_request(format!("request too large for the NATS server: {e}"))
+                    }
                     _ => Error::unavailable(format!("NATS request failed: {e}")),
                 });
             }
@@ -402,10 +402,8 @@ impl Inner {
                 )),
             ),
             Err(Rejection::Answerable { id, reason }) => {
-                self.drops.count(
-                    "request",
-                    &Rejection::Malformed(reason.clone()),
-                );
+                self.drops
+                    .count("request", &Rejection::Malformed(reason.clone()));
                 (id, Err(Error::bad_request(reason)))
             }
             Err(rejection) => {
@@ -469,7 +467,11 @@ impl Inner {
         let mut tasks = Vec::new();
         for subject in subjects {
             let subscriber: Subscriber = match queue {
-                Some(queue) => client.queue_subscribe(subject.clone(), queue.to_owned()).await,
+                Some(queue) => {
+                    client
+                        .queue_subscribe(subject.clone(), queue.to_owned())
+                        .await
+                }
                 None => client.subscribe(subject.clone()).await,
             }
             .map_err(|e| Error::unavailable(format!("cannot subscribe to {subject}: {e}")))?;
@@ -766,7 +768,10 @@ mod tests {
         let medium = NatsMedium::new(NatsLink::new(&config), config.clone());
         let inner = &medium.inner;
         let json = br#"{"v":3}"#.to_vec();
-        assert_eq!(&*inner.open(wire::SEAL_CALL, b"", &json).unwrap(), &json[..]);
+        assert_eq!(
+            &*inner.open(wire::SEAL_CALL, b"", &json).unwrap(),
+            &json[..]
+        );
         assert!(matches!(
             inner.open(wire::SEAL_CALL, b"", b"\x03garbage"),
             Err(Rejection::Unsigned(_))

@@ -62,11 +62,7 @@ impl Subjects {
     pub(crate) fn event(&self, wire: &Wire, topic: &str) -> Result<(String, Vec<u8>)> {
         check_topic(topic)?;
         let frame = wire.topic_frame(topic);
-        let subject = format!(
-            "{}{}",
-            self.event_base(),
-            String::from_utf8_lossy(&frame)
-        );
+        let subject = format!("{}{}", self.event_base(), String::from_utf8_lossy(&frame));
         Ok((subject, frame))
     }
 
@@ -182,7 +178,10 @@ mod tests {
         let (subject, frame) = s.event(&w, "power.create.42").unwrap();
         assert_eq!(subject, "zs.evt.power.create.42");
         assert_eq!(frame, b"power.create.42");
-        assert_eq!(s.event(&w, "chat.room.message").unwrap().0, "zs.evt.chat.room.message");
+        assert_eq!(
+            s.event(&w, "chat.room.message").unwrap().0,
+            "zs.evt.chat.room.message"
+        );
         assert_eq!(s.event_filters(&w, "").unwrap(), ["zs.evt.>"]);
         assert_eq!(s.event_filters(&w, "*").unwrap(), ["zs.evt.>"]);
         assert_eq!(
@@ -197,7 +196,16 @@ mod tests {
     fn bad_names_and_topics_are_refused() {
         let s = Subjects::new("zs");
         let w = plain();
-        for topic in ["", "a..b", "a b", "power.*", "power.>", ".a", "a.", "tab\there"] {
+        for topic in [
+            "",
+            "a..b",
+            "a b",
+            "power.*",
+            "power.>",
+            ".a",
+            "a.",
+            "tab\there",
+        ] {
             assert!(s.event(&w, topic).is_err(), "{topic:?}");
         }
         assert!(s.event_filters(&w, "a b").is_none());
@@ -212,15 +220,28 @@ mod tests {
         let s = Subjects::new("zs");
         let w = keyed("k");
         let request = s.request(&w, "power").unwrap();
-        assert!(request.starts_with("zs.req.") && !request.contains("power"), "{request}");
-        let (subject, _) = s.event(&w, "power.create.42").unwrap();
-        assert!(!subject.contains("power") && !subject.contains("42"), "{subject}");
+        assert!(
+            request.starts_with("zs.req.") && !request.contains("power"),
+            "{request}"
+        );
+        // (Names that are not hex: a tag is.)
+        let (subject, _) = s.event(&w, "power.create.xyz").unwrap();
+        assert!(
+            !subject.contains("power") && !subject.contains("xyz"),
+            "{subject}"
+        );
         let filters = s.event_filters(&w, "power").unwrap();
-        assert!(subject.starts_with(&format!("{}.", filters[0])), "{subject} {filters:?}");
+        assert!(
+            subject.starts_with(&format!("{}.", filters[0])),
+            "{subject} {filters:?}"
+        );
         // Another key: other subjects.
         assert_ne!(s.request(&keyed("other"), "power").unwrap(), request);
         // A keyring listens under each key.
-        assert_eq!(s.request_filters(&keyed("new,k"), "power").unwrap().len(), 2);
+        assert_eq!(
+            s.request_filters(&keyed("new,k"), "power").unwrap().len(),
+            2
+        );
         assert!(
             s.request_filters(&keyed("new,k"), "power")
                 .unwrap()
