@@ -534,7 +534,7 @@ async fn with_a_cluster_key_nats_carries_ciphertext_and_another_key_is_shut_out(
 
     // What NATS carried: no name, no document, no plaintext.
     sniffer.abort();
-    let captured = captured.lock().unwrap();
+    let captured = std::mem::take(&mut *captured.lock().unwrap());
     assert!(captured.len() >= 6, "{}", captured.len());
     for (subject, payload) in captured.iter() {
         for word in [secret, "power", "create", &id] {
@@ -546,7 +546,6 @@ async fn with_a_cluster_key_nats_carries_ciphertext_and_another_key_is_shut_out(
         }
         assert!(!payload.starts_with(b"{"), "a JSON payload on {subject}");
     }
-    drop(captured);
     for node in [client, owner, intruder, wrong_node] {
         node.stop().await;
     }

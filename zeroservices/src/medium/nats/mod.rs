@@ -596,6 +596,17 @@ impl Medium for NatsMedium {
         {
             let mut state = lock(&inner.state);
             state.tasks.push(follow);
+            // The keyring from a file is re-read on SIGHUP while the medium runs, as with
+            // ZeroMQ (README "Rotating the cluster key").
+            #[cfg(unix)]
+            if let (Some(key), Some(path)) =
+                (&inner.config.cluster_key, &inner.config.cluster_key_file)
+            {
+                match crate::security::keyfile::reload_on_sighup(key.clone(), path.clone()) {
+                    Ok(reload) => state.tasks.push(reload),
+                    Err(e) => tracing::warn!("cannot watch SIGHUP to re-read the cluster key: {e}"),
+                }
+            }
             state.endpoints = endpoints.clone();
         }
         // The subscriptions are in effect at the server before peers learn of this node.
