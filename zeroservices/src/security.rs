@@ -9,21 +9,21 @@
 //! the key sees it), which is how a key is rotated without downtime: install the new key
 //! everywhere as a secondary, make it the primary everywhere, then remove the old one.
 
-#[cfg(feature = "zeromq")]
+#[cfg(any(feature = "zeromq", feature = "nats"))]
 use std::collections::HashSet;
 use std::sync::Arc;
-#[cfg(feature = "zeromq")]
+#[cfg(any(feature = "zeromq", feature = "nats"))]
 use std::sync::Mutex;
-#[cfg(feature = "zeromq")]
+#[cfg(any(feature = "zeromq", feature = "nats"))]
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use hmac::{Hmac, KeyInit, Mac};
 use sha2::Sha256;
 use tokio::sync::watch;
 
-#[cfg(feature = "zeromq")]
+#[cfg(any(feature = "zeromq", feature = "nats"))]
 pub mod keyfile;
-#[cfg(feature = "zeromq")]
+#[cfg(any(feature = "zeromq", feature = "nats"))]
 pub(crate) mod seal;
 
 type HmacSha256 = Hmac<Sha256>;
@@ -33,14 +33,14 @@ pub struct Ring {
     /// The secrets, the primary first; never empty.
     secrets: Vec<Vec<u8>>,
     /// The keys derived from each secret, in the same order.
-    #[cfg(feature = "zeromq")]
+    #[cfg(any(feature = "zeromq", feature = "nats"))]
     pub(crate) derived: Vec<seal::Derived>,
 }
 
 impl Ring {
     fn new(secrets: Vec<Vec<u8>>) -> Self {
         Self {
-            #[cfg(feature = "zeromq")]
+            #[cfg(any(feature = "zeromq", feature = "nats"))]
             derived: secrets.iter().map(|s| seal::Derived::new(s)).collect(),
             secrets,
         }
@@ -133,7 +133,7 @@ impl ClusterKey {
     /// The ids of the keys (8 hex digits each, the primary first), as sent in the clear part of
     /// sealed messages: they name a key without revealing it.
     pub fn key_ids(&self) -> Vec<String> {
-        #[cfg(feature = "zeromq")]
+        #[cfg(any(feature = "zeromq", feature = "nats"))]
         {
             self.ring()
                 .derived
@@ -141,7 +141,7 @@ impl ClusterKey {
                 .map(|d| hex::encode(d.id))
                 .collect()
         }
-        #[cfg(not(feature = "zeromq"))]
+        #[cfg(not(any(feature = "zeromq", feature = "nats")))]
         {
             Vec::new()
         }
@@ -251,7 +251,7 @@ pub mod testing {
     }
 }
 
-#[cfg(feature = "zeromq")]
+#[cfg(any(feature = "zeromq", feature = "nats"))]
 /// Counts what was dropped and logs the first drop of each sender only, so a flood of forged
 /// messages cannot flood the logs.
 #[derive(Debug, Default)]
@@ -260,7 +260,7 @@ pub(crate) struct DropLog {
     logged: Mutex<HashSet<String>>,
 }
 
-#[cfg(feature = "zeromq")]
+#[cfg(any(feature = "zeromq", feature = "nats"))]
 impl DropLog {
     /// A new, empty log.
     pub(crate) fn new() -> Self {

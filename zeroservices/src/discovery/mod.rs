@@ -2,7 +2,8 @@
 //! tells the node about peers that appear, change and leave.
 //!
 //! The in-process implementation is [`crate::medium::MemoryCluster::discovery`]; across
-//! processes and machines, [`UdpDiscovery`] (UDP multicast, or static seed peers).
+//! processes and machines, `UdpDiscovery` (UDP multicast, or static seed peers), or
+//! `NatsDiscovery` (heartbeats on a NATS subject, with `ZS_TRANSPORT=nats://...`).
 
 use std::sync::Arc;
 
@@ -12,6 +13,10 @@ use crate::{NodeInfo, Result};
 
 pub use crate::medium::MemoryDiscovery;
 
+#[cfg(feature = "nats")]
+pub mod nats;
+#[cfg(feature = "nats")]
+pub use self::nats::{NatsDiscovery, NatsDiscoveryStats};
 #[cfg(feature = "zeromq")]
 pub mod udp;
 #[cfg(feature = "zeromq")]

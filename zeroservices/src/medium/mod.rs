@@ -15,9 +15,16 @@ use crate::access::User;
 use crate::{Event, NodeInfo, Result};
 
 mod memory;
+#[cfg(feature = "nats")]
+pub mod nats;
+#[cfg(any(feature = "zeromq", feature = "nats"))]
+#[cfg_attr(not(feature = "zeromq"), allow(dead_code))]
+pub(crate) mod wire;
 #[cfg(feature = "zeromq")]
 pub mod zeromq;
 
+#[cfg(feature = "nats")]
+pub use self::nats::{NatsLink, NatsMedium, NatsStats};
 #[cfg(feature = "zeromq")]
 pub use self::zeromq::{ZmqMedium, ZmqStats};
 pub use memory::{MemoryCluster, MemoryDiscovery, MemoryMedium};
@@ -169,6 +176,34 @@ pub trait Medium: Send + Sync + 'static {
     async fn call_raw(&self, peer: &NodeInfo, request: Request) -> Result<Box<RawValue>> {
         let value = self.call(peer, request).await?;
         crate::json::to_raw(&value)
+    }
+
+    /// Whether the medium balances a collection's requests among its owners itself (NATS: a
+    /// queue group per collection): the node then sends an ordinary request with
+    /// [`Medium::call_any`] instead of picking an owner from its directory, and falls back to
+    /// calling the owners it knows one by one ([`Medium::call_raw`]) when that fails with
+    /// `Unavailable`. The default: no (ZeroMQ, in-process: the node picks).
+    fn balances(&self) -> bool {
+        false
+    }
+
+    /// Sends a request to any node that serves its collection and waits for the reply, when
+    /// [`Medium::balances`]. The default fails with `Unavailable` (the node then picks an
+    /// owner itself).
+    async fn call_any(&self, request: Request) -> Result<Box<RawValue>> {
+        Err(crate::Error::unavailable(format!(
+            "the {} medium does not route requests by collection ({})",
+            self.describe(),
+            request.collection
+        )))
+    }
+
+    /// The collections this node serves from now on (after [`Medium::start`], once the node
+    /// has checked it may own them); a medium that routes by collection listens for their
+    /// requests. The default does nothing: peers find the owners in their directories.
+    async fn serve(&self, collections: Vec<String>) -> Result<()> {
+        let _ = collections;
+        Ok(())
     }
 
     /// Publishes an event to every peer (not to this node's own subscribers: the node does that).

@@ -14,12 +14,16 @@ use super::inbound::Handle;
 use super::shutdown::Shutdown;
 use super::{Node, NodeInfo, NodeInner, NodeKind, StoreInfo, lock};
 use crate::access::Authorizer;
-#[cfg(feature = "zeromq")]
-use crate::config::NetworkConfig;
+#[cfg(any(feature = "zeromq", feature = "nats"))]
+use crate::config::{NetworkConfig, Transport};
+#[cfg(feature = "nats")]
+use crate::discovery::NatsDiscovery;
 #[cfg(feature = "zeromq")]
 use crate::discovery::udp::UdpDiscovery;
 use crate::discovery::{Discovery, LeaveReason};
 use crate::event::EventBus;
+#[cfg(feature = "nats")]
+use crate::medium::nats::{NatsLink, NatsMedium};
 #[cfg(feature = "zeromq")]
 use crate::medium::zeromq::ZmqMedium;
 use crate::medium::{Endpoints, Medium, MemoryCluster};
@@ -86,6 +90,9 @@ pub struct NodeBuilder {
     /// Whether the network configuration opens the node without a key (`ZS_INSECURE`).
     insecure: bool,
     authorizer: Option<Arc<dyn Authorizer>>,
+    /// Why this node cannot be built as configured (a transport this build lacks): `start`
+    /// fails with it.
+    unbuildable: Option<String>,
 }
 
 impl NodeBuilder {
@@ -104,6 +111,7 @@ impl NodeBuilder {
             shutdown_timeout: None,
             insecure: false,
             authorizer: None,
+            unbuildable: None,
         }
     }
 
@@ -120,25 +128,52 @@ impl NodeBuilder {
         self.medium(cluster.medium()).discovery(cluster.discovery())
     }
 
-    #[cfg(feature = "zeromq")]
-    /// Joins the network cluster: the ZeroMQ medium and UDP discovery (multicast, or the static
-    /// `peers`), with this configuration's timeouts and cluster key.
+    #[cfg(any(feature = "zeromq", feature = "nats"))]
+    /// Joins the network cluster over the configuration's transport
+    /// ([`NetworkConfig::transport`], `ZS_TRANSPORT`): the ZeroMQ medium and UDP discovery
+    /// (multicast, or the static `peers`), or the NATS medium and discovery on one connection;
+    /// with this configuration's timeouts and cluster key.
     pub fn network(self, config: NetworkConfig) -> Self {
         self.network_with(config, Vec::new())
     }
 
-    #[cfg(feature = "zeromq")]
+    #[cfg(any(feature = "zeromq", feature = "nats"))]
     /// Like [`NodeBuilder::network`], also receiving the events under `subscriptions` whether or
     /// not anything on this node subscribes to them (`""` is every event). A node otherwise
     /// receives from its peers only the events its subscribers want (see [`Node::subscribe`]).
     pub fn network_with(mut self, config: NetworkConfig, subscriptions: Vec<String>) -> Self {
         self.request_timeout = Some(config.request_timeout);
         self.insecure = config.is_insecure();
-        let medium = ZmqMedium::new(config.clone()).with_subscriptions(subscriptions);
-        self.medium(medium).discovery(UdpDiscovery::new(config))
+        match &config.transport {
+            #[cfg(feature = "zeromq")]
+            Transport::ZeroMq => {
+                let medium = ZmqMedium::new(config.clone()).with_subscriptions(subscriptions);
+                self.medium(medium).discovery(UdpDiscovery::new(config))
+            }
+            #[cfg(feature = "nats")]
+            Transport::Nats(_) => {
+                let link = NatsLink::new(&config);
+                let medium =
+                    NatsMedium::new(link.clone(), config.clone()).with_subscriptions(subscriptions);
+                self.medium(medium)
+                    .discovery(NatsDiscovery::new(link, config))
+            }
+            #[allow(unreachable_patterns)]
+            other => {
+                let _ = subscriptions;
+                self.unbuildable = Some(format!(
+                    "ZS_TRANSPORT: this build has no {} transport (its Cargo feature is off)",
+                    match other {
+                        Transport::ZeroMq => "ZeroMQ (`zeromq`)",
+                        Transport::Nats(_) => "NATS (`nats`)",
+                    }
+                ));
+                self
+            }
+        }
     }
 
-    #[cfg(feature = "zeromq")]
+    #[cfg(any(feature = "zeromq", feature = "nats"))]
     /// Joins the network cluster configured by the `ZS_*` environment variables, with their
     /// timeouts and limits too ([`NodeBuilder::settings`]).
     ///
@@ -275,6 +310,9 @@ impl NodeBuilder {
     /// another store (see [`Store::fingerprint`]); the node has said goodbye and stopped. And
     /// what starting the medium, the discovery or preparing the store returns.
     pub async fn start(self) -> Result<Node> {
+        if let Some(reason) = self.unbuildable {
+            return Err(Error::bad_request(reason));
+        }
         let (Some(medium), Some(discovery)) = (self.medium, self.discovery) else {
             return Err(Error::internal(
                 "a node needs a medium and a discovery: call .memory(&cluster) or .medium(..).discovery(..)",
@@ -387,6 +425,11 @@ impl NodeBuilder {
                 .unwrap_or_else(|e| e.into_inner())
                 .extend(services);
             *lock(&node.inner.stores) = stores;
+            // A medium that routes by collection (NATS) now takes their requests.
+            if let Err(e) = node.inner.medium.serve(node.local_collections()).await {
+                node.stop().await;
+                return Err(e);
+            }
             node.inner.discovery.announce(node.info()).await?;
         }
         node.inner.started.store(true, Ordering::SeqCst);

@@ -596,6 +596,22 @@ impl Node {
             return Err(self.no_owner(&collection));
         }
         let mut last = None;
+        // A medium that balances among the owners itself (NATS) gets the request first; when no
+        // owner takes it there (`Unavailable`), the owners this node knows are called in turn.
+        if self.inner.medium.balances() {
+            let medium = self.inner.medium.clone();
+            let this = request.clone();
+            match self
+                .timed(&collection, async move { medium.call_any(this).await })
+                .await
+            {
+                Err(e @ Error::Unavailable { .. }) => {
+                    tracing::debug!(%collection, error = %e, "no owner took the request, calling them in turn");
+                    last = Some(e);
+                }
+                other => return other,
+            }
+        }
         let mut request = Some(request);
         for (i, owner) in owners.iter().enumerate() {
             // Only a fail-over needs a copy of the request.
@@ -634,9 +650,20 @@ impl Node {
 
     async fn call_peer(&self, peer: &NodeInfo, request: Request) -> Result<Box<RawValue>> {
         let collection = request.collection.clone();
+        self.timed(&collection, self.inner.medium.call_raw(peer, request))
+            .await
+    }
+
+    /// A call to a peer, counted, at most the request timeout.
+    async fn timed(
+        &self,
+        collection: &str,
+        call: impl std::future::Future<Output = Result<Box<RawValue>>>,
+    ) -> Result<Box<RawValue>> {
+        let collection = collection.to_owned();
         self.inner.requests_sent.fetch_add(1, Ordering::Relaxed);
         let timeout = self.inner.request_timeout;
-        match tokio::time::timeout(timeout, self.inner.medium.call_raw(peer, request)).await {
+        match tokio::time::timeout(timeout, call).await {
             Ok(reply) => reply,
             Err(_) => {
                 self.inner

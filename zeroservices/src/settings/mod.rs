@@ -203,6 +203,19 @@ pub struct Settings {
 /// Discovery and medium settings.
 #[derive(Args, Clone, Default)]
 pub struct NetworkSettings {
+    /// How nodes reach each other: `zeromq` (ZeroMQ sockets and UDP discovery), or NATS server
+    /// URLs `nats://host:port[,nats://host2:port..]` (also `tls://`; `user:password@` in the URL
+    /// if the server wants it) for requests, events and discovery through NATS [default: zeromq].
+    #[arg(long, env = "ZS_TRANSPORT", value_name = "zeromq|nats://HOST:PORT,...",
+          hide_env_values = true, value_parser = Check(parse::transport))]
+    pub transport: Option<crate::config::Transport>,
+    /// With NATS: the subject prefix of this cluster, so several clusters can share one NATS
+    /// [default: zs].
+    #[arg(long, env = "ZS_CLUSTER", value_name = "PREFIX", value_parser = Check(parse::cluster))]
+    pub cluster: Option<String>,
+    /// With NATS: a credentials file (user JWT and NKey seed) to connect with.
+    #[arg(long, env = "ZS_NATS_CREDS", value_name = "PATH", value_parser = Check(parse::nats_creds))]
+    pub nats_creds: Option<PathBuf>,
     /// The interface address for multicast discovery and the node's sockets; without a cluster
     /// key only a loopback address is accepted (unless insecure is on) [default: 127.0.0.1, or
     /// 0.0.0.0 with a cluster key].
@@ -274,6 +287,9 @@ pub struct NetworkSettings {
 impl std::fmt::Debug for NetworkSettings {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("NetworkSettings")
+            .field("transport", &self.transport)
+            .field("cluster", &self.cluster)
+            .field("nats_creds", &self.nats_creds)
             .field("discovery_interface", &self.discovery_interface)
             .field("multicast_group", &self.multicast_group)
             .field("multicast", &self.multicast)
@@ -525,6 +541,17 @@ impl Settings {
                 expected: "no ZS_CLUSTER_KEY / --cluster-key as well: give the key one way".into(),
             });
         }
+        if let Some(crate::config::Transport::Nats(servers)) = &n.transport
+            && self.cluster_key().is_none()
+            && n.insecure != Some(true)
+            && let Some(open) = servers.iter().find(|s| !s.is_loopback())
+        {
+            return Err(SettingsError::Invalid {
+                name: "ZS_TRANSPORT / --transport".into(),
+                value: open.redacted(),
+                expected: crate::config::nats_exposure_refusal(),
+            });
+        }
         if let Some(interface) = n.discovery_interface
             && self.cluster_key().is_none()
             && !interface.is_loopback()
@@ -552,6 +579,13 @@ impl Settings {
     pub fn network(&self) -> NetworkConfig {
         let n = &self.network;
         let mut c = NetworkConfig::default();
+        if let Some(v) = &n.transport {
+            c.transport = v.clone();
+        }
+        if let Some(v) = &n.cluster {
+            c.cluster.clone_from(v);
+        }
+        c.nats_creds.clone_from(&n.nats_creds);
         let key = self.cluster_key();
         c.interface = match (n.discovery_interface, key) {
             (Some(v), _) => v,

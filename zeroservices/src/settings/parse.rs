@@ -156,6 +156,28 @@ pub(crate) fn peers(v: &str) -> Result<super::PeerList, String> {
     crate::config::parse_peers(v)
 }
 
+pub(crate) fn transport(v: &str) -> Result<crate::config::Transport, String> {
+    crate::config::parse_transport(v)
+}
+
+pub(crate) fn cluster(v: &str) -> Result<String, String> {
+    crate::config::parse_cluster(v).map_err(str::to_owned)
+}
+
+/// A NATS credentials file: a path to a readable file (its content is read when connecting).
+pub(crate) fn nats_creds(v: &str) -> Result<std::path::PathBuf, String> {
+    if v.is_empty() {
+        return Err("the path of a NATS credentials (.creds) file".into());
+    }
+    match std::fs::metadata(v) {
+        Ok(meta) if meta.is_file() => Ok(std::path::PathBuf::from(v)),
+        Ok(_) => Err("the path of a NATS credentials (.creds) file (this is not a file)".into()),
+        Err(e) => Err(format!(
+            "the path of a readable NATS credentials (.creds) file ({e})"
+        )),
+    }
+}
+
 pub(crate) fn max_message_bytes(v: &str) -> Result<usize, String> {
     crate::config::parse_max_message_bytes(v).map_err(str::to_owned)
 }

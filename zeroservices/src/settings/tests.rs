@@ -287,7 +287,7 @@ fn variables_follow_the_ids() {
         );
     }
 
-    assert_eq!(vars, 48);
+    assert_eq!(vars, 51);
     let help = with_env(Settings::command(), &env(&[]))
         .render_long_help()
         .to_string();
@@ -548,4 +548,80 @@ fn secrets_are_not_in_debug_output() {
     .unwrap();
     let debug = format!("{s:?} {:?} {:?}", s.network(), s.http(None));
     assert!(!debug.contains("s3cret"), "{debug}");
+}
+
+/// `ZS_TRANSPORT`, `ZS_CLUSTER` and `ZS_NATS_CREDS`: NATS URLs, a subject prefix, a file; bad
+/// values named; a NATS server beyond loopback needs a key or `ZS_INSECURE`, like an interface.
+#[test]
+fn the_nats_transport_is_a_setting() {
+    use crate::config::{DEFAULT_CLUSTER, Transport};
+    let default = from(&[]).unwrap().network();
+    assert_eq!(default.transport, Transport::ZeroMq);
+    assert_eq!(default.cluster, DEFAULT_CLUSTER);
+    let zmq = from(&[("ZS_TRANSPORT", "zeromq")]).unwrap().network();
+    assert_eq!(zmq.transport, Transport::ZeroMq);
+    let nats = from(&[
+        (
+            "ZS_TRANSPORT",
+            "nats://127.0.0.1:4222, nats://user:pw@localhost:4223",
+        ),
+        ("ZS_CLUSTER", "prod.eu-1"),
+    ])
+    .unwrap()
+    .network();
+    let Transport::Nats(servers) = &nats.transport else {
+        panic!("{:?}", nats.transport)
+    };
+    assert_eq!(servers.len(), 2);
+    assert!(servers.iter().all(|s| s.is_loopback()));
+    assert_eq!(servers[1].url(), "nats://user:pw@localhost:4223");
+    // Passwords stay out of logs.
+    assert_eq!(servers[1].redacted(), "nats://user:***@localhost:4223");
+    assert!(!format!("{nats:?}").contains("pw"));
+    assert_eq!(nats.cluster, "prod.eu-1");
+    assert!(!nats.is_insecure() && nats.check_exposure().is_ok());
+    for (var, value, named) in [
+        ("ZS_TRANSPORT", "udp", "ZS_TRANSPORT"),
+        ("ZS_TRANSPORT", "nats://", "ZS_TRANSPORT"),
+        ("ZS_TRANSPORT", "nats://host:port", "ZS_TRANSPORT"),
+        ("ZS_TRANSPORT", "http://127.0.0.1:4222", "ZS_TRANSPORT"),
+        ("ZS_CLUSTER", "a b", "ZS_CLUSTER"),
+        ("ZS_CLUSTER", "zs.>", "ZS_CLUSTER"),
+        ("ZS_CLUSTER", "zs..x", "ZS_CLUSTER"),
+        ("ZS_NATS_CREDS", "/nonexistent/user.creds", "ZS_NATS_CREDS"),
+    ] {
+        let err = from(&[(var, value)]).unwrap_err().to_string();
+        assert!(err.contains(named), "{value}: {err}");
+    }
+    // Closed by default: a NATS server beyond loopback needs a key, or ZS_INSECURE.
+    let err = from(&[("ZS_TRANSPORT", "nats://a:secret@nats.example:4222")])
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("ZS_TRANSPORT")
+            && err.contains("ZS_CLUSTER_KEY")
+            && err.contains("ZS_INSECURE")
+            && !err.contains("secret"),
+        "{err}"
+    );
+    let keyed = from(&[
+        ("ZS_TRANSPORT", "tls://nats.example:4222"),
+        ("ZS_CLUSTER_KEY", "k"),
+    ])
+    .unwrap()
+    .network();
+    assert!(!keyed.is_insecure() && keyed.check_exposure().is_ok());
+    let open = from(&[
+        ("ZS_TRANSPORT", "nats://10.0.0.5:4222"),
+        ("ZS_INSECURE", "1"),
+    ])
+    .unwrap()
+    .network();
+    assert!(open.is_insecure() && open.check_exposure().is_ok());
+    let refused = NetworkConfig {
+        insecure: false,
+        ..open
+    };
+    let err = refused.check_exposure().unwrap_err().to_string();
+    assert!(err.contains("ZS_TRANSPORT=nats://10.0.0.5:4222"), "{err}");
 }

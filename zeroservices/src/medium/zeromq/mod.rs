@@ -155,7 +155,7 @@ mod router;
 mod stats;
 mod subscriptions;
 mod sync;
-mod wire;
+use super::wire;
 
 pub use self::stats::ZmqStats;
 

@@ -1,10 +1,12 @@
-//! The envelopes on the wire (see the [module documentation](super) for the contract): their
-//! types, encoding, decoding, version check, and sealing with a cluster key. No sockets, no
-//! counters. What does not open or decode comes back as a [`Rejection`] for the caller to count
-//! and log.
+//! The envelopes on the wire (see the [ZeroMQ medium's documentation](crate::medium::zeromq)
+//! for the contract): their types, encoding, decoding, version check, and sealing with a cluster
+//! key. No sockets, no counters. What does not open or decode comes back as a [`Rejection`] for
+//! the caller to count and log. The ZeroMQ and NATS media share them: the same envelopes, the
+//! same seals, in ZeroMQ frames or NATS payloads.
 
 use std::borrow::Cow;
 
+#[cfg(feature = "zeromq")]
 use ::zeromq::ZmqMessage;
 use serde::{Deserialize, Deserializer, Serialize};
 use serde_json::Value;
@@ -382,6 +384,7 @@ impl Wire {
 }
 
 /// A multipart message of these frames.
+#[cfg(feature = "zeromq")]
 pub(crate) fn multipart(frames: Vec<Vec<u8>>) -> ZmqMessage {
     let mut frames = frames.into_iter();
     let mut message = ZmqMessage::from(frames.next().unwrap_or_default());

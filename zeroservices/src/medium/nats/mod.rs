@@ -1,0 +1,816 @@
+//! The NATS medium: requests, replies and events through a NATS server or cluster
+//! (`ZS_TRANSPORT=nats://host:port[,...]`), crate `async-nats`. With NATS a node opens no
+//! socket of its own: one client connection ([`NatsLink`]) carries everything, discovery too
+//! ([`NatsDiscovery`](crate::discovery::NatsDiscovery)).
+//!
+//! # Subjects (a contract; `<p>` is the cluster's prefix, `ZS_CLUSTER`, default `zs`)
+//!
+//! * `<p>.req.<collection>`: requests to any owner of a collection. Every owner subscribes in
+//!   the queue group `owners`, so NATS hands each request to one of them (balancing among the
+//!   owners, and skipping one that is gone at once: its subscription goes with its connection).
+//! * `<p>.node.<node id>`: requests to one node (a message to its `on_message` hook, the
+//!   one-store check, a fail-over to a chosen owner).
+//! * `<p>.evt.<collection>.<action>.<id>`: events; a user event's topic `chat.room.message` is
+//!   `<p>.evt.chat.room.message` (each dot segment a token: a topic with an empty segment,
+//!   spaces, `*` or `>` cannot be published over NATS and is refused with `BadRequest`).
+//!   A node subscribes to what its subscribers want: `power` is `<p>.evt.power` and
+//!   `<p>.evt.power.>`, everything (`*`) is `<p>.evt.>`; prefixes under another are left out,
+//!   so no event arrives twice.
+//! * `<p>.disc`, `<p>.disc.hello`: discovery (see
+//!   [`NatsDiscovery`](crate::discovery::NatsDiscovery)).
+//!
+//! With a cluster key every name token above (collection, node id, each topic segment) is its
+//! keyed tag, as in the ZeroMQ medium's topic frames: 16 hex digits of an HMAC under the key, so
+//! the subjects show no names, and nodes under another key use other subjects altogether. An
+//! owner subscribes under every key of its ring (a rotation keeps working), as of its start.
+//!
+//! # Payloads
+//!
+//! The ZeroMQ medium's envelopes (see [`medium::zeromq`](crate::medium::zeromq)): a request is
+//! the `request` call envelope, the reply (on the request's NATS reply subject) the `response`
+//! envelope with `ok` or the typed `error`, an event the `event` envelope. Without a key the
+//! payload is that JSON; with a key it is the 33-byte seal header followed by the sealed JSON
+//! (AES-256-GCM, the wire keys, a timestamp and counter against replays), the associated data
+//! binding the kind (`c` request, `r` response, `e` event) and, for an event, the subject after
+//! `<p>.evt.`. A payload that does not open, does not parse, has another version or is over
+//! `ZS_MAX_MESSAGE_BYTES` is dropped, counted ([`NatsStats`]) and logged once per kind; a
+//! well-formed request with an unusable body is answered with a `bad_request` error; nothing a
+//! publisher sends can panic the medium.
+//!
+//! # Routing
+//!
+//! The node keeps its directory: it knows the owners of a collection from discovery (an unknown
+//! collection is still `404`, a gone owner `503`). Since NATS balances by itself
+//! ([`Medium::balances`]), the node sends an ordinary request to `<p>.req.<collection>`
+//! ([`Medium::call_any`]); when that fails with `Unavailable` (no owner subscribed, an owner
+//! stopping) it falls back to calling each owner it knows on `<p>.node.<id>`, as it does over
+//! ZeroMQ. An owner subscribes to its collections' subjects only once it serves them
+//! ([`Medium::serve`], after the one-store check).
+//!
+//! # Failures
+//!
+//! A call fails at once with [`Error::Unavailable`] while the connection is down, and a call in
+//! flight fails with it when the connection drops; NATS's "no responders" is `Unavailable` too;
+//! no reply within the request timeout is [`Error::Timeout`]. The client reconnects by itself
+//! (see [`NatsLink`]), and the node serves again without a restart.
+
+use std::collections::{BTreeSet, HashMap};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
+
+use async_nats::client::RequestErrorKind;
+use async_nats::{Client, Message, Subscriber};
+use async_trait::async_trait;
+use futures::StreamExt;
+use serde_json::Value;
+use serde_json::value::RawValue;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use self::subjects::Subjects;
+use super::wire::{self, Call, Outgoing, Rejection, Wire};
+use super::{Endpoints, Inbound, Medium, Request};
+use crate::config::NetworkConfig;
+use crate::security::DropLog;
+use crate::security::seal::HEADER_LEN;
+use crate::{Error, Event, NodeInfo, Result};
+
+mod link;
+pub(crate) mod subjects;
+
+pub use self::link::NatsLink;
+
+/// The queue group every owner of a collection joins on its request subject.
+const OWNERS: &str = "owners";
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    // Every critical section is a few map operations: a poisoned lock is still consistent.
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Counters of a [`NatsMedium`], for logs and tests.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct NatsStats {
+    /// Requests answered (any reply, errors included).
+    pub requests_served: u64,
+    /// Events handed to the node.
+    pub events_received: u64,
+    /// Dropped: invalid JSON, an unexpected envelope, a request without a reply subject, an
+    /// event whose topic is not its subject's.
+    pub dropped_malformed: u64,
+    /// Dropped: not sealed or not opening while a cluster key is set, or sealed while none is.
+    pub dropped_unsigned: u64,
+    /// Dropped: sealed right, but outside the replay window or seen before.
+    pub dropped_replayed: u64,
+    /// Dropped: another protocol version.
+    pub dropped_version: u64,
+    /// Dropped: over `ZS_MAX_MESSAGE_BYTES`.
+    pub dropped_oversized: u64,
+}
+
+#[derive(Default)]
+struct Drops {
+    malformed: DropLog,
+    unsigned: DropLog,
+    replayed: DropLog,
+    version: DropLog,
+    oversized: DropLog,
+}
+
+impl Drops {
+    fn count(&self, what: &str, rejection: &Rejection) {
+        let (log, reason) = match rejection {
+            Rejection::Malformed(reason) => (&self.malformed, reason.clone()),
+            Rejection::Answerable { reason, .. } => (&self.malformed, reason.clone()),
+            Rejection::Unsigned(reason) => (&self.unsigned, (*reason).to_owned()),
+            Rejection::Replayed(reason) => (&self.replayed, (*reason).to_owned()),
+            Rejection::Version => (&self.version, "another protocol version".to_owned()),
+            Rejection::Oversized(n) => (&self.oversized, format!("{n} bytes")),
+        };
+        // NATS does not say who published: one log line per kind of message.
+        log.drop_from("nats", what, &reason);
+    }
+}
+
+/// What the medium's tasks share.
+struct Inner {
+    link: Arc<NatsLink>,
+    config: NetworkConfig,
+    wire: Wire,
+    subjects: Subjects,
+    node_id: OnceLock<String>,
+    inbound: OnceLock<Arc<dyn Inbound>>,
+    client: OnceLock<Client>,
+    state: Mutex<State>,
+    /// The prefixes the node's subscribers want, and those always wanted (the sniffer's).
+    interest: Mutex<(Vec<String>, Vec<String>)>,
+    /// Bumped with every change of the interest; the interest task says which it applied.
+    wanted: watch::Sender<u64>,
+    applied: watch::Sender<u64>,
+    next_request: AtomicU64,
+    served: AtomicU64,
+    events: AtomicU64,
+    drops: Drops,
+}
+
+#[derive(Default)]
+struct State {
+    started: bool,
+    stopped: bool,
+    /// Subscription tasks by what they serve: `node`, `req:<collection>`, `evt:<prefix>`.
+    subscriptions: HashMap<String, Vec<JoinHandle<()>>>,
+    tasks: Vec<JoinHandle<()>>,
+    /// Collections to serve (given before start, subscribed at start).
+    serving: BTreeSet<String>,
+    endpoints: Endpoints,
+}
+
+/// A [`Medium`] over NATS; see the [module documentation](self) for the subjects and payloads.
+/// Clones share the medium (a test keeps one to read [`NatsMedium::stats`]).
+///
+/// ```no_run
+/// # #[tokio::main] async fn main() -> zeroservices::Result<()> {
+/// use zeroservices::{Node, config::NetworkConfig};
+/// // ZS_TRANSPORT=nats://127.0.0.1:4222: `network` picks NATS for the medium and discovery.
+/// let node = Node::builder("power").network(NetworkConfig::from_env()?).start().await?;
+/// # node.stop().await; Ok(()) }
+/// ```
+#[derive(Clone)]
+pub struct NatsMedium {
+    inner: Arc<Inner>,
+}
+
+impl NatsMedium {
+    /// A medium on `link` with these settings (`cluster`, `cluster_key`, `replay_window`,
+    /// `request_timeout`, `max_message_bytes`).
+    pub fn new(link: Arc<NatsLink>, config: NetworkConfig) -> Self {
+        let wire = Wire::with_window(
+            config.cluster_key.clone(),
+            config.max_message_bytes,
+            config.replay_window,
+        );
+        Self {
+            inner: Arc::new(Inner {
+                link,
+                subjects: Subjects::new(&config.cluster),
+                config,
+                wire,
+                node_id: OnceLock::new(),
+                inbound: OnceLock::new(),
+                client: OnceLock::new(),
+                state: Mutex::new(State::default()),
+                interest: Mutex::new((Vec::new(), Vec::new())),
+                wanted: watch::Sender::new(0),
+                applied: watch::Sender::new(0),
+                next_request: AtomicU64::new(1),
+                served: AtomicU64::new(0),
+                events: AtomicU64::new(0),
+                drops: Drops::default(),
+            }),
+        }
+    }
+
+    /// Always subscribes to events under these topic prefixes (`""` or `"*"` is everything),
+    /// whatever the node's subscribers want. The sniffer uses it.
+    pub fn with_subscriptions(self, prefixes: Vec<String>) -> Self {
+        lock(&self.inner.interest).1 = prefixes;
+        self.inner.wanted.send_modify(|v| *v += 1);
+        self
+    }
+
+    /// The counters so far.
+    pub fn stats(&self) -> NatsStats {
+        let d = &self.inner.drops;
+        NatsStats {
+            requests_served: self.inner.served.load(Ordering::Relaxed),
+            events_received: self.inner.events.load(Ordering::Relaxed),
+            dropped_malformed: d.malformed.count(),
+            dropped_unsigned: d.unsigned.count(),
+            dropped_replayed: d.replayed.count(),
+            dropped_version: d.version.count(),
+            dropped_oversized: d.oversized.count(),
+        }
+    }
+
+    /// The connection.
+    pub fn link(&self) -> &Arc<NatsLink> {
+        &self.inner.link
+    }
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        let state = self.state.get_mut().unwrap_or_else(|e| e.into_inner());
+        for task in state
+            .subscriptions
+            .drain()
+            .flat_map(|(_, t)| t)
+            .chain(state.tasks.drain(..))
+        {
+            task.abort();
+        }
+    }
+}
+
+impl Inner {
+    fn client(&self) -> Result<&Client> {
+        let state = lock(&self.state);
+        if !state.started || state.stopped {
+            return Err(Error::unavailable("the nats medium is not running"));
+        }
+        drop(state);
+        self.client
+            .get()
+            .ok_or_else(|| Error::unavailable("the nats medium is not running"))
+    }
+
+    fn node_id(&self) -> &str {
+        self.node_id.get().map_or("", String::as_str)
+    }
+
+    /// Opens a payload: `header | sealed` with a key, the JSON itself without.
+    fn open<'a>(
+        &self,
+        kind: u8,
+        context: &[u8],
+        payload: &'a [u8],
+    ) -> std::result::Result<std::borrow::Cow<'a, [u8]>, Rejection> {
+        if payload.len() > self.config.max_message_bytes {
+            return Err(Rejection::Oversized(payload.len()));
+        }
+        if self.wire.key().is_some() {
+            if payload.len() < HEADER_LEN {
+                return Err(Rejection::Unsigned("shorter than a seal"));
+            }
+            let (header, body) = payload.split_at(HEADER_LEN);
+            return self.wire.open(kind, context, body, header);
+        }
+        match payload.first() {
+            Some(b'{') => self.wire.open(kind, context, payload, b""),
+            Some(&b) if u32::from(b) == super::PROTOCOL_VERSION => Err(Rejection::Unsigned(
+                "sealed with a cluster key, and this node has none",
+            )),
+            _ => Err(Rejection::Malformed("not a JSON envelope".to_owned())),
+        }
+    }
+
+    /// Seals a body into one payload.
+    fn seal(&self, kind: u8, context: &[u8], body: Vec<u8>) -> Vec<u8> {
+        let [body, header] = self.wire.seal(kind, context, body);
+        if header.is_empty() {
+            return body;
+        }
+        let mut payload = header;
+        payload.extend_from_slice(&body);
+        payload
+    }
+
+    /// Sends a request on `subject` and waits for its reply.
+    async fn call(&self, subject: String, request: Request) -> Result<Box<RawValue>> {
+        let client = self.client()?.clone();
+        if !self.link.is_connected() {
+            return Err(Error::unavailable(format!(
+                "the NATS connection ({}) is down",
+                self.link.describe()
+            )));
+        }
+        let collection = request.collection.clone();
+        let id = self.next_request.fetch_add(1, Ordering::Relaxed);
+        let body = self
+            .wire
+            .encode_call(id, self.node_id(), Outgoing::Request(&request))?;
+        let payload = self.seal(wire::SEAL_CALL, b"", body);
+        let timeout = self.config.request_timeout;
+        let send = client.send_request(
+            subject,
+            async_nats::Request::new()
+                .payload(payload.into())
+                .timeout(Some(timeout)),
+        );
+        let reply = tokio::select! {
+            reply = send => reply,
+            () = self.link.down() => {
+                return Err(Error::unavailable(format!(
+                    "the NATS connection ({}) dropped while waiting for a reply",
+                    self.link.describe()
+                )));
+            }
+        };
+        let message = match reply {
+            Ok(message) => message,
+            Err(e) => {
+                return Err(match e.kind() {
+                    RequestErrorKind::TimedOut => Error::Timeout {
+                        collection,
+                        after_ms: timeout.as_millis() as u64,
+                    },
+                    RequestErrorKind::NoResponders => Error::unavailable(format!(
+                        "no node answers requests for {collection} on NATS"
+                    )),
+                    RequestErrorKind::MaxPayloadExceeded => {
+                        Error::bad_request(format!("request too large for the NATS server: {e}"))
+                    }
+                    _ => Error::unavailable(format!("NATS request failed: {e}")),
+                });
+            }
+        };
+        let body = self
+            .open(wire::SEAL_RESPONSE, b"", &message.payload)
+            .map_err(|rejection| {
+                self.drops.count("response", &rejection);
+                Error::unavailable("a reply from NATS did not open or parse (dropped)")
+            })?;
+        match wire::decode_response(&body) {
+            Ok((_, reply)) => reply,
+            Err(rejection) => {
+                self.drops.count("response", &rejection);
+                Err(Error::unavailable(
+                    "a reply from NATS did not open or parse (dropped)",
+                ))
+            }
+        }
+    }
+
+    /// Answers one request message (on its own task).
+    async fn serve(self: Arc<Self>, message: Message) {
+        let Some(reply_to) = message.reply.clone() else {
+            self.drops.count(
+                "request",
+                &Rejection::Malformed("a request without a reply subject".to_owned()),
+            );
+            return;
+        };
+        let body = match self.open(wire::SEAL_CALL, b"", &message.payload) {
+            Ok(body) => body,
+            Err(rejection) => {
+                self.drops.count("request", &rejection);
+                return;
+            }
+        };
+        let (id, reply) = match wire::decode_call(&body) {
+            Ok(Call::Request { id, from, request }) => {
+                let Some(inbound) = self.inbound.get() else {
+                    return;
+                };
+                (id, inbound.request_raw(from, request).await)
+            }
+            Ok(Call::Control { id, .. }) => (
+                id,
+                Err(Error::bad_request(
+                    "interest and sync messages are not used over NATS",
+                )),
+            ),
+            Err(Rejection::Answerable { id, reason }) => {
+                self.drops
+                    .count("request", &Rejection::Malformed(reason.clone()));
+                (id, Err(Error::bad_request(reason)))
+            }
+            Err(rejection) => {
+                self.drops.count("request", &rejection);
+                return;
+            }
+        };
+        let body = self.wire.encode_response(id, &reply);
+        let payload = self.seal(wire::SEAL_RESPONSE, b"", body);
+        self.served.fetch_add(1, Ordering::Relaxed);
+        if let Some(client) = self.client.get()
+            && let Err(e) = client.publish(reply_to, payload.into()).await
+        {
+            tracing::debug!(error = %e, "nats: reply not sent");
+        }
+    }
+
+    /// Takes one event message.
+    fn event(&self, message: &Message) {
+        let base = self.subjects.event_base();
+        let Some(frame) = message.subject.as_str().strip_prefix(base.as_str()) else {
+            return;
+        };
+        let body = match self.open(wire::SEAL_EVENT, frame.as_bytes(), &message.payload) {
+            Ok(body) => body,
+            Err(rejection) => {
+                self.drops.count("event", &rejection);
+                return;
+            }
+        };
+        let (topic, data) = match wire::decode_event(&body) {
+            Ok(event) => event,
+            Err(rejection) => {
+                self.drops.count("event", &rejection);
+                return;
+            }
+        };
+        if !self.wire.topic_is(frame.as_bytes(), &topic) {
+            self.drops.count(
+                "event",
+                &Rejection::Malformed("the topic is not its subject's".to_owned()),
+            );
+            return;
+        }
+        if let Some(inbound) = self.inbound.get() {
+            self.events.fetch_add(1, Ordering::Relaxed);
+            inbound.event(Event { topic, data });
+        }
+    }
+
+    /// Subscribes to `subjects` (in `queue`, if given) and hands each message to `take`, on a
+    /// task per subject; `key` names them for unsubscribing.
+    async fn subscribe(
+        self: &Arc<Self>,
+        key: String,
+        subjects: Vec<String>,
+        queue: Option<&str>,
+        take: fn(&Arc<Inner>, Message),
+    ) -> Result<()> {
+        let client = self.client()?.clone();
+        let mut tasks = Vec::new();
+        for subject in subjects {
+            let subscriber: Subscriber = match queue {
+                Some(queue) => {
+                    client
+                        .queue_subscribe(subject.clone(), queue.to_owned())
+                        .await
+                }
+                None => client.subscribe(subject.clone()).await,
+            }
+            .map_err(|e| Error::unavailable(format!("cannot subscribe to {subject}: {e}")))?;
+            let inner = Arc::downgrade(self);
+            tasks.push(tokio::spawn(async move {
+                let mut subscriber = subscriber;
+                while let Some(message) = subscriber.next().await {
+                    let Some(inner) = inner.upgrade() else { break };
+                    take(&inner, message);
+                }
+            }));
+        }
+        let mut state = lock(&self.state);
+        if state.stopped {
+            for task in tasks {
+                task.abort();
+            }
+            return Ok(());
+        }
+        if let Some(old) = state.subscriptions.insert(key, tasks) {
+            for task in old {
+                task.abort();
+            }
+        }
+        Ok(())
+    }
+
+    fn unsubscribe(&self, key: &str) {
+        if let Some(tasks) = lock(&self.state).subscriptions.remove(key) {
+            for task in tasks {
+                task.abort();
+            }
+        }
+    }
+
+    /// Subscribes to the request subjects of `collection`, in the owners' queue group.
+    async fn serve_collection(self: &Arc<Self>, collection: &str) -> Result<()> {
+        let subjects = self.subjects.request_filters(&self.wire, collection)?;
+        self.subscribe(
+            format!("req:{collection}"),
+            subjects,
+            Some(OWNERS),
+            take_request,
+        )
+        .await
+    }
+
+    /// Makes the event subscriptions follow the interest, version by version, until stopped.
+    async fn follow_interest(self: Arc<Self>) {
+        let mut wanted = self.wanted.subscribe();
+        loop {
+            let version = *wanted.borrow_and_update();
+            let prefixes = {
+                let (asked, fixed) = &*lock(&self.interest);
+                subjects::covering(asked.iter().chain(fixed).cloned())
+            };
+            let current: Vec<String> = lock(&self.state)
+                .subscriptions
+                .keys()
+                .filter_map(|k| k.strip_prefix("evt:").map(str::to_owned))
+                .collect();
+            // New ones first: nothing wanted is missed while they change.
+            for prefix in prefixes.iter().filter(|p| !current.contains(p)) {
+                let Some(filters) = self.subjects.event_filters(&self.wire, prefix) else {
+                    tracing::debug!(%prefix, "nats: a prefix no subject can match, not subscribed");
+                    continue;
+                };
+                if let Err(e) = self
+                    .subscribe(format!("evt:{prefix}"), filters, None, take_event)
+                    .await
+                {
+                    tracing::warn!(%prefix, error = %e, "nats: cannot subscribe to events");
+                }
+            }
+            for prefix in current.iter().filter(|p| !prefixes.contains(p)) {
+                self.unsubscribe(&format!("evt:{prefix}"));
+            }
+            self.applied.send_replace(version);
+            if wanted.changed().await.is_err() {
+                return;
+            }
+        }
+    }
+}
+
+fn take_request(inner: &Arc<Inner>, message: Message) {
+    tokio::spawn(inner.clone().serve(message));
+}
+
+fn take_event(inner: &Arc<Inner>, message: Message) {
+    inner.event(&message);
+}
+
+#[async_trait]
+impl Medium for NatsMedium {
+    async fn start(&self, node_id: &str, inbound: Arc<dyn Inbound>) -> Result<Endpoints> {
+        let inner = &self.inner;
+        // Nothing reaches a NATS server beyond loopback without a key, unless asked to.
+        inner.config.check_exposure()?;
+        {
+            let mut state = lock(&inner.state);
+            if state.started {
+                return Err(Error::internal("nats medium started twice"));
+            }
+            state.started = true;
+        }
+        let node_subjects = inner.subjects.node_filters(&inner.wire, node_id)?;
+        let endpoint = inner.subjects.node(&inner.wire, node_id)?;
+        let client = inner.link.acquire().await?;
+        let _ = inner.client.set(client.clone());
+        let _ = inner.node_id.set(node_id.to_owned());
+        let _ = inner.inbound.set(inbound);
+        inner
+            .subscribe("node".to_owned(), node_subjects, None, take_request)
+            .await?;
+        let serving: Vec<String> = lock(&inner.state).serving.iter().cloned().collect();
+        for collection in serving {
+            inner.serve_collection(&collection).await?;
+        }
+        let follow = tokio::spawn(inner.clone().follow_interest());
+        let endpoints = Endpoints::from([("nats".to_owned(), endpoint)]);
+        {
+            let mut state = lock(&inner.state);
+            state.tasks.push(follow);
+            // The keyring from a file is re-read on SIGHUP while the medium runs, as with
+            // ZeroMQ (README "Rotating the cluster key").
+            #[cfg(unix)]
+            if let (Some(key), Some(path)) =
+                (&inner.config.cluster_key, &inner.config.cluster_key_file)
+            {
+                match crate::security::keyfile::reload_on_sighup(key.clone(), path.clone()) {
+                    Ok(reload) => state.tasks.push(reload),
+                    Err(e) => tracing::warn!("cannot watch SIGHUP to re-read the cluster key: {e}"),
+                }
+            }
+            state.endpoints = endpoints.clone();
+        }
+        // The subscriptions are in effect at the server before peers learn of this node.
+        let within = inner.config.request_timeout;
+        let _ = tokio::time::timeout(within, client.flush()).await;
+        tracing::debug!(node = %node_id, servers = %inner.link.describe(), "nats medium started");
+        Ok(endpoints)
+    }
+
+    async fn call(&self, peer: &NodeInfo, request: Request) -> Result<Value> {
+        let raw = self.call_raw(peer, request).await?;
+        serde_json::from_str(raw.get()).map_err(|e| Error::internal(e.to_string()))
+    }
+
+    async fn call_raw(&self, peer: &NodeInfo, request: Request) -> Result<Box<RawValue>> {
+        let subject = self.inner.subjects.node(&self.inner.wire, &peer.id)?;
+        self.inner.call(subject, request).await
+    }
+
+    fn balances(&self) -> bool {
+        true
+    }
+
+    async fn call_any(&self, request: Request) -> Result<Box<RawValue>> {
+        let subject = self
+            .inner
+            .subjects
+            .request(&self.inner.wire, &request.collection)?;
+        self.inner.call(subject, request).await
+    }
+
+    async fn serve(&self, collections: Vec<String>) -> Result<()> {
+        let inner = &self.inner;
+        let (started, added, removed) = {
+            let mut state = lock(&inner.state);
+            let new: BTreeSet<String> = collections.into_iter().collect();
+            let added: Vec<String> = new.difference(&state.serving).cloned().collect();
+            let removed: Vec<String> = state.serving.difference(&new).cloned().collect();
+            state.serving = new;
+            (state.started && !state.stopped, added, removed)
+        };
+        if !started {
+            return Ok(());
+        }
+        for collection in removed {
+            inner.unsubscribe(&format!("req:{collection}"));
+        }
+        for collection in added {
+            inner.serve_collection(&collection).await?;
+        }
+        if let Some(client) = inner.client.get() {
+            let _ = tokio::time::timeout(inner.config.request_timeout, client.flush()).await;
+        }
+        Ok(())
+    }
+
+    async fn publish(&self, event: &Event) -> Result<()> {
+        let inner = &self.inner;
+        let client = inner.client()?;
+        let (subject, frame) = inner.subjects.event(&inner.wire, &event.topic)?;
+        let body = inner
+            .wire
+            .encode_event(inner.node_id(), &event.topic, &event.data)?;
+        let payload = inner.seal(wire::SEAL_EVENT, &frame, body);
+        client
+            .publish(subject, payload.into())
+            .await
+            .map_err(|e| Error::unavailable(format!("event not published on NATS: {e}")))
+    }
+
+    fn set_interest(&self, prefixes: Vec<String>) {
+        lock(&self.inner.interest).0 = prefixes;
+        self.inner.wanted.send_modify(|v| *v += 1);
+    }
+
+    async fn sync_interest(&self) {
+        let inner = &self.inner;
+        let within = inner.config.request_timeout.min(Duration::from_secs(2));
+        let wanted = *inner.wanted.borrow();
+        let mut applied = inner.applied.subscribe();
+        let _ = tokio::time::timeout(within, async {
+            let _ = applied.wait_for(|v| *v >= wanted).await;
+            if let Some(client) = inner.client.get() {
+                let _ = client.flush().await;
+            }
+        })
+        .await;
+    }
+
+    async fn stop(&self) {
+        let inner = &self.inner;
+        let (tasks, was_running) = {
+            let mut guard = lock(&inner.state);
+            let state = &mut *guard;
+            let was_running = state.started && !state.stopped;
+            state.stopped = true;
+            let tasks: Vec<JoinHandle<()>> = state
+                .subscriptions
+                .drain()
+                .flat_map(|(_, t)| t)
+                .chain(state.tasks.drain(..))
+                .collect();
+            (tasks, was_running)
+        };
+        for task in tasks {
+            task.abort();
+        }
+        if was_running && inner.client.get().is_some() {
+            inner.link.release().await;
+        }
+    }
+
+    fn describe(&self) -> String {
+        format!(
+            "nats {} ({})",
+            self.inner.link.describe(),
+            self.inner.subjects.prefix()
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{NatsServer, Transport};
+
+    fn config() -> NetworkConfig {
+        NetworkConfig {
+            transport: Transport::Nats(vec![NatsServer::parse("nats://127.0.0.1:9").unwrap()]),
+            ..NetworkConfig::default()
+        }
+    }
+
+    #[tokio::test]
+    async fn calls_fail_before_start() {
+        let config = config();
+        let medium = NatsMedium::new(NatsLink::new(&config), config);
+        let request = Request::new("c", "get");
+        assert!(matches!(
+            medium.call_any(request).await,
+            Err(Error::Unavailable { .. })
+        ));
+        assert!(medium.describe().starts_with("nats nats://127.0.0.1:9"));
+        medium.stop().await;
+    }
+
+    #[tokio::test]
+    async fn a_server_that_is_not_there_is_unavailable_at_start() {
+        struct Nobody;
+        #[async_trait]
+        impl Inbound for Nobody {
+            async fn request(&self, _: Option<String>, _: Request) -> Result<Value> {
+                Ok(Value::Null)
+            }
+            fn event(&self, _: Event) {}
+        }
+        let config = NetworkConfig {
+            request_timeout: Duration::from_millis(500),
+            ..config()
+        };
+        let medium = NatsMedium::new(NatsLink::new(&config), config);
+        let error = medium.start("a-1", Arc::new(Nobody)).await.unwrap_err();
+        assert!(matches!(error, Error::Unavailable { .. }), "{error}");
+        assert!(error.to_string().contains("127.0.0.1:9"), "{error}");
+    }
+
+    #[test]
+    fn payloads_open_as_they_were_sealed() {
+        let config = config();
+        let medium = NatsMedium::new(NatsLink::new(&config), config.clone());
+        let inner = &medium.inner;
+        let json = br#"{"v":3}"#.to_vec();
+        assert_eq!(
+            &*inner.open(wire::SEAL_CALL, b"", &json).unwrap(),
+            &json[..]
+        );
+        assert!(matches!(
+            inner.open(wire::SEAL_CALL, b"", b"\x03garbage"),
+            Err(Rejection::Unsigned(_))
+        ));
+        assert!(matches!(
+            inner.open(wire::SEAL_CALL, b"", b"garbage"),
+            Err(Rejection::Malformed(_))
+        ));
+        let keyed = NetworkConfig {
+            cluster_key: Some(crate::security::ClusterKey::new("k")),
+            ..config
+        };
+        let a = NatsMedium::new(NatsLink::new(&keyed), keyed.clone());
+        let b = NatsMedium::new(NatsLink::new(&keyed), keyed);
+        let sealed = a.inner.seal(wire::SEAL_EVENT, b"t", json.clone());
+        assert!(!sealed.windows(3).any(|w| w == b"\"v\""));
+        assert!(b.inner.open(wire::SEAL_EVENT, b"other", &sealed).is_err());
+        assert_eq!(
+            &*b.inner.open(wire::SEAL_EVENT, b"t", &sealed).unwrap(),
+            &json[..]
+        );
+        assert!(matches!(
+            b.inner.open(wire::SEAL_EVENT, b"t", &sealed),
+            Err(Rejection::Replayed(_))
+        ));
+        assert!(matches!(
+            b.inner.open(wire::SEAL_CALL, b"", &json),
+            Err(Rejection::Unsigned(_))
+        ));
+    }
+}

