@@ -206,7 +206,7 @@ pub struct NetworkSettings {
     /// How nodes reach each other: `zeromq` (ZeroMQ sockets and UDP discovery), or NATS server
     /// URLs `nats://host:port[,nats://host2:port..]` (also `tls://`; `user:password@` in the URL
     /// if the server wants it) for requests, events and discovery through NATS [default: zeromq].
-    #[arg(long, env = "ZS_TRANSPORT", value_name = "zeromq|nats://HOST:PORT,...",
+    #[arg(long, env = "ZS_TRANSPORT", value_name = "TRANSPORT",
           hide_env_values = true, value_parser = Check(parse::transport))]
     pub transport: Option<crate::config::Transport>,
     /// With NATS: the subject prefix of this cluster, so several clusters can share one NATS
