@@ -1,6 +1,10 @@
 #![doc = include_str!("../docs/lib.md")]
 #![warn(missing_docs, unreachable_pub)]
 
+// The macros name `::zeroservices`: the crate's own unit tests may use them too.
+#[cfg(test)]
+extern crate self as zeroservices;
+
 pub mod access;
 #[cfg(feature = "app")]
 pub mod app;

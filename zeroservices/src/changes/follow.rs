@@ -438,64 +438,62 @@ impl Follower {
                 .unwrap_or_else(|e| e.into_inner())
                 .clone();
             let after = from;
-            {
-                let args = ChangesArgs {
-                    collection: collection.clone(),
-                    log: log.clone(),
-                    after,
-                    prefixes: prefixes.clone(),
-                    limit: MAX_PAGE,
+            let args = ChangesArgs {
+                collection: collection.clone(),
+                log: log.clone(),
+                after,
+                prefixes: prefixes.clone(),
+                limit: MAX_PAGE,
+            };
+            let reply = match self.read(&args).await {
+                Ok(reply) => reply,
+                Err(e) => {
+                    // Nobody can read it back: what is held goes out with its gap.
+                    tracing::warn!(log = %key, error = %e, "a change log cannot be read; events may be missing");
+                    self.give_up(&key);
+                    continue;
+                }
+            };
+            if reply.expired {
+                return Err(Error::CursorExpired {
+                    message: format!(
+                        "the change log of {collection} ({log}) no longer holds the \
+                         changes after this cursor (ZS_CHANGE_LOG_MAX, ZS_CHANGE_LOG_MS); \
+                         reload and subscribe without a cursor"
+                    ),
+                });
+            }
+            let last = self.queued.get(&key).copied();
+            for entry in reply.entries {
+                if last.is_some_and(|l| entry.seq <= l)
+                    || self.queued.get(&key).is_some_and(|q| entry.seq <= *q)
+                {
+                    continue;
+                }
+                let event = Event {
+                    topic: entry.topic,
+                    data: entry.data,
                 };
-                let reply = match self.read(&args).await {
-                    Ok(reply) => reply,
-                    Err(e) => {
-                        // Nobody can read it back: what is held goes out with its gap.
-                        tracing::warn!(log = %key, error = %e, "a change log cannot be read; events may be missing");
-                        self.give_up(&key);
-                        continue;
-                    }
-                };
-                if reply.expired {
-                    return Err(Error::CursorExpired {
-                        message: format!(
-                            "the change log of {collection} ({log}) no longer holds the \
-                             changes after this cursor (ZS_CHANGE_LOG_MAX, ZS_CHANGE_LOG_MS); \
-                             reload and subscribe without a cursor"
-                        ),
-                    });
-                }
-                let last = self.queued.get(&key).copied();
-                for entry in reply.entries {
-                    if last.is_some_and(|l| entry.seq <= l)
-                        || self.queued.get(&key).is_some_and(|q| entry.seq <= *q)
-                    {
-                        continue;
-                    }
-                    let event = Event {
-                        topic: entry.topic,
-                        data: entry.data,
-                    };
-                    self.accept(key.clone(), entry.seq, event);
-                }
-                // Entries passed over, or none after a time: the position moves to what was
-                // read (to the head when nothing was).
-                let through = if reply.through > 0 {
-                    reply.through
-                } else if matches!(after, LogAfter::Time(_)) && !reply.more {
-                    reply.head
-                } else {
-                    0
-                };
-                if self.queued.get(&key).is_none_or(|q| through > *q) {
-                    self.queued.insert(key.clone(), through);
-                    self.pending.push_back(Item::Advance(key.clone(), through));
-                }
-                if reply.more {
-                    // The next page once this one is handed out: a far-behind cursor holds
-                    // one page per log in memory, not the whole backlog.
-                    let at = self.queued.get(&key).copied().unwrap_or(0);
-                    self.to_read.insert(key.clone(), LogAfter::Seq(at));
-                }
+                self.accept(key.clone(), entry.seq, event);
+            }
+            // Entries passed over, or none after a time: the position moves to what was
+            // read (to the head when nothing was).
+            let through = if reply.through > 0 {
+                reply.through
+            } else if matches!(after, LogAfter::Time(_)) && !reply.more {
+                reply.head
+            } else {
+                0
+            };
+            if self.queued.get(&key).is_none_or(|q| through > *q) {
+                self.queued.insert(key.clone(), through);
+                self.pending.push_back(Item::Advance(key.clone(), through));
+            }
+            if reply.more {
+                // The next page once this one is handed out: a far-behind cursor holds
+                // one page per log in memory, not the whole backlog.
+                let at = self.queued.get(&key).copied().unwrap_or(0);
+                self.to_read.insert(key.clone(), LogAfter::Seq(at));
             }
             if self.to_read.contains_key(&key) {
                 continue;

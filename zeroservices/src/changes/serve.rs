@@ -83,3 +83,73 @@ pub(crate) async fn serve(node: &Node, args: Value) -> Result<Value> {
     }
     serde_json::to_value(&reply).map_err(|e| Error::internal(e.to_string()))
 }
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+    use crate::medium::MemoryCluster;
+
+    #[crate::resource(collection = "item")]
+    pub(crate) struct Item {
+        pub(crate) n: i64,
+    }
+
+    /// What a peer may send as a log read: malformed arguments, a collection this node does
+    /// not own, a log it does not hold, too many prefixes, a huge limit. Each is a clear error
+    /// or a bounded page, never a panic.
+    #[tokio::test]
+    async fn hostile_reads_get_errors_or_bounded_pages() {
+        let cluster = MemoryCluster::new();
+        let node = Node::builder("item_service")
+            .memory(&cluster)
+            .resource::<Item>()
+            .start()
+            .await
+            .unwrap();
+        for n in 0..(MAX_PAGE as i64 + 20) {
+            node.collection::<Item>().create(Item { n }).await.unwrap();
+        }
+        let log = node.local_store_of("item").unwrap().log_id().unwrap();
+        let read = |args: Value| serve(&node, args);
+        for bad in [
+            json!(null),
+            json!("x"),
+            json!({"collection": "item"}),
+            json!({"collection": 1, "log": log, "after": {"seq": 0}, "limit": 1}),
+        ] {
+            let e = read(bad.clone()).await.unwrap_err();
+            assert_eq!(e.kind(), "validation", "{bad}: {e}");
+        }
+        let args = |collection: &str, log: &str, prefixes: Vec<String>, limit: usize| {
+            json!({"collection": collection, "log": log, "after": {"seq": 0},
+                   "prefixes": prefixes, "limit": limit})
+        };
+        let e = read(args("nope", &log, vec![], 1)).await.unwrap_err();
+        assert_eq!(e.kind(), "unknown_collection");
+        let e = read(args("item", "memory:forged", vec![], 1))
+            .await
+            .unwrap_err();
+        assert_eq!(e.kind(), "not_found");
+        let many = vec!["item".to_owned(); 1025];
+        let e = read(args("item", &log, many, 1)).await.unwrap_err();
+        assert_eq!(e.kind(), "bad_request");
+        // A huge limit is clamped to a page; the rest is announced.
+        let page: ChangesReply =
+            serde_json::from_value(read(args("item", &log, vec![], usize::MAX)).await.unwrap())
+                .unwrap();
+        assert_eq!(page.entries.len(), MAX_PAGE);
+        assert!(page.more);
+        // Prefixes that match nothing pass over entries and still move on.
+        let page: ChangesReply = serde_json::from_value(
+            read(args("item", &log, vec!["other".into()], 10))
+                .await
+                .unwrap(),
+        )
+        .unwrap();
+        assert!(page.entries.is_empty());
+        assert_eq!(page.through, 10);
+        node.stop().await;
+    }
+}

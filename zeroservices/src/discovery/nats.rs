@@ -54,7 +54,7 @@ use crate::config::NetworkConfig;
 use crate::medium::nats::NatsLink;
 use crate::medium::nats::subjects::Subjects;
 use crate::security::DropLog;
-use crate::security::seal::{HEADER_LEN, Purpose, Refusal, Sealer};
+use crate::security::seal::{HEADER_LEN, Refusal, Sealer};
 use crate::{Error, NodeInfo, Result};
 
 /// The version of the discovery messages (the `v` field), as over UDP.
@@ -226,14 +226,11 @@ impl NatsDiscovery {
     /// A discovery on `link` with these settings (`cluster`, `cluster_key`, `replay_window`,
     /// `heartbeat`, `peer_timeout`, `discovery_warmup`, `max_peers`, `max_message_bytes`).
     pub fn new(link: Arc<NatsLink>, config: NetworkConfig) -> Self {
-        let sealer = config.cluster_key.clone().map(|key| {
-            Sealer::new(
-                key,
-                Purpose::Discovery,
-                DISCOVERY_VERSION as u8,
-                config.replay_window,
-            )
-        });
+        let sealer = Sealer::for_discovery(
+            config.cluster_key.as_ref(),
+            DISCOVERY_VERSION,
+            config.replay_window,
+        );
         Self {
             shared: Arc::new(Shared {
                 link,

@@ -188,6 +188,16 @@ pub(crate) struct Opened {
 }
 
 impl Sealer {
+    /// The sealer of discovery messages (format `version`) under the cluster key, if one is set:
+    /// what the UDP and the NATS discovery both use.
+    pub(crate) fn for_discovery(
+        key: Option<&ClusterKey>,
+        version: u64,
+        window: Duration,
+    ) -> Option<Self> {
+        key.map(|key| Self::new(key.clone(), Purpose::Discovery, version as u8, window))
+    }
+
     pub(crate) fn new(key: ClusterKey, purpose: Purpose, version: u8, window: Duration) -> Self {
         Self {
             key,

@@ -20,7 +20,7 @@ use crate::NodeInfo;
 use crate::config::{NetworkConfig, PEER_LOOKUP_TIMEOUT};
 use crate::discovery::{LeaveReason, PeerEvent, PeerSink};
 use crate::security::DropLog;
-use crate::security::seal::{OVERHEAD, Purpose, Sealer};
+use crate::security::seal::{OVERHEAD, Sealer};
 
 /// Larger than any UDP payload, so the kernel never truncates a datagram silently.
 const RECV_BUFFER: usize = 65_536;
@@ -71,14 +71,11 @@ impl Shared {
             config.peers_resolve,
         );
         let limit = config.max_message_bytes.min(MAX_DATAGRAM_BYTES);
-        let sealer = config.cluster_key.clone().map(|key| {
-            Sealer::new(
-                key,
-                Purpose::Discovery,
-                DISCOVERY_VERSION as u8,
-                config.replay_window,
-            )
-        });
+        let sealer = Sealer::for_discovery(
+            config.cluster_key.as_ref(),
+            DISCOVERY_VERSION,
+            config.replay_window,
+        );
         Self {
             sealer,
             config,
@@ -495,6 +492,7 @@ mod tests {
 
     use super::*;
     use crate::security::ClusterKey;
+    use crate::security::seal::Purpose;
 
     #[derive(Default)]
     struct Sink(Mutex<Vec<PeerEvent>>);
