@@ -75,7 +75,110 @@ fn crash_child() {
                 }
             });
         }
+        "logger" => {
+            // An owner over this store: every create goes through its service, so its change
+            // is logged in the same transaction.
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(async {
+                let cluster = zeroservices::medium::MemoryCluster::new();
+                let node = zeroservices::Node::builder("crash_service")
+                    .memory(&cluster)
+                    .store(store)
+                    .resource::<Crash>()
+                    .start()
+                    .await
+                    .unwrap();
+                let crashes = node.collection::<Crash>();
+                for n in 0.. {
+                    let id = crashes.create(Crash { n }).await.unwrap();
+                    writeln!(out, "ACK create {id}").unwrap();
+                    out.flush().unwrap();
+                }
+            });
+        }
         other => panic!("unknown child role {other}"),
+    }
+}
+
+/// What the `logger` child creates.
+#[zeroservices::resource(collection = "crash")]
+pub struct Crash {
+    /// Its number.
+    pub n: i64,
+}
+
+/// `kill -9` of an owner in the middle of a stream of creates: the change log, written in each
+/// change's transaction, holds every acknowledged create, in the order they were made, and
+/// nothing that is not stored.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_loses_no_acknowledged_change_from_the_log() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut child, mut out) = spawn_child("logger", dir.path(), 0);
+    let mut acked = Vec::new();
+    read_until(&mut out, |line| {
+        if let Some(id) = line.strip_prefix("ACK create ") {
+            acked.push(id.to_owned());
+        }
+        acked.len() >= 50
+    });
+    child.kill().unwrap();
+    child.wait().unwrap();
+    // Acknowledgements printed before the kill and not read yet.
+    let mut rest = String::new();
+    let _ = out.read_to_string(&mut rest);
+    acked.extend(
+        rest.lines()
+            .filter_map(|l| l.strip_prefix("ACK create ").map(str::to_owned)),
+    );
+    let store = EmbeddedStore::open(dir.path()).unwrap();
+    let log = store.log_id().unwrap();
+    let mut logged = Vec::new();
+    let mut after = 0;
+    loop {
+        let page = store
+            .read_log(
+                COLLECTION,
+                &log,
+                zeroservices::changes::LogAfter::Seq(after),
+                100,
+            )
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(!page.expired);
+        let Some(last) = page.entries.last() else {
+            break;
+        };
+        after = last.seq;
+        logged.extend(page.entries);
+    }
+    let seqs: Vec<u64> = logged.iter().map(|e| e.seq).collect();
+    assert_eq!(
+        seqs,
+        (1..=logged.len() as u64).collect::<Vec<_>>(),
+        "no gap"
+    );
+    let ids: Vec<&str> = logged
+        .iter()
+        .map(|e| e.data["resource_id"].as_str().unwrap())
+        .collect();
+    assert!(
+        ids.len() >= acked.len() && ids[..acked.len()] == acked[..],
+        "every acknowledged create is logged, in order: {} logged, {} acknowledged",
+        ids.len(),
+        acked.len()
+    );
+    // At most the create in flight is logged without an acknowledgement, and it is stored.
+    assert!(ids.len() <= acked.len() + 1);
+    for id in &ids {
+        assert!(
+            store.get(COLLECTION, id).await.unwrap().is_some(),
+            "{id} logged, not stored"
+        );
     }
 }
 
