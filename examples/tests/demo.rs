@@ -18,80 +18,12 @@
 //!
 //! Run: `cargo test -p zeroservices-examples --test demo`.
 
-use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
 mod common;
 use common::*;
-
-/// Every power of the store, by id.
-async fn all_powers(http: &reqwest::Client, base: &str) -> HashMap<String, Value> {
-    let (status, body) = json(
-        http.get(format!("{base}/power"))
-            .query(&[("limit", "1000")])
-            .send()
-            .await
-            .unwrap(),
-    )
-    .await;
-    assert_eq!(status, 200, "{body}");
-    body.as_array()
-        .unwrap()
-        .iter()
-        .map(|d| {
-            (
-                d["resource_id"].as_str().unwrap().to_owned(),
-                d["resource_data"].clone(),
-            )
-        })
-        .collect()
-}
-
-/// Whether a power is done with the right result (and, if given, the expected value).
-fn computed(data: &Value, value: Option<i64>) -> bool {
-    let Some(v) = data["value"].as_i64() else {
-        return false;
-    };
-    data["status"] == "done"
-        && data["result"].as_i64() == Some(v * v)
-        && value.is_none_or(|e| e == v)
-}
-
-/// Waits until every power of `expected` (id, value) is computed; how long it took.
-async fn wait_computed(
-    http: &reqwest::Client,
-    base: &str,
-    expected: &[(String, i64)],
-    within: Duration,
-) -> Duration {
-    let started = Instant::now();
-    let poll = Poll::new(within, Duration::from_millis(100));
-    loop {
-        let powers = all_powers(http, base).await;
-        let missing: Vec<String> = expected
-            .iter()
-            .filter(|(id, value)| !powers.get(id).is_some_and(|d| computed(d, Some(*value))))
-            .map(|(id, value)| format!("{id} (value {value}): {:?}", powers.get(id)))
-            .collect();
-        if missing.is_empty() {
-            return started.elapsed();
-        }
-        poll.again(|| format!("not computed within {within:?}:\n{}", missing.join("\n")))
-            .await;
-    }
-}
-
-/// Creates a pending power of `value` through REST; its id.
-async fn create_pending(http: &reqwest::Client, base: &str, value: i64) -> String {
-    create(
-        http,
-        base,
-        json!({"resource_data": {"value": value, "status": "pending"}}),
-    )
-    .await
-}
 
 fn worker(cluster: &Cluster) -> Proc {
     cluster.spawn("worker", &[("ZS_WORKER_POLL_MS", "500".into())], &[])

@@ -17,95 +17,13 @@
 
 use std::time::{Duration, Instant, SystemTime};
 
-use futures::{SinkExt, StreamExt};
 use serde_json::{Value, json};
-use tokio_tungstenite::tungstenite::Message;
 
 mod common;
 use common::*;
 
-type Ws =
-    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
-
-async fn ws_connect(base: &str) -> Ws {
-    let url = format!("{}/realtime", base.replace("http://", "ws://"));
-    let (ws, _) = tokio::time::timeout(
-        Duration::from_secs(5),
-        tokio_tungstenite::connect_async(url),
-    )
-    .await
-    .expect("websocket connect timed out")
-    .expect("websocket connect failed");
-    ws
-}
-
-/// The next text message as JSON, or `None` if none comes within `within`.
-async fn ws_next_within(ws: &mut Ws, within: Duration) -> Option<Value> {
-    let deadline = tokio::time::Instant::now() + within;
-    loop {
-        let message = match tokio::time::timeout_at(deadline, ws.next()).await {
-            Err(_) => return None,
-            Ok(message) => message.expect("websocket closed").expect("websocket error"),
-        };
-        match message {
-            Message::Text(text) => return Some(serde_json::from_str(text.as_str()).unwrap()),
-            Message::Ping(_) | Message::Pong(_) => continue,
-            other => panic!("unexpected websocket message {other:?}"),
-        }
-    }
-}
-
-/// Subscribes to `topics` and waits for the acknowledgement.
-async fn ws_subscribe(ws: &mut Ws, topics: &[&str]) {
-    let subscribe = json!({"type": "subscribe", "topics": topics});
-    ws.send(Message::text(subscribe.to_string())).await.unwrap();
-    let ack = ws_next_within(ws, Duration::from_secs(5))
-        .await
-        .expect("no subscribe acknowledgement within 5 s");
-    assert_eq!(ack["type"], "subscribed", "{ack}");
-    assert_eq!(ack["topics"], json!(topics));
-}
-
-/// The next event about `power` `id` (events about other resources are skipped).
-async fn next_event_for(ws: &mut Ws, id: &str) -> Value {
-    let deadline = Instant::now() + Duration::from_secs(5);
-    loop {
-        let left = deadline.saturating_duration_since(Instant::now());
-        let message = ws_next_within(ws, left)
-            .await
-            .unwrap_or_else(|| panic!("no event about power {id} within 5 s"));
-        assert_eq!(message["type"], "event", "{message}");
-        if message["data"]["resource_id"] == id {
-            return message;
-        }
-    }
-}
-
 async fn get(http: &reqwest::Client, base: &str, id: &str) -> (u16, Value) {
     json(http.get(format!("{base}/power/{id}")).send().await.unwrap()).await
-}
-
-/// Events from `power` reach `api` once `api`'s subscriber has connected to `power`'s
-/// publisher, which can lag the discovery a little: creates throw-away powers until one event
-/// arrives on `ws`, so that every later event is delivered.
-async fn wait_for_event_flow(http: &reqwest::Client, base: &str, ws: &mut Ws) {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    for n in 0.. {
-        create(
-            http,
-            base,
-            json!({"resource_id": format!("warm-up-{n}"), "resource_data": {"value": n}}),
-        )
-        .await;
-        if let Some(message) = ws_next_within(ws, Duration::from_millis(250)).await {
-            assert_eq!(message["type"], "event", "{message}");
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "no event from power reached api's websocket within 10 s"
-        );
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
