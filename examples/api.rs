@@ -19,8 +19,9 @@
 //! curl -s localhost:5001/power/a
 //! ```
 //!
-//! Requests are routed to `power`'s node; CORS allows any origin. Ctrl-C or SIGTERM drain HTTP,
-//! say goodbye to the cluster and exit with code 0.
+//! Over NATS, start both with `ZS_TRANSPORT=nats://127.0.0.1:4222` (the README's "The whole
+//! FOSDEM demo"). Requests are routed to `power`'s node; CORS allows any origin. Ctrl-C or
+//! SIGTERM drain HTTP, say goodbye to the cluster and exit with code 0.
 
 use zeroservices::prelude::*;
 

@@ -15,6 +15,10 @@
 //! cluster key a node stays on this machine: see the README's "Closed by default"). Ctrl-C or SIGTERM make
 //! it say goodbye to the cluster and exit with code 0. Documents live in
 //! `./data/power_service` (the embedded store) unless `ZS_STORE` says otherwise.
+//!
+//! Over NATS instead (no multicast, no ZeroMQ socket: the README's "NATS transport"), give it
+//! and the other nodes the same server: `ZS_TRANSPORT=nats://127.0.0.1:4222 cargo run
+//! --release --example power`.
 
 use zeroservices::prelude::*;
 use zeroservices_examples::power::Power;

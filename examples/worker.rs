@@ -8,7 +8,12 @@
 //! ```text
 //! cargo run --release --example worker
 //! ZS_WORKER_POLL_MS=2000 cargo run --release --example worker   # re-check every 2 s (default 10 s)
+//! ZS_TRANSPORT=nats://127.0.0.1:4222 cargo run --release --example worker   # over NATS
 //! ```
+//!
+//! Several `worker` processes are replicas of one worker group: they share the pending powers,
+//! each computed by one of them (give each its own `ZS_WORKER_STATE_DIR`; the README's
+//! "Workers").
 //!
 //! Expect `power_worker watching power` and then one line per computed power. Ctrl-C or SIGTERM
 //! leave the cluster cleanly.
