@@ -230,6 +230,7 @@ pub fn example_binary(name: &str) -> PathBuf {
     let file = format!("{name}{}", std::env::consts::EXE_SUFFIX);
     fresh_binary(
         &profile_dir().join("examples").join(file),
+        &example_sources(name),
         "cargo build --examples -p zeroservices-examples` (or `cargo test -p \
          zeroservices-examples`, which builds the examples)",
     )
@@ -241,6 +242,7 @@ pub fn zeroservices_binary() -> PathBuf {
     let file = format!("zeroservices{}", std::env::consts::EXE_SUFFIX);
     fresh_binary(
         &profile_dir().join(file),
+        &[],
         "cargo build -p zeroservices --bin zeroservices`",
     )
 }
@@ -254,9 +256,9 @@ fn profile_dir() -> PathBuf {
         .to_owned()
 }
 
-/// `path`, if it exists and is newer than the sources; else fails the test saying to run
-/// `build` (a command, with its closing backquote).
-fn fresh_binary(path: &Path, build: &str) -> PathBuf {
+/// `path`, if it exists and is newer than the library's sources and `own` (its own source
+/// dirs); else fails the test saying to run `build` (a command, with its closing backquote).
+fn fresh_binary(path: &Path, own: &[PathBuf], build: &str) -> PathBuf {
     assert!(
         path.is_file(),
         "the binary {} is missing: run `{build} first",
@@ -266,13 +268,15 @@ fn fresh_binary(path: &Path, build: &str) -> PathBuf {
     let built = std::fs::metadata(path).and_then(|m| m.modified()).unwrap();
     let examples = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
     let root = examples.parent().unwrap();
-    let sources = [
-        examples.clone(),
-        examples.join("shared"),
+    let library = [
         root.join("zeroservices/src"),
         root.join("zeroservices-macros/src"),
     ];
-    if let Some(newer) = sources.iter().find_map(|dir| newer_than(dir, built)) {
+    if let Some(newer) = own
+        .iter()
+        .chain(&library)
+        .find_map(|dir| newer_than(dir, built))
+    {
         panic!(
             "the binary {} is older than {}: run `{build} first",
             path.display(),
@@ -282,19 +286,55 @@ fn fresh_binary(path: &Path, build: &str) -> PathBuf {
     path.to_owned()
 }
 
-/// A source file under `dir` modified after `time` (`examples/` itself: its files only, not
-/// its `tests/`).
-pub fn newer_than(dir: &Path, time: SystemTime) -> Option<PathBuf> {
-    let recursive = !dir.ends_with("examples");
-    for entry in std::fs::read_dir(dir).ok()?.flatten() {
-        let path = entry.path();
-        let Ok(meta) = entry.metadata() else { continue };
-        if meta.is_dir() {
-            if recursive && let Some(found) = newer_than(&path, time) {
-                return Some(found);
+/// What cargo rebuilds the example `name` from, beside the library: its own file, and the
+/// files of `examples/` (the examples' lib, `shared/`) but the other examples' (a change to
+/// `power.rs` does not rebuild `randomizer`, so it must not make it stale). The examples are
+/// the `[[example]]` paths of `examples/Cargo.toml`.
+fn example_sources(name: &str) -> Vec<PathBuf> {
+    let examples = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    let manifest = std::fs::read_to_string(examples.join("Cargo.toml")).unwrap();
+    let mut others = Vec::new();
+    let (mut in_example, mut example_name, mut example_path) = (false, None, None);
+    for line in manifest.lines().map(str::trim).chain(["[end]"]) {
+        if line.starts_with('[') {
+            if let (true, Some(n), Some(p)) = (in_example, example_name.take(), example_path.take())
+                && n != name
+            {
+                others.push(examples.join(p));
             }
-        } else if meta.modified().is_ok_and(|m| m > time) {
-            return Some(path);
+            in_example = line == "[[example]]";
+        } else if let Some((key, value)) = line.split_once('=') {
+            let value = value.trim().trim_matches('"').to_owned();
+            match key.trim() {
+                "name" => example_name = Some(value),
+                "path" => example_path = Some(value),
+                _ => {}
+            }
+        }
+    }
+    let mut sources = vec![examples.join("shared")];
+    for entry in std::fs::read_dir(&examples).unwrap().flatten() {
+        let path = entry.path();
+        if path.is_file() && !others.contains(&path) {
+            sources.push(path);
+        }
+    }
+    sources
+}
+
+/// A source file at or under `path` (a file, or a directory, recursively) modified after
+/// `time`.
+pub fn newer_than(path: &Path, time: SystemTime) -> Option<PathBuf> {
+    let meta = std::fs::metadata(path).ok()?;
+    if !meta.is_dir() {
+        return meta
+            .modified()
+            .is_ok_and(|m| m > time)
+            .then(|| path.to_owned());
+    }
+    for entry in std::fs::read_dir(path).ok()?.flatten() {
+        if let Some(found) = newer_than(&entry.path(), time) {
+            return Some(found);
         }
     }
     None
