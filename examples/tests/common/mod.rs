@@ -84,10 +84,6 @@ impl Cluster {
                 free_udp_port()
             }
         };
-        let state = match &self.nats {
-            None => format!("zs-worker-state-{}", self.group_port),
-            Some(nats) => format!("zs-worker-state-{}", nats.prefix),
-        };
         command
             .env("ZS_DISCOVERY_INTERFACE", "127.0.0.1")
             .env(
@@ -96,7 +92,7 @@ impl Cluster {
             )
             .env("ZS_STORE", "memory")
             // A worker's cursor: this cluster's own, never the working dir's.
-            .env("ZS_WORKER_STATE_DIR", std::env::temp_dir().join(state))
+            .env("ZS_WORKER_STATE_DIR", self.worker_state_dir())
             .env("ZS_HEARTBEAT_MS", HEARTBEAT_MS.to_string())
             .env("ZS_PEER_TIMEOUT_MS", PEER_TIMEOUT_MS.to_string())
             .env("ZS_REQUEST_TIMEOUT_MS", REQUEST_TIMEOUT_MS.to_string())
@@ -106,6 +102,16 @@ impl Cluster {
             command.env(var, value);
         }
         command
+    }
+
+    /// The workers' state directory (`ZS_WORKER_STATE_DIR`), this cluster's own; removed when
+    /// the cluster drops.
+    pub fn worker_state_dir(&self) -> PathBuf {
+        let name = match &self.nats {
+            None => format!("zs-worker-state-{}", self.group_port),
+            Some(nats) => format!("zs-worker-state-{}", nats.prefix),
+        };
+        std::env::temp_dir().join(name)
     }
 
     /// Starts the example `name` as a member of this cluster.
@@ -194,6 +200,12 @@ impl Cluster {
             }
         }
         panic!("api could not bind a free port in 5 attempts");
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(self.worker_state_dir());
     }
 }
 
