@@ -1,7 +1,9 @@
 //! HTTP for a node: the REST routes of every collection known in the cluster, an OpenAPI 3.1
 //! document built from the schemas discovery carries, a realtime websocket of change events,
 //! authentication (Basic, a users file of Argon2 hashes, JWT bearer tokens), an [`Authorizer`]
-//! hook and CORS.
+//! hook and CORS; the probes `GET /healthz` and `GET /readyz` (open unless
+//! [`HttpConfig::health_auth`]), also on an operations port of their own ([`serve_ops`],
+//! `ZS_METRICS_PORT`).
 //!
 //! Any node can serve HTTP, one that owns nothing included: every REST call goes through
 //! [`Node::request`], which routes it to the owner of the collection.
