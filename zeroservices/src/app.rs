@@ -204,6 +204,7 @@ impl App {
             limits: settings.limits(),
             store: settings.store(&self.name, self.has_resources),
             http: settings.http(self.http),
+            metrics: settings.metrics(),
             shutdown_timeout: settings.shutdown_timeout(),
             name: self.name,
             kind: self.kind,
@@ -272,6 +273,8 @@ pub struct Configured {
     pub store: StoreConfig,
     /// HTTP, when on.
     pub http: Option<HttpConfig>,
+    /// The operations port (`ZS_METRICS_PORT`: `/healthz`, `/readyz`), when set.
+    pub metrics: Option<HttpConfig>,
     /// How long stopping waits for the work in flight (`ZS_SHUTDOWN_TIMEOUT_MS`).
     pub shutdown_timeout: Duration,
     setup: Vec<Setup>,
@@ -331,10 +334,28 @@ impl Configured {
                 }
             },
         };
+        let ops = match self.metrics {
+            None => None,
+            Some(config) => match http::serve_ops(node.clone(), config).await {
+                Ok(server) => {
+                    let addr = server.local_addr();
+                    tracing::info!(
+                        "{}: operations on http://{addr}/ (/healthz, /readyz)",
+                        self.name
+                    );
+                    Some(server)
+                }
+                Err(err) => {
+                    node.stop().await;
+                    return Err(err);
+                }
+            },
+        };
         Ok(RunningApp {
             name: self.name,
             node,
             http,
+            ops,
         })
     }
 
@@ -397,6 +418,8 @@ pub struct RunningApp {
     name: String,
     node: Node,
     http: Option<HttpServer>,
+    /// The operations listener (`ZS_METRICS_PORT`).
+    ops: Option<HttpServer>,
 }
 
 impl fmt::Debug for RunningApp {
@@ -419,13 +442,18 @@ impl RunningApp {
         self.http.as_ref().map(HttpServer::local_addr)
     }
 
+    /// Where the operations port (`ZS_METRICS_PORT`) listens, when it is set.
+    pub fn ops_addr(&self) -> Option<SocketAddr> {
+        self.ops.as_ref().map(HttpServer::local_addr)
+    }
+
     /// Stops the node ([`Node::stop`]): HTTP stops accepting, in-flight HTTP requests and
     /// websockets, requests from peers and worker handlers get the shutdown timeout
     /// (`ZS_SHUTDOWN_TIMEOUT_MS`) to finish, then the node says goodbye and closes.
     pub async fn shutdown(self) {
         self.node.stop().await;
-        if let Some(server) = self.http {
-            // Drained by the node's stop already: this returns at once.
+        // Drained by the node's stop already: these return at once.
+        for server in [self.http, self.ops].into_iter().flatten() {
             server.shutdown().await;
         }
         tracing::info!("{} said goodbye", self.name);

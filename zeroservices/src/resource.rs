@@ -363,3 +363,22 @@ pub fn into_reply<O: ActionOutput>(output: O) -> Result<Value> {
 /// Compile-time check that `T` is a `#[resource]`.
 #[doc(hidden)]
 pub const fn assert_resource<T: Resource>() {}
+
+/// Collection names a node refuses ([`NodeBuilder::start`](crate::NodeBuilder::start) and
+/// [`Node::register`](crate::Node::register) fail with a bad request naming it): they are the
+/// node's own HTTP routes (`GET /healthz`, `/readyz`, `/metrics`, `/live`, `/realtime`), which
+/// win over `/{collection}`, so such a collection could not be listed over HTTP. A peer that
+/// announces one anyway (an older node) is still routed to by the typed client; over HTTP the
+/// fixed route answers.
+pub const RESERVED_COLLECTIONS: &[&str] = &["healthz", "readyz", "metrics", "live", "realtime"];
+
+/// Why `collection` may not be declared, when it is one of [`RESERVED_COLLECTIONS`].
+pub(crate) fn reserved_name(collection: &str) -> Option<String> {
+    RESERVED_COLLECTIONS.contains(&collection).then(|| {
+        format!(
+            "the collection name `{collection}` is reserved: `GET /{collection}` is one of the \
+             node's own HTTP routes (reserved: {}); rename the collection",
+            RESERVED_COLLECTIONS.join(", ")
+        )
+    })
+}

@@ -93,6 +93,8 @@ async fn the_document_describes_every_resource_and_action_and_validates() {
     let paths = doc["paths"].as_object().unwrap();
     for path in [
         "/",
+        "/healthz",
+        "/readyz",
         "/power",
         "/power/{resource_id}",
         "/power/{resource_id}/square",
@@ -246,6 +248,39 @@ async fn with_basic_auth_the_document_declares_it() {
         json!({"type": "http", "scheme": "basic"})
     );
     assert_eq!(doc["security"], json!([{"basicAuth": []}]));
+    // The probes stay open by default (ZS_HEALTH_AUTH off): no security on them.
+    for probe in ["/healthz", "/readyz"] {
+        assert_eq!(doc["paths"][probe]["get"]["security"], json!([]), "{probe}");
+    }
+    validate(&doc);
+    server.shutdown().await;
+    node.stop().await;
+}
+
+/// With `ZS_HEALTH_AUTH` on, the probes need a user like the rest: the document says so.
+#[tokio::test]
+async fn with_health_auth_the_probes_declare_the_global_security() {
+    let cluster = MemoryCluster::new();
+    let node = owner(&cluster).await;
+    let config = HttpConfig::new(0)
+        .basic_auth(BasicAuth::new("ann", "pw"))
+        .health_auth(true);
+    let (server, base) = start(&node, config).await;
+    let (status, doc) = json(
+        client()
+            .get(format!("{base}/openapi.json"))
+            .header("authorization", basic("ann", "pw"))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(status, 200);
+    for probe in ["/healthz", "/readyz"] {
+        let op = &doc["paths"][probe]["get"];
+        assert!(op.get("security").is_none(), "{probe}: {op}");
+        assert!(op["responses"].get("401").is_some(), "{probe}: {op}");
+    }
     validate(&doc);
     server.shutdown().await;
     node.stop().await;
@@ -254,6 +289,13 @@ async fn with_basic_auth_the_document_declares_it() {
 #[test]
 fn an_empty_cluster_is_a_valid_document_too() {
     let doc = openapi_document(&[], false);
-    assert_eq!(doc["paths"].as_object().unwrap().len(), 1);
+    // `/` and the probes.
+    let paths: Vec<&String> = doc["paths"].as_object().unwrap().keys().collect();
+    assert_eq!(paths, ["/", "/healthz", "/readyz"]);
+    assert_eq!(
+        doc["paths"]["/readyz"]["get"]["responses"]["503"]["content"]["application/json"]["schema"]
+            ["required"],
+        json!(["status", "checks"])
+    );
     validate(&doc);
 }

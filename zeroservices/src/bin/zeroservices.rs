@@ -6,9 +6,20 @@
 //!                                     behind each (its fingerprint), endpoints, and which are
 //!                                     insecure (ZS_INSECURE)
 //! zeroservices hash-password          read a password on stdin, print its Argon2id PHC hash
+//! zeroservices call COLLECTION ACTION [--id ID] [--args JSON]
+//!                                     run an action, print its reply as JSON
+//! zeroservices get COLLECTION ID      print one resource as JSON
+//! zeroservices list COLLECTION [--where JSON] [--sort KEYS] [--limit N] [--skip N]
+//!                                     print the resources as a JSON array
+//! zeroservices watch PREFIX [--since CURSOR] [--count N]
+//!                                     print the events under a topic prefix, one JSON line each
 //! ```
 //!
-//! Both find the cluster the way a node does (UDP multicast, or `ZS_PEERS`) and read the same
+//! `call`, `get`, `list` and `watch` wait at most `--wait-ms` (default 3000) for an owner of the
+//! collection to be announced; their exit codes (3 not found, 4 unavailable, 2 usage) are in
+//! `call.rs`.
+//!
+//! They all find the cluster the way a node does (UDP multicast, or `ZS_PEERS`) and read the same
 //! network settings ([`zeroservices::settings::NetworkSettings`]: each `ZS_*` variable and its
 //! flag). A cluster with a key seals its traffic: given the key (`ZS_CLUSTER_KEY`, any key of
 //! its ring), the sniffer opens and prints the events in clear; without it, it sees nothing.
@@ -23,11 +34,14 @@ use zeroservices::settings::{self, NetworkSettings, Settings};
 use zeroservices::signal::Signals;
 use zeroservices::{Node, NodeKind};
 
+#[path = "zeroservices/call.rs"]
+mod call;
+
 #[derive(Parser)]
 #[command(
     name = "zeroservices",
     version,
-    about = "Look at a running zeroservices cluster"
+    about = "Look at a running zeroservices cluster, and call it"
 )]
 struct Cli {
     /// The network settings of a node; each also reads its `ZS_*` variable.
@@ -60,6 +74,8 @@ enum Command {
     /// Read a password from stdin (its first line) and print its Argon2id PHC hash, for a
     /// users file (`ZS_BASIC_AUTH_FILE`: `user:<hash>[:role,...]` per line).
     HashPassword,
+    #[command(flatten)]
+    Call(call::CallCommand),
 }
 
 fn main() -> ExitCode {
@@ -106,6 +122,15 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    if let Command::Call(command) = cli.command {
+        return match runtime.block_on(call::run(&settings, command)) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(failure) => {
+                eprintln!("error: {}", failure.message);
+                ExitCode::from(failure.code)
+            }
+        };
+    }
     match runtime.block_on(run(&settings, cli.command)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -121,7 +146,7 @@ async fn run(settings: &Settings, command: Command) -> zeroservices::Result<()> 
         Command::Nodes { wait_ms, json } => {
             nodes(settings, Duration::from_millis(wait_ms), json).await
         }
-        Command::HashPassword => Ok(()),
+        Command::HashPassword | Command::Call(_) => Ok(()),
     }
 }
 

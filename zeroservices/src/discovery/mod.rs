@@ -71,4 +71,11 @@ pub trait Discovery: Send + Sync + 'static {
 
     /// Says goodbye and stops.
     async fn stop(&self);
+
+    /// Whether the discovery is running (started, not stopped, its tasks alive), for the
+    /// readiness probe (`GET /readyz`): `Err` says why not, in words safe to show to anyone (no
+    /// address, no host). The default: running.
+    fn health(&self) -> std::result::Result<(), String> {
+        Ok(())
+    }
 }

@@ -29,6 +29,8 @@ pub const DEFAULT_WS_MAX_MESSAGE_BYTES: usize = 64 * 1024;
 pub const DEFAULT_WS_MAX_TOPICS: usize = 256;
 /// The default largest number of websocket clients of one node: 1024.
 pub const DEFAULT_WS_MAX_CLIENTS: usize = 1024;
+/// The default time `GET /readyz` gives each store to answer: 1 s.
+pub const DEFAULT_READY_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// Settings of the HTTP server of a node.
 #[derive(Clone)]
@@ -79,6 +81,13 @@ pub struct HttpConfig {
     /// The largest number of websocket clients of this node (`ZS_WS_MAX_CLIENTS`, default
     /// 1024); further upgrades get a 503.
     pub ws_max_clients: usize,
+    /// Whether `GET /healthz` and `GET /readyz` need a user like every other route
+    /// (`ZS_HEALTH_AUTH`, default off: probes from a load balancer or Kubernetes carry no
+    /// credentials). Without authentication configured, they are open either way.
+    pub health_auth: bool,
+    /// How long `GET /readyz` waits for each store of the node's collections
+    /// (`ZS_READY_TIMEOUT_MS`, default 1 s); a store slower than that makes the node not ready.
+    pub ready_timeout: Duration,
 }
 
 impl fmt::Debug for HttpConfig {
@@ -100,6 +109,8 @@ impl fmt::Debug for HttpConfig {
             .field("ws_max_message_bytes", &self.ws_max_message_bytes)
             .field("ws_max_topics", &self.ws_max_topics)
             .field("ws_max_clients", &self.ws_max_clients)
+            .field("health_auth", &self.health_auth)
+            .field("ready_timeout", &self.ready_timeout)
             .finish()
     }
 }
@@ -130,6 +141,8 @@ impl HttpConfig {
             ws_max_message_bytes: DEFAULT_WS_MAX_MESSAGE_BYTES,
             ws_max_topics: DEFAULT_WS_MAX_TOPICS,
             ws_max_clients: DEFAULT_WS_MAX_CLIENTS,
+            health_auth: false,
+            ready_timeout: DEFAULT_READY_TIMEOUT,
         }
     }
 
@@ -251,6 +264,18 @@ impl HttpConfig {
     /// Serves at most `clients` websocket clients at once; further upgrades get a 503.
     pub fn ws_max_clients(mut self, clients: usize) -> Self {
         self.ws_max_clients = clients;
+        self
+    }
+
+    /// Whether `GET /healthz` and `GET /readyz` need a user ([`HttpConfig::health_auth`]).
+    pub fn health_auth(mut self, on: bool) -> Self {
+        self.health_auth = on;
+        self
+    }
+
+    /// How long `GET /readyz` waits for each store ([`HttpConfig::ready_timeout`]).
+    pub fn ready_timeout(mut self, timeout: Duration) -> Self {
+        self.ready_timeout = timeout;
         self
     }
 }

@@ -1,7 +1,9 @@
 //! HTTP for a node: the REST routes of every collection known in the cluster, an OpenAPI 3.1
 //! document built from the schemas discovery carries, a realtime websocket of change events,
 //! authentication (Basic, a users file of Argon2 hashes, JWT bearer tokens), an [`Authorizer`]
-//! hook and CORS.
+//! hook and CORS; the probes `GET /healthz` and `GET /readyz` (open unless
+//! [`HttpConfig::health_auth`]), also on an operations port of their own ([`serve_ops`],
+//! `ZS_METRICS_PORT`).
 //!
 //! Any node can serve HTTP, one that owns nothing included: every REST call goes through
 //! [`Node::request`], which routes it to the owner of the collection.
@@ -41,6 +43,7 @@ use crate::{Error, Node, Result};
 mod auth;
 mod config;
 mod error;
+mod health;
 mod jwt;
 mod openapi;
 mod page;
@@ -53,7 +56,7 @@ pub use crate::access::{Authorizer, Operation, User};
 pub use auth::BasicAuth;
 pub use config::{
     DEFAULT_HEADER_TIMEOUT, DEFAULT_IDLE_TIMEOUT, DEFAULT_MAX_BODY_BYTES, DEFAULT_MAX_CONNECTIONS,
-    DEFAULT_SHUTDOWN_TIMEOUT, DEFAULT_WS_BUFFER, DEFAULT_WS_MAX_CLIENTS,
+    DEFAULT_READY_TIMEOUT, DEFAULT_SHUTDOWN_TIMEOUT, DEFAULT_WS_BUFFER, DEFAULT_WS_MAX_CLIENTS,
     DEFAULT_WS_MAX_MESSAGE_BYTES, DEFAULT_WS_MAX_TOPICS, HttpConfig,
 };
 pub use error::status_for;
@@ -114,14 +117,39 @@ pub fn router(node: Node, config: HttpConfig) -> Router {
             ws_clients: AtomicUsize::new(0),
             _keep: Some(Arc::new(tx)),
         }),
-        None,
+        Routes::Api(None),
     )
 }
 
-fn build(state: AppState, extra: Option<Router>) -> Router {
-    let config = state.config.clone();
+/// What a server serves.
+enum Routes {
+    /// Every route (the REST API, the probes, ...), with routes of the caller's own.
+    Api(Option<Router>),
+    /// The operations port (`ZS_METRICS_PORT`): the probes only.
+    Ops,
+}
+
+fn build(state: AppState, routes: Routes) -> Router {
+    match routes {
+        Routes::Api(extra) => build_api(state, extra),
+        Routes::Ops => {
+            let routes = Router::new()
+                .route("/healthz", get(health::healthz))
+                .route("/readyz", get(health::readyz))
+                .fallback(rest::no_route)
+                .with_state(state.clone());
+            layered(state, routes)
+        }
+    }
+}
+
+fn build_api(state: AppState, extra: Option<Router>) -> Router {
     let routes = Router::new()
         .route("/", get(rest::index))
+        // Fixed routes win over `/{collection}`; collections may not take these names
+        // (`resource::RESERVED_COLLECTIONS`).
+        .route("/healthz", get(health::healthz))
+        .route("/readyz", get(health::readyz))
         .route("/openapi.json", get(openapi::handler))
         .route("/live", get(page::live))
         .route("/realtime", get(realtime::handler))
@@ -139,6 +167,12 @@ fn build(state: AppState, extra: Option<Router>) -> Router {
         Some(extra) => routes.with_state(state.clone()).merge(extra),
         None => routes.with_state(state.clone()),
     };
+    layered(state, routes)
+}
+
+/// The layers every server has: the body limit, the one middleware, CORS when configured.
+fn layered(state: AppState, routes: Router) -> Router {
+    let config = state.config.clone();
     let mut app = routes
         .layer(DefaultBodyLimit::max(config.max_body_bytes))
         .layer(middleware::from_fn_with_state(state, per_request));
@@ -285,6 +319,11 @@ async fn per_request(
     let response =
         if write && !realtime::origin_allowed(&state.config.allowed_origins, request.headers()) {
             cross_site_write(request.headers())
+        } else if health::open_probe(&state, request.uri().path()) {
+            // A probe, open by default (`ZS_HEALTH_AUTH`): no credentials asked.
+            request.extensions_mut().insert(AuthUser::default());
+            drop(state);
+            next.run(request).await
         } else {
             match auth::authenticate(&state.config, request.headers()).await {
                 Ok(user) => {
@@ -465,16 +504,24 @@ fn reload_users_on_sighup(users: Arc<Users>, stop: CancellationToken) {
 
 /// Binds `config.host:config.port`, serves [`router`] in a background task, and returns at once.
 pub async fn serve(node: Node, config: HttpConfig) -> Result<HttpServer> {
-    serve_inner(node, config, None).await
+    serve_inner(node, config, Routes::Api(None)).await
+}
+
+/// Serves the operations routes only (`GET /healthz`, `GET /readyz`) on `config.host:config.port`:
+/// the `ZS_METRICS_PORT` listener of a node without HTTP (an [`App`](crate::App) starts it when
+/// the port is set). Authentication, [`HttpConfig::health_auth`], the timeouts and the shutdown
+/// are those of [`serve`]; any other path is a 404.
+pub async fn serve_ops(node: Node, config: HttpConfig) -> Result<HttpServer> {
+    serve_inner(node, config, Routes::Ops).await
 }
 
 /// Like [`serve`], with routes of your own next to the node's (they get the same auth, CORS,
 /// body limit and JSON errors; fixed paths like `/chat` win over `/{collection}`).
 pub async fn serve_with(node: Node, config: HttpConfig, extra: Router) -> Result<HttpServer> {
-    serve_inner(node, config, Some(extra)).await
+    serve_inner(node, config, Routes::Api(Some(extra))).await
 }
 
-async fn serve_inner(node: Node, config: HttpConfig, extra: Option<Router>) -> Result<HttpServer> {
+async fn serve_inner(node: Node, config: HttpConfig, routes: Routes) -> Result<HttpServer> {
     let bind = SocketAddr::new(config.host, config.port);
     let listener = tokio::net::TcpListener::bind(bind)
         .await
@@ -508,7 +555,7 @@ async fn serve_inner(node: Node, config: HttpConfig, extra: Option<Router>) -> R
             ws_clients: AtomicUsize::new(0),
             _keep: None,
         }),
-        extra,
+        routes,
     );
     let task = tokio::spawn(server::run(listener, app, limits, rx));
     let running = Running {

@@ -37,6 +37,16 @@ pub(crate) async fn handler(
         security.push(json!({"bearerAuth": []}));
         doc["security"] = Value::Array(security);
     }
+    if state.config.health_auth {
+        // The probes need a user like every other route (ZS_HEALTH_AUTH=on).
+        for path in super::health::PROBES {
+            if let Some(op) = doc["paths"][path]["get"].as_object_mut() {
+                op.remove("security");
+                op["responses"]["401"] = error_ref("401");
+                op["responses"]["403"] = error_ref("403");
+            }
+        }
+    }
     Json(doc)
 }
 
@@ -122,6 +132,7 @@ pub fn document(infos: &[ResourceInfo], basic_auth: bool) -> Value {
             },
         }}),
     );
+    add_probes(&mut paths, &mut operation_ids);
     let mut tags = Vec::new();
     for info in infos {
         add_resource(
@@ -167,6 +178,53 @@ pub fn document(infos: &[ResourceInfo], basic_auth: bool) -> Value {
     }
     doc["components"] = components_value;
     doc
+}
+
+/// `GET /healthz` and `GET /readyz`, open to anyone (`security: []`; the handler takes that
+/// away when `ZS_HEALTH_AUTH` is on).
+fn add_probes(paths: &mut Map<String, Value>, operation_ids: &mut HashSet<String>) {
+    let checks = json!({
+        "type": "object",
+        "description": "Each check (node, discovery, medium, store): \"ok\", or why not.",
+        "additionalProperties": {"type": "string"},
+    });
+    let readiness = json!({
+        "type": "object",
+        "properties": {
+            "status": {"type": "string", "enum": ["ready", "not_ready"]},
+            "error": {"type": "string", "description": "The failed checks, when not ready."},
+            "checks": checks,
+            "request_id": {"type": "string"},
+        },
+        "required": ["status", "checks"],
+    });
+    paths.insert(
+        "/healthz".into(),
+        json!({"get": {
+            "operationId": unique_id(operation_ids, "healthz"),
+            "summary": "Liveness: the process answers",
+            "security": [],
+            "responses": {
+                "200": json_response("Alive", json!({
+                    "type": "object",
+                    "properties": {"status": {"type": "string", "enum": ["ok"]}},
+                    "required": ["status"],
+                })),
+            },
+        }}),
+    );
+    paths.insert(
+        "/readyz".into(),
+        json!({"get": {
+            "operationId": unique_id(operation_ids, "readyz"),
+            "summary": "Readiness: the node runs, its discovery and medium are up, its stores answer",
+            "security": [],
+            "responses": {
+                "200": json_response("Ready", readiness.clone()),
+                "503": json_response("Not ready: `error` says why", readiness),
+            },
+        }}),
+    );
 }
 
 fn error_ref(status: &str) -> Value {

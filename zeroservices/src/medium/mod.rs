@@ -241,6 +241,13 @@ pub trait Medium: Send + Sync + 'static {
     /// Stops serving and closes every connection.
     async fn stop(&self);
 
+    /// Whether the medium is up (serving, and connected where it depends on a server), for the
+    /// readiness probe (`GET /readyz`): `Err` says why not, in words safe to show to anyone (no
+    /// address, no host). The default: up.
+    fn health(&self) -> std::result::Result<(), String> {
+        Ok(())
+    }
+
     /// A short name for logs.
     fn describe(&self) -> String;
 }

@@ -221,6 +221,7 @@ impl NodeBuilder {
 
     /// Owns collection `R` on this node, in the node's store.
     pub fn resource<R: Resource>(mut self) -> Self {
+        self.refuse_reserved(R::COLLECTION);
         self.registrations.push(Box::new(|store| {
             Arc::new(ResourceService::<R>::new(store.clone()))
         }));
@@ -229,10 +230,22 @@ impl NodeBuilder {
 
     /// Owns collection `R` on this node, in its own store.
     pub fn resource_in<R: Resource>(mut self, store: Arc<dyn Store>) -> Self {
+        self.refuse_reserved(R::COLLECTION);
         self.registrations.push(Box::new(move |_| {
             Arc::new(ResourceService::<R>::new(store))
         }));
         self
+    }
+
+    /// A collection named like one of the node's own HTTP routes
+    /// ([`RESERVED_COLLECTIONS`](crate::resource::RESERVED_COLLECTIONS)) makes the node
+    /// unbuildable: `start` says so.
+    fn refuse_reserved(&mut self, collection: &str) {
+        if let Some(why) = crate::resource::reserved_name(collection)
+            && self.unbuildable.is_none()
+        {
+            self.unbuildable = Some(why);
+        }
     }
 
     /// Announces this node as a worker.

@@ -23,12 +23,14 @@ use crate::{Collection, Error, Event, EventStream, Limits, Resource, Result};
 mod builder;
 mod context;
 mod directory;
+mod health;
 mod inbound;
 mod shutdown;
 mod stores;
 
 pub use builder::NodeBuilder;
 pub use context::Context;
+pub use health::{Check, Readiness};
 pub(crate) use shutdown::Shutdown;
 
 use builder::Hooks;
@@ -336,8 +338,12 @@ impl Node {
     ///
     /// # Errors
     /// [`Error::StoreConflict`] when a live peer owns `R` over another store (see
-    /// [`NodeBuilder::start`]); the collection is not registered then.
+    /// [`NodeBuilder::start`]); the collection is not registered then. [`Error::BadRequest`]
+    /// for a name of [`RESERVED_COLLECTIONS`](crate::resource::RESERVED_COLLECTIONS).
     pub async fn register<R: Resource>(&self) -> Result<()> {
+        if let Some(why) = crate::resource::reserved_name(R::COLLECTION) {
+            return Err(Error::bad_request(why));
+        }
         let service: Arc<dyn Service> = Arc::new(ResourceService::<R>::new(self.store()));
         service.prepare().await?;
         let info = builder::store_info(R::COLLECTION, service.store()).await;

@@ -374,6 +374,17 @@ pub struct HttpSettings {
     /// The most websocket clients at once; further upgrades get a 503 [default: 1024].
     #[arg(long, env = "ZS_WS_MAX_CLIENTS", value_name = "N", value_parser = Check(parse::count))]
     pub ws_max_clients: Option<usize>,
+    /// Whether /healthz and /readyz need a user like every other route (off: probes carry no
+    /// credentials) [default: off].
+    #[arg(long, env = "ZS_HEALTH_AUTH", value_name = "on|off", value_parser = Check(parse::on_off))]
+    pub health_auth: Option<bool>,
+    /// How long /readyz waits for each store of the node's collections [default: 1000].
+    #[arg(long, env = "ZS_READY_TIMEOUT_MS", value_name = "MS", value_parser = Check(parse::millis))]
+    pub ready_timeout_ms: Option<Duration>,
+    /// Serve the operations routes (/healthz, /readyz) on this port too, on the HTTP address;
+    /// for a node without HTTP.
+    #[arg(long, env = "ZS_METRICS_PORT", value_name = "PORT", value_parser = Check(parse::port))]
+    pub metrics_port: Option<u16>,
     /// Do not serve HTTP, whatever the attribute and the port say.
     #[arg(long)]
     pub no_http: bool,
@@ -768,6 +779,25 @@ impl Settings {
         if let Some(v) = self.run.shutdown_timeout_ms {
             config.shutdown_timeout = v;
         }
+        if let Some(v) = h.health_auth {
+            config.health_auth = v;
+        }
+        if let Some(v) = h.ready_timeout_ms {
+            config.ready_timeout = v;
+        }
+    }
+
+    #[cfg(feature = "http")]
+    /// The operations listener (`ZS_METRICS_PORT`: `/healthz`, `/readyz`), when a port is
+    /// given (`--no-http` does not turn it off): on the HTTP address, with the HTTP settings (authentication,
+    /// `ZS_HEALTH_AUTH`, timeouts).
+    pub fn metrics(&self) -> Option<HttpConfig> {
+        let h = &self.http;
+        let port = h.metrics_port?;
+        let mut config = HttpConfig::new(port);
+        self.apply_http(&mut config);
+        config.port = port;
+        Some(config)
     }
 }
 

@@ -324,6 +324,19 @@ impl Discovery for UdpDiscovery {
         }
         tracing::info!(reply_to = ?shared.reply_to.get(), "udp discovery stopped");
     }
+
+    fn health(&self) -> std::result::Result<(), String> {
+        let shared = &self.shared;
+        if shared.stopped.load(Ordering::SeqCst) {
+            return Err("udp discovery is stopped".into());
+        }
+        let task = shared.task.lock().unwrap_or_else(|e| e.into_inner());
+        match task.as_ref() {
+            None => Err("udp discovery is not started".into()),
+            Some(task) if task.is_finished() => Err("udp discovery's task has ended".into()),
+            Some(_) => Ok(()),
+        }
+    }
 }
 
 #[cfg(test)]

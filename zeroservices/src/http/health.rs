@@ -1,0 +1,52 @@
+//! `GET /healthz` and `GET /readyz`: the probes of a load balancer or an orchestrator.
+//!
+//! - `/healthz` (liveness): the process answers HTTP. Always 200 `{"status": "ok"}` while the
+//!   server runs; it asks nothing else, so a slow store never gets a live process restarted.
+//! - `/readyz` (readiness): [`Node::readiness`](crate::Node::readiness) within
+//!   [`HttpConfig::ready_timeout`](super::HttpConfig::ready_timeout): 200
+//!   `{"status": "ready", "checks": {...}}`, or 503 `{"status": "not_ready", "error": "<reason>",
+//!   "checks": {...}}` (the full error is in the log line of the request, never in the body).
+//!
+//! Both are open without credentials unless [`HttpConfig::health_auth`](super::HttpConfig::health_auth)
+//! (`ZS_HEALTH_AUTH=on`) says they need a user like every other route. They are served on the
+//! HTTP port and on the operations port (`ZS_METRICS_PORT`, [`serve_ops`](super::serve_ops)).
+//! Collections may not take their names ([`RESERVED_COLLECTIONS`](crate::resource::RESERVED_COLLECTIONS)).
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use serde_json::json;
+
+use super::AppState;
+use super::error::ErrorMessage;
+
+/// The paths of the probes.
+pub(crate) const PROBES: [&str; 2] = ["/healthz", "/readyz"];
+
+/// Whether `path` is a probe that this server lets in without credentials.
+pub(crate) fn open_probe(state: &AppState, path: &str) -> bool {
+    !state.config.health_auth && PROBES.contains(&path)
+}
+
+/// `GET /healthz`.
+pub(crate) async fn healthz() -> Response {
+    axum::Json(json!({"status": "ok"})).into_response()
+}
+
+/// `GET /readyz`.
+pub(crate) async fn readyz(State(state): State<AppState>) -> Response {
+    let readiness = state.node.readiness(state.config.ready_timeout).await;
+    if readiness.is_ready() {
+        return axum::Json(readiness.to_json()).into_response();
+    }
+    let mut response = (
+        StatusCode::SERVICE_UNAVAILABLE,
+        axum::Json(readiness.to_json()),
+    )
+        .into_response();
+    // The request's log line (a 5xx is logged as a warning) carries the full errors.
+    response
+        .extensions_mut()
+        .insert(ErrorMessage(format!("not ready: {}", readiness.detail())));
+    response
+}
