@@ -1,7 +1,9 @@
 //! Following the change logs: a stream of events that resumes from a cursor and loses none.
 //!
 //! A [`Follower`] merges two sources: the live events of the node's bus, and reads of the
-//! owners' change logs (`zeroservices.changes` requests). For every log it knows the sequence
+//! change logs: this node's store, the durable copy its medium keeps (NATS JetStream:
+//! [`Medium::read_log`](crate::medium::Medium::read_log), which is how a log whose owner is
+//! gone is still read), then the owners (`zeroservices.changes` requests). For every log it knows the sequence
 //! number of the last entry it queued; a live entry is queued only if it is the next one. An
 //! entry that arrives early (the one before it is still on its way: the owner's tasks publish
 //! concurrently) waits up to [`REORDER_WAIT`] for it, then the gap is read from the log; an

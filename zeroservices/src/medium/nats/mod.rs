@@ -18,6 +18,9 @@
 //!   so no event arrives twice.
 //! * `<p>.disc`, `<p>.disc.hello`: discovery (see
 //!   [`NatsDiscovery`](crate::discovery::NatsDiscovery)).
+//! * `<p>.log.<collection>.<log>.<seq>`: the change logs, on the JetStream stream
+//!   `ZS_<P>_CHANGES` (`ZS_NATS_JETSTREAM`): owners publish every entry, followers read gaps
+//!   from it (see `jetstream.rs`: the stream's contract, the publisher, the reads).
 //!
 //! With a cluster key every name token above (collection, node id, each topic segment) is its
 //! keyed tag, as in the ZeroMQ medium's topic frames: 16 hex digits of an HMAC under the key, so
