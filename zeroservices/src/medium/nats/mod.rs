@@ -18,6 +18,9 @@
 //!   so no event arrives twice.
 //! * `<p>.disc`, `<p>.disc.hello`: discovery (see
 //!   [`NatsDiscovery`](crate::discovery::NatsDiscovery)).
+//! * `<p>.log.<collection>.<log>.<seq>`: the change logs, on the JetStream stream
+//!   `ZS_<P>_CHANGES` (`ZS_NATS_JETSTREAM`): owners publish every entry, followers read gaps
+//!   from it (see `jetstream.rs`: the stream's contract, the publisher, the reads).
 //!
 //! With a cluster key every name token above (collection, node id, each topic segment) is its
 //! keyed tag, as in the ZeroMQ medium's topic frames: 16 hex digits of an HMAC under the key, so
@@ -76,6 +79,7 @@ use crate::security::DropLog;
 use crate::security::seal::HEADER_LEN;
 use crate::{Error, Event, NodeInfo, Result};
 
+mod jetstream;
 mod link;
 pub(crate) mod subjects;
 
@@ -107,6 +111,22 @@ pub struct NatsStats {
     pub dropped_version: u64,
     /// Dropped: over `ZS_MAX_MESSAGE_BYTES`.
     pub dropped_oversized: u64,
+    /// Change-log entries stored on the JetStream stream (acknowledged), re-syncs included.
+    pub log_published: u64,
+    /// Change-log entries whose publish failed (no acknowledgement, the connection down): they
+    /// are published again from the store's log.
+    pub log_retried: u64,
+    /// Change-log entries published by a re-sync from the store's log (at start, after an
+    /// overflow, a failure or a reconnect).
+    pub log_resynced: u64,
+    /// Change-log entries dropped from a full publish queue (`ZS_NATS_LOG_QUEUE`); a re-sync
+    /// publishes them from the store's log.
+    pub log_dropped: u64,
+    /// Change-log entries read from the stream by this node's followers.
+    pub log_read: u64,
+    /// Messages of the change-log stream not handed out: garbage, forged, sealed under
+    /// another key, on another entry's subject (also counted by kind above).
+    pub log_rejected: u64,
 }
 
 #[derive(Default)]
@@ -152,6 +172,8 @@ struct Inner {
     served: AtomicU64,
     events: AtomicU64,
     drops: Drops,
+    /// The change logs on JetStream.
+    journal: jetstream::Journal,
 }
 
 #[derive(Default)]
@@ -207,6 +229,7 @@ impl NatsMedium {
                 served: AtomicU64::new(0),
                 events: AtomicU64::new(0),
                 drops: Drops::default(),
+                journal: jetstream::Journal::default(),
             }),
         }
     }
@@ -222,6 +245,7 @@ impl NatsMedium {
     /// The counters so far.
     pub fn stats(&self) -> NatsStats {
         let d = &self.inner.drops;
+        let j = &self.inner.journal.counters;
         NatsStats {
             requests_served: self.inner.served.load(Ordering::Relaxed),
             events_received: self.inner.events.load(Ordering::Relaxed),
@@ -230,6 +254,12 @@ impl NatsMedium {
             dropped_replayed: d.replayed.count(),
             dropped_version: d.version.count(),
             dropped_oversized: d.oversized.count(),
+            log_published: j.published.load(Ordering::Relaxed),
+            log_retried: j.retried.load(Ordering::Relaxed),
+            log_resynced: j.resynced.load(Ordering::Relaxed),
+            log_dropped: j.dropped.load(Ordering::Relaxed),
+            log_read: j.read.load(Ordering::Relaxed),
+            log_rejected: j.rejected.load(Ordering::Relaxed),
         }
     }
 
@@ -660,7 +690,32 @@ impl Medium for NatsMedium {
         if let Some(client) = inner.client.get() {
             let _ = tokio::time::timeout(inner.config.request_timeout, client.flush()).await;
         }
+        // An owner of change logs keeps them on the JetStream stream too.
+        let logs = inner
+            .inbound
+            .get()
+            .is_some_and(|i| !i.change_logs().is_empty());
+        if inner.config.nats_jetstream
+            && logs
+            && let Some(task) = jetstream::start_publisher(inner)
+        {
+            lock(&inner.state).tasks.push(task);
+        }
         Ok(())
+    }
+
+    fn logged(&self, entry: &Arc<Event>) {
+        self.inner.journal.logged(entry);
+    }
+
+    async fn read_log(
+        &self,
+        collection: &str,
+        log: &str,
+        after: u64,
+        limit: usize,
+    ) -> Option<crate::changes::LogPage> {
+        jetstream::read(&self.inner, collection, log, after, limit).await
     }
 
     async fn publish(&self, event: &Event) -> Result<()> {
@@ -698,6 +753,10 @@ impl Medium for NatsMedium {
 
     async fn stop(&self) {
         let inner = &self.inner;
+        // What the publisher has queued goes to the stream first (bounded).
+        let within = inner.config.request_timeout.min(Duration::from_secs(2));
+        inner.journal.flush(within).await;
+        inner.journal.close();
         let (tasks, was_running) = {
             let mut guard = lock(&inner.state);
             let state = &mut *guard;
