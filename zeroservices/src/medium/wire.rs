@@ -23,6 +23,10 @@ pub(crate) const SEAL_CALL: u8 = b'c';
 pub(crate) const SEAL_RESPONSE: u8 = b'r';
 /// The kind byte of an event (whose topic frame is bound too).
 pub(crate) const SEAL_EVENT: u8 = b'e';
+/// The kind byte of a change-log entry stored in JetStream (the subject after `<p>.log.` is
+/// bound too).
+#[cfg_attr(not(feature = "nats"), allow(dead_code))]
+pub(crate) const SEAL_LOG: u8 = b'l';
 
 /// The `kind` of an envelope.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -260,6 +264,29 @@ impl Wire {
                 "sealed with a cluster key, and this node has none",
             )),
             Some(sealer) => match sealer.open(kind, context, seal, body) {
+                Ok(opened) => Ok(Cow::Owned(opened.plain)),
+                Err(Refusal::Forged(reason)) => Err(Rejection::Unsigned(reason)),
+                Err(Refusal::Replayed(reason)) => Err(Rejection::Replayed(reason)),
+            },
+        }
+    }
+
+    /// Opens a stored message (a change-log entry in JetStream) with its seal frame: as
+    /// [`Wire::open`], without the replay checks (a stored entry is read late, and again).
+    #[cfg_attr(not(feature = "nats"), allow(dead_code))]
+    pub(crate) fn open_stored<'a>(
+        &self,
+        kind: u8,
+        context: &[u8],
+        body: &'a [u8],
+        seal: &[u8],
+    ) -> std::result::Result<Cow<'a, [u8]>, Rejection> {
+        match &self.sealer {
+            None if seal.is_empty() => Ok(Cow::Borrowed(body)),
+            None => Err(Rejection::Unsigned(
+                "sealed with a cluster key, and this node has none",
+            )),
+            Some(sealer) => match sealer.open_stored(kind, context, seal, body) {
                 Ok(opened) => Ok(Cow::Owned(opened.plain)),
                 Err(Refusal::Forged(reason)) => Err(Rejection::Unsigned(reason)),
                 Err(Refusal::Replayed(reason)) => Err(Rejection::Replayed(reason)),

@@ -717,6 +717,12 @@ impl Node {
         self.inner.shutdown.stopping().clone().cancelled_owned()
     }
 
+    /// The medium this node talks through.
+    #[cfg_attr(not(feature = "nats"), allow(dead_code))]
+    pub(crate) fn medium(&self) -> &Arc<dyn Medium> {
+        &self.inner.medium
+    }
+
     /// How the node stops: its tokens, the work it waits for and the timeout.
     pub(crate) fn shutdown(&self) -> &Shutdown {
         &self.inner.shutdown

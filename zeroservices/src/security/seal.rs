@@ -262,6 +262,32 @@ impl Sealer {
         header: &[u8],
         sealed: &[u8],
     ) -> Result<Opened, Refusal> {
+        self.open_checked(kind, context, header, sealed, true)
+    }
+
+    /// Opens a message that was stored, not sent (a JetStream change-log entry read any time
+    /// later, and again on a redelivery): authenticated and decrypted as [`Sealer::open`], with
+    /// no replay window and no counter check. What it binds (the kind, the subject as
+    /// `context`) keeps an entry from being moved elsewhere.
+    #[cfg_attr(not(feature = "nats"), allow(dead_code))]
+    pub(crate) fn open_stored(
+        &self,
+        kind: u8,
+        context: &[u8],
+        header: &[u8],
+        sealed: &[u8],
+    ) -> Result<Opened, Refusal> {
+        self.open_checked(kind, context, header, sealed, false)
+    }
+
+    fn open_checked(
+        &self,
+        kind: u8,
+        context: &[u8],
+        header: &[u8],
+        sealed: &[u8],
+        replay: bool,
+    ) -> Result<Opened, Refusal> {
         if header.is_empty() {
             return Err(Refusal::Forged("not sealed (no cluster key?)"));
         }
@@ -277,7 +303,9 @@ impl Sealer {
         let counter = &header[25..33];
         let now = now_ms();
         // Stale or future messages are dropped before any work on them.
-        self.replay.in_window(timestamp_ms, now)?;
+        if replay {
+            self.replay.in_window(timestamp_ms, now)?;
+        }
         let ring = self.key.ring();
         let (cipher, derived) = match self.replay.cipher(&session, &ring, key_id) {
             Some(cipher) => (cipher, false),
@@ -297,10 +325,12 @@ impl Sealer {
             cipher.decrypt_inout_detached(&nonce(counter), aad, plain.as_mut_slice().into(), &tag)
         })
         .map_err(|_| Refusal::Forged("does not open (forged, altered, or another key)"))?;
-        let counter = u64::from_be_bytes(counter.try_into().expect("8 bytes"));
-        let learned = derived.then_some((ring, key_id, cipher));
-        self.replay
-            .check(session, timestamp_ms, counter, now, learned)?;
+        if replay {
+            let counter = u64::from_be_bytes(counter.try_into().expect("8 bytes"));
+            let learned = derived.then_some((ring, key_id, cipher));
+            self.replay
+                .check(session, timestamp_ms, counter, now, learned)?;
+        }
         Ok(Opened { plain })
     }
 
