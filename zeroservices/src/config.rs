@@ -196,6 +196,15 @@ pub struct NetworkConfig {
     /// `ZS_NATS_CREDS`: a NATS credentials file (a user JWT and its NKey seed), for a server
     /// that wants them.
     pub nats_creds: Option<std::path::PathBuf>,
+    /// `ZS_NATS_JETSTREAM`: with NATS, keep the change logs on a JetStream stream too (default
+    /// on; a server without JetStream is warned about once and the node works without it).
+    pub nats_jetstream: bool,
+    /// `ZS_NATS_REPLICAS`: the replicas of the change-log stream (default 1).
+    pub nats_replicas: usize,
+    /// `ZS_NATS_LOG_QUEUE`: the change-log entries an owner queues for the stream at most
+    /// (default 65536); past it they are dropped from the queue, counted, and re-published from
+    /// the store's log once the publisher catches up.
+    pub nats_log_queue: usize,
     /// `ZS_DISCOVERY_INTERFACE`: the interface address multicast is sent and received on, and
     /// that the node's sockets bind to (default `127.0.0.1`; [`Settings`] make it `0.0.0.0`,
     /// every interface announcing the first non-loopback address, when a cluster key is given).
@@ -262,6 +271,9 @@ impl Default for NetworkConfig {
             transport: Transport::ZeroMq,
             cluster: DEFAULT_CLUSTER.to_owned(),
             nats_creds: None,
+            nats_jetstream: true,
+            nats_replicas: 1,
+            nats_log_queue: DEFAULT_NATS_LOG_QUEUE,
             interface: Ipv4Addr::LOCALHOST,
             multicast_group: DEFAULT_MULTICAST_GROUP,
             multicast: true,
@@ -289,6 +301,9 @@ fn bad(name: &str, value: &str, expected: &str) -> Error {
 
 /// The default of [`NetworkConfig::replay_window`]: ±60 s.
 pub const DEFAULT_REPLAY_WINDOW: Duration = Duration::from_secs(60);
+
+/// The default of [`NetworkConfig::nats_log_queue`].
+pub const DEFAULT_NATS_LOG_QUEUE: usize = 65_536;
 
 /// The default of [`NetworkConfig::max_peers`].
 pub const DEFAULT_MAX_PEERS: usize = 1024;

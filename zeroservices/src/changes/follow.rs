@@ -527,8 +527,11 @@ impl Follower {
         }
     }
 
-    /// Reads a page of a log from an owner that holds it: this node, the owners that announce
-    /// it, then the other owners of the collection (a shared database holds every owner's log).
+    /// Reads a page of a log: from this node's store when it holds the log; else from the
+    /// durable copy the medium keeps (NATS JetStream), when that holds the entry after the
+    /// position; else from the owners that announce it, then the other owners of the
+    /// collection (a shared database holds every owner's log). When no owner answers and the
+    /// durable copy dropped the entries by age, the read is expired.
     async fn read(&self, args: &ChangesArgs) -> Result<ChangesReply> {
         let value = serde_json::to_value(args).map_err(|e| Error::internal(e.to_string()))?;
         let mut last = None;
@@ -538,6 +541,40 @@ impl Follower {
                 Err(e) => last = Some(e),
             }
         }
+        let mut dropped_by_age = false;
+        if let LogAfter::Seq(after) = args.after {
+            let limit = args.limit.clamp(1, MAX_PAGE);
+            match self
+                .node
+                .medium()
+                .read_log(&args.collection, &args.log, after, limit)
+                .await
+            {
+                Some(page) if !page.entries.is_empty() => {
+                    return Ok(super::serve::reply_of(page, limit, &args.prefixes));
+                }
+                Some(page) => dropped_by_age = page.expired,
+                None => {}
+            }
+        }
+        match self.read_from_owners(args, value, last).await {
+            Ok(reply) => Ok(reply),
+            Err(_) if dropped_by_age => Ok(ChangesReply {
+                expired: true,
+                ..ChangesReply::default()
+            }),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Reads a page of a log from the owners that announce it, then the other owners of the
+    /// collection; `last` is the error of a read tried before.
+    async fn read_from_owners(
+        &self,
+        args: &ChangesArgs,
+        value: Value,
+        mut last: Option<Error>,
+    ) -> Result<ChangesReply> {
         let mut owners = self.node.owners_of(&args.collection);
         owners.sort_by_key(|o| {
             o.stores

@@ -3,7 +3,7 @@
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use super::{LogAfter, LogEntry};
+use super::{LogAfter, LogEntry, LogPage};
 use crate::event::topic_matches;
 use crate::{Error, Node, Result};
 
@@ -58,6 +58,14 @@ pub(crate) async fn serve(node: &Node, args: Value) -> Result<Value> {
         .read_log(&args.collection, &args.log, args.after, limit)
         .await?
         .ok_or_else(|| Error::not_found(format!("change log of {}", args.collection), &args.log))?;
+    let reply = reply_of(page, limit, &args.prefixes);
+    serde_json::to_value(&reply).map_err(|e| Error::internal(e.to_string()))
+}
+
+/// The reply to a read of `limit` entries that gave `page`: the entries under `prefixes` (all
+/// when empty), at most [`MAX_PAGE_BYTES`] of them; the same whether an owner read its store or
+/// a follower read a durable copy of the log (NATS JetStream).
+pub(crate) fn reply_of(page: LogPage, limit: usize, prefixes: &[String]) -> ChangesReply {
     let mut reply = ChangesReply {
         head: page.head,
         expired: page.expired,
@@ -66,8 +74,7 @@ pub(crate) async fn serve(node: &Node, args: Value) -> Result<Value> {
     };
     let mut bytes = 0;
     for entry in page.entries {
-        let wanted = args.prefixes.is_empty()
-            || args.prefixes.iter().any(|p| topic_matches(p, &entry.topic));
+        let wanted = prefixes.is_empty() || prefixes.iter().any(|p| topic_matches(p, &entry.topic));
         if wanted {
             if bytes > MAX_PAGE_BYTES {
                 // The rest in the next read.
@@ -81,7 +88,7 @@ pub(crate) async fn serve(node: &Node, args: Value) -> Result<Value> {
             reply.through = entry.seq;
         }
     }
-    serde_json::to_value(&reply).map_err(|e| Error::internal(e.to_string()))
+    reply
 }
 
 #[cfg(test)]

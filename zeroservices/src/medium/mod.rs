@@ -12,6 +12,7 @@ use serde_json::Value;
 use serde_json::value::RawValue;
 
 use crate::access::User;
+use crate::changes::{LogPage, Retention};
 use crate::{Event, NodeInfo, Result};
 
 mod memory;
@@ -148,6 +149,32 @@ pub trait Inbound: Send + Sync + 'static {
     /// Takes an event published by another node.
     fn event(&self, event: Event);
 
+    /// The change logs this node writes, as `(collection, log id)` pairs: a medium that keeps
+    /// a durable copy of them (NATS JetStream) re-publishes what it lacks. The default: none.
+    fn change_logs(&self) -> Vec<(String, String)> {
+        Vec::new()
+    }
+
+    /// Up to `limit` entries of this node's change log `log` of `collection` after sequence
+    /// number `after` (see [`Store::read_log`](crate::store::Store::read_log)); `None` when the
+    /// node does not hold that log. The default: `None`.
+    async fn read_change_log(
+        &self,
+        collection: &str,
+        log: &str,
+        after: u64,
+        limit: usize,
+    ) -> Result<Option<LogPage>> {
+        let _ = (collection, log, after, limit);
+        Ok(None)
+    }
+
+    /// How long this node's change logs keep their entries (a durable copy keeps them as
+    /// long). The default: [`Retention::default`].
+    fn change_log_retention(&self) -> Retention {
+        Retention::default()
+    }
+
     /// Whether `request`'s handler does so little synchronous work that a medium may poll it
     /// in place, on the task that reads its socket (answering at once when it completes without
     /// waiting), instead of on a task of its own. The default: yes (an echo); a node says yes
@@ -208,6 +235,32 @@ pub trait Medium: Send + Sync + 'static {
 
     /// Publishes an event to every peer (not to this node's own subscribers: the node does that).
     async fn publish(&self, event: &Event) -> Result<()>;
+
+    /// An entry the node's store just wrote to a change log (every one, whether or not anybody
+    /// wants its event; it carries its one-log `cursor`). A medium that keeps the change logs
+    /// durably (NATS JetStream) queues it; it must not block or fail the write. The default
+    /// ignores it.
+    fn logged(&self, entry: &Arc<Event>) {
+        let _ = entry;
+    }
+
+    /// Up to `limit` entries of change log `log` of `collection` after sequence number `after`,
+    /// from a durable copy the medium keeps (NATS JetStream), without asking the log's owner;
+    /// `None` when the medium keeps none or cannot read it now. In the page, the entries
+    /// follow on from `after` without a gap (none: the copy does not hold the entry after
+    /// `after`, yet or any more), `head` is the last sequence number the copy holds, and
+    /// `expired` says that the copy dropped the entries after `after` by age (its first entry
+    /// of the log is later). The default: `None`.
+    async fn read_log(
+        &self,
+        collection: &str,
+        log: &str,
+        after: u64,
+        limit: usize,
+    ) -> Option<LogPage> {
+        let _ = (collection, log, after, limit);
+        None
+    }
 
     /// A peer joined or announced new endpoints: connect to it (subscribe to its events).
     async fn peer_joined(&self, peer: &NodeInfo) {

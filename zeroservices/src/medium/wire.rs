@@ -23,8 +23,9 @@ pub(crate) const SEAL_CALL: u8 = b'c';
 pub(crate) const SEAL_RESPONSE: u8 = b'r';
 /// The kind byte of an event (whose topic frame is bound too).
 pub(crate) const SEAL_EVENT: u8 = b'e';
-/// The kind byte of a change-log entry stored in JetStream (the subject after `<p>.log.` is
-/// bound too).
+
+/// The kind byte of a change log entry stored in a NATS JetStream stream (its subject after
+/// `<prefix>.log.` is bound too).
 #[cfg_attr(not(feature = "nats"), allow(dead_code))]
 pub(crate) const SEAL_LOG: u8 = b'l';
 
@@ -271,8 +272,8 @@ impl Wire {
         }
     }
 
-    /// Opens a stored message (a change-log entry in JetStream) with its seal frame: as
-    /// [`Wire::open`], without the replay checks (a stored entry is read late, and again).
+    /// Opens a stored body (a change log entry read back from NATS JetStream): as
+    /// [`Wire::open`], without the replay guard (see [`Sealer::open_stored`]).
     #[cfg_attr(not(feature = "nats"), allow(dead_code))]
     pub(crate) fn open_stored<'a>(
         &self,
@@ -286,10 +287,12 @@ impl Wire {
             None => Err(Rejection::Unsigned(
                 "sealed with a cluster key, and this node has none",
             )),
+            Some(_) if seal.is_empty() => Err(Rejection::Unsigned("not sealed (no cluster key?)")),
             Some(sealer) => match sealer.open_stored(kind, context, seal, body) {
-                Ok(opened) => Ok(Cow::Owned(opened.plain)),
-                Err(Refusal::Forged(reason)) => Err(Rejection::Unsigned(reason)),
-                Err(Refusal::Replayed(reason)) => Err(Rejection::Replayed(reason)),
+                Ok(plain) => Ok(Cow::Owned(plain)),
+                Err(Refusal::Forged(reason) | Refusal::Replayed(reason)) => {
+                    Err(Rejection::Unsigned(reason))
+                }
             },
         }
     }

@@ -11,6 +11,7 @@ use serde_json::value::RawValue;
 use tokio_util::task::task_tracker::TaskTrackerToken;
 
 use super::{Node, NodeInner, lock, read, stores};
+use crate::changes::{LogAfter, LogPage, Retention};
 use crate::discovery::{PeerEvent, PeerSink};
 use crate::medium::{Inbound, NODE_MESSAGE, PROTOCOL_VERSION, Request};
 use crate::protocol::BuiltIn;
@@ -81,6 +82,42 @@ impl Inbound for Handle {
         if let Some(node) = self.node() {
             node.inner.deliver_local(&event);
         }
+    }
+
+    fn change_logs(&self) -> Vec<(String, String)> {
+        let Some(node) = self.node() else {
+            return Vec::new();
+        };
+        if !node.limits().change_log.enabled() {
+            return Vec::new();
+        }
+        node.local_collections()
+            .into_iter()
+            .filter_map(|c| {
+                let log = node.local_store_of(&c)?.log_id()?;
+                Some((c, log))
+            })
+            .collect()
+    }
+
+    async fn read_change_log(
+        &self,
+        collection: &str,
+        log: &str,
+        after: u64,
+        limit: usize,
+    ) -> Result<Option<LogPage>> {
+        let Some(store) = self.node().and_then(|n| n.local_store_of(collection)) else {
+            return Ok(None);
+        };
+        store
+            .read_log(collection, log, LogAfter::Seq(after), limit)
+            .await
+    }
+
+    fn change_log_retention(&self) -> Retention {
+        self.node()
+            .map_or_else(Retention::default, |n| n.limits().change_log)
     }
 }
 

@@ -476,6 +476,17 @@ impl Node {
         }
     }
 
+    /// Hands the medium an entry the store just logged (a medium that keeps the change logs
+    /// durably queues it; see [`Medium::logged`]).
+    pub(crate) fn log_written(&self, entry: &Arc<Event>) {
+        self.inner.medium.logged(entry);
+    }
+
+    /// The medium (a follower reads gaps from the durable copy it may keep).
+    pub(crate) fn medium(&self) -> &Arc<dyn Medium> {
+        &self.inner.medium
+    }
+
     /// Whether anybody wants an event on `topic`: an `on_event` hook or a stream here, or a peer
     /// (as far as the medium knows; one that has not said gets everything).
     pub(crate) fn wants_event(&self, topic: &str) -> bool {
@@ -715,12 +726,6 @@ impl Node {
     /// [`App`](crate::App)): for work of your own that should end with the node.
     pub fn stopping(&self) -> tokio_util::sync::WaitForCancellationFutureOwned {
         self.inner.shutdown.stopping().clone().cancelled_owned()
-    }
-
-    /// The medium this node talks through.
-    #[cfg_attr(not(feature = "nats"), allow(dead_code))]
-    pub(crate) fn medium(&self) -> &Arc<dyn Medium> {
-        &self.inner.medium
     }
 
     /// How the node stops: its tokens, the work it waits for and the timeout.

@@ -262,32 +262,6 @@ impl Sealer {
         header: &[u8],
         sealed: &[u8],
     ) -> Result<Opened, Refusal> {
-        self.open_checked(kind, context, header, sealed, true)
-    }
-
-    /// Opens a message that was stored, not sent (a JetStream change-log entry read any time
-    /// later, and again on a redelivery): authenticated and decrypted as [`Sealer::open`], with
-    /// no replay window and no counter check. What it binds (the kind, the subject as
-    /// `context`) keeps an entry from being moved elsewhere.
-    #[cfg_attr(not(feature = "nats"), allow(dead_code))]
-    pub(crate) fn open_stored(
-        &self,
-        kind: u8,
-        context: &[u8],
-        header: &[u8],
-        sealed: &[u8],
-    ) -> Result<Opened, Refusal> {
-        self.open_checked(kind, context, header, sealed, false)
-    }
-
-    fn open_checked(
-        &self,
-        kind: u8,
-        context: &[u8],
-        header: &[u8],
-        sealed: &[u8],
-        replay: bool,
-    ) -> Result<Opened, Refusal> {
         if header.is_empty() {
             return Err(Refusal::Forged("not sealed (no cluster key?)"));
         }
@@ -303,9 +277,7 @@ impl Sealer {
         let counter = &header[25..33];
         let now = now_ms();
         // Stale or future messages are dropped before any work on them.
-        if replay {
-            self.replay.in_window(timestamp_ms, now)?;
-        }
+        self.replay.in_window(timestamp_ms, now)?;
         let ring = self.key.ring();
         let (cipher, derived) = match self.replay.cipher(&session, &ring, key_id) {
             Some(cipher) => (cipher, false),
@@ -325,13 +297,49 @@ impl Sealer {
             cipher.decrypt_inout_detached(&nonce(counter), aad, plain.as_mut_slice().into(), &tag)
         })
         .map_err(|_| Refusal::Forged("does not open (forged, altered, or another key)"))?;
-        if replay {
-            let counter = u64::from_be_bytes(counter.try_into().expect("8 bytes"));
-            let learned = derived.then_some((ring, key_id, cipher));
-            self.replay
-                .check(session, timestamp_ms, counter, now, learned)?;
-        }
+        let counter = u64::from_be_bytes(counter.try_into().expect("8 bytes"));
+        let learned = derived.then_some((ring, key_id, cipher));
+        self.replay
+            .check(session, timestamp_ms, counter, now, learned)?;
         Ok(Opened { plain })
+    }
+
+    /// Opens a stored message (a change log entry read back from a NATS JetStream stream):
+    /// like [`Sealer::open`], without the replay window or the counters seen, since a stored
+    /// entry is read again and again, long after it was sealed. What binds it is its `context`
+    /// (the entry's subject: collection, log and sequence number), so a copy of it elsewhere
+    /// does not open and a copy in place is the same entry.
+    pub(crate) fn open_stored(
+        &self,
+        kind: u8,
+        context: &[u8],
+        header: &[u8],
+        sealed: &[u8],
+    ) -> Result<Vec<u8>, Refusal> {
+        if header.len() != HEADER_LEN || header[0] != self.version {
+            return Err(Refusal::Forged("not a sealed header of this version"));
+        }
+        if sealed.len() < TAG_LEN {
+            return Err(Refusal::Forged("sealed body shorter than its tag"));
+        }
+        let key_id: [u8; 4] = header[1..5].try_into().expect("4 bytes");
+        let session: Session = header[5..17].try_into().expect("12 bytes");
+        let counter = &header[25..33];
+        let ring = self.key.ring();
+        let Some(key) = ring.derived.iter().find(|d| d.id == key_id) else {
+            return Err(Refusal::Forged(
+                "sealed under a key not in this node's keyring",
+            ));
+        };
+        let cipher = key.message_key(self.purpose, &session);
+        let (body, tag) = sealed.split_at(sealed.len() - TAG_LEN);
+        let mut plain = body.to_vec();
+        let tag = Tag::try_from(tag).map_err(|_| Refusal::Forged("bad tag"))?;
+        with_associated(kind, header, context, |aad| {
+            cipher.decrypt_inout_detached(&nonce(counter), aad, plain.as_mut_slice().into(), &tag)
+        })
+        .map_err(|_| Refusal::Forged("does not open (forged, altered, or another key)"))?;
+        Ok(plain)
     }
 
     /// The wire form of a topic (or a topic prefix) under the primary key: each dot segment

@@ -195,6 +195,7 @@ impl<R: Resource> ResourceService<R> {
     ) {
         match note.and_then(|n| n.take_logged()) {
             Some(logged) => {
+                node.log_written(&logged.0);
                 if node.wants_event(&logged.0.topic) {
                     node.publish_shared(&logged.0).await;
                 }

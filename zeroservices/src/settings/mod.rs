@@ -216,6 +216,19 @@ pub struct NetworkSettings {
     /// With NATS: a credentials file (user JWT and NKey seed) to connect with.
     #[arg(long, env = "ZS_NATS_CREDS", value_name = "PATH", value_parser = Check(parse::nats_creds))]
     pub nats_creds: Option<PathBuf>,
+    /// With NATS: keep the change logs on a JetStream stream too (owners publish every entry,
+    /// readers read gaps and resume from it, even after the owner is gone) [default: on].
+    #[arg(long, env = "ZS_NATS_JETSTREAM", value_name = "on|off", value_parser = Check(parse::on_off))]
+    pub nats_jetstream: Option<bool>,
+    /// With NATS and JetStream: the replicas of the change-log stream (1 to 5; more than 1 on a
+    /// NATS cluster) [default: 1].
+    #[arg(long, env = "ZS_NATS_REPLICAS", value_name = "N", value_parser = Check(parse::nats_replicas))]
+    pub nats_replicas: Option<usize>,
+    /// With NATS and JetStream: the change-log entries an owner queues for the stream at most;
+    /// past it entries are dropped from the queue (counted) and re-published from the store's
+    /// log later [default: 65536].
+    #[arg(long, env = "ZS_NATS_LOG_QUEUE", value_name = "N", value_parser = Check(parse::nats_log_queue))]
+    pub nats_log_queue: Option<usize>,
     /// The interface address for multicast discovery and the node's sockets; without a cluster
     /// key only a loopback address is accepted (unless insecure is on) [default: 127.0.0.1, or
     /// 0.0.0.0 with a cluster key].
@@ -290,6 +303,9 @@ impl std::fmt::Debug for NetworkSettings {
             .field("transport", &self.transport)
             .field("cluster", &self.cluster)
             .field("nats_creds", &self.nats_creds)
+            .field("nats_jetstream", &self.nats_jetstream)
+            .field("nats_replicas", &self.nats_replicas)
+            .field("nats_log_queue", &self.nats_log_queue)
             .field("discovery_interface", &self.discovery_interface)
             .field("multicast_group", &self.multicast_group)
             .field("multicast", &self.multicast)
@@ -586,6 +602,15 @@ impl Settings {
             c.cluster.clone_from(v);
         }
         c.nats_creds.clone_from(&n.nats_creds);
+        if let Some(v) = n.nats_jetstream {
+            c.nats_jetstream = v;
+        }
+        if let Some(v) = n.nats_replicas {
+            c.nats_replicas = v;
+        }
+        if let Some(v) = n.nats_log_queue {
+            c.nats_log_queue = v;
+        }
         let key = self.cluster_key();
         c.interface = match (n.discovery_interface, key) {
             (Some(v), _) => v,

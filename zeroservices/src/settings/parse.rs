@@ -182,6 +182,20 @@ pub(crate) fn max_message_bytes(v: &str) -> Result<usize, String> {
     crate::config::parse_max_message_bytes(v).map_err(str::to_owned)
 }
 
+pub(crate) fn nats_replicas(v: &str) -> Result<usize, String> {
+    match v.parse::<usize>() {
+        Ok(n @ 1..=5) => Ok(n),
+        _ => Err("a number of replicas from 1 to 5".into()),
+    }
+}
+
+pub(crate) fn nats_log_queue(v: &str) -> Result<usize, String> {
+    match v.parse::<usize>() {
+        Ok(n @ 1..=16_777_216) => Ok(n),
+        _ => Err("a number of entries from 1 to 16777216".into()),
+    }
+}
+
 pub(crate) fn max_peers(v: &str) -> Result<usize, String> {
     crate::config::parse_max_peers(v).map_err(str::to_owned)
 }

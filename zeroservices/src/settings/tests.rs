@@ -287,7 +287,7 @@ fn variables_follow_the_ids() {
         );
     }
 
-    assert_eq!(vars, 51);
+    assert_eq!(vars, 54);
     let help = with_env(Settings::command(), &env(&[]))
         .render_long_help()
         .to_string();

@@ -41,7 +41,7 @@ use std::time::Duration;
 
 use async_nats::jetstream::consumer::{AckPolicy, DeliverPolicy, PullConsumer, pull};
 use async_nats::jetstream::message::Acker;
-use async_nats::jetstream::{AckKind, stream};
+use async_nats::jetstream::AckKind;
 use futures::StreamExt;
 use serde_json::Value;
 use sha2::Digest;
@@ -49,7 +49,9 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use super::{Hold, Rule, Shared, StreamStats, on_event, release, version_of};
+use crate::changes::position_of;
 use crate::medium::nats::NatsMedium;
+use crate::medium::nats::{stream_config, stream_name};
 use crate::medium::wire::Rejection;
 use crate::protocol::{Call, Document};
 use crate::security::DropLog;
@@ -57,8 +59,6 @@ use crate::{Error, Event, Node};
 
 /// How long one pull waits at the server for entries before it is asked again.
 const PULL_EXPIRES: Duration = Duration::from_secs(5);
-/// The change-log stream keeps duplicates out over this window (the contract's).
-const DUPLICATE_WINDOW: Duration = Duration::from_secs(120);
 /// A redelivered entry whose resource cannot be read now is offered again after this.
 const RETRY_READ: Duration = Duration::from_secs(1);
 
@@ -106,21 +106,6 @@ pub(crate) struct LogConsumer {
     pub(crate) counters: Arc<Counters>,
 }
 
-/// The stream's name for a cluster prefix: `ZS_<PREFIX>_CHANGES`.
-pub(crate) fn stream_name(prefix: &str) -> String {
-    let safe: String = prefix
-        .chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() || c == '_' || c == '-' {
-                c.to_ascii_uppercase()
-            } else {
-                '_'
-            }
-        })
-        .collect();
-    format!("ZS_{safe}_CHANGES")
-}
-
 /// The durable consumer's name for a worker's name (see the module docs).
 pub(crate) fn consumer_name(medium: &NatsMedium, worker: &str) -> String {
     if medium.wire().key().is_some() {
@@ -149,6 +134,10 @@ pub(crate) async fn open(
     lease: Duration,
 ) -> Option<LogConsumer> {
     let medium = node.medium().as_nats()?.clone();
+    if !medium.config().nats_jetstream {
+        // ZS_NATS_JETSTREAM=off: as over ZeroMQ.
+        return None;
+    }
     match try_open(node, &medium, worker, collections, lease).await {
         Ok(consumer) => Some(consumer),
         Err(e) => {
@@ -171,19 +160,15 @@ async fn try_open(
 ) -> Result<LogConsumer, String> {
     let js = medium.jetstream().map_err(|e| e.to_string())?;
     let prefix = medium.subjects().prefix().to_owned();
-    let base = format!("{prefix}.log.");
+    let base = medium.subjects().log_base();
+    // Created as the owners create it when no owner did yet; its settings are the owners'
+    // (their ZS_CHANGE_LOG_MS), which a worker does not change.
     let stream = js
-        .get_or_create_stream(stream::Config {
-            name: stream_name(&prefix),
-            subjects: vec![format!("{base}>")],
-            storage: stream::StorageType::File,
-            discard: stream::DiscardPolicy::Old,
-            retention: stream::RetentionPolicy::Limits,
-            max_age: node.limits().change_log.max_age,
-            duplicate_window: DUPLICATE_WINDOW,
-            num_replicas: 1,
-            ..Default::default()
-        })
+        .get_or_create_stream(stream_config(
+            medium.subjects(),
+            node.limits().change_log.max_age,
+            medium.config().nats_replicas,
+        ))
         .await
         .map_err(|e| format!("the change-log stream: {e}"))?;
     let mut tokens = HashMap::new();
@@ -485,11 +470,16 @@ async fn take(
         counters.drop_entry("its topic is not its subject's collection");
         return held.send(AckKind::Term).await;
     }
+    let event = Event { topic, data };
+    if !names_its_subject(&log.medium, collection, &event, context) {
+        counters.drop_entry("its cursor is not its subject's entry");
+        return held.send(AckKind::Term).await;
+    }
     let Some(rules) = rules.get(collection) else {
         counters.drop_entry("a collection this worker does not watch");
         return held.send(AckKind::Term).await;
     };
-    let mut event = Event { topic, data };
+    let mut event = event;
     if delivered > 1 {
         // Its holder died (no progress for a lease), stopped, or gave up: it runs again only
         // if it is still the resource's current version (a newer one comes as its own entry).
@@ -518,6 +508,33 @@ async fn take(
     on_event(shared, rules, event, Arc::new(Hold::Message(held))).await;
 }
 
+/// Whether the entry's cursor names the log and sequence number of its subject
+/// (`<collection token>.<log token>.<seq>` after `<p>.log.`): an entry copied to another
+/// subject is not taken (with a key it does not even open).
+fn names_its_subject(medium: &NatsMedium, collection: &str, event: &Event, context: &str) -> bool {
+    use base64::Engine;
+    let Some((key, seq)) = position_of(event) else {
+        return false;
+    };
+    let Some(log) = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(key)
+        .ok()
+        .and_then(|bytes| String::from_utf8(bytes).ok())
+        .and_then(|named| {
+            named
+                .strip_prefix(collection)
+                .and_then(|rest| rest.strip_prefix('@'))
+                .map(str::to_owned)
+        })
+    else {
+        return false;
+    };
+    medium
+        .subjects()
+        .log_frame(medium.wire(), collection, &log)
+        .is_ok_and(|frame| context == format!("{frame}.{seq}"))
+}
+
 fn reason(rejection: &Rejection) -> String {
     match rejection {
         Rejection::Malformed(reason) | Rejection::Answerable { reason, .. } => reason.clone(),
@@ -530,13 +547,6 @@ fn reason(rejection: &Rejection) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn stream_names_are_safe() {
-        assert_eq!(stream_name("zs"), "ZS_ZS_CHANGES");
-        assert_eq!(stream_name("acme.prod"), "ZS_ACME_PROD_CHANGES");
-        assert_eq!(stream_name("a-b_c"), "ZS_A-B_C_CHANGES");
-    }
 
     #[test]
     fn consumer_names_are_subject_safe() {

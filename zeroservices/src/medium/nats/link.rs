@@ -73,6 +73,11 @@ impl NatsLink {
         *self.connected.borrow()
     }
 
+    /// The connection's state as it changes (true: up).
+    pub(crate) fn watch(&self) -> watch::Receiver<bool> {
+        self.connected.subscribe()
+    }
+
     /// Resolves when the connection is down (at once if it is).
     pub(crate) async fn down(&self) {
         let mut state = self.connected.subscribe();

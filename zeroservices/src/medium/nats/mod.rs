@@ -76,10 +76,12 @@ use crate::security::DropLog;
 use crate::security::seal::HEADER_LEN;
 use crate::{Error, Event, NodeInfo, Result};
 
+mod jetstream;
 mod link;
 pub(crate) mod subjects;
 
 pub use self::link::NatsLink;
+pub(crate) use self::jetstream::{stream_config, stream_name};
 
 /// The queue group every owner of a collection joins on its request subject.
 const OWNERS: &str = "owners";
@@ -107,6 +109,22 @@ pub struct NatsStats {
     pub dropped_version: u64,
     /// Dropped: over `ZS_MAX_MESSAGE_BYTES`.
     pub dropped_oversized: u64,
+    /// Change-log entries stored on the JetStream stream (acknowledged), re-syncs included.
+    pub log_published: u64,
+    /// Change-log entries whose publish failed (no acknowledgement, the connection down): they
+    /// are published again from the store's log.
+    pub log_retried: u64,
+    /// Change-log entries published by a re-sync from the store's log (at start, after an
+    /// overflow, a failure or a reconnect).
+    pub log_resynced: u64,
+    /// Change-log entries dropped from a full publish queue (`ZS_NATS_LOG_QUEUE`); a re-sync
+    /// publishes them from the store's log.
+    pub log_dropped: u64,
+    /// Change-log entries read from the stream by this node's followers.
+    pub log_read: u64,
+    /// Messages of the change-log stream not handed out: garbage, forged, sealed under
+    /// another key, on another entry's subject (also counted by kind above).
+    pub log_rejected: u64,
 }
 
 #[derive(Default)]
@@ -152,6 +170,8 @@ struct Inner {
     served: AtomicU64,
     events: AtomicU64,
     drops: Drops,
+    /// The change logs on JetStream.
+    journal: jetstream::Journal,
 }
 
 #[derive(Default)]
@@ -207,6 +227,7 @@ impl NatsMedium {
                 served: AtomicU64::new(0),
                 events: AtomicU64::new(0),
                 drops: Drops::default(),
+                journal: jetstream::Journal::default(),
             }),
         }
     }
@@ -222,6 +243,7 @@ impl NatsMedium {
     /// The counters so far.
     pub fn stats(&self) -> NatsStats {
         let d = &self.inner.drops;
+        let j = &self.inner.journal.counters;
         NatsStats {
             requests_served: self.inner.served.load(Ordering::Relaxed),
             events_received: self.inner.events.load(Ordering::Relaxed),
@@ -230,6 +252,12 @@ impl NatsMedium {
             dropped_replayed: d.replayed.count(),
             dropped_version: d.version.count(),
             dropped_oversized: d.oversized.count(),
+            log_published: j.published.load(Ordering::Relaxed),
+            log_retried: j.retried.load(Ordering::Relaxed),
+            log_resynced: j.resynced.load(Ordering::Relaxed),
+            log_dropped: j.dropped.load(Ordering::Relaxed),
+            log_read: j.read.load(Ordering::Relaxed),
+            log_rejected: j.rejected.load(Ordering::Relaxed),
         }
     }
 
@@ -255,6 +283,11 @@ impl NatsMedium {
     /// The seals and envelopes (the cluster key).
     pub(crate) fn wire(&self) -> &Wire {
         &self.inner.wire
+    }
+
+    /// The settings the medium runs with.
+    pub(crate) fn config(&self) -> &NetworkConfig {
+        &self.inner.config
     }
 
     /// Opens a change-log entry read from JetStream: `payload` as the owner stored it (with a
@@ -713,7 +746,32 @@ impl Medium for NatsMedium {
         if let Some(client) = inner.client.get() {
             let _ = tokio::time::timeout(inner.config.request_timeout, client.flush()).await;
         }
+        // An owner of change logs keeps them on the JetStream stream too.
+        let logs = inner
+            .inbound
+            .get()
+            .is_some_and(|i| !i.change_logs().is_empty());
+        if inner.config.nats_jetstream
+            && logs
+            && let Some(task) = jetstream::start_publisher(inner)
+        {
+            lock(&inner.state).tasks.push(task);
+        }
         Ok(())
+    }
+
+    fn logged(&self, entry: &Arc<Event>) {
+        self.inner.journal.logged(entry);
+    }
+
+    async fn read_log(
+        &self,
+        collection: &str,
+        log: &str,
+        after: u64,
+        limit: usize,
+    ) -> Option<crate::changes::LogPage> {
+        jetstream::read(&self.inner, collection, log, after, limit).await
     }
 
     async fn publish(&self, event: &Event) -> Result<()> {
@@ -751,6 +809,10 @@ impl Medium for NatsMedium {
 
     async fn stop(&self) {
         let inner = &self.inner;
+        // What the publisher has queued goes to the stream first (bounded).
+        let within = inner.config.request_timeout.min(Duration::from_secs(2));
+        inner.journal.flush(within).await;
+        inner.journal.close();
         let (tasks, was_running) = {
             let mut guard = lock(&inner.state);
             let state = &mut *guard;

@@ -85,6 +85,58 @@ impl Subjects {
         )
     }
 
+    /// The start of every change log entry's subject: `<prefix>.log.`.
+    pub(crate) fn log_base(&self) -> String {
+        format!("{}.log.", self.prefix)
+    }
+
+    /// The subjects of a JetStream change-log stream: `<prefix>.log.>`.
+    pub(crate) fn log_all(&self) -> String {
+        format!("{}.log.>", self.prefix)
+    }
+
+    /// `<collection token>.<log token>`: the part of a log's entry subjects after
+    /// `<prefix>.log.` and before the sequence number. The collection token is the one of
+    /// `<prefix>.evt.<collection>`; the log token is the lowercase hex of the log id's bytes,
+    /// or with a key its keyed tag (so neither shows a name).
+    pub(crate) fn log_frame(&self, wire: &Wire, collection: &str, log: &str) -> Result<String> {
+        check_name("collection", collection)?;
+        if log.is_empty() || log.len() > 512 {
+            return Err(Error::bad_request("a change log id is 1 to 512 bytes"));
+        }
+        Ok(format!(
+            "{}.{}",
+            tag(wire, collection),
+            tag(wire, &hex::encode(log.as_bytes()))
+        ))
+    }
+
+    /// `<prefix>.log.<collection token>.<log token>.<seq>`: the subject of entry `seq` of a log.
+    pub(crate) fn log_entry(&self, frame: &str, seq: u64) -> String {
+        format!("{}{frame}.{seq}", self.log_base())
+    }
+
+    /// `<prefix>.log.<collection token>.<log token>.>`: every entry of a log.
+    pub(crate) fn log_filter(&self, frame: &str) -> String {
+        format!("{}{frame}.>", self.log_base())
+    }
+
+    /// `<prefix>.log.<collection token>.>`: every entry of every log of a collection (a
+    /// worker's consumer filter), one per key of the ring.
+    #[allow(dead_code)]
+    pub(crate) fn log_collection_filters(
+        &self,
+        wire: &Wire,
+        collection: &str,
+    ) -> Result<Vec<String>> {
+        check_name("collection", collection)?;
+        Ok(wire
+            .topic_filters(collection)
+            .into_iter()
+            .map(|t| format!("{}{t}.>", self.log_base()))
+            .collect())
+    }
+
     /// `<prefix>.disc`: announcements, heartbeats and goodbyes.
     pub(crate) fn discovery(&self) -> String {
         format!("{}.disc", self.prefix)
@@ -190,6 +242,36 @@ mod tests {
         );
         assert_eq!(s.discovery(), "zs.disc");
         assert_eq!(s.hello(), "zs.disc.hello");
+    }
+
+    #[test]
+    fn log_subjects_name_entries_and_hide_names_with_a_key() {
+        let s = Subjects::new("zs");
+        let w = plain();
+        let frame = s.log_frame(&w, "power", "memory:a.b").unwrap();
+        assert_eq!(frame, format!("power.{}", hex::encode("memory:a.b")));
+        assert_eq!(
+            s.log_entry(&frame, 7),
+            format!("zs.log.power.{}.7", hex::encode("memory:a.b"))
+        );
+        assert_eq!(s.log_filter(&frame), format!("zs.log.{frame}.>"));
+        assert_eq!(
+            s.log_collection_filters(&w, "power").unwrap(),
+            ["zs.log.power.>"]
+        );
+        assert!(s.log_frame(&w, "po.wer", "x").is_err());
+        assert!(s.log_frame(&w, "power", "").is_err());
+        let k = keyed("k");
+        let frame = s.log_frame(&k, "power", "memory:a.b").unwrap();
+        assert!(
+            !frame.contains("power") && !frame.contains("memory"),
+            "{frame}"
+        );
+        assert_eq!(frame.split('.').count(), 2, "{frame}");
+        assert!(
+            s.log_entry(&frame, 1)
+                .starts_with(&s.log_collection_filters(&k, "power").unwrap()[0][..23])
+        );
     }
 
     #[test]
