@@ -322,7 +322,7 @@ impl Worker {
         }
         let node = builder.start().await?;
         let stopping = node.shutdown().stopping().clone();
-        let shared = |streamed| {
+        let shared = |caught_up: Option<CaughtUp>| {
             Arc::new(Shared {
                 node: node.clone(),
                 name: self.name.clone(),
@@ -331,7 +331,8 @@ impl Worker {
                 in_flight: Mutex::new(HashMap::new()),
                 max_attempts: self.max_attempts,
                 backoff: self.backoff,
-                streamed,
+                streamed: caught_up.is_some(),
+                caught_up,
                 handled: Mutex::new(Handled::default()),
             })
         };
@@ -339,7 +340,11 @@ impl Worker {
         {
             let collections: Vec<&'static str> = by_collection.keys().copied().collect();
             if let Some(log) = stream::open(&node, &self.name, &collections, lease).await {
-                let shared = shared(true);
+                let consumer = log.consumer();
+                let shared = shared(Some(Arc::new(move || {
+                    let consumer = consumer.clone();
+                    Box::pin(async move { stream::caught_up(consumer).await })
+                })));
                 let counters = log.counters.clone();
                 // A new group follows from now and checks at once; one that resumes reads
                 // what it missed from its consumer first.
@@ -378,7 +383,7 @@ impl Worker {
                 });
             }
         }
-        let shared = shared(false);
+        let shared = shared(None);
         let state = match &self.state_dir {
             StateDir::Dir(dir) => Some(StateFile::new(dir, &self.name)),
             StateDir::FromEnv | StateDir::Off => None,
@@ -632,9 +637,14 @@ struct Shared {
     backoff: Duration,
     /// Changes come from the group's JetStream consumer: no claims, no cursor.
     streamed: bool,
+    /// With `streamed`: whether the group's consumer has no entry pending or awaiting an ack.
+    caught_up: Option<CaughtUp>,
     /// With `streamed`: what this replica handled, so its poll check skips it.
     handled: Mutex<Handled>,
 }
+
+/// Asks whether a worker group's consumer is caught up (nothing pending, nothing unacked).
+type CaughtUp = Arc<dyn Fn() -> BoxFuture<'static, bool> + Send + Sync>;
 
 /// What became of a change this replica was given.
 enum Outcome {
@@ -699,7 +709,7 @@ impl Shared {
             let (mut event, mut doc, mut ticket, mut from_poll) = (event, doc, ticket, from_poll);
             loop {
                 // Past the shutdown timeout the handler is dropped where it is.
-                let run = shared.run_change(&rule, &event, &doc, &stopping, &ticket, from_poll);
+                let run = shared.run_change(&rule, &event, &doc, &stopping, &ticket);
                 let Some(outcome) = abort.run_until_cancelled(run).await else {
                     tracing::warn!(topic = %event.topic, "worker handler dropped at the shutdown timeout");
                     break;
@@ -738,8 +748,8 @@ impl Shared {
         });
     }
 
-    /// Runs a change: over JetStream at once (the consumer gave it to this replica; a poll hit
-    /// of a version this replica handled is skipped), else through a claim.
+    /// Runs a change: over JetStream at once (the consumer gave it to this replica; a version
+    /// this replica handled already is skipped), else through a claim.
     async fn run_change(
         &self,
         rule: &Rule,
@@ -747,7 +757,6 @@ impl Shared {
         doc: &Value,
         stopping: &CancellationToken,
         hold: &Option<Arc<Hold>>,
-        from_poll: bool,
     ) -> Outcome {
         if !self.streamed {
             return self.run_claimed(rule, event, doc, stopping).await;
@@ -758,7 +767,8 @@ impl Shared {
             .and_then(Value::as_str)
             .map(|id| (rule.index, id.to_owned()));
         let version = version_of(event);
-        if let (true, Some(key), Some(version)) = (from_poll, &key, version)
+        // A version handled here already (a poll hit and its entry both came) runs once.
+        if let (Some(key), Some(version)) = (&key, version)
             && self
                 .handled
                 .lock()
@@ -1040,6 +1050,36 @@ async fn hand_over(shared: &Arc<Shared>, rules: &[Arc<Rule>], event: Event, tick
     }
 }
 
+/// The resources that match a rule now. Every page is read before any handler runs: pages
+/// move on by `skip`, and a handler that takes a resource out of the filter would otherwise
+/// shift the later pages past resources never seen (the owner answers at most `ZS_MAX_PAGE`
+/// per request).
+async fn list_matching(shared: &Shared, rule: &Rule) -> Vec<Document<Value>> {
+    let mut matching = Vec::new();
+    let mut read_all = false;
+    while !read_all {
+        let list = Call::List(ListArgs {
+            filter: Some(rule.query.filter.clone()),
+            skip: Some(matching.len() as u64),
+            paged: true,
+            ..ListArgs::default()
+        })
+        .into_request(rule.collection);
+        match shared.node.request_as::<Page>(list).await {
+            Ok(page) => {
+                read_all = page.items.is_empty() || !page.more;
+                matching.extend(page.items);
+            }
+            Err(Error::UnknownCollection { .. } | Error::OwnerGone { .. }) => break,
+            Err(e) => {
+                tracing::warn!(collection = rule.collection, error = %e, "poll check failed");
+                break;
+            }
+        }
+    }
+    matching
+}
+
 /// The poll check of one rule: every `interval` (the first at once when `now`), and when
 /// `nudge` is notified (a cursor that expired).
 async fn poll(
@@ -1061,30 +1101,24 @@ async fn poll(
             _ = ticker.tick() => {}
             () = nudge.notified() => {}
         }
-        // Every page is read before any handler runs: pages move on by `skip`, and a handler
-        // that takes a resource out of the filter would otherwise shift the later pages past
-        // resources never seen (the owner answers at most `ZS_MAX_PAGE` per request).
-        let mut matching = Vec::new();
-        let mut read_all = false;
-        while !read_all {
-            let list = Call::List(ListArgs {
-                filter: Some(rule.query.filter.clone()),
-                skip: Some(matching.len() as u64),
-                paged: true,
-                ..ListArgs::default()
-            })
-            .into_request(rule.collection);
-            match shared.node.request_as::<Page>(list).await {
-                Ok(page) => {
-                    read_all = page.items.is_empty() || !page.more;
-                    matching.extend(page.items);
-                }
-                Err(Error::UnknownCollection { .. } | Error::OwnerGone { .. }) => break,
-                Err(e) => {
-                    tracing::warn!(collection = rule.collection, error = %e, "poll check failed");
-                    break;
-                }
+        let mut matching = list_matching(&shared, &rule).await;
+        if let Some(caught_up) = &shared.caught_up {
+            // Over JetStream a poll hit is a change the stream missed: one whose resource kept
+            // its version for a lease (its entry, if any, was delivered and handled meanwhile),
+            // while the group's consumer has nothing pending or unacked.
+            if matching.is_empty() {
+                continue;
             }
+            tokio::time::sleep(shared.lease).await;
+            if !caught_up().await {
+                continue;
+            }
+            let before: std::collections::HashSet<(String, u64)> = matching
+                .into_iter()
+                .map(|d| (d.resource_id, d.version))
+                .collect();
+            matching = list_matching(&shared, &rule).await;
+            matching.retain(|d| before.contains(&(d.resource_id.clone(), d.version)));
         }
         for doc in matching {
             // Claimed by the document's current version, as its change's event would be.

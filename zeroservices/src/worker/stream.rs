@@ -237,6 +237,22 @@ async fn try_open(
     })
 }
 
+impl LogConsumer {
+    /// The consumer (a handle to ask the server about it).
+    pub(crate) fn consumer(&self) -> PullConsumer {
+        self.consumer.clone()
+    }
+}
+
+/// Whether the group's consumer has nothing pending (not yet delivered) and nothing awaiting
+/// an ack; `false` when the server cannot be asked.
+pub(crate) async fn caught_up(mut consumer: PullConsumer) -> bool {
+    consumer
+        .info()
+        .await
+        .is_ok_and(|info| info.num_pending == 0 && info.num_ack_pending == 0)
+}
+
 /// One entry this replica holds: progress acks while it is held, one verdict when released.
 pub(crate) struct Delivery {
     acker: Option<Arc<Acker>>,
