@@ -278,7 +278,10 @@ impl ChildWorker {
             .recv_timeout(Duration::from_secs(30))
             .expect("the child worker did not start within 30 s");
         let (id, stream) = ready.split_once(' ').unwrap_or((&ready, ""));
-        assert_eq!(stream, "jetstream", "the child consumes the stream: {ready}");
+        assert_eq!(
+            stream, "jetstream",
+            "the child consumes the stream: {ready}"
+        );
         Self {
             child,
             id: id.to_owned(),
@@ -382,10 +385,14 @@ async fn a_replica_killed_mid_handler_is_redelivered_after_ack_wait() {
     for n in 0..10 {
         jobs_client.create(job(n)).await.unwrap();
     }
-    eventually(Duration::from_secs(10), "every job taken by someone", || {
-        let taken = doomed.started().len() + survivor.started().len() >= 10;
-        async move { taken }
-    })
+    eventually(
+        Duration::from_secs(10),
+        "every job taken by someone",
+        || {
+            let taken = doomed.started().len() + survivor.started().len() >= 10;
+            async move { taken }
+        },
+    )
     .await;
     let taken_by_doomed: Vec<(Instant, String)> = doomed.started();
     assert!(!taken_by_doomed.is_empty(), "the doomed replica took none");
@@ -400,9 +407,11 @@ async fn a_replica_killed_mid_handler_is_redelivered_after_ack_wait() {
     }
     doomed.kill();
     let killed = Instant::now();
-    eventually(Duration::from_secs(20), "10 jobs done by the survivor", || {
-        all_done(&owner, 10)
-    })
+    eventually(
+        Duration::from_secs(20),
+        "10 jobs done by the survivor",
+        || all_done(&owner, 10),
+    )
     .await;
     let done = jobs(&owner).await;
     for (id, job) in &done {
@@ -461,7 +470,10 @@ async fn a_restarted_worker_resumes_from_its_durable_consumer() {
         || all_done(&owner, 25),
     )
     .await;
-    assert!(restarted.elapsed() < Duration::from_secs(60), "not the poll");
+    assert!(
+        restarted.elapsed() < Duration::from_secs(60),
+        "not the poll"
+    );
     let counted = runs.lock().unwrap().clone();
     assert_eq!(counted.len(), 25);
     assert!(counted.values().all(|&n| n == 1), "{counted:?}");
@@ -553,9 +565,11 @@ async fn entries_forged_into_the_stream_are_dropped_and_not_redelivered() {
     .await;
     // The worker keeps going.
     owner.collection::<Job>().create(job(1)).await.unwrap();
-    eventually(Duration::from_secs(10), "a real job after the forgeries", || {
-        all_done(&owner, 2)
-    })
+    eventually(
+        Duration::from_secs(10),
+        "a real job after the forgeries",
+        || all_done(&owner, 2),
+    )
     .await;
     // Terminated, not redelivered: more than two leases later, still 5 and no redelivery.
     settle(Duration::from_millis(2500)).await;

@@ -54,6 +54,26 @@
 //! with a claim round trip per change. A change without a version (from an owner that predates
 //! versions) runs unclaimed.
 //!
+//! # Worker groups over NATS JetStream
+//!
+//! On a NATS node whose server has JetStream, none of the above runs: the worker consumes the
+//! change-log stream through one durable pull consumer per worker name, shared by the replicas
+//! (no claims, no cursor file; see `worker/stream.rs` for the name, the filter and the acks).
+//! The server hands each entry to one replica at a time; the replica acks it once every rule is
+//! done with it (handled, not matching, replaced by a newer change of the same resource, or a
+//! redelivery that is no longer the resource's current version), sends progress acks every
+//! third of the lease while it holds it, naks it after the poll interval when a handler gave
+//! up, and terminates (drops, counts: [`RunningWorker::stream_stats`]) what does not open. So
+//! each change is handled at least once while some replica lives, by one replica at a time
+//! while its holder sends progress; it runs twice when a replica dies between its handler's
+//! effect and its ack, when its replica loses NATS for a whole lease, or when a poll check runs
+//! a resource another replica handled and left matching (once per replica and version). The
+//! per-replica order is the one above (one resource at a time, oldest first, a queued change
+//! replaced by a newer one); across replicas nothing is ordered. A poll hit runs only when this
+//! replica did not handle that version, the resource kept it for a lease after the list, and
+//! the group's consumer has nothing pending or unacked. Without JetStream the worker warns once
+//! and works as above.
+//!
 //! # Stopping
 //!
 //! When the worker's node stops ([`RunningWorker::stop`], [`Node::stop`], a signal in
@@ -367,8 +387,7 @@ impl Worker {
                     }
                     rules.insert(collection, list);
                 }
-                let consume =
-                    stream::consume(shared, log, rules, self.concurrency, poll_interval);
+                let consume = stream::consume(shared, log, rules, self.concurrency, poll_interval);
                 let until = stopping.clone();
                 tasks.spawn(async move { until.run_until_cancelled(consume).await.unwrap_or(()) });
                 tracing::info!(worker = %self.name, node = %node.id(), "worker started (JetStream)");

@@ -39,9 +39,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
+use async_nats::jetstream::AckKind;
 use async_nats::jetstream::consumer::{AckPolicy, DeliverPolicy, PullConsumer, pull};
 use async_nats::jetstream::message::Acker;
-use async_nats::jetstream::AckKind;
 use futures::StreamExt;
 use serde_json::Value;
 use sha2::Digest;
@@ -89,7 +89,8 @@ impl Counters {
     }
 
     fn drop_entry(&self, reason: &str) {
-        self.dropped.drop_from("jetstream", "change-log entry", reason);
+        self.dropped
+            .drop_from("jetstream", "change-log entry", reason);
     }
 }
 
@@ -475,7 +476,10 @@ async fn take(
         counters.drop_entry("a collection this worker does not watch");
         return held.send(AckKind::Term).await;
     };
-    let (topic, data) = match log.medium.open_log_entry(context.as_bytes(), &message.payload) {
+    let (topic, data) = match log
+        .medium
+        .open_log_entry(context.as_bytes(), &message.payload)
+    {
         Ok(entry) => entry,
         Err(rejection) => {
             counters.drop_entry(&reason(&rejection));
@@ -514,7 +518,9 @@ async fn take(
                 }
             }
             // Changed since, or deleted: done here.
-            Ok(_) | Err(Error::NotFound { .. }) => return release(Some(Arc::new(Hold::Message(held)))).await,
+            Ok(_) | Err(Error::NotFound { .. }) => {
+                return release(Some(Arc::new(Hold::Message(held)))).await;
+            }
             Err(e) => {
                 tracing::debug!(topic = %event.topic, error = %e, "could not re-read a redelivered change: offered again shortly");
                 return held.send(AckKind::Nak(Some(RETRY_READ))).await;

@@ -80,8 +80,8 @@ mod jetstream;
 mod link;
 pub(crate) mod subjects;
 
-pub use self::link::NatsLink;
 pub(crate) use self::jetstream::{stream_config, stream_name};
+pub use self::link::NatsLink;
 
 /// The queue group every owner of a collection joins on its request subject.
 const OWNERS: &str = "owners";
