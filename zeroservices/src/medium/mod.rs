@@ -303,6 +303,13 @@ pub trait Medium: Send + Sync + 'static {
 
     /// A short name for logs.
     fn describe(&self) -> String;
+
+    /// The NATS medium this is, if it is one: what reaches JetStream (a worker group's
+    /// durable consumer, see [`worker`](crate::worker)).
+    #[cfg(feature = "nats")]
+    fn as_nats(&self) -> Option<&NatsMedium> {
+        None
+    }
 }
 
 #[cfg(test)]

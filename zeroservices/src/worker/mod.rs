@@ -54,6 +54,26 @@
 //! with a claim round trip per change. A change without a version (from an owner that predates
 //! versions) runs unclaimed.
 //!
+//! # Worker groups over NATS JetStream
+//!
+//! On a NATS node whose server has JetStream, none of the above runs: the worker consumes the
+//! change-log stream through one durable pull consumer per worker name, shared by the replicas
+//! (no claims, no cursor file; see `worker/stream.rs` for the name, the filter and the acks).
+//! The server hands each entry to one replica at a time; the replica acks it once every rule is
+//! done with it (handled, not matching, replaced by a newer change of the same resource, or a
+//! redelivery that is no longer the resource's current version), sends progress acks every
+//! third of the lease while it holds it, naks it after the poll interval when a handler gave
+//! up, and terminates (drops, counts: [`RunningWorker::stream_stats`]) what does not open. So
+//! each change is handled at least once while some replica lives, by one replica at a time
+//! while its holder sends progress; it runs twice when a replica dies between its handler's
+//! effect and its ack, when its replica loses NATS for a whole lease, or when a poll check runs
+//! a resource another replica handled and left matching (once per replica and version). The
+//! per-replica order is the one above (one resource at a time, oldest first, a queued change
+//! replaced by a newer one); across replicas nothing is ordered. A poll hit runs only when this
+//! replica did not handle that version, the resource kept it for a lease after the list, and
+//! the group's consumer has nothing pending or unacked. Without JetStream the worker warns once
+//! and works as above.
+//!
 //! # Stopping
 //!
 //! When the worker's node stops ([`RunningWorker::stop`], [`Node::stop`], a signal in
@@ -113,6 +133,8 @@ use crate::{Change, Context, Error, Event, Node, NodeBuilder, NodeKind, Query, R
 
 mod claims;
 mod resume;
+#[cfg(feature = "nats")]
+mod stream;
 
 pub(crate) use claims::{CLAIMS, serve as serve_claim};
 use claims::{ClaimAction, ClaimArgs, Claimed};
@@ -307,12 +329,6 @@ impl Worker {
         }
         let poll_interval = self.poll_interval.unwrap_or(DEFAULT_POLL_INTERVAL);
         let lease = self.lease.unwrap_or(DEFAULT_WORKER_LEASE);
-        let state = match &self.state_dir {
-            StateDir::Dir(dir) => Some(StateFile::new(dir, &self.name)),
-            StateDir::FromEnv | StateDir::Off => None,
-        };
-        let mut saved = state.as_ref().map(StateFile::load).unwrap_or_default();
-
         let mut builder = builder.kind(NodeKind::Worker);
         let mut by_collection: BTreeMap<&'static str, Vec<Arc<Rule>>> = BTreeMap::new();
         for rule in self.rules {
@@ -326,15 +342,72 @@ impl Worker {
         }
         let node = builder.start().await?;
         let stopping = node.shutdown().stopping().clone();
-        let shared = Arc::new(Shared {
-            node: node.clone(),
-            name: self.name.clone(),
-            lease,
-            semaphore: Arc::new(Semaphore::new(self.concurrency)),
-            in_flight: Mutex::new(HashMap::new()),
-            max_attempts: self.max_attempts,
-            backoff: self.backoff,
-        });
+        let shared = |caught_up: Option<CaughtUp>| {
+            Arc::new(Shared {
+                node: node.clone(),
+                name: self.name.clone(),
+                lease,
+                semaphore: Arc::new(Semaphore::new(self.concurrency)),
+                in_flight: Mutex::new(HashMap::new()),
+                max_attempts: self.max_attempts,
+                backoff: self.backoff,
+                streamed: caught_up.is_some(),
+                caught_up,
+                handled: Mutex::new(Handled::default()),
+            })
+        };
+        #[cfg(feature = "nats")]
+        {
+            let collections: Vec<&'static str> = by_collection.keys().copied().collect();
+            if let Some(log) = stream::open(&node, &self.name, &collections, lease).await {
+                let consumer = log.consumer();
+                let shared = shared(Some(Arc::new(move || {
+                    let consumer = consumer.clone();
+                    Box::pin(async move { stream::caught_up(consumer).await })
+                })));
+                let counters = log.counters.clone();
+                // A new group follows from now and checks at once; one that resumes reads
+                // what it missed from its consumer first.
+                let poll_now = log.created;
+                let mut tasks = JoinSet::new();
+                let mut rules = HashMap::new();
+                for (collection, list) in by_collection {
+                    for rule in &list {
+                        let poll = poll(
+                            shared.clone(),
+                            rule.clone(),
+                            poll_interval,
+                            poll_now,
+                            Arc::new(Notify::new()),
+                        );
+                        let until = stopping.clone();
+                        tasks.spawn(
+                            async move { until.run_until_cancelled(poll).await.unwrap_or(()) },
+                        );
+                    }
+                    rules.insert(collection, list);
+                }
+                let consume = stream::consume(shared, log, rules, self.concurrency, poll_interval);
+                let until = stopping.clone();
+                tasks.spawn(async move { until.run_until_cancelled(consume).await.unwrap_or(()) });
+                tracing::info!(worker = %self.name, node = %node.id(), "worker started (JetStream)");
+                return Ok(RunningWorker {
+                    node,
+                    tasks,
+                    resume: Arc::new(Resume {
+                        file: None,
+                        trackers: BTreeMap::new(),
+                    }),
+                    stream: Some(Arc::new(move || counters.stats())),
+                });
+            }
+        }
+        let shared = shared(None);
+        let state = match &self.state_dir {
+            StateDir::Dir(dir) => Some(StateFile::new(dir, &self.name)),
+            StateDir::FromEnv | StateDir::Off => None,
+        };
+        let mut saved = state.as_ref().map(StateFile::load).unwrap_or_default();
         let mut tasks = JoinSet::new();
         let mut trackers = BTreeMap::new();
         let mut follows = Vec::new();
@@ -398,6 +471,7 @@ impl Worker {
             node,
             tasks,
             resume,
+            stream: None,
         })
     }
 
@@ -416,12 +490,20 @@ pub struct RunningWorker {
     node: Node,
     tasks: JoinSet<()>,
     resume: Arc<Resume>,
+    /// The counters of the JetStream consumer, when the worker consumes one.
+    stream: Option<Arc<dyn Fn() -> StreamStats + Send + Sync>>,
 }
 
 impl RunningWorker {
     /// The worker's node (to call collections, or look at peers).
     pub fn node(&self) -> &Node {
         &self.node
+    }
+
+    /// The counters of the worker group's JetStream consumer; `None` when the worker follows
+    /// the owners' logs (not on NATS, or no JetStream on the server).
+    pub fn stream_stats(&self) -> Option<StreamStats> {
+        self.stream.as_ref().map(|stats| stats())
     }
 
     /// Stops the rules, lets the handlers running now finish (at most the node's shutdown
@@ -475,7 +557,92 @@ impl Resume {
 
 /// A change waiting for its resource's running handler: the event, the document, and its
 /// ticket (none for a poll hit).
-type Pending = (Event, serde_json::Value, Option<Arc<Ticket>>);
+type Pending = (Event, serde_json::Value, Option<Arc<Hold>>);
+
+/// What a change holds until every rule is done with it: its place in the cursor the worker
+/// saves (following the logs), or its entry of the JetStream consumer (acked when released).
+pub(crate) enum Hold {
+    Cursor(#[allow(dead_code)] Ticket),
+    #[cfg(feature = "nats")]
+    Message(stream::Delivery),
+}
+
+impl Hold {
+    /// A rule's handler gave up on the change.
+    fn give_up(&self) {
+        match self {
+            Self::Cursor(_) => {}
+            #[cfg(feature = "nats")]
+            Self::Message(delivery) => delivery.give_up(),
+        }
+    }
+
+    /// The change could not be looked at now (its resource did not read): a JetStream entry
+    /// is offered again shortly; a followed one is left to the poll check.
+    fn retry_soon(&self) {
+        match self {
+            Self::Cursor(_) => {}
+            #[cfg(feature = "nats")]
+            Self::Message(delivery) => delivery.retry_soon(),
+        }
+    }
+}
+
+/// Lets go of a change: the last holder of a JetStream entry sends its verdict now.
+async fn release(hold: Option<Arc<Hold>>) {
+    match hold.and_then(Arc::into_inner) {
+        #[cfg(feature = "nats")]
+        Some(Hold::Message(delivery)) => delivery.settle().await,
+        _ => {}
+    }
+}
+
+/// The counters of a worker that consumes the JetStream change-log stream
+/// ([`RunningWorker::stream_stats`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct StreamStats {
+    /// Entries the server delivered to this replica.
+    pub delivered: u64,
+    /// Of those, redeliveries (another holder died, stopped or gave up).
+    pub redelivered: u64,
+    /// Entries acked (done here) or terminated (dropped).
+    pub acked: u64,
+    /// Entries nak'ed: a handler gave up (offered again after the poll interval), or left
+    /// queued when the worker stopped (offered again at once).
+    pub naked: u64,
+    /// Progress acks sent while entries were held.
+    pub progress: u64,
+    /// Entries dropped: garbage, another cluster key, another collection (terminated).
+    pub dropped: u64,
+}
+
+/// The versions this replica handled, per rule and resource (for its poll check over
+/// JetStream): bounded, the older half forgotten at a time.
+#[derive(Default)]
+struct Handled {
+    recent: HashMap<(usize, String), u64>,
+    older: HashMap<(usize, String), u64>,
+}
+
+/// How many resources [`Handled`] remembers per half.
+const HANDLED_MEMORY: usize = 65_536;
+
+impl Handled {
+    fn covers(&self, key: &(usize, String), version: u64) -> bool {
+        self.recent
+            .get(key)
+            .or_else(|| self.older.get(key))
+            .is_some_and(|&v| v >= version)
+    }
+
+    fn remember(&mut self, key: (usize, String), version: u64) {
+        if self.recent.len() >= HANDLED_MEMORY && !self.recent.contains_key(&key) {
+            self.older = std::mem::take(&mut self.recent);
+        }
+        let v = self.recent.entry(key).or_insert(version);
+        *v = (*v).max(version);
+    }
+}
 
 struct Shared {
     node: Node,
@@ -487,7 +654,16 @@ struct Shared {
     in_flight: Mutex<HashMap<(usize, String), Option<Pending>>>,
     max_attempts: u32,
     backoff: Duration,
+    /// Changes come from the group's JetStream consumer: no claims, no cursor.
+    streamed: bool,
+    /// With `streamed`: whether the group's consumer has no entry pending or awaiting an ack.
+    caught_up: Option<CaughtUp>,
+    /// With `streamed`: what this replica handled, so its poll check skips it.
+    handled: Mutex<Handled>,
 }
+
+/// Asks whether a worker group's consumer is caught up (nothing pending, nothing unacked).
+type CaughtUp = Arc<dyn Fn() -> BoxFuture<'static, bool> + Send + Sync>;
 
 /// What became of a change this replica was given.
 enum Outcome {
@@ -516,7 +692,7 @@ impl Shared {
         event: Event,
         doc: serde_json::Value,
         from_poll: bool,
-        ticket: Option<Arc<Ticket>>,
+        ticket: Option<Arc<Hold>>,
     ) {
         let Some(id) = event.data.get("resource_id").and_then(|v| v.as_str()) else {
             return;
@@ -552,7 +728,7 @@ impl Shared {
             let (mut event, mut doc, mut ticket, mut from_poll) = (event, doc, ticket, from_poll);
             loop {
                 // Past the shutdown timeout the handler is dropped where it is.
-                let run = shared.run_claimed(&rule, &event, &doc, &stopping);
+                let run = shared.run_change(&rule, &event, &doc, &stopping, &ticket);
                 let Some(outcome) = abort.run_until_cancelled(run).await else {
                     tracing::warn!(topic = %event.topic, "worker handler dropped at the shutdown timeout");
                     break;
@@ -561,7 +737,7 @@ impl Shared {
                     shared.recheck(rule.clone(), event.clone(), ticket.take(), after);
                 }
                 // This change's ticket is finished (or went with its re-check).
-                drop(ticket.take());
+                release(ticket.take()).await;
                 if stopping.is_cancelled() {
                     // Queued changes wait for the next run (its cursor, its poll check).
                     break;
@@ -589,6 +765,48 @@ impl Shared {
                 }
             }
         });
+    }
+
+    /// Runs a change: over JetStream at once (the consumer gave it to this replica; a version
+    /// this replica handled already is skipped), else through a claim.
+    async fn run_change(
+        &self,
+        rule: &Rule,
+        event: &Event,
+        doc: &Value,
+        stopping: &CancellationToken,
+        hold: &Option<Arc<Hold>>,
+    ) -> Outcome {
+        if !self.streamed {
+            return self.run_claimed(rule, event, doc, stopping).await;
+        }
+        let key = event
+            .data
+            .get("resource_id")
+            .and_then(Value::as_str)
+            .map(|id| (rule.index, id.to_owned()));
+        let version = version_of(event);
+        // A version handled here already (a poll hit and its entry both came) runs once.
+        if let (Some(key), Some(version)) = (&key, version)
+            && self
+                .handled
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .covers(key, version)
+        {
+            return Outcome::Finished;
+        }
+        if self.run_with_retries(rule, event, doc, stopping).await {
+            if let (Some(key), Some(version)) = (key, version) {
+                self.handled
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .remember(key, version);
+            }
+        } else if let Some(hold) = hold {
+            hold.give_up();
+        }
+        Outcome::Finished
     }
 
     /// Claims the change at the owner, runs the handler while renewing the claim, then
@@ -666,7 +884,7 @@ impl Shared {
         self: &Arc<Self>,
         rule: Arc<Rule>,
         event: Event,
-        ticket: Option<Arc<Ticket>>,
+        ticket: Option<Arc<Hold>>,
         after: Duration,
     ) {
         let (Some(id), Some(version)) = (
@@ -790,7 +1008,7 @@ async fn follow(
             }
             Some(Ok(event)) => {
                 let after = follower.cursor().clone();
-                let ticket = Arc::new(tracker.track(&before, &after));
+                let ticket = Arc::new(Hold::Cursor(tracker.track(&before, &after)));
                 before = after;
                 on_event(&shared, &rules, event, ticket).await;
             }
@@ -798,8 +1016,13 @@ async fn follow(
     }
 }
 
-/// Hands one event to every rule it matches.
-async fn on_event(shared: &Arc<Shared>, rules: &[Arc<Rule>], event: Event, ticket: Arc<Ticket>) {
+/// Hands one event to every rule it matches; lets go of it once they are done.
+async fn on_event(shared: &Arc<Shared>, rules: &[Arc<Rule>], event: Event, ticket: Arc<Hold>) {
+    hand_over(shared, rules, event, &ticket).await;
+    release(Some(ticket)).await;
+}
+
+async fn hand_over(shared: &Arc<Shared>, rules: &[Arc<Rule>], event: Event, ticket: &Arc<Hold>) {
     let action = event
         .data
         .get("action")
@@ -825,6 +1048,7 @@ async fn on_event(shared: &Arc<Shared>, rules: &[Arc<Rule>], event: Event, ticke
                 Ok(reply) => reply.resource_data,
                 Err(e) => {
                     tracing::debug!(topic = %event.topic, error = %e, "could not fetch the changed resource");
+                    ticket.retry_soon();
                     return;
                 }
             }
@@ -843,6 +1067,36 @@ async fn on_event(shared: &Arc<Shared>, rules: &[Arc<Rule>], event: Event, ticke
                 .await;
         }
     }
+}
+
+/// The resources that match a rule now. Every page is read before any handler runs: pages
+/// move on by `skip`, and a handler that takes a resource out of the filter would otherwise
+/// shift the later pages past resources never seen (the owner answers at most `ZS_MAX_PAGE`
+/// per request).
+async fn list_matching(shared: &Shared, rule: &Rule) -> Vec<Document<Value>> {
+    let mut matching = Vec::new();
+    let mut read_all = false;
+    while !read_all {
+        let list = Call::List(ListArgs {
+            filter: Some(rule.query.filter.clone()),
+            skip: Some(matching.len() as u64),
+            paged: true,
+            ..ListArgs::default()
+        })
+        .into_request(rule.collection);
+        match shared.node.request_as::<Page>(list).await {
+            Ok(page) => {
+                read_all = page.items.is_empty() || !page.more;
+                matching.extend(page.items);
+            }
+            Err(Error::UnknownCollection { .. } | Error::OwnerGone { .. }) => break,
+            Err(e) => {
+                tracing::warn!(collection = rule.collection, error = %e, "poll check failed");
+                break;
+            }
+        }
+    }
+    matching
 }
 
 /// The poll check of one rule: every `interval` (the first at once when `now`), and when
@@ -866,30 +1120,24 @@ async fn poll(
             _ = ticker.tick() => {}
             () = nudge.notified() => {}
         }
-        // Every page is read before any handler runs: pages move on by `skip`, and a handler
-        // that takes a resource out of the filter would otherwise shift the later pages past
-        // resources never seen (the owner answers at most `ZS_MAX_PAGE` per request).
-        let mut matching = Vec::new();
-        let mut read_all = false;
-        while !read_all {
-            let list = Call::List(ListArgs {
-                filter: Some(rule.query.filter.clone()),
-                skip: Some(matching.len() as u64),
-                paged: true,
-                ..ListArgs::default()
-            })
-            .into_request(rule.collection);
-            match shared.node.request_as::<Page>(list).await {
-                Ok(page) => {
-                    read_all = page.items.is_empty() || !page.more;
-                    matching.extend(page.items);
-                }
-                Err(Error::UnknownCollection { .. } | Error::OwnerGone { .. }) => break,
-                Err(e) => {
-                    tracing::warn!(collection = rule.collection, error = %e, "poll check failed");
-                    break;
-                }
+        let mut matching = list_matching(&shared, &rule).await;
+        if let Some(caught_up) = &shared.caught_up {
+            // Over JetStream a poll hit is a change the stream missed: one whose resource kept
+            // its version for a lease (its entry, if any, was delivered and handled meanwhile),
+            // while the group's consumer has nothing pending or unacked.
+            if matching.is_empty() {
+                continue;
             }
+            tokio::time::sleep(shared.lease).await;
+            if !caught_up().await {
+                continue;
+            }
+            let before: std::collections::HashSet<(String, u64)> = matching
+                .into_iter()
+                .map(|d| (d.resource_id, d.version))
+                .collect();
+            matching = list_matching(&shared, &rule).await;
+            matching.retain(|d| before.contains(&(d.resource_id.clone(), d.version)));
         }
         for doc in matching {
             // Claimed by the document's current version, as its change's event would be.

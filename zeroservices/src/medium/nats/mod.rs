@@ -83,6 +83,7 @@ mod jetstream;
 mod link;
 pub(crate) mod subjects;
 
+pub(crate) use self::jetstream::{stream_config, stream_name};
 pub use self::link::NatsLink;
 
 /// The queue group every owner of a collection joins on its request subject.
@@ -266,6 +267,64 @@ impl NatsMedium {
     /// The connection.
     pub fn link(&self) -> &Arc<NatsLink> {
         &self.inner.link
+    }
+
+    /// JetStream on this medium's connection (once started), its API calls bounded by the
+    /// request timeout.
+    pub(crate) fn jetstream(&self) -> Result<async_nats::jetstream::Context> {
+        let client = self.inner.client()?.clone();
+        let mut js = async_nats::jetstream::new(client);
+        js.set_timeout(self.inner.config.request_timeout);
+        Ok(js)
+    }
+
+    /// The cluster's subjects.
+    pub(crate) fn subjects(&self) -> &Subjects {
+        &self.inner.subjects
+    }
+
+    /// The seals and envelopes (the cluster key).
+    pub(crate) fn wire(&self) -> &Wire {
+        &self.inner.wire
+    }
+
+    /// The settings the medium runs with.
+    pub(crate) fn config(&self) -> &NetworkConfig {
+        &self.inner.config
+    }
+
+    /// Opens a change-log entry read from JetStream: `payload` as the owner stored it (with a
+    /// key, the seal header then the sealed envelope, bound to `context`, the subject after
+    /// `<p>.log.`), without replay checks; its event's topic and data.
+    pub(crate) fn open_log_entry(
+        &self,
+        context: &[u8],
+        payload: &[u8],
+    ) -> std::result::Result<(String, Value), Rejection> {
+        let inner = &self.inner;
+        if payload.len() > inner.config.max_message_bytes {
+            return Err(Rejection::Oversized(payload.len()));
+        }
+        let body = if inner.wire.key().is_some() {
+            if payload.len() < HEADER_LEN {
+                return Err(Rejection::Unsigned("shorter than a seal"));
+            }
+            let (header, body) = payload.split_at(HEADER_LEN);
+            inner
+                .wire
+                .open_stored(wire::SEAL_LOG, context, body, header)?
+        } else {
+            match payload.first() {
+                Some(b'{') => std::borrow::Cow::Borrowed(payload),
+                Some(&b) if u32::from(b) == super::PROTOCOL_VERSION => {
+                    return Err(Rejection::Unsigned(
+                        "sealed with a cluster key, and this node has none",
+                    ));
+                }
+                _ => return Err(Rejection::Malformed("not a JSON envelope".to_owned())),
+            }
+        };
+        wire::decode_event(&body)
     }
 }
 
@@ -776,6 +835,10 @@ impl Medium for NatsMedium {
         if was_running && inner.client.get().is_some() {
             inner.link.release().await;
         }
+    }
+
+    fn as_nats(&self) -> Option<&NatsMedium> {
+        Some(self)
     }
 
     fn describe(&self) -> String {
