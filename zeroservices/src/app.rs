@@ -47,7 +47,7 @@ use clap::{CommandFactory, FromArgMatches};
 
 use crate::config::NetworkConfig;
 use crate::http::{self, HttpConfig, HttpServer};
-use crate::settings::{self, Lookup, Settings};
+use crate::settings::{self, LogFormat, Lookup, Settings};
 use crate::signal::Signals;
 use crate::store::StoreConfig;
 use crate::{Limits, Node, NodeBuilder, NodeKind, Resource, Result};
@@ -206,6 +206,7 @@ impl App {
             http: settings.http(self.http),
             metrics: settings.metrics(),
             shutdown_timeout: settings.shutdown_timeout(),
+            log_format: settings.log_format(),
             name: self.name,
             kind: self.kind,
             setup: self.setup,
@@ -241,7 +242,7 @@ impl App {
                 return err.exit();
             }
         };
-        init_tracing();
+        init_logging(configured.log_format, "info");
         let runtime = match tokio::runtime::Builder::new_multi_thread()
             .enable_all()
             .build()
@@ -273,10 +274,12 @@ pub struct Configured {
     pub store: StoreConfig,
     /// HTTP, when on.
     pub http: Option<HttpConfig>,
-    /// The operations port (`ZS_METRICS_PORT`: `/healthz`, `/readyz`), when set.
+    /// The operations port (`ZS_METRICS_PORT`: `/healthz`, `/readyz`, `/metrics`), when set.
     pub metrics: Option<HttpConfig>,
     /// How long stopping waits for the work in flight (`ZS_SHUTDOWN_TIMEOUT_MS`).
     pub shutdown_timeout: Duration,
+    /// How [`App::run`] writes its log lines (`ZS_LOG_FORMAT`).
+    pub log_format: LogFormat,
     setup: Vec<Setup>,
     /// Logged at start (a secret given as a flag).
     warnings: Vec<String>,
@@ -340,7 +343,7 @@ impl Configured {
                 Ok(server) => {
                     let addr = server.local_addr();
                     tracing::info!(
-                        "{}: operations on http://{addr}/ (/healthz, /readyz)",
+                        "{}: operations on http://{addr}/ (/healthz, /readyz, /metrics)",
                         self.name
                     );
                     Some(server)
@@ -576,15 +579,39 @@ pub fn service_http(
     config
 }
 
-/// `RUST_LOG` (default `info`), on stderr.
-fn init_tracing() {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+/// The process's log subscriber: `RUST_LOG` (else `default_filter`) on stderr, as text or as
+/// one JSON object a line (`ZS_LOG_FORMAT`). Keeps a subscriber already set (a test, a user's
+/// own). [`App::run`] and the `zeroservices` command call it.
+///
+/// A JSON line carries `timestamp`, `level`, `target`, `fields` (the event's, `message`
+/// among them, flattened into the object), `span` (the current span: its name and fields) and
+/// `spans` (every span it is in, outermost first). Layers that add to every line (a trace id
+/// from an OpenTelemetry layer) go into the same registry, next to the format layer.
+#[doc(hidden)]
+pub fn init_logging(format: LogFormat, default_filter: &str) {
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+    use tracing_subscriber::{EnvFilter, Layer, Registry};
+
+    let filter =
+        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_filter));
+    let format: Box<dyn Layer<Registry> + Send + Sync> = match format {
+        LogFormat::Text => tracing_subscriber::fmt::layer()
+            .with_writer(std::io::stderr)
+            .with_ansi(std::io::stderr().is_terminal())
+            .boxed(),
+        LogFormat::Json => tracing_subscriber::fmt::layer()
+            .json()
+            .flatten_event(true)
+            .with_current_span(true)
+            .with_span_list(true)
+            .with_writer(std::io::stderr)
+            .boxed(),
+    };
     // Already set (a test, or a user's own subscriber): keep it.
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal())
+    let _ = tracing_subscriber::registry()
+        .with(format)
+        .with(filter)
         .try_init();
 }
 

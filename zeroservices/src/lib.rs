@@ -18,6 +18,7 @@ pub mod event;
 pub mod http;
 mod json;
 mod limits;
+mod metrics;
 mod links;
 pub mod medium;
 pub mod node;

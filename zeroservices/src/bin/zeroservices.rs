@@ -103,12 +103,14 @@ fn main() -> ExitCode {
         eprintln!("error: {err}");
         return ExitCode::from(2);
     }
-    tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
-        )
-        .init();
+    let log_format = match zeroservices::settings::LogFormat::from_env() {
+        Ok(format) => format,
+        Err(err) => {
+            eprintln!("error: {err}");
+            return ExitCode::from(2);
+        }
+    };
+    zeroservices::app::init_logging(log_format, "warn");
     for warning in warnings {
         tracing::warn!("{warning}");
     }

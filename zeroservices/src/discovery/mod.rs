@@ -78,4 +78,11 @@ pub trait Discovery: Send + Sync + 'static {
     fn health(&self) -> std::result::Result<(), String> {
         Ok(())
     }
+
+    /// The discovery as [`Any`](std::any::Any), for a caller that knows its type (`GET
+    /// /metrics` reads the stats of [`UdpDiscovery`] and [`NatsDiscovery`]). The default:
+    /// `None`.
+    fn as_any(&self) -> Option<&dyn std::any::Any> {
+        None
+    }
 }

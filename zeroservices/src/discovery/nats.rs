@@ -495,6 +495,10 @@ async fn run_heartbeat(shared: Arc<Shared>, client: Client, sink: Arc<dyn PeerSi
 
 #[async_trait]
 impl Discovery for NatsDiscovery {
+    fn as_any(&self) -> Option<&dyn std::any::Any> {
+        Some(self)
+    }
+
     async fn start(&self, me: NodeInfo, sink: Arc<dyn PeerSink>) -> Result<()> {
         let shared = &self.shared;
         if shared.started.swap(true, Ordering::SeqCst) {

@@ -85,6 +85,11 @@ pub struct HttpConfig {
     /// (`ZS_HEALTH_AUTH`, default off: probes from a load balancer or Kubernetes carry no
     /// credentials). Without authentication configured, they are open either way.
     pub health_auth: bool,
+    /// Whether `GET /metrics` needs a user like every other route (`ZS_METRICS_AUTH`, default
+    /// on: the counters name the cluster's collections and show its traffic; Prometheus sends
+    /// Basic credentials or a bearer token with `basic_auth` / `authorization` in its scrape
+    /// config). Without authentication configured, it is open either way.
+    pub metrics_auth: bool,
     /// How long `GET /readyz` waits for each store of the node's collections
     /// (`ZS_READY_TIMEOUT_MS`, default 1 s); a store slower than that makes the node not ready.
     pub ready_timeout: Duration,
@@ -110,6 +115,7 @@ impl fmt::Debug for HttpConfig {
             .field("ws_max_topics", &self.ws_max_topics)
             .field("ws_max_clients", &self.ws_max_clients)
             .field("health_auth", &self.health_auth)
+            .field("metrics_auth", &self.metrics_auth)
             .field("ready_timeout", &self.ready_timeout)
             .finish()
     }
@@ -142,6 +148,7 @@ impl HttpConfig {
             ws_max_topics: DEFAULT_WS_MAX_TOPICS,
             ws_max_clients: DEFAULT_WS_MAX_CLIENTS,
             health_auth: false,
+            metrics_auth: true,
             ready_timeout: DEFAULT_READY_TIMEOUT,
         }
     }
@@ -270,6 +277,12 @@ impl HttpConfig {
     /// Whether `GET /healthz` and `GET /readyz` need a user ([`HttpConfig::health_auth`]).
     pub fn health_auth(mut self, on: bool) -> Self {
         self.health_auth = on;
+        self
+    }
+
+    /// Whether `GET /metrics` needs a user ([`HttpConfig::metrics_auth`]).
+    pub fn metrics_auth(mut self, on: bool) -> Self {
+        self.metrics_auth = on;
         self
     }
 

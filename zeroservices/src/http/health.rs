@@ -7,7 +7,11 @@
 //!   `{"status": "ready", "checks": {...}}`, or 503 `{"status": "not_ready", "error": "<reason>",
 //!   "checks": {...}}` (the full error is in the log line of the request, never in the body).
 //!
-//! Both are open without credentials unless [`HttpConfig::health_auth`](super::HttpConfig::health_auth)
+//! `GET /metrics` (the node's counters for Prometheus, [`metrics`]) sits next to them, behind
+//! authentication unless [`HttpConfig::metrics_auth`](super::HttpConfig::metrics_auth) is off
+//! (`ZS_METRICS_AUTH=off`).
+//!
+//! Both probes are open without credentials unless [`HttpConfig::health_auth`](super::HttpConfig::health_auth)
 //! (`ZS_HEALTH_AUTH=on`) says they need a user like every other route. They are served on the
 //! HTTP port and on the operations port (`ZS_METRICS_PORT`, [`serve_ops`](super::serve_ops)).
 //! Collections may not take their names ([`RESERVED_COLLECTIONS`](crate::resource::RESERVED_COLLECTIONS)).
@@ -23,9 +27,27 @@ use super::error::ErrorMessage;
 /// The paths of the probes.
 pub(crate) const PROBES: [&str; 2] = ["/healthz", "/readyz"];
 
-/// Whether `path` is a probe that this server lets in without credentials.
+/// The path of the metrics.
+pub(crate) const METRICS: &str = "/metrics";
+
+/// Whether `path` is a probe (or the metrics) that this server lets in without credentials.
 pub(crate) fn open_probe(state: &AppState, path: &str) -> bool {
-    !state.config.health_auth && PROBES.contains(&path)
+    (!state.config.health_auth && PROBES.contains(&path))
+        || (!state.config.metrics_auth && path == METRICS)
+}
+
+/// `GET /metrics`: the node's counters in the OpenMetrics text format (see
+/// [`crate::metrics`]), behind authentication unless `ZS_METRICS_AUTH=off`.
+pub(crate) async fn metrics(State(state): State<AppState>) -> Response {
+    let text = crate::metrics::export::render(&state.node);
+    (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            crate::metrics::export::CONTENT_TYPE,
+        )],
+        text,
+    )
+        .into_response()
 }
 
 /// `GET /healthz`.

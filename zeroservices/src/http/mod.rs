@@ -2,8 +2,9 @@
 //! document built from the schemas discovery carries, a realtime websocket of change events,
 //! authentication (Basic, a users file of Argon2 hashes, JWT bearer tokens), an [`Authorizer`]
 //! hook and CORS; the probes `GET /healthz` and `GET /readyz` (open unless
-//! [`HttpConfig::health_auth`]), also on an operations port of their own ([`serve_ops`],
-//! `ZS_METRICS_PORT`).
+//! [`HttpConfig::health_auth`]) and `GET /metrics` (Prometheus, behind authentication unless
+//! [`HttpConfig::metrics_auth`] is off), also on an operations port of their own
+//! ([`serve_ops`], `ZS_METRICS_PORT`).
 //!
 //! Any node can serve HTTP, one that owns nothing included: every REST call goes through
 //! [`Node::request`], which routes it to the owner of the collection.
@@ -125,7 +126,7 @@ pub fn router(node: Node, config: HttpConfig) -> Router {
 enum Routes {
     /// Every route (the REST API, the probes, ...), with routes of the caller's own.
     Api(Option<Router>),
-    /// The operations port (`ZS_METRICS_PORT`): the probes only.
+    /// The operations port (`ZS_METRICS_PORT`): the probes and the metrics only.
     Ops,
 }
 
@@ -136,6 +137,7 @@ fn build(state: AppState, routes: Routes) -> Router {
             let routes = Router::new()
                 .route("/healthz", get(health::healthz))
                 .route("/readyz", get(health::readyz))
+                .route(health::METRICS, get(health::metrics))
                 .fallback(rest::no_route)
                 .with_state(state.clone());
             layered(state, routes)
@@ -150,6 +152,7 @@ fn build_api(state: AppState, extra: Option<Router>) -> Router {
         // (`resource::RESERVED_COLLECTIONS`).
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
+        .route(health::METRICS, get(health::metrics))
         .route("/openapi.json", get(openapi::handler))
         .route("/live", get(page::live))
         .route("/realtime", get(realtime::handler))
@@ -320,7 +323,8 @@ async fn per_request(
         if write && !realtime::origin_allowed(&state.config.allowed_origins, request.headers()) {
             cross_site_write(request.headers())
         } else if health::open_probe(&state, request.uri().path()) {
-            // A probe, open by default (`ZS_HEALTH_AUTH`): no credentials asked.
+            // A probe, open by default (`ZS_HEALTH_AUTH`), or the metrics with
+            // `ZS_METRICS_AUTH=off`: no credentials asked.
             request.extensions_mut().insert(AuthUser::default());
             drop(state);
             next.run(request).await
@@ -507,7 +511,7 @@ pub async fn serve(node: Node, config: HttpConfig) -> Result<HttpServer> {
     serve_inner(node, config, Routes::Api(None)).await
 }
 
-/// Serves the operations routes only (`GET /healthz`, `GET /readyz`) on `config.host:config.port`:
+/// Serves the operations routes only (`GET /healthz`, `GET /readyz`, `GET /metrics`) on `config.host:config.port`:
 /// the `ZS_METRICS_PORT` listener of a node without HTTP (an [`App`](crate::App) starts it when
 /// the port is set). Authentication, [`HttpConfig::health_auth`], the timeouts and the shutdown
 /// are those of [`serve`]; any other path is a 404.

@@ -164,13 +164,18 @@ impl ClientSeat {
                 (n < max).then_some(n + 1)
             })
             .ok()
-            .map(|_| Self(state.clone()))
+            .map(|_| {
+                state.node.metrics().counters.ws_clients.fetch_add(1, Ordering::Relaxed);
+                Self(state.clone())
+            })
     }
 }
 
 impl Drop for ClientSeat {
     fn drop(&mut self) {
         self.0.ws_clients.fetch_sub(1, Ordering::AcqRel);
+        let counters = &self.0.node.metrics().counters;
+        counters.ws_clients.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
@@ -179,19 +184,29 @@ impl Drop for ClientSeat {
 struct Outbox {
     queue: mpsc::Sender<Message>,
     stop: Arc<watch::Sender<Option<Stop>>>,
+    /// The node's counters: the messages queued now (counted before a send, given back when
+    /// it fails, when the writer takes one, and for what is left when it ends).
+    metrics: Arc<crate::metrics::Metrics>,
 }
 
 impl Outbox {
     /// Queues `message` without waiting; `false` (and the connection stops) when the queue is
     /// full or closed.
     fn push(&self, message: Message) -> bool {
+        let counters = &self.metrics.counters;
+        counters.ws_queued.fetch_add(1, Ordering::Relaxed);
         match self.queue.try_send(message) {
             Ok(()) => true,
             Err(mpsc::error::TrySendError::Full(_)) => {
+                counters.ws_queued.fetch_sub(1, Ordering::Relaxed);
+                counters.ws_too_slow.fetch_add(1, Ordering::Relaxed);
                 self.stop(Stop::TooSlow);
                 false
             }
-            Err(mpsc::error::TrySendError::Closed(_)) => false,
+            Err(mpsc::error::TrySendError::Closed(_)) => {
+                counters.ws_queued.fetch_sub(1, Ordering::Relaxed);
+                false
+            }
         }
     }
 
@@ -208,11 +223,19 @@ impl Outbox {
     /// Queues `value`, waiting for room; `false` when the connection is closing.
     async fn push_json_waiting(&self, value: &impl Serialize) -> bool {
         match serde_json::to_string(value) {
-            Ok(text) => self
-                .queue
-                .send(Message::Text(Utf8Bytes::from(text)))
-                .await
-                .is_ok(),
+            Ok(text) => {
+                let queued = &self.metrics.counters.ws_queued;
+                queued.fetch_add(1, Ordering::Relaxed);
+                let sent = self
+                    .queue
+                    .send(Message::Text(Utf8Bytes::from(text)))
+                    .await
+                    .is_ok();
+                if !sent {
+                    queued.fetch_sub(1, Ordering::Relaxed);
+                }
+                sent
+            }
             Err(e) => {
                 tracing::warn!(error = %e, "cannot serialise a websocket message");
                 true
@@ -266,6 +289,7 @@ async fn serve_client(state: AppState, user: AuthUser, socket: WebSocket, seat: 
     let outbox = Outbox {
         queue,
         stop: Arc::new(stop_tx),
+        metrics: state.node.metrics().clone(),
     };
     let mut subscriptions = Subscriptions::default();
     // Subscribe to the node before reading the client's first message, so no event published
@@ -358,6 +382,11 @@ async fn serve_client(state: AppState, user: AuthUser, socket: WebSocket, seat: 
         let Some(message) = message else {
             break Stop::ClientGone;
         };
+        outbox
+            .metrics
+            .counters
+            .ws_queued
+            .fetch_sub(1, Ordering::Relaxed);
         tokio::select! {
             biased;
             _ = &mut stopped => break stop_reason(&outbox),
@@ -367,6 +396,17 @@ async fn serve_client(state: AppState, user: AuthUser, socket: WebSocket, seat: 
     };
     reader.abort();
     forwarder.abort();
+    // What is still queued is not: closed first, so that nothing is added meanwhile.
+    outgoing.close();
+    let mut left = 0;
+    while outgoing.try_recv().is_ok() {
+        left += 1;
+    }
+    outbox
+        .metrics
+        .counters
+        .ws_queued
+        .fetch_sub(left, Ordering::Relaxed);
     drop(outgoing);
 
     let goodbye = match &reason {

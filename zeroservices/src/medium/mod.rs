@@ -310,6 +310,12 @@ pub trait Medium: Send + Sync + 'static {
     fn as_nats(&self) -> Option<&NatsMedium> {
         None
     }
+
+    /// The ZeroMQ medium this is, if it is one (its [`ZmqStats`] for `GET /metrics`).
+    #[cfg(feature = "zeromq")]
+    fn as_zmq(&self) -> Option<&ZmqMedium> {
+        None
+    }
 }
 
 #[cfg(test)]

@@ -13,6 +13,7 @@ use super::directory::Directory;
 use super::inbound::Handle;
 use super::shutdown::Shutdown;
 use super::{Node, NodeInfo, NodeInner, NodeKind, StoreInfo, lock};
+use crate::metrics::Metrics;
 use crate::access::Authorizer;
 #[cfg(any(feature = "zeromq", feature = "nats"))]
 use crate::config::{NetworkConfig, Transport};
@@ -72,7 +73,7 @@ pub(super) async fn store_info(collection: &str, store: &Arc<dyn Store>) -> Opti
 }
 
 /// Makes the service of one collection, given the node's store.
-type Registration = Box<dyn FnOnce(&Arc<dyn Store>) -> Arc<dyn Service> + Send>;
+type Registration = Box<dyn FnOnce(&Arc<dyn Store>, &Arc<Metrics>) -> Arc<dyn Service> + Send>;
 
 /// Builds and starts a [`Node`].
 pub struct NodeBuilder {
@@ -222,8 +223,8 @@ impl NodeBuilder {
     /// Owns collection `R` on this node, in the node's store.
     pub fn resource<R: Resource>(mut self) -> Self {
         self.refuse_reserved(R::COLLECTION);
-        self.registrations.push(Box::new(|store| {
-            Arc::new(ResourceService::<R>::new(store.clone()))
+        self.registrations.push(Box::new(|store, metrics| {
+            Arc::new(ResourceService::<R>::new(store.clone(), metrics.clone()))
         }));
         self
     }
@@ -231,8 +232,8 @@ impl NodeBuilder {
     /// Owns collection `R` on this node, in its own store.
     pub fn resource_in<R: Resource>(mut self, store: Arc<dyn Store>) -> Self {
         self.refuse_reserved(R::COLLECTION);
-        self.registrations.push(Box::new(move |_| {
-            Arc::new(ResourceService::<R>::new(store))
+        self.registrations.push(Box::new(move |_, metrics| {
+            Arc::new(ResourceService::<R>::new(store, metrics.clone()))
         }));
         self
     }
@@ -356,9 +357,11 @@ impl NodeBuilder {
         let store = self.store.unwrap_or_else(|| Arc::new(MemoryStore::new()));
         let id = format!("{}-{}", self.name, &crate::store::new_id()[..12]);
         let mut services = BTreeMap::new();
+        let metrics = Metrics::new();
         for register in self.registrations {
-            let service = register(&store);
+            let service = register(&store, &metrics);
             let info = service.info();
+            metrics.declare(std::slice::from_ref(&info));
             service.prepare().await?;
             if services.insert(info.name.clone(), service).is_some() {
                 return Err(Error::internal(format!(
@@ -402,6 +405,7 @@ impl NodeBuilder {
             requests_deduplicated: AtomicU64::new(0),
             next_request: AtomicU64::new(0),
             authorizer: self.authorizer,
+            metrics,
         });
         let node = Node { inner };
         // Peers send this node only the events its subscribers want: the medium follows the

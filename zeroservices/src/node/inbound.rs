@@ -11,6 +11,7 @@ use serde_json::value::RawValue;
 use tokio_util::task::task_tracker::TaskTrackerToken;
 
 use super::{Node, NodeInner, lock, read, stores};
+use crate::metrics::Side;
 use crate::changes::{LogAfter, LogPage, Retention};
 use crate::discovery::{PeerEvent, PeerSink};
 use crate::medium::{Inbound, NODE_MESSAGE, PROTOCOL_VERSION, Request};
@@ -68,7 +69,11 @@ impl Inbound for Handle {
         match node.local_service(&request.collection) {
             Some(service) => {
                 node.inner.requests_served.fetch_add(1, Ordering::Relaxed);
-                service.handle_raw(&node, request).await
+                let metrics = node.inner.metrics.action(&request.collection, &request.action);
+                let start = std::time::Instant::now();
+                let reply = service.handle_raw(&node, request).await;
+                metrics.side(Side::Owner).record(start, &reply);
+                reply
             }
             // Messages, unknown collections: the plain path.
             None => {
@@ -138,10 +143,14 @@ async fn serve(node: &Node, from: Option<String>, request: Request) -> Result<Va
         return crate::worker::serve_claim(node, &request.action, request.args).await;
     }
     let local = read(&node.inner.services).get(&request.collection).cloned();
-    match local {
+    let metrics = node.inner.metrics.action(&request.collection, &request.action);
+    let start = std::time::Instant::now();
+    let reply = match local {
         Some(service) => service.handle(node, request).await,
         None => Err(Error::unknown_collection(request.collection)),
-    }
+    };
+    metrics.side(Side::Owner).record(start, &reply);
+    reply
 }
 
 impl PeerSink for Handle {
@@ -167,8 +176,10 @@ impl PeerSink for Handle {
                     return;
                 }
                 check_running_stores(inner, &info);
+                inner.metrics.declare(&info.resources);
                 let joined = lock(&inner.directory).seen(&info);
                 if joined {
+                    inner.metrics.counters.peers_joined.fetch_add(1, Ordering::Relaxed);
                     tracing::info!(node = %inner.id, peer = %info.id, name = %info.name, "peer joined");
                     for hook in &inner.hooks.join {
                         hook(&info);
@@ -180,6 +191,7 @@ impl PeerSink for Handle {
             PeerEvent::Left { id, reason } => {
                 let removed = lock(&inner.directory).left(&id);
                 if let Some(peer) = removed {
+                    inner.metrics.counters.peers_left.fetch_add(1, Ordering::Relaxed);
                     tracing::info!(node = %inner.id, peer = %id, ?reason, "peer left");
                     for hook in &inner.hooks.leave {
                         hook(&peer.info, reason);

@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
@@ -15,6 +15,7 @@ use crate::access::Authorizer;
 use crate::discovery::Discovery;
 use crate::event::EventBus;
 use crate::medium::{Endpoints, Medium, NODE_MESSAGE, PROTOCOL_VERSION, Request};
+use crate::metrics::{Metrics, Side};
 use crate::resource::ResourceInfo;
 use crate::service::{ResourceService, Service};
 use crate::store::Store;
@@ -170,6 +171,8 @@ pub(crate) struct NodeInner {
     /// Numbers the request ids this node gives its mutating requests.
     next_request: AtomicU64,
     authorizer: Option<Arc<dyn Authorizer>>,
+    /// The counters `GET /metrics` shows.
+    metrics: Arc<Metrics>,
 }
 
 /// A member of a cluster; cheap to clone (a handle).
@@ -329,6 +332,17 @@ impl Node {
         self.inner.documents_skipped.fetch_add(1, Ordering::Relaxed);
     }
 
+    /// The counters `GET /metrics` shows.
+    pub(crate) fn metrics(&self) -> &Arc<Metrics> {
+        &self.inner.metrics
+    }
+
+    /// The discovery (its stats, for `GET /metrics`).
+    #[cfg_attr(not(feature = "http"), allow(dead_code))]
+    pub(crate) fn discovery(&self) -> &Arc<dyn Discovery> {
+        &self.inner.discovery
+    }
+
     /// The typed client of collection `R`, wherever it lives in the cluster.
     pub fn collection<R: Resource>(&self) -> Collection<R> {
         Collection::new(self.clone())
@@ -344,7 +358,10 @@ impl Node {
         if let Some(why) = crate::resource::reserved_name(R::COLLECTION) {
             return Err(Error::bad_request(why));
         }
-        let service: Arc<dyn Service> = Arc::new(ResourceService::<R>::new(self.store()));
+        let service: Arc<dyn Service> = Arc::new(ResourceService::<R>::new(
+            self.store(),
+            self.inner.metrics.clone(),
+        ));
         service.prepare().await?;
         let info = builder::store_info(R::COLLECTION, service.store()).await;
         if let Some(info) = info {
@@ -364,6 +381,7 @@ impl Node {
                     R::COLLECTION
                 )));
             }
+            self.inner.metrics.declare(&[service.info()]);
             services.insert(R::COLLECTION.to_owned(), service);
         }
         self.inner.discovery.announce(self.info()).await
@@ -476,6 +494,11 @@ impl Node {
 
     /// [`Node::publish`] of an event kept elsewhere too (a change log's entry): no copy here.
     pub(crate) async fn publish_shared(&self, event: &Event) {
+        self.inner
+            .metrics
+            .counters
+            .events_published
+            .fetch_add(1, Ordering::Relaxed);
         self.inner.deliver_local(event);
         if let Err(e) = self.inner.medium.publish(event).await {
             tracing::warn!(topic = %event.topic, error = %e, "event not published to peers");
@@ -556,31 +579,58 @@ impl Node {
     /// Sends a request to the node that owns its collection (this one, or a peer) and waits
     /// for the reply, at most the request timeout.
     pub async fn request(&self, request: Request) -> Result<Value> {
+        let (metrics, start) = self.count_call(&request);
         if let Some(service) = self.local_service(&request.collection) {
-            return service.handle(self, request).await;
+            let reply = service.handle(self, request).await;
+            metrics.side(Side::Owner).record(start, &reply);
+            metrics.side(Side::Caller).record(start, &reply);
+            return reply;
         }
-        let raw = self.request_remote(request).await?;
-        crate::json::from_raw(&raw)
+        let reply = match self.request_remote(request).await {
+            Ok(raw) => crate::json::from_raw(&raw),
+            Err(e) => Err(e),
+        };
+        metrics.side(Side::Caller).record(start, &reply);
+        reply
+    }
+
+    /// The counters of `request`'s collection and action, and the time it starts.
+    fn count_call(&self, request: &Request) -> (Arc<crate::metrics::ActionMetrics>, Instant) {
+        let metrics = self
+            .inner
+            .metrics
+            .action(&request.collection, &request.action);
+        (metrics, Instant::now())
     }
 
     /// [`Node::request`], the reply as JSON text: a reply from a peer is passed on as it arrived
     /// (the HTTP API answers with it as is; no parse and re-serialisation).
     pub async fn request_raw(&self, request: Request) -> Result<Box<RawValue>> {
+        let (metrics, start) = self.count_call(&request);
         if let Some(service) = self.local_service(&request.collection) {
-            return service.handle_raw(self, request).await;
+            let reply = service.handle_raw(self, request).await;
+            metrics.side(Side::Owner).record(start, &reply);
+            metrics.side(Side::Caller).record(start, &reply);
+            return reply;
         }
-        self.request_remote(request).await
+        let reply = self.request_remote(request).await;
+        metrics.side(Side::Caller).record(start, &reply);
+        reply
     }
 
     /// [`Node::request`], the reply deserialised into `T` (from a peer: straight from its JSON
     /// text).
     pub async fn request_as<T: DeserializeOwned>(&self, request: Request) -> Result<T> {
+        let (metrics, start) = self.count_call(&request);
         if let Some(service) = self.local_service(&request.collection) {
-            let value = service.handle(self, request).await?;
-            return crate::json::from_value(value);
+            let reply = service.handle(self, request).await;
+            metrics.side(Side::Owner).record(start, &reply);
+            metrics.side(Side::Caller).record(start, &reply);
+            return crate::json::from_value(reply?);
         }
-        let raw = self.request_remote(request).await?;
-        crate::json::from_raw(&raw)
+        let reply = self.request_remote(request).await;
+        metrics.side(Side::Caller).record(start, &reply);
+        crate::json::from_raw(&reply?)
     }
 
     /// How long a request waits for its owner.
@@ -742,6 +792,10 @@ impl Node {
 
 impl NodeInner {
     fn deliver_local(&self, event: &Event) {
+        self.metrics
+            .counters
+            .events_delivered
+            .fetch_add(1, Ordering::Relaxed);
         for hook in &self.hooks.event {
             hook(event);
         }

@@ -33,6 +33,7 @@ use crate::protocol::{
     ActionReply, AddLinkArgs, BuiltIn, Call, CreateArgs, Created, Document, FollowLinksArgs,
     IncomingLinksArgs, LinkedResource, ListArgs, Page, PatchArgs,
 };
+use crate::metrics::{Metrics, StoreOp, timed_store};
 use crate::resource::{ActionCall, ResourceInfo};
 use crate::store::{self, MARK, Store, check_version, current_mark, is_version_path, take_version};
 use crate::{Context, Error, Event, Node, Patch, Query, Resource, Result};
@@ -59,6 +60,8 @@ pub(crate) const RETRIES: usize = 16;
 
 pub(crate) struct ResourceService<R> {
     store: Arc<dyn Store>,
+    /// The node's counters (the store operations' latency).
+    metrics: Arc<Metrics>,
     /// Whether the store keeps a change log ([`Store::log_id`]).
     logs: bool,
     /// One lock per resource id being changed, so read-modify-write is atomic on this node.
@@ -67,8 +70,9 @@ pub(crate) struct ResourceService<R> {
 }
 
 impl<R: Resource> ResourceService<R> {
-    pub(crate) fn new(store: Arc<dyn Store>) -> Self {
+    pub(crate) fn new(store: Arc<dyn Store>, metrics: Arc<Metrics>) -> Self {
         Self {
+            metrics,
             logs: store.log_id().is_some(),
             store,
             locks: Mutex::new(HashMap::new()),
@@ -106,9 +110,8 @@ impl<R: Resource> ResourceService<R> {
 
     /// A stored document without its version field, and its version.
     async fn load(&self, id: &str) -> Result<(Value, u64)> {
-        let mut doc = self
-            .store
-            .get(self.collection(), id)
+        let get = self.store.get(self.collection(), id);
+        let mut doc = timed_store(&self.metrics, StoreOp::Get, get)
             .await?
             .ok_or_else(|| Error::not_found(self.collection(), id))?;
         let version = take_version(&mut doc);
@@ -256,7 +259,11 @@ impl<R: Resource> ResourceService<R> {
             }
             None => (doc.clone(), Some(doc)),
         };
-        let insert = self.store.insert(self.collection(), id.as_deref(), stored);
+        let insert = timed_store(
+            &self.metrics,
+            StoreOp::Insert,
+            self.store.insert(self.collection(), id.as_deref(), stored),
+        );
         let id = with_note(note.clone(), insert).await?;
         self.publish_change(node, note.as_ref(), async || {
             let doc = unlogged.unwrap_or_default();
@@ -322,9 +329,12 @@ impl<R: Resource> ResourceService<R> {
                 || Map::from_iter([("patch".to_owned(), patch.as_value().clone())]),
                 true,
             );
-            let write = self
-                .store
-                .patch(self.collection(), &id, &patch, Some(version));
+            let write = timed_store(
+                &self.metrics,
+                StoreOp::Patch,
+                self.store
+                    .patch(self.collection(), &id, &patch, Some(version)),
+            );
             match with_note(note.clone(), write).await {
                 Ok(mut doc) => {
                     let version = take_version(&mut doc);
@@ -353,7 +363,11 @@ impl<R: Resource> ResourceService<R> {
     async fn delete(&self, node: &Node, id: String, if_version: Option<u64>) -> Result<Value> {
         let _guard = self.lock_id(&id).await;
         let note = self.note(node, BuiltIn::Delete.name(), Map::new, false);
-        let write = self.store.delete(self.collection(), &id, if_version);
+        let write = timed_store(
+            &self.metrics,
+            StoreOp::Delete,
+            self.store.delete(self.collection(), &id, if_version),
+        );
         let version = with_note(note.clone(), write).await?;
         self.publish_change(node, note.as_ref(), async || {
             // The delete is a change too: its event carries the version after the last one.
@@ -384,7 +398,8 @@ impl<R: Resource> ResourceService<R> {
             text: args.text,
         };
         query.filter()?; // a malformed filter is a bad request on every backend
-        let mut docs = self.store.list(self.collection(), &query).await?;
+        let list = self.store.list(self.collection(), &query);
+        let mut docs = timed_store(&self.metrics, StoreOp::List, list).await?;
         let more = docs.len() > page;
         docs.truncate(page);
         let items = documents(docs);
@@ -449,9 +464,12 @@ impl<R: Resource> ResourceService<R> {
             update.apply(&mut preview)?;
             node.limits().check_document(&preview)?;
             let note = self.note(node, BuiltIn::AddLink.name(), link_fields, false);
-            let write = self
-                .store
-                .patch(self.collection(), &id, &patch, Some(version));
+            let write = timed_store(
+                &self.metrics,
+                StoreOp::Patch,
+                self.store
+                    .patch(self.collection(), &id, &patch, Some(version)),
+            );
             match with_note(note.clone(), write).await {
                 Ok(doc) => break (store::version_of(&doc), note),
                 Err(e) => self.retry(&id, e, if_version, &mut attempt)?,
@@ -521,7 +539,8 @@ impl<R: Resource> ResourceService<R> {
     async fn incoming_links(&self, args: IncomingLinksArgs) -> Result<Value> {
         links::check_relation(&args.relation)?;
         let query = Query::new(links::incoming_filter(&args));
-        let docs = self.store.list(self.collection(), &query).await?;
+        let list = self.store.list(self.collection(), &query);
+        let docs = timed_store(&self.metrics, StoreOp::List, list).await?;
         Ok(Value::Array(
             documents(docs)
                 .into_iter()
@@ -607,9 +626,12 @@ impl<R: Resource> ResourceService<R> {
                         || Map::from_iter([("result".to_owned(), result.clone())]),
                         true,
                     );
-                    let write =
+                    let write = timed_store(
+                        &self.metrics,
+                        StoreOp::Replace,
                         self.store
-                            .replace(self.collection(), &id, after.clone(), Some(version));
+                            .replace(self.collection(), &id, after.clone(), Some(version)),
+                    );
                     match with_note(note.clone(), write).await {
                         Ok(version) => break (after, result, version, note),
                         Err(e) => self.retry(&id, e, if_version, &mut attempt)?,

@@ -394,10 +394,14 @@ pub struct HttpSettings {
     /// credentials) [default: off].
     #[arg(long, env = "ZS_HEALTH_AUTH", value_name = "on|off", value_parser = Check(parse::on_off))]
     pub health_auth: Option<bool>,
+    /// Whether /metrics needs a user like every other route (off: open like the probes)
+    /// [default: on].
+    #[arg(long, env = "ZS_METRICS_AUTH", value_name = "on|off", value_parser = Check(parse::on_off))]
+    pub metrics_auth: Option<bool>,
     /// How long /readyz waits for each store of the node's collections [default: 1000].
     #[arg(long, env = "ZS_READY_TIMEOUT_MS", value_name = "MS", value_parser = Check(parse::millis))]
     pub ready_timeout_ms: Option<Duration>,
-    /// Serve the operations routes (/healthz, /readyz) on this port too, on the HTTP address;
+    /// Serve the operations routes (/healthz, /readyz, /metrics) on this port too, on the HTTP address;
     /// for a node without HTTP.
     #[arg(long, env = "ZS_METRICS_PORT", value_name = "PORT", value_parser = Check(parse::port))]
     pub metrics_port: Option<u16>,
@@ -454,6 +458,31 @@ pub struct LimitSettings {
     pub change_log_ms: Option<Duration>,
 }
 
+/// How log lines look (`ZS_LOG_FORMAT`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum LogFormat {
+    /// One line of text an event (`2026-01-01T00:00:00Z  INFO span{field=1}: message`).
+    #[default]
+    Text,
+    /// One JSON object a line: `timestamp`, `level`, `target`, the event's fields (`message`
+    /// among them), `span` (the current span's name and fields) and `spans` (the whole list).
+    Json,
+}
+
+impl LogFormat {
+    /// `ZS_LOG_FORMAT` from the process environment (unset: [`LogFormat::Text`]).
+    ///
+    /// # Errors
+    /// A message naming the variable for a value other than `text` or `json`.
+    pub fn from_env() -> std::result::Result<Self, String> {
+        match std::env::var("ZS_LOG_FORMAT") {
+            Err(_) => Ok(Self::Text),
+            Ok(v) => parse::log_format(v.trim())
+                .map_err(|expected| format!("ZS_LOG_FORMAT: {v:?} is not {expected}")),
+        }
+    }
+}
+
 /// Workers and stopping.
 #[derive(Args, Debug, Clone, Default)]
 pub struct RunSettings {
@@ -472,6 +501,10 @@ pub struct RunSettings {
     /// worker handlers before it closes anyway [default: 5000].
     #[arg(long, env = "ZS_SHUTDOWN_TIMEOUT_MS", value_name = "MS", value_parser = Check(parse::millis))]
     pub shutdown_timeout_ms: Option<Duration>,
+    /// How log lines look on stderr: text for people, or json (one object a line, with the
+    /// span fields) for a log collector [default: text].
+    #[arg(long, env = "ZS_LOG_FORMAT", value_name = "text|json", value_parser = Check(parse::log_format))]
+    pub log_format: Option<LogFormat>,
 }
 
 /// Where a setting's variables come from: the process environment, or a test's table.
@@ -678,6 +711,11 @@ impl Settings {
             .unwrap_or(crate::config::DEFAULT_REQUEST_TIMEOUT)
     }
 
+    /// `ZS_LOG_FORMAT`, or [`LogFormat::Text`].
+    pub fn log_format(&self) -> LogFormat {
+        self.run.log_format.unwrap_or_default()
+    }
+
     /// `ZS_SHUTDOWN_TIMEOUT_MS`, or [`DEFAULT_SHUTDOWN_TIMEOUT`].
     pub fn shutdown_timeout(&self) -> Duration {
         self.run
@@ -807,13 +845,16 @@ impl Settings {
         if let Some(v) = h.health_auth {
             config.health_auth = v;
         }
+        if let Some(v) = h.metrics_auth {
+            config.metrics_auth = v;
+        }
         if let Some(v) = h.ready_timeout_ms {
             config.ready_timeout = v;
         }
     }
 
     #[cfg(feature = "http")]
-    /// The operations listener (`ZS_METRICS_PORT`: `/healthz`, `/readyz`), when a port is
+    /// The operations listener (`ZS_METRICS_PORT`: `/healthz`, `/readyz`, `/metrics`), when a port is
     /// given (`--no-http` does not turn it off): on the HTTP address, with the HTTP settings (authentication,
     /// `ZS_HEALTH_AUTH`, timeouts).
     pub fn metrics(&self) -> Option<HttpConfig> {

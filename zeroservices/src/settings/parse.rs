@@ -139,6 +139,14 @@ pub(crate) fn key_file(v: &str) -> Result<KeyFile, String> {
     KeyFile::read(v)
 }
 
+pub(crate) fn log_format(v: &str) -> Result<super::LogFormat, String> {
+    match v {
+        "text" => Ok(super::LogFormat::Text),
+        "json" => Ok(super::LogFormat::Json),
+        _ => Err("text or json".into()),
+    }
+}
+
 pub(crate) fn on_off(v: &str) -> Result<bool, String> {
     match v {
         "on" | "1" | "true" => Ok(true),

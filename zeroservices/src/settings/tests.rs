@@ -287,7 +287,7 @@ fn variables_follow_the_ids() {
         );
     }
 
-    assert_eq!(vars, 57);
+    assert_eq!(vars, 59);
     let help = with_env(Settings::command(), &env(&[]))
         .render_long_help()
         .to_string();
@@ -296,6 +296,8 @@ fn variables_follow_the_ids() {
         "ZS_WORKER_LEASE_MS",
         "ZS_WORKER_STATE_DIR",
         "ZS_SHUTDOWN_TIMEOUT_MS",
+        "ZS_LOG_FORMAT",
+        "ZS_METRICS_AUTH",
         "ZS_REQUEST_MEMORY_MS",
         "ZS_IDEMPOTENCY_KEY_TTL_MS",
         "ZS_CHANGE_LOG_MAX",

@@ -325,6 +325,10 @@ impl Discovery for UdpDiscovery {
         tracing::info!(reply_to = ?shared.reply_to.get(), "udp discovery stopped");
     }
 
+    fn as_any(&self) -> Option<&dyn std::any::Any> {
+        Some(self)
+    }
+
     fn health(&self) -> std::result::Result<(), String> {
         let shared = &self.shared;
         if shared.stopped.load(Ordering::SeqCst) {

@@ -500,6 +500,10 @@ impl Medium for ZmqMedium {
         }
     }
 
+    fn as_zmq(&self) -> Option<&ZmqMedium> {
+        Some(self)
+    }
+
     fn describe(&self) -> String {
         match lock(&self.state).endpoints.get("router") {
             Some(router) => format!("zeromq {router}"),
