@@ -170,6 +170,22 @@ if [ -x "$OAS_VENV/bin/python" ] && "$OAS_VENV/bin/python" -c 'import openapi_sp
     export ZS_TEST_PYTHON="$OAS_VENV/bin/python"
 fi
 
+# The metrics test parses /metrics with Python's strict OpenMetrics parser (PyPI
+# prometheus-client), in the same virtualenv.
+if [ -x "$OAS_VENV/bin/python" ] && ! "$OAS_VENV/bin/python" -c 'import prometheus_client.openmetrics.parser' 2>/dev/null; then
+    echo "Installing prometheus-client into $OAS_VENV ..." >&2
+    if ! "$OAS_VENV/bin/pip" install --quiet --disable-pip-version-check "prometheus-client==0.26.0"; then
+        if [ "${CI:-}" = "true" ]; then
+            echo "ERROR: could not install prometheus-client" >&2
+            exit 1
+        fi
+        echo "WARNING: could not install prometheus-client; the strict OpenMetrics parse is skipped" >&2
+    fi
+fi
+if [ -x "$OAS_VENV/bin/python" ] && "$OAS_VENV/bin/python" -c 'import prometheus_client.openmetrics.parser' 2>/dev/null; then
+    export ZS_TEST_PROM_PYTHON="$OAS_VENV/bin/python"
+fi
+
 # --- Browser: the live page test (zeroservices/tests/http_browser.rs) ---------------------------
 # Headless Chromium driven over WebDriver: the Debian packages chromium and chromium-driver,
 # installed with apt-get when /usr/bin/chromedriver is missing (ZS_TEST_CHROMEDRIVER points the
