@@ -212,8 +212,12 @@ async fn metrics_count_known_traffic_under_bounded_labels() {
     )
     .unwrap_or_else(|| panic!("no caller create counter in\n{text}"));
     assert_eq!(ok, (N + 1) as f64, "{text}");
-    let count = value(&api_metrics, "zs_request_duration_seconds_count", &caller_create)
-        .unwrap_or_else(|| panic!("no histogram count in\n{text}"));
+    let count = value(
+        &api_metrics,
+        "zs_request_duration_seconds_count",
+        &caller_create,
+    )
+    .unwrap_or_else(|| panic!("no histogram count in\n{text}"));
     assert_eq!(count, (N + 1) as f64);
     let inf = find(&api_metrics, "zs_request_duration_seconds", &caller_create)
         .expect("the histogram's buckets");
@@ -222,7 +226,12 @@ async fn metrics_count_known_traffic_under_bounded_labels() {
     };
     assert!(buckets.windows(2).all(|w| w[0].count <= w[1].count));
     assert_eq!(buckets.last().unwrap().count, (N + 1) as f64);
-    let sum = value(&api_metrics, "zs_request_duration_seconds_sum", &caller_create).unwrap();
+    let sum = value(
+        &api_metrics,
+        "zs_request_duration_seconds_sum",
+        &caller_create,
+    )
+    .unwrap();
     assert!(sum > 0.0 && sum < 60.0, "{sum}");
     assert_eq!(
         value(
@@ -281,11 +290,11 @@ async fn metrics_count_known_traffic_under_bounded_labels() {
                 .contains(&k.as_str()),
                 "label {k}"
             );
-            for bad in ids
-                .iter()
-                .map(String::as_str)
-                .chain(["nosuch_collection_4711", "missing-id-0815", "made_up_action_99"])
-            {
+            for bad in ids.iter().map(String::as_str).chain([
+                "nosuch_collection_4711",
+                "missing-id-0815",
+                "made_up_action_99",
+            ]) {
                 assert!(!v.contains(bad), "{k}={v} carries {bad}");
             }
         }
@@ -328,7 +337,10 @@ async fn metrics_count_known_traffic_under_bounded_labels() {
         "zs_node_requests_served_total",
         "zs_node_requests_timed_out_total",
     ] {
-        assert!(value(&owner_metrics, family, &[]).is_some(), "{family} in\n{text}");
+        assert!(
+            value(&owner_metrics, family, &[]).is_some(),
+            "{family} in\n{text}"
+        );
     }
     assert!(text.contains("# TYPE zs_events_dropped counter"), "{text}");
 
@@ -423,7 +435,10 @@ async fn metrics_ask_for_a_user_unless_metrics_auth_is_off() {
     // The operations port serves them too.
     let ops = serve_ops(node.clone(), HttpConfig::new(0)).await.unwrap();
     let (_, m) = scrape(&ops.url()).await;
-    assert!(value(&m, "zs_requests_total", &[]).is_none(), "no traffic yet");
+    assert!(
+        value(&m, "zs_requests_total", &[]).is_none(),
+        "no traffic yet"
+    );
     assert!(value(&m, "zs_peers", &[]).is_some());
     ops.shutdown().await;
     node.stop().await;
@@ -567,7 +582,12 @@ fn json_log_child() {
 async fn json_logs_are_one_object_a_line() {
     let port = free_tcp_port();
     let mut child = Command::new(std::env::current_exe().unwrap())
-        .args(["--exact", "json_log_child", "--nocapture", "--test-threads=1"])
+        .args([
+            "--exact",
+            "json_log_child",
+            "--nocapture",
+            "--test-threads=1",
+        ])
         .env("ZS_TEST_JSON_LOG_CHILD", port.to_string())
         .env("ZS_LOG_FORMAT", "json")
         .env("RUST_LOG", "debug")

@@ -165,7 +165,12 @@ impl ClientSeat {
             })
             .ok()
             .map(|_| {
-                state.node.metrics().counters.ws_clients.fetch_add(1, Ordering::Relaxed);
+                state
+                    .node
+                    .metrics()
+                    .counters
+                    .ws_clients
+                    .fetch_add(1, Ordering::Relaxed);
                 Self(state.clone())
             })
     }

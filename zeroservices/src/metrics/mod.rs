@@ -154,9 +154,7 @@ impl SideMetrics {
 
     /// Whether anything was counted.
     pub(crate) fn used(&self) -> bool {
-        self.outcomes
-            .iter()
-            .any(|o| o.load(Ordering::Relaxed) > 0)
+        self.outcomes.iter().any(|o| o.load(Ordering::Relaxed) > 0)
     }
 }
 
@@ -305,9 +303,9 @@ impl Metrics {
     pub(crate) fn declare(&self, resources: &[ResourceInfo]) {
         let known = |collections: &HashMap<Box<str>, CollectionTable>| {
             resources.iter().all(|r| {
-                collections.get(r.name.as_str()).is_some_and(|t| {
-                    t.has_all(r.actions.iter().map(|a| a.name.as_str()))
-                })
+                collections
+                    .get(r.name.as_str())
+                    .is_some_and(|t| t.has_all(r.actions.iter().map(|a| a.name.as_str())))
             })
         };
         if known(&self.collections.read().unwrap_or_else(|e| e.into_inner())) {
@@ -404,7 +402,11 @@ mod tests {
         metrics.each_action(|c, a, _| labels.push(format!("{c}/{a}")));
         assert!(labels.contains(&"power/square".to_owned()));
         assert!(labels.contains(&"other/other".to_owned()));
-        assert!(!labels.iter().any(|l| l.contains("x-123") || l.contains("nosuch")));
+        assert!(
+            !labels
+                .iter()
+                .any(|l| l.contains("x-123") || l.contains("nosuch"))
+        );
     }
 
     #[test]

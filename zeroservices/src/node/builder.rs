@@ -13,7 +13,6 @@ use super::directory::Directory;
 use super::inbound::Handle;
 use super::shutdown::Shutdown;
 use super::{Node, NodeInfo, NodeInner, NodeKind, StoreInfo, lock};
-use crate::metrics::Metrics;
 use crate::access::Authorizer;
 #[cfg(any(feature = "zeromq", feature = "nats"))]
 use crate::config::{NetworkConfig, Transport};
@@ -28,6 +27,7 @@ use crate::medium::nats::{NatsLink, NatsMedium};
 #[cfg(feature = "zeromq")]
 use crate::medium::zeromq::ZmqMedium;
 use crate::medium::{Endpoints, Medium, MemoryCluster};
+use crate::metrics::Metrics;
 use crate::service::{ResourceService, Service};
 use crate::settings::Settings;
 use crate::store::{MemoryStore, Store};

@@ -11,10 +11,10 @@ use serde_json::value::RawValue;
 use tokio_util::task::task_tracker::TaskTrackerToken;
 
 use super::{Node, NodeInner, lock, read, stores};
-use crate::metrics::Side;
 use crate::changes::{LogAfter, LogPage, Retention};
 use crate::discovery::{PeerEvent, PeerSink};
 use crate::medium::{Inbound, NODE_MESSAGE, PROTOCOL_VERSION, Request};
+use crate::metrics::Side;
 use crate::protocol::BuiltIn;
 use crate::{Error, Event, Result};
 
@@ -69,7 +69,10 @@ impl Inbound for Handle {
         match node.local_service(&request.collection) {
             Some(service) => {
                 node.inner.requests_served.fetch_add(1, Ordering::Relaxed);
-                let metrics = node.inner.metrics.action(&request.collection, &request.action);
+                let metrics = node
+                    .inner
+                    .metrics
+                    .action(&request.collection, &request.action);
                 let start = std::time::Instant::now();
                 let reply = service.handle_raw(&node, request).await;
                 metrics.side(Side::Owner).record(start, &reply);
@@ -143,7 +146,10 @@ async fn serve(node: &Node, from: Option<String>, request: Request) -> Result<Va
         return crate::worker::serve_claim(node, &request.action, request.args).await;
     }
     let local = read(&node.inner.services).get(&request.collection).cloned();
-    let metrics = node.inner.metrics.action(&request.collection, &request.action);
+    let metrics = node
+        .inner
+        .metrics
+        .action(&request.collection, &request.action);
     let start = std::time::Instant::now();
     let reply = match local {
         Some(service) => service.handle(node, request).await,
@@ -179,7 +185,11 @@ impl PeerSink for Handle {
                 inner.metrics.declare(&info.resources);
                 let joined = lock(&inner.directory).seen(&info);
                 if joined {
-                    inner.metrics.counters.peers_joined.fetch_add(1, Ordering::Relaxed);
+                    inner
+                        .metrics
+                        .counters
+                        .peers_joined
+                        .fetch_add(1, Ordering::Relaxed);
                     tracing::info!(node = %inner.id, peer = %info.id, name = %info.name, "peer joined");
                     for hook in &inner.hooks.join {
                         hook(&info);
@@ -191,7 +201,11 @@ impl PeerSink for Handle {
             PeerEvent::Left { id, reason } => {
                 let removed = lock(&inner.directory).left(&id);
                 if let Some(peer) = removed {
-                    inner.metrics.counters.peers_left.fetch_add(1, Ordering::Relaxed);
+                    inner
+                        .metrics
+                        .counters
+                        .peers_left
+                        .fetch_add(1, Ordering::Relaxed);
                     tracing::info!(node = %inner.id, peer = %id, ?reason, "peer left");
                     for hook in &inner.hooks.leave {
                         hook(&peer.info, reason);

@@ -29,11 +29,11 @@ use crate::changes::{LogNote, with_note};
 use crate::json::{from_value, to_raw};
 use crate::links;
 use crate::medium::Request;
+use crate::metrics::{Metrics, StoreOp, timed_store};
 use crate::protocol::{
     ActionReply, AddLinkArgs, BuiltIn, Call, CreateArgs, Created, Document, FollowLinksArgs,
     IncomingLinksArgs, LinkedResource, ListArgs, Page, PatchArgs,
 };
-use crate::metrics::{Metrics, StoreOp, timed_store};
 use crate::resource::{ActionCall, ResourceInfo};
 use crate::store::{self, MARK, Store, check_version, current_mark, is_version_path, take_version};
 use crate::{Context, Error, Event, Node, Patch, Query, Resource, Result};

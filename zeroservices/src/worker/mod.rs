@@ -943,11 +943,15 @@ impl Shared {
             let run = (rule.handler)(self.node.clone(), event.clone(), Some(doc.clone()));
             match run.await {
                 Ok(()) => {
-                    counters.worker_handled.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    counters
+                        .worker_handled
+                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                     return true;
                 }
                 Err(e) if attempt < self.max_attempts && !stopping.is_cancelled() => {
-                    counters.worker_retried.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    counters
+                        .worker_retried
+                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                     tracing::warn!(topic = %event.topic, attempt, error = %e, "worker handler failed; retrying");
                     // A stopping worker retries no more: the next run's poll check will.
                     if stopping
@@ -960,7 +964,9 @@ impl Shared {
                     delay = (delay * 2).min(Duration::from_secs(30));
                 }
                 Err(e) => {
-                    counters.worker_failed.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    counters
+                        .worker_failed
+                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                     tracing::error!(topic = %event.topic, attempts = attempt, error = %e, "worker handler failed; giving up until the next poll check");
                 }
             }
