@@ -335,7 +335,9 @@ fn requests(encoder: &mut DescriptorEncoder, metrics: &super::Metrics) -> fmt::R
 /// as `zs_zmq_*` / `zs_nats_*`.
 fn medium(encoder: &mut DescriptorEncoder, node: &Node) -> fmt::Result {
     let medium = node.medium();
+    #[cfg_attr(not(any(feature = "zeromq", feature = "nats")), allow(unused_mut))]
     let mut drops: Vec<([(&str, &str); 2], Value)> = Vec::new();
+    #[cfg_attr(not(any(feature = "zeromq", feature = "nats")), allow(unused_mut))]
     let mut others: Vec<(&str, &str, u64)> = Vec::new();
     #[cfg(feature = "zeromq")]
     if let Some(zmq) = medium.as_zmq() {
@@ -469,7 +471,9 @@ fn medium(encoder: &mut DescriptorEncoder, node: &Node) -> fmt::Result {
 
 /// `zs_discovery_received_total` and `zs_discovery_dropped_total{transport, reason}`.
 fn discovery(encoder: &mut DescriptorEncoder, node: &Node) -> fmt::Result {
-    let mut received = Vec::new();
+    #[cfg_attr(not(any(feature = "zeromq", feature = "nats")), allow(unused_mut))]
+    let mut received: Vec<([(&str, &str); 1], Value)> = Vec::new();
+    #[cfg_attr(not(any(feature = "zeromq", feature = "nats")), allow(unused_mut))]
     let mut drops: Vec<([(&str, &str); 2], Value)> = Vec::new();
     let any = node.discovery().as_any();
     #[cfg(feature = "zeromq")]

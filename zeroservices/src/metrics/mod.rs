@@ -13,6 +13,9 @@
 //! ([`NodeStats`](crate::NodeStats), the media's and discoveries' stats) instead of counting
 //! them twice.
 
+// Without HTTP nothing reads the counters (no `/metrics`); they are still counted.
+#![cfg_attr(not(feature = "http"), allow(dead_code))]
+
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
