@@ -558,6 +558,89 @@ async fn an_app_without_http_serves_metrics_on_the_metrics_port() {
     running.shutdown().await;
 }
 
+/// Over a real NATS server: an app without HTTP exports `NatsStats` and `NatsDiscoveryStats` on
+/// its metrics port; garbage published on its request and discovery subjects is counted there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs a NATS server: ZS_TEST_NATS_URL (scripts/test.sh starts one)"]
+async fn over_nats_the_medium_and_discovery_counters_are_exported() {
+    let url = std::env::var("ZS_TEST_NATS_URL")
+        .ok()
+        .filter(|u| !u.is_empty())
+        .expect("ZS_TEST_NATS_URL: a NATS server (scripts/test.sh starts one)");
+    let cluster = format!("zsmetrics{}", free_udp_port());
+    let vars = [
+        ("ZS_TRANSPORT", url.clone()),
+        ("ZS_CLUSTER", cluster.clone()),
+        ("ZS_STORE", "memory".to_owned()),
+        ("ZS_METRICS_PORT", "0".to_owned()),
+        ("ZS_METRICS_AUTH", "off".to_owned()),
+        ("ZS_HEARTBEAT_MS", "200".to_owned()),
+    ];
+    let lookup = move |name: &str| {
+        vars.iter()
+            .find(|(var, _)| *var == name)
+            .map(|(_, v)| v.clone())
+    };
+    let running = App::new("metrics_nats")
+        .resource::<Power>()
+        .configure_with(["metrics_nats", "--no-http"], &lookup)
+        .unwrap()
+        .start()
+        .await
+        .unwrap();
+    let base = format!("http://{}", running.ops_addr().expect("ops port"));
+    running
+        .node()
+        .collection::<Power>()
+        .create(power(5))
+        .await
+        .unwrap();
+    let raw = async_nats::connect(url.as_str()).await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let m = loop {
+        for subject in [format!("{cluster}.req.power"), format!("{cluster}.disc")] {
+            raw.publish(subject, b"{".to_vec().into()).await.unwrap();
+        }
+        raw.flush().await.unwrap();
+        let (_, m) = scrape(&base).await;
+        let medium = value(
+            &m,
+            "zs_medium_dropped_total",
+            &[("transport", "nats"), ("reason", "malformed")],
+        );
+        let discovery = value(
+            &m,
+            "zs_discovery_dropped_total",
+            &[("transport", "nats"), ("reason", "malformed")],
+        );
+        if medium.is_some_and(|n| n >= 1.0) && discovery.is_some_and(|n| n >= 1.0) {
+            break m;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "garbage not counted: medium {medium:?}, discovery {discovery:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(value(&m, "zs_nats_log_published_total", &[]).is_some());
+    assert!(value(&m, "zs_discovery_received_total", &[("transport", "nats")]).unwrap() >= 1.0);
+    assert!(find(&m, "zs_medium_dropped_total", &[("transport", "zeromq")]).is_none());
+    assert_eq!(
+        value(
+            &m,
+            "zs_requests_total",
+            &[
+                ("side", "owner"),
+                ("collection", "power"),
+                ("action", "create"),
+                ("outcome", "ok")
+            ]
+        ),
+        Some(1.0)
+    );
+    running.shutdown().await;
+}
+
 /// The child of `json_logs_are_one_object_a_line`: a service (`App::run`) with HTTP, which
 /// logs inside a span of its own and serves until SIGTERM. Does nothing in a normal run.
 #[test]
