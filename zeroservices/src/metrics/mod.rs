@@ -31,6 +31,17 @@ pub(crate) mod export;
 /// The label value of a collection or an action that was not declared.
 pub(crate) const OTHER: &str = "other";
 
+/// Whether `name` may be a label value as it is: 1 to 128 of `A-Z a-z 0-9 _ . : -`. The text
+/// encoder (prometheus-client 0.24) writes label values without escaping them, so a declared
+/// name with a quote, a backslash or a line break (a hostile peer's announcement) is not
+/// declared: it is counted under [`OTHER`].
+fn plain(name: &str) -> bool {
+    (1..=128).contains(&name.len())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"_.:-".contains(&b))
+}
+
 /// The outcome label values: `ok`, then every [`Error::kind`].
 pub(crate) const OUTCOMES: [&str; 20] = [
     "ok",
@@ -190,7 +201,7 @@ impl CollectionTable {
 
     fn add<'a>(&mut self, custom: impl IntoIterator<Item = &'a str>) {
         for name in BuiltIn::ALL.iter().map(|b| b.name()).chain(custom) {
-            if name != OTHER && !self.actions.contains_key(name) {
+            if name != OTHER && plain(name) && !self.actions.contains_key(name) {
                 self.actions.insert(name.into(), Arc::default());
             }
         }
@@ -201,7 +212,7 @@ impl CollectionTable {
     }
 
     fn has_all<'a>(&self, mut names: impl Iterator<Item = &'a str>) -> bool {
-        names.all(|n| n == OTHER || self.actions.contains_key(n))
+        names.all(|n| n == OTHER || !plain(n) || self.actions.contains_key(n))
     }
 
     /// `(action, metrics)` sorted by action, `other` last.
@@ -306,9 +317,11 @@ impl Metrics {
     pub(crate) fn declare(&self, resources: &[ResourceInfo]) {
         let known = |collections: &HashMap<Box<str>, CollectionTable>| {
             resources.iter().all(|r| {
-                collections
-                    .get(r.name.as_str())
-                    .is_some_and(|t| t.has_all(r.actions.iter().map(|a| a.name.as_str())))
+                r.name == OTHER
+                    || !plain(&r.name)
+                    || collections
+                        .get(r.name.as_str())
+                        .is_some_and(|t| t.has_all(r.actions.iter().map(|a| a.name.as_str())))
             })
         };
         if known(&self.collections.read().unwrap_or_else(|e| e.into_inner())) {
@@ -316,7 +329,7 @@ impl Metrics {
         }
         let mut collections = self.collections.write().unwrap_or_else(|e| e.into_inner());
         for r in resources {
-            if r.name == OTHER {
+            if r.name == OTHER || !plain(&r.name) {
                 continue;
             }
             let actions = r.actions.iter().map(|a| a.name.as_str());
@@ -410,6 +423,39 @@ mod tests {
                 .iter()
                 .any(|l| l.contains("x-123") || l.contains("nosuch"))
         );
+    }
+
+    /// Names the text encoder would write as they are and that would break the text are not
+    /// declared: counted under `other`.
+    #[test]
+    fn names_that_are_not_plain_are_not_label_values() {
+        let metrics = Metrics::new();
+        let hostile = "x\"} 1\nzs_fake 2";
+        let long = "a".repeat(129);
+        metrics.declare(&[
+            info(hostile, &["get"]),
+            info(&long, &[]),
+            info("power", &["ok_action", "bad\naction", "quote\"d"]),
+        ]);
+        let other = metrics.action("nosuch", "get");
+        assert!(Arc::ptr_eq(&other, &metrics.action(hostile, "get")));
+        assert!(Arc::ptr_eq(&other, &metrics.action(&long, "get")));
+        let power_other = metrics.action("power", "nosuch");
+        assert!(Arc::ptr_eq(
+            &power_other,
+            &metrics.action("power", "bad\naction")
+        ));
+        assert!(Arc::ptr_eq(
+            &power_other,
+            &metrics.action("power", "quote\"d")
+        ));
+        assert!(!Arc::ptr_eq(
+            &power_other,
+            &metrics.action("power", "ok_action")
+        ));
+        let mut labels = Vec::new();
+        metrics.each_action(|c, a, _| labels.push(format!("{c}{a}")));
+        assert!(labels.iter().all(|l| plain(l)), "{labels:?}");
     }
 
     #[test]
