@@ -169,7 +169,8 @@ async fn with_auth_the_probes_are_open_unless_health_auth_is_on() {
     node.stop().await;
 }
 
-/// `serve_ops`: the probes alone, on a port of their own; anything else is a 404.
+/// `serve_ops`: the probes (and `/metrics`: `tests/metrics.rs`) on a port of their own; anything
+/// else is a 404.
 #[tokio::test]
 async fn the_operations_port_serves_the_probes_only() {
     let cluster = MemoryCluster::new();
