@@ -289,9 +289,9 @@ async fn with_health_auth_the_probes_declare_the_global_security() {
 #[test]
 fn an_empty_cluster_is_a_valid_document_too() {
     let doc = openapi_document(&[], false);
-    // `/` and the probes.
+    // `/`, the probes and the metrics.
     let paths: Vec<&String> = doc["paths"].as_object().unwrap().keys().collect();
-    assert_eq!(paths, ["/", "/healthz", "/readyz"]);
+    assert_eq!(paths, ["/", "/healthz", "/metrics", "/readyz"]);
     assert_eq!(
         doc["paths"]["/readyz"]["get"]["responses"]["503"]["content"]["application/json"]["schema"]
             ["required"],

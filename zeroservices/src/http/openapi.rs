@@ -37,14 +37,19 @@ pub(crate) async fn handler(
         security.push(json!({"bearerAuth": []}));
         doc["security"] = Value::Array(security);
     }
-    if state.config.health_auth {
-        // The probes need a user like every other route (ZS_HEALTH_AUTH=on).
-        for path in super::health::PROBES {
-            if let Some(op) = doc["paths"][path]["get"].as_object_mut() {
-                op.remove("security");
-                op["responses"]["401"] = error_ref("401");
-                op["responses"]["403"] = error_ref("403");
-            }
+    // The probes need a user like every other route with ZS_HEALTH_AUTH=on, the metrics unless
+    // ZS_METRICS_AUTH=off.
+    let probes = super::health::PROBES
+        .iter()
+        .filter(|_| state.config.health_auth);
+    let metrics = [super::health::METRICS]
+        .into_iter()
+        .filter(|_| state.config.metrics_auth);
+    for path in probes.copied().chain(metrics) {
+        if let Some(op) = doc["paths"][path]["get"].as_object_mut() {
+            op.remove("security");
+            op["responses"]["401"] = error_ref("401");
+            op["responses"]["403"] = error_ref("403");
         }
     }
     Json(doc)
@@ -210,6 +215,20 @@ fn add_probes(paths: &mut Map<String, Value>, operation_ids: &mut HashSet<String
                     "properties": {"status": {"type": "string", "enum": ["ok"]}},
                     "required": ["status"],
                 })),
+            },
+        }}),
+    );
+    paths.insert(
+        super::health::METRICS.into(),
+        json!({"get": {
+            "operationId": unique_id(operation_ids, "metrics"),
+            "summary": "The node's counters, for Prometheus (OpenMetrics text)",
+            "security": [],
+            "responses": {
+                "200": {
+                    "description": "The counters",
+                    "content": {"application/openmetrics-text": {"schema": {"type": "string"}}},
+                },
             },
         }}),
     );
