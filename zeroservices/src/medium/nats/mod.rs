@@ -75,7 +75,7 @@ use self::subjects::Subjects;
 use super::wire::{self, Call, Outgoing, Rejection, Wire};
 use super::{Endpoints, Inbound, Medium, Request};
 use crate::config::NetworkConfig;
-use crate::security::DropLog;
+use crate::security::{ClusterKey, DropLog};
 use crate::security::seal::HEADER_LEN;
 use crate::{Error, Event, NodeInfo, Result};
 
@@ -164,6 +164,9 @@ struct Inner {
     inbound: OnceLock<Arc<dyn Inbound>>,
     client: OnceLock<Client>,
     state: Mutex<State>,
+    /// Held while the subscriptions change (one change at a time: serving, the interest, a
+    /// keyring reload), so that no two changes subscribe to one subject twice.
+    subscribing: tokio::sync::Mutex<()>,
     /// The prefixes the node's subscribers want, and those always wanted (the sniffer's).
     interest: Mutex<(Vec<String>, Vec<String>)>,
     /// Bumped with every change of the interest; the interest task says which it applied.
@@ -181,8 +184,9 @@ struct Inner {
 struct State {
     started: bool,
     stopped: bool,
-    /// Subscription tasks by what they serve: `node`, `req:<collection>`, `evt:<prefix>`.
-    subscriptions: HashMap<String, Vec<JoinHandle<()>>>,
+    /// Subscriptions by what they serve (`node`, `req:<collection>`, `evt:<prefix>`): each
+    /// subject with the task that takes its messages.
+    subscriptions: HashMap<String, Vec<(String, JoinHandle<()>)>>,
     tasks: Vec<JoinHandle<()>>,
     /// Collections to serve (given before start, subscribed at start).
     serving: BTreeSet<String>,
@@ -223,6 +227,7 @@ impl NatsMedium {
                 inbound: OnceLock::new(),
                 client: OnceLock::new(),
                 state: Mutex::new(State::default()),
+                subscribing: tokio::sync::Mutex::new(()),
                 interest: Mutex::new((Vec::new(), Vec::new())),
                 wanted: watch::Sender::new(0),
                 applied: watch::Sender::new(0),
@@ -334,7 +339,7 @@ impl Drop for Inner {
         for task in state
             .subscriptions
             .drain()
-            .flat_map(|(_, t)| t)
+            .flat_map(|(_, t)| t.into_iter().map(|(_, task)| task))
             .chain(state.tasks.drain(..))
         {
             task.abort();
@@ -543,57 +548,138 @@ impl Inner {
         }
     }
 
-    /// Subscribes to `subjects` (in `queue`, if given) and hands each message to `take`, on a
-    /// task per subject; `key` names them for unsubscribing.
+    /// Makes the subscriptions named `key` exactly `subjects` (in `queue`, if given), each
+    /// handing its messages to `take` on a task of its own: subscribes to the subjects it lacks
+    /// and drops those no longer wanted (a keyring reload changes the tags); a subject kept is
+    /// not touched, so nothing is missed or received twice while they change. With
+    /// [`Change::Refresh`] a key that is gone (unsubscribed meanwhile) stays gone.
     async fn subscribe(
         self: &Arc<Self>,
         key: String,
         subjects: Vec<String>,
         queue: Option<&str>,
         take: fn(&Arc<Inner>, Message),
+        change: Change,
     ) -> Result<()> {
+        let _one = self.subscribing.lock().await;
         let client = self.client()?.clone();
-        let mut tasks = Vec::new();
-        for subject in subjects {
-            let subscriber: Subscriber = match queue {
+        let have: Vec<String> = match lock(&self.state).subscriptions.get(&key) {
+            Some(current) => current.iter().map(|(s, _)| s.clone()).collect(),
+            None if change == Change::Refresh => return Ok(()),
+            None => Vec::new(),
+        };
+        let mut added: Vec<(String, JoinHandle<()>)> = Vec::new();
+        for subject in subjects.iter().filter(|s| !have.contains(s)) {
+            let subscribed = match queue {
                 Some(queue) => {
                     client
                         .queue_subscribe(subject.clone(), queue.to_owned())
                         .await
                 }
                 None => client.subscribe(subject.clone()).await,
-            }
-            .map_err(|e| Error::unavailable(format!("cannot subscribe to {subject}: {e}")))?;
-            let inner = Arc::downgrade(self);
-            tasks.push(tokio::spawn(async move {
-                let mut subscriber = subscriber;
-                while let Some(message) = subscriber.next().await {
-                    let Some(inner) = inner.upgrade() else { break };
-                    take(&inner, message);
+            };
+            let subscriber: Subscriber = match subscribed {
+                Ok(subscriber) => subscriber,
+                Err(e) => {
+                    for (_, task) in added {
+                        task.abort();
+                    }
+                    return Err(Error::unavailable(format!(
+                        "cannot subscribe to {subject}: {e}"
+                    )));
                 }
-            }));
+            };
+            let inner = Arc::downgrade(self);
+            added.push((
+                subject.clone(),
+                tokio::spawn(async move {
+                    let mut subscriber = subscriber;
+                    while let Some(message) = subscriber.next().await {
+                        let Some(inner) = inner.upgrade() else { break };
+                        take(&inner, message);
+                    }
+                }),
+            ));
         }
         let mut state = lock(&self.state);
         if state.stopped {
-            for task in tasks {
+            for (_, task) in added {
                 task.abort();
             }
             return Ok(());
         }
-        if let Some(old) = state.subscriptions.insert(key, tasks) {
-            for task in old {
+        let current = state.subscriptions.entry(key).or_default();
+        // A subscriber dropped with its task unsubscribes.
+        current.retain(|(subject, task)| {
+            let keep = subjects.contains(subject);
+            if !keep {
                 task.abort();
             }
-        }
+            keep
+        });
+        current.extend(added);
         Ok(())
     }
 
-    fn unsubscribe(&self, key: &str) {
+    async fn unsubscribe(&self, key: &str) {
+        let _one = self.subscribing.lock().await;
         if let Some(tasks) = lock(&self.state).subscriptions.remove(key) {
-            for task in tasks {
+            for (_, task) in tasks {
                 task.abort();
             }
         }
+    }
+
+    /// Follows a keyring reload: every subscription under the tags of the keys of the ring now
+    /// (requests to this node, to its collections, the events its subscribers want), those of
+    /// removed keys dropped. Sealing and opening follow the ring by themselves.
+    async fn follow_keys(self: &Arc<Self>) {
+        let keys: Vec<String> = lock(&self.state).subscriptions.keys().cloned().collect();
+        for key in keys {
+            let result = if key == "node" {
+                match self.subjects.node_filters(&self.wire, self.node_id()) {
+                    Ok(subjects) => {
+                        self.subscribe(key.clone(), subjects, None, take_request, Change::Refresh)
+                            .await
+                    }
+                    Err(e) => Err(e),
+                }
+            } else if let Some(collection) = key.strip_prefix("req:") {
+                match self.subjects.request_filters(&self.wire, collection) {
+                    Ok(subjects) => {
+                        self.subscribe(
+                            key.clone(),
+                            subjects,
+                            Some(OWNERS),
+                            take_request,
+                            Change::Refresh,
+                        )
+                        .await
+                    }
+                    Err(e) => Err(e),
+                }
+            } else if let Some(prefix) = key.strip_prefix("evt:") {
+                match self.subjects.event_filters(&self.wire, prefix) {
+                    Some(subjects) => {
+                        self.subscribe(key.clone(), subjects, None, take_event, Change::Refresh)
+                            .await
+                    }
+                    None => Ok(()),
+                }
+            } else {
+                Ok(())
+            };
+            if let Err(e) = result {
+                tracing::warn!(subscription = %key, error = %e, "nats: not resubscribed after a keyring reload");
+            }
+        }
+        if let Some(client) = self.client.get() {
+            let _ = tokio::time::timeout(self.config.request_timeout, client.flush()).await;
+        }
+        tracing::info!(
+            subscriptions = lock(&self.state).subscriptions.len(),
+            "nats: subscriptions follow the reloaded cluster keyring"
+        );
     }
 
     /// Subscribes to the request subjects of `collection`, in the owners' queue group.
@@ -604,6 +690,7 @@ impl Inner {
             subjects,
             Some(OWNERS),
             take_request,
+            Change::Set,
         )
         .await
     }
@@ -629,14 +716,14 @@ impl Inner {
                     continue;
                 };
                 if let Err(e) = self
-                    .subscribe(format!("evt:{prefix}"), filters, None, take_event)
+                    .subscribe(format!("evt:{prefix}"), filters, None, take_event, Change::Set)
                     .await
                 {
                     tracing::warn!(%prefix, error = %e, "nats: cannot subscribe to events");
                 }
             }
             for prefix in current.iter().filter(|p| !prefixes.contains(p)) {
-                self.unsubscribe(&format!("evt:{prefix}"));
+                self.unsubscribe(&format!("evt:{prefix}")).await;
             }
             self.applied.send_replace(version);
             if wanted.changed().await.is_err() {
@@ -644,6 +731,15 @@ impl Inner {
             }
         }
     }
+}
+
+/// What [`Inner::subscribe`] does with a key it does not hold.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Change {
+    /// Subscribes (a new key, or new subjects for one).
+    Set,
+    /// Only updates a key still held (a keyring reload).
+    Refresh,
 }
 
 fn take_request(inner: &Arc<Inner>, message: Message) {
@@ -667,6 +763,8 @@ impl Medium for NatsMedium {
             }
             state.started = true;
         }
+        // Told of keyring reloads from now on: the subjects below are of the ring as of now.
+        let ring_changes = inner.config.cluster_key.as_ref().map(ClusterKey::watch);
         let node_subjects = inner.subjects.node_filters(&inner.wire, node_id)?;
         let endpoint = inner.subjects.node(&inner.wire, node_id)?;
         let client = inner.link.acquire().await?;
@@ -674,7 +772,13 @@ impl Medium for NatsMedium {
         let _ = inner.node_id.set(node_id.to_owned());
         let _ = inner.inbound.set(inbound);
         inner
-            .subscribe("node".to_owned(), node_subjects, None, take_request)
+            .subscribe(
+                "node".to_owned(),
+                node_subjects,
+                None,
+                take_request,
+                Change::Set,
+            )
             .await?;
         let serving: Vec<String> = lock(&inner.state).serving.iter().cloned().collect();
         for collection in serving {
@@ -685,6 +789,17 @@ impl Medium for NatsMedium {
         {
             let mut state = lock(&inner.state);
             state.tasks.push(follow);
+            // After a keyring reload (SIGHUP below, or `ClusterKey::reload` on any clone of the
+            // key) the subscriptions follow the keys of the ring.
+            if let Some(mut ring) = ring_changes {
+                let weak = Arc::downgrade(inner);
+                state.tasks.push(tokio::spawn(async move {
+                    while ring.changed().await.is_ok() {
+                        let Some(inner) = weak.upgrade() else { break };
+                        inner.follow_keys().await;
+                    }
+                }));
+            }
             // The keyring from a file is re-read on SIGHUP while the medium runs, as with
             // ZeroMQ (README "Rotating the cluster key").
             #[cfg(unix)]
@@ -741,7 +856,7 @@ impl Medium for NatsMedium {
             return Ok(());
         }
         for collection in removed {
-            inner.unsubscribe(&format!("req:{collection}"));
+            inner.unsubscribe(&format!("req:{collection}")).await;
         }
         for collection in added {
             inner.serve_collection(&collection).await?;
@@ -824,7 +939,7 @@ impl Medium for NatsMedium {
             let tasks: Vec<JoinHandle<()>> = state
                 .subscriptions
                 .drain()
-                .flat_map(|(_, t)| t)
+                .flat_map(|(_, t)| t.into_iter().map(|(_, task)| task))
                 .chain(state.tasks.drain(..))
                 .collect();
             (tasks, was_running)
@@ -887,12 +1002,18 @@ mod tests {
         }
         let config = NetworkConfig {
             request_timeout: Duration::from_millis(500),
+            nats_connect: Duration::from_millis(600),
             ..config()
         };
         let medium = NatsMedium::new(NatsLink::new(&config), config);
+        let started = std::time::Instant::now();
         let error = medium.start("a-1", Arc::new(Nobody)).await.unwrap_err();
+        // Tried again until ZS_NATS_CONNECT_MS, then an error naming the servers and the setting.
+        assert!(started.elapsed() >= Duration::from_millis(600));
+        assert!(started.elapsed() < Duration::from_secs(5), "{:?}", started.elapsed());
         assert!(matches!(error, Error::Unavailable { .. }), "{error}");
         assert!(error.to_string().contains("127.0.0.1:9"), "{error}");
+        assert!(error.to_string().contains("ZS_NATS_CONNECT_MS"), "{error}");
     }
 
     #[test]
