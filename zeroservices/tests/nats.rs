@@ -959,7 +959,10 @@ async fn an_owner_on_nats_follows_a_keyring_reloaded_on_sighup() {
         match powers.create(power(2)).await {
             Ok(created) => break created,
             Err(e) => {
-                assert!(Instant::now() < deadline, "B does not reach the owner: {e:?}");
+                assert!(
+                    Instant::now() < deadline,
+                    "B does not reach the owner: {e:?}"
+                );
                 tokio::time::sleep(Duration::from_millis(50)).await;
             }
         }
@@ -990,16 +993,21 @@ async fn an_owner_on_nats_follows_a_keyring_reloaded_on_sighup() {
         })
         .await;
     let event = next_event(&mut owner_chat).await;
-    assert_eq!((event.topic.as_str(), &event.data), ("chat.hello", &json!({"from": "b"})));
+    assert_eq!(
+        (event.topic.as_str(), &event.data),
+        ("chat.hello", &json!({"from": "b"}))
+    );
     // A still works meanwhile.
     raw_a.call_any(Request::new("power", "list")).await.unwrap();
 
     // [B]: A removed. The owner no longer listens under A's subjects: nobody responds there.
     std::fs::write(&path, "key-b\n").unwrap();
     sighup();
-    eventually("the keyring is reloaded again", Duration::from_secs(5), || {
-        ring.len() == 1
-    })
+    eventually(
+        "the keyring is reloaded again",
+        Duration::from_secs(5),
+        || ring.len() == 1,
+    )
     .await;
     let deadline = Instant::now() + Duration::from_secs(5);
     loop {

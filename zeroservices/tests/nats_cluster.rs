@@ -124,12 +124,7 @@ impl NatsCluster {
             let mut routed = 0;
             for server in &running {
                 let url = format!("http://127.0.0.1:{}/routez", server.monitor);
-                let Ok(reply) = http
-                    .get(&url)
-                    .timeout(Duration::from_secs(1))
-                    .send()
-                    .await
-                else {
+                let Ok(reply) = http.get(&url).timeout(Duration::from_secs(1)).send().await else {
                     continue;
                 };
                 let Ok(routez) = reply.json::<serde_json::Value>().await else {
@@ -382,9 +377,10 @@ async fn a_nats_cluster_losing_the_gateways_server_is_survived() {
     // No acknowledged write is lost: each reads back with its value.
     let powers = gateway.collection::<Power>();
     for write in &ok {
-        let read = powers.get(&write.id).await.unwrap_or_else(|e| {
-            panic!("acknowledged write {} is not readable: {e}", write.id)
-        });
+        let read = powers
+            .get(&write.id)
+            .await
+            .unwrap_or_else(|e| panic!("acknowledged write {} is not readable: {e}", write.id));
         assert_eq!(read.value, write.value, "{}", write.id);
     }
 

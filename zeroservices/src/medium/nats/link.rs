@@ -25,9 +25,11 @@ const CONNECT_RETRY_FIRST: Duration = Duration::from_millis(100);
 /// [`NatsDiscovery`](crate::discovery::NatsDiscovery): connected when the first of them starts,
 /// closed (flushed, then drained) when the last of them stops.
 ///
-/// The client reconnects by itself, forever, trying the listed servers (and those the
-/// server's cluster tells it about) with a backoff of at most one second; its subscriptions
-/// come back with it. While it is down, calls fail at once with [`Error::Unavailable`] and calls
+/// The first connect is tried again and again (each failed attempt logged) for
+/// [`NetworkConfig::nats_connect`] (`ZS_NATS_CONNECT_MS`), so a node may start before its NATS
+/// server; then it fails naming the servers. Once connected, the client reconnects by itself,
+/// forever, trying the listed servers (and those the server's cluster tells it about) with a
+/// backoff of at most one second; its subscriptions come back with it. While it is down, calls fail at once with [`Error::Unavailable`] and calls
 /// in flight fail when it drops.
 pub struct NatsLink {
     servers: Vec<NatsServer>,
@@ -95,7 +97,8 @@ impl NatsLink {
     /// The client, connecting the first time (one user more: [`NatsLink::release`] once done).
     ///
     /// # Errors
-    /// [`Error::Unavailable`] naming the servers when none answers within the connect timeout;
+    /// [`Error::Unavailable`] naming the servers and `ZS_NATS_CONNECT_MS` when none answers
+    /// within it;
     /// [`Error::BadRequest`] for no server or a credentials file that does not read.
     pub(crate) async fn acquire(&self) -> Result<Client> {
         let client = self.client.get_or_try_init(|| self.connect()).await?;
@@ -127,7 +130,10 @@ impl NatsLink {
         if info.port == 0 {
             return None;
         }
-        Some(format!("{}:{} ({})", info.host, info.port, info.server_name))
+        Some(format!(
+            "{}:{} ({})",
+            info.host, info.port, info.server_name
+        ))
     }
 
     /// Connects, trying the servers again until one answers or [`NetworkConfig::nats_connect`]

@@ -24,8 +24,11 @@
 //!
 //! With a cluster key every name token above (collection, node id, each topic segment) is its
 //! keyed tag, as in the ZeroMQ medium's topic frames: 16 hex digits of an HMAC under the key, so
-//! the subjects show no names, and nodes under another key use other subjects altogether. An
-//! owner subscribes under every key of its ring (a rotation keeps working), as of its start.
+//! the subjects show no names, and nodes under another key use other subjects altogether. A
+//! node subscribes under every key of its ring (a rotation keeps working), and follows a
+//! reload of the ring (`SIGHUP` with `ZS_CLUSTER_KEY_FILE`, or [`ClusterKey::reload`]): the
+//! subjects of a new key are subscribed, those of a key removed dropped, those kept untouched
+//! (nothing missed, nothing received twice while it changes).
 //!
 //! # Payloads
 //!
@@ -54,8 +57,12 @@
 //!
 //! A call fails at once with [`Error::Unavailable`] while the connection is down, and a call in
 //! flight fails with it when the connection drops; NATS's "no responders" is `Unavailable` too;
-//! no reply within the request timeout is [`Error::Timeout`]. The client reconnects by itself
-//! (see [`NatsLink`]), and the node serves again without a restart.
+//! no reply within the request timeout is [`Error::Timeout`]. At start the first connect is
+//! tried again until `ZS_NATS_CONNECT_MS` (a node may start before its NATS). Afterwards the
+//! client reconnects by itself, to any listed server or one its cluster told it about (see
+//! [`NatsLink`]), and the node serves again without a restart: losing one server of a NATS
+//! cluster fails the calls in flight on the connections to it with `Unavailable`, and those
+//! nodes serve again through another server within a fraction of a second.
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -75,8 +82,8 @@ use self::subjects::Subjects;
 use super::wire::{self, Call, Outgoing, Rejection, Wire};
 use super::{Endpoints, Inbound, Medium, Request};
 use crate::config::NetworkConfig;
-use crate::security::{ClusterKey, DropLog};
 use crate::security::seal::HEADER_LEN;
+use crate::security::{ClusterKey, DropLog};
 use crate::{Error, Event, NodeInfo, Result};
 
 mod jetstream;
@@ -716,7 +723,13 @@ impl Inner {
                     continue;
                 };
                 if let Err(e) = self
-                    .subscribe(format!("evt:{prefix}"), filters, None, take_event, Change::Set)
+                    .subscribe(
+                        format!("evt:{prefix}"),
+                        filters,
+                        None,
+                        take_event,
+                        Change::Set,
+                    )
                     .await
                 {
                     tracing::warn!(%prefix, error = %e, "nats: cannot subscribe to events");
@@ -1010,7 +1023,11 @@ mod tests {
         let error = medium.start("a-1", Arc::new(Nobody)).await.unwrap_err();
         // Tried again until ZS_NATS_CONNECT_MS, then an error naming the servers and the setting.
         assert!(started.elapsed() >= Duration::from_millis(600));
-        assert!(started.elapsed() < Duration::from_secs(5), "{:?}", started.elapsed());
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "{:?}",
+            started.elapsed()
+        );
         assert!(matches!(error, Error::Unavailable { .. }), "{error}");
         assert!(error.to_string().contains("127.0.0.1:9"), "{error}");
         assert!(error.to_string().contains("ZS_NATS_CONNECT_MS"), "{error}");
