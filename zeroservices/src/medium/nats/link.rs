@@ -5,10 +5,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use tokio::time::Instant;
-
 use async_nats::{Client, ConnectOptions, ServerAddr};
 use tokio::sync::{OnceCell, watch};
+use tokio::time::Instant;
 
 use crate::config::{NatsServer, NetworkConfig, Transport};
 use crate::{Error, Result};
