@@ -632,6 +632,8 @@ async fn a_nats_server_killed_and_restarted_under_calls_is_survived() {
         .unwrap();
     let powers = client.collection::<Power>();
     let id = powers.create(power(5)).await.unwrap();
+    let ready = client.readiness(Duration::from_secs(1)).await;
+    assert!(ready.is_ready(), "{}", ready.to_json());
 
     // Calls in a loop, each timed, while the server dies.
     let calls = {
@@ -654,6 +656,20 @@ async fn a_nats_server_killed_and_restarted_under_calls_is_survived() {
     let results = calls.await.unwrap();
     let failures: Vec<_> = results.iter().filter(|(_, r)| r.is_err()).collect();
     assert!(!failures.is_empty(), "calls failed while NATS was down");
+    // While the server is down, the readiness probe says so (the medium and discovery checks).
+    for node in [&client, &owner] {
+        let ready = node.readiness(Duration::from_secs(1)).await;
+        let body = ready.to_json();
+        assert!(!ready.is_ready(), "{body}");
+        assert_eq!(
+            body["checks"]["medium"], "not connected to any NATS server",
+            "{body}"
+        );
+        assert_eq!(
+            body["checks"]["discovery"], "not connected to any NATS server",
+            "{body}"
+        );
+    }
     for (took, result) in &results {
         assert!(
             *took <= config.request_timeout + Duration::from_millis(500),
@@ -683,6 +699,8 @@ async fn a_nats_server_killed_and_restarted_under_calls_is_survived() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     eprintln!("serving again {:?} after the restart", back_at.elapsed());
+    let ready = client.readiness(Duration::from_secs(1)).await;
+    assert!(ready.is_ready(), "{}", ready.to_json());
     // Writes too.
     powers
         .patch(&id, patch!({"$set": {"value": 6}}))

@@ -969,6 +969,16 @@ impl Medium for NatsMedium {
         Some(self)
     }
 
+    /// Up while the client is connected to a NATS server: between a lost connection and the
+    /// reconnect every call fails with `Unavailable`, so `/readyz` says 503 meanwhile.
+    fn health(&self) -> std::result::Result<(), String> {
+        if self.inner.link.is_connected() {
+            Ok(())
+        } else {
+            Err("not connected to any NATS server".into())
+        }
+    }
+
     fn describe(&self) -> String {
         format!(
             "nats {} ({})",
