@@ -65,14 +65,15 @@
 //! nodes serve again through another server within a fraction of a second.
 
 use std::collections::{BTreeSet, HashMap};
+use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use async_nats::client::RequestErrorKind;
-use async_nats::{Client, Message, Subscriber};
+use async_nats::{Client, Message, Subject, Subscriber};
 use async_trait::async_trait;
-use futures::StreamExt;
+use futures::{FutureExt, StreamExt};
 use serde_json::Value;
 use serde_json::value::RawValue;
 use tokio::sync::watch;
@@ -95,6 +96,9 @@ pub use self::link::NatsLink;
 
 /// The queue group every owner of a collection joins on its request subject.
 const OWNERS: &str = "owners";
+/// A request payload larger than this is opened and parsed on a serving task of its own, not
+/// on its subscription's task (as in the ZeroMQ medium).
+const INLINE_BODY_BYTES: usize = 64 * 1024;
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     // Every critical section is a few map operations: a poisoned lock is still consistent.
@@ -473,28 +477,85 @@ impl Inner {
         }
     }
 
-    /// Answers one request message (on its own task).
-    async fn serve(self: Arc<Self>, message: Message) {
+    /// Takes one request message on its subscription's task: a reply to send from there
+    /// (answered at once), or `None` (dropped, or served on a task of its own, which replies).
+    ///
+    /// Like the ZeroMQ medium's ROUTER task: a payload over [`INLINE_BODY_BYTES`] is opened and
+    /// parsed on a serving task; otherwise it is opened and parsed here, and its handler polled
+    /// once in place only when the node says it is cheap ([`Inbound::serve_inline`]: a `get`, a
+    /// `create`, a `delete`); one that completes without waiting is answered from here (no task
+    /// per request), one that waits moves to a task of its own, as does every other request at
+    /// once, so a slow request never stalls the ones behind it.
+    fn accept(self: &Arc<Self>, message: Message) -> Option<(Subject, Vec<u8>)> {
         let Some(reply_to) = message.reply.clone() else {
             self.drops.count(
                 "request",
                 &Rejection::Malformed("a request without a reply subject".to_owned()),
             );
-            return;
+            return None;
         };
-        let body = match self.open(wire::SEAL_CALL, b"", &message.payload) {
+        if message.payload.len() > INLINE_BODY_BYTES {
+            let inner = self.clone();
+            tokio::spawn(async move {
+                let payload = match inner.parse(&message.payload) {
+                    Parsed::Done(payload) => payload,
+                    Parsed::Serve {
+                        id,
+                        from,
+                        request,
+                        inbound,
+                    } => Some(inner.handle(inbound, id, from, request).await),
+                };
+                if let Some(payload) = payload {
+                    inner.reply(reply_to, payload).await;
+                }
+            });
+            return None;
+        }
+        let (id, from, request, inbound) = match self.parse(&message.payload) {
+            Parsed::Done(payload) => return payload.map(|p| (reply_to, p)),
+            Parsed::Serve {
+                id,
+                from,
+                request,
+                inbound,
+            } => (id, from, request, inbound),
+        };
+        let inline = inbound.serve_inline(&request);
+        let inner = self.clone();
+        let mut served = Box::pin(async move { inner.handle(inbound, id, from, request).await });
+        if inline && let Some(payload) = (&mut served).now_or_never() {
+            return Some((reply_to, payload));
+        }
+        let inner = self.clone();
+        tokio::spawn(async move {
+            let payload = served.await;
+            inner.reply(reply_to, payload).await;
+        });
+        None
+    }
+
+    /// Opens and parses a request payload: a request to serve, or what to answer at once
+    /// (a `bad_request` error) or nothing (dropped, counted).
+    fn parse(&self, payload: &[u8]) -> Parsed {
+        let body = match self.open(wire::SEAL_CALL, b"", payload) {
             Ok(body) => body,
             Err(rejection) => {
                 self.drops.count("request", &rejection);
-                return;
+                return Parsed::Done(None);
             }
         };
         let (id, reply) = match wire::decode_call(&body) {
             Ok(Call::Request { id, from, request }) => {
                 let Some(inbound) = self.inbound.get() else {
-                    return;
+                    return Parsed::Done(None);
                 };
-                (id, inbound.request_raw(from, request).await)
+                return Parsed::Serve {
+                    id,
+                    from,
+                    request,
+                    inbound: inbound.clone(),
+                };
             }
             Ok(Call::Control { id, .. }) => (
                 id,
@@ -509,12 +570,36 @@ impl Inner {
             }
             Err(rejection) => {
                 self.drops.count("request", &rejection);
-                return;
+                return Parsed::Done(None);
             }
         };
-        let body = self.wire.encode_response(id, &reply);
-        let payload = self.seal(wire::SEAL_RESPONSE, b"", body);
+        Parsed::Done(Some(self.response(id, &reply)))
+    }
+
+    /// Serves one request: the sealed reply (a handler that panics is an `internal` error).
+    async fn handle(
+        &self,
+        inbound: Arc<dyn Inbound>,
+        id: u64,
+        from: Option<String>,
+        request: Request,
+    ) -> Vec<u8> {
+        let served = AssertUnwindSafe(inbound.request_raw(from, request))
+            .catch_unwind()
+            .await;
+        let reply = served.unwrap_or_else(|_| Err(Error::internal("request handler panicked")));
+        self.response(id, &reply)
+    }
+
+    /// The sealed response envelope of request `id`.
+    fn response(&self, id: u64, reply: &Result<Box<RawValue>>) -> Vec<u8> {
+        let body = self.wire.encode_response(id, reply);
         self.served.fetch_add(1, Ordering::Relaxed);
+        self.seal(wire::SEAL_RESPONSE, b"", body)
+    }
+
+    /// Publishes a reply on the request's reply subject.
+    async fn reply(&self, reply_to: Subject, payload: Vec<u8>) {
         if let Some(client) = self.client.get()
             && let Err(e) = client.publish(reply_to, payload.into()).await
         {
@@ -565,7 +650,7 @@ impl Inner {
         key: String,
         subjects: Vec<String>,
         queue: Option<&str>,
-        take: fn(&Arc<Inner>, Message),
+        take: Take,
         change: Change,
     ) -> Result<()> {
         let _one = self.subscribing.lock().await;
@@ -603,7 +688,14 @@ impl Inner {
                     let mut subscriber = subscriber;
                     while let Some(message) = subscriber.next().await {
                         let Some(inner) = inner.upgrade() else { break };
-                        take(&inner, message);
+                        match take {
+                            Take::Event => inner.event(&message),
+                            Take::Request => {
+                                if let Some((reply_to, payload)) = inner.accept(message) {
+                                    inner.reply(reply_to, payload).await;
+                                }
+                            }
+                        }
                     }
                 }),
             ));
@@ -646,7 +738,7 @@ impl Inner {
             let result = if key == "node" {
                 match self.subjects.node_filters(&self.wire, self.node_id()) {
                     Ok(subjects) => {
-                        self.subscribe(key.clone(), subjects, None, take_request, Change::Refresh)
+                        self.subscribe(key.clone(), subjects, None, Take::Request, Change::Refresh)
                             .await
                     }
                     Err(e) => Err(e),
@@ -658,7 +750,7 @@ impl Inner {
                             key.clone(),
                             subjects,
                             Some(OWNERS),
-                            take_request,
+                            Take::Request,
                             Change::Refresh,
                         )
                         .await
@@ -668,7 +760,7 @@ impl Inner {
             } else if let Some(prefix) = key.strip_prefix("evt:") {
                 match self.subjects.event_filters(&self.wire, prefix) {
                     Some(subjects) => {
-                        self.subscribe(key.clone(), subjects, None, take_event, Change::Refresh)
+                        self.subscribe(key.clone(), subjects, None, Take::Event, Change::Refresh)
                             .await
                     }
                     None => Ok(()),
@@ -696,7 +788,7 @@ impl Inner {
             format!("req:{collection}"),
             subjects,
             Some(OWNERS),
-            take_request,
+            Take::Request,
             Change::Set,
         )
         .await
@@ -727,7 +819,7 @@ impl Inner {
                         format!("evt:{prefix}"),
                         filters,
                         None,
-                        take_event,
+                        Take::Event,
                         Change::Set,
                     )
                     .await
@@ -755,12 +847,26 @@ enum Change {
     Refresh,
 }
 
-fn take_request(inner: &Arc<Inner>, message: Message) {
-    tokio::spawn(inner.clone().serve(message));
+/// What a subscription's task does with a message.
+#[derive(Clone, Copy)]
+enum Take {
+    /// A request: [`Inner::accept`].
+    Request,
+    /// An event: [`Inner::event`].
+    Event,
 }
 
-fn take_event(inner: &Arc<Inner>, message: Message) {
-    inner.event(&message);
+/// What [`Inner::parse`] made of a request payload.
+enum Parsed {
+    /// Answered at once (the reply payload) or dropped (`None`).
+    Done(Option<Vec<u8>>),
+    /// A request for the node.
+    Serve {
+        id: u64,
+        from: Option<String>,
+        request: Request,
+        inbound: Arc<dyn Inbound>,
+    },
 }
 
 #[async_trait]
@@ -789,7 +895,7 @@ impl Medium for NatsMedium {
                 "node".to_owned(),
                 node_subjects,
                 None,
-                take_request,
+                Take::Request,
                 Change::Set,
             )
             .await?;
