@@ -43,6 +43,30 @@ impl Power {
     }
 }
 
+/// A resource whose actions wait or panic.
+#[resource(collection = "chore")]
+#[derive(Debug, Clone, PartialEq)]
+pub struct Chore {
+    /// A name.
+    pub name: String,
+}
+
+#[actions]
+impl Chore {
+    /// Answers after `ms` milliseconds (at most 10 s): a request that waits.
+    #[action(collection)]
+    async fn slow(ms: u64) -> Result<String> {
+        tokio::time::sleep(Duration::from_millis(ms.min(10_000))).await;
+        Ok("slow".to_owned())
+    }
+
+    /// A handler that panics.
+    #[action(collection)]
+    async fn boom() -> Result<String> {
+        panic!("boom: a handler that panics");
+    }
+}
+
 fn power(value: i64) -> Power {
     Power { value, note: None }
 }
@@ -265,6 +289,79 @@ async fn nats_balances_requests_among_the_owners_of_a_collection() {
     }
     client.stop().await;
     owners[1].stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs a NATS server: ZS_TEST_NATS_URL (scripts/test.sh starts one)"]
+async fn over_nats_a_slow_or_panicking_request_stalls_no_other() {
+    let url = nats_url("over_nats_a_slow_or_panicking_request_stalls_no_other");
+    let config = NetworkConfig {
+        request_timeout: Duration::from_secs(20),
+        ..config(&url, &fresh_cluster(), None)
+    };
+    let owner = Node::builder("power")
+        .network(config.clone())
+        .resource::<Power>()
+        .resource::<Chore>()
+        .start()
+        .await
+        .unwrap();
+    let client = plain("api", &config).await;
+    for collection in ["power", "chore"] {
+        client
+            .wait_for_collection(collection, Duration::from_secs(5))
+            .await
+            .unwrap();
+    }
+    let powers = client.collection::<Power>();
+    let id = powers.create(power(2)).await.unwrap();
+    // Gets are served in place on the owner's subscription task; a request that waits is not:
+    // 200 gets go through while one slow action is still in flight.
+    let slow = {
+        let client = client.clone();
+        tokio::spawn(async move {
+            client
+                .request_as::<String>(
+                    Request::new("chore", "slow").args(json!(6000)),
+                )
+                .await
+        })
+    };
+    let served = owner.stats().requests_served;
+    eventually("the slow action reached the owner", Duration::from_secs(5), || {
+        owner.stats().requests_served > served
+    })
+    .await;
+    for _ in 0..200 {
+        assert_eq!(powers.get(&id).await.unwrap().value, 2);
+    }
+    if slow.is_finished() {
+        panic!(
+            "200 gets were not served while the slow action waited: {:?}",
+            slow.await
+        );
+    }
+    assert_eq!(slow.await.unwrap().unwrap(), "slow");
+
+    // Hostile: a handler that panics is an `internal` error reply at once (not a timeout),
+    // and the owner serves on.
+    let asked = Instant::now();
+    let error = client
+        .request_as::<String>(Request::new("chore", "boom"))
+        .await
+        .unwrap_err();
+    assert!(matches!(error, Error::Internal { .. }), "{error}");
+    assert!(asked.elapsed() < Duration::from_secs(10), "answered, not timed out");
+    assert_eq!(powers.get(&id).await.unwrap().value, 2);
+    // A request over 64 KiB is opened and parsed on a task of its own, and served.
+    let big = Power {
+        value: 7,
+        note: Some("x".repeat(100_000)),
+    };
+    let big_id = powers.create(big.clone()).await.unwrap();
+    assert_eq!(powers.get(&big_id).await.unwrap(), big);
+    client.stop().await;
+    owner.stop().await;
 }
 
 /// A `zeroservices` command over NATS.
