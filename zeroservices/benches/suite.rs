@@ -6,10 +6,11 @@
 //! cargo bench -p zeroservices --bench suite          # ZS_BENCH_SECONDS=5 per measure (default)
 //! ZS_BENCH_SECONDS=2 cargo bench -p zeroservices --bench suite   # quicker, noisier
 //! ZS_CLUSTER_KEY=secret cargo bench -p zeroservices --bench suite  # every process sealing
+//! ZS_SUITE_ONLY=nats ZS_BENCH_NATS_URL=nats://127.0.0.1:4222 cargo bench -p zeroservices --bench suite
 //! ```
 //!
-//! The binary re-executes itself (`ZS_SUITE_ROLE=owner|gateway|subscriber|idle`) for the child
-//! node processes. Everything runs on 127.0.0.1: the nodes' sockets bind to loopback and UDP
+//! The binary re-executes itself (`ZS_SUITE_ROLE=owner|gateway|subscriber|idle|nats_owner|
+//! nats_subscriber`) for the child node processes. Everything runs on 127.0.0.1: the nodes' sockets bind to loopback and UDP
 //! discovery uses a private multicast group port with `ZS_DISCOVERY_INTERFACE=127.0.0.1`, so no
 //! datagram leaves the machine. Every loop is bounded in time and in count; a child exits when
 //! its stdin closes and is killed when the suite drops it.
@@ -29,7 +30,16 @@
 //!    subscriber's); and delivery to 100 websocket clients in this process (rate and losses);
 //! 4. discovery: a new node seeing an existing one, ten, and an existing one right after ten
 //!    peers were killed (`kill -9`, still listed as peers);
-//! 5. footprint: VmRSS of an idle node process and of the owner under the GET load.
+//! 5. footprint: VmRSS of an idle node process and of the owner under the GET load;
+//! 6. NATS (issue 16; `ZS_BENCH_NATS_URL`, else `ZS_TEST_NATS_URL`, a server on loopback;
+//!    skipped with a line saying so without one): remote `get` from a gateway node in this
+//!    process to an owner process, both on `ZS_TRANSPORT=nats://...`, at 1 and 64 in flight,
+//!    without and with a cluster key, beside a raw `async-nats` request/reply echo (a responder
+//!    in the owner process, a client here, each on a connection of its own) through the same
+//!    server with a payload the size of the get's reply envelope (three alternating pairs, the
+//!    median pair); then created ticks per second seen by a subscriber process over NATS beside
+//!    one raw `async-nats` publisher here -> one subscription in that process.
+//!    `ZS_SUITE_ONLY=nats` runs it alone (no owner process, no `wrk`).
 
 use std::io::{BufRead, BufReader, Write};
 use std::net::{Ipv4Addr, SocketAddr, UdpSocket};
@@ -1276,7 +1286,15 @@ async fn raw_publish_run(
 async fn nats_group(table: &mut Table, net: &Net, time: Duration) {
     let skip = |table: &mut Table, why: String| {
         eprintln!("nats: skipped: {why}");
-        table.add("6 nats", format!("skipped: {why}"), "-", "-", "-", "-", "skipped");
+        table.add(
+            "6 nats",
+            format!("skipped: {why}"),
+            "-",
+            "-",
+            "-",
+            "-",
+            "skipped",
+        );
     };
     let Some(url) = nats_url() else {
         return skip(
@@ -1478,10 +1496,7 @@ async fn suite() {
     if want("nats") {
         nats_group(&mut table, &net, time).await;
     }
-    if !["rpc", "rest", "discovery", "events"]
-        .into_iter()
-        .any(want)
-    {
+    if !["rpc", "rest", "discovery", "events"].into_iter().any(want) {
         table.print();
         println!(
             "\n{secs} s per measure; {:.0} s in all.",

@@ -321,16 +321,16 @@ async fn over_nats_a_slow_or_panicking_request_stalls_no_other() {
         let client = client.clone();
         tokio::spawn(async move {
             client
-                .request_as::<String>(
-                    Request::new("chore", "slow").args(json!(6000)),
-                )
+                .request_as::<String>(Request::new("chore", "slow").args(json!(6000)))
                 .await
         })
     };
     let served = owner.stats().requests_served;
-    eventually("the slow action reached the owner", Duration::from_secs(5), || {
-        owner.stats().requests_served > served
-    })
+    eventually(
+        "the slow action reached the owner",
+        Duration::from_secs(5),
+        || owner.stats().requests_served > served,
+    )
     .await;
     for _ in 0..200 {
         assert_eq!(powers.get(&id).await.unwrap().value, 2);
@@ -351,7 +351,10 @@ async fn over_nats_a_slow_or_panicking_request_stalls_no_other() {
         .await
         .unwrap_err();
     assert!(matches!(error, Error::Internal { .. }), "{error}");
-    assert!(asked.elapsed() < Duration::from_secs(10), "answered, not timed out");
+    assert!(
+        asked.elapsed() < Duration::from_secs(10),
+        "answered, not timed out"
+    );
     assert_eq!(powers.get(&id).await.unwrap().value, 2);
     // A request over 64 KiB is opened and parsed on a task of its own, and served.
     let big = Power {

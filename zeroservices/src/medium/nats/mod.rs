@@ -53,6 +53,17 @@
 //! ZeroMQ. An owner subscribes to its collections' subjects only once it serves them
 //! ([`Medium::serve`], after the one-store check).
 //!
+//! # Serving
+//!
+//! Each subscription has a task of its own that reads its messages. A request's task opens and
+//! parses it (one over 64 KiB goes to a serving task first) and, like the ZeroMQ medium's ROUTER
+//! task, polls its handler once in place only when the node says it is cheap
+//! ([`Inbound::serve_inline`]: a `get`, a `create`, a `delete`): one that completes without
+//! waiting (a memory store) is answered from there, with no task per request; one that waits
+//! (a store's durable write) moves to a task of its own, as does every other request (a `list`,
+//! a `patch`, an action, a message) at once, so a slow request never stalls the ones behind it.
+//! A handler that panics is answered with an `internal` error.
+//!
 //! # Failures
 //!
 //! A call fails at once with [`Error::Unavailable`] while the connection is down, and a call in
