@@ -367,6 +367,78 @@ async fn over_nats_a_slow_or_panicking_request_stalls_no_other() {
     owner.stop().await;
 }
 
+/// A flood of requests that wait: past `MAX_SERVING` on tasks of their own the owner answers
+/// `unavailable` at once (counted) instead of piling up tasks, and serves on afterwards.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs a NATS server: ZS_TEST_NATS_URL (scripts/test.sh starts one)"]
+async fn over_nats_a_flood_of_waiting_requests_is_refused_past_the_cap_not_piled_up() {
+    let url =
+        nats_url("over_nats_a_flood_of_waiting_requests_is_refused_past_the_cap_not_piled_up");
+    let config = NetworkConfig {
+        request_timeout: Duration::from_secs(30),
+        ..config(&url, &fresh_cluster(), None)
+    };
+    let owner_medium = NatsMedium::new(NatsLink::new(&config), config.clone());
+    let owner = Node::builder("power")
+        .medium(owner_medium.clone())
+        .discovery(NatsDiscovery::new(
+            owner_medium.link().clone(),
+            config.clone(),
+        ))
+        .request_timeout(config.request_timeout)
+        .resource::<Power>()
+        .resource::<Chore>()
+        .start()
+        .await
+        .unwrap();
+    let client = plain("api", &config).await;
+    client
+        .wait_for_collection("chore", Duration::from_secs(5))
+        .await
+        .unwrap();
+    let flood = zeroservices::medium::nats::MAX_SERVING + 400;
+    let calls = futures::future::join_all((0..flood).map(|_| {
+        let client = client.clone();
+        async move {
+            client
+                .request_as::<String>(Request::new("chore", "slow").args(json!(4000)))
+                .await
+        }
+    }))
+    .await;
+    let ok = calls
+        .iter()
+        .filter(|r| matches!(r, Ok(s) if s == "slow"))
+        .count();
+    let refused = calls
+        .iter()
+        .filter(|r| matches!(r, Err(Error::Unavailable { .. })))
+        .count();
+    let stats = owner_medium.stats();
+    eprintln!("{flood} waiting requests: {ok} served, {refused} refused; {stats:?}");
+    assert_eq!(
+        ok + refused,
+        flood,
+        "every call served or refused, none timed out"
+    );
+    assert!(
+        refused > 0 && stats.refused_busy > 0,
+        "the cap refused some"
+    );
+    assert!(
+        ok >= zeroservices::medium::nats::MAX_SERVING / 2,
+        "most were served"
+    );
+    // The owner serves on once the flood is over.
+    let id = client.collection::<Power>().create(power(3)).await.unwrap();
+    assert_eq!(
+        client.collection::<Power>().get(&id).await.unwrap().value,
+        3
+    );
+    client.stop().await;
+    owner.stop().await;
+}
+
 /// A `zeroservices` command over NATS.
 fn zeroservices(url: &str, cluster: &str, args: &[&str]) -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_zeroservices"));

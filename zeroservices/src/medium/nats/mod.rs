@@ -62,7 +62,10 @@
 //! waiting (a memory store) is answered from there, with no task per request; one that waits
 //! (a store's durable write) moves to a task of its own, as does every other request (a `list`,
 //! a `patch`, an action, a message) at once, so a slow request never stalls the ones behind it.
-//! A handler that panics is answered with an `internal` error.
+//! A handler that panics is answered with an `internal` error. At most [`MAX_SERVING`] (4096)
+//! requests are served on tasks of their own at once; past it a request is answered
+//! `unavailable` at once (counted in [`NatsStats::refused_busy`], warned once a second at most),
+//! as over ZeroMQ, so a flood does not pile up tasks.
 //!
 //! # Failures
 //!
@@ -150,7 +153,14 @@ pub struct NatsStats {
     /// Messages of the change-log stream not handed out: garbage, forged, sealed under
     /// another key, on another entry's subject (also counted by kind above).
     pub log_rejected: u64,
+    /// Requests refused at once with `unavailable` because [`MAX_SERVING`] requests were
+    /// already being served on tasks of their own (a flood; logged once a second at most).
+    pub refused_busy: u64,
 }
+
+/// Requests served on tasks of their own at once (those that wait: actions, patches, large
+/// payloads); beyond this a request is answered `unavailable` at once, as over ZeroMQ.
+pub const MAX_SERVING: usize = 4096;
 
 #[derive(Default)]
 struct Drops {
@@ -176,6 +186,18 @@ impl Drops {
     }
 }
 
+/// The error of a request refused for [`MAX_SERVING`].
+const BUSY: &str = "the owner is serving too many requests at once; try again";
+
+/// A place among the requests served on tasks of their own (see [`MAX_SERVING`]).
+struct Slot(Arc<std::sync::atomic::AtomicUsize>);
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
 /// What the medium's tasks share.
 struct Inner {
     link: Arc<NatsLink>,
@@ -198,6 +220,10 @@ struct Inner {
     served: AtomicU64,
     events: AtomicU64,
     drops: Drops,
+    /// Requests being served on tasks of their own, and those refused past [`MAX_SERVING`].
+    serving: Arc<std::sync::atomic::AtomicUsize>,
+    busy: AtomicU64,
+    busy_logged: Mutex<Option<std::time::Instant>>,
     /// The change logs on JetStream.
     journal: jetstream::Journal,
 }
@@ -257,6 +283,9 @@ impl NatsMedium {
                 served: AtomicU64::new(0),
                 events: AtomicU64::new(0),
                 drops: Drops::default(),
+                serving: Arc::default(),
+                busy: AtomicU64::new(0),
+                busy_logged: Mutex::new(None),
                 journal: jetstream::Journal::default(),
             }),
         }
@@ -288,6 +317,7 @@ impl NatsMedium {
             log_dropped: j.dropped.load(Ordering::Relaxed),
             log_read: j.read.load(Ordering::Relaxed),
             log_rejected: j.rejected.load(Ordering::Relaxed),
+            refused_busy: self.inner.busy.load(Ordering::Relaxed),
         }
     }
 
@@ -506,8 +536,13 @@ impl Inner {
             return None;
         };
         if message.payload.len() > INLINE_BODY_BYTES {
+            let Some(slot) = self.slot() else {
+                // Opened and parsed here only to answer `unavailable` (bounded by the limit).
+                return self.refuse(&message.payload).map(|p| (reply_to, p));
+            };
             let inner = self.clone();
             tokio::spawn(async move {
+                let _slot = slot;
                 let payload = match inner.parse(&message.payload) {
                     Parsed::Done(payload) => payload,
                     Parsed::Serve {
@@ -538,12 +573,60 @@ impl Inner {
         if inline && let Some(payload) = (&mut served).now_or_never() {
             return Some((reply_to, payload));
         }
+        let Some(slot) = self.slot() else {
+            drop(served);
+            self.count_busy();
+            return Some((reply_to, self.response(id, &Err(Error::unavailable(BUSY)))));
+        };
         let inner = self.clone();
         tokio::spawn(async move {
+            let _slot = slot;
             let payload = served.await;
             inner.reply(reply_to, payload).await;
         });
         None
+    }
+
+    /// A place among the [`MAX_SERVING`] requests served on tasks of their own, held until the
+    /// task ends; `None` when they are all taken.
+    fn slot(&self) -> Option<Slot> {
+        let serving = &self.serving;
+        let mut now = serving.load(Ordering::Relaxed);
+        loop {
+            if now >= MAX_SERVING {
+                return None;
+            }
+            match serving.compare_exchange_weak(now, now + 1, Ordering::AcqRel, Ordering::Relaxed) {
+                Ok(_) => return Some(Slot(serving.clone())),
+                Err(seen) => now = seen,
+            }
+        }
+    }
+
+    /// Counts a request refused for [`MAX_SERVING`], with a warning once a second at most.
+    fn count_busy(&self) {
+        self.busy.fetch_add(1, Ordering::Relaxed);
+        let mut last = lock(&self.busy_logged);
+        if last.is_none_or(|at| at.elapsed() >= Duration::from_secs(1)) {
+            *last = Some(std::time::Instant::now());
+            tracing::warn!(
+                serving = MAX_SERVING,
+                refused = self.busy.load(Ordering::Relaxed),
+                "nats: requests refused with `unavailable`: {MAX_SERVING} already being served"
+            );
+        }
+    }
+
+    /// The `unavailable` answer to a request that found every serving place taken (dropped,
+    /// counted, when it does not open or parse).
+    fn refuse(&self, payload: &[u8]) -> Option<Vec<u8>> {
+        match self.parse(payload) {
+            Parsed::Done(payload) => payload,
+            Parsed::Serve { id, .. } => {
+                self.count_busy();
+                Some(self.response(id, &Err(Error::unavailable(BUSY))))
+            }
+        }
     }
 
     /// Opens and parses a request payload: a request to serve, or what to answer at once
