@@ -6,10 +6,11 @@
 //! cargo bench -p zeroservices --bench suite          # ZS_BENCH_SECONDS=5 per measure (default)
 //! ZS_BENCH_SECONDS=2 cargo bench -p zeroservices --bench suite   # quicker, noisier
 //! ZS_CLUSTER_KEY=secret cargo bench -p zeroservices --bench suite  # every process sealing
+//! ZS_SUITE_ONLY=nats ZS_BENCH_NATS_URL=nats://127.0.0.1:4222 cargo bench -p zeroservices --bench suite
 //! ```
 //!
-//! The binary re-executes itself (`ZS_SUITE_ROLE=owner|gateway|subscriber|idle`) for the child
-//! node processes. Everything runs on 127.0.0.1: the nodes' sockets bind to loopback and UDP
+//! The binary re-executes itself (`ZS_SUITE_ROLE=owner|gateway|subscriber|idle|nats_owner|
+//! nats_subscriber`) for the child node processes. Everything runs on 127.0.0.1: the nodes' sockets bind to loopback and UDP
 //! discovery uses a private multicast group port with `ZS_DISCOVERY_INTERFACE=127.0.0.1`, so no
 //! datagram leaves the machine. Every loop is bounded in time and in count; a child exits when
 //! its stdin closes and is killed when the suite drops it.
@@ -29,7 +30,16 @@
 //!    subscriber's); and delivery to 100 websocket clients in this process (rate and losses);
 //! 4. discovery: a new node seeing an existing one, ten, and an existing one right after ten
 //!    peers were killed (`kill -9`, still listed as peers);
-//! 5. footprint: VmRSS of an idle node process and of the owner under the GET load.
+//! 5. footprint: VmRSS of an idle node process and of the owner under the GET load;
+//! 6. NATS (issue 16; `ZS_BENCH_NATS_URL`, else `ZS_TEST_NATS_URL`, a server on loopback;
+//!    skipped with a line saying so without one): remote `get` from a gateway node in this
+//!    process to an owner process, both on `ZS_TRANSPORT=nats://...`, at 1 and 64 in flight,
+//!    without and with a cluster key, beside a raw `async-nats` request/reply echo (a responder
+//!    in the owner process, a client here, each on a connection of its own) through the same
+//!    server with a payload the size of the get's reply envelope (three alternating pairs, the
+//!    median pair); then created ticks per second seen by a subscriber process over NATS beside
+//!    one raw `async-nats` publisher here -> one subscription in that process.
+//!    `ZS_SUITE_ONLY=nats` runs it alone (no owner process, no `wrk`).
 
 use std::io::{BufRead, BufReader, Write};
 use std::net::{Ipv4Addr, SocketAddr, UdpSocket};
@@ -47,10 +57,11 @@ use serde_json::{Value, json};
 use tokio_tungstenite::tungstenite::Message as WsMessage;
 use zeromq::{DealerSocket, RouterSocket, Socket, SocketRecv, SocketSend, ZmqMessage};
 use zeroservices::Limits;
-use zeroservices::config::NetworkConfig;
+use zeroservices::config::{NatsServer, NetworkConfig, Transport};
 use zeroservices::http::{HttpConfig, serve};
 use zeroservices::medium::Request;
 use zeroservices::prelude::*;
+use zeroservices::security::ClusterKey;
 use zeroservices::store::Store;
 
 const ROLE: &str = "ZS_SUITE_ROLE";
@@ -109,7 +120,7 @@ fn main() {
     match role.as_deref() {
         Some(role) => runtime.block_on(child(role)),
         None => {
-            if Command::new("wrk").arg("--version").output().is_err() {
+            if want("rest") && Command::new("wrk").arg("--version").output().is_err() {
                 eprintln!("wrk is missing: run scripts/bench.sh, or apt-get install wrk");
                 std::process::exit(1);
             }
@@ -214,6 +225,17 @@ struct Seen {
     last: Mutex<Option<Instant>>,
 }
 
+impl Seen {
+    /// One more received now.
+    fn tick(&self) {
+        let now = Instant::now();
+        if self.count.fetch_add(1, Ordering::Relaxed) == 0 {
+            *self.first.lock().expect("lock") = Some(now);
+        }
+        *self.last.lock().expect("lock") = Some(now);
+    }
+}
+
 /// The body of a child process: prints `READY <fields>` and serves until stdin closes. Commands
 /// on stdin (subscriber): `report` prints `COUNT <n> <first-to-last seconds> <lagged>`, `reset`
 /// zeroes the counters.
@@ -270,7 +292,32 @@ async fn child(role: &str) {
             keep.push(Box::new(http));
             node
         }
-        "subscriber" | "resumable" => {
+        "nats_owner" => {
+            // The owner of `power` over NATS (`ZS_TRANSPORT`, `ZS_CLUSTER`), and the raw
+            // baseline in the same process: an async-nats responder echoing each request's
+            // payload on `ZS_SUITE_ECHO`, on a connection of its own to the same server.
+            let node = Node::builder("power_service")
+                .network(config)
+                .resource::<Power>()
+                .start()
+                .await
+                .expect("start owner over nats");
+            let raw = raw_nats().await;
+            let subject = std::env::var("ZS_SUITE_ECHO").expect("ZS_SUITE_ECHO");
+            let mut requests = raw.subscribe(subject).await.expect("raw subscribe");
+            raw.flush().await.expect("raw flush");
+            tokio::spawn(async move {
+                while let Some(message) = requests.next().await {
+                    if let Some(reply) = message.reply
+                        && raw.publish(reply, message.payload).await.is_err()
+                    {
+                        break;
+                    }
+                }
+            });
+            node
+        }
+        "subscriber" | "resumable" | "nats_subscriber" => {
             let node = Node::builder("subscriber")
                 .network(config)
                 .start()
@@ -287,14 +334,25 @@ async fn child(role: &str) {
             } else {
                 node.subscribe("tick.create").boxed()
             };
+            if role == "nats_subscriber" {
+                // The raw baseline: an async-nats subscriber on `ZS_SUITE_RAW_SUB`, counted
+                // like the node's events (the two runs do not overlap).
+                let raw = raw_nats().await;
+                let subject = std::env::var("ZS_SUITE_RAW_SUB").expect("ZS_SUITE_RAW_SUB");
+                let mut messages = raw.subscribe(subject).await.expect("raw subscribe");
+                raw.flush().await.expect("raw flush");
+                let seen = seen.clone();
+                tokio::spawn(async move {
+                    let _raw = raw;
+                    while messages.next().await.is_some() {
+                        seen.tick();
+                    }
+                });
+            }
             let seen = seen.clone();
             tokio::spawn(async move {
                 while events.next().await.is_some() {
-                    let now = Instant::now();
-                    if seen.count.fetch_add(1, Ordering::Relaxed) == 0 {
-                        *seen.first.lock().expect("lock") = Some(now);
-                    }
-                    *seen.last.lock().expect("lock") = Some(now);
+                    seen.tick();
                 }
             });
             node
@@ -358,9 +416,20 @@ struct Proc {
 
 impl Proc {
     fn spawn(role: &str, net: &Net) -> Self {
-        let mut child = Command::new(std::env::current_exe().expect("current_exe"))
-            .env(ROLE, role)
-            .envs(net.env())
+        Self::spawn_with(role, net, &[])
+    }
+
+    /// A child with these variables more (`None`: removed, e.g. an inherited cluster key).
+    fn spawn_with(role: &str, net: &Net, extra: &[(&str, Option<String>)]) -> Self {
+        let mut command = Command::new(std::env::current_exe().expect("current_exe"));
+        command.env(ROLE, role).envs(net.env());
+        for (name, value) in extra {
+            match value {
+                Some(value) => command.env(name, value),
+                None => command.env_remove(name),
+            };
+        }
+        let mut child = command
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
@@ -898,6 +967,11 @@ async fn warm_up(producer: &Node, sub: &mut Proc) {
 async fn subscriber_run(node: &Node, sub: &mut Proc, time: Duration, rate: Option<f64>) -> SubRun {
     sub.ask("reset");
     let (sent, send_time) = create_ticks(node, time, MAX_EVENTS, rate).await;
+    collect(sub, sent, send_time).await
+}
+
+/// What the subscriber child saw of `sent` messages.
+async fn collect(sub: &mut Proc, sent: u64, send_time: Duration) -> SubRun {
     // Wait until the subscriber has everything, or stops progressing for 1 s (at most 15 s).
     let deadline = Instant::now() + Duration::from_secs(15);
     let mut last = (u64::MAX, Instant::now());
@@ -1083,6 +1157,327 @@ fn median(mut v: Vec<Duration>) -> Duration {
 }
 
 // ---------------------------------------------------------------------------------------------
+// 6. NATS (issue 16).
+
+/// The NATS server of the `nats` group: `ZS_BENCH_NATS_URL`, else `ZS_TEST_NATS_URL`.
+fn nats_url() -> Option<String> {
+    ["ZS_BENCH_NATS_URL", "ZS_TEST_NATS_URL"]
+        .iter()
+        .filter_map(|name| std::env::var(name).ok())
+        .map(|url| url.trim().to_owned())
+        .find(|url| !url.is_empty())
+}
+
+/// A raw async-nats connection (the baselines), its own, to `url`.
+async fn raw_connect(url: &str) -> async_nats::Client {
+    async_nats::ConnectOptions::new()
+        .name("zs-suite-raw")
+        .connect(url)
+        .await
+        .expect("raw nats connect")
+}
+
+/// A child's raw connection, to `ZS_SUITE_NATS_URL`.
+async fn raw_nats() -> async_nats::Client {
+    raw_connect(&std::env::var("ZS_SUITE_NATS_URL").expect("ZS_SUITE_NATS_URL")).await
+}
+
+/// A node's settings over NATS: this server, this cluster prefix, this key or none.
+fn nats_config(net: &Net, url: &str, cluster: &str, key: Option<&ClusterKey>) -> NetworkConfig {
+    NetworkConfig {
+        transport: Transport::Nats(vec![NatsServer::parse(url).expect("a NATS URL")]),
+        cluster: cluster.to_owned(),
+        cluster_key: key.cloned(),
+        ..net.config()
+    }
+}
+
+/// The variables of a child node over NATS (`key`: the cluster key's text, or none).
+fn nats_env(
+    url: &str,
+    cluster: &str,
+    key: Option<&str>,
+    more: &[(&'static str, String)],
+) -> Vec<(&'static str, Option<String>)> {
+    let mut env = vec![
+        ("ZS_TRANSPORT", Some(url.to_owned())),
+        ("ZS_CLUSTER", Some(cluster.to_owned())),
+        ("ZS_CLUSTER_KEY", key.map(str::to_owned)),
+        ("ZS_SUITE_NATS_URL", Some(url.to_owned())),
+    ];
+    env.extend(more.iter().map(|(k, v)| (*k, Some(v.clone()))));
+    env
+}
+
+/// `in_flight` tasks on one async-nats connection, each sending `body` as a request on
+/// `subject` and waiting for the echo, for `time`.
+async fn bench_nats_raw(
+    raw: &async_nats::Client,
+    subject: &str,
+    body: &[u8],
+    in_flight: usize,
+    time: Duration,
+) -> Calls {
+    let issued = Arc::new(AtomicU64::new(0));
+    let errors = Arc::new(AtomicU64::new(0));
+    let started = Instant::now();
+    let deadline = started + time;
+    let mut tasks = Vec::new();
+    for _ in 0..in_flight {
+        let (raw, subject, body) = (raw.clone(), subject.to_owned(), body.to_vec());
+        let (issued, errors) = (issued.clone(), errors.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut latencies = Vec::with_capacity(1 << 16);
+            while issued.fetch_add(1, Ordering::Relaxed) < MAX_CALLS && Instant::now() < deadline {
+                let t = Instant::now();
+                match raw.request(subject.clone(), body.clone().into()).await {
+                    Ok(reply) if reply.payload.len() == body.len() => latencies.push(t.elapsed()),
+                    _ => {
+                        errors.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            }
+            latencies
+        }));
+    }
+    let mut latencies = Vec::new();
+    for task in tasks {
+        latencies.extend(task.await.expect("bench task"));
+    }
+    let elapsed = started.elapsed();
+    latencies.sort();
+    Calls {
+        calls: latencies.len() as u64,
+        errors: errors.load(Ordering::Relaxed),
+        elapsed,
+        latencies,
+    }
+}
+
+/// One async-nats publisher sending `body` on `subject` unpaced for `time`, to the
+/// subscriber child's raw subscription.
+async fn raw_publish_run(
+    raw: &async_nats::Client,
+    subject: &str,
+    body: &[u8],
+    sub: &mut Proc,
+    time: Duration,
+) -> SubRun {
+    sub.ask("reset");
+    let started = Instant::now();
+    let deadline = started + time;
+    let mut sent = 0u64;
+    while sent < MAX_EVENTS && Instant::now() < deadline {
+        if raw
+            .publish(subject.to_owned(), body.to_vec().into())
+            .await
+            .is_ok()
+        {
+            sent += 1;
+        }
+    }
+    let _ = tokio::time::timeout(Duration::from_secs(5), raw.flush()).await;
+    collect(sub, sent, started.elapsed()).await
+}
+
+/// The `nats` group: remote get over NATS beside a raw async-nats echo through the same server
+/// (1 and 64 in flight, without and with a cluster key), and events to a subscriber process
+/// beside raw publish -> subscribe. Skipped, with a line saying so, when no server is given.
+async fn nats_group(table: &mut Table, net: &Net, time: Duration) {
+    let skip = |table: &mut Table, why: String| {
+        eprintln!("nats: skipped: {why}");
+        table.add(
+            "6 nats",
+            format!("skipped: {why}"),
+            "-",
+            "-",
+            "-",
+            "-",
+            "skipped",
+        );
+    };
+    let Some(url) = nats_url() else {
+        return skip(
+            table,
+            "no NATS server given (set ZS_BENCH_NATS_URL or ZS_TEST_NATS_URL)".into(),
+        );
+    };
+    match NatsServer::parse(&url) {
+        Ok(server) if server.is_loopback() => {}
+        _ => return skip(table, format!("{url} is not a nats:// URL on loopback")),
+    }
+    eprintln!("nats ({url}) ...");
+    let raw = raw_connect(&url).await;
+    let run = format!("zsb{}", std::process::id());
+    // `ZS_CLUSTER_KEY=...` picks the key of the keyed runs; any key measures the same.
+    let key_text =
+        std::env::var("ZS_CLUSTER_KEY").unwrap_or_else(|_| "zs-suite-nats-bench-key".to_owned());
+    let key = ClusterKey::parse(&key_text).expect("a cluster key");
+    for keyed in [false, true] {
+        let cluster = format!("{run}{}", if keyed { "k" } else { "p" });
+        let echo = format!("{cluster}.raw.echo");
+        let env = nats_env(
+            &url,
+            &cluster,
+            keyed.then_some(key_text.as_str()),
+            &[("ZS_SUITE_ECHO", echo.clone())],
+        );
+        let owner = Proc::spawn_with("nats_owner", net, &env);
+        let gateway = Node::builder("rest_api")
+            .network(nats_config(net, &url, &cluster, keyed.then_some(&key)))
+            .start()
+            .await
+            .expect("start gateway over nats");
+        gateway
+            .wait_for_collection("power", Duration::from_secs(20))
+            .await
+            .expect("the gateway sees the owner over nats");
+        let powers = gateway.collection::<Power>();
+        let id = powers
+            .create(Power {
+                value: 3,
+                result: None,
+            })
+            .await
+            .expect("remote create over nats");
+        // The raw payload both ways: the medium's (unsealed) reply envelope to this get.
+        let reply = serde_json::to_vec(&json!({
+            "v": zeroservices::medium::PROTOCOL_VERSION, "kind": "response", "id": 123456u64,
+            "ok": {"resource_id": id, "resource_data": {"value": 3, "result": null}, "version": 1},
+        }))
+        .expect("envelope");
+        for _ in 0..2000 {
+            powers.get(&id).await.expect("warm-up get");
+            raw.request(echo.clone(), reply.clone().into())
+                .await
+                .expect("warm-up raw request");
+        }
+        let with = if keyed { "cluster key" } else { "no key" };
+        for in_flight in [1usize, 64] {
+            let mut pairs = Vec::new();
+            for _ in 0..RPC_PAIRS {
+                let ours = bench_get(&gateway, &id, in_flight, time).await;
+                let base = bench_nats_raw(&raw, &echo, &reply, in_flight, time).await;
+                pairs.push((ours, base));
+            }
+            pairs.sort_by(|a, b| (a.0.rate() / a.1.rate()).total_cmp(&(b.0.rate() / b.1.rate())));
+            let ratios: Vec<String> = pairs
+                .iter()
+                .map(|(o, r)| format!("{:.2}", o.rate() / r.rate()))
+                .collect();
+            let (ours, base) = pairs.swap_remove(RPC_PAIRS / 2);
+            let errors = if ours.errors + base.errors > 0 {
+                format!(" ({} errors, raw {})", ours.errors, base.errors)
+            } else {
+                String::new()
+            };
+            let r = ours.rate() / base.rate();
+            let p50 = ours.pct(0.5) / base.pct(0.5);
+            table.add(
+                "6 nats",
+                format!(
+                    "remote get over NATS, {with}, {in_flight} in flight, gateway -> owner process (median of {RPC_PAIRS} pairs)"
+                ),
+                format!("{}{errors}", ours.summary()),
+                format!(
+                    "raw async-nats echo ({} B) {}",
+                    reply.len(),
+                    base.summary()
+                ),
+                format!(
+                    "{r:.2}, p50 {p50:.2}x (pairs: {})",
+                    ratios.join(", ")
+                ),
+                if in_flight == 64 {
+                    ">= 0.5 of raw"
+                } else {
+                    "reported"
+                },
+                if in_flight == 64 {
+                    at_least(r, 0.5)
+                } else {
+                    "reported".to_owned()
+                },
+            );
+        }
+        gateway.stop().await;
+        drop(owner);
+    }
+
+    // Events: a producer node here creating ticks (16 tasks, unpaced), a subscriber node in
+    // another process over NATS; beside one async-nats publisher -> one subscription.
+    eprintln!("nats events ...");
+    let cluster = format!("{run}e");
+    let raw_subject = format!("{cluster}.raw.evt");
+    let producer = Node::builder("producer")
+        .network(nats_config(net, &url, &cluster, None))
+        .resource::<Tick>()
+        .start()
+        .await
+        .expect("start producer over nats");
+    let env = nats_env(
+        &url,
+        &cluster,
+        None,
+        &[("ZS_SUITE_RAW_SUB", raw_subject.clone())],
+    );
+    let mut sub = Proc::spawn_with("nats_subscriber", net, &env);
+    warm_up(&producer, &mut sub).await;
+    // The raw payload: about the event envelope of a tick's create.
+    let event = serde_json::to_vec(&json!({
+        "v": zeroservices::medium::PROTOCOL_VERSION, "kind": "event", "from": producer.id(),
+        "topic": format!("tick.create.{}", uuid_like()),
+        "data": {"action": "create", "resource_name": "tick", "resource_id": uuid_like(),
+                 "resource_data": {"n": 123456}, "version": 1},
+    }))
+    .expect("event envelope");
+    let mut pairs = Vec::new();
+    for _ in 0..RPC_PAIRS {
+        let ours = subscriber_run(&producer, &mut sub, time, None).await;
+        let base = raw_publish_run(&raw, &raw_subject, &event, &mut sub, time).await;
+        pairs.push((ours, base));
+    }
+    pairs.sort_by(|a, b| (a.0.rate() / a.1.rate()).total_cmp(&(b.0.rate() / b.1.rate())));
+    let ratios: Vec<String> = pairs
+        .iter()
+        .map(|(o, r)| format!("{:.2}", o.rate() / r.rate()))
+        .collect();
+    let (ours, base) = pairs.swap_remove(RPC_PAIRS / 2);
+    table.add(
+        "6 nats",
+        format!(
+            "events over NATS: creates (16 tasks, unpaced) -> subscriber process (median of {RPC_PAIRS} pairs)"
+        ),
+        format!(
+            "{}: {} of {} seen, lost {} (bus lagged {}), created {}",
+            per_s(ours.rate()),
+            ours.received,
+            ours.sent,
+            ours.sent.saturating_sub(ours.received),
+            ours.lagged,
+            per_s(ours.sent as f64 / ours.send_time.as_secs_f64())
+        ),
+        format!(
+            "raw async-nats publish -> subscribe ({} B) {}: {} of {} seen",
+            event.len(),
+            per_s(base.rate()),
+            base.received,
+            base.sent
+        ),
+        format!("{:.2} (pairs: {})", ours.rate() / base.rate(), ratios.join(", ")),
+        "reported",
+        "reported",
+    );
+    drop(sub);
+    producer.stop().await;
+}
+
+/// A random uuid's text (for payload sizes).
+fn uuid_like() -> String {
+    uuid::Uuid::new_v4().to_string()
+}
+
+// ---------------------------------------------------------------------------------------------
 // The suite.
 
 async fn suite() {
@@ -1096,6 +1491,19 @@ async fn suite() {
         net.group,
         std::thread::available_parallelism().map_or(0, |n| n.get())
     );
+
+    // 6. NATS first: its processes are gone before the ZeroMQ sections start.
+    if want("nats") {
+        nats_group(&mut table, &net, time).await;
+    }
+    if !["rpc", "rest", "discovery", "events"].into_iter().any(want) {
+        table.print();
+        println!(
+            "\n{secs} s per measure; {:.0} s in all.",
+            started.elapsed().as_secs_f64()
+        );
+        std::process::exit(0);
+    }
 
     // The owner: an api_power-like process.
     let mut owner = Proc::spawn("owner", &net);

@@ -205,6 +205,11 @@ pub struct NetworkConfig {
     /// (default 65536); past it they are dropped from the queue, counted, and re-published from
     /// the store's log once the publisher catches up.
     pub nats_log_queue: usize,
+    /// `ZS_NATS_CONNECT_MS`: with NATS, how long a starting node tries to reach a server (each
+    /// listed server in turn, again and again, each failed attempt logged) before it gives up
+    /// with an error naming the servers (default 30000): a node may start before its NATS.
+    /// Once connected, the client reconnects by itself, forever.
+    pub nats_connect: Duration,
     /// `ZS_DISCOVERY_INTERFACE`: the interface address multicast is sent and received on, and
     /// that the node's sockets bind to (default `127.0.0.1`; [`Settings`] make it `0.0.0.0`,
     /// every interface announcing the first non-loopback address, when a cluster key is given).
@@ -274,6 +279,7 @@ impl Default for NetworkConfig {
             nats_jetstream: true,
             nats_replicas: 1,
             nats_log_queue: DEFAULT_NATS_LOG_QUEUE,
+            nats_connect: DEFAULT_NATS_CONNECT,
             interface: Ipv4Addr::LOCALHOST,
             multicast_group: DEFAULT_MULTICAST_GROUP,
             multicast: true,
@@ -307,6 +313,9 @@ pub const DEFAULT_NATS_LOG_QUEUE: usize = 65_536;
 
 /// The default of [`NetworkConfig::max_peers`].
 pub const DEFAULT_MAX_PEERS: usize = 1024;
+
+/// The default of [`NetworkConfig::nats_connect`]: 30 s.
+pub const DEFAULT_NATS_CONNECT: Duration = Duration::from_secs(30);
 
 /// The default of [`NetworkConfig::peers_resolve`]: 30 s.
 pub const DEFAULT_PEERS_RESOLVE: Duration = Duration::from_secs(30);

@@ -153,7 +153,7 @@ impl ClusterKey {
     }
 
     /// Told of every reload.
-    #[cfg_attr(not(feature = "zeromq"), allow(dead_code))]
+    #[cfg_attr(not(any(feature = "zeromq", feature = "nats")), allow(dead_code))]
     pub(crate) fn watch(&self) -> watch::Receiver<Arc<Ring>> {
         self.0.subscribe()
     }

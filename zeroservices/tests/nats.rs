@@ -43,6 +43,30 @@ impl Power {
     }
 }
 
+/// A resource whose actions wait or panic.
+#[resource(collection = "chore")]
+#[derive(Debug, Clone, PartialEq)]
+pub struct Chore {
+    /// A name.
+    pub name: String,
+}
+
+#[actions]
+impl Chore {
+    /// Answers after `ms` milliseconds (at most 10 s): a request that waits.
+    #[action(collection)]
+    async fn slow(ms: u64) -> Result<String> {
+        tokio::time::sleep(Duration::from_millis(ms.min(10_000))).await;
+        Ok("slow".to_owned())
+    }
+
+    /// A handler that panics.
+    #[action(collection)]
+    async fn boom() -> Result<String> {
+        panic!("boom: a handler that panics");
+    }
+}
+
 fn power(value: i64) -> Power {
     Power { value, note: None }
 }
@@ -265,6 +289,154 @@ async fn nats_balances_requests_among_the_owners_of_a_collection() {
     }
     client.stop().await;
     owners[1].stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs a NATS server: ZS_TEST_NATS_URL (scripts/test.sh starts one)"]
+async fn over_nats_a_slow_or_panicking_request_stalls_no_other() {
+    let url = nats_url("over_nats_a_slow_or_panicking_request_stalls_no_other");
+    let config = NetworkConfig {
+        request_timeout: Duration::from_secs(20),
+        ..config(&url, &fresh_cluster(), None)
+    };
+    let owner = Node::builder("power")
+        .network(config.clone())
+        .resource::<Power>()
+        .resource::<Chore>()
+        .start()
+        .await
+        .unwrap();
+    let client = plain("api", &config).await;
+    for collection in ["power", "chore"] {
+        client
+            .wait_for_collection(collection, Duration::from_secs(5))
+            .await
+            .unwrap();
+    }
+    let powers = client.collection::<Power>();
+    let id = powers.create(power(2)).await.unwrap();
+    // Gets are served in place on the owner's subscription task; a request that waits is not:
+    // 200 gets go through while one slow action is still in flight.
+    let slow = {
+        let client = client.clone();
+        tokio::spawn(async move {
+            client
+                .request_as::<String>(Request::new("chore", "slow").args(json!(6000)))
+                .await
+        })
+    };
+    let served = owner.stats().requests_served;
+    eventually(
+        "the slow action reached the owner",
+        Duration::from_secs(5),
+        || owner.stats().requests_served > served,
+    )
+    .await;
+    for _ in 0..200 {
+        assert_eq!(powers.get(&id).await.unwrap().value, 2);
+    }
+    if slow.is_finished() {
+        panic!(
+            "200 gets were not served while the slow action waited: {:?}",
+            slow.await
+        );
+    }
+    assert_eq!(slow.await.unwrap().unwrap(), "slow");
+
+    // Hostile: a handler that panics is an `internal` error reply at once (not a timeout),
+    // and the owner serves on.
+    let asked = Instant::now();
+    let error = client
+        .request_as::<String>(Request::new("chore", "boom"))
+        .await
+        .unwrap_err();
+    assert!(matches!(error, Error::Internal { .. }), "{error}");
+    assert!(
+        asked.elapsed() < Duration::from_secs(10),
+        "answered, not timed out"
+    );
+    assert_eq!(powers.get(&id).await.unwrap().value, 2);
+    // A request over 64 KiB is opened and parsed on a task of its own, and served.
+    let big = Power {
+        value: 7,
+        note: Some("x".repeat(100_000)),
+    };
+    let big_id = powers.create(big.clone()).await.unwrap();
+    assert_eq!(powers.get(&big_id).await.unwrap(), big);
+    client.stop().await;
+    owner.stop().await;
+}
+
+/// A flood of requests that wait: past `MAX_SERVING` on tasks of their own the owner answers
+/// `unavailable` at once (counted) instead of piling up tasks, and serves on afterwards.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs a NATS server: ZS_TEST_NATS_URL (scripts/test.sh starts one)"]
+async fn over_nats_a_flood_of_waiting_requests_is_refused_past_the_cap_not_piled_up() {
+    let url =
+        nats_url("over_nats_a_flood_of_waiting_requests_is_refused_past_the_cap_not_piled_up");
+    let config = NetworkConfig {
+        request_timeout: Duration::from_secs(30),
+        ..config(&url, &fresh_cluster(), None)
+    };
+    let owner_medium = NatsMedium::new(NatsLink::new(&config), config.clone());
+    let owner = Node::builder("power")
+        .medium(owner_medium.clone())
+        .discovery(NatsDiscovery::new(
+            owner_medium.link().clone(),
+            config.clone(),
+        ))
+        .request_timeout(config.request_timeout)
+        .resource::<Power>()
+        .resource::<Chore>()
+        .start()
+        .await
+        .unwrap();
+    let client = plain("api", &config).await;
+    client
+        .wait_for_collection("chore", Duration::from_secs(5))
+        .await
+        .unwrap();
+    let flood = zeroservices::medium::nats::MAX_SERVING + 400;
+    let calls = futures::future::join_all((0..flood).map(|_| {
+        let client = client.clone();
+        async move {
+            client
+                .request_as::<String>(Request::new("chore", "slow").args(json!(4000)))
+                .await
+        }
+    }))
+    .await;
+    let ok = calls
+        .iter()
+        .filter(|r| matches!(r, Ok(s) if s == "slow"))
+        .count();
+    let refused = calls
+        .iter()
+        .filter(|r| matches!(r, Err(Error::Unavailable { .. })))
+        .count();
+    let stats = owner_medium.stats();
+    eprintln!("{flood} waiting requests: {ok} served, {refused} refused; {stats:?}");
+    assert_eq!(
+        ok + refused,
+        flood,
+        "every call served or refused, none timed out"
+    );
+    assert!(
+        refused > 0 && stats.refused_busy > 0,
+        "the cap refused some"
+    );
+    assert!(
+        ok >= zeroservices::medium::nats::MAX_SERVING / 2,
+        "most were served"
+    );
+    // The owner serves on once the flood is over.
+    let id = client.collection::<Power>().create(power(3)).await.unwrap();
+    assert_eq!(
+        client.collection::<Power>().get(&id).await.unwrap().value,
+        3
+    );
+    client.stop().await;
+    owner.stop().await;
 }
 
 /// A `zeroservices` command over NATS.
@@ -551,6 +723,15 @@ async fn with_a_cluster_key_nats_carries_ciphertext_and_another_key_is_shut_out(
     }
 }
 
+/// A free loopback port (nothing listens there once this returns).
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
 /// A `nats-server` of the test's own, on a free loopback port; killed (SIGKILL) when dropped.
 struct OwnServer {
     bin: String,
@@ -560,18 +741,18 @@ struct OwnServer {
 
 impl OwnServer {
     fn start(bin: &str) -> Self {
-        let port = TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let mut server = Self {
-            bin: bin.to_owned(),
-            port,
-            child: None,
-        };
+        let mut server = Self::reserve(bin);
         server.restart();
         server
+    }
+
+    /// A server with a free port, not started yet ([`OwnServer::restart`] starts it).
+    fn reserve(bin: &str) -> Self {
+        Self {
+            bin: bin.to_owned(),
+            port: free_port(),
+            child: None,
+        }
     }
 
     fn url(&self) -> String {
@@ -623,6 +804,8 @@ async fn a_nats_server_killed_and_restarted_under_calls_is_survived() {
         .unwrap();
     let powers = client.collection::<Power>();
     let id = powers.create(power(5)).await.unwrap();
+    let ready = client.readiness(Duration::from_secs(1)).await;
+    assert!(ready.is_ready(), "{}", ready.to_json());
 
     // Calls in a loop, each timed, while the server dies.
     let calls = {
@@ -645,6 +828,20 @@ async fn a_nats_server_killed_and_restarted_under_calls_is_survived() {
     let results = calls.await.unwrap();
     let failures: Vec<_> = results.iter().filter(|(_, r)| r.is_err()).collect();
     assert!(!failures.is_empty(), "calls failed while NATS was down");
+    // While the server is down, the readiness probe says so (the medium and discovery checks).
+    for node in [&client, &owner] {
+        let ready = node.readiness(Duration::from_secs(1)).await;
+        let body = ready.to_json();
+        assert!(!ready.is_ready(), "{body}");
+        assert_eq!(
+            body["checks"]["medium"], "not connected to any NATS server",
+            "{body}"
+        );
+        assert_eq!(
+            body["checks"]["discovery"], "not connected to any NATS server",
+            "{body}"
+        );
+    }
     for (took, result) in &results {
         assert!(
             *took <= config.request_timeout + Duration::from_millis(500),
@@ -674,6 +871,8 @@ async fn a_nats_server_killed_and_restarted_under_calls_is_survived() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     eprintln!("serving again {:?} after the restart", back_at.elapsed());
+    let ready = client.readiness(Duration::from_secs(1)).await;
+    assert!(ready.is_ready(), "{}", ready.to_json());
     // Writes too.
     powers
         .patch(&id, patch!({"$set": {"value": 6}}))
@@ -787,4 +986,252 @@ async fn garbage_on_every_subject_does_not_crash_a_node() {
     assert!(client.peers().iter().any(|p| p.info.id == owner.id()));
     client.stop().await;
     owner.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs the nats-server executable: ZS_TEST_NATS_SERVER (scripts/test.sh installs it)"]
+async fn a_node_started_before_its_nats_server_joins_once_it_listens() {
+    let mut server = OwnServer::reserve(&nats_server_bin(
+        "a_node_started_before_its_nats_server_joins_once_it_listens",
+    ));
+    let config = NetworkConfig {
+        nats_connect: Duration::from_secs(20),
+        ..config(&server.url(), &fresh_cluster(), None)
+    };
+    let mut starting = tokio::spawn({
+        let config = config.clone();
+        async move { owner(&config).await }
+    });
+    // No server yet: the node keeps trying (ZS_NATS_CONNECT_MS), it neither starts nor fails.
+    assert!(
+        tokio::time::timeout(Duration::from_millis(1500), &mut starting)
+            .await
+            .is_err(),
+        "the node started (or gave up) while no NATS server listened"
+    );
+    server.restart();
+    let listening = Instant::now();
+    let owner = tokio::time::timeout(Duration::from_secs(10), starting)
+        .await
+        .expect("the node starts within 10 s of its NATS server")
+        .expect("the node starts");
+    let joined = listening.elapsed();
+    eprintln!("started {joined:?} after its NATS server listened");
+    assert!(joined < Duration::from_secs(5), "{joined:?}");
+    // It serves: a client finds it and writes through it.
+    let client = plain("api", &config).await;
+    client
+        .wait_for_collection("power", Duration::from_secs(5))
+        .await
+        .unwrap();
+    let powers = client.collection::<Power>();
+    let id = powers.create(power(8)).await.unwrap();
+    assert_eq!(powers.get(&id).await.unwrap(), power(8));
+    client.stop().await;
+    owner.stop().await;
+}
+
+/// No NATS server ever: a node gives up after `ZS_NATS_CONNECT_MS` with an error naming the
+/// servers and the setting; the `zeroservices` command logs each attempt and exits 1. (No
+/// server needed: this test is not ignored.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_whose_nats_server_never_comes_gives_up_after_the_setting() {
+    let url = format!("nats://127.0.0.1:{}", free_port());
+    let other = format!("nats://127.0.0.1:{}", free_port());
+    let config = NetworkConfig {
+        transport: Transport::Nats(vec![
+            NatsServer::parse(&url).unwrap(),
+            NatsServer::parse(&other).unwrap(),
+        ]),
+        nats_connect: Duration::from_millis(1200),
+        ..config(&url, &fresh_cluster(), None)
+    };
+    let started = Instant::now();
+    let error = Node::builder("power")
+        .network(config)
+        .resource::<Power>()
+        .start()
+        .await
+        .unwrap_err();
+    let took = started.elapsed();
+    assert!(matches!(error, Error::Unavailable { .. }), "{error:?}");
+    let message = error.to_string();
+    for part in [url.as_str(), other.as_str(), "ZS_NATS_CONNECT_MS"] {
+        assert!(message.contains(part), "{part} not in: {message}");
+    }
+    assert!(
+        took >= Duration::from_millis(1200) && took < Duration::from_secs(6),
+        "gave up after {took:?}"
+    );
+
+    // The command: each failed attempt logged, then the error, exit 1.
+    let started = Instant::now();
+    let out = zeroservices(&url, &fresh_cluster(), &["nodes", "--wait-ms", "100"])
+        .env("ZS_NATS_CONNECT_MS", "1000")
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let took = started.elapsed();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(took < Duration::from_secs(10), "{took:?}");
+    assert!(
+        stderr.matches("trying again").count() >= 2,
+        "each attempt logged: {stderr}"
+    );
+    assert!(
+        stderr.contains(&format!("cannot connect to NATS at {url}"))
+            && stderr.contains("ZS_NATS_CONNECT_MS"),
+        "{stderr}"
+    );
+}
+
+/// An owner whose keyring file is reloaded on SIGHUP listens under the new keys' subjects
+/// (requests to its collections and to itself, the events its subscribers want) and no longer
+/// under the subjects of a key removed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs a NATS server: ZS_TEST_NATS_URL (scripts/test.sh starts one)"]
+async fn an_owner_on_nats_follows_a_keyring_reloaded_on_sighup() {
+    let url = nats_url("an_owner_on_nats_follows_a_keyring_reloaded_on_sighup");
+    let cluster = fresh_cluster();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("keys");
+    std::fs::write(&path, "key-a\n").unwrap();
+    let ring = zeroservices::security::keyfile::load(&path).unwrap();
+    let owner_config = NetworkConfig {
+        cluster_key: Some(ring.clone()),
+        cluster_key_file: Some(path.clone()),
+        ..config(&url, &cluster, None)
+    };
+    // Started: its SIGHUP handler is in place (the default action would end the process).
+    let owner = owner(&owner_config).await;
+    let mut owner_chat = owner.subscribe_synced("chat").await;
+    let under_a = config(&url, &cluster, Some("key-a"));
+    let client_a = plain("api-a", &under_a).await;
+    client_a
+        .wait_for_collection("power", Duration::from_secs(5))
+        .await
+        .unwrap();
+    let id = client_a
+        .collection::<Power>()
+        .create(power(1))
+        .await
+        .unwrap();
+    // A raw medium under key A only: it calls `<p>.req.<tag of power under A>` straight.
+    let raw_a = raw_medium("raw-a", &under_a).await;
+    raw_a.call_any(Request::new("power", "list")).await.unwrap();
+
+    let sighup = || {
+        let pid = std::process::id().to_string();
+        let sent = Command::new("kill").args(["-HUP", &pid]).status().unwrap();
+        assert!(sent.success());
+    };
+    // [A, B]: B added (A still the primary).
+    std::fs::write(&path, "key-a\nkey-b\n").unwrap();
+    sighup();
+    eventually("the keyring is reloaded", Duration::from_secs(5), || {
+        ring.len() == 2
+    })
+    .await;
+    // A client whose primary is B (A only to hear the owner's announcements, sealed with A).
+    let under_b = config(&url, &cluster, Some("key-b,key-a"));
+    let client_b = plain("api-b", &under_b).await;
+    client_b
+        .wait_for_collection("power", Duration::from_secs(5))
+        .await
+        .unwrap();
+    let mut power_events = client_b.subscribe_synced("power").await;
+    let powers = client_b.collection::<Power>();
+    // Requests: its own subjects are B's; the owner listens there now (the resubscription
+    // follows the reload within moments: retried for at most 5 s).
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let created = loop {
+        match powers.create(power(2)).await {
+            Ok(created) => break created,
+            Err(e) => {
+                assert!(
+                    Instant::now() < deadline,
+                    "B does not reach the owner: {e:?}"
+                );
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    };
+    assert_eq!(powers.get(&id).await.unwrap(), power(1));
+    assert_eq!(
+        next_event(&mut power_events).await.topic,
+        format!("power.create.{created}")
+    );
+    // To the owner itself (`<p>.node.<its id's tag under B>`; the reply is sealed with A).
+    let raw_b = raw_medium("raw-b", &under_b).await;
+    let owner_info = client_b
+        .peers()
+        .into_iter()
+        .find(|p| p.info.id == owner.id())
+        .expect("B knows the owner")
+        .info;
+    let whoami = raw_b
+        .call(&owner_info, Request::new("power", "whoami"))
+        .await
+        .unwrap();
+    assert_eq!(whoami, json!(owner.id()));
+    // Events B publishes (under B's tags) reach the owner's subscriber.
+    client_b
+        .publish(Event {
+            topic: "chat.hello".into(),
+            data: json!({"from": "b"}),
+        })
+        .await;
+    let event = next_event(&mut owner_chat).await;
+    assert_eq!(
+        (event.topic.as_str(), &event.data),
+        ("chat.hello", &json!({"from": "b"}))
+    );
+    // A still works meanwhile.
+    raw_a.call_any(Request::new("power", "list")).await.unwrap();
+
+    // [B]: A removed. The owner no longer listens under A's subjects: nobody responds there.
+    std::fs::write(&path, "key-b\n").unwrap();
+    sighup();
+    eventually(
+        "the keyring is reloaded again",
+        Duration::from_secs(5),
+        || ring.len() == 1,
+    )
+    .await;
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        match raw_a.call_any(Request::new("power", "list")).await {
+            Err(Error::Unavailable { message }) if message.contains("no node answers") => break,
+            other => {
+                assert!(
+                    Instant::now() < deadline,
+                    "the owner still listens under A's subjects: {other:?}"
+                );
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+    // B keeps working.
+    assert_eq!(powers.get(&created).await.unwrap(), power(2));
+    raw_a.stop().await;
+    raw_b.stop().await;
+    for node in [client_a, client_b, owner] {
+        node.stop().await;
+    }
+}
+
+/// A started medium of no node (it answers nothing, drops events), to call subjects directly.
+async fn raw_medium(id: &str, config: &NetworkConfig) -> NatsMedium {
+    struct Nobody;
+    #[async_trait::async_trait]
+    impl zeroservices::medium::Inbound for Nobody {
+        async fn request(&self, _: Option<String>, _: Request) -> Result<serde_json::Value> {
+            Ok(serde_json::Value::Null)
+        }
+        fn event(&self, _: Event) {}
+    }
+    let medium = NatsMedium::new(NatsLink::new(config), config.clone());
+    medium.start(id, Arc::new(Nobody)).await.unwrap();
+    medium
 }

@@ -592,6 +592,25 @@ impl Discovery for NatsDiscovery {
         shared.link.release().await;
         tracing::info!(cluster = %shared.subjects.prefix(), "nats discovery stopped");
     }
+
+    /// Running while started, not stopped, its tasks alive and the client connected (without
+    /// the connection no heartbeat goes out, and peers time this node out).
+    fn health(&self) -> std::result::Result<(), String> {
+        let shared = &self.shared;
+        if shared.stopped.load(Ordering::SeqCst) {
+            return Err("nats discovery is stopped".into());
+        }
+        if !shared.started.load(Ordering::SeqCst) {
+            return Err("nats discovery is not started".into());
+        }
+        if lock(&shared.tasks).iter().any(|task| task.is_finished()) {
+            return Err("nats discovery's task has ended".into());
+        }
+        if !shared.link.is_connected() {
+            return Err("not connected to any NATS server".into());
+        }
+        Ok(())
+    }
 }
 
 #[cfg(test)]

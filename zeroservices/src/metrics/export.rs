@@ -419,6 +419,11 @@ fn medium(encoder: &mut DescriptorEncoder, node: &Node) -> fmt::Result {
                 s.requests_served,
             ),
             (
+                "zs_nats_requests_refused_busy",
+                "Requests refused at once: too many being served.",
+                s.refused_busy,
+            ),
+            (
                 "zs_nats_events_received",
                 "Events handed to the node.",
                 s.events_received,

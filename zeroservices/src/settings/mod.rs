@@ -229,6 +229,10 @@ pub struct NetworkSettings {
     /// log later [default: 65536].
     #[arg(long, env = "ZS_NATS_LOG_QUEUE", value_name = "N", value_parser = Check(parse::nats_log_queue))]
     pub nats_log_queue: Option<usize>,
+    /// With NATS: how long a starting node tries to reach a NATS server before it gives up
+    /// (each failed attempt is logged; once connected it reconnects by itself) [default: 30000].
+    #[arg(long, env = "ZS_NATS_CONNECT_MS", value_name = "MS", value_parser = Check(parse::millis))]
+    pub nats_connect_ms: Option<Duration>,
     /// The interface address for multicast discovery and the node's sockets; without a cluster
     /// key only a loopback address is accepted (unless insecure is on) [default: 127.0.0.1, or
     /// 0.0.0.0 with a cluster key].
@@ -306,6 +310,7 @@ impl std::fmt::Debug for NetworkSettings {
             .field("nats_jetstream", &self.nats_jetstream)
             .field("nats_replicas", &self.nats_replicas)
             .field("nats_log_queue", &self.nats_log_queue)
+            .field("nats_connect_ms", &self.nats_connect_ms)
             .field("discovery_interface", &self.discovery_interface)
             .field("multicast_group", &self.multicast_group)
             .field("multicast", &self.multicast)
@@ -654,6 +659,9 @@ impl Settings {
         }
         if let Some(v) = n.nats_log_queue {
             c.nats_log_queue = v;
+        }
+        if let Some(v) = n.nats_connect_ms {
+            c.nats_connect = v;
         }
         let key = self.cluster_key();
         c.interface = match (n.discovery_interface, key) {

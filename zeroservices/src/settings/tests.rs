@@ -287,7 +287,7 @@ fn variables_follow_the_ids() {
         );
     }
 
-    assert_eq!(vars, 59);
+    assert_eq!(vars, 60);
     let help = with_env(Settings::command(), &env(&[]))
         .render_long_help()
         .to_string();
@@ -581,6 +581,9 @@ fn the_nats_transport_is_a_setting() {
     assert_eq!(servers[1].redacted(), "nats://user:***@localhost:4223");
     assert!(!format!("{nats:?}").contains("pw"));
     assert_eq!(nats.cluster, "prod.eu-1");
+    assert_eq!(nats.nats_connect, crate::config::DEFAULT_NATS_CONNECT);
+    let patient = from(&[("ZS_NATS_CONNECT_MS", "120000")]).unwrap().network();
+    assert_eq!(patient.nats_connect, Duration::from_secs(120));
     assert!(!nats.is_insecure() && nats.check_exposure().is_ok());
     for (var, value, named) in [
         ("ZS_TRANSPORT", "udp", "ZS_TRANSPORT"),
@@ -591,6 +594,8 @@ fn the_nats_transport_is_a_setting() {
         ("ZS_CLUSTER", "zs.>", "ZS_CLUSTER"),
         ("ZS_CLUSTER", "zs..x", "ZS_CLUSTER"),
         ("ZS_NATS_CREDS", "/nonexistent/user.creds", "ZS_NATS_CREDS"),
+        ("ZS_NATS_CONNECT_MS", "0", "ZS_NATS_CONNECT_MS"),
+        ("ZS_NATS_CONNECT_MS", "soon", "ZS_NATS_CONNECT_MS"),
     ] {
         let err = from(&[(var, value)]).unwrap_err().to_string();
         assert!(err.contains(named), "{value}: {err}");

@@ -71,7 +71,10 @@
 //! per-replica order is the one above (one resource at a time, oldest first, a queued change
 //! replaced by a newer one); across replicas nothing is ordered. A poll hit runs only when this
 //! replica did not handle that version, the resource kept it for a lease after the list, and
-//! the group's consumer has nothing pending or unacked. Without JetStream the worker warns once
+//! the group's consumer has nothing pending or unacked — except the first check of a group
+//! whose consumer this start created, which runs its hits at once (a late worker computes what
+//! is pending without waiting a lease; two replicas of a brand-new group started in the same
+//! instant may both run those first hits). Without JetStream the worker warns once
 //! and works as above.
 //!
 //! # Stopping
@@ -1127,13 +1130,18 @@ async fn poll(
     };
     let mut ticker = tokio::time::interval_at(first, interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // The first check of a group whose consumer this start created runs its hits at once: no
+    // replica can have handled them through a consumer that did not exist (what changes from
+    // now on comes through the consumer, and this replica runs a version once).
+    let mut fresh_group = now;
     loop {
         tokio::select! {
             _ = ticker.tick() => {}
             () = nudge.notified() => {}
         }
         let mut matching = list_matching(&shared, &rule).await;
-        if let Some(caught_up) = &shared.caught_up {
+        let fresh = std::mem::take(&mut fresh_group);
+        if let Some(caught_up) = shared.caught_up.as_ref().filter(|_| !fresh) {
             // Over JetStream a poll hit is a change the stream missed: one whose resource kept
             // its version for a lease (its entry, if any, was delivered and handled meanwhile),
             // while the group's consumer has nothing pending or unacked.

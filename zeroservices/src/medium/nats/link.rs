@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use async_nats::{Client, ConnectOptions, ServerAddr};
 use tokio::sync::{OnceCell, watch};
+use tokio::time::Instant;
 
 use crate::config::{NatsServer, NetworkConfig, Transport};
 use crate::{Error, Result};
@@ -15,18 +16,25 @@ use crate::{Error, Result};
 /// found again within this (plus the connect).
 const RECONNECT_MAX: Duration = Duration::from_millis(1000);
 
+/// The first pause between two attempts of the first connect (doubling up to
+/// [`RECONNECT_MAX`]).
+const CONNECT_RETRY_FIRST: Duration = Duration::from_millis(100);
+
 /// The connection to NATS of one node, shared by its [`NatsMedium`](super::NatsMedium) and
 /// [`NatsDiscovery`](crate::discovery::NatsDiscovery): connected when the first of them starts,
 /// closed (flushed, then drained) when the last of them stops.
 ///
-/// The client reconnects by itself, forever, trying the listed servers (and those the
-/// server's cluster tells it about) with a backoff of at most one second; its subscriptions
-/// come back with it. While it is down, calls fail at once with [`Error::Unavailable`] and calls
+/// The first connect is tried again and again (each failed attempt logged) for
+/// [`NetworkConfig::nats_connect`] (`ZS_NATS_CONNECT_MS`), so a node may start before its NATS
+/// server; then it fails naming the servers. Once connected, the client reconnects by itself,
+/// forever, trying the listed servers (and those the server's cluster tells it about) with a
+/// backoff of at most one second; its subscriptions come back with it. While it is down, calls fail at once with [`Error::Unavailable`] and calls
 /// in flight fail when it drops.
 pub struct NatsLink {
     servers: Vec<NatsServer>,
     creds: Option<std::path::PathBuf>,
     request_timeout: Duration,
+    connect_within: Duration,
     client: OnceCell<Client>,
     connected: watch::Sender<bool>,
     users: AtomicUsize,
@@ -53,6 +61,7 @@ impl NatsLink {
             servers,
             creds: config.nats_creds.clone(),
             request_timeout: config.request_timeout,
+            connect_within: config.nats_connect,
             client: OnceCell::new(),
             connected: watch::Sender::new(false),
             users: AtomicUsize::new(0),
@@ -87,7 +96,8 @@ impl NatsLink {
     /// The client, connecting the first time (one user more: [`NatsLink::release`] once done).
     ///
     /// # Errors
-    /// [`Error::Unavailable`] naming the servers when none answers within the connect timeout;
+    /// [`Error::Unavailable`] naming the servers and `ZS_NATS_CONNECT_MS` when none answers
+    /// within it;
     /// [`Error::BadRequest`] for no server or a credentials file that does not read.
     pub(crate) async fn acquire(&self) -> Result<Client> {
         let client = self.client.get_or_try_init(|| self.connect()).await?;
@@ -108,6 +118,26 @@ impl NatsLink {
         self.connected.send_replace(false);
     }
 
+    /// The server the client is connected to now, as it names itself (`host:port` and its
+    /// server name), or `None` while down. For logs and tests (which server of a NATS cluster
+    /// a node uses).
+    pub fn server(&self) -> Option<String> {
+        if !self.is_connected() {
+            return None;
+        }
+        let info = self.client.get()?.server_info();
+        if info.port == 0 {
+            return None;
+        }
+        Some(format!(
+            "{}:{} ({})",
+            info.host, info.port, info.server_name
+        ))
+    }
+
+    /// Connects, trying the servers again until one answers or [`NetworkConfig::nats_connect`]
+    /// (`ZS_NATS_CONNECT_MS`) has passed: a node may start before its NATS server. Each failed
+    /// attempt is logged.
     async fn connect(&self) -> Result<Client> {
         if self.servers.is_empty() {
             return Err(Error::bad_request(
@@ -123,6 +153,61 @@ impl NatsLink {
                     .map_err(|e| Error::bad_request(format!("ZS_TRANSPORT={}: {e}", s.redacted())))
             })
             .collect::<Result<Vec<_>>>()?;
+        let started = Instant::now();
+        let deadline = started + self.connect_within;
+        let mut attempt: u32 = 0;
+        loop {
+            attempt += 1;
+            // One attempt tries each server once; it is cut at the deadline (but given at least
+            // a connect timeout, so a slow first handshake is not cut at once).
+            let within = deadline
+                .saturating_duration_since(Instant::now())
+                .max(self.connect_timeout());
+            let attempt_result =
+                tokio::time::timeout(within, self.options().await?.connect(addrs.clone())).await;
+            let error = match attempt_result {
+                Err(_) => format!("no answer within {} ms", within.as_millis()),
+                Ok(Err(e)) => e.to_string(),
+                Ok(Ok(client)) => {
+                    self.connected.send_replace(true);
+                    tracing::info!(
+                        servers = %self.describe(),
+                        attempt,
+                        "nats: connected"
+                    );
+                    return Ok(client);
+                }
+            };
+            let now = Instant::now();
+            if now >= deadline {
+                return Err(Error::unavailable(format!(
+                    "cannot connect to NATS at {} (tried for {} ms, {attempt} attempt(s); \
+                     ZS_NATS_CONNECT_MS): {error}",
+                    self.describe(),
+                    now.duration_since(started).as_millis()
+                )));
+            }
+            let pause = (CONNECT_RETRY_FIRST * 2u32.pow(attempt.min(4) - 1))
+                .min(RECONNECT_MAX)
+                .min(deadline - now);
+            tracing::warn!(
+                servers = %self.describe(),
+                attempt,
+                left_ms = (deadline - now).as_millis() as u64,
+                "nats: no server answers ({error}); trying again (ZS_NATS_CONNECT_MS)"
+            );
+            tokio::time::sleep(pause).await;
+        }
+    }
+
+    /// How long one server gets to answer a connect: the request timeout, within 0.5 to 5 s.
+    fn connect_timeout(&self) -> Duration {
+        self.request_timeout
+            .clamp(Duration::from_millis(500), Duration::from_secs(5))
+    }
+
+    /// The client's options (built anew for each connect attempt: connecting consumes them).
+    async fn options(&self) -> Result<ConnectOptions> {
         let connected = self.connected.clone();
         let mut options = ConnectOptions::new()
             .name("zeroservices")
@@ -133,10 +218,7 @@ impl NatsLink {
                 let shift = attempts.min(5) as u32;
                 (Duration::from_millis(50) * 2u32.pow(shift)).min(RECONNECT_MAX)
             })
-            .connection_timeout(
-                self.request_timeout
-                    .clamp(Duration::from_millis(500), Duration::from_secs(5)),
-            )
+            .connection_timeout(self.connect_timeout())
             .ping_interval(Duration::from_secs(10))
             .request_timeout(Some(self.request_timeout))
             .event_callback(move |event| {
@@ -163,14 +245,6 @@ impl NatsLink {
                 ))
             })?;
         }
-        let client = options.connect(addrs).await.map_err(|e| {
-            Error::unavailable(format!(
-                "cannot connect to NATS at {}: {e}",
-                self.describe()
-            ))
-        })?;
-        self.connected.send_replace(true);
-        tracing::info!(servers = %self.describe(), "nats: connected");
-        Ok(client)
+        Ok(options)
     }
 }

@@ -24,8 +24,11 @@
 //!
 //! With a cluster key every name token above (collection, node id, each topic segment) is its
 //! keyed tag, as in the ZeroMQ medium's topic frames: 16 hex digits of an HMAC under the key, so
-//! the subjects show no names, and nodes under another key use other subjects altogether. An
-//! owner subscribes under every key of its ring (a rotation keeps working), as of its start.
+//! the subjects show no names, and nodes under another key use other subjects altogether. A
+//! node subscribes under every key of its ring (a rotation keeps working), and follows a
+//! reload of the ring (`SIGHUP` with `ZS_CLUSTER_KEY_FILE`, or [`ClusterKey::reload`]): the
+//! subjects of a new key are subscribed, those of a key removed dropped, those kept untouched
+//! (nothing missed, nothing received twice while it changes).
 //!
 //! # Payloads
 //!
@@ -50,22 +53,41 @@
 //! ZeroMQ. An owner subscribes to its collections' subjects only once it serves them
 //! ([`Medium::serve`], after the one-store check).
 //!
+//! # Serving
+//!
+//! Each subscription has a task of its own that reads its messages. A request's task opens and
+//! parses it (one over 64 KiB goes to a serving task first) and, like the ZeroMQ medium's ROUTER
+//! task, polls its handler once in place only when the node says it is cheap
+//! ([`Inbound::serve_inline`]: a `get`, a `create`, a `delete`): one that completes without
+//! waiting (a memory store) is answered from there, with no task per request; one that waits
+//! (a store's durable write) moves to a task of its own, as does every other request (a `list`,
+//! a `patch`, an action, a message) at once, so a slow request never stalls the ones behind it.
+//! A handler that panics is answered with an `internal` error. At most [`MAX_SERVING`] (4096)
+//! requests are served on tasks of their own at once; past it a request is answered
+//! `unavailable` at once (counted in [`NatsStats::refused_busy`], warned once a second at most),
+//! as over ZeroMQ, so a flood does not pile up tasks.
+//!
 //! # Failures
 //!
 //! A call fails at once with [`Error::Unavailable`] while the connection is down, and a call in
 //! flight fails with it when the connection drops; NATS's "no responders" is `Unavailable` too;
-//! no reply within the request timeout is [`Error::Timeout`]. The client reconnects by itself
-//! (see [`NatsLink`]), and the node serves again without a restart.
+//! no reply within the request timeout is [`Error::Timeout`]. At start the first connect is
+//! tried again until `ZS_NATS_CONNECT_MS` (a node may start before its NATS). Afterwards the
+//! client reconnects by itself, to any listed server or one its cluster told it about (see
+//! [`NatsLink`]), and the node serves again without a restart: losing one server of a NATS
+//! cluster fails the calls in flight on the connections to it with `Unavailable`, and those
+//! nodes serve again through another server within a fraction of a second.
 
 use std::collections::{BTreeSet, HashMap};
+use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use async_nats::client::RequestErrorKind;
-use async_nats::{Client, Message, Subscriber};
+use async_nats::{Client, Message, Subject, Subscriber};
 use async_trait::async_trait;
-use futures::StreamExt;
+use futures::{FutureExt, StreamExt};
 use serde_json::Value;
 use serde_json::value::RawValue;
 use tokio::sync::watch;
@@ -75,8 +97,8 @@ use self::subjects::Subjects;
 use super::wire::{self, Call, Outgoing, Rejection, Wire};
 use super::{Endpoints, Inbound, Medium, Request};
 use crate::config::NetworkConfig;
-use crate::security::DropLog;
 use crate::security::seal::HEADER_LEN;
+use crate::security::{ClusterKey, DropLog};
 use crate::{Error, Event, NodeInfo, Result};
 
 mod jetstream;
@@ -88,6 +110,9 @@ pub use self::link::NatsLink;
 
 /// The queue group every owner of a collection joins on its request subject.
 const OWNERS: &str = "owners";
+/// A request payload larger than this is opened and parsed on a serving task of its own, not
+/// on its subscription's task (as in the ZeroMQ medium).
+const INLINE_BODY_BYTES: usize = 64 * 1024;
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     // Every critical section is a few map operations: a poisoned lock is still consistent.
@@ -128,7 +153,14 @@ pub struct NatsStats {
     /// Messages of the change-log stream not handed out: garbage, forged, sealed under
     /// another key, on another entry's subject (also counted by kind above).
     pub log_rejected: u64,
+    /// Requests refused at once with `unavailable` because [`MAX_SERVING`] requests were
+    /// already being served on tasks of their own (a flood; logged once a second at most).
+    pub refused_busy: u64,
 }
+
+/// Requests served on tasks of their own at once (those that wait: actions, patches, large
+/// payloads); beyond this a request is answered `unavailable` at once, as over ZeroMQ.
+pub const MAX_SERVING: usize = 4096;
 
 #[derive(Default)]
 struct Drops {
@@ -154,6 +186,18 @@ impl Drops {
     }
 }
 
+/// The error of a request refused for [`MAX_SERVING`].
+const BUSY: &str = "the owner is serving too many requests at once; try again";
+
+/// A place among the requests served on tasks of their own (see [`MAX_SERVING`]).
+struct Slot(Arc<std::sync::atomic::AtomicUsize>);
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
 /// What the medium's tasks share.
 struct Inner {
     link: Arc<NatsLink>,
@@ -164,6 +208,9 @@ struct Inner {
     inbound: OnceLock<Arc<dyn Inbound>>,
     client: OnceLock<Client>,
     state: Mutex<State>,
+    /// Held while the subscriptions change (one change at a time: serving, the interest, a
+    /// keyring reload), so that no two changes subscribe to one subject twice.
+    subscribing: tokio::sync::Mutex<()>,
     /// The prefixes the node's subscribers want, and those always wanted (the sniffer's).
     interest: Mutex<(Vec<String>, Vec<String>)>,
     /// Bumped with every change of the interest; the interest task says which it applied.
@@ -173,6 +220,10 @@ struct Inner {
     served: AtomicU64,
     events: AtomicU64,
     drops: Drops,
+    /// Requests being served on tasks of their own, and those refused past [`MAX_SERVING`].
+    serving: Arc<std::sync::atomic::AtomicUsize>,
+    busy: AtomicU64,
+    busy_logged: Mutex<Option<std::time::Instant>>,
     /// The change logs on JetStream.
     journal: jetstream::Journal,
 }
@@ -181,8 +232,9 @@ struct Inner {
 struct State {
     started: bool,
     stopped: bool,
-    /// Subscription tasks by what they serve: `node`, `req:<collection>`, `evt:<prefix>`.
-    subscriptions: HashMap<String, Vec<JoinHandle<()>>>,
+    /// Subscriptions by what they serve (`node`, `req:<collection>`, `evt:<prefix>`): each
+    /// subject with the task that takes its messages.
+    subscriptions: HashMap<String, Vec<(String, JoinHandle<()>)>>,
     tasks: Vec<JoinHandle<()>>,
     /// Collections to serve (given before start, subscribed at start).
     serving: BTreeSet<String>,
@@ -223,6 +275,7 @@ impl NatsMedium {
                 inbound: OnceLock::new(),
                 client: OnceLock::new(),
                 state: Mutex::new(State::default()),
+                subscribing: tokio::sync::Mutex::new(()),
                 interest: Mutex::new((Vec::new(), Vec::new())),
                 wanted: watch::Sender::new(0),
                 applied: watch::Sender::new(0),
@@ -230,6 +283,9 @@ impl NatsMedium {
                 served: AtomicU64::new(0),
                 events: AtomicU64::new(0),
                 drops: Drops::default(),
+                serving: Arc::default(),
+                busy: AtomicU64::new(0),
+                busy_logged: Mutex::new(None),
                 journal: jetstream::Journal::default(),
             }),
         }
@@ -261,6 +317,7 @@ impl NatsMedium {
             log_dropped: j.dropped.load(Ordering::Relaxed),
             log_read: j.read.load(Ordering::Relaxed),
             log_rejected: j.rejected.load(Ordering::Relaxed),
+            refused_busy: self.inner.busy.load(Ordering::Relaxed),
         }
     }
 
@@ -334,7 +391,7 @@ impl Drop for Inner {
         for task in state
             .subscriptions
             .drain()
-            .flat_map(|(_, t)| t)
+            .flat_map(|(_, t)| t.into_iter().map(|(_, task)| task))
             .chain(state.tasks.drain(..))
         {
             task.abort();
@@ -461,28 +518,138 @@ impl Inner {
         }
     }
 
-    /// Answers one request message (on its own task).
-    async fn serve(self: Arc<Self>, message: Message) {
+    /// Takes one request message on its subscription's task: a reply to send from there
+    /// (answered at once), or `None` (dropped, or served on a task of its own, which replies).
+    ///
+    /// Like the ZeroMQ medium's ROUTER task: a payload over [`INLINE_BODY_BYTES`] is opened and
+    /// parsed on a serving task; otherwise it is opened and parsed here, and its handler polled
+    /// once in place only when the node says it is cheap ([`Inbound::serve_inline`]: a `get`, a
+    /// `create`, a `delete`); one that completes without waiting is answered from here (no task
+    /// per request), one that waits moves to a task of its own, as does every other request at
+    /// once, so a slow request never stalls the ones behind it.
+    fn accept(self: &Arc<Self>, message: Message) -> Option<(Subject, Vec<u8>)> {
         let Some(reply_to) = message.reply.clone() else {
             self.drops.count(
                 "request",
                 &Rejection::Malformed("a request without a reply subject".to_owned()),
             );
-            return;
+            return None;
         };
-        let body = match self.open(wire::SEAL_CALL, b"", &message.payload) {
+        if message.payload.len() > INLINE_BODY_BYTES {
+            let Some(slot) = self.slot() else {
+                // Opened and parsed here only to answer `unavailable` (bounded by the limit).
+                return self.refuse(&message.payload).map(|p| (reply_to, p));
+            };
+            let inner = self.clone();
+            tokio::spawn(async move {
+                let _slot = slot;
+                let payload = match inner.parse(&message.payload) {
+                    Parsed::Done(payload) => payload,
+                    Parsed::Serve {
+                        id,
+                        from,
+                        request,
+                        inbound,
+                    } => Some(inner.handle(inbound, id, from, request).await),
+                };
+                if let Some(payload) = payload {
+                    inner.reply(reply_to, payload).await;
+                }
+            });
+            return None;
+        }
+        let (id, from, request, inbound) = match self.parse(&message.payload) {
+            Parsed::Done(payload) => return payload.map(|p| (reply_to, p)),
+            Parsed::Serve {
+                id,
+                from,
+                request,
+                inbound,
+            } => (id, from, request, inbound),
+        };
+        let inline = inbound.serve_inline(&request);
+        let inner = self.clone();
+        let mut served = Box::pin(async move { inner.handle(inbound, id, from, request).await });
+        if inline && let Some(payload) = (&mut served).now_or_never() {
+            return Some((reply_to, payload));
+        }
+        let Some(slot) = self.slot() else {
+            drop(served);
+            self.count_busy();
+            return Some((reply_to, self.response(id, &Err(Error::unavailable(BUSY)))));
+        };
+        let inner = self.clone();
+        tokio::spawn(async move {
+            let _slot = slot;
+            let payload = served.await;
+            inner.reply(reply_to, payload).await;
+        });
+        None
+    }
+
+    /// A place among the [`MAX_SERVING`] requests served on tasks of their own, held until the
+    /// task ends; `None` when they are all taken.
+    fn slot(&self) -> Option<Slot> {
+        let serving = &self.serving;
+        let mut now = serving.load(Ordering::Relaxed);
+        loop {
+            if now >= MAX_SERVING {
+                return None;
+            }
+            match serving.compare_exchange_weak(now, now + 1, Ordering::AcqRel, Ordering::Relaxed) {
+                Ok(_) => return Some(Slot(serving.clone())),
+                Err(seen) => now = seen,
+            }
+        }
+    }
+
+    /// Counts a request refused for [`MAX_SERVING`], with a warning once a second at most.
+    fn count_busy(&self) {
+        self.busy.fetch_add(1, Ordering::Relaxed);
+        let mut last = lock(&self.busy_logged);
+        if last.is_none_or(|at| at.elapsed() >= Duration::from_secs(1)) {
+            *last = Some(std::time::Instant::now());
+            tracing::warn!(
+                serving = MAX_SERVING,
+                refused = self.busy.load(Ordering::Relaxed),
+                "nats: requests refused with `unavailable`: {MAX_SERVING} already being served"
+            );
+        }
+    }
+
+    /// The `unavailable` answer to a request that found every serving place taken (dropped,
+    /// counted, when it does not open or parse).
+    fn refuse(&self, payload: &[u8]) -> Option<Vec<u8>> {
+        match self.parse(payload) {
+            Parsed::Done(payload) => payload,
+            Parsed::Serve { id, .. } => {
+                self.count_busy();
+                Some(self.response(id, &Err(Error::unavailable(BUSY))))
+            }
+        }
+    }
+
+    /// Opens and parses a request payload: a request to serve, or what to answer at once
+    /// (a `bad_request` error) or nothing (dropped, counted).
+    fn parse(&self, payload: &[u8]) -> Parsed {
+        let body = match self.open(wire::SEAL_CALL, b"", payload) {
             Ok(body) => body,
             Err(rejection) => {
                 self.drops.count("request", &rejection);
-                return;
+                return Parsed::Done(None);
             }
         };
         let (id, reply) = match wire::decode_call(&body) {
             Ok(Call::Request { id, from, request }) => {
                 let Some(inbound) = self.inbound.get() else {
-                    return;
+                    return Parsed::Done(None);
                 };
-                (id, inbound.request_raw(from, request).await)
+                return Parsed::Serve {
+                    id,
+                    from,
+                    request,
+                    inbound: inbound.clone(),
+                };
             }
             Ok(Call::Control { id, .. }) => (
                 id,
@@ -497,12 +664,36 @@ impl Inner {
             }
             Err(rejection) => {
                 self.drops.count("request", &rejection);
-                return;
+                return Parsed::Done(None);
             }
         };
-        let body = self.wire.encode_response(id, &reply);
-        let payload = self.seal(wire::SEAL_RESPONSE, b"", body);
+        Parsed::Done(Some(self.response(id, &reply)))
+    }
+
+    /// Serves one request: the sealed reply (a handler that panics is an `internal` error).
+    async fn handle(
+        &self,
+        inbound: Arc<dyn Inbound>,
+        id: u64,
+        from: Option<String>,
+        request: Request,
+    ) -> Vec<u8> {
+        let served = AssertUnwindSafe(inbound.request_raw(from, request))
+            .catch_unwind()
+            .await;
+        let reply = served.unwrap_or_else(|_| Err(Error::internal("request handler panicked")));
+        self.response(id, &reply)
+    }
+
+    /// The sealed response envelope of request `id`.
+    fn response(&self, id: u64, reply: &Result<Box<RawValue>>) -> Vec<u8> {
+        let body = self.wire.encode_response(id, reply);
         self.served.fetch_add(1, Ordering::Relaxed);
+        self.seal(wire::SEAL_RESPONSE, b"", body)
+    }
+
+    /// Publishes a reply on the request's reply subject.
+    async fn reply(&self, reply_to: Subject, payload: Vec<u8>) {
         if let Some(client) = self.client.get()
             && let Err(e) = client.publish(reply_to, payload.into()).await
         {
@@ -543,57 +734,145 @@ impl Inner {
         }
     }
 
-    /// Subscribes to `subjects` (in `queue`, if given) and hands each message to `take`, on a
-    /// task per subject; `key` names them for unsubscribing.
+    /// Makes the subscriptions named `key` exactly `subjects` (in `queue`, if given), each
+    /// handing its messages to `take` on a task of its own: subscribes to the subjects it lacks
+    /// and drops those no longer wanted (a keyring reload changes the tags); a subject kept is
+    /// not touched, so nothing is missed or received twice while they change. With
+    /// [`Change::Refresh`] a key that is gone (unsubscribed meanwhile) stays gone.
     async fn subscribe(
         self: &Arc<Self>,
         key: String,
         subjects: Vec<String>,
         queue: Option<&str>,
-        take: fn(&Arc<Inner>, Message),
+        take: Take,
+        change: Change,
     ) -> Result<()> {
+        let _one = self.subscribing.lock().await;
         let client = self.client()?.clone();
-        let mut tasks = Vec::new();
-        for subject in subjects {
-            let subscriber: Subscriber = match queue {
+        let have: Vec<String> = match lock(&self.state).subscriptions.get(&key) {
+            Some(current) => current.iter().map(|(s, _)| s.clone()).collect(),
+            None if change == Change::Refresh => return Ok(()),
+            None => Vec::new(),
+        };
+        let mut added: Vec<(String, JoinHandle<()>)> = Vec::new();
+        for subject in subjects.iter().filter(|s| !have.contains(s)) {
+            let subscribed = match queue {
                 Some(queue) => {
                     client
                         .queue_subscribe(subject.clone(), queue.to_owned())
                         .await
                 }
                 None => client.subscribe(subject.clone()).await,
-            }
-            .map_err(|e| Error::unavailable(format!("cannot subscribe to {subject}: {e}")))?;
-            let inner = Arc::downgrade(self);
-            tasks.push(tokio::spawn(async move {
-                let mut subscriber = subscriber;
-                while let Some(message) = subscriber.next().await {
-                    let Some(inner) = inner.upgrade() else { break };
-                    take(&inner, message);
+            };
+            let subscriber: Subscriber = match subscribed {
+                Ok(subscriber) => subscriber,
+                Err(e) => {
+                    for (_, task) in added {
+                        task.abort();
+                    }
+                    return Err(Error::unavailable(format!(
+                        "cannot subscribe to {subject}: {e}"
+                    )));
                 }
-            }));
+            };
+            let inner = Arc::downgrade(self);
+            added.push((
+                subject.clone(),
+                tokio::spawn(async move {
+                    let mut subscriber = subscriber;
+                    while let Some(message) = subscriber.next().await {
+                        let Some(inner) = inner.upgrade() else { break };
+                        match take {
+                            Take::Event => inner.event(&message),
+                            Take::Request => {
+                                if let Some((reply_to, payload)) = inner.accept(message) {
+                                    inner.reply(reply_to, payload).await;
+                                }
+                            }
+                        }
+                    }
+                }),
+            ));
         }
         let mut state = lock(&self.state);
         if state.stopped {
-            for task in tasks {
+            for (_, task) in added {
                 task.abort();
             }
             return Ok(());
         }
-        if let Some(old) = state.subscriptions.insert(key, tasks) {
-            for task in old {
+        let current = state.subscriptions.entry(key).or_default();
+        // A subscriber dropped with its task unsubscribes.
+        current.retain(|(subject, task)| {
+            let keep = subjects.contains(subject);
+            if !keep {
                 task.abort();
             }
-        }
+            keep
+        });
+        current.extend(added);
         Ok(())
     }
 
-    fn unsubscribe(&self, key: &str) {
+    async fn unsubscribe(&self, key: &str) {
+        let _one = self.subscribing.lock().await;
         if let Some(tasks) = lock(&self.state).subscriptions.remove(key) {
-            for task in tasks {
+            for (_, task) in tasks {
                 task.abort();
             }
         }
+    }
+
+    /// Follows a keyring reload: every subscription under the tags of the keys of the ring now
+    /// (requests to this node, to its collections, the events its subscribers want), those of
+    /// removed keys dropped. Sealing and opening follow the ring by themselves.
+    async fn follow_keys(self: &Arc<Self>) {
+        let keys: Vec<String> = lock(&self.state).subscriptions.keys().cloned().collect();
+        for key in keys {
+            let result = if key == "node" {
+                match self.subjects.node_filters(&self.wire, self.node_id()) {
+                    Ok(subjects) => {
+                        self.subscribe(key.clone(), subjects, None, Take::Request, Change::Refresh)
+                            .await
+                    }
+                    Err(e) => Err(e),
+                }
+            } else if let Some(collection) = key.strip_prefix("req:") {
+                match self.subjects.request_filters(&self.wire, collection) {
+                    Ok(subjects) => {
+                        self.subscribe(
+                            key.clone(),
+                            subjects,
+                            Some(OWNERS),
+                            Take::Request,
+                            Change::Refresh,
+                        )
+                        .await
+                    }
+                    Err(e) => Err(e),
+                }
+            } else if let Some(prefix) = key.strip_prefix("evt:") {
+                match self.subjects.event_filters(&self.wire, prefix) {
+                    Some(subjects) => {
+                        self.subscribe(key.clone(), subjects, None, Take::Event, Change::Refresh)
+                            .await
+                    }
+                    None => Ok(()),
+                }
+            } else {
+                Ok(())
+            };
+            if let Err(e) = result {
+                tracing::warn!(subscription = %key, error = %e, "nats: not resubscribed after a keyring reload");
+            }
+        }
+        if let Some(client) = self.client.get() {
+            let _ = tokio::time::timeout(self.config.request_timeout, client.flush()).await;
+        }
+        tracing::info!(
+            subscriptions = lock(&self.state).subscriptions.len(),
+            "nats: subscriptions follow the reloaded cluster keyring"
+        );
     }
 
     /// Subscribes to the request subjects of `collection`, in the owners' queue group.
@@ -603,7 +882,8 @@ impl Inner {
             format!("req:{collection}"),
             subjects,
             Some(OWNERS),
-            take_request,
+            Take::Request,
+            Change::Set,
         )
         .await
     }
@@ -629,14 +909,20 @@ impl Inner {
                     continue;
                 };
                 if let Err(e) = self
-                    .subscribe(format!("evt:{prefix}"), filters, None, take_event)
+                    .subscribe(
+                        format!("evt:{prefix}"),
+                        filters,
+                        None,
+                        Take::Event,
+                        Change::Set,
+                    )
                     .await
                 {
                     tracing::warn!(%prefix, error = %e, "nats: cannot subscribe to events");
                 }
             }
             for prefix in current.iter().filter(|p| !prefixes.contains(p)) {
-                self.unsubscribe(&format!("evt:{prefix}"));
+                self.unsubscribe(&format!("evt:{prefix}")).await;
             }
             self.applied.send_replace(version);
             if wanted.changed().await.is_err() {
@@ -646,12 +932,38 @@ impl Inner {
     }
 }
 
-fn take_request(inner: &Arc<Inner>, message: Message) {
-    tokio::spawn(inner.clone().serve(message));
+/// What [`Inner::subscribe`] does with a key it does not hold.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Change {
+    /// Subscribes (a new key, or new subjects for one).
+    Set,
+    /// Only updates a key still held (a keyring reload).
+    Refresh,
 }
 
-fn take_event(inner: &Arc<Inner>, message: Message) {
-    inner.event(&message);
+/// What a subscription's task does with a message.
+#[derive(Clone, Copy)]
+enum Take {
+    /// A request: [`Inner::accept`].
+    Request,
+    /// An event: [`Inner::event`].
+    Event,
+}
+
+/// What [`Inner::parse`] made of a request payload.
+// A short-lived value, moved once per request: boxing the request would cost an allocation per
+// request for nothing (as the ZeroMQ router's `Accepted`).
+#[allow(clippy::large_enum_variant)]
+enum Parsed {
+    /// Answered at once (the reply payload) or dropped (`None`).
+    Done(Option<Vec<u8>>),
+    /// A request for the node.
+    Serve {
+        id: u64,
+        from: Option<String>,
+        request: Request,
+        inbound: Arc<dyn Inbound>,
+    },
 }
 
 #[async_trait]
@@ -667,6 +979,8 @@ impl Medium for NatsMedium {
             }
             state.started = true;
         }
+        // Told of keyring reloads from now on: the subjects below are of the ring as of now.
+        let ring_changes = inner.config.cluster_key.as_ref().map(ClusterKey::watch);
         let node_subjects = inner.subjects.node_filters(&inner.wire, node_id)?;
         let endpoint = inner.subjects.node(&inner.wire, node_id)?;
         let client = inner.link.acquire().await?;
@@ -674,7 +988,13 @@ impl Medium for NatsMedium {
         let _ = inner.node_id.set(node_id.to_owned());
         let _ = inner.inbound.set(inbound);
         inner
-            .subscribe("node".to_owned(), node_subjects, None, take_request)
+            .subscribe(
+                "node".to_owned(),
+                node_subjects,
+                None,
+                Take::Request,
+                Change::Set,
+            )
             .await?;
         let serving: Vec<String> = lock(&inner.state).serving.iter().cloned().collect();
         for collection in serving {
@@ -685,6 +1005,17 @@ impl Medium for NatsMedium {
         {
             let mut state = lock(&inner.state);
             state.tasks.push(follow);
+            // After a keyring reload (SIGHUP below, or `ClusterKey::reload` on any clone of the
+            // key) the subscriptions follow the keys of the ring.
+            if let Some(mut ring) = ring_changes {
+                let weak = Arc::downgrade(inner);
+                state.tasks.push(tokio::spawn(async move {
+                    while ring.changed().await.is_ok() {
+                        let Some(inner) = weak.upgrade() else { break };
+                        inner.follow_keys().await;
+                    }
+                }));
+            }
             // The keyring from a file is re-read on SIGHUP while the medium runs, as with
             // ZeroMQ (README "Rotating the cluster key").
             #[cfg(unix)]
@@ -741,7 +1072,7 @@ impl Medium for NatsMedium {
             return Ok(());
         }
         for collection in removed {
-            inner.unsubscribe(&format!("req:{collection}"));
+            inner.unsubscribe(&format!("req:{collection}")).await;
         }
         for collection in added {
             inner.serve_collection(&collection).await?;
@@ -824,7 +1155,7 @@ impl Medium for NatsMedium {
             let tasks: Vec<JoinHandle<()>> = state
                 .subscriptions
                 .drain()
-                .flat_map(|(_, t)| t)
+                .flat_map(|(_, t)| t.into_iter().map(|(_, task)| task))
                 .chain(state.tasks.drain(..))
                 .collect();
             (tasks, was_running)
@@ -839,6 +1170,16 @@ impl Medium for NatsMedium {
 
     fn as_nats(&self) -> Option<&NatsMedium> {
         Some(self)
+    }
+
+    /// Up while the client is connected to a NATS server: between a lost connection and the
+    /// reconnect every call fails with `Unavailable`, so `/readyz` says 503 meanwhile.
+    fn health(&self) -> std::result::Result<(), String> {
+        if self.inner.link.is_connected() {
+            Ok(())
+        } else {
+            Err("not connected to any NATS server".into())
+        }
     }
 
     fn describe(&self) -> String {
@@ -887,12 +1228,22 @@ mod tests {
         }
         let config = NetworkConfig {
             request_timeout: Duration::from_millis(500),
+            nats_connect: Duration::from_millis(600),
             ..config()
         };
         let medium = NatsMedium::new(NatsLink::new(&config), config);
+        let started = std::time::Instant::now();
         let error = medium.start("a-1", Arc::new(Nobody)).await.unwrap_err();
+        // Tried again until ZS_NATS_CONNECT_MS, then an error naming the servers and the setting.
+        assert!(started.elapsed() >= Duration::from_millis(600));
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "{:?}",
+            started.elapsed()
+        );
         assert!(matches!(error, Error::Unavailable { .. }), "{error}");
         assert!(error.to_string().contains("127.0.0.1:9"), "{error}");
+        assert!(error.to_string().contains("ZS_NATS_CONNECT_MS"), "{error}");
     }
 
     #[test]
