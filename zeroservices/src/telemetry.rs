@@ -69,6 +69,10 @@ pub fn rejected_contexts() -> u64 {
 }
 
 /// Counts and logs a trace context that was not usable.
+#[cfg_attr(
+    not(any(feature = "zeromq", feature = "nats", feature = "http")),
+    allow(dead_code)
+)]
 pub(crate) fn reject(from: &str, why: &str) {
     REJECTED.fetch_add(1, Ordering::Relaxed);
     tracing::debug!(from, why, "trace context ignored");
@@ -166,6 +170,10 @@ impl TraceParent {
 
     /// Parses what an envelope or a header carried: counted and logged (as from `from`) when
     /// present and unusable.
+    #[cfg_attr(
+        not(any(feature = "zeromq", feature = "nats", feature = "http")),
+        allow(dead_code)
+    )]
     pub(crate) fn received(
         from: &str,
         traceparent: Option<&str>,
@@ -200,6 +208,7 @@ pub(crate) fn context_of(span: &Span) -> Option<TraceParent> {
 }
 
 /// The trace context of the current span (see [`context_of`]).
+#[cfg_attr(not(any(feature = "zeromq", feature = "nats")), allow(dead_code))]
 pub(crate) fn current() -> Option<TraceParent> {
     context_of(&Span::current())
 }

@@ -322,7 +322,10 @@ fn render(all: &[Got], trace_id: &str) -> String {
         }
     }
     walk(&mut out, &spans, "", &ids, 0);
-    for linked in all.iter().filter(|s| s.links.iter().any(|(t, _)| t == trace_id)) {
+    for linked in all
+        .iter()
+        .filter(|s| s.links.iter().any(|(t, _)| t == trace_id))
+    {
         out.push_str(&format!(
             "linked: {} [{}] {:.3} ms  trace {}, links to span {}\n",
             linked.name,

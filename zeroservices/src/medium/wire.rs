@@ -202,11 +202,17 @@ fn lenient_text<'de, D: Deserializer<'de>>(d: D) -> std::result::Result<Option<T
         fn visit_f64<E>(self, _: f64) -> std::result::Result<Self::Value, E> {
             Ok(Some(Text::Garbage))
         }
-        fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> std::result::Result<Self::Value, A::Error> {
+        fn visit_seq<A: SeqAccess<'de>>(
+            self,
+            mut seq: A,
+        ) -> std::result::Result<Self::Value, A::Error> {
             while seq.next_element::<IgnoredAny>()?.is_some() {}
             Ok(Some(Text::Garbage))
         }
-        fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> std::result::Result<Self::Value, A::Error> {
+        fn visit_map<A: MapAccess<'de>>(
+            self,
+            mut map: A,
+        ) -> std::result::Result<Self::Value, A::Error> {
             while map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
             Ok(Some(Text::Garbage))
         }
@@ -500,8 +506,12 @@ impl Wire {
             from,
             topic,
             data,
-            tp: trace.as_ref().map(crate::telemetry::TraceParent::traceparent),
-            ts: trace.as_ref().and_then(crate::telemetry::TraceParent::tracestate),
+            tp: trace
+                .as_ref()
+                .map(crate::telemetry::TraceParent::traceparent),
+            ts: trace
+                .as_ref()
+                .and_then(crate::telemetry::TraceParent::tracestate),
         })?;
         let topic_len = if self.sealer.is_some() {
             topic.len() * 2 + 16
@@ -638,6 +648,7 @@ pub(crate) fn decode_response(
 
 /// Decodes an event (a SUB's body frame, opened): its topic and data. The caller checks the
 /// topic against the topic frame ([`Wire::topic_is`]).
+#[cfg_attr(not(feature = "nats"), allow(dead_code))]
 pub(crate) fn decode_event(body: &[u8]) -> std::result::Result<(String, Value), Rejection> {
     decode_event_traced(body).map(|(topic, data, _)| (topic, data))
 }
@@ -655,7 +666,11 @@ pub(crate) fn decode_event_traced(
     if envelope.kind != Kind::Event {
         return Err(Rejection::Malformed("not an event envelope".to_owned()));
     }
-    let trace = received_context("an event envelope", envelope.tp.as_ref(), envelope.ts.as_ref());
+    let trace = received_context(
+        "an event envelope",
+        envelope.tp.as_ref(),
+        envelope.ts.as_ref(),
+    );
     Ok((envelope.topic.into_owned(), envelope.data, trace))
 }
 
@@ -708,6 +723,90 @@ mod tests {
                 from: Some("node-a".to_owned()),
                 request
             }
+        );
+    }
+
+    const TP: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+
+    #[test]
+    fn a_trace_context_rides_in_the_envelope() {
+        use crate::telemetry::TraceParent;
+        let mut request = Request::new("power", "get").id("42");
+        request.trace = TraceParent::parse(TP, Some("vendor=1"));
+        let bytes = wire()
+            .encode_call(7, "a", Outgoing::Request(&request))
+            .unwrap();
+        let text: Value = serde_json::from_slice(&bytes).unwrap();
+        assert_eq!((&text["tp"], &text["ts"]), (&json!(TP), &json!("vendor=1")));
+        assert!(text["request"].get("trace").is_none());
+        match decode_call(&bytes) {
+            Ok(Call::Request { request: got, .. }) => assert_eq!(got, request),
+            other => panic!("{other:?}"),
+        }
+        // None: no field at all (what an older peer sends and reads).
+        let bytes = wire()
+            .encode_call(8, "a", Outgoing::Request(&Request::new("power", "get")))
+            .unwrap();
+        let text: Value = serde_json::from_slice(&bytes).unwrap();
+        assert!(text.get("tp").is_none() && text.get("ts").is_none());
+        // Events: no span, no context; one sent is read back.
+        let bytes = wire()
+            .encode_event("a", "power.create.1", &json!(1))
+            .unwrap();
+        assert!(!String::from_utf8_lossy(&bytes).contains("\"tp\""));
+        let event = body(json!({"v": V, "kind": "event", "topic": "t", "data": 1, "tp": TP}));
+        let (_, _, trace) = decode_event_traced(&event).unwrap();
+        assert_eq!(trace.unwrap().traceparent(), TP);
+    }
+
+    #[test]
+    fn a_hostile_trace_context_is_ignored_and_counted() {
+        let hostile = [
+            json!(1),
+            json!(true),
+            json!(-2.5),
+            json!([1, [2, [3]]]),
+            json!({"a": {"b": [1]}}),
+            json!("x".repeat(10_000)),
+            json!("garbage"),
+            json!(TP.to_uppercase()),
+            json!(TP.replace("-01", "-1")),
+        ];
+        for tp in hostile {
+            let before = crate::telemetry::rejected_contexts();
+            let call = body(json!({"v": V, "kind": "request", "id": 1, "from": "a",
+                "request": {"collection": "c", "action": "a"}, "tp": tp, "ts": tp}));
+            match decode_call(&call) {
+                Ok(Call::Request { request, .. }) => assert_eq!(request.trace, None, "{tp:.40}"),
+                other => panic!("{tp:.40}: {other:?}"),
+            }
+            let event = body(json!({"v": V, "kind": "event", "topic": "t", "data": 1,
+                "tp": tp, "ts": tp}));
+            let (topic, _, trace) = decode_event_traced(&event).unwrap();
+            assert_eq!((topic.as_str(), trace), ("t", None));
+            assert!(
+                crate::telemetry::rejected_contexts() >= before + 2,
+                "{tp:.40}"
+            );
+        }
+        // A usable traceparent with a hostile tracestate keeps the traceparent only.
+        let call = body(json!({"v": V, "kind": "request", "id": 1, "from": "a",
+            "request": {"collection": "c", "action": "a"}, "tp": TP, "ts": {"x": 1}}));
+        match decode_call(&call) {
+            Ok(Call::Request { request, .. }) => {
+                let trace = request.trace.unwrap();
+                assert_eq!(
+                    (trace.traceparent().as_str(), trace.tracestate()),
+                    (TP, None)
+                );
+            }
+            other => panic!("{other:?}"),
+        }
+        // `null` is no context, not garbage.
+        let call = body(json!({"v": V, "kind": "request", "id": 1,
+            "request": {"collection": "c", "action": "a"}, "tp": null}));
+        assert!(
+            matches!(decode_call(&call), Ok(Call::Request { request, .. }) if request.trace.is_none())
         );
     }
 

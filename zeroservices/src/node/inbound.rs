@@ -73,9 +73,7 @@ impl Inbound for Handle {
     ) -> Result<Box<RawValue>> {
         let (node, _serving) = self.serving()?;
         let span = serve_span(&mut request);
-        serve_raw(node, from, request)
-            .instrument(span)
-            .await
+        serve_raw(node, from, request).instrument(span).await
     }
 
     fn event(&self, event: Event) {
