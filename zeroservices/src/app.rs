@@ -581,7 +581,7 @@ pub fn service_http(
 #[cfg(feature = "otel")]
 type Exporting = Option<crate::telemetry::export::Guard>;
 #[cfg(not(feature = "otel"))]
-type Exporting = ();
+type Exporting = Option<std::convert::Infallible>;
 
 /// `RUST_LOG` (default `info`), on stderr; with the `otel` feature and an
 /// `OTEL_EXPORTER_OTLP_ENDPOINT`, an OpenTelemetry layer too (see [`crate::telemetry`]).
@@ -615,7 +615,7 @@ fn init_tracing(service: &str) -> Exporting {
         .with_writer(std::io::stderr)
         .with_ansi(std::io::stderr().is_terminal())
         .try_init();
-    Exporting::default()
+    None
 }
 
 #[cfg(test)]

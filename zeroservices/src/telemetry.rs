@@ -40,7 +40,8 @@
 //!
 //! [`App`](crate::app::App) adds an OpenTelemetry layer when `OTEL_EXPORTER_OTLP_ENDPOINT` or
 //! `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT` is set (and `OTEL_SDK_DISABLED` is not `true`): spans of
-//! target `zeroservices` at `DEBUG` and above go to a batch processor (its own thread) and out
+//! target `zeroservices` at `DEBUG` and above (with its log events at `INFO` and above as span
+//! events) go to a batch processor (its own thread) and out
 //! over OTLP/HTTP, `OTEL_EXPORTER_OTLP_PROTOCOL` `http/protobuf` (the default) or `http/json`.
 //! `OTEL_SERVICE_NAME` names the service (default: the service's own name),
 //! `OTEL_TRACES_SAMPLER` and `OTEL_TRACES_SAMPLER_ARG` pick the sampler (default
@@ -336,7 +337,7 @@ pub(crate) mod export {
     use opentelemetry_sdk::trace::SdkTracerProvider;
     use tracing::Level;
     use tracing_subscriber::Layer;
-    use tracing_subscriber::filter::Targets;
+    use tracing_subscriber::filter::filter_fn;
     use tracing_subscriber::registry::LookupSpan;
 
     /// Flushes and stops the exporter when dropped (outside the tokio runtime: the batch
@@ -397,7 +398,16 @@ pub(crate) mod export {
         let tracer = provider.tracer("zeroservices");
         let layer = tracing_opentelemetry::layer()
             .with_tracer(tracer)
-            .with_filter(Targets::new().with_target("zeroservices", Level::DEBUG));
+            .with_filter(filter_fn(|meta| {
+                // The spans of `zeroservices` at DEBUG and above; its log events at INFO and
+                // above (span events: a warning in a request's trace).
+                let level = if meta.is_span() {
+                    Level::DEBUG
+                } else {
+                    Level::INFO
+                };
+                meta.target().starts_with("zeroservices") && *meta.level() <= level
+            }));
         Some((layer, Guard { provider }))
     }
 }

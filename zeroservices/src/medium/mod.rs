@@ -85,7 +85,8 @@ pub struct Request {
     /// span and carried in the envelope's `"tp"`/`"ts"` (not in the request object); the owner's
     /// `zs.serve` span is its child (see [`crate::telemetry`]). `None` when nothing exports traces.
     #[serde(skip)]
-    pub trace: Option<crate::telemetry::TraceParent>,
+    // Boxed: a request without one (tracing off) stays as small as it was.
+    pub trace: Option<Box<crate::telemetry::TraceParent>>,
 }
 
 impl Request {

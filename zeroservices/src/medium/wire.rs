@@ -444,7 +444,7 @@ impl Wire {
             Outgoing::Interest(interest) => (Kind::Interest, None, None, Some(interest)),
             Outgoing::Sync { topic, interest } => (Kind::Sync, None, Some(topic), Some(interest)),
         };
-        let trace = request.and_then(|r| r.trace.as_ref());
+        let trace = request.and_then(|r| r.trace.as_deref());
         let body = serde_json::to_vec(&CallOut {
             v: PROTOCOL_VERSION,
             kind,
@@ -596,7 +596,8 @@ pub(crate) fn decode_call(body: &[u8]) -> std::result::Result<Call, Rejection> {
         ..
     } = envelope;
     if let Some(request) = request.as_mut() {
-        request.trace = received_context("a request envelope", tp.as_ref(), ts.as_ref());
+        request.trace =
+            received_context("a request envelope", tp.as_ref(), ts.as_ref()).map(Box::new);
     }
     let answer = |reason: &str| Rejection::Answerable {
         id,
@@ -732,7 +733,7 @@ mod tests {
     fn a_trace_context_rides_in_the_envelope() {
         use crate::telemetry::TraceParent;
         let mut request = Request::new("power", "get").id("42");
-        request.trace = TraceParent::parse(TP, Some("vendor=1"));
+        request.trace = TraceParent::parse(TP, Some("vendor=1")).map(Box::new);
         let bytes = wire()
             .encode_call(7, "a", Outgoing::Request(&request))
             .unwrap();

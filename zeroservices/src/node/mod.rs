@@ -615,7 +615,7 @@ impl Node {
         );
         // The owner continues this span's trace (nothing computed when nobody listens).
         if request.trace.is_none() {
-            request.trace = crate::telemetry::context_of(&span);
+            request.trace = crate::telemetry::context_of(&span).map(Box::new);
         }
         tracing::Instrument::instrument(self.request_remote_in(request), span).await
     }
