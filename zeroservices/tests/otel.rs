@@ -46,7 +46,11 @@ fn child() {
         // The gateway listens to power events: their deliveries link to the owner's publish.
         "gateway" => App::new("otel_gateway").run_with_args(["otel_gateway"], |node| async move {
             let mut events = node.subscribe("power");
-            tokio::spawn(async move { while events.next().await.is_some() {} });
+            tokio::spawn(async move {
+                while let Some(event) = events.next().await {
+                    println!("event {}", event.topic);
+                }
+            });
         }),
         _ => App::new("otel_owner")
             .resource::<Power>()
@@ -206,8 +210,8 @@ fn free_udp() -> u16 {
         .port()
 }
 
-/// A child process, killed if still running when dropped.
-struct Proc(Child);
+/// A child process, killed if still running when dropped; the lines of its stdout.
+struct Proc(Child, std::sync::mpsc::Receiver<String>);
 
 impl Proc {
     fn spawn(role: &str, group: u16, http: u16, otel: &[(&str, &str)]) -> Proc {
@@ -230,8 +234,34 @@ impl Proc {
             .env("RUST_LOG", "warn")
             .envs(otel.iter().copied())
             .stdin(Stdio::null())
-            .stdout(Stdio::null());
-        Proc(command.spawn().unwrap())
+            .stdout(Stdio::piped());
+        let mut child = command.spawn().unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            use std::io::BufRead;
+            for line in std::io::BufReader::new(stdout)
+                .lines()
+                .map_while(Result::ok)
+            {
+                let _ = tx.send(line);
+            }
+        });
+        Proc(child, rx)
+    }
+
+    /// Waits (at most 10 s) for a line of stdout with `prefix`.
+    fn until_line(&self, prefix: &str) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.1.recv_timeout(left) {
+                // The harness's "test child ... " may start the line.
+                Ok(line) if line.contains(prefix) => return,
+                Ok(_) => {}
+                Err(_) => panic!("no line {prefix:?} from the child in 10 s"),
+            }
+        }
     }
 
     /// The names of the process's threads.
@@ -391,6 +421,9 @@ async fn one_trace_across_two_processes(protocol: &str) {
         .await
         .unwrap();
     assert_eq!(reply.status(), 201, "{:?}", reply.text().await);
+    // The gateway's subscriber got the create's event (delivered in a span linked to the
+    // publish).
+    gateway.until_line("event power.create.");
 
     gateway.stop();
     owner.stop();
