@@ -241,7 +241,8 @@ impl App {
                 return err.exit();
             }
         };
-        init_tracing();
+        // Flushes the spans still queued when dropped, after the runtime stopped.
+        let _exporting = init_tracing(&configured.name);
         let runtime = match tokio::runtime::Builder::new_multi_thread()
             .enable_all()
             .build()
@@ -576,16 +577,45 @@ pub fn service_http(
     config
 }
 
-/// `RUST_LOG` (default `info`), on stderr.
-fn init_tracing() {
+/// What keeps trace export running (`None` without it): flushes when dropped.
+#[cfg(feature = "otel")]
+type Exporting = Option<crate::telemetry::export::Guard>;
+#[cfg(not(feature = "otel"))]
+type Exporting = Option<std::convert::Infallible>;
+
+/// `RUST_LOG` (default `info`), on stderr; with the `otel` feature and an
+/// `OTEL_EXPORTER_OTLP_ENDPOINT`, an OpenTelemetry layer too (see [`crate::telemetry`]).
+fn init_tracing(service: &str) -> Exporting {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    #[cfg(feature = "otel")]
+    {
+        use tracing_subscriber::Layer as _;
+        use tracing_subscriber::layer::SubscriberExt as _;
+        use tracing_subscriber::util::SubscriberInitExt as _;
+
+        if let Some((otel, guard)) = crate::telemetry::export::layer(service) {
+            // Each layer its own filter: the log lines as before, the spans for export.
+            let logs = tracing_subscriber::fmt::layer()
+                .with_writer(std::io::stderr)
+                .with_ansi(std::io::stderr().is_terminal())
+                .with_filter(filter);
+            return tracing_subscriber::registry()
+                .with(logs)
+                .with(otel)
+                .try_init()
+                .is_ok()
+                .then_some(guard);
+        }
+    }
+    let _ = service;
     // Already set (a test, or a user's own subscriber): keep it.
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .with_ansi(std::io::stderr().is_terminal())
         .try_init();
+    None
 }
 
 #[cfg(test)]
