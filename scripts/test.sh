@@ -272,7 +272,7 @@ fi
 # Every Cargo feature of zeroservices builds alone, with none, and all together (the tests below
 # build with all of them). ZS_SKIP_FEATURE_BUILDS=1 leaves this out for a quick local run.
 if [ "${ZS_SKIP_FEATURE_BUILDS:-}" != "1" ]; then
-    for features in "" http zeromq nats embedded mongodb app; do
+    for features in "" http zeromq nats embedded mongodb app otel; do
         echo "Building zeroservices --no-default-features --features '$features' ..." >&2
         cargo build --quiet -p zeroservices --lib --no-default-features --features "$features"
     done

@@ -242,7 +242,8 @@ impl App {
                 return err.exit();
             }
         };
-        init_logging(configured.log_format, "info");
+        // Flushes the spans still queued when dropped, after the runtime stopped.
+        let _exporting = init_tracing(Some(&configured.name), configured.log_format, "info");
         let runtime = match tokio::runtime::Builder::new_multi_thread()
             .enable_all()
             .build()
@@ -579,23 +580,32 @@ pub fn service_http(
     config
 }
 
+/// What keeps trace export running (`None` without it): flushes when dropped.
+#[cfg(feature = "otel")]
+type Exporting = Option<crate::telemetry::export::Guard>;
+#[cfg(not(feature = "otel"))]
+type Exporting = Option<std::convert::Infallible>;
+
 /// The process's log subscriber: `RUST_LOG` (else `default_filter`) on stderr, as text or as
-/// one JSON object a line (`ZS_LOG_FORMAT`). Keeps a subscriber already set (a test, a user's
-/// own). [`App::run`] and the `zeroservices` command call it.
+/// one JSON object a line (`ZS_LOG_FORMAT`); no trace export. Keeps a subscriber already set
+/// (a test, a user's own). The `zeroservices` command calls it; [`App::run`] sets the same up
+/// with trace export ([`crate::telemetry`]).
 ///
-/// A JSON line carries `timestamp`, `level`, `target`, `fields` (the event's, `message`
-/// among them, flattened into the object), `span` (the current span: its name and fields) and
-/// `spans` (every span it is in, outermost first). Layers that add to every line (a trace id
-/// from an OpenTelemetry layer) go into the same registry, next to the format layer.
+/// A JSON line carries `timestamp`, `level`, `target`, the event's fields (`message` among
+/// them) flattened into the object, `span` (the current span: its name and fields) and `spans`
+/// (every span it is in, outermost first).
 #[doc(hidden)]
 pub fn init_logging(format: LogFormat, default_filter: &str) {
-    use tracing_subscriber::layer::SubscriberExt;
-    use tracing_subscriber::util::SubscriberInitExt;
-    use tracing_subscriber::{EnvFilter, Layer, Registry};
+    let _ = init_tracing(None, format, default_filter);
+}
 
-    let filter =
-        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_filter));
-    let format: Box<dyn Layer<Registry> + Send + Sync> = match format {
+/// The log lines' layer, text or JSON.
+fn log_layer<S>(format: LogFormat) -> Box<dyn tracing_subscriber::Layer<S> + Send + Sync>
+where
+    S: tracing::Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a>,
+{
+    use tracing_subscriber::Layer as _;
+    match format {
         LogFormat::Text => tracing_subscriber::fmt::layer()
             .with_writer(std::io::stderr)
             .with_ansi(std::io::stderr().is_terminal())
@@ -607,12 +617,38 @@ pub fn init_logging(format: LogFormat, default_filter: &str) {
             .with_span_list(true)
             .with_writer(std::io::stderr)
             .boxed(),
-    };
+    }
+}
+
+/// `RUST_LOG` (else `default_filter`) on stderr as `format` says; with the `otel` feature, a
+/// `service` name and an `OTEL_EXPORTER_OTLP_ENDPOINT`, an OpenTelemetry layer too (see
+/// [`crate::telemetry`]).
+fn init_tracing(service: Option<&str>, format: LogFormat, default_filter: &str) -> Exporting {
+    use tracing_subscriber::Layer as _;
+    use tracing_subscriber::layer::SubscriberExt as _;
+    use tracing_subscriber::util::SubscriberInitExt as _;
+
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_filter));
+    #[cfg(feature = "otel")]
+    if let Some(service) = service
+        && let Some((otel, guard)) = crate::telemetry::export::layer(service)
+    {
+        // Each layer its own filter: the log lines as before, the spans for export.
+        let logs = log_layer(format).with_filter(filter);
+        return tracing_subscriber::registry()
+            .with(logs)
+            .with(otel)
+            .try_init()
+            .is_ok()
+            .then_some(guard);
+    }
+    let _ = service;
     // Already set (a test, or a user's own subscriber): keep it.
     let _ = tracing_subscriber::registry()
-        .with(format)
-        .with(filter)
+        .with(log_layer(format).with_filter(filter))
         .try_init();
+    None
 }
 
 #[cfg(test)]

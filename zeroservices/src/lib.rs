@@ -31,6 +31,7 @@ mod service;
 pub mod settings;
 pub mod signal;
 pub mod store;
+pub mod telemetry;
 pub mod worker;
 
 #[cfg(feature = "app")]

@@ -352,6 +352,7 @@ impl Call {
             idempotency_key: None,
             if_version: None,
             with_version: false,
+            trace: None,
         }
     }
 

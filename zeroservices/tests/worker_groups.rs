@@ -649,12 +649,18 @@ async fn a_replica_killed_mid_handler_leaves_its_change_to_the_other() {
     let taken_by_doomed: Vec<String> = doomed.started().into_iter().map(|(_, id)| id).collect();
     doomed.kill();
     let killed = Instant::now();
-    eventually(
-        Duration::from_secs(20),
-        "10 jobs done by the survivor",
-        || all_done(&owner, 10),
-    )
-    .await;
+    // Polled by hand so that a failure shows where every job stands.
+    let deadline = killed + Duration::from_secs(30);
+    while !all_done(&owner, 10).await {
+        assert!(
+            Instant::now() < deadline,
+            "10 jobs done by the survivor: not within 30 s of the kill; doomed took \
+             {taken_by_doomed:?}; the survivor started {:?}; the jobs: {:?}",
+            survivor.started(),
+            jobs(&owner).await
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     let done = jobs(&owner).await;
     for (id, job) in &done {
         assert_eq!(job.runs, 1, "{id}: {job:?}");

@@ -290,11 +290,20 @@ fn cross_site_write(headers: &axum::http::HeaderMap) -> Response {
     .into_response()
 }
 
-async fn per_request(
-    State(state): State<AppState>,
-    mut request: HttpRequest,
-    next: Next,
-) -> Response {
+async fn per_request(State(state): State<AppState>, request: HttpRequest, next: Next) -> Response {
+    // The request's span (`http.request`, continuing a `traceparent`): nothing when nobody
+    // listens.
+    let span = crate::telemetry::http_span(&request);
+    if span.is_disabled() {
+        return per_request_in(state, request, next).await;
+    }
+    let response =
+        tracing::Instrument::instrument(per_request_in(state, request, next), span.clone()).await;
+    span.record("http.response.status_code", response.status().as_u16());
+    response
+}
+
+async fn per_request_in(state: AppState, mut request: HttpRequest, next: Next) -> Response {
     // What the log line needs, only when a line can be written: no allocation here (a `Uri`
     // clone shares the bytes hyper parsed; standard methods are copied).
     let log = tracing::enabled!(tracing::Level::WARN).then(|| {

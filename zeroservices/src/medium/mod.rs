@@ -81,6 +81,12 @@ pub struct Request {
     /// reply's `ETag`).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub with_version: bool,
+    /// The trace context the request continues: set by the calling node from its `zs.call`
+    /// span and carried in the envelope's `"tp"`/`"ts"` (not in the request object); the owner's
+    /// `zs.serve` span is its child (see [`crate::telemetry`]). `None` when nothing exports traces.
+    #[serde(skip)]
+    // Boxed: a request without one (tracing off) stays as small as it was.
+    pub trace: Option<Box<crate::telemetry::TraceParent>>,
 }
 
 impl Request {
@@ -96,6 +102,7 @@ impl Request {
             idempotency_key: None,
             if_version: None,
             with_version: false,
+            trace: None,
         }
     }
 
@@ -148,6 +155,13 @@ pub trait Inbound: Send + Sync + 'static {
     }
     /// Takes an event published by another node.
     fn event(&self, event: Event);
+
+    /// [`Inbound::event`] with the publisher's trace context, when its envelope carried one
+    /// (the delivery's span links to it). The default drops the context.
+    fn event_traced(&self, event: Event, trace: Option<crate::telemetry::TraceParent>) {
+        let _ = trace;
+        self.event(event);
+    }
 
     /// The change logs this node writes, as `(collection, log id)` pairs: a medium that keeps
     /// a durable copy of them (NATS JetStream) re-publishes what it lacks. The default: none.

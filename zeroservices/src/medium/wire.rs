@@ -126,6 +126,10 @@ struct CallOut<'a> {
     topic: Option<&'a str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     interest: Option<&'a Interest>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    tp: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    ts: Option<&'a str>,
 }
 
 #[derive(Deserialize)]
@@ -141,6 +145,97 @@ struct CallIn {
     topic: Option<String>,
     #[serde(default)]
     interest: Option<Interest>,
+    #[serde(default, deserialize_with = "lenient_text")]
+    tp: Option<Text>,
+    #[serde(default, deserialize_with = "lenient_text")]
+    ts: Option<Text>,
+}
+
+/// An optional text field of an envelope that must never make it fail (the trace context):
+/// a string within [`TEXT_MAX`] bytes, or garbage (any other JSON, or too long) to count.
+#[derive(Debug)]
+enum Text {
+    Ok(String),
+    Garbage,
+}
+
+impl Text {
+    fn ok(&self) -> Option<&str> {
+        match self {
+            Text::Ok(text) => Some(text),
+            Text::Garbage => None,
+        }
+    }
+}
+
+/// The longest trace-context field kept (a `tracestate` is at most 512 bytes).
+const TEXT_MAX: usize = crate::telemetry::TRACESTATE_MAX;
+
+fn lenient_text<'de, D: Deserializer<'de>>(d: D) -> std::result::Result<Option<Text>, D::Error> {
+    use serde::de::{IgnoredAny, MapAccess, SeqAccess, Visitor};
+
+    struct V;
+    impl<'de> Visitor<'de> for V {
+        type Value = Option<Text>;
+        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("a string")
+        }
+        fn visit_str<E>(self, v: &str) -> std::result::Result<Self::Value, E> {
+            Ok(Some(if v.len() <= TEXT_MAX {
+                Text::Ok(v.to_owned())
+            } else {
+                Text::Garbage
+            }))
+        }
+        fn visit_unit<E>(self) -> std::result::Result<Self::Value, E> {
+            Ok(None)
+        }
+        fn visit_bool<E>(self, _: bool) -> std::result::Result<Self::Value, E> {
+            Ok(Some(Text::Garbage))
+        }
+        fn visit_i64<E>(self, _: i64) -> std::result::Result<Self::Value, E> {
+            Ok(Some(Text::Garbage))
+        }
+        fn visit_u64<E>(self, _: u64) -> std::result::Result<Self::Value, E> {
+            Ok(Some(Text::Garbage))
+        }
+        fn visit_f64<E>(self, _: f64) -> std::result::Result<Self::Value, E> {
+            Ok(Some(Text::Garbage))
+        }
+        fn visit_seq<A: SeqAccess<'de>>(
+            self,
+            mut seq: A,
+        ) -> std::result::Result<Self::Value, A::Error> {
+            while seq.next_element::<IgnoredAny>()?.is_some() {}
+            Ok(Some(Text::Garbage))
+        }
+        fn visit_map<A: MapAccess<'de>>(
+            self,
+            mut map: A,
+        ) -> std::result::Result<Self::Value, A::Error> {
+            while map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
+            Ok(Some(Text::Garbage))
+        }
+    }
+    d.deserialize_any(V)
+}
+
+/// The trace context an envelope carried (`"tp"`, `"ts"`): `None` when absent; garbage is
+/// counted and logged, never an error.
+fn received_context(
+    from: &str,
+    tp: Option<&Text>,
+    ts: Option<&Text>,
+) -> Option<crate::telemetry::TraceParent> {
+    match tp? {
+        Text::Ok(tp) => {
+            crate::telemetry::TraceParent::received(from, Some(tp), ts.and_then(Text::ok))
+        }
+        Text::Garbage => {
+            crate::telemetry::reject(from, "\"tp\" is not a short string");
+            None
+        }
+    }
 }
 
 #[derive(Serialize)]
@@ -181,6 +276,10 @@ struct EventOut<'a> {
     from: &'a str,
     topic: &'a str,
     data: &'a Value,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    tp: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    ts: Option<&'a str>,
 }
 
 #[derive(Deserialize)]
@@ -191,6 +290,10 @@ struct EventIn<'a> {
     topic: Cow<'a, str>,
     #[serde(default)]
     data: Value,
+    #[serde(default, deserialize_with = "lenient_text")]
+    tp: Option<Text>,
+    #[serde(default, deserialize_with = "lenient_text")]
+    ts: Option<Text>,
 }
 
 /// The fields needed to classify an envelope that did not parse.
@@ -341,6 +444,7 @@ impl Wire {
             Outgoing::Interest(interest) => (Kind::Interest, None, None, Some(interest)),
             Outgoing::Sync { topic, interest } => (Kind::Sync, None, Some(topic), Some(interest)),
         };
+        let trace = request.and_then(|r| r.trace.as_deref());
         let body = serde_json::to_vec(&CallOut {
             v: PROTOCOL_VERSION,
             kind,
@@ -349,6 +453,8 @@ impl Wire {
             request,
             topic,
             interest,
+            tp: trace.map(crate::telemetry::TraceParent::traceparent),
+            ts: trace.and_then(crate::telemetry::TraceParent::tracestate),
         })?;
         if body.len() + self.mac_len() > self.max_message_bytes {
             return Err(Error::bad_request(format!(
@@ -389,13 +495,23 @@ impl Wire {
     }
 
     /// The body of an event, or a `bad_request` when it would exceed the message limit.
+    ///
+    /// The event carries the trace context of the current span (the publisher's `zs.publish`)
+    /// when one is exported.
     pub(crate) fn encode_event(&self, from: &str, topic: &str, data: &Value) -> Result<Vec<u8>> {
+        let trace = crate::telemetry::current();
         let body = serde_json::to_vec(&EventOut {
             v: PROTOCOL_VERSION,
             kind: Kind::Event,
             from,
             topic,
             data,
+            tp: trace
+                .as_ref()
+                .map(crate::telemetry::TraceParent::traceparent),
+            ts: trace
+                .as_ref()
+                .and_then(crate::telemetry::TraceParent::tracestate),
         })?;
         let topic_len = if self.sealer.is_some() {
             topic.len() * 2 + 16
@@ -472,11 +588,17 @@ pub(crate) fn decode_call(body: &[u8]) -> std::result::Result<Call, Rejection> {
         kind,
         id,
         from,
-        request,
+        mut request,
         topic,
         interest,
+        tp,
+        ts,
         ..
     } = envelope;
+    if let Some(request) = request.as_mut() {
+        request.trace =
+            received_context("a request envelope", tp.as_ref(), ts.as_ref()).map(Box::new);
+    }
     let answer = |reason: &str| Rejection::Answerable {
         id,
         reason: reason.to_owned(),
@@ -527,7 +649,16 @@ pub(crate) fn decode_response(
 
 /// Decodes an event (a SUB's body frame, opened): its topic and data. The caller checks the
 /// topic against the topic frame ([`Wire::topic_is`]).
+#[cfg_attr(not(feature = "nats"), allow(dead_code))]
 pub(crate) fn decode_event(body: &[u8]) -> std::result::Result<(String, Value), Rejection> {
+    decode_event_traced(body).map(|(topic, data, _)| (topic, data))
+}
+
+/// [`decode_event`] with the publisher's trace context, if it sent one (garbage is counted and
+/// ignored).
+pub(crate) fn decode_event_traced(
+    body: &[u8],
+) -> std::result::Result<(String, Value, Option<crate::telemetry::TraceParent>), Rejection> {
     let envelope: EventIn<'_> =
         serde_json::from_slice(body).map_err(|e| classify(body, &e, false))?;
     if envelope.v != PROTOCOL_VERSION {
@@ -536,7 +667,12 @@ pub(crate) fn decode_event(body: &[u8]) -> std::result::Result<(String, Value), 
     if envelope.kind != Kind::Event {
         return Err(Rejection::Malformed("not an event envelope".to_owned()));
     }
-    Ok((envelope.topic.into_owned(), envelope.data))
+    let trace = received_context(
+        "an event envelope",
+        envelope.tp.as_ref(),
+        envelope.ts.as_ref(),
+    );
+    Ok((envelope.topic.into_owned(), envelope.data, trace))
 }
 
 #[cfg(test)]
@@ -588,6 +724,90 @@ mod tests {
                 from: Some("node-a".to_owned()),
                 request
             }
+        );
+    }
+
+    const TP: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+
+    #[test]
+    fn a_trace_context_rides_in_the_envelope() {
+        use crate::telemetry::TraceParent;
+        let mut request = Request::new("power", "get").id("42");
+        request.trace = TraceParent::parse(TP, Some("vendor=1")).map(Box::new);
+        let bytes = wire()
+            .encode_call(7, "a", Outgoing::Request(&request))
+            .unwrap();
+        let text: Value = serde_json::from_slice(&bytes).unwrap();
+        assert_eq!((&text["tp"], &text["ts"]), (&json!(TP), &json!("vendor=1")));
+        assert!(text["request"].get("trace").is_none());
+        match decode_call(&bytes) {
+            Ok(Call::Request { request: got, .. }) => assert_eq!(got, request),
+            other => panic!("{other:?}"),
+        }
+        // None: no field at all (what an older peer sends and reads).
+        let bytes = wire()
+            .encode_call(8, "a", Outgoing::Request(&Request::new("power", "get")))
+            .unwrap();
+        let text: Value = serde_json::from_slice(&bytes).unwrap();
+        assert!(text.get("tp").is_none() && text.get("ts").is_none());
+        // Events: no span, no context; one sent is read back.
+        let bytes = wire()
+            .encode_event("a", "power.create.1", &json!(1))
+            .unwrap();
+        assert!(!String::from_utf8_lossy(&bytes).contains("\"tp\""));
+        let event = body(json!({"v": V, "kind": "event", "topic": "t", "data": 1, "tp": TP}));
+        let (_, _, trace) = decode_event_traced(&event).unwrap();
+        assert_eq!(trace.unwrap().traceparent(), TP);
+    }
+
+    #[test]
+    fn a_hostile_trace_context_is_ignored_and_counted() {
+        let hostile = [
+            json!(1),
+            json!(true),
+            json!(-2.5),
+            json!([1, [2, [3]]]),
+            json!({"a": {"b": [1]}}),
+            json!("x".repeat(10_000)),
+            json!("garbage"),
+            json!(TP.to_uppercase()),
+            json!(TP.replace("-01", "-1")),
+        ];
+        for tp in hostile {
+            let before = crate::telemetry::rejected_contexts();
+            let call = body(json!({"v": V, "kind": "request", "id": 1, "from": "a",
+                "request": {"collection": "c", "action": "a"}, "tp": tp, "ts": tp}));
+            match decode_call(&call) {
+                Ok(Call::Request { request, .. }) => assert_eq!(request.trace, None, "{tp:.40}"),
+                other => panic!("{tp:.40}: {other:?}"),
+            }
+            let event = body(json!({"v": V, "kind": "event", "topic": "t", "data": 1,
+                "tp": tp, "ts": tp}));
+            let (topic, _, trace) = decode_event_traced(&event).unwrap();
+            assert_eq!((topic.as_str(), trace), ("t", None));
+            assert!(
+                crate::telemetry::rejected_contexts() >= before + 2,
+                "{tp:.40}"
+            );
+        }
+        // A usable traceparent with a hostile tracestate keeps the traceparent only.
+        let call = body(json!({"v": V, "kind": "request", "id": 1, "from": "a",
+            "request": {"collection": "c", "action": "a"}, "tp": TP, "ts": {"x": 1}}));
+        match decode_call(&call) {
+            Ok(Call::Request { request, .. }) => {
+                let trace = request.trace.unwrap();
+                assert_eq!(
+                    (trace.traceparent().as_str(), trace.tracestate()),
+                    (TP, None)
+                );
+            }
+            other => panic!("{other:?}"),
+        }
+        // `null` is no context, not garbage.
+        let call = body(json!({"v": V, "kind": "request", "id": 1,
+            "request": {"collection": "c", "action": "a"}, "tp": null}));
+        assert!(
+            matches!(decode_call(&call), Ok(Call::Request { request, .. }) if request.trace.is_none())
         );
     }
 

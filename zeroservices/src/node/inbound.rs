@@ -9,6 +9,7 @@ use async_trait::async_trait;
 use serde_json::Value;
 use serde_json::value::RawValue;
 use tokio_util::task::task_tracker::TaskTrackerToken;
+use tracing::{Instrument, Span};
 
 use super::{Node, NodeInner, lock, read, stores};
 use crate::changes::{LogAfter, LogPage, Retention};
@@ -16,6 +17,7 @@ use crate::discovery::{PeerEvent, PeerSink};
 use crate::medium::{Inbound, NODE_MESSAGE, PROTOCOL_VERSION, Request};
 use crate::metrics::Side;
 use crate::protocol::BuiltIn;
+use crate::telemetry::TraceParent;
 use crate::{Error, Event, Result};
 
 /// What the medium and discovery hold: a weak handle, so a dropped node is freed.
@@ -48,9 +50,10 @@ impl Handle {
 
 #[async_trait]
 impl Inbound for Handle {
-    async fn request(&self, from: Option<String>, request: Request) -> Result<Value> {
+    async fn request(&self, from: Option<String>, mut request: Request) -> Result<Value> {
         let (node, _serving) = self.serving()?;
-        serve(&node, from, request).await
+        let span = serve_span(&mut request);
+        serve(&node, from, request).instrument(span).await
     }
 
     fn serve_inline(&self, request: &Request) -> bool {
@@ -64,30 +67,27 @@ impl Inbound for Handle {
             && request.collection != NODE_MESSAGE
     }
 
-    async fn request_raw(&self, from: Option<String>, request: Request) -> Result<Box<RawValue>> {
+    async fn request_raw(
+        &self,
+        from: Option<String>,
+        mut request: Request,
+    ) -> Result<Box<RawValue>> {
         let (node, _serving) = self.serving()?;
-        match node.local_service(&request.collection) {
-            Some(service) => {
-                node.inner.requests_served.fetch_add(1, Ordering::Relaxed);
-                let metrics = node
-                    .inner
-                    .metrics
-                    .action(&request.collection, &request.action);
-                let start = std::time::Instant::now();
-                let reply = service.handle_raw(&node, request).await;
-                metrics.side(Side::Owner).record(start, &reply);
-                reply
-            }
-            // Messages, unknown collections: the plain path.
-            None => {
-                let value = serve(&node, from, request).await?;
-                crate::json::to_raw(&value)
-            }
-        }
+        let span = serve_span(&mut request);
+        serve_raw(node, from, request).instrument(span).await
     }
 
     fn event(&self, event: Event) {
+        self.event_traced(event, None);
+    }
+
+    fn event_traced(&self, event: Event, trace: Option<TraceParent>) {
         if let Some(node) = self.node() {
+            let span = tracing::debug_span!("zs.deliver", topic = %event.topic);
+            if let Some(trace) = &trace {
+                crate::telemetry::add_link(&span, trace);
+            }
+            let _entered = span.enter();
             node.inner.deliver_local(&event);
         }
     }
@@ -126,6 +126,44 @@ impl Inbound for Handle {
     fn change_log_retention(&self) -> Retention {
         self.node()
             .map_or_else(Retention::default, |n| n.limits().change_log)
+    }
+}
+
+/// The owning side's span of a request from a peer: a child of the caller's span when the
+/// envelope carried its context (taken out of the request).
+fn serve_span(request: &mut Request) -> Span {
+    let trace = request.trace.take();
+    let span = tracing::debug_span!(
+        "zs.serve",
+        otel.kind = "server",
+        collection = %request.collection,
+        action = %request.action,
+    );
+    if let Some(trace) = &trace {
+        crate::telemetry::set_parent(&span, trace);
+    }
+    span
+}
+
+/// [`Inbound::request_raw`] in its span.
+async fn serve_raw(node: Node, from: Option<String>, request: Request) -> Result<Box<RawValue>> {
+    match node.local_service(&request.collection) {
+        Some(service) => {
+            node.inner.requests_served.fetch_add(1, Ordering::Relaxed);
+            let metrics = node
+                .inner
+                .metrics
+                .action(&request.collection, &request.action);
+            let start = std::time::Instant::now();
+            let reply = service.handle_raw(&node, request).await;
+            metrics.side(Side::Owner).record(start, &reply);
+            reply
+        }
+        // Messages, unknown collections: the plain path.
+        None => {
+            let value = serve(&node, from, request).await?;
+            crate::json::to_raw(&value)
+        }
     }
 }
 

@@ -499,10 +499,15 @@ impl Node {
             .counters
             .events_published
             .fetch_add(1, Ordering::Relaxed);
-        self.inner.deliver_local(event);
-        if let Err(e) = self.inner.medium.publish(event).await {
-            tracing::warn!(topic = %event.topic, error = %e, "event not published to peers");
-        }
+        // The medium puts this span's context in the event's envelope (subscribers link to it).
+        let span = tracing::debug_span!("zs.publish", otel.kind = "producer", topic = %event.topic);
+        let publish = async {
+            self.inner.deliver_local(event);
+            if let Err(e) = self.inner.medium.publish(event).await {
+                tracing::warn!(topic = %event.topic, error = %e, "event not published to peers");
+            }
+        };
+        tracing::Instrument::instrument(publish, span).await
     }
 
     /// Hands the medium an entry the store just logged (a medium that keeps the change logs
@@ -652,6 +657,20 @@ impl Node {
     }
 
     async fn request_remote(&self, mut request: Request) -> Result<Box<RawValue>> {
+        let span = tracing::debug_span!(
+            "zs.call",
+            otel.kind = "client",
+            collection = %request.collection,
+            action = %request.action,
+        );
+        // The owner continues this span's trace (nothing computed when nobody listens).
+        if request.trace.is_none() {
+            request.trace = crate::telemetry::context_of(&span).map(Box::new);
+        }
+        tracing::Instrument::instrument(self.request_remote_in(request), span).await
+    }
+
+    async fn request_remote_in(&self, mut request: Request) -> Result<Box<RawValue>> {
         // A request that may change something gets an id, so the owner runs it once even if
         // it arrives twice (a fail-over below, a retry): `<node id>.<n>`.
         if request.request_id.is_none() && !crate::protocol::Call::is_read(&request.action) {

@@ -678,7 +678,8 @@ impl<R: Resource> Service for ResourceService<R> {
         self.authorize(node, &request)?;
         let id = self.require_id(&request)?;
         node.limits().check_id(&id)?;
-        let (doc, version) = self.load(&id).await?;
+        let span = tracing::debug_span!("zs.store", collection = self.collection(), action = "get");
+        let (doc, version) = tracing::Instrument::instrument(self.load(&id), span).await?;
         #[derive(Serialize)]
         struct Reply<'a> {
             resource_id: &'a str,
@@ -711,6 +712,16 @@ impl<R: Resource> ResourceService<R> {
         let Some(action) = BuiltIn::from_name(&request.action) else {
             return self.action(node, request).await;
         };
+        // The built-in action with its store operations.
+        let span = tracing::debug_span!(
+            "zs.store",
+            collection = self.collection(),
+            action = action.name(),
+        );
+        tracing::Instrument::instrument(self.built_in(node, action, request), span).await
+    }
+
+    async fn built_in(&self, node: &Node, action: BuiltIn, request: Request) -> Result<Value> {
         let user = request.user.clone();
         let if_version = request.if_version;
         match Call::parse(action, request)? {

@@ -248,7 +248,13 @@ impl Worker {
                     }
                     let change = Change::<R>::from_event(&event)?;
                     let ctx = Context::new(node, R::COLLECTION, Some(change.resource_id.clone()));
-                    handler(ctx, change).await
+                    let span = tracing::debug_span!(
+                        "zs.worker",
+                        otel.kind = "consumer",
+                        collection = R::COLLECTION,
+                        topic = %event.topic,
+                    );
+                    tracing::Instrument::instrument(handler(ctx, change), span).await
                 })
             }),
         });

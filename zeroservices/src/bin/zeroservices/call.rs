@@ -221,6 +221,8 @@ impl CallCommand {
     }
 }
 
+// One per run of the command: its size does not matter.
+#[allow(clippy::large_enum_variant)]
 enum Plan {
     Request(Request, Wait),
     Watch {

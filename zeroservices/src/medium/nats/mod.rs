@@ -714,7 +714,7 @@ impl Inner {
                 return;
             }
         };
-        let (topic, data) = match wire::decode_event(&body) {
+        let (topic, data, trace) = match wire::decode_event_traced(&body) {
             Ok(event) => event,
             Err(rejection) => {
                 self.drops.count("event", &rejection);
@@ -730,7 +730,7 @@ impl Inner {
         }
         if let Some(inbound) = self.inbound.get() {
             self.events.fetch_add(1, Ordering::Relaxed);
-            inbound.event(Event { topic, data });
+            inbound.event_traced(Event { topic, data }, trace);
         }
     }
 

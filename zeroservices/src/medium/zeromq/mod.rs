@@ -47,6 +47,15 @@
 //! Without a cluster key, `seal` is an empty frame and the body is the JSON above (a message
 //! with a non-empty seal frame is dropped as sealed under a key this node lacks).
 //!
+//! **Trace context** (optional, in version 3): a request and an event may carry `"tp"`, a W3C
+//! `traceparent` (`"00-<32 hex>-<16 hex>-<2 hex>"`), and `"ts"`, its `tracestate`, at the top
+//! level of the envelope, when the sender exports traces ([`crate::telemetry`]). Unknown fields
+//! are ignored by every version-3 reader, so a peer without tracing reads these envelopes as
+//! before and the version stays 3. A receiver never fails an envelope for them: a `tp` that is
+//! not a valid W3C `traceparent` string (any other JSON, over 512 bytes, malformed) or a `ts`
+//! over the W3C limits is ignored, counted ([`crate::telemetry::rejected_contexts`]) and
+//! logged at `debug`. The NATS medium carries the same envelopes.
+//!
 //! ## Sealing (with a cluster key)
 //!
 //! Each secret of the keyring ([`ClusterKey`](crate::security::ClusterKey)) gives, by

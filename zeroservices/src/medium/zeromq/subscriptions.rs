@@ -339,7 +339,7 @@ fn take_event(core: &Core, peer: &str, message: ZmqMessage) {
             return;
         }
     }
-    let (topic, data) = match wire::decode_event(&body) {
+    let (topic, data, trace) = match wire::decode_event_traced(&body) {
         Ok(event) => event,
         Err(rejection) => return core.reject(peer, "event", &rejection),
     };
@@ -359,7 +359,7 @@ fn take_event(core: &Core, peer: &str, message: ZmqMessage) {
         return;
     };
     bump(&core.counters.events_received);
-    inbound.event(Event { topic, data });
+    inbound.event_traced(Event { topic, data }, trace);
 }
 
 #[cfg(test)]
