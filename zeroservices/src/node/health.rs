@@ -113,7 +113,7 @@ impl Readiness {
 impl Node {
     /// Whether this node can do its job now: started and not stopping, its discovery running,
     /// its medium up, and every store behind a collection it owns answering a read within
-    /// `timeout`. See the [module docs](self) for each check; `GET /readyz` answers with it.
+    /// `timeout`. The checks are those of the HTTP probe (see the README, "Operating"); `GET /readyz` answers with it.
     pub async fn readiness(&self, timeout: Duration) -> Readiness {
         let inner = &self.inner;
         let node = if !inner.started.load(Ordering::SeqCst) {
