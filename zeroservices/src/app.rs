@@ -599,8 +599,12 @@ pub fn init_logging(format: LogFormat, default_filter: &str) {
     let _ = init_tracing(None, format, default_filter);
 }
 
-/// The log lines' layer, text or JSON.
-fn log_layer<S>(format: LogFormat) -> Box<dyn tracing_subscriber::Layer<S> + Send + Sync>
+/// The log lines' layer, text or JSON; `traced`: spans are exported, and a JSON line logged
+/// inside one carries its `trace_id`.
+fn log_layer<S>(
+    format: LogFormat,
+    traced: bool,
+) -> Box<dyn tracing_subscriber::Layer<S> + Send + Sync>
 where
     S: tracing::Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a>,
 {
@@ -610,13 +614,50 @@ where
             .with_writer(std::io::stderr)
             .with_ansi(std::io::stderr().is_terminal())
             .boxed(),
-        LogFormat::Json => tracing_subscriber::fmt::layer()
-            .json()
-            .flatten_event(true)
-            .with_current_span(true)
-            .with_span_list(true)
-            .with_writer(std::io::stderr)
-            .boxed(),
+        LogFormat::Json => {
+            let json = tracing_subscriber::fmt::layer()
+                .json()
+                .flatten_event(true)
+                .with_current_span(true)
+                .with_span_list(true)
+                .with_writer(std::io::stderr);
+            if traced {
+                json.map_event_format(WithTraceId).boxed()
+            } else {
+                json.boxed()
+            }
+        }
+    }
+}
+
+/// A JSON log line's format plus, inside an exported span, `"trace_id"`: the 32 hex digits of
+/// the span's trace, as a trace viewer shows it.
+struct WithTraceId<F>(F);
+
+impl<S, N, F> tracing_subscriber::fmt::FormatEvent<S, N> for WithTraceId<F>
+where
+    S: tracing::Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a>,
+    N: for<'a> tracing_subscriber::fmt::FormatFields<'a> + 'static,
+    F: tracing_subscriber::fmt::FormatEvent<S, N>,
+{
+    fn format_event(
+        &self,
+        ctx: &tracing_subscriber::fmt::FmtContext<'_, S, N>,
+        mut writer: tracing_subscriber::fmt::format::Writer<'_>,
+        event: &tracing::Event<'_>,
+    ) -> std::fmt::Result {
+        let mut line = String::new();
+        self.0.format_event(
+            ctx,
+            tracing_subscriber::fmt::format::Writer::new(&mut line),
+            event,
+        )?;
+        let trace = crate::telemetry::current().map(|t| t.trace_id());
+        match (trace, line.strip_suffix("}\n")) {
+            // The id is hex: nothing to escape.
+            (Some(id), Some(head)) => writeln!(writer, "{head},\"trace_id\":\"{id}\"}}"),
+            _ => writer.write_str(&line),
+        }
     }
 }
 
@@ -635,7 +676,7 @@ fn init_tracing(service: Option<&str>, format: LogFormat, default_filter: &str) 
         && let Some((otel, guard)) = crate::telemetry::export::layer(service)
     {
         // Each layer its own filter: the log lines as before, the spans for export.
-        let logs = log_layer(format).with_filter(filter);
+        let logs = log_layer(format, true).with_filter(filter);
         return tracing_subscriber::registry()
             .with(logs)
             .with(otel)
@@ -646,7 +687,7 @@ fn init_tracing(service: Option<&str>, format: LogFormat, default_filter: &str) 
     let _ = service;
     // Already set (a test, or a user's own subscriber): keep it.
     let _ = tracing_subscriber::registry()
-        .with(log_layer(format).with_filter(filter))
+        .with(log_layer(format, false).with_filter(filter))
         .try_init();
     None
 }

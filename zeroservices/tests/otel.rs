@@ -32,6 +32,17 @@ pub struct Power {
     pub value: i64,
 }
 
+#[actions]
+impl Power {
+    /// Logs a warning inside the request it serves: with `ZS_LOG_FORMAT=json` and export on,
+    /// that line carries the request's trace id.
+    #[action(collection)]
+    async fn mark() -> Result<String> {
+        tracing::warn!(marked = true, "a log line inside a served request");
+        Ok("marked".to_owned())
+    }
+}
+
 const CHILD: &str = "ZS_OTEL_CHILD";
 const TRACE_ID: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
 const PARENT_SPAN: &str = "00f067aa0ba902b7";
@@ -234,20 +245,42 @@ impl Proc {
             .env("RUST_LOG", "warn")
             .envs(otel.iter().copied())
             .stdin(Stdio::null())
-            .stdout(Stdio::piped());
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
         let mut child = command.spawn().unwrap();
-        let stdout = child.stdout.take().unwrap();
         let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            use std::io::BufRead;
-            for line in std::io::BufReader::new(stdout)
-                .lines()
-                .map_while(Result::ok)
-            {
-                let _ = tx.send(line);
-            }
-        });
+        let stdout: Box<dyn std::io::Read + Send> = Box::new(child.stdout.take().unwrap());
+        let stderr: Box<dyn std::io::Read + Send> = Box::new(child.stderr.take().unwrap());
+        // Both streams' lines, stderr echoed so a failing run still shows the child's logs.
+        for (stream, echo) in [(stdout, false), (stderr, true)] {
+            let tx = tx.clone();
+            std::thread::spawn(move || {
+                use std::io::BufRead;
+                for line in std::io::BufReader::new(stream)
+                    .lines()
+                    .map_while(Result::ok)
+                {
+                    if echo {
+                        eprintln!("{line}");
+                    }
+                    let _ = tx.send(line);
+                }
+            });
+        }
         Proc(child, rx)
+    }
+
+    /// Waits (at most 10 s) for a line that `wanted` accepts.
+    fn until(&self, what: &str, wanted: impl Fn(&str) -> bool) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.1.recv_timeout(left) {
+                Ok(line) if wanted(&line) => return,
+                Ok(_) => {}
+                Err(_) => panic!("no line from the child in 10 s: {what}"),
+            }
+        }
     }
 
     /// Waits (at most 10 s) for a line of stdout with `prefix`.
@@ -378,7 +411,13 @@ async fn one_trace_across_two_processes(protocol: &str) {
         // A minute: what arrives was flushed when the process stopped.
         ("OTEL_BSP_SCHEDULE_DELAY", "60000"),
     ];
-    let mut owner = Proc::spawn("owner", group, free_tcp(), &otel);
+    // The owner logs JSON: its lines inside a traced request carry the trace id.
+    let owner_env: Vec<(&str, &str)> = otel
+        .iter()
+        .copied()
+        .chain([("ZS_LOG_FORMAT", "json")])
+        .collect();
+    let mut owner = Proc::spawn("owner", group, free_tcp(), &owner_env);
     let mut gateway = Proc::spawn("gateway", group, port, &otel);
     let base = format!("http://127.0.0.1:{port}");
     let http = reqwest::Client::new();
@@ -424,6 +463,18 @@ async fn one_trace_across_two_processes(protocol: &str) {
     // The gateway's subscriber got the create's event (delivered in a span linked to the
     // publish).
     gateway.until_line("event power.create.");
+    // A log line inside a served request carries the request's trace id (JSON logs).
+    let reply = http
+        .post(format!("{base}/power/mark"))
+        .header("traceparent", &traceparent)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(reply.status(), 200, "{:?}", reply.text().await);
+    owner.until("a JSON log line with the trace id", |line| {
+        serde_json::from_str::<Value>(line)
+            .is_ok_and(|v| v["marked"] == json!(true) && v["trace_id"] == json!(TRACE_ID))
+    });
 
     gateway.stop();
     owner.stop();
