@@ -10,7 +10,6 @@
 //! share the server without seeing each other.
 
 use std::io::{BufRead, BufReader};
-use std::net::TcpListener;
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -21,8 +20,10 @@ use zeroservices::config::{NatsServer, NetworkConfig, Transport};
 use zeroservices::discovery::{LeaveReason, NatsDiscovery};
 use zeroservices::medium::{Medium, NatsLink, NatsMedium, Request};
 use zeroservices::prelude::*;
-use zeroservices::security::ClusterKey;
 use zeroservices::store::MemoryStore;
+
+mod nats_common;
+use nats_common::{OwnServer, config, free_port, fresh_cluster, nats_server_bin, nats_url};
 
 /// A number to square.
 #[resource(collection = "power")]
@@ -69,51 +70,6 @@ impl Chore {
 
 fn power(value: i64) -> Power {
     Power { value, note: None }
-}
-
-/// The NATS server of the run (`ZS_TEST_NATS_URL`); without one, `test` fails saying why.
-fn nats_url(test: &str) -> String {
-    std::env::var("ZS_TEST_NATS_URL")
-        .ok()
-        .filter(|u| !u.is_empty())
-        .unwrap_or_else(|| {
-            panic!(
-                "NATS case `{test}` needs a NATS server: ZS_TEST_NATS_URL is not set \
-                 (scripts/test.sh installs nats-server-bin, starts one and sets it; or start \
-                 `nats-server -a 127.0.0.1 -p 4222` and set ZS_TEST_NATS_URL=nats://127.0.0.1:4222)"
-            )
-        })
-}
-
-/// The `nats-server` executable (`ZS_TEST_NATS_SERVER`), for a test that runs its own.
-fn nats_server_bin(test: &str) -> String {
-    std::env::var("ZS_TEST_NATS_SERVER")
-        .ok()
-        .filter(|u| !u.is_empty())
-        .unwrap_or_else(|| {
-            panic!(
-                "NATS case `{test}` runs a nats-server of its own: ZS_TEST_NATS_SERVER (the \
-                 executable) is not set (scripts/test.sh installs nats-server-bin and sets it)"
-            )
-        })
-}
-
-/// A cluster prefix of this test's own.
-fn fresh_cluster() -> String {
-    format!("t{}", &uuid::Uuid::new_v4().simple().to_string()[..12])
-}
-
-fn config(url: &str, cluster: &str, key: Option<&str>) -> NetworkConfig {
-    NetworkConfig {
-        transport: Transport::Nats(vec![NatsServer::parse(url).unwrap()]),
-        cluster: cluster.to_owned(),
-        cluster_key: key.map(|k| ClusterKey::parse(k).unwrap()),
-        request_timeout: Duration::from_millis(1500),
-        heartbeat: Duration::from_millis(200),
-        peer_timeout: Duration::from_millis(1000),
-        discovery_warmup: Some(Duration::from_millis(300)),
-        ..NetworkConfig::default()
-    }
 }
 
 async fn owner(config: &NetworkConfig) -> Node {
@@ -723,78 +679,13 @@ async fn with_a_cluster_key_nats_carries_ciphertext_and_another_key_is_shut_out(
     }
 }
 
-/// A free loopback port (nothing listens there once this returns).
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-/// A `nats-server` of the test's own, on a free loopback port; killed (SIGKILL) when dropped.
-struct OwnServer {
-    bin: String,
-    port: u16,
-    child: Option<Child>,
-}
-
-impl OwnServer {
-    fn start(bin: &str) -> Self {
-        let mut server = Self::reserve(bin);
-        server.restart();
-        server
-    }
-
-    /// A server with a free port, not started yet ([`OwnServer::restart`] starts it).
-    fn reserve(bin: &str) -> Self {
-        Self {
-            bin: bin.to_owned(),
-            port: free_port(),
-            child: None,
-        }
-    }
-
-    fn url(&self) -> String {
-        format!("nats://127.0.0.1:{}", self.port)
-    }
-
-    fn restart(&mut self) {
-        let child = Command::new(&self.bin)
-            .args(["-a", "127.0.0.1", "-p", &self.port.to_string()])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .stdin(Stdio::null())
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot run {}: {e}", self.bin));
-        self.child = Some(child);
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
-            assert!(Instant::now() < deadline, "nats-server did not listen");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-
-    fn kill(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-}
-
-impl Drop for OwnServer {
-    fn drop(&mut self) {
-        self.kill();
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "needs the nats-server executable: ZS_TEST_NATS_SERVER (scripts/test.sh installs it)"]
 async fn a_nats_server_killed_and_restarted_under_calls_is_survived() {
-    let mut server = OwnServer::start(&nats_server_bin(
-        "a_nats_server_killed_and_restarted_under_calls_is_survived",
-    ));
+    let mut server = OwnServer::start(
+        &nats_server_bin("a_nats_server_killed_and_restarted_under_calls_is_survived"),
+        false,
+    );
     let config = config(&server.url(), &fresh_cluster(), None);
     let owner = owner(&config).await;
     let client = plain("api", &config).await;
@@ -991,9 +882,10 @@ async fn garbage_on_every_subject_does_not_crash_a_node() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "needs the nats-server executable: ZS_TEST_NATS_SERVER (scripts/test.sh installs it)"]
 async fn a_node_started_before_its_nats_server_joins_once_it_listens() {
-    let mut server = OwnServer::reserve(&nats_server_bin(
-        "a_node_started_before_its_nats_server_joins_once_it_listens",
-    ));
+    let mut server = OwnServer::reserve(
+        &nats_server_bin("a_node_started_before_its_nats_server_joins_once_it_listens"),
+        false,
+    );
     let config = NetworkConfig {
         nats_connect: Duration::from_secs(20),
         ..config(&server.url(), &fresh_cluster(), None)

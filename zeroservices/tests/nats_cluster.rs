@@ -20,25 +20,15 @@ use zeroservices::discovery::NatsDiscovery;
 use zeroservices::medium::{NatsLink, NatsMedium};
 use zeroservices::prelude::*;
 
+mod nats_common;
+use nats_common::nats_server_bin;
+
 /// A number to square.
 #[resource(collection = "power")]
 #[derive(Debug, Clone, PartialEq)]
 pub struct Power {
     /// The number.
     pub value: i64,
-}
-
-/// The `nats-server` executable (`ZS_TEST_NATS_SERVER`).
-fn nats_server_bin(test: &str) -> String {
-    std::env::var("ZS_TEST_NATS_SERVER")
-        .ok()
-        .filter(|u| !u.is_empty())
-        .unwrap_or_else(|| {
-            panic!(
-                "NATS case `{test}` runs nats-servers of its own: ZS_TEST_NATS_SERVER (the \
-                 executable) is not set (scripts/test.sh installs nats-server-bin and sets it)"
-            )
-        })
 }
 
 /// `n` free loopback ports, all held while they are picked so that they differ.

@@ -10,20 +10,20 @@
 //! JetStream) and `ZS_TEST_NATS_SERVER` (the executable, for the tests that run their own);
 //! `scripts/test.sh` provides both.
 
-use std::net::TcpListener;
-use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use zeroservices::Limits;
 use zeroservices::changes::Retention;
-use zeroservices::config::{NatsServer, NetworkConfig, Transport};
+use zeroservices::config::NetworkConfig;
 use zeroservices::discovery::NatsDiscovery;
 use zeroservices::medium::{NatsLink, NatsMedium, NatsStats};
 use zeroservices::prelude::*;
-use zeroservices::security::ClusterKey;
 use zeroservices::store::{EmbeddedStore, MemoryStore, Store};
+
+mod nats_common;
+use nats_common::{OwnServer, config, fresh_cluster, nats_server_bin, nats_url};
 
 /// A counter.
 #[resource(collection = "power")]
@@ -35,49 +35,8 @@ pub struct Power {
     pub note: Option<String>,
 }
 
-fn nats_url(test: &str) -> String {
-    std::env::var("ZS_TEST_NATS_URL")
-        .ok()
-        .filter(|u| !u.is_empty())
-        .unwrap_or_else(|| {
-            panic!(
-                "NATS case `{test}` needs a NATS server with JetStream: ZS_TEST_NATS_URL is not \
-                 set (scripts/test.sh starts one; or `nats-server -js -a 127.0.0.1 -p 4222`)"
-            )
-        })
-}
-
-fn nats_server_bin(test: &str) -> String {
-    std::env::var("ZS_TEST_NATS_SERVER")
-        .ok()
-        .filter(|u| !u.is_empty())
-        .unwrap_or_else(|| {
-            panic!(
-                "NATS case `{test}` runs a nats-server of its own: ZS_TEST_NATS_SERVER (the \
-                 executable) is not set (scripts/test.sh installs nats-server-bin and sets it)"
-            )
-        })
-}
-
-fn fresh_cluster() -> String {
-    format!("j{}", &uuid::Uuid::new_v4().simple().to_string()[..12])
-}
-
 fn stream_name(cluster: &str) -> String {
     format!("ZS_{}_CHANGES", cluster.to_uppercase())
-}
-
-fn config(url: &str, cluster: &str, key: Option<&str>) -> NetworkConfig {
-    NetworkConfig {
-        transport: Transport::Nats(vec![NatsServer::parse(url).unwrap()]),
-        cluster: cluster.to_owned(),
-        cluster_key: key.map(|k| ClusterKey::parse(k).unwrap()),
-        request_timeout: Duration::from_millis(1500),
-        heartbeat: Duration::from_millis(200),
-        peer_timeout: Duration::from_millis(1000),
-        discovery_warmup: Some(Duration::from_millis(300)),
-        ..NetworkConfig::default()
-    }
 }
 
 /// An owner of `power` whose medium the test keeps (for its counters).
@@ -264,72 +223,6 @@ async fn with_a_cluster_key_the_stream_holds_ciphertext_only() {
     assert_eq!(seen, 5);
     owner.node.stop().await;
     reader.stop().await;
-}
-
-/// A `nats-server` of the test's own on a free loopback port, JetStream on or off, its file
-/// storage in `dir`; killed (SIGKILL) when dropped.
-struct OwnServer {
-    bin: String,
-    port: u16,
-    jetstream: bool,
-    dir: tempfile::TempDir,
-    child: Option<Child>,
-}
-
-impl OwnServer {
-    fn start(bin: &str, jetstream: bool) -> Self {
-        let port = TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let mut server = Self {
-            bin: bin.to_owned(),
-            port,
-            jetstream,
-            dir: tempfile::tempdir().unwrap(),
-            child: None,
-        };
-        server.restart();
-        server
-    }
-
-    fn url(&self) -> String {
-        format!("nats://127.0.0.1:{}", self.port)
-    }
-
-    fn restart(&mut self) {
-        let mut command = Command::new(&self.bin);
-        command.args(["-a", "127.0.0.1", "-p", &self.port.to_string()]);
-        if self.jetstream {
-            command.arg("-js").arg("-sd").arg(self.dir.path());
-        }
-        let child = command
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .stdin(Stdio::null())
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot run {}: {e}", self.bin));
-        self.child = Some(child);
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
-            assert!(Instant::now() < deadline, "nats-server did not listen");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-
-    fn kill(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-}
-
-impl Drop for OwnServer {
-    fn drop(&mut self) {
-        self.kill();
-    }
 }
 
 /// The messages of a stream, by a plain client.

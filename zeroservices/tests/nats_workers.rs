@@ -15,17 +15,26 @@
 
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Read};
-use std::net::TcpListener;
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
-use zeroservices::config::{NatsServer, NetworkConfig, Transport};
+use zeroservices::config::NetworkConfig;
 use zeroservices::prelude::*;
-use zeroservices::security::ClusterKey;
 use zeroservices::store::MemoryStore;
 use zeroservices::worker::{RunningWorker, STATE_FILE_NAME, Worker};
+
+mod nats_common;
+use nats_common::{OwnServer, fresh_cluster, nats_server_bin, nats_url};
+
+/// The shared settings, with a longer peer timeout (replicas are child processes).
+fn config(url: &str, cluster: &str, key: Option<&str>) -> NetworkConfig {
+    NetworkConfig {
+        peer_timeout: Duration::from_millis(1500),
+        ..nats_common::config(url, cluster, key)
+    }
+}
 
 /// A job to do once.
 #[resource(collection = "job")]
@@ -62,40 +71,6 @@ async fn do_job(ctx: &Context, id: &str) -> Result<()> {
         )
         .await?;
     Ok(())
-}
-
-/// The NATS server of the run (`ZS_TEST_NATS_URL`, with JetStream); without one, `test` fails
-/// saying why.
-fn nats_url(test: &str) -> String {
-    std::env::var("ZS_TEST_NATS_URL")
-        .ok()
-        .filter(|u| !u.is_empty())
-        .unwrap_or_else(|| {
-            panic!(
-                "NATS case `{test}` needs a NATS server with JetStream: ZS_TEST_NATS_URL is not \
-                 set (scripts/test.sh installs nats-server-bin, starts one with -js and sets it; \
-                 or start `nats-server -js -a 127.0.0.1 -p 4222` and set \
-                 ZS_TEST_NATS_URL=nats://127.0.0.1:4222)"
-            )
-        })
-}
-
-/// A cluster prefix of this test's own.
-fn fresh_cluster() -> String {
-    format!("w{}", &uuid::Uuid::new_v4().simple().to_string()[..12])
-}
-
-fn config(url: &str, cluster: &str, key: Option<&str>) -> NetworkConfig {
-    NetworkConfig {
-        transport: Transport::Nats(vec![NatsServer::parse(url).unwrap()]),
-        cluster: cluster.to_owned(),
-        cluster_key: key.map(|k| ClusterKey::parse(k).unwrap()),
-        request_timeout: Duration::from_millis(1500),
-        heartbeat: Duration::from_millis(200),
-        peer_timeout: Duration::from_millis(1500),
-        discovery_warmup: Some(Duration::from_millis(300)),
-        ..NetworkConfig::default()
-    }
 }
 
 /// An owner of `job` over a memory store.
@@ -583,58 +558,16 @@ async fn entries_forged_into_the_stream_are_dropped_and_not_redelivered() {
     owner.stop().await;
 }
 
-/// A `nats-server` without JetStream, of the test's own; killed when dropped.
-struct PlainServer {
-    child: Child,
-    port: u16,
-}
-
-impl PlainServer {
-    fn start() -> Self {
-        let bin = std::env::var("ZS_TEST_NATS_SERVER")
-            .ok()
-            .filter(|b| !b.is_empty())
-            .unwrap_or_else(|| {
-                panic!(
-                    "this case runs a nats-server of its own: ZS_TEST_NATS_SERVER (the \
-                     executable) is not set (scripts/test.sh installs nats-server-bin and sets it)"
-                )
-            });
-        let port = TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let child = Command::new(&bin)
-            .args(["-a", "127.0.0.1", "-p", &port.to_string()])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .stdin(Stdio::null())
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot run {bin}: {e}"));
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(Instant::now() < deadline, "nats-server did not listen");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        Self { child, port }
-    }
-}
-
-impl Drop for PlainServer {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 /// A NATS server without JetStream: the worker warns and claims changes at the owners as over
 /// ZeroMQ; its changes are still handled, once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "needs the nats-server executable: ZS_TEST_NATS_SERVER (scripts/test.sh installs it)"]
 async fn without_jetstream_a_worker_claims_at_the_owners() {
-    let server = PlainServer::start();
-    let url = format!("nats://127.0.0.1:{}", server.port);
+    let server = OwnServer::start(
+        &nats_server_bin("without_jetstream_a_worker_claims_at_the_owners"),
+        false,
+    );
+    let url = server.url();
     let config = config(&url, &fresh_cluster(), None);
     let owner = owner(&config).await;
     let runs = Runs::default();
