@@ -6,8 +6,8 @@
 # `cargo test` lists them as ignored, with what they need): the MongoDB tests (a server:
 # ZS_TEST_MONGODB_URI), the MongoDB outage test (the nx-27017 executable: ZS_TEST_NX27017), the
 # NATS tests (a nats-server: ZS_TEST_NATS_URL, ZS_TEST_NATS_SERVER), the browser test (Chromium
-# and ChromeDriver) and the read-only dir test (a non-root user). This script provides the first
-# four and runs `cargo test --workspace -- --include-ignored`; a test
+# and ChromeDriver), the Schemathesis test (ZS_TEST_SCHEMATHESIS) and the read-only dir test (a
+# non-root user). This script provides all but the last and runs `cargo test --workspace -- --include-ignored`; a test
 # whose requirement it could not provide fails and says why. Running as root, it leaves out the
 # read-only dir test (root writes to a read-only dir) and says so.
 #
@@ -184,6 +184,28 @@ if [ -x "$OAS_VENV/bin/python" ] && ! "$OAS_VENV/bin/python" -c 'import promethe
 fi
 if [ -x "$OAS_VENV/bin/python" ] && "$OAS_VENV/bin/python" -c 'import prometheus_client.openmetrics.parser' 2>/dev/null; then
     export ZS_TEST_PROM_PYTHON="$OAS_VENV/bin/python"
+fi
+
+# Schemathesis (PyPI, pinned): the outside fuzzer of examples/tests/schemathesis.rs, which checks
+# that /openapi.json describes the server exactly. Installed on first use into target/st-venv;
+# ZS_TEST_SCHEMATHESIS is its `st`. Under CI a failed install fails the run; otherwise the script
+# warns and the Schemathesis test fails, saying what is missing.
+ST_VERSION="4.32.5"
+ST_VENV="$PWD/target/st-venv"
+ST="$ST_VENV/bin/st"
+if [ ! -x "$ST" ] || ! "$ST" --version 2>/dev/null | grep -q "$ST_VERSION"; then
+    echo "Installing schemathesis $ST_VERSION into $ST_VENV ..." >&2
+    mkdir -p "$(dirname "$ST_VENV")"
+    if ! { python3 -m venv "$ST_VENV" && "$ST_VENV/bin/pip" install --quiet --disable-pip-version-check "schemathesis==$ST_VERSION"; }; then
+        if [ "${CI:-}" = "true" ]; then
+            echo "ERROR: could not install schemathesis into $ST_VENV" >&2
+            exit 1
+        fi
+        echo "WARNING: could not install schemathesis; the Schemathesis test will FAIL" >&2
+    fi
+fi
+if [ -x "$ST" ]; then
+    export ZS_TEST_SCHEMATHESIS="$ST"
 fi
 
 # --- Browser: the live page test (zeroservices/tests/http_browser.rs) ---------------------------
