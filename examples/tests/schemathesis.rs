@@ -35,12 +35,19 @@ const SEED: &str = "20261202";
 const PHASES: &str = "examples,coverage,fuzzing,stateful";
 /// Schemathesis' configuration: a request the document forbids may also be refused with 413
 /// (a resource id over `ZS_MAX_ID_BYTES`, as the limits answer), and one it allows may get a
-/// 412 (an `If-Match` naming another version than the resource's: state, not shape).
+/// 412 (an `If-Match` naming another version than the resource's: state, not shape). The
+/// coverage phase is off for `PATCH`: Schemathesis 4.32.5 cannot build a body from a schema
+/// with `not` (the patch schema's "never the same field in `$set` and `$unset`") and sends `0`
+/// as a "valid" body; the fuzzing and stateful phases still send `PATCH` requests.
 const CONFIG: &str = r#"[checks.negative_data_rejection]
 expected-statuses = [400, 401, 403, 404, 405, 406, 409, 413, 415, 422, 428, 429]
 
 [checks.positive_data_acceptance]
 expected-statuses = ["2XX", "3XX", 401, 403, 404, 409, 412, 429]
+
+[[operations]]
+include-method = "PATCH"
+phases.coverage.enabled = false
 "#;
 
 /// The `st` executable: `ZS_TEST_SCHEMATHESIS`, else `st` on the `PATH`; a missing one fails

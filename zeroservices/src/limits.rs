@@ -13,7 +13,8 @@ pub(crate) const DEPTH_CEILING: usize = 100;
 
 /// The pattern of a resource id ([`Limits::check_id`]) in JSON Schema: no `.`, `*`, `>`,
 /// whitespace (Unicode `White_Space`) or control character. The OpenAPI document puts it on
-/// every id, with the length (1 to [`Limits::max_id_bytes`] characters).
+/// every id, with the length (`maxLength` = [`Limits::max_id_bytes`]: JSON Schema counts
+/// characters, the server bytes, so an id of multibyte characters reaches the limit sooner).
 pub(crate) const ID_PATTERN: &str = "^[^.*>\\u0000-\\u0020\\u007f-\\u00a0\\u1680\\u2000-\\u200a\\u2028\\u2029\\u202f\\u205f\\u3000]+$";
 
 /// The default of [`Limits::request_memory`]: 10 minutes.
@@ -58,8 +59,8 @@ pub struct Limits {
     pub max_filter_depth: usize,
     /// The most keys (fields and operators) in a list filter, at every level together.
     pub max_filter_clauses: usize,
-    /// The longest resource id, in characters (Unicode scalar values, so at most 4 times as
-    /// many bytes; ids are also limited in what they contain: see [`Limits::check_id`]).
+    /// The longest resource id, in bytes (ids are also limited in what they contain: see
+    /// [`Limits::check_id`]).
     pub max_id_bytes: usize,
     /// The largest page a list answers; a larger or absent `limit` is clamped to it, and the
     /// reply says that more follow.
@@ -182,20 +183,17 @@ impl Limits {
         SETTINGS.iter().map(|s| s.var)
     }
 
-    /// Checks a resource id: 1 to [`Limits::max_id_bytes`] characters of printable UTF-8, without
+    /// Checks a resource id: 1 to [`Limits::max_id_bytes`] bytes of printable UTF-8, without
     /// `.`, `*`, `>`, whitespace or control characters (ids are event-topic segments).
     pub fn check_id(&self, id: &str) -> Result<()> {
         if id.is_empty() {
             return Err(Error::bad_request("a resource id must not be empty"));
         }
-        // Counted in characters, as JSON Schema's `maxLength` of the OpenAPI document counts
-        // (so at most 4 bytes each).
-        let chars = id.chars().count();
-        if chars > self.max_id_bytes {
+        if id.len() > self.max_id_bytes {
             return Err(Error::limit(
                 "ZS_MAX_ID_BYTES",
                 self.max_id_bytes,
-                format!("a resource id of {chars} characters"),
+                format!("a resource id of {} bytes", id.len()),
             ));
         }
         if let Some(c) = id
@@ -203,7 +201,7 @@ impl Limits {
             .find(|c| matches!(c, '.' | '*' | '>') || c.is_whitespace() || c.is_control())
         {
             return Err(Error::bad_request(format!(
-                "a resource id must not contain {c:?} (ids are 1-{} characters of printable UTF-8 \
+                "a resource id must not contain {c:?} (ids are 1-{} bytes of printable UTF-8 \
                  without `.`, `*`, `>`, whitespace or control characters)",
                 self.max_id_bytes
             )));

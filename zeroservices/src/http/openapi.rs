@@ -161,7 +161,7 @@ fn id_schema(limits: &Limits) -> Value {
         "minLength": 1,
         "maxLength": limits.max_id_bytes,
         "pattern": ID_PATTERN,
-        "description": "1 to ZS_MAX_ID_BYTES characters, without `.`, `*`, `>`, whitespace or control characters.",
+        "description": "1 to ZS_MAX_ID_BYTES bytes of UTF-8 (`maxLength` counts characters, so an id of multibyte characters is refused sooner, with 413), without `.`, `*`, `>`, whitespace or control characters.",
     })
 }
 
