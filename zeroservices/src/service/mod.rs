@@ -853,8 +853,21 @@ fn integral_floats_as_integers(doc: &Value) -> Option<Value> {
                     false
                 }
             }
-            Value::Array(items) => items.iter_mut().fold(false, |any, v| walk(v) || any),
-            Value::Object(map) => map.values_mut().fold(false, |any, v| walk(v) || any),
+            // Every element is visited (no short cut): each may need its rewrite.
+            Value::Array(items) => {
+                let mut any = false;
+                for v in items {
+                    any |= walk(v);
+                }
+                any
+            }
+            Value::Object(map) => {
+                let mut any = false;
+                for v in map.values_mut() {
+                    any |= walk(v);
+                }
+                any
+            }
             _ => false,
         }
     }
