@@ -464,7 +464,7 @@ fn add_resource(
 }
 
 /// Component names are `[A-Za-z0-9._-]+`.
-fn sanitize(name: &str) -> String {
+pub(super) fn sanitize(name: &str) -> String {
     let s: String = name
         .chars()
         .map(|c| {
@@ -480,8 +480,8 @@ fn sanitize(name: &str) -> String {
 
 /// The component schemas being built, with unique names.
 #[derive(Default)]
-struct Components {
-    schemas: BTreeMap<String, Value>,
+pub(super) struct Components {
+    pub(super) schemas: BTreeMap<String, Value>,
     /// For shared `$defs`: the original (un-rewritten) schema of each hoisted definition.
     originals: HashMap<String, Value>,
 }
@@ -502,7 +502,7 @@ impl Components {
         self.schemas.insert(name.to_owned(), schema);
     }
 
-    fn add_fixed(&mut self, preferred: &str, schema: Value) -> String {
+    pub(super) fn add_fixed(&mut self, preferred: &str, schema: Value) -> String {
         let name = self.unique(preferred);
         self.schemas.insert(name.clone(), schema);
         name
@@ -510,7 +510,7 @@ impl Components {
 
     /// Adds a root JSON Schema (with its `$defs`) under a name close to `preferred`; returns
     /// the name.
-    fn add_root(&mut self, preferred: &str, schema: &Value) -> String {
+    pub(super) fn add_root(&mut self, preferred: &str, schema: &Value) -> String {
         let mut root = schema.clone();
         let mut defs = Map::new();
         if let Value::Object(map) = &mut root {
