@@ -75,7 +75,10 @@ async fn api_power(cluster: &Cluster) -> (Proc, String) {
             Err(status) if proc.log().contains("Address already in use") => {
                 eprintln!("api_power on port {port}: {status}, port taken; another port");
             }
-            Err(status) => panic!("api_power exited early: {status}; its output:\n{}", proc.log()),
+            Err(status) => panic!(
+                "api_power exited early: {status}; its output:\n{}",
+                proc.log()
+            ),
         }
     }
     panic!("api_power could not bind a free port in 5 attempts");
@@ -85,7 +88,8 @@ async fn api_power(cluster: &Cluster) -> (Proc, String) {
 async fn generate(generator: &Path, document: &Value, dir: &Path) -> String {
     let path = dir.join("openapi.json");
     std::fs::write(&path, serde_json::to_vec_pretty(document).unwrap()).unwrap();
-    let config = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/generated_client/config.yaml");
+    let config =
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/generated_client/config.yaml");
     let mut command = Command::new(generator);
     command
         .arg("generate")
@@ -137,7 +141,8 @@ async fn a_client_generated_from_the_live_document_creates_gets_patches_lists_an
     }
 
     let python = generator.with_file_name("python");
-    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/generated_client/use_client.py");
+    let script =
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/generated_client/use_client.py");
     let mut command = Command::new(&python);
     command.arg(&script).arg(&base).env("PYTHONPATH", &dir);
     let output = run(command, "use_client.py").await;
@@ -186,7 +191,14 @@ async fn a_client_generated_from_the_live_document_creates_gets_patches_lists_an
     assert_eq!(seen["missing"]["status"], 404);
 
     // What the client did is what the server holds.
-    let (status, body) = json(client().get(format!("{base}/power/g1")).send().await.unwrap()).await;
+    let (status, body) = json(
+        client()
+            .get(format!("{base}/power/g1"))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["resource_data"]["status"], "pending");
     assert_eq!(body["resource_data"]["description"], "seven");

@@ -493,7 +493,15 @@ async fn openapi_and_asyncapi_without_a_cluster_fail_clearly() {
     let owner = net.owner().await;
     let (code, doc, err) = document(
         &net.run(
-            &["openapi", "--collection", "power", "--collection", "nope", "--wait-ms", "500"],
+            &[
+                "openapi",
+                "--collection",
+                "power",
+                "--collection",
+                "nope",
+                "--wait-ms",
+                "500",
+            ],
             &[],
         )
         .await,

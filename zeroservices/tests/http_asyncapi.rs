@@ -30,7 +30,9 @@ fn parser() -> Option<(PathBuf, String)> {
         Ok(dir) if !dir.trim().is_empty() => PathBuf::from(dir),
         _ => PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/asyncapi-parser"),
     };
-    let installed = dir.join("node_modules/@asyncapi/parser/package.json").exists();
+    let installed = dir
+        .join("node_modules/@asyncapi/parser/package.json")
+        .exists();
     let runs = Command::new(&node)
         .arg("--version")
         .output()
@@ -173,7 +175,10 @@ async fn the_document_of_a_live_cluster_parses_and_the_real_messages_match_it() 
         "job.create",
         "job.delete",
     ] {
-        assert!(keys.contains(&key.to_owned()), "missing message {key}: {keys:?}");
+        assert!(
+            keys.contains(&key.to_owned()),
+            "missing message {key}: {keys:?}"
+        );
     }
     // Read and collection actions change nothing: no event, no message.
     for key in ["power.double", "power.reset", "power.follow_links"] {
@@ -267,7 +272,9 @@ async fn the_document_of_a_live_cluster_parses_and_the_real_messages_match_it() 
 
     // A message the server never sends fails the sample check: the check has teeth.
     if parser().is_some() {
-        let wrong = [json!({"message": "power.create", "payload": {"type": "event", "topic": "power.create.1", "data": {"action": "create", "resource_name": "power", "resource_id": "1", "version": 1, "resource_data": {"value": "three"}}}})];
+        let wrong = [
+            json!({"message": "power.create", "payload": {"type": "event", "topic": "power.create.1", "data": {"action": "create", "resource_name": "power", "resource_id": "1", "version": 1, "resource_data": {"value": "three"}}}}),
+        ];
         let result = std::panic::catch_unwind(|| validate(&doc, &wrong));
         assert!(result.is_err(), "a wrong resource_data passed");
     }
@@ -280,10 +287,7 @@ async fn the_document_of_a_live_cluster_parses_and_the_real_messages_match_it() 
 fn samples_have_a_cursor_when_logged(sample: &Value) {
     let message = sample["message"].as_str().unwrap();
     if message.starts_with("power.") {
-        assert!(
-            sample["payload"]["data"]["cursor"].is_string(),
-            "{sample}"
-        );
+        assert!(sample["payload"]["data"]["cursor"].is_string(), "{sample}");
     }
 }
 

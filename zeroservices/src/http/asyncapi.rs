@@ -369,45 +369,47 @@ fn add_resource(info: &ResourceInfo, components: &mut Components, messages: &mut
         "type": "string",
         "description": "The position after this event in every change log the stream has seen: keep the last one to resume (absent when the change log is off).",
     });
-    let mut event = |action: &str, summary: String, extra: Vec<(&str, Value)>, required: &[&str]| {
-        let mut properties = Map::new();
-        properties.insert("action".into(), type_const(action));
-        properties.insert("resource_name".into(), type_const(c));
-        properties.insert("resource_id".into(), json!({"type": "string"}));
-        properties.insert("version".into(), version.clone());
-        properties.insert("cursor".into(), cursor.clone());
-        let mut required_data: Vec<&str> = vec!["action", "resource_name", "resource_id", "version"];
-        for (key, schema) in extra {
-            properties.insert(key.to_owned(), schema);
-        }
-        required_data.extend_from_slice(required);
-        let prefix = format!("^{}\\.{}\\.", regex_literal(c), regex_literal(action));
-        messages.add(
-            &format!("{c}.{action}"),
-            json!({
-                "title": format!("{c}.{action}"),
-                "summary": summary,
-                "payload": {
-                    "type": "object",
-                    "properties": {
-                        "type": type_const("event"),
-                        "topic": {
-                            "type": "string",
-                            "pattern": prefix,
-                            "description": format!("`{c}.{action}.<resource_id>`"),
+    let mut event =
+        |action: &str, summary: String, extra: Vec<(&str, Value)>, required: &[&str]| {
+            let mut properties = Map::new();
+            properties.insert("action".into(), type_const(action));
+            properties.insert("resource_name".into(), type_const(c));
+            properties.insert("resource_id".into(), json!({"type": "string"}));
+            properties.insert("version".into(), version.clone());
+            properties.insert("cursor".into(), cursor.clone());
+            let mut required_data: Vec<&str> =
+                vec!["action", "resource_name", "resource_id", "version"];
+            for (key, schema) in extra {
+                properties.insert(key.to_owned(), schema);
+            }
+            required_data.extend_from_slice(required);
+            let prefix = format!("^{}\\.{}\\.", regex_literal(c), regex_literal(action));
+            messages.add(
+                &format!("{c}.{action}"),
+                json!({
+                    "title": format!("{c}.{action}"),
+                    "summary": summary,
+                    "payload": {
+                        "type": "object",
+                        "properties": {
+                            "type": type_const("event"),
+                            "topic": {
+                                "type": "string",
+                                "pattern": prefix,
+                                "description": format!("`{c}.{action}.<resource_id>`"),
+                            },
+                            "data": {
+                                "type": "object",
+                                "properties": properties,
+                                "required": required_data,
+                            },
                         },
-                        "data": {
-                            "type": "object",
-                            "properties": properties,
-                            "required": required_data,
-                        },
+                        "required": ["type", "topic", "data"],
                     },
-                    "required": ["type", "topic", "data"],
-                },
-            }),
-            true,
-        );
-    };
+                }),
+                true,
+            );
+        };
     event(
         "create",
         format!("A {c} was created: its document."),
@@ -452,7 +454,6 @@ fn add_resource(info: &ResourceInfo, components: &mut Components, messages: &mut
                         }),
                     ),
                     ("title", json!({"type": ["string", "null"]})),
-
                 ],
                 &["relation", "target_id"],
             );
@@ -485,6 +486,9 @@ mod tests {
     #[test]
     fn regex_literals_escape_only_syntax_characters() {
         assert_eq!(regex_literal("a.b-c"), "a\\.b-c");
-        assert_eq!(regex_literal("x(y)[z]{1}|/^$*+?\\"), "x\\(y\\)\\[z\\]\\{1\\}\\|\\/\\^\\$\\*\\+\\?\\\\");
+        assert_eq!(
+            regex_literal("x(y)[z]{1}|/^$*+?\\"),
+            "x\\(y\\)\\[z\\]\\{1\\}\\|\\/\\^\\$\\*\\+\\?\\\\"
+        );
     }
 }
