@@ -502,7 +502,7 @@ impl Components {
         self.schemas.insert(name.to_owned(), schema);
     }
 
-    pub(super) fn add_fixed(&mut self, preferred: &str, schema: Value) -> String {
+    fn add_fixed(&mut self, preferred: &str, schema: Value) -> String {
         let name = self.unique(preferred);
         self.schemas.insert(name.clone(), schema);
         name
@@ -563,7 +563,7 @@ impl Components {
 /// - a `oneOf` of distinct scalar `const`s (what schemars makes of an enum whose variants have
 ///   doc comments) becomes an `enum` of them, the variants' descriptions appended to the
 ///   schema's own.
-pub(super) fn for_generators(schema: &mut Value) {
+fn for_generators(schema: &mut Value) {
     const ONE: [&str; 10] = [
         "items",
         "additionalProperties",
