@@ -208,6 +208,51 @@ if [ -x "$ST" ]; then
     export ZS_TEST_SCHEMATHESIS="$ST"
 fi
 
+# The AsyncAPI test (zeroservices/tests/http_asyncapi.rs) validates /asyncapi.json with the
+# official parser, npm @asyncapi/parser, pinned with its whole tree in
+# zeroservices/tests/asyncapi/package-lock.json and installed with `npm ci` into
+# target/asyncapi-parser (reinstalled when the lock file changes): ZS_TEST_ASYNCAPI_PARSER.
+ASYNCAPI_DIR="$PWD/target/asyncapi-parser"
+ASYNCAPI_LOCK="$PWD/zeroservices/tests/asyncapi/package-lock.json"
+if [ ! -f "$ASYNCAPI_DIR/node_modules/@asyncapi/parser/package.json" ] || ! cmp -s "$ASYNCAPI_LOCK" "$ASYNCAPI_DIR/package-lock.json"; then
+    echo "Installing @asyncapi/parser (npm ci) into $ASYNCAPI_DIR ..." >&2
+    rm -rf "$ASYNCAPI_DIR"
+    mkdir -p "$ASYNCAPI_DIR"
+    cp zeroservices/tests/asyncapi/package.json "$ASYNCAPI_LOCK" "$ASYNCAPI_DIR/"
+    if ! (cd "$ASYNCAPI_DIR" && npm ci --ignore-scripts --no-audit --no-fund --loglevel=error >&2); then
+        rm -rf "$ASYNCAPI_DIR/node_modules"
+        if [ "${CI:-}" = "true" ]; then
+            echo "ERROR: could not install @asyncapi/parser (npm ci in $ASYNCAPI_DIR; needs node and npm)" >&2
+            exit 1
+        fi
+        echo "WARNING: could not install @asyncapi/parser; the AsyncAPI validation is skipped" >&2
+    fi
+fi
+if [ -f "$ASYNCAPI_DIR/node_modules/@asyncapi/parser/package.json" ]; then
+    export ZS_TEST_ASYNCAPI_PARSER="$ASYNCAPI_DIR"
+fi
+
+# The generated-client test (zeroservices/tests/generated_client.rs) generates a Python client
+# from a live /openapi.json with openapi-python-client (PyPI, pinned), in its own virtualenv:
+# ZS_TEST_OPENAPI_CLIENT is its executable (the venv's python runs the generated client).
+CLIENT_VENV="$PWD/target/client-venv"
+CLIENT_GEN="$CLIENT_VENV/bin/openapi-python-client"
+CLIENT_GEN_VERSION="0.29.1"
+if [ ! -x "$CLIENT_GEN" ] || ! "$CLIENT_GEN" --version 2>/dev/null | grep -q "$CLIENT_GEN_VERSION"; then
+    echo "Installing openapi-python-client $CLIENT_GEN_VERSION into $CLIENT_VENV ..." >&2
+    mkdir -p "$(dirname "$CLIENT_VENV")"
+    if ! { python3 -m venv "$CLIENT_VENV" && "$CLIENT_VENV/bin/pip" install --quiet --disable-pip-version-check "openapi-python-client==$CLIENT_GEN_VERSION"; }; then
+        if [ "${CI:-}" = "true" ]; then
+            echo "ERROR: could not install openapi-python-client" >&2
+            exit 1
+        fi
+        echo "WARNING: could not install openapi-python-client; the generated-client test is skipped" >&2
+    fi
+fi
+if [ -x "$CLIENT_GEN" ]; then
+    export ZS_TEST_OPENAPI_CLIENT="$CLIENT_GEN"
+fi
+
 # --- Browser: the live page test (zeroservices/tests/http_browser.rs) ---------------------------
 # Headless Chromium driven over WebDriver: the Debian packages chromium and chromium-driver,
 # installed with apt-get when /usr/bin/chromedriver is missing (ZS_TEST_CHROMEDRIVER points the

@@ -1,5 +1,6 @@
 //! HTTP for a node: the REST routes of every collection known in the cluster, an OpenAPI 3.1
-//! document built from the schemas discovery carries, a realtime websocket of change events,
+//! document (`/openapi.json`) built from the schemas discovery carries, a realtime websocket of
+//! change events and its AsyncAPI 3.0 document (`/asyncapi.json`, from the same schemas),
 //! authentication (Basic, a users file of Argon2 hashes, JWT bearer tokens), an [`Authorizer`]
 //! hook and CORS; the probes `GET /healthz` and `GET /readyz` (open unless
 //! [`HttpConfig::health_auth`]) and `GET /metrics` (Prometheus, behind authentication unless
@@ -41,6 +42,7 @@ use tower_http::cors::{AllowHeaders, AllowOrigin, CorsLayer};
 
 use crate::{Error, Node, Result};
 
+mod asyncapi;
 mod auth;
 mod config;
 mod error;
@@ -54,6 +56,7 @@ mod server;
 mod users;
 
 pub use crate::access::{Authorizer, Operation, User};
+pub use asyncapi::document as asyncapi_document;
 pub use auth::BasicAuth;
 pub use config::{
     DEFAULT_HEADER_TIMEOUT, DEFAULT_IDLE_TIMEOUT, DEFAULT_MAX_BODY_BYTES, DEFAULT_MAX_CONNECTIONS,
@@ -154,6 +157,7 @@ fn build_api(state: AppState, extra: Option<Router>) -> Router {
         .route("/readyz", get(health::readyz))
         .route(health::METRICS, get(health::metrics))
         .route("/openapi.json", get(openapi::handler))
+        .route("/asyncapi.json", get(asyncapi::handler))
         .route("/live", get(page::live))
         .route("/realtime", get(realtime::handler))
         .route("/{collection}", get(rest::list).post(rest::create))

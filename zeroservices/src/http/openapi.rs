@@ -693,7 +693,7 @@ fn patch_schema(schema: &Value) -> Value {
 }
 
 /// Component names are `[A-Za-z0-9._-]+`.
-fn sanitize(name: &str) -> String {
+pub(super) fn sanitize(name: &str) -> String {
     let s: String = name
         .chars()
         .map(|c| {
@@ -709,8 +709,8 @@ fn sanitize(name: &str) -> String {
 
 /// The component schemas being built, with unique names.
 #[derive(Default)]
-struct Components {
-    schemas: BTreeMap<String, Value>,
+pub(super) struct Components {
+    pub(super) schemas: BTreeMap<String, Value>,
     /// For shared `$defs`: the original (un-rewritten) schema of each hoisted definition.
     originals: HashMap<String, Value>,
 }
@@ -739,8 +739,9 @@ impl Components {
 
     /// Adds a root JSON Schema (with its `$defs`) under a name close to `preferred`; returns
     /// the name.
-    fn add_root(&mut self, preferred: &str, schema: &Value) -> String {
+    pub(super) fn add_root(&mut self, preferred: &str, schema: &Value) -> String {
         let mut root = schema.clone();
+        for_generators(&mut root);
         let mut defs = Map::new();
         if let Value::Object(map) = &mut root {
             map.remove("$schema");
@@ -780,6 +781,112 @@ impl Components {
             self.schemas.insert(name, def_schema);
         }
         root_name
+    }
+}
+
+/// Rewrites, wherever a schema stands (the root included), what client generators
+/// (openapi-python-client) refuse or mis-read into an equivalent schema:
+///
+/// - the boolean schema `true` (anything: what schemars makes of a `serde_json::Value`) becomes
+///   `{}`; `false` is left as it is (`additionalProperties: false` is understood everywhere);
+/// - a `oneOf` of distinct scalar `const`s (what schemars makes of an enum whose variants have
+///   doc comments) becomes an `enum` of them, the variants' descriptions appended to the
+///   schema's own.
+fn for_generators(schema: &mut Value) {
+    const ONE: [&str; 10] = [
+        "items",
+        "additionalProperties",
+        "unevaluatedProperties",
+        "unevaluatedItems",
+        "not",
+        "contains",
+        "if",
+        "then",
+        "else",
+        "propertyNames",
+    ];
+    const MANY: [&str; 4] = ["allOf", "anyOf", "oneOf", "prefixItems"];
+    const NAMED: [&str; 5] = [
+        "properties",
+        "patternProperties",
+        "$defs",
+        "definitions",
+        "dependentSchemas",
+    ];
+    if *schema == Value::Bool(true) {
+        *schema = Value::Object(Map::new());
+        return;
+    }
+    let Value::Object(map) = schema else {
+        return;
+    };
+    consts_as_enum(map);
+    for (key, value) in map.iter_mut() {
+        let key = key.as_str();
+        if ONE.contains(&key) {
+            for_generators(value);
+        } else if MANY.contains(&key)
+            && let Value::Array(items) = value
+        {
+            items.iter_mut().for_each(for_generators);
+        } else if NAMED.contains(&key)
+            && let Value::Object(named) = value
+        {
+            named.values_mut().for_each(for_generators);
+        }
+    }
+    // `items: [...]` (tuples of older drafts): a list of schemas.
+    if let Some(Value::Array(items)) = map.get_mut("items") {
+        items.iter_mut().for_each(for_generators);
+    }
+}
+
+/// `{"oneOf": [{"const": "a", "description": "A"}, {"const": "b"}]}` ->
+/// `{"type": "string", "enum": ["a", "b"], "description": "`a`: A"}`, when every branch is a
+/// distinct scalar `const` with at most a `type`, `title` and `description`.
+fn consts_as_enum(map: &mut Map<String, Value>) {
+    let Some(Value::Array(branches)) = map.get("oneOf") else {
+        return;
+    };
+    let mut consts: Vec<Value> = Vec::new();
+    let mut notes: Vec<String> = Vec::new();
+    for branch in branches {
+        let Value::Object(branch) = branch else {
+            return;
+        };
+        let plain = branch
+            .keys()
+            .all(|k| matches!(k.as_str(), "const" | "type" | "description" | "title"));
+        let value = match branch.get("const") {
+            Some(v @ (Value::String(_) | Value::Number(_) | Value::Bool(_))) => v.clone(),
+            _ => return,
+        };
+        if !plain || consts.contains(&value) {
+            return;
+        }
+        if let Some(Value::String(description)) = branch.get("description") {
+            let name = value
+                .as_str()
+                .map_or_else(|| value.to_string(), str::to_owned);
+            notes.push(format!("`{name}`: {description}"));
+        }
+        consts.push(value);
+    }
+    if consts.is_empty() {
+        return;
+    }
+    map.remove("oneOf");
+    if !map.contains_key("type") && consts.iter().all(Value::is_string) {
+        map.insert("type".into(), Value::from("string"));
+    }
+    map.insert("enum".into(), Value::Array(consts));
+    if !notes.is_empty() {
+        let own = map.get("description").and_then(Value::as_str);
+        let text = match own {
+            Some(own) => format!("{own} {}", notes.join("; ")),
+            None => notes.join("; "),
+        };
+        map.insert("description".into(), Value::from(text));
     }
 }
 
@@ -919,6 +1026,63 @@ mod tests {
             "#/components/schemas/Meta_2"
         );
         assert_eq!(c.schemas["Meta_2"], json!({"type": "integer"}));
+    }
+
+    #[test]
+    fn true_schemas_become_empty_objects_where_a_schema_stands() {
+        let mut schema = json!({
+            "type": "object",
+            "properties": {"any": true, "list": {"type": "array", "items": true}},
+            "additionalProperties": false,
+            "anyOf": [true, {"const": true}],
+            "default": true,
+            "enum": [true],
+        });
+        for_generators(&mut schema);
+        assert_eq!(
+            schema,
+            json!({
+                "type": "object",
+                "properties": {"any": {}, "list": {"type": "array", "items": {}}},
+                "additionalProperties": false,
+                "anyOf": [{}, {"const": true}],
+                "default": true,
+                "enum": [true],
+            })
+        );
+        let mut root = json!(true);
+        for_generators(&mut root);
+        assert_eq!(root, json!({}));
+    }
+
+    #[test]
+    fn a_one_of_of_consts_becomes_an_enum() {
+        let mut schema = json!({
+            "description": "Where it is.",
+            "oneOf": [
+                {"type": "string", "const": "pending", "description": "Waiting."},
+                {"type": "string", "const": "done"},
+            ],
+        });
+        for_generators(&mut schema);
+        assert_eq!(
+            schema,
+            json!({
+                "description": "Where it is. `pending`: Waiting.",
+                "type": "string",
+                "enum": ["pending", "done"],
+            })
+        );
+        // Anything else in a branch, or a repeated const: left as it is.
+        for kept in [
+            json!({"oneOf": [{"const": "a", "minLength": 1}, {"const": "b"}]}),
+            json!({"oneOf": [{"const": "a"}, {"const": "a"}]}),
+            json!({"oneOf": [{"const": "a"}, {"type": "object"}]}),
+        ] {
+            let mut schema = kept.clone();
+            for_generators(&mut schema);
+            assert_eq!(schema, kept);
+        }
     }
 
     #[test]
