@@ -1,7 +1,7 @@
 //! A client generated from the live `/openapi.json` works: `openapi-python-client` (PyPI,
 //! pinned in scripts/test.sh) generates a Python package from the document of a running
 //! `api_power` (the example binary), and `generated_client/use_client.py` uses it for create,
-//! get, patch (with `If-Match`), list (`where`, `sort`, `limit`), the `square` and `reset`
+//! get, patch (with `If-Match`), list (`sort`, `limit`; `where` through the client's httpx), the `square` and `reset`
 //! actions, and the documented errors (a stale `If-Match`: 412, an unknown id: 404) parsed as
 //! the document's `Error`. The generator must not skip or mis-read any part of the document
 //! but `GET /metrics` (a text body, which it does not support).
@@ -179,6 +179,8 @@ async fn a_client_generated_from_the_live_document_creates_gets_patches_lists_an
     let mut all = vec![generated.to_owned(), "g1".to_owned()];
     all.sort();
     assert_eq!(seen["list_all"], json!(all));
+    // `-value`: g1 (8) before the generated id's (2).
+    assert_eq!(seen["list_sorted"], json!(["g1", generated]));
     assert_eq!(seen["reset"], 1);
     assert_eq!(seen["stale"]["status"], 412);
     assert!(

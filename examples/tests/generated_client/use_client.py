@@ -19,9 +19,9 @@ from zs_client.models import (
     CreatePowerBody,
     Error,
     PatchPowerBody,
-    PatchPowerBodyPatch,
     Power,
     PowerDocument,
+    PowerPatch,
     ResourceId,
 )
 
@@ -44,7 +44,7 @@ assert isinstance(got, PowerDocument), got
 seen["get"] = {"resource_id": got.resource_id, "value": got.resource_data.value,
                "status": got.resource_data.status, "version": got.version}
 
-patch = PatchPowerBodyPatch.from_dict({"$set": {"description": "seven", "value": 8}})
+patch = PowerPatch.from_dict({"$set": {"description": "seven", "value": 8}})
 patched = patch_power.sync("g1", client=client, body=PatchPowerBody(patch=patch), if_match='"1"')
 assert isinstance(patched, PowerDocument), patched
 seen["patch"] = {"value": patched.resource_data.value,
@@ -54,8 +54,18 @@ squared = power_square.sync_detailed("g1", client=client)
 seen["square"] = {"status": int(squared.status_code), "result": squared.parsed,
                   "etag": squared.headers.get("etag")}
 
-listed = list_power.sync(client=client, where=json.dumps({"status": "done"}), sort="-value", limit=10)
-assert isinstance(listed, list), listed
+# `where` is declared as a JSON object (`content: application/json`), a form of query parameter
+# openapi-python-client 0.29.1 leaves out of the generated function: it is passed through the
+# generated client's own httpx client, and the answer parsed with the generated model.
+response = client.get_httpx_client().get(
+    "/power", params={"where": json.dumps({"status": "done"}), "sort": "-value", "limit": 10}
+)
+assert response.status_code == 200, response.text
+listed = [PowerDocument.from_dict(d) for d in response.json()]
+# sort and limit are generated parameters.
+by_value = list_power.sync(client=client, sort="-value", limit=10)
+assert isinstance(by_value, list), by_value
+seen["list_sorted"] = [d.resource_id for d in by_value]
 seen["list_done"] = [
     {"resource_id": d.resource_id, "value": d.resource_data.value,
      "result": d.resource_data.result, "status": d.resource_data.status}

@@ -419,6 +419,11 @@ fn add_resource(
             json!({"type": "object", "description": "The links of the resource (add_link)."}),
         );
     }
+    // Its own title: client generators name a model after the title, and two models of one
+    // name (the resource's and this) make them drop both.
+    if let Some(title) = stored_schema.get("title").and_then(Value::as_str) {
+        stored_schema["title"] = Value::from(format!("{title}Stored"));
+    }
     let stored = components.add_root(&format!("{c}_stored"), &stored_schema);
     let document = components.add_fixed(
         &format!("{c}_document"),
@@ -658,7 +663,7 @@ fn patch_schema(schema: &Value) -> Value {
     let unset: Map<String, Value> = properties
         .keys()
         .filter(|k| !required.contains(k.as_str()))
-        .map(|k| (k.clone(), json!({"const": ""})))
+        .map(|k| (k.clone(), json!({"description": "Any value: the field is removed."})))
         .collect();
     let mut patch = json!({
         "type": "object",
