@@ -12,7 +12,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde_json::json;
-use zeroservices::store::{DEFAULT_BATCH_MAX, EmbeddedStore, MemoryStore, MongoStore, Store, new_id};
+use zeroservices::store::{
+    DEFAULT_BATCH_MAX, EmbeddedStore, MemoryStore, MongoStore, Store, new_id,
+};
 use zeroservices::{Order, Query};
 
 const DOCS: usize = 1_000;
@@ -69,7 +71,11 @@ async fn concurrent_creates(store: &Arc<dyn Store>, collection: &str, budget: Du
 }
 
 /// Creates per second with `in_flight` callers creating at once, and the writes per commit.
-async fn creates_in_flight(store: &EmbeddedStore, in_flight: usize, budget: Duration) -> (f64, f64) {
+async fn creates_in_flight(
+    store: &EmbeddedStore,
+    in_flight: usize,
+    budget: Duration,
+) -> (f64, f64) {
     let (commits_before, written_before) = store.commit_counts();
     let start = Instant::now();
     let tasks: Vec<_> = (0..in_flight)

@@ -151,15 +151,24 @@ async fn each_write_of_a_batch_gets_its_own_outcome() {
     assert_eq!(get("a0").await.unwrap()["n"], 0);
     assert_eq!(get("c3").await.unwrap()["n"], 3);
     let a1 = get("a1").await.unwrap();
-    assert_eq!((a1["n"].clone(), a1["_version"].clone()), (json!(100), json!(2)));
+    assert_eq!(
+        (a1["n"].clone(), a1["_version"].clone()),
+        (json!(100), json!(2))
+    );
     assert_eq!(get("a2").await.unwrap()["n"], 22);
     assert!(get("a3").await.is_none());
     let a4 = get("a4").await.unwrap();
-    assert_eq!((a4["s"].clone(), a4["_version"].clone()), (json!("text"), json!(1)));
+    assert_eq!(
+        (a4["s"].clone(), a4["_version"].clone()),
+        (json!("text"), json!(1))
+    );
     assert_eq!(get("a5").await.unwrap()["_version"], 1);
     assert_eq!(get("fresh").await.unwrap()["n"], 2);
     assert!(get("nothing").await.is_none());
-    assert_eq!(store.list(C, &Query::all()).await.unwrap().len(), 6 - 1 + 40 + 1);
+    assert_eq!(
+        store.list(C, &Query::all()).await.unwrap().len(),
+        6 - 1 + 40 + 1
+    );
 
     // They shared commits: 52 writes (45 committed) in fewer commits than writes.
     let (commits, written) = store.commit_counts();
@@ -200,7 +209,10 @@ async fn a_batch_of_one_commits_every_write_alone() {
     let (commits, written) = store.commit_counts();
     assert_eq!((commits - before.0, written - before.1), (64, 64));
     let x = store.get(C, "x").await.unwrap().unwrap();
-    assert_eq!((x["n"].clone(), x["_version"].clone()), (json!(32), json!(33)));
+    assert_eq!(
+        (x["n"].clone(), x["_version"].clone()),
+        (json!(32), json!(33))
+    );
 }
 
 /// Callers that give up while their writes are queued (their futures dropped): the writes
@@ -234,7 +246,10 @@ async fn callers_that_give_up_leave_the_store_consistent() {
     }
     for i in (0..64).step_by(2) {
         let id = format!("w{i:02}");
-        assert!(stored.iter().any(|(s, _)| *s == id), "{id} acknowledged, not stored");
+        assert!(
+            stored.iter().any(|(s, _)| *s == id),
+            "{id} acknowledged, not stored"
+        );
     }
     drop(store);
     // Writes whose callers gave up may still be committing: the file is free once they are.
@@ -257,8 +272,8 @@ async fn callers_that_give_up_leave_the_store_consistent() {
 async fn an_answered_write_leaves_the_file_free() {
     let dir = tempfile::tempdir().unwrap();
     for round in 0..20 {
-        let store = EmbeddedStore::open(dir.path())
-            .unwrap_or_else(|e| panic!("round {round}: {e}"));
+        let store =
+            EmbeddedStore::open(dir.path()).unwrap_or_else(|e| panic!("round {round}: {e}"));
         let writes: Vec<_> = (0..8)
             .map(|i| {
                 let store = store.clone();
@@ -337,7 +352,11 @@ async fn concurrent_writes_are_all_logged_in_commit_order() {
         for n in 0..2 {
             let things = node.collection::<Thing>();
             tasks.push(tokio::spawn(async move {
-                (usize::MAX, n, things.create(Thing { n: -1 }).await.map(|_| ()))
+                (
+                    usize::MAX,
+                    n,
+                    things.create(Thing { n: -1 }).await.map(|_| ()),
+                )
             }));
         }
     }
@@ -347,9 +366,7 @@ async fn concurrent_writes_are_all_logged_in_commit_order() {
         let (k, step, outcome) = t.await.unwrap();
         match outcome {
             Ok(()) => ok += 1,
-            Err(Error::PreconditionFailed { .. }) if step < 2 && k != usize::MAX => {
-                conflicts += 1
-            }
+            Err(Error::PreconditionFailed { .. }) if step < 2 && k != usize::MAX => conflicts += 1,
             Err(e) => panic!("{k}/{step}: {e:?}"),
         }
     }
@@ -373,8 +390,16 @@ async fn concurrent_writes_are_all_logged_in_commit_order() {
         .unwrap();
     let entries = page.entries;
     let seqs: Vec<u64> = entries.iter().map(|e| e.seq).collect();
-    assert_eq!(seqs, (1..=entries.len() as u64).collect::<Vec<_>>(), "no gap");
-    assert_eq!(entries.len(), 16 + ok, "every committed write, nothing else");
+    assert_eq!(
+        seqs,
+        (1..=entries.len() as u64).collect::<Vec<_>>(),
+        "no gap"
+    );
+    assert_eq!(
+        entries.len(),
+        16 + ok,
+        "every committed write, nothing else"
+    );
     let mut versions = std::collections::HashMap::new();
     for e in &entries {
         let id = e.data["resource_id"].as_str().unwrap().to_owned();

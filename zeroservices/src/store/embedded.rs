@@ -527,8 +527,7 @@ impl Store for EmbeddedStore {
                 let version = match old {
                     Some(Ok(doc)) => {
                         let version = version_of(&doc);
-                        check_version(&collection, &id, version, expect)
-                            .map_err(Fail::Refused)?;
+                        check_version(&collection, &id, version, expect).map_err(Fail::Refused)?;
                         version
                     }
                     // An unreadable document can still be deleted, unconditionally.
@@ -537,13 +536,10 @@ impl Store for EmbeddedStore {
                     None => return Err(Fail::Refused(Error::not_found(&collection, &id))),
                 };
                 mark_applied(txn, path, mark.as_ref(), &id).map_err(Fail::Broken)?;
-                table
-                    .remove(id.as_str())
-                    .map_err(|e| broken(path, e))?;
+                table.remove(id.as_str()).map_err(|e| broken(path, e))?;
                 drop(table);
-                let logged =
-                    log_change(txn, path, logs.as_deref(), &log, &id, None, version + 1)
-                        .map_err(Fail::Broken)?;
+                let logged = log_change(txn, path, logs.as_deref(), &log, &id, None, version + 1)
+                    .map_err(Fail::Broken)?;
                 Ok((version, logged))
             })
             .await
@@ -937,7 +933,6 @@ fn log_change(
         .map_err(|e| storage_error(path, e))?;
     Ok(Some(Logged::new(event, log, seq, at_ms)))
 }
-
 
 /// Records in `txn`, the transaction of a change, that the change belongs to the remembered
 /// request being served (see [`Mark`]): a copy of it then never runs again, even if its owner

@@ -476,7 +476,7 @@ pub fn new_id() -> String {
 pub(crate) use crate::config::request_timeout_from_env;
 
 /// The default of `ZS_STORE_BATCH_MAX`: the most durable writes the embedded store commits
-/// together (see [`embedded::commit`](crate::store::embedded) for how).
+/// together (group commit: see the embedded store's `commit` module).
 pub const DEFAULT_BATCH_MAX: usize = 256;
 
 /// How a store is opened, beyond where it is (the `Storage` settings other than `ZS_STORE`).
