@@ -330,7 +330,7 @@ impl Configured {
                 Ok(server) => {
                     let addr = server.local_addr();
                     tracing::info!(
-                        "{}: HTTP on http://{addr}/ (REST, /openapi.json, /realtime)",
+                        "{}: HTTP on http://{addr}/ (REST, /openapi.json, /asyncapi.json, /realtime)",
                         self.name
                     );
                     Some(server)
