@@ -1415,7 +1415,8 @@ async fn nats_group(table: &mut Table, net: &Net, time: Duration) {
             table.add(
                 "6 nats",
                 format!(
-                    "remote get over NATS, {with}, {in_flight} in flight, gateway -> owner process (median of {RPC_PAIRS} pairs)"
+                    "remote get over NATS, {with}, {in_flight} in flight, gateway -> owner process (median of {RPC_PAIRS} pairs){}",
+                    if keyed { "" } else { " [plain]" }
                 ),
                 format!("{}{errors}", ours.summary()),
                 format!(
@@ -1840,8 +1841,20 @@ async fn zmq_groups(
         eprintln!("REST{tag} ...");
         // (name, post, owner, owner's HTTP, plain axum on its store, store)
         let mut runs = vec![
-            ("GET by id", false, owner_http.clone(), owner_plain.clone(), "memory"),
-            ("POST create", true, owner_http.clone(), owner_plain.clone(), "memory"),
+            (
+                "GET by id",
+                false,
+                owner_http.clone(),
+                owner_plain.clone(),
+                "memory",
+            ),
+            (
+                "POST create",
+                true,
+                owner_http.clone(),
+                owner_plain.clone(),
+                "memory",
+            ),
         ];
         // The production shape also writes to the embedded (durable) store: a second owner
         // process on a multicast group of its own (two owners of `power` must not meet).
@@ -1858,7 +1871,13 @@ async fn zmq_groups(
             )
         });
         if let Some(e) = &embedded {
-            runs.push(("POST create", true, e.fields[1].clone(), e.fields[2].clone(), "embedded"));
+            runs.push((
+                "POST create",
+                true,
+                e.fields[1].clone(),
+                e.fields[2].clone(),
+                "embedded",
+            ));
         }
         let mut owner_rows = Vec::new();
         for (name, post, http, plain_at, store) in runs {
@@ -2032,7 +2051,7 @@ async fn zmq_groups(
         );
         table.add(
             "5 footprint",
-            "RSS of the api_power process idle / max under the GET load",
+            "RSS of the owner process idle (at its start) / max under the REST GET load (after the rpc group's gets and patches: request records, replay memory)",
             format!("{owner_idle_rss:.1} MB / {rest_rss:.1} MB"),
             "Moleculer 73 / 80-170 MB (issue 7)",
             ratio(rest_rss, 80.0),
@@ -2339,7 +2358,12 @@ async fn peer_group(table: &mut Table, ours: &Ours, time: Duration) {
     let dir = moleculer_dir();
     match Command::new("node").arg("--version").output() {
         Ok(out) if out.status.success() => {}
-        _ => return skip(table, "node is not installed (scripts/bench.sh installs it)".into()),
+        _ => {
+            return skip(
+                table,
+                "node is not installed (scripts/bench.sh installs it)".into(),
+            );
+        }
     }
     if !dir.join("node_modules/moleculer-web").is_dir() {
         return skip(
@@ -2416,7 +2440,10 @@ async fn peer_group(table: &mut Table, ours: &Ours, time: Duration) {
                 at_least(ours_rate / rate, 3.0),
             );
         }
-        (None, _) => skip(table, "the Moleculer driver did not report its calls".into()),
+        (None, _) => skip(
+            table,
+            "the Moleculer driver did not report its calls".into(),
+        ),
     }
 
     // REST through moleculer-web.
@@ -2489,7 +2516,10 @@ async fn peer_group(table: &mut Table, ours: &Ours, time: Duration) {
                 at_least(ours_rate / run.rate(), 5.0),
             );
         }
-        None => skip(table, "the Moleculer owner did not report its creates".into()),
+        None => skip(
+            table,
+            "the Moleculer owner did not report its creates".into(),
+        ),
     }
     let ours_rss = ours.idle_rss.unwrap_or(f64::NAN);
     table.add(
