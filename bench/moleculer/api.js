@@ -1,4 +1,4 @@
-// The API broker: moleculer-web on 127.0.0.1:$ZS_MOL_HTTP_PORT in front of the owner broker's
+// The API broker: moleculer-web on 127.0.0.1:$ZS_SUITE_MOL_HTTP_PORT in front of the owner broker's
 // `power` service (GET /power/:id -> power.get, POST /power -> power.create).
 "use strict";
 
@@ -11,7 +11,7 @@ broker.createService({
 	mixins: [ApiGateway],
 	settings: {
 		ip: "127.0.0.1",
-		port: Number(process.env.ZS_MOL_HTTP_PORT),
+		port: Number(process.env.ZS_SUITE_MOL_HTTP_PORT),
 		routes: [
 			{
 				path: "/",
@@ -27,6 +27,6 @@ broker
 	.start()
 	.then(() => broker.waitForServices(["power"], 30000))
 	.then(() => {
-		console.log(`READY api 127.0.0.1:${process.env.ZS_MOL_HTTP_PORT}`);
+		console.log(`READY api 127.0.0.1:${process.env.ZS_SUITE_MOL_HTTP_PORT}`);
 		commands(broker, () => {});
 	});

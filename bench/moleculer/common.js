@@ -27,19 +27,19 @@ TcpReader.prototype.listen = function listen() {
 	});
 };
 
-/** `ZS_MOL_NODES`: `{"owner": port, ...}`, every node of the run and its TCP port. */
+/** `ZS_SUITE_MOL_NODES`: `{"owner": port, ...}`, every node of the run and its TCP port. */
 function nodes() {
-	return JSON.parse(process.env.ZS_MOL_NODES || "{}");
+	return JSON.parse(process.env.ZS_SUITE_MOL_NODES || "{}");
 }
 
 /** A broker named `nodeID` on the TCP transporter, its peers given statically. */
 function makeBroker(nodeID) {
 	const all = nodes();
-	if (!all[nodeID]) throw new Error(`ZS_MOL_NODES has no port for ${nodeID}`);
+	if (!all[nodeID]) throw new Error(`ZS_SUITE_MOL_NODES has no port for ${nodeID}`);
 	const urls = Object.entries(all).map(([id, port]) => `127.0.0.1:${port}/${id}`);
 	const broker = new ServiceBroker({
 		nodeID,
-		namespace: process.env.ZS_MOL_NAMESPACE || "zsbench",
+		namespace: process.env.ZS_SUITE_MOL_NAMESPACE || "zsbench",
 		logger: { type: "Console", options: { level: "warn" } },
 		transporter: {
 			type: "TCP",

@@ -2386,9 +2386,9 @@ async fn peer_group(table: &mut Table, ours: &Ours, time: Duration) {
         command
             .arg(dir.join(format!("{script}.js")))
             .current_dir(&dir)
-            .env("ZS_MOL_NODES", &nodes)
-            .env("ZS_MOL_HTTP_PORT", &http_port)
-            .env("ZS_MOL_NAMESPACE", &namespace);
+            .env("ZS_SUITE_MOL_NODES", &nodes)
+            .env("ZS_SUITE_MOL_HTTP_PORT", &http_port)
+            .env("ZS_SUITE_MOL_NAMESPACE", &namespace);
         Proc::start(command, script)
     };
     let (Some(mut owner), Some(mut sub), Some(api), Some(mut driver)) = (
