@@ -65,7 +65,7 @@ cleanup() {
 }
 trap cleanup EXIT
 nats_server="${ZS_TEST_NATS_SERVER:-target/nats-venv/bin/nats-server}"
-if [ -z "${ZS_BENCH_NATS_URL:-}" ] && [ -x "$nats_server" ]; then
+if [ -z "${ZS_BENCH_NATS_URL:-}" ] && [ -x "$nats_server" ] && command -v python3 >/dev/null 2>&1; then
     port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
     nats_dir=$(mktemp -d)
     "$nats_server" -js -a 127.0.0.1 -p "$port" -sd "$nats_dir" >"$nats_dir/log" 2>&1 &
