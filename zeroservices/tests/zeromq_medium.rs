@@ -961,10 +961,7 @@ async fn a_burst_keeps_each_resources_order_across_batches() {
         const PER: u64 = 700;
         for n in 0..PER {
             for r in ["r0", "r1", "r2"] {
-                b.medium
-                    .publish(&patch(r, n))
-                    .await
-                    .unwrap();
+                b.medium.publish(&patch(r, n)).await.unwrap();
             }
         }
         assert!(
@@ -996,18 +993,14 @@ async fn a_lone_event_is_delivered_without_waiting_for_a_batch() {
     for round in 0..2u64 {
         if round == 1 {
             for n in 0..300 {
-                b.medium
-                    .publish(&patch("burst", n))
-                    .await
-                    .unwrap();
+                b.medium.publish(&patch("burst", n)).await.unwrap();
             }
         }
-        b.medium
-            .publish(&patch("lone", round))
-            .await
-            .unwrap();
+        b.medium.publish(&patch("lone", round)).await.unwrap();
         assert!(
-            eventually(Duration::from_secs(5), || order_of(&a, "lone").len() > round as usize).await,
+            eventually(Duration::from_secs(5), || order_of(&a, "lone").len()
+                > round as usize)
+            .await,
             "round {round}: the lone event did not arrive"
         );
     }
@@ -1029,7 +1022,8 @@ async fn bad_messages_inside_a_burst_are_dropped_and_counted_and_the_rest_arrive
     let peer = info("raw", Endpoints::from([("pub".to_owned(), at.to_string())]));
     a.medium.peer_joined(&peer).await;
     let event = |topic: &str, n: u64| {
-        let body = json!({"v": V, "kind": "event", "from": "raw", "topic": topic, "data": {"n": n}});
+        let body =
+            json!({"v": V, "kind": "event", "from": "raw", "topic": topic, "data": {"n": n}});
         frames(vec![
             topic.as_bytes().to_vec(),
             body.to_string().into_bytes(),
@@ -1038,7 +1032,10 @@ async fn bad_messages_inside_a_burst_are_dropped_and_counted_and_the_rest_arrive
     };
     let deadline = Instant::now() + Duration::from_secs(5);
     while a.inbound.events().is_empty() {
-        assert!(Instant::now() < deadline, "the SUB did not connect within 5 s");
+        assert!(
+            Instant::now() < deadline,
+            "the SUB did not connect within 5 s"
+        );
         raw.send(event("probe", 0)).await.unwrap();
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
@@ -1052,10 +1049,17 @@ async fn bad_messages_inside_a_burst_are_dropped_and_counted_and_the_rest_arrive
         raw.send(event(topic, n)).await.unwrap();
         match n % 100 {
             // Wrong frame count.
-            10 => raw.send(frames(vec![topic.as_bytes().to_vec()])).await.unwrap(),
+            10 => raw
+                .send(frames(vec![topic.as_bytes().to_vec()]))
+                .await
+                .unwrap(),
             // Not JSON.
             20 => raw
-                .send(frames(vec![topic.as_bytes().to_vec(), vec![0xff, 0], Vec::new()]))
+                .send(frames(vec![
+                    topic.as_bytes().to_vec(),
+                    vec![0xff, 0],
+                    Vec::new(),
+                ]))
                 .await
                 .unwrap(),
             // The envelope's topic is not the topic frame's (a forged route).
@@ -1096,13 +1100,24 @@ async fn bad_messages_inside_a_burst_are_dropped_and_counted_and_the_rest_arrive
     .await
     .unwrap();
     assert!(
-        eventually(Duration::from_secs(5), || a.medium.stats().connections_closed_oversized
+        eventually(Duration::from_secs(5), || a
+            .medium
+            .stats()
+            .connections_closed_oversized
             > after.connections_closed_oversized)
         .await
     );
     let deadline = Instant::now() + Duration::from_secs(10);
-    while !a.inbound.events().iter().any(|e| e.topic == "power.patch.again") {
-        assert!(Instant::now() < deadline, "no event after the oversized message");
+    while !a
+        .inbound
+        .events()
+        .iter()
+        .any(|e| e.topic == "power.patch.again")
+    {
+        assert!(
+            Instant::now() < deadline,
+            "no event after the oversized message"
+        );
         raw.send(event("power.patch.again", 0)).await.unwrap();
         tokio::time::sleep(Duration::from_millis(50)).await;
     }

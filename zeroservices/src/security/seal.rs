@@ -573,7 +573,6 @@ mod tests {
         )
     }
 
-
     #[test]
     fn cached_tags_are_the_tags_and_the_cache_stays_bounded() {
         let derived = Derived::new(b"a secret");
@@ -584,7 +583,14 @@ mod tests {
                 .collect::<Vec<_>>()
                 .join(".")
         };
-        for topic in ["", "power", "power.create.1", "power.create.2", "a..b", "power."] {
+        for topic in [
+            "",
+            "power",
+            "power.create.1",
+            "power.create.2",
+            "a..b",
+            "power.",
+        ] {
             assert_eq!(derived.tags(topic), plain(topic), "{topic}");
             assert_eq!(derived.tags(topic), plain(topic), "{topic} (cached)");
         }
