@@ -223,9 +223,17 @@ async fn run_sub(
                             Ok(message) => {
                                 take_event(&core, &peer, message);
                                 // A burst: what has already arrived is taken now, in order.
-                                if let Err(e) = take_burst(&core, &peer, &mut socket) {
-                                    tracing::debug!(%peer, error = %e, "SUB receive failed; reconnecting");
-                                    break;
+                                match take_burst(&core, &peer, &mut socket) {
+                                    // A full burst: more is likely waiting. Let the tasks
+                                    // reading the node's bus run first (a woken task may sit in
+                                    // this worker's slot until this task yields), so a fast
+                                    // stream does not make them lag.
+                                    Ok(taken) if taken >= SUB_BURST => tokio::task::yield_now().await,
+                                    Ok(_) => {}
+                                    Err(e) => {
+                                        tracing::debug!(%peer, error = %e, "SUB receive failed; reconnecting");
+                                        break;
+                                    }
                                 }
                             }
                             Err(e) => {
@@ -327,16 +335,19 @@ pub(crate) const SUB_BURST: usize = 256;
 /// Takes the events that have already arrived on `socket` (up to [`SUB_BURST`] in all, with
 /// the one just received), in their order, without waiting for more: a burst is decoded and
 /// handed over in one pass of the task instead of one `select!` round per event, and a lone
-/// event is never held back (nothing here waits). Fails when the socket does.
-fn take_burst(core: &Core, peer: &str, socket: &mut SubSocket) -> ::zeromq::ZmqResult<()> {
-    for _ in 1..SUB_BURST {
+/// event is never held back (nothing here waits). Returns how many were taken in all; fails
+/// when the socket does.
+fn take_burst(core: &Core, peer: &str, socket: &mut SubSocket) -> ::zeromq::ZmqResult<usize> {
+    let mut taken = 1;
+    while taken < SUB_BURST {
         match socket.recv().now_or_never() {
             Some(Ok(message)) => take_event(core, peer, message),
             Some(Err(e)) => return Err(e),
             None => break,
         }
+        taken += 1;
     }
-    Ok(())
+    Ok(taken)
 }
 
 fn take_event(core: &Core, peer: &str, message: ZmqMessage) {
