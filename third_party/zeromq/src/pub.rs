@@ -559,8 +559,13 @@ mod tests {
         let backend = test_backend();
         let (a_sender, mut a_receiver) = mpsc::channel(16);
         let (b_sender, mut b_receiver) = mpsc::channel(16);
-        insert_test_subscriber(&backend, PeerIdentity::new(), vec![b"t.a".to_vec()], a_sender)
-            .await;
+        insert_test_subscriber(
+            &backend,
+            PeerIdentity::new(),
+            vec![b"t.a".to_vec()],
+            a_sender,
+        )
+        .await;
         insert_test_subscriber(&backend, PeerIdentity::new(), vec![vec![]], b_sender).await;
         let batch: Vec<ZmqMessage> = ["t.a 1", "t.b 2", "t.a 3", "t.a 4"]
             .iter()
