@@ -179,6 +179,13 @@ impl EventBus {
         }
     }
 
+    /// [`send`](Self::send) without a copy.
+    pub(crate) fn send_owned(&self, event: Event) {
+        if self.tx.receiver_count() > 0 {
+            let _ = self.tx.send(event);
+        }
+    }
+
     /// Whether any stream listens.
     pub(crate) fn has_receivers(&self) -> bool {
         self.tx.receiver_count() > 0

@@ -911,3 +911,215 @@ async fn the_key_file_is_read_again_on_sighup() {
     assert_eq!(key.key_ids()[1], before[0], "k1 still opens");
     a.medium.stop().await;
 }
+
+/// Publishes `probe` events from `b` until `a` has seen one (the slow joiner), then forgets
+/// what `a` saw.
+async fn joined(a: &Started, b: &Started) {
+    a.medium.peer_joined(&b.info).await;
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while a.inbound.events().is_empty() {
+        assert!(Instant::now() < deadline, "no event crossed within 5 s");
+        b.medium
+            .publish(&Event {
+                topic: "probe".into(),
+                data: json!(null),
+            })
+            .await
+            .unwrap();
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    a.inbound.events.lock().unwrap().clear();
+}
+
+/// Event `n` of `resource` (`power.patch.<resource>`).
+fn patch(resource: &str, n: u64) -> Event {
+    Event {
+        topic: format!("power.patch.{resource}"),
+        data: json!({"n": n}),
+    }
+}
+
+/// The `n` of each event of `resource` seen by `at`, in the order seen.
+fn order_of(at: &Started, resource: &str) -> Vec<u64> {
+    let topic = format!("power.patch.{resource}");
+    at.inbound
+        .events()
+        .iter()
+        .filter(|e| e.topic == topic)
+        .map(|e| e.data["n"].as_u64().unwrap())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_keeps_each_resources_order_across_batches() {
+    for key in [None, Some("secret")] {
+        let a = node("a", key).await;
+        let b = node("b", key).await;
+        joined(&a, &b).await;
+        // 3 x 700 events in one burst, interleaved: many times the PUB's fan-out batch (128)
+        // and the SUB's burst (256), so batches end in the middle of every resource's run.
+        const PER: u64 = 700;
+        for n in 0..PER {
+            for r in ["r0", "r1", "r2"] {
+                b.medium.publish(&patch(r, n)).await.unwrap();
+            }
+        }
+        assert!(
+            eventually(Duration::from_secs(20), || ["r0", "r1", "r2"]
+                .iter()
+                .all(|r| order_of(&a, r).len() >= PER as usize))
+            .await,
+            "{key:?}: {} of {} arrived",
+            a.inbound.events().len(),
+            3 * PER
+        );
+        for r in ["r0", "r1", "r2"] {
+            assert_eq!(order_of(&a, r), (0..PER).collect::<Vec<_>>(), "{key:?} {r}");
+        }
+        assert_eq!(b.medium.stats().events_dropped, 0);
+        for n in [a, b] {
+            n.medium.stop().await;
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lone_event_is_delivered_without_waiting_for_a_batch() {
+    let a = node("a", None).await;
+    let b = node("b", None).await;
+    joined(&a, &b).await;
+    // One event, nothing after it: nothing waits for a batch to fill (bounded deadline, not
+    // a measure of speed), again after a burst.
+    for round in 0..2u64 {
+        if round == 1 {
+            for n in 0..300 {
+                b.medium.publish(&patch("burst", n)).await.unwrap();
+            }
+        }
+        b.medium.publish(&patch("lone", round)).await.unwrap();
+        assert!(
+            eventually(Duration::from_secs(5), || order_of(&a, "lone").len()
+                > round as usize)
+            .await,
+            "round {round}: the lone event did not arrive"
+        );
+    }
+    assert_eq!(order_of(&a, "lone"), vec![0, 1]);
+    assert_eq!(order_of(&a, "burst"), (0..300).collect::<Vec<_>>());
+    for n in [a, b] {
+        n.medium.stop().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_messages_inside_a_burst_are_dropped_and_counted_and_the_rest_arrive_in_order() {
+    let mut cfg = config(None);
+    cfg.max_message_bytes = 4096;
+    let a = start("a", ZmqMedium::new(cfg)).await;
+    // A raw PUB, as a hostile peer: `a` subscribes to it as to any peer.
+    let mut raw = zeromq::PubSocket::new();
+    let at = raw.bind("tcp://127.0.0.1:0").await.unwrap();
+    let peer = info("raw", Endpoints::from([("pub".to_owned(), at.to_string())]));
+    a.medium.peer_joined(&peer).await;
+    let event = |topic: &str, n: u64| {
+        let body =
+            json!({"v": V, "kind": "event", "from": "raw", "topic": topic, "data": {"n": n}});
+        frames(vec![
+            topic.as_bytes().to_vec(),
+            body.to_string().into_bytes(),
+            Vec::new(),
+        ])
+    };
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while a.inbound.events().is_empty() {
+        assert!(
+            Instant::now() < deadline,
+            "the SUB did not connect within 5 s"
+        );
+        raw.send(event("probe", 0)).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    a.inbound.events.lock().unwrap().clear();
+    let before = a.medium.stats();
+
+    // One burst: 600 good events with bad ones among them.
+    let topic = "power.patch.x";
+    for n in 0..600u64 {
+        raw.send(event(topic, n)).await.unwrap();
+        match n % 100 {
+            // Wrong frame count.
+            10 => raw
+                .send(frames(vec![topic.as_bytes().to_vec()]))
+                .await
+                .unwrap(),
+            // Not JSON.
+            20 => raw
+                .send(frames(vec![
+                    topic.as_bytes().to_vec(),
+                    vec![0xff, 0],
+                    Vec::new(),
+                ]))
+                .await
+                .unwrap(),
+            // The envelope's topic is not the topic frame's (a forged route).
+            30 => {
+                let mut parts = event("power.patch.other", 1_000_000).into_vec();
+                parts[0] = topic.as_bytes().to_vec().into();
+                raw.send(frames(parts.into_iter().map(|p| p.to_vec()).collect()))
+                    .await
+                    .unwrap();
+            }
+            // A seal frame this keyless node cannot open.
+            40 => {
+                let mut parts = event(topic, 2_000_000).into_vec();
+                parts[2] = vec![3u8; 33].into();
+                raw.send(frames(parts.into_iter().map(|p| p.to_vec()).collect()))
+                    .await
+                    .unwrap();
+            }
+            _ => {}
+        }
+    }
+    assert!(
+        eventually(Duration::from_secs(10), || order_of(&a, "x").len() >= 600).await,
+        "{} of 600 arrived",
+        order_of(&a, "x").len()
+    );
+    assert_eq!(order_of(&a, "x"), (0..600).collect::<Vec<_>>());
+    let after = a.medium.stats();
+    assert_eq!(after.dropped_malformed - before.dropped_malformed, 18);
+    assert_eq!(after.dropped_unsigned - before.dropped_unsigned, 6);
+
+    // An oversized message closes that connection; the SUB connects again and events flow.
+    raw.send(frames(vec![
+        topic.as_bytes().to_vec(),
+        vec![b'x'; 8192],
+        Vec::new(),
+    ]))
+    .await
+    .unwrap();
+    assert!(
+        eventually(Duration::from_secs(5), || a
+            .medium
+            .stats()
+            .connections_closed_oversized
+            > after.connections_closed_oversized)
+        .await
+    );
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !a
+        .inbound
+        .events()
+        .iter()
+        .any(|e| e.topic == "power.patch.again")
+    {
+        assert!(
+            Instant::now() < deadline,
+            "no event after the oversized message"
+        );
+        raw.send(event("power.patch.again", 0)).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    a.medium.stop().await;
+}

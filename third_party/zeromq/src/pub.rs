@@ -20,6 +20,9 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 
 const PUB_SEND_QUEUE_CAPACITY: usize = 100_000;
+/// PATCH(fanout-batch): at most this many queued messages are fanned out per walk of the
+/// subscribers.
+const FANOUT_BATCH: usize = 128;
 type PubSendQueue = mpsc::Sender<Message>;
 
 fn subscription_matches(subscriptions: &[Vec<u8>], first_frame: &Bytes) -> bool {
@@ -104,9 +107,24 @@ fn spawn_pub_fanout_queue(backend: Arc<PubSocketBackend>) -> PubFanoutQueue {
 
     async_rt::task::spawn(async move {
         while wake_receiver.next().await.is_some() {
+            // PATCH(fanout-batch): take what is queued (up to FANOUT_BATCH messages) and walk
+            // the subscribers once per batch instead of once per message; each subscriber
+            // still gets the messages in the order they were published.
+            let mut batch = Vec::with_capacity(FANOUT_BATCH); // PATCH(fanout-batch)
             loop {
-                while let Some(message) = worker_queue.pop() {
-                    backend.fanout_message(message).await;
+                loop {
+                    // PATCH(fanout-batch)
+                    while batch.len() < FANOUT_BATCH {
+                        match worker_queue.pop() {
+                            Some(message) => batch.push(message),
+                            None => break,
+                        }
+                    }
+                    if batch.is_empty() {
+                        break;
+                    }
+                    backend.fanout_messages(&batch).await;
+                    batch.clear();
                 }
 
                 worker_pending.store(false, Ordering::Release);
@@ -128,19 +146,29 @@ fn spawn_pub_fanout_queue(backend: Arc<PubSocketBackend>) -> PubFanoutQueue {
 }
 
 impl PubSocketBackend {
-    pub(crate) async fn fanout_message(&self, message: ZmqMessage) {
-        let first_frame = match message.get(0) {
-            Some(frame) => frame,
-            None => return,
-        };
-
+    /// PATCH(fanout-batch): every message of `batch`, in order, to each subscriber whose
+    /// subscriptions match its first frame; one walk of the subscribers for the batch.
+    pub(crate) async fn fanout_messages(&self, batch: &[ZmqMessage]) {
         let mut iter = self.subscribers.begin_async().await;
         while let Some(subscriber) = iter {
-            if subscription_matches(&subscriber.subscriptions, first_frame) {
-                send_to_subscriber(subscriber.send_queue.clone(), &message);
+            for message in batch {
+                let Some(first_frame) = message.get(0) else {
+                    continue;
+                };
+                if subscription_matches(&subscriber.subscriptions, first_frame) {
+                    send_to_subscriber(subscriber.send_queue.clone(), message);
+                }
             }
             iter = subscriber.next_async().await;
         }
+    }
+
+    // PATCH(fanout-batch): the fan-out task uses `fanout_messages`; tests and the bench
+    // helpers still call this one.
+    #[allow(dead_code)]
+    pub(crate) async fn fanout_message(&self, message: ZmqMessage) {
+        // PATCH(fanout-batch): one message is a batch of one.
+        self.fanout_messages(std::slice::from_ref(&message)).await;
     }
 
     fn message_received(&self, peer_id: &PeerIdentity, message: Message) {
@@ -523,6 +551,39 @@ mod tests {
             Some(&Bytes::from_static(b"topic.a payload"))
         );
         assert!(non_matching_receiver.try_recv().is_err());
+    }
+
+    // PATCH(fanout-batch)
+    #[async_rt::test]
+    async fn test_a_batch_reaches_each_matching_subscriber_in_order() {
+        let backend = test_backend();
+        let (a_sender, mut a_receiver) = mpsc::channel(16);
+        let (b_sender, mut b_receiver) = mpsc::channel(16);
+        insert_test_subscriber(
+            &backend,
+            PeerIdentity::new(),
+            vec![b"t.a".to_vec()],
+            a_sender,
+        )
+        .await;
+        insert_test_subscriber(&backend, PeerIdentity::new(), vec![vec![]], b_sender).await;
+        let batch: Vec<ZmqMessage> = ["t.a 1", "t.b 2", "t.a 3", "t.a 4"]
+            .iter()
+            .map(|m| ZmqMessage::from(Bytes::from_static(m.as_bytes())))
+            .collect();
+        backend.fanout_messages(&batch).await;
+        let drain = |receiver: &mut mpsc::Receiver<Message>| {
+            let mut seen = Vec::new();
+            while let Ok(Message::Message(m)) = receiver.try_recv() {
+                seen.push(m.get(0).cloned().unwrap_or_default());
+            }
+            seen
+        };
+        assert_eq!(drain(&mut a_receiver), vec!["t.a 1", "t.a 3", "t.a 4"]);
+        assert_eq!(
+            drain(&mut b_receiver),
+            vec!["t.a 1", "t.b 2", "t.a 3", "t.a 4"]
+        );
     }
 
     #[async_rt::test]

@@ -88,7 +88,7 @@ impl Inbound for Handle {
                 crate::telemetry::add_link(&span, trace);
             }
             let _entered = span.enter();
-            node.inner.deliver_local(&event);
+            node.inner.deliver_received(event);
         }
     }
 

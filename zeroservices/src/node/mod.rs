@@ -811,6 +811,18 @@ impl Node {
 
 impl NodeInner {
     fn deliver_local(&self, event: &Event) {
+        self.count_and_hook(event);
+        self.bus.send(event);
+    }
+
+    /// [`deliver_local`](Self::deliver_local) of an event received from a peer, which is
+    /// handed over as is instead of copied into the bus.
+    fn deliver_received(&self, event: Event) {
+        self.count_and_hook(&event);
+        self.bus.send_owned(event);
+    }
+
+    fn count_and_hook(&self, event: &Event) {
         self.metrics
             .counters
             .events_delivered
@@ -818,7 +830,6 @@ impl NodeInner {
         for hook in &self.hooks.event {
             hook(event);
         }
-        self.bus.send(event);
     }
 }
 

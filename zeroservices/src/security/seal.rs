@@ -72,7 +72,14 @@ pub(crate) struct Derived {
     discovery: Aes256,
     /// Keys the topic tags of events.
     topics: Hmac<Sha256>,
+    /// The tags of the leading segments of topics seen lately (collections and actions: a
+    /// topic's last segment, a resource id, is not kept), so an event costs one keyed hash
+    /// instead of one per segment. At most [`TAG_CACHE`] entries; emptied when full.
+    tag_cache: Mutex<HashMap<String, String>>,
 }
+
+/// At most this many leading segments keep their tags ([`Derived::tags`]).
+const TAG_CACHE: usize = 1024;
 
 impl Derived {
     pub(crate) fn new(secret: &[u8]) -> Self {
@@ -94,6 +101,7 @@ impl Derived {
                 b"zeroservices topics v1",
             ))
             .expect("HMAC takes any key length"),
+            tag_cache: Mutex::new(HashMap::new()),
         }
     }
 
@@ -122,12 +130,28 @@ impl Derived {
     /// `topic` with each dot segment replaced by its tag.
     fn tags(&self, topic: &str) -> String {
         let mut out = String::with_capacity(topic.len() * 2 + 16);
-        for (n, segment) in topic.split('.').enumerate() {
-            if n > 0 {
+        let (leading, last) = match topic.rsplit_once('.') {
+            Some((leading, last)) => (Some(leading), last),
+            None => (None, topic),
+        };
+        if let Some(leading) = leading {
+            let mut cache = self.tag_cache.lock().unwrap_or_else(|e| e.into_inner());
+            for segment in leading.split('.') {
+                match cache.get(segment) {
+                    Some(tag) => out.push_str(tag),
+                    None => {
+                        let tag = self.tag(segment);
+                        out.push_str(&tag);
+                        if cache.len() >= TAG_CACHE {
+                            cache.clear();
+                        }
+                        cache.insert(segment.to_owned(), tag);
+                    }
+                }
                 out.push('.');
             }
-            out.push_str(&self.tag(segment));
         }
+        out.push_str(&self.tag(last));
         out
     }
 }
@@ -549,6 +573,33 @@ mod tests {
         )
     }
 
+    #[test]
+    fn cached_tags_are_the_tags_and_the_cache_stays_bounded() {
+        let derived = Derived::new(b"a secret");
+        let plain = |topic: &str| {
+            topic
+                .split('.')
+                .map(|s| derived.tag(s))
+                .collect::<Vec<_>>()
+                .join(".")
+        };
+        for topic in [
+            "",
+            "power",
+            "power.create.1",
+            "power.create.2",
+            "a..b",
+            "power.",
+        ] {
+            assert_eq!(derived.tags(topic), plain(topic), "{topic}");
+            assert_eq!(derived.tags(topic), plain(topic), "{topic} (cached)");
+        }
+        for n in 0..(TAG_CACHE + 10) {
+            let topic = format!("c{n}.create.x");
+            assert_eq!(derived.tags(&topic), plain(&topic));
+        }
+        assert!(derived.tag_cache.lock().unwrap().len() <= TAG_CACHE);
+    }
     #[test]
     fn sealed_messages_open_once_and_only_as_sealed() {
         let (a, b) = (sealer("k"), sealer("k"));

@@ -127,6 +127,24 @@
 //! task at once, so one slow request never stalls the others. Control messages are answered on
 //! the ROUTER task.
 //!
+//! # Events in bursts
+//!
+//! Events travel one envelope each (the wire above), but a burst is handled in batches where
+//! that pays, never by waiting: the PUB's fan-out task (vendored `zeromq`,
+//! `fanout-batch.patch`) hands what is queued, up to 128 events, to each subscriber's queue in
+//! one walk of the subscribers, and each connection's writer feeds what is queued (up to 128)
+//! into the socket before one flush; a SUB task takes what has already arrived, up to
+//! `SUB_BURST` (256), in one pass (each event checked and counted on its own)
+//! before it looks at its other duties again. A subscriber gets one publisher's events in the
+//! order they were published, across batch boundaries; a lone event is sent and taken at once.
+//! With a cluster key, the tags of a topic's leading segments (collection, action) are kept
+//! (at most 1,024), so an event costs one keyed hash for its topic instead of one per segment.
+//!
+//! A batch envelope (several events in one message) is not used: a message has one topic
+//! frame, so SUB prefix filtering would only see the batch's common prefix and a subscriber to
+//! one resource's topic would miss its events; it would take a new envelope kind and a protocol
+//! version.
+//!
 //! # Parts
 //!
 //! `wire` (envelopes, versions, sealing), `pending` (calls waiting for replies), `dealer`
