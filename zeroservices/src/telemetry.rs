@@ -29,6 +29,14 @@
 //! An event carries its publisher's context the same way, and a subscriber's `zs.deliver` span
 //! *links* to it (a link, not a parent: one publish fans out to many deliveries).
 //!
+//! A change also carries the context of the span that made it *in its payload*: a resource
+//! event made while a span is exported gets `"traceparent"` (and `"tracestate"`) beside
+//! `resource_id` and `version` ([`EVENT_TRACEPARENT`]), so the owner's change log keeps it
+//! with the entry, in every store (memory, embedded, MongoDB), and it reaches a worker however
+//! the change does: live, read back from an owner's log, or from the JetStream change-log
+//! stream. A worker's `zs.worker` span links to it, as `zs.deliver` does. Without export
+//! nothing is added: the payload is what it was.
+//!
 //! What arrives is checked before use: a `traceparent` is exactly the W3C version-00 form
 //! (`00-<32 hex>-<16 hex>-<2 hex>`, lowercase, ids not all zero; a later version's first 55
 //! characters), at most 55 bytes; a `tracestate` at most 512 bytes of printable ASCII and 32
@@ -214,6 +222,40 @@ pub(crate) fn current() -> Option<TraceParent> {
     context_of(&Span::current())
 }
 
+/// The payload key of a resource event that carries the trace context of the change
+/// (`traceparent` text; see the module docs).
+pub const EVENT_TRACEPARENT: &str = "traceparent";
+/// The payload key of a resource event's `tracestate`, next to [`EVENT_TRACEPARENT`].
+pub const EVENT_TRACESTATE: &str = "tracestate";
+
+/// Puts the current span's trace context into a resource event's payload (`traceparent`, and
+/// `tracestate` when there is one), unless it carries one already; nothing when no span is
+/// exported, so without export the payload is what it always was.
+pub(crate) fn stamp(payload: &mut serde_json::Map<String, serde_json::Value>) {
+    if payload.contains_key(EVENT_TRACEPARENT) {
+        return;
+    }
+    if let Some(trace) = current() {
+        payload.insert(EVENT_TRACEPARENT.to_owned(), trace.traceparent().into());
+        if let Some(state) = trace.tracestate() {
+            payload.insert(EVENT_TRACESTATE.to_owned(), state.into());
+        }
+    }
+}
+
+/// The trace context a resource event's payload carries (see [`stamp`]): `None` when it has
+/// none; a malformed one (not a string, not a W3C `traceparent`) is counted and logged as
+/// from `from`, and ignored.
+pub(crate) fn carried(from: &str, payload: &serde_json::Value) -> Option<TraceParent> {
+    let text = payload.get(EVENT_TRACEPARENT)?;
+    let Some(text) = text.as_str() else {
+        reject(from, "\"traceparent\" is not a string");
+        return None;
+    };
+    let state = payload.get(EVENT_TRACESTATE).and_then(|s| s.as_str());
+    TraceParent::received(from, Some(text), state)
+}
+
 /// Makes `parent` (a remote span) the parent of `span`, which must not have been entered yet.
 pub(crate) fn set_parent(span: &Span, parent: &TraceParent) {
     if !span.is_disabled() {
@@ -221,10 +263,11 @@ pub(crate) fn set_parent(span: &Span, parent: &TraceParent) {
     }
 }
 
-/// Links `span` to `to` (an event's publisher).
-pub(crate) fn add_link(span: &Span, to: &TraceParent) {
+/// Links `span` to `to`: an event's publisher (`why` is `"published"`) or the span that made
+/// a change (`"changed"`); the link's attribute `zs.link` says which.
+pub(crate) fn add_link(span: &Span, to: &TraceParent, why: &'static str) {
     if !span.is_disabled() {
-        otel::add_link(span, to);
+        otel::add_link(span, to, why);
     }
 }
 
@@ -306,11 +349,8 @@ mod otel {
         let _ = span.set_parent(context);
     }
 
-    pub(super) fn add_link(span: &Span, to: &TraceParent) {
-        span.add_link_with_attributes(
-            span_context(to),
-            vec![KeyValue::new("zs.link", "published")],
-        );
+    pub(super) fn add_link(span: &Span, to: &TraceParent, why: &'static str) {
+        span.add_link_with_attributes(span_context(to), vec![KeyValue::new("zs.link", why)]);
     }
 }
 
@@ -326,7 +366,7 @@ mod otel {
 
     pub(super) fn set_parent(_: &Span, _: &TraceParent) {}
 
-    pub(super) fn add_link(_: &Span, _: &TraceParent) {}
+    pub(super) fn add_link(_: &Span, _: &TraceParent, _: &'static str) {}
 }
 
 /// The OTLP exporter of an [`App`](crate::app::App): built when an endpoint is set.
@@ -458,6 +498,28 @@ mod tests {
         assert_eq!(TraceParent::received("test", Some("nope"), None), None);
         assert_eq!(TraceParent::received("test", None, None), None);
         assert_eq!(rejected_contexts(), before + 1);
+    }
+
+    #[test]
+    fn a_change_payload_carries_a_context_or_nothing() {
+        use serde_json::json;
+        let state = "congo=t61rcWkgMzE";
+        let carried_tp = carried("test", &json!({"traceparent": TP, "tracestate": state}));
+        assert_eq!(carried_tp, TraceParent::parse(TP, Some(state)));
+        // None, untouched, or garbage: ignored; garbage is counted.
+        let before = rejected_contexts();
+        assert_eq!(carried("test", &json!({"resource_id": "1"})), None);
+        assert_eq!(carried("test", &json!("not an object")), None);
+        assert_eq!(carried("test", &json!({"traceparent": 42})), None);
+        assert_eq!(carried("test", &json!({"traceparent": "x".repeat(9000)})), None);
+        assert!(rejected_contexts() >= before + 2);
+        // Nothing exported here: stamping adds nothing, and keeps what is there.
+        let mut payload = serde_json::Map::new();
+        stamp(&mut payload);
+        assert!(payload.is_empty());
+        payload.insert(EVENT_TRACEPARENT.to_owned(), json!(TP));
+        stamp(&mut payload);
+        assert_eq!(payload[EVENT_TRACEPARENT], json!(TP));
     }
 
     #[test]

@@ -254,6 +254,14 @@ impl Worker {
                         collection = R::COLLECTION,
                         topic = %event.topic,
                     );
+                    // Linked to the span that made the change (its context travels in the
+                    // change's payload: live, from a log, from the JetStream stream).
+                    if !span.is_disabled()
+                        && let Some(trace) =
+                            crate::telemetry::carried("a change's traceparent", &event.data)
+                    {
+                        crate::telemetry::add_link(&span, &trace, "changed");
+                    }
                     tracing::Instrument::instrument(handler(ctx, change), span).await
                 })
             }),
