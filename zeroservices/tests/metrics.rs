@@ -20,6 +20,7 @@ use serde_json::{Value, json};
 use zeroservices::http::{BasicAuth, HttpConfig, serve_ops};
 use zeroservices::medium::MemoryCluster;
 use zeroservices::prelude::*;
+use zeroservices::worker::Worker;
 
 /// What Prometheus sends in `Accept` (2.x and 3.x with the default scrape protocols).
 const PROMETHEUS_ACCEPT: &str = "application/openmetrics-text;version=1.0.0,\
@@ -681,6 +682,145 @@ async fn an_app_without_http_serves_metrics_on_the_metrics_port() {
         Some(1.0)
     );
     running.shutdown().await;
+}
+
+/// The child of `a_bare_worker_opens_the_metrics_port`: an owner and a bare
+/// [`Worker::start`] on an in-process cluster, with this process's environment (its
+/// `ZS_METRICS_PORT`). Prints `ops <addr>` (or `ops none`), or `worker failed: <error>` and
+/// exits 3; creates one resource the worker handles; stops when its stdin closes. Does nothing
+/// in a normal run.
+#[test]
+fn worker_ops_child() {
+    if std::env::var("ZS_TEST_WORKER_OPS_CHILD").is_err() {
+        return;
+    }
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    runtime.block_on(async {
+        let cluster = MemoryCluster::new();
+        // The worker first: the owner's node reads the environment too.
+        let started = Worker::new("ops_worker")
+            .without_state()
+            .poll_interval(Duration::from_secs(3600))
+            .on::<Power, _, _>(query!({}), |_, _: Change<Power>| async { Ok(()) })
+            .start(Node::builder("ops_worker").memory(&cluster))
+            .await;
+        let worker = match started {
+            Ok(worker) => worker,
+            Err(e) => {
+                println!("worker failed: {e}");
+                std::process::exit(3);
+            }
+        };
+        let node = owner(&cluster).await;
+        match worker.ops_addr() {
+            Some(addr) => println!("ops {addr}"),
+            None => println!("ops none"),
+        }
+        node.collection::<Power>().create(power(3)).await.unwrap();
+        // Until the parent closes stdin.
+        let _ = tokio::task::spawn_blocking(|| std::io::stdin().read_to_end(&mut Vec::new()))
+            .await;
+        worker.stop().await;
+        node.stop().await;
+    });
+}
+
+/// Runs `worker_ops_child` with `vars`; the child and its first `ops`/`worker failed` line.
+fn worker_child(vars: &[(&str, &str)]) -> (std::process::Child, String) {
+    let mut command = Command::new(std::env::current_exe().unwrap());
+    for (var, _) in std::env::vars() {
+        if var.starts_with("ZS_") {
+            command.env_remove(var);
+        }
+    }
+    let mut child = command
+        .args(["--exact", "worker_ops_child", "--nocapture", "--test-threads=1"])
+        .env("ZS_TEST_WORKER_OPS_CHILD", "1")
+        .envs(vars.iter().copied())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if line.contains("ops ") || line.contains("worker failed") {
+                let _ = tx.send(line);
+            }
+        }
+    });
+    let line = rx
+        .recv_timeout(Duration::from_secs(20))
+        .expect("the worker child said nothing in 20 s");
+    (child, line)
+}
+
+/// Waits (at most 20 s) for `child` to exit; its exit code.
+fn exit_of(mut child: std::process::Child) -> i32 {
+    drop(child.stdin.take());
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return status.code().unwrap_or(-1);
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("the worker child did not exit in 20 s");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// A bare `Worker::start` (a worker process without HTTP) serves `/healthz`, `/readyz` and
+/// `/metrics` on `ZS_METRICS_PORT`, like an `App`, and its handled changes are counted there;
+/// without the variable it opens nothing; a malformed port or one in use fails the start with
+/// an error naming it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bare_worker_opens_the_metrics_port() {
+    let port = free_tcp_port().to_string();
+    let (child, line) = worker_child(&[("ZS_METRICS_PORT", &port), ("ZS_METRICS_AUTH", "off")]);
+    let addr = line
+        .split("ops ")
+        .nth(1)
+        .unwrap_or_else(|| panic!("{line}"))
+        .trim()
+        .to_owned();
+    assert_eq!(addr, format!("127.0.0.1:{port}"));
+    let base = format!("http://{addr}");
+    for probe in ["healthz", "readyz"] {
+        let reply = client().get(format!("{base}/{probe}")).send().await.unwrap();
+        assert_eq!(reply.status().as_u16(), 200, "{probe}");
+    }
+    // Operations routes only.
+    let reply = client().get(format!("{base}/power")).send().await.unwrap();
+    assert_eq!(reply.status().as_u16(), 404);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let (_, m) = scrape(&base).await;
+        if value(&m, "zs_worker_changes_handled_total", &[]).is_some_and(|v| v >= 1.0) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the handled change was never counted");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(exit_of(child), 0);
+
+    // No variable: no port.
+    let (child, line) = worker_child(&[]);
+    assert!(line.contains("ops none"), "{line}");
+    assert_eq!(exit_of(child), 0);
+
+    // Hostile: not a port; a port another listener holds.
+    let (child, line) = worker_child(&[("ZS_METRICS_PORT", "not-a-port")]);
+    assert!(line.contains("worker failed") && line.contains("ZS_METRICS_PORT"), "{line}");
+    assert_eq!(exit_of(child), 3);
+    let taken = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = taken.local_addr().unwrap().port().to_string();
+    let (child, line) = worker_child(&[("ZS_METRICS_PORT", &port)]);
+    assert!(line.contains("worker failed") && line.contains(&port), "{line}");
+    assert_eq!(exit_of(child), 3);
 }
 
 /// Over a real NATS server: an app without HTTP exports `NatsStats` and `NatsDiscoveryStats` on

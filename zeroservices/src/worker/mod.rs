@@ -180,9 +180,20 @@ enum StateDir {
     Off,
 }
 
+/// Where a worker's operations port comes from.
+#[cfg(feature = "http")]
+#[derive(Debug, Clone)]
+enum Ops {
+    /// `ZS_METRICS_PORT` (none when unset).
+    FromEnv,
+    Set(Option<crate::http::HttpConfig>),
+}
+
 /// A worker: rules that react to changes of resources; see the module docs.
 pub struct Worker {
     name: String,
+    #[cfg(feature = "http")]
+    ops: Ops,
     rules: Vec<Rule>,
     errors: Vec<Error>,
     poll_interval: Option<Duration>,
@@ -207,6 +218,8 @@ impl Worker {
         }
         Self {
             name,
+            #[cfg(feature = "http")]
+            ops: Ops::FromEnv,
             rules: Vec::new(),
             errors,
             poll_interval: None,
@@ -298,9 +311,24 @@ impl Worker {
         self
     }
 
+    /// Serves the operations routes (`GET /healthz`, `GET /readyz`, `GET /metrics`) of the
+    /// worker's node on `config` (its port, host, auth), as `ZS_METRICS_PORT` does for an
+    /// [`App`](crate::App); without it, [`Worker::start`] opens one when `ZS_METRICS_PORT` is
+    /// set (on `ZS_HTTP_HOST`, default 127.0.0.1, with the HTTP settings).
+    #[cfg(feature = "http")]
+    pub fn operations(mut self, config: crate::http::HttpConfig) -> Self {
+        self.ops = Ops::Set(Some(config));
+        self
+    }
+
     /// Takes the poll interval, the lease and the state dir from `settings`
-    /// (`ZS_WORKER_POLL_MS`, `ZS_WORKER_LEASE_MS`, `ZS_WORKER_STATE_DIR`).
+    /// (`ZS_WORKER_POLL_MS`, `ZS_WORKER_LEASE_MS`, `ZS_WORKER_STATE_DIR`), and the operations
+    /// port (`ZS_METRICS_PORT`, none when unset).
     pub fn settings(mut self, settings: &Settings) -> Self {
+        #[cfg(feature = "http")]
+        {
+            self.ops = Ops::Set(settings.metrics());
+        }
         self.state_dir = match settings.worker_state_dir(&self.name) {
             Some(dir) => StateDir::Dir(dir),
             None => StateDir::Off,
@@ -329,11 +357,20 @@ impl Worker {
         if let Some(e) = self.errors.into_iter().next() {
             return Err(e);
         }
+        #[cfg(feature = "http")]
+        let ops_from_env = matches!(self.ops, Ops::FromEnv);
+        #[cfg(not(feature = "http"))]
+        let ops_from_env = false;
         if self.poll_interval.is_none()
             || self.lease.is_none()
             || matches!(self.state_dir, StateDir::FromEnv)
+            || ops_from_env
         {
             let settings = Settings::from_env()?;
+            #[cfg(feature = "http")]
+            if ops_from_env {
+                self.ops = Ops::Set(settings.metrics());
+            }
             self.poll_interval
                 .get_or_insert(settings.worker_poll_interval());
             self.lease.get_or_insert(settings.worker_lease());
@@ -358,6 +395,25 @@ impl Worker {
                 .push(Arc::new(rule));
         }
         let node = builder.start().await?;
+        // The operations port, like an App's: stopped with the node.
+        #[cfg(feature = "http")]
+        let ops = match std::mem::replace(&mut self.ops, Ops::Set(None)) {
+            Ops::Set(Some(config)) => match crate::http::serve_ops(node.clone(), config).await {
+                Ok(server) => {
+                    tracing::info!(
+                        worker = %self.name,
+                        "operations on http://{}/ (/healthz, /readyz, /metrics)",
+                        server.local_addr()
+                    );
+                    Some(server)
+                }
+                Err(e) => {
+                    node.stop().await;
+                    return Err(e);
+                }
+            },
+            _ => None,
+        };
         let stopping = node.shutdown().stopping().clone();
         let shared = |caught_up: Option<CaughtUp>| {
             Arc::new(Shared {
@@ -410,6 +466,8 @@ impl Worker {
                 tracing::info!(worker = %self.name, node = %node.id(), "worker started (JetStream)");
                 return Ok(RunningWorker {
                     node,
+                    #[cfg(feature = "http")]
+                    ops,
                     tasks,
                     resume: Arc::new(Resume {
                         file: None,
@@ -486,6 +544,8 @@ impl Worker {
         tracing::info!(worker = %self.name, node = %node.id(), "worker started");
         Ok(RunningWorker {
             node,
+            #[cfg(feature = "http")]
+            ops,
             tasks,
             resume,
             stream: None,
@@ -505,6 +565,9 @@ impl Worker {
 /// A started worker.
 pub struct RunningWorker {
     node: Node,
+    /// The operations listener (`ZS_METRICS_PORT`, [`Worker::operations`]).
+    #[cfg(feature = "http")]
+    ops: Option<crate::http::HttpServer>,
     tasks: JoinSet<()>,
     resume: Arc<Resume>,
     /// The counters of the JetStream consumer, when the worker consumes one.
@@ -515,6 +578,13 @@ impl RunningWorker {
     /// The worker's node (to call collections, or look at peers).
     pub fn node(&self) -> &Node {
         &self.node
+    }
+
+    /// The address of the operations listener (`/healthz`, `/readyz`, `/metrics`), when one
+    /// was asked for (`ZS_METRICS_PORT`, [`Worker::operations`]).
+    #[cfg(feature = "http")]
+    pub fn ops_addr(&self) -> Option<std::net::SocketAddr> {
+        self.ops.as_ref().map(crate::http::HttpServer::local_addr)
     }
 
     /// The counters of the worker group's JetStream consumer; `None` when the worker follows
@@ -528,6 +598,11 @@ impl RunningWorker {
     /// cursor the next start resumes from.
     pub async fn stop(mut self) {
         self.node.stop().await;
+        // Drained by the node's stop already: returns at once.
+        #[cfg(feature = "http")]
+        if let Some(ops) = self.ops.take() {
+            ops.shutdown().await;
+        }
         self.tasks.abort_all();
         while self.tasks.join_next().await.is_some() {}
         self.resume.save(true).await;
