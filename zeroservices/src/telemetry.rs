@@ -13,7 +13,7 @@
 //! | `zs.store` | a built-in action's store operation on the owner | `collection`, `action` |
 //! | `zs.publish` | an event published to the cluster | `topic` |
 //! | `zs.deliver` | an event from a peer, handed to this node's subscribers | `topic` |
-//! | `zs.worker` | a worker handler's run on one change | `worker`, `topic` |
+//! | `zs.worker` | a worker handler's run on one change (linked to the span that made it) | `collection`, `topic` |
 //!
 //! With `RUST_LOG` at its default (`info`) and no export, nothing listens at `DEBUG`: a span is
 //! then a disabled callsite check, its fields are not evaluated, and no trace context is
@@ -511,7 +511,10 @@ mod tests {
         assert_eq!(carried("test", &json!({"resource_id": "1"})), None);
         assert_eq!(carried("test", &json!("not an object")), None);
         assert_eq!(carried("test", &json!({"traceparent": 42})), None);
-        assert_eq!(carried("test", &json!({"traceparent": "x".repeat(9000)})), None);
+        assert_eq!(
+            carried("test", &json!({"traceparent": "x".repeat(9000)})),
+            None
+        );
         assert!(rejected_contexts() >= before + 2);
         // Nothing exported here: stamping adds nothing, and keeps what is there.
         let mut payload = serde_json::Map::new();

@@ -163,13 +163,19 @@ async fn metrics_are_classic_text_unless_openmetrics_is_asked_for() {
 
     let (kind, classic) = scrape_as(&base, None).await;
     assert_eq!(kind, "text/plain; version=0.0.4; charset=utf-8");
-    assert!(!classic.contains("# EOF") && !classic.contains("# UNIT"), "{classic}");
+    assert!(
+        !classic.contains("# EOF") && !classic.contains("# UNIT"),
+        "{classic}"
+    );
     assert!(
         classic.contains("# TYPE zs_requests_total counter\n"),
         "{classic}"
     );
     let (kind, open) = scrape_as(&base, Some(PROMETHEUS_ACCEPT)).await;
-    assert!(kind.starts_with("application/openmetrics-text; version=1.0.0"), "{kind}");
+    assert!(
+        kind.starts_with("application/openmetrics-text; version=1.0.0"),
+        "{kind}"
+    );
     assert!(open.ends_with("# EOF\n") && open.contains("# TYPE zs_requests counter\n"));
     strict_parse(&open);
 
@@ -188,8 +194,14 @@ async fn metrics_are_classic_text_unless_openmetrics_is_asked_for() {
     assert_eq!(samples(&classic), samples(&open));
 
     if let Some(families) = classic_parse(&classic) {
-        let untyped: Vec<_> = families.iter().filter(|f| f.1 == "unknown" || f.1 == "untyped").collect();
-        assert!(untyped.is_empty(), "read as untyped: {untyped:?}\n{classic}");
+        let untyped: Vec<_> = families
+            .iter()
+            .filter(|f| f.1 == "unknown" || f.1 == "untyped")
+            .collect();
+        assert!(
+            untyped.is_empty(),
+            "read as untyped: {untyped:?}\n{classic}"
+        );
         let requests = families
             .iter()
             .find(|f| f.0 == "zs_requests")
@@ -214,7 +226,10 @@ async fn metrics_are_classic_text_unless_openmetrics_is_asked_for() {
         huge.as_str(),
     ] {
         let (kind, text) = scrape_as(&base, Some(accept)).await;
-        assert!(kind.starts_with("text/plain; version=0.0.4"), "{accept:.60}: {kind}");
+        assert!(
+            kind.starts_with("text/plain; version=0.0.4"),
+            "{accept:.60}: {kind}"
+        );
         assert!(!text.contains("# EOF"));
     }
     server.shutdown().await;
@@ -718,8 +733,7 @@ fn worker_ops_child() {
         }
         node.collection::<Power>().create(power(3)).await.unwrap();
         // Until the parent closes stdin.
-        let _ = tokio::task::spawn_blocking(|| std::io::stdin().read_to_end(&mut Vec::new()))
-            .await;
+        let _ = tokio::task::spawn_blocking(|| std::io::stdin().read_to_end(&mut Vec::new())).await;
         worker.stop().await;
         node.stop().await;
     });
@@ -734,7 +748,12 @@ fn worker_child(vars: &[(&str, &str)]) -> (std::process::Child, String) {
         }
     }
     let mut child = command
-        .args(["--exact", "worker_ops_child", "--nocapture", "--test-threads=1"])
+        .args([
+            "--exact",
+            "worker_ops_child",
+            "--nocapture",
+            "--test-threads=1",
+        ])
         .env("ZS_TEST_WORKER_OPS_CHILD", "1")
         .envs(vars.iter().copied())
         .stdin(Stdio::piped())
@@ -790,7 +809,11 @@ async fn a_bare_worker_opens_the_metrics_port() {
     assert_eq!(addr, format!("127.0.0.1:{port}"));
     let base = format!("http://{addr}");
     for probe in ["healthz", "readyz"] {
-        let reply = client().get(format!("{base}/{probe}")).send().await.unwrap();
+        let reply = client()
+            .get(format!("{base}/{probe}"))
+            .send()
+            .await
+            .unwrap();
         assert_eq!(reply.status().as_u16(), 200, "{probe}");
     }
     // Operations routes only.
@@ -802,7 +825,10 @@ async fn a_bare_worker_opens_the_metrics_port() {
         if value(&m, "zs_worker_changes_handled_total", &[]).is_some_and(|v| v >= 1.0) {
             break;
         }
-        assert!(Instant::now() < deadline, "the handled change was never counted");
+        assert!(
+            Instant::now() < deadline,
+            "the handled change was never counted"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     assert_eq!(exit_of(child), 0);
@@ -814,12 +840,18 @@ async fn a_bare_worker_opens_the_metrics_port() {
 
     // Hostile: not a port; a port another listener holds.
     let (child, line) = worker_child(&[("ZS_METRICS_PORT", "not-a-port")]);
-    assert!(line.contains("worker failed") && line.contains("ZS_METRICS_PORT"), "{line}");
+    assert!(
+        line.contains("worker failed") && line.contains("ZS_METRICS_PORT"),
+        "{line}"
+    );
     assert_eq!(exit_of(child), 3);
     let taken = TcpListener::bind("127.0.0.1:0").unwrap();
     let port = taken.local_addr().unwrap().port().to_string();
     let (child, line) = worker_child(&[("ZS_METRICS_PORT", &port)]);
-    assert!(line.contains("worker failed") && line.contains(&port), "{line}");
+    assert!(
+        line.contains("worker failed") && line.contains(&port),
+        "{line}"
+    );
     assert_eq!(exit_of(child), 3);
 }
 

@@ -68,22 +68,24 @@ fn child() {
         }),
         // A worker process (its node apart from the app's, which carries the export): its
         // handler runs for each power change, in a span linked to the span that made it.
-        "worker" => App::new("otel_worker").run_with_args(["otel_worker", "--no-http"], |_| async {
-            let worker = Worker::new("otel_worker")
-                .without_state()
-                .poll_interval(Duration::from_secs(3600))
-                .on::<Power, _, _>(query!({}), |_, change: Change<Power>| async move {
-                    println!("handled {}", change.resource_id);
-                    Ok(())
-                })
-                .start(Node::builder("otel_worker").network_from_env()?)
-                .await?;
-            println!("worker started");
-            // Runs until the app's signal ends this body.
-            std::future::pending::<()>().await;
-            drop(worker);
-            Ok::<(), Error>(())
-        }),
+        "worker" => {
+            App::new("otel_worker").run_with_args(["otel_worker", "--no-http"], |_| async {
+                let worker = Worker::new("otel_worker")
+                    .without_state()
+                    .poll_interval(Duration::from_secs(3600))
+                    .on::<Power, _, _>(query!({}), |_, change: Change<Power>| async move {
+                        println!("handled {}", change.resource_id);
+                        Ok(())
+                    })
+                    .start(Node::builder("otel_worker").network_from_env()?)
+                    .await?;
+                println!("worker started");
+                // Runs until the app's signal ends this body.
+                std::future::pending::<()>().await;
+                drop(worker);
+                Ok::<(), Error>(())
+            })
+        }
         _ => App::new("otel_owner")
             .resource::<Power>()
             .run_with_args(["otel_owner", "--no-http"], |_| async {}),

@@ -634,11 +634,23 @@ mod tests {
             (Some("text/plain; version=0.0.4"), Format::Prometheus),
             (Some(prometheus), Format::OpenMetrics),
             (Some("application/openmetrics-text"), Format::OpenMetrics),
-            (Some("Application/OpenMetrics-Text; version=1.0.0"), Format::OpenMetrics),
+            (
+                Some("Application/OpenMetrics-Text; version=1.0.0"),
+                Format::OpenMetrics,
+            ),
             (Some("application/openmetrics-text;q=0"), Format::Prometheus),
-            (Some("text/plain, application/openmetrics-text;q=0.5"), Format::Prometheus),
-            (Some("application/openmetrics-text;q=0.9, text/plain;q=0.2"), Format::OpenMetrics),
-            (Some(";;;,,,q=2,application/openmetrics-text;q=nan"), Format::OpenMetrics),
+            (
+                Some("text/plain, application/openmetrics-text;q=0.5"),
+                Format::Prometheus,
+            ),
+            (
+                Some("application/openmetrics-text;q=0.9, text/plain;q=0.2"),
+                Format::OpenMetrics,
+            ),
+            (
+                Some(";;;,,,q=2,application/openmetrics-text;q=nan"),
+                Format::OpenMetrics,
+            ),
             (Some("garbage\u{1}"), Format::Prometheus),
         ];
         for (accept, want) in cases {

@@ -77,6 +77,14 @@
 //! instant may both run those first hits). Without JetStream the worker warns once
 //! and works as above.
 //!
+//! # Operations and tracing
+//!
+//! With `ZS_METRICS_PORT` set (or [`Worker::operations`]), [`Worker::start`] serves the
+//! worker node's `/healthz`, `/readyz` and `/metrics` on that port, as an
+//! [`App`](crate::App) does for a node without HTTP ([`RunningWorker::ops_addr`]); it stops with
+//! the node. Each handler run is a `zs.worker` span linked to the span that made the change,
+//! whose context the change carries in its payload (see [`crate::telemetry`]).
+//!
 //! # Stopping
 //!
 //! When the worker's node stops ([`RunningWorker::stop`], [`Node::stop`], a signal in
