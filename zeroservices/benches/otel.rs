@@ -12,9 +12,13 @@
 //! 2. `GET /item/<id>` on the gateway's HTTP with 64 requests in flight from a reqwest client
 //!    in this process (`http.request` too).
 //!
-//! The configurations alternate off, on, off, on, ... (`ZS_BENCH_PAIRS` pairs, default 2),
-//! each measure `ZS_BENCH_SECONDS` long (default 3); it prints every run, then per measure the
-//! median of each mode and the ratio on/off. With export on, the batch processor's queue is
+//! A third mode, "1 %", exports with `OTEL_TRACES_SAMPLER=parentbased_traceidratio` and
+//! `OTEL_TRACES_SAMPLER_ARG=0.01` (a trace sampled upstream stays sampled): what a busy
+//! service would run with.
+//!
+//! The configurations alternate off, on, 1 %, off, on, 1 %, ... (`ZS_BENCH_PAIRS` rounds,
+//! default 2), each measure `ZS_BENCH_SECONDS` long (default 3); it prints every run, then per
+//! measure the median of each mode and its ratio to off. With export on, the batch processor's queue is
 //! raised (`OTEL_BSP_MAX_QUEUE_SIZE=65536`) so that spans are exported rather than dropped at
 //! these rates: the cost of exporting everything.
 //!
@@ -295,7 +299,25 @@ fn ask(gateway: &mut Proc, in_flight: usize, time: Duration) -> (f64, u64) {
     (calls / time.as_secs_f64(), p50)
 }
 
-async fn one(export: Option<&str>, got: &Received, time: Duration) -> Run {
+/// What a configuration exports.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Mode {
+    Off,
+    On,
+    Sampled,
+}
+
+impl Mode {
+    fn name(self) -> &'static str {
+        match self {
+            Self::Off => "off",
+            Self::On => "on",
+            Self::Sampled => "1 %",
+        }
+    }
+}
+
+async fn one(mode: Mode, endpoint: &str, got: &Received, time: Duration) -> Run {
     let group = format!("237.252.249.231:{}", free_udp());
     let http = free_tcp();
     let mut env = vec![
@@ -307,12 +329,18 @@ async fn one(export: Option<&str>, got: &Received, time: Duration) -> Run {
         ("ZS_HTTP_PORT", http.to_string()),
         ("ZS_METRICS_AUTH", "off".to_owned()),
     ];
-    if let Some(endpoint) = export {
+    if mode != Mode::Off {
         env.extend([
             ("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint.to_owned()),
             ("OTEL_BSP_MAX_QUEUE_SIZE", "65536".to_owned()),
             ("OTEL_BSP_MAX_EXPORT_BATCH_SIZE", "2048".to_owned()),
             ("OTEL_BSP_SCHEDULE_DELAY", "500".to_owned()),
+        ]);
+    }
+    if mode == Mode::Sampled {
+        env.extend([
+            ("OTEL_TRACES_SAMPLER", "parentbased_traceidratio".to_owned()),
+            ("OTEL_TRACES_SAMPLER_ARG", "0.01".to_owned()),
         ]);
     }
     let _owner = Proc::spawn("owner", &env);
@@ -354,19 +382,19 @@ fn driver() {
         let time = Duration::from_secs(seconds());
         let (endpoint, got) = receiver().await;
         println!(
-            "otel cost: {} pair(s) of off/on, {} s per measure, owner + gateway processes on \
+            "otel cost: {} round(s) of off/on/1 %, {} s per measure, owner + gateway processes on \
              ZeroMQ over loopback, export to an in-bench OTLP/HTTP receiver (protobuf, discarded)",
             pairs(),
             time.as_secs()
         );
-        let mut off = Vec::new();
-        let mut on = Vec::new();
-        for pair in 0..pairs() {
-            for export in [None, Some(endpoint.as_str())] {
-                let run = one(export, &got, time).await;
+        let modes = [Mode::Off, Mode::On, Mode::Sampled];
+        let mut runs: Vec<Vec<Run>> = vec![Vec::new(); modes.len()];
+        for round in 0..pairs() {
+            for (i, mode) in modes.into_iter().enumerate() {
+                let run = one(mode, &endpoint, &got, time).await;
                 println!(
-                    "pair {pair} export {:3}: get@64 {:>9.0}/s p50 {:>5} µs | get@1 {:>7.0}/s p50 {:>5} µs | REST GET@64 {:>8.0}/s p50 {:>5} µs | exported {:.0} KiB",
-                    if export.is_some() { "on" } else { "off" },
+                    "round {round} export {:3}: get@64 {:>9.0}/s p50 {:>5} µs | get@1 {:>7.0}/s p50 {:>5} µs | REST GET@64 {:>8.0}/s p50 {:>5} µs | exported {:.0} KiB",
+                    mode.name(),
                     run.get64.0,
                     run.get64.1,
                     run.get1.0,
@@ -375,14 +403,10 @@ fn driver() {
                     run.rest.1,
                     run.exported_kb,
                 );
-                if export.is_some() {
-                    on.push(run);
-                } else {
-                    off.push(run);
-                }
+                runs[i].push(run);
             }
         }
-        println!("median of {} run(s) per mode; ratio = on / off:", pairs());
+        println!("median of {} run(s) per mode; ratio = mode / off (per round):", pairs());
         type Pick = fn(&Run) -> (f64, u64);
         let measures: [(&str, Pick); 3] = [
             ("remote get, 64 in flight", |r| r.get64),
@@ -390,20 +414,30 @@ fn driver() {
             ("REST GET, 64 in flight", |r| r.rest),
         ];
         for (name, pick) in measures {
-            let rate_off = median(off.iter().map(|r| pick(r).0).collect());
-            let rate_on = median(on.iter().map(|r| pick(r).0).collect());
-            let p50_off = median(off.iter().map(|r| pick(r).1 as f64).collect());
-            let p50_on = median(on.iter().map(|r| pick(r).1 as f64).collect());
-            let pair_ratios: Vec<String> = off
-                .iter()
-                .zip(&on)
-                .map(|(a, b)| format!("{:.2}", pick(b).0 / pick(a).0.max(1.0)))
-                .collect();
-            println!(
-                "  {name:26} off {rate_off:>9.0}/s (p50 {p50_off:.0} µs)  on {rate_on:>9.0}/s (p50 {p50_on:.0} µs)  ratio {:.2} (per pair {})",
-                rate_on / rate_off.max(1.0),
-                pair_ratios.join(", ")
+            let rate = |runs: &[Run]| median(runs.iter().map(|r| pick(r).0).collect());
+            let p50 = |runs: &[Run]| median(runs.iter().map(|r| pick(r).1 as f64).collect());
+            let off = &runs[0];
+            let mut line = format!(
+                "  {name:26} off {:>8.0}/s (p50 {:.0} µs)",
+                rate(off),
+                p50(off)
             );
+            for (mode, these) in modes.iter().zip(&runs).skip(1) {
+                let per_round: Vec<String> = off
+                    .iter()
+                    .zip(these)
+                    .map(|(a, b)| format!("{:.2}", pick(b).0 / pick(a).0.max(1.0)))
+                    .collect();
+                line.push_str(&format!(
+                    " | {} {:>8.0}/s (p50 {:.0} µs) ratio {:.2} ({})",
+                    mode.name(),
+                    rate(these),
+                    p50(these),
+                    rate(these) / rate(off).max(1.0),
+                    per_round.join(", ")
+                ));
+            }
+            println!("{line}");
         }
         println!(
             "exported: {:.1} MiB in {} batches",

@@ -50,7 +50,9 @@
 //! `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT` is set (and `OTEL_SDK_DISABLED` is not `true`): spans of
 //! target `zeroservices` at `DEBUG` and above (with its log events at `INFO` and above as span
 //! events) go to a batch processor (its own thread) and out
-//! over OTLP/HTTP, `OTEL_EXPORTER_OTLP_PROTOCOL` `http/protobuf` (the default) or `http/json`.
+//! over OTLP/HTTP, `OTEL_EXPORTER_OTLP_PROTOCOL` (or `OTEL_EXPORTER_OTLP_TRACES_PROTOCOL`)
+//! `http/protobuf` (the default; anything else than `http/json` is warned about and taken as
+//! it) or `http/json`.
 //! `OTEL_SERVICE_NAME` names the service (default: the service's own name),
 //! `OTEL_TRACES_SAMPLER` and `OTEL_TRACES_SAMPLER_ARG` pick the sampler (default
 //! `parentbased_always_on`), `OTEL_BSP_*` tune the batches, `OTEL_RESOURCE_ATTRIBUTES` adds
@@ -373,6 +375,7 @@ mod otel {
 #[cfg(all(feature = "otel", feature = "app"))]
 pub(crate) mod export {
     use opentelemetry::trace::TracerProvider as _;
+    use opentelemetry_otlp::{Protocol, WithExportConfig as _};
     use opentelemetry_sdk::Resource;
     use opentelemetry_sdk::trace::SdkTracerProvider;
     use tracing::Level;
@@ -415,9 +418,25 @@ pub(crate) mod export {
         if !wanted() {
             return None;
         }
-        // Endpoint, protocol, headers and timeout from the OTEL_EXPORTER_OTLP_* variables.
+        // Endpoint, headers and timeout from the OTEL_EXPORTER_OTLP_* variables. The protocol
+        // is chosen here: with both encodings compiled in, opentelemetry-otlp 0.33 defaults to
+        // JSON (pretty-printed, ~8 times the bytes), where the specification says protobuf.
+        let asked = set("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL")
+            .or_else(|| set("OTEL_EXPORTER_OTLP_PROTOCOL"));
+        let protocol = match asked.as_deref().map(str::trim) {
+            Some("http/json") => Protocol::HttpJson,
+            None | Some("http/protobuf") => Protocol::HttpBinary,
+            Some(other) => {
+                eprintln!(
+                    "OpenTelemetry: protocol {other:?} is not supported (http/protobuf or \
+                     http/json): using http/protobuf"
+                );
+                Protocol::HttpBinary
+            }
+        };
         let exporter = match opentelemetry_otlp::SpanExporter::builder()
             .with_http()
+            .with_protocol(protocol)
             .build()
         {
             Ok(exporter) => exporter,

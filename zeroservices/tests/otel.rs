@@ -431,17 +431,19 @@ fn render(all: &[Got], trace_id: &str) -> String {
 /// One HTTP request with a `traceparent` through a gateway, an owner and a worker process
 /// (`transport`: extra settings, ZeroMQ without any): one trace on the gateway and the owner,
 /// linked spans on the gateway's subscriber and on the worker.
-async fn one_trace_across_processes(protocol: &str, transport: &[(&str, &str)]) {
+///
+/// `protocol` `None` leaves `OTEL_EXPORTER_OTLP_PROTOCOL` unset: the default is protobuf.
+async fn one_trace_across_processes(protocol: Option<&str>, transport: &[(&str, &str)]) {
     let (endpoint, got) = receiver().await;
     let group = free_udp();
     let port = free_tcp();
     let otel: Vec<(&str, &str)> = [
         ("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint.as_str()),
-        ("OTEL_EXPORTER_OTLP_PROTOCOL", protocol),
         // A minute: what arrives was flushed when the process stopped.
         ("OTEL_BSP_SCHEDULE_DELAY", "60000"),
     ]
     .into_iter()
+    .chain(protocol.map(|p| ("OTEL_EXPORTER_OTLP_PROTOCOL", p)))
     .chain(transport.iter().copied())
     .collect();
     // The owner logs JSON: its lines inside a traced request carry the trace id.
@@ -526,7 +528,7 @@ async fn one_trace_across_processes(protocol: &str, transport: &[(&str, &str)]) 
 
     let spans = got.spans.lock().unwrap().clone();
     let bodies = got.bodies.lock().unwrap().clone();
-    let want_type = if protocol == "http/json" {
+    let want_type = if protocol == Some("http/json") {
         "application/json"
     } else {
         "application/x-protobuf"
@@ -597,17 +599,22 @@ async fn one_trace_across_processes(protocol: &str, transport: &[(&str, &str)]) 
         .collect();
     assert!(others.len() >= 4, "the garbage requests were traced anew");
     assert!(others.iter().all(|s| s.parent.is_empty()), "{others:#?}");
-    println!("{protocol}:\n{}", render(&spans, TRACE_ID));
+    println!(
+        "{}:\n{}",
+        protocol.unwrap_or("default (protobuf)"),
+        render(&spans, TRACE_ID)
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_trace_across_two_processes_over_otlp_protobuf() {
-    one_trace_across_processes("http/protobuf", &[]).await;
+    // No protocol variable: protobuf is the default.
+    one_trace_across_processes(None, &[]).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_trace_across_two_processes_over_otlp_json() {
-    one_trace_across_processes("http/json", &[]).await;
+    one_trace_across_processes(Some("http/json"), &[]).await;
 }
 
 /// The same over NATS (a `nats-server` of the test's own, with JetStream): the context crosses
@@ -620,7 +627,7 @@ async fn one_trace_across_processes_over_nats() {
     let url = server.url();
     let cluster = nats_common::fresh_cluster();
     one_trace_across_processes(
-        "http/protobuf",
+        Some("http/protobuf"),
         &[("ZS_TRANSPORT", &url), ("ZS_CLUSTER", &cluster)],
     )
     .await;

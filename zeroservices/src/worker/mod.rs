@@ -194,7 +194,7 @@ enum StateDir {
 enum Ops {
     /// `ZS_METRICS_PORT` (none when unset).
     FromEnv,
-    Set(Option<crate::http::HttpConfig>),
+    Set(Option<Box<crate::http::HttpConfig>>),
 }
 
 /// A worker: rules that react to changes of resources; see the module docs.
@@ -325,7 +325,7 @@ impl Worker {
     /// set (on `ZS_HTTP_HOST`, default 127.0.0.1, with the HTTP settings).
     #[cfg(feature = "http")]
     pub fn operations(mut self, config: crate::http::HttpConfig) -> Self {
-        self.ops = Ops::Set(Some(config));
+        self.ops = Ops::Set(Some(Box::new(config)));
         self
     }
 
@@ -335,7 +335,7 @@ impl Worker {
     pub fn settings(mut self, settings: &Settings) -> Self {
         #[cfg(feature = "http")]
         {
-            self.ops = Ops::Set(settings.metrics());
+            self.ops = Ops::Set(settings.metrics().map(Box::new));
         }
         self.state_dir = match settings.worker_state_dir(&self.name) {
             Some(dir) => StateDir::Dir(dir),
@@ -377,7 +377,7 @@ impl Worker {
             let settings = Settings::from_env()?;
             #[cfg(feature = "http")]
             if ops_from_env {
-                self.ops = Ops::Set(settings.metrics());
+                self.ops = Ops::Set(settings.metrics().map(Box::new));
             }
             self.poll_interval
                 .get_or_insert(settings.worker_poll_interval());
@@ -406,7 +406,7 @@ impl Worker {
         // The operations port, like an App's: stopped with the node.
         #[cfg(feature = "http")]
         let ops = match std::mem::replace(&mut self.ops, Ops::Set(None)) {
-            Ops::Set(Some(config)) => match crate::http::serve_ops(node.clone(), config).await {
+            Ops::Set(Some(config)) => match crate::http::serve_ops(node.clone(), *config).await {
                 Ok(server) => {
                     tracing::info!(
                         worker = %self.name,
