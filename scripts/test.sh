@@ -6,8 +6,8 @@
 # `cargo test` lists them as ignored, with what they need): the MongoDB tests (a server:
 # ZS_TEST_MONGODB_URI), the MongoDB outage test (the nx-27017 executable: ZS_TEST_NX27017), the
 # NATS tests (a nats-server: ZS_TEST_NATS_URL, ZS_TEST_NATS_SERVER), the browser test (Chromium
-# and ChromeDriver) and the read-only dir test (a non-root user). This script provides the first
-# four and runs `cargo test --workspace -- --include-ignored`; a test
+# and ChromeDriver), the Schemathesis test (ZS_TEST_SCHEMATHESIS) and the read-only dir test (a
+# non-root user). This script provides all but the last and runs `cargo test --workspace -- --include-ignored`; a test
 # whose requirement it could not provide fails and says why. Running as root, it leaves out the
 # read-only dir test (root writes to a read-only dir) and says so.
 #
@@ -184,6 +184,73 @@ if [ -x "$OAS_VENV/bin/python" ] && ! "$OAS_VENV/bin/python" -c 'import promethe
 fi
 if [ -x "$OAS_VENV/bin/python" ] && "$OAS_VENV/bin/python" -c 'import prometheus_client.openmetrics.parser' 2>/dev/null; then
     export ZS_TEST_PROM_PYTHON="$OAS_VENV/bin/python"
+fi
+
+# Schemathesis (PyPI, pinned): the outside fuzzer of examples/tests/schemathesis.rs, which checks
+# that /openapi.json describes the server exactly. Installed on first use into target/st-venv;
+# ZS_TEST_SCHEMATHESIS is its `st`. Under CI a failed install fails the run; otherwise the script
+# warns and the Schemathesis test fails, saying what is missing.
+ST_VERSION="4.32.5"
+ST_VENV="$PWD/target/st-venv"
+ST="$ST_VENV/bin/st"
+if [ ! -x "$ST" ] || ! "$ST" --version 2>/dev/null | grep -q "$ST_VERSION"; then
+    echo "Installing schemathesis $ST_VERSION into $ST_VENV ..." >&2
+    mkdir -p "$(dirname "$ST_VENV")"
+    if ! { python3 -m venv "$ST_VENV" && "$ST_VENV/bin/pip" install --quiet --disable-pip-version-check "schemathesis==$ST_VERSION"; }; then
+        if [ "${CI:-}" = "true" ]; then
+            echo "ERROR: could not install schemathesis into $ST_VENV" >&2
+            exit 1
+        fi
+        echo "WARNING: could not install schemathesis; the Schemathesis test will FAIL" >&2
+    fi
+fi
+if [ -x "$ST" ]; then
+    export ZS_TEST_SCHEMATHESIS="$ST"
+fi
+
+# The AsyncAPI test (zeroservices/tests/http_asyncapi.rs) validates /asyncapi.json with the
+# official parser, npm @asyncapi/parser, pinned with its whole tree in
+# zeroservices/tests/asyncapi/package-lock.json and installed with `npm ci` into
+# target/asyncapi-parser (reinstalled when the lock file changes): ZS_TEST_ASYNCAPI_PARSER.
+ASYNCAPI_DIR="$PWD/target/asyncapi-parser"
+ASYNCAPI_LOCK="$PWD/zeroservices/tests/asyncapi/package-lock.json"
+if [ ! -f "$ASYNCAPI_DIR/node_modules/@asyncapi/parser/package.json" ] || ! cmp -s "$ASYNCAPI_LOCK" "$ASYNCAPI_DIR/package-lock.json"; then
+    echo "Installing @asyncapi/parser (npm ci) into $ASYNCAPI_DIR ..." >&2
+    rm -rf "$ASYNCAPI_DIR"
+    mkdir -p "$ASYNCAPI_DIR"
+    cp zeroservices/tests/asyncapi/package.json "$ASYNCAPI_LOCK" "$ASYNCAPI_DIR/"
+    if ! (cd "$ASYNCAPI_DIR" && npm ci --ignore-scripts --no-audit --no-fund --loglevel=error >&2); then
+        rm -rf "$ASYNCAPI_DIR/node_modules"
+        if [ "${CI:-}" = "true" ]; then
+            echo "ERROR: could not install @asyncapi/parser (npm ci in $ASYNCAPI_DIR; needs node and npm)" >&2
+            exit 1
+        fi
+        echo "WARNING: could not install @asyncapi/parser; the AsyncAPI validation is skipped" >&2
+    fi
+fi
+if [ -f "$ASYNCAPI_DIR/node_modules/@asyncapi/parser/package.json" ]; then
+    export ZS_TEST_ASYNCAPI_PARSER="$ASYNCAPI_DIR"
+fi
+
+# The generated-client test (zeroservices/tests/generated_client.rs) generates a Python client
+# from a live /openapi.json with openapi-python-client (PyPI, pinned), in its own virtualenv:
+# ZS_TEST_OPENAPI_CLIENT is its executable (the venv's python runs the generated client).
+CLIENT_VENV="$PWD/target/client-venv"
+CLIENT_GEN="$CLIENT_VENV/bin/openapi-python-client"
+CLIENT_GEN_VERSION="0.29.1"
+if [ ! -x "$CLIENT_GEN" ] || ! "$CLIENT_GEN" --version 2>/dev/null | grep -q "$CLIENT_GEN_VERSION"; then
+    echo "Installing openapi-python-client $CLIENT_GEN_VERSION into $CLIENT_VENV ..." >&2
+    mkdir -p "$(dirname "$CLIENT_VENV")"
+    if ! { python3 -m venv "$CLIENT_VENV" && "$CLIENT_VENV/bin/pip" install --quiet --disable-pip-version-check "openapi-python-client==$CLIENT_GEN_VERSION"; }; then
+        if [ "${CI:-}" = "true" ]; then
+            echo "ERROR: could not install openapi-python-client" >&2
+            exit 1
+        fi
+        echo "WARNING: could not install openapi-python-client; the generated-client test is skipped" >&2
+    fi
+fi
+if [ -x "$CLIENT_GEN" ]; then
+    export ZS_TEST_OPENAPI_CLIENT="$CLIENT_GEN"
 fi
 
 # --- Browser: the live page test (zeroservices/tests/http_browser.rs) ---------------------------

@@ -1,5 +1,8 @@
 //! Store throughput, per backend: create (one at a time, and 16 concurrent callers), get by id,
-//! and list (a filter matching 10% of 1,000 documents, sorted, limited to 20).
+//! and list (a filter matching 10% of 1,000 documents, sorted, limited to 20). Then the embedded
+//! store's durable creates at 1 and 64 in flight, one commit per write (`ZS_STORE_BATCH_MAX=1`,
+//! the way it was before group commit) beside group commit (the default batch maximum), with
+//! the ratio, in the same run.
 //!
 //! `cargo bench -p zeroservices --bench store`. MongoDB is measured when `ZS_TEST_MONGODB_URI`
 //! is set (as `scripts/test.sh` sets it); `ZS_BENCH_SECONDS` sets the time per measure
@@ -9,7 +12,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde_json::json;
-use zeroservices::store::{EmbeddedStore, MemoryStore, MongoStore, Store, new_id};
+use zeroservices::store::{
+    DEFAULT_BATCH_MAX, EmbeddedStore, MemoryStore, MongoStore, Store, new_id,
+};
 use zeroservices::{Order, Query};
 
 const DOCS: usize = 1_000;
@@ -63,6 +68,70 @@ async fn concurrent_creates(store: &Arc<dyn Store>, collection: &str, budget: Du
         total += t.await.unwrap();
     }
     total as f64 / start.elapsed().as_secs_f64()
+}
+
+/// Creates per second with `in_flight` callers creating at once, and the writes per commit.
+async fn creates_in_flight(
+    store: &EmbeddedStore,
+    in_flight: usize,
+    budget: Duration,
+) -> (f64, f64) {
+    let (commits_before, written_before) = store.commit_counts();
+    let start = Instant::now();
+    let tasks: Vec<_> = (0..in_flight)
+        .map(|_| {
+            let store = store.clone();
+            tokio::spawn(async move {
+                let mut n = 0_usize;
+                while start.elapsed() < budget {
+                    store.insert("durable", None, doc(n)).await.expect("insert");
+                    n += 1;
+                }
+                n
+            })
+        })
+        .collect();
+    let mut total = 0;
+    for t in tasks {
+        total += t.await.unwrap();
+    }
+    let rate = total as f64 / start.elapsed().as_secs_f64();
+    let (commits, written) = store.commit_counts();
+    let per_commit = (written - written_before) as f64 / (commits - commits_before).max(1) as f64;
+    (rate, per_commit)
+}
+
+/// The embedded store's durable creates, one commit per write beside group commit.
+async fn group_commit(budget: Duration) {
+    println!();
+    println!("embedded store, durable creates per second (writes per commit in brackets)");
+    println!("{:<44} {:>18} {:>18}", "", "1 in flight", "64 in flight");
+    let mut rows = Vec::new();
+    for (label, batch_max) in [
+        ("one commit per write (ZS_STORE_BATCH_MAX=1)".to_owned(), 1),
+        (
+            format!("group commit (ZS_STORE_BATCH_MAX={DEFAULT_BATCH_MAX})"),
+            DEFAULT_BATCH_MAX,
+        ),
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        let store = EmbeddedStore::open(dir.path())
+            .unwrap()
+            .with_batch_max(batch_max);
+        let one = creates_in_flight(&store, 1, budget).await;
+        let many = creates_in_flight(&store, 64, budget).await;
+        println!(
+            "{label:<44} {:>10.0} ({:>5.1}) {:>10.0} ({:>5.1})",
+            one.0, one.1, many.0, many.1
+        );
+        rows.push((one.0, many.0));
+    }
+    println!(
+        "{:<44} {:>17.2}x {:>17.2}x",
+        "ratio (group commit / one commit per write)",
+        rows[1].0 / rows[0].0,
+        rows[1].1 / rows[0].1
+    );
 }
 
 async fn bench(name: &str, store: Arc<dyn Store>, budget: Duration) {
@@ -157,4 +226,5 @@ async fn main() {
         }
         _ => println!("mongodb    skipped: ZS_TEST_MONGODB_URI is not set"),
     }
+    group_commit(budget).await;
 }

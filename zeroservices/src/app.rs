@@ -49,7 +49,7 @@ use crate::config::NetworkConfig;
 use crate::http::{self, HttpConfig, HttpServer};
 use crate::settings::{self, LogFormat, Lookup, Settings};
 use crate::signal::Signals;
-use crate::store::StoreConfig;
+use crate::store::{StoreConfig, StoreOptions};
 use crate::{Limits, Node, NodeBuilder, NodeKind, Resource, Result};
 
 /// The HTTP port of `#[service(http)]` when the attribute gives none.
@@ -203,6 +203,7 @@ impl App {
             network: settings.network(),
             limits: settings.limits(),
             store: settings.store(&self.name, self.has_resources),
+            store_options: settings.store_options(),
             http: settings.http(self.http),
             metrics: settings.metrics(),
             shutdown_timeout: settings.shutdown_timeout(),
@@ -273,6 +274,8 @@ pub struct Configured {
     pub limits: Limits,
     /// Where the resources live.
     pub store: StoreConfig,
+    /// How the store is opened (`ZS_STORE_BATCH_MAX`).
+    pub store_options: StoreOptions,
     /// HTTP, when on.
     pub http: Option<HttpConfig>,
     /// The operations port (`ZS_METRICS_PORT`: `/healthz`, `/readyz`, `/metrics`), when set.
@@ -310,7 +313,7 @@ impl Configured {
         for warning in &self.warnings {
             tracing::warn!("{}: {warning}", self.name);
         }
-        let store = self.store.open().await?;
+        let store = self.store.open_with(self.store_options).await?;
         let mut builder = Node::builder(&self.name)
             .kind(self.kind)
             .network(self.network)
@@ -327,7 +330,7 @@ impl Configured {
                 Ok(server) => {
                     let addr = server.local_addr();
                     tracing::info!(
-                        "{}: HTTP on http://{addr}/ (REST, /openapi.json, /realtime)",
+                        "{}: HTTP on http://{addr}/ (REST, /openapi.json, /asyncapi.json, /realtime)",
                         self.name
                     );
                     Some(server)

@@ -11,6 +11,12 @@ use crate::{Error, Result};
 /// margin below that (the document sits inside the wire envelope and the reply).
 pub(crate) const DEPTH_CEILING: usize = 100;
 
+/// The pattern of a resource id ([`Limits::check_id`]) in JSON Schema: no `.`, `*`, `>`,
+/// whitespace (Unicode `White_Space`) or control character. The OpenAPI document puts it on
+/// every id, with the length (`maxLength` = [`Limits::max_id_bytes`]: JSON Schema counts
+/// characters, the server bytes, so an id of multibyte characters reaches the limit sooner).
+pub(crate) const ID_PATTERN: &str = "^[^.*>\\u0000-\\u0020\\u007f-\\u00a0\\u1680\\u2000-\\u200a\\u2028\\u2029\\u202f\\u205f\\u3000]+$";
+
 /// The default of [`Limits::request_memory`]: 10 minutes.
 pub(crate) const DEFAULT_REQUEST_MEMORY: Duration = Duration::from_secs(600);
 /// The default of [`Limits::idempotency_key_ttl`]: 24 hours.

@@ -42,7 +42,8 @@ pub struct LinkedResource {
     pub title: Option<String>,
 }
 
-/// Checks a relation name: it becomes a field path segment.
+/// Checks a relation name: it becomes a field path segment. The same rule is on the argument
+/// types' schemas (`pattern` `^[A-Za-z0-9_-]+$`, not `latest`), so the OpenAPI document says it.
 pub(crate) fn check_relation(relation: &str) -> Result<()> {
     let valid = !relation.is_empty()
         && relation != "latest"

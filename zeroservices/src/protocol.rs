@@ -231,8 +231,13 @@ pub struct Page<T = Document<Value>> {
 #[schemars(rename = "AddLink")]
 pub struct AddLinkArgs {
     /// The relation name (`source`, `children`): letters, digits, `_`, `-`; not `latest`.
+    #[schemars(regex(pattern = r"^[A-Za-z0-9_-]+$"), extend("not" = {"const": "latest"}))]
     pub relation: String,
     /// The target as `[collection, id]`.
+    #[schemars(extend("prefixItems" = [
+        {"type": "string", "minLength": 1},
+        {"type": "string", "minLength": 1, "maxLength": 256, "pattern": crate::limits::ID_PATTERN},
+    ]))]
     pub target_id: (String, String),
     /// A human title for the link.
     #[serde(default)]
@@ -245,6 +250,7 @@ pub struct AddLinkArgs {
 #[schemars(rename = "FollowLinks")]
 pub struct FollowLinksArgs {
     /// The relation to follow.
+    #[schemars(regex(pattern = r"^[A-Za-z0-9_-]+$"), extend("not" = {"const": "latest"}))]
     pub relation: String,
 }
 
@@ -254,8 +260,13 @@ pub struct FollowLinksArgs {
 #[schemars(rename = "IncomingLinks")]
 pub struct IncomingLinksArgs {
     /// The relation to look for.
+    #[schemars(regex(pattern = r"^[A-Za-z0-9_-]+$"), extend("not" = {"const": "latest"}))]
     pub relation: String,
     /// The target as `[collection, id]`.
+    #[schemars(extend("prefixItems" = [
+        {"type": "string", "minLength": 1},
+        {"type": "string", "minLength": 1, "maxLength": 256, "pattern": crate::limits::ID_PATTERN},
+    ]))]
     pub target_id: (String, String),
 }
 

@@ -420,3 +420,104 @@ async fn with_a_cluster_key_the_command_needs_the_key() {
     assert_eq!(lines[0]["resource_data"]["value"], 4);
     owner.stop().await;
 }
+
+/// The exit code, stdout as one JSON document, and stderr.
+fn document(out: &Output) -> (i32, Value, String) {
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let doc = if stdout.trim().is_empty() {
+        Value::Null
+    } else {
+        serde_json::from_str(&stdout).unwrap_or_else(|e| panic!("not JSON ({e}): {stdout:?}"))
+    };
+    (
+        out.status.code().unwrap_or(-1),
+        doc,
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// `openapi` and `asyncapi` print, as pretty JSON, exactly the documents built from what the
+/// cluster announces (the owner's and a second node's collections), with the key when the
+/// cluster has one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn openapi_and_asyncapi_print_the_documents_of_the_running_cluster() {
+    let key = "cli-test-cluster-key-docs-0123456789";
+    let net = Net::new(Some(key));
+    let owner = net.owner().await;
+    let with_key = [("ZS_CLUSTER_KEY", key)];
+    let out = net.run(&["openapi"], &with_key).await;
+    let (code, doc, err) = document(&out);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("\n  \"openapi\": \"3.1.0\""),
+        "not pretty JSON"
+    );
+    let infos = owner.resource_infos();
+    assert_eq!(
+        doc,
+        zeroservices::http::openapi_document(&infos, false),
+        "{err}"
+    );
+    assert!(doc["paths"].get("/power/{resource_id}/square").is_some());
+    assert!(doc["paths"].get("/chat").is_some());
+
+    let (code, doc, err) = document(
+        &net.run(
+            &["asyncapi", "--collection", "power", "--collection", "chat"],
+            &with_key,
+        )
+        .await,
+    );
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(doc, zeroservices::http::asyncapi_document(&infos));
+    assert_eq!(doc["asyncapi"], "3.0.0");
+    assert!(doc["components"]["messages"].get("power.square").is_some());
+    assert!(doc["components"]["messages"].get("chat.create").is_some());
+    owner.stop().await;
+}
+
+/// No node within `--wait-ms`, a collection nobody announces, a cluster with a key the command
+/// lacks: exit 3, a message saying what was waited for, nothing on stdout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn openapi_and_asyncapi_without_a_cluster_fail_clearly() {
+    let net = Net::new(None);
+    for command in ["openapi", "asyncapi"] {
+        let (code, doc, err) = document(&net.run(&[command, "--wait-ms", "300"], &[]).await);
+        assert_eq!(code, 3, "{command}: {err}");
+        assert_eq!(doc, Value::Null);
+        assert!(
+            err.contains("error: no node of the cluster was found within 300 ms (--wait-ms)"),
+            "{command}: {err}"
+        );
+    }
+    let owner = net.owner().await;
+    let (code, doc, err) = document(
+        &net.run(
+            &[
+                "openapi",
+                "--collection",
+                "power",
+                "--collection",
+                "nope",
+                "--wait-ms",
+                "500",
+            ],
+            &[],
+        )
+        .await,
+    );
+    assert_eq!(code, 3, "{err}");
+    assert_eq!(doc, Value::Null);
+    assert!(
+        err.contains("no node of the cluster announced the collection \"nope\" within 500 ms"),
+        "{err}"
+    );
+    owner.stop().await;
+
+    let key = "cli-test-cluster-key-docs-abcdefghij";
+    let keyed = Net::new(Some(key));
+    let owner = keyed.owner().await;
+    let (code, _, err) = document(&keyed.run(&["asyncapi", "--wait-ms", "500"], &[]).await);
+    assert_eq!(code, 3, "without the key: {err}");
+    owner.stop().await;
+}

@@ -13,11 +13,16 @@
 //!                                     print the resources as a JSON array
 //! zeroservices watch PREFIX [--since CURSOR] [--count N]
 //!                                     print the events under a topic prefix, one JSON line each
+//! zeroservices openapi [--collection NAME]...
+//!                                     print the cluster's OpenAPI document (pretty JSON)
+//! zeroservices asyncapi [--collection NAME]...
+//!                                     print the cluster's AsyncAPI document (pretty JSON)
 //! ```
 //!
 //! `call`, `get`, `list` and `watch` wait at most `--wait-ms` (default 3000) for an owner of the
 //! collection to be announced; their exit codes (3 not found, 4 unavailable, 2 usage) are in
-//! `call.rs`.
+//! `call.rs`. `openapi` and `asyncapi` wait at most `--wait-ms` for the cluster (`docs.rs`;
+//! exit 3 when no node is found).
 //!
 //! They all find the cluster the way a node does (UDP multicast, or `ZS_PEERS`) and read the same
 //! network settings ([`zeroservices::settings::NetworkSettings`]: each `ZS_*` variable and its
@@ -36,6 +41,8 @@ use zeroservices::{Node, NodeKind};
 
 #[path = "zeroservices/call.rs"]
 mod call;
+#[path = "zeroservices/docs.rs"]
+mod docs;
 
 #[derive(Parser)]
 #[command(
@@ -76,6 +83,12 @@ enum Command {
     HashPassword,
     #[command(flatten)]
     Call(call::CallCommand),
+    /// Print the OpenAPI 3.1 document of the running cluster (what a node's /openapi.json
+    /// serves), as pretty JSON: for pipelines that generate clients.
+    Openapi(docs::DocsArgs),
+    /// Print the AsyncAPI 3.0 document of the running cluster's /realtime websocket (what a
+    /// node's /asyncapi.json serves), as pretty JSON.
+    Asyncapi(docs::DocsArgs),
 }
 
 fn main() -> ExitCode {
@@ -124,16 +137,17 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    if let Command::Call(command) = cli.command {
-        return match runtime.block_on(call::run(&settings, command)) {
-            Ok(()) => ExitCode::SUCCESS,
-            Err(failure) => {
-                eprintln!("error: {}", failure.message);
-                ExitCode::from(failure.code)
-            }
-        };
-    }
-    match runtime.block_on(run(&settings, cli.command)) {
+    let command = match cli.command {
+        Command::Openapi(args) => {
+            return exit(runtime.block_on(docs::run(&settings, docs::Which::OpenApi, args)));
+        }
+        Command::Asyncapi(args) => {
+            return exit(runtime.block_on(docs::run(&settings, docs::Which::AsyncApi, args)));
+        }
+        Command::Call(command) => return exit(runtime.block_on(call::run(&settings, command))),
+        command => command,
+    };
+    match runtime.block_on(run(&settings, command)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e}");
@@ -148,7 +162,20 @@ async fn run(settings: &Settings, command: Command) -> zeroservices::Result<()> 
         Command::Nodes { wait_ms, json } => {
             nodes(settings, Duration::from_millis(wait_ms), json).await
         }
-        Command::HashPassword | Command::Call(_) => Ok(()),
+        Command::HashPassword | Command::Call(_) | Command::Openapi(_) | Command::Asyncapi(_) => {
+            Ok(())
+        }
+    }
+}
+
+/// The exit of a command that fails with a [`call::Failure`]: its message on stderr, its code.
+fn exit(result: Result<(), call::Failure>) -> ExitCode {
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(failure) => {
+            eprintln!("error: {}", failure.message);
+            ExitCode::from(failure.code)
+        }
     }
 }
 

@@ -1,5 +1,6 @@
 //! HTTP for a node: the REST routes of every collection known in the cluster, an OpenAPI 3.1
-//! document built from the schemas discovery carries, a realtime websocket of change events,
+//! document (`/openapi.json`) built from the schemas discovery carries, a realtime websocket of
+//! change events and its AsyncAPI 3.0 document (`/asyncapi.json`, from the same schemas),
 //! authentication (Basic, a users file of Argon2 hashes, JWT bearer tokens), an [`Authorizer`]
 //! hook and CORS; the probes `GET /healthz` and `GET /readyz` (open unless
 //! [`HttpConfig::health_auth`]) and `GET /metrics` (Prometheus, behind authentication unless
@@ -41,6 +42,7 @@ use tower_http::cors::{AllowHeaders, AllowOrigin, CorsLayer};
 
 use crate::{Error, Node, Result};
 
+mod asyncapi;
 mod auth;
 mod config;
 mod error;
@@ -54,6 +56,7 @@ mod server;
 mod users;
 
 pub use crate::access::{Authorizer, Operation, User};
+pub use asyncapi::document as asyncapi_document;
 pub use auth::BasicAuth;
 pub use config::{
     DEFAULT_HEADER_TIMEOUT, DEFAULT_IDLE_TIMEOUT, DEFAULT_MAX_BODY_BYTES, DEFAULT_MAX_CONNECTIONS,
@@ -62,7 +65,7 @@ pub use config::{
 };
 pub use error::status_for;
 pub use jwt::JwtAuth;
-pub use openapi::document as openapi_document;
+pub use openapi::{document as openapi_document, document_with as openapi_document_with};
 pub use users::{Users, hash_password};
 
 /// What every handler shares: one `Arc`, so the per-request clones (the `State` extractor, the
@@ -154,6 +157,7 @@ fn build_api(state: AppState, extra: Option<Router>) -> Router {
         .route("/readyz", get(health::readyz))
         .route(health::METRICS, get(health::metrics))
         .route("/openapi.json", get(openapi::handler))
+        .route("/asyncapi.json", get(asyncapi::handler))
         .route("/live", get(page::live))
         .route("/realtime", get(realtime::handler))
         .route("/{collection}", get(rest::list).post(rest::create))
@@ -178,13 +182,42 @@ fn layered(state: AppState, routes: Router) -> Router {
     let config = state.config.clone();
     let mut app = routes
         .layer(DefaultBodyLimit::max(config.max_body_bytes))
-        .layer(middleware::from_fn_with_state(state, per_request));
+        .layer(middleware::from_fn_with_state(state.clone(), per_request));
     if let Some(cors) = cors_layer(&config.allowed_origins) {
         // With CORS on, preflights (answered by the CORS layer) get an id too: one more
         // layer, only then.
         app = app.layer(cors).layer(middleware::from_fn(with_request_id));
     }
-    app
+    app.layer(middleware::from_fn_with_state(state, allow))
+}
+
+/// `OPTIONS` (but a CORS preflight) answers 204 with the `Allow` of the operations the OpenAPI
+/// document lists for the path, and a 405 carries the same `Allow`.
+async fn allow(State(state): State<AppState>, request: HttpRequest, next: Next) -> Response {
+    let preflight = request.method() == Method::OPTIONS
+        && request
+            .headers()
+            .contains_key(header::ACCESS_CONTROL_REQUEST_METHOD);
+    if request.method() != Method::OPTIONS || preflight {
+        let path = request.uri().path().to_owned();
+        let mut response = next.run(request).await;
+        if response.status() == axum::http::StatusCode::METHOD_NOT_ALLOWED
+            && let Some(methods) = openapi::allowed_methods(&state.node.resource_infos(), &path)
+        {
+            response
+                .headers_mut()
+                .insert(header::ALLOW, HeaderValue::from_static(methods));
+        }
+        return response;
+    }
+    match openapi::allowed_methods(&state.node.resource_infos(), request.uri().path()) {
+        Some(methods) => (
+            axum::http::StatusCode::NO_CONTENT,
+            [(header::ALLOW, HeaderValue::from_static(methods))],
+        )
+            .into_response(),
+        None => next.run(request).await,
+    }
 }
 
 /// `X-Request-Id`: on every failed response (4xx, 5xx) and in its log line; a client's own id is

@@ -14,7 +14,44 @@ use serde_json::{Map, Value, json};
 use super::auth::allowed;
 use super::{AppState, AuthUser};
 use crate::access::Operation;
+use crate::limits::Limits;
 use crate::resource::ResourceInfo;
+
+/// What the schemas of one document take from the serving node.
+struct Context<'a> {
+    limits: &'a Limits,
+    max_body_bytes: usize,
+}
+
+/// The methods the document lists for `path` (for `Allow`): a concrete action path wins over
+/// `/{collection}/{resource_id}`, as in OpenAPI. `None` for a path it does not describe.
+pub(crate) fn allowed_methods(infos: &[ResourceInfo], path: &str) -> Option<&'static str> {
+    let segments: Vec<&str> = path.trim_start_matches('/').split('/').collect();
+    let info = |c: &str| infos.iter().find(|i| i.name == c);
+    match segments.as_slice() {
+        [""] | ["healthz" | "readyz" | "metrics" | "openapi.json"] => Some("GET, HEAD"),
+        [c] => info(c).map(|_| "GET, HEAD, POST"),
+        [c, x] => info(c).map(|i| {
+            let action = i
+                .actions
+                .iter()
+                .any(|a| a.name == *x && !a.kind.on_resource());
+            if action {
+                "POST"
+            } else {
+                "GET, HEAD, PATCH, DELETE"
+            }
+        }),
+        [c, _, a] => info(c)
+            .filter(|i| {
+                i.actions
+                    .iter()
+                    .any(|x| x.name == *a && x.kind.on_resource())
+            })
+            .map(|_| "POST"),
+        _ => None,
+    }
+}
 
 /// `GET /openapi.json`: the collections the user may list (as `GET /` shows them).
 pub(crate) async fn handler(
@@ -24,9 +61,11 @@ pub(crate) async fn handler(
     let user = user.map(|Extension(u)| u).unwrap_or_default();
     let mut infos = state.node.resource_infos();
     infos.retain(|info| allowed(&state, &user, &info.name, &Operation::List));
-    let mut doc = document(
+    let mut doc = document_with(
         &infos,
         state.config.basic_auth.is_some() || state.config.users.is_some(),
+        state.node.limits(),
+        state.config.max_body_bytes,
     );
     if state.config.jwt.is_some() {
         // Bearer tokens: a second scheme, either one will do.
@@ -96,8 +135,44 @@ const ERRORS: [(&str, &str, &str); 12] = [
 ];
 
 /// The OpenAPI 3.1 document of these resources; with `basic_auth`, every operation requires
-/// HTTP Basic auth.
+/// HTTP Basic auth. The limits are the defaults ([`document_with`] takes a node's).
 pub fn document(infos: &[ResourceInfo], basic_auth: bool) -> Value {
+    document_with(
+        infos,
+        basic_auth,
+        &Limits::default(),
+        super::DEFAULT_MAX_BODY_BYTES,
+    )
+}
+
+use crate::limits::ID_PATTERN;
+
+/// The pattern of an `If-Match` header the server accepts: `*` or one version in quotes.
+const IF_MATCH_PATTERN: &str = "^(\\*|\"[0-9]{1,19}\")$";
+
+/// The pattern of an `Idempotency-Key` (1 to 200 visible ASCII characters but `"`, quoted or
+/// not).
+const IDEMPOTENCY_KEY_PATTERN: &str = "^(\"[!#-~]{1,200}\"|[!#-~]{1,200})$";
+
+/// The schema of a resource id under `limits`.
+fn id_schema(limits: &Limits) -> Value {
+    json!({
+        "type": "string",
+        "minLength": 1,
+        "maxLength": limits.max_id_bytes,
+        "pattern": ID_PATTERN,
+        "description": "1 to ZS_MAX_ID_BYTES bytes of UTF-8 (`maxLength` counts characters, so an id of multibyte characters is refused sooner, with 413), without `.`, `*`, `>`, whitespace or control characters.",
+    })
+}
+
+/// [`document`] with a node's limits and body limit: the ids' length, the page size and the
+/// largest body are in the schemas.
+pub fn document_with(
+    infos: &[ResourceInfo],
+    basic_auth: bool,
+    limits: &Limits,
+    max_body_bytes: usize,
+) -> Value {
     let mut components = Components::default();
     components.reserve_fixed(
         "Error",
@@ -116,7 +191,7 @@ pub fn document(infos: &[ResourceInfo], basic_auth: bool) -> Value {
                 "resource_id": {"type": "string"},
                 "version": {"type": "integer", "minimum": 0, "description": "The new resource's version (1)."},
             },
-            "required": ["resource_id"],
+            "required": ["resource_id", "version"],
         }),
     );
     let mut operation_ids = HashSet::new();
@@ -139,8 +214,13 @@ pub fn document(infos: &[ResourceInfo], basic_auth: bool) -> Value {
     );
     add_probes(&mut paths, &mut operation_ids);
     let mut tags = Vec::new();
+    let context = Context {
+        limits,
+        max_body_bytes,
+    };
     for info in infos {
         add_resource(
+            &context,
             info,
             &mut components,
             &mut paths,
@@ -155,14 +235,37 @@ pub fn document(infos: &[ResourceInfo], basic_auth: bool) -> Value {
                 (*name).to_owned(),
                 json!({
                     "description": description,
+                    "headers": {"X-Request-Id": {"$ref": "#/components/headers/X-Request-Id"}},
                     "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}},
                 }),
             )
         })
         .collect();
+    // Declared once (every POST, PATCH and DELETE takes it), not on each operation: a fuzzer
+    // that sends one key with two different requests gets the 422 the header's draft asks for.
+    let idempotency_key = json!({
+        "name": "Idempotency-Key", "in": "header", "required": false,
+        "description": "Taken by every POST, PATCH and DELETE: the same request again with the same key (within ZS_IDEMPOTENCY_KEY_TTL_MS) gets the first reply instead of running again; another request with it is a 422.",
+        "schema": {"type": "string", "pattern": IDEMPOTENCY_KEY_PATTERN},
+    });
     let mut components_value = json!({
+        "parameters": {"Idempotency-Key": idempotency_key},
         "schemas": Value::Object(components.schemas.into_iter().collect()),
         "responses": responses,
+        "headers": {
+            "X-Request-Id": {
+                "description": "The request's id: the client's own `X-Request-Id` (1 to 64 of `A-Z a-z 0-9 - _ . :`) echoed, or a new one on a failure; the log line of the request carries it.",
+                "schema": {"type": "string"},
+            },
+            "ETag": {
+                "description": "The resource's version as a strong validator, `\"3\"`: send it back in If-Match.",
+                "schema": {"type": "string", "pattern": "^\"[0-9]+\"$"},
+            },
+            "Link": {
+                "description": "RFC 8288 `</collection?...&skip=N>; rel=\"next\"` when the page was cut short (ZS_MAX_PAGE or `limit`).",
+                "schema": {"type": "string"},
+            },
+        },
     });
     let mut doc = json!({
         "openapi": "3.1.0",
@@ -297,6 +400,7 @@ fn unique_id(ids: &mut HashSet<String>, base: &str) -> String {
 }
 
 fn add_resource(
+    context: &Context<'_>,
     info: &ResourceInfo,
     components: &mut Components,
     paths: &mut Map<String, Value>,
@@ -304,14 +408,33 @@ fn add_resource(
     tags: &mut Vec<Value>,
 ) {
     let c = &info.name;
-    let resource = components.add_root(c, &info.schema);
+    let limits = context.limits;
+    // The server refuses a field the resource does not declare (422): so does the schema of
+    // what a client sends. A stored document may also carry `_links` (the link actions').
+    let resource = components.add_root(c, &closed(&info.schema));
+    let mut stored_schema = info.schema.clone();
+    if let Some(properties) = stored_schema
+        .get_mut("properties")
+        .and_then(Value::as_object_mut)
+    {
+        properties.insert(
+            "_links".into(),
+            json!({"type": "object", "description": "The links of the resource (add_link)."}),
+        );
+    }
+    // Its own title: client generators name a model after the title, and two models of one
+    // name (the resource's and this) make them drop both.
+    if let Some(title) = stored_schema.get("title").and_then(Value::as_str) {
+        stored_schema["title"] = Value::from(format!("{title}Stored"));
+    }
+    let stored = components.add_root(&format!("{c}_stored"), &stored_schema);
     let document = components.add_fixed(
         &format!("{c}_document"),
         json!({
             "type": "object",
             "properties": {
                 "resource_id": {"type": "string"},
-                "resource_data": schema_ref(&resource),
+                "resource_data": schema_ref(&stored),
                 "version": {
                     "type": "integer", "minimum": 0,
                     "description": "1 when created, one more at each change; the ETag, quoted.",
@@ -328,13 +451,19 @@ fn add_resource(
     let id_param = json!({
         "name": "resource_id", "in": "path", "required": true,
         "description": "The resource id (percent-encoded).",
-        "schema": {"type": "string"},
+        "schema": id_schema(limits),
     });
     let if_match = json!({
         "name": "If-Match", "in": "header", "required": false,
         "description": "`\"<version>\"` (an ETag of this API) or `*`: change only that version (412 otherwise). Anything else is a 400.",
-        "schema": {"type": "string"},
+        "schema": {"type": "string", "pattern": IF_MATCH_PATTERN},
     });
+    let etag_header = json!({"ETag": {"$ref": "#/components/headers/ETag"}});
+    let patch = components.add_root(&format!("{c}_patch"), &patch_schema(&info.schema));
+    let body_limit = format!(
+        "At most {} bytes (ZS_MAX_BODY_BYTES).",
+        context.max_body_bytes
+    );
     let query_param = |name: &str, description: &str, schema: Value| json!({"name": name, "in": "query", "required": false, "description": description, "schema": schema});
 
     paths.insert(
@@ -345,15 +474,23 @@ fn add_resource(
                 "operationId": unique_id(ids, &format!("list_{c}")),
                 "summary": format!("List {c}"),
                 "parameters": [
-                    query_param("where", "A JSON filter (MongoDB subset), e.g. {\"status\": \"done\"}.", json!({"type": "string"})),
-                    query_param("sort", "`value,-status` or a JSON object {\"value\": 1, \"status\": -1}.", json!({"type": "string"})),
-                    query_param("limit", "At most this many results.", json!({"type": "integer", "minimum": 0})),
-                    query_param("skip", "Skip this many results first.", json!({"type": "integer", "minimum": 0})),
+                    {
+                        "name": "where", "in": "query", "required": false,
+                        "description": format!("A JSON filter (MongoDB subset), e.g. {{\"status\": \"done\"}}: field names, and the operators $eq $ne $gt $gte $lt $lte $in $nin $exists $and $or $nor $not $regex $text (an unknown one is a 400); at most ZS_MAX_FILTER_DEPTH ({}) levels and ZS_MAX_FILTER_CLAUSES ({}) keys (413).", limits.max_filter_depth, limits.max_filter_clauses),
+                        "content": {"application/json": {"schema": filter_schema(limits)}},
+                    },
+                    query_param("sort", "`value,-status` (fields, `-` for descending), or a JSON object {\"value\": 1, \"status\": -1}.", json!({"type": "string", "pattern": crate::query::SORT_PATTERN})),
+                    query_param("limit", &format!("At most this many results; 0 or absent: a page of ZS_MAX_PAGE ({}), which a larger limit is cut to (a `Link` to the next page then).", limits.max_page), json!({"type": "integer", "minimum": 0, "maximum": u64::MAX})),
+                    query_param("skip", "Skip this many results first.", json!({"type": "integer", "minimum": 0, "maximum": u64::MAX})),
                     query_param("text", "Full-text search.", json!({"type": "string"})),
                 ],
                 "responses": responses(
-                    ("200", json_response("The matching resources", json!({"type": "array", "items": schema_ref(&document)}))),
-                    &["400", "404"],
+                    ("200", {
+                        let mut ok = json_response("The matching resources", json!({"type": "array", "items": schema_ref(&document), "maxItems": limits.max_page}));
+                        ok["headers"] = json!({"Link": {"$ref": "#/components/headers/Link"}});
+                        ok
+                    }),
+                    &["400", "404", "413"],
                 ),
             },
             "post": {
@@ -362,17 +499,21 @@ fn add_resource(
                 "summary": format!("Create a {c}"),
                 "requestBody": {
                     "required": true,
+                    "description": body_limit,
                     "content": {"application/json": {"schema": {
                         "type": "object",
                         "properties": {
-                            "resource_id": {"type": "string", "description": "Chosen id; generated when absent."},
+                            "resource_id": {
+                                "anyOf": [id_schema(limits), {"type": "null"}],
+                                "description": "Chosen id; generated when absent or null.",
+                            },
                             "resource_data": schema_ref(&resource),
                         },
                         "required": ["resource_data"],
                     }}},
                 },
                 "responses": responses(
-                    ("201", json_response("Created", schema_ref("ResourceId"))),
+                    ("201", with_headers(json_response("Created", schema_ref("ResourceId")), &etag_header)),
                     &["400", "404", "409", "413", "415", "422"],
                 ),
             },
@@ -392,7 +533,7 @@ fn add_resource(
                     "description": "ETags (or `*`): 304 without a body when the resource's matches.",
                     "schema": {"type": "string"},
                 }],
-                "responses": with_not_modified(responses(("200", json_response("The resource", schema_ref(&document))), &["404"])),
+                "responses": with_not_modified(responses(("200", with_headers(json_response("The resource", schema_ref(&document)), &etag_header)), &["400", "404", "413"])),
             },
             "patch": {
                 "tags": [c],
@@ -401,17 +542,15 @@ fn add_resource(
                 "parameters": [if_match.clone()],
                 "requestBody": {
                     "required": true,
+                    "description": body_limit,
                     "content": {"application/json": {"schema": {
                         "type": "object",
-                        "properties": {"patch": {
-                            "type": "object",
-                            "description": "An update document: $set, $unset, $inc, $push, $pull.",
-                        }},
+                        "properties": {"patch": schema_ref(&patch)},
                         "required": ["patch"],
                     }}},
                 },
                 "responses": responses(
-                    ("200", json_response("The updated resource", schema_ref(&document))),
+                    ("200", with_headers(json_response("The updated resource", schema_ref(&document)), &etag_header)),
                     &["400", "404", "409", "412", "413", "415", "422"],
                 ),
             },
@@ -420,7 +559,7 @@ fn add_resource(
                 "operationId": unique_id(ids, &format!("delete_{c}")),
                 "summary": format!("Delete a {c}"),
                 "parameters": [if_match.clone()],
-                "responses": responses(("204", json!({"description": "Deleted"})), &["400", "404", "412"]),
+                "responses": responses(("204", json!({"description": "Deleted"})), &["400", "404", "409", "412", "413", "422"]),
             },
         }),
     );
@@ -435,7 +574,7 @@ fn add_resource(
             "summary": action.doc.clone().unwrap_or_else(|| format!("Action {a} of {c}")),
             "responses": responses(
                 ("200", json_response("The action's result", schema_ref(&result))),
-                &["400", "404", "413", "415", "422"],
+                &["400", "404", "409", "413", "415", "422"],
             ),
         });
         if let Some(doc) = &action.doc {
@@ -445,13 +584,16 @@ fn add_resource(
             let args = components.add_root(&format!("{c}_{a}_args"), args);
             operation["requestBody"] = json!({
                 "required": true,
+                "description": body_limit,
                 "content": {"application/json": {"schema": schema_ref(&args)}},
             });
         }
         if on_resource {
             operation["parameters"] = json!([if_match.clone()]);
-            for status in ["409", "412"] {
-                operation["responses"][status] = error_ref(status);
+            operation["responses"]["412"] = error_ref("412");
+            if action.name.starts_with(|ch: char| ch.is_ascii_lowercase()) {
+                let ok = operation["responses"]["200"].take();
+                operation["responses"]["200"] = with_headers(ok, &etag_header);
             }
         }
         let (path, item) = if on_resource {
@@ -466,8 +608,100 @@ fn add_resource(
     }
 }
 
+/// A response with these headers.
+fn with_headers(mut response: Value, headers: &Value) -> Value {
+    response["headers"] = headers.clone();
+    response
+}
+
+/// A resource's schema as what a client may send: `additionalProperties: false` on the root
+/// object when it says nothing (the server refuses undeclared fields).
+fn closed(schema: &Value) -> Value {
+    let mut schema = schema.clone();
+    if let Some(map) = schema.as_object_mut()
+        && map.contains_key("properties")
+        && !map.contains_key("additionalProperties")
+    {
+        map.insert("additionalProperties".into(), Value::Bool(false));
+    }
+    schema
+}
+
+/// The schema of a `where` filter, as the server reads it: a JSON object.
+fn filter_schema(limits: &Limits) -> Value {
+    // Fields equal to values; the operators (keys that start with `$`) are left out: the
+    // description lists them.
+    let field = json!({"pattern": "^[^$]"});
+    json!({
+        "type": "object",
+        "maxProperties": limits.max_filter_clauses,
+        "propertyNames": field,
+        "additionalProperties": {"anyOf": [
+            {"type": ["string", "number", "boolean", "null"]},
+            {"type": "array", "items": {"type": ["string", "number", "boolean", "null"]}},
+        ]},
+    })
+}
+
+/// The schema of a patch of a resource of `schema`: `$set` (top-level fields, with their
+/// schemas) and `$unset` (the optional ones), at least one operator. The server also takes
+/// dotted paths, `$inc`, `$push` and `$pull` (see docs/http.md); the schema keeps to what it
+/// can say exactly.
+fn patch_schema(schema: &Value) -> Value {
+    let properties = schema
+        .get("properties")
+        .and_then(Value::as_object)
+        .cloned()
+        .unwrap_or_default();
+    let required: HashSet<&str> = schema
+        .get("required")
+        .and_then(Value::as_array)
+        .map(|r| r.iter().filter_map(Value::as_str).collect())
+        .unwrap_or_default();
+    let unset_names: Vec<String> = properties
+        .keys()
+        .filter(|k| !required.contains(k.as_str()))
+        .cloned()
+        .collect();
+    let unset: Map<String, Value> = properties
+        .keys()
+        .filter(|k| !required.contains(k.as_str()))
+        .map(|k| (k.clone(), json!({"description": "Any value: the field is removed."})))
+        .collect();
+    let mut patch = json!({
+        "type": "object",
+        "description": "An update document: $set, $unset (also $inc, $push, $pull and dotted paths: see the guide).",
+        "properties": {
+            "$set": {"type": "object", "properties": properties, "additionalProperties": false, "minProperties": 1},
+            "$unset": {"type": "object", "properties": unset, "additionalProperties": false, "minProperties": 1},
+        },
+        "additionalProperties": false,
+        "minProperties": 1,
+    });
+    // A field both set and unset is a conflict (400).
+    let both: Vec<Value> = unset_names
+        .iter()
+        .map(|f| {
+            json!({"not": {
+                "required": ["$set", "$unset"],
+                "properties": {"$set": {"required": [f]}, "$unset": {"required": [f]}},
+            }})
+        })
+        .collect();
+    if !both.is_empty() {
+        patch["allOf"] = Value::Array(both);
+    }
+    // The field schemas' references stay the resource's definitions'.
+    for key in ["$defs", "definitions"] {
+        if let Some(defs) = schema.get(key) {
+            patch[key] = defs.clone();
+        }
+    }
+    patch
+}
+
 /// Component names are `[A-Za-z0-9._-]+`.
-fn sanitize(name: &str) -> String {
+pub(super) fn sanitize(name: &str) -> String {
     let s: String = name
         .chars()
         .map(|c| {
@@ -483,8 +717,8 @@ fn sanitize(name: &str) -> String {
 
 /// The component schemas being built, with unique names.
 #[derive(Default)]
-struct Components {
-    schemas: BTreeMap<String, Value>,
+pub(super) struct Components {
+    pub(super) schemas: BTreeMap<String, Value>,
     /// For shared `$defs`: the original (un-rewritten) schema of each hoisted definition.
     originals: HashMap<String, Value>,
 }
@@ -513,8 +747,9 @@ impl Components {
 
     /// Adds a root JSON Schema (with its `$defs`) under a name close to `preferred`; returns
     /// the name.
-    fn add_root(&mut self, preferred: &str, schema: &Value) -> String {
+    pub(super) fn add_root(&mut self, preferred: &str, schema: &Value) -> String {
         let mut root = schema.clone();
+        for_generators(&mut root);
         let mut defs = Map::new();
         if let Value::Object(map) = &mut root {
             map.remove("$schema");
@@ -554,6 +789,112 @@ impl Components {
             self.schemas.insert(name, def_schema);
         }
         root_name
+    }
+}
+
+/// Rewrites, wherever a schema stands (the root included), what client generators
+/// (openapi-python-client) refuse or mis-read into an equivalent schema:
+///
+/// - the boolean schema `true` (anything: what schemars makes of a `serde_json::Value`) becomes
+///   `{}`; `false` is left as it is (`additionalProperties: false` is understood everywhere);
+/// - a `oneOf` of distinct scalar `const`s (what schemars makes of an enum whose variants have
+///   doc comments) becomes an `enum` of them, the variants' descriptions appended to the
+///   schema's own.
+fn for_generators(schema: &mut Value) {
+    const ONE: [&str; 10] = [
+        "items",
+        "additionalProperties",
+        "unevaluatedProperties",
+        "unevaluatedItems",
+        "not",
+        "contains",
+        "if",
+        "then",
+        "else",
+        "propertyNames",
+    ];
+    const MANY: [&str; 4] = ["allOf", "anyOf", "oneOf", "prefixItems"];
+    const NAMED: [&str; 5] = [
+        "properties",
+        "patternProperties",
+        "$defs",
+        "definitions",
+        "dependentSchemas",
+    ];
+    if *schema == Value::Bool(true) {
+        *schema = Value::Object(Map::new());
+        return;
+    }
+    let Value::Object(map) = schema else {
+        return;
+    };
+    consts_as_enum(map);
+    for (key, value) in map.iter_mut() {
+        let key = key.as_str();
+        if ONE.contains(&key) {
+            for_generators(value);
+        } else if MANY.contains(&key)
+            && let Value::Array(items) = value
+        {
+            items.iter_mut().for_each(for_generators);
+        } else if NAMED.contains(&key)
+            && let Value::Object(named) = value
+        {
+            named.values_mut().for_each(for_generators);
+        }
+    }
+    // `items: [...]` (tuples of older drafts): a list of schemas.
+    if let Some(Value::Array(items)) = map.get_mut("items") {
+        items.iter_mut().for_each(for_generators);
+    }
+}
+
+/// `{"oneOf": [{"const": "a", "description": "A"}, {"const": "b"}]}` ->
+/// `{"type": "string", "enum": ["a", "b"], "description": "`a`: A"}`, when every branch is a
+/// distinct scalar `const` with at most a `type`, `title` and `description`.
+fn consts_as_enum(map: &mut Map<String, Value>) {
+    let Some(Value::Array(branches)) = map.get("oneOf") else {
+        return;
+    };
+    let mut consts: Vec<Value> = Vec::new();
+    let mut notes: Vec<String> = Vec::new();
+    for branch in branches {
+        let Value::Object(branch) = branch else {
+            return;
+        };
+        let plain = branch
+            .keys()
+            .all(|k| matches!(k.as_str(), "const" | "type" | "description" | "title"));
+        let value = match branch.get("const") {
+            Some(v @ (Value::String(_) | Value::Number(_) | Value::Bool(_))) => v.clone(),
+            _ => return,
+        };
+        if !plain || consts.contains(&value) {
+            return;
+        }
+        if let Some(Value::String(description)) = branch.get("description") {
+            let name = value
+                .as_str()
+                .map_or_else(|| value.to_string(), str::to_owned);
+            notes.push(format!("`{name}`: {description}"));
+        }
+        consts.push(value);
+    }
+    if consts.is_empty() {
+        return;
+    }
+    map.remove("oneOf");
+    if !map.contains_key("type") && consts.iter().all(Value::is_string) {
+        map.insert("type".into(), Value::from("string"));
+    }
+    map.insert("enum".into(), Value::Array(consts));
+    if !notes.is_empty() {
+        let own = map.get("description").and_then(Value::as_str);
+        let text = match own {
+            Some(own) => format!("{own} {}", notes.join("; ")),
+            None => notes.join("; "),
+        };
+        map.insert("description".into(), Value::from(text));
     }
 }
 
@@ -693,6 +1034,63 @@ mod tests {
             "#/components/schemas/Meta_2"
         );
         assert_eq!(c.schemas["Meta_2"], json!({"type": "integer"}));
+    }
+
+    #[test]
+    fn true_schemas_become_empty_objects_where_a_schema_stands() {
+        let mut schema = json!({
+            "type": "object",
+            "properties": {"any": true, "list": {"type": "array", "items": true}},
+            "additionalProperties": false,
+            "anyOf": [true, {"const": true}],
+            "default": true,
+            "enum": [true],
+        });
+        for_generators(&mut schema);
+        assert_eq!(
+            schema,
+            json!({
+                "type": "object",
+                "properties": {"any": {}, "list": {"type": "array", "items": {}}},
+                "additionalProperties": false,
+                "anyOf": [{}, {"const": true}],
+                "default": true,
+                "enum": [true],
+            })
+        );
+        let mut root = json!(true);
+        for_generators(&mut root);
+        assert_eq!(root, json!({}));
+    }
+
+    #[test]
+    fn a_one_of_of_consts_becomes_an_enum() {
+        let mut schema = json!({
+            "description": "Where it is.",
+            "oneOf": [
+                {"type": "string", "const": "pending", "description": "Waiting."},
+                {"type": "string", "const": "done"},
+            ],
+        });
+        for_generators(&mut schema);
+        assert_eq!(
+            schema,
+            json!({
+                "description": "Where it is. `pending`: Waiting.",
+                "type": "string",
+                "enum": ["pending", "done"],
+            })
+        );
+        // Anything else in a branch, or a repeated const: left as it is.
+        for kept in [
+            json!({"oneOf": [{"const": "a", "minLength": 1}, {"const": "b"}]}),
+            json!({"oneOf": [{"const": "a"}, {"const": "a"}]}),
+            json!({"oneOf": [{"const": "a"}, {"type": "object"}]}),
+        ] {
+            let mut schema = kept.clone();
+            for_generators(&mut schema);
+            assert_eq!(schema, kept);
+        }
     }
 
     #[test]

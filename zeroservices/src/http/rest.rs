@@ -58,7 +58,7 @@ fn with_idempotency_key(
     };
     let bad = || {
         ApiError::bad_request(format!(
-            "Idempotency-Key must be 1 to {MAX_IDEMPOTENCY_KEY_BYTES} visible ASCII characters"
+            "Idempotency-Key must be 1 to {MAX_IDEMPOTENCY_KEY_BYTES} visible ASCII characters but `\"`, quoted or not"
         ))
     };
     let text = value.to_str().map_err(|_| bad())?;
@@ -68,7 +68,7 @@ fn with_idempotency_key(
         .unwrap_or(text);
     if key.is_empty()
         || key.len() > MAX_IDEMPOTENCY_KEY_BYTES
-        || !key.bytes().all(|b| b.is_ascii_graphic())
+        || !key.bytes().all(|b| b.is_ascii_graphic() && b != b'"')
     {
         return Err(bad());
     }
@@ -177,14 +177,16 @@ fn if_match(headers: &HeaderMap) -> ApiResult<Option<u64>> {
         ))
     };
     let text = value.to_str().map_err(|_| bad())?.trim();
-    if text == "*" {
+    // An empty header is no header (no condition).
+    if text == "*" || text.is_empty() {
         return Ok(None);
     }
     let digits = text
         .strip_prefix('"')
         .and_then(|t| t.strip_suffix('"'))
         .ok_or_else(bad)?;
-    if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
+    // At most 19 digits: the pattern of the OpenAPI document.
+    if digits.is_empty() || digits.len() > 19 || !digits.bytes().all(|b| b.is_ascii_digit()) {
         return Err(bad());
     }
     digits.parse().map(Some).map_err(|_| bad())
@@ -357,6 +359,14 @@ fn list_args(params: &[(String, String)]) -> ApiResult<ListArgs> {
                 args.filter = Some(filter);
             }
             "sort" => {
+                if !value.trim_start().starts_with('{')
+                    && !crate::query::sort_matches_pattern(value)
+                {
+                    return Err(ApiError::bad_request(format!(
+                        "`sort` must be fields separated by commas, each with an optional `-` \
+                         (`value,-status`), or a JSON object; got {value:?}"
+                    )));
+                }
                 args.sort = Some(crate::Query::parse_sort(value)?);
             }
             "limit" | "skip" => {

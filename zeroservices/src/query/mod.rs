@@ -255,6 +255,29 @@ impl Query {
     }
 }
 
+/// The comma form of a `sort` the HTTP API takes (`value,-status`: fields of letters, digits
+/// and `_`, dotted, each with an optional `+` or `-`), or none; the JSON object form is also
+/// read ([`Query::parse_sort`]).
+pub const SORT_PATTERN: &str =
+    "^([+-]?[A-Za-z0-9_]+(\\.[A-Za-z0-9_]+)*(,[+-]?[A-Za-z0-9_]+(\\.[A-Za-z0-9_]+)*)*)?$";
+
+/// Whether a `sort` in the comma form matches [`SORT_PATTERN`].
+pub fn sort_matches_pattern(spec: &str) -> bool {
+    let field = |f: &str| {
+        f.split('.').all(|seg| {
+            !seg.is_empty() && seg.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
+        })
+    };
+    spec.is_empty()
+        || spec.split(',').all(|part| {
+            field(
+                part.strip_prefix('-')
+                    .or_else(|| part.strip_prefix('+'))
+                    .unwrap_or(part),
+            )
+        })
+}
+
 fn check_sort_field(field: &str) -> Result<()> {
     if field.is_empty() || field.split('.').any(str::is_empty) || field.starts_with('$') {
         return Err(Error::bad_request(format!("invalid sort field `{field}`")));

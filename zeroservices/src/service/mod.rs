@@ -242,7 +242,17 @@ impl<R: Resource> ResourceService<R> {
         // goes through the slower path-tracking one, for the error's field path.
         match R::deserialize(doc) {
             Ok(typed) => Ok(typed),
-            Err(_) => from_value(doc.clone()),
+            Err(_) => {
+                // JSON Schema's `integer` is any number without a fraction (`470.0` too), and the
+                // OpenAPI document says `integer` for an integer field: read such numbers as
+                // integers before giving up.
+                if let Some(whole) = integral_floats_as_integers(doc)
+                    && let Ok(typed) = R::deserialize(&whole)
+                {
+                    return Ok(typed);
+                }
+                from_value(doc.clone())
+            }
         }
     }
 
@@ -536,8 +546,16 @@ impl<R: Resource> ResourceService<R> {
         reply(&found)
     }
 
-    async fn incoming_links(&self, args: IncomingLinksArgs) -> Result<Value> {
+    async fn incoming_links(&self, node: &Node, args: IncomingLinksArgs) -> Result<Value> {
         links::check_relation(&args.relation)?;
+        // The target is a collection and an id like add_link's (its schema says so).
+        if args.target_id.0.is_empty() {
+            return Err(Error::validation(
+                "target_id",
+                "the target's collection is empty",
+            ));
+        }
+        node.limits().check_id(&args.target_id.1)?;
         let query = Query::new(links::incoming_filter(&args));
         let list = self.store.list(self.collection(), &query);
         let docs = timed_store(&self.metrics, StoreOp::List, list).await?;
@@ -735,7 +753,7 @@ impl<R: Resource> ResourceService<R> {
                     .await
             }
             Call::FollowLinks { id, args } => self.follow_links(node, id, args, user).await,
-            Call::IncomingLinks(args) => self.incoming_links(args).await,
+            Call::IncomingLinks(args) => self.incoming_links(node, args).await,
         }
     }
 }
@@ -816,4 +834,43 @@ impl<R> Drop for IdGuard<'_, R> {
             locks.remove(&self.id);
         }
     }
+}
+
+/// `doc` with every float that has no fraction (and fits an `i64` or `u64`) written as an
+/// integer; `None` when there is none.
+fn integral_floats_as_integers(doc: &Value) -> Option<Value> {
+    fn walk(value: &mut Value) -> bool {
+        match value {
+            Value::Number(n) if n.is_f64() => {
+                let Some(f) = n.as_f64() else { return false };
+                // Only where a float is exact (|f| <= 2^53): a larger one may be a rounded
+                // integer out of range (-2^63 - 1 reads as -2^63).
+                const EXACT: f64 = 9_007_199_254_740_992.0;
+                if f.fract() == 0.0 && f.abs() <= EXACT {
+                    *value = Value::from(f as i64);
+                    true
+                } else {
+                    false
+                }
+            }
+            // Every element is visited (no short cut): each may need its rewrite.
+            Value::Array(items) => {
+                let mut any = false;
+                for v in items {
+                    any |= walk(v);
+                }
+                any
+            }
+            Value::Object(map) => {
+                let mut any = false;
+                for v in map.values_mut() {
+                    any |= walk(v);
+                }
+                any
+            }
+            _ => false,
+        }
+    }
+    let mut copy = doc.clone();
+    walk(&mut copy).then_some(copy)
 }

@@ -34,7 +34,7 @@ use crate::config::NetworkConfig;
 #[cfg(feature = "http")]
 use crate::http::{BasicAuth, HttpConfig, JwtAuth, Users};
 use crate::security::ClusterKey;
-use crate::store::StoreConfig;
+use crate::store::{StoreConfig, StoreOptions};
 use crate::{Error, Limits};
 
 mod parse;
@@ -189,6 +189,12 @@ pub struct Settings {
     #[arg(long, env = "ZS_STORE", value_name = "SPEC", value_parser = Check(parse::store),
           help_heading = "Storage")]
     pub store: Option<StoreSpec>,
+    /// The embedded store commits at most this many waiting writes together, in one
+    /// transaction and one fsync; each is still answered only after its commit (1: every write
+    /// commits alone) [default: 256].
+    #[arg(long, env = "ZS_STORE_BATCH_MAX", value_name = "N",
+          value_parser = Check(parse::store_batch_max), help_heading = "Storage")]
+    pub store_batch_max: Option<usize>,
     /// Discovery and the medium.
     #[command(flatten, next_help_heading = "Cluster")]
     pub network: NetworkSettings,
@@ -769,6 +775,14 @@ impl Settings {
                 max_entries: l.change_log_max.unwrap_or(d.change_log.max_entries),
                 max_age: l.change_log_ms.unwrap_or(d.change_log.max_age),
             },
+        }
+    }
+
+    /// How the store is opened ([`StoreOptions`]): `ZS_STORE_BATCH_MAX`.
+    pub fn store_options(&self) -> StoreOptions {
+        let d = StoreOptions::default();
+        StoreOptions {
+            batch_max: self.store_batch_max.unwrap_or(d.batch_max),
         }
     }
 

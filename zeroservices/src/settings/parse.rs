@@ -110,6 +110,16 @@ pub(crate) fn count(v: &str) -> Result<usize, String> {
     }
 }
 
+/// The most writes one commit of the embedded store holds at most.
+pub(crate) const MAX_STORE_BATCH: usize = 65_536;
+
+pub(crate) fn store_batch_max(v: &str) -> Result<usize, String> {
+    match v.parse::<usize>() {
+        Ok(n) if (1..=MAX_STORE_BATCH).contains(&n) => Ok(n),
+        _ => Err(format!("a number of writes from 1 to {MAX_STORE_BATCH}")),
+    }
+}
+
 pub(crate) fn port(v: &str) -> Result<u16, String> {
     v.parse().map_err(|_| "a port number (0 to 65535)".into())
 }

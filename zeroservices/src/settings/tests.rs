@@ -30,6 +30,7 @@ fn every_variable_is_read() {
         ("ZS_WS_MAX_TOPICS", "3"),
         ("ZS_WS_MAX_CLIENTS", "2"),
         ("ZS_STORE", "embedded:/tmp/zs"),
+        ("ZS_STORE_BATCH_MAX", "16"),
         ("ZS_DISCOVERY_INTERFACE", "127.0.0.1"),
         ("ZS_MULTICAST_GROUP", "239.1.2.3:4000"),
         ("ZS_MULTICAST", "off"),
@@ -79,6 +80,7 @@ fn every_variable_is_read() {
     assert_eq!(http.ws_max_clients, 2);
     assert_eq!(http.shutdown_timeout, ms(300));
     assert_eq!(s.store("x", true), StoreConfig::Embedded("/tmp/zs".into()));
+    assert_eq!(s.store_options().batch_max, 16);
     let n = s.network();
     assert_eq!(n.interface, Ipv4Addr::LOCALHOST);
     assert_eq!(n.multicast_group.to_string(), "239.1.2.3:4000");
@@ -142,6 +144,8 @@ fn defaults_and_empty_variables() {
     assert_eq!(s.limits(), Limits::default());
     assert_eq!(s.store("power", true), StoreConfig::default_for("power"));
     assert_eq!(s.store("gateway", false), StoreConfig::Memory);
+    assert_eq!(s.store_options(), crate::store::StoreOptions::default());
+    assert_eq!(s.store_options().batch_max, crate::store::DEFAULT_BATCH_MAX);
     let n = s.network();
     let d = NetworkConfig::default();
     assert_eq!(
@@ -169,6 +173,9 @@ fn a_bad_value_names_its_variable() {
         ("ZS_WS_MAX_TOPICS", "1.5"),
         ("ZS_WS_MAX_CLIENTS", "x"),
         ("ZS_STORE", "redis://x"),
+        ("ZS_STORE_BATCH_MAX", "0"),
+        ("ZS_STORE_BATCH_MAX", "65537"),
+        ("ZS_STORE_BATCH_MAX", "many"),
         ("ZS_DISCOVERY_INTERFACE", "::1"),
         ("ZS_MULTICAST_GROUP", "127.0.0.1:4000"),
         ("ZS_MULTICAST", "maybe"),
@@ -287,7 +294,7 @@ fn variables_follow_the_ids() {
         );
     }
 
-    assert_eq!(vars, 60);
+    assert_eq!(vars, 61);
     let help = with_env(Settings::command(), &env(&[]))
         .render_long_help()
         .to_string();

@@ -5,8 +5,11 @@
 //! * A document's version ([`super::VERSION_FIELD`]) is stored inside its JSON; a
 //!   compare-and-set reads, checks and writes it inside one write transaction (redb has one
 //!   writer at a time), so two changes can never both pass the check.
-//! * Every write is its own transaction, committed with [`Durability::Immediate`] (an `fsync`)
-//!   before the call returns: an acknowledged write survives `kill -9` and power loss.
+//! * Every create, replace, patch and delete is committed with [`Durability::Immediate`] (an
+//!   `fsync`) before the call returns: an acknowledged write survives `kill -9` and power loss.
+//!   Writes waiting at the same time share one transaction and one commit (group commit, at
+//!   most `ZS_STORE_BATCH_MAX` writes a commit; see [`commit`]): each still has its own
+//!   outcome, and is answered only after the commit that holds it.
 //! * redb is synchronous: every call runs on [`tokio::task::spawn_blocking`].
 //! * Filters, sort, skip, limit and text search use the shared [`crate::query`](mod@crate::query) language; rows
 //!   stream through the filter, only matching documents are kept.
@@ -37,6 +40,10 @@ use crate::changes::{LogAfter, LogEntry, LogNote, LogPage, Logged, current_note,
 use crate::query::Filter;
 use crate::{Error, Patch, Query, Result};
 
+pub mod commit;
+
+use commit::{Committer, Fail};
+
 /// The name of the database file inside the data dir.
 pub const FILE_NAME: &str = "zeroservices.redb";
 
@@ -51,6 +58,8 @@ pub struct EmbeddedStore {
     fingerprint: Arc<str>,
     /// The id of its change log: the fingerprint.
     log: Arc<str>,
+    /// The queue of its durable writes (group commit).
+    committer: Arc<Committer>,
 }
 
 impl std::fmt::Debug for EmbeddedStore {
@@ -137,9 +146,12 @@ impl EmbeddedStore {
             Err(_) => return Err(corrupted(&path, "redb could not read it")),
         };
         let fingerprint = load_fingerprint(&db, &path)?;
+        let db = Arc::new(db);
+        let path = Arc::new(path);
         Ok(Self {
-            db: Arc::new(db),
-            path: Arc::new(path),
+            committer: Committer::new(&db, path.clone(), super::DEFAULT_BATCH_MAX),
+            db,
+            path,
             skipped: Arc::new(AtomicU64::new(0)),
             log: fingerprint.clone().into(),
             fingerprint: fingerprint.into(),
@@ -149,6 +161,26 @@ impl EmbeddedStore {
     /// The database file (`<dir>/zeroservices.redb`).
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// Commits at most `max` writes together (`ZS_STORE_BATCH_MAX`, at least 1; 1: every write
+    /// commits alone). Call it before the first write: clones made earlier keep their queue.
+    #[must_use]
+    pub fn with_batch_max(mut self, max: usize) -> Self {
+        self.committer = Committer::new(&self.db, self.path.clone(), max);
+        self
+    }
+
+    /// The most writes one commit holds ([`EmbeddedStore::with_batch_max`]).
+    pub fn batch_max(&self) -> usize {
+        self.committer.batch_max()
+    }
+
+    /// The durable commits of creates, replaces, patches and deletes since the store was opened
+    /// (through this handle and its clones), and the writes they held: with writes waiting
+    /// together, fewer commits than writes.
+    pub fn commit_counts(&self) -> (u64, u64) {
+        self.committer.counts()
     }
 
     /// Runs `f` on the blocking pool with the database.
@@ -242,6 +274,25 @@ fn decode(collection: &str, id: &str, bytes: &[u8]) -> Result<Value> {
     })
 }
 
+/// A redb error met by a queued write after it may have changed its transaction.
+fn broken(path: &Path, e: impl Into<redb::Error>) -> Fail {
+    Fail::Broken(storage_error(path, e))
+}
+
+/// The stored document `id` of a queued write: absent or unreadable, the write is refused.
+fn stored(
+    table: &redb::Table<'_, &'static str, &'static [u8]>,
+    path: &Path,
+    collection: &str,
+    id: &str,
+) -> std::result::Result<Value, Fail> {
+    let found = table.get(id).map_err(|e| broken(path, e))?;
+    match found {
+        Some(bytes) => decode(collection, id, bytes.value()).map_err(Fail::Refused),
+        None => Err(Fail::Refused(Error::not_found(collection, id))),
+    }
+}
+
 /// Refuses a document that is not a JSON object.
 fn require_object(doc: &Value) -> Result<()> {
     if doc.is_object() {
@@ -313,31 +364,32 @@ impl Store for EmbeddedStore {
         let name = table_name(collection);
         let collection = collection.to_owned();
         let id = id.map_or_else(new_id, str::to_owned);
-        self.blocking(move |db, path| {
-            let logged = write(db, path, |txn| {
-                mark_applied(txn, path, mark.as_ref(), &id)?;
+        let logs = note.clone();
+        // Checks first, changes after (see `commit`): a refused write changes nothing.
+        self.committer
+            .submit(note, move |txn, path| {
                 let mut table = txn
                     .open_table(Table::new(&name))
-                    .map_err(|e| storage_error(path, e))?;
+                    .map_err(|e| broken(path, e))?;
                 let taken = table
                     .get(id.as_str())
-                    .map_err(|e| storage_error(path, e))?
+                    .map_err(|e| broken(path, e))?
                     .is_some();
                 if taken {
-                    return Err(Error::DuplicateId {
-                        collection,
+                    return Err(Fail::Refused(Error::DuplicateId {
+                        collection: collection.clone(),
                         id: id.clone(),
-                    });
+                    }));
                 }
+                mark_applied(txn, path, mark.as_ref(), &id).map_err(Fail::Broken)?;
                 table
                     .insert(id.as_str(), bytes.as_slice())
-                    .map_err(|e| storage_error(path, e))?;
-                log_change(txn, path, note.as_deref(), &log, &id, Some(&doc), 1)
-            })?;
-            announce(note.as_deref(), logged);
-            Ok(id)
-        })
-        .await
+                    .map_err(|e| broken(path, e))?;
+                let logged = log_change(txn, path, logs.as_deref(), &log, &id, Some(&doc), 1)
+                    .map_err(Fail::Broken)?;
+                Ok((id.clone(), logged))
+            })
+            .await
     }
 
     async fn get(&self, collection: &str, id: &str) -> Result<Option<Value>> {
@@ -374,41 +426,38 @@ impl Store for EmbeddedStore {
         let name = table_name(collection);
         let collection = collection.to_owned();
         let id = id.to_owned();
-        self.blocking(move |db, path| {
-            let (version, logged) = write(db, path, |txn| {
-                mark_applied(txn, path, mark.as_ref(), &id)?;
+        let logs = note.clone();
+        self.committer
+            .submit(note, move |txn, path| {
                 let mut table = txn
                     .open_table(Table::new(&name))
-                    .map_err(|e| storage_error(path, e))?;
-                let current = table
-                    .get(id.as_str())
-                    .map_err(|e| storage_error(path, e))?
-                    .map(|v| decode(&collection, &id, v.value()))
-                    .transpose()?
-                    .ok_or_else(|| Error::not_found(&collection, &id))?;
-                let version = version_of(&current);
-                check_version(&collection, &id, version, expect)?;
-                let mut doc = doc;
+                    .map_err(|e| broken(path, e))?;
+                let version = {
+                    let current = stored(&table, path, &collection, &id)?;
+                    let version = version_of(&current);
+                    check_version(&collection, &id, version, expect).map_err(Fail::Refused)?;
+                    version
+                };
+                let mut doc = doc.clone();
                 set_version(&mut doc, version + 1);
-                let bytes = encode(&doc)?;
+                let bytes = encode(&doc).map_err(Fail::Refused)?;
+                mark_applied(txn, path, mark.as_ref(), &id).map_err(Fail::Broken)?;
                 table
                     .insert(id.as_str(), bytes.as_slice())
-                    .map_err(|e| storage_error(path, e))?;
+                    .map_err(|e| broken(path, e))?;
                 let logged = log_change(
                     txn,
                     path,
-                    note.as_deref(),
+                    logs.as_deref(),
                     &log,
                     &id,
                     Some(&doc),
                     version + 1,
-                )?;
+                )
+                .map_err(Fail::Broken)?;
                 Ok((version + 1, logged))
-            })?;
-            announce(note.as_deref(), logged);
-            Ok(version)
-        })
-        .await
+            })
+            .await
     }
 
     async fn patch(
@@ -426,42 +475,36 @@ impl Store for EmbeddedStore {
         let name = table_name(collection);
         let collection = collection.to_owned();
         let id = id.to_owned();
-        self.blocking(move |db, path| {
-            let (doc, logged) = write(db, path, |txn| {
-                mark_applied(txn, path, mark.as_ref(), &id)?;
+        let logs = note.clone();
+        self.committer
+            .submit(note, move |txn, path| {
                 let mut table = txn
                     .open_table(Table::new(&name))
-                    .map_err(|e| storage_error(path, e))?;
-                let current = table
-                    .get(id.as_str())
-                    .map_err(|e| storage_error(path, e))?
-                    .map(|v| decode(&collection, &id, v.value()))
-                    .transpose()?;
-                let mut doc = current.ok_or_else(|| Error::not_found(&collection, &id))?;
+                    .map_err(|e| broken(path, e))?;
+                let mut doc = stored(&table, path, &collection, &id)?;
                 let version = version_of(&doc);
-                check_version(&collection, &id, version, expect)?;
-                // On error the transaction is aborted: the stored document is unchanged.
-                update.apply(&mut doc)?;
+                check_version(&collection, &id, version, expect).map_err(Fail::Refused)?;
+                // Applied to a copy: on error the stored document is unchanged.
+                update.apply(&mut doc).map_err(Fail::Refused)?;
                 set_version(&mut doc, version + 1);
-                let bytes = encode(&doc)?;
+                let bytes = encode(&doc).map_err(Fail::Refused)?;
+                mark_applied(txn, path, mark.as_ref(), &id).map_err(Fail::Broken)?;
                 table
                     .insert(id.as_str(), bytes.as_slice())
-                    .map_err(|e| storage_error(path, e))?;
+                    .map_err(|e| broken(path, e))?;
                 let logged = log_change(
                     txn,
                     path,
-                    note.as_deref(),
+                    logs.as_deref(),
                     &log,
                     &id,
                     Some(&doc),
                     version + 1,
-                )?;
+                )
+                .map_err(Fail::Broken)?;
                 Ok((doc, logged))
-            })?;
-            announce(note.as_deref(), logged);
-            Ok(doc)
-        })
-        .await
+            })
+            .await
     }
 
     async fn delete(&self, collection: &str, id: &str, expect: Option<u64>) -> Result<u64> {
@@ -471,36 +514,35 @@ impl Store for EmbeddedStore {
         let name = table_name(collection);
         let collection = collection.to_owned();
         let id = id.to_owned();
-        self.blocking(move |db, path| {
-            let (version, logged) = write(db, path, |txn| {
-                mark_applied(txn, path, mark.as_ref(), &id)?;
+        let logs = note.clone();
+        self.committer
+            .submit(note, move |txn, path| {
                 let mut table = txn
                     .open_table(Table::new(&name))
-                    .map_err(|e| storage_error(path, e))?;
+                    .map_err(|e| broken(path, e))?;
                 let old = table
-                    .remove(id.as_str())
-                    .map_err(|e| storage_error(path, e))?
+                    .get(id.as_str())
+                    .map_err(|e| broken(path, e))?
                     .map(|v| decode(&collection, &id, v.value()));
                 let version = match old {
-                    // A failed check aborts the transaction (in `write`): nothing is removed.
                     Some(Ok(doc)) => {
                         let version = version_of(&doc);
-                        check_version(&collection, &id, version, expect)?;
+                        check_version(&collection, &id, version, expect).map_err(Fail::Refused)?;
                         version
                     }
                     // An unreadable document can still be deleted, unconditionally.
                     Some(Err(_)) if expect.is_none() => 0,
-                    Some(Err(e)) => return Err(e),
-                    None => return Err(Error::not_found(&collection, &id)),
+                    Some(Err(e)) => return Err(Fail::Refused(e)),
+                    None => return Err(Fail::Refused(Error::not_found(&collection, &id))),
                 };
+                mark_applied(txn, path, mark.as_ref(), &id).map_err(Fail::Broken)?;
+                table.remove(id.as_str()).map_err(|e| broken(path, e))?;
                 drop(table);
-                let logged = log_change(txn, path, note.as_deref(), &log, &id, None, version + 1)?;
+                let logged = log_change(txn, path, logs.as_deref(), &log, &id, None, version + 1)
+                    .map_err(Fail::Broken)?;
                 Ok((version, logged))
-            })?;
-            announce(note.as_deref(), logged);
-            Ok(version)
-        })
-        .await
+            })
+            .await
     }
 
     async fn list(&self, collection: &str, query: &Query) -> Result<Vec<(String, Value)>> {
@@ -890,13 +932,6 @@ fn log_change(
         .insert(collection, (seq, trimmed, trimmed_at))
         .map_err(|e| storage_error(path, e))?;
     Ok(Some(Logged::new(event, log, seq, at_ms)))
-}
-
-/// Tells the owner what was logged, once the transaction is committed.
-fn announce(note: Option<&LogNote>, logged: Option<Logged>) {
-    if let (Some(note), Some(logged)) = (note, logged) {
-        note.logged(logged);
-    }
 }
 
 /// Records in `txn`, the transaction of a change, that the change belongs to the remembered

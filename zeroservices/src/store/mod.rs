@@ -475,6 +475,26 @@ pub fn new_id() -> String {
 #[cfg(feature = "mongodb")]
 pub(crate) use crate::config::request_timeout_from_env;
 
+/// The default of `ZS_STORE_BATCH_MAX`: the most durable writes the embedded store commits
+/// together (group commit: see the embedded store's `commit` module).
+pub const DEFAULT_BATCH_MAX: usize = 256;
+
+/// How a store is opened, beyond where it is (the `Storage` settings other than `ZS_STORE`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StoreOptions {
+    /// The embedded store commits at most this many writes together, in one transaction and one
+    /// `fsync` (`ZS_STORE_BATCH_MAX`, at least 1; 1: every write commits alone).
+    pub batch_max: usize,
+}
+
+impl Default for StoreOptions {
+    fn default() -> Self {
+        Self {
+            batch_max: DEFAULT_BATCH_MAX,
+        }
+    }
+}
+
 /// Which store a node uses: the parsed form of `ZS_STORE`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum StoreConfig {
@@ -546,11 +566,20 @@ impl StoreConfig {
         Ok(crate::settings::Settings::from_env()?.store(node_name, true))
     }
 
-    /// Opens the store.
+    /// Opens the store, with the default [`StoreOptions`].
     ///
     /// # Errors
     /// What [`EmbeddedStore::open`] and `MongoStore::connect` return.
     pub async fn open(&self) -> Result<Arc<dyn Store>> {
+        self.open_with(StoreOptions::default()).await
+    }
+
+    /// Opens the store with `options`.
+    ///
+    /// # Errors
+    /// What [`EmbeddedStore::open`] and `MongoStore::connect` return.
+    #[cfg_attr(not(feature = "embedded"), allow(unused_variables))]
+    pub async fn open_with(&self, options: StoreOptions) -> Result<Arc<dyn Store>> {
         Ok(match self {
             Self::Memory => Arc::new(MemoryStore::new()),
             #[cfg(feature = "embedded")]
@@ -559,7 +588,7 @@ impl StoreConfig {
                 let store = tokio::task::spawn_blocking(move || EmbeddedStore::open(dir))
                     .await
                     .map_err(|e| Error::internal(format!("opening the embedded store: {e}")))??;
-                Arc::new(store)
+                Arc::new(store.with_batch_max(options.batch_max))
             }
             #[cfg(feature = "mongodb")]
             Self::MongoDb(uri) => Arc::new(MongoStore::connect(uri).await?),
