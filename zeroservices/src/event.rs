@@ -28,7 +28,8 @@ pub struct Event {
 }
 
 impl Event {
-    /// A resource event with its standard payload.
+    /// A resource event with its standard payload; made inside an exported span, it carries
+    /// that span's trace context too (`traceparent`, `tracestate`: see [`crate::telemetry`]).
     pub fn resource(
         collection: &str,
         action: &str,
@@ -38,6 +39,7 @@ impl Event {
         extra.insert("action".into(), Value::from(action));
         extra.insert("resource_name".into(), Value::from(collection));
         extra.insert("resource_id".into(), Value::from(resource_id));
+        crate::telemetry::stamp(&mut extra);
         Self {
             topic: format!("{collection}.{action}.{resource_id}"),
             data: Value::Object(extra),

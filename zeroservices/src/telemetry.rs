@@ -13,7 +13,7 @@
 //! | `zs.store` | a built-in action's store operation on the owner | `collection`, `action` |
 //! | `zs.publish` | an event published to the cluster | `topic` |
 //! | `zs.deliver` | an event from a peer, handed to this node's subscribers | `topic` |
-//! | `zs.worker` | a worker handler's run on one change | `worker`, `topic` |
+//! | `zs.worker` | a worker handler's run on one change (linked to the span that made it) | `collection`, `topic` |
 //!
 //! With `RUST_LOG` at its default (`info`) and no export, nothing listens at `DEBUG`: a span is
 //! then a disabled callsite check, its fields are not evaluated, and no trace context is
@@ -29,6 +29,14 @@
 //! An event carries its publisher's context the same way, and a subscriber's `zs.deliver` span
 //! *links* to it (a link, not a parent: one publish fans out to many deliveries).
 //!
+//! A change also carries the context of the span that made it *in its payload*: a resource
+//! event made while a span is exported gets `"traceparent"` (and `"tracestate"`) beside
+//! `resource_id` and `version` ([`EVENT_TRACEPARENT`]), so the owner's change log keeps it
+//! with the entry, in every store (memory, embedded, MongoDB), and it reaches a worker however
+//! the change does: live, read back from an owner's log, or from the JetStream change-log
+//! stream. A worker's `zs.worker` span links to it, as `zs.deliver` does. Without export
+//! nothing is added: the payload is what it was.
+//!
 //! What arrives is checked before use: a `traceparent` is exactly the W3C version-00 form
 //! (`00-<32 hex>-<16 hex>-<2 hex>`, lowercase, ids not all zero; a later version's first 55
 //! characters), at most 55 bytes; a `tracestate` at most 512 bytes of printable ASCII and 32
@@ -42,7 +50,9 @@
 //! `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT` is set (and `OTEL_SDK_DISABLED` is not `true`): spans of
 //! target `zeroservices` at `DEBUG` and above (with its log events at `INFO` and above as span
 //! events) go to a batch processor (its own thread) and out
-//! over OTLP/HTTP, `OTEL_EXPORTER_OTLP_PROTOCOL` `http/protobuf` (the default) or `http/json`.
+//! over OTLP/HTTP, `OTEL_EXPORTER_OTLP_PROTOCOL` (or `OTEL_EXPORTER_OTLP_TRACES_PROTOCOL`)
+//! `http/protobuf` (the default; anything else than `http/json` is warned about and taken as
+//! it) or `http/json`.
 //! `OTEL_SERVICE_NAME` names the service (default: the service's own name),
 //! `OTEL_TRACES_SAMPLER` and `OTEL_TRACES_SAMPLER_ARG` pick the sampler (default
 //! `parentbased_always_on`), `OTEL_BSP_*` tune the batches, `OTEL_RESOURCE_ATTRIBUTES` adds
@@ -214,6 +224,40 @@ pub(crate) fn current() -> Option<TraceParent> {
     context_of(&Span::current())
 }
 
+/// The payload key of a resource event that carries the trace context of the change
+/// (`traceparent` text; see the module docs).
+pub const EVENT_TRACEPARENT: &str = "traceparent";
+/// The payload key of a resource event's `tracestate`, next to [`EVENT_TRACEPARENT`].
+pub const EVENT_TRACESTATE: &str = "tracestate";
+
+/// Puts the current span's trace context into a resource event's payload (`traceparent`, and
+/// `tracestate` when there is one), unless it carries one already; nothing when no span is
+/// exported, so without export the payload is what it always was.
+pub(crate) fn stamp(payload: &mut serde_json::Map<String, serde_json::Value>) {
+    if payload.contains_key(EVENT_TRACEPARENT) {
+        return;
+    }
+    if let Some(trace) = current() {
+        payload.insert(EVENT_TRACEPARENT.to_owned(), trace.traceparent().into());
+        if let Some(state) = trace.tracestate() {
+            payload.insert(EVENT_TRACESTATE.to_owned(), state.into());
+        }
+    }
+}
+
+/// The trace context a resource event's payload carries (see [`stamp`]): `None` when it has
+/// none; a malformed one (not a string, not a W3C `traceparent`) is counted and logged as
+/// from `from`, and ignored.
+pub(crate) fn carried(from: &str, payload: &serde_json::Value) -> Option<TraceParent> {
+    let text = payload.get(EVENT_TRACEPARENT)?;
+    let Some(text) = text.as_str() else {
+        reject(from, "\"traceparent\" is not a string");
+        return None;
+    };
+    let state = payload.get(EVENT_TRACESTATE).and_then(|s| s.as_str());
+    TraceParent::received(from, Some(text), state)
+}
+
 /// Makes `parent` (a remote span) the parent of `span`, which must not have been entered yet.
 pub(crate) fn set_parent(span: &Span, parent: &TraceParent) {
     if !span.is_disabled() {
@@ -221,10 +265,11 @@ pub(crate) fn set_parent(span: &Span, parent: &TraceParent) {
     }
 }
 
-/// Links `span` to `to` (an event's publisher).
-pub(crate) fn add_link(span: &Span, to: &TraceParent) {
+/// Links `span` to `to`: an event's publisher (`why` is `"published"`) or the span that made
+/// a change (`"changed"`); the link's attribute `zs.link` says which.
+pub(crate) fn add_link(span: &Span, to: &TraceParent, why: &'static str) {
     if !span.is_disabled() {
-        otel::add_link(span, to);
+        otel::add_link(span, to, why);
     }
 }
 
@@ -306,11 +351,8 @@ mod otel {
         let _ = span.set_parent(context);
     }
 
-    pub(super) fn add_link(span: &Span, to: &TraceParent) {
-        span.add_link_with_attributes(
-            span_context(to),
-            vec![KeyValue::new("zs.link", "published")],
-        );
+    pub(super) fn add_link(span: &Span, to: &TraceParent, why: &'static str) {
+        span.add_link_with_attributes(span_context(to), vec![KeyValue::new("zs.link", why)]);
     }
 }
 
@@ -326,13 +368,14 @@ mod otel {
 
     pub(super) fn set_parent(_: &Span, _: &TraceParent) {}
 
-    pub(super) fn add_link(_: &Span, _: &TraceParent) {}
+    pub(super) fn add_link(_: &Span, _: &TraceParent, _: &'static str) {}
 }
 
 /// The OTLP exporter of an [`App`](crate::app::App): built when an endpoint is set.
 #[cfg(all(feature = "otel", feature = "app"))]
 pub(crate) mod export {
     use opentelemetry::trace::TracerProvider as _;
+    use opentelemetry_otlp::{Protocol, WithExportConfig as _};
     use opentelemetry_sdk::Resource;
     use opentelemetry_sdk::trace::SdkTracerProvider;
     use tracing::Level;
@@ -375,9 +418,25 @@ pub(crate) mod export {
         if !wanted() {
             return None;
         }
-        // Endpoint, protocol, headers and timeout from the OTEL_EXPORTER_OTLP_* variables.
+        // Endpoint, headers and timeout from the OTEL_EXPORTER_OTLP_* variables. The protocol
+        // is chosen here: with both encodings compiled in, opentelemetry-otlp 0.33 defaults to
+        // JSON (pretty-printed, ~8 times the bytes), where the specification says protobuf.
+        let asked = set("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL")
+            .or_else(|| set("OTEL_EXPORTER_OTLP_PROTOCOL"));
+        let protocol = match asked.as_deref().map(str::trim) {
+            Some("http/json") => Protocol::HttpJson,
+            None | Some("http/protobuf") => Protocol::HttpBinary,
+            Some(other) => {
+                eprintln!(
+                    "OpenTelemetry: protocol {other:?} is not supported (http/protobuf or \
+                     http/json): using http/protobuf"
+                );
+                Protocol::HttpBinary
+            }
+        };
         let exporter = match opentelemetry_otlp::SpanExporter::builder()
             .with_http()
+            .with_protocol(protocol)
             .build()
         {
             Ok(exporter) => exporter,
@@ -458,6 +517,31 @@ mod tests {
         assert_eq!(TraceParent::received("test", Some("nope"), None), None);
         assert_eq!(TraceParent::received("test", None, None), None);
         assert_eq!(rejected_contexts(), before + 1);
+    }
+
+    #[test]
+    fn a_change_payload_carries_a_context_or_nothing() {
+        use serde_json::json;
+        let state = "congo=t61rcWkgMzE";
+        let carried_tp = carried("test", &json!({"traceparent": TP, "tracestate": state}));
+        assert_eq!(carried_tp, TraceParent::parse(TP, Some(state)));
+        // None, untouched, or garbage: ignored; garbage is counted.
+        let before = rejected_contexts();
+        assert_eq!(carried("test", &json!({"resource_id": "1"})), None);
+        assert_eq!(carried("test", &json!("not an object")), None);
+        assert_eq!(carried("test", &json!({"traceparent": 42})), None);
+        assert_eq!(
+            carried("test", &json!({"traceparent": "x".repeat(9000)})),
+            None
+        );
+        assert!(rejected_contexts() >= before + 2);
+        // Nothing exported here: stamping adds nothing, and keeps what is there.
+        let mut payload = serde_json::Map::new();
+        stamp(&mut payload);
+        assert!(payload.is_empty());
+        payload.insert(EVENT_TRACEPARENT.to_owned(), json!(TP));
+        stamp(&mut payload);
+        assert_eq!(payload[EVENT_TRACEPARENT], json!(TP));
     }
 
     #[test]

@@ -20,11 +20,18 @@ use serde_json::{Value, json};
 use zeroservices::http::{BasicAuth, HttpConfig, serve_ops};
 use zeroservices::medium::MemoryCluster;
 use zeroservices::prelude::*;
+use zeroservices::worker::Worker;
 
-/// The text of `GET {base}/metrics`, checked to be OpenMetrics text, and its samples.
+/// What Prometheus sends in `Accept` (2.x and 3.x with the default scrape protocols).
+const PROMETHEUS_ACCEPT: &str = "application/openmetrics-text;version=1.0.0,\
+    application/openmetrics-text;version=0.0.1;q=0.75,text/plain;version=0.0.4;q=0.5,*/*;q=0.1";
+
+/// The text of `GET {base}/metrics` asked as OpenMetrics (as Prometheus asks), checked to be
+/// OpenMetrics text, and its samples.
 async fn scrape(base: &str) -> (String, Scrape) {
     let response = client()
         .get(format!("{base}/metrics"))
+        .header("accept", PROMETHEUS_ACCEPT)
         .send()
         .await
         .unwrap();
@@ -59,19 +66,28 @@ fn prom_python() -> Option<String> {
 }
 
 /// Parses `text` with Python's strict OpenMetrics parser (every family, every sample); skipped
-/// with a message without one.
+/// with a message without one (a failure under `CI=true`).
 fn strict_parse(text: &str) {
-    let Some(python) = prom_python() else {
-        eprintln!(
-            "SKIPPED: strict OpenMetrics parse (no python with prometheus_client; set \
-             ZS_TEST_PROM_PYTHON or `pip install prometheus-client`)"
-        );
-        return;
-    };
     let script = "import sys\n\
         from prometheus_client.openmetrics.parser import text_string_to_metric_families\n\
         n = sum(len(f.samples) for f in text_string_to_metric_families(sys.stdin.read()))\n\
         print(n)\n";
+    python_parse(script, text);
+}
+
+/// Runs the Python `script` on `text` (its stdin) and returns its stdout; `None` (with a
+/// message, or a failure under `CI=true`) without a Python that has `prometheus_client`.
+fn python_parse(script: &str, text: &str) -> Option<String> {
+    let Some(python) = prom_python() else {
+        let why = "no python with prometheus_client (set ZS_TEST_PROM_PYTHON, which \
+                   scripts/test.sh sets, or `pip install prometheus-client==0.26.0`)";
+        assert!(
+            std::env::var("CI").as_deref() != Ok("true"),
+            "the Prometheus parsers are missing under CI: {why}"
+        );
+        eprintln!("SKIPPED: the Python Prometheus parse: {why}");
+        return None;
+    };
     let mut child = Command::new(&python)
         .args(["-c", script])
         .stdin(Stdio::piped())
@@ -89,9 +105,134 @@ fn strict_parse(text: &str) {
     let output = child.wait_with_output().unwrap();
     assert!(
         output.status.success(),
-        "the OpenMetrics parser refused the text: {}\n{text}",
+        "the parser refused the text: {}\n{text}",
         String::from_utf8_lossy(&output.stderr)
     );
+    Some(String::from_utf8(output.stdout).unwrap())
+}
+
+/// `GET {base}/metrics` with `accept` (none: no header): its content type and text.
+async fn scrape_as(base: &str, accept: Option<&str>) -> (String, String) {
+    let mut request = client().get(format!("{base}/metrics"));
+    if let Some(accept) = accept {
+        request = request.header("accept", accept);
+    }
+    let response = request.send().await.unwrap();
+    assert_eq!(response.status().as_u16(), 200);
+    let kind = response
+        .headers()
+        .get("content-type")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_owned();
+    (kind, response.text().await.unwrap())
+}
+
+/// Parses classic Prometheus text with Python's `prometheus_client.parser` (the 0.0.4 parser
+/// Prometheus' own follows): each family's name, type and number of samples.
+fn classic_parse(text: &str) -> Option<Vec<(String, String, usize)>> {
+    let script = "import sys, json\n\
+        from prometheus_client.parser import text_string_to_metric_families\n\
+        fams = [[f.name, f.type, len(f.samples)] for f in text_string_to_metric_families(sys.stdin.read())]\n\
+        print(json.dumps(fams))\n";
+    let out = python_parse(script, text)?;
+    Some(serde_json::from_str(&out).unwrap())
+}
+
+/// With no `Accept` (or one that prefers it), `/metrics` is the classic Prometheus text
+/// (0.0.4): counters named `<name>_total` in `# TYPE`, no `# UNIT`, no `# EOF`, and the
+/// Python 0.0.4 parser reads every family typed; asked as Prometheus asks, it is OpenMetrics.
+/// The same samples either way. Hostile `Accept` headers get the classic text.
+#[tokio::test]
+async fn metrics_are_classic_text_unless_openmetrics_is_asked_for() {
+    let cluster = MemoryCluster::new();
+    let node = owner(&cluster).await;
+    let (server, base) = start(&node, HttpConfig::new(0).metrics_auth(false)).await;
+    for i in 0..3 {
+        let (status, body) = json(
+            client()
+                .post(format!("{base}/power"))
+                .json(&json!({"resource_data": {"value": i}}))
+                .send()
+                .await
+                .unwrap(),
+        )
+        .await;
+        assert_eq!(status, 201, "{body}");
+    }
+
+    let (kind, classic) = scrape_as(&base, None).await;
+    assert_eq!(kind, "text/plain; version=0.0.4; charset=utf-8");
+    assert!(
+        !classic.contains("# EOF") && !classic.contains("# UNIT"),
+        "{classic}"
+    );
+    assert!(
+        classic.contains("# TYPE zs_requests_total counter\n"),
+        "{classic}"
+    );
+    let (kind, open) = scrape_as(&base, Some(PROMETHEUS_ACCEPT)).await;
+    assert!(
+        kind.starts_with("application/openmetrics-text; version=1.0.0"),
+        "{kind}"
+    );
+    assert!(open.ends_with("# EOF\n") && open.contains("# TYPE zs_requests counter\n"));
+    strict_parse(&open);
+
+    // The same samples (the counters moved by nothing between the two scrapes but the
+    // scrapes themselves, which are not requests to a collection).
+    let samples = |text: &str| -> Vec<String> {
+        let mut lines: Vec<String> = text
+            .lines()
+            .filter(|l| !l.starts_with('#') && l.starts_with("zs_requests_total"))
+            .map(str::to_owned)
+            .collect();
+        lines.sort();
+        lines
+    };
+    assert!(!samples(&classic).is_empty());
+    assert_eq!(samples(&classic), samples(&open));
+
+    if let Some(families) = classic_parse(&classic) {
+        let untyped: Vec<_> = families
+            .iter()
+            .filter(|f| f.1 == "unknown" || f.1 == "untyped")
+            .collect();
+        assert!(
+            untyped.is_empty(),
+            "read as untyped: {untyped:?}\n{classic}"
+        );
+        let requests = families
+            .iter()
+            .find(|f| f.0 == "zs_requests")
+            .unwrap_or_else(|| panic!("no zs_requests family: {families:?}"));
+        assert_eq!(requests.1, "counter");
+        assert!(requests.2 > 0);
+        assert!(families.iter().any(|f| f.1 == "histogram"), "{families:?}");
+        assert!(families.iter().any(|f| f.1 == "gauge"), "{families:?}");
+        // The OpenMetrics text read by the classic parser would leave its counters untyped:
+        // what the rewrite is for.
+        let misread = classic_parse(open.trim_end_matches("# EOF\n")).unwrap();
+        assert!(misread.iter().any(|f| f.1 == "untyped" || f.1 == "unknown"));
+    }
+
+    // Hostile or unusual Accept headers: the classic text, never an error.
+    let huge = format!("{}application/openmetrics-text", "x,".repeat(4000));
+    for accept in [
+        "garbage",
+        ";;;,,,",
+        "application/openmetrics-text;q=0",
+        "text/plain;q=1, application/openmetrics-text;q=0.2",
+        huge.as_str(),
+    ] {
+        let (kind, text) = scrape_as(&base, Some(accept)).await;
+        assert!(
+            kind.starts_with("text/plain; version=0.0.4"),
+            "{accept:.60}: {kind}"
+        );
+        assert!(!text.contains("# EOF"));
+    }
+    server.shutdown().await;
 }
 
 /// The value of the sample `name` whose labels include `labels` (a histogram: its count).
@@ -556,6 +697,162 @@ async fn an_app_without_http_serves_metrics_on_the_metrics_port() {
         Some(1.0)
     );
     running.shutdown().await;
+}
+
+/// The child of `a_bare_worker_opens_the_metrics_port`: an owner and a bare
+/// [`Worker::start`] on an in-process cluster, with this process's environment (its
+/// `ZS_METRICS_PORT`). Prints `ops <addr>` (or `ops none`), or `worker failed: <error>` and
+/// exits 3; creates one resource the worker handles; stops when its stdin closes. Does nothing
+/// in a normal run.
+#[test]
+fn worker_ops_child() {
+    if std::env::var("ZS_TEST_WORKER_OPS_CHILD").is_err() {
+        return;
+    }
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    runtime.block_on(async {
+        let cluster = MemoryCluster::new();
+        // The worker first: the owner's node reads the environment too.
+        let started = Worker::new("ops_worker")
+            .without_state()
+            .poll_interval(Duration::from_secs(3600))
+            .on::<Power, _, _>(query!({}), |_, _: Change<Power>| async { Ok(()) })
+            .start(Node::builder("ops_worker").memory(&cluster))
+            .await;
+        let worker = match started {
+            Ok(worker) => worker,
+            Err(e) => {
+                println!("worker failed: {e}");
+                std::process::exit(3);
+            }
+        };
+        let node = owner(&cluster).await;
+        match worker.ops_addr() {
+            Some(addr) => println!("ops {addr}"),
+            None => println!("ops none"),
+        }
+        node.collection::<Power>().create(power(3)).await.unwrap();
+        // Until the parent closes stdin.
+        let _ = tokio::task::spawn_blocking(|| std::io::stdin().read_to_end(&mut Vec::new())).await;
+        worker.stop().await;
+        node.stop().await;
+    });
+}
+
+/// Runs `worker_ops_child` with `vars`; the child and its first `ops`/`worker failed` line.
+fn worker_child(vars: &[(&str, &str)]) -> (std::process::Child, String) {
+    let mut command = Command::new(std::env::current_exe().unwrap());
+    for (var, _) in std::env::vars() {
+        if var.starts_with("ZS_") {
+            command.env_remove(var);
+        }
+    }
+    let mut child = command
+        .args([
+            "--exact",
+            "worker_ops_child",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env("ZS_TEST_WORKER_OPS_CHILD", "1")
+        .envs(vars.iter().copied())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if line.contains("ops ") || line.contains("worker failed") {
+                let _ = tx.send(line);
+            }
+        }
+    });
+    let line = rx
+        .recv_timeout(Duration::from_secs(20))
+        .expect("the worker child said nothing in 20 s");
+    (child, line)
+}
+
+/// Waits (at most 20 s) for `child` to exit; its exit code.
+fn exit_of(mut child: std::process::Child) -> i32 {
+    drop(child.stdin.take());
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return status.code().unwrap_or(-1);
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("the worker child did not exit in 20 s");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// A bare `Worker::start` (a worker process without HTTP) serves `/healthz`, `/readyz` and
+/// `/metrics` on `ZS_METRICS_PORT`, like an `App`, and its handled changes are counted there;
+/// without the variable it opens nothing; a malformed port or one in use fails the start with
+/// an error naming it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bare_worker_opens_the_metrics_port() {
+    let port = free_tcp_port().to_string();
+    let (child, line) = worker_child(&[("ZS_METRICS_PORT", &port), ("ZS_METRICS_AUTH", "off")]);
+    let addr = line
+        .split("ops ")
+        .nth(1)
+        .unwrap_or_else(|| panic!("{line}"))
+        .trim()
+        .to_owned();
+    assert_eq!(addr, format!("127.0.0.1:{port}"));
+    let base = format!("http://{addr}");
+    for probe in ["healthz", "readyz"] {
+        let reply = client()
+            .get(format!("{base}/{probe}"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(reply.status().as_u16(), 200, "{probe}");
+    }
+    // Operations routes only.
+    let reply = client().get(format!("{base}/power")).send().await.unwrap();
+    assert_eq!(reply.status().as_u16(), 404);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let (_, m) = scrape(&base).await;
+        if value(&m, "zs_worker_changes_handled_total", &[]).is_some_and(|v| v >= 1.0) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the handled change was never counted"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(exit_of(child), 0);
+
+    // No variable: no port.
+    let (child, line) = worker_child(&[]);
+    assert!(line.contains("ops none"), "{line}");
+    assert_eq!(exit_of(child), 0);
+
+    // Hostile: not a port; a port another listener holds.
+    let (child, line) = worker_child(&[("ZS_METRICS_PORT", "not-a-port")]);
+    assert!(
+        line.contains("worker failed") && line.contains("ZS_METRICS_PORT"),
+        "{line}"
+    );
+    assert_eq!(exit_of(child), 3);
+    let taken = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = taken.local_addr().unwrap().port().to_string();
+    let (child, line) = worker_child(&[("ZS_METRICS_PORT", &port)]);
+    assert!(
+        line.contains("worker failed") && line.contains(&port),
+        "{line}"
+    );
+    assert_eq!(exit_of(child), 3);
 }
 
 /// Over a real NATS server: an app without HTTP exports `NatsStats` and `NatsDiscoveryStats` on

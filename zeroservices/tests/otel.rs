@@ -23,6 +23,9 @@ use prost::Message;
 use serde_json::{Value, json};
 use zeroservices::app::App;
 use zeroservices::prelude::*;
+use zeroservices::worker::Worker;
+
+mod nats_common;
 
 /// A power reading.
 #[resource(collection = "power")]
@@ -63,6 +66,26 @@ fn child() {
                 }
             });
         }),
+        // A worker process (its node apart from the app's, which carries the export): its
+        // handler runs for each power change, in a span linked to the span that made it.
+        "worker" => {
+            App::new("otel_worker").run_with_args(["otel_worker", "--no-http"], |_| async {
+                let worker = Worker::new("otel_worker")
+                    .without_state()
+                    .poll_interval(Duration::from_secs(3600))
+                    .on::<Power, _, _>(query!({}), |_, change: Change<Power>| async move {
+                        println!("handled {}", change.resource_id);
+                        Ok(())
+                    })
+                    .start(Node::builder("otel_worker").network_from_env()?)
+                    .await?;
+                println!("worker started");
+                // Runs until the app's signal ends this body.
+                std::future::pending::<()>().await;
+                drop(worker);
+                Ok::<(), Error>(())
+            })
+        }
         _ => App::new("otel_owner")
             .resource::<Power>()
             .run_with_args(["otel_owner", "--no-http"], |_| async {}),
@@ -389,28 +412,40 @@ fn render(all: &[Got], trace_id: &str) -> String {
         .iter()
         .filter(|s| s.links.iter().any(|(t, _)| t == trace_id))
     {
+        let to = &linked.links[0].1;
+        let to_name = spans
+            .iter()
+            .find(|s| &s.span_id == to)
+            .map_or("?", |s| s.name.as_str());
         out.push_str(&format!(
-            "linked: {} [{}] {:.3} ms  trace {}, links to span {}\n",
+            "linked: {} [{}] {:.3} ms  trace {}, links to {to_name} span {to}\n",
             linked.name,
             linked.service,
             linked.end.saturating_sub(linked.start) as f64 / 1e6,
             linked.trace_id,
-            linked.links[0].1
         ));
     }
     out
 }
 
-async fn one_trace_across_two_processes(protocol: &str) {
+/// One HTTP request with a `traceparent` through a gateway, an owner and a worker process
+/// (`transport`: extra settings, ZeroMQ without any): one trace on the gateway and the owner,
+/// linked spans on the gateway's subscriber and on the worker.
+///
+/// `protocol` `None` leaves `OTEL_EXPORTER_OTLP_PROTOCOL` unset: the default is protobuf.
+async fn one_trace_across_processes(protocol: Option<&str>, transport: &[(&str, &str)]) {
     let (endpoint, got) = receiver().await;
     let group = free_udp();
     let port = free_tcp();
-    let otel = [
+    let otel: Vec<(&str, &str)> = [
         ("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint.as_str()),
-        ("OTEL_EXPORTER_OTLP_PROTOCOL", protocol),
         // A minute: what arrives was flushed when the process stopped.
         ("OTEL_BSP_SCHEDULE_DELAY", "60000"),
-    ];
+    ]
+    .into_iter()
+    .chain(protocol.map(|p| ("OTEL_EXPORTER_OTLP_PROTOCOL", p)))
+    .chain(transport.iter().copied())
+    .collect();
     // The owner logs JSON: its lines inside a traced request carry the trace id.
     let owner_env: Vec<(&str, &str)> = otel
         .iter()
@@ -419,10 +454,14 @@ async fn one_trace_across_two_processes(protocol: &str) {
         .collect();
     let mut owner = Proc::spawn("owner", group, free_tcp(), &owner_env);
     let mut gateway = Proc::spawn("gateway", group, port, &otel);
+    let mut worker = Proc::spawn("worker", group, free_tcp(), &otel);
+    // Started (its first poll check, of an empty collection, runs now): the create below is
+    // handled as a change.
+    worker.until_line("worker started");
     let base = format!("http://127.0.0.1:{port}");
     let http = reqwest::Client::new();
     until_routed(&http, &base).await;
-    for proc in [&owner, &gateway] {
+    for proc in [&owner, &gateway, &worker] {
         assert!(
             proc.threads()
                 .iter()
@@ -460,9 +499,16 @@ async fn one_trace_across_two_processes(protocol: &str) {
         .await
         .unwrap();
     assert_eq!(reply.status(), 201, "{:?}", reply.text().await);
+    let created: Value = reply.json().await.unwrap();
+    let id = created["resource_id"]
+        .as_str()
+        .or_else(|| created["_id"].as_str())
+        .unwrap_or_else(|| panic!("no id in {created}"))
+        .to_owned();
     // The gateway's subscriber got the create's event (delivered in a span linked to the
-    // publish).
+    // publish), and the worker handled the change.
     gateway.until_line("event power.create.");
+    worker.until_line(&format!("handled {id}"));
     // A log line inside a served request carries the request's trace id (JSON logs).
     let reply = http
         .post(format!("{base}/power/mark"))
@@ -476,12 +522,13 @@ async fn one_trace_across_two_processes(protocol: &str) {
             .is_ok_and(|v| v["marked"] == json!(true) && v["trace_id"] == json!(TRACE_ID))
     });
 
+    worker.stop();
     gateway.stop();
     owner.stop();
 
     let spans = got.spans.lock().unwrap().clone();
     let bodies = got.bodies.lock().unwrap().clone();
-    let want_type = if protocol == "http/json" {
+    let want_type = if protocol == Some("http/json") {
         "application/json"
     } else {
         "application/x-protobuf"
@@ -518,6 +565,26 @@ async fn one_trace_across_two_processes(protocol: &str) {
         vec![(TRACE_ID.to_owned(), publish.span_id.clone())]
     );
     assert_ne!(deliver.trace_id, TRACE_ID, "a link, not a parent");
+    // The worker's handler ran in a trace of its own, linked to the owner's span that made the
+    // change (its context kept with the change-log entry).
+    let handled = spans
+        .iter()
+        .find(|s| s.service == "otel_worker" && s.name == "zs.worker")
+        .unwrap_or_else(|| panic!("no zs.worker span of the worker: {spans:#?}"));
+    assert_ne!(handled.trace_id, TRACE_ID, "a link, not a parent");
+    let [(linked_trace, linked_span)] = handled.links.as_slice() else {
+        panic!("the worker's span has one link: {handled:#?}");
+    };
+    assert_eq!(linked_trace, TRACE_ID, "linked to the request's trace");
+    let maker = in_trace
+        .iter()
+        .find(|s| &s.span_id == linked_span)
+        .unwrap_or_else(|| panic!("the link names no span of the trace: {handled:#?}"));
+    assert_eq!(maker.service, "otel_owner", "{maker:#?}");
+    assert!(
+        ["zs.serve", "zs.store"].contains(&maker.name.as_str()),
+        "{maker:#?}"
+    );
     // The garbage contexts were not continued: every other span is in a trace of its own.
     for span in &spans {
         assert!(
@@ -532,17 +599,39 @@ async fn one_trace_across_two_processes(protocol: &str) {
         .collect();
     assert!(others.len() >= 4, "the garbage requests were traced anew");
     assert!(others.iter().all(|s| s.parent.is_empty()), "{others:#?}");
-    println!("{protocol}:\n{}", render(&spans, TRACE_ID));
+    println!(
+        "{}:\n{}",
+        protocol.unwrap_or("default (protobuf)"),
+        render(&spans, TRACE_ID)
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_trace_across_two_processes_over_otlp_protobuf() {
-    one_trace_across_two_processes("http/protobuf").await;
+    // No protocol variable: protobuf is the default.
+    one_trace_across_processes(None, &[]).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_trace_across_two_processes_over_otlp_json() {
-    one_trace_across_two_processes("http/json").await;
+    one_trace_across_processes(Some("http/json"), &[]).await;
+}
+
+/// The same over NATS (a `nats-server` of the test's own, with JetStream): the context crosses
+/// in the NATS payloads' envelopes, and the worker consumes the JetStream change-log stream.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs nats-server (ZS_TEST_NATS_SERVER); scripts/test.sh installs it"]
+async fn one_trace_across_processes_over_nats() {
+    let bin = nats_common::nats_server_bin("one_trace_across_processes_over_nats");
+    let server = nats_common::OwnServer::start(&bin, true);
+    let url = server.url();
+    let cluster = nats_common::fresh_cluster();
+    one_trace_across_processes(
+        Some("http/protobuf"),
+        &[("ZS_TRANSPORT", &url), ("ZS_CLUSTER", &cluster)],
+    )
+    .await;
+    drop(server);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -189,6 +189,10 @@ impl LogNote {
         with_document: bool,
         retention: Retention,
     ) -> Arc<Self> {
+        // The context of the span making the change: the entry keeps it, so a worker that
+        // reads the change from the log links to it (see `crate::telemetry`).
+        let mut extra = extra;
+        crate::telemetry::stamp(&mut extra);
         Arc::new(Self {
             collection: collection.to_owned(),
             action: action.to_owned(),

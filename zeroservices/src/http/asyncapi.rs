@@ -369,6 +369,14 @@ fn add_resource(info: &ResourceInfo, components: &mut Components, messages: &mut
         "type": "string",
         "description": "The position after this event in every change log the stream has seen: keep the last one to resume (absent when the change log is off).",
     });
+    let traceparent = json!({
+        "type": "string",
+        "description": "While spans are exported: the W3C traceparent of the span that made the change (a worker's span links to it; absent without export).",
+    });
+    let tracestate = json!({
+        "type": "string",
+        "description": "The W3C tracestate that goes with traceparent, when there is one.",
+    });
     let mut event =
         |action: &str, summary: String, extra: Vec<(&str, Value)>, required: &[&str]| {
             let mut properties = Map::new();
@@ -377,6 +385,8 @@ fn add_resource(info: &ResourceInfo, components: &mut Components, messages: &mut
             properties.insert("resource_id".into(), json!({"type": "string"}));
             properties.insert("version".into(), version.clone());
             properties.insert("cursor".into(), cursor.clone());
+            properties.insert("traceparent".into(), traceparent.clone());
+            properties.insert("tracestate".into(), tracestate.clone());
             let mut required_data: Vec<&str> =
                 vec!["action", "resource_name", "resource_id", "version"];
             for (key, schema) in extra {

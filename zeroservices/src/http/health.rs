@@ -36,15 +36,21 @@ pub(crate) fn open_probe(state: &AppState, path: &str) -> bool {
         || (!state.config.metrics_auth && path == METRICS)
 }
 
-/// `GET /metrics`: the node's counters in the OpenMetrics text format (see
-/// [`crate::metrics`]), behind authentication unless `ZS_METRICS_AUTH=off`.
-pub(crate) async fn metrics(State(state): State<AppState>) -> Response {
-    let text = crate::metrics::export::render(&state.node);
+/// `GET /metrics`: the node's counters in the Prometheus text format, or OpenMetrics when the
+/// `Accept` header asks for it (see [`crate::metrics`]), behind authentication unless
+/// `ZS_METRICS_AUTH=off`.
+pub(crate) async fn metrics(
+    State(state): State<AppState>,
+    headers: axum::http::HeaderMap,
+) -> Response {
+    use crate::metrics::export::{Format, render};
+    let accept = headers
+        .get(axum::http::header::ACCEPT)
+        .and_then(|v| v.to_str().ok());
+    let format = Format::from_accept(accept);
+    let text = render(&state.node, format);
     (
-        [(
-            axum::http::header::CONTENT_TYPE,
-            crate::metrics::export::CONTENT_TYPE,
-        )],
+        [(axum::http::header::CONTENT_TYPE, format.content_type())],
         text,
     )
         .into_response()

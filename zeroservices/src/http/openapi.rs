@@ -325,12 +325,15 @@ fn add_probes(paths: &mut Map<String, Value>, operation_ids: &mut HashSet<String
         super::health::METRICS.into(),
         json!({"get": {
             "operationId": unique_id(operation_ids, "metrics"),
-            "summary": "The node's counters, for Prometheus (OpenMetrics text)",
+            "summary": "The node's counters, for Prometheus (the text format 0.0.4; OpenMetrics when Accept asks for it)",
             "security": [],
             "responses": {
                 "200": {
                     "description": "The counters",
-                    "content": {"application/openmetrics-text": {"schema": {"type": "string"}}},
+                    "content": {
+                        "text/plain": {"schema": {"type": "string"}},
+                        "application/openmetrics-text": {"schema": {"type": "string"}},
+                    },
                 },
             },
         }}),
@@ -663,7 +666,12 @@ fn patch_schema(schema: &Value) -> Value {
     let unset: Map<String, Value> = properties
         .keys()
         .filter(|k| !required.contains(k.as_str()))
-        .map(|k| (k.clone(), json!({"description": "Any value: the field is removed."})))
+        .map(|k| {
+            (
+                k.clone(),
+                json!({"description": "Any value: the field is removed."}),
+            )
+        })
         .collect();
     let mut patch = json!({
         "type": "object",

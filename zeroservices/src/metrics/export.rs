@@ -1,11 +1,18 @@
-//! `GET /metrics`: the node's counters in the OpenMetrics text format (which Prometheus
-//! scrapes), encoded by `prometheus-client` at scrape time.
+//! `GET /metrics`: the node's counters in the Prometheus text format (`text/plain;
+//! version=0.0.4`, the default) or in OpenMetrics (`application/openmetrics-text;
+//! version=1.0.0`, when the scrape's `Accept` asks for it), encoded by `prometheus-client` at
+//! scrape time.
 //!
 //! Nothing is registered ahead: one [`Collector`] reads, per scrape, the node's atomics
 //! ([`super::Metrics`]), its [`NodeStats`](crate::NodeStats), its directory, and the stats of
 //! its medium ([`ZmqStats`](crate::medium::ZmqStats), [`NatsStats`](crate::medium::NatsStats))
 //! and discovery ([`DiscoveryStats`](crate::discovery::DiscoveryStats),
 //! [`NatsDiscoveryStats`](crate::discovery::NatsDiscoveryStats)) as they are.
+//!
+//! `prometheus-client` writes OpenMetrics only. The classic text differs in three ways, which
+//! [`Format::Prometheus`] rewrites: a counter family is named by its sample (`# TYPE
+//! zs_requests_total counter`, where OpenMetrics says `zs_requests`: a 0.0.4 parser would
+//! read `zs_requests_total` as an untyped metric), there are no `# UNIT` lines, and no `# EOF`.
 
 use std::fmt::{self, Write as _};
 
@@ -17,11 +24,61 @@ use prometheus_client::registry::{Registry, Unit};
 use super::{BUCKETS, Histogram, OUTCOMES, Side, StoreOp};
 use crate::Node;
 
-/// The content type of [`render`]'s text.
-pub(crate) const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+/// The exposition format of a scrape.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Format {
+    /// The Prometheus text format 0.0.4 (the default).
+    Prometheus,
+    /// OpenMetrics 1.0.0 text.
+    OpenMetrics,
+}
 
-/// The node's metrics as OpenMetrics text (ends with `# EOF`).
-pub(crate) fn render(node: &Node) -> String {
+/// The most of an `Accept` header read (Prometheus sends about 150 bytes); past it the header
+/// is ignored and the default format served.
+const ACCEPT_MAX: usize = 1024;
+
+impl Format {
+    /// The format an `Accept` header asks for: OpenMetrics when it lists
+    /// `application/openmetrics-text` with a quality above 0 and at least that of the classic
+    /// text (`text/plain`, `text/*`, `*/*`); otherwise (no header, garbage, too long) the
+    /// classic text.
+    pub(crate) fn from_accept(accept: Option<&str>) -> Self {
+        let Some(accept) = accept.filter(|a| a.len() <= ACCEPT_MAX) else {
+            return Self::Prometheus;
+        };
+        let (mut open, mut text) = (0.0f32, 0.0f32);
+        for range in accept.split(',') {
+            let mut parts = range.split(';');
+            let media = parts.next().unwrap_or("").trim().to_ascii_lowercase();
+            let q = parts
+                .filter_map(|p| p.trim().strip_prefix("q="))
+                .filter_map(|q| q.trim().parse::<f32>().ok())
+                .find(|q| (0.0..=1.0).contains(q))
+                .unwrap_or(1.0);
+            match media.as_str() {
+                "application/openmetrics-text" => open = open.max(q),
+                "text/plain" | "text/*" | "*/*" => text = text.max(q),
+                _ => {}
+            }
+        }
+        if open > 0.0 && open >= text {
+            Self::OpenMetrics
+        } else {
+            Self::Prometheus
+        }
+    }
+
+    /// The `Content-Type` of a scrape in this format.
+    pub(crate) fn content_type(self) -> &'static str {
+        match self {
+            Self::Prometheus => "text/plain; version=0.0.4; charset=utf-8",
+            Self::OpenMetrics => "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        }
+    }
+}
+
+/// The node's metrics as text in `format` (OpenMetrics ends with `# EOF`).
+pub(crate) fn render(node: &Node, format: Format) -> String {
     let mut registry = Registry::default();
     registry.register_collector(Box::new(Scrape(node.clone())));
     let mut text = String::with_capacity(16 * 1024);
@@ -30,7 +87,41 @@ pub(crate) fn render(node: &Node) -> String {
         tracing::warn!("metrics not encoded: {e}");
         let _ = writeln!(text, "# error: {e}\n# EOF");
     }
-    text
+    match format {
+        Format::OpenMetrics => text,
+        Format::Prometheus => classic(&text),
+    }
+}
+
+/// OpenMetrics text as the Prometheus text format 0.0.4: counter families named `<name>_total`
+/// in their `# HELP` and `# TYPE` lines, no `# UNIT`, no `# EOF`.
+fn classic(open: &str) -> String {
+    let lines: Vec<&str> = open.lines().collect();
+    let mut out = String::with_capacity(open.len() + 1024);
+    for (i, line) in lines.iter().enumerate() {
+        if *line == "# EOF" || line.starts_with("# UNIT ") {
+            continue;
+        }
+        // `# HELP <name> ...` is followed by its `# TYPE <name> <type>`.
+        let counter = |name: &str| {
+            lines[i..]
+                .iter()
+                .take(2)
+                .any(|l| *l == format!("# TYPE {name} counter"))
+        };
+        let renamed = ["# HELP ", "# TYPE "].iter().find_map(|tag| {
+            let rest = line.strip_prefix(tag)?;
+            let (name, tail) = rest.split_once(' ').unwrap_or((rest, ""));
+            (!name.ends_with("_total") && counter(name))
+                .then(|| format!("{tag}{name}_total {tail}"))
+        });
+        match renamed {
+            Some(line) => out.push_str(line.trim_end()),
+            None => out.push_str(line),
+        }
+        out.push('\n');
+    }
+    out
 }
 
 #[derive(Debug)]
@@ -526,4 +617,79 @@ fn discovery(encoder: &mut DescriptorEncoder, node: &Node) -> fmt::Result {
         MetricType::Counter,
         drops,
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn accept_picks_the_format() {
+        let prometheus = "application/openmetrics-text;version=1.0.0,application/openmetrics-text;\
+            version=0.0.1;q=0.75,text/plain;version=0.0.4;q=0.5,*/*;q=0.1";
+        let cases = [
+            (None, Format::Prometheus),
+            (Some(""), Format::Prometheus),
+            (Some("*/*"), Format::Prometheus),
+            (Some("text/plain; version=0.0.4"), Format::Prometheus),
+            (Some(prometheus), Format::OpenMetrics),
+            (Some("application/openmetrics-text"), Format::OpenMetrics),
+            (
+                Some("Application/OpenMetrics-Text; version=1.0.0"),
+                Format::OpenMetrics,
+            ),
+            (Some("application/openmetrics-text;q=0"), Format::Prometheus),
+            (
+                Some("text/plain, application/openmetrics-text;q=0.5"),
+                Format::Prometheus,
+            ),
+            (
+                Some("application/openmetrics-text;q=0.9, text/plain;q=0.2"),
+                Format::OpenMetrics,
+            ),
+            (
+                Some(";;;,,,q=2,application/openmetrics-text;q=nan"),
+                Format::OpenMetrics,
+            ),
+            (Some("garbage\u{1}"), Format::Prometheus),
+        ];
+        for (accept, want) in cases {
+            assert_eq!(Format::from_accept(accept), want, "{accept:?}");
+        }
+        let huge = format!("{},application/openmetrics-text", " ".repeat(ACCEPT_MAX));
+        assert_eq!(Format::from_accept(Some(&huge)), Format::Prometheus);
+    }
+
+    #[test]
+    fn the_classic_text_names_counters_by_their_samples() {
+        let open = "# HELP zs_events_published Events published.\n\
+            # TYPE zs_events_published counter\n\
+            zs_events_published_total 3\n\
+            # HELP zs_peers Peers.\n\
+            # TYPE zs_peers gauge\n\
+            zs_peers 2\n\
+            # HELP zs_store_seconds Store latency.\n\
+            # TYPE zs_store_seconds histogram\n\
+            # UNIT zs_store_seconds seconds\n\
+            zs_store_seconds_sum 0.5\n\
+            # HELP zs_x_total Odd.\n\
+            # TYPE zs_x_total counter\n\
+            zs_x_total 1\n\
+            # EOF\n";
+        assert_eq!(
+            classic(open),
+            "# HELP zs_events_published_total Events published.\n\
+             # TYPE zs_events_published_total counter\n\
+             zs_events_published_total 3\n\
+             # HELP zs_peers Peers.\n\
+             # TYPE zs_peers gauge\n\
+             zs_peers 2\n\
+             # HELP zs_store_seconds Store latency.\n\
+             # TYPE zs_store_seconds histogram\n\
+             zs_store_seconds_sum 0.5\n\
+             # HELP zs_x_total Odd.\n\
+             # TYPE zs_x_total counter\n\
+             zs_x_total 1\n"
+        );
+    }
 }

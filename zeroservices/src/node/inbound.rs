@@ -85,7 +85,7 @@ impl Inbound for Handle {
         if let Some(node) = self.node() {
             let span = tracing::debug_span!("zs.deliver", topic = %event.topic);
             if let Some(trace) = &trace {
-                crate::telemetry::add_link(&span, trace);
+                crate::telemetry::add_link(&span, trace, "published");
             }
             let _entered = span.enter();
             node.inner.deliver_received(event);

@@ -77,6 +77,14 @@
 //! instant may both run those first hits). Without JetStream the worker warns once
 //! and works as above.
 //!
+//! # Operations and tracing
+//!
+//! With `ZS_METRICS_PORT` set (or [`Worker::operations`]), [`Worker::start`] serves the
+//! worker node's `/healthz`, `/readyz` and `/metrics` on that port, as an
+//! [`App`](crate::App) does for a node without HTTP ([`RunningWorker::ops_addr`]); it stops with
+//! the node. Each handler run is a `zs.worker` span linked to the span that made the change,
+//! whose context the change carries in its payload (see [`crate::telemetry`]).
+//!
 //! # Stopping
 //!
 //! When the worker's node stops ([`RunningWorker::stop`], [`Node::stop`], a signal in
@@ -180,9 +188,20 @@ enum StateDir {
     Off,
 }
 
+/// Where a worker's operations port comes from.
+#[cfg(feature = "http")]
+#[derive(Debug, Clone)]
+enum Ops {
+    /// `ZS_METRICS_PORT` (none when unset).
+    FromEnv,
+    Set(Option<Box<crate::http::HttpConfig>>),
+}
+
 /// A worker: rules that react to changes of resources; see the module docs.
 pub struct Worker {
     name: String,
+    #[cfg(feature = "http")]
+    ops: Ops,
     rules: Vec<Rule>,
     errors: Vec<Error>,
     poll_interval: Option<Duration>,
@@ -207,6 +226,8 @@ impl Worker {
         }
         Self {
             name,
+            #[cfg(feature = "http")]
+            ops: Ops::FromEnv,
             rules: Vec::new(),
             errors,
             poll_interval: None,
@@ -254,6 +275,14 @@ impl Worker {
                         collection = R::COLLECTION,
                         topic = %event.topic,
                     );
+                    // Linked to the span that made the change (its context travels in the
+                    // change's payload: live, from a log, from the JetStream stream).
+                    if !span.is_disabled()
+                        && let Some(trace) =
+                            crate::telemetry::carried("a change's traceparent", &event.data)
+                    {
+                        crate::telemetry::add_link(&span, &trace, "changed");
+                    }
                     tracing::Instrument::instrument(handler(ctx, change), span).await
                 })
             }),
@@ -290,9 +319,24 @@ impl Worker {
         self
     }
 
+    /// Serves the operations routes (`GET /healthz`, `GET /readyz`, `GET /metrics`) of the
+    /// worker's node on `config` (its port, host, auth), as `ZS_METRICS_PORT` does for an
+    /// [`App`](crate::App); without it, [`Worker::start`] opens one when `ZS_METRICS_PORT` is
+    /// set (on `ZS_HTTP_HOST`, default 127.0.0.1, with the HTTP settings).
+    #[cfg(feature = "http")]
+    pub fn operations(mut self, config: crate::http::HttpConfig) -> Self {
+        self.ops = Ops::Set(Some(Box::new(config)));
+        self
+    }
+
     /// Takes the poll interval, the lease and the state dir from `settings`
-    /// (`ZS_WORKER_POLL_MS`, `ZS_WORKER_LEASE_MS`, `ZS_WORKER_STATE_DIR`).
+    /// (`ZS_WORKER_POLL_MS`, `ZS_WORKER_LEASE_MS`, `ZS_WORKER_STATE_DIR`), and the operations
+    /// port (`ZS_METRICS_PORT`, none when unset).
     pub fn settings(mut self, settings: &Settings) -> Self {
+        #[cfg(feature = "http")]
+        {
+            self.ops = Ops::Set(settings.metrics().map(Box::new));
+        }
         self.state_dir = match settings.worker_state_dir(&self.name) {
             Some(dir) => StateDir::Dir(dir),
             None => StateDir::Off,
@@ -321,11 +365,20 @@ impl Worker {
         if let Some(e) = self.errors.into_iter().next() {
             return Err(e);
         }
+        #[cfg(feature = "http")]
+        let ops_from_env = matches!(self.ops, Ops::FromEnv);
+        #[cfg(not(feature = "http"))]
+        let ops_from_env = false;
         if self.poll_interval.is_none()
             || self.lease.is_none()
             || matches!(self.state_dir, StateDir::FromEnv)
+            || ops_from_env
         {
             let settings = Settings::from_env()?;
+            #[cfg(feature = "http")]
+            if ops_from_env {
+                self.ops = Ops::Set(settings.metrics().map(Box::new));
+            }
             self.poll_interval
                 .get_or_insert(settings.worker_poll_interval());
             self.lease.get_or_insert(settings.worker_lease());
@@ -350,6 +403,25 @@ impl Worker {
                 .push(Arc::new(rule));
         }
         let node = builder.start().await?;
+        // The operations port, like an App's: stopped with the node.
+        #[cfg(feature = "http")]
+        let ops = match std::mem::replace(&mut self.ops, Ops::Set(None)) {
+            Ops::Set(Some(config)) => match crate::http::serve_ops(node.clone(), *config).await {
+                Ok(server) => {
+                    tracing::info!(
+                        worker = %self.name,
+                        "operations on http://{}/ (/healthz, /readyz, /metrics)",
+                        server.local_addr()
+                    );
+                    Some(server)
+                }
+                Err(e) => {
+                    node.stop().await;
+                    return Err(e);
+                }
+            },
+            _ => None,
+        };
         let stopping = node.shutdown().stopping().clone();
         let shared = |caught_up: Option<CaughtUp>| {
             Arc::new(Shared {
@@ -402,6 +474,8 @@ impl Worker {
                 tracing::info!(worker = %self.name, node = %node.id(), "worker started (JetStream)");
                 return Ok(RunningWorker {
                     node,
+                    #[cfg(feature = "http")]
+                    ops,
                     tasks,
                     resume: Arc::new(Resume {
                         file: None,
@@ -478,6 +552,8 @@ impl Worker {
         tracing::info!(worker = %self.name, node = %node.id(), "worker started");
         Ok(RunningWorker {
             node,
+            #[cfg(feature = "http")]
+            ops,
             tasks,
             resume,
             stream: None,
@@ -497,6 +573,9 @@ impl Worker {
 /// A started worker.
 pub struct RunningWorker {
     node: Node,
+    /// The operations listener (`ZS_METRICS_PORT`, [`Worker::operations`]).
+    #[cfg(feature = "http")]
+    ops: Option<crate::http::HttpServer>,
     tasks: JoinSet<()>,
     resume: Arc<Resume>,
     /// The counters of the JetStream consumer, when the worker consumes one.
@@ -507,6 +586,13 @@ impl RunningWorker {
     /// The worker's node (to call collections, or look at peers).
     pub fn node(&self) -> &Node {
         &self.node
+    }
+
+    /// The address of the operations listener (`/healthz`, `/readyz`, `/metrics`), when one
+    /// was asked for (`ZS_METRICS_PORT`, [`Worker::operations`]).
+    #[cfg(feature = "http")]
+    pub fn ops_addr(&self) -> Option<std::net::SocketAddr> {
+        self.ops.as_ref().map(crate::http::HttpServer::local_addr)
     }
 
     /// The counters of the worker group's JetStream consumer; `None` when the worker follows
@@ -520,6 +606,11 @@ impl RunningWorker {
     /// cursor the next start resumes from.
     pub async fn stop(mut self) {
         self.node.stop().await;
+        // Drained by the node's stop already: returns at once.
+        #[cfg(feature = "http")]
+        if let Some(ops) = self.ops.take() {
+            ops.shutdown().await;
+        }
         self.tasks.abort_all();
         while self.tasks.join_next().await.is_some() {}
         self.resume.save(true).await;
