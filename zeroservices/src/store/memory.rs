@@ -1,5 +1,8 @@
 //! The in-memory store: a map per collection, behind one lock. For tests and throwaway nodes.
-//! A compare-and-set on the version is checked and written under that lock.
+//! A compare-and-set on the version is checked and written under that lock, and so is each
+//! change's change-log entry (in the order of the changes). An insert's entry (its event) is
+//! made before the lock, and the entry retention drops is freed after it: under the lock, only
+//! the entry's sequence number and cursor.
 
 use std::collections::btree_map::Entry;
 use std::collections::{BTreeMap, HashMap};
