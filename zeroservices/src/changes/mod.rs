@@ -418,14 +418,16 @@ pub(crate) struct Ring {
 
 impl Ring {
     /// Appends `event` as the next entry of `log` (its cursor set), drops what retention no
-    /// longer keeps, and returns it.
+    /// longer keeps, and returns it, with the first entry retention dropped: the caller frees
+    /// it once its locks are released (at a full ring, every push drops one; its event is
+    /// several allocations, better not freed under the store's lock).
     pub(crate) fn push(
         &mut self,
         event: Event,
         log: &str,
         at_ms: u64,
         retention: Retention,
-    ) -> Logged {
+    ) -> (Logged, Option<Arc<Event>>) {
         self.head += 1;
         let key = self
             .key
@@ -433,15 +435,19 @@ impl Ring {
         let logged = Logged::keyed(event, key, self.head, at_ms);
         self.entries.push_back((self.head, at_ms, logged.0.clone()));
         let oldest = retention.oldest_ms(at_ms);
+        let mut dropped = None;
         while let Some(&(seq, at, _)) = self.entries.front() {
             if self.entries.len() as u64 > retention.max_entries || at < oldest {
                 self.trimmed = (seq, at);
-                self.entries.pop_front();
+                let entry = self.entries.pop_front().map(|e| e.2);
+                if dropped.is_none() {
+                    dropped = entry;
+                }
             } else {
                 break;
             }
         }
-        logged
+        (logged, dropped)
     }
 
     /// Up to `limit` entries after `after`.
@@ -553,7 +559,7 @@ mod tests {
         let mut ring = Ring::default();
         let event = Event::resource("c", "create", "1", Map::new());
         for at in 0..5 {
-            ring.push(event.clone(), "memory:x", 1000 + at, retention);
+            let _ = ring.push(event.clone(), "memory:x", 1000 + at, retention);
         }
         let page = ring.read(LogAfter::Seq(0), 10);
         assert!(page.expired, "entries 1 and 2 are gone");
@@ -572,7 +578,7 @@ mod tests {
         assert_eq!(page.entries.iter().map(|e| e.seq).collect::<Vec<_>>(), [5]);
         assert!(!page.expired);
         // Too old: dropped by age.
-        ring.push(event, "memory:x", 2000, retention);
+        let _ = ring.push(event, "memory:x", 2000, retention);
         assert_eq!(ring.read(LogAfter::Seq(0), 10).entries.len(), 1);
         assert!(
             !ring.read(LogAfter::Time(1500), 10).expired,

@@ -1,8 +1,12 @@
 //! The in-memory store: a map per collection, behind one lock. For tests and throwaway nodes.
-//! A compare-and-set on the version is checked and written under that lock.
+//! A compare-and-set on the version is checked and written under that lock, and so is each
+//! change's change-log entry (in the order of the changes). An insert's entry (its event) is
+//! made before the lock, and the entry retention drops is freed after it: under the lock, only
+//! the entry's sequence number and cursor.
 
 use std::collections::btree_map::Entry;
 use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -13,8 +17,8 @@ use super::{
     Claim, RequestMemory, Store, check_version, new_id, now_ms, refuse_version_paths, set_version,
     version_of,
 };
-use crate::changes::{LogAfter, LogPage, Ring, current_note};
-use crate::{Error, Patch, Query, Result};
+use crate::changes::{LogAfter, LogNote, LogPage, Ring, current_note};
+use crate::{Error, Event, Patch, Query, Result};
 
 /// Resources kept in memory; gone when the process ends.
 pub struct MemoryStore {
@@ -49,14 +53,29 @@ impl MemoryStore {
         Self::default()
     }
 
-    /// Logs a change of `collection` when its owner gave a note (call under the write lock).
-    fn log(&self, collection: &str, id: &str, doc: Option<&Value>, version: u64) {
-        let Some(note) = current_note(collection) else {
-            return;
-        };
+    /// The entry of a change of `collection` when its owner gave a note: its note and event,
+    /// made before the write lock when the document is known (an insert's).
+    fn prepare(
+        collection: &str,
+        id: &str,
+        doc: Option<&Value>,
+        version: u64,
+    ) -> Option<(Arc<LogNote>, Event)> {
+        let note = current_note(collection)?;
         let event = note.event(id, doc, version);
+        Some((note, event))
+    }
+
+    /// Logs a prepared entry (call under the write lock, so in the order of the changes);
+    /// returns the entry retention dropped, for the caller to free once its locks are released.
+    fn commit(
+        &self,
+        collection: &str,
+        prepared: Option<(Arc<LogNote>, Event)>,
+    ) -> Option<Arc<Event>> {
+        let (note, event) = prepared?;
         let at_ms = now_ms();
-        let logged = {
+        let (logged, dropped) = {
             let mut logs = self.logs.lock().unwrap_or_else(|e| e.into_inner());
             let ring = match logs.get_mut(collection) {
                 Some(ring) => ring,
@@ -65,6 +84,13 @@ impl MemoryStore {
             ring.push(event, &self.fingerprint, at_ms, note.retention)
         };
         note.logged(logged);
+        dropped
+    }
+
+    /// Logs a change of `collection` when its owner gave a note (call under the write lock).
+    fn log(&self, collection: &str, id: &str, doc: Option<&Value>, version: u64) {
+        let dropped = self.commit(collection, Self::prepare(collection, id, doc, version));
+        drop(dropped);
     }
 }
 
@@ -75,6 +101,9 @@ impl Store for MemoryStore {
             Some(id) => id.to_owned(),
             None => new_id(),
         };
+        // The log entry is made before the lock (the document is known): under it, only its
+        // sequence number and cursor.
+        let prepared = Self::prepare(collection, &id, Some(&doc), 1);
         let mut doc = doc;
         set_version(&mut doc, 1);
         let mut all = self.collections.write().await;
@@ -90,8 +119,11 @@ impl Store for MemoryStore {
             }),
             Entry::Vacant(slot) => {
                 let id = slot.key().clone();
-                let doc = slot.insert(doc);
-                self.log(collection, &id, Some(doc), 1);
+                slot.insert(doc);
+                let dropped = self.commit(collection, prepared);
+                // What retention dropped is freed after the lock.
+                drop(all);
+                drop(dropped);
                 Ok(id)
             }
         }
