@@ -663,7 +663,12 @@ fn patch_schema(schema: &Value) -> Value {
     let unset: Map<String, Value> = properties
         .keys()
         .filter(|k| !required.contains(k.as_str()))
-        .map(|k| (k.clone(), json!({"description": "Any value: the field is removed."})))
+        .map(|k| {
+            (
+                k.clone(),
+                json!({"description": "Any value: the field is removed."}),
+            )
+        })
         .collect();
     let mut patch = json!({
         "type": "object",
