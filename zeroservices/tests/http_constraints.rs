@@ -361,13 +361,14 @@ on_every_backend!(
 #[tokio::test]
 async fn a_pattern_that_cannot_compile_stops_the_node() {
     let cluster = MemoryCluster::new();
-    let error = Node::builder("bad")
+    let started = Node::builder("bad")
         .memory(&cluster)
         .resource::<Lookahead>()
         .start()
-        .await
-        .err()
-        .expect("the node started with a pattern it cannot enforce");
+        .await;
+    let Err(error) = started else {
+        panic!("the node started with a pattern it cannot enforce");
+    };
     let message = error.to_string();
     assert!(
         matches!(error, Error::BadRequest { .. })
