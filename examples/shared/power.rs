@@ -21,7 +21,9 @@ pub enum Status {
 #[resource(collection = "power", text_index(description))]
 #[derive(Debug, Clone, PartialEq)]
 pub struct Power {
-    /// The number.
+    /// The number: at most 3,037,000,499 either way, so that its square fits in an `i64`
+    /// (the schema says so and the owner enforces it: 422 outside).
+    #[schemars(range(min = -3_037_000_499_i64, max = 3_037_000_499_i64))]
     pub value: i64,
     /// `pending` until squared, then `done`.
     #[serde(default)]
@@ -29,8 +31,9 @@ pub struct Power {
     /// `value * value`, once computed.
     #[serde(default)]
     pub result: Option<i64>,
-    /// Free text, searchable (`{"$text": {"$search": "..."}}`).
+    /// Free text, searchable (`{"$text": {"$search": "..."}}`), at most 200 characters.
     #[serde(default)]
+    #[schemars(length(max = 200))]
     pub description: Option<String>,
 }
 

@@ -11,6 +11,7 @@ pub mod app;
 pub mod changes;
 mod collection;
 pub mod config;
+mod constraints;
 pub mod discovery;
 mod error;
 pub mod event;

@@ -147,8 +147,9 @@ pub fn document(infos: &[ResourceInfo], basic_auth: bool) -> Value {
 
 use crate::limits::ID_PATTERN;
 
-/// The pattern of an `If-Match` header the server accepts: `*` or one version in quotes.
-const IF_MATCH_PATTERN: &str = "^(\\*|\"[0-9]{1,19}\")$";
+/// The pattern of an `If-Match` header the server accepts: `*` or one version in quotes, or
+/// empty (no condition, like `*`).
+const IF_MATCH_PATTERN: &str = "^(\\*|\"[0-9]{1,19}\")?$";
 
 /// The pattern of an `Idempotency-Key` (1 to 200 visible ASCII characters but `"`, quoted or
 /// not).
@@ -455,7 +456,7 @@ fn add_resource(
     });
     let if_match = json!({
         "name": "If-Match", "in": "header", "required": false,
-        "description": "`\"<version>\"` (an ETag of this API) or `*`: change only that version (412 otherwise). Anything else is a 400.",
+        "description": "`\"<version>\"` (an ETag of this API) or `*`: change only that version (412 otherwise). Empty is no condition, like `*`. Anything else is a 400.",
         "schema": {"type": "string", "pattern": IF_MATCH_PATTERN},
     });
     let etag_header = json!({"ETag": {"$ref": "#/components/headers/ETag"}});

@@ -28,7 +28,7 @@ use crate::medium::nats::{NatsLink, NatsMedium};
 use crate::medium::zeromq::ZmqMedium;
 use crate::medium::{Endpoints, Medium, MemoryCluster};
 use crate::metrics::Metrics;
-use crate::service::{ResourceService, Service};
+use crate::service::{ResourceService, Rules, Service};
 use crate::settings::Settings;
 use crate::store::{MemoryStore, Store};
 use crate::{Error, Event, Limits, Resource, Result};
@@ -221,10 +221,18 @@ impl NodeBuilder {
     }
 
     /// Owns collection `R` on this node, in the node's store.
+    ///
+    /// The constraint keywords of `R`'s schema are compiled here; a schema the server cannot
+    /// enforce (a `pattern` outside the regex crate's syntax) makes `start` fail, saying which.
     pub fn resource<R: Resource>(mut self) -> Self {
         self.refuse_reserved(R::COLLECTION);
-        self.registrations.push(Box::new(|store, metrics| {
-            Arc::new(ResourceService::<R>::new(store.clone(), metrics.clone()))
+        let rules = self.rules::<R>();
+        self.registrations.push(Box::new(move |store, metrics| {
+            Arc::new(ResourceService::<R>::new(
+                store.clone(),
+                metrics.clone(),
+                rules,
+            ))
         }));
         self
     }
@@ -232,10 +240,25 @@ impl NodeBuilder {
     /// Owns collection `R` on this node, in its own store.
     pub fn resource_in<R: Resource>(mut self, store: Arc<dyn Store>) -> Self {
         self.refuse_reserved(R::COLLECTION);
+        let rules = self.rules::<R>();
         self.registrations.push(Box::new(move |_, metrics| {
-            Arc::new(ResourceService::<R>::new(store, metrics.clone()))
+            Arc::new(ResourceService::<R>::new(store, metrics.clone(), rules))
         }));
         self
+    }
+
+    /// The compiled constraints of `R`; a schema that cannot be enforced makes the node
+    /// unbuildable (none are checked then: `start` fails).
+    fn rules<R: Resource>(&mut self) -> Arc<Rules> {
+        match Rules::of::<R>() {
+            Ok(rules) => Arc::new(rules),
+            Err(why) => {
+                if self.unbuildable.is_none() {
+                    self.unbuildable = Some(why);
+                }
+                Arc::default()
+            }
+        }
     }
 
     /// A collection named like one of the node's own HTTP routes

@@ -17,7 +17,7 @@ use crate::event::EventBus;
 use crate::medium::{Endpoints, Medium, NODE_MESSAGE, PROTOCOL_VERSION, Request};
 use crate::metrics::{Metrics, Side};
 use crate::resource::ResourceInfo;
-use crate::service::{ResourceService, Service};
+use crate::service::{ResourceService, Rules, Service};
 use crate::store::Store;
 use crate::{Collection, Error, Event, EventStream, Limits, Resource, Result};
 
@@ -358,9 +358,11 @@ impl Node {
         if let Some(why) = crate::resource::reserved_name(R::COLLECTION) {
             return Err(Error::bad_request(why));
         }
+        let rules = Rules::of::<R>().map_err(Error::bad_request)?;
         let service: Arc<dyn Service> = Arc::new(ResourceService::<R>::new(
             self.store(),
             self.inner.metrics.clone(),
+            Arc::new(rules),
         ));
         service.prepare().await?;
         let info = builder::store_info(R::COLLECTION, service.store()).await;

@@ -26,6 +26,7 @@ use serde_json::{Map, Value, json};
 
 use crate::access::{self, Operation, User};
 use crate::changes::{LogNote, with_note};
+use crate::constraints::Constraints;
 use crate::json::{from_value, to_raw};
 use crate::links;
 use crate::medium::Request;
@@ -66,12 +67,53 @@ pub(crate) struct ResourceService<R> {
     logs: bool,
     /// One lock per resource id being changed, so read-modify-write is atomic on this node.
     locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    /// The constraint keywords of the resource's schema and of its actions' arguments.
+    rules: Arc<Rules>,
     _resource: PhantomData<fn() -> R>,
 }
 
+/// The compiled constraint keywords of a resource: of its document, and of each action's
+/// argument that has any.
+#[derive(Debug, Default)]
+pub(crate) struct Rules {
+    document: Constraints,
+    args: HashMap<&'static str, Constraints>,
+}
+
+impl Rules {
+    /// Compiles the constraint keywords of `R`'s schema and of its actions' arguments, once.
+    ///
+    /// # Errors
+    /// A message for a schema whose keywords cannot be enforced (a `pattern` the regex crate
+    /// does not compile): the node refuses to start, or the collection to register.
+    pub(crate) fn of<R: Resource>() -> std::result::Result<Self, String> {
+        let document = Constraints::compile(
+            &R::schema(),
+            &format!("the schema of the resource `{}`", R::COLLECTION),
+        )?;
+        let mut args = HashMap::new();
+        for action in R::actions() {
+            let Some(schema) = action.args_schema else {
+                continue;
+            };
+            let what = format!(
+                "the argument schema of the action `{}` of `{}`",
+                action.name,
+                R::COLLECTION
+            );
+            let rules = Constraints::compile(&schema(), &what)?;
+            if !rules.is_empty() {
+                args.insert(action.name, rules);
+            }
+        }
+        Ok(Self { document, args })
+    }
+}
+
 impl<R: Resource> ResourceService<R> {
-    pub(crate) fn new(store: Arc<dyn Store>, metrics: Arc<Metrics>) -> Self {
+    pub(crate) fn new(store: Arc<dyn Store>, metrics: Arc<Metrics>, rules: Arc<Rules>) -> Self {
         Self {
+            rules,
             metrics,
             logs: store.log_id().is_some(),
             store,
@@ -233,6 +275,8 @@ impl<R: Resource> ResourceService<R> {
         if normal.get(store::VERSION_FIELD).is_some() {
             return Err(reserved());
         }
+        // The schema's constraint keywords, on the document as the type writes it.
+        self.rules.document.check(&normal)?;
         Ok((typed, normal))
     }
 
@@ -583,6 +627,10 @@ impl<R: Resource> ResourceService<R> {
                 Ok(result)
             }
         };
+        if let Some(rules) = self.rules.args.get(def.name) {
+            // The argument's constraint keywords (its shape is serde's, when the action reads it).
+            rules.check(&request.args)?;
+        }
         let ctx = || Context::new(node.clone(), self.collection(), request.resource_id.clone());
         match &def.call {
             ActionCall::Collection(call) => {
@@ -632,6 +680,8 @@ impl<R: Resource> ResourceService<R> {
                     if after == stored {
                         break (after, result, version, None);
                     }
+                    // The action's result is held to the schema's constraints like any write.
+                    self.rules.document.check(&after)?;
                     if let Some(mark) = current_mark(self.collection()) {
                         // Recorded with the change (in backends that can): the reply this
                         // request gives if the compare-and-set below wins.
