@@ -309,14 +309,17 @@ async fn a_frame_header_claiming_2_pow_62_closes_the_connection_at_router_and_pu
 /// staying open.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_frame_just_over_max_message_bytes_closes_and_one_at_it_does_not() {
+    // Small, yet above the owner's discovery announcement (its collection's schema and actions:
+    // over 4 KiB since the schemas carry their constraints), which shares the limit.
+    const LIMIT: usize = 16_384;
     let mut cfg = config(free_udp_port());
-    cfg.max_message_bytes = 4096;
+    cfg.max_message_bytes = LIMIT;
     let owner = Owner::start(cfg.clone()).await;
     let client = client(cfg).await;
     let router = owner.endpoint("router");
 
     let over = tokio::task::spawn_blocking(move || {
-        let mut stream = zmtp(router, "DEALER", &long_header(4097));
+        let mut stream = zmtp(router, "DEALER", &long_header(LIMIT as u64 + 1));
         closed_within(&mut stream, Duration::from_secs(5))
     })
     .await
@@ -328,8 +331,8 @@ async fn a_frame_just_over_max_message_bytes_closes_and_one_at_it_does_not() {
     .await;
 
     let malformed = owner.medium.stats().dropped_malformed;
-    let mut at = long_header(4096);
-    at.resize(at.len() + 4096, b'x');
+    let mut at = long_header(LIMIT as u64);
+    at.resize(at.len() + LIMIT, b'x');
     let stream = zmtp(router, "DEALER", &at);
     wait_until(
         "the frame at the limit read",
