@@ -702,6 +702,26 @@ struct Calls {
 }
 
 impl Calls {
+    /// The latencies of every task (sorted), the errors counted, the time since `started`.
+    async fn gather(
+        tasks: Vec<tokio::task::JoinHandle<Vec<Duration>>>,
+        errors: &AtomicU64,
+        started: Instant,
+    ) -> Calls {
+        let mut latencies = Vec::new();
+        for task in tasks {
+            latencies.extend(task.await.expect("bench task"));
+        }
+        let elapsed = started.elapsed();
+        latencies.sort();
+        Calls {
+            calls: latencies.len() as u64,
+            errors: errors.load(Ordering::Relaxed),
+            elapsed,
+            latencies,
+        }
+    }
+
     fn rate(&self) -> f64 {
         self.calls as f64 / self.elapsed.as_secs_f64()
     }
@@ -766,18 +786,7 @@ async fn bench_calls(node: &Node, id: &str, in_flight: usize, time: Duration, op
             latencies
         }));
     }
-    let mut latencies = Vec::new();
-    for task in tasks {
-        latencies.extend(task.await.expect("bench task"));
-    }
-    let elapsed = started.elapsed();
-    latencies.sort();
-    Calls {
-        calls: latencies.len() as u64,
-        errors: errors.load(Ordering::Relaxed),
-        elapsed,
-        latencies,
-    }
+    Calls::gather(tasks, &errors, started).await
 }
 
 /// One DEALER, `in_flight` messages outstanding, each `[seq, body, mac]` with `body` the size
@@ -1279,18 +1288,7 @@ async fn bench_nats_raw(
             latencies
         }));
     }
-    let mut latencies = Vec::new();
-    for task in tasks {
-        latencies.extend(task.await.expect("bench task"));
-    }
-    let elapsed = started.elapsed();
-    latencies.sort();
-    Calls {
-        calls: latencies.len() as u64,
-        errors: errors.load(Ordering::Relaxed),
-        elapsed,
-        latencies,
-    }
+    Calls::gather(tasks, &errors, started).await
 }
 
 /// One async-nats publisher sending `body` on `subject` unpaced for `time`, to the
@@ -2252,18 +2250,7 @@ async fn store_creates(store: &Arc<dyn Store>, in_flight: usize, time: Duration)
             latencies
         }));
     }
-    let mut latencies = Vec::new();
-    for task in tasks {
-        latencies.extend(task.await.expect("store task"));
-    }
-    let elapsed = started.elapsed();
-    latencies.sort();
-    Calls {
-        calls: latencies.len() as u64,
-        errors: errors.load(Ordering::Relaxed),
-        elapsed,
-        latencies,
-    }
+    Calls::gather(tasks, &errors, started).await
 }
 
 /// Creates straight into the embedded store (each durable: the reply after its commit) from 64
