@@ -113,13 +113,8 @@ async fn generate(generator: &Path, document: &Value, dir: &Path) -> String {
     text
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_client_generated_from_the_live_document_creates_gets_patches_lists_and_acts() {
-    let Some(generator) = generator() else {
-        return;
-    };
-    let cluster = Cluster::new();
-    let (api, base) = api_power(&cluster).await;
+/// The node's `/openapi.json` (200 asserted).
+async fn live_document(base: &str) -> Value {
     let (status, document) = json(
         client()
             .get(format!("{base}/openapi.json"))
@@ -129,6 +124,17 @@ async fn a_client_generated_from_the_live_document_creates_gets_patches_lists_an
     )
     .await;
     assert_eq!(status, 200, "{document}");
+    document
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_generated_from_the_live_document_creates_gets_patches_lists_and_acts() {
+    let Some(generator) = generator() else {
+        return;
+    };
+    let cluster = Cluster::new();
+    let (api, base) = api_power(&cluster).await;
+    let document = live_document(&base).await;
     let dir = std::env::temp_dir().join(format!("zs-generated-client-{}", fresh_prefix()));
     std::fs::create_dir_all(&dir).unwrap();
     let output = generate(&generator, &document, &dir).await;
@@ -217,14 +223,7 @@ async fn the_generator_refuses_a_boolean_schema_which_the_document_never_has() {
     };
     let cluster = Cluster::new();
     let (_api, base) = api_power(&cluster).await;
-    let (_, document) = json(
-        client()
-            .get(format!("{base}/openapi.json"))
-            .send()
-            .await
-            .unwrap(),
-    )
-    .await;
+    let document = live_document(&base).await;
     let schemas = &document["components"]["schemas"];
     assert_eq!(schemas["power_incoming_links_result"]["items"], json!({}));
     assert_eq!(schemas["Status"]["enum"], json!(["pending", "done"]));
