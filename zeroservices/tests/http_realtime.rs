@@ -455,3 +455,83 @@ async fn the_origin_of_a_page_is_checked() {
     server.shutdown().await;
     node.stop().await;
 }
+
+/// A burst goes out in batches (one socket write for what is queued): every event of it arrives,
+/// in order, once, and a lone event after it is written at once (not held for a batch).
+#[tokio::test]
+async fn a_burst_arrives_whole_and_in_order_and_a_lone_event_is_not_held() {
+    const EVENTS: usize = 1000;
+    let cluster = MemoryCluster::new();
+    let node = owner(&cluster).await;
+    let (server, base) = start(&node, HttpConfig::new(0)).await;
+    let mut ws = ws_connect(&base, None).await.unwrap();
+    ws_subscribe(&mut ws, &["burst"]).await;
+    for i in 0..EVENTS {
+        node.publish(Event {
+            topic: format!("burst.tick.{i}"),
+            data: json!({"i": i}),
+        })
+        .await;
+    }
+    for i in 0..EVENTS {
+        let e = ws_next_within(&mut ws, Duration::from_secs(5)).await;
+        assert_eq!(e["type"], "event", "{e}");
+        assert_eq!(e["data"]["i"], i, "out of order or lost: {e}");
+    }
+    ws_assert_quiet(&mut ws, Duration::from_millis(50)).await;
+    node.publish(Event {
+        topic: "burst.lone".into(),
+        data: json!({"lone": true}),
+    })
+    .await;
+    let e = ws_next_within(&mut ws, Duration::from_secs(2)).await;
+    assert_eq!(e["data"]["lone"], true, "{e}");
+    server.shutdown().await;
+    node.stop().await;
+}
+
+/// A client that goes away in the middle of a burst (its batch's writes fail) ends alone: the
+/// other client gets the whole burst and the server keeps serving.
+#[tokio::test]
+async fn a_client_gone_in_a_burst_does_not_disturb_the_others() {
+    const EVENTS: usize = 1000;
+    let cluster = MemoryCluster::new();
+    let node = owner(&cluster).await;
+    let (server, base) = start(&node, HttpConfig::new(0)).await;
+    let mut stays = ws_connect(&base, None).await.unwrap();
+    ws_subscribe(&mut stays, &["burst"]).await;
+    let mut leaves = ws_connect(&base, None).await.unwrap();
+    ws_subscribe(&mut leaves, &["burst"]).await;
+    for i in 0..EVENTS {
+        if i == EVENTS / 4 {
+            // Dropped without a close frame: the socket is simply gone.
+            drop(std::mem::replace(
+                &mut leaves,
+                ws_connect(&base, None).await.unwrap(),
+            ));
+        }
+        node.publish(Event {
+            topic: format!("burst.tick.{i}"),
+            data: json!({"i": i}),
+        })
+        .await;
+    }
+    for i in 0..EVENTS {
+        let e = ws_next_within(&mut stays, Duration::from_secs(5)).await;
+        assert_eq!(e["data"]["i"], i, "out of order or lost: {e}");
+    }
+    let mut again = ws_connect(&base, None).await.unwrap();
+    ws_subscribe(&mut again, &["burst"]).await;
+    node.publish(Event {
+        topic: "burst.after".into(),
+        data: json!({"after": true}),
+    })
+    .await;
+    assert_eq!(
+        ws_next_within(&mut again, Duration::from_secs(2)).await["data"]["after"],
+        true
+    );
+    drop(leaves);
+    server.shutdown().await;
+    node.stop().await;
+}

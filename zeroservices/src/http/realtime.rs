@@ -4,7 +4,9 @@
 //! outgoing messages (`ws_buffer`). Three tasks serve a client: the reader (client messages:
 //! subscribe, unsubscribe), the forwarder (a [`Follower`] of the change logs and the node's
 //! events: those that match the client's prefixes and that the
-//! [`Authorizer`](super::Authorizer) lets it see) and the writer (the queue to the socket).
+//! [`Authorizer`](super::Authorizer) lets it see) and the writer (the queue to the socket:
+//! what is queued when it wakes, up to [`WRITE_BATCH`] messages, goes out in one write and one
+//! flush).
 //!
 //! # Cursors and `since`
 //!
@@ -45,6 +47,7 @@ use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgr
 use axum::extract::{Extension, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
+use futures::stream::SplitSink;
 use futures::{SinkExt, StreamExt};
 use serde::Serialize;
 use serde_json::{Value, json};
@@ -387,16 +390,13 @@ async fn serve_client(state: AppState, user: AuthUser, socket: WebSocket, seat: 
         let Some(message) = message else {
             break Stop::ClientGone;
         };
-        outbox
-            .metrics
-            .counters
-            .ws_queued
-            .fetch_sub(1, Ordering::Relaxed);
         tokio::select! {
             biased;
             _ = &mut stopped => break stop_reason(&outbox),
             _ = &mut server_stopping => break Stop::Shutdown,
-            sent = sink.send(message) => if sent.is_err() { break Stop::ClientGone },
+            sent = write_batch(&mut sink, message, &mut outgoing, &outbox.metrics) => {
+                if sent.is_err() { break Stop::ClientGone }
+            }
         }
     };
     reader.abort();
@@ -476,6 +476,31 @@ async fn serve_client(state: AppState, user: AuthUser, socket: WebSocket, seat: 
         let _ = tokio::time::timeout(GOODBYE_TIMEOUT, sink.close()).await;
     }
     tracing::debug!(user = ?user.0, ?reason, "websocket client disconnected");
+}
+
+/// The most queued messages the writer hands to the socket before one flush.
+pub(crate) const WRITE_BATCH: usize = 64;
+
+/// Writes `first` and whatever else is queued already (up to [`WRITE_BATCH`] messages, in queue
+/// order), then flushes once: a burst of events goes out in one socket write instead of one
+/// write (and one wake-up of the client) per event. A lone event is written at once, as before.
+async fn write_batch(
+    sink: &mut SplitSink<WebSocket, Message>,
+    first: Message,
+    queue: &mut mpsc::Receiver<Message>,
+    metrics: &crate::metrics::Metrics,
+) -> Result<(), axum::Error> {
+    let queued = &metrics.counters.ws_queued;
+    queued.fetch_sub(1, Ordering::Relaxed);
+    sink.feed(first).await?;
+    for _ in 1..WRITE_BATCH {
+        let Ok(message) = queue.try_recv() else {
+            break;
+        };
+        queued.fetch_sub(1, Ordering::Relaxed);
+        sink.feed(message).await?;
+    }
+    sink.flush().await
 }
 
 /// The forwarder: waits for the client's first subscribe, then follows the change logs and the

@@ -15,8 +15,9 @@
 use axum::Json;
 use axum::body::Bytes;
 use axum::extract::rejection::{BytesRejection, QueryRejection};
-use axum::extract::{Extension, Path, Query, State};
-use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::extract::{Extension, FromRequestParts, Path, Query, State};
+use axum::http::request::Parts;
+use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde_json::{Map, Value, json};
 
@@ -40,6 +41,33 @@ fn has_own_route(action: &str) -> bool {
 
 fn user(ext: Option<Extension<AuthUser>>) -> AuthUser {
     ext.map(|Extension(u)| u).unwrap_or_default()
+}
+
+/// The request headers the REST handlers read (`Content-Type`, `Idempotency-Key`, `If-Match`,
+/// `If-None-Match`), copied out of the request: the `HeaderMap` extractor clones every header of
+/// every request (its table and each value), where a GET without conditions needs none.
+pub(crate) struct Sent(HeaderMap);
+
+/// The headers [`Sent`] keeps.
+const SENT: [HeaderName; 4] = [
+    header::CONTENT_TYPE,
+    HeaderName::from_static("idempotency-key"),
+    header::IF_MATCH,
+    header::IF_NONE_MATCH,
+];
+
+impl<S: Send + Sync> FromRequestParts<S> for Sent {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
+        let mut headers = HeaderMap::new();
+        for name in &SENT {
+            for value in parts.headers.get_all(name) {
+                headers.append(name.clone(), value.clone());
+            }
+        }
+        Ok(Self(headers))
+    }
 }
 
 /// The longest `Idempotency-Key` accepted, in bytes.
@@ -153,7 +181,9 @@ fn object_body(
 
 /// The `ETag` of a resource at `version`: a strong validator, `"<version>"`.
 fn etag(version: u64) -> HeaderValue {
-    HeaderValue::from_str(&format!("\"{version}\"")).unwrap_or(HeaderValue::from_static("\"0\""))
+    // One allocation: the text becomes the value's bytes (`from_str` would copy it).
+    HeaderValue::from_maybe_shared(Bytes::from(format!("\"{version}\"")))
+        .unwrap_or(HeaderValue::from_static("\"0\""))
 }
 
 /// Adds the `ETag` of `version` to a response.
@@ -396,7 +426,7 @@ pub(crate) async fn create(
     State(state): State<AppState>,
     user_ext: Option<Extension<AuthUser>>,
     Path(collection): Path<String>,
-    headers: HeaderMap,
+    Sent(headers): Sent,
     body: Result<Bytes, BytesRejection>,
 ) -> ApiResult {
     let user = user(user_ext);
@@ -434,7 +464,7 @@ pub(crate) async fn get(
     State(state): State<AppState>,
     user_ext: Option<Extension<AuthUser>>,
     Path((collection, id)): Path<(String, String)>,
-    headers: HeaderMap,
+    Sent(headers): Sent,
 ) -> ApiResult {
     let user = user(user_ext);
     authorize(&state, &user, &collection, Operation::Get)?;
@@ -447,7 +477,7 @@ pub(crate) async fn patch(
     State(state): State<AppState>,
     user_ext: Option<Extension<AuthUser>>,
     Path((collection, id)): Path<(String, String)>,
-    headers: HeaderMap,
+    Sent(headers): Sent,
     body: Result<Bytes, BytesRejection>,
 ) -> ApiResult {
     let user = user(user_ext);
@@ -480,7 +510,7 @@ pub(crate) async fn delete(
     State(state): State<AppState>,
     user_ext: Option<Extension<AuthUser>>,
     Path((collection, id)): Path<(String, String)>,
-    headers: HeaderMap,
+    Sent(headers): Sent,
 ) -> ApiResult {
     let user = user(user_ext);
     authorize(&state, &user, &collection, Operation::Delete)?;
@@ -499,7 +529,7 @@ pub(crate) async fn collection_action(
     State(state): State<AppState>,
     user_ext: Option<Extension<AuthUser>>,
     Path((collection, action)): Path<(String, String)>,
-    headers: HeaderMap,
+    Sent(headers): Sent,
     body: Result<Bytes, BytesRejection>,
 ) -> ApiResult {
     let target = (collection, None, action);
@@ -511,7 +541,7 @@ pub(crate) async fn resource_action(
     State(state): State<AppState>,
     user_ext: Option<Extension<AuthUser>>,
     Path((collection, id, action)): Path<(String, String, String)>,
-    headers: HeaderMap,
+    Sent(headers): Sent,
     body: Result<Bytes, BytesRejection>,
 ) -> ApiResult {
     let target = (collection, Some(id), action);
