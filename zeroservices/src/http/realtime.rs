@@ -390,6 +390,11 @@ async fn serve_client(state: AppState, user: AuthUser, socket: WebSocket, seat: 
         let Some(message) = message else {
             break Stop::ClientGone;
         };
+        outbox
+            .metrics
+            .counters
+            .ws_queued
+            .fetch_sub(1, Ordering::Relaxed);
         tokio::select! {
             biased;
             _ = &mut stopped => break stop_reason(&outbox),
@@ -481,9 +486,11 @@ async fn serve_client(state: AppState, user: AuthUser, socket: WebSocket, seat: 
 /// The most queued messages the writer hands to the socket before one flush.
 pub(crate) const WRITE_BATCH: usize = 64;
 
-/// Writes `first` and whatever else is queued already (up to [`WRITE_BATCH`] messages, in queue
-/// order), then flushes once: a burst of events goes out in one socket write instead of one
-/// write (and one wake-up of the client) per event. A lone event is written at once, as before.
+/// Writes `first` (already taken off the queue and its count) and whatever else is queued
+/// already (up to [`WRITE_BATCH`] messages, in queue order), then flushes once: a burst of events
+/// goes out in one socket write instead of one write (and one wake-up of the client) per event.
+/// A lone event is written at once, as before. Each message taken is counted off
+/// `ws_queued` as it is taken.
 async fn write_batch(
     sink: &mut SplitSink<WebSocket, Message>,
     first: Message,
@@ -491,7 +498,6 @@ async fn write_batch(
     metrics: &crate::metrics::Metrics,
 ) -> Result<(), axum::Error> {
     let queued = &metrics.counters.ws_queued;
-    queued.fetch_sub(1, Ordering::Relaxed);
     sink.feed(first).await?;
     for _ in 1..WRITE_BATCH {
         let Ok(message) = queue.try_recv() else {
