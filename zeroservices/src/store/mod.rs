@@ -467,9 +467,27 @@ impl RequestMemory {
     }
 }
 
-/// A fresh resource id: 32 lowercase hex digits.
+/// A fresh random id: 32 lowercase hex digits (a UUIDv4), every digit but one random. For
+/// names that must not collide (fingerprints, node ids, test prefixes): any slice of it is
+/// random. Resources created without an id get a [`new_resource_id`] instead.
 pub fn new_id() -> String {
-    uuid::Uuid::new_v4().simple().to_string()
+    hex_id(uuid::Uuid::new_v4())
+}
+
+/// The id a store gives a resource created without one: 32 lowercase hex digits, like
+/// [`new_id`], but time-ordered (a UUIDv7: the creation time in milliseconds, then a counter
+/// started at a random value each millisecond and random bits), so the ids one process makes
+/// sort in the order they were made and inserts land at the end of every ordered index (the
+/// memory store's map, the embedded store's table, MongoDB's `_id` index) instead of at random
+/// places in it. An id says when its resource was created; it is not a secret.
+pub fn new_resource_id() -> String {
+    hex_id(uuid::Uuid::now_v7())
+}
+
+/// 32 lowercase hex digits of `id`.
+fn hex_id(id: uuid::Uuid) -> String {
+    let mut text = [0u8; uuid::fmt::Simple::LENGTH];
+    id.simple().encode_lower(&mut text).to_owned()
 }
 
 #[cfg(feature = "mongodb")]
