@@ -391,7 +391,12 @@ impl std::fmt::Display for Cursor {
 
 /// The text of a one-log cursor (an entry's, as its owner publishes it).
 pub(crate) fn entry_cursor(key: &str, seq: u64, at_ms: u64) -> String {
-    format!("{CURSOR_TAG}.{at_ms}.{key}.{seq}")
+    use std::fmt::Write;
+    // Made at its size (two numbers of at most 20 digits, three dots): `format!` would grow it
+    // several times.
+    let mut text = String::with_capacity(CURSOR_TAG.len() + key.len() + 43);
+    let _ = write!(text, "{CURSOR_TAG}.{at_ms}.{key}.{seq}");
+    text
 }
 
 /// The log position an event carries (its owner's one-log cursor), if any: read without

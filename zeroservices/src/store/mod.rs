@@ -13,6 +13,12 @@
 //!
 //! [`StoreConfig`] parses these; [`open`] opens one.
 //!
+//! # Ids
+//!
+//! An insert without an id gets a [`new_resource_id`]: 32 lowercase hex digits, time-ordered
+//! (UUIDv7), so inserts land at the end of each backend's ordered index. [`new_id`] is the
+//! random one (UUIDv4), for names any slice of which must be random.
+//!
 //! # Versions and compare-and-set
 //!
 //! Every stored document has a version, kept by the store in the reserved field
@@ -696,6 +702,29 @@ mod tests {
     }
 
     use super::*;
+
+    #[test]
+    fn resource_ids_are_time_ordered_and_random_ids_are_not() {
+        let hex = |id: &str| {
+            id.len() == 32
+                && id
+                    .bytes()
+                    .all(|c| c.is_ascii_digit() || (b'a'..=b'f').contains(&c))
+        };
+        let ordered: Vec<String> = (0..2000).map(|_| new_resource_id()).collect();
+        assert!(ordered.iter().all(|id| hex(id) && &id[12..13] == "7"));
+        assert!(
+            ordered.windows(2).all(|w| w[0] < w[1]),
+            "made in one millisecond or across several, they sort in the order made"
+        );
+        // `new_id` stays random in every digit but its version: a slice of it (a node id's
+        // 12 digits, a test prefix's 8) does not repeat for ids made in the same millisecond.
+        let random: Vec<String> = (0..2000).map(|_| new_id()).collect();
+        assert!(random.iter().all(|id| hex(id) && &id[12..13] == "4"));
+        let prefixes: std::collections::HashSet<&str> =
+            random.iter().map(|id| &id[..8]).collect();
+        assert!(prefixes.len() > 1990, "{} distinct", prefixes.len());
+    }
 
     #[test]
     fn specs_parse() {
