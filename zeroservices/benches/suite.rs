@@ -34,8 +34,11 @@
 //!    median pair reported); and through a gateway process in front of the owner, against the
 //!    owner serving HTTP;
 //! 3. events: created resources per second seen by a subscriber node in another process (sent
-//!    vs received; production: resumable `subscribe_since`, `[plain]`: plain `subscribe`); and
-//!    delivery to 100 websocket clients in this process (rate and losses; production only);
+//!    vs received; production: resumable `subscribe_since`, `[plain]`: plain `subscribe`), with
+//!    the CPU per event of this process (the producer) and of the subscriber; then events made
+//!    like a create's but published with `Node::publish` (no store) to the same subscriber, the
+//!    event path's own capacity; and delivery to 100 websocket clients in this process (rate
+//!    and losses; production only);
 //! 4. discovery: a new node seeing an existing one, ten, and an existing one right after ten
 //!    peers were killed (`kill -9`, still listed as peers);
 //! 5. footprint: VmRSS of an idle node process and of the owner under the GET load;

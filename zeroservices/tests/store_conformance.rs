@@ -346,7 +346,8 @@ async fn generated_ids_follow_creation_order(b: &Backend) {
     for id in &ids {
         assert_eq!(id.len(), 32, "{id}");
         assert!(
-            id.bytes().all(|c| c.is_ascii_digit() || (b'a'..=b'f').contains(&c)),
+            id.bytes()
+                .all(|c| c.is_ascii_digit() || (b'a'..=b'f').contains(&c)),
             "lowercase hex: {id}"
         );
         assert_eq!(&id[12..13], "7", "a version 7 UUID: {id}");
@@ -383,7 +384,11 @@ async fn given_ids_do_not_disturb_generated_ones(b: &Backend) {
     assert!(matches!(err, Error::DuplicateId { .. }), "{err:?}");
     let next = b.store.insert(&c, None, json!({"n": 3})).await.unwrap();
     assert!(first < next && next.as_str() < last, "{first} {next}");
-    assert_eq!(b.get(&c, &first).await, json!({"n": 1}), "the first is kept");
+    assert_eq!(
+        b.get(&c, &first).await,
+        json!({"n": 1}),
+        "the first is kept"
+    );
     assert_eq!(b.get(&c, last).await, json!({"given": true}));
     assert_eq!(b.get(&c, &next).await, json!({"n": 3}));
 }

@@ -33,8 +33,8 @@ use redb::{
 use serde_json::{Value, json};
 
 use super::{
-    Claim, Mark, RequestRecord, SWEEP_BATCH, Store, check_version, current_mark, new_id, new_resource_id, now_ms,
-    refuse_version_paths, set_version, version_of,
+    Claim, Mark, RequestRecord, SWEEP_BATCH, Store, check_version, current_mark, new_id,
+    new_resource_id, now_ms, refuse_version_paths, set_version, version_of,
 };
 use crate::changes::{LogAfter, LogEntry, LogNote, LogPage, Logged, current_note, expired};
 use crate::query::Filter;

@@ -14,8 +14,8 @@ use serde_json::Value;
 use tokio::sync::RwLock;
 
 use super::{
-    Claim, RequestMemory, Store, check_version, new_id, new_resource_id, now_ms, refuse_version_paths, set_version,
-    version_of,
+    Claim, RequestMemory, Store, check_version, new_id, new_resource_id, now_ms,
+    refuse_version_paths, set_version, version_of,
 };
 use crate::changes::{LogAfter, LogNote, LogPage, Ring, current_note};
 use crate::{Error, Event, Patch, Query, Result};

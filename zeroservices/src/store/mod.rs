@@ -721,8 +721,7 @@ mod tests {
         // 12 digits, a test prefix's 8) does not repeat for ids made in the same millisecond.
         let random: Vec<String> = (0..2000).map(|_| new_id()).collect();
         assert!(random.iter().all(|id| hex(id) && &id[12..13] == "4"));
-        let prefixes: std::collections::HashSet<&str> =
-            random.iter().map(|id| &id[..8]).collect();
+        let prefixes: std::collections::HashSet<&str> = random.iter().map(|id| &id[..8]).collect();
         assert!(prefixes.len() > 1990, "{} distinct", prefixes.len());
     }
 

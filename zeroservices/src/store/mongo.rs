@@ -38,7 +38,8 @@ use mongodb::{Client, Collection, Database, IndexModel};
 use serde_json::{Map, Number, Value};
 
 use super::{
-    Claim, RequestRecord, Store, VERSION_FIELD, check_version, new_id, new_resource_id, now_ms, refuse_version_paths,
+    Claim, RequestRecord, Store, VERSION_FIELD, check_version, new_id, new_resource_id, now_ms,
+    refuse_version_paths,
 };
 use crate::changes::{LogAfter, LogEntry, LogPage, Logged, current_note, expired};
 use crate::{Error, Patch, Query, Result};
