@@ -34,8 +34,11 @@
 //!    median pair reported); and through a gateway process in front of the owner, against the
 //!    owner serving HTTP;
 //! 3. events: created resources per second seen by a subscriber node in another process (sent
-//!    vs received; production: resumable `subscribe_since`, `[plain]`: plain `subscribe`); and
-//!    delivery to 100 websocket clients in this process (rate and losses; production only);
+//!    vs received; production: resumable `subscribe_since`, `[plain]`: plain `subscribe`), with
+//!    the CPU per event of this process (the producer) and of the subscriber; then events made
+//!    like a create's but published with `Node::publish` (no store) to the same subscriber, the
+//!    event path's own capacity; and delivery to 100 websocket clients in this process (rate
+//!    and losses; production only);
 //! 4. discovery: a new node seeing an existing one, ten, and an existing one right after ten
 //!    peers were killed (`kill -9`, still listed as peers);
 //! 5. footprint: VmRSS of an idle node process and of the owner under the GET load;
@@ -586,6 +589,50 @@ impl RssSampler {
     }
 }
 
+/// CPU time (user + system) a process has used so far, in seconds (`/proc/<pid>/stat`, at the
+/// kernel's 100 ticks per second); NaN when it cannot be read.
+fn cpu_seconds(pid: u32) -> f64 {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return f64::NAN;
+    };
+    // The fields after the command (in parentheses, which may hold spaces): utime and stime
+    // are the 12th and 13th.
+    let Some((_, rest)) = stat.rsplit_once(')') else {
+        return f64::NAN;
+    };
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |i: usize| fields.get(i).and_then(|f| f.parse::<f64>().ok());
+    match (ticks(11), ticks(12)) {
+        (Some(user), Some(system)) => (user + system) / 100.0,
+        _ => f64::NAN,
+    }
+}
+
+/// CPU time of this process and of a child over a run: `(self µs, child µs)` per operation.
+struct CpuSpan {
+    child: u32,
+    start: (f64, f64),
+}
+
+impl CpuSpan {
+    fn start(child: u32) -> Self {
+        Self {
+            child,
+            start: (cpu_seconds(std::process::id()), cpu_seconds(child)),
+        }
+    }
+
+    /// Microseconds of CPU per operation: this process's over `ours` operations, the child's
+    /// over `theirs`.
+    fn per_op(&self, ours: u64, theirs: u64) -> (f64, f64) {
+        let now = (cpu_seconds(std::process::id()), cpu_seconds(self.child));
+        (
+            (now.0 - self.start.0) * 1e6 / ours.max(1) as f64,
+            (now.1 - self.start.1) * 1e6 / theirs.max(1) as f64,
+        )
+    }
+}
+
 // ---------------------------------------------------------------------------------------------
 // The table.
 
@@ -988,6 +1035,10 @@ struct SubRun {
     received: u64,
     span: f64,
     lagged: u64,
+    /// Microseconds of CPU per operation: of this process (the producer) per event sent, of
+    /// the subscriber process per event seen (measured by [`subscriber_run`] and
+    /// [`publish_run`]).
+    cpu: Option<(f64, f64)>,
 }
 
 impl SubRun {
@@ -1014,8 +1065,61 @@ async fn warm_up(producer: &Node, sub: &mut Proc) {
 
 async fn subscriber_run(node: &Node, sub: &mut Proc, time: Duration, rate: Option<f64>) -> SubRun {
     sub.ask("reset");
+    let cpu = CpuSpan::start(sub.pid());
     let (sent, send_time) = create_ticks(node, time, MAX_EVENTS, rate).await;
-    collect(sub, sent, send_time).await
+    let mut run = collect(sub, sent, send_time).await;
+    run.cpu = Some(cpu.per_op(run.sent, run.received));
+    run
+}
+
+/// Events like a tick's `create` published with [`Node::publish`] from 16 unpaced tasks for
+/// `time` (no store, no change log): the event path's own capacity, beside the creates.
+async fn publish_run(node: &Node, sub: &mut Proc, time: Duration) -> SubRun {
+    // The subscriber's lag count is its node's, since it started: this run's is the growth.
+    let lagged_before = sub.ask("report").2;
+    sub.ask("reset");
+    let cpu = CpuSpan::start(sub.pid());
+    let started = Instant::now();
+    let deadline = started + time;
+    let issued = Arc::new(AtomicU64::new(0));
+    let mut tasks = Vec::new();
+    for _ in 0..16 {
+        let (node, issued) = (node.clone(), issued.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut sent = 0u64;
+            loop {
+                let n = issued.fetch_add(1, Ordering::Relaxed);
+                if n >= MAX_EVENTS || Instant::now() >= deadline {
+                    break sent;
+                }
+                let mut data = serde_json::Map::new();
+                data.insert("resource_data".into(), json!({ "n": n }));
+                data.insert("version".into(), json!(1));
+                let id = format!("p{n}");
+                node.publish(Event::resource("tick", "create", &id, data))
+                    .await;
+                sent += 1;
+            }
+        }));
+    }
+    let mut sent = 0;
+    for task in tasks {
+        sent += task.await.unwrap_or(0);
+    }
+    let mut run = collect(sub, sent, started.elapsed()).await;
+    run.cpu = Some(cpu.per_op(run.sent, run.received));
+    run.lagged = run.lagged.saturating_sub(lagged_before);
+    run
+}
+
+/// The CPU figures of a run, for a table line.
+fn cpu_note(run: &SubRun, what: &str) -> String {
+    match run.cpu {
+        Some((ours, theirs)) => {
+            format!("; CPU per event: {what} {ours:.1} µs, subscriber {theirs:.1} µs")
+        }
+        None => String::new(),
+    }
 }
 
 /// What the subscriber child saw of `sent` messages.
@@ -1041,6 +1145,7 @@ async fn collect(sub: &mut Proc, sent: u64, send_time: Duration) -> SubRun {
         received,
         span,
         lagged,
+        cpu: None,
     }
 }
 
@@ -2096,11 +2201,12 @@ async fn zmq_groups(
                 }
             ),
             format!(
-                "{}: {} of {} seen, lost {loss} (bus lagged {})",
+                "{}: {} of {} seen, lost {loss} (bus lagged {}){}",
                 per_s(burst.rate()),
                 burst.received,
                 burst.sent,
-                burst.lagged
+                burst.lagged,
+                cpu_note(&burst, "producer")
             ),
             format!("created {}", per_s(created_rate)),
             ratio(burst.rate(), created_rate),
@@ -2137,6 +2243,30 @@ async fn zmq_groups(
                 },
             );
         }
+        // The event path alone: the same subscriber, events published with `Node::publish`
+        // (no store, no change log), so its capacity shows beside the create-bound figure.
+        let published = publish_run(&producer, &mut sub, time).await;
+        let loss = published.sent.saturating_sub(published.received);
+        let published_rate = published.sent as f64 / published.send_time.as_secs_f64();
+        table.add(
+            "3 events",
+            format!(
+                "events published with Node::publish (no store) seen by a {} subscriber process, 16 tasks unpaced{tag}",
+                if plain { "plain" } else { "resumable" }
+            ),
+            format!(
+                "{}: {} of {} seen, lost {loss} (bus lagged {}){}",
+                per_s(published.rate()),
+                published.received,
+                published.sent,
+                published.lagged,
+                cpu_note(&published, "publisher")
+            ),
+            format!("published {}", per_s(published_rate)),
+            ratio(published.rate(), published_rate),
+            "reported (the event path without the create)",
+            "reported",
+        );
         drop(sub);
         if plain {
             http.shutdown().await;

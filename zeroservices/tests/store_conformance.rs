@@ -244,6 +244,8 @@ async fn run(kind: Kind, name: &str, case: Case) {
 conformance!(
     crud,
     insert_without_id_picks_a_fresh_id,
+    generated_ids_follow_creation_order,
+    given_ids_do_not_disturb_generated_ones,
     numbers_keep_their_type,
     nested_documents_round_trip,
     duplicate_id,
@@ -330,6 +332,65 @@ async fn insert_without_id_picks_a_fresh_id(b: &Backend) {
     assert!(x.bytes().all(|c| c.is_ascii_hexdigit()));
     assert_eq!(b.get(&c, &x).await, json!({"n": 1}));
     assert_eq!(b.get(&c, &y).await, json!({"n": 2}));
+}
+
+/// Ids the store picks are time-ordered (UUIDv7 as 32 lowercase hex digits): made one after
+/// the other, within a millisecond and across milliseconds, they sort in the order they were
+/// made, so inserts land at the end of the store's ordered index.
+async fn generated_ids_follow_creation_order(b: &Backend) {
+    let c = b.coll("ordered");
+    let mut ids = Vec::new();
+    for n in 0..300 {
+        ids.push(b.store.insert(&c, None, json!({ "n": n })).await.unwrap());
+    }
+    for id in &ids {
+        assert_eq!(id.len(), 32, "{id}");
+        assert!(
+            id.bytes()
+                .all(|c| c.is_ascii_digit() || (b'a'..=b'f').contains(&c)),
+            "lowercase hex: {id}"
+        );
+        assert_eq!(&id[12..13], "7", "a version 7 UUID: {id}");
+    }
+    assert!(
+        ids.windows(2).all(|w| w[0] < w[1]),
+        "each id sorts after the one made before it"
+    );
+    let listed: std::collections::HashMap<String, Value> = b
+        .store
+        .list(&c, &Query::new(json!({})))
+        .await
+        .unwrap()
+        .into_iter()
+        .collect();
+    assert_eq!(listed.len(), 300, "every document under its own id");
+    for (n, id) in ids.iter().enumerate() {
+        assert_eq!(listed[id]["n"], json!(n), "{id}");
+    }
+}
+
+/// A caller's own ids (one that sorts after every generated id, one copied from a generated
+/// id) neither stop nor take the store's: the copy is a duplicate, fresh ids keep coming.
+async fn given_ids_do_not_disturb_generated_ones(b: &Backend) {
+    let c = b.coll("mixed");
+    let first = b.store.insert(&c, None, json!({"n": 1})).await.unwrap();
+    let last = "ffffffffffff7fffbfffffffffffffff";
+    b.insert(&c, last, json!({"given": true})).await;
+    let err = b
+        .store
+        .insert(&c, Some(&first), json!({"n": 2}))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::DuplicateId { .. }), "{err:?}");
+    let next = b.store.insert(&c, None, json!({"n": 3})).await.unwrap();
+    assert!(first < next && next.as_str() < last, "{first} {next}");
+    assert_eq!(
+        b.get(&c, &first).await,
+        json!({"n": 1}),
+        "the first is kept"
+    );
+    assert_eq!(b.get(&c, last).await, json!({"given": true}));
+    assert_eq!(b.get(&c, &next).await, json!({"n": 3}));
 }
 
 async fn numbers_keep_their_type(b: &Backend) {

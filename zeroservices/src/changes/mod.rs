@@ -212,7 +212,10 @@ impl LogNote {
     /// The change's event: `doc` is the document after it (with or without its version field,
     /// which is left out), `version` the version after it.
     pub(crate) fn event(&self, id: &str, doc: Option<&Value>, version: u64) -> Event {
-        let mut data = self.extra.clone();
+        // Room for every field the event gets (the document, its version, the three of
+        // `Event::resource`, a trace context's two, the cursor): the map grows no more.
+        let mut data = Map::with_capacity(self.extra.len() + EVENT_FIELDS);
+        data.extend(self.extra.iter().map(|(k, v)| (k.clone(), v.clone())));
         let known = self
             .document
             .lock()
@@ -243,6 +246,10 @@ impl LogNote {
         self.logged.lock().unwrap_or_else(|e| e.into_inner()).take()
     }
 }
+
+/// The fields a logged change's event has besides the note's extra ones: `resource_data`,
+/// `version`, `action`, `resource_name`, `resource_id`, `traceparent`, `tracestate`, `cursor`.
+const EVENT_FIELDS: usize = 8;
 
 /// The collection of a topic: its first segment.
 pub(crate) fn event_collection(topic: &str) -> String {
@@ -384,7 +391,12 @@ impl std::fmt::Display for Cursor {
 
 /// The text of a one-log cursor (an entry's, as its owner publishes it).
 pub(crate) fn entry_cursor(key: &str, seq: u64, at_ms: u64) -> String {
-    format!("{CURSOR_TAG}.{at_ms}.{key}.{seq}")
+    use std::fmt::Write;
+    // Made at its size (two numbers of at most 20 digits, three dots): `format!` would grow it
+    // several times.
+    let mut text = String::with_capacity(CURSOR_TAG.len() + key.len() + 43);
+    let _ = write!(text, "{CURSOR_TAG}.{at_ms}.{key}.{seq}");
+    text
 }
 
 /// The log position an event carries (its owner's one-log cursor), if any: read without

@@ -33,8 +33,8 @@ use redb::{
 use serde_json::{Value, json};
 
 use super::{
-    Claim, Mark, RequestRecord, SWEEP_BATCH, Store, check_version, current_mark, new_id, now_ms,
-    refuse_version_paths, set_version, version_of,
+    Claim, Mark, RequestRecord, SWEEP_BATCH, Store, check_version, current_mark, new_id,
+    new_resource_id, now_ms, refuse_version_paths, set_version, version_of,
 };
 use crate::changes::{LogAfter, LogEntry, LogNote, LogPage, Logged, current_note, expired};
 use crate::query::Filter;
@@ -363,7 +363,7 @@ impl Store for EmbeddedStore {
         let bytes = encode(&doc)?;
         let name = table_name(collection);
         let collection = collection.to_owned();
-        let id = id.map_or_else(new_id, str::to_owned);
+        let id = id.map_or_else(new_resource_id, str::to_owned);
         let logs = note.clone();
         // Checks first, changes after (see `commit`): a refused write changes nothing.
         self.committer

@@ -14,8 +14,8 @@ use serde_json::Value;
 use tokio::sync::RwLock;
 
 use super::{
-    Claim, RequestMemory, Store, check_version, new_id, now_ms, refuse_version_paths, set_version,
-    version_of,
+    Claim, RequestMemory, Store, check_version, new_id, new_resource_id, now_ms,
+    refuse_version_paths, set_version, version_of,
 };
 use crate::changes::{LogAfter, LogNote, LogPage, Ring, current_note};
 use crate::{Error, Event, Patch, Query, Result};
@@ -99,7 +99,7 @@ impl Store for MemoryStore {
     async fn insert(&self, collection: &str, id: Option<&str>, doc: Value) -> Result<String> {
         let id = match id {
             Some(id) => id.to_owned(),
-            None => new_id(),
+            None => new_resource_id(),
         };
         // The log entry is made before the lock (the document is known): under it, only its
         // sequence number and cursor.

@@ -13,6 +13,12 @@
 //!
 //! [`StoreConfig`] parses these; [`open`] opens one.
 //!
+//! # Ids
+//!
+//! An insert without an id gets a [`new_resource_id`]: 32 lowercase hex digits, time-ordered
+//! (UUIDv7), so inserts land at the end of each backend's ordered index. [`new_id`] is the
+//! random one (UUIDv4), for names any slice of which must be random.
+//!
 //! # Versions and compare-and-set
 //!
 //! Every stored document has a version, kept by the store in the reserved field
@@ -467,9 +473,27 @@ impl RequestMemory {
     }
 }
 
-/// A fresh resource id: 32 lowercase hex digits.
+/// A fresh random id: 32 lowercase hex digits (a UUIDv4), every digit but one random. For
+/// names that must not collide (fingerprints, node ids, test prefixes): any slice of it is
+/// random. Resources created without an id get a [`new_resource_id`] instead.
 pub fn new_id() -> String {
-    uuid::Uuid::new_v4().simple().to_string()
+    hex_id(uuid::Uuid::new_v4())
+}
+
+/// The id a store gives a resource created without one: 32 lowercase hex digits, like
+/// [`new_id`], but time-ordered (a UUIDv7: the creation time in milliseconds, then a counter
+/// started at a random value each millisecond and random bits), so the ids one process makes
+/// sort in the order they were made and inserts land at the end of every ordered index (the
+/// memory store's map, the embedded store's table, MongoDB's `_id` index) instead of at random
+/// places in it. An id says when its resource was created; it is not a secret.
+pub fn new_resource_id() -> String {
+    hex_id(uuid::Uuid::now_v7())
+}
+
+/// 32 lowercase hex digits of `id`.
+fn hex_id(id: uuid::Uuid) -> String {
+    let mut text = [0u8; uuid::fmt::Simple::LENGTH];
+    id.simple().encode_lower(&mut text).to_owned()
 }
 
 #[cfg(feature = "mongodb")]
@@ -678,6 +702,28 @@ mod tests {
     }
 
     use super::*;
+
+    #[test]
+    fn resource_ids_are_time_ordered_and_random_ids_are_not() {
+        let hex = |id: &str| {
+            id.len() == 32
+                && id
+                    .bytes()
+                    .all(|c| c.is_ascii_digit() || (b'a'..=b'f').contains(&c))
+        };
+        let ordered: Vec<String> = (0..2000).map(|_| new_resource_id()).collect();
+        assert!(ordered.iter().all(|id| hex(id) && &id[12..13] == "7"));
+        assert!(
+            ordered.windows(2).all(|w| w[0] < w[1]),
+            "made in one millisecond or across several, they sort in the order made"
+        );
+        // `new_id` stays random in every digit but its version: a slice of it (a node id's
+        // 12 digits, a test prefix's 8) does not repeat for ids made in the same millisecond.
+        let random: Vec<String> = (0..2000).map(|_| new_id()).collect();
+        assert!(random.iter().all(|id| hex(id) && &id[12..13] == "4"));
+        let prefixes: std::collections::HashSet<&str> = random.iter().map(|id| &id[..8]).collect();
+        assert!(prefixes.len() > 1990, "{} distinct", prefixes.len());
+    }
 
     #[test]
     fn specs_parse() {

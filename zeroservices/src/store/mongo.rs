@@ -38,7 +38,8 @@ use mongodb::{Client, Collection, Database, IndexModel};
 use serde_json::{Map, Number, Value};
 
 use super::{
-    Claim, RequestRecord, Store, VERSION_FIELD, check_version, new_id, now_ms, refuse_version_paths,
+    Claim, RequestRecord, Store, VERSION_FIELD, check_version, new_id, new_resource_id, now_ms,
+    refuse_version_paths,
 };
 use crate::changes::{LogAfter, LogEntry, LogPage, Logged, current_note, expired};
 use crate::{Error, Patch, Query, Result};
@@ -538,7 +539,7 @@ impl Store for MongoStore {
     }
 
     async fn insert(&self, collection: &str, id: Option<&str>, doc: Value) -> Result<String> {
-        let id = id.map_or_else(new_id, str::to_owned);
+        let id = id.map_or_else(new_resource_id, str::to_owned);
         let mut document = with_id(Some(&id), &doc)?;
         document.insert(VERSION_FIELD, 1_i64);
         let coll = self.collection(collection);
