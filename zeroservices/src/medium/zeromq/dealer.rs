@@ -5,10 +5,10 @@
 //! itself).
 //!
 //! Callers put their requests in the connection's outbox; the first one into an empty outbox
-//! wakes the DEALER task, which lets the other ready tasks run once (a burst of callers woken by
-//! a burst of replies adds to the outbox meanwhile) and then hands the whole outbox to the
-//! socket in one go, so the socket's writer sends the burst with one write instead of one per
-//! request (a lone request waits for one scheduler turn). Requests leave in the order they
+//! wakes the DEALER task, which hands the whole outbox to the socket in one go, so the socket's
+//! writer sends a burst with one write instead of one per request. While requests come in bursts
+//! it first lets the other ready tasks run once (the callers woken by a burst of replies add to
+//! the outbox meanwhile); a lone request is sent at once. Requests leave in the order they
 //! entered the outbox.
 
 use std::collections::HashMap;
@@ -201,15 +201,21 @@ impl DealerShared {
     }
 }
 
-/// Hands the outbox to the socket whenever callers fill it, until a write fails. After a wake it
-/// first lets every other ready task run once, so the callers of a burst are all in the outbox
-/// before it is taken; the crate's writer then sends them with one flush.
+/// Hands the outbox to the socket whenever callers fill it, until a write fails. While requests
+/// come in bursts (the last outbox taken held more than one), after a wake it first lets every
+/// other ready task run once, so the callers of a burst are all in the outbox before it is
+/// taken; the crate's writer then sends them with one flush. A lone request (the last outbox
+/// held one) is sent at once: no scheduler turn added to a call made alone.
 async fn send_outbox(core: &Core, conn: &Conn, mut sender: DealerSendHalf) -> String {
     let mut batch = Vec::new();
+    let mut bursts = false;
     loop {
         conn.ready.notified().await;
-        tokio::task::yield_now().await;
+        if bursts {
+            tokio::task::yield_now().await;
+        }
         std::mem::swap(&mut batch, &mut *lock(&conn.outbox));
+        bursts = batch.len() > 1;
         let sent = batch.len() as u64;
         for message in batch.drain(..) {
             // Pushes onto the crate's per-peer write queue (100,000 deep): waits only when it
