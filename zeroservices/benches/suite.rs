@@ -799,6 +799,21 @@ enum Op {
     Patch,
 }
 
+/// utime + stime of process `pid` (its threads together), in clock ticks (`USER_HZ`, 1/100 s
+/// on Linux); 0 when it cannot be read. For the CPU per call of the rpc measures.
+fn cpu_ticks(pid: u32) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let after = stat.rsplit_once(')').map_or("", |(_, rest)| rest);
+    let fields: Vec<&str> = after.split_whitespace().collect();
+    let field = |n: usize| {
+        fields
+            .get(n)
+            .and_then(|f| f.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    field(11) + field(12)
+}
+
 async fn bench_get(node: &Node, id: &str, in_flight: usize, time: Duration) -> Calls {
     bench_calls(node, id, in_flight, time, Op::Get).await
 }
@@ -1853,8 +1868,26 @@ async fn zmq_groups(
         // Alternating pairs (ours, then raw), the median pair by rate ratio.
         let mut pairs = Vec::new();
         for _ in 0..RPC_PAIRS {
+            let c0 = (cpu_ticks(std::process::id()), cpu_ticks(owner.pid()));
             let ours = bench_get(&client, &id, in_flight, time).await;
+            let c1 = (cpu_ticks(std::process::id()), cpu_ticks(owner.pid()));
             let raw = bench_raw(&owner_raw, &envelope, in_flight, time).await;
+            let c2 = (cpu_ticks(std::process::id()), cpu_ticks(owner.pid()));
+            // CPU per call of the calling process and of the owner (µs; noise hardly moves it,
+            // unlike the rates on a shared machine): printed to stderr beside the table.
+            let per = |a: (u64, u64), b: (u64, u64), n: u64| {
+                let us = |t: u64| t as f64 * 10_000.0 / n.max(1) as f64;
+                (us(b.0.saturating_sub(a.0)), us(b.1.saturating_sub(a.1)))
+            };
+            let (oc, oo) = per(c0, c1, ours.calls);
+            let (rc, ro) = per(c1, c2, raw.calls);
+            eprintln!(
+                "cpu per call{tag}, {in_flight} in flight: ours {:.0}/s caller {oc:.2} owner {oo:.2} total {:.2} µs/call; raw {:.0}/s client {rc:.2} owner {ro:.2} total {:.2} µs/call",
+                ours.rate(),
+                oc + oo,
+                raw.rate(),
+                rc + ro
+            );
             pairs.push((ours, raw));
         }
         pairs.sort_by(|a, b| (a.0.rate() / a.1.rate()).total_cmp(&(b.0.rate() / b.1.rate())));

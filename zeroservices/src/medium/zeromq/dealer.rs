@@ -2,8 +2,14 @@
 //! all times, hands replies to the waiting calls, watches the socket monitor, and on a
 //! disconnect, a failed write or a failed connect fails that peer's pending calls at once with
 //! `unavailable` and rebuilds the socket with backoff (the `zeromq` DEALER does not reconnect by
-//! itself). Callers write their requests on the DEALER's send half themselves (no hop through
-//! the task).
+//! itself).
+//!
+//! Callers put their requests in the connection's outbox; the first one into an empty outbox
+//! wakes the DEALER task, which hands the whole outbox to the socket in one go, so the socket's
+//! writer sends a burst with one write instead of one per request. While requests come in bursts
+//! it first lets the other ready tasks run once (the callers woken by a burst of replies add to
+//! the outbox meanwhile); a lone request is sent at once. Requests leave in the order they
+//! entered the outbox.
 
 use std::collections::HashMap;
 use std::sync::atomic::Ordering;
@@ -14,7 +20,7 @@ use ::zeromq::{
     DealerRecvHalf, DealerSendHalf, DealerSocket, Socket, SocketEvent, SocketRecv, SocketSend,
     ZmqMessage,
 };
-use futures::{FutureExt, StreamExt};
+use futures::StreamExt;
 use serde_json::value::RawValue;
 use tokio::sync::{Notify, watch};
 use tokio::task::JoinHandle;
@@ -50,14 +56,34 @@ enum Link {
     Down(Arc<str>),
 }
 
-/// One live DEALER session's send half.
+/// One live DEALER session, as callers see it: where they put their requests.
 struct Conn {
-    /// The send half. Its `send` pushes onto the crate's per-peer write queue (100,000 deep)
-    /// and does not wait in practice, so callers take this plain lock briefly instead of an
-    /// async one (no parked waiters to wake under contention).
-    sender: Mutex<DealerSendHalf>,
-    /// A caller's write failed: the session ends.
-    lost: Notify,
+    /// Requests waiting for the DEALER task to hand them to the socket, oldest first. Bounded
+    /// by the calls in flight (each caller puts one request and waits for its reply).
+    outbox: Mutex<Vec<ZmqMessage>>,
+    /// Wakes the DEALER task: the outbox is no longer empty.
+    ready: Notify,
+}
+
+impl Conn {
+    fn new() -> Self {
+        Self {
+            outbox: Mutex::new(Vec::new()),
+            ready: Notify::new(),
+        }
+    }
+
+    /// Queues `message` for the DEALER task; the first message into an empty outbox wakes it.
+    fn post(&self, message: ZmqMessage) {
+        let first = {
+            let mut outbox = lock(&self.outbox);
+            outbox.push(message);
+            outbox.len() == 1
+        };
+        if first {
+            self.ready.notify_one();
+        }
+    }
 }
 
 /// The DEALER of `peer`: the live one, or a new one (replacing one to an endpoint the peer no
@@ -119,13 +145,9 @@ impl Dealer {
             }
         };
         match shared.conn().await {
-            Ok(conn) => match send_now(&conn, wire::multipart(frames)).await {
-                Ok(()) => bump(&core.counters.calls_sent),
-                Err(e) => {
-                    failed(&format!("node {peer}: send failed: {e}"));
-                    conn.lost.notify_one();
-                }
-            },
+            // A failed write ends the session, which fails every call still waiting (this one
+            // too: it is registered).
+            Ok(conn) => conn.post(wire::multipart(frames)),
             Err(why) => failed(&why),
         }
         match (&mut waiting.reply).await {
@@ -179,17 +201,30 @@ impl DealerShared {
     }
 }
 
-/// Writes `message` on the DEALER: at once under the lock when the crate's send completes
-/// without waiting (always, unless its 100,000-message queue is full); otherwise yields and tries
-/// again, never holding the lock across an await. The node's timeout bounds the whole call.
-async fn send_now(conn: &Conn, message: ZmqMessage) -> ::zeromq::ZmqResult<()> {
+/// Hands the outbox to the socket whenever callers fill it, until a write fails. While requests
+/// come in bursts (the last outbox taken held more than one), after a wake it first lets every
+/// other ready task run once, so the callers of a burst are all in the outbox before it is
+/// taken; the crate's writer then sends them with one flush. A lone request (the last outbox
+/// held one) is sent at once: no scheduler turn added to a call made alone.
+async fn send_outbox(core: &Core, conn: &Conn, mut sender: DealerSendHalf) -> String {
+    let mut batch = Vec::new();
+    let mut bursts = false;
     loop {
-        let attempt = lock(&conn.sender).send(message.clone()).now_or_never();
-        match attempt {
-            Some(result) => return result,
-            // The send future was dropped before it queued anything: try again.
-            None => tokio::task::yield_now().await,
+        conn.ready.notified().await;
+        if bursts {
+            tokio::task::yield_now().await;
         }
+        std::mem::swap(&mut batch, &mut *lock(&conn.outbox));
+        bursts = batch.len() > 1;
+        let sent = batch.len() as u64;
+        for message in batch.drain(..) {
+            // Pushes onto the crate's per-peer write queue (100,000 deep): waits only when it
+            // is full. The reader runs meanwhile (same task, polled beside this).
+            if let Err(e) = sender.send(message).await {
+                return format!("send failed: {e}");
+            }
+        }
+        add(&core.counters.calls_sent, sent);
     }
 }
 
@@ -222,12 +257,18 @@ async fn run_dealer(core: Arc<Core>, peer: String, endpoint: String, shared: Arc
                 tracing::debug!(%peer, %endpoint, "DEALER connected");
                 backoff = BACKOFF_MIN;
                 let (sender, receiver) = socket.split();
-                let conn = Arc::new(Conn {
-                    sender: Mutex::new(sender),
-                    lost: Notify::new(),
-                });
+                let conn = Arc::new(Conn::new());
                 shared.link.send_replace(Link::Up(conn.clone()));
-                session(&core, &peer, &shared.pending, &conn, receiver, monitor).await
+                session(
+                    &core,
+                    &peer,
+                    &shared.pending,
+                    &conn,
+                    sender,
+                    receiver,
+                    monitor,
+                )
+                .await
             }
             Ok(Err(e)) => format!("cannot connect to {endpoint}: {e}"),
             Err(_) => format!(
@@ -253,6 +294,7 @@ async fn session(
     peer: &str,
     pending: &Pending,
     conn: &Conn,
+    sender: DealerSendHalf,
     mut receiver: DealerRecvHalf,
     mut monitor: futures::channel::mpsc::Receiver<SocketEvent>,
 ) -> String {
@@ -274,10 +316,11 @@ async fn session(
             }
         }
     };
+    let writer = send_outbox(core, conn, sender);
     tokio::select! {
         why = reader => why,
         why = watcher => why,
-        () = conn.lost.notified() => "send failed".to_owned(),
+        why = writer => why,
     }
 }
 
@@ -384,5 +427,187 @@ mod tests {
         }
         assert_eq!(core.stats().calls_failed_unavailable, 1);
         assert_eq!(core.stats().calls_sent, 0);
+    }
+
+    /// A peer's ROUTER on loopback, keyed like `keyed()`, for the tests of calls over real
+    /// sockets: its endpoint and the socket.
+    async fn peer_router() -> (NodeInfo, ::zeromq::RouterSocket) {
+        let mut router = ::zeromq::RouterSocket::new();
+        let bound = router.bind("tcp://127.0.0.1:0").await.unwrap();
+        let mut peer: NodeInfo = serde_json::from_value(json!({"id": "b", "name": "svc"})).unwrap();
+        peer.endpoints
+            .insert("router".to_owned(), bound.to_string());
+        (peer, router)
+    }
+
+    /// The frames of a sealed `get` call `id` from `core`.
+    fn call_frames(core: &Core, id: u64) -> Vec<Vec<u8>> {
+        let request = crate::medium::Request::new("power", "get").id(format!("r{id}"));
+        let body = core
+            .wire
+            .encode_call(id, "a", wire::Outgoing::Request(&request))
+            .unwrap();
+        core.wire.seal(wire::SEAL_CALL, b"", body).into()
+    }
+
+    /// Reads one call on the peer's ROUTER: the caller's identity and the call's id and
+    /// resource id.
+    async fn read_call(
+        server: &Core,
+        router: &mut ::zeromq::RouterSocket,
+    ) -> (Vec<u8>, u64, String) {
+        let message = tokio::time::timeout(Duration::from_secs(5), router.recv())
+            .await
+            .expect("a call within 5 s")
+            .unwrap();
+        let frames = message.into_vec();
+        assert_eq!(frames.len(), 3);
+        let plain = server
+            .wire
+            .open(wire::SEAL_CALL, b"", &frames[1], &frames[2])
+            .unwrap();
+        match wire::decode_call(&plain).unwrap() {
+            wire::Call::Request { id, request, .. } => (
+                frames[0].to_vec(),
+                id,
+                request.resource_id.unwrap_or_default(),
+            ),
+            wire::Call::Control { .. } => panic!("not a request"),
+        }
+    }
+
+    /// Sends the reply `{"id": resource}` to call `id` of `identity`.
+    async fn reply(
+        server: &Core,
+        router: &mut ::zeromq::RouterSocket,
+        identity: &[u8],
+        id: u64,
+        resource: &str,
+    ) {
+        let ok = crate::json::to_raw(&json!({ "id": resource })).unwrap();
+        let body = server.wire.encode_response(id, &Ok(ok));
+        let [body, seal] = server.wire.seal(wire::SEAL_RESPONSE, b"", body);
+        router
+            .send(wire::multipart(vec![identity.to_vec(), body, seal]))
+            .await
+            .unwrap();
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn many_concurrent_calls_each_get_their_own_reply_answered_out_of_order() {
+        let core = Arc::new(keyed());
+        let server = keyed();
+        let (peer, mut router) = peer_router().await;
+        let mut dealers = HashMap::new();
+        let dealer = dealer_for(&core, &mut dealers, &peer).unwrap();
+        const CALLS: u64 = 200;
+        let mut calls = Vec::new();
+        for id in 1..=CALLS {
+            let (core, dealer) = (core.clone(), dealer.clone());
+            let frames = call_frames(&core, id);
+            calls.push(tokio::spawn(async move {
+                let reply = dealer.call(&core, "b", id, frames).await.unwrap();
+                (id, reply.get().to_owned())
+            }));
+        }
+        // Every call arrives once; answered in reverse order of arrival.
+        let mut seen = Vec::new();
+        for _ in 0..CALLS {
+            seen.push(read_call(&server, &mut router).await);
+        }
+        let mut ids: Vec<u64> = seen.iter().map(|(_, id, _)| *id).collect();
+        ids.sort_unstable();
+        assert_eq!(ids, (1..=CALLS).collect::<Vec<_>>());
+        for (identity, id, resource) in seen.iter().rev() {
+            assert_eq!(resource, &format!("r{id}"));
+            reply(&server, &mut router, identity, *id, resource).await;
+        }
+        for call in calls {
+            let (id, reply) = call.await.unwrap();
+            assert_eq!(reply, format!(r#"{{"id":"r{id}"}}"#));
+        }
+        let stats = core.stats();
+        assert_eq!((stats.calls_sent, stats.replies_received), (CALLS, CALLS));
+        dealer.close(&core, "done");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_garbled_reply_and_a_caller_that_gave_up_do_not_disturb_the_others() {
+        let core = Arc::new(keyed());
+        let server = keyed();
+        let (peer, mut router) = peer_router().await;
+        let mut dealers = HashMap::new();
+        let dealer = dealer_for(&core, &mut dealers, &peer).unwrap();
+        // Call 1 gives up before its reply; its request was queued and still goes out.
+        let gave_up = tokio::time::timeout(
+            Duration::from_millis(50),
+            dealer.call(&core, "b", 1, call_frames(&core, 1)),
+        )
+        .await;
+        assert!(gave_up.is_err(), "no reply yet: the caller gave up");
+        let (identity, id, _) = read_call(&server, &mut router).await;
+        assert_eq!(id, 1);
+        let second = {
+            let (core, dealer) = (core.clone(), dealer.clone());
+            let frames = call_frames(&core, 2);
+            tokio::spawn(async move { dealer.call(&core, "b", 2, frames).await })
+        };
+        let (identity_2, id, _) = read_call(&server, &mut router).await;
+        assert_eq!((id, &identity_2), (2, &identity));
+        // A garbled reply (its sealed body altered), the late reply of call 1, then call 2's.
+        let ok = crate::json::to_raw(&json!({ "id": "forged" })).unwrap();
+        let body = server.wire.encode_response(2, &Ok(ok));
+        let [mut body, seal] = server.wire.seal(wire::SEAL_RESPONSE, b"", body);
+        body[0] ^= 1;
+        router
+            .send(wire::multipart(vec![identity.clone(), body, seal]))
+            .await
+            .unwrap();
+        reply(&server, &mut router, &identity, 1, "late").await;
+        reply(&server, &mut router, &identity, 2, "r2").await;
+        let reply = tokio::time::timeout(Duration::from_secs(5), second)
+            .await
+            .expect("call 2 answered")
+            .unwrap()
+            .unwrap();
+        assert_eq!(reply.get(), r#"{"id":"r2"}"#);
+        let stats = core.stats();
+        assert_eq!(stats.dropped_unsigned, 1);
+        assert_eq!(stats.calls_sent, 2);
+        dealer.close(&core, "done");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn calls_waiting_on_a_lost_connection_fail_at_once() {
+        let core = Arc::new(keyed());
+        let server = keyed();
+        let (peer, mut router) = peer_router().await;
+        let mut dealers = HashMap::new();
+        let dealer = dealer_for(&core, &mut dealers, &peer).unwrap();
+        let mut calls = Vec::new();
+        for id in 1..=8 {
+            let (core, dealer) = (core.clone(), dealer.clone());
+            let frames = call_frames(&core, id);
+            calls.push(tokio::spawn(async move {
+                dealer.call(&core, "b", id, frames).await
+            }));
+        }
+        for _ in 0..8 {
+            read_call(&server, &mut router).await;
+        }
+        // The peer goes away with every call unanswered.
+        drop(router);
+        for call in calls {
+            let failed = tokio::time::timeout(Duration::from_secs(5), call)
+                .await
+                .expect("failed well before the request timeout")
+                .unwrap();
+            assert!(
+                matches!(failed, Err(Error::Unavailable { .. })),
+                "{failed:?}"
+            );
+        }
+        assert_eq!(core.stats().calls_failed_unavailable, 8);
+        dealer.close(&core, "done");
     }
 }

@@ -112,9 +112,12 @@
 //! replies to the waiting calls, watches the socket monitor, and on a disconnect, a failed write
 //! or a failed connect fails that peer's pending calls at once with [`Error::Unavailable`] and
 //! rebuilds the socket with backoff (the `zeromq` DEALER does not reconnect by itself). Callers
-//! write their requests on the DEALER's send half themselves (no hop through the task; the
-//! crate's bounded per-peer write queue is the only queue); a failed write fails that call and
-//! ends the session. Before the first connect calls wait for it; after a failure they fail at
+//! put their requests in the connection's outbox (bounded by the calls in flight: one request
+//! per waiting call); the first one into an empty outbox wakes the task, which hands the whole
+//! outbox to the socket, in order, so a burst of requests leaves in one write instead of one
+//! write each (while requests come in bursts it first lets the other ready tasks run once; a
+//! lone request is sent at once). A failed write ends the session
+//! (every waiting call fails with [`Error::Unavailable`]). Before the first connect calls wait for it; after a failure they fail at
 //! once until a reconnect succeeds. Connects are bounded by a timeout. A call whose future is
 //! dropped (the node's timeout) removes its pending entry.
 //!
