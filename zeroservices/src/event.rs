@@ -162,7 +162,9 @@ impl Drop for InterestGuard {
 /// The node-local event bus: every event this node publishes or receives goes through it.
 #[derive(Clone)]
 pub(crate) struct EventBus {
-    tx: broadcast::Sender<Event>,
+    /// Events are shared by the subscribers (one copy is made per stream whose prefix matches,
+    /// when it yields the event; none for the streams it does not match).
+    tx: broadcast::Sender<Arc<Event>>,
     lagged: Arc<AtomicU64>,
     interest: Arc<Interest>,
 }
@@ -186,6 +188,13 @@ impl EventBus {
     pub(crate) fn send(&self, event: &Event) {
         // No receiver is not an error: nobody listens.
         if self.tx.receiver_count() > 0 {
+            let _ = self.tx.send(Arc::new(event.clone()));
+        }
+    }
+
+    /// [`send`](Self::send) of an event shared with its keeper (a change log's entry): no copy.
+    pub(crate) fn send_shared(&self, event: &Arc<Event>) {
+        if self.tx.receiver_count() > 0 {
             let _ = self.tx.send(event.clone());
         }
     }
@@ -193,7 +202,7 @@ impl EventBus {
     /// [`send`](Self::send) without a copy.
     pub(crate) fn send_owned(&self, event: Event) {
         if self.tx.receiver_count() > 0 {
-            let _ = self.tx.send(event);
+            let _ = self.tx.send(Arc::new(event));
         }
     }
 
@@ -228,7 +237,7 @@ impl EventBus {
 /// Each subscriber has a bounded buffer (4096 events); a subscriber that falls further behind
 /// loses the oldest events, which is logged and counted (`Node::stats().events_lagged`).
 pub struct EventStream {
-    inner: BroadcastStream<Event>,
+    inner: BroadcastStream<Arc<Event>>,
     prefix: String,
     lagged: Arc<AtomicU64>,
     /// Events this stream lost since [`EventStream::take_lagged`] was last called.
@@ -255,8 +264,10 @@ impl Stream for EventStream {
         loop {
             match Pin::new(&mut self.inner).poll_next(cx) {
                 Poll::Ready(Some(Ok(event))) => {
+                    // Copied out of the bus only when it matches (without a copy when this
+                    // stream holds the last reference).
                     if event.matches(&self.prefix) {
-                        return Poll::Ready(Some(event));
+                        return Poll::Ready(Some(Arc::unwrap_or_clone(event)));
                     }
                 }
                 Poll::Ready(Some(Err(BroadcastStreamRecvError::Lagged(n)))) => {
