@@ -13,7 +13,7 @@
 //! -x <libc> malloc` (and `realloc`, `calloc`), run `perf stat -e 'probe_libc:*'` on
 //! `ZS_ALLOC_MODE=create-warm` (the warm-up only) and `ZS_ALLOC_MODE=create` (the warm-up and
 //! `ZS_ALLOC_N` more), and divide the difference by `ZS_ALLOC_N`; `post-warm` / `post` for
-//! REST POSTs.
+//! REST POSTs (`scripts/alloc-count.sh` does this).
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
@@ -37,7 +37,12 @@ fn cpu_seconds() -> f64 {
     let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
     let after = stat.rsplit(')').next().unwrap_or("");
     let fields: Vec<&str> = after.split_whitespace().collect();
-    let ticks = |i: usize| fields.get(i).and_then(|s| s.parse::<f64>().ok()).unwrap_or(0.0);
+    let ticks = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|s| s.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
     // utime and stime are fields 14 and 15 (1-based); after the `)` they are 12 and 13.
     (ticks(11) + ticks(12)) / 100.0
 }
