@@ -290,6 +290,42 @@ impl Stream for EventStream {
 mod tests {
     use super::*;
 
+    #[tokio::test]
+    async fn a_shared_event_reaches_the_matching_streams_only() {
+        use futures::StreamExt;
+        let bus = EventBus::new(16);
+        let mut a = bus.subscribe("a");
+        let mut a2 = bus.subscribe("a.create");
+        let mut b = bus.subscribe("b");
+        let event = Arc::new(Event::resource("a", "create", "1", Default::default()));
+        bus.send_shared(&event);
+        // The keeper's copy is untouched; every matching stream gets an equal event.
+        assert_eq!(a.next().await.as_ref(), Some(&*event));
+        assert_eq!(a2.next().await.as_ref(), Some(&*event));
+        // A copied and an owned event too, in order; `b` sees only its own.
+        bus.send(&Event::resource("b", "patch", "2", Default::default()));
+        bus.send_owned(Event::resource("a", "delete", "3", Default::default()));
+        assert_eq!(
+            b.next().await.map(|e| e.topic).as_deref(),
+            Some("b.patch.2")
+        );
+        assert_eq!(
+            a.next().await.map(|e| e.topic).as_deref(),
+            Some("a.delete.3")
+        );
+        assert!(
+            tokio::time::timeout(std::time::Duration::from_millis(50), b.next())
+                .await
+                .is_err(),
+            "b got an event of a"
+        );
+        assert_eq!(
+            Arc::strong_count(&event),
+            1,
+            "the bus keeps no copy once read"
+        );
+    }
+
     #[test]
     fn prefixes_match_on_dot_segments() {
         assert!(topic_matches("power", "power.create.42"));
