@@ -162,7 +162,9 @@ impl Drop for InterestGuard {
 /// The node-local event bus: every event this node publishes or receives goes through it.
 #[derive(Clone)]
 pub(crate) struct EventBus {
-    tx: broadcast::Sender<Event>,
+    /// Events are shared by the subscribers (one copy is made per stream whose prefix matches,
+    /// when it yields the event; none for the streams it does not match).
+    tx: broadcast::Sender<Arc<Event>>,
     lagged: Arc<AtomicU64>,
     interest: Arc<Interest>,
 }
@@ -186,6 +188,13 @@ impl EventBus {
     pub(crate) fn send(&self, event: &Event) {
         // No receiver is not an error: nobody listens.
         if self.tx.receiver_count() > 0 {
+            let _ = self.tx.send(Arc::new(event.clone()));
+        }
+    }
+
+    /// [`send`](Self::send) of an event shared with its keeper (a change log's entry): no copy.
+    pub(crate) fn send_shared(&self, event: &Arc<Event>) {
+        if self.tx.receiver_count() > 0 {
             let _ = self.tx.send(event.clone());
         }
     }
@@ -193,7 +202,7 @@ impl EventBus {
     /// [`send`](Self::send) without a copy.
     pub(crate) fn send_owned(&self, event: Event) {
         if self.tx.receiver_count() > 0 {
-            let _ = self.tx.send(event);
+            let _ = self.tx.send(Arc::new(event));
         }
     }
 
@@ -228,7 +237,7 @@ impl EventBus {
 /// Each subscriber has a bounded buffer (4096 events); a subscriber that falls further behind
 /// loses the oldest events, which is logged and counted (`Node::stats().events_lagged`).
 pub struct EventStream {
-    inner: BroadcastStream<Event>,
+    inner: BroadcastStream<Arc<Event>>,
     prefix: String,
     lagged: Arc<AtomicU64>,
     /// Events this stream lost since [`EventStream::take_lagged`] was last called.
@@ -255,8 +264,10 @@ impl Stream for EventStream {
         loop {
             match Pin::new(&mut self.inner).poll_next(cx) {
                 Poll::Ready(Some(Ok(event))) => {
+                    // Copied out of the bus only when it matches (without a copy when this
+                    // stream holds the last reference).
                     if event.matches(&self.prefix) {
-                        return Poll::Ready(Some(event));
+                        return Poll::Ready(Some(Arc::unwrap_or_clone(event)));
                     }
                 }
                 Poll::Ready(Some(Err(BroadcastStreamRecvError::Lagged(n)))) => {
@@ -278,6 +289,42 @@ impl Stream for EventStream {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn a_shared_event_reaches_the_matching_streams_only() {
+        use futures::StreamExt;
+        let bus = EventBus::new(16);
+        let mut a = bus.subscribe("a");
+        let mut a2 = bus.subscribe("a.create");
+        let mut b = bus.subscribe("b");
+        let event = Arc::new(Event::resource("a", "create", "1", Default::default()));
+        bus.send_shared(&event);
+        // The keeper's copy is untouched; every matching stream gets an equal event.
+        assert_eq!(a.next().await.as_ref(), Some(&*event));
+        assert_eq!(a2.next().await.as_ref(), Some(&*event));
+        // A copied and an owned event too, in order; `b` sees only its own.
+        bus.send(&Event::resource("b", "patch", "2", Default::default()));
+        bus.send_owned(Event::resource("a", "delete", "3", Default::default()));
+        assert_eq!(
+            b.next().await.map(|e| e.topic).as_deref(),
+            Some("b.patch.2")
+        );
+        assert_eq!(
+            a.next().await.map(|e| e.topic).as_deref(),
+            Some("a.delete.3")
+        );
+        assert!(
+            tokio::time::timeout(std::time::Duration::from_millis(50), b.next())
+                .await
+                .is_err(),
+            "b got an event of a"
+        );
+        assert_eq!(
+            Arc::strong_count(&event),
+            1,
+            "the bus keeps no copy once read"
+        );
+    }
 
     #[test]
     fn prefixes_match_on_dot_segments() {

@@ -120,8 +120,10 @@ pub struct LogPage {
 /// What the owner's service tells its store about the change being written, so the store logs
 /// it in the same transaction (set around one store call by [`with_note`]).
 pub(crate) struct LogNote {
-    pub(crate) collection: String,
-    pub(crate) action: String,
+    /// The collection's name (a resource type's constant: no copy per change).
+    pub(crate) collection: &'static str,
+    /// The action's name (a built-in's or a declared action's: no copy per change).
+    pub(crate) action: &'static str,
     /// The payload besides `resource_id`, `resource_name`, `action`, `version` and
     /// `resource_data`.
     pub(crate) extra: Map<String, Value>,
@@ -183,8 +185,8 @@ pub(crate) fn current_note(collection: &str) -> Option<Arc<LogNote>> {
 
 impl LogNote {
     pub(crate) fn new(
-        collection: &str,
-        action: &str,
+        collection: &'static str,
+        action: &'static str,
         extra: Map<String, Value>,
         with_document: bool,
         retention: Retention,
@@ -194,8 +196,8 @@ impl LogNote {
         let mut extra = extra;
         crate::telemetry::stamp(&mut extra);
         Arc::new(Self {
-            collection: collection.to_owned(),
-            action: action.to_owned(),
+            collection,
+            action,
             extra,
             with_document,
             retention,
@@ -233,7 +235,7 @@ impl LogNote {
             data.insert("resource_data".to_owned(), doc);
         }
         data.insert("version".to_owned(), Value::from(version));
-        Event::resource(&self.collection, &self.action, id, data)
+        Event::resource(self.collection, self.action, id, data)
     }
 
     /// Records that the store committed the change as `seq` of `log`.

@@ -491,11 +491,17 @@ impl Node {
 
     /// Publishes an event to this node's subscribers and to the whole cluster.
     pub async fn publish(&self, event: Event) {
-        self.publish_shared(&event).await;
+        self.publish_in(&event, None).await;
     }
 
-    /// [`Node::publish`] of an event kept elsewhere too (a change log's entry): no copy here.
-    pub(crate) async fn publish_shared(&self, event: &Event) {
+    /// [`Node::publish`] of an event kept elsewhere too (a change log's entry): no copy here,
+    /// the local subscribers share it.
+    pub(crate) async fn publish_shared(&self, event: &Arc<Event>) {
+        self.publish_in(event, Some(event)).await;
+    }
+
+    /// Publishes `event`; `shared` is the same event behind an `Arc` when the caller has one.
+    async fn publish_in(&self, event: &Event, shared: Option<&Arc<Event>>) {
         self.inner
             .metrics
             .counters
@@ -504,7 +510,10 @@ impl Node {
         // The medium puts this span's context in the event's envelope (subscribers link to it).
         let span = tracing::debug_span!("zs.publish", otel.kind = "producer", topic = %event.topic);
         let publish = async {
-            self.inner.deliver_local(event);
+            match shared {
+                Some(shared) => self.inner.deliver_shared(shared),
+                None => self.inner.deliver_local(event),
+            }
             if let Err(e) = self.inner.medium.publish(event).await {
                 tracing::warn!(topic = %event.topic, error = %e, "event not published to peers");
             }
@@ -815,6 +824,12 @@ impl NodeInner {
     fn deliver_local(&self, event: &Event) {
         self.count_and_hook(event);
         self.bus.send(event);
+    }
+
+    /// [`deliver_local`](Self::deliver_local) of an event kept elsewhere too: the bus shares it.
+    fn deliver_shared(&self, event: &Arc<Event>) {
+        self.count_and_hook(event);
+        self.bus.send_shared(event);
     }
 
     /// [`deliver_local`](Self::deliver_local) of an event received from a peer, which is

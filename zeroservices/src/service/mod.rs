@@ -221,7 +221,7 @@ impl<R: Resource> ResourceService<R> {
     fn note(
         &self,
         node: &Node,
-        action: &str,
+        action: &'static str,
         extra: impl FnOnce() -> Map<String, Value>,
         with_document: bool,
     ) -> Option<Arc<LogNote>> {

@@ -880,7 +880,7 @@ fn log_change(
     let Some(note) = note else {
         return Ok(None);
     };
-    let collection = note.collection.as_str();
+    let collection = note.collection;
     let event = note.event(id, doc, version);
     let at_ms = now_ms();
     let mut heads = txn
