@@ -1128,6 +1128,18 @@ async fn publish_run(node: &Node, sub: &mut Proc, time: Duration) -> SubRun {
 }
 
 /// The CPU figures of a run, for a table line.
+/// What a subscriber process saw of a run: rate, seen of sent, losses, CPU per event.
+fn seen_note(run: &SubRun, loss: u64, what: &str) -> String {
+    format!(
+        "{}: {} of {} seen, lost {loss} (bus lagged {}){}",
+        per_s(run.rate()),
+        run.received,
+        run.sent,
+        run.lagged,
+        cpu_note(run, what)
+    )
+}
+
 fn cpu_note(run: &SubRun, what: &str) -> String {
     match run.cpu {
         Some((ours, theirs)) => {
@@ -2244,14 +2256,7 @@ async fn zmq_groups(
                     "resumable (subscribe_since)"
                 }
             ),
-            format!(
-                "{}: {} of {} seen, lost {loss} (bus lagged {}){}",
-                per_s(burst.rate()),
-                burst.received,
-                burst.sent,
-                burst.lagged,
-                cpu_note(&burst, "producer")
-            ),
+            seen_note(&burst, loss, "producer"),
             format!("created {}", per_s(created_rate)),
             ratio(burst.rate(), created_rate),
             ">= 200,000/s, 0 lost",
@@ -2298,14 +2303,7 @@ async fn zmq_groups(
                 "events published with Node::publish (no store) seen by a {} subscriber process, 16 tasks unpaced{tag}",
                 if plain { "plain" } else { "resumable" }
             ),
-            format!(
-                "{}: {} of {} seen, lost {loss} (bus lagged {}){}",
-                per_s(published.rate()),
-                published.received,
-                published.sent,
-                published.lagged,
-                cpu_note(&published, "publisher")
-            ),
+            seen_note(&published, loss, "publisher"),
             format!("published {}", per_s(published_rate)),
             ratio(published.rate(), published_rate),
             "reported (the event path without the create)",
