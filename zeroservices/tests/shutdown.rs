@@ -366,3 +366,42 @@ async fn a_stopping_node_refuses_new_requests_from_peers() {
         .unwrap();
     client.stop().await;
 }
+
+/// A discovery whose `stop` never returns (a socket or a peer that hangs it).
+struct StuckDiscovery(zeroservices::medium::MemoryDiscovery);
+
+#[async_trait::async_trait]
+impl zeroservices::discovery::Discovery for StuckDiscovery {
+    async fn start(
+        &self,
+        me: zeroservices::NodeInfo,
+        sink: Arc<dyn zeroservices::discovery::PeerSink>,
+    ) -> Result<()> {
+        self.0.start(me, sink).await
+    }
+    async fn announce(&self, me: zeroservices::NodeInfo) -> Result<()> {
+        self.0.announce(me).await
+    }
+    async fn stop(&self) {
+        std::future::pending::<()>().await;
+    }
+}
+
+#[tokio::test]
+async fn a_discovery_that_never_stops_does_not_hold_stop() {
+    let cluster = MemoryCluster::new();
+    let node = Node::builder("stuck")
+        .medium(cluster.medium())
+        .discovery(StuckDiscovery(cluster.discovery()))
+        .resource::<Job>()
+        .start()
+        .await
+        .unwrap();
+    let started = Instant::now();
+    tokio::time::timeout(Duration::from_secs(20), node.stop())
+        .await
+        .expect("stop is bounded when the discovery hangs");
+    // The medium stopped after the discovery was left behind: the node is gone from the cluster.
+    assert!(cluster.node_ids().is_empty(), "{:?}", cluster.node_ids());
+    println!("stopped in {:?}", started.elapsed());
+}

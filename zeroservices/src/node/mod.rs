@@ -802,10 +802,11 @@ impl Node {
         }
         let shutdown = &self.inner.shutdown;
         shutdown.begin();
-        self.inner.discovery.stop().await;
+        let id = &self.inner.id;
+        bounded_step(id, "discovery", self.inner.discovery.stop()).await;
         shutdown.drain().await;
-        self.inner.medium.stop().await;
-        tracing::info!(node = %self.inner.id, "node stopped");
+        bounded_step(id, "medium", self.inner.medium.stop()).await;
+        tracing::info!(node = %id, "node stopped");
     }
 
     /// Resolves when the node starts stopping ([`Node::stop`], or a signal in
@@ -817,6 +818,22 @@ impl Node {
     /// How the node stops: its tokens, the work it waits for and the timeout.
     pub(crate) fn shutdown(&self) -> &Shutdown {
         &self.inner.shutdown
+    }
+}
+
+/// The longest [`Node::stop`] waits for the discovery or the medium to close (each); past it
+/// the step is left behind with a warning naming it, so that a stop never hangs.
+const STOP_STEP_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// Runs one step of [`Node::stop`] for at most [`STOP_STEP_TIMEOUT`].
+async fn bounded_step(node: &str, step: &str, work: impl Future<Output = ()>) {
+    if tokio::time::timeout(STOP_STEP_TIMEOUT, work).await.is_err() {
+        tracing::warn!(
+            node,
+            step,
+            timeout_ms = STOP_STEP_TIMEOUT.as_millis() as u64,
+            "stopping: this step did not finish in time; the node stops without waiting for it"
+        );
     }
 }
 

@@ -313,7 +313,13 @@ impl Discovery for UdpDiscovery {
         // End the task first, so no announcement can follow the goodbye.
         if let Some(task) = shared.take_task() {
             task.abort();
-            let _ = task.await;
+            // An aborted task ends at its next await; bounded all the same.
+            if tokio::time::timeout(std::time::Duration::from_secs(1), task)
+                .await
+                .is_err()
+            {
+                tracing::warn!("udp discovery: its task did not end within 1 s of the abort");
+            }
         }
         let Some(socket) = shared.unicast.get() else {
             return;

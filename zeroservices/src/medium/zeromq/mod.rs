@@ -514,17 +514,22 @@ impl Medium for ZmqMedium {
     async fn stop(&self) {
         let publisher = self.core.publisher.take();
         self.close_all();
+        // Everything below shares one deadline, so a stop is bounded whatever the count of
+        // tasks.
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(2);
         // Close the PUB socket, unbinding its port.
-        if let Some(socket) = publisher {
-            let _ = socket.close().await;
+        if let Some(socket) = publisher
+            && tokio::time::timeout_at(deadline, socket.close())
+                .await
+                .is_err()
+        {
+            tracing::warn!("zeromq: the PUB socket did not close within 2 s; left behind");
         }
         let tasks: Vec<_> = lock(&self.state).tasks.drain(..).collect();
         for mut task in tasks {
             // The ROUTER task closes its socket (unbinding the port) on shutdown.
-            if tokio::time::timeout(Duration::from_secs(2), &mut task)
-                .await
-                .is_err()
-            {
+            if tokio::time::timeout_at(deadline, &mut task).await.is_err() {
+                tracing::warn!("zeromq: a task did not end within 2 s of the stop; aborted");
                 task.abort();
             }
         }
