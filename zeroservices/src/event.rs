@@ -40,17 +40,9 @@ impl Event {
         extra.insert("resource_name".into(), Value::from(collection));
         extra.insert("resource_id".into(), Value::from(resource_id));
         crate::telemetry::stamp(&mut extra);
-        // Made at its size (`format!` would grow it several times).
-        let mut topic =
-            String::with_capacity(collection.len() + action.len() + resource_id.len() + 2);
-        for (i, part) in [collection, action, resource_id].into_iter().enumerate() {
-            if i > 0 {
-                topic.push('.');
-            }
-            topic.push_str(part);
-        }
         Self {
-            topic,
+            // One allocation of the exact size.
+            topic: [collection, action, resource_id].join("."),
             data: Value::Object(extra),
         }
     }

@@ -4,7 +4,9 @@
 //! network (loopback), the cursor covering both logs; an expired cursor; malformed and
 //! oversized cursors and a late `since`, after which the connection keeps working; a client
 //! told "too slow" that reconnects with its last cursor and loses nothing; a later subscribe
-//! that starts its collection then, not from the stream's start.
+//! that starts its collection then, not from the stream's start; clients pushed behind the
+//! bus that catch up from the log, a client too far behind (`ZS_WS_MAX_LAG`) told "too slow"
+//! that resumes, and clients that stop reading, which hold bounded memory and disturb nobody.
 
 mod http_common;
 
@@ -21,7 +23,7 @@ use serde_json::{Value, json};
 use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::Message as WsMessage;
 use zeroservices::Limits;
-use zeroservices::changes::Retention;
+use zeroservices::changes::{Cursor, Retention};
 use zeroservices::config::NetworkConfig;
 use zeroservices::http::HttpConfig;
 use zeroservices::medium::MemoryCluster;
@@ -541,6 +543,278 @@ async fn a_later_subscribe_starts_its_collection_then() {
     assert_eq!(id_of(&ws_next(&mut ws).await), "m9");
     assert_eq!(id_of(&ws_next(&mut ws).await), "p1");
     ws_assert_quiet(&mut ws, Duration::from_millis(200)).await;
+    server.shutdown().await;
+    node.stop().await;
+}
+
+/// `p0000`, `p0001`, … (sorted as created).
+fn pid(i: usize) -> String {
+    format!("p{i:04}")
+}
+
+/// Creates `p<from>` … `p<to - 1>`, each with a description of `blob` bytes.
+async fn create_range(node: &Node, from: usize, to: usize, blob: usize) {
+    let powers = node.collection::<Power>();
+    let text = "x".repeat(blob);
+    for i in from..to {
+        let mut p = power(i as i64);
+        if blob > 0 {
+            p.description = Some(text.clone());
+        }
+        powers.create_with_id(&pid(i), p).await.unwrap();
+    }
+}
+
+/// A counter of the node's `GET /metrics` (`None` when it is not there).
+async fn metric(base: &str, name: &str) -> Option<f64> {
+    let text = client()
+        .get(format!("{base}/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    text.lines()
+        .find_map(|line| line.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+}
+
+/// Waits until the counter `name` reaches `at_least` (bounded).
+async fn wait_metric(base: &str, name: &str, at_least: f64) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let value = metric(base, name).await;
+        if value.is_some_and(|v| v >= at_least) {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{name} = {value:?}, waited for {at_least}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// What a client read until its connection ended (or `within` passed): the events' ids, the
+/// last cursor, the error messages and the close frame's code.
+struct Ending {
+    ids: Vec<String>,
+    cursor: String,
+    errors: Vec<Value>,
+    close: Option<u16>,
+}
+
+async fn read_to_the_end(ws: &mut Ws, cursor: String, within: Duration) -> Ending {
+    let deadline = Instant::now() + within;
+    let mut ending = Ending {
+        ids: Vec::new(),
+        cursor,
+        errors: Vec::new(),
+        close: None,
+    };
+    loop {
+        match tokio::time::timeout_at(deadline, ws.next()).await {
+            Err(_) => panic!("still connected after {} events", ending.ids.len()),
+            Ok(None) | Ok(Some(Err(_))) => break,
+            Ok(Some(Ok(WsMessage::Close(frame)))) => {
+                ending.close = frame.map(|f| u16::from(f.code));
+                break;
+            }
+            Ok(Some(Ok(WsMessage::Text(text)))) => {
+                let v: Value = serde_json::from_str(text.as_str()).unwrap();
+                match v["type"].as_str() {
+                    Some("event") => {
+                        ending.ids.push(id_of(&v));
+                        ending.cursor = v["data"]["cursor"].as_str().unwrap().to_owned();
+                    }
+                    Some("error") => ending.errors.push(v),
+                    _ => panic!("unexpected {v}"),
+                }
+            }
+            Ok(Some(Ok(_))) => {}
+        }
+    }
+    ending
+}
+
+/// Three clients resume from the same old cursor (a backlog of big documents, so their
+/// forwarders wait on full sockets) and do not read while thousands more changes are made:
+/// their streams fall behind the node's event bus (it drops events for them) and read the rest
+/// from the change log, sharing its pages. Each then reads every change once, in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clients_pushed_behind_catch_up_with_every_event_once_in_order() {
+    const BACKLOG: usize = 1000;
+    const TOTAL: usize = 7000;
+    let cluster = MemoryCluster::new();
+    let node = owner(&cluster).await;
+    let (server, base) = start(&node, HttpConfig::new(0).ws_buffer(16)).await;
+    let mut first = ws_connect(&base, None).await.unwrap();
+    let ack = subscribe(&mut first, &["power"], None).await;
+    let start_cursor = ack["cursor"].as_str().unwrap().to_owned();
+    drop(first);
+    // 16 KiB each: 16 MB of backlog, more than the sockets hold.
+    create_range(&node, 0, BACKLOG, 16 * 1024).await;
+    let mut clients = Vec::new();
+    for _ in 0..3 {
+        let mut ws = ws_connect(&base, None).await.unwrap();
+        let ack = subscribe(&mut ws, &["power"], Some(&start_cursor)).await;
+        assert_eq!(ack["type"], "subscribed", "{ack}");
+        clients.push(ws);
+    }
+    let lagged = node.stats().events_lagged;
+    // More than the bus keeps for a stream (4096) while nobody reads.
+    create_range(&node, BACKLOG, TOTAL, 0).await;
+    assert!(
+        node.stats().events_lagged > lagged,
+        "the streams did not fall behind the bus"
+    );
+    let expected: Vec<String> = (0..TOTAL).map(pid).collect();
+    let readers: Vec<_> = clients
+        .into_iter()
+        .map(|mut ws| {
+            tokio::spawn(async move {
+                let events =
+                    read_until(&mut ws, Duration::from_secs(60), |e| e.len() == TOTAL).await;
+                ws_assert_quiet(&mut ws, Duration::from_millis(200)).await;
+                events
+            })
+        })
+        .collect();
+    for reader in readers {
+        let events = reader.await.unwrap();
+        let ids: Vec<String> = events.iter().map(id_of).collect();
+        assert_eq!(ids, expected, "every change once, in order");
+        // Cursors go forward.
+        let last = Cursor::parse(events[TOTAL - 1]["data"]["cursor"].as_str().unwrap()).unwrap();
+        assert_eq!(last.positions().map(|(_, seq)| seq).sum::<u64>(), TOTAL as u64);
+    }
+    server.shutdown().await;
+    node.stop().await;
+}
+
+/// A client whose stream falls more than `ws_max_lag` changes behind the log's newest (it reads
+/// nothing while its backlog is sent) is told "too slow" and closed (1008), counted; it resumes
+/// from its last cursor and loses nothing. Its resume started further behind than the bound:
+/// that start is allowed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_too_far_behind_is_told_too_slow_and_resumes_losing_nothing() {
+    const BACKLOG: usize = 1000;
+    const TOTAL: usize = 3000;
+    const MAX_LAG: u64 = 300;
+    let cluster = MemoryCluster::new();
+    let node = owner(&cluster).await;
+    let config = HttpConfig::new(0).ws_buffer(16).ws_max_lag(MAX_LAG);
+    let (server, base) = start(&node, config).await;
+    let mut first = ws_connect(&base, None).await.unwrap();
+    let ack = subscribe(&mut first, &["power"], None).await;
+    let start_cursor = ack["cursor"].as_str().unwrap().to_owned();
+    drop(first);
+    create_range(&node, 0, BACKLOG, 16 * 1024).await;
+    let mut slow = ws_connect(&base, None).await.unwrap();
+    let ack = subscribe(&mut slow, &["power"], Some(&start_cursor)).await;
+    assert_eq!(ack["type"], "subscribed", "a resume beyond the bound starts: {ack}");
+    // It reads nothing while the log moves far past it.
+    create_range(&node, BACKLOG, TOTAL, 0).await;
+    wait_metric(&base, "zs_websocket_too_far_behind_total", 1.0).await;
+    assert_eq!(
+        metric(&base, "zs_websocket_too_slow_total").await,
+        Some(1.0)
+    );
+    let ending = read_to_the_end(&mut slow, start_cursor, Duration::from_secs(30)).await;
+    eprintln!(
+        "too far behind: {} events before the close, told {:?}, close {:?}",
+        ending.ids.len(),
+        ending.errors,
+        ending.close
+    );
+    assert!(ending.ids.len() < TOTAL, "never disconnected");
+    // The goodbye is best effort (its socket was full), but what arrives says so.
+    for error in &ending.errors {
+        assert_eq!(error["code"], "too_slow", "{error}");
+        let text = error["error"].as_str().unwrap();
+        assert!(text.contains("ZS_WS_MAX_LAG") && text.contains("since"), "{text}");
+    }
+    if let Some(code) = ending.close {
+        assert_eq!(code, 1008);
+    }
+    let mut got = ending.ids;
+    let mut ws = ws_connect(&base, None).await.unwrap();
+    let ack = subscribe(&mut ws, &["power"], Some(&ending.cursor)).await;
+    assert_eq!(ack["type"], "subscribed", "{ack}");
+    let missing = TOTAL - got.len();
+    let rest = read_until(&mut ws, Duration::from_secs(60), |e| e.len() == missing).await;
+    got.extend(rest.iter().map(id_of));
+    let expected: Vec<String> = (0..TOTAL).map(pid).collect();
+    assert_eq!(got, expected, "nothing lost, nothing twice, in order");
+    ws_assert_quiet(&mut ws, Duration::from_millis(200)).await;
+    server.shutdown().await;
+    node.stop().await;
+}
+
+/// A client that stops reading entirely (one live, one resuming with a backlog) holds no more
+/// than its queue: both are closed, the queued messages stay within the queues' bounds, and a
+/// client reading beside them gets every change in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clients_that_stop_reading_hold_bounded_memory_and_disturb_nobody() {
+    const BACKLOG: usize = 500;
+    const TOTAL: usize = 2500;
+    const BUFFER: usize = 16;
+    let cluster = MemoryCluster::new();
+    let node = owner(&cluster).await;
+    let config = HttpConfig::new(0).ws_buffer(BUFFER).ws_max_lag(500);
+    let (server, base) = start(&node, config).await;
+    let mut reader = ws_connect(&base, None).await.unwrap();
+    let ack = subscribe(&mut reader, &["power"], None).await;
+    let start_cursor = ack["cursor"].as_str().unwrap().to_owned();
+    let read_all = tokio::spawn(async move {
+        let events = read_until(&mut reader, Duration::from_secs(60), |e| e.len() == TOTAL).await;
+        events.iter().map(id_of).collect::<Vec<_>>()
+    });
+    create_range(&node, 0, BACKLOG, 16 * 1024).await;
+    let mut live_stuck = ws_connect(&base, None).await.unwrap();
+    assert_eq!(
+        subscribe(&mut live_stuck, &["power"], None).await["type"],
+        "subscribed"
+    );
+    let mut resumed_stuck = ws_connect(&base, None).await.unwrap();
+    assert_eq!(
+        subscribe(&mut resumed_stuck, &["power"], Some(&start_cursor)).await["type"],
+        "subscribed"
+    );
+    // The queued messages, sampled while the changes are made.
+    let sampling = Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let sampler = tokio::spawn({
+        let (base, sampling) = (base.clone(), sampling.clone());
+        async move {
+            let mut most = 0.0f64;
+            while sampling.load(Ordering::SeqCst) {
+                if let Some(queued) = metric(&base, "zs_websocket_queued_messages").await {
+                    most = most.max(queued);
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            most
+        }
+    });
+    // 4 KiB each: the stuck clients' sockets fill.
+    create_range(&node, BACKLOG, TOTAL, 4 * 1024).await;
+    wait_metric(&base, "zs_websocket_too_slow_total", 2.0).await;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while metric(&base, "zs_websocket_clients").await != Some(1.0) {
+        assert!(Instant::now() < deadline, "the stuck clients are still connected");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let ids = read_all.await.unwrap();
+    let expected: Vec<String> = (0..TOTAL).map(pid).collect();
+    assert_eq!(ids, expected, "the reading client got every change once, in order");
+    sampling.store(false, Ordering::SeqCst);
+    let most = sampler.await.unwrap();
+    assert!(
+        most <= (3 * BUFFER) as f64,
+        "{most} messages queued at once, over three queues of {BUFFER}"
+    );
+    assert_eq!(metric(&base, "zs_websocket_queued_messages").await, Some(0.0));
+    drop((live_stuck, resumed_stuck));
     server.shutdown().await;
     node.stop().await;
 }

@@ -31,6 +31,7 @@ use serde_json::Value;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
+use super::pages::{self, PageEntry, Shared};
 use super::serve::{CHANGES, ChangesArgs, ChangesReply, MAX_PAGE};
 use super::{Cursor, LogAfter, event_collection, log_key, position_of, split_key};
 use crate::event::topic_matches;
@@ -54,10 +55,11 @@ pub(crate) type Topics = Arc<RwLock<Vec<String>>>;
 pub(crate) type Restarts = Arc<Mutex<Vec<(String, u64)>>>;
 
 enum Item {
-    /// A logged event, at its position; whether it was read from the log (not live).
-    Entry(String, u64, Event, bool),
+    /// A logged event, at its position (the log's key); whether it was read from the log (not
+    /// live).
+    Entry(Arc<str>, u64, Arc<Shared>, bool),
     /// An entry passed over (not a followed topic): the position moves on.
-    Advance(String, u64),
+    Advance(Arc<str>, u64),
     /// An event without a position (a user event, or a store without a log).
     Plain(Event),
 }
@@ -85,8 +87,34 @@ pub(crate) struct Follower {
     starts: HashMap<String, u64>,
     /// Whether entries accepted now come from a log read.
     reading: bool,
-    /// Whether the last event handed out was read from a log.
-    replayed: bool,
+    /// The most entries the stream may fall behind a log's newest one, past the closest it
+    /// has been to it (0: no bound); see [`Follower::with_max_lag`].
+    max_lag: u64,
+    /// Per log, the fewest entries the stream has been behind its newest one.
+    closest: HashMap<String, u64>,
+    /// Whether the stream started from a cursor (else from now: at every log's head).
+    resumed: bool,
+}
+
+/// An event handed out by [`Follower::next_delivery`].
+pub(crate) struct Delivery {
+    /// The event (shared with the other followers that read it from the same log page).
+    pub(crate) event: Arc<Shared>,
+    /// The stream's cursor after it, for its payload's `cursor` (none for an event that is not
+    /// logged).
+    pub(crate) cursor: Option<String>,
+    /// Whether it was read from a change log rather than received live.
+    pub(crate) replayed: bool,
+}
+
+/// A page read from a log, wherever it came from.
+struct Read {
+    entries: Vec<PageEntry>,
+    /// The sequence number read up to, matching or not (0: nothing read).
+    through: u64,
+    head: u64,
+    expired: bool,
+    more: bool,
 }
 
 impl Follower {
@@ -115,7 +143,9 @@ impl Follower {
             restarts: Restarts::default(),
             starts: HashMap::new(),
             reading: false,
-            replayed: false,
+            max_lag: 0,
+            closest: HashMap::new(),
+            resumed: resuming,
         };
         if resuming {
             follower.plan_all();
@@ -133,6 +163,18 @@ impl Follower {
     #[cfg_attr(not(feature = "http"), allow(dead_code))]
     pub(crate) fn with_restarts(mut self, restarts: Restarts) -> Self {
         self.restarts = restarts;
+        self
+    }
+
+    /// Bounds how far behind the stream may fall: more than `entries` behind a change log's
+    /// newest entry, counted from the closest it has been to it (a resume starts where its
+    /// cursor is; a stream from now, at the head), ends it with an [`Error::Limit`] naming
+    /// `ZS_WS_MAX_LAG`. Checked at each read of a log and by [`Follower::check_lag`]; 0: no
+    /// bound.
+    // Used by the websocket (`http::realtime`).
+    #[cfg_attr(not(feature = "http"), allow(dead_code))]
+    pub(crate) fn with_max_lag(mut self, entries: u64) -> Self {
+        self.max_lag = entries;
         self
     }
 
@@ -160,14 +202,6 @@ impl Follower {
         self.live
     }
 
-    /// Whether the last event handed out was read from a change log (a resume, a gap, a
-    /// catch-up after the bus fell behind) rather than received live.
-    // Used by the websocket (`http::realtime`).
-    #[cfg_attr(not(feature = "http"), allow(dead_code))]
-    pub(crate) fn replayed(&self) -> bool {
-        self.replayed
-    }
-
     /// Entries lost because no owner of their log could be read.
     #[allow(dead_code)]
     pub(crate) fn lost(&self) -> u64 {
@@ -175,8 +209,25 @@ impl Follower {
     }
 
     /// The next event, with `cursor` in its payload set to the position after it; an error
-    /// ([`Error::CursorExpired`]) ends the stream; `None` when the node stops.
+    /// ([`Error::CursorExpired`], or [`Error::Limit`] past [`Follower::with_max_lag`]) ends
+    /// the stream; `None` when the node stops.
     pub(crate) async fn next(&mut self) -> Option<Result<Event>> {
+        let delivery = match self.next_delivery().await? {
+            Ok(delivery) => delivery,
+            Err(e) => return Some(Err(e)),
+        };
+        let mut event = delivery.event.into_event();
+        if let Some(cursor) = delivery.cursor
+            && let Value::Object(map) = &mut event.data
+        {
+            map.insert("cursor".to_owned(), Value::from(cursor));
+        }
+        Some(Ok(event))
+    }
+
+    /// [`Follower::next`] without making the event's payload: the event as read (shared with
+    /// the other followers of the same log page) and the stream's cursor after it.
+    pub(crate) async fn next_delivery(&mut self) -> Option<Result<Delivery>> {
         loop {
             if self.done {
                 return None;
@@ -184,21 +235,24 @@ impl Follower {
             self.apply_restarts();
             if let Some(item) = self.pending.pop_front() {
                 match item {
-                    Item::Entry(key, seq, mut event, replayed) => {
+                    Item::Entry(key, seq, event, replayed) => {
                         self.cursor.advance(&key, seq);
-                        if let Value::Object(map) = &mut event.data {
-                            map.insert("cursor".to_owned(), Value::from(self.cursor.encode()));
-                        }
-                        self.replayed = replayed;
-                        return Some(Ok(event));
+                        return Some(Ok(Delivery {
+                            event,
+                            cursor: Some(self.cursor.encode()),
+                            replayed,
+                        }));
                     }
                     Item::Advance(key, seq) => {
                         self.cursor.advance(&key, seq);
                         continue;
                     }
                     Item::Plain(event) => {
-                        self.replayed = false;
-                        return Some(Ok(event));
+                        return Some(Ok(Delivery {
+                            event: Arc::new(Shared::new(event)),
+                            cursor: None,
+                            replayed: false,
+                        }));
                     }
                 }
             }
@@ -276,9 +330,10 @@ impl Follower {
             self.held.retain(|k, _| !of(k));
             self.to_read.retain(|k, _| !of(k));
             self.pending.retain(|item| match item {
-                Item::Entry(k, ..) | Item::Advance(k, _) => !of(k),
+                Item::Entry(k, ..) | Item::Advance(k, _) => split_key(k).is_none_or(|(c, _)| c != collection),
                 Item::Plain(_) => true,
             });
+            self.closest.retain(|k, _| !of(k));
             self.starts.insert(collection.clone(), at_ms);
             for log in self.logs_of(&collection) {
                 self.to_read
@@ -328,12 +383,24 @@ impl Follower {
 
     /// Queues an entry that is the next of its log.
     fn accept(&mut self, key: String, seq: u64, event: Event) {
-        self.queued.insert(key.clone(), seq);
-        if self.wanted(&event.topic) {
+        let wanted = self.wanted(&event.topic);
+        let shared = Arc::new(Shared::new(event));
+        self.accept_shared(&Arc::from(key.as_str()), seq, shared, wanted);
+    }
+
+    /// Queues an entry that is the next of its log (`key`), handed out or passed over.
+    fn accept_shared(&mut self, key: &Arc<str>, seq: u64, event: Arc<Shared>, wanted: bool) {
+        match self.queued.get_mut(&**key) {
+            Some(queued) => *queued = seq,
+            None => {
+                self.queued.insert(key.to_string(), seq);
+            }
+        }
+        if wanted {
             self.pending
-                .push_back(Item::Entry(key, seq, event, self.reading));
+                .push_back(Item::Entry(key.clone(), seq, event, self.reading));
         } else {
-            self.pending.push_back(Item::Advance(key, seq));
+            self.pending.push_back(Item::Advance(key.clone(), seq));
         }
     }
 
@@ -430,25 +497,12 @@ impl Follower {
 
     async fn read_planned(&mut self) -> Result<()> {
         let plan = std::mem::take(&mut self.to_read);
-        for (key, from) in plan {
+        for (key, after) in plan {
             let Some((collection, log)) = split_key(&key) else {
                 continue;
             };
-            let prefixes = self
-                .topics
-                .read()
-                .unwrap_or_else(|e| e.into_inner())
-                .clone();
-            let after = from;
-            let args = ChangesArgs {
-                collection: collection.clone(),
-                log: log.clone(),
-                after,
-                prefixes: prefixes.clone(),
-                limit: MAX_PAGE,
-            };
-            let reply = match self.read(&args).await {
-                Ok(reply) => reply,
+            let read = match self.read_page(&key, &collection, &log, after).await {
+                Ok(read) => read,
                 Err(e) => {
                     // Nobody can read it back: what is held goes out with its gap.
                     tracing::warn!(log = %key, error = %e, "a change log cannot be read; events may be missing");
@@ -456,7 +510,7 @@ impl Follower {
                     continue;
                 }
             };
-            if reply.expired {
+            if read.expired {
                 return Err(Error::CursorExpired {
                     message: format!(
                         "the change log of {collection} ({log}) no longer holds the \
@@ -465,33 +519,38 @@ impl Follower {
                     ),
                 });
             }
-            let last = self.queued.get(&key).copied();
-            for entry in reply.entries {
-                if last.is_some_and(|l| entry.seq <= l)
-                    || self.queued.get(&key).is_some_and(|q| entry.seq <= *q)
-                {
+            if let LogAfter::Seq(at) = after {
+                self.note_head(&key, &collection, at, read.head)?;
+            }
+            // The topics once per page, not once per entry.
+            let topics = self
+                .topics
+                .read()
+                .unwrap_or_else(|e| e.into_inner())
+                .clone();
+            let shared_key: Arc<str> = Arc::from(key.as_str());
+            for (seq, event) in read.entries {
+                if self.queued.get(&key).is_some_and(|q| seq <= *q) {
                     continue;
                 }
-                let event = Event {
-                    topic: entry.topic,
-                    data: entry.data,
-                };
-                self.accept(key.clone(), entry.seq, event);
+                let wanted = topics.iter().any(|t| topic_matches(t, &event.event.topic));
+                self.accept_shared(&shared_key, seq, event, wanted);
             }
             // Entries passed over, or none after a time: the position moves to what was
             // read (to the head when nothing was).
-            let through = if reply.through > 0 {
-                reply.through
-            } else if matches!(after, LogAfter::Time(_)) && !reply.more {
-                reply.head
+            let through = if read.through > 0 {
+                read.through
+            } else if matches!(after, LogAfter::Time(_)) && !read.more {
+                read.head
             } else {
                 0
             };
             if self.queued.get(&key).is_none_or(|q| through > *q) {
                 self.queued.insert(key.clone(), through);
-                self.pending.push_back(Item::Advance(key.clone(), through));
+                self.pending
+                    .push_back(Item::Advance(shared_key.clone(), through));
             }
-            if reply.more {
+            if read.more {
                 // The next page once this one is handed out: a far-behind cursor holds
                 // one page per log in memory, not the whole backlog.
                 let at = self.queued.get(&key).copied().unwrap_or(0);
@@ -505,6 +564,141 @@ impl Follower {
                 // Entries past what the log held when read: read again after a wait.
                 self.held_since.get_or_insert_with(Instant::now);
             }
+        }
+        Ok(())
+    }
+
+    /// Reads a page of a log after `after`: this node's store through the shared pages
+    /// ([`pages`]) when it holds the log, else as [`Follower::read`] does.
+    async fn read_page(
+        &self,
+        key: &str,
+        collection: &str,
+        log: &str,
+        after: LogAfter,
+    ) -> Result<Read> {
+        if let Some(store) = self.node.local_store_of(collection) {
+            match pages::read(&store, key, collection, log, after).await {
+                Ok(Some(page)) => {
+                    return Ok(Read {
+                        through: page.entries.last().map_or(0, |e| e.0),
+                        entries: page.entries,
+                        head: page.head,
+                        expired: page.expired,
+                        more: page.more,
+                    });
+                }
+                Ok(None) => {}
+                Err(e) => {
+                    tracing::debug!(log = %key, error = %e, "this node's change log cannot be read; asking the others");
+                }
+            }
+        }
+        let prefixes = self
+            .topics
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        let args = ChangesArgs {
+            collection: collection.to_owned(),
+            log: log.to_owned(),
+            after,
+            prefixes,
+            limit: MAX_PAGE,
+        };
+        let reply = self.read(&args).await?;
+        Ok(Read {
+            entries: reply
+                .entries
+                .into_iter()
+                .map(|e| {
+                    let event = Event {
+                        topic: e.topic,
+                        data: e.data,
+                    };
+                    (e.seq, Arc::new(Shared::new(event)))
+                })
+                .collect(),
+            through: reply.through,
+            head: reply.head,
+            expired: reply.expired,
+            more: reply.more,
+        })
+    }
+
+    /// Notes that `key`'s newest entry is `head` while the stream is at `at`: past the bound
+    /// ([`Follower::with_max_lag`]), the error that ends the stream.
+    fn note_head(&mut self, key: &str, collection: &str, at: u64, head: u64) -> Result<()> {
+        if self.max_lag == 0 {
+            return Ok(());
+        }
+        let behind = head.saturating_sub(at);
+        let resumed = self.resumed;
+        let closest = self
+            .closest
+            .entry(key.to_owned())
+            .or_insert(if resumed { behind } else { 0 });
+        *closest = (*closest).min(behind);
+        if behind > closest.saturating_add(self.max_lag) {
+            let max = self.max_lag;
+            return Err(Error::limit(
+                "ZS_WS_MAX_LAG",
+                max,
+                format!(
+                    "{behind} changes of {collection} behind the newest, more than {max} \
+                     (ZS_WS_MAX_LAG)"
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Asks every log the stream is at where its head is now, and ends the stream (the error)
+    /// when it fell too far behind ([`Follower::with_max_lag`]): for a stream that cannot hand
+    /// out what it read (its client reads nothing), which reads no log meanwhile.
+    // Used by the websocket (`http::realtime`).
+    #[cfg_attr(not(feature = "http"), allow(dead_code))]
+    pub(crate) async fn check_lag(&mut self) -> Result<()> {
+        if self.max_lag == 0 {
+            return Ok(());
+        }
+        let positions: Vec<(String, u64)> = self
+            .cursor
+            .positions
+            .iter()
+            .map(|(k, s)| (k.clone(), *s))
+            .collect();
+        for (key, at) in positions {
+            let Some((collection, log)) = split_key(&key) else {
+                continue;
+            };
+            let head = match self.node.local_store_of(&collection) {
+                Some(store) => match store
+                    .read_log(&collection, &log, LogAfter::Seq(at), 1)
+                    .await
+                {
+                    Ok(Some(page)) => Some(page.head),
+                    _ => None,
+                },
+                None => None,
+            };
+            let head = match head {
+                Some(head) => head,
+                None => {
+                    let args = ChangesArgs {
+                        collection: collection.clone(),
+                        log,
+                        after: LogAfter::Seq(at),
+                        prefixes: Vec::new(),
+                        limit: 1,
+                    };
+                    match self.read(&args).await {
+                        Ok(reply) => reply.head,
+                        Err(_) => continue,
+                    }
+                }
+            };
+            self.note_head(&key, &collection, at, head)?;
         }
         Ok(())
     }

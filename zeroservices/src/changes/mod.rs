@@ -35,6 +35,7 @@ use serde_json::{Map, Value};
 use crate::{Error, Event, Result};
 
 pub(crate) mod follow;
+pub(crate) mod pages;
 pub(crate) mod serve;
 
 pub use follow::ResumableStream;

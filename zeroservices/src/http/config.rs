@@ -27,6 +27,11 @@ pub const DEFAULT_MAX_CONNECTIONS: usize = 1024;
 pub const DEFAULT_WS_MAX_MESSAGE_BYTES: usize = 64 * 1024;
 /// The default largest number of topics one websocket client may subscribe to: 256.
 pub const DEFAULT_WS_MAX_TOPICS: usize = 256;
+/// The default number of changes a websocket client's stream may fall behind a change log's
+/// newest entry before it is told "too slow" and disconnected (`ZS_WS_MAX_LAG`): a quarter of
+/// the default change log ([`crate::changes::DEFAULT_LOG_MAX_ENTRIES`]), so a client told is
+/// still well inside what the log keeps when it resumes.
+pub const DEFAULT_WS_MAX_LAG: u64 = 25_000;
 /// The default largest number of websocket clients of one node: 1024.
 pub const DEFAULT_WS_MAX_CLIENTS: usize = 1024;
 /// The default time `GET /readyz` gives each store to answer: 1 s.
@@ -81,6 +86,11 @@ pub struct HttpConfig {
     /// The largest number of websocket clients of this node (`ZS_WS_MAX_CLIENTS`, default
     /// 1024); further upgrades get a 503.
     pub ws_max_clients: usize,
+    /// How many changes a websocket client's stream may fall behind the newest entry of a
+    /// change log (`ZS_WS_MAX_LAG`, default 25,000; 0: no bound), counted from the closest it
+    /// has been to it (a resume starts where its cursor is): further behind, it is told
+    /// `too_slow` and disconnected (1008), as for a full queue, and resumes from its cursor.
+    pub ws_max_lag: u64,
     /// Whether `GET /healthz` and `GET /readyz` need a user like every other route
     /// (`ZS_HEALTH_AUTH`, default off: probes from a load balancer or Kubernetes carry no
     /// credentials). Without authentication configured, they are open either way.
@@ -114,6 +124,7 @@ impl fmt::Debug for HttpConfig {
             .field("ws_max_message_bytes", &self.ws_max_message_bytes)
             .field("ws_max_topics", &self.ws_max_topics)
             .field("ws_max_clients", &self.ws_max_clients)
+            .field("ws_max_lag", &self.ws_max_lag)
             .field("health_auth", &self.health_auth)
             .field("metrics_auth", &self.metrics_auth)
             .field("ready_timeout", &self.ready_timeout)
@@ -147,6 +158,7 @@ impl HttpConfig {
             ws_max_message_bytes: DEFAULT_WS_MAX_MESSAGE_BYTES,
             ws_max_topics: DEFAULT_WS_MAX_TOPICS,
             ws_max_clients: DEFAULT_WS_MAX_CLIENTS,
+            ws_max_lag: DEFAULT_WS_MAX_LAG,
             health_auth: false,
             metrics_auth: true,
             ready_timeout: DEFAULT_READY_TIMEOUT,
@@ -156,7 +168,7 @@ impl HttpConfig {
     /// Reads `ZS_HTTP_PORT` (else `default_port`), `ZS_HTTP_HOST`, `ZS_ALLOWED_ORIGINS`,
     /// `ZS_BASIC_AUTH`, `ZS_MAX_BODY_BYTES`, `ZS_HTTP_HEADER_TIMEOUT_MS`,
     /// `ZS_HTTP_IDLE_TIMEOUT_MS`, `ZS_HTTP_MAX_CONNECTIONS`, `ZS_WS_MAX_MESSAGE_BYTES`,
-    /// `ZS_WS_MAX_TOPICS`, `ZS_WS_MAX_CLIENTS` and `ZS_SHUTDOWN_TIMEOUT_MS` (through
+    /// `ZS_WS_MAX_TOPICS`, `ZS_WS_MAX_CLIENTS`, `ZS_WS_MAX_LAG` and `ZS_SHUTDOWN_TIMEOUT_MS` (through
     /// [`Settings`](crate::settings::Settings)); a malformed value is an error naming the
     /// variable.
     pub fn from_env(default_port: u16) -> Result<Self> {
@@ -271,6 +283,13 @@ impl HttpConfig {
     /// Serves at most `clients` websocket clients at once; further upgrades get a 503.
     pub fn ws_max_clients(mut self, clients: usize) -> Self {
         self.ws_max_clients = clients;
+        self
+    }
+
+    /// Tells a websocket client "too slow" and disconnects it when its stream falls more than
+    /// `changes` behind a change log's newest entry ([`HttpConfig::ws_max_lag`]; 0: no bound).
+    pub fn ws_max_lag(mut self, changes: u64) -> Self {
+        self.ws_max_lag = changes;
         self
     }
 

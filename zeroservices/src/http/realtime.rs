@@ -36,7 +36,17 @@
 //! Live events never wait: when the queue is full the client is too slow, it is told so (best
 //! effort, `too_slow`) and disconnected (1008), and neither the node nor the other clients
 //! notice; it reconnects with the last cursor it got and loses nothing the logs still hold.
-//! Events read back from the logs (a resume's backlog, a gap) wait for room in the queue.
+//! Events read back from the logs (a resume's backlog, a gap, a catch-up after the bus
+//! overflowed) wait for room in the queue. They come from this node's log a page at a time,
+//! each page read once and shared by every client at that place
+//! ([`crate::changes::pages`]), and each event's text is made once for all of them
+//! ([`Shared::message`](crate::changes::pages::Shared::message): a client adds its cursor).
+//!
+//! A stream that falls more than `ws_max_lag` (`ZS_WS_MAX_LAG`) changes behind a log's newest
+//! entry, counted from the closest it has been to it, is told `too_slow` and disconnected
+//! (1008) the same way: checked at every read of a log and, while the forwarder waits for room
+//! in a queue that does not drain, every [`LAG_CHECK`]. A client that stops reading thus holds
+//! at most its queue and one page per log, whichever way it fell behind.
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -64,11 +74,18 @@ use crate::store::now_ms;
 /// How long the goodbye message and close frame may take before the socket is dropped.
 const GOODBYE_TIMEOUT: Duration = Duration::from_millis(500);
 
+/// How often a forwarder waiting for room in its client's queue (sending a backlog read from
+/// the change logs) checks how far behind the logs' newest entries its stream is.
+const LAG_CHECK: Duration = Duration::from_millis(200);
+
 /// Why a connection ends.
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Stop {
     /// The client fell `ws_buffer` messages behind.
     TooSlow,
+    /// The client's stream fell more than `ws_max_lag` changes behind a change log's newest
+    /// (what it is behind by).
+    TooFarBehind(String),
     /// The client sent a message over `ws_max_message_bytes`.
     TooBig,
     /// The client closed, or the connection broke.
@@ -228,26 +245,50 @@ impl Outbox {
         }
     }
 
-    /// Queues `value`, waiting for room; `false` when the connection is closing.
-    async fn push_json_waiting(&self, value: &impl Serialize) -> bool {
-        match serde_json::to_string(value) {
-            Ok(text) => {
-                let queued = &self.metrics.counters.ws_queued;
-                queued.fetch_add(1, Ordering::Relaxed);
-                let sent = self
-                    .queue
-                    .send(Message::Text(Utf8Bytes::from(text)))
-                    .await
-                    .is_ok();
-                if !sent {
-                    queued.fetch_sub(1, Ordering::Relaxed);
+    /// Queues `message`, waiting for room; `false` when the connection is closing. While it
+    /// waits, every [`LAG_CHECK`] it asks `follower` whether the stream fell too far behind
+    /// the change logs (a client that reads nothing while it is sent a backlog): then the
+    /// connection stops ([`Stop::TooFarBehind`]).
+    async fn push_waiting(&self, message: Message, follower: &mut Follower) -> bool {
+        let queued = &self.metrics.counters.ws_queued;
+        if let Ok(permit) = self.queue.try_reserve() {
+            queued.fetch_add(1, Ordering::Relaxed);
+            permit.send(message);
+            return true;
+        }
+        let reserve = self.queue.reserve();
+        tokio::pin!(reserve);
+        loop {
+            tokio::select! {
+                permit = &mut reserve => {
+                    let Ok(permit) = permit else {
+                        return false;
+                    };
+                    queued.fetch_add(1, Ordering::Relaxed);
+                    permit.send(message);
+                    return true;
                 }
-                sent
+                () = tokio::time::sleep(LAG_CHECK) => {
+                    if let Err(e) = follower.check_lag().await {
+                        self.too_far_behind(e);
+                        return false;
+                    }
+                }
             }
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot serialise a websocket message");
-                true
+        }
+    }
+
+    /// Stops the connection for `error` of its follower: [`Stop::TooFarBehind`] for the lag
+    /// bound (counted), else the stream fell out of retention ([`Stop::Expired`]).
+    fn too_far_behind(&self, error: crate::Error) {
+        match error {
+            crate::Error::Limit { message, .. } => {
+                let counters = &self.metrics.counters;
+                counters.ws_too_slow.fetch_add(1, Ordering::Relaxed);
+                counters.ws_too_far_behind.fetch_add(1, Ordering::Relaxed);
+                self.stop(Stop::TooFarBehind(message));
             }
+            other => self.stop(Stop::Expired(other.to_string())),
         }
     }
 
@@ -261,14 +302,6 @@ impl Outbox {
             }
         });
     }
-}
-
-/// A server message.
-#[derive(Serialize)]
-struct EventMessage<'a> {
-    r#type: &'static str,
-    topic: &'a str,
-    data: &'a Value,
 }
 
 /// `{"type": "error", "code", "error"}`.
@@ -436,6 +469,23 @@ async fn serve_client(state: AppState, user: AuthUser, socket: WebSocket, seat: 
                 "too slow",
             ))
         }
+        Stop::TooFarBehind(behind) => {
+            let max_lag = state.config.ws_max_lag;
+            tracing::warn!(user = ?user.0, max_lag, %behind, "websocket client too far behind the change logs; disconnected");
+            let text = error_message(
+                "too_slow",
+                &format!(
+                    "too slow: {behind}, disconnected; reconnect and subscribe with \
+                     \"since\": the last event's cursor"
+                ),
+            )
+            .to_string();
+            Some((
+                Some(Message::Text(Utf8Bytes::from(text))),
+                close_code::POLICY,
+                "too slow",
+            ))
+        }
         Stop::TooBig => {
             tracing::debug!(user = ?user.0, max_message, "websocket message too big; disconnected");
             let text = error_message(
@@ -534,7 +584,8 @@ async fn forward(
         };
         let mut follower =
             Follower::new(state.node.clone(), topics.clone(), live, Some(start.since))
-                .with_restarts(restarts.clone());
+                .with_restarts(restarts.clone())
+                .with_max_lag(state.config.ws_max_lag);
         match follower.prime().await {
             Ok(()) => {
                 let ack = json!({
@@ -558,29 +609,29 @@ async fn forward(
             }
         }
     };
-    while let Some(item) = follower.next().await {
-        let event = match item {
-            Ok(event) => event,
+    while let Some(item) = follower.next_delivery().await {
+        let delivery = match item {
+            Ok(delivery) => delivery,
             Err(e) => {
-                outbox.stop(Stop::Expired(e.to_string()));
+                outbox.too_far_behind(e);
                 return;
             }
         };
+        let topic = &delivery.event.event.topic;
         if let Some(authorizer) = &authorizer {
-            let collection = event.topic.split('.').next().unwrap_or("");
+            let collection = topic.split('.').next().unwrap_or("");
             if !authorizer.authorize(user.as_ref(), collection, &Operation::Subscribe) {
                 continue;
             }
         }
-        let message = EventMessage {
-            r#type: "event",
-            topic: &event.topic,
-            data: &event.data,
-        };
-        let queued = if follower.replayed() {
-            outbox.push_json_waiting(&message).await
+        // The event's text is made once for every client that reads it from the same page
+        // of a log; each adds its own cursor.
+        let text = delivery.event.message(delivery.cursor.as_deref());
+        let message = Message::Text(Utf8Bytes::from(text));
+        let queued = if delivery.replayed {
+            outbox.push_waiting(message, &mut follower).await
         } else {
-            outbox.push_json(&message)
+            outbox.push(message)
         };
         if !queued {
             return;

@@ -278,8 +278,14 @@ impl Collector for Scrape {
         single(
             &mut encoder,
             "zs_websocket_too_slow",
-            "Websocket clients disconnected because their queue was full.",
+            "Websocket clients told too slow and disconnected: their queue was full, or their stream fell more than ZS_WS_MAX_LAG changes behind.",
             counter(load(&c.ws_too_slow)),
+        )?;
+        single(
+            &mut encoder,
+            "zs_websocket_too_far_behind",
+            "Websocket clients disconnected because their stream fell more than ZS_WS_MAX_LAG changes behind a change log's newest entry.",
+            counter(load(&c.ws_too_far_behind)),
         )?;
 
         {

@@ -241,8 +241,11 @@ pub(crate) struct Counters {
     pub(crate) ws_clients: AtomicI64,
     /// Messages queued to websocket clients and not written yet.
     pub(crate) ws_queued: AtomicI64,
-    /// Websocket clients disconnected for being too slow (their queue was full).
+    /// Websocket clients disconnected for being too slow (their queue was full, or their
+    /// stream fell more than `ZS_WS_MAX_LAG` changes behind).
     pub(crate) ws_too_slow: AtomicU64,
+    /// Of those, the ones whose stream fell more than `ZS_WS_MAX_LAG` changes behind.
+    pub(crate) ws_too_far_behind: AtomicU64,
     /// Worker changes whose handler succeeded.
     pub(crate) worker_handled: AtomicU64,
     /// Worker handler runs that failed and were tried again.

@@ -294,7 +294,7 @@ fn variables_follow_the_ids() {
         );
     }
 
-    assert_eq!(vars, 61);
+    assert_eq!(vars, 62);
     let help = with_env(Settings::command(), &env(&[]))
         .render_long_help()
         .to_string();
