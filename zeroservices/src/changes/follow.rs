@@ -519,9 +519,16 @@ impl Follower {
                     ),
                 });
             }
-            if let LogAfter::Seq(at) = after {
-                self.note_head(&key, &collection, at, read.head)?;
-            }
+            // Where the stream is in the log: its position, or (read from a time) just before
+            // the first entry read.
+            let at = match after {
+                LogAfter::Seq(at) => at,
+                LogAfter::Time(_) => read
+                    .entries
+                    .first()
+                    .map_or(read.head, |e| e.0.saturating_sub(1)),
+            };
+            self.note_head(&key, &collection, at, read.head)?;
             // The topics once per page, not once per entry.
             let topics = self
                 .topics
