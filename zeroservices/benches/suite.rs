@@ -1194,6 +1194,12 @@ struct WsRun {
     /// The wait for the clients ended at its deadline while some were still receiving (late
     /// delivery, not a stall).
     still_receiving: bool,
+    /// Events delivered after the producer stopped, and the seconds from its stop to the last
+    /// delivery: the catch-up.
+    late: u64,
+    late_secs: f64,
+    /// CPU of this process (server, producer and the clients) over the step, seconds.
+    cpu: f64,
 }
 
 impl WsRun {
@@ -1251,7 +1257,10 @@ async fn ws_run(node: &Node, addr: SocketAddr, time: Duration, rate: f64) -> WsR
         }));
     }
     let start = base.elapsed();
+    let cpu_start = cpu_seconds(std::process::id());
     let (sent, _) = create_ticks(node, time, MAX_EVENTS, Some(rate)).await;
+    let stopped = base.elapsed();
+    let at_stop: u64 = stats.iter().map(|s| s.events.load(Ordering::Relaxed)).sum();
     // Clients still receiving are waited for up to a minute (a client behind reads the rest
     // from the change log: late, not lost); one second without progress ends the wait.
     let deadline = Instant::now() + Duration::from_secs(60);
@@ -1293,6 +1302,7 @@ async fn ws_run(node: &Node, addr: SocketAddr, time: Duration, rate: f64) -> WsR
     for task in tasks {
         task.abort();
     }
+    let cpu = cpu_seconds(std::process::id()) - cpu_start;
     WsRun {
         rate,
         sent,
@@ -1301,6 +1311,9 @@ async fn ws_run(node: &Node, addr: SocketAddr, time: Duration, rate: f64) -> WsR
         told_slow,
         closed_silently,
         still_receiving,
+        late: delivered.saturating_sub(at_stop),
+        late_secs: (Duration::from_nanos(end).saturating_sub(stopped)).as_secs_f64(),
+        cpu,
     }
 }
 
@@ -2325,11 +2338,17 @@ async fn zmq_groups(
         while rate <= 64_000.0 && t.elapsed() < Duration::from_secs(3 * 60) {
             let run = ws_run(&producer, http.local_addr(), step, rate).await;
             eprintln!(
-                "  ws {rate:.0} creates/s: {} of {} delivered, {} told too slow, {} closed{}",
+                "  ws {rate:.0} creates/s: {} of {} delivered, {} told too slow, {} closed; \
+                 after the producer stopped {} in {:.1} s ({}); CPU {:.2} µs per delivered \
+                 event{}",
                 run.delivered,
                 run.sent * WS_CLIENTS as u64,
                 run.told_slow,
                 run.closed_silently,
+                run.late,
+                run.late_secs,
+                per_s(run.late as f64 / run.late_secs.max(1e-9)),
+                run.cpu * 1e6 / run.delivered.max(1) as f64,
                 if run.still_receiving {
                     ", still receiving at the 60 s deadline"
                 } else {
