@@ -575,8 +575,13 @@ async fn metric(base: &str, name: &str) -> Option<f64> {
         .text()
         .await
         .unwrap();
-    text.lines()
-        .find_map(|line| line.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+    text.lines().find_map(|line| {
+        line.strip_prefix(name)?
+            .strip_prefix(' ')?
+            .trim()
+            .parse()
+            .ok()
+    })
 }
 
 /// Waits until the counter `name` reaches `at_least` (bounded).
@@ -682,7 +687,10 @@ async fn clients_pushed_behind_catch_up_with_every_event_once_in_order() {
         assert_eq!(ids, expected, "every change once, in order");
         // Cursors go forward.
         let last = Cursor::parse(events[TOTAL - 1]["data"]["cursor"].as_str().unwrap()).unwrap();
-        assert_eq!(last.positions().map(|(_, seq)| seq).sum::<u64>(), TOTAL as u64);
+        assert_eq!(
+            last.positions().map(|(_, seq)| seq).sum::<u64>(),
+            TOTAL as u64
+        );
     }
     // (Counted when a stream looks at the bus again.)
     assert!(
@@ -713,7 +721,10 @@ async fn a_client_too_far_behind_is_told_too_slow_and_resumes_losing_nothing() {
     create_range(&node, 0, BACKLOG, 16 * 1024).await;
     let mut slow = ws_connect(&base, None).await.unwrap();
     let ack = subscribe(&mut slow, &["power"], Some(&start_cursor)).await;
-    assert_eq!(ack["type"], "subscribed", "a resume beyond the bound starts: {ack}");
+    assert_eq!(
+        ack["type"], "subscribed",
+        "a resume beyond the bound starts: {ack}"
+    );
     // It reads nothing while the log moves far past it.
     create_range(&node, BACKLOG, TOTAL, 0).await;
     wait_metric(&base, "zs_websocket_too_far_behind_total", 1.0).await;
@@ -732,7 +743,10 @@ async fn a_client_too_far_behind_is_told_too_slow_and_resumes_losing_nothing() {
     for error in &ending.errors {
         assert_eq!(error["code"], "too_slow", "{error}");
         let text = error["error"].as_str().unwrap();
-        assert!(text.contains("ZS_WS_MAX_LAG") && text.contains("since"), "{text}");
+        assert!(
+            text.contains("ZS_WS_MAX_LAG") && text.contains("since"),
+            "{text}"
+        );
     }
     if let Some(code) = ending.close {
         assert_eq!(code, 1008);
@@ -789,14 +803,23 @@ async fn clients_that_stop_reading_hold_bounded_memory_and_disturb_nobody() {
     wait_metric(&base, "zs_websocket_too_slow_total", 2.0).await;
     let deadline = Instant::now() + Duration::from_secs(20);
     while metric(&base, "zs_websocket_clients").await != Some(1.0) {
-        assert!(Instant::now() < deadline, "the stuck clients are still connected");
+        assert!(
+            Instant::now() < deadline,
+            "the stuck clients are still connected"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let ids = read_all.await.unwrap();
     let expected: Vec<String> = (0..TOTAL).map(pid).collect();
-    assert_eq!(ids, expected, "the reading client got every change once, in order");
+    assert_eq!(
+        ids, expected,
+        "the reading client got every change once, in order"
+    );
     // Nothing is left queued for the stuck clients: what they held went with them.
-    assert_eq!(metric(&base, "zs_websocket_queued_messages").await, Some(0.0));
+    assert_eq!(
+        metric(&base, "zs_websocket_queued_messages").await,
+        Some(0.0)
+    );
     drop((live_stuck, resumed_stuck));
     server.shutdown().await;
     roomy.shutdown().await;

@@ -90,10 +90,9 @@ pub(crate) struct Follower {
     /// The most entries the stream may fall behind a log's newest one, past the closest it
     /// has been to it (0: no bound); see [`Follower::with_max_lag`].
     max_lag: u64,
-    /// Per log, the fewest entries the stream has been behind its newest one.
+    /// Per log, the fewest entries the stream has been behind its newest one (first noted at
+    /// its first read of the log, or its first live entry of it).
     closest: HashMap<String, u64>,
-    /// Whether the stream started from a cursor (else from now: at every log's head).
-    resumed: bool,
 }
 
 /// An event handed out by [`Follower::next_delivery`].
@@ -145,7 +144,6 @@ impl Follower {
             reading: false,
             max_lag: 0,
             closest: HashMap::new(),
-            resumed: resuming,
         };
         if resuming {
             follower.plan_all();
@@ -168,7 +166,7 @@ impl Follower {
 
     /// Bounds how far behind the stream may fall: more than `entries` behind a change log's
     /// newest entry, counted from the closest it has been to it (a resume starts where its
-    /// cursor is; a stream from now, at the head), ends it with an [`Error::Limit`] naming
+    /// cursor is; a live stream, at the head), ends it with an [`Error::Limit`] naming
     /// `ZS_WS_MAX_LAG`. Checked at each read of a log and by [`Follower::check_lag`]; 0: no
     /// bound.
     // Used by the websocket (`http::realtime`).
@@ -330,7 +328,9 @@ impl Follower {
             self.held.retain(|k, _| !of(k));
             self.to_read.retain(|k, _| !of(k));
             self.pending.retain(|item| match item {
-                Item::Entry(k, ..) | Item::Advance(k, _) => split_key(k).is_none_or(|(c, _)| c != collection),
+                Item::Entry(k, ..) | Item::Advance(k, _) => {
+                    split_key(k).is_none_or(|(c, _)| c != collection)
+                }
                 Item::Plain(_) => true,
             });
             self.closest.retain(|k, _| !of(k));
@@ -365,6 +365,10 @@ impl Follower {
             }
             Some(last) if seq <= last => {}
             Some(last) if seq == last + 1 => {
+                if self.max_lag > 0 && !self.closest.contains_key(&key) {
+                    // Live and in order: at the log's head (the bound counts from here).
+                    self.closest.insert(key.clone(), 1);
+                }
                 self.accept(key.clone(), seq, event);
                 self.release_held(&key);
             }
@@ -640,11 +644,7 @@ impl Follower {
             return Ok(());
         }
         let behind = head.saturating_sub(at);
-        let resumed = self.resumed;
-        let closest = self
-            .closest
-            .entry(key.to_owned())
-            .or_insert(if resumed { behind } else { 0 });
+        let closest = self.closest.entry(key.to_owned()).or_insert(behind);
         *closest = (*closest).min(behind);
         if behind > closest.saturating_add(self.max_lag) {
             let max = self.max_lag;
@@ -679,6 +679,10 @@ impl Follower {
             let Some((collection, log)) = split_key(&key) else {
                 continue;
             };
+            if !self.followed_collection(&collection) {
+                // Not followed now: its position stays where it was.
+                continue;
+            }
             let head = match self.node.local_store_of(&collection) {
                 Some(store) => match store
                     .read_log(&collection, &log, LogAfter::Seq(at), 1)

@@ -295,6 +295,9 @@ mod tests {
             data: json!([1, 2]),
         });
         let v: Value = serde_json::from_str(&plain.message(Some("c1.1"))).unwrap();
-        assert_eq!(v, json!({"type": "event", "topic": "chat.é", "data": [1, 2]}));
+        assert_eq!(
+            v,
+            json!({"type": "event", "topic": "chat.é", "data": [1, 2]})
+        );
     }
 }
