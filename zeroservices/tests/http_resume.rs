@@ -825,3 +825,54 @@ async fn clients_that_stop_reading_hold_bounded_memory_and_disturb_nobody() {
     roomy.shutdown().await;
     node.stop().await;
 }
+
+/// The bound counts only the collections a client follows: a client that resumes with a cursor
+/// naming a collection it no longer subscribes to, and waits on a full socket while that
+/// collection changes far past the bound, is not closed; it gets its whole backlog.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_lag_bound_counts_only_followed_collections() {
+    const BACKLOG: usize = 600;
+    let cluster = MemoryCluster::new();
+    let node = owner(&cluster).await;
+    let config = HttpConfig::new(0).ws_buffer(16).ws_max_lag(100);
+    let (server, base) = start(&node, config).await;
+    let chats = node.collection::<ChatMessage>();
+    let chat = |i: usize| ChatMessage {
+        text: format!("{i}"),
+    };
+    let mut first = ws_connect(&base, None).await.unwrap();
+    subscribe(&mut first, &["power", "chat"], None).await;
+    chats.create_with_id("m0", chat(0)).await.unwrap();
+    let event = ws_next(&mut first).await;
+    let cursor = event["data"]["cursor"].as_str().unwrap().to_owned();
+    assert!(
+        logs_named(&cursor).iter().any(|l| l.starts_with("chat@")),
+        "{cursor}"
+    );
+    drop(first);
+    // 16 KiB each: more than the sockets hold, so the forwarder waits for room.
+    create_range(&node, 0, BACKLOG, 16 * 1024).await;
+    let mut ws = ws_connect(&base, None).await.unwrap();
+    let ack = subscribe(&mut ws, &["power"], Some(&cursor)).await;
+    assert_eq!(ack["type"], "subscribed", "{ack}");
+    // Checks while it waits (every 200 ms) see the chat log before and after it moves on.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    for i in 1..400 {
+        chats
+            .create_with_id(&format!("m{i}"), chat(i))
+            .await
+            .unwrap();
+    }
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    let events = read_until(&mut ws, Duration::from_secs(30), |e| e.len() == BACKLOG).await;
+    let ids: Vec<String> = events.iter().map(id_of).collect();
+    let expected: Vec<String> = (0..BACKLOG).map(pid).collect();
+    assert_eq!(ids, expected);
+    assert_eq!(
+        metric(&base, "zs_websocket_too_far_behind_total").await,
+        Some(0.0)
+    );
+    ws_assert_quiet(&mut ws, Duration::from_millis(200)).await;
+    server.shutdown().await;
+    node.stop().await;
+}
