@@ -404,8 +404,8 @@ pub struct HttpSettings {
     /// How many changes a websocket client may fall behind a change log's newest entry before
     /// it is told "too slow" and disconnected (it resumes from its cursor); 0: no bound
     /// [default: 25000].
-    #[arg(long, env = "ZS_WS_MAX_LAG", value_name = "N", value_parser = Check(parse::count))]
-    pub ws_max_lag: Option<usize>,
+    #[arg(long, env = "ZS_WS_MAX_LAG", value_name = "N", value_parser = Check(parse::count_or_zero))]
+    pub ws_max_lag: Option<u64>,
     /// Whether /healthz and /readyz need a user like every other route (off: probes carry no
     /// credentials) [default: off].
     #[arg(long, env = "ZS_HEALTH_AUTH", value_name = "on|off", value_parser = Check(parse::on_off))]
@@ -867,7 +867,7 @@ impl Settings {
             config.ws_max_clients = v;
         }
         if let Some(v) = h.ws_max_lag {
-            config.ws_max_lag = v as u64;
+            config.ws_max_lag = v;
         }
         if let Some(v) = self.run.shutdown_timeout_ms {
             config.shutdown_timeout = v;

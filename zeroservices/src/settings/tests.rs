@@ -29,6 +29,7 @@ fn every_variable_is_read() {
         ("ZS_WS_MAX_MESSAGE_BYTES", "4096"),
         ("ZS_WS_MAX_TOPICS", "3"),
         ("ZS_WS_MAX_CLIENTS", "2"),
+        ("ZS_WS_MAX_LAG", "700"),
         ("ZS_STORE", "embedded:/tmp/zs"),
         ("ZS_STORE_BATCH_MAX", "16"),
         ("ZS_DISCOVERY_INTERFACE", "127.0.0.1"),
@@ -78,6 +79,15 @@ fn every_variable_is_read() {
     assert_eq!(http.ws_max_message_bytes, 4096);
     assert_eq!(http.ws_max_topics, 3);
     assert_eq!(http.ws_max_clients, 2);
+    assert_eq!(http.ws_max_lag, 700);
+    // 0: no bound; unset: the default.
+    let off = from(&[("ZS_HTTP_PORT", "6001"), ("ZS_WS_MAX_LAG", "0")]).unwrap();
+    assert_eq!(off.http(None).unwrap().ws_max_lag, 0);
+    let default = from(&[("ZS_HTTP_PORT", "6001")]).unwrap();
+    assert_eq!(
+        default.http(None).unwrap().ws_max_lag,
+        crate::http::DEFAULT_WS_MAX_LAG
+    );
     assert_eq!(http.shutdown_timeout, ms(300));
     assert_eq!(s.store("x", true), StoreConfig::Embedded("/tmp/zs".into()));
     assert_eq!(s.store_options().batch_max, 16);
@@ -172,6 +182,7 @@ fn a_bad_value_names_its_variable() {
         ("ZS_WS_MAX_MESSAGE_BYTES", "0"),
         ("ZS_WS_MAX_TOPICS", "1.5"),
         ("ZS_WS_MAX_CLIENTS", "x"),
+        ("ZS_WS_MAX_LAG", "-1"),
         ("ZS_STORE", "redis://x"),
         ("ZS_STORE_BATCH_MAX", "0"),
         ("ZS_STORE_BATCH_MAX", "65537"),
