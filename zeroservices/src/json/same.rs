@@ -4,20 +4,19 @@
 //! resource type's form (no second copy of it made by `serde_json::to_value`).
 //!
 //! It answers `true` only when `serde_json::to_value(typed)` would be equal to the value, number
-//! variants and float bits included (`1` is not `1.0`, `0.0` is not `-0.0`); anything it does
-//! not follow exactly (a map key that is not a string, a map of more than [`MAX_ENTRIES`]
-//! entries, a key written twice, a raw value) answers `false`, and the caller takes the slow
-//! path, which is always right.
+//! variants and float bits included (`1` is not `1.0`, `0.0` is not `-0.0`), and the keys of
+//! every object in the same order (the crate's maps keep their order: a document kept as it came
+//! must read back as the type would have written it). Anything it does not follow exactly (a map
+//! key that is not a string, a raw value) answers `false`, and the caller takes the slow path,
+//! which is always right.
 
 use std::fmt;
+use std::iter::Peekable;
 
 use serde::Serialize;
 use serde::ser::{self, Impossible};
-use serde_json::{Map, Value};
-
-/// The most entries of one object compared: each written key is looked up and marked in a
-/// 64-bit mask (a key written twice must not pass for two keys).
-pub(crate) const MAX_ENTRIES: usize = 64;
+use serde_json::Value;
+use serde_json::map::Iter;
 
 /// Whether `serde_json::to_value(typed)` equals `value` (an error of the type's `Serialize` is
 /// `false` too).
@@ -69,9 +68,11 @@ fn check(ok: bool) -> Outcome {
 /// strictly equal to `value`, floats by their bits.
 fn scalar(expected: Value, value: &Value) -> Outcome {
     match (&expected, value) {
-        (Value::Number(a), Value::Number(b)) if a.is_f64() || b.is_f64() => {
-            check(a.is_f64() && b.is_f64() && a.as_f64().map(f64::to_bits) == b.as_f64().map(f64::to_bits))
-        }
+        (Value::Number(a), Value::Number(b)) if a.is_f64() || b.is_f64() => check(
+            a.is_f64()
+                && b.is_f64()
+                && a.as_f64().map(f64::to_bits) == b.as_f64().map(f64::to_bits),
+        ),
         _ => check(expected == *value),
     }
 }
@@ -318,13 +319,11 @@ impl ser::SerializeTupleVariant for Items<'_> {
     }
 }
 
-/// The entries of an object: every written key must be one of its keys, written once, and
-/// every one of its keys must be written; at the top, a struct field written as `null` may be
-/// missing (collected in `missing`).
+/// The entries of an object, in order: every written key must be its next key, and every one of
+/// its keys must be written; at the top, struct fields written as `null` may be missing after
+/// its last key (collected in `missing`: added at the end, they keep the type's order).
 struct Entries<'a, 'm> {
-    map: &'a Map<String, Value>,
-    /// The object's entries written so far, by their place in its (ordered) keys.
-    seen: u64,
+    entries: Peekable<Iter<'a>>,
     /// The value of the key just written (a map's `serialize_key`).
     pending: Option<&'a Value>,
     missing: Option<&'m mut Vec<&'static str>>,
@@ -333,9 +332,8 @@ struct Entries<'a, 'm> {
 impl<'a, 'm> Entries<'a, 'm> {
     fn of(value: &'a Value, missing: Option<&'m mut Vec<&'static str>>) -> Result<Self, Differs> {
         match value {
-            Value::Object(map) if map.len() <= MAX_ENTRIES => Ok(Self {
-                map,
-                seen: 0,
+            Value::Object(map) => Ok(Self {
+                entries: map.iter().peekable(),
                 pending: None,
                 missing,
             }),
@@ -343,29 +341,29 @@ impl<'a, 'm> Entries<'a, 'm> {
         }
     }
 
-    /// The value of `key`, marked as written (a second write of it differs); `None` when the
-    /// object has no such key.
-    fn take(&mut self, key: &str) -> Result<Option<&'a Value>, Differs> {
-        let Some((place, (_, value))) = self
-            .map
-            .iter()
-            .enumerate()
-            .find(|(_, (k, _))| k.as_str() == key)
-        else {
-            return Ok(None);
-        };
-        let bit = 1u64 << place;
-        if self.seen & bit != 0 {
-            return Err(Differs);
+    /// The value of the next key when it is `key`; `None` when the object has no more keys or
+    /// its next is another (a key written twice, or out of order, is then missing).
+    fn take(&mut self, key: &str) -> Option<&'a Value> {
+        match self.entries.peek() {
+            Some((k, _)) if k.as_str() == key => self.entries.next().map(|(_, v)| v),
+            _ => None,
         }
-        self.seen |= bit;
-        Ok(Some(value))
     }
 
     fn field<T: Serialize + ?Sized>(&mut self, key: &'static str, value: &T) -> Outcome {
-        match self.take(key)? {
-            Some(found) => value.serialize(Nested(found)),
+        match self.take(key) {
+            Some(found) => {
+                // A field after a missing one would be out of order once that is added.
+                if self.missing.as_ref().is_some_and(|m| !m.is_empty()) {
+                    return Err(Differs);
+                }
+                value.serialize(Nested(found))
+            }
             None => {
+                // Missing here, so every key of the object must have been written already.
+                if self.entries.peek().is_some() {
+                    return Err(Differs);
+                }
                 let missing = self.missing.as_mut().ok_or(Differs)?;
                 value.serialize(Nested(&Value::Null))?;
                 missing.push(key);
@@ -374,8 +372,8 @@ impl<'a, 'm> Entries<'a, 'm> {
         }
     }
 
-    fn end(self) -> Outcome {
-        check(self.pending.is_none() && self.seen.count_ones() as usize == self.map.len())
+    fn end(mut self) -> Outcome {
+        check(self.pending.is_none() && self.entries.next().is_none())
     }
 }
 
@@ -434,11 +432,11 @@ impl<'a> ser::Serializer for Key<'_, 'a, '_> {
     type SerializeStructVariant = Impossible<Option<&'a Value>, Differs>;
 
     fn serialize_str(self, v: &str) -> Result<Option<&'a Value>, Differs> {
-        self.0.take(v)
+        Ok(self.0.take(v))
     }
     fn serialize_char(self, v: char) -> Result<Option<&'a Value>, Differs> {
         let mut buf = [0u8; 4];
-        self.0.take(v.encode_utf8(&mut buf))
+        Ok(self.0.take(v.encode_utf8(&mut buf)))
     }
     fn serialize_unit_variant(
         self,
@@ -446,7 +444,7 @@ impl<'a> ser::Serializer for Key<'_, 'a, '_> {
         _: u32,
         variant: &'static str,
     ) -> Result<Option<&'a Value>, Differs> {
-        self.0.take(variant)
+        Ok(self.0.take(variant))
     }
     fn serialize_newtype_struct<T: Serialize + ?Sized>(
         self,
@@ -558,14 +556,19 @@ mod tests {
     use serde::Serialize;
     use serde_json::{Value, json};
 
-    use super::{MAX_ENTRIES, serializes_as, serializes_as_with_nulls};
+    use super::{serializes_as, serializes_as_with_nulls};
 
     /// `serializes_as` must agree with `to_value` whenever it says `true`; for these plain
-    /// shapes it must say `true` exactly when they are equal.
+    /// shapes it must say `true` exactly when they are equal, as text (key order and number
+    /// kinds included).
     fn agrees<T: Serialize>(typed: &T, value: &Value) -> bool {
         let same = serializes_as(typed, value);
         let normal = serde_json::to_value(typed).unwrap();
-        assert_eq!(same, normal == *value, "{value} against {normal}");
+        assert_eq!(
+            same,
+            normal.to_string() == value.to_string(),
+            "{value} against {normal}"
+        );
         same
     }
 
@@ -665,15 +668,34 @@ mod tests {
     fn missing_nulls_are_named_at_the_top_only() {
         let mut normal = serde_json::to_value(doc()).unwrap();
         assert_eq!(serializes_as_with_nulls(&doc(), &normal), Some(vec![]));
-        normal.as_object_mut().unwrap().remove("result");
-        assert_eq!(
-            serializes_as_with_nulls(&doc(), &normal),
-            Some(vec!["result"])
-        );
+        // The last field (`unit`, written as `null`) left out: named.
         normal.as_object_mut().unwrap().remove("unit");
         assert_eq!(
             serializes_as_with_nulls(&doc(), &normal),
-            Some(vec!["result", "unit"])
+            Some(vec!["unit"])
+        );
+        // `result` left out too: it comes before fields the value has, so adding it at the end
+        // would change the order: a difference.
+        normal.as_object_mut().unwrap().remove("result");
+        assert_eq!(serializes_as_with_nulls(&doc(), &normal), None);
+        #[derive(Serialize)]
+        struct Tail {
+            value: i64,
+            a: Option<u8>,
+            b: (),
+        }
+        let tail = Tail {
+            value: 1,
+            a: None,
+            b: (),
+        };
+        assert_eq!(
+            serializes_as_with_nulls(&tail, &json!({"value": 1})),
+            Some(vec!["a", "b"])
+        );
+        assert_eq!(
+            serializes_as_with_nulls(&tail, &json!({"value": 1, "a": null})),
+            Some(vec!["b"])
         );
         // Not null: missing is a difference.
         let mut without_value = serde_json::to_value(doc()).unwrap();
@@ -691,7 +713,10 @@ mod tests {
         let outer = Outer {
             inner: Inner { a: None },
         };
-        assert_eq!(serializes_as_with_nulls(&outer, &json!({"inner": {}})), None);
+        assert_eq!(
+            serializes_as_with_nulls(&outer, &json!({"inner": {}})),
+            None
+        );
         assert_eq!(
             serializes_as_with_nulls(&outer, &json!({"inner": {"a": null}})),
             Some(vec![])
@@ -699,6 +724,32 @@ mod tests {
         // A map's entries (not a struct's fields) may not be missing.
         let map = BTreeMap::from([("a", None::<u8>)]);
         assert_eq!(serializes_as_with_nulls(&map, &json!({})), None);
+    }
+
+    /// The crate's maps keep their keys' order: the same fields in another order are another
+    /// document (it would read back in that order), and so is a missing field before a present
+    /// one (it would be added after it).
+    #[test]
+    fn key_order_counts() {
+        #[derive(Serialize)]
+        struct Two {
+            a: Option<u8>,
+            b: u8,
+        }
+        let two = Two { a: None, b: 1 };
+        let mut swapped = serde_json::Map::new();
+        swapped.insert("b".into(), json!(1));
+        swapped.insert("a".into(), json!(null));
+        let swapped = Value::Object(swapped);
+        if swapped.to_string() == r#"{"b":1,"a":null}"# {
+            // Maps keep the order of insertion (serde_json's `preserve_order`, which a
+            // dependency turns on).
+            assert!(!agrees(&two, &swapped));
+        }
+        assert!(agrees(&two, &json!({"a": null, "b": 1})));
+        assert_eq!(serializes_as_with_nulls(&two, &json!({"b": 1})), None);
+        let big: BTreeMap<String, u32> = (0..200).map(|i| (format!("{i:03}"), i)).collect();
+        assert!(agrees(&big, &serde_json::to_value(&big).unwrap()));
     }
 
     #[test]
@@ -733,10 +784,6 @@ mod tests {
     fn what_is_not_followed_answers_false() {
         // Integer keys (`to_value` writes them as strings): not followed.
         assert!(!serializes_as(&BTreeMap::from([(1, 2)]), &json!({"1": 2})));
-        // More entries than the mask holds.
-        let big: BTreeMap<String, u32> = (0..=MAX_ENTRIES as u32).map(|i| (i.to_string(), i)).collect();
-        let value = serde_json::to_value(&big).unwrap();
-        assert!(!serializes_as(&big, &value));
         // A raw value.
         let raw = serde_json::value::to_raw_value(&json!({"a": 1})).unwrap();
         assert!(!serializes_as(&raw, &json!({"a": 1})));
