@@ -7,6 +7,10 @@ use serde_json::value::RawValue;
 
 use crate::{Error, Result};
 
+mod same;
+
+pub(crate) use same::serializes_as_with_nulls;
+
 /// Deserialises `value` into `T`, naming the offending field on failure.
 pub(crate) fn from_value<T: DeserializeOwned>(value: Value) -> Result<T> {
     // The plain deserialiser first (from a reference: no path bookkeeping per field); only

@@ -1251,3 +1251,142 @@ async fn a_write_from_another_sites_page_is_refused() {
     server.shutdown().await;
     node.stop().await;
 }
+
+/// A created document is stored (and read back, and published) exactly as the resource type
+/// writes it, whatever form the body had: the type's field order, `null` for the `Option`s left
+/// out, defaults filled in, integers as integers; the reply is the same text either way. (The
+/// owner keeps a body already in that form instead of serialising the type again.)
+#[tokio::test]
+async fn a_created_document_reads_back_as_the_type_writes_it() {
+    let cluster = MemoryCluster::new();
+    let node = owner(&cluster).await;
+    let mut events = node.subscribe("power");
+    let (server, base) = start(&node, HttpConfig::new(0)).await;
+    let http = client();
+    let cases = [
+        // every field, in the type's order
+        r#"{"value":1,"status":"pending","result":null,"description":null}"#,
+        // the trailing `Option`s left out
+        r#"{"value":2,"status":"done"}"#,
+        r#"{"value":3,"status":"pending","result":9}"#,
+        // a defaulted field left out (before present ones' place), another order, a float
+        r#"{"value":4}"#,
+        r#"{"description":null,"result":null,"status":"pending","value":5}"#,
+        r#"{"value":6.0,"status":"pending","result":null,"description":"x"}"#,
+    ];
+    let expected = [
+        r#"{"value":1,"status":"pending","result":null,"description":null}"#,
+        r#"{"value":2,"status":"done","result":null,"description":null}"#,
+        r#"{"value":3,"status":"pending","result":9,"description":null}"#,
+        r#"{"value":4,"status":"pending","result":null,"description":null}"#,
+        r#"{"value":5,"status":"pending","result":null,"description":null}"#,
+        r#"{"value":6,"status":"pending","result":null,"description":"x"}"#,
+    ];
+    for (body, want) in cases.iter().zip(expected) {
+        let response = http
+            .post(format!("{base}/power"))
+            .header("content-type", "application/json")
+            .body(format!(r#"{{"resource_data":{body}}}"#))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status().as_u16(), 201, "{body}");
+        assert_eq!(response.headers()["etag"], "\"1\"");
+        let text = response.text().await.unwrap();
+        let id = serde_json::from_str::<Value>(&text).unwrap()["resource_id"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        assert_eq!(text, format!(r#"{{"resource_id":"{id}","version":1}}"#));
+        let got = http
+            .get(format!("{base}/power/{id}"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        assert_eq!(
+            got,
+            format!(r#"{{"resource_id":"{id}","resource_data":{want},"version":1}}"#),
+            "{body}"
+        );
+        let event = tokio::time::timeout(
+            Duration::from_secs(5),
+            futures::StreamExt::next(&mut events),
+        )
+        .await
+        .unwrap()
+        .unwrap();
+        assert_eq!(event.topic, format!("power.create.{id}"));
+        assert_eq!(event.data["resource_data"].to_string(), want, "{body}");
+    }
+
+    // What the type does not declare, or a reserved field, is refused as before; nothing stored.
+    for (body, path) in [
+        (r#"{"value":1,"other":2}"#, "other"),
+        (
+            r#"{"value":1,"status":"pending","result":null,"description":null,"other":2}"#,
+            "other",
+        ),
+        (r#"{"value":1,"_version":3}"#, "_version"),
+        (r#"{"value":1,"_links":{}}"#, "_links"),
+    ] {
+        let (status, reply) = json(
+            http.post(format!("{base}/power"))
+                .header("content-type", "application/json")
+                .body(format!(r#"{{"resource_data":{body}}}"#))
+                .send()
+                .await
+                .unwrap(),
+        )
+        .await;
+        assert_eq!(status, 422, "{body}: {reply}");
+        let message = reply["error"].as_str().unwrap_or_default();
+        assert!(
+            message.starts_with(&format!("validation failed at `{path}`: ")),
+            "{body}: {reply}"
+        );
+    }
+    let (_, list) = json(http.get(format!("{base}/power")).send().await.unwrap()).await;
+    assert_eq!(list.as_array().unwrap().len(), cases.len());
+    server.shutdown().await;
+    node.stop().await;
+}
+
+/// A create body with keys besides `resource_data` (ignored, as always) carries the same
+/// arguments to the owner as one without: an `Idempotency-Key` sent with both answers the
+/// second with the first's reply; another document under the key is still refused.
+#[tokio::test]
+async fn extra_keys_of_a_create_body_do_not_change_its_idempotency_fingerprint() {
+    let cluster = MemoryCluster::new();
+    let node = owner(&cluster).await;
+    let (server, base) = start(&node, HttpConfig::new(0)).await;
+    let http = client();
+    let post = |body: Value| {
+        http.post(format!("{base}/power"))
+            .header("Idempotency-Key", "extra-1")
+            .json(&body)
+            .send()
+    };
+    let (s1, b1) = json(
+        post(json!({"resource_data": {"value": 8}, "note": "ignored", "more": [1]}))
+            .await
+            .unwrap(),
+    )
+    .await;
+    let (s2, b2) = json(post(json!({"resource_data": {"value": 8}})).await.unwrap()).await;
+    assert_eq!((s1, s2), (201, 201), "{b1} {b2}");
+    assert_eq!(b1, b2);
+    let (s3, b3) = json(
+        post(json!({"resource_data": {"value": 9}, "note": "ignored"}))
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(s3, 422, "{b3}");
+    let (_, list) = json(http.get(format!("{base}/power")).send().await.unwrap()).await;
+    assert_eq!(list.as_array().unwrap().len(), 1);
+    server.shutdown().await;
+    node.stop().await;
+}

@@ -443,17 +443,28 @@ pub(crate) async fn create(
             ));
         }
     };
-    let Some(resource_data) = body.remove("resource_data") else {
+    if !body.contains_key("resource_data") {
         return Err(ApiError::validation(
             "resource_data",
             "missing field `resource_data`",
         ));
-    };
-    let request = Call::Create {
-        id,
-        args: CreateArgs { resource_data },
     }
-    .into_request(collection)
+    // The request's arguments are `{"resource_data"}`: the body's own map when that is all it
+    // holds now (no new map); keys create does not know are left out, as they always were (an
+    // `Idempotency-Key`'s fingerprint covers the arguments).
+    let request = if body.len() == 1 {
+        let mut request = Request::new(collection, BuiltIn::Create.name());
+        request.resource_id = id;
+        request.args = Value::Object(body);
+        request
+    } else {
+        let resource_data = body.remove("resource_data").unwrap_or_default();
+        Call::Create {
+            id,
+            args: CreateArgs { resource_data },
+        }
+        .into_request(collection)
+    }
     .user(user.0.clone());
     let request = with_idempotency_key(&headers, &user, request)?;
     call_raw(&state, StatusCode::CREATED, request, &headers).await

@@ -252,7 +252,11 @@ impl<R: Resource> ResourceService<R> {
     /// Reads an incoming document as the resource type and returns it as the type writes it.
     /// A field the type does not declare is refused (422 naming it), `_links` too unless
     /// `links_ok` (a stored document's links, which only the link actions change).
-    fn validate(&self, doc: &Value, links_ok: bool) -> Result<(R, Value)> {
+    ///
+    /// A document that is already as the type writes it (one the collection API serialised, a
+    /// body naming every field) is returned itself, with the `null`s of the fields it left out
+    /// added: not serialised again (`serde_json::to_value`) and compared.
+    fn validate(&self, doc: Value, links_ok: bool) -> Result<Value> {
         let reserved = || {
             Error::validation(
                 store::VERSION_FIELD,
@@ -262,9 +266,23 @@ impl<R: Resource> ResourceService<R> {
         if doc.get(store::VERSION_FIELD).is_some() {
             return Err(reserved());
         }
-        let typed = self.decode(doc)?;
+        let typed = self.decode(&doc)?;
+        if let Some(missing) = crate::json::serializes_as_with_nulls(&typed, &doc)
+            && !missing.contains(&store::VERSION_FIELD)
+        {
+            // Nothing undeclared (every field of `doc` is one the type writes), no `_version`.
+            let mut doc = doc;
+            if let Value::Object(map) = &mut doc {
+                for field in missing {
+                    map.insert(field.to_owned(), Value::Null);
+                }
+            }
+            // The schema's constraint keywords, on the document as the type writes it.
+            self.rules.document.check(&doc)?;
+            return Ok(doc);
+        }
         let normal = serde_json::to_value(&typed).map_err(|e| Error::internal(e.to_string()))?;
-        if let Some(path) = undeclared_field(doc, &normal, links_ok) {
+        if let Some(path) = undeclared_field(&doc, &normal, links_ok) {
             let message = if path == links::LINKS {
                 "`_links` changes only through the link actions (add_link)".to_owned()
             } else {
@@ -277,7 +295,7 @@ impl<R: Resource> ResourceService<R> {
         }
         // The schema's constraint keywords, on the document as the type writes it.
         self.rules.document.check(&normal)?;
-        Ok((typed, normal))
+        Ok(normal)
     }
 
     /// Reads a document as the resource type (fields it does not know are ignored).
@@ -301,9 +319,37 @@ impl<R: Resource> ResourceService<R> {
     }
 
     async fn create(&self, node: &Node, id: Option<String>, args: CreateArgs) -> Result<Value> {
+        let id = self.insert(node, id, args).await?;
+        reply(&Created {
+            resource_id: id,
+            version: 1,
+        })
+    }
+
+    /// A create's reply as JSON text, written straight from the id (the same text as
+    /// serialising [`Created`]: no reply object built).
+    async fn create_raw(&self, node: &Node, request: Request) -> Result<Box<RawValue>> {
+        #[derive(Serialize)]
+        struct Reply<'a> {
+            resource_id: &'a str,
+            version: u64,
+        }
+        let Call::Create { id, args } = Call::parse(BuiltIn::Create, request)? else {
+            return Err(Error::internal("a create parsed as another call"));
+        };
+        let id = self.insert(node, id, args).await?;
+        to_raw(&Reply {
+            resource_id: &id,
+            version: 1,
+        })
+    }
+
+    /// The work of a create: validates the document, inserts it (its change logged) and
+    /// publishes the event; returns the new resource's id.
+    async fn insert(&self, node: &Node, id: Option<String>, args: CreateArgs) -> Result<String> {
         let data = args.resource_data;
         node.limits().check_document(&data)?;
-        let (_, doc) = self.validate(&data, false)?;
+        let doc = self.validate(data, false)?;
         // One copy for the store, the validated document itself for the event.
         let note = self.note(node, BuiltIn::Create.name(), Map::new, true);
         let (stored, unlogged) = match &note {
@@ -327,10 +373,7 @@ impl<R: Resource> ResourceService<R> {
             .await;
         })
         .await;
-        reply(&Created {
-            resource_id: id,
-            version: 1,
-        })
+        Ok(id)
     }
 
     async fn get(&self, id: String) -> Result<Value> {
@@ -376,7 +419,7 @@ impl<R: Resource> ResourceService<R> {
             check_version(self.collection(), &id, version, if_version)?;
             update.apply(&mut preview)?;
             limits.check_document(&preview)?;
-            self.validate(&preview, true)?;
+            self.validate(preview, true)?;
             let note = self.note(
                 node,
                 BuiltIn::Patch.name(),
@@ -737,6 +780,9 @@ impl<R: Resource> Service for ResourceService<R> {
     }
 
     async fn handle_raw(&self, node: &Node, request: Request) -> Result<Box<RawValue>> {
+        if request.action == BuiltIn::Create.name() {
+            return self.handle_create_raw(node, request).await;
+        }
         if request.action != BuiltIn::Get.name() {
             // `handle` checks the id.
             let value = self.handle(node, request).await?;
@@ -776,6 +822,27 @@ impl<R: Resource> Service for ResourceService<R> {
 }
 
 impl<R: Resource> ResourceService<R> {
+    /// [`Service::handle`] of a create, answered as JSON text: the same checks in the same
+    /// order; a remembered request (a request id, an `Idempotency-Key`) goes through
+    /// [`Self::once`] as before, whose reply is the one recorded.
+    async fn handle_create_raw(&self, node: &Node, request: Request) -> Result<Box<RawValue>> {
+        self.authorize(node, &request)?;
+        if let Some(id) = &request.resource_id {
+            node.limits().check_id(id)?;
+        }
+        if let Some((key, keep)) = self.remembered_as(node, &request)? {
+            let value = self.once(node, request, key, keep).await?;
+            return to_raw(&value);
+        }
+        let span = tracing::debug_span!(
+            "zs.store",
+            collection = self.collection(),
+            action = BuiltIn::Create.name(),
+        );
+        let create = tracing::Instrument::instrument(self.create_raw(node, request), span);
+        MARK.scope(None, create).await
+    }
+
     async fn dispatch(&self, node: &Node, request: Request) -> Result<Value> {
         let Some(action) = BuiltIn::from_name(&request.action) else {
             return self.action(node, request).await;
