@@ -21,7 +21,8 @@
 //! loopback and UDP discovery uses a private multicast group port with
 //! `ZS_DISCOVERY_INTERFACE=127.0.0.1`, so no datagram leaves the machine; the Moleculer brokers
 //! use static loopback addresses and no UDP discovery. Every loop is bounded in time and in
-//! count; a child exits when its stdin closes and is killed when the suite drops it.
+//! count; a child exits when its stdin closes and is killed when the suite drops it. Every
+//! process of ours runs on jemalloc (`ALLOC` below), the allocator the README recommends.
 //!
 //! Groups:
 //! 1. remote `get` (memory store, small document) from this process to an owner process over the
@@ -73,6 +74,15 @@ use zeroservices::medium::Request;
 use zeroservices::prelude::*;
 use zeroservices::security::ClusterKey;
 use zeroservices::store::Store;
+
+/// Every process of the suite (this one and the children it starts: owner, gateway,
+/// subscribers) allocates with jemalloc, as the README recommends for a node ("Memory
+/// allocator"): under many tasks on several threads glibc's malloc contends on its arena locks
+/// (a futex per create in the events producer). The baselines measured in the same processes
+/// (plain axum, the raw ZeroMQ echo, the raw NATS echo) run on it too.
+#[cfg(not(target_env = "msvc"))]
+#[global_allocator]
+static ALLOC: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
 const ROLE: &str = "ZS_SUITE_ROLE";
 /// Upper bound of calls per measure, whatever the duration.
