@@ -400,6 +400,79 @@ async fn bad_cursors_are_refused_and_the_connection_keeps_working() {
     node.stop().await;
 }
 
+/// A client that stops reading for longer than a normal goodbye takes (500 ms), then reads
+/// again, still gets the "too slow" message, after what its socket held, before the close
+/// (1008): the goodbye of a slow client waits up to 5 s for room.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_client_that_reads_again_gets_the_too_slow_message_before_the_close() {
+    let cluster = MemoryCluster::new();
+    let node = owner(&cluster).await;
+    let (server, base) = start(&node, HttpConfig::new(0).ws_buffer(8)).await;
+    let mut slow = ws_connect(&base, None).await.unwrap();
+    let ack = subscribe(&mut slow, &["power"], None).await;
+    assert_eq!(ack["type"], "subscribed");
+
+    // 96 KiB documents until the server gives up on the client (its queue overflowed), each
+    // created once the writer took the one before, while it could: so the queue overflows
+    // only once the client's socket is full, which is when a goodbye has to wait for room.
+    let blob = "x".repeat(96 * 1024);
+    let powers = node.collection::<Power>();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut created = 0;
+    while metric(&base, "zs_websocket_too_slow_total").await < Some(1.0) {
+        assert!(Instant::now() < deadline, "never told too slow");
+        let mut p = power(created);
+        p.description = Some(blob.clone());
+        powers
+            .create_with_id(&format!("p{created:04}"), p)
+            .await
+            .unwrap();
+        created += 1;
+        let taken = Instant::now() + Duration::from_millis(200);
+        while metric(&base, "zs_websocket_queued_messages").await > Some(0.0)
+            && Instant::now() < taken
+        {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+    // The client stays away longer than a normal goodbye would wait (part of the scenario, not
+    // a wait for a condition).
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let (mut events, mut told, mut close_code) = (0, false, None);
+    loop {
+        match tokio::time::timeout_at(deadline, slow.next()).await {
+            Err(_) => panic!("still connected after {events} events"),
+            Ok(None) | Ok(Some(Err(_))) => break,
+            Ok(Some(Ok(WsMessage::Close(frame)))) => {
+                close_code = frame.map(|f| u16::from(f.code));
+                break;
+            }
+            Ok(Some(Ok(WsMessage::Text(text)))) => {
+                let v: Value = serde_json::from_str(text.as_str()).unwrap();
+                match v["type"].as_str() {
+                    Some("event") => {
+                        assert!(!told, "an event after the too_slow message: {v}");
+                        events += 1;
+                    }
+                    Some("error") => {
+                        assert_eq!(v["code"], "too_slow", "{v}");
+                        told = true;
+                    }
+                    _ => panic!("unexpected {v}"),
+                }
+            }
+            Ok(Some(Ok(_))) => {}
+        }
+    }
+    eprintln!("slow client: {events} of {created} events, then told: {told}, close {close_code:?}");
+    assert!(told, "the client did not get the too_slow message");
+    assert_eq!(close_code, Some(1008));
+    server.shutdown().await;
+    node.stop().await;
+}
+
 /// A client that never reads is told "too slow" and disconnected; it reconnects with the last
 /// cursor it got and receives the rest, nothing lost, nothing twice.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

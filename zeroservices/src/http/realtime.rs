@@ -33,9 +33,10 @@
 //!
 //! # Slow clients
 //!
-//! Live events never wait: when the queue is full the client is too slow, it is told so (best
-//! effort, `too_slow`) and disconnected (1008), and neither the node nor the other clients
-//! notice; it reconnects with the last cursor it got and loses nothing the logs still hold.
+//! Live events never wait: when the queue is full the client is too slow, it is told so
+//! (`too_slow`, after what its socket already holds: it gets the message if it reads within
+//! [`SLOW_GOODBYE_TIMEOUT`], else it is dropped then) and disconnected (1008), what is still
+//! queued for it is dropped at once, and neither the node nor the other clients notice; it reconnects with the last cursor it got and loses nothing the logs still hold.
 //! Events read back from the logs (a resume's backlog, a gap, a catch-up after the bus
 //! overflowed) wait for room in the queue. They come from this node's log a page at a time,
 //! each page read once and shared by every client at that place
@@ -73,6 +74,12 @@ use crate::store::now_ms;
 
 /// How long the goodbye message and close frame may take before the socket is dropped.
 const GOODBYE_TIMEOUT: Duration = Duration::from_millis(500);
+
+/// How long the goodbye of a client told `too_slow` may take: its socket is full (it reads
+/// slowly, or not at all), so the message waits behind what the socket already holds. A client
+/// that reads within this time gets it before the close; one that does not is dropped then (or
+/// as soon as the server stops). What is still queued for it is dropped at once either way.
+const SLOW_GOODBYE_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// How often a forwarder waiting for room in its client's queue (sending a backlog read from
 /// the change logs) checks how far behind the logs' newest entries its stream is.
@@ -515,7 +522,13 @@ async fn serve_client(state: AppState, user: AuthUser, socket: WebSocket, seat: 
         Stop::ClientGone => None,
     };
     if let Some((text, code, reason)) = goodbye {
-        let _ = tokio::time::timeout(GOODBYE_TIMEOUT, async {
+        let slow = code == close_code::POLICY;
+        let timeout = if slow {
+            SLOW_GOODBYE_TIMEOUT
+        } else {
+            GOODBYE_TIMEOUT
+        };
+        let send = tokio::time::timeout(timeout, async {
             if let Some(text) = text {
                 sink.send(text).await?;
             }
@@ -524,8 +537,20 @@ async fn serve_client(state: AppState, user: AuthUser, socket: WebSocket, seat: 
                 reason: Utf8Bytes::from_static(reason),
             })))
             .await
-        })
-        .await;
+        });
+        tokio::pin!(send);
+        if slow {
+            // A slow client's goodbye does not hold the server's stop past the usual bound.
+            let mut shutdown = state.shutdown.clone();
+            tokio::select! {
+                _ = &mut send => {}
+                () = async { drop(shutdown.wait_for(|stop| *stop).await) } => {
+                    let _ = tokio::time::timeout(GOODBYE_TIMEOUT, &mut send).await;
+                }
+            }
+        } else {
+            let _ = send.await;
+        }
     } else {
         // The client closed: complete the closing handshake (flushes the close reply).
         let _ = tokio::time::timeout(GOODBYE_TIMEOUT, sink.close()).await;
