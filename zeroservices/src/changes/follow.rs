@@ -103,6 +103,7 @@ pub(crate) struct Delivery {
     /// logged).
     pub(crate) cursor: Option<String>,
     /// Whether it was read from a change log rather than received live.
+    #[cfg_attr(not(feature = "http"), allow(dead_code))] // read by the websocket only
     pub(crate) replayed: bool,
 }
 
@@ -619,17 +620,7 @@ impl Follower {
         };
         let reply = self.read(&args).await?;
         Ok(Read {
-            entries: reply
-                .entries
-                .into_iter()
-                .map(|e| {
-                    let event = Event {
-                        topic: e.topic,
-                        data: e.data,
-                    };
-                    (e.seq, Arc::new(Shared::new(event)))
-                })
-                .collect(),
+            entries: super::pages::shared(reply.entries),
             through: reply.through,
             head: reply.head,
             expired: reply.expired,

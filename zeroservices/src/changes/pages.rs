@@ -34,12 +34,14 @@ pub(crate) const CACHED_BLOCKS: usize = 32;
 #[derive(Debug)]
 pub(crate) struct Shared {
     pub(crate) event: Event,
+    #[cfg_attr(not(feature = "http"), allow(dead_code))] // read by the websocket only
     body: OnceLock<Body>,
 }
 
 /// `{"type":"event","topic":…,"data":{…` (the data's fields but `cursor`), without the
 /// closing braces.
 #[derive(Debug)]
+#[cfg_attr(not(feature = "http"), allow(dead_code))] // read by the websocket only
 struct Body {
     text: String,
     /// Whether `data` is an object (a cursor can be added) and whether it has fields left.
@@ -63,6 +65,7 @@ impl Shared {
         }
     }
 
+    #[cfg_attr(not(feature = "http"), allow(dead_code))] // read by the websocket only
     fn body(&self) -> &Body {
         self.body.get_or_init(|| {
             let mut out: Vec<u8> = Vec::with_capacity(256);
@@ -104,6 +107,7 @@ impl Shared {
 
     /// The websocket message of the event, `{"type":"event","topic","data"}`, with `cursor` as
     /// `data.cursor` (in place of the one the event carries; none given: none written).
+    #[cfg_attr(not(feature = "http"), allow(dead_code))] // read by the websocket only
     pub(crate) fn message(&self, cursor: Option<&str>) -> String {
         let body = self.body();
         let mut text = String::with_capacity(body.text.len() + cursor.map_or(0, str::len) + 16);
@@ -177,7 +181,8 @@ fn keep(key: &str, block: u64, entries: Arc<[PageEntry]>) {
     cache.push_back(((key.to_owned(), block), entries));
 }
 
-fn shared(entries: Vec<LogEntry>) -> Vec<PageEntry> {
+/// A page's entries as shared events.
+pub(crate) fn shared(entries: Vec<LogEntry>) -> Vec<PageEntry> {
     entries
         .into_iter()
         .map(|e| {
