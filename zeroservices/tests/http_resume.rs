@@ -25,7 +25,7 @@ use tokio_tungstenite::tungstenite::Message as WsMessage;
 use zeroservices::Limits;
 use zeroservices::changes::{Cursor, Retention};
 use zeroservices::config::NetworkConfig;
-use zeroservices::http::HttpConfig;
+use zeroservices::http::{HttpConfig, HttpServer};
 use zeroservices::medium::MemoryCluster;
 use zeroservices::prelude::*;
 
@@ -400,17 +400,24 @@ async fn bad_cursors_are_refused_and_the_connection_keeps_working() {
     node.stop().await;
 }
 
-/// A client that stops reading for longer than a normal goodbye takes (500 ms), then reads
-/// again, still gets the "too slow" message, after what its socket held, before the close
-/// (1008): the goodbye of a slow client waits up to 5 s for room.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_slow_client_that_reads_again_gets_the_too_slow_message_before_the_close() {
+/// An owner serving HTTP with a websocket queue of 8 messages, and a client subscribed to
+/// `power` that is about to stop reading (the subscription's acknowledgement with it).
+async fn slow_client() -> (MemoryCluster, Node, HttpServer, String, Ws, Value) {
     let cluster = MemoryCluster::new();
     let node = owner(&cluster).await;
     let (server, base) = start(&node, HttpConfig::new(0).ws_buffer(8)).await;
     let mut slow = ws_connect(&base, None).await.unwrap();
     let ack = subscribe(&mut slow, &["power"], None).await;
     assert_eq!(ack["type"], "subscribed");
+    (cluster, node, server, base, slow, ack)
+}
+
+/// A client that stops reading for longer than a normal goodbye takes (500 ms), then reads
+/// again, still gets the "too slow" message, after what its socket held, before the close
+/// (1008): the goodbye of a slow client waits up to 5 s for room.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_client_that_reads_again_gets_the_too_slow_message_before_the_close() {
+    let (_cluster, node, server, base, mut slow, _ack) = slow_client().await;
 
     // 96 KiB documents until the server gives up on the client (its queue overflowed), each
     // created once the writer took the one before, while it could: so the queue overflows
@@ -478,12 +485,7 @@ async fn a_slow_client_that_reads_again_gets_the_too_slow_message_before_the_clo
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_told_too_slow_resumes_with_nothing_lost() {
     const TOTAL: usize = 120;
-    let cluster = MemoryCluster::new();
-    let node = owner(&cluster).await;
-    let (server, base) = start(&node, HttpConfig::new(0).ws_buffer(8)).await;
-    let mut slow = ws_connect(&base, None).await.unwrap();
-    let ack = subscribe(&mut slow, &["power"], None).await;
-    assert_eq!(ack["type"], "subscribed");
+    let (_cluster, node, server, base, mut slow, ack) = slow_client().await;
     let start_cursor = ack["cursor"].as_str().unwrap().to_owned();
 
     // 96 KiB documents: the socket buffers of a client that does not read fill quickly.
