@@ -412,21 +412,16 @@ async fn slow_client() -> (MemoryCluster, Node, HttpServer, String, Ws, Value) {
     (cluster, node, server, base, slow, ack)
 }
 
-/// A client that stops reading for longer than a normal goodbye takes (500 ms), then reads
-/// again, still gets the "too slow" message, after what its socket held, before the close
-/// (1008): the goodbye of a slow client waits up to 5 s for room.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_slow_client_that_reads_again_gets_the_too_slow_message_before_the_close() {
-    let (_cluster, node, server, base, mut slow, _ack) = slow_client().await;
-
-    // 96 KiB documents until the server gives up on the client (its queue overflowed), each
-    // created once the writer took the one before, while it could: so the queue overflows
-    // only once the client's socket is full, which is when a goodbye has to wait for room.
+/// Creates 96 KiB documents until the server gives up on the slow client (its queue
+/// overflowed), each once the writer took the one before, while it could: so the queue
+/// overflows only once the client's socket is full, which is when a goodbye has to wait for
+/// room. Returns how many it created.
+async fn fill_until_too_slow(node: &Node, base: &str) -> i64 {
     let blob = "x".repeat(96 * 1024);
     let powers = node.collection::<Power>();
     let deadline = Instant::now() + Duration::from_secs(30);
     let mut created = 0;
-    while metric(&base, "zs_websocket_too_slow_total").await < Some(1.0) {
+    while metric(base, "zs_websocket_too_slow_total").await < Some(1.0) {
         assert!(Instant::now() < deadline, "never told too slow");
         let mut p = power(created);
         p.description = Some(blob.clone());
@@ -436,12 +431,41 @@ async fn a_slow_client_that_reads_again_gets_the_too_slow_message_before_the_clo
             .unwrap();
         created += 1;
         let taken = Instant::now() + Duration::from_millis(200);
-        while metric(&base, "zs_websocket_queued_messages").await > Some(0.0)
+        while metric(base, "zs_websocket_queued_messages").await > Some(0.0)
             && Instant::now() < taken
         {
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
     }
+    created
+}
+
+/// A client told "too slow" that never reads again: its goodbye waits for room (up to 5 s), but
+/// a server that stops meanwhile is not held by it past the usual 500 ms bound.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_slow_client_does_not_hold_the_servers_stop() {
+    let (_cluster, node, server, base, _stalled, _ack) = slow_client().await;
+    fill_until_too_slow(&node, &base).await;
+    // The client never reads again: its goodbye is waiting for room now.
+    let started = Instant::now();
+    server.shutdown().await;
+    let took = started.elapsed();
+    eprintln!("stop with a stalled slow client took {took:?}");
+    assert!(
+        took < Duration::from_secs(4),
+        "the stop waited for the stalled client's goodbye: {took:?}"
+    );
+    node.stop().await;
+}
+
+/// A client that stops reading for longer than a normal goodbye takes (500 ms), then reads
+/// again, still gets the "too slow" message, after what its socket held, before the close
+/// (1008): the goodbye of a slow client waits up to 5 s for room.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_client_that_reads_again_gets_the_too_slow_message_before_the_close() {
+    let (_cluster, node, server, base, mut slow, _ack) = slow_client().await;
+
+    let created = fill_until_too_slow(&node, &base).await;
     // The client stays away longer than a normal goodbye would wait (part of the scenario, not
     // a wait for a condition).
     tokio::time::sleep(Duration::from_millis(1500)).await;

@@ -36,7 +36,8 @@
 //! Live events never wait: when the queue is full the client is too slow, it is told so
 //! (`too_slow`, after what its socket already holds: it gets the message if it reads within
 //! [`SLOW_GOODBYE_TIMEOUT`], else it is dropped then) and disconnected (1008), what is still
-//! queued for it is dropped at once, and neither the node nor the other clients notice; it reconnects with the last cursor it got and loses nothing the logs still hold.
+//! queued for it is dropped at once, and neither the node nor the other clients notice; it
+//! reconnects with the last cursor it got and loses nothing the logs still hold.
 //! Events read back from the logs (a resume's backlog, a gap, a catch-up after the bus
 //! overflowed) wait for room in the queue. They come from this node's log a page at a time,
 //! each page read once and shared by every client at that place
@@ -101,6 +102,17 @@ enum Stop {
     Shutdown,
     /// The stream's position fell out of the change logs' retention (the error's text).
     Expired(String),
+}
+
+impl Stop {
+    /// How long the goodbye (message and close frame) may take: longer for a client told
+    /// `too_slow`, whose socket is full.
+    fn goodbye_timeout(&self) -> Duration {
+        match self {
+            Stop::TooSlow | Stop::TooFarBehind(_) => SLOW_GOODBYE_TIMEOUT,
+            _ => GOODBYE_TIMEOUT,
+        }
+    }
 }
 
 /// Whether a websocket from a page of `Origin` may open: a client that sends no `Origin` is not
@@ -521,35 +533,25 @@ async fn serve_client(state: AppState, user: AuthUser, socket: WebSocket, seat: 
         Stop::Shutdown => Some((None, close_code::AWAY, "server shutting down")),
         Stop::ClientGone => None,
     };
-    if let Some((text, code, reason)) = goodbye {
-        let slow = code == close_code::POLICY;
-        let timeout = if slow {
-            SLOW_GOODBYE_TIMEOUT
-        } else {
-            GOODBYE_TIMEOUT
-        };
-        let send = tokio::time::timeout(timeout, async {
+    if let Some((text, code, close_reason)) = goodbye {
+        let send = tokio::time::timeout(reason.goodbye_timeout(), async {
             if let Some(text) = text {
                 sink.send(text).await?;
             }
             sink.send(Message::Close(Some(CloseFrame {
                 code,
-                reason: Utf8Bytes::from_static(reason),
+                reason: Utf8Bytes::from_static(close_reason),
             })))
             .await
         });
         tokio::pin!(send);
-        if slow {
-            // A slow client's goodbye does not hold the server's stop past the usual bound.
-            let mut shutdown = state.shutdown.clone();
-            tokio::select! {
-                _ = &mut send => {}
-                () = async { drop(shutdown.wait_for(|stop| *stop).await) } => {
-                    let _ = tokio::time::timeout(GOODBYE_TIMEOUT, &mut send).await;
-                }
+        // Once the server stops, no goodbye takes longer than the usual bound.
+        let mut shutdown = state.shutdown.clone();
+        tokio::select! {
+            _ = &mut send => {}
+            () = async { drop(shutdown.wait_for(|stop| *stop).await) } => {
+                let _ = tokio::time::timeout(GOODBYE_TIMEOUT, &mut send).await;
             }
-        } else {
-            let _ = send.await;
         }
     } else {
         // The client closed: complete the closing handshake (flushes the close reply).
