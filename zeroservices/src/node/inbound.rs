@@ -161,7 +161,8 @@ async fn serve_raw(node: Node, from: Option<String>, request: Request) -> Result
         }
         // Messages, unknown collections: the plain path.
         None => {
-            let value = serve(&node, from, request).await?;
+            // Boxed: this path's future is large, the service path above is the hot one.
+            let value = Box::pin(serve(&node, from, request)).await?;
             crate::json::to_raw(&value)
         }
     }
@@ -178,10 +179,16 @@ async fn serve(node: &Node, from: Option<String>, request: Request) -> Result<Va
         };
     }
     if request.collection == crate::changes::serve::CHANGES {
-        return crate::changes::serve::serve(node, request.args).await;
+        // Boxed (as the claim below): large futures that every other request would carry.
+        return Box::pin(crate::changes::serve::serve(node, request.args)).await;
     }
     if request.collection == crate::worker::CLAIMS {
-        return crate::worker::serve_claim(node, &request.action, request.args).await;
+        return Box::pin(crate::worker::serve_claim(
+            node,
+            &request.action,
+            request.args,
+        ))
+        .await;
     }
     let local = read(&node.inner.services).get(&request.collection).cloned();
     let metrics = node

@@ -870,6 +870,55 @@ impl NodeInner {
 #[cfg(test)]
 mod tests {
     use super::NodeInfo;
+    use crate::medium::{Inbound, MemoryCluster, Request};
+
+    #[crate::resource(collection = "sized")]
+    struct Sized {
+        n: i64,
+    }
+
+    /// A service's future is boxed and so copied once per request: the ones every get and
+    /// create builds stay small (the rare calls' larger states are boxed only when taken).
+    /// Before they were: `handle_raw` 7,200 bytes, `handle` 6,632, a peer's request 2,680.
+    #[tokio::test]
+    async fn the_futures_of_gets_and_creates_stay_small() {
+        let cluster = MemoryCluster::new();
+        let node = super::Node::builder("sized_service")
+            .memory(&cluster)
+            .resource::<Sized>()
+            .start()
+            .await
+            .unwrap();
+        let service = node.local_service("sized").unwrap();
+        let get = Request::new("sized", "get").id("x");
+        let create =
+            Request::new("sized", "create").args(serde_json::json!({"resource_data": {"n": 1}}));
+        let raw = service.handle_raw(&node, get.clone());
+        let plain = service.handle(&node, create.clone());
+        // `size_of_val` of the boxed `dyn Future`: its real size, read from its vtable.
+        assert!(
+            std::mem::size_of_val(&*raw) <= 1024,
+            "{}",
+            std::mem::size_of_val(&*raw)
+        );
+        assert!(
+            std::mem::size_of_val(&*plain) <= 4096,
+            "{}",
+            std::mem::size_of_val(&*plain)
+        );
+        let inbound = super::inbound::Handle::new(&node.inner);
+        let served = inbound.request_raw(None, get);
+        assert!(
+            std::mem::size_of_val(&*served) <= 2048,
+            "{}",
+            std::mem::size_of_val(&*served)
+        );
+        // They still run.
+        assert_eq!(raw.await.unwrap_err().kind(), "not_found");
+        assert!(plain.await.is_ok());
+        drop(served);
+        node.stop().await;
+    }
 
     /// `insecure` is left out when false, so a secure node announces what it did before, and an
     /// older announcement (without it) reads as secure.

@@ -781,7 +781,9 @@ impl<R: Resource> Service for ResourceService<R> {
 
     async fn handle_raw(&self, node: &Node, request: Request) -> Result<Box<RawValue>> {
         if request.action == BuiltIn::Create.name() {
-            return self.handle_create_raw(node, request).await;
+            // Boxed: a get (below) is the hot path, and this future is copied into a box per
+            // call; it should not carry a create's larger state.
+            return Box::pin(self.handle_create_raw(node, request)).await;
         }
         if request.action != BuiltIn::Get.name() {
             // `handle` checks the id.
@@ -813,7 +815,8 @@ impl<R: Resource> Service for ResourceService<R> {
             node.limits().check_id(id)?;
         }
         match self.remembered_as(node, &request)? {
-            Some((key, keep)) => self.once(node, request, key, keep).await,
+            // Boxed: the remembered path's state is large; a plain call should not carry it.
+            Some((key, keep)) => Box::pin(self.once(node, request, key, keep)).await,
             // Its writes belong to no remembered request (not to one it is nested in, when an
             // action calls this collection).
             None => MARK.scope(None, self.dispatch(node, request)).await,
@@ -831,7 +834,7 @@ impl<R: Resource> ResourceService<R> {
             node.limits().check_id(id)?;
         }
         if let Some((key, keep)) = self.remembered_as(node, &request)? {
-            let value = self.once(node, request, key, keep).await?;
+            let value = Box::pin(self.once(node, request, key, keep)).await?;
             return to_raw(&value);
         }
         let span = tracing::debug_span!(
@@ -865,11 +868,14 @@ impl<R: Resource> ResourceService<R> {
             Call::Patch { id, args } => self.patch(node, id, args, if_version).await,
             Call::Delete { id } => self.delete(node, id, if_version).await,
             Call::List(args) => self.list(node, args).await,
+            // Boxed: the link calls are rare and their futures the largest; inline, every
+            // built-in call's future (a get's, a create's) would carry their size.
             Call::AddLink { id, args } => {
-                self.add_link(node, id, args, user.as_ref(), if_version)
-                    .await
+                Box::pin(self.add_link(node, id, args, user.as_ref(), if_version)).await
             }
-            Call::FollowLinks { id, args } => self.follow_links(node, id, args, user).await,
+            Call::FollowLinks { id, args } => {
+                Box::pin(self.follow_links(node, id, args, user)).await
+            }
             Call::IncomingLinks(args) => self.incoming_links(node, args).await,
         }
     }
