@@ -872,8 +872,8 @@ mod tests {
     use super::NodeInfo;
     use crate::medium::{Inbound, MemoryCluster, Request};
 
-    #[crate::resource(collection = "sized")]
-    struct Sized {
+    #[crate::resource(collection = "small")]
+    struct Small {
         n: i64,
     }
 
@@ -883,16 +883,16 @@ mod tests {
     #[tokio::test]
     async fn the_futures_of_gets_and_creates_stay_small() {
         let cluster = MemoryCluster::new();
-        let node = super::Node::builder("sized_service")
+        let node = super::Node::builder("small_service")
             .memory(&cluster)
-            .resource::<Sized>()
+            .resource::<Small>()
             .start()
             .await
             .unwrap();
-        let service = node.local_service("sized").unwrap();
-        let get = Request::new("sized", "get").id("x");
+        let service = node.local_service("small").unwrap();
+        let get = Request::new("small", "get").id("x");
         let create =
-            Request::new("sized", "create").args(serde_json::json!({"resource_data": {"n": 1}}));
+            Request::new("small", "create").args(serde_json::json!({"resource_data": {"n": 1}}));
         let raw = service.handle_raw(&node, get.clone());
         let plain = service.handle(&node, create.clone());
         // `size_of_val` of the boxed `dyn Future`: its real size, read from its vtable.
