@@ -273,6 +273,9 @@ async fn over_nats_a_slow_or_panicking_request_stalls_no_other() {
     let id = powers.create(power(2)).await.unwrap();
     // Gets are served in place on the owner's subscription task; a request that waits is not:
     // 200 gets go through while one slow action is still in flight.
+    // Read before the slow request is sent: read after, a request that reached the owner first
+    // (a quick spawn on another worker) was already counted, and the wait below never ended.
+    let served = owner.stats().requests_served;
     let slow = {
         let client = client.clone();
         tokio::spawn(async move {
@@ -281,7 +284,6 @@ async fn over_nats_a_slow_or_panicking_request_stalls_no_other() {
                 .await
         })
     };
-    let served = owner.stats().requests_served;
     eventually(
         "the slow action reached the owner",
         Duration::from_secs(5),
