@@ -151,12 +151,128 @@ impl Drop for InterestGuard {
     }
 }
 
+/// An event as the node's bus carries it (and as a change log's page is read): shared by every
+/// stream and follower that reads it, with its websocket message text made once for all of them
+/// (but the cursor, which is each stream's own). The event itself is an `Arc` too, so that a
+/// change log's entry and the bus hold the same one.
+#[derive(Debug)]
+pub(crate) struct Shared {
+    pub(crate) event: Arc<Event>,
+    #[cfg_attr(not(feature = "http"), allow(dead_code))] // read by the websocket only
+    body: OnceLock<Body>,
+}
+
+/// `{"type":"event","topic":…,"data":{…` (the data's fields but `cursor`), without the
+/// closing braces.
+#[derive(Debug)]
+#[cfg_attr(not(feature = "http"), allow(dead_code))] // read by the websocket only
+struct Body {
+    text: String,
+    /// Whether `data` is an object (a cursor can be added) and whether it has fields left.
+    object: bool,
+    fields: bool,
+}
+
+impl Shared {
+    pub(crate) fn new(event: Event) -> Self {
+        Self::of(Arc::new(event))
+    }
+
+    /// An event kept elsewhere too (a change log's entry).
+    pub(crate) fn of(event: Arc<Event>) -> Self {
+        Self {
+            event,
+            body: OnceLock::new(),
+        }
+    }
+
+    /// The event, without a copy when this was the last reference.
+    pub(crate) fn into_event(self: Arc<Self>) -> Event {
+        match Arc::try_unwrap(self) {
+            Ok(shared) => Arc::unwrap_or_clone(shared.event),
+            Err(shared) => Event::clone(&shared.event),
+        }
+    }
+
+    #[cfg_attr(not(feature = "http"), allow(dead_code))] // read by the websocket only
+    fn body(&self) -> &Body {
+        self.body.get_or_init(|| {
+            let mut out: Vec<u8> = Vec::with_capacity(256);
+            out.extend_from_slice(br#"{"type":"event","topic":"#);
+            // Writing JSON strings and values to a Vec cannot fail.
+            let _ = serde_json::to_writer(&mut out, &self.event.topic);
+            out.extend_from_slice(br#","data":"#);
+            let (object, fields) = match &self.event.data {
+                Value::Object(map) => {
+                    out.push(b'{');
+                    let mut fields = false;
+                    for (key, value) in map {
+                        if key == "cursor" {
+                            continue;
+                        }
+                        if fields {
+                            out.push(b',');
+                        }
+                        fields = true;
+                        let _ = serde_json::to_writer(&mut out, key);
+                        out.push(b':');
+                        let _ = serde_json::to_writer(&mut out, value);
+                    }
+                    (true, fields)
+                }
+                other => {
+                    let _ = serde_json::to_writer(&mut out, other);
+                    (false, false)
+                }
+            };
+            Body {
+                // serde_json writes UTF-8.
+                text: String::from_utf8(out).unwrap_or_default(),
+                object,
+                fields,
+            }
+        })
+    }
+
+    /// The websocket message of the event, `{"type":"event","topic","data"}`, with `cursor` as
+    /// `data.cursor` (in place of the one the event carries; none given: none written).
+    #[cfg_attr(not(feature = "http"), allow(dead_code))] // read by the websocket only
+    pub(crate) fn message(&self, cursor: Option<&str>) -> String {
+        let body = self.body();
+        let mut text = String::with_capacity(body.text.len() + cursor.map_or(0, str::len) + 16);
+        text.push_str(&body.text);
+        if body.object {
+            if let Some(cursor) = cursor {
+                if body.fields {
+                    text.push(',');
+                }
+                text.push_str(r#""cursor":"#);
+                // A cursor is URL-safe text (written as it is); anything else is escaped.
+                if cursor
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b'_'))
+                {
+                    text.push('"');
+                    text.push_str(cursor);
+                    text.push('"');
+                } else {
+                    text.push_str(&serde_json::to_string(cursor).unwrap_or_default());
+                }
+            }
+            text.push('}');
+        }
+        text.push('}');
+        text
+    }
+}
+
 /// The node-local event bus: every event this node publishes or receives goes through it.
 #[derive(Clone)]
 pub(crate) struct EventBus {
-    /// Events are shared by the subscribers (one copy is made per stream whose prefix matches,
-    /// when it yields the event; none for the streams it does not match).
-    tx: broadcast::Sender<Arc<Event>>,
+    /// Events are shared by the subscribers: a stream of `Event`s makes one copy when its
+    /// prefix matches (none for the streams it does not match); the websocket's followers
+    /// copy nothing and share the message text ([`Shared`]).
+    tx: broadcast::Sender<Arc<Shared>>,
     lagged: Arc<AtomicU64>,
     interest: Arc<Interest>,
 }
@@ -180,21 +296,21 @@ impl EventBus {
     pub(crate) fn send(&self, event: &Event) {
         // No receiver is not an error: nobody listens.
         if self.tx.receiver_count() > 0 {
-            let _ = self.tx.send(Arc::new(event.clone()));
+            let _ = self.tx.send(Arc::new(Shared::new(event.clone())));
         }
     }
 
     /// [`send`](Self::send) of an event shared with its keeper (a change log's entry): no copy.
     pub(crate) fn send_shared(&self, event: &Arc<Event>) {
         if self.tx.receiver_count() > 0 {
-            let _ = self.tx.send(event.clone());
+            let _ = self.tx.send(Arc::new(Shared::of(event.clone())));
         }
     }
 
     /// [`send`](Self::send) without a copy.
     pub(crate) fn send_owned(&self, event: Event) {
         if self.tx.receiver_count() > 0 {
-            let _ = self.tx.send(Arc::new(event));
+            let _ = self.tx.send(Arc::new(Shared::new(event)));
         }
     }
 
@@ -229,7 +345,7 @@ impl EventBus {
 /// Each subscriber has a bounded buffer (4096 events); a subscriber that falls further behind
 /// loses the oldest events, which is logged and counted (`Node::stats().events_lagged`).
 pub struct EventStream {
-    inner: BroadcastStream<Arc<Event>>,
+    inner: BroadcastStream<Arc<Shared>>,
     prefix: String,
     lagged: Arc<AtomicU64>,
     /// Events this stream lost since [`EventStream::take_lagged`] was last called.
@@ -249,17 +365,15 @@ impl EventStream {
     }
 }
 
-impl Stream for EventStream {
-    type Item = Event;
-
-    fn poll_next(mut self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<Option<Event>> {
+impl EventStream {
+    /// The next event whose topic falls under the prefix, as the bus shares it (no copy): the
+    /// websocket's followers read events this way.
+    pub(crate) fn poll_shared(&mut self, cx: &mut TaskContext<'_>) -> Poll<Option<Arc<Shared>>> {
         loop {
             match Pin::new(&mut self.inner).poll_next(cx) {
-                Poll::Ready(Some(Ok(event))) => {
-                    // Copied out of the bus only when it matches (without a copy when this
-                    // stream holds the last reference).
-                    if event.matches(&self.prefix) {
-                        return Poll::Ready(Some(Arc::unwrap_or_clone(event)));
+                Poll::Ready(Some(Ok(shared))) => {
+                    if shared.event.matches(&self.prefix) {
+                        return Poll::Ready(Some(shared));
                     }
                 }
                 Poll::Ready(Some(Err(BroadcastStreamRecvError::Lagged(n)))) => {
@@ -275,6 +389,22 @@ impl Stream for EventStream {
                 Poll::Pending => return Poll::Pending,
             }
         }
+    }
+
+    /// [`EventStream::poll_shared`] as a future.
+    pub(crate) async fn next_shared(&mut self) -> Option<Arc<Shared>> {
+        std::future::poll_fn(|cx| self.poll_shared(cx)).await
+    }
+}
+
+impl Stream for EventStream {
+    type Item = Event;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<Option<Event>> {
+        // Copied out of the bus only when it matches (without a copy when this stream holds
+        // the last reference).
+        self.poll_shared(cx)
+            .map(|shared| shared.map(Shared::into_event))
     }
 }
 

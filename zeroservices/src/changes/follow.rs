@@ -26,7 +26,7 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::task::{Context as TaskContext, Poll};
 use std::time::Duration;
 
-use futures::{Stream, StreamExt};
+use futures::Stream;
 use serde_json::Value;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
@@ -61,7 +61,7 @@ enum Item {
     /// An entry passed over (not a followed topic): the position moves on.
     Advance(Arc<str>, u64),
     /// An event without a position (a user event, or a store without a log).
-    Plain(Event),
+    Plain(Arc<Shared>),
 }
 
 /// See the [module docs](self).
@@ -75,7 +75,7 @@ pub(crate) struct Follower {
     queued: HashMap<String, u64>,
     pending: VecDeque<Item>,
     /// Entries that arrived early, per log.
-    held: BTreeMap<String, BTreeMap<u64, Event>>,
+    held: BTreeMap<String, BTreeMap<u64, Arc<Shared>>>,
     held_since: Option<Instant>,
     /// Logs to read, and from where.
     to_read: BTreeMap<String, LogAfter>,
@@ -248,7 +248,7 @@ impl Follower {
                     }
                     Item::Plain(event) => {
                         return Some(Ok(Delivery {
-                            event: Arc::new(Shared::new(event)),
+                            event,
                             cursor: None,
                             replayed: false,
                         }));
@@ -270,7 +270,7 @@ impl Follower {
             }
             let deadline = self.held_since.map(|s| s + REORDER_WAIT);
             let event = tokio::select! {
-                event = self.live.next() => event,
+                event = self.live.next_shared() => event,
                 () = sleep_until(deadline) => continue,
             };
             let lagged = self.live.take_lagged();
@@ -346,15 +346,15 @@ impl Follower {
         }
     }
 
-    fn on_live(&mut self, event: Event) {
+    fn on_live(&mut self, event: Arc<Shared>) {
         self.apply_restarts();
-        let Some((key, seq)) = position_of(&event) else {
-            if self.wanted(&event.topic) {
+        let Some((key, seq)) = position_of(&event.event) else {
+            if self.wanted(&event.event.topic) {
                 self.pending.push_back(Item::Plain(event));
             }
             return;
         };
-        if !self.followed_collection(&event_collection(&event.topic)) {
+        if !self.followed_collection(&event_collection(&event.event.topic)) {
             return;
         }
         match self.queued.get(&key).copied() {
@@ -377,7 +377,7 @@ impl Follower {
         }
     }
 
-    fn hold(&mut self, key: String, seq: u64, event: Event) {
+    fn hold(&mut self, key: String, seq: u64, event: Arc<Shared>) {
         let held = self.held.entry(key.clone()).or_default();
         held.insert(seq, event);
         self.held_since.get_or_insert_with(Instant::now);
@@ -387,10 +387,9 @@ impl Follower {
     }
 
     /// Queues an entry that is the next of its log.
-    fn accept(&mut self, key: String, seq: u64, event: Event) {
-        let wanted = self.wanted(&event.topic);
-        let shared = Arc::new(Shared::new(event));
-        self.accept_shared(&Arc::from(key.as_str()), seq, shared, wanted);
+    fn accept(&mut self, key: String, seq: u64, event: Arc<Shared>) {
+        let wanted = self.wanted(&event.event.topic);
+        self.accept_shared(&Arc::from(key.as_str()), seq, event, wanted);
     }
 
     /// Queues an entry that is the next of its log (`key`), handed out or passed over.
@@ -906,5 +905,59 @@ impl Node {
             cursor: start,
             task,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::{Arc, RwLock};
+
+    use super::{Follower, Topics};
+    use crate::medium::MemoryCluster;
+
+    #[crate::resource(collection = "dial")]
+    struct Dial {
+        n: i64,
+    }
+
+    /// Live events reach every follower (every websocket client) as the one event the bus
+    /// carries: not copied per follower, its message text made once, each adding its own cursor.
+    #[tokio::test]
+    async fn followers_share_each_live_event() {
+        let cluster = MemoryCluster::new();
+        let node = crate::Node::builder("dial_service")
+            .memory(&cluster)
+            .resource::<Dial>()
+            .start()
+            .await
+            .unwrap();
+        let follower = || {
+            let topics: Topics = Arc::new(RwLock::new(vec!["dial".to_owned()]));
+            Follower::new(node.clone(), topics, node.subscribe("dial"), None)
+        };
+        let (mut a, mut b) = (follower(), follower());
+        let dials = node.collection::<Dial>();
+        dials.create(Dial { n: 1 }).await.unwrap();
+        // The first event of a log not seen yet is read from the log (each its own read).
+        let first_a = a.next_delivery().await.unwrap().unwrap();
+        let first_b = b.next_delivery().await.unwrap().unwrap();
+        assert_eq!(first_a.event.event.data["resource_data"]["n"], 1);
+        assert_eq!(first_b.event.event.data["resource_data"]["n"], 1);
+        // The next one comes live: the same shared event for both.
+        dials.create(Dial { n: 2 }).await.unwrap();
+        let second_a = a.next_delivery().await.unwrap().unwrap();
+        let second_b = b.next_delivery().await.unwrap().unwrap();
+        assert_eq!(second_a.event.event.data["resource_data"]["n"], 2);
+        assert!(Arc::ptr_eq(&second_a.event, &second_b.event));
+        // Each message carries its own stream's cursor, after the shared text.
+        let (cursor_a, cursor_b) = (second_a.cursor.unwrap(), second_b.cursor.unwrap());
+        let text_a = second_a.event.message(Some(&cursor_a));
+        let text_b = second_b.event.message(Some(&cursor_b));
+        let a_json: serde_json::Value = serde_json::from_str(&text_a).unwrap();
+        let b_json: serde_json::Value = serde_json::from_str(&text_b).unwrap();
+        assert_eq!(a_json["data"]["cursor"], cursor_a.as_str());
+        assert_eq!(b_json["data"]["cursor"], cursor_b.as_str());
+        assert_eq!(a_json["data"]["resource_data"]["n"], 2);
+        node.stop().await;
     }
 }

@@ -14,8 +14,6 @@
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex, OnceLock};
 
-use serde_json::Value;
-
 use super::serve::MAX_PAGE;
 use super::{LogAfter, LogEntry};
 use crate::store::Store;
@@ -28,114 +26,7 @@ pub(crate) const BLOCK: u64 = MAX_PAGE as u64;
 /// `CACHED_BLOCKS * BLOCK` events, shared, not copied, by their readers).
 pub(crate) const CACHED_BLOCKS: usize = 32;
 
-/// An event read from a change log (or received live), shared by the followers that hand it
-/// out, with its websocket message text made once for all of them (but the cursor, which is
-/// each stream's own).
-#[derive(Debug)]
-pub(crate) struct Shared {
-    pub(crate) event: Event,
-    #[cfg_attr(not(feature = "http"), allow(dead_code))] // read by the websocket only
-    body: OnceLock<Body>,
-}
-
-/// `{"type":"event","topic":…,"data":{…` (the data's fields but `cursor`), without the
-/// closing braces.
-#[derive(Debug)]
-#[cfg_attr(not(feature = "http"), allow(dead_code))] // read by the websocket only
-struct Body {
-    text: String,
-    /// Whether `data` is an object (a cursor can be added) and whether it has fields left.
-    object: bool,
-    fields: bool,
-}
-
-impl Shared {
-    pub(crate) fn new(event: Event) -> Self {
-        Self {
-            event,
-            body: OnceLock::new(),
-        }
-    }
-
-    /// The event, without a copy when this was the last reference.
-    pub(crate) fn into_event(self: Arc<Self>) -> Event {
-        match Arc::try_unwrap(self) {
-            Ok(shared) => shared.event,
-            Err(shared) => shared.event.clone(),
-        }
-    }
-
-    #[cfg_attr(not(feature = "http"), allow(dead_code))] // read by the websocket only
-    fn body(&self) -> &Body {
-        self.body.get_or_init(|| {
-            let mut out: Vec<u8> = Vec::with_capacity(256);
-            out.extend_from_slice(br#"{"type":"event","topic":"#);
-            // Writing JSON strings and values to a Vec cannot fail.
-            let _ = serde_json::to_writer(&mut out, &self.event.topic);
-            out.extend_from_slice(br#","data":"#);
-            let (object, fields) = match &self.event.data {
-                Value::Object(map) => {
-                    out.push(b'{');
-                    let mut fields = false;
-                    for (key, value) in map {
-                        if key == "cursor" {
-                            continue;
-                        }
-                        if fields {
-                            out.push(b',');
-                        }
-                        fields = true;
-                        let _ = serde_json::to_writer(&mut out, key);
-                        out.push(b':');
-                        let _ = serde_json::to_writer(&mut out, value);
-                    }
-                    (true, fields)
-                }
-                other => {
-                    let _ = serde_json::to_writer(&mut out, other);
-                    (false, false)
-                }
-            };
-            Body {
-                // serde_json writes UTF-8.
-                text: String::from_utf8(out).unwrap_or_default(),
-                object,
-                fields,
-            }
-        })
-    }
-
-    /// The websocket message of the event, `{"type":"event","topic","data"}`, with `cursor` as
-    /// `data.cursor` (in place of the one the event carries; none given: none written).
-    #[cfg_attr(not(feature = "http"), allow(dead_code))] // read by the websocket only
-    pub(crate) fn message(&self, cursor: Option<&str>) -> String {
-        let body = self.body();
-        let mut text = String::with_capacity(body.text.len() + cursor.map_or(0, str::len) + 16);
-        text.push_str(&body.text);
-        if body.object {
-            if let Some(cursor) = cursor {
-                if body.fields {
-                    text.push(',');
-                }
-                text.push_str(r#""cursor":"#);
-                // A cursor is URL-safe text (written as it is); anything else is escaped.
-                if cursor
-                    .bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b'_'))
-                {
-                    text.push('"');
-                    text.push_str(cursor);
-                    text.push('"');
-                } else {
-                    text.push_str(&serde_json::to_string(cursor).unwrap_or_default());
-                }
-            }
-            text.push('}');
-        }
-        text.push('}');
-        text
-    }
-}
+pub(crate) use crate::event::Shared;
 
 /// One entry of a page: its sequence number and its shared event.
 pub(crate) type PageEntry = (u64, Arc<Shared>);
@@ -264,7 +155,7 @@ pub(crate) async fn read(
 
 #[cfg(test)]
 mod tests {
-    use serde_json::json;
+    use serde_json::{Value, json};
 
     use super::*;
 
