@@ -196,42 +196,51 @@ impl Shared {
 
     #[cfg_attr(not(feature = "http"), allow(dead_code))] // read by the websocket only
     fn body(&self) -> &Body {
-        self.body.get_or_init(|| {
-            let mut out: Vec<u8> = Vec::with_capacity(256);
-            out.extend_from_slice(br#"{"type":"event","topic":"#);
-            // Writing JSON strings and values to a Vec cannot fail.
-            let _ = serde_json::to_writer(&mut out, &self.event.topic);
-            out.extend_from_slice(br#","data":"#);
-            let (object, fields) = match &self.event.data {
-                Value::Object(map) => {
-                    out.push(b'{');
-                    let mut fields = false;
-                    for (key, value) in map {
-                        if key == "cursor" {
-                            continue;
-                        }
-                        if fields {
-                            out.push(b',');
-                        }
-                        fields = true;
-                        let _ = serde_json::to_writer(&mut out, key);
-                        out.push(b':');
-                        let _ = serde_json::to_writer(&mut out, value);
+        if let Some(body) = self.body.get() {
+            return body;
+        }
+        // Made outside the `OnceLock`: followers of the same event on two worker threads may
+        // both make it (one is kept), but neither blocks its thread while the other writes it.
+        let made = self.make_body();
+        self.body.get_or_init(|| made)
+    }
+
+    #[cfg_attr(not(feature = "http"), allow(dead_code))] // read by the websocket only
+    fn make_body(&self) -> Body {
+        let mut out: Vec<u8> = Vec::with_capacity(256);
+        out.extend_from_slice(br#"{"type":"event","topic":"#);
+        // Writing JSON strings and values to a Vec cannot fail.
+        let _ = serde_json::to_writer(&mut out, &self.event.topic);
+        out.extend_from_slice(br#","data":"#);
+        let (object, fields) = match &self.event.data {
+            Value::Object(map) => {
+                out.push(b'{');
+                let mut fields = false;
+                for (key, value) in map {
+                    if key == "cursor" {
+                        continue;
                     }
-                    (true, fields)
+                    if fields {
+                        out.push(b',');
+                    }
+                    fields = true;
+                    let _ = serde_json::to_writer(&mut out, key);
+                    out.push(b':');
+                    let _ = serde_json::to_writer(&mut out, value);
                 }
-                other => {
-                    let _ = serde_json::to_writer(&mut out, other);
-                    (false, false)
-                }
-            };
-            Body {
-                // serde_json writes UTF-8.
-                text: String::from_utf8(out).unwrap_or_default(),
-                object,
-                fields,
+                (true, fields)
             }
-        })
+            other => {
+                let _ = serde_json::to_writer(&mut out, other);
+                (false, false)
+            }
+        };
+        Body {
+            // serde_json writes UTF-8.
+            text: String::from_utf8(out).unwrap_or_default(),
+            object,
+            fields,
+        }
     }
 
     /// The websocket message of the event, `{"type":"event","topic","data"}`, with `cursor` as
