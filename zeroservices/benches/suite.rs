@@ -920,6 +920,18 @@ struct Wrk {
     p99_ms: f64,
 }
 
+/// The median of REST pairs `(ours, baseline, note)` by ratio, and the pairs' ratios in order
+/// (`"0.71, 0.76, 0.85"`).
+fn median_pair<T>(mut pairs: Vec<(Wrk, Wrk, T)>) -> ((Wrk, Wrk, T), String) {
+    pairs.sort_by(|a, b| (a.0.rps / a.1.rps).total_cmp(&(b.0.rps / b.1.rps)));
+    let ratios: Vec<String> = pairs
+        .iter()
+        .map(|(o, p, _)| format!("{:.2}", o.rps / p.rps))
+        .collect();
+    let middle = pairs.len() / 2;
+    (pairs.swap_remove(middle), ratios.join(", "))
+}
+
 fn wrk(url: &str, seconds: u64, post: bool) -> Wrk {
     let dir = std::env::temp_dir().join(format!("zs-suite-{}", std::process::id()));
     std::fs::create_dir_all(&dir).expect("temp dir");
@@ -1719,6 +1731,15 @@ struct WsSub {
 }
 
 impl WsSub {
+    /// The production shape's subscriber of `power` on `addr`; none in the `[plain]` shape.
+    async fn unless(plain: bool, addr: &str) -> Option<Self> {
+        if plain {
+            None
+        } else {
+            Some(Self::connect(addr, "power").await)
+        }
+    }
+
     async fn connect(addr: &str, topic: &str) -> Self {
         let (mut socket, _) = tokio_tungstenite::connect_async(format!("ws://{addr}/realtime"))
             .await
@@ -2073,11 +2094,7 @@ async fn zmq_groups(
             // client is subscribed to `power` on the owner for the pair, reading every event.
             let mut pairs = Vec::new();
             for _ in 0..REST_PAIRS {
-                let ws = if plain {
-                    None
-                } else {
-                    Some(WsSub::connect(&http, "power").await)
-                };
+                let ws = WsSub::unless(plain, &http).await;
                 let plain_run = wrk(&format!("http://{plain_at}{path}"), secs, post);
                 let sampler = RssSampler::start(owner.pid());
                 let ours = wrk(&format!("http://{http}{path}"), secs, post);
@@ -2090,12 +2107,7 @@ async fn zmq_groups(
                 let ws = ws.map(WsSub::finish);
                 pairs.push((ours, plain_run, ws));
             }
-            pairs.sort_by(|a, b| (a.0.rps / a.1.rps).total_cmp(&(b.0.rps / b.1.rps)));
-            let ratios: Vec<String> = pairs
-                .iter()
-                .map(|(o, p, _)| format!("{:.2}", o.rps / p.rps))
-                .collect();
-            let (ours, plain_run, ws) = pairs.swap_remove(REST_PAIRS / 2);
+            let ((ours, plain_run, ws), ratios) = median_pair(pairs);
             let r = ours.rps / plain_run.rps;
             let bound = if post { 0.85 } else { 0.8 };
             let sub = if plain {
@@ -2113,7 +2125,7 @@ async fn zmq_groups(
                     None => ours.summary(),
                 },
                 format!("plain axum on the same store {}", plain_run.summary()),
-                format!("{r:.2} (pairs: {})", ratios.join(", ")),
+                format!("{r:.2} (pairs: {ratios})"),
                 format!(">= {bound} of plain"),
                 at_least(r, bound),
             );
@@ -2140,22 +2152,13 @@ async fn zmq_groups(
             // measured after all the owner's runs would meet a fuller store than its baseline.
             let mut pairs = Vec::new();
             for _ in 0..REST_PAIRS {
-                let ws = if plain {
-                    None
-                } else {
-                    Some(WsSub::connect(&owner_http, "power").await)
-                };
+                let ws = WsSub::unless(plain, &owner_http).await;
                 let owner_run = wrk(&format!("http://{owner_http}{path}"), secs, post);
                 let ours = wrk(&format!("http://{gateway_http}{path}"), secs, post);
                 let ws = ws.map(WsSub::finish);
                 pairs.push((ours, owner_run, ws));
             }
-            pairs.sort_by(|a, b| (a.0.rps / a.1.rps).total_cmp(&(b.0.rps / b.1.rps)));
-            let ratios: Vec<String> = pairs
-                .iter()
-                .map(|(o, p, _)| format!("{:.2}", o.rps / p.rps))
-                .collect();
-            let (ours, owner_run, ws) = pairs.swap_remove(REST_PAIRS / 2);
+            let ((ours, owner_run, ws), ratios) = median_pair(pairs);
             let r = ours.rps / owner_run.rps;
             if !plain {
                 ours_out.rest_gateway[usize::from(post)] = Some(ours.rps);
@@ -2170,7 +2173,7 @@ async fn zmq_groups(
                     None => ours.summary(),
                 },
                 format!("owner serves HTTP {}", owner_run.summary()),
-                format!("{r:.2} (pairs: {})", ratios.join(", ")),
+                format!("{r:.2} (pairs: {ratios})"),
                 ">= 0.6 of the owner serving HTTP",
                 at_least(r, 0.6),
             );
