@@ -372,9 +372,7 @@ impl EventStream {
     pub(crate) fn take_lagged(&mut self) -> u64 {
         std::mem::take(&mut self.lagged_here)
     }
-}
 
-impl EventStream {
     /// The next event whose topic falls under the prefix, as the bus shares it (no copy): the
     /// websocket's followers read events this way.
     pub(crate) fn poll_shared(&mut self, cx: &mut TaskContext<'_>) -> Poll<Option<Arc<Shared>>> {
@@ -518,5 +516,56 @@ mod tests {
             vec![],
         ];
         assert_eq!(told, expect);
+    }
+
+    /// One shared event read by many clients at once, on many threads: a large document with
+    /// hostile keys and text (quotes, escapes, unicode, a `cursor` field of its own, deep
+    /// nesting). Every thread gets the whole event with its own cursor (the event's `cursor` is
+    /// replaced, never doubled), whichever thread made the text; a stream's own copy of the
+    /// event changes nothing of what the others read.
+    #[test]
+    fn a_shared_event_read_by_many_threads_at_once() {
+        let mut deep = serde_json::json!("bottom");
+        for _ in 0..100 {
+            deep = serde_json::json!({ "d": deep });
+        }
+        let data = serde_json::json!({
+            "cursor": "the event's own",
+            "text": "x\"y\\z\n\u{1F600}".repeat(10_000),
+            "\"odd\" key": [1, 2.5, null, true],
+            "deep": deep,
+        });
+        let shared = Arc::new(Shared::new(Event {
+            topic: "power.create.1".into(),
+            data: data.clone(),
+        }));
+        let start = Arc::new(std::sync::Barrier::new(8));
+        let readers: Vec<_> = (0..8)
+            .map(|i| {
+                let (shared, start) = (shared.clone(), start.clone());
+                std::thread::spawn(move || {
+                    start.wait();
+                    let cursor = format!("c1.{i}");
+                    let text = shared.message(Some(&cursor));
+                    (cursor, text)
+                })
+            })
+            .collect();
+        for reader in readers {
+            let (cursor, text) = reader.join().unwrap();
+            let message: Value = serde_json::from_str(&text).unwrap();
+            assert_eq!(message["type"], "event");
+            assert_eq!(message["topic"], "power.create.1");
+            let mut expect = data.clone();
+            expect["cursor"] = Value::from(cursor);
+            assert_eq!(message["data"], expect);
+        }
+        // A stream's own copy: changing it leaves the shared event as it was.
+        let mut copy = shared.clone().into_event();
+        copy.data["text"] = Value::from("changed");
+        assert_eq!(shared.event.data, data);
+        let again: Value = serde_json::from_str(&shared.message(None)).unwrap();
+        assert_eq!(again["data"]["text"], data["text"]);
+        assert!(again["data"].get("cursor").is_none());
     }
 }

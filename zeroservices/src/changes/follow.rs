@@ -31,10 +31,10 @@ use serde_json::Value;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
-use super::pages::{self, PageEntry, Shared};
+use super::pages::{self, PageEntry};
 use super::serve::{CHANGES, ChangesArgs, ChangesReply, MAX_PAGE};
 use super::{Cursor, LogAfter, event_collection, log_key, position_of, split_key};
-use crate::event::topic_matches;
+use crate::event::{Shared, topic_matches};
 use crate::medium::Request;
 use crate::store::now_ms;
 use crate::{Error, Event, EventStream, Node, Result};

@@ -16,6 +16,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 
 use super::serve::MAX_PAGE;
 use super::{LogAfter, LogEntry};
+use crate::event::Shared;
 use crate::store::Store;
 use crate::{Event, Result};
 
@@ -25,8 +26,6 @@ pub(crate) const BLOCK: u64 = MAX_PAGE as u64;
 /// How many full pages are kept, every log of the process together (at most
 /// `CACHED_BLOCKS * BLOCK` events, shared, not copied, by their readers).
 pub(crate) const CACHED_BLOCKS: usize = 32;
-
-pub(crate) use crate::event::Shared;
 
 /// One entry of a page: its sequence number and its shared event.
 pub(crate) type PageEntry = (u64, Arc<Shared>);

@@ -42,7 +42,7 @@
 //! overflowed) wait for room in the queue. They come from this node's log a page at a time,
 //! each page read once and shared by every client at that place
 //! ([`crate::changes::pages`]), and each event's text is made once for all of them
-//! ([`Shared::message`](crate::changes::pages::Shared::message): a client adds its cursor).
+//! ([`Shared::message`](crate::event::Shared::message): a client adds its cursor).
 //!
 //! A stream that falls more than `ws_max_lag` (`ZS_WS_MAX_LAG`) changes behind a log's newest
 //! entry, counted from the closest it has been to it, is told `too_slow` and disconnected
