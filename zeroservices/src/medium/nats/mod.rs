@@ -67,6 +67,13 @@
 //! `unavailable` at once (counted in [`NatsStats::refused_busy`], warned once a second at most),
 //! as over ZeroMQ, so a flood does not pile up tasks.
 //!
+//! A stop drains: the request subscriptions are unsubscribed at the server and answer every
+//! request it routed to them before reading that (the node, stopping, answers `unavailable`
+//! and the caller turns to another owner), then the replies of requests served on tasks of
+//! their own go out, at most `min(request_timeout, 2 s)`; then the connection closes. (The
+//! vendored `async-nats` ends a drain on the `PONG` of its `PING`:
+//! `third_party/async-nats/PATCHES.md`.)
+//!
 //! # Failures
 //!
 //! A call fails at once with [`Error::Unavailable`] while the connection is down, and a call in
@@ -190,11 +197,36 @@ impl Drops {
 const BUSY: &str = "the owner is serving too many requests at once; try again";
 
 /// A place among the requests served on tasks of their own (see [`MAX_SERVING`]).
-struct Slot(Arc<std::sync::atomic::AtomicUsize>);
+struct Slot(Arc<Serving>);
 
 impl Drop for Slot {
     fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::AcqRel);
+        if self.0.count.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.0.idle.notify_waiters();
+        }
+    }
+}
+
+/// The requests being served on tasks of their own: how many, and a wake-up when none is left
+/// (a stop waits for their replies).
+#[derive(Default)]
+struct Serving {
+    count: std::sync::atomic::AtomicUsize,
+    idle: tokio::sync::Notify,
+}
+
+impl Serving {
+    /// Resolves once no request is served on a task of its own.
+    async fn idle(&self) {
+        loop {
+            let notified = self.idle.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if self.count.load(Ordering::Acquire) == 0 {
+                return;
+            }
+            notified.await;
+        }
     }
 }
 
@@ -221,7 +253,10 @@ struct Inner {
     events: AtomicU64,
     drops: Drops,
     /// Requests being served on tasks of their own, and those refused past [`MAX_SERVING`].
-    serving: Arc<std::sync::atomic::AtomicUsize>,
+    serving: Arc<Serving>,
+    /// Cancelled when the medium stops: the request subscriptions drain (see the
+    /// [module documentation](self)).
+    closing: tokio_util::sync::CancellationToken,
     busy: AtomicU64,
     busy_logged: Mutex<Option<std::time::Instant>>,
     /// The change logs on JetStream.
@@ -284,6 +319,7 @@ impl NatsMedium {
                 events: AtomicU64::new(0),
                 drops: Drops::default(),
                 serving: Arc::default(),
+                closing: tokio_util::sync::CancellationToken::new(),
                 busy: AtomicU64::new(0),
                 busy_logged: Mutex::new(None),
                 journal: jetstream::Journal::default(),
@@ -590,14 +626,14 @@ impl Inner {
     /// A place among the [`MAX_SERVING`] requests served on tasks of their own, held until the
     /// task ends; `None` when they are all taken.
     fn slot(&self) -> Option<Slot> {
-        let serving = &self.serving;
+        let serving = &self.serving.count;
         let mut now = serving.load(Ordering::Relaxed);
         loop {
             if now >= MAX_SERVING {
                 return None;
             }
             match serving.compare_exchange_weak(now, now + 1, Ordering::AcqRel, Ordering::Relaxed) {
-                Ok(_) => return Some(Slot(serving.clone())),
+                Ok(_) => return Some(Slot(self.serving.clone())),
                 Err(seen) => now = seen,
             }
         }
@@ -776,11 +812,30 @@ impl Inner {
                 }
             };
             let inner = Arc::downgrade(self);
+            let closing = self.closing.clone();
             added.push((
                 subject.clone(),
                 tokio::spawn(async move {
                     let mut subscriber = subscriber;
-                    while let Some(message) = subscriber.next().await {
+                    // A request subscription drains when the medium stops: unsubscribed at the
+                    // server, it still takes what the server routed here before, then ends.
+                    let mut draining = matches!(take, Take::Event);
+                    loop {
+                        let message = if draining {
+                            subscriber.next().await
+                        } else {
+                            tokio::select! {
+                                message = subscriber.next() => message,
+                                () = closing.cancelled() => {
+                                    draining = true;
+                                    if subscriber.drain().await.is_err() {
+                                        break;
+                                    }
+                                    continue;
+                                }
+                            }
+                        };
+                        let Some(message) = message else { break };
                         let Some(inner) = inner.upgrade() else { break };
                         match take {
                             Take::Event => inner.event(&message),
@@ -1147,6 +1202,34 @@ impl Medium for NatsMedium {
         let within = inner.config.request_timeout.min(Duration::from_secs(2));
         inner.journal.flush(within).await;
         inner.journal.close();
+        // No request routed here is left unanswered: the request subscriptions are unsubscribed
+        // at the server and answer what it routed here before (the node, stopping, answers
+        // `unavailable`, and the caller turns to another owner); then the replies of requests
+        // served on tasks of their own go out. Bounded: what is left then is dropped.
+        inner.closing.cancel();
+        let mut draining: Vec<JoinHandle<()>> = {
+            let mut state = lock(&inner.state);
+            state
+                .subscriptions
+                .iter_mut()
+                .filter(|(key, _)| !key.starts_with("evt:"))
+                .flat_map(|(_, tasks)| tasks.drain(..).map(|(_, task)| task))
+                .collect()
+        };
+        let drained = tokio::time::timeout(within, async {
+            futures::future::join_all(draining.iter_mut()).await;
+            inner.serving.idle().await;
+        })
+        .await;
+        if drained.is_err() {
+            tracing::warn!(
+                within_ms = within.as_millis() as u64,
+                "nats: stopping: requests still in hand after the drain are dropped"
+            );
+        }
+        for task in draining {
+            task.abort();
+        }
         let (tasks, was_running) = {
             let mut guard = lock(&inner.state);
             let state = &mut *guard;
