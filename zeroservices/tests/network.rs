@@ -417,6 +417,82 @@ async fn two_owners_share_the_load_and_survive_one_being_killed() {
     client.stop().await;
 }
 
+/// One of two owners stops (`Node::stop`: goodbye, drain) while a client keeps calling: no
+/// call fails, and once the stop has returned every call is served by the other owner (README
+/// "Stopping"; over NATS: `nats.rs`, `nats_balances_requests_among_the_owners_of_a_collection`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn calls_during_an_owners_stop_all_succeed() {
+    let net = Net::new();
+    // Two owners in one process over one store (the one-store rule).
+    let store: std::sync::Arc<dyn zeroservices::store::Store> =
+        std::sync::Arc::new(zeroservices::store::MemoryStore::new());
+    let mut owners = Vec::new();
+    for _ in 0..2 {
+        owners.push(
+            Node::builder("power")
+                .network(net.config())
+                .shared_store(store.clone())
+                .resource::<Power>()
+                .start()
+                .await
+                .unwrap(),
+        );
+    }
+    let client = net.node("client").await;
+    eventually(Duration::from_secs(5), "both owners known", || {
+        client
+            .peers()
+            .iter()
+            .filter(|p| !p.info.resources.is_empty())
+            .count()
+            == 2
+    })
+    .await;
+    let stopped = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let survivor = owners[1].id().to_owned();
+    let caller = {
+        let powers = client.collection::<Power>();
+        let stopped = stopped.clone();
+        tokio::spawn(async move {
+            let (mut wrong, mut calls, mut after) = (Vec::new(), 0u32, 0u32);
+            // Bounded: at most 5,000 calls, and 40 once the stop has returned.
+            while calls < 5000 && after <= 40 {
+                calls += 1;
+                if stopped.load(std::sync::atomic::Ordering::SeqCst) {
+                    after += 1;
+                }
+                match powers.call_collection::<String>("whoami", ()).await {
+                    Err(e) => wrong.push(format!("call {calls} failed: {e}")),
+                    Ok(who) if after > 0 && who != survivor => {
+                        wrong.push(format!("call {calls} served after the stop by {who}"));
+                    }
+                    Ok(_) => {}
+                }
+            }
+            (wrong, calls, after)
+        })
+    };
+    eventually(
+        Duration::from_secs(5),
+        "calls served by both owners",
+        || owners.iter().all(|o| o.stats().requests_served >= 20),
+    )
+    .await;
+    owners[0].stop().await;
+    stopped.store(true, std::sync::atomic::Ordering::SeqCst);
+    let (wrong, calls, after) = caller.await.unwrap();
+    assert!(
+        wrong.is_empty(),
+        "calls went wrong in an owner's stop: {wrong:?}"
+    );
+    assert!(
+        after > 40,
+        "the calls ran past the stop ({after} of {calls} after it)"
+    );
+    client.stop().await;
+    owners[1].stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn a_node_with_another_cluster_key_is_never_joined() {
     let mut net = Net::new();
