@@ -213,6 +213,19 @@ fn child_node() {
     std::process::exit(0);
 }
 
+/// Waits until `client` knows `n` peers that own something, at most `within`.
+async fn owners_known(client: &Node, n: usize, within: Duration) {
+    eventually(within, "the owners known", || {
+        client
+            .peers()
+            .iter()
+            .filter(|p| !p.info.resources.is_empty())
+            .count()
+            == n
+    })
+    .await;
+}
+
 async fn eventually<F: FnMut() -> bool>(within: Duration, what: &str, mut f: F) {
     let deadline = Instant::now() + within;
     while !f() {
@@ -384,15 +397,7 @@ async fn two_owners_share_the_load_and_survive_one_being_killed() {
     let mut a = ChildNode::spawn("power", &net);
     let b = ChildNode::spawn("power", &net);
     let client = net.node("client").await;
-    eventually(Duration::from_secs(3), "both owners known", || {
-        client
-            .peers()
-            .iter()
-            .filter(|p| !p.info.resources.is_empty())
-            .count()
-            == 2
-    })
-    .await;
+    owners_known(&client, 2, Duration::from_secs(3)).await;
     let powers = client.collection::<Power>();
     let mut served = std::collections::HashMap::<String, u32>::new();
     for _ in 0..20 {
@@ -439,15 +444,7 @@ async fn calls_during_an_owners_stop_all_succeed() {
         );
     }
     let client = net.node("client").await;
-    eventually(Duration::from_secs(5), "both owners known", || {
-        client
-            .peers()
-            .iter()
-            .filter(|p| !p.info.resources.is_empty())
-            .count()
-            == 2
-    })
-    .await;
+    owners_known(&client, 2, Duration::from_secs(5)).await;
     let stopped = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let survivor = owners[1].id().to_owned();
     let caller = {
