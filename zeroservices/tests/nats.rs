@@ -391,6 +391,35 @@ async fn a_draining_queue_subscriber_answers_every_request_routed_to_it() {
     stays.abort();
 }
 
+/// The vendored drain when the connection is lost (third_party/async-nats/PATCHES.md): a
+/// subscription draining while its server is killed is not left waiting for a PONG that never
+/// comes; once the client is connected again its stream ends, and the connection serves on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs a NATS server: ZS_TEST_NATS_SERVER (scripts/test.sh installs one)"]
+async fn a_drain_cut_by_a_killed_server_still_ends() {
+    let bin = nats_server_bin("a_drain_cut_by_a_killed_server_still_ends");
+    let mut server = OwnServer::start(&bin, false);
+    let client = async_nats::ConnectOptions::new()
+        .retry_on_initial_connect()
+        .connect(server.url())
+        .await
+        .unwrap();
+    let mut subscriber = client.subscribe("drained").await.unwrap();
+    client.flush().await.unwrap();
+    server.kill();
+    subscriber.drain().await.unwrap();
+    server.restart();
+    let ended = tokio::time::timeout(Duration::from_secs(15), async {
+        while subscriber.next().await.is_some() {}
+    })
+    .await;
+    assert!(ended.is_ok(), "the drained subscription never ended");
+    let mut other = client.subscribe("drained").await.unwrap();
+    client.publish("drained", "x".into()).await.unwrap();
+    let got = tokio::time::timeout(Duration::from_secs(5), other.next()).await;
+    assert!(matches!(got, Ok(Some(_))), "the connection serves again");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "needs a NATS server: ZS_TEST_NATS_URL (scripts/test.sh starts one)"]
 async fn over_nats_a_slow_or_panicking_request_stalls_no_other() {

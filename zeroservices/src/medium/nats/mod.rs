@@ -819,15 +819,15 @@ impl Inner {
                     let mut subscriber = subscriber;
                     // A request subscription drains when the medium stops: unsubscribed at the
                     // server, it still takes what the server routed here before, then ends.
-                    let mut draining = matches!(take, Take::Event);
+                    let mut watching = matches!(take, Take::Request);
                     loop {
-                        let message = if draining {
+                        let message = if !watching {
                             subscriber.next().await
                         } else {
                             tokio::select! {
                                 message = subscriber.next() => message,
                                 () = closing.cancelled() => {
-                                    draining = true;
+                                    watching = false;
                                     if subscriber.drain().await.is_err() {
                                         break;
                                     }
