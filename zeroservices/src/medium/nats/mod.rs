@@ -196,38 +196,25 @@ impl Drops {
 /// The error of a request refused for [`MAX_SERVING`].
 const BUSY: &str = "the owner is serving too many requests at once; try again";
 
-/// A place among the requests served on tasks of their own (see [`MAX_SERVING`]).
-struct Slot(Arc<Serving>);
+/// A place among the requests served on tasks of their own (see [`MAX_SERVING`]), and its
+/// token of [`Serving::work`] (a stop waits for their replies).
+struct Slot {
+    serving: Arc<Serving>,
+    _work: tokio_util::task::task_tracker::TaskTrackerToken,
+}
 
 impl Drop for Slot {
     fn drop(&mut self) {
-        if self.0.count.fetch_sub(1, Ordering::AcqRel) == 1 {
-            self.0.idle.notify_waiters();
-        }
+        self.serving.count.fetch_sub(1, Ordering::AcqRel);
     }
 }
 
-/// The requests being served on tasks of their own: how many, and a wake-up when none is left
-/// (a stop waits for their replies).
+/// The requests being served on tasks of their own: how many (for the cap), and the work a
+/// stop waits for (as the node's own in-flight work, `node::shutdown`).
 #[derive(Default)]
 struct Serving {
     count: std::sync::atomic::AtomicUsize,
-    idle: tokio::sync::Notify,
-}
-
-impl Serving {
-    /// Resolves once no request is served on a task of its own.
-    async fn idle(&self) {
-        loop {
-            let notified = self.idle.notified();
-            tokio::pin!(notified);
-            notified.as_mut().enable();
-            if self.count.load(Ordering::Acquire) == 0 {
-                return;
-            }
-            notified.await;
-        }
-    }
+    work: tokio_util::task::TaskTracker,
 }
 
 /// What the medium's tasks share.
@@ -633,7 +620,12 @@ impl Inner {
                 return None;
             }
             match serving.compare_exchange_weak(now, now + 1, Ordering::AcqRel, Ordering::Relaxed) {
-                Ok(_) => return Some(Slot(self.serving.clone())),
+                Ok(_) => {
+                    return Some(Slot {
+                        serving: self.serving.clone(),
+                        _work: self.serving.work.token(),
+                    });
+                }
                 Err(seen) => now = seen,
             }
         }
@@ -1218,7 +1210,8 @@ impl Medium for NatsMedium {
         };
         let drained = tokio::time::timeout(within, async {
             futures::future::join_all(draining.iter_mut()).await;
-            inner.serving.idle().await;
+            inner.serving.work.close();
+            inner.serving.work.wait().await;
         })
         .await;
         if drained.is_err() {
