@@ -77,3 +77,24 @@ where
 
     Ok(result)
 }
+
+/// PATCH(write-burst): lets every other ready task of the runtime run once.
+pub async fn yield_now() {
+    #[cfg(feature = "tokio-runtime")]
+    ::tokio::task::yield_now().await;
+    #[cfg(not(feature = "tokio-runtime"))]
+    {
+        // Wake at once, return pending once: the task goes to the back of the run queue.
+        let mut yielded = false;
+        std::future::poll_fn(|cx| {
+            if yielded {
+                std::task::Poll::Ready(())
+            } else {
+                yielded = true;
+                cx.waker().wake_by_ref();
+                std::task::Poll::Pending
+            }
+        })
+        .await
+    }
+}
