@@ -24,9 +24,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use aes_gcm::aead::KeyInit;
-use aes_gcm::aes::Aes256;
-use aes_gcm::aes::cipher::BlockCipherEncrypt;
+use aes::Aes256;
+use aes::cipher::{BlockCipherEncrypt, KeyInit};
 use hkdf::Hkdf;
 use hmac::{Hmac, Mac};
 use ring::aead::{AES_256_GCM, Aad, LessSafeKey, Nonce, UnboundKey};
