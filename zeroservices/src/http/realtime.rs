@@ -451,7 +451,14 @@ async fn serve_client(state: AppState, user: AuthUser, socket: WebSocket, seat: 
             biased;
             _ = &mut stopped => break stop_reason(&outbox),
             _ = &mut server_stopping => break Stop::Shutdown,
-            sent = write_batch(&mut sink, message, &mut outgoing, &outbox.metrics, &mut bursts) => {
+            sent = write_batch(
+                &mut sink,
+                message,
+                &mut outgoing,
+                &outbox.metrics,
+                &mut bursts,
+                state.ws_clients.load(Ordering::Relaxed) <= GATHER_MAX_CLIENTS,
+            ) => {
                 if sent.is_err() { break Stop::ClientGone }
             }
         }
@@ -563,49 +570,40 @@ async fn serve_client(state: AppState, user: AuthUser, socket: WebSocket, seat: 
 /// The most queued messages the writer hands to the socket before one flush.
 pub(crate) const WRITE_BATCH: usize = 64;
 
-/// Puts the running task at the back of its worker's run queue, once: the tasks ready now run
-/// before it. Unlike `tokio::task::yield_now`, whose wake-up waits until the worker's queue is
-/// empty or its next driver poll (every 61 tasks), so that under a full queue (100 busy
-/// websocket clients) the writers fell behind and their clients' queues filled.
-async fn requeue() {
-    let mut queued = false;
-    std::future::poll_fn(|cx| {
-        if queued {
-            std::task::Poll::Ready(())
-        } else {
-            queued = true;
-            cx.waker().wake_by_ref();
-            std::task::Poll::Pending
-        }
-    })
-    .await
-}
+/// Up to this many connected clients, a writer in a burst lets the serving tasks queue their
+/// events before it takes its batch (see [`write_batch`]).
+const GATHER_MAX_CLIENTS: usize = 8;
 
 /// Writes `first` (already taken off the queue and its count) and whatever else is queued
 /// already (up to [`WRITE_BATCH`] messages, in queue order), then flushes once: a burst of events
 /// goes out in one socket write instead of one write (and one wake-up of the client) per event.
 /// Each message taken is counted off `ws_queued` as it is taken.
 ///
-/// While events come in bursts (`bursts`: the last batch held more than one) and fewer than a
-/// batch are queued, the writer first lets the tasks ready now run once ([`requeue`]), so the
-/// requests being served put their events in the queue before it is taken: under a steady
-/// stream of creates the events leave in a few large writes rather than one write per one or
-/// two events (measured: 0.7 socket writes per event before, 0.09 after). A lone event (the
-/// last batch held one) is written at once, no scheduler turn added; so is a full batch. The
-/// DEALER's outbox does the same (`medium::zeromq::dealer`).
+/// While events come in bursts (`bursts`: the last batch held more than one), fewer than a
+/// batch are queued and few clients are connected (`gather`: at most [`GATHER_MAX_CLIENTS`]),
+/// the writer first lets the other tasks run (`yield_now`: it resumes after the worker's next
+/// look at the sockets), so the requests being served put their events in the queue before it
+/// is taken: under a steady stream of creates to one subscriber the events leave in a few large
+/// writes rather than one write per one or two events (measured: 0.7 socket writes per event
+/// before, 0.09 after). A lone event (the last batch held one) is written at once, no scheduler
+/// turn added; so is a full batch. With many clients every event already makes a write per
+/// client and the writers share the workers: there a writer that waits lets the others' queues
+/// grow (100 clients at 16,000 events/s each: most were disconnected as too slow), so it does
+/// not. The DEALER's outbox gathers the same way (`medium::zeromq::dealer`).
 async fn write_batch<S>(
     sink: &mut S,
     first: Message,
     queue: &mut mpsc::Receiver<Message>,
     metrics: &crate::metrics::Metrics,
     bursts: &mut bool,
+    gather: bool,
 ) -> Result<(), S::Error>
 where
     S: futures::Sink<Message> + Unpin,
 {
     let queued = &metrics.counters.ws_queued;
-    if *bursts && queue.len() < WRITE_BATCH - 1 {
-        requeue().await;
+    if *bursts && gather && queue.len() < WRITE_BATCH - 1 {
+        tokio::task::yield_now().await;
     }
     sink.feed(first).await?;
     let mut taken = 1;
@@ -907,7 +905,8 @@ mod tests {
 
     /// The writer of a burst lets the tasks that are about to queue events run first, so they
     /// leave in one write; a lone event (the last batch held one) is written at once, before
-    /// any other task runs. One thread, so which task runs when is decided, not raced.
+    /// any other task runs; with many clients connected it does not wait. One thread, so which
+    /// task runs when is decided, not raced.
     #[tokio::test(flavor = "current_thread")]
     async fn a_burst_leaves_in_one_write_and_a_lone_event_at_once() {
         let metrics = crate::metrics::Metrics::new();
@@ -924,9 +923,16 @@ mod tests {
                 tokio::spawn(async move { queue.send(text(i)).await.is_ok() })
             })
             .collect();
-        write_batch(&mut sink, text(0), &mut outgoing, &metrics, &mut bursts)
-            .await
-            .unwrap();
+        write_batch(
+            &mut sink,
+            text(0),
+            &mut outgoing,
+            &metrics,
+            &mut bursts,
+            true,
+        )
+        .await
+        .unwrap();
         assert_eq!(
             sink.flushes,
             vec![1],
@@ -939,7 +945,7 @@ mod tests {
 
         // Those ten, queued meanwhile, are a burst: one write, and the next wake yields.
         let first = outgoing.recv().await.unwrap();
-        write_batch(&mut sink, first, &mut outgoing, &metrics, &mut bursts)
+        write_batch(&mut sink, first, &mut outgoing, &metrics, &mut bursts, true)
             .await
             .unwrap();
         assert_eq!(sink.flushes, vec![1, 10]);
@@ -955,14 +961,53 @@ mod tests {
             })
             .collect();
         let first = outgoing.recv().await.unwrap();
-        write_batch(&mut sink, first, &mut outgoing, &metrics, &mut bursts)
+        write_batch(&mut sink, first, &mut outgoing, &metrics, &mut bursts, true)
             .await
             .unwrap();
         assert_eq!(sink.flushes, vec![1, 10, 21]);
         for sender in senders {
             assert!(sender.await.unwrap());
         }
-        let expected: Vec<String> = (0..=31).map(|i| format!("e{i}")).collect();
+
+        // Many clients connected (no gathering): in a burst, the writer still takes what is
+        // queued now and writes it; the five tasks ready to queue theirs follow in the next.
+        assert!(bursts);
+        queue.send(text(32)).await.unwrap();
+        let senders: Vec<_> = (33..=37)
+            .map(|i| {
+                let queue = queue.clone();
+                tokio::spawn(async move { queue.send(text(i)).await.is_ok() })
+            })
+            .collect();
+        let first = outgoing.recv().await.unwrap();
+        write_batch(
+            &mut sink,
+            first,
+            &mut outgoing,
+            &metrics,
+            &mut bursts,
+            false,
+        )
+        .await
+        .unwrap();
+        assert_eq!(sink.flushes, vec![1, 10, 21, 1]);
+        for sender in senders {
+            assert!(sender.await.unwrap());
+        }
+        let first = outgoing.recv().await.unwrap();
+        write_batch(
+            &mut sink,
+            first,
+            &mut outgoing,
+            &metrics,
+            &mut bursts,
+            false,
+        )
+        .await
+        .unwrap();
+        assert_eq!(sink.flushes, vec![1, 10, 21, 1, 5]);
+
+        let expected: Vec<String> = (0..=37).map(|i| format!("e{i}")).collect();
         assert_eq!(sink.fed, expected, "written in queue order");
     }
 
