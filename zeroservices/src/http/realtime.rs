@@ -903,6 +903,29 @@ mod tests {
         }
     }
 
+    fn text(i: usize) -> Message {
+        Message::Text(Utf8Bytes::from(format!("e{i}")))
+    }
+
+    /// One task per number, each ready to queue its event (none has run yet).
+    fn ready_senders(
+        queue: &mpsc::Sender<Message>,
+        numbers: std::ops::RangeInclusive<usize>,
+    ) -> Vec<tokio::task::JoinHandle<bool>> {
+        numbers
+            .map(|i| {
+                let queue = queue.clone();
+                tokio::spawn(async move { queue.send(text(i)).await.is_ok() })
+            })
+            .collect()
+    }
+
+    async fn all_sent(senders: Vec<tokio::task::JoinHandle<bool>>) {
+        for sender in senders {
+            assert!(sender.await.unwrap());
+        }
+    }
+
     /// The writer of a burst lets the tasks that are about to queue events run first, so they
     /// leave in one write; a lone event (the last batch held one) is written at once, before
     /// any other task runs; with many clients connected it does not wait. One thread, so which
@@ -911,100 +934,60 @@ mod tests {
     async fn a_burst_leaves_in_one_write_and_a_lone_event_at_once() {
         let metrics = crate::metrics::Metrics::new();
         let (queue, mut outgoing) = mpsc::channel::<Message>(64);
-        let text = |i: usize| Message::Text(Utf8Bytes::from(format!("e{i}")));
         let mut sink = Recorder::default();
+        let mut bursts = false;
+        // Takes the next queued event and writes a batch (`gather`: few clients connected).
+        macro_rules! write_next {
+            ($gather:expr) => {{
+                let first = outgoing.recv().await.unwrap();
+                write_batch(
+                    &mut sink,
+                    first,
+                    &mut outgoing,
+                    &metrics,
+                    &mut bursts,
+                    $gather,
+                )
+                .await
+                .unwrap();
+            }};
+        }
 
         // After a lone event: the writer takes what is queued now and writes it, even though
         // ten tasks are ready to queue theirs.
-        let mut bursts = false;
-        let senders: Vec<_> = (1..=10)
-            .map(|i| {
-                let queue = queue.clone();
-                tokio::spawn(async move { queue.send(text(i)).await.is_ok() })
-            })
-            .collect();
-        write_batch(
-            &mut sink,
-            text(0),
-            &mut outgoing,
-            &metrics,
-            &mut bursts,
-            true,
-        )
-        .await
-        .unwrap();
+        queue.send(text(0)).await.unwrap();
+        let senders = ready_senders(&queue, 1..=10);
+        write_next!(true);
         assert_eq!(
             sink.flushes,
             vec![1],
             "a lone event waits for no other task"
         );
         assert!(!bursts);
-        for sender in senders {
-            assert!(sender.await.unwrap());
-        }
+        all_sent(senders).await;
 
         // Those ten, queued meanwhile, are a burst: one write, and the next wake yields.
-        let first = outgoing.recv().await.unwrap();
-        write_batch(&mut sink, first, &mut outgoing, &metrics, &mut bursts, true)
-            .await
-            .unwrap();
+        write_next!(true);
         assert_eq!(sink.flushes, vec![1, 10]);
         assert!(bursts);
 
         // In a burst: one event is queued, twenty more tasks are ready to queue theirs; the
         // writer lets them run, and all twenty-one leave in one write, in queue order.
         queue.send(text(11)).await.unwrap();
-        let senders: Vec<_> = (12..=31)
-            .map(|i| {
-                let queue = queue.clone();
-                tokio::spawn(async move { queue.send(text(i)).await.is_ok() })
-            })
-            .collect();
-        let first = outgoing.recv().await.unwrap();
-        write_batch(&mut sink, first, &mut outgoing, &metrics, &mut bursts, true)
-            .await
-            .unwrap();
+        let senders = ready_senders(&queue, 12..=31);
+        write_next!(true);
         assert_eq!(sink.flushes, vec![1, 10, 21]);
-        for sender in senders {
-            assert!(sender.await.unwrap());
-        }
+        all_sent(senders).await;
 
         // Many clients connected (no gathering): in a burst, the writer still takes what is
         // queued now and writes it; the five tasks ready to queue theirs follow in the next.
         assert!(bursts);
         queue.send(text(32)).await.unwrap();
-        let senders: Vec<_> = (33..=37)
-            .map(|i| {
-                let queue = queue.clone();
-                tokio::spawn(async move { queue.send(text(i)).await.is_ok() })
-            })
-            .collect();
-        let first = outgoing.recv().await.unwrap();
-        write_batch(
-            &mut sink,
-            first,
-            &mut outgoing,
-            &metrics,
-            &mut bursts,
-            false,
-        )
-        .await
-        .unwrap();
+        let senders = ready_senders(&queue, 33..=37);
+        write_next!(false);
         assert_eq!(sink.flushes, vec![1, 10, 21, 1]);
-        for sender in senders {
-            assert!(sender.await.unwrap());
-        }
-        let first = outgoing.recv().await.unwrap();
-        write_batch(
-            &mut sink,
-            first,
-            &mut outgoing,
-            &metrics,
-            &mut bursts,
-            false,
-        )
-        .await
-        .unwrap();
+        all_sent(senders).await;
+        write_next!(false);
         assert_eq!(sink.flushes, vec![1, 10, 21, 1, 5]);
 
         let expected: Vec<String> = (0..=37).map(|i| format!("e{i}")).collect();
