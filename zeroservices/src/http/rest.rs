@@ -238,7 +238,24 @@ fn none_match(headers: &HeaderMap, version: u64) -> bool {
 }
 
 /// The `"version"` of a reply (a document, `{"resource_id", "version"}` of a create).
+///
+/// The services write it last (`...,"version":3}`): read from the end when the text ends so,
+/// else parsed. Valid JSON ending `,"version":<digits>}` can only be an object whose last member
+/// is `"version"`: a `"` inside a string is escaped, so an unescaped one after a `,` opens a
+/// key, and the final `}` after a number closes the outermost object.
 fn version_in(raw: &str) -> Option<u64> {
+    const KEY: &[u8] = b",\"version\":";
+    let bytes = raw.as_bytes().strip_suffix(b"}")?;
+    let digits = bytes
+        .iter()
+        .rev()
+        .take_while(|b| b.is_ascii_digit())
+        .count();
+    let (head, number) = bytes.split_at(bytes.len() - digits);
+    if digits > 0 && head.ends_with(KEY) {
+        // Digits only: `parse` fails only past u64, which the parse below refuses too.
+        return std::str::from_utf8(number).ok()?.parse().ok();
+    }
     #[derive(serde::Deserialize)]
     struct Versioned {
         version: Option<u64>,
@@ -624,6 +641,36 @@ async fn run_action(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_version_of_a_reply_read_from_its_end_or_parsed() {
+        let cases: [(&str, Option<u64>); 12] = [
+            (
+                r#"{"resource_id":"a","resource_data":{"n":1},"version":7}"#,
+                Some(7),
+            ),
+            (r#"{"resource_id":"a","version":1}"#, Some(1)),
+            (r#"{"version":18446744073709551615}"#, Some(u64::MAX)),
+            // Not last: parsed.
+            (r#"{"version":3,"resource_id":"a"}"#, Some(3)),
+            (r#"{ "resource_id": "a", "version": 4 }"#, Some(4)),
+            // A `version` inside the document is not the reply's.
+            (r#"{"resource_id":"a","resource_data":{"version":5}}"#, None),
+            (r#"{"resource_data":{"x":1,"version":5}}"#, None),
+            (r#"{"note":"\",\"version\":5"}"#, None),
+            // Not a version: refused by both readings.
+            (r#"{"resource_id":"a","version":-1}"#, None),
+            (r#"{"resource_id":"a","version":1.5}"#, None),
+            (
+                r#"{"resource_id":"a","version":18446744073709551616}"#,
+                None,
+            ),
+            (r#"[1,2]"#, None),
+        ];
+        for (raw, expected) in cases {
+            assert_eq!(version_in(raw), expected, "{raw}");
+        }
+    }
 
     fn params(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
         pairs
