@@ -245,16 +245,17 @@ fn none_match(headers: &HeaderMap, version: u64) -> bool {
 /// key, and the final `}` after a number closes the outermost object.
 fn version_in(raw: &str) -> Option<u64> {
     const KEY: &[u8] = b",\"version\":";
-    let bytes = raw.as_bytes().strip_suffix(b"}")?;
-    let digits = bytes
-        .iter()
-        .rev()
-        .take_while(|b| b.is_ascii_digit())
-        .count();
-    let (head, number) = bytes.split_at(bytes.len() - digits);
-    if digits > 0 && head.ends_with(KEY) {
-        // Digits only: `parse` fails only past u64, which the parse below refuses too.
-        return std::str::from_utf8(number).ok()?.parse().ok();
+    if let Some(bytes) = raw.as_bytes().strip_suffix(b"}") {
+        let digits = bytes
+            .iter()
+            .rev()
+            .take_while(|b| b.is_ascii_digit())
+            .count();
+        let (head, number) = bytes.split_at(bytes.len() - digits);
+        if digits > 0 && head.ends_with(KEY) {
+            // Digits only: `parse` fails only past u64, which the parse below refuses too.
+            return std::str::from_utf8(number).ok()?.parse().ok();
+        }
     }
     #[derive(serde::Deserialize)]
     struct Versioned {
@@ -644,11 +645,13 @@ mod tests {
 
     #[test]
     fn the_version_of_a_reply_read_from_its_end_or_parsed() {
-        let cases: [(&str, Option<u64>); 12] = [
+        let cases: [(&str, Option<u64>); 13] = [
             (
                 r#"{"resource_id":"a","resource_data":{"n":1},"version":7}"#,
                 Some(7),
             ),
+            // Not at the very end (white space after it): parsed.
+            ("{\"resource_id\":\"a\",\"version\":2}\n", Some(2)),
             (r#"{"resource_id":"a","version":1}"#, Some(1)),
             (r#"{"version":18446744073709551615}"#, Some(u64::MAX)),
             // Not last: parsed.
