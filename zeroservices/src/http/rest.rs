@@ -675,6 +675,31 @@ mod tests {
         }
     }
 
+    /// Texts no service writes (a peer's, a broken one): huge, deep, truncated or empty, each
+    /// gives no version (so no `ETag`), at once and without a panic.
+    #[test]
+    fn hostile_reply_texts_give_no_version() {
+        let digits = "9".repeat(1 << 20);
+        let huge_number = format!(r#"{{"resource_id":"a","version":{digits}}}"#);
+        let only_digits = format!("{digits}}}");
+        let deep = format!("{}{}", r#"{"a":"#.repeat(10_000), "1}".repeat(10_000));
+        let deep_last =
+            format!("{}{}", r#"{"a":"#.repeat(10_000), r#"{"version":1}"#) + &"}".repeat(10_000);
+        let cases = [
+            huge_number.as_str(),
+            only_digits.as_str(),
+            deep.as_str(),
+            deep_last.as_str(),
+            "",
+            "}",
+            r#","version":}"#,
+            r#"{"resource_id":"a","version":7"#,
+        ];
+        for raw in cases {
+            assert_eq!(version_in(raw), None, "{}", &raw[..raw.len().min(60)]);
+        }
+    }
+
     fn params(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
         pairs
             .iter()
