@@ -1,6 +1,6 @@
 use crate::codec::*;
 use crate::endpoint::Endpoint;
-use crate::error::ZmqResult;
+use crate::error::{ZmqError, ZmqResult}; // PATCH(pub-drops)
 use crate::message::*;
 use crate::transport::AcceptStopHandle;
 use crate::util::PeerIdentity;
@@ -16,7 +16,7 @@ use futures::{select, FutureExt, StreamExt};
 use parking_lot::Mutex;
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering}; // PATCH(pub-drops)
 use std::sync::Arc;
 
 const PUB_SEND_QUEUE_CAPACITY: usize = 100_000;
@@ -93,18 +93,24 @@ fn subscription_matches(subscriptions: &[Vec<u8>], first_frame: &Bytes) -> bool 
         })
 }
 
-fn send_to_subscriber(mut send_queue: PubSendQueue, message: &ZmqMessage) {
+// PATCH(pub-drops): every message a subscriber's queue did not take is counted in `dropped`;
+// the subscriber's own sender is used, not a clone: a `futures` channel takes one message past
+// its bound from every sender not yet parked, so a fresh clone per message never saw the queue
+// full and a subscriber that did not read made it grow without limit.
+fn send_to_subscriber(send_queue: &mut PubSendQueue, message: &ZmqMessage, dropped: &AtomicU64) {
     let message = Message::Message(message.clone());
     match send_queue.try_send(message) {
         Ok(()) => {}
         Err(error) if error.is_full() => {
             // PUB drops messages for slow subscribers so one full queue does not backpressure all publishers.
             drop(error.into_inner());
+            dropped.fetch_add(1, Ordering::Relaxed); // PATCH(pub-drops)
         }
         Err(error) => {
             // The writer task owns transport error detection and subscriber cleanup.
             // A closed local queue is treated as a dropped PUB message on this send path.
             drop(error.into_inner());
+            dropped.fetch_add(1, Ordering::Relaxed); // PATCH(pub-drops)
         }
     }
 }
@@ -118,6 +124,8 @@ pub(crate) struct Subscriber {
 pub(crate) struct PubSocketBackend {
     pub(crate) subscribers: scc::HashMap<PeerIdentity, Subscriber>,
     pub(crate) subscriber_count: AtomicUsize,
+    /// PATCH(pub-drops): messages a subscriber's full (or closing) queue did not take.
+    pub(crate) dropped: Arc<AtomicU64>,
     pub(crate) socket_monitor: Mutex<Option<mpsc::Sender<SocketEvent>>>,
     pub(crate) socket_options: Arc<SocketOptions>,
 }
@@ -131,7 +139,9 @@ struct PubFanoutQueue {
 impl PubFanoutQueue {
     fn publish(&self, message: ZmqMessage) -> ZmqResult<()> {
         if self.queue.push(message).is_err() {
-            return Ok(());
+            // PATCH(pub-drops): a full fan-out queue refuses the message (it was dropped
+            // silently with `Ok`), so the caller can count it.
+            return Err(ZmqError::BufferFull("PUB fan-out queue full"));
         }
 
         if !self.wake_pending.load(Ordering::Acquire)
@@ -196,13 +206,15 @@ impl PubSocketBackend {
     /// subscriptions match its first frame; one walk of the subscribers for the batch.
     pub(crate) async fn fanout_messages(&self, batch: &[ZmqMessage]) {
         let mut iter = self.subscribers.begin_async().await;
-        while let Some(subscriber) = iter {
+        while let Some(mut subscriber) = iter {
+            let subscriber_ref = subscriber.get_mut(); // PATCH(pub-drops)
             for message in batch {
                 let Some(first_frame) = message.get(0) else {
                     continue;
                 };
-                if subscription_matches(&subscriber.subscriptions, first_frame) {
-                    send_to_subscriber(subscriber.send_queue.clone(), message);
+                if subscription_matches(&subscriber_ref.subscriptions, first_frame) {
+                    // PATCH(pub-drops): its own sender (see `send_to_subscriber`).
+                    send_to_subscriber(&mut subscriber_ref.send_queue, message, &self.dropped);
                 }
             }
             iter = subscriber.next_async().await;
@@ -378,12 +390,24 @@ impl SocketSend for PubSocket {
 
 impl CaptureSocket for PubSocket {}
 
+// PATCH(pub-drops)
+impl PubSocket {
+    /// How many messages a subscriber's queue did not take (full: the subscriber is too slow;
+    /// or closing), counted from this socket's creation; the counter stays readable after the
+    /// socket is gone. A message the fan-out queue refused is not counted here: `send` returns
+    /// `ZmqError::BufferFull` for it.
+    pub fn dropped_counter(&self) -> Arc<AtomicU64> {
+        self.backend.dropped.clone()
+    }
+}
+
 #[async_trait]
 impl Socket for PubSocket {
     fn with_options(options: SocketOptions) -> Self {
         let backend = Arc::new(PubSocketBackend {
             subscribers: scc::HashMap::new(),
             subscriber_count: AtomicUsize::new(0),
+            dropped: Arc::new(AtomicU64::new(0)), // PATCH(pub-drops)
             socket_monitor: Mutex::new(None),
             socket_options: Arc::new(options),
         });
@@ -424,6 +448,7 @@ mod tests {
         PubSocketBackend {
             subscribers: scc::HashMap::new(),
             subscriber_count: AtomicUsize::new(0),
+            dropped: Arc::new(AtomicU64::new(0)), // PATCH(pub-drops)
             socket_monitor: Mutex::new(None),
             socket_options: Arc::new(SocketOptions::default()),
         }
@@ -478,9 +503,11 @@ mod tests {
         assert!(fanout_queue.wake_pending.load(Ordering::Relaxed));
         wake_receiver.try_recv().expect("first wake");
 
-        fanout_queue
-            .publish(ZmqMessage::from(Bytes::from_static(b"dropped")))
-            .expect("publish dropped message");
+        // PATCH(pub-drops): the full queue refuses the message, so the caller can count it.
+        assert!(matches!(
+            fanout_queue.publish(ZmqMessage::from(Bytes::from_static(b"dropped"))),
+            Err(ZmqError::BufferFull(_))
+        ));
 
         assert_eq!(fanout_queue.queue.len(), 1);
         assert!(wake_receiver.try_recv().is_err());
@@ -685,6 +712,8 @@ mod tests {
         assert!(backend.subscribers.get_sync(&stale_peer).is_some());
         assert!(backend.subscribers.get_sync(&live_peer).is_some());
         assert_eq!(backend.subscriber_count.load(Ordering::Relaxed), 2);
+        // PATCH(pub-drops): the stale peer's message is counted, the live one's is not.
+        assert_eq!(backend.dropped.load(Ordering::Relaxed), 1);
     }
 
     #[async_rt::test]
@@ -717,7 +746,13 @@ mod tests {
         }
         assert!(prefilled_count > 0);
 
-        send_to_subscriber(queue_sender, &ZmqMessage::from("dropped payload"));
+        send_to_subscriber(
+            &mut queue_sender,
+            &ZmqMessage::from("dropped payload"),
+            &backend.dropped,
+        );
+        // PATCH(pub-drops): the drop is counted.
+        assert_eq!(backend.dropped.load(Ordering::Relaxed), 1);
 
         assert!(backend.subscribers.get_sync(&peer_id).is_some());
         assert_eq!(backend.subscriber_count.load(Ordering::Relaxed), 1);
@@ -754,10 +789,65 @@ mod tests {
         )
         .await;
 
-        send_to_subscriber(queue_sender, &ZmqMessage::from("payload"));
+        let mut queue_sender = queue_sender;
+        send_to_subscriber(
+            &mut queue_sender,
+            &ZmqMessage::from("payload"),
+            &backend.dropped,
+        );
+        assert_eq!(backend.dropped.load(Ordering::Relaxed), 1); // PATCH(pub-drops)
 
         assert!(backend.subscribers.get_sync(&peer_id).is_some());
         assert_eq!(backend.subscriber_count.load(Ordering::Relaxed), 1);
+    }
+
+    // PATCH(pub-drops)
+    #[async_rt::test]
+    async fn test_a_subscriber_that_does_not_read_loses_messages_and_each_is_counted(
+    ) -> ZmqResult<()> {
+        use crate::SubSocket;
+        use std::time::{Duration, Instant};
+
+        let mut publisher = PubSocket::new();
+        let endpoint = publisher.bind("tcp://127.0.0.1:0").await?;
+        let mut stalled = SubSocket::new();
+        stalled.connect(&endpoint.to_string()).await?;
+        stalled.subscribe("").await?;
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while publisher.backend.subscriber_count.load(Ordering::Relaxed) < 1 {
+            assert!(Instant::now() < deadline, "the subscriber never connected");
+            async_rt::task::sleep(Duration::from_millis(5)).await;
+        }
+        // The subscriber never reads: its TCP buffers, then its queue in the PUB fill, and what
+        // its queue does not take is counted. 4 KiB messages (one shared buffer) fill the
+        // kernel's buffers in a few thousand.
+        let dropped = publisher.dropped_counter();
+        let payload = ZmqMessage::from(Bytes::from(vec![7u8; 4096]));
+        let mut sent = 0u64;
+        let mut refused = 0u64;
+        while dropped.load(Ordering::Relaxed) == 0 {
+            assert!(
+                sent < 2_000_000 && Instant::now() < deadline,
+                "nothing counted after {sent} messages ({refused} refused)"
+            );
+            if publisher.send(payload.clone()).await.is_err() {
+                refused += 1;
+                // The fan-out queue is full: let its task run.
+                async_rt::task::sleep(Duration::from_millis(1)).await;
+            }
+            sent += 1;
+            if sent % 256 == 0 {
+                async_rt::task::yield_now().await;
+            }
+        }
+        assert!(dropped.load(Ordering::Relaxed) > 0);
+        assert_eq!(
+            publisher.backend.subscriber_count.load(Ordering::Relaxed),
+            1,
+            "a slow subscriber loses messages, not its connection"
+        );
+        drop(stalled);
+        Ok(())
     }
 
     #[async_rt::test]

@@ -482,8 +482,13 @@ fn medium(encoder: &mut DescriptorEncoder, node: &Node) -> fmt::Result {
             ),
             (
                 "zs_zmq_events_dropped",
-                "Events the PUB socket did not take (closing).",
+                "Events the PUB socket did not take (its fan-out queue full, or closing).",
                 s.events_dropped,
+            ),
+            (
+                "zs_zmq_events_undelivered",
+                "Event copies a subscriber's queue in the PUB socket did not take (a slow or leaving subscriber).",
+                s.events_undelivered,
             ),
             (
                 "zs_zmq_events_received",

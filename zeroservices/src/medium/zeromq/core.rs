@@ -122,7 +122,10 @@ impl Core {
     }
 
     pub(crate) fn stats(&self) -> ZmqStats {
-        self.counters.snapshot()
+        ZmqStats {
+            events_undelivered: self.publisher.undelivered(),
+            ..self.counters.snapshot()
+        }
     }
 }
 

@@ -1,6 +1,7 @@
 //! Events out: the PUB socket, and signing and handing it one event.
 
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use ::zeromq::{PubSocket, SocketSend};
@@ -20,12 +21,24 @@ pub(crate) struct Publisher {
     socket: Mutex<Option<PubSocket>>,
     /// When a dropped event was last logged (at most one line every 5 s).
     drop_logged: Mutex<Option<Instant>>,
+    /// The undelivered-message counters of every PUB socket this medium has had (one per
+    /// start): what subscribers' queues did not take.
+    undelivered: Mutex<Vec<Arc<AtomicU64>>>,
 }
 
 impl Publisher {
     /// Publishes on `socket` from now on.
     pub(crate) fn set(&self, socket: PubSocket) {
+        lock(&self.undelivered).push(socket.dropped_counter());
         *lock(&self.socket) = Some(socket);
+    }
+
+    /// Event copies the PUB sockets' subscriber queues did not take, over the medium's life.
+    pub(crate) fn undelivered(&self) -> u64 {
+        lock(&self.undelivered)
+            .iter()
+            .map(|c| c.load(Ordering::Relaxed))
+            .sum()
     }
 
     /// Stops publishing; the socket, to close it.
@@ -50,25 +63,32 @@ pub(crate) fn publish_event(core: &Core, topic: &str, data: &Value) -> Result<()
             bump(&core.counters.events_published);
             Ok(())
         }
+        // Refused (its fan-out queue is full, or it is closing), or not taken at once: counted
+        // and logged (at most one line every 5 s).
         Some(Err(e)) => {
-            bump(&core.counters.events_dropped);
-            tracing::debug!(%topic, error = %e, "event not published");
+            drop(socket);
+            dropped(core, topic, &e.to_string());
             Ok(())
         }
         None => {
             drop(socket);
-            let dropped = add(&core.counters.events_dropped, 1);
-            let mut last = lock(&publisher.drop_logged);
-            if last.is_none_or(|t| t.elapsed() >= Duration::from_secs(5)) {
-                *last = Some(Instant::now());
-                tracing::warn!(
-                    %topic,
-                    dropped_so_far = dropped,
-                    "the PUB socket did not take the event at once; event dropped"
-                );
-            }
+            dropped(core, topic, "the PUB socket did not take the event at once");
             Ok(())
         }
+    }
+}
+
+/// Counts an event the PUB socket did not take; logs it at most once every 5 s.
+fn dropped(core: &Core, topic: &str, why: &str) {
+    let dropped = add(&core.counters.events_dropped, 1);
+    let mut last = lock(&core.publisher.drop_logged);
+    if last.is_none_or(|t| t.elapsed() >= Duration::from_secs(5)) {
+        *last = Some(Instant::now());
+        tracing::warn!(
+            %topic,
+            dropped_so_far = dropped,
+            "event dropped: {why}"
+        );
     }
 }
 
@@ -101,6 +121,66 @@ mod tests {
             publish_event(&core, "t", &json!("x".repeat(200))),
             Err(Error::BadRequest { .. })
         ));
+    }
+
+    /// The two ways an event is lost at the PUB socket are counted: a full fan-out queue
+    /// (`events_dropped`, the event reaches nobody) and a subscriber that does not read (its
+    /// queue fills: `events_undelivered`, per copy). Real sockets on loopback; one thread, so
+    /// the fan-out task runs only when the test awaits.
+    #[tokio::test]
+    async fn a_full_fan_out_queue_and_a_stalled_subscriber_are_counted() {
+        let core = Core::new(NetworkConfig::default());
+        let mut socket = PubSocket::with_options(core.socket_options());
+        let at = socket.bind("tcp://127.0.0.1:0").await.unwrap();
+        core.publisher.set(socket);
+        let mut stalled = ::zeromq::SubSocket::new();
+        stalled.connect(&at.to_string()).await.unwrap();
+        stalled.subscribe("").await.unwrap();
+        let mut reader = ::zeromq::SubSocket::new();
+        reader.connect(&at.to_string()).await.unwrap();
+        reader.subscribe("").await.unwrap();
+        // Subscribed once an event reaches the reader (the stalled one subscribed first).
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            assert!(Instant::now() < deadline, "no event reached the reader");
+            publish_event(&core, "t", &json!(1)).unwrap();
+            if tokio::time::timeout(
+                Duration::from_millis(20),
+                ::zeromq::SocketRecv::recv(&mut reader),
+            )
+            .await
+            .is_ok()
+            {
+                break;
+            }
+        }
+        drop(reader);
+        assert_eq!(core.stats().events_dropped, 0);
+
+        // Without an await, the fan-out task cannot drain: the 100,001st event is refused.
+        for _ in 0..100_001 {
+            publish_event(&core, "t", &json!(1)).unwrap();
+        }
+        assert!(core.stats().events_dropped >= 1, "{:?}", core.stats());
+
+        // The stalled subscriber's queue (100,000) and TCP buffers fill; then every copy its
+        // queue does not take is counted.
+        let mut published = 0u64;
+        while core.stats().events_undelivered == 0 {
+            assert!(
+                Instant::now() < deadline && published < 2_000_000,
+                "nothing counted after {published} more events: {:?}",
+                core.stats()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            for _ in 0..20_000 {
+                publish_event(&core, "t", &json!("x".repeat(100))).unwrap();
+            }
+            published += 20_000;
+        }
+        let socket = core.publisher.take().unwrap();
+        let _ = socket.close().await;
+        drop(stalled);
     }
 
     #[tokio::test]

@@ -43,9 +43,13 @@ pub struct ZmqStats {
     pub dropped_version: u64,
     /// Events written on the PUB socket.
     pub events_published: u64,
-    /// Events the PUB socket did not take (it was closing). A subscriber too slow to drain its
-    /// own queue loses events inside the `zeromq` crate (PUB semantics), which counts nothing.
+    /// Events the PUB socket did not take: its fan-out queue (100,000 events) was full, or it
+    /// was closing. Reaches no subscriber.
     pub events_dropped: u64,
+    /// Copies of events a subscriber's queue in the PUB socket did not take (PUB semantics: a
+    /// subscriber too slow to drain its queue, or disconnecting, loses them; the others still
+    /// get them), one per subscriber and event.
+    pub events_undelivered: u64,
     /// Events received from peers and handed to the node.
     pub events_received: u64,
     /// Events not published because no peer wants their topic.
@@ -130,6 +134,8 @@ impl Counters {
             events_dropped: get(&self.events_dropped),
             events_received: get(&self.events_received),
             events_unwanted: get(&self.events_unwanted),
+            // Counted inside the PUB socket; `Core::stats` reads it.
+            events_undelivered: 0,
         }
     }
 }
