@@ -268,6 +268,11 @@ pub struct NetworkConfig {
     /// `ZS_MAX_PEERS`: the most peers a node tracks (default 1024). Announcements from new node
     /// ids beyond it are dropped, counted and logged once; known peers keep refreshing.
     pub max_peers: usize,
+    /// `ZS_MAX_SUBSCRIBER_QUEUE` (ZeroMQ): the most events this node's PUB socket queues for
+    /// one subscribing connection (default 100,000). A subscriber that falls that far behind,
+    /// or never reads, loses the events past it (counted: `ZmqStats::events_undelivered`);
+    /// the others are not slowed.
+    pub max_subscriber_queue: usize,
 }
 
 impl Default for NetworkConfig {
@@ -297,6 +302,7 @@ impl Default for NetworkConfig {
             discovery_warmup: None,
             max_message_bytes: 16 * 1024 * 1024,
             max_peers: DEFAULT_MAX_PEERS,
+            max_subscriber_queue: DEFAULT_MAX_SUBSCRIBER_QUEUE,
         }
     }
 }
@@ -428,6 +434,18 @@ pub(crate) fn exposure_refusal(interface: Ipv4Addr) -> String {
          ZS_INSECURE=1 to listen there without a key (anyone who reaches the node can then \
          run any request)"
     )
+}
+
+/// The default of [`NetworkConfig::max_subscriber_queue`].
+pub const DEFAULT_MAX_SUBSCRIBER_QUEUE: usize = 100_000;
+
+/// Parses a `ZS_MAX_SUBSCRIBER_QUEUE` value: a positive number of events.
+pub(crate) fn parse_max_subscriber_queue(v: &str) -> std::result::Result<usize, &'static str> {
+    v.trim()
+        .parse::<usize>()
+        .ok()
+        .filter(|n| *n > 0)
+        .ok_or("a positive number of events")
 }
 
 /// Parses a `ZS_MAX_PEERS` value: a positive number of peers.
@@ -598,6 +616,9 @@ mod tests {
     fn limits_parse() {
         assert_eq!(parse_max_peers(" 16 "), Ok(16));
         assert!(parse_max_peers("0").is_err());
+        assert_eq!(parse_max_subscriber_queue(" 500 "), Ok(500));
+        assert!(parse_max_subscriber_queue("0").is_err());
+        assert!(parse_max_subscriber_queue("many").is_err());
         assert!(parse_max_peers("many").is_err());
         assert_eq!(parse_max_message_bytes("4096"), Ok(4096));
         assert!(parse_max_message_bytes("1023").is_err());

@@ -356,6 +356,8 @@ pub struct SocketOptions {
     // PATCH(message-limit): the largest message a peer may send; see `max_message_size`.
     pub(crate) max_message_size: Option<usize>,
     pub(crate) message_too_large: Option<MessageTooLargeHook>,
+    // PATCH(pub-drops): messages a PUB queues for one subscriber; see `pub_subscriber_queue`.
+    pub(crate) pub_subscriber_queue: Option<usize>,
 }
 
 /// Called (PATCH(message-limit)) when a peer's frame header would take its message over
@@ -373,6 +375,7 @@ impl Default for SocketOptions {
             read_buffer_short_reads: 2,
             max_message_size: None,
             message_too_large: None,
+            pub_subscriber_queue: None, // PATCH(pub-drops)
         }
     }
 }
@@ -426,6 +429,18 @@ impl SocketOptions {
         self.read_buffer_initial_size = initial_size;
         self.read_buffer_max_size = max_size;
         self.read_buffer_short_reads = short_reads;
+        self
+    }
+
+    /// PATCH(pub-drops): the most messages a PUB socket queues for one subscriber (libzmq's
+    /// `ZMQ_SNDHWM`); past it that subscriber's copies are dropped and counted
+    /// (`PubSocket::dropped_counter`). Default: 100,000. Other socket types ignore it.
+    pub fn pub_subscriber_queue(&mut self, messages: usize) -> &mut Self {
+        assert!(
+            messages > 0,
+            "a PUB subscriber queue must hold at least one message"
+        );
+        self.pub_subscriber_queue = Some(messages);
         self
     }
 

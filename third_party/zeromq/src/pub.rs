@@ -293,7 +293,12 @@ impl MultiPeerBackend for PubSocketBackend {
     async fn peer_connected(self: Arc<Self>, peer_id: &PeerIdentity, io: FramedIo) {
         let (mut recv_queue, send_queue) = io.into_parts();
         // TODO provide handling for recv_queue
-        let (queue_sender, queue_receiver) = mpsc::channel(PUB_SEND_QUEUE_CAPACITY);
+        // PATCH(pub-drops): the bound is a socket option.
+        let capacity = self
+            .socket_options
+            .pub_subscriber_queue
+            .unwrap_or(PUB_SEND_QUEUE_CAPACITY);
+        let (queue_sender, queue_receiver) = mpsc::channel(capacity);
         let (sender, stop_receiver) = oneshot::channel();
         let old_subscriber = self
             .subscribers
@@ -808,7 +813,9 @@ mod tests {
         use crate::SubSocket;
         use std::time::{Duration, Instant};
 
-        let mut publisher = PubSocket::new();
+        let mut options = SocketOptions::default();
+        options.pub_subscriber_queue(1000);
+        let mut publisher = PubSocket::with_options(options);
         let endpoint = publisher.bind("tcp://127.0.0.1:0").await?;
         let mut stalled = SubSocket::new();
         stalled.connect(&endpoint.to_string()).await?;
@@ -818,9 +825,10 @@ mod tests {
             assert!(Instant::now() < deadline, "the subscriber never connected");
             async_rt::task::sleep(Duration::from_millis(5)).await;
         }
-        // The subscriber never reads: its TCP buffers, then its queue in the PUB fill, and what
-        // its queue does not take is counted. 4 KiB messages (one shared buffer) fill the
-        // kernel's buffers in a few thousand.
+        // The subscriber never reads: its TCP buffers, then its queue in the PUB (1,000 here)
+        // fill, and what its queue does not take is counted. 4 KiB messages (one shared buffer)
+        // fill the kernel's buffers in a few thousand. (Before the patch nothing was counted
+        // after 2,000,000 messages at the default 100,000: the bound did not hold.)
         let dropped = publisher.dropped_counter();
         let payload = ZmqMessage::from(Bytes::from(vec![7u8; 4096]));
         let mut sent = 0u64;

@@ -304,6 +304,11 @@ pub struct NetworkSettings {
     /// [default: 1024].
     #[arg(long, env = "ZS_MAX_PEERS", value_name = "N", value_parser = Check(parse::max_peers))]
     pub max_peers: Option<usize>,
+    /// ZeroMQ: the most events queued for one subscribing connection; a subscriber that falls
+    /// that far behind, or never reads, loses the events past it (counted) [default: 100000].
+    #[arg(long, env = "ZS_MAX_SUBSCRIBER_QUEUE", value_name = "EVENTS",
+          value_parser = Check(parse::max_subscriber_queue))]
+    pub max_subscriber_queue: Option<usize>,
 }
 
 /// The cluster key is never printed (logs, panics): `<redacted>`.
@@ -336,6 +341,7 @@ impl std::fmt::Debug for NetworkSettings {
             .field("discovery_warmup_ms", &self.discovery_warmup_ms)
             .field("max_message_bytes", &self.max_message_bytes)
             .field("max_peers", &self.max_peers)
+            .field("max_subscriber_queue", &self.max_subscriber_queue)
             .finish()
     }
 }
@@ -719,6 +725,9 @@ impl Settings {
         }
         if let Some(v) = n.max_peers {
             c.max_peers = v;
+        }
+        if let Some(v) = n.max_subscriber_queue {
+            c.max_subscriber_queue = v;
         }
         c
     }

@@ -218,6 +218,10 @@ pub(crate) fn max_peers(v: &str) -> Result<usize, String> {
     crate::config::parse_max_peers(v).map_err(str::to_owned)
 }
 
+pub(crate) fn max_subscriber_queue(v: &str) -> Result<usize, String> {
+    crate::config::parse_max_subscriber_queue(v).map_err(str::to_owned)
+}
+
 #[cfg(feature = "http")]
 pub(crate) fn basic_auth(v: &str) -> Result<BasicAuth, String> {
     BasicAuth::parse(v).map_err(|_| "`user:password` with a non-empty user".into())

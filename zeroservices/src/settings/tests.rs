@@ -47,6 +47,7 @@ fn every_variable_is_read() {
         ("ZS_PEER_TIMEOUT_MS", "700"),
         ("ZS_MAX_MESSAGE_BYTES", "65536"),
         ("ZS_MAX_PEERS", "8"),
+        ("ZS_MAX_SUBSCRIBER_QUEUE", "500"),
         ("ZS_MAX_DEPTH", "8"),
         ("ZS_MAX_DOCUMENT_BYTES", "4096"),
         ("ZS_MAX_PATCH_PATHS", "4"),
@@ -106,6 +107,7 @@ fn every_variable_is_read() {
     assert_eq!(n.peer_timeout, ms(700));
     assert_eq!(n.max_message_bytes, 65536);
     assert_eq!(n.max_peers, 8);
+    assert_eq!(n.max_subscriber_queue, 500);
     let l = s.limits();
     assert_eq!(
         [
@@ -199,6 +201,7 @@ fn a_bad_value_names_its_variable() {
         ("ZS_PEER_TIMEOUT_MS", "x"),
         ("ZS_MAX_MESSAGE_BYTES", "10"),
         ("ZS_MAX_PEERS", "0"),
+        ("ZS_MAX_SUBSCRIBER_QUEUE", "0"),
         ("ZS_MAX_DEPTH", "101"),
         ("ZS_MAX_DOCUMENT_BYTES", "63"),
         ("ZS_MAX_PATCH_PATHS", "0"),
@@ -305,7 +308,7 @@ fn variables_follow_the_ids() {
         );
     }
 
-    assert_eq!(vars, 62);
+    assert_eq!(vars, 63);
     let help = with_env(Settings::command(), &env(&[]))
         .render_long_help()
         .to_string();

@@ -93,10 +93,12 @@ impl Core {
     /// Options of every socket of this medium: a frame header that would take a message (the
     /// sum of its frames) over `max_message_bytes` closes that connection before anything is
     /// allocated for the frame (the vendored `zeromq`, see `third_party/zeromq/PATCHES.md`),
-    /// counted and logged once per peer address.
+    /// counted and logged once per peer address; the PUB queues at most
+    /// `max_subscriber_queue` events for one subscriber.
     pub(crate) fn socket_options(&self) -> SocketOptions {
         let mut options = SocketOptions::default();
         options.max_message_size(self.config.max_message_bytes);
+        options.pub_subscriber_queue(self.config.max_subscriber_queue.max(1));
         let log = self.counters.oversized_frames.clone();
         let limit = self.config.max_message_bytes;
         options.on_message_too_large(move |peer, announced| {

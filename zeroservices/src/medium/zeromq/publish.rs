@@ -129,7 +129,10 @@ mod tests {
     /// the fan-out task runs only when the test awaits.
     #[tokio::test]
     async fn a_full_fan_out_queue_and_a_stalled_subscriber_are_counted() {
-        let core = Core::new(NetworkConfig::default());
+        let core = Core::new(NetworkConfig {
+            max_subscriber_queue: 1000,
+            ..NetworkConfig::default()
+        });
         let mut socket = PubSocket::with_options(core.socket_options());
         let at = socket.bind("tcp://127.0.0.1:0").await.unwrap();
         core.publisher.set(socket);
@@ -163,8 +166,8 @@ mod tests {
         }
         assert!(core.stats().events_dropped >= 1, "{:?}", core.stats());
 
-        // The stalled subscriber's queue (100,000) and TCP buffers fill; then every copy its
-        // queue does not take is counted.
+        // The stalled subscriber's queue (`ZS_MAX_SUBSCRIBER_QUEUE`, 1,000 here) and TCP
+        // buffers fill; then every copy its queue does not take is counted.
         let mut published = 0u64;
         while core.stats().events_undelivered == 0 {
             assert!(
