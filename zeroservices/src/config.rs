@@ -439,22 +439,23 @@ pub(crate) fn exposure_refusal(interface: Ipv4Addr) -> String {
 /// The default of [`NetworkConfig::max_subscriber_queue`].
 pub const DEFAULT_MAX_SUBSCRIBER_QUEUE: usize = 100_000;
 
-/// Parses a `ZS_MAX_SUBSCRIBER_QUEUE` value: a positive number of events.
-pub(crate) fn parse_max_subscriber_queue(v: &str) -> std::result::Result<usize, &'static str> {
+/// Parses a positive count (white space around it allowed); else `expected`.
+fn positive(v: &str, expected: &'static str) -> std::result::Result<usize, &'static str> {
     v.trim()
         .parse::<usize>()
         .ok()
         .filter(|n| *n > 0)
-        .ok_or("a positive number of events")
+        .ok_or(expected)
+}
+
+/// Parses a `ZS_MAX_SUBSCRIBER_QUEUE` value: a positive number of events.
+pub(crate) fn parse_max_subscriber_queue(v: &str) -> std::result::Result<usize, &'static str> {
+    positive(v, "a positive number of events")
 }
 
 /// Parses a `ZS_MAX_PEERS` value: a positive number of peers.
 pub(crate) fn parse_max_peers(v: &str) -> std::result::Result<usize, &'static str> {
-    v.trim()
-        .parse::<usize>()
-        .ok()
-        .filter(|n| *n > 0)
-        .ok_or("a positive number of peers")
+    positive(v, "a positive number of peers")
 }
 
 /// Parses a `ZS_MAX_MESSAGE_BYTES` value: a number of bytes, at least 1024.
